@@ -1,0 +1,34 @@
+//! switchyard-proto: the sans-IO core of switchyard.
+//!
+//! Bytes in, events out, bytes to send. Nothing here touches a socket, a clock or
+//! a runtime, so every rule can be unit-tested and fuzzed, and the same state
+//! machine serves HTTP/1.1, HTTP/2 and HTTP/3 streams in both roles.
+//!
+//! * [`head`]: incremental HTTP/1.1 request/response head parser with hard caps.
+//! * [`upgrade`]: `Connection` / `Upgrade` token handling, 101 and 426 builders.
+//! * [`handshake`]: the WebSocket opening handshake, server and client.
+//! * [`extensions`]: linear parser for `Sec-WebSocket-Extensions`.
+//! * [`deflate`]: permessage-deflate (RFC 7692) negotiation and codec.
+//! * [`frame`], [`mask`], [`utf8`], [`close`]: the RFC 6455 wire pieces.
+//! * [`connection`]: the WebSocket connection state machine.
+//! * [`limits`]: every limit, with its safe default.
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod close;
+pub mod connection;
+pub mod deflate;
+pub mod extensions;
+pub mod frame;
+pub mod handshake;
+pub mod head;
+pub mod limits;
+pub mod mask;
+pub mod message;
+pub mod upgrade;
+pub mod utf8;
+
+pub use close::{CloseCode, CloseFrame};
+pub use connection::{Connection, ProtocolError, Role, SendError, State};
+pub use limits::Limits;
+pub use message::Message;

@@ -1,0 +1,1 @@
+//! switchyard: async WebSocket client and server.
