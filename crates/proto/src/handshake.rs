@@ -220,6 +220,9 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> String {
 }
 
 fn check_origin(headers: &HeaderMap, policy: &OriginPolicy) -> Result<(), HandshakeError> {
+    if matches!(policy, OriginPolicy::Any) {
+        return Ok(());
+    }
     let mut lines = headers.get_all(ORIGIN).iter();
     let first = lines.next();
     if lines.next().is_some() {
@@ -815,7 +818,19 @@ mod tests {
         let rej = rejected(&build(req()), &custom);
         assert_eq!(rej.error, HandshakeError::Origin(String::new()));
         assert_eq!(rej.response.status(), StatusCode::FORBIDDEN);
-        // Any accepts everything.
+        // A non-UTF-8 Origin cannot be on a list: 403.
+        let mut r = build(req());
+        r.headers_mut().insert(
+            ORIGIN,
+            HeaderValue::from_bytes(b"https://\xe9.example").unwrap(),
+        );
+        assert_eq!(
+            rejected(&r, &allow).response.status(),
+            StatusCode::FORBIDDEN
+        );
+        // Any accepts everything, even odd or repeated values.
+        assert!(server_accept(&r, &ServerConfig::default()).is_ok());
+        assert!(server_accept(&two, &ServerConfig::default()).is_ok());
         assert!(server_accept(
             &build(req().header("origin", "null")),
             &ServerConfig::default()
