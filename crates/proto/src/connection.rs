@@ -1486,4 +1486,188 @@ mod tests {
             }
         }
     }
+    // ----- permessage-deflate -----
+
+    use crate::deflate::{DeflateConfig, DeflateParams};
+
+    fn pmd(role: Role, no_context_takeover: bool) -> PerMessageDeflate {
+        let params = DeflateParams {
+            server_no_context_takeover: no_context_takeover,
+            client_no_context_takeover: no_context_takeover,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        };
+        PerMessageDeflate::new(role, params, &DeflateConfig::default())
+    }
+
+    fn dserver(limits: Limits) -> Connection {
+        Connection::new(Role::Server, limits).with_deflate(pmd(Role::Server, false))
+    }
+
+    fn dclient() -> Connection {
+        Connection::new(Role::Client, Limits::default()).with_deflate(pmd(Role::Client, false))
+    }
+
+    /// Compressed frame payload of `data` as a client would produce it.
+    fn deflated(data: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        pmd(Role::Client, true).compress(data, &mut out);
+        out.to_vec()
+    }
+
+    #[test]
+    fn deflate_round_trip_both_directions() {
+        let text = "compress me, compress me again, ".repeat(50);
+        for chunk in [1usize, 13, 1 << 20] {
+            for nct in [false, true] {
+                let mut cl = Connection::new(Role::Client, Limits::default())
+                    .with_deflate(pmd(Role::Client, nct));
+                let mut sv = Connection::new(Role::Server, Limits::default())
+                    .with_deflate(pmd(Role::Server, nct));
+                for client_sends in [true, false] {
+                    let (a, b) = if client_sends {
+                        (&mut cl, &mut sv)
+                    } else {
+                        (&mut sv, &mut cl)
+                    };
+                    // Several messages: context takeover must work across them.
+                    for i in 0..3 {
+                        a.send(Message::text(format!("{i}{text}"))).unwrap();
+                    }
+                    a.send(Message::binary(vec![9u8; 3000])).unwrap();
+                    a.send(Message::text("")).unwrap();
+                    let frames = output_frames(a);
+                    assert!(frames.iter().all(|(h, _)| h.rsv1), "data frames carry RSV1");
+                    assert!(frames[0].1.len() < text.len() / 4, "payload is compressed");
+                    let got = pump(a, b, chunk).unwrap();
+                    let mut want: Vec<Message> = (0..3)
+                        .map(|i| Message::text(format!("{i}{text}")))
+                        .collect();
+                    want.push(Message::binary(vec![9u8; 3000]));
+                    want.push(Message::text(""));
+                    assert_eq!(got, want, "chunk {chunk} nct {nct}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deflate_fragmented_message_with_interleaved_ping() {
+        let text = "fragmented and compressed ✓ ".repeat(40);
+        let z = deflated(text.as_bytes());
+        let (a, rest) = z.split_at(z.len() / 3);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        let mut bytes = cf(0x41, a); // Text, RSV1, not FIN
+        bytes.extend(cf(0x89, b"p"));
+        bytes.extend(cf(0x00, b));
+        bytes.extend(cf(0x00, b""));
+        bytes.extend(cf(0x80, c));
+        for chunk in [1usize, 4, bytes.len()] {
+            let mut s = dserver(Limits::default());
+            let mut got = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                s.receive(piece);
+                got.extend(poll_all(&mut s).unwrap());
+            }
+            assert_eq!(
+                got,
+                vec![
+                    Message::Ping(Bytes::from_static(b"p")),
+                    Message::text(text.as_str())
+                ]
+            );
+        }
+        // An uncompressed message after it (RSV1 clear) is fine too.
+        let mut s = dserver(Limits::default());
+        bytes.extend(cf(0x81, b"plain"));
+        s.receive(&bytes);
+        let got = poll_all(&mut s).unwrap();
+        assert_eq!(got.last(), Some(&Message::text("plain")));
+    }
+
+    #[test]
+    fn deflate_rsv1_rules() {
+        let z = deflated(b"hello hello");
+        let mut b = cf(0x41, &z);
+        b.extend(cf(0xc0, b"")); // RSV1 on the continuation
+        expect_fail(dserver(Limits::default()), &b, CloseCode::PROTOCOL_ERROR);
+        expect_fail(
+            dserver(Limits::default()),
+            &cf(0xc9, b""),
+            CloseCode::PROTOCOL_ERROR,
+        ); // RSV1 on ping
+        expect_fail(
+            dserver(Limits::default()),
+            &cf(0xc8, b""),
+            CloseCode::PROTOCOL_ERROR,
+        ); // RSV1 on close
+        let mut s = dserver(Limits::default());
+        s.receive(&cf(0xc1, &z));
+        assert_eq!(
+            s.poll_message().unwrap(),
+            Some(Message::text("hello hello"))
+        );
+    }
+
+    #[test]
+    fn deflate_bomb_is_1009_with_bounded_memory() {
+        let z = deflated(&vec![0u8; 4 << 20]);
+        assert!(z.len() < (4 << 20) / 64, "a bomb: {} bytes", z.len());
+        let limits = Limits {
+            max_message_size: 64 * 1024,
+            ..Limits::default()
+        };
+        let s = expect_fail(dserver(limits), &cf(0xc2, &z), CloseCode::MESSAGE_TOO_BIG);
+        assert!(s.msg_buf.capacity() < 1 << 20);
+        // Exactly at the limit is fine.
+        let z = deflated(&vec![0u8; 64 * 1024]);
+        let mut s = dserver(Limits {
+            max_message_size: 64 * 1024,
+            ..Limits::default()
+        });
+        s.receive(&cf(0xc2, &z));
+        assert_eq!(
+            s.poll_message().unwrap(),
+            Some(Message::binary(vec![0u8; 64 * 1024]))
+        );
+    }
+
+    #[test]
+    fn deflate_corrupt_data_is_1007() {
+        expect_fail(
+            dserver(Limits::default()),
+            &cf(0xc2, &[0xff, 0xff, 0xff, 0xff, 0x00]),
+            CloseCode::INVALID_PAYLOAD,
+        );
+    }
+
+    #[test]
+    fn deflate_text_utf8_fails_fast_mid_frame() {
+        let mut data = b"ok \xff ".to_vec();
+        data.extend((0..20000u32).map(|i| b'a' + ((i * 7919) % 26) as u8));
+        let z = deflated(&data);
+        let frame = cf(0xc1, &z);
+        let mut s = dserver(Limits::default());
+        // Header (8 bytes: 16-bit length + mask) + half of the payload.
+        s.receive(&frame[..8 + z.len() / 2]);
+        assert_eq!(
+            s.poll_message().unwrap_err().code,
+            CloseCode::INVALID_PAYLOAD
+        );
+        assert_eq!(queued_close_code(&s), Some(1007));
+    }
+
+    #[test]
+    fn deflate_client_receives_and_sends_masked_compressed() {
+        let mut c = dclient();
+        c.send(Message::text("abcabcabcabc")).unwrap();
+        let frames = output_frames(&c);
+        assert!(frames[0].0.rsv1 && frames[0].0.mask.is_some());
+        let mut srv_codec = pmd(Role::Server, false);
+        let mut out = BytesMut::new();
+        srv_codec
+            .decompress(&frames[0].1, true, 1000, &mut out)
+            .unwrap();
+        assert_eq!(&out[..], b"abcabcabcabc");
+    }
 }
