@@ -706,6 +706,9 @@ impl Connection {
 
     // ----- send side -----
 
+    /// A fresh masking key per frame for clients, from the thread-local
+    /// CSPRNG (`rand::rng()`: ChaCha12, seeded from the OS and reseeded), so
+    /// a connection carries no generator state of its own (idle memory).
     #[inline]
     fn mask_key(&self) -> Option<[u8; 4]> {
         match self.role {
@@ -1688,5 +1691,40 @@ mod tests {
             .decompress(&frames[0].1, true, 1000, &mut out)
             .unwrap();
         assert_eq!(&out[..], b"abcabcabcabc");
+    }
+
+    #[test]
+    fn mutated_valid_streams_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut cl =
+            Connection::new(Role::Client, Limits::default()).with_deflate(pmd(Role::Client, false));
+        cl.send(Message::text("hello ✓ ".repeat(30))).unwrap();
+        cl.send_fragment(OpCode::Binary, &[1u8; 40], false).unwrap();
+        cl.send(Message::Ping(Bytes::from_static(b"p"))).unwrap();
+        cl.send_fragment(OpCode::Continuation, &[2u8; 300], true)
+            .unwrap();
+        cl.close(CloseCode::NORMAL, "bye");
+        let wire = cl.output().to_vec();
+        for _ in 0..3000 {
+            let mut data = wire.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..data.len());
+                data[i] ^= 1 << rng.random_range(0..8);
+            }
+            let limits = Limits {
+                max_message_size: 200,
+                max_frame_size: 150,
+                max_fragments: 3,
+                ..Limits::default()
+            };
+            let mut s =
+                Connection::new(Role::Server, limits).with_deflate(pmd(Role::Server, false));
+            for piece in data.chunks(rng.random_range(1..50)) {
+                s.receive(piece);
+                let _ = poll_all(&mut s);
+            }
+            let _ = s.receive_eof();
+        }
     }
 }
