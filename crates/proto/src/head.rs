@@ -856,6 +856,53 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSoc
         assert_eq!(find_lf(b"\x8a\x8a\x8a\x8a\x8a\x8a\x8a\x8a"), None);
     }
 
+    /// Outcome of parsing `data` fed in the given chunk sizes (cycled).
+    fn outcome(data: &[u8], chunks: &[usize]) -> Result<(String, usize), HeadError> {
+        let mut p = RequestParser::new(&Limits::default());
+        let mut pos = 0;
+        let mut k = 0;
+        while pos < data.len() {
+            let n = chunks[k % chunks.len()].max(1).min(data.len() - pos);
+            k += 1;
+            if let Some((r, used)) = p.feed(&data[pos..pos + n])? {
+                return Ok((format!("{r:?}"), pos + used));
+            }
+            pos += n;
+        }
+        Ok((String::from("incomplete"), pos))
+    }
+
+    #[test]
+    fn mutated_heads_same_outcome_for_any_split_and_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let special = [b'\r', b'\n', b' ', b'\t', b':', 0, 0x7f, 0xff, b'/', b','];
+        for _ in 0..2000 {
+            let mut data = WS_REQ.to_vec();
+            for _ in 0..(next() % 4) {
+                let i = (next() as usize) % data.len();
+                match next() % 3 {
+                    0 => data[i] = special[(next() as usize) % special.len()],
+                    1 => data.insert(i, special[(next() as usize) % special.len()]),
+                    _ => {
+                        data.remove(i);
+                    }
+                }
+            }
+            data.extend_from_slice(b"\x81\x00tail");
+            let whole = outcome(&data, &[data.len()]);
+            let bytewise = outcome(&data, &[1]);
+            let mixed = outcome(&data, &[3, 1, 7, 2]);
+            assert_eq!(whole, bytewise, "{:?}", String::from_utf8_lossy(&data));
+            assert_eq!(whole, mixed, "{:?}", String::from_utf8_lossy(&data));
+        }
+    }
+
     #[test]
     fn parses_websocket_request() {
         let (r, used) = parse_all(WS_REQ).unwrap().unwrap();
@@ -1426,6 +1473,13 @@ Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi";
         let mut out = Vec::new();
         write_request_head(&r, &mut out);
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: example.com\r\n\r\n");
+
+        let mut r = http::Request::new(());
+        *r.method_mut() = Method::OPTIONS;
+        *r.uri_mut() = Uri::from_static("*");
+        let mut out = Vec::new();
+        write_request_head(&r, &mut out);
+        assert_eq!(out, b"OPTIONS * HTTP/1.1\r\n\r\n");
 
         let mut r = http::Request::new(());
         *r.method_mut() = Method::CONNECT;
