@@ -4,8 +4,10 @@
 //! of its line exactly once and each complete line is validated exactly once,
 //! so the total work is O(total bytes) however the head is split. (Re-scanning
 //! the whole buffer on every read made tungstenite quadratic:
-//! CVE-2023-43669.) Only the bytes of the current incomplete line are copied
-//! into the parser; complete lines are parsed straight from the caller's slice.
+//! CVE-2023-43669.) The head bytes are copied once into the parser's own
+//! buffer (never more than `max_head_bytes`), which then backs the header
+//! values and the URI without further copies; bytes after the head are never
+//! copied or consumed.
 //!
 //! Caps (from [`Limits`]): more than `max_head_bytes` head bytes fails with
 //! [`HeadError::TooLarge`] as soon as the limit is crossed, more than
@@ -28,7 +30,9 @@ use crate::upgrade::is_tchar;
 /// Why a head was refused. [`HeadError::status`] gives the HTTP status to answer.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum HeadError {
-    #[error("request head exceeds {limit} bytes; send fewer or shorter headers (or raise max_head_bytes)")]
+    #[error(
+        "HTTP head exceeds {limit} bytes; send fewer or shorter headers (or raise max_head_bytes)"
+    )]
     TooLarge { limit: usize },
     #[error("more than {limit} header fields; send fewer headers (or raise max_headers)")]
     TooManyHeaders { limit: usize },
@@ -38,9 +42,9 @@ pub enum HeadError {
     BareCr { at: usize },
     #[error("obsolete line folding (obs-fold) at byte {at}: put each field on one line")]
     ObsFold { at: usize },
-    #[error("NUL or control byte 0x{byte:02x} at byte {at}")]
+    #[error("NUL or control byte 0x{byte:02x} at byte {at}; control bytes are not allowed in an HTTP head")]
     ControlByte { byte: u8, at: usize },
-    #[error("invalid character in header name at byte {at}")]
+    #[error("invalid character in header name at byte {at}; names are RFC 9110 tokens")]
     InvalidHeaderName { at: usize },
     #[error("malformed start line: {0}")]
     StartLine(String),
@@ -59,8 +63,10 @@ pub enum HeadError {
 }
 
 impl HeadError {
-    /// 431 for the size and count caps, 505 for an unsupported HTTP version,
-    /// 400 for everything else.
+    /// 431 for the size and count caps, 505 for an unsupported HTTP version
+    /// (`HTTP/d.d` other than 1.0 and 1.1), 400 for everything else.
+    /// ([`HeadError::Finished`] is a caller bug, not a peer error; it maps to
+    /// 400 only so that every variant has a status.)
     pub fn status(&self) -> StatusCode {
         match self {
             HeadError::TooLarge { .. } | HeadError::TooManyHeaders { .. } => {
