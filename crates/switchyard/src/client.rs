@@ -267,7 +267,7 @@ impl ClientBuilder {
         mut stream: S,
         uri: &Uri,
     ) -> Result<(WebSocket<S>, Response<()>), Error> {
-        let hs = ClientHandshake::new(uri, self.handshake.clone());
+        let hs = ClientHandshake::new(uri, self.handshake.clone())?;
         let mut out = Vec::with_capacity(512);
         head::write_request_head(&hs.request, &mut out);
         stream.write_all(&out).await?;

@@ -341,6 +341,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 self.begin_ending(Some(Error::Timeout("pong")));
                 continue;
             }
+            // A ping the heartbeat just queued.
+            if self.conn.output_len() > 0 {
+                if let Poll::Ready(Err(e)) = self.poll_flush_output(wcx) {
+                    self.phase = Phase::Done;
+                    self.pending = Some(e);
+                    continue;
+                }
+            }
 
             match ready!(self.poll_read_some(cx)) {
                 Ok(0) => {
