@@ -189,12 +189,23 @@ impl Connection {
     /// The receive buffer: read from the transport straight into its spare
     /// capacity (e.g. `tokio::io::AsyncReadExt::read_buf`). Bytes already in it
     /// are kept across calls (this is what makes reads cancel-safe).
+    ///
+    /// Once the connection is `Closed` or `Failed`, whatever is in it is
+    /// garbage and is dropped here, so a peer that keeps sending cannot make
+    /// it grow.
     pub fn read_buf(&mut self) -> &mut BytesMut {
+        if matches!(self.state, State::Closed | State::Failed) {
+            self.read.clear();
+        }
         &mut self.read
     }
 
     /// Append received bytes (for callers that do not read into `read_buf`).
+    /// Ignored once the connection is `Closed` or `Failed`.
     pub fn receive(&mut self, data: &[u8]) {
+        if matches!(self.state, State::Closed | State::Failed) {
+            return;
+        }
         self.read_buf().extend_from_slice(data);
     }
 
@@ -454,7 +465,7 @@ impl Connection {
                 apply_mask(&mut payload, key, 0);
             }
             return self
-                .finish_message(msg.text, payload.freeze(), None)
+                .finish_message(msg.text, payload.freeze(), false)
                 .map(Step::Message);
         }
         self.read.advance(hlen);
@@ -568,7 +579,7 @@ impl Connection {
             self.msg = None;
             let payload = self.read.split_to(f.len).freeze();
             return self
-                .finish_message(msg.text, payload, Some(()))
+                .finish_message(msg.text, payload, true)
                 .map(Step::Message);
         }
 
@@ -645,24 +656,25 @@ impl Connection {
         }
         self.msg = None;
         let payload = std::mem::take(&mut self.msg_buf).freeze();
-        self.finish_message(msg.text, payload, Some(()))
+        self.finish_message(msg.text, payload, true)
             .map(Step::Message)
     }
 
-    /// Build the message. `incremental` is `Some` when the validator already
-    /// saw the text (only the end check remains).
+    /// Build the message. With `validated_incrementally` the validator already
+    /// saw the text (only the end-of-message check remains).
     fn finish_message(
         &mut self,
         text: bool,
         payload: Bytes,
-        incremental: Option<()>,
+        validated_incrementally: bool,
     ) -> Result<Message, ProtocolError> {
         if !text {
             return Ok(Message::Binary(payload));
         }
-        let ok = match incremental {
-            Some(()) => self.utf8.finish().is_ok(),
-            None => std::str::from_utf8(&payload).is_ok(),
+        let ok = if validated_incrementally {
+            self.utf8.finish().is_ok()
+        } else {
+            std::str::from_utf8(&payload).is_ok()
         };
         if !ok {
             return Err(self.fail(
@@ -694,6 +706,9 @@ impl Connection {
 
     // ----- send side -----
 
+    /// A fresh masking key per frame for clients, from the thread-local
+    /// CSPRNG (`rand::rng()`: ChaCha12, seeded from the OS and reseeded), so
+    /// a connection carries no generator state of its own (idle memory).
     #[inline]
     fn mask_key(&self) -> Option<[u8; 4]> {
         match self.role {
@@ -847,6 +862,13 @@ mod tests {
         assert_eq!(queued_close_code(&c), Some(code.0));
         assert!(c.wants_close_transport());
         c.receive(&cf(0x81, b"more"));
+        assert!(c.read.is_empty(), "input after failure is dropped");
+        c.read_buf().extend_from_slice(b"junk");
+        assert_eq!(
+            c.read_buf().len(),
+            0,
+            "read_buf drops garbage after failure"
+        );
         assert_eq!(c.poll_message(), Ok(None));
         assert_eq!(c.poll_message(), Ok(None));
         c
@@ -1669,5 +1691,40 @@ mod tests {
             .decompress(&frames[0].1, true, 1000, &mut out)
             .unwrap();
         assert_eq!(&out[..], b"abcabcabcabc");
+    }
+
+    #[test]
+    fn mutated_valid_streams_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut cl =
+            Connection::new(Role::Client, Limits::default()).with_deflate(pmd(Role::Client, false));
+        cl.send(Message::text("hello ✓ ".repeat(30))).unwrap();
+        cl.send_fragment(OpCode::Binary, &[1u8; 40], false).unwrap();
+        cl.send(Message::Ping(Bytes::from_static(b"p"))).unwrap();
+        cl.send_fragment(OpCode::Continuation, &[2u8; 300], true)
+            .unwrap();
+        cl.close(CloseCode::NORMAL, "bye");
+        let wire = cl.output().to_vec();
+        for _ in 0..3000 {
+            let mut data = wire.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..data.len());
+                data[i] ^= 1 << rng.random_range(0..8);
+            }
+            let limits = Limits {
+                max_message_size: 200,
+                max_frame_size: 150,
+                max_fragments: 3,
+                ..Limits::default()
+            };
+            let mut s =
+                Connection::new(Role::Server, limits).with_deflate(pmd(Role::Server, false));
+            for piece in data.chunks(rng.random_range(1..50)) {
+                s.receive(piece);
+                let _ = poll_all(&mut s);
+            }
+            let _ = s.receive_eof();
+        }
     }
 }
