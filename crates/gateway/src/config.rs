@@ -1,0 +1,1 @@
+//! The TOML configuration of `switchyard serve --config` (in progress).
