@@ -847,6 +847,22 @@ fn at(base: &[Seg], rest: &[Seg]) -> Vec<Seg> {
 /// Largest size any size key accepts: larger messages should be streamed.
 pub const MAX_SIZE: usize = 1 << 30;
 
+/// [`Config::embedded_default`] written as a config file, for
+/// `switchyard serve` users who want to start from it.
+pub const EMBEDDED_DEFAULT_TOML: &str = r#"# What `switchyard serve` runs without --config.
+[[listener]]
+address = "127.0.0.1:8080"
+protocols = ["h1"]
+
+[[route]]
+path = "/echo"
+app = "echo"
+
+[[route]]
+path = "/"
+app = "index"
+"#;
+
 impl Config {
     /// What `switchyard serve` runs without `--config`: one cleartext
     /// HTTP/1.1 listener on 127.0.0.1:8080, `/echo` to the echo app and
@@ -1926,10 +1942,7 @@ mod tests {
         assert_eq!(target("/"), Some(RouteTarget::App(App::Index)));
         assert_eq!(target("/anything"), Some(RouteTarget::App(App::Index)));
         // Written out as TOML, it passes validation and gives the same config.
-        let text = "[[listener]]\naddress = \"127.0.0.1:8080\"\n\
-                    [[route]]\npath = \"/echo\"\napp = \"echo\"\n\
-                    [[route]]\npath = \"/\"\napp = \"index\"\n";
-        assert_eq!(parse(text).unwrap(), c);
+        assert_eq!(parse(EMBEDDED_DEFAULT_TOML).unwrap(), c);
     }
 
     #[test]

@@ -431,7 +431,22 @@ mod tests {
         client_alpn: &[&[u8]],
         server_name: &'static str,
     ) -> Option<Vec<u8>> {
-        let (certs, key) = self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        handshake_with(
+            &["localhost", "127.0.0.1"],
+            server_alpn,
+            client_alpn,
+            server_name,
+        )
+        .await
+    }
+
+    async fn handshake_with(
+        names: &[&str],
+        server_alpn: &[&[u8]],
+        client_alpn: &[&[u8]],
+        server_name: &'static str,
+    ) -> Option<Vec<u8>> {
+        let (certs, key) = self_signed(names).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(certs[0].clone()).unwrap();
         let server = server_config(certs, key, server_alpn).unwrap();
@@ -485,6 +500,14 @@ mod tests {
     async fn handshake_by_ip_address_and_without_alpn() {
         let alpn = handshake(ALPN_H2_HTTP11, &[], "127.0.0.1").await;
         assert_eq!(alpn, None);
+    }
+
+    #[tokio::test]
+    async fn default_self_signed_covers_every_loopback_name() {
+        for name in ["localhost", "127.0.0.1", "::1"] {
+            let alpn = handshake_with(&[], ALPN_H2_HTTP11, &[b"http/1.1"], name).await;
+            assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]), "{name}");
+        }
     }
 
     #[tokio::test]
