@@ -1316,14 +1316,23 @@ impl Config {
     }
 }
 
+/// Whether `n` is a whole number of `unit`s (`unit` > 0). Spelled without
+/// `%` to stay within the MSRV (1.80) and clippy's `is_multiple_of` lint.
+fn exact<T>(n: T, unit: T) -> bool
+where
+    T: Copy + PartialEq + std::ops::Div<Output = T> + std::ops::Mul<Output = T>,
+{
+    n / unit * unit == n
+}
+
 /// The shortest exact spelling of a duration: `"2m"`, `"90s"`, `"1500ms"`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     match ms {
         0 => "0s".to_string(),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        _ if exact(ms, 3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if exact(ms, 60_000) => format!("{}m", ms / 60_000),
+        _ if exact(ms, 1_000) => format!("{}s", ms / 1_000),
         _ => format!("{ms}ms"),
     }
 }
@@ -1331,7 +1340,7 @@ pub fn format_duration(d: Duration) -> String {
 fn format_size(n: usize) -> toml::Value {
     const UNITS: [(usize, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (unit, name) in UNITS {
-        if n != 0 && n % unit == 0 {
+        if n != 0 && exact(n, unit) {
             return toml::Value::String(format!("{}{name}", n / unit));
         }
     }
