@@ -960,13 +960,14 @@ impl Config {
         for (i, a) in self.listeners.iter().enumerate() {
             if let Some(j) = self.listeners[..i]
                 .iter()
-                .position(|b| b.address == a.address)
+                .position(|b| addresses_conflict(b.address, a.address))
             {
                 return Err(r.err(
                     &[key("listener"), Seg::Index(i), key("address")],
                     format!(
-                        "address {} is already used by listener[{j}]; each listener needs its own",
-                        a.address
+                        "address {} overlaps listener[{j}] ({}); each listener needs its own \
+                         port, or distinct IPs none of which is 0.0.0.0 / [::]",
+                        a.address, self.listeners[j].address
                     ),
                 ));
             }
@@ -975,14 +976,14 @@ impl Config {
             if let Some(j) = self
                 .listeners
                 .iter()
-                .position(|l| l.address == admin.address)
+                .position(|l| addresses_conflict(l.address, admin.address))
             {
                 return Err(r.err(
                     &[key("admin"), key("address")],
                     format!(
-                        "address {} is already used by listener[{j}]; give the admin listener \
+                        "address {} overlaps listener[{j}] ({}); give the admin listener \
                          its own port",
-                        admin.address
+                        admin.address, self.listeners[j].address
                     ),
                 ));
             }
@@ -1345,6 +1346,15 @@ fn format_size(n: usize) -> toml::Value {
         }
     }
     toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// Whether two listeners could not both bind: same port (not 0, which picks
+/// a free one) and the same IP, or one of them the wildcard of the family.
+fn addresses_conflict(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
 }
 
 fn strip_port(host: &str) -> &str {
@@ -1944,12 +1954,7 @@ mod tests {
     #[test]
     fn listener_errors() {
         let text = format!("{MINIMAL}[[listener]]\naddress = \"127.0.0.1:8080\"\n");
-        expect_err(
-            &text,
-            8,
-            "listener[1].address",
-            "already used by listener[0]",
-        );
+        expect_err(&text, 8, "listener[1].address", "overlaps listener[0]");
 
         let text = MINIMAL.replace(
             "address = \"127.0.0.1:8080\"",
@@ -1964,7 +1969,32 @@ mod tests {
         expect_err(&text, 3, "listener[0].protocols", "at least one");
 
         let text = format!("{MINIMAL}[admin]\naddress = \"127.0.0.1:8080\"\n");
-        expect_err(&text, 8, "admin.address", "already used by listener[0]");
+        expect_err(&text, 8, "admin.address", "overlaps listener[0]");
+
+        let text = format!("{MINIMAL}[[listener]]\naddress = \"0.0.0.0:8080\"\n");
+        expect_err(
+            &text,
+            8,
+            "listener[1].address",
+            "overlaps listener[0] (127.0.0.1:8080)",
+        );
+
+        // Different ports, different IPs, other family, or port 0: all fine.
+        for other in [
+            "127.0.0.1:8081",
+            "127.0.0.2:8080",
+            "[::]:8080",
+            "127.0.0.1:0",
+        ] {
+            let text = format!(
+                "{}[[listener]]\naddress = \"{other}\"\n",
+                MINIMAL.replace("127.0.0.1:8080", "127.0.0.1:0").replace(
+                    "[[route]]",
+                    "[[listener]]\naddress = \"127.0.0.1:8080\"\n[[route]]"
+                )
+            );
+            parse(&text).unwrap_or_else(|e| panic!("{other}: {e}"));
+        }
 
         expect_err(
             "[[route]]\npath = \"/\"\napp = \"echo\"\n",
