@@ -200,6 +200,11 @@ impl ClientBuilder {
         &self.limits
     }
 
+    /// The handshake settings (subprotocols, deflate, origin, extra headers).
+    pub fn handshake_config(&self) -> &ClientConfig {
+        &self.handshake
+    }
+
     /// Where root certificates come from (wss).
     pub fn roots(self, roots: RootSource) -> Self {
         ClientBuilder { roots, ..self }.tls_changed()
