@@ -120,6 +120,15 @@ impl H3Stream {
     }
 }
 
+impl Drop for H3Stream {
+    fn drop(&mut self) {
+        // What the peer still sends is not needed any more: H3_NO_ERROR
+        // (RFC 9114 §8.1) rather than quinn's implicit code 0. A stream
+        // already read to its end ignores this.
+        let _ = self.recv.stop(quinn::VarInt::from_u32(frame::H3_NO_ERROR));
+    }
+}
+
 fn unexpected(ty: u64) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
