@@ -98,6 +98,13 @@ impl From<H3Error> for Error {
     }
 }
 
+/// The `Alt-Svc` value a TCP listener sends to advertise HTTP/3 on the same
+/// host at UDP `port` (RFC 7838, RFC 9114 §3.1.1): `h3=":PORT"; ma=86400`.
+pub fn alt_svc(port: u16) -> http::HeaderValue {
+    http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("clear"))
+}
+
 /// Encode header fields as a QPACK field section (static table + literals).
 pub(crate) fn encode_headers<'a>(
     fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
@@ -492,6 +499,11 @@ pub async fn connect_h3(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alt_svc_names_the_udp_port() {
+        assert_eq!(alt_svc(4433), "h3=\":4433\"; ma=86400");
+    }
 
     #[test]
     fn urls() {

@@ -181,7 +181,11 @@ pub(crate) async fn run_uni_streams(
                         return;
                     }
                     if let Err(e) = read_control(&mut reader, is_client, &*on_settings).await {
-                        close_with(&conn, &e);
+                        // A read that failed because the connection is gone
+                        // must not replace the peer's close reason.
+                        if conn.close_reason().is_none() {
+                            close_with(&conn, &e);
+                        }
                     }
                 }
                 frame::STREAM_QPACK_ENCODER | frame::STREAM_QPACK_DECODER => {
