@@ -330,3 +330,57 @@ async fn ws_scheme_is_refused_for_h3() {
         .unwrap_err();
     assert!(matches!(err, Error::Url { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn shutdown_stops_serving_and_closes_connections() {
+    let (tls, pem) = tls_config();
+    let endpoint = h3::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
+    let port = endpoint.local_addr().unwrap().port();
+    let ca = std::env::temp_dir().join(format!("switchyard-h3-shutdown-{port}.pem"));
+    std::fs::write(&ca, pem).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(h3::serve(
+        endpoint,
+        AcceptConfig::default(),
+        |_req, mut ws| {
+            tokio::spawn(async move {
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_data() && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let builder = ClientBuilder::new()
+        .roots(RootSource::None)
+        .add_ca_file(&ca);
+    let url = format!("wss://127.0.0.1:{port}/");
+    let (mut ws, _) = h3::connect_h3(&url, &builder).await.unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("serve did not return after shutdown")
+        .unwrap();
+    // The WebSocket's connection was closed: the stream ends with an error.
+    let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the client did not see the shutdown");
+    assert!(matches!(next, Some(Err(_)) | None), "{next:?}");
+    // And nothing answers any more.
+    let quick = ClientBuilder::new()
+        .roots(RootSource::None)
+        .add_ca_file(&ca)
+        .limits(Limits {
+            handshake_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        });
+    assert!(h3::connect_h3(&url, &quick).await.is_err());
+    let _ = std::fs::remove_file(&ca);
+}
