@@ -36,6 +36,8 @@
 //! | control stream frame | 4 KiB |
 //! | DATA frame we send | [`MAX_DATA_FRAME`] = 32 KiB |
 //! | QUIC idle timeout | [`IDLE_TIMEOUT`] = 60 s |
+//! | client QUIC keep-alive PING (keeps quiet WebSockets open) | [`CLIENT_KEEP_ALIVE`] = 20 s |
+//! | 0-RTT | off (an extended CONNECT must not be replayable) |
 
 mod frame;
 mod head;
@@ -218,7 +220,7 @@ impl H3Connection {
             ))
         })?;
         let mut qcfg = quinn::ClientConfig::new(Arc::new(crypto));
-        qcfg.transport_config(Arc::new(server::transport_config()));
+        qcfg.transport_config(Arc::new(server::transport_config(true)));
         let bind: SocketAddr = if addr.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {

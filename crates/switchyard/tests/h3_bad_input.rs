@@ -344,3 +344,46 @@ async fn request_headers_must_arrive_within_the_handshake_timeout() {
         "expected reset H3_REQUEST_INCOMPLETE (0x10d), got {err}"
     );
 }
+
+#[tokio::test]
+async fn data_split_anywhere_and_grease_frames_between_still_make_the_message() {
+    let s = server(AcceptConfig::default()).await;
+    let conn = connect(&s).await;
+    let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
+    send.write_all(&frame(0x01, &connect_block(&[])))
+        .await
+        .unwrap();
+    let mut head = [0u8; 5];
+    recv.read_exact(&mut head).await.unwrap();
+    assert_eq!(status_of(&head), 200);
+
+    // A masked text frame "split h3", cut over three DATA frames with a
+    // grease frame between, every byte written on its own.
+    let mask = [9u8, 8, 7, 6];
+    let text = b"split h3";
+    let mut ws = vec![0x81, 0x80 | text.len() as u8];
+    ws.extend_from_slice(&mask);
+    ws.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut wire = frame(0x00, &ws[..1]);
+    wire.extend(frame(0x2f, b"grease payload"));
+    wire.extend(frame(0x00, &ws[1..7]));
+    wire.extend(frame(0x00, &[])); // empty DATA is allowed
+    wire.extend(frame(0x00, &ws[7..]));
+    for b in wire {
+        send.write_all(&[b]).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    // The echo: one DATA frame (or more) carrying 0x81 len "split h3".
+    let mut got = Vec::new();
+    let want_len = 2 + text.len();
+    while got.len() < want_len {
+        let mut hdr = [0u8; 2];
+        recv.read_exact(&mut hdr).await.unwrap();
+        assert_eq!(hdr[0], 0x00, "DATA frame expected");
+        let mut payload = vec![0u8; hdr[1] as usize];
+        recv.read_exact(&mut payload).await.unwrap();
+        got.extend(payload);
+    }
+    assert_eq!(&got[..2], &[0x81, text.len() as u8]);
+    assert_eq!(&got[2..], text);
+}

@@ -29,9 +29,16 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 /// (`Limits::ping_interval`) or QUIC keep-alives.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The QUIC transport settings both roles use.
-pub(crate) fn transport_config() -> quinn::TransportConfig {
+/// Interval of the QUIC keep-alive PINGs a client sends, so a quiet
+/// WebSocket is not closed by either side's [`IDLE_TIMEOUT`].
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(20);
+
+/// The QUIC transport settings of both roles; clients also send keep-alives.
+pub(crate) fn transport_config(client: bool) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
+    if client {
+        t.keep_alive_interval(Some(CLIENT_KEEP_ALIVE));
+    }
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
     // Control + QPACK encoder + decoder, and a few more for extensions.
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(8));
@@ -57,7 +64,7 @@ pub fn bind_endpoint(
         ))
     })?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(Arc::new(transport_config()));
+    cfg.transport_config(Arc::new(transport_config(false)));
     quinn::Endpoint::server(cfg, addr).map_err(|e| H3Error::Bind { addr, source: e })
 }
 
