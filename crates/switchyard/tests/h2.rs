@@ -569,3 +569,112 @@ async fn continuation_flood_gets_goaway_enhance_your_calm() {
         .expect("no GOAWAY after the CONTINUATION flood");
     assert_eq!(code, Some(0xb), "GOAWAY ENHANCE_YOUR_CALM expected");
 }
+
+/// An HPACK literal header field without indexing, new name (RFC 7541 §6.2.2).
+fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
+    block.push(0x00);
+    block.push(name.len() as u8);
+    block.extend_from_slice(name.as_bytes());
+    block.push(value.len() as u8);
+    block.extend_from_slice(value.as_bytes());
+}
+
+/// The header block of an RFC 8441 extended CONNECT for a WebSocket, plus `extra`.
+fn extended_connect_block(extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    literal(&mut b, ":method", "CONNECT");
+    literal(&mut b, ":protocol", "websocket");
+    literal(&mut b, ":scheme", "http");
+    literal(&mut b, ":path", "/");
+    literal(&mut b, ":authority", "localhost");
+    literal(&mut b, "sec-websocket-version", "13");
+    for (n, v) in extra {
+        literal(&mut b, n, v);
+    }
+    b
+}
+
+#[derive(Debug, PartialEq)]
+enum StreamAnswer {
+    /// HEADERS whose first field is the static `:status 200` (0x88).
+    Ok200,
+    /// Other HEADERS (first byte of the block).
+    Headers(u8),
+    /// RST_STREAM with this error code.
+    Reset(u32),
+    /// GOAWAY with this error code.
+    GoAway(u32),
+}
+
+/// Send one request on stream 1 with raw frames; the server's first answer.
+async fn raw_request(addr: SocketAddr, block: &[u8]) -> StreamAnswer {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 0x4, 0, 0, &[]); // SETTINGS
+    frame(&mut out, 0x1, 0x4, 1, block); // HEADERS, END_HEADERS
+    tcp.write_all(&out).await.unwrap();
+    let answer = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut at = 0;
+        loop {
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the server closed without answering");
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= at + 9 {
+                let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+                if buf.len() < at + 9 + len {
+                    break;
+                }
+                let kind = buf[at + 3];
+                let p = &buf[at + 9..at + 9 + len];
+                match kind {
+                    0x1 if p.first() == Some(&0x88) => return StreamAnswer::Ok200,
+                    0x1 => return StreamAnswer::Headers(p.first().copied().unwrap_or(0)),
+                    0x3 => {
+                        return StreamAnswer::Reset(u32::from_be_bytes([p[0], p[1], p[2], p[3]]))
+                    }
+                    0x7 => {
+                        return StreamAnswer::GoAway(u32::from_be_bytes([p[4], p[5], p[6], p[7]]))
+                    }
+                    _ => {}
+                }
+                at += 9 + len;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("no answer to the request")
+}
+
+#[tokio::test]
+async fn raw_extended_connect_is_answered_200() {
+    // The control case of the two tests below: the same request, well-formed.
+    let addr = h2_server(AcceptConfig::default(), true, None).await;
+    assert_eq!(
+        raw_request(addr, &extended_connect_block(&[])).await,
+        StreamAnswer::Ok200
+    );
+}
+
+#[tokio::test]
+async fn upgrade_or_connection_header_over_h2_is_a_malformed_request() {
+    let addr = h2_server(AcceptConfig::default(), true, None).await;
+    for extra in [("upgrade", "websocket"), ("connection", "upgrade")] {
+        let answer = raw_request(addr, &extended_connect_block(&[extra])).await;
+        // RFC 9113 §8.2.2: a stream error of type PROTOCOL_ERROR.
+        assert_eq!(answer, StreamAnswer::Reset(0x1), "{extra:?}");
+    }
+}
+
+#[tokio::test]
+async fn extended_connect_without_the_setting_is_refused() {
+    // Server without SETTINGS_ENABLE_CONNECT_PROTOCOL: :protocol is not
+    // allowed at all (RFC 8441 §3), the stream is reset with PROTOCOL_ERROR.
+    let addr = h2_server(AcceptConfig::default(), false, None).await;
+    assert_eq!(
+        raw_request(addr, &extended_connect_block(&[])).await,
+        StreamAnswer::Reset(0x1)
+    );
+}
