@@ -25,8 +25,6 @@ use crate::error::Error;
 const MIN_READ_SPACE: usize = 4 * 1024;
 /// How much the receive buffer grows by (one read can fill this much).
 const READ_CHUNK: usize = 16 * 1024;
-/// An empty receive buffer larger than this is released (after a big message).
-const SHRINK_ABOVE: usize = 64 * 1024;
 
 /// Where the connection is, from the driver's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,16 +148,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// `Ok(0)` is end of input.
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         let buf = self.conn.read_buf();
-        if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
-            *buf = BytesMut::new();
-        }
         if buf.capacity() - buf.len() < MIN_READ_SPACE {
             buf.reserve(READ_CHUNK);
         }
         let spare = buf.spare_capacity_mut();
         let spare_ptr = spare.as_ptr() as *const u8;
         let mut rb = ReadBuf::uninit(spare);
-        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb))?;
+        if Pin::new(&mut self.stream)
+            .poll_read(cx, &mut rb)?
+            .is_pending()
+        {
+            // Idle: give the receive buffer back while nothing is buffered,
+            // so an idle connection holds no receive memory.
+            if buf.is_empty() {
+                *buf = BytesMut::new();
+            }
+            return Poll::Pending;
+        }
         let filled = rb.filled();
         if filled.as_ptr() != spare_ptr {
             return Poll::Ready(Err(lost_buffer()));
@@ -309,7 +314,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 Ok(Some(msg)) => {
                     if let Message::Close(_) = msg {
                         // The reply is queued (or the handshake completed).
+                        // Send it now, without waiting, in case the caller
+                        // stops polling after the close.
                         self.begin_ending(None);
+                        let _ = self.poll_ending(cx, wcx);
                     } else if matches!(msg, Message::Ping(_)) && self.conn.output_len() > 0 {
                         if let Poll::Ready(Err(e)) = self.poll_flush_output(wcx) {
                             self.phase = Phase::Done;
@@ -328,7 +336,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             if self.conn.state() == State::CloseSent {
                 self.arm_close_deadline();
                 if self.close_deadline_passed(cx) {
-                    self.phase = Phase::Done;
+                    self.phase = Phase::Shutdown;
                     if self.pending.is_none() {
                         self.pending = Some(Error::Timeout("closing handshake"));
                     }
@@ -680,5 +688,72 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsWriter<S> {
             return Poll::Ready(Ok(()));
         }
         inner.poll_flush_output(&mut wcx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+
+    fn client_frame(msg: Message) -> Vec<u8> {
+        let mut c = Connection::new(Role::Client, Limits::default());
+        c.send(msg).unwrap();
+        c.output().to_vec()
+    }
+
+    #[tokio::test]
+    async fn idle_connection_holds_no_receive_buffer() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut ws = WebSocket::from_raw(a, Connection::new(Role::Server, Limits::default()), &[]);
+        assert_eq!(
+            ws.inner.conn.read_buf().capacity(),
+            0,
+            "allocated at construction"
+        );
+        b.write_all(&client_frame(Message::binary(vec![1u8; 100_000])))
+            .await
+            .unwrap();
+        assert!(matches!(ws.next().await, Some(Ok(Message::Binary(_)))));
+        // The next poll finds nothing to read: the buffer is released.
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), ws.next()).await;
+        assert!(pending.is_err());
+        assert_eq!(ws.inner.conn.read_buf().capacity(), 0);
+        // And it still works afterwards.
+        b.write_all(&client_frame(Message::text("again")))
+            .await
+            .unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("again"));
+    }
+
+    #[tokio::test]
+    async fn reads_use_large_chunks_into_spare_capacity() {
+        // One read can take many frames (the unsafe set_len path): 200 frames
+        // written at once come out intact and in order.
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut ws = WebSocket::from_raw(a, Connection::new(Role::Server, Limits::default()), &[]);
+        let mut all = Vec::new();
+        for i in 0..200u32 {
+            all.extend(client_frame(Message::binary(i.to_be_bytes().to_vec())));
+        }
+        b.write_all(&all).await.unwrap();
+        for i in 0..200u32 {
+            assert_eq!(
+                ws.next().await.unwrap().unwrap(),
+                Message::binary(i.to_be_bytes().to_vec())
+            );
+        }
+        ws.send(Message::text("ok")).await.unwrap();
+    }
+
+    #[test]
+    fn idle_state_is_small() {
+        // Idle memory per connection (target < 2 KiB beyond the socket): the
+        // whole WebSocket, with no heap allocated until data arrives.
+        let total = std::mem::size_of::<WebSocket<()>>();
+        let driver = total - std::mem::size_of::<Connection>();
+        assert!(driver <= 192, "driver state is {driver} bytes");
+        assert!(total <= 1024, "WebSocket is {total} bytes");
     }
 }
