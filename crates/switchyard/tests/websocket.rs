@@ -346,3 +346,54 @@ async fn oversized_control_frame_send_is_rejected() {
     let r = ws.send(Message::Ping(Bytes::from(vec![0u8; 200]))).await;
     assert!(matches!(r, Err(Error::Send(_))), "{r:?}");
 }
+
+#[tokio::test]
+async fn close_reply_is_sent_even_if_caller_stops_polling() {
+    let (mut ws, mut peer) = server_ws(Limits::default());
+    peer.send(Message::Close(Some(CloseFrame::new(
+        CloseCode::GOING_AWAY,
+        "",
+    ))))
+    .await;
+    assert!(matches!(ws.next().await, Some(Ok(Message::Close(_)))));
+    // No further poll of `ws`: the reply and the server's EOF still arrive.
+    match peer.recv().await {
+        Some(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::GOING_AWAY),
+        other => panic!("expected close reply, got {other:?}"),
+    }
+    assert!(peer.sees_eof().await);
+    drop(ws);
+}
+
+#[tokio::test]
+async fn split_writer_close_is_completed_by_reader() {
+    let (ws, mut peer) = server_ws(Limits::default());
+    let (mut rx, mut tx) = ws.split();
+    tx.close(CloseCode::NORMAL, "writer done").await.unwrap();
+    match peer.recv().await {
+        Some(Message::Close(Some(f))) => assert_eq!(f.reason, "writer done"),
+        other => panic!("expected close, got {other:?}"),
+    }
+    peer.flush_auto().await;
+    assert!(matches!(rx.next().await, Some(Ok(Message::Close(_)))));
+    assert!(rx.next().await.is_none());
+    assert!(peer.sees_eof().await);
+    assert!(matches!(
+        tx.send(Message::text("late")).await,
+        Err(Error::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn split_writer_alone_waits_for_peer_close() {
+    let (ws, mut peer) = server_ws(Limits::default());
+    let (rx, mut tx) = ws.split();
+    drop(rx);
+    let closer = tokio::spawn(async move { SinkExt::close(&mut tx).await });
+    assert!(matches!(peer.recv().await, Some(Message::Close(_))));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!closer.is_finished(), "returned before the peer's close");
+    peer.flush_auto().await;
+    closer.await.unwrap().unwrap();
+    assert!(peer.sees_eof().await);
+}
