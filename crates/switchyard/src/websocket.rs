@@ -25,6 +25,10 @@ use crate::error::Error;
 const MIN_READ_SPACE: usize = 4 * 1024;
 /// How much the receive buffer grows by (one read can fill this much).
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes of automatic replies (pongs, close reply) that may wait unwritten
+/// before reading pauses: a peer that sends pings but never reads cannot
+/// make the output grow without bound.
+const AUTO_REPLY_LIMIT: usize = 64 * 1024;
 
 /// Where the connection is, from the driver's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +67,8 @@ pub(crate) struct Inner<S> {
     heartbeat: Option<Box<Heartbeat>>,
     heartbeat_init: bool,
     close_deadline: Option<Pin<Box<Sleep>>>,
+    /// Bytes of automatic replies queued since the output was last empty.
+    auto_out: usize,
 }
 
 fn lost_buffer() -> std::io::Error {
@@ -83,6 +89,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             heartbeat: None,
             heartbeat_init: false,
             close_deadline: None,
+            auto_out: 0,
         }
     }
 
@@ -122,6 +129,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             }
             self.conn.advance_output(n);
         }
+        self.auto_out = 0;
         ready!(Pin::new(&mut self.stream).poll_flush(wcx))?;
         Poll::Ready(Ok(()))
     }
@@ -310,8 +318,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 }
             }
 
+            let queued_before = self.conn.output_len();
             match self.conn.poll_message() {
                 Ok(Some(msg)) => {
+                    self.auto_out += self.conn.output_len().saturating_sub(queued_before);
                     if let Message::Close(_) = msg {
                         // The reply is queued (or the handshake completed).
                         // Send it now, without waiting, in case the caller
@@ -356,6 +366,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     self.pending = Some(e);
                     continue;
                 }
+            }
+
+            // The peer makes us queue replies faster than it reads them:
+            // stop reading until the output drains (the flush attempt above
+            // registered for writability).
+            if self.auto_out > AUTO_REPLY_LIMIT && self.conn.output_len() > 0 {
+                return Poll::Pending;
             }
 
             match ready!(self.poll_read_some(cx)) {

@@ -397,3 +397,32 @@ async fn split_writer_alone_waits_for_peer_close() {
     closer.await.unwrap().unwrap();
     assert!(peer.sees_eof().await);
 }
+
+#[tokio::test]
+async fn ping_flood_from_a_peer_that_never_reads_pauses_reading() {
+    // 4 KiB pipe: the peer never reads our pongs.
+    let (mut ws, mut peer) = pair(Role::Server, Limits::default(), 4096);
+    let server = tokio::spawn(async move {
+        let mut pings = 0usize;
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Ping(_)) {
+                pings += 1;
+            }
+        }
+        pings
+    });
+    let mut flood = Vec::new();
+    for _ in 0..10_000 {
+        flood.extend(peer.encode(Message::Ping(Bytes::from(vec![1u8; 125]))));
+    }
+    // 10 000 pongs of 127 bytes would be 1.2 MiB of output; the server stops
+    // reading after 64 KiB of unsent replies, so the flood cannot be written.
+    let r = tokio::time::timeout(Duration::from_millis(500), peer.write_raw(&flood)).await;
+    assert!(
+        r.is_err(),
+        "the whole flood was accepted: output grew without bound"
+    );
+    drop(peer);
+    let pings = server.await.unwrap();
+    assert!(pings < 1000, "{pings} pings processed");
+}
