@@ -154,8 +154,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// Read once from the stream into the connection's receive buffer.
     /// `Ok(0)` is end of input.
+    ///
+    /// An idle connection holds no receive buffer: it is released when a read
+    /// finds nothing and no partial frame is buffered. The next read then goes
+    /// to a stack buffer and only the bytes that arrived are copied (a small
+    /// allocation for a small message, instead of a fresh 16 KiB buffer).
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         let buf = self.conn.read_buf();
+        if buf.capacity() - buf.len() < MIN_READ_SPACE && buf.is_empty() {
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut rb = ReadBuf::uninit(&mut stack);
+            if Pin::new(&mut self.stream)
+                .poll_read(cx, &mut rb)?
+                .is_pending()
+            {
+                if buf.capacity() > 0 {
+                    *buf = BytesMut::new();
+                }
+                return Poll::Pending;
+            }
+            let n = rb.filled().len();
+            self.conn.receive(rb.filled());
+            return Poll::Ready(Ok(n));
+        }
         if buf.capacity() - buf.len() < MIN_READ_SPACE {
             buf.reserve(READ_CHUNK);
         }
@@ -166,8 +187,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             .poll_read(cx, &mut rb)?
             .is_pending()
         {
-            // Idle: give the receive buffer back while nothing is buffered,
-            // so an idle connection holds no receive memory.
             if buf.is_empty() {
                 *buf = BytesMut::new();
             }
@@ -745,21 +764,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reads_use_large_chunks_into_spare_capacity() {
-        // One read can take many frames (the unsafe set_len path): 200 frames
-        // written at once come out intact and in order.
+    async fn reads_through_stack_and_spare_capacity_keep_frames_intact() {
+        // 200 frames of 1000 bytes written at once: the first read goes
+        // through the stack buffer, the following ones straight into the
+        // spare capacity (the `set_len` path); every frame comes out intact.
         let (a, mut b) = tokio::io::duplex(1 << 20);
         let mut ws = WebSocket::from_raw(a, Connection::new(Role::Server, Limits::default()), &[]);
+        let frame = |i: u32| {
+            let mut p = i.to_be_bytes().to_vec();
+            p.resize(1000, (i % 251) as u8);
+            p
+        };
         let mut all = Vec::new();
         for i in 0..200u32 {
-            all.extend(client_frame(Message::binary(i.to_be_bytes().to_vec())));
+            all.extend(client_frame(Message::binary(frame(i))));
         }
         b.write_all(&all).await.unwrap();
         for i in 0..200u32 {
-            assert_eq!(
-                ws.next().await.unwrap().unwrap(),
-                Message::binary(i.to_be_bytes().to_vec())
-            );
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(frame(i)));
         }
         ws.send(Message::text("ok")).await.unwrap();
     }
