@@ -357,6 +357,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    tracing::debug!(
+                        code = e.code.0,
+                        reason = e.reason,
+                        "websocket failed: protocol error"
+                    );
                     self.begin_ending(Some(Error::Protocol(e)));
                     continue;
                 }
@@ -365,6 +370,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             if self.conn.state() == State::CloseSent {
                 self.arm_close_deadline();
                 if self.close_deadline_passed(cx) {
+                    tracing::debug!("websocket closing handshake timed out; closing the transport");
                     self.phase = Phase::Shutdown;
                     if self.pending.is_none() {
                         self.pending = Some(Error::Timeout("closing handshake"));
@@ -374,6 +380,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             }
 
             if self.poll_heartbeat(cx) {
+                tracing::debug!("websocket peer did not answer a ping in time; closing with 1011");
                 self.conn.close(CloseCode::INTERNAL_ERROR, "pong timeout");
                 self.begin_ending(Some(Error::Timeout("pong")));
                 continue;
