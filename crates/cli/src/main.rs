@@ -8,7 +8,11 @@ use switchyard_gateway::{ServeConfig, Server};
 use tracing::info;
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "The HTTP protocol-upgrade mechanism done right: WebSocket server, client and tools")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "The HTTP protocol-upgrade mechanism done right: WebSocket server, client and tools"
+)]
 struct Cli {
     /// Worker threads of the async runtime (1 runs everything on the calling
     /// thread). Default: one per core.
@@ -41,12 +45,16 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let runtime = match cli.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
         Some(n) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n.max(1))
             .enable_all()
             .build(),
-        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
     }
     .context("cannot start the async runtime")?;
     runtime.block_on(async move {

@@ -49,7 +49,11 @@ fn serve_n(args: &[&str], n: usize) -> (Serve, Vec<String>) {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -59,16 +63,25 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
         if let Some(st) = child.try_wait().unwrap() {
             return st;
         }
-        assert!(start.elapsed() < within, "serve did not exit within {within:?}");
+        assert!(
+            start.elapsed() < within,
+            "serve did not exit within {within:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 async fn signal_closes_with_1001(sig: &str) {
     let (mut srv, addr) = serve(&["--listen", "127.0.0.1:0"]);
-    let (mut ws, _) = switchyard::client::connect(&format!("ws://{addr}/echo")).await.unwrap();
+    let (mut ws, _) = switchyard::client::connect(&format!("ws://{addr}/echo"))
+        .await
+        .unwrap();
     signal(&srv.0, sig);
-    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     match msg {
         Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::GOING_AWAY),
         other => panic!("expected close 1001, got {other:?}"),
