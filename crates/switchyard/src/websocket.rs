@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Wake, Waker};
 
 use bytes::{Bytes, BytesMut};
-use futures_core::Stream;
+use futures_core::{FusedStream, Stream};
 use futures_sink::Sink;
 use futures_util::task::AtomicWaker;
 use switchyard_proto::handshake::Negotiated;
@@ -417,6 +417,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
     }
 
+    fn is_terminated(&self) -> bool {
+        self.phase == Phase::Done && self.pending.is_none()
+    }
+
     pub(crate) fn poll_ready_send(&mut self, wcx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if self.phase == Phase::Done {
             return Poll::Ready(Err(Error::Closed));
@@ -578,6 +582,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> FusedStream for WebSocket<S> {
+    /// True once no more items will come (the next poll yields `None`).
+    fn is_terminated(&self) -> bool {
+        self.inner.is_terminated()
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
     type Error = Error;
 
@@ -677,6 +688,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsReader<S> {
         shared.wakers.reader.register(cx.waker());
         let mut wcx = Context::from_waker(&shared.write_waker);
         shared.lock().poll_next_msg(cx, &mut wcx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> FusedStream for WsReader<S> {
+    fn is_terminated(&self) -> bool {
+        self.shared.lock().is_terminated()
     }
 }
 

@@ -17,6 +17,7 @@ async fn receives_text_and_binary_and_sends_back() {
     peer.send(Message::text("hello")).await;
     peer.send(Message::binary(vec![1u8, 2, 3])).await;
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    assert!(!futures_util::stream::FusedStream::is_terminated(&ws));
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
         Message::binary(vec![1u8, 2, 3])
@@ -83,6 +84,7 @@ async fn peer_close_is_yielded_answered_and_server_closes_transport() {
         Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, "bye")))
     );
     assert!(ws.next().await.is_none());
+    assert!(futures_util::stream::FusedStream::is_terminated(&ws));
     assert!(ws.next().await.is_none());
     match peer.recv().await {
         Some(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::NORMAL),
