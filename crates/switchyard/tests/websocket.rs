@@ -428,3 +428,81 @@ async fn ping_flood_from_a_peer_that_never_reads_pauses_reading() {
     let pings = server.await.unwrap();
     assert!(pings < 1000, "{pings} pings processed");
 }
+
+/// Counts `poll_write` calls that wrote something.
+struct CountingWrites {
+    inner: tokio::io::DuplexStream,
+    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for CountingWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            if *n > 0 {
+                self.writes
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn queued_frames_go_out_in_one_write() {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stream = CountingWrites {
+        inner: a,
+        writes: writes.clone(),
+    };
+    let mut ws = switchyard::WebSocket::from_raw(
+        stream,
+        Connection::new(Role::Server, Limits::default()),
+        &[],
+    );
+    for i in 0..50 {
+        ws.feed(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    ws.flush().await.unwrap();
+    assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let mut peer = common::RawPeer {
+        io: b,
+        conn: Connection::new(Role::Client, Limits::default()),
+    };
+    for i in 0..50 {
+        assert_eq!(
+            peer.recv().await,
+            Some(Message::text(format!("message {i}")))
+        );
+    }
+}
