@@ -506,3 +506,15 @@ async fn queued_frames_go_out_in_one_write() {
         );
     }
 }
+
+#[test]
+fn types_can_cross_tasks() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn send<T: Send + 'static>() {}
+    send::<switchyard::WebSocket<tokio::net::TcpStream>>();
+    send::<switchyard::WebSocket<switchyard::MaybeTlsStream>>();
+    send_sync::<switchyard::WsReader<tokio::net::TcpStream>>();
+    send_sync::<switchyard::WsWriter<tokio::net::TcpStream>>();
+    send_sync::<Error>();
+    send::<switchyard::server::UpgradeFut>();
+}
