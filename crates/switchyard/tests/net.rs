@@ -440,3 +440,40 @@ async fn client_handshake_timeout() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn split_client_streams_both_ways_over_tcp() {
+    let addr = echo_server(deflate_server()).await;
+    let (ws, _) = ClientBuilder::new()
+        .connect(&format!("ws://{addr}/"))
+        .await
+        .unwrap();
+    let (mut rx, mut tx) = ws.split();
+    const N: usize = 100;
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            let mut payload = vec![(i % 256) as u8; 32 * 1024];
+            payload[0] = (i >> 8) as u8;
+            tx.feed(Message::binary(payload)).await.unwrap();
+        }
+        tx.flush().await.unwrap();
+        tx
+    });
+    for i in 0..N {
+        match rx.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                assert_eq!(b.len(), 32 * 1024);
+                assert_eq!(
+                    (b[0], b[1]),
+                    ((i >> 8) as u8, (i % 256) as u8),
+                    "message {i}"
+                );
+            }
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    let mut tx = writer.await.unwrap();
+    tx.close(CloseCode::NORMAL, "").await.unwrap();
+    assert!(matches!(rx.next().await, Some(Ok(Message::Close(_)))));
+    assert!(rx.next().await.is_none());
+}
