@@ -1,0 +1,108 @@
+//! The server side of the WebSocket handshake on a request parsed from the
+//! input, and `parse_extensions` on arbitrary header values.
+//!
+//! Input: `[cfg, rest...]`. `rest` is parsed as a request head; when that
+//! fails, a valid upgrade request is built with `rest` as its
+//! `Sec-WebSocket-Extensions` value instead. `cfg` picks the server config.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use switchyard_proto::deflate::DeflateConfig;
+use switchyard_proto::extensions::parse_extensions;
+use switchyard_proto::handshake::{accept_key, server_accept, OriginPolicy, ServerConfig};
+use switchyard_proto::head::RequestParser;
+use switchyard_proto::Limits;
+
+fn server_config(cfg: u8) -> ServerConfig {
+    let subprotocols = match cfg & 3 {
+        0 => vec![],
+        1 => vec!["chat".to_owned()],
+        _ => vec!["superchat".to_owned(), "chat".to_owned(), "v2.json".to_owned()],
+    };
+    let deflate = match (cfg >> 2) & 3 {
+        0 => None,
+        1 => Some(DeflateConfig::default()),
+        2 => Some(DeflateConfig {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: Some(10),
+            client_max_window_bits: Some(12),
+            ..DeflateConfig::default()
+        }),
+        _ => Some(DeflateConfig { server_max_window_bits: Some(8), ..DeflateConfig::default() }),
+    };
+    let origin = if cfg & 0x10 != 0 {
+        OriginPolicy::AllowList(vec!["https://example.com".to_owned()])
+    } else {
+        OriginPolicy::Any
+    };
+    ServerConfig { subprotocols, deflate, origin }
+}
+
+fn check(req: &http::Request<()>, cfg: &ServerConfig) {
+    let ext_values: Vec<&[u8]> =
+        req.headers().get_all("sec-websocket-extensions").iter().map(|v| v.as_bytes()).collect();
+    let _ = parse_extensions(ext_values);
+    match server_accept(req, cfg) {
+        Ok(acc) => {
+            assert_eq!(acc.response.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+            let key = req.headers().get("sec-websocket-key").map(|k| k.as_bytes()).unwrap_or_default();
+            let got = acc.response.headers().get("sec-websocket-accept").map(|v| v.as_bytes().to_vec());
+            assert_eq!(got, Some(accept_key(key).into_bytes()), "wrong Sec-WebSocket-Accept");
+            if let Some(p) = &acc.subprotocol {
+                assert!(cfg.subprotocols.contains(p), "chose {p:?}, which the server does not speak");
+                let offered = req
+                    .headers()
+                    .get_all("sec-websocket-protocol")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .any(|t| t.trim() == p);
+                assert!(offered, "chose {p:?}, which the client did not offer");
+            }
+            if acc.deflate.is_some() {
+                assert!(cfg.deflate.is_some(), "deflate accepted but not configured");
+                let v = acc.response.headers().get("sec-websocket-extensions");
+                let v = v.map(|v| v.as_bytes()).unwrap_or_default();
+                let parsed = parse_extensions([v]);
+                assert!(parsed.is_ok(), "our own extensions header {v:?} does not parse: {parsed:?}");
+            }
+        }
+        Err(rej) => {
+            let s = rej.response.status().as_u16();
+            assert!(
+                matches!(s, 400 | 403 | 405 | 426),
+                "rejection {:?} answers {s}",
+                rej.error
+            );
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cfg, rest)) = data.split_first() else {
+        return;
+    };
+    let server = server_config(cfg);
+    let _ = parse_extensions(rest.split(|&b| b == b'\n'));
+    let mut parser = RequestParser::new(&Limits::default());
+    if let Ok(Some((req, _))) = parser.feed(rest) {
+        check(&req, &server);
+        return;
+    }
+    let Ok(ext) = http::HeaderValue::from_bytes(rest) else {
+        return;
+    };
+    let req = http::Request::get("/chat")
+        .header("host", "example.com")
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "chat, superchat")
+        .header("sec-websocket-extensions", ext)
+        .body(());
+    if let Ok(req) = req {
+        check(&req, &server);
+    }
+});
