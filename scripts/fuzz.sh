@@ -126,7 +126,7 @@ for t in "${targets[@]}"; do
         input="$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$work/$t/log" | tail -n1)"
         if [ -n "$input" ]; then
             echo "fuzz: $t crashing input: $input"
-            echo "fuzz: reproduce: (cd fuzz && ${fuzz[*]} run $t $input)"
+            echo "fuzz: reproduce: (cd fuzz && ${RUSTC_BOOTSTRAP:+RUSTC_BOOTSTRAP=1 }${fuzz[*]} run $t $input)"
         fi
     fi
 done

@@ -24,9 +24,17 @@ fn deflate(c: &mut Compress, msg: &[u8]) -> Vec<u8> {
     // Room for the worst case of a small input: stored blocks plus the flush.
     let mut out = Vec::with_capacity(msg.len() + msg.len() / 8 + 64);
     let start = c.total_in();
-    c.compress_vec(msg, &mut out, FlushCompress::Sync).expect("deflate");
-    assert_eq!(c.total_in() - start, msg.len() as u64, "generator: output buffer too small");
-    assert!(out.ends_with(&[0, 0, 0xff, 0xff]), "generator: no sync-flush trailer");
+    c.compress_vec(msg, &mut out, FlushCompress::Sync)
+        .expect("deflate");
+    assert_eq!(
+        c.total_in() - start,
+        msg.len() as u64,
+        "generator: output buffer too small"
+    );
+    assert!(
+        out.ends_with(&[0, 0, 0xff, 0xff]),
+        "generator: no sync-flush trailer"
+    );
     out.truncate(out.len() - 4);
     out
 }
@@ -56,7 +64,8 @@ Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r
 Sec-WebSocket-Version: 13\r\nOrigin: https://example.com\r\nSec-WebSocket-Protocol: chat, superchat\r\n\
 Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
 
-const RESP_101: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+const RESP_101: &str =
+    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
 
 fn head_request(w: &Writer) {
@@ -81,8 +90,16 @@ fn head_request(w: &Writer) {
         w.put(t, name, &cat(&[&[0], head.as_bytes()]));
     }
     // The same upgrade request split in three and byte-wise near the end.
-    w.put(t, "get_upgrade_ws_split", &cat(&[&[3, 16, 100, 250], UPGRADE_REQ.as_bytes()]));
-    w.put(t, "resp_101_split", &cat(&[&[2, 1, 128], RESP_101.as_bytes()]));
+    w.put(
+        t,
+        "get_upgrade_ws_split",
+        &cat(&[&[3, 16, 100, 250], UPGRADE_REQ.as_bytes()]),
+    );
+    w.put(
+        t,
+        "resp_101_split",
+        &cat(&[&[2, 1, 128], RESP_101.as_bytes()]),
+    );
     // Frame bytes right after the head belong to the caller, not the head.
     let trailing = cat(&[
         &[0],
@@ -108,56 +125,179 @@ fn connection(w: &Writer, t: &str, mask: Option<[u8; 4]>, cfg_deflate: u8) {
     let with = |cfg: u8, seed: u8, wire: Vec<u8>| cat(&[&[cfg, seed], &wire]);
 
     w.put(t, "text_hello", &with(0, 0, f(true, TEXT, b"Hello")));
-    w.put(t, "binary_then_close", &with(0, 0, cat(&[&f(true, BINARY, &[0, 1, 2, 3, 255]), &f(true, CLOSE, &cat(&[&1000u16.to_be_bytes(), b"bye"]))])));
+    w.put(
+        t,
+        "binary_then_close",
+        &with(
+            0,
+            0,
+            cat(&[
+                &f(true, BINARY, &[0, 1, 2, 3, 255]),
+                &f(true, CLOSE, &cat(&[&1000u16.to_be_bytes(), b"bye"])),
+            ]),
+        ),
+    );
     w.put(
         t,
         "fragmented_text_with_ping",
-        &with(0, 1, cat(&[&f(false, TEXT, "héllo ".as_bytes()), &f(true, PING, b"p"), &f(false, CONT, b""), &f(true, CONT, "wörld".as_bytes())])),
+        &with(
+            0,
+            1,
+            cat(&[
+                &f(false, TEXT, "héllo ".as_bytes()),
+                &f(true, PING, b"p"),
+                &f(false, CONT, b""),
+                &f(true, CONT, "wörld".as_bytes()),
+            ]),
+        ),
     );
-    w.put(t, "utf8_split_across_fragments", &with(0, 2, cat(&[&f(false, TEXT, &[0xe2, 0x82]), &f(true, CONT, &[0xac])])));
-    w.put(t, "ping_pong_close_empty", &with(0, 3, cat(&[&f(true, PING, b"are you there"), &f(true, PONG, b"x"), &f(true, CLOSE, b"")])));
-    w.put(t, "len16_binary", &with(0, 2, f(true, BINARY, &vec![0x42; 300])));
+    w.put(
+        t,
+        "utf8_split_across_fragments",
+        &with(
+            0,
+            2,
+            cat(&[&f(false, TEXT, &[0xe2, 0x82]), &f(true, CONT, &[0xac])]),
+        ),
+    );
+    w.put(
+        t,
+        "ping_pong_close_empty",
+        &with(
+            0,
+            3,
+            cat(&[
+                &f(true, PING, b"are you there"),
+                &f(true, PONG, b"x"),
+                &f(true, CLOSE, b""),
+            ]),
+        ),
+    );
+    w.put(
+        t,
+        "len16_binary",
+        &with(0, 2, f(true, BINARY, &vec![0x42; 300])),
+    );
     // A 64-bit length (70000) over the tiny frame limit; only the start of
     // the payload follows, the limit must trip on the header alone.
     let mut big = encode_frame(true, false, BINARY, &[7; 70000], mask);
     big.truncate(2 + 8 + if mask.is_some() { 4 } else { 0 } + 16);
     w.put(t, "len64_header_small_limits", &with(0x02, 0, big));
-    w.put(t, "too_many_fragments_small_limits", &with(0x02, 1, (0..10).flat_map(|i| f(i == 9, if i == 0 { BINARY } else { CONT }, b"ab")).collect()));
+    w.put(
+        t,
+        "too_many_fragments_small_limits",
+        &with(
+            0x02,
+            1,
+            (0..10)
+                .flat_map(|i| f(i == 9, if i == 0 { BINARY } else { CONT }, b"ab"))
+                .collect(),
+        ),
+    );
     // Violations.
-    w.put(t, "bad_utf8_text", &with(0, 0, f(true, TEXT, &[0x66, 0xff, 0x66])));
-    w.put(t, "bad_masking", &with(0, 0, encode_frame(true, false, TEXT, b"x", wrong_mask)));
+    w.put(
+        t,
+        "bad_utf8_text",
+        &with(0, 0, f(true, TEXT, &[0x66, 0xff, 0x66])),
+    );
+    w.put(
+        t,
+        "bad_masking",
+        &with(0, 0, encode_frame(true, false, TEXT, b"x", wrong_mask)),
+    );
     w.put(t, "bad_reserved_opcode", &with(0, 0, f(true, 0x3, b"")));
     w.put(t, "bad_fragmented_ping", &with(0, 0, f(false, PING, b"")));
     w.put(t, "bad_long_ping", &with(0, 0, f(true, PING, &[1; 126])));
-    w.put(t, "bad_close_code", &with(0, 0, f(true, CLOSE, &1005u16.to_be_bytes())));
-    w.put(t, "bad_continuation_first", &with(0, 0, f(true, CONT, b"x")));
-    w.put(t, "bad_rsv1_without_deflate", &with(0, 0, encode_frame(true, true, TEXT, b"x", mask)));
+    w.put(
+        t,
+        "bad_close_code",
+        &with(0, 0, f(true, CLOSE, &1005u16.to_be_bytes())),
+    );
+    w.put(
+        t,
+        "bad_continuation_first",
+        &with(0, 0, f(true, CONT, b"x")),
+    );
+    w.put(
+        t,
+        "bad_rsv1_without_deflate",
+        &with(0, 0, encode_frame(true, true, TEXT, b"x", mask)),
+    );
     // Compressed messages (RSV1 on the first frame only), with context takeover.
     let mut c = fresh();
     let m1 = deflate(&mut c, b"Hello, compressed world! Hello, compressed world!");
     let m2 = deflate(&mut c, b"Hello, compressed world! again");
-    w.put(t, "deflate_two_messages", &with(cfg_deflate, 0, cat(&[&encode_frame(true, true, TEXT, &m1, mask), &encode_frame(true, true, TEXT, &m2, mask)])));
+    w.put(
+        t,
+        "deflate_two_messages",
+        &with(
+            cfg_deflate,
+            0,
+            cat(&[
+                &encode_frame(true, true, TEXT, &m1, mask),
+                &encode_frame(true, true, TEXT, &m2, mask),
+            ]),
+        ),
+    );
     let mut c = fresh();
     let m = deflate(&mut c, &[b'z'; 4000]);
     let (a, b) = m.split_at(m.len() / 2);
     w.put(
         t,
         "deflate_fragmented_with_ping",
-        &with(cfg_deflate, 1, cat(&[&encode_frame(false, true, BINARY, a, mask), &f(true, PING, b""), &f(true, CONT, b), &f(true, TEXT, b"plain")])),
+        &with(
+            cfg_deflate,
+            1,
+            cat(&[
+                &encode_frame(false, true, BINARY, a, mask),
+                &f(true, PING, b""),
+                &f(true, CONT, b),
+                &f(true, TEXT, b"plain"),
+            ]),
+        ),
     );
     let mut c = fresh();
     let bomb = deflate(&mut c, &vec![0; 100_000]);
-    w.put(t, "deflate_bomb_small_limits", &with(cfg_deflate | 0x02, 0, encode_frame(true, true, BINARY, &bomb, mask)));
-    w.put(t, "bad_deflate_rsv1_on_control", &with(cfg_deflate, 0, encode_frame(true, true, PING, b"", mask)));
+    w.put(
+        t,
+        "deflate_bomb_small_limits",
+        &with(
+            cfg_deflate | 0x02,
+            0,
+            encode_frame(true, true, BINARY, &bomb, mask),
+        ),
+    );
+    w.put(
+        t,
+        "bad_deflate_rsv1_on_control",
+        &with(cfg_deflate, 0, encode_frame(true, true, PING, b"", mask)),
+    );
     // A send script: the wire bytes also script what the connection sends.
-    w.put(t, "send_script", &with(0, 5, vec![0, 3, b'a', b'b', b'c', 1, 2, 9, 9, 2, 1, b'p', 4, 4, 0x03, 0xe8, b'o', b'k']));
+    w.put(
+        t,
+        "send_script",
+        &with(
+            0,
+            5,
+            vec![
+                0, 3, b'a', b'b', b'c', 1, 2, 9, 9, 2, 1, b'p', 4, 4, 0x03, 0xe8, b'o', b'k',
+            ],
+        ),
+    );
 }
 
 fn deflate_corpus(w: &Writer) {
     let t = "deflate";
     let text = b"hello|hello hello hello|{\"type\":\"update\",\"id\":1}|{\"type\":\"update\",\"id\":2}||tail";
-    for (i, cfg) in [0x00u8, 0x01, 0x0c, 0x71, 0x3d, 0xf0].into_iter().enumerate() {
-        w.put(t, &format!("roundtrip_cfg{cfg:02x}"), &cat(&[&[cfg, (i * 37) as u8, 0x40 + i as u8], text]));
+    for (i, cfg) in [0x00u8, 0x01, 0x0c, 0x71, 0x3d, 0xf0]
+        .into_iter()
+        .enumerate()
+    {
+        w.put(
+            t,
+            &format!("roundtrip_cfg{cfg:02x}"),
+            &cat(&[&[cfg, (i * 37) as u8, 0x40 + i as u8], text]),
+        );
     }
     let mut c = fresh();
     let real = deflate(&mut c, b"Hello Hello Hello Hello");
@@ -166,16 +306,49 @@ fn deflate_corpus(w: &Writer) {
     let bomb = deflate(&mut c, &vec![0; 50_000]);
     w.put(t, "bomb", &cat(&[&[1, 2, 16], &bomb]));
     // A stored (uncompressed) block: BFINAL=0, BTYPE=00, LEN=5, NLEN=!5.
-    w.put(t, "stored_block", &cat(&[&[0, 3, 10], &[0x00, 0x05, 0x00, 0xfa, 0xff], b"abcde"]));
+    w.put(
+        t,
+        "stored_block",
+        &cat(&[&[0, 3, 10], &[0x00, 0x05, 0x00, 0xfa, 0xff], b"abcde"]),
+    );
     w.put(t, "garbage", &[0x0c, 1, 50, 0xff, 0xff, 0xff, 0x12, 0x34]);
 }
 
 fn handshake(w: &Writer) {
     let t = "handshake";
-    w.put(t, "upgrade_all_options", &cat(&[&[0x06], UPGRADE_REQ.as_bytes()]));
-    w.put(t, "upgrade_origin_denied", &cat(&[&[0x10], UPGRADE_REQ.replace("https://example.com", "https://evil.example").as_bytes()]));
-    w.put(t, "upgrade_bad_version", &cat(&[&[0x01], UPGRADE_REQ.replace("Version: 13", "Version: 8").as_bytes()]));
-    w.put(t, "upgrade_bad_key", &cat(&[&[0x01], UPGRADE_REQ.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=").as_bytes()]));
+    w.put(
+        t,
+        "upgrade_all_options",
+        &cat(&[&[0x06], UPGRADE_REQ.as_bytes()]),
+    );
+    w.put(
+        t,
+        "upgrade_origin_denied",
+        &cat(&[
+            &[0x10],
+            UPGRADE_REQ
+                .replace("https://example.com", "https://evil.example")
+                .as_bytes(),
+        ]),
+    );
+    w.put(
+        t,
+        "upgrade_bad_version",
+        &cat(&[
+            &[0x01],
+            UPGRADE_REQ.replace("Version: 13", "Version: 8").as_bytes(),
+        ]),
+    );
+    w.put(
+        t,
+        "upgrade_bad_key",
+        &cat(&[
+            &[0x01],
+            UPGRADE_REQ
+                .replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")
+                .as_bytes(),
+        ]),
+    );
     w.put(t, "post_not_upgrade", &cat(&[&[0x02], b"POST /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\nContent-Length: 0\r\n\r\n"]));
     let exts: &[(&str, &str)] = &[
         ("ext_two_offers", "permessage-deflate; client_max_window_bits; server_max_window_bits=10, permessage-deflate"),

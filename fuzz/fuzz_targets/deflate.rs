@@ -10,9 +10,9 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
+use switchyard_fuzz::{chunks, deflate_setup};
 use switchyard_proto::deflate::{DeflateError, PerMessageDeflate};
 use switchyard_proto::Role;
-use switchyard_fuzz::{chunks, deflate_setup};
 
 fn decompress_all(
     d: &mut PerMessageDeflate,
@@ -36,7 +36,11 @@ fuzz_target!(|data: &[u8]| {
     let (cfg, chunk_seed, lim) = (*cfg, *chunk_seed, *lim);
     let (params, mut config) = deflate_setup(cfg);
     config.level = u32::from(lim % 10);
-    let (tx_role, rx_role) = if cfg & 1 == 0 { (Role::Server, Role::Client) } else { (Role::Client, Role::Server) };
+    let (tx_role, rx_role) = if cfg & 1 == 0 {
+        (Role::Server, Role::Client)
+    } else {
+        (Role::Client, Role::Server)
+    };
 
     // Part A: arbitrary input, two messages in a row, small limit.
     let limit = usize::from(lim) * 4;
@@ -44,10 +48,16 @@ fuzz_target!(|data: &[u8]| {
     for msg in rest.splitn(2, |&b| b == b'|') {
         let mut out = BytesMut::new();
         let r = decompress_all(&mut d, msg, chunk_seed, limit, &mut out);
-        assert!(out.len() <= limit, "inflated {} bytes with a limit of {limit} ({r:?})", out.len());
+        assert!(
+            out.len() <= limit,
+            "inflated {} bytes with a limit of {limit} ({r:?})",
+            out.len()
+        );
         match r {
             Ok(()) => {}
-            Err(DeflateError::TooBig { limit: l }) => assert_eq!(l, limit, "TooBig reports the wrong limit"),
+            Err(DeflateError::TooBig { limit: l }) => {
+                assert_eq!(l, limit, "TooBig reports the wrong limit")
+            }
             Err(DeflateError::Corrupt(_)) => break,
         }
         if r.is_err() {
@@ -67,12 +77,28 @@ fuzz_target!(|data: &[u8]| {
             let mut fresh = PerMessageDeflate::new(rx_role, params, &config);
             let mut out = BytesMut::new();
             let r = decompress_all(&mut fresh, &wire, chunk_seed, msg.len() - 1, &mut out);
-            assert_eq!(r, Err(DeflateError::TooBig { limit: msg.len() - 1 }), "limit one under the size");
+            assert_eq!(
+                r,
+                Err(DeflateError::TooBig {
+                    limit: msg.len() - 1
+                }),
+                "limit one under the size"
+            );
             assert!(out.len() < msg.len());
         }
         let mut out = BytesMut::new();
         let r = decompress_all(&mut d, &wire, chunk_seed, msg.len(), &mut out);
-        assert_eq!(r, Ok(()), "message {i} of {} bytes ({} compressed) did not inflate", msg.len(), wire.len());
-        assert_eq!(&out[..], msg, "message {i} changed by compress + decompress");
+        assert_eq!(
+            r,
+            Ok(()),
+            "message {i} of {} bytes ({} compressed) did not inflate",
+            msg.len(),
+            wire.len()
+        );
+        assert_eq!(
+            &out[..],
+            msg,
+            "message {i} changed by compress + decompress"
+        );
     }
 });

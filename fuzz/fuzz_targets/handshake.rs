@@ -17,7 +17,11 @@ fn server_config(cfg: u8) -> ServerConfig {
     let subprotocols = match cfg & 3 {
         0 => vec![],
         1 => vec!["chat".to_owned()],
-        _ => vec!["superchat".to_owned(), "chat".to_owned(), "v2.json".to_owned()],
+        _ => vec![
+            "superchat".to_owned(),
+            "chat".to_owned(),
+            "v2.json".to_owned(),
+        ],
     };
     let deflate = match (cfg >> 2) & 3 {
         0 => None,
@@ -29,28 +33,54 @@ fn server_config(cfg: u8) -> ServerConfig {
             client_max_window_bits: Some(12),
             ..DeflateConfig::default()
         }),
-        _ => Some(DeflateConfig { server_max_window_bits: Some(8), ..DeflateConfig::default() }),
+        _ => Some(DeflateConfig {
+            server_max_window_bits: Some(8),
+            ..DeflateConfig::default()
+        }),
     };
     let origin = if cfg & 0x10 != 0 {
         OriginPolicy::AllowList(vec!["https://example.com".to_owned()])
     } else {
         OriginPolicy::Any
     };
-    ServerConfig { subprotocols, deflate, origin }
+    ServerConfig {
+        subprotocols,
+        deflate,
+        origin,
+    }
 }
 
 fn check(req: &http::Request<()>, cfg: &ServerConfig) {
-    let ext_values: Vec<&[u8]> =
-        req.headers().get_all("sec-websocket-extensions").iter().map(|v| v.as_bytes()).collect();
+    let ext_values: Vec<&[u8]> = req
+        .headers()
+        .get_all("sec-websocket-extensions")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     let _ = parse_extensions(ext_values);
     match server_accept(req, cfg) {
         Ok(acc) => {
             assert_eq!(acc.response.status(), http::StatusCode::SWITCHING_PROTOCOLS);
-            let key = req.headers().get("sec-websocket-key").map(|k| k.as_bytes()).unwrap_or_default();
-            let got = acc.response.headers().get("sec-websocket-accept").map(|v| v.as_bytes().to_vec());
-            assert_eq!(got, Some(accept_key(key).into_bytes()), "wrong Sec-WebSocket-Accept");
+            let key = req
+                .headers()
+                .get("sec-websocket-key")
+                .map(|k| k.as_bytes())
+                .unwrap_or_default();
+            let got = acc
+                .response
+                .headers()
+                .get("sec-websocket-accept")
+                .map(|v| v.as_bytes().to_vec());
+            assert_eq!(
+                got,
+                Some(accept_key(key).into_bytes()),
+                "wrong Sec-WebSocket-Accept"
+            );
             if let Some(p) = &acc.subprotocol {
-                assert!(cfg.subprotocols.contains(p), "chose {p:?}, which the server does not speak");
+                assert!(
+                    cfg.subprotocols.contains(p),
+                    "chose {p:?}, which the server does not speak"
+                );
                 let offered = req
                     .headers()
                     .get_all("sec-websocket-protocol")
@@ -65,7 +95,10 @@ fn check(req: &http::Request<()>, cfg: &ServerConfig) {
                 let v = acc.response.headers().get("sec-websocket-extensions");
                 let v = v.map(|v| v.as_bytes()).unwrap_or_default();
                 let parsed = parse_extensions([v]);
-                assert!(parsed.is_ok(), "our own extensions header {v:?} does not parse: {parsed:?}");
+                assert!(
+                    parsed.is_ok(),
+                    "our own extensions header {v:?} does not parse: {parsed:?}"
+                );
             }
         }
         Err(rej) => {

@@ -36,7 +36,9 @@ struct Resp {
 }
 
 fn headers(h: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
-    h.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect()
+    h.iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 fn req(r: &http::Request<()>) -> Req {
@@ -49,7 +51,11 @@ fn req(r: &http::Request<()>) -> Req {
 }
 
 fn resp(r: &http::Response<()>) -> Resp {
-    Resp { status: r.status(), version: r.version(), headers: headers(r.headers()) }
+    Resp {
+        status: r.status(),
+        version: r.version(),
+        headers: headers(r.headers()),
+    }
 }
 
 /// Feed `pieces` to a fresh parser through `feed`, checking the consumed
@@ -65,9 +71,16 @@ fn run<P, T>(
         match feed(&mut parser, piece) {
             Ok(None) => start += piece.len(),
             Ok(Some((t, used))) => {
-                assert!(used <= piece.len(), "consumed {used} of a {}-byte piece", piece.len());
+                assert!(
+                    used <= piece.len(),
+                    "consumed {used} of a {}-byte piece",
+                    piece.len()
+                );
                 let total = start + used;
-                assert!(total <= limits.max_head_bytes, "head of {total} bytes over the limit");
+                assert!(
+                    total <= limits.max_head_bytes,
+                    "head of {total} bytes over the limit"
+                );
                 return Outcome::Done(t, total);
             }
             Err(e) => {
@@ -90,10 +103,18 @@ fn kind<T>(o: &Outcome<T>) -> std::mem::Discriminant<Outcome<T>> {
 }
 
 fn check_same<T: PartialEq + std::fmt::Debug>(whole: &Outcome<T>, split: &Outcome<T>) {
-    assert_eq!(kind(whole), kind(split), "whole: {whole:?}\nsplit: {split:?}");
+    assert_eq!(
+        kind(whole),
+        kind(split),
+        "whole: {whole:?}\nsplit: {split:?}"
+    );
     match (whole, split) {
         (Outcome::Error(a), Outcome::Error(b)) => {
-            assert_eq!(std::mem::discriminant(a), std::mem::discriminant(b), "{a:?} vs {b:?}")
+            assert_eq!(
+                std::mem::discriminant(a),
+                std::mem::discriminant(b),
+                "{a:?} vs {b:?}"
+            )
         }
         (Outcome::Done(..), Outcome::Done(..)) => assert_eq!(whole, split),
         _ => {}
@@ -106,16 +127,24 @@ fuzz_target!(|data: &[u8]| {
     };
     let n = usize::from(n % 8).min(rest.len());
     let (cuts, input) = rest.split_at(n);
-    let limits = Limits { max_head_bytes: 4096, max_headers: 32, ..Limits::default() };
+    let limits = Limits {
+        max_head_bytes: 4096,
+        max_headers: 32,
+        ..Limits::default()
+    };
     let pieces = switchyard_fuzz::split_at_cuts(cuts, input);
 
     // Requests.
-    let feed_req = |p: &mut RequestParser, d: &[u8]| p.feed(d).map(|o| o.map(|(r, u)| (req(&r), u)));
+    let feed_req =
+        |p: &mut RequestParser, d: &[u8]| p.feed(d).map(|o| o.map(|(r, u)| (req(&r), u)));
     let whole = run(&limits, &[input], RequestParser::new(&limits), feed_req);
     let split = run(&limits, &pieces, RequestParser::new(&limits), feed_req);
     check_same(&whole, &split);
     if let Outcome::Done(_, used) = &whole {
-        assert!(input[..*used].ends_with(b"\r\n\r\n"), "head does not end with a blank line");
+        assert!(
+            input[..*used].ends_with(b"\r\n\r\n"),
+            "head does not end with a blank line"
+        );
         // What we serialize parses back to the same request.
         let mut p = RequestParser::new(&limits);
         if let Ok(Some((r, _))) = p.feed(input) {
@@ -125,25 +154,42 @@ fuzz_target!(|data: &[u8]| {
             match again.feed(&out) {
                 Ok(Some((r2, used2))) => {
                     assert_eq!(used2, out.len(), "re-parse of our own head");
-                    assert_eq!(req(&r), req(&r2), "request changed by write + parse: {:?}", String::from_utf8_lossy(&out));
+                    assert_eq!(
+                        req(&r),
+                        req(&r2),
+                        "request changed by write + parse: {:?}",
+                        String::from_utf8_lossy(&out)
+                    );
                 }
-                other => panic!("our own head {:?} does not parse: {other:?}", String::from_utf8_lossy(&out)),
+                other => panic!(
+                    "our own head {:?} does not parse: {other:?}",
+                    String::from_utf8_lossy(&out)
+                ),
             }
         }
     }
     if let Outcome::Incomplete = &whole {
         let mut p = RequestParser::new(&limits);
         let _ = p.feed(input);
-        assert!(p.bytes_seen() <= input.len(), "bytes_seen {} > {}", p.bytes_seen(), input.len());
+        assert!(
+            p.bytes_seen() <= input.len(),
+            "bytes_seen {} > {}",
+            p.bytes_seen(),
+            input.len()
+        );
     }
 
     // Responses.
-    let feed_resp = |p: &mut ResponseParser, d: &[u8]| p.feed(d).map(|o| o.map(|(r, u)| (resp(&r), u)));
+    let feed_resp =
+        |p: &mut ResponseParser, d: &[u8]| p.feed(d).map(|o| o.map(|(r, u)| (resp(&r), u)));
     let whole = run(&limits, &[input], ResponseParser::new(&limits), feed_resp);
     let split = run(&limits, &pieces, ResponseParser::new(&limits), feed_resp);
     check_same(&whole, &split);
     if let Outcome::Done(_, used) = &whole {
-        assert!(input[..*used].ends_with(b"\r\n\r\n"), "head does not end with a blank line");
+        assert!(
+            input[..*used].ends_with(b"\r\n\r\n"),
+            "head does not end with a blank line"
+        );
         let mut p = ResponseParser::new(&limits);
         if let Ok(Some((r, _))) = p.feed(input) {
             let mut out = Vec::new();
@@ -152,9 +198,17 @@ fuzz_target!(|data: &[u8]| {
             match again.feed(&out) {
                 Ok(Some((r2, used2))) => {
                     assert_eq!(used2, out.len(), "re-parse of our own head");
-                    assert_eq!(resp(&r), resp(&r2), "response changed by write + parse: {:?}", String::from_utf8_lossy(&out));
+                    assert_eq!(
+                        resp(&r),
+                        resp(&r2),
+                        "response changed by write + parse: {:?}",
+                        String::from_utf8_lossy(&out)
+                    );
                 }
-                other => panic!("our own head {:?} does not parse: {other:?}", String::from_utf8_lossy(&out)),
+                other => panic!(
+                    "our own head {:?} does not parse: {other:?}",
+                    String::from_utf8_lossy(&out)
+                ),
             }
         }
     }

@@ -17,7 +17,7 @@ impl Rng {
     pub fn new(seed: u8) -> Self {
         Rng(0x9E37_79B9 ^ (u32::from(seed) << 8 | u32::from(seed)))
     }
-    pub fn next(&mut self) -> u32 {
+    pub fn next_u32(&mut self) -> u32 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 17;
@@ -27,7 +27,7 @@ impl Rng {
     }
     /// A value in `1..=max`.
     pub fn len(&mut self, max: usize) -> usize {
-        1 + (self.next() as usize) % max.max(1)
+        1 + (self.next_u32() as usize) % max.max(1)
     }
 }
 
@@ -59,7 +59,10 @@ pub fn chunks(seed: u8, data: &[u8]) -> Vec<&[u8]> {
 /// Split `data` at the sorted positions given by `cuts` (each byte scaled to
 /// the length of `data`), so the fuzzer can place a split anywhere.
 pub fn split_at_cuts<'a>(cuts: &[u8], data: &'a [u8]) -> Vec<&'a [u8]> {
-    let mut pos: Vec<usize> = cuts.iter().map(|&c| usize::from(c) * data.len() / 256).collect();
+    let mut pos: Vec<usize> = cuts
+        .iter()
+        .map(|&c| usize::from(c) * data.len() / 256)
+        .collect();
     pos.sort_unstable();
     let mut out = Vec::new();
     let mut start = 0;
@@ -211,7 +214,10 @@ pub fn run_connection(role: Role, data: &[u8]) {
         loop {
             let r = conn.poll_message();
             if error.is_some() || closed {
-                assert!(matches!(r, Ok(None)), "after an error or a Close, poll_message returned {r:?}");
+                assert!(
+                    matches!(r, Ok(None)),
+                    "after an error or a Close, poll_message returned {r:?}"
+                );
                 break;
             }
             match r {
@@ -219,11 +225,18 @@ pub fn run_connection(role: Role, data: &[u8]) {
                 Ok(Some(m)) => {
                     delivered += m.len();
                     if !deflated {
-                        assert!(delivered <= fed, "delivered {delivered} payload bytes from {fed} received");
+                        assert!(
+                            delivered <= fed,
+                            "delivered {delivered} payload bytes from {fed} received"
+                        );
                     }
                     match &m {
                         Message::Text(_) | Message::Binary(_) => {
-                            assert!(m.len() <= limits.max_message_size, "message of {} bytes over the limit", m.len())
+                            assert!(
+                                m.len() <= limits.max_message_size,
+                                "message of {} bytes over the limit",
+                                m.len()
+                            )
                         }
                         Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {
                             assert!(m.len() <= 125, "control payload of {} bytes", m.len())
@@ -231,13 +244,24 @@ pub fn run_connection(role: Role, data: &[u8]) {
                     }
                     if let Message::Close(_) = m {
                         closed = true;
-                        assert_ne!(conn.state(), State::Open, "state still Open after receiving Close");
+                        assert_ne!(
+                            conn.state(),
+                            State::Open,
+                            "state still Open after receiving Close"
+                        );
                     }
                 }
                 Err(e) => {
                     assert_eq!(conn.state(), State::Failed, "state after {e:?}");
-                    assert!(conn.wants_close_transport(), "failed connection does not want the transport closed");
-                    assert!(e.code.is_sendable(), "error code {} cannot be sent", e.code.0);
+                    assert!(
+                        conn.wants_close_transport(),
+                        "failed connection does not want the transport closed"
+                    );
+                    assert!(
+                        e.code.is_sendable(),
+                        "error code {} cannot be sent",
+                        e.code.0
+                    );
                     error = Some(e);
                 }
             }
@@ -266,8 +290,12 @@ pub fn run_connection(role: Role, data: &[u8]) {
     for msg in send_script(wire) {
         let open = conn.state() == State::Open;
         let expect_err = match &msg {
-            Message::Ping(b) | Message::Pong(b) if b.len() > 125 => Some(SendError::ControlTooLong(b.len())),
-            Message::Close(Some(f)) if !f.code.is_sendable() => Some(SendError::BadCloseCode(f.code.0)),
+            Message::Ping(b) | Message::Pong(b) if b.len() > 125 => {
+                Some(SendError::ControlTooLong(b.len()))
+            }
+            Message::Close(Some(f)) if !f.code.is_sendable() => {
+                Some(SendError::BadCloseCode(f.code.0))
+            }
             _ => None,
         };
         let r = conn.send(msg.clone());
@@ -277,7 +305,12 @@ pub fn run_connection(role: Role, data: &[u8]) {
             }
         }
         if !open && msg.is_data() {
-            assert_eq!(r, Err(SendError::Closed), "data send in state {:?}", conn.state());
+            assert_eq!(
+                r,
+                Err(SendError::Closed),
+                "data send in state {:?}",
+                conn.state()
+            );
         }
         if r.is_ok() && msg.is_data() {
             sent_data.push(msg);
@@ -295,13 +328,22 @@ pub fn run_connection(role: Role, data: &[u8]) {
             .collect::<Vec<_>>();
         // The peer's data messages from phase 1 replies are none (only control
         // frames are sent automatically), so what it got is what we sent.
-        assert_eq!(got_data, sent_data, "peer received different data than was sent");
+        assert_eq!(
+            got_data, sent_data,
+            "peer received different data than was sent"
+        );
     }
 }
 
 /// Encode one frame (RFC 6455 §5.2) with an optional mask: an independent
 /// encoder, so the corpus does not depend on the code under test.
-pub fn encode_frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+pub fn encode_frame(
+    fin: bool,
+    rsv1: bool,
+    opcode: u8,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 14);
     out.push(u8::from(fin) << 7 | u8::from(rsv1) << 6 | (opcode & 0x0f));
     let m = if mask.is_some() { 0x80 } else { 0 };
