@@ -59,9 +59,6 @@ impl Utf8Validator {
             self.hi = 0xbf;
             rest = tail;
         }
-        if rest.is_ascii() {
-            return Ok(());
-        }
         match std::str::from_utf8(rest) {
             Ok(_) => Ok(()),
             Err(e) if e.error_len().is_some() => Err(Utf8Error::Invalid),
