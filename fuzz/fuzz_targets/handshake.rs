@@ -85,9 +85,8 @@ fn check(req: &http::Request<()>, cfg: &ServerConfig) {
                     .headers()
                     .get_all("sec-websocket-protocol")
                     .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .flat_map(|v| v.split(','))
-                    .any(|t| t.trim() == p);
+                    .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                    .any(|t| t.trim_ascii() == p.as_bytes());
                 assert!(offered, "chose {p:?}, which the client did not offer");
             }
             if acc.deflate.is_some() {

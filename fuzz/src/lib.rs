@@ -284,55 +284,70 @@ pub fn run_connection(role: Role, data: &[u8]) {
         );
     }
 
-    // Phase 3: scripted sends, checked at the peer.
-    let peer_close_seen = peer_got.iter().any(|m| matches!(m, Message::Close(_)));
+    // Phase 3: scripted sends, checked at the peer. A connection that is no
+    // longer open refuses data; the round trip then runs on a fresh pair.
+    if conn.state() != State::Open {
+        for msg in send_script(wire).into_iter().filter(Message::is_data) {
+            let state = conn.state();
+            assert_eq!(
+                conn.send(msg),
+                Err(SendError::Closed),
+                "data send in state {state:?}"
+            );
+        }
+        conn = connection(role, cfg, limits.clone());
+        peer = connection(other(role), cfg, Limits::default());
+        peer_got.clear();
+    }
+    round_trip(&mut conn, &mut peer, wire, &mut rng, &mut peer_got);
+}
+
+/// Send the messages scripted by `script` from `conn`, check each `send`
+/// result, and check that `peer` receives exactly the data messages that were
+/// accepted, in order.
+fn round_trip(
+    conn: &mut Connection,
+    peer: &mut Connection,
+    script: &[u8],
+    rng: &mut Rng,
+    peer_got: &mut Vec<Message>,
+) {
     let mut sent_data = Vec::new();
-    for msg in send_script(wire) {
-        let open = conn.state() == State::Open;
-        let expect_err = match &msg {
+    for msg in send_script(script) {
+        let state = conn.state();
+        let open = state == State::Open;
+        let (must_fail, exact) = match &msg {
             Message::Ping(b) | Message::Pong(b) if b.len() > 125 => {
-                Some(SendError::ControlTooLong(b.len()))
+                (true, Some(SendError::ControlTooLong(b.len())))
             }
             Message::Close(Some(f)) if !f.code.is_sendable() => {
-                Some(SendError::BadCloseCode(f.code.0))
+                (true, Some(SendError::BadCloseCode(f.code.0)))
             }
-            _ => None,
+            Message::Close(Some(f)) if f.reason.len() > 123 => (true, None),
+            _ => (false, None),
         };
         let r = conn.send(msg.clone());
         if open {
-            if let Some(want) = expect_err {
+            if let Some(want) = exact {
                 assert_eq!(r, Err(want), "send of an invalid {msg:?}");
             }
-        }
-        if !open && msg.is_data() {
-            assert_eq!(
-                r,
-                Err(SendError::Closed),
-                "data send in state {:?}",
-                conn.state()
-            );
+            assert_eq!(r.is_err(), must_fail, "send of {msg:?} returned {r:?}");
+        } else if msg.is_data() {
+            assert_eq!(r, Err(SendError::Closed), "data send in state {state:?}");
         }
         if r.is_ok() && msg.is_data() {
             sent_data.push(msg);
         }
-        forward(&mut conn, &mut peer, &mut rng);
-        if !peer_close_seen {
-            drain_peer(&mut peer, &mut peer_got);
-        }
+        forward(conn, peer, rng);
+        drain_peer(peer, peer_got);
     }
-    if !peer_close_seen {
-        let got_data: Vec<Message> = peer_got
-            .iter()
-            .filter(|m| m.is_data())
-            .cloned()
-            .collect::<Vec<_>>();
-        // The peer's data messages from phase 1 replies are none (only control
-        // frames are sent automatically), so what it got is what we sent.
-        assert_eq!(
-            got_data, sent_data,
-            "peer received different data than was sent"
-        );
-    }
+    // Before phase 3 the peer only got control frames, so its data messages
+    // are exactly what was sent here.
+    let got_data: Vec<Message> = peer_got.iter().filter(|m| m.is_data()).cloned().collect();
+    assert_eq!(
+        got_data, sent_data,
+        "peer received different data than was sent"
+    );
 }
 
 /// Encode one frame (RFC 6455 §5.2) with an optional mask: an independent
