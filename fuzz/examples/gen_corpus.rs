@@ -114,6 +114,17 @@ fn head_request(w: &Writer) {
     }
     many.push_str("\r\n");
     w.put(t, "too_many_headers", &cat(&[&[0], many.as_bytes()]));
+    // Tiny caps (bit 3): the upgrade request is over 200 bytes.
+    w.put(
+        t,
+        "tiny_caps_too_large",
+        &cat(&[&[0x08], UPGRADE_REQ.as_bytes()]),
+    );
+    w.put(
+        t,
+        "tiny_caps_fits",
+        &cat(&[&[0x08], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]),
+    );
 }
 
 /// Frames one side sends: `mask` for a client's, `None` for a server's.
@@ -351,6 +362,25 @@ fn handshake(w: &Writer) {
         ]),
     );
     w.put(t, "post_not_upgrade", &cat(&[&[0x02], b"POST /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\nContent-Length: 0\r\n\r\n"]));
+    // Responses for the client side (cfg 0x60: offers chat/superchat and deflate).
+    let resp_ext = RESP_101.replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Protocol: chat\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_max_window_bits=10\r\n\r\n",
+    );
+    w.put(t, "resp_101_full", &cat(&[&[0x60], resp_ext.as_bytes()]));
+    w.put(
+        t,
+        "resp_101_unoffered",
+        &cat(&[&[0x00], resp_ext.as_bytes()]),
+    );
+    w.put(
+        t,
+        "resp_403",
+        &cat(&[
+            &[0x60],
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
+        ]),
+    );
     let exts: &[(&str, &str)] = &[
         ("ext_two_offers", "permessage-deflate; client_max_window_bits; server_max_window_bits=10, permessage-deflate"),
         ("ext_quoted", "permessage-deflate; server_max_window_bits=\"12\"; client_no_context_takeover"),

@@ -1,16 +1,20 @@
 //! The server side of the WebSocket handshake on a request parsed from the
 //! input, and `parse_extensions` on arbitrary header values.
 //!
-//! Input: `[cfg, rest...]`. `rest` is parsed as a request head; when that
-//! fails, a valid upgrade request is built with `rest` as its
-//! `Sec-WebSocket-Extensions` value instead. `cfg` picks the server config.
+//! Input: `[cfg, rest...]`. `rest` is parsed as a request head (checked with
+//! `server_accept`), else as a response head (checked with
+//! `ClientHandshake::verify`, key fixed to the RFC 6455 sample), else a valid
+//! upgrade request is built with `rest` as its `Sec-WebSocket-Extensions`
+//! value. `cfg` picks the server and client configs.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use switchyard_proto::deflate::DeflateConfig;
 use switchyard_proto::extensions::parse_extensions;
-use switchyard_proto::handshake::{accept_key, server_accept, OriginPolicy, ServerConfig};
-use switchyard_proto::head::RequestParser;
+use switchyard_proto::handshake::{
+    accept_key, server_accept, ClientConfig, ClientHandshake, OriginPolicy, ServerConfig,
+};
+use switchyard_proto::head::{RequestParser, ResponseParser};
 use switchyard_proto::Limits;
 
 fn server_config(cfg: u8) -> ServerConfig {
@@ -111,6 +115,41 @@ fn check(req: &http::Request<()>, cfg: &ServerConfig) {
     }
 }
 
+/// The RFC 6455 §1.3 sample key; the seeds' 101 responses carry its accept value.
+const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+fn check_client(resp: &http::Response<()>, cfg: u8) {
+    let client_cfg = ClientConfig {
+        subprotocols: if cfg & 0x20 != 0 {
+            vec!["chat".to_owned(), "superchat".to_owned()]
+        } else {
+            vec![]
+        },
+        deflate: (cfg & 0x40 != 0).then(DeflateConfig::default),
+        ..ClientConfig::default()
+    };
+    let uri: http::Uri = "ws://example.com/chat".parse().expect("static URI");
+    let Ok(mut hs) = ClientHandshake::new(&uri, client_cfg.clone()) else {
+        panic!("client handshake for a static URI failed");
+    };
+    hs.key = SAMPLE_KEY.to_owned();
+    if let Ok(n) = hs.verify(resp) {
+        assert_eq!(resp.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+        if let Some(p) = &n.subprotocol {
+            assert!(
+                client_cfg.subprotocols.contains(p),
+                "accepted subprotocol {p:?} we did not offer"
+            );
+        }
+        if n.deflate.is_some() {
+            assert!(
+                client_cfg.deflate.is_some(),
+                "accepted deflate we did not offer"
+            );
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&cfg, rest)) = data.split_first() else {
         return;
@@ -120,6 +159,11 @@ fuzz_target!(|data: &[u8]| {
     let mut parser = RequestParser::new(&Limits::default());
     if let Ok(Some((req, _))) = parser.feed(rest) {
         check(&req, &server);
+        return;
+    }
+    let mut parser = ResponseParser::new(&Limits::default());
+    if let Ok(Some((resp, _))) = parser.feed(rest) {
+        check_client(&resp, cfg);
         return;
     }
     let Ok(ext) = http::HeaderValue::from_bytes(rest) else {
