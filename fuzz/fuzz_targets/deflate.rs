@@ -65,6 +65,33 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    // Part A2: the same arbitrary input with a roomy limit, in one piece and
+    // in frames: the frame boundaries must not change the outcome.
+    let roomy = 1 << 16;
+    let mut whole = BytesMut::new();
+    let mut split = BytesMut::new();
+    let rw = decompress_all(
+        &mut PerMessageDeflate::new(rx_role, params, &config),
+        rest,
+        0,
+        roomy,
+        &mut whole,
+    );
+    let rs = decompress_all(
+        &mut PerMessageDeflate::new(rx_role, params, &config),
+        rest,
+        chunk_seed,
+        roomy,
+        &mut split,
+    );
+    assert_eq!(rw.is_ok(), rs.is_ok(), "whole: {rw:?}, in frames: {rs:?}");
+    if rw.is_ok() {
+        assert_eq!(
+            whole, split,
+            "inflated output depends on the frame boundaries"
+        );
+    }
+
     // Part B: round trip of several messages through one compressor and one
     // decompressor (so context takeover is exercised).
     let mut c = PerMessageDeflate::new(tx_role, params, &config);
