@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard_proto::deflate::DeflateConfig;
+use switchyard_proto::deflate::{client_accept, client_offer, negotiate_server, DeflateConfig};
 use switchyard_proto::extensions::parse_extensions;
 use switchyard_proto::handshake::{
     accept_key, server_accept, ClientConfig, ClientHandshake, OriginPolicy, ServerConfig,
@@ -115,6 +115,74 @@ fn check(req: &http::Request<()>, cfg: &ServerConfig) {
     }
 }
 
+/// A deflate config from two bytes: the no-context-takeover flags and the two
+/// window sizes (a nibble under 8 means "not set").
+fn deflate_config(a: u8, b: u8) -> DeflateConfig {
+    let window = |v: u8| (v & 0x0f >= 8).then_some(v & 0x0f);
+    DeflateConfig {
+        server_no_context_takeover: a & 0x10 != 0,
+        client_no_context_takeover: a & 0x20 != 0,
+        server_max_window_bits: window(a),
+        client_max_window_bits: window(b),
+        ..DeflateConfig::default()
+    }
+}
+
+/// Negotiation round trip: our client's offer parses; what our server picks
+/// from it respects both configs, its header parses, and our client accepts
+/// it with the same parameters.
+fn check_negotiation(client: &DeflateConfig, server: &DeflateConfig) {
+    let offer = client_offer(client);
+    let offers = match parse_extensions([offer.as_bytes()]) {
+        Ok(o) => o,
+        Err(e) => panic!("our offer {offer:?} does not parse: {e}"),
+    };
+    let Some((params, header)) = negotiate_server(&offers, server) else {
+        return;
+    };
+    for bits in [params.server_max_window_bits, params.client_max_window_bits] {
+        assert!((8..=15).contains(&bits), "window bits {bits} in {params:?}");
+    }
+    let within = |got: u8, cap: Option<u8>| cap.is_none_or(|c| got <= c);
+    assert!(
+        within(params.server_max_window_bits, server.server_max_window_bits),
+        "{params:?} vs server {server:?}"
+    );
+    assert!(
+        within(params.server_max_window_bits, client.server_max_window_bits),
+        "{params:?} vs client {client:?}"
+    );
+    assert!(
+        within(params.client_max_window_bits, server.client_max_window_bits),
+        "{params:?} vs server {server:?}"
+    );
+    assert!(
+        within(params.client_max_window_bits, client.client_max_window_bits),
+        "{params:?} vs client {client:?}"
+    );
+    if server.server_no_context_takeover || client.server_no_context_takeover {
+        assert!(
+            params.server_no_context_takeover,
+            "{params:?}: server_no_context_takeover was asked for"
+        );
+    }
+    if server.client_no_context_takeover || client.client_no_context_takeover {
+        assert!(
+            params.client_no_context_takeover,
+            "{params:?}: client_no_context_takeover was asked for"
+        );
+    }
+    let answer = match parse_extensions([header.as_bytes()]) {
+        Ok(a) if a.len() == 1 => a,
+        other => panic!("our answer {header:?} does not parse to one extension: {other:?}"),
+    };
+    assert_eq!(
+        client_accept(&answer[0], client),
+        Ok(params),
+        "client refused our server's answer {header:?} to {offer:?}"
+    );
+}
+
 /// The RFC 6455 §1.3 sample key; the seeds' 101 responses carry its accept value.
 const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
@@ -155,6 +223,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let server = server_config(cfg);
+    if let [a, b, c, d, ..] = rest {
+        check_negotiation(&deflate_config(*a, *b), &deflate_config(*c, *d));
+    }
     let _ = parse_extensions(rest.split(|&b| b == b'\n'));
     let mut parser = RequestParser::new(&Limits::default());
     if let Ok(Some((req, _))) = parser.feed(rest) {
