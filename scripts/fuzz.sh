@@ -75,7 +75,18 @@ host="$("${rustc_cmd[@]}" -vV | sed -n 's/^host: //p')"
 bindir="$root/fuzz/target/$host/release"
 
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+# On exit (or Ctrl-C) stop the runs this script started, then clean up.
+cleanup() {
+    local pids
+    pids="$(jobs -p)"
+    if [ -n "$pids" ]; then
+        # shellcheck disable=SC2086 # one pid per word
+        kill $pids 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # Run one target on a temp copy of its seeds; its exit status goes to a file.
 run_one() {
