@@ -125,6 +125,7 @@ pub async fn accept_request<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(WebSocket::from_raw(stream, conn, &leftover).with_negotiated(negotiated))
         }
         Err(rej) => {
+            tracing::debug!(status = rej.response.status().as_u16(), error = %rej.error, "websocket upgrade refused");
             let extra = rejection_extra_headers(&rej.response);
             let body = format!("{}\n", rej.error);
             let _ = write_simple(&mut stream, rej.response.status(), &extra, &body).await;
@@ -144,6 +145,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Ok((req, leftover)) => accept_request(stream, &req, leftover, cfg).await,
         Err(e) => {
             if let Some(status) = e.http_status() {
+                tracing::debug!(status = status.as_u16(), error = %e, "bad request head");
                 let body = format!("{e}\n");
                 let _ = write_simple(&mut stream, status, &HeaderMap::new(), &body).await;
                 let _ = stream.shutdown().await;
