@@ -363,15 +363,15 @@ async fn read_response_head<S: AsyncRead + Unpin>(
 }
 
 /// A parsed ws:// or wss:// URL.
-struct Target {
-    uri: Uri,
-    host: String,
-    port: u16,
-    tls: bool,
+pub(crate) struct Target {
+    pub(crate) uri: Uri,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: bool,
 }
 
 impl Target {
-    fn parse(url: &str) -> Result<Target, Error> {
+    pub(crate) fn parse(url: &str) -> Result<Target, Error> {
         let bad = |why| Error::Url {
             url: url.to_owned(),
             why,
@@ -401,7 +401,7 @@ impl Target {
     }
 }
 
-fn tls_error(host: &str, e: io::Error) -> Error {
+pub(crate) fn tls_error(host: &str, e: io::Error) -> Error {
     let is_rustls = e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
     if is_rustls {
         if let Some(inner) = e.into_inner() {
