@@ -31,6 +31,7 @@
 //! | request / response header section (QPACK-decoded, RFC 9114 size) | `Limits::max_head_bytes` (431 over it), advertised as SETTINGS_MAX_FIELD_SECTION_SIZE |
 //! | header fields | `Limits::max_headers` (431) |
 //! | time to receive the request HEADERS | `Limits::handshake_timeout` (stream reset H3_REQUEST_INCOMPLETE) |
+//! | QUIC connections per [`serve`] | [`MAX_CONNECTIONS`] = 10,000 (more refused) |
 //! | concurrent request streams (WebSockets) per connection | [`MAX_STREAMS_PER_CONNECTION`] = 100 |
 //! | peer's unidirectional streams | 8 |
 //! | control stream frame | 4 KiB |
@@ -58,7 +59,10 @@ use switchyard_proto::{Connection, Role};
 use tokio::sync::watch;
 
 pub use frame::{H3ProtocolError, PeerSettings};
-pub use server::{bind_endpoint, serve, OnWebSocket, IDLE_TIMEOUT, MAX_STREAMS_PER_CONNECTION};
+pub use server::{
+    bind_endpoint, serve, serve_with_max_connections, OnWebSocket, CLIENT_KEEP_ALIVE, IDLE_TIMEOUT,
+    MAX_CONNECTIONS, MAX_STREAMS_PER_CONNECTION,
+};
 pub use stream::{H3Stream, MAX_DATA_FRAME};
 
 use crate::client::ClientBuilder;

@@ -63,6 +63,8 @@ async fn echo_server(cfg: AcceptConfig) -> Server {
         cfg,
         move |req, mut ws| {
             assert_eq!(req.method(), http::Method::CONNECT);
+            let peer = req.extensions().get::<SocketAddr>().copied();
+            assert!(peer.is_some_and(|p| p.ip().is_loopback()), "{peer:?}");
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 while let Some(Ok(m)) = ws.next().await {
@@ -382,5 +384,54 @@ async fn shutdown_stops_serving_and_closes_connections() {
             ..Limits::default()
         });
     assert!(h3::connect_h3(&url, &quick).await.is_err());
+    let _ = std::fs::remove_file(&ca);
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_until_one_closes() {
+    let (tls, pem) = tls_config();
+    let endpoint = h3::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
+    let port = endpoint.local_addr().unwrap().port();
+    let ca = std::env::temp_dir().join(format!("switchyard-h3-cap-{port}.pem"));
+    std::fs::write(&ca, pem).unwrap();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(h3::serve_with_max_connections(
+        endpoint,
+        AcceptConfig::default(),
+        1,
+        |_req, _ws| {},
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let builder = ClientBuilder::new()
+        .roots(RootSource::None)
+        .add_ca_file(&ca)
+        .limits(Limits {
+            handshake_timeout: Duration::from_secs(3),
+            ..Limits::default()
+        });
+    let url = format!("wss://127.0.0.1:{port}/");
+    let first = H3Connection::connect(&url, &builder).await.unwrap();
+    let refused = H3Connection::connect(&url, &builder).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("refused") || refused.to_string().contains("REFUSED"),
+        "{refused}"
+    );
+    first.close();
+    first.quic().closed().await;
+    // The server notices the close and frees the slot.
+    let mut ok = false;
+    for _ in 0..20 {
+        if H3Connection::connect(&url, &builder).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ok,
+        "the slot was not freed after the first connection closed"
+    );
     let _ = std::fs::remove_file(&ca);
 }

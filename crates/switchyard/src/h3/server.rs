@@ -29,6 +29,10 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 /// (`Limits::ping_interval`) or QUIC keep-alives.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// QUIC connections one [`serve`] call keeps at once; more are refused
+/// (QUIC CONNECTION_REFUSED) until some close.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
 /// Interval of the QUIC keep-alive PINGs a client sends, so a quiet
 /// WebSocket is not closed by either side's [`IDLE_TIMEOUT`].
 pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(20);
@@ -70,7 +74,7 @@ pub fn bind_endpoint(
 
 /// What the callback gets for each accepted WebSocket: the extended CONNECT
 /// request (method CONNECT, `https://authority/path` URI, headers, version
-/// HTTP/3) and the WebSocket (server role, negotiated subprotocol and
+/// HTTP/3, the peer's `SocketAddr` in its extensions) and the WebSocket (server role, negotiated subprotocol and
 /// permessage-deflate already applied).
 pub type OnWebSocket = Arc<dyn Fn(Request<()>, WebSocket<H3Stream>) + Send + Sync>;
 
@@ -86,8 +90,13 @@ pub type OnWebSocket = Arc<dyn Fn(Request<()>, WebSocket<H3Stream>) + Send + Syn
 /// * GET / HEAD: 404 (this listener only serves WebSockets); other methods: 405;
 /// * malformed requests (RFC 9114 §4.1.2): stream reset with H3_MESSAGE_ERROR.
 ///
+/// At most [`MAX_CONNECTIONS`] QUIC connections at once (more are refused).
+///
 /// On shutdown the endpoint stops accepting and closes every connection with
 /// H3_NO_ERROR, waiting at most `cfg.limits.close_timeout` for the peers.
+/// WebSockets still open end without a close frame (the client sees the
+/// connection closed): to close them with 1001 first, keep track of them in
+/// the callback and close them before resolving `shutdown`.
 pub async fn serve<F>(
     endpoint: quinn::Endpoint,
     cfg: AcceptConfig,
@@ -96,16 +105,40 @@ pub async fn serve<F>(
 ) where
     F: Fn(Request<()>, WebSocket<H3Stream>) + Send + Sync + 'static,
 {
+    serve_with_max_connections(endpoint, cfg, MAX_CONNECTIONS, on_websocket, shutdown).await
+}
+
+/// [`serve`] with another cap than [`MAX_CONNECTIONS`] on simultaneous
+/// QUIC connections.
+pub async fn serve_with_max_connections<F>(
+    endpoint: quinn::Endpoint,
+    cfg: AcceptConfig,
+    max_connections: usize,
+    on_websocket: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(Request<()>, WebSocket<H3Stream>) + Send + Sync + 'static,
+{
     let cfg = Arc::new(cfg);
     let cb: OnWebSocket = Arc::new(on_websocket);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(
+                        "refusing an HTTP/3 connection from {}: {max_connections} open",
+                        incoming.remote_address()
+                    );
+                    incoming.refuse();
+                    continue;
+                };
                 let cfg = cfg.clone();
                 let cb = cb.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match incoming.await {
                         Ok(conn) => {
                             if let Err(e) = serve_connection(conn, cfg, cb).await {
@@ -533,6 +566,7 @@ async fn handle_request(
             *req.uri_mut() = uri;
             *req.version_mut() = Version::HTTP_3;
             *req.headers_mut() = head.headers;
+            req.extensions_mut().insert(conn.remote_address());
             cb(req, ws);
         }
         Err(Outcome::Respond {
