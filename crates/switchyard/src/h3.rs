@@ -119,10 +119,20 @@ pub(crate) fn encode_headers<'a>(
 }
 
 /// What keeps a client connection's HTTP/3 machinery alive: the endpoint
-/// and our control stream. Every [`H3Stream`] holds it.
+/// and our control stream. The [`H3Connection`] and every [`H3Stream`] hold
+/// it; when the last of them goes, the connection is closed (H3_NO_ERROR),
+/// which also ends the background task reading the server's streams.
 struct ClientGuts {
+    conn: quinn::Connection,
     _endpoint: quinn::Endpoint,
-    _control: tokio::sync::Mutex<quinn::SendStream>,
+    control: std::sync::Mutex<Option<quinn::SendStream>>,
+}
+
+impl Drop for ClientGuts {
+    fn drop(&mut self) {
+        self.conn
+            .close(quinn::VarInt::from_u32(frame::H3_NO_ERROR), b"client done");
+    }
 }
 
 /// One HTTP/3 connection to a server, carrying any number of WebSockets
@@ -249,8 +259,18 @@ impl H3Connection {
             }
             other => H3Error::Connection(other).into(),
         })?;
+        // From here on, any failure (or the caller's timeout dropping this
+        // future) drops `guts`, which closes the connection.
+        let guts = Arc::new(ClientGuts {
+            conn: conn.clone(),
+            _endpoint: endpoint,
+            control: std::sync::Mutex::new(None),
+        });
         let control =
             server::open_control(&conn, builder.get_limits().max_head_bytes, false).await?;
+        if let Ok(mut slot) = guts.control.lock() {
+            *slot = Some(control);
+        }
         let (tx, mut settings) = watch::channel(None);
         tokio::spawn(server::run_uni_streams(conn.clone(), true, move |s| {
             let _ = tx.send(Some(s));
@@ -265,10 +285,7 @@ impl H3Connection {
         }
         Ok(H3Connection {
             conn,
-            guts: Arc::new(ClientGuts {
-                _endpoint: endpoint,
-                _control: tokio::sync::Mutex::new(control),
-            }),
+            guts,
             settings,
             builder: builder.clone(),
             authority: target.authority.clone(),

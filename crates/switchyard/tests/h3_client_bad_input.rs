@@ -208,3 +208,46 @@ async fn unoffered_subprotocol_in_200_is_a_handshake_error() {
         other => panic!("expected a handshake error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn dropping_the_connection_and_its_websockets_closes_quic() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<quinn::ConnectionError>();
+    let (port, ca) = raw_server(move |conn| {
+        let tx = tx.clone();
+        async move {
+            let _control = send_settings(&conn, &[0x08, 0x01]).await;
+            // Accept one extended CONNECT and answer 200.
+            if let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let mut buf = [0u8; 4096];
+                let _ = recv.read(&mut buf).await;
+                let _ = send.write_all(&[0x01, 0x03, 0x00, 0x00, 0xc0 | 25]).await;
+                let _ = tx.send(conn.closed().await);
+                drop((send, recv));
+            }
+        }
+    })
+    .await;
+    let url = format!("wss://127.0.0.1:{port}/");
+    let conn = H3Connection::connect(&url, &builder(&ca).no_deflate())
+        .await
+        .unwrap();
+    let (ws, _) = conn.websocket("/").await.unwrap();
+    drop(conn);
+    // The WebSocket alone keeps the connection open.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "the connection closed while a WebSocket still used it"
+    );
+    drop(ws);
+    let reason = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the connection stayed open after everything was dropped");
+    match reason {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+            assert_eq!(c.error_code, quinn::VarInt::from_u32(0x100))
+        }
+        other => panic!("expected H3_NO_ERROR, got {other:?}"),
+    }
+}
