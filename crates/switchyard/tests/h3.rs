@@ -322,6 +322,11 @@ async fn untrusted_certificate_fails() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Io(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("certificate") && msg.contains("add_ca_file"),
+        "{msg}"
+    );
     assert_eq!(server.accepted.load(Ordering::SeqCst), 0);
 }
 
