@@ -440,3 +440,56 @@ async fn connections_over_the_cap_are_refused_until_one_closes() {
     );
     let _ = std::fs::remove_file(&ca);
 }
+
+#[tokio::test]
+async fn route_hook_refuses_before_the_200() {
+    let (tls, pem) = tls_config();
+    let endpoint = h3::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
+    let port = endpoint.local_addr().unwrap().port();
+    let ca = std::env::temp_dir().join(format!("switchyard-h3-route-{port}.pem"));
+    std::fs::write(&ca, pem).unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let server = h3::H3Server::new(AcceptConfig::default()).route(|req| {
+        if req.uri().path() == "/chat" {
+            Ok(())
+        } else {
+            Err((
+                StatusCode::NOT_FOUND,
+                format!("no WebSocket at {}", req.uri().path()),
+            ))
+        }
+    });
+    tokio::spawn(server.serve(
+        endpoint,
+        move |req, _ws| {
+            assert_eq!(req.uri().path(), "/chat");
+            count.fetch_add(1, Ordering::SeqCst);
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let builder = ClientBuilder::new()
+        .roots(RootSource::None)
+        .add_ca_file(&ca);
+    match h3::connect_h3(&format!("wss://127.0.0.1:{port}/other"), &builder).await {
+        Err(Error::UpgradeRefused {
+            status,
+            body_preview,
+            ..
+        }) => {
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            assert_eq!(body_preview, "no WebSocket at /other\n");
+        }
+        other => panic!("expected 404, got {other:?}"),
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    let (_ws, resp) = h3::connect_h3(&format!("wss://127.0.0.1:{port}/chat"), &builder)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let _ = std::fs::remove_file(&ca);
+}

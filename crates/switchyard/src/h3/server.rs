@@ -78,25 +78,136 @@ pub fn bind_endpoint(
 /// permessage-deflate already applied).
 pub type OnWebSocket = Arc<dyn Fn(Request<()>, WebSocket<H3Stream>) + Send + Sync>;
 
-/// Serve HTTP/3 on `endpoint` until `shutdown` resolves.
-///
-/// * extended CONNECT with `:protocol websocket`: validated like RFC 8441
-///   (`Sec-WebSocket-Version: 13` else 400 with `Sec-WebSocket-Version: 13`;
-///   origin policy 403; malformed extensions 400; subprotocol and
-///   permessage-deflate from `cfg.handshake`), answered 200, and handed to
-///   `on_websocket`, which should spawn a task to run it (routing by
-///   `request.uri().path()` is the caller's job);
-/// * another `:protocol`: 501; CONNECT without `:protocol`: 405;
-/// * GET / HEAD: 404 (this listener only serves WebSockets); other methods: 405;
-/// * malformed requests (RFC 9114 §4.1.2): stream reset with H3_MESSAGE_ERROR.
-///
-/// At most [`MAX_CONNECTIONS`] QUIC connections at once (more are refused).
-///
-/// On shutdown the endpoint stops accepting and closes every connection with
-/// H3_NO_ERROR, waiting at most `cfg.limits.close_timeout` for the peers.
-/// WebSockets still open end without a close frame (the client sees the
-/// connection closed): to close them with 1001 first, keep track of them in
-/// the callback and close them before resolving `shutdown`.
+/// Decides, after the WebSocket checks and before the 200, whether a
+/// request is served: `Err((status, body))` refuses it (e.g. 404 for a path
+/// without a WebSocket endpoint, 403 for a policy). It sees the same
+/// [`Request`] the WebSocket callback would get.
+pub type Route = Arc<dyn Fn(&Request<()>) -> Result<(), (StatusCode, String)> + Send + Sync>;
+
+/// An HTTP/3 WebSocket server's settings: the handshake policy and limits,
+/// the connection cap, and an optional [`Route`] hook.
+#[derive(Clone)]
+pub struct H3Server {
+    cfg: AcceptConfig,
+    max_connections: usize,
+    route: Option<Route>,
+}
+
+impl std::fmt::Debug for H3Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H3Server")
+            .field("cfg", &self.cfg)
+            .field("max_connections", &self.max_connections)
+            .field("route", &self.route.is_some())
+            .finish()
+    }
+}
+
+struct Ctx {
+    cfg: AcceptConfig,
+    route: Option<Route>,
+    cb: OnWebSocket,
+}
+
+impl H3Server {
+    /// `cfg` as for HTTP/1.1 ([`AcceptConfig`]), [`MAX_CONNECTIONS`], no route hook.
+    pub fn new(cfg: AcceptConfig) -> Self {
+        H3Server {
+            cfg,
+            max_connections: MAX_CONNECTIONS,
+            route: None,
+        }
+    }
+
+    /// Cap on simultaneous QUIC connections; more are refused.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Accept or refuse each WebSocket request before answering 200.
+    pub fn route(
+        mut self,
+        f: impl Fn(&Request<()>) -> Result<(), (StatusCode, String)> + Send + Sync + 'static,
+    ) -> Self {
+        self.route = Some(Arc::new(f));
+        self
+    }
+
+    /// Serve HTTP/3 on `endpoint` until `shutdown` resolves.
+    ///
+    /// * extended CONNECT with `:protocol websocket`: validated like RFC 8441
+    ///   (`Sec-WebSocket-Version: 13` else 400 with `Sec-WebSocket-Version: 13`;
+    ///   origin policy 403; malformed extensions 400; subprotocol and
+    ///   permessage-deflate from `cfg.handshake`), then the [`Route`] hook if
+    ///   set (its refusal is answered instead), answered 200, and handed to
+    ///   `on_websocket`, which should spawn a task to run it;
+    /// * another `:protocol`: 501; CONNECT without `:protocol`: 405;
+    /// * GET / HEAD: 404 (this listener only serves WebSockets); other methods: 405;
+    /// * malformed requests (RFC 9114 §4.1.2): stream reset with H3_MESSAGE_ERROR.
+    ///
+    /// At most [`H3Server::max_connections`] QUIC connections at once (more
+    /// are refused).
+    ///
+    /// On shutdown the endpoint stops accepting and closes every connection with
+    /// H3_NO_ERROR, waiting at most `cfg.limits.close_timeout` for the peers.
+    /// WebSockets still open end without a close frame (the client sees the
+    /// connection closed): to close them with 1001 first, keep track of them in
+    /// the callback and close them before resolving `shutdown`.
+    pub async fn serve<F>(
+        self,
+        endpoint: quinn::Endpoint,
+        on_websocket: F,
+        shutdown: impl Future<Output = ()>,
+    ) where
+        F: Fn(Request<()>, WebSocket<H3Stream>) + Send + Sync + 'static,
+    {
+        let max_connections = self.max_connections;
+        let close_timeout = self.cfg.limits.close_timeout;
+        let ctx = Arc::new(Ctx {
+            cfg: self.cfg,
+            route: self.route,
+            cb: Arc::new(on_websocket),
+        });
+        let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(
+                            "refusing an HTTP/3 connection from {}: {max_connections} open",
+                            incoming.remote_address()
+                        );
+                        incoming.refuse();
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        match incoming.await {
+                            Ok(conn) => {
+                                if let Err(e) = serve_connection(conn, ctx).await {
+                                    tracing::debug!("HTTP/3 connection ended: {e}");
+                                }
+                            }
+                            Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        endpoint.close(
+            quinn::VarInt::from_u32(frame::H3_NO_ERROR),
+            b"server shutting down",
+        );
+        let _ = tokio::time::timeout(close_timeout, endpoint.wait_idle()).await;
+    }
+}
+
+/// [`H3Server::serve`] with `cfg` and the defaults (see there).
 pub async fn serve<F>(
     endpoint: quinn::Endpoint,
     cfg: AcceptConfig,
@@ -105,7 +216,9 @@ pub async fn serve<F>(
 ) where
     F: Fn(Request<()>, WebSocket<H3Stream>) + Send + Sync + 'static,
 {
-    serve_with_max_connections(endpoint, cfg, MAX_CONNECTIONS, on_websocket, shutdown).await
+    H3Server::new(cfg)
+        .serve(endpoint, on_websocket, shutdown)
+        .await
 }
 
 /// [`serve`] with another cap than [`MAX_CONNECTIONS`] on simultaneous
@@ -119,44 +232,10 @@ pub async fn serve_with_max_connections<F>(
 ) where
     F: Fn(Request<()>, WebSocket<H3Stream>) + Send + Sync + 'static,
 {
-    let cfg = Arc::new(cfg);
-    let cb: OnWebSocket = Arc::new(on_websocket);
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(
-                        "refusing an HTTP/3 connection from {}: {max_connections} open",
-                        incoming.remote_address()
-                    );
-                    incoming.refuse();
-                    continue;
-                };
-                let cfg = cfg.clone();
-                let cb = cb.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    match incoming.await {
-                        Ok(conn) => {
-                            if let Err(e) = serve_connection(conn, cfg, cb).await {
-                                tracing::debug!("HTTP/3 connection ended: {e}");
-                            }
-                        }
-                        Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    endpoint.close(
-        quinn::VarInt::from_u32(frame::H3_NO_ERROR),
-        b"server shutting down",
-    );
-    let _ = tokio::time::timeout(cfg.limits.close_timeout, endpoint.wait_idle()).await;
+    H3Server::new(cfg)
+        .max_connections(max_connections)
+        .serve(endpoint, on_websocket, shutdown)
+        .await
 }
 
 /// Close the connection with an HTTP/3 error.
@@ -310,12 +389,8 @@ async fn read_control(
     }
 }
 
-async fn serve_connection(
-    conn: quinn::Connection,
-    cfg: Arc<AcceptConfig>,
-    cb: OnWebSocket,
-) -> Result<(), H3Error> {
-    let control = open_control(&conn, cfg.limits.max_head_bytes, true).await?;
+async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) -> Result<(), H3Error> {
+    let control = open_control(&conn, ctx.cfg.limits.max_head_bytes, true).await?;
     // Shared by every stream: dropping the last one closes our control stream.
     let keep: Arc<dyn std::any::Any + Send + Sync> = Arc::new(tokio::sync::Mutex::new(control));
     tokio::spawn(run_uni_streams(conn.clone(), false, |_| {}));
@@ -326,12 +401,11 @@ async fn serve_connection(
             | Err(quinn::ConnectionError::LocallyClosed) => return Ok(()),
             Err(e) => return Err(H3Error::Connection(e)),
         };
-        let cfg = cfg.clone();
-        let cb = cb.clone();
+        let ctx = ctx.clone();
         let keep = keep.clone();
         let conn = conn.clone();
         tokio::spawn(async move {
-            handle_request(conn, send, recv, cfg, cb, keep).await;
+            handle_request(conn, send, recv, ctx, keep).await;
         });
     }
 }
@@ -516,18 +590,53 @@ async fn send_response(
     send.write_all(&out).await
 }
 
+async fn refuse(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &str,
+) {
+    if send_response(send, status, headers, body.as_bytes())
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+    }
+    // We do not read a refused request's body.
+    let _ = recv.stop(quinn::VarInt::from_u32(frame::H3_NO_ERROR));
+    // Let the response leave before the stream handles drop.
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+}
+
+fn to_request(head: RequestHead, peer: std::net::SocketAddr) -> Request<()> {
+    let uri = Uri::builder()
+        .scheme(head.scheme.as_deref().unwrap_or("https"))
+        .authority(head.authority.as_deref().unwrap_or("localhost"))
+        .path_and_query(head.path.as_deref().unwrap_or("/"))
+        .build()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    let mut req = Request::new(());
+    *req.method_mut() = Method::CONNECT;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_3;
+    *req.headers_mut() = head.headers;
+    req.extensions_mut().insert(peer);
+    req
+}
+
 async fn handle_request(
     conn: quinn::Connection,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
-    cfg: Arc<AcceptConfig>,
-    cb: OnWebSocket,
+    ctx: Arc<Ctx>,
     keep: Arc<dyn std::any::Any + Send + Sync>,
 ) {
+    let cfg = &ctx.cfg;
     let mut reader = FrameReader::new(recv);
     let head = match tokio::time::timeout(
         cfg.limits.handshake_timeout,
-        read_request_head(&mut reader, &cfg),
+        read_request_head(&mut reader, cfg),
     )
     .await
     {
@@ -537,9 +646,28 @@ async fn handle_request(
             "request HEADERS did not arrive within Limits::handshake_timeout",
         ))),
     };
-    let decision = head.and_then(|h| route(&h, &cfg).map(|n| (h, n)));
+    let decision = head.and_then(|h| route(&h, cfg).map(|n| (h, n)));
     match decision {
         Ok((head, negotiation)) => {
+            let req = to_request(head, conn.remote_address());
+            if let Some(hook) = &ctx.route {
+                if let Err((status, body)) = hook(&req) {
+                    let body = if body.ends_with('\n') || body.is_empty() {
+                        body
+                    } else {
+                        format!("{body}\n")
+                    };
+                    refuse(
+                        &mut send,
+                        &mut reader.inner,
+                        status,
+                        &HeaderMap::new(),
+                        &body,
+                    )
+                    .await;
+                    return;
+                }
+            }
             if send_response(&mut send, StatusCode::OK, &negotiation.headers, b"")
                 .await
                 .is_err()
@@ -555,38 +683,13 @@ async fn handle_request(
             let stream = H3Stream::new(send, reader.inner, leftover, Some(keep));
             let ws =
                 WebSocket::from_raw(stream, wsconn, &[]).with_negotiated(negotiation.negotiated);
-            let uri = Uri::builder()
-                .scheme(head.scheme.as_deref().unwrap_or("https"))
-                .authority(head.authority.as_deref().unwrap_or("localhost"))
-                .path_and_query(head.path.as_deref().unwrap_or("/"))
-                .build()
-                .unwrap_or_else(|_| Uri::from_static("/"));
-            let mut req = Request::new(());
-            *req.method_mut() = Method::CONNECT;
-            *req.uri_mut() = uri;
-            *req.version_mut() = Version::HTTP_3;
-            *req.headers_mut() = head.headers;
-            req.extensions_mut().insert(conn.remote_address());
-            cb(req, ws);
+            (ctx.cb)(req, ws);
         }
         Err(Outcome::Respond {
             status,
             headers,
             body,
-        }) => {
-            if send_response(&mut send, status, &headers, body.as_bytes())
-                .await
-                .is_ok()
-            {
-                let _ = send.finish();
-            }
-            // We do not read a refused request's body.
-            let _ = reader
-                .inner
-                .stop(quinn::VarInt::from_u32(frame::H3_NO_ERROR));
-            // Let the response leave before the stream handles drop.
-            let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
-        }
+        }) => refuse(&mut send, &mut reader.inner, status, &headers, &body).await,
         Err(Outcome::Reset(e)) => {
             tracing::debug!("HTTP/3 request stream reset: {e}");
             let _ = send.reset(quinn::VarInt::from_u32(e.code));
