@@ -29,12 +29,18 @@ fn usage(msg: &str) -> ! {
     if !msg.is_empty() {
         eprintln!("error: {msg}");
     }
-    eprintln!("usage: {} [--listen ADDR]", std::env::args().next().unwrap_or_default());
+    eprintln!(
+        "usage: {} [--listen ADDR]",
+        std::env::args().next().unwrap_or_default()
+    );
     std::process::exit(if msg.is_empty() { 0 } else { 2 });
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_current_thread().enable_io().build() {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the tokio runtime: {e}");

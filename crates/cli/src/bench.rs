@@ -265,21 +265,29 @@ const MAX_CONTROL: usize = 125;
 struct Report {
     /// Echoed messages or completed handshake cycles inside the measured window.
     completed: u64,
+    /// Echoed messages or completed cycles over the whole run, warm-up included (for the
+    /// server CPU per message that bench/run.sh computes from the server's CPU time).
+    total: u64,
     errors: u64,
     first_error: Option<String>,
     /// Latency in nanoseconds.
     latency: Histogram<u64>,
     measured: Duration,
+    /// CPU time of this process divided by wall time and threads over the whole run, so
+    /// that a saturated load generator (near 1.0) is visible.
+    client_cpu: Option<f64>,
 }
 
 impl Report {
     fn new() -> Self {
         Self {
             completed: 0,
+            total: 0,
             errors: 0,
             first_error: None,
             latency: new_histogram(),
             measured: Duration::ZERO,
+            client_cpu: None,
         }
     }
 
@@ -292,6 +300,7 @@ impl Report {
 
     fn merge(&mut self, other: Report) {
         self.completed += other.completed;
+        self.total += other.total;
         self.errors += other.errors;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
@@ -322,7 +331,21 @@ struct Window {
     end: Instant,
 }
 
+/// User + system CPU seconds used by this process so far (Linux `/proc/self/stat`).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut f = rest.split_ascii_whitespace().skip(11);
+    let utime: f64 = f.next()?.parse().ok()?;
+    let stime: f64 = f.next()?.parse().ok()?;
+    // USER_HZ is 100 on every Linux ABI tokio supports.
+    Some((utime + stime) / 100.0)
+}
+
 async fn run_threads(plan: Arc<Plan>, mode: Mode) -> anyhow::Result<Report> {
+    let wall = Instant::now();
+    let cpu0 = process_cpu_seconds();
     let barrier = Arc::new(Barrier::new(plan.threads));
     let start: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
     let mut handles = Vec::with_capacity(plan.threads);
@@ -348,6 +371,10 @@ async fn run_threads(plan: Arc<Plan>, mode: Mode) -> anyhow::Result<Report> {
             Ok(Err(e)) => return Err(e),
             Err(_) => bail!("a load-generator thread panicked"),
         }
+    }
+    if let (Some(a), Some(b)) = (cpu0, process_cpu_seconds()) {
+        let secs = wall.elapsed().as_secs_f64().max(1e-9);
+        total.client_cpu = Some((b - a) / secs / plan.threads as f64);
     }
     Ok(total)
 }
@@ -721,8 +748,9 @@ impl EchoConn {
                         let Some(sent_at) = self.sent.pop_front() else {
                             bail!("the server echoed more messages than were sent");
                         };
+                        let mut r = report.borrow_mut();
+                        r.total += 1;
                         if now >= window.measure_from && now < window.end {
-                            let mut r = report.borrow_mut();
                             r.completed += 1;
                             let ns = now.saturating_duration_since(sent_at).as_nanos();
                             let _ = r.latency.record(u64::try_from(ns).unwrap_or(u64::MAX));
@@ -828,8 +856,9 @@ async fn handshake_loop(plan: &Plan, id: u64, window: Window, report: &RefCell<R
         match handshake_cycle(plan, &mut rng).await {
             Ok(()) => {
                 let now = Instant::now();
+                let mut r = report.borrow_mut();
+                r.total += 1;
                 if now >= window.measure_from && now < window.end {
-                    let mut r = report.borrow_mut();
                     r.completed += 1;
                     let ns = now.saturating_duration_since(started).as_nanos();
                     let _ = r.latency.record(u64::try_from(ns).unwrap_or(u64::MAX));
@@ -960,6 +989,10 @@ fn print_report(plan: &Plan, mode: Mode, r: &Report, json: bool) {
     } else {
         (q(0.5), q(0.99), q(0.999), r.latency.max() as f64 / 1000.0)
     };
+    let cpu_note = r
+        .client_cpu
+        .map(|c| format!(", load-generator CPU {:.0}%", c * 100.0))
+        .unwrap_or_default();
     match mode {
         Mode::Echo => {
             let mbps = rate * plan.size as f64 / 1e6;
@@ -976,6 +1009,8 @@ fn print_report(plan: &Plan, mode: Mode, r: &Report, json: bool) {
                         "threads": plan.threads,
                         "seconds": secs,
                         "messages": r.completed,
+                        "messages_total": r.total,
+                        "client_cpu": r.client_cpu,
                         "msgs_per_s": rate,
                         "mb_per_s": mbps,
                         "p50_us": p50,
@@ -989,7 +1024,7 @@ fn print_report(plan: &Plan, mode: Mode, r: &Report, json: bool) {
             } else {
                 println!(
                     "{} {}x{} in flight, {} B {}: {:.0} msgs/s, {:.2} MB/s, p50 {:.1} us, \
-                     p99 {:.1} us, {} errors{}",
+                     p99 {:.1} us, {} errors{}{}",
                     plan.target.url,
                     plan.connections,
                     plan.in_flight,
@@ -1003,7 +1038,8 @@ fn print_report(plan: &Plan, mode: Mode, r: &Report, json: bool) {
                     r.first_error
                         .as_deref()
                         .map(|e| format!(" (first: {e})"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    cpu_note
                 );
             }
         }
@@ -1018,6 +1054,8 @@ fn print_report(plan: &Plan, mode: Mode, r: &Report, json: bool) {
                         "threads": plan.threads,
                         "seconds": secs,
                         "handshakes": r.completed,
+                        "handshakes_total": r.total,
+                        "client_cpu": r.client_cpu,
                         "handshakes_per_s": rate,
                         "p50_us": p50,
                         "p99_us": p99,
@@ -1030,7 +1068,7 @@ fn print_report(plan: &Plan, mode: Mode, r: &Report, json: bool) {
             } else {
                 println!(
                     "{} handshakes, {} concurrent: {:.0} handshakes/s, p50 {:.1} us, \
-                     p99 {:.1} us, {} errors{}",
+                     p99 {:.1} us, {} errors{}{}",
                     plan.target.url,
                     plan.connections,
                     rate,
@@ -1040,7 +1078,8 @@ fn print_report(plan: &Plan, mode: Mode, r: &Report, json: bool) {
                     r.first_error
                         .as_deref()
                         .map(|e| format!(" (first: {e})"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    cpu_note
                 );
             }
         }
