@@ -65,8 +65,9 @@ pub struct BenchArgs {
     /// Open this many idle connections, print `ready` and hold them until killed.
     #[arg(long, value_name = "N")]
     pub idle: Option<usize>,
-    /// Load-generator threads (default: the CPUs this process may run on).
-    #[arg(short = 't', long)]
+    /// Load-generator threads (default: the CPUs this process may run on, so `taskset`
+    /// decides). Set from the global `--threads` option of `switchyard`.
+    #[arg(skip)]
     pub threads: Option<usize>,
     /// Print the result as one JSON object instead of the one-line summary.
     #[arg(long)]

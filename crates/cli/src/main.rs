@@ -1,29 +1,115 @@
-//! The `switchyard` command.
+//! `switchyard`: serve | bench (connect, doctor and monitor come next).
 
 mod bench;
 
+use std::net::SocketAddr;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use switchyard_gateway::{ServeConfig, Server};
+use tracing::info;
 
 #[derive(Parser)]
 #[command(
     name = "switchyard",
     version,
-    about = "WebSocket and HTTP upgrade toolkit"
+    about = "The HTTP protocol-upgrade mechanism done right: WebSocket server, client and tools"
 )]
 struct Cli {
+    /// Worker threads of the async runtime (1 runs everything on the calling
+    /// thread). Default: one per core.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load-test a WebSocket echo endpoint.
+    /// Serve the built-in apps: a WebSocket echo on /echo and a page on /.
+    Serve(ServeArgs),
+    /// Load-test a WebSocket echo endpoint (echo, handshake-rate and idle-memory modes).
     Bench(bench::BenchArgs),
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Bench(args) => bench::run(args).await,
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (repeatable). Default 127.0.0.1:8080.
+    #[arg(long = "listen", value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cli = match cli.command {
+        Command::Bench(mut args) => {
+            // The load generator runs its connections on its own threads (one current-thread
+            // runtime each); the global --threads sets how many. The main runtime only waits.
+            args.threads = cli.threads;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            return runtime.block_on(bench::run(args));
+        }
+        command => Cli { command, ..cli },
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match cli.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = ServeConfig::default();
+    if !args.listen.is_empty() {
+        cfg.listen = args.listen;
+    }
+    let server = Server::bind(cfg).await?;
+    for addr in server.local_addrs() {
+        // Machine-readable line on stdout for scripts and tests.
+        println!("listening on http://{addr} (WebSocket echo at ws://{addr}/echo)");
+    }
+    server.run(shutdown_signal()).await;
+    info!("bye");
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        _ = term.recv() => info!("SIGTERM received"),
     }
 }

@@ -1,1 +1,11 @@
-//! switchyard-gateway.
+//! switchyard-gateway: the server behind `switchyard serve`.
+//!
+//! * [`server`]: listeners, the per-connection HTTP/1.1 front (head with its
+//!   caps and deadline, routing, 101 / 426 / 404), connection tracking and the
+//!   graceful shutdown that closes every WebSocket with 1001.
+//! * [`apps`]: the built-in applications (WebSocket echo, the index page).
+
+pub mod apps;
+pub mod server;
+
+pub use server::{ServeConfig, Server};

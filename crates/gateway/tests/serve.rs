@@ -1,0 +1,187 @@
+//! `switchyard serve`'s default apps over real sockets on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use switchyard::{CloseCode, Message};
+use switchyard_gateway::{ServeConfig, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("server did not stop")
+            .unwrap();
+    }
+}
+
+async fn start(mut cfg: ServeConfig) -> Running {
+    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let server = Server::bind(cfg).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    Running { addr, stop: Some(tx), task }
+}
+
+/// Send raw bytes, read the whole answer until the server closes.
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("server did not close")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_line(resp: &str) -> &str {
+    resp.lines().next().unwrap_or("")
+}
+
+#[tokio::test]
+async fn plain_get_echo_gets_426_with_upgrade_headers() {
+    let srv = start(ServeConfig::default()).await;
+    let resp = raw(srv.addr, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 426 Upgrade Required");
+    let lower = resp.to_ascii_lowercase();
+    assert!(lower.contains("\r\nupgrade: websocket\r\n"), "{resp}");
+    assert!(lower.contains("\r\nconnection: upgrade\r\n"), "{resp}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn index_page_404_and_405() {
+    let srv = start(ServeConfig::default()).await;
+    let resp = raw(srv.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 200 OK");
+    assert!(resp.contains("text/html"), "{resp}");
+    assert!(resp.contains("new WebSocket("), "the page talks to /echo: {resp}");
+    let resp = raw(srv.addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 404 Not Found");
+    let resp = raw(srv.addr, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 405 Method Not Allowed");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn bad_heads_get_precise_statuses() {
+    let srv = start(ServeConfig::default()).await;
+    // Bare LF line endings.
+    let resp = raw(srv.addr, b"GET /echo HTTP/1.1\nHost: x\n\n").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 400 Bad Request", "bare LF");
+    // obs-fold.
+    let resp = raw(srv.addr, b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 400 Bad Request", "obs-fold");
+    // NUL in a value.
+    let resp = raw(srv.addr, b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 400 Bad Request", "NUL");
+    // Head over 16 KiB.
+    let mut big = b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 20 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let resp = raw(srv.addr, &big).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 431 Request Header Fields Too Large", "16 KiB");
+    // More than 100 header fields.
+    let mut many = b"GET /echo HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..101 {
+        many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let resp = raw(srv.addr, &many).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 431 Request Header Fields Too Large", "101 headers");
+    // Wrong WebSocket version: 426 naming 13.
+    let resp = raw(
+        srv.addr,
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 426 Upgrade Required");
+    assert!(resp.to_ascii_lowercase().contains("sec-websocket-version: 13"), "{resp}");
+    // A key that is not base64 of 16 bytes.
+    let resp = raw(
+        srv.addr,
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 400 Bad Request", "short key");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn slow_head_gets_408_and_close() {
+    let mut cfg = ServeConfig::default();
+    cfg.limits.handshake_timeout = Duration::from_millis(300);
+    let srv = start(cfg).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("server kept the slow connection open")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&out);
+    assert_eq!(status_line(&resp), "HTTP/1.1 408 Request Timeout");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn echo_text_and_binary_with_and_without_deflate() {
+    let srv = start(ServeConfig::default()).await;
+    let url = format!("ws://{}/echo", srv.addr);
+    for deflate in [true, false] {
+        let mut b = switchyard::client::ClientBuilder::new();
+        if !deflate {
+            b = b.no_deflate();
+        }
+        let (mut ws, _resp) = b.connect(&url).await.unwrap();
+        assert_eq!(ws.negotiated().deflate.is_some(), deflate);
+        ws.send(Message::text("héllo")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("héllo"));
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        ws.send(Message::binary(big.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
+        ws.close(CloseCode::NORMAL, "bye").await.unwrap();
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_open_websockets_with_1001() {
+    let srv = start(ServeConfig::default()).await;
+    let url = format!("ws://{}/echo", srv.addr);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (ws, _) = switchyard::client::connect(&url).await.unwrap();
+        clients.push(ws);
+    }
+    let stopping = tokio::spawn(srv.stop());
+    for mut ws in clients {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("no close frame on shutdown")
+            .expect("stream ended without a close frame")
+            .unwrap();
+        match msg {
+            Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::GOING_AWAY),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+    }
+    stopping.await.unwrap();
+}

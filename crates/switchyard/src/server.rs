@@ -1,0 +1,224 @@
+//! Server side: read the upgrade request, answer 101 (or the refusal), and
+//! hand over a [`WebSocket`]. Raw streams and hyper 1 upgrades.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{Empty, Full};
+use hyper_util::rt::TokioIo;
+use switchyard_proto::deflate::PerMessageDeflate;
+use switchyard_proto::handshake::{self, Accepted, Negotiated, Rejection, ServerConfig};
+use switchyard_proto::head::{self, RequestParser};
+use switchyard_proto::{Connection, Limits, Role};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::Error;
+use crate::websocket::WebSocket;
+
+/// How much a single read of the request head may take at once.
+const HEAD_READ_CHUNK: usize = 4096;
+
+/// Server settings: the handshake policy and the connection limits.
+#[derive(Debug, Clone, Default)]
+pub struct AcceptConfig {
+    pub handshake: ServerConfig,
+    pub limits: Limits,
+}
+
+/// Read an HTTP/1.1 request head, within `limits.handshake_timeout` for the
+/// whole head. Returns the request and the bytes read past the head (they
+/// belong to whatever follows: keep them).
+///
+/// On error, [`Error::http_status`] tells what to answer (400, 408, 431).
+pub async fn read_request_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limits: &Limits,
+) -> Result<(Request<()>, BytesMut), Error> {
+    let deadline = limits.handshake_timeout;
+    match tokio::time::timeout(deadline, read_head_inner(stream, limits)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::HeadTimeout { limit: deadline }),
+    }
+}
+
+async fn read_head_inner<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limits: &Limits,
+) -> Result<(Request<()>, BytesMut), Error> {
+    let mut parser = RequestParser::new(limits);
+    let mut buf = BytesMut::with_capacity(HEAD_READ_CHUNK);
+    let mut total = 0usize;
+    loop {
+        buf.clear();
+        let n = stream.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Err(Error::HeadEof { got: total });
+        }
+        total += n;
+        if let Some((req, used)) = parser.feed(&buf[..n])? {
+            let used = used.min(n);
+            let _ = buf.split_to(used);
+            return Ok((req, buf));
+        }
+    }
+}
+
+/// Write a small plain-text response (`Connection: close`).
+async fn write_simple<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: StatusCode,
+    extra: &HeaderMap,
+    body: &str,
+) -> Result<(), Error> {
+    let bytes = head::simple_response(status, extra, body);
+    stream.write_all(&bytes).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+/// Headers of a rejection that `simple_response` does not set itself.
+fn rejection_extra_headers(resp: &http::Response<()>) -> HeaderMap {
+    let mut extra = resp.headers().clone();
+    for h in [
+        http::header::CONTENT_LENGTH,
+        http::header::CONTENT_TYPE,
+        http::header::CONNECTION,
+    ] {
+        extra.remove(h);
+    }
+    extra
+}
+
+/// Build the connection for an accepted handshake.
+fn server_connection(accepted: &Accepted, cfg: &AcceptConfig) -> (Connection, Negotiated) {
+    let mut conn = Connection::new(Role::Server, cfg.limits.clone());
+    if let Some(params) = accepted.deflate {
+        let dcfg = cfg.handshake.deflate.clone().unwrap_or_default();
+        conn = conn.with_deflate(PerMessageDeflate::new(Role::Server, params, &dcfg));
+    }
+    let negotiated = Negotiated {
+        subprotocol: accepted.subprotocol.clone(),
+        deflate: accepted.deflate,
+    };
+    (conn, negotiated)
+}
+
+/// Answer an upgrade request already read: 101 and a [`WebSocket`], or the
+/// refusal (400, 403, 426...) with a body naming the reason, then
+/// `Err(Error::Handshake)`.
+pub async fn accept_request<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    req: &Request<()>,
+    leftover: BytesMut,
+    cfg: &AcceptConfig,
+) -> Result<WebSocket<S>, Error> {
+    match handshake::server_accept(req, &cfg.handshake) {
+        Ok(accepted) => {
+            let mut out = Vec::with_capacity(256);
+            head::write_response_head(&accepted.response, &mut out);
+            stream.write_all(&out).await?;
+            stream.flush().await?;
+            let (conn, negotiated) = server_connection(&accepted, cfg);
+            Ok(WebSocket::from_raw(stream, conn, &leftover).with_negotiated(negotiated))
+        }
+        Err(rej) => {
+            let extra = rejection_extra_headers(&rej.response);
+            let body = format!("{}\n", rej.error);
+            let _ = write_simple(&mut stream, rej.response.status(), &extra, &body).await;
+            let _ = stream.shutdown().await;
+            Err(Error::Handshake(rej.error))
+        }
+    }
+}
+
+/// Read the request head and accept the WebSocket. A bad or slow head is
+/// answered (400, 408, 431) before the error is returned.
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    cfg: &AcceptConfig,
+) -> Result<WebSocket<S>, Error> {
+    match read_request_head(&mut stream, &cfg.limits).await {
+        Ok((req, leftover)) => accept_request(stream, &req, leftover, cfg).await,
+        Err(e) => {
+            if let Some(status) = e.http_status() {
+                let body = format!("{e}\n");
+                let _ = write_simple(&mut stream, status, &HeaderMap::new(), &body).await;
+                let _ = stream.shutdown().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The response to send for a refused upgrade in a hyper service.
+pub fn rejection_response(rej: &Rejection) -> hyper::Response<Full<Bytes>> {
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(format!("{}\n", rej.error))));
+    *resp.status_mut() = rej.response.status();
+    *resp.headers_mut() = rejection_extra_headers(&rej.response);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Accept a WebSocket upgrade inside a hyper 1 (HTTP/1.1) service.
+///
+/// Returns the 101 response to give back to hyper, and a future that resolves
+/// to the WebSocket once hyper has sent it and handed over the connection.
+/// On a refused request, answer with [`rejection_response`].
+///
+/// The hyper connection must be served `with_upgrades()`.
+#[allow(clippy::result_large_err)]
+pub fn upgrade<B>(
+    req: &mut hyper::Request<B>,
+    cfg: &AcceptConfig,
+) -> Result<(hyper::Response<Empty<Bytes>>, UpgradeFut), Rejection> {
+    let mut head_req = Request::new(());
+    *head_req.method_mut() = req.method().clone();
+    *head_req.uri_mut() = req.uri().clone();
+    *head_req.version_mut() = req.version();
+    *head_req.headers_mut() = req.headers().clone();
+    let accepted = handshake::server_accept(&head_req, &cfg.handshake)?;
+    let (conn, negotiated) = server_connection(&accepted, cfg);
+    let (parts, ()) = accepted.response.into_parts();
+    let response = hyper::Response::from_parts(parts, Empty::new());
+    let fut = UpgradeFut {
+        on_upgrade: hyper::upgrade::on(req),
+        conn: Some((conn, negotiated)),
+    };
+    Ok((response, fut))
+}
+
+/// Resolves to the WebSocket once hyper hands over the upgraded connection.
+pub struct UpgradeFut {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    conn: Option<(Connection, Negotiated)>,
+}
+
+impl std::fmt::Debug for UpgradeFut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpgradeFut").finish_non_exhaustive()
+    }
+}
+
+impl Future for UpgradeFut {
+    type Output = Result<WebSocket<TokioIo<hyper::upgrade::Upgraded>>, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let upgraded = ready!(Pin::new(&mut self.on_upgrade).poll(cx)).map_err(|e| {
+            Error::Io(std::io::Error::other(format!(
+                "hyper did not hand over the upgraded connection ({e}); \
+                 serve the connection with `.with_upgrades()`"
+            )))
+        })?;
+        let Some((conn, negotiated)) = self.conn.take() else {
+            return Poll::Ready(Err(Error::Closed));
+        };
+        let ws = WebSocket::from_raw(TokioIo::new(upgraded), conn, &[]).with_negotiated(negotiated);
+        Poll::Ready(Ok(ws))
+    }
+}

@@ -1,0 +1,684 @@
+//! `WebSocket<S>`: the proto [`Connection`] driven over a tokio stream, as a
+//! `Stream` of received messages and a `Sink` of messages to send.
+//!
+//! Every method is poll-based and keeps its state in the connection, so
+//! dropping a pending `next()` (e.g. in `tokio::select!`) loses nothing: the
+//! bytes already read stay in the connection's receive buffer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll, Wake, Waker};
+
+use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
+use futures_sink::Sink;
+use futures_util::task::AtomicWaker;
+use switchyard_proto::handshake::Negotiated;
+use switchyard_proto::{CloseCode, CloseFrame, Connection, Limits, Message, Role, State};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::error::Error;
+
+/// Spare capacity below which the receive buffer grows before a read.
+const MIN_READ_SPACE: usize = 4 * 1024;
+/// How much the receive buffer grows by (one read can fill this much).
+const READ_CHUNK: usize = 16 * 1024;
+/// An empty receive buffer larger than this is released (after a big message).
+const SHRINK_ABOVE: usize = 64 * 1024;
+
+/// Where the connection is, from the driver's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading and writing messages (the proto state may be `CloseSent`).
+    Open,
+    /// The connection is ending: write out what is queued (our close frame
+    /// or close reply), bounded by the close deadline.
+    Flushing,
+    /// Close the write side of the transport (server, or failed connection).
+    Shutdown,
+    /// Client after a clean close: wait for the server to close TCP.
+    AwaitEof,
+    /// Nothing more will happen; `pending` is yielded once, then `None`.
+    Done,
+}
+
+struct Heartbeat {
+    interval: std::time::Duration,
+    timeout: std::time::Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// Time of the last read that returned data.
+    last_recv: Instant,
+    /// When we sent a ping that is not answered yet (no data since).
+    ping_sent: Option<Instant>,
+}
+
+/// The state shared by [`WebSocket`] and its split halves.
+pub(crate) struct Inner<S> {
+    stream: S,
+    conn: Connection,
+    negotiated: Negotiated,
+    phase: Phase,
+    /// The error to yield once the connection has finished ending.
+    pending: Option<Error>,
+    heartbeat: Option<Box<Heartbeat>>,
+    heartbeat_init: bool,
+    close_deadline: Option<Pin<Box<Sleep>>>,
+}
+
+fn lost_buffer() -> std::io::Error {
+    std::io::Error::other("AsyncRead implementation replaced the read buffer")
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
+    fn new(stream: S, mut conn: Connection, leftover: &[u8]) -> Self {
+        if !leftover.is_empty() {
+            conn.receive(leftover);
+        }
+        Inner {
+            stream,
+            conn,
+            negotiated: Negotiated::default(),
+            phase: Phase::Open,
+            pending: None,
+            heartbeat: None,
+            heartbeat_init: false,
+            close_deadline: None,
+        }
+    }
+
+    fn arm_close_deadline(&mut self) {
+        if self.close_deadline.is_none() {
+            let d = self.conn.limits().close_timeout;
+            self.close_deadline = Some(Box::pin(tokio::time::sleep(d)));
+        }
+    }
+
+    /// Whether the close deadline (if armed) has passed; registers `cx` if not.
+    fn close_deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.close_deadline.as_mut() {
+            Some(s) => s.as_mut().poll(cx).is_ready(),
+            None => false,
+        }
+    }
+
+    /// Enter the ending phases with an optional error to report.
+    fn begin_ending(&mut self, err: Option<Error>) {
+        if self.pending.is_none() {
+            self.pending = err;
+        }
+        self.phase = Phase::Flushing;
+        self.arm_close_deadline();
+        self.heartbeat = None;
+    }
+
+    /// Write all queued output, then flush the stream.
+    pub(crate) fn poll_flush_output(&mut self, wcx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        while self.conn.output_len() > 0 {
+            let n = ready!(Pin::new(&mut self.stream).poll_write(wcx, self.conn.output()))?;
+            if n == 0 {
+                return Poll::Ready(Err(
+                    std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+                ));
+            }
+            self.conn.advance_output(n);
+        }
+        ready!(Pin::new(&mut self.stream).poll_flush(wcx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Write until the queued output is under `limit` bytes.
+    fn poll_output_below(
+        &mut self,
+        wcx: &mut Context<'_>,
+        limit: usize,
+    ) -> Poll<Result<(), Error>> {
+        while self.conn.output_len() >= limit && self.conn.output_len() > 0 {
+            let n = ready!(Pin::new(&mut self.stream).poll_write(wcx, self.conn.output()))?;
+            if n == 0 {
+                return Poll::Ready(Err(
+                    std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+                ));
+            }
+            self.conn.advance_output(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Read once from the stream into the connection's receive buffer.
+    /// `Ok(0)` is end of input.
+    fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let buf = self.conn.read_buf();
+        if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+            *buf = BytesMut::new();
+        }
+        if buf.capacity() - buf.len() < MIN_READ_SPACE {
+            buf.reserve(READ_CHUNK);
+        }
+        let spare = buf.spare_capacity_mut();
+        let spare_ptr = spare.as_ptr() as *const u8;
+        let mut rb = ReadBuf::uninit(spare);
+        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb))?;
+        let filled = rb.filled();
+        if filled.as_ptr() != spare_ptr {
+            return Poll::Ready(Err(lost_buffer()));
+        }
+        let n = filled.len();
+        // SAFETY: `filled` starts at the first spare byte of `buf` (checked just
+        // above) and `ReadBuf` guarantees its `n` bytes were initialized by the
+        // reader, so the first `n` spare bytes are initialized and in bounds.
+        unsafe { buf.set_len(buf.len() + n) };
+        Poll::Ready(Ok(n))
+    }
+
+    /// Drive the ending phases to `Done`.
+    fn poll_ending(&mut self, cx: &mut Context<'_>, wcx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.phase {
+                Phase::Open | Phase::Done => return Poll::Ready(()),
+                Phase::Flushing => {
+                    match self.poll_flush_output(wcx) {
+                        Poll::Ready(_) => {}
+                        Poll::Pending => {
+                            if self.close_deadline_passed(cx) {
+                                self.phase = Phase::Done;
+                                continue;
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                    let clean = self.conn.state() == State::Closed;
+                    self.phase = if clean && self.conn.role() == Role::Client {
+                        Phase::AwaitEof
+                    } else {
+                        Phase::Shutdown
+                    };
+                }
+                Phase::Shutdown => {
+                    match Pin::new(&mut self.stream).poll_shutdown(wcx) {
+                        Poll::Ready(_) => {}
+                        Poll::Pending => {
+                            if !self.close_deadline_passed(cx) {
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                    self.phase = Phase::Done;
+                }
+                Phase::AwaitEof => {
+                    let mut scratch = [0u8; 256];
+                    let mut rb = ReadBuf::new(&mut scratch);
+                    match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) if !rb.filled().is_empty() => continue,
+                        Poll::Ready(_) => self.phase = Phase::Done,
+                        Poll::Pending => {
+                            if !self.close_deadline_passed(cx) {
+                                return Poll::Pending;
+                            }
+                            self.phase = Phase::Done;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The heartbeat: `Some(())` when the pong timeout passed.
+    fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.heartbeat_init {
+            self.heartbeat_init = true;
+            let limits = self.conn.limits();
+            if let Some(interval) = limits.ping_interval {
+                let now = Instant::now();
+                self.heartbeat = Some(Box::new(Heartbeat {
+                    interval,
+                    timeout: limits.pong_timeout,
+                    sleep: Box::pin(tokio::time::sleep_until(now + interval)),
+                    last_recv: now,
+                    ping_sent: None,
+                }));
+            }
+        }
+        let Some(hb) = self.heartbeat.as_mut() else {
+            return false;
+        };
+        loop {
+            if hb.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let now = Instant::now();
+            match hb.ping_sent {
+                Some(sent) if hb.last_recv < sent => {
+                    if now >= sent + hb.timeout {
+                        return true;
+                    }
+                    hb.sleep.as_mut().reset(sent + hb.timeout);
+                }
+                _ => {
+                    hb.ping_sent = None;
+                    let due = hb.last_recv + hb.interval;
+                    if now >= due {
+                        if self.conn.state() == State::Open {
+                            let _ = self.conn.send(Message::Ping(Bytes::new()));
+                        }
+                        hb.ping_sent = Some(now);
+                        hb.sleep.as_mut().reset(now + hb.timeout);
+                    } else {
+                        hb.sleep.as_mut().reset(due);
+                    }
+                }
+            }
+        }
+    }
+
+    fn note_received(&mut self) {
+        if let Some(hb) = self.heartbeat.as_mut() {
+            hb.last_recv = Instant::now();
+        }
+    }
+
+    /// The next message. `cx` is woken for reads and timers, `wcx` for writes
+    /// (they differ only for split halves).
+    pub(crate) fn poll_next_msg(
+        &mut self,
+        cx: &mut Context<'_>,
+        wcx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, Error>>> {
+        loop {
+            match self.phase {
+                Phase::Done => return Poll::Ready(self.pending.take().map(Err)),
+                Phase::Flushing | Phase::Shutdown | Phase::AwaitEof => {
+                    ready!(self.poll_ending(cx, wcx));
+                    continue;
+                }
+                Phase::Open => {}
+            }
+
+            // Pongs, close replies, pings: write what is queued without
+            // blocking the read.
+            if self.conn.output_len() > 0 {
+                if let Poll::Ready(Err(e)) = self.poll_flush_output(wcx) {
+                    self.phase = Phase::Done;
+                    self.pending = Some(e);
+                    continue;
+                }
+            }
+
+            match self.conn.poll_message() {
+                Ok(Some(msg)) => {
+                    if let Message::Close(_) = msg {
+                        // The reply is queued (or the handshake completed).
+                        self.begin_ending(None);
+                    } else if matches!(msg, Message::Ping(_)) && self.conn.output_len() > 0 {
+                        if let Poll::Ready(Err(e)) = self.poll_flush_output(wcx) {
+                            self.phase = Phase::Done;
+                            self.pending = Some(e);
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(msg)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.begin_ending(Some(Error::Protocol(e)));
+                    continue;
+                }
+            }
+
+            if self.conn.state() == State::CloseSent {
+                self.arm_close_deadline();
+                if self.close_deadline_passed(cx) {
+                    self.phase = Phase::Done;
+                    if self.pending.is_none() {
+                        self.pending = Some(Error::Timeout("closing handshake"));
+                    }
+                    continue;
+                }
+            }
+
+            if self.poll_heartbeat(cx) {
+                self.conn.close(CloseCode::INTERNAL_ERROR, "pong timeout");
+                self.begin_ending(Some(Error::Timeout("pong")));
+                continue;
+            }
+            // A ping the heartbeat just queued.
+            if self.conn.output_len() > 0 {
+                if let Poll::Ready(Err(e)) = self.poll_flush_output(wcx) {
+                    self.phase = Phase::Done;
+                    self.pending = Some(e);
+                    continue;
+                }
+            }
+
+            match ready!(self.poll_read_some(cx)) {
+                Ok(0) => {
+                    if let Err(e) = self.conn.receive_eof() {
+                        self.pending = Some(Error::Protocol(e));
+                    }
+                    self.phase = Phase::Done;
+                }
+                Ok(_) => self.note_received(),
+                Err(e) => {
+                    self.pending = Some(Error::Io(e));
+                    self.phase = Phase::Done;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn poll_ready_send(&mut self, wcx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.phase == Phase::Done {
+            return Poll::Ready(Err(Error::Closed));
+        }
+        let limit = self.conn.limits().max_write_buffer;
+        if self.conn.output_len() >= limit {
+            ready!(self.poll_output_below(wcx, limit))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    pub(crate) fn start_send_msg(&mut self, msg: Message) -> Result<(), Error> {
+        if self.phase != Phase::Open {
+            return Err(Error::Closed);
+        }
+        let closing = matches!(msg, Message::Close(_));
+        self.conn.send(msg)?;
+        if closing {
+            self.arm_close_deadline();
+        }
+        Ok(())
+    }
+
+    /// Queue our close frame (if the connection is still open).
+    pub(crate) fn queue_close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
+        if self.phase == Phase::Open && self.conn.state() == State::Open {
+            let frame = frame.or(Some(CloseFrame::new(CloseCode::NORMAL, "")));
+            self.conn.send(Message::Close(frame))?;
+            self.arm_close_deadline();
+        }
+        Ok(())
+    }
+
+    /// Full close: queue our close, flush, wait for the peer's close (up to
+    /// `close_timeout`, discarding data messages), close the transport.
+    pub(crate) fn poll_close_full(
+        &mut self,
+        cx: &mut Context<'_>,
+        wcx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
+        self.queue_close(None)?;
+        loop {
+            match ready!(self.poll_next_msg(cx, wcx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// A WebSocket over any tokio byte stream.
+///
+/// Receive with `StreamExt::next`, send with `SinkExt::send` (or `feed` several
+/// then `flush`, which writes them in one go). Split into two halves for two
+/// tasks with [`WebSocket::split`].
+pub struct WebSocket<S> {
+    inner: Inner<S>,
+}
+
+impl<S> std::fmt::Debug for WebSocket<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("role", &self.inner.conn.role())
+            .field("state", &self.inner.conn.state())
+            .field("negotiated", &self.inner.negotiated)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    /// Wrap a stream whose handshake is done. `leftover` are bytes read past
+    /// the HTTP head: they are WebSocket frames and are parsed first.
+    pub fn from_raw(stream: S, conn: Connection, leftover: &[u8]) -> Self {
+        WebSocket {
+            inner: Inner::new(stream, conn, leftover),
+        }
+    }
+
+    /// Record what the handshake negotiated (for [`WebSocket::negotiated`]).
+    pub fn with_negotiated(mut self, negotiated: Negotiated) -> Self {
+        self.inner.negotiated = negotiated;
+        self
+    }
+
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.inner.negotiated
+    }
+
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.inner.negotiated.subprotocol.as_deref()
+    }
+
+    pub fn role(&self) -> Role {
+        self.inner.conn.role()
+    }
+
+    pub fn limits(&self) -> &Limits {
+        self.inner.conn.limits()
+    }
+
+    /// The proto connection state.
+    pub fn state(&self) -> State {
+        self.inner.conn.state()
+    }
+
+    /// The close frame the peer sent, if any.
+    pub fn peer_close(&self) -> Option<&CloseFrame> {
+        self.inner.conn.peer_close()
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner.stream
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner.stream
+    }
+
+    /// Close with `code` and `reason`: send our close frame, wait for the
+    /// peer's (up to `Limits::close_timeout`, discarding messages that arrive
+    /// meanwhile), close the transport.
+    pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        self.inner
+            .queue_close(Some(CloseFrame::new(code, reason)))?;
+        std::future::poll_fn(|cx| {
+            let w = cx.waker().clone();
+            let mut wcx = Context::from_waker(&w);
+            self.inner.poll_close_full(cx, &mut wcx)
+        })
+        .await
+    }
+
+    /// Split into a reader (Stream) and a writer (Sink) usable from two tasks.
+    pub fn split(self) -> (WsReader<S>, WsWriter<S>) {
+        let wakers = Arc::new(WriteWakers::default());
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(self.inner),
+            wakers: wakers.clone(),
+            write_waker: Waker::from(wakers),
+        });
+        (
+            WsReader {
+                shared: shared.clone(),
+            },
+            WsWriter { shared },
+        )
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
+    type Item = Result<Message, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let w = cx.waker().clone();
+        let mut wcx = Context::from_waker(&w);
+        this.inner.poll_next_msg(cx, &mut wcx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.get_mut().inner.poll_ready_send(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Error> {
+        self.get_mut().inner.start_send_msg(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let inner = &mut self.get_mut().inner;
+        if inner.phase == Phase::Done {
+            return Poll::Ready(Ok(()));
+        }
+        inner.poll_flush_output(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let w = cx.waker().clone();
+        let mut wcx = Context::from_waker(&w);
+        self.get_mut().inner.poll_close_full(cx, &mut wcx)
+    }
+}
+
+/// Wakes both halves' tasks when the transport becomes writable: the stream
+/// keeps one write waker, and both halves may be waiting to write.
+#[derive(Default)]
+struct WriteWakers {
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+impl Wake for WriteWakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.reader.wake();
+        self.writer.wake();
+    }
+}
+
+struct Shared<S> {
+    inner: Mutex<Inner<S>>,
+    wakers: Arc<WriteWakers>,
+    write_waker: Waker,
+}
+
+impl<S> Shared<S> {
+    fn lock(&self) -> MutexGuard<'_, Inner<S>> {
+        // A panic while holding the lock cannot leave the connection in a
+        // state worse than a closed one; keep going rather than propagate.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The receiving half of a split [`WebSocket`]. Also flushes pongs and close
+/// replies, and runs the heartbeat.
+pub struct WsReader<S> {
+    shared: Arc<Shared<S>>,
+}
+
+/// The sending half of a split [`WebSocket`].
+pub struct WsWriter<S> {
+    shared: Arc<Shared<S>>,
+}
+
+/// `reunite` was given halves of two different WebSockets.
+#[derive(Debug, thiserror::Error)]
+#[error("these halves come from different WebSockets")]
+pub struct ReuniteError;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsReader<S> {
+    /// Put the halves back together.
+    pub fn reunite(self, writer: WsWriter<S>) -> Result<WebSocket<S>, ReuniteError> {
+        if !Arc::ptr_eq(&self.shared, &writer.shared) {
+            return Err(ReuniteError);
+        }
+        drop(writer);
+        match Arc::try_unwrap(self.shared) {
+            Ok(shared) => {
+                let inner = shared.inner.into_inner().unwrap_or_else(|p| p.into_inner());
+                Ok(WebSocket { inner })
+            }
+            Err(_) => Err(ReuniteError),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsReader<S> {
+    type Item = Result<Message, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let shared = &*self.shared;
+        shared.wakers.reader.register(cx.waker());
+        let mut wcx = Context::from_waker(&shared.write_waker);
+        shared.lock().poll_next_msg(cx, &mut wcx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsWriter<S> {
+    /// Close with `code` and `reason`: send our close frame and flush it. The
+    /// reader half receives the peer's reply and completes the handshake; if
+    /// the reader was dropped, this waits for the reply itself.
+    pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        self.shared
+            .lock()
+            .queue_close(Some(CloseFrame::new(code, reason)))?;
+        futures_util::SinkExt::close(self).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsWriter<S> {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let shared = &*self.shared;
+        shared.wakers.writer.register(cx.waker());
+        let mut wcx = Context::from_waker(&shared.write_waker);
+        shared.lock().poll_ready_send(&mut wcx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Error> {
+        self.shared.lock().start_send_msg(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let shared = &*self.shared;
+        shared.wakers.writer.register(cx.waker());
+        let mut wcx = Context::from_waker(&shared.write_waker);
+        let mut inner = shared.lock();
+        if inner.phase == Phase::Done {
+            return Poll::Ready(Ok(()));
+        }
+        inner.poll_flush_output(&mut wcx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let alone = Arc::strong_count(&self.shared) == 1;
+        let shared = &*self.shared;
+        shared.wakers.writer.register(cx.waker());
+        let mut wcx = Context::from_waker(&shared.write_waker);
+        let mut inner = shared.lock();
+        if alone {
+            return inner.poll_close_full(cx, &mut wcx);
+        }
+        inner.queue_close(None)?;
+        if inner.phase == Phase::Done {
+            return Poll::Ready(Ok(()));
+        }
+        inner.poll_flush_output(&mut wcx)
+    }
+}

@@ -1,0 +1,348 @@
+//! WebSocket<S> behaviour over in-memory pipes with a hand-driven peer.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{pair, server_ws};
+use futures_util::{SinkExt, StreamExt};
+use switchyard::proto::{Connection, State};
+use switchyard::{CloseCode, CloseFrame, Error, Limits, Message, Role};
+use tokio::io::AsyncReadExt;
+
+#[tokio::test]
+async fn receives_text_and_binary_and_sends_back() {
+    let (mut ws, mut peer) = server_ws(Limits::default());
+    peer.send(Message::text("hello")).await;
+    peer.send(Message::binary(vec![1u8, 2, 3])).await;
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![1u8, 2, 3])
+    );
+    ws.send(Message::text("back")).await.unwrap();
+    assert_eq!(peer.recv().await, Some(Message::text("back")));
+}
+
+#[tokio::test]
+async fn leftover_bytes_are_parsed_first() {
+    let (a, mut b) = tokio::io::duplex(4096);
+    let mut client = Connection::new(Role::Client, Limits::default());
+    client.send(Message::text("early")).unwrap();
+    let bytes = client.output().to_vec();
+    let ws_conn = Connection::new(Role::Server, Limits::default());
+    let mut ws = switchyard::WebSocket::from_raw(a, ws_conn, &bytes);
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("early"));
+    drop(b.read(&mut [0u8; 1]));
+}
+
+#[tokio::test]
+async fn next_is_cancel_safe_mid_frame() {
+    let (mut ws, mut peer) = server_ws(Limits::default());
+    let frame = peer.encode(Message::text("a message split across two writes"));
+    let (first, rest) = frame.split_at(frame.len() / 2);
+    peer.write_raw(first).await;
+    // The timer wins while half a frame is buffered; the pending next() is dropped.
+    tokio::select! {
+        m = ws.next() => panic!("got {m:?} from half a frame"),
+        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+    }
+    peer.write_raw(rest).await;
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("a message split across two writes")
+    );
+}
+
+#[tokio::test]
+async fn ping_is_answered_with_pong_without_user_send() {
+    let (mut ws, mut peer) = server_ws(Limits::default());
+    peer.send(Message::Ping(Bytes::from_static(b"hb"))).await;
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Ping(Bytes::from_static(b"hb"))
+    );
+    // No send/flush by the user: the pong was flushed by next().
+    assert_eq!(
+        peer.recv().await,
+        Some(Message::Pong(Bytes::from_static(b"hb")))
+    );
+}
+
+#[tokio::test]
+async fn peer_close_is_yielded_answered_and_server_closes_transport() {
+    let (mut ws, mut peer) = server_ws(Limits::default());
+    peer.send(Message::Close(Some(CloseFrame::new(
+        CloseCode::NORMAL,
+        "bye",
+    ))))
+    .await;
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, "bye")))
+    );
+    assert!(ws.next().await.is_none());
+    assert!(ws.next().await.is_none());
+    match peer.recv().await {
+        Some(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::NORMAL),
+        other => panic!("expected close reply, got {other:?}"),
+    }
+    assert!(
+        peer.sees_eof().await,
+        "server must close TCP after the handshake"
+    );
+}
+
+#[tokio::test]
+async fn protocol_error_sends_close_code_then_error_once_then_none() {
+    let (mut ws, mut peer) = server_ws(Limits::default());
+    // Unmasked frame from a client: protocol error 1002.
+    peer.write_raw(&[0x81, 0x02, b'h', b'i']).await;
+    match ws.next().await {
+        Some(Err(Error::Protocol(e))) => assert_eq!(e.code, CloseCode::PROTOCOL_ERROR),
+        other => panic!("expected protocol error, got {other:?}"),
+    }
+    assert!(ws.next().await.is_none());
+    match peer.recv().await {
+        Some(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::PROTOCOL_ERROR),
+        other => panic!("expected close 1002, got {other:?}"),
+    }
+    assert!(peer.sees_eof().await);
+}
+
+#[tokio::test]
+async fn eof_without_close_is_abnormal_1006() {
+    let (mut ws, peer) = server_ws(Limits::default());
+    drop(peer);
+    match ws.next().await {
+        Some(Err(Error::Protocol(e))) => assert_eq!(e.code, CloseCode::ABNORMAL),
+        other => panic!("expected 1006, got {other:?}"),
+    }
+    assert!(ws.next().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeat_pings_then_closes_silent_peer_with_1011() {
+    let limits = Limits {
+        ping_interval: Some(Duration::from_secs(10)),
+        pong_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let (mut ws, mut peer) = server_ws(limits);
+    let started = tokio::time::Instant::now();
+    let reader = tokio::spawn(async move { ws.next().await });
+    // The peer receives a ping after the interval, and does not answer.
+    assert!(matches!(peer.recv().await, Some(Message::Ping(_))));
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    match peer.recv().await {
+        Some(Message::Close(Some(f))) => {
+            assert_eq!(f.code, CloseCode::INTERNAL_ERROR);
+            assert_eq!(f.reason, "pong timeout");
+        }
+        other => panic!("expected close 1011, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_secs(15));
+    match reader.await.unwrap() {
+        Some(Err(Error::Timeout("pong"))) => {}
+        other => panic!("expected pong timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeat_keeps_answering_peer_alive() {
+    let limits = Limits {
+        ping_interval: Some(Duration::from_secs(10)),
+        pong_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let (mut ws, mut peer) = server_ws(limits);
+    let reader = tokio::spawn(async move {
+        let mut pongs = 0;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(_))) => pongs += 1,
+                Some(Ok(Message::Text(t))) => return (pongs, t.to_string()),
+                other => panic!("reader got {other:?}"),
+            }
+        }
+    });
+    let started = tokio::time::Instant::now();
+    for _ in 0..3 {
+        match peer.recv().await {
+            Some(Message::Ping(_)) => peer.flush_auto().await,
+            other => panic!("expected ping, got {other:?}"),
+        }
+    }
+    // Three full intervals passed, each longer than the pong timeout: the
+    // answered pings kept the connection open.
+    assert!(started.elapsed() >= Duration::from_secs(30));
+    peer.send(Message::text("still here")).await;
+    let (pongs, text) = reader.await.unwrap();
+    assert_eq!((pongs, text.as_str()), (3, "still here"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_times_out_when_peer_never_answers() {
+    let limits = Limits {
+        close_timeout: Duration::from_secs(3),
+        ..Limits::default()
+    };
+    let (mut ws, mut peer) = server_ws(limits);
+    let started = tokio::time::Instant::now();
+    let closer = tokio::spawn(async move { ws.close(CloseCode::GOING_AWAY, "shutdown").await });
+    match peer.recv().await {
+        Some(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::GOING_AWAY),
+        other => panic!("expected close, got {other:?}"),
+    }
+    let r = closer.await.unwrap();
+    assert!(
+        matches!(r, Err(Error::Timeout("closing handshake"))),
+        "{r:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn close_completes_when_peer_answers() {
+    let (mut ws, mut peer) = server_ws(Limits::default());
+    let closer = tokio::spawn(async move {
+        let r = ws.close(CloseCode::NORMAL, "done").await;
+        (r, ws.state())
+    });
+    assert!(matches!(peer.recv().await, Some(Message::Close(_))));
+    // The peer's reply is queued automatically by its connection.
+    peer.flush_auto().await;
+    let (r, state) = closer.await.unwrap();
+    r.unwrap();
+    assert_eq!(state, State::Closed);
+}
+
+#[tokio::test]
+async fn client_waits_for_server_eof_after_close() {
+    let (mut ws, mut peer) = pair(Role::Client, Limits::default(), 4096);
+    peer.send(Message::Close(None)).await;
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Close(None));
+    let done = tokio::spawn(async move { ws.next().await.is_none() });
+    // The client does not finish before the server closes TCP.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!done.is_finished());
+    assert!(matches!(peer.recv().await, Some(Message::Close(None))));
+    drop(peer);
+    assert!(done.await.unwrap());
+}
+
+#[tokio::test]
+async fn several_feeds_go_out_in_one_flush() {
+    let (mut ws, mut peer) = server_ws(Limits::default());
+    for i in 0..10 {
+        ws.feed(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    // Nothing written before the flush.
+    let mut buf = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_millis(30), peer.io.read(&mut buf)).await;
+    assert!(r.is_err(), "bytes were written before flush");
+    ws.flush().await.unwrap();
+    for i in 0..10 {
+        assert_eq!(peer.recv().await, Some(Message::text(format!("m{i}"))));
+    }
+}
+
+#[tokio::test]
+async fn backpressure_when_peer_does_not_read() {
+    let limits = Limits {
+        max_write_buffer: 4096,
+        ..Limits::default()
+    };
+    // 1 KiB pipe that the peer never reads.
+    let (mut ws, _peer) = pair(Role::Server, limits, 1024);
+    let msg = Message::binary(vec![7u8; 1000]);
+    let mut fed = 0usize;
+    while let Ok(r) = tokio::time::timeout(Duration::from_millis(50), ws.feed(msg.clone())).await {
+        r.unwrap();
+        fed += 1;
+        assert!(fed < 100, "no backpressure after {fed} messages");
+    }
+    // Pipe (1 KiB) + write buffer limit (4 KiB) + one message at most.
+    assert!(fed * 1004 <= 1024 + 4096 + 1004 + 1004, "fed {fed}");
+    assert!(fed >= 4, "blocked too early: {fed}");
+}
+
+#[tokio::test]
+async fn split_halves_work_from_two_tasks() {
+    let (ws, mut peer) = server_ws(Limits::default());
+    let (mut rx, mut tx) = ws.split();
+    let writer = tokio::spawn(async move {
+        for i in 0..100 {
+            tx.send(Message::text(format!("out{i}"))).await.unwrap();
+        }
+        tx
+    });
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < 100 {
+            match rx.next().await {
+                Some(Ok(Message::Text(t))) => got.push(t.to_string()),
+                Some(Ok(Message::Ping(_))) => {}
+                other => panic!("reader got {other:?}"),
+            }
+        }
+        (got, rx)
+    });
+    // The peer writes and reads at the same time.
+    let mut received = Vec::new();
+    let mut sent = 0;
+    while received.len() < 100 {
+        if sent < 100 {
+            peer.send(Message::text(format!("in{sent}"))).await;
+            sent += 1;
+            if sent % 10 == 0 {
+                peer.send(Message::Ping(Bytes::from_static(b"p"))).await;
+            }
+        }
+        if sent >= 50 || sent == 100 {
+            match peer.recv().await {
+                Some(Message::Text(t)) => received.push(t.to_string()),
+                Some(Message::Pong(_)) => {}
+                other => panic!("peer got {other:?}"),
+            }
+        }
+    }
+    let tx = writer.await.unwrap();
+    let (got, rx) = reader.await.unwrap();
+    assert_eq!(got, (0..100).map(|i| format!("in{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        received,
+        (0..100).map(|i| format!("out{i}")).collect::<Vec<_>>()
+    );
+    let ws = rx.reunite(tx).unwrap();
+    assert_eq!(ws.role(), Role::Server);
+}
+
+#[tokio::test]
+async fn split_reader_flushes_pong_while_writer_idle() {
+    let (ws, mut peer) = server_ws(Limits::default());
+    let (mut rx, _tx) = ws.split();
+    peer.send(Message::Ping(Bytes::from_static(b"x"))).await;
+    assert!(matches!(rx.next().await, Some(Ok(Message::Ping(_)))));
+    assert_eq!(
+        peer.recv().await,
+        Some(Message::Pong(Bytes::from_static(b"x")))
+    );
+}
+
+#[tokio::test]
+async fn send_after_close_is_closed_error() {
+    let (mut ws, mut peer) = server_ws(Limits::default());
+    peer.send(Message::Close(None)).await;
+    assert!(matches!(ws.next().await, Some(Ok(Message::Close(None)))));
+    let r = ws.send(Message::text("late")).await;
+    assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+}
+
+#[tokio::test]
+async fn oversized_control_frame_send_is_rejected() {
+    let (mut ws, _peer) = server_ws(Limits::default());
+    let r = ws.send(Message::Ping(Bytes::from(vec![0u8; 200]))).await;
+    assert!(matches!(r, Err(Error::Send(_))), "{r:?}");
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need, then
+# format, lint, unit + integration tests, Autobahn conformance in both roles, and a
+# short fuzz run of every target. `.ci/run` runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+step() { printf '\n==== %s (%ss)\n' "$*" "$SECONDS"; }
+
+step "test dependencies"
+scripts/install-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build (profile ci: release speed, debug assertions)"
+cargo build --profile ci --locked --workspace --bins --examples
+
+step "cargo test"
+cargo test --profile ci --locked --workspace
+
+step "autobahn (kosoku) both roles"
+SWITCHYARD=target/ci/switchyard CLIENT=target/ci/examples/autobahn_client scripts/autobahn.sh all
+
+step "fuzz (30 s per target)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+
+step "all tests passed"
