@@ -125,6 +125,13 @@ def main(path):
                 f"{fmt(med(p50, key), 1):>10} {fmt(med(p99, key), 1):>10} {pct(med(lg_cpu, key)):>7} "
                 f"{errors.get(key, 0):>7}" + (f"  FAILED x{len(fail)}: {fail[0]}" if fail else "")
             )
+    saturated = [
+        f"({c}) {s}" for c in cases for s in servers if (med(lg_cpu, (c, s)) or 0) >= 0.9
+    ]
+    if saturated:
+        print()
+        print("WARNING: the load generator used >= 90% of its core for " + ", ".join(saturated))
+        print("         those numbers are lower bounds for the server, not its capacity.")
 
 
 def target(case, ours, peers):
