@@ -118,6 +118,8 @@ def main(path):
     for c in cases:
         for s in servers:
             key = (c, s)
+            if c == "e" and key not in failures:
+                continue  # no CPU or latency figures for the idle-memory case
             fail = failures.get(key)
             pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"
             print(

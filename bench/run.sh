@@ -91,7 +91,8 @@ fi
 # server_cmd NAME PORT -> the command line (path of the echo endpoint is printed by server_path)
 server_cmd() {
     case "$1" in
-        switchyard) echo "$SWITCHYARD serve --listen 127.0.0.1:$2 $OURS_ARGS" ;;
+        # RUST_LOG=warn: switchyard logs every connection at info level; the peers log nothing.
+        switchyard) echo "env RUST_LOG=warn $SWITCHYARD serve --listen 127.0.0.1:$2 $OURS_ARGS" ;;
         fastwebsockets) echo "$PEER_BIN/echo-fastwebsockets --listen 127.0.0.1:$2" ;;
         tokio-tungstenite) echo "$PEER_BIN/echo-tungstenite --listen 127.0.0.1:$2" ;;
         tokio-websockets) echo "$PEER_BIN/echo-tokio-websockets --listen 127.0.0.1:$2" ;;
@@ -191,7 +192,7 @@ PY
 }
 
 measure_idle() { # ROUND SERVER
-    local round=$1 name=$2 url rss0 rss1 ready
+    local round=$1 name=$2 url rss0 rss1 ready load_alive server_alive
     start_server "$name" || { record round "$round" case e server "$name" error "server did not start"; return; }
     url="ws://127.0.0.1:$PORT$(server_path "$name")"
     sleep 0.3
@@ -205,15 +206,20 @@ measure_idle() { # ROUND SERVER
         kill -0 "$LOAD_PID" 2>/dev/null || break
         sleep 0.05
     done
-    sleep 1 # let the server settle (buffers of the handshakes freed)
+    load_alive=0; kill -0 "$LOAD_PID" 2>/dev/null && load_alive=1
+    [ -n "$ready" ] && sleep 1 # let the server settle (buffers of the handshakes freed)
+    server_alive=0; kill -0 "$SERVER_PID" 2>/dev/null && server_alive=1
     rss1=$(rss_kib "$SERVER_PID" 2>/dev/null || echo "$rss0")
     kill "$LOAD_PID" 2>/dev/null || true
     wait "$LOAD_PID" 2>/dev/null || true
     LOAD_PID=""
     stop_server
     if [ -z "$ready" ]; then
-        record round "$round" case e server "$name" error "idle connections never ready: $(tail -n 1 "$OUT/idle.err")"
-        echo "   $name: idle connections never ready"
+        local why
+        why="load generator $(if [ "$load_alive" = 1 ]; then echo "still opening after 60 s"; else echo "exited"; fi); $(tail -n 1 "$OUT/idle.err"); server $(if [ "$server_alive" = 1 ]; then echo alive; else echo "DEAD ($(tail -n 1 "$OUT/server-$name.log"))"; fi)"
+        cp "$OUT/idle.err" "$OUT/idle-$name-round$round.err" 2>/dev/null || true
+        record round "$round" case e server "$name" error "idle connections never ready: $why"
+        echo "   $name: idle connections never ready: $why"
         return
     fi
     record round "$round" case e server "$name" load "$ready" rss0_kib "$rss0" rss1_kib "$rss1"

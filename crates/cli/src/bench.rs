@@ -930,6 +930,9 @@ async fn run_idle(plan: Arc<Plan>, json: bool) -> anyhow::Result<()> {
                 let mut rng = Rng::new(seed);
                 let mut s = connect(&plan).await?;
                 handshake(&mut s, &plan, &mut rng).await?;
+                // When the holder is killed, reset instead of leaving thousands of
+                // TIME_WAIT sockets that would eat the ephemeral ports of the next run.
+                let _ = s.set_zero_linger();
                 Ok::<_, anyhow::Error>(s)
             }
         })
