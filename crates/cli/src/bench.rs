@@ -1296,6 +1296,83 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn refused_upgrade_is_counted_with_its_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        let url = format!("ws://{addr}/");
+        let args = BenchArgs {
+            url: url.clone(),
+            connections: 2,
+            in_flight: 1,
+            size: 16,
+            binary: false,
+            duration: Some(0.1),
+            warmup: 0.0,
+            handshakes: true,
+            idle: None,
+            threads: Some(1),
+            json: false,
+        };
+        let plan = Arc::new(
+            Plan::from_args(&args, Target::parse(&url).expect("url"))
+                .await
+                .expect("plan"),
+        );
+        let r = run_threads(plan, Mode::Handshakes).await.expect("run");
+        assert_eq!(r.completed, 0);
+        assert!(r.errors >= 2, "{}", r.errors);
+        let first = r.first_error.unwrap_or_default();
+        assert!(first.contains("HTTP/1.1 426 Upgrade Required"), "{first}");
+        // And `run` itself reports failure when nothing completed.
+        assert!(run(args).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn idle_mode_opens_and_holds_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(test_echo_server(s));
+            }
+        });
+        let url = format!("ws://{addr}/");
+        let args = BenchArgs {
+            url,
+            connections: 1,
+            in_flight: 1,
+            size: 16,
+            binary: false,
+            duration: Some(0.05),
+            warmup: 0.0,
+            handshakes: false,
+            idle: Some(20),
+            threads: None,
+            json: true,
+        };
+        run(args).await.expect("idle run");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
+    }
+
     /// Reads the upgrade request and answers 101; returns the bytes after the request head.
     async fn test_accept(s: &mut TcpStream) -> Option<Vec<u8>> {
         let mut buf = Vec::new();
