@@ -30,13 +30,13 @@ def load(path):
     return rows
 
 
-def main(path):
+def main(path, lg_cores=1):
     rows = load(path)
     servers = [s for s in SERVER_ORDER if any(r["server"] == s for r in rows)]
     servers += sorted({r["server"] for r in rows} - set(servers))
     cases = [c for c in CASES if any(r["case"] == c for r in rows)]
     # metric[case][server] = list of per-round values; extra detail lists too.
-    metric, mbps, cpu_us, util, p50, p99, lg_cpu, errors, failures = ({} for _ in range(9))
+    metric, mbps, cpu_us, lg_us, util, p50, p99, lg_cpu, errors, failures = ({} for _ in range(10))
     for r in rows:
         key = (r["case"], r["server"])
         if "error" in r:
@@ -57,6 +57,8 @@ def main(path):
         ticks = int(r["server_ticks"])
         if total:
             cpu_us.setdefault(key, []).append(ticks / CLK_TCK / total * 1e6)
+            if j.get("client_cpu_seconds") is not None:
+                lg_us.setdefault(key, []).append(j["client_cpu_seconds"] / total * 1e6)
         wall = float(r["wall1"]) - float(r["wall0"])
         if wall > 0:
             util.setdefault(key, []).append(ticks / CLK_TCK / wall)
@@ -110,9 +112,12 @@ def main(path):
             print(line)
 
     print()
-    print("Details (medians): server CPU per message (us; per handshake in (d)), server CPU use,")
-    print("latency p50/p99 (us), load-generator CPU use, errors summed over rounds.")
-    head = f"{'case':5} {'server':18} {'cpu us/msg':>11} {'srv cpu':>8} {'p50 us':>10} {'p99 us':>10} {'lg cpu':>7} {'errors':>7}"
+    print("Details (medians): server and load-generator CPU per message (us; per handshake in (d)),")
+    print("server CPU use, latency p50/p99 (us), load-generator CPU use, errors summed over rounds.")
+    head = (
+        f"{'case':5} {'server':18} {'srv us/msg':>11} {'lg us/msg':>10} {'srv cpu':>8} "
+        f"{'p50 us':>10} {'p99 us':>10} {'lg cpu':>7} {'errors':>7}"
+    )
     print(head)
     print("-" * len(head))
     for c in cases:
@@ -123,7 +128,8 @@ def main(path):
             fail = failures.get(key)
             pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"
             print(
-                f"({c})   {s:18} {fmt(med(cpu_us, key), 2):>11} {pct(med(util, key)):>8} "
+                f"({c})   {s:18} {fmt(med(cpu_us, key), 2):>11} {fmt(med(lg_us, key), 2):>10} "
+                f"{pct(med(util, key)):>8} "
                 f"{fmt(med(p50, key), 1):>10} {fmt(med(p99, key), 1):>10} {pct(med(lg_cpu, key)):>7} "
                 f"{errors.get(key, 0):>7}" + (f"  FAILED x{len(fail)}: {fail[0]}" if fail else "")
             )
@@ -134,6 +140,20 @@ def main(path):
         print()
         print("WARNING: the load generator used >= 90% of its core for " + ", ".join(saturated))
         print("         those numbers are lower bounds for the server, not its capacity.")
+    # With one core each, the side that needs more CPU per message sets the rate.
+    heavy = [
+        f"({c}) {s}"
+        for c in cases
+        for s in servers
+        if med(lg_us, (c, s)) is not None
+        and med(cpu_us, (c, s))
+        and med(lg_us, (c, s)) >= 0.8 * med(cpu_us, (c, s)) * lg_cores
+    ]
+    if heavy:
+        print()
+        print("NOTE: the load generator needs >= 80% of the server's CPU per message for " + ", ".join(heavy) + ";")
+        print("      on loopback both sides pay mostly kernel TCP time, so with as many load cores as")
+        print("      server cores these msgs/s are bounded by the pair: compare 'srv us/msg' there.")
 
 
 def target(case, ours, peers):
@@ -156,6 +176,6 @@ def target(case, ours, peers):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: report.py RESULTS.jsonl")
-    main(sys.argv[1])
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: report.py RESULTS.jsonl [LOAD_GENERATOR_CORES]")
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1)

@@ -15,7 +15,8 @@
 #
 # Usage: bench/run.sh [--rounds N] [--duration S] [--warmup S] [--idle N] [--cases "a b c d e"]
 #                     [--servers "switchyard fastwebsockets tokio-tungstenite tokio-websockets"]
-#                     [--server-cpu N] [--load-cpu N] [--no-build] [--out DIR]
+#                     [--server-cpu N] [--load-cpu LIST] [--no-build] [--out DIR]
+#        (default: server on CPU 0, load generator on all other CPUs, one thread per CPU)
 set -euo pipefail
 
 ROUNDS=5
@@ -25,7 +26,7 @@ IDLE_CONNS=10000
 CASES="a b c d e"
 SERVERS="switchyard fastwebsockets tokio-tungstenite tokio-websockets"
 SERVER_CPU=0
-LOAD_CPU=1
+LOAD_CPU="" # default: every CPU but the server's
 BUILD=1
 OUT=""
 PORT_BASE=${PORT_BASE:-19100}
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
         --cases) CASES=$2; shift 2 ;;
         --servers) SERVERS=$2; shift 2 ;;
         --server-cpu) SERVER_CPU=$2; shift 2 ;;
-        --load-cpu) LOAD_CPU=$2; shift 2 ;;
+        --load-cpu) LOAD_CPU=$2; shift 2 ;; # a taskset list, e.g. 1 or 1-3
         --no-build) BUILD=0; shift ;;
         --out) OUT=$2; shift 2 ;;
         -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -58,8 +59,18 @@ for tool in taskset python3; do
     command -v "$tool" >/dev/null || { echo "run.sh: $tool is required (apt-get install util-linux python3)" >&2; exit 1; }
 done
 NCPU=$(nproc --all)
-if [ "$SERVER_CPU" -ge "$NCPU" ] || [ "$LOAD_CPU" -ge "$NCPU" ] || [ "$SERVER_CPU" = "$LOAD_CPU" ]; then
-    echo "run.sh: need two different CPUs below $NCPU (--server-cpu $SERVER_CPU, --load-cpu $LOAD_CPU)" >&2
+if [ "$NCPU" -lt 2 ] || [ "$SERVER_CPU" -ge "$NCPU" ]; then
+    echo "run.sh: need at least two CPUs and --server-cpu below $NCPU (got $SERVER_CPU)" >&2
+    exit 1
+fi
+if [ -z "$LOAD_CPU" ]; then
+    LOAD_CPU=$(seq 0 $((NCPU - 1)) | grep -vx "$SERVER_CPU" | paste -sd, -)
+fi
+# taskset list -> number of CPUs (the load generator starts one thread per CPU it may use).
+LOAD_SET=$(taskset -c "$LOAD_CPU" python3 -c 'import os; print(" ".join(map(str, sorted(os.sched_getaffinity(0)))))')
+LOAD_CORES=$(echo "$LOAD_SET" | wc -w)
+if echo "$LOAD_SET" | tr ' ' '\n' | grep -qx "$SERVER_CPU"; then
+    echo "run.sh: --load-cpu $LOAD_CPU includes the server's CPU $SERVER_CPU" >&2
     exit 1
 fi
 
@@ -172,7 +183,7 @@ measure_load() { # ROUND CASE SERVER
     t0=$(cpu_ticks "$SERVER_PID"); w0=$(date +%s.%N)
     # shellcheck disable=SC2046
     json=$(taskset -c "$LOAD_CPU" "$SWITCHYARD" bench "$url" $(case_args "$case") \
-        --duration "$DURATION" --warmup "$WARMUP" --threads 1 --json 2>"$OUT/load.err" || true)
+        --duration "$DURATION" --warmup "$WARMUP" --json 2>"$OUT/load.err" || true)
     t1=$(cpu_ticks "$SERVER_PID" 2>/dev/null || echo "$t0"); w1=$(date +%s.%N)
     stop_server
     if [ -z "$json" ]; then
@@ -197,7 +208,7 @@ measure_idle() { # ROUND SERVER
     url="ws://127.0.0.1:$PORT$(server_path "$name")"
     sleep 0.3
     rss0=$(rss_kib "$SERVER_PID")
-    taskset -c "$LOAD_CPU" "$SWITCHYARD" bench "$url" --idle "$IDLE_CONNS" --threads 1 --json \
+    taskset -c "$LOAD_CPU" "$SWITCHYARD" bench "$url" --idle "$IDLE_CONNS" --json \
         > "$OUT/idle.out" 2>"$OUT/idle.err" &
     LOAD_PID=$!
     ready=""
@@ -233,7 +244,7 @@ PY
 }
 
 echo "== servers: $SERVERS"
-echo "== cases: $CASES; rounds $ROUNDS; ${WARMUP}s warm-up + ${DURATION}s per measurement; server on CPU $SERVER_CPU, load on CPU $LOAD_CPU; idle connections $IDLE_CONNS"
+echo "== cases: $CASES; rounds $ROUNDS; ${WARMUP}s warm-up + ${DURATION}s per measurement; server on CPU $SERVER_CPU, load generator on CPU(s) $LOAD_CPU ($LOAD_CORES thread(s)); idle connections $IDLE_CONNS"
 echo "== raw results: $RESULTS"
 read -r -a SERVER_LIST <<< "$SERVERS"
 NS=${#SERVER_LIST[@]}
@@ -249,4 +260,4 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-python3 "$BENCH_DIR/report.py" "$RESULTS" | tee "$OUT/table.txt"
+python3 "$BENCH_DIR/report.py" "$RESULTS" "$LOAD_CORES" | tee "$OUT/table.txt"

@@ -277,6 +277,8 @@ struct Report {
     /// CPU time of this process divided by wall time and threads over the whole run, so
     /// that a saturated load generator (near 1.0) is visible.
     client_cpu: Option<f64>,
+    /// CPU seconds this process used over the whole run (all threads).
+    client_cpu_seconds: Option<f64>,
 }
 
 impl Report {
@@ -289,6 +291,7 @@ impl Report {
             latency: new_histogram(),
             measured: Duration::ZERO,
             client_cpu: None,
+            client_cpu_seconds: None,
         }
     }
 
@@ -376,6 +379,7 @@ async fn run_threads(plan: Arc<Plan>, mode: Mode) -> anyhow::Result<Report> {
     if let (Some(a), Some(b)) = (cpu0, process_cpu_seconds()) {
         let secs = wall.elapsed().as_secs_f64().max(1e-9);
         total.client_cpu = Some((b - a) / secs / plan.threads as f64);
+        total.client_cpu_seconds = Some(b - a);
     }
     Ok(total)
 }
@@ -1015,6 +1019,7 @@ fn print_report(plan: &Plan, mode: Mode, r: &Report, json: bool) {
                         "messages": r.completed,
                         "messages_total": r.total,
                         "client_cpu": r.client_cpu,
+                        "client_cpu_seconds": r.client_cpu_seconds,
                         "msgs_per_s": rate,
                         "mb_per_s": mbps,
                         "p50_us": p50,
@@ -1060,6 +1065,7 @@ fn print_report(plan: &Plan, mode: Mode, r: &Report, json: bool) {
                         "handshakes": r.completed,
                         "handshakes_total": r.total,
                         "client_cpu": r.client_cpu,
+                        "client_cpu_seconds": r.client_cpu_seconds,
                         "handshakes_per_s": rate,
                         "p50_us": p50,
                         "p99_us": p99,
