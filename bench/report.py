@@ -111,6 +111,22 @@ def main(path, lg_cores=1):
             line += "  " + target(c, ours, {p: med(metric, (c, p)) for p in peers})
             print(line)
 
+        print()
+        print(f"Server CPU per message, peer / {OURS} (medians; > 1: {OURS} needs less CPU per")
+        print("message or handshake; unlike msgs/s this does not depend on how much CPU the machine gave).")
+        cpu_cases = [c for c in cases if c != "e"]
+        head = f"{'case':{w0}}" + "".join(f" {'vs ' + p:>22}" for p in peers)
+        print(head)
+        print("-" * len(head))
+        for c in cpu_cases:
+            ours = med(cpu_us, (c, OURS))
+            line = f"{CASES[c]:{w0}}"
+            for p in peers:
+                peer = med(cpu_us, (c, p))
+                ratio = peer / ours if ours and peer is not None else None
+                line += f" {fmt(ratio, 2):>22}"
+            print(line)
+
     print()
     print("Details (medians): server and load-generator CPU per message (us; per handshake in (d)),")
     print("server CPU use, latency p50/p99 (us), load-generator CPU use, errors summed over rounds.")
