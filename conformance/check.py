@@ -45,7 +45,9 @@ def main():
         if unclean:
             print(f"refusing to record: {len(unclean)} cases are not OK/INFORMATIONAL")
             return 1
-        expected_path.write_text(json.dumps(got, indent=1, sort_keys=False) + "\n")
+        # One line per case, so a change reads as a one-line diff.
+        lines = [f"  {json.dumps(c)}: {json.dumps(r)}" for c, r in got.items()]
+        expected_path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
         print(f"recorded {len(got)} cases in {expected_path}")
         return 0
     expected = json.loads(expected_path.read_text())

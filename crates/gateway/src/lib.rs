@@ -4,8 +4,12 @@
 //!   caps and deadline, routing, 101 / 426 / 404), connection tracking and the
 //!   graceful shutdown that closes every WebSocket with 1001.
 //! * [`apps`]: the built-in applications (WebSocket echo, the index page).
+//! * [`config`]: the TOML configuration of `switchyard serve --config`.
+//! * [`tls`]: certificates, keys and the rustls server configuration.
 
 pub mod apps;
+pub mod config;
 pub mod server;
+pub mod tls;
 
 pub use server::{ServeConfig, Server};

@@ -88,12 +88,19 @@ impl Server {
         for addr in &cfg.listen {
             let l = TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServeError::Bind { addr: *addr, source })?;
+                .map_err(|source| ServeError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
             listeners.push(l);
         }
-        let mut accept = AcceptConfig::default();
-        accept.limits = cfg.limits.clone();
-        accept.handshake.deflate = cfg.deflate.clone();
+        let accept = AcceptConfig {
+            limits: cfg.limits.clone(),
+            handshake: switchyard::proto::handshake::ServerConfig {
+                deflate: cfg.deflate.clone(),
+                ..Default::default()
+            },
+        };
         Ok(Server {
             listeners,
             shared: Arc::new(Shared {
@@ -106,7 +113,10 @@ impl Server {
 
     /// The addresses actually bound.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Serve until `shutdown` completes; then stop accepting, close every open
@@ -225,16 +235,29 @@ async fn handle(mut stream: TcpStream, shared: &Shared, stop: watch::Receiver<bo
         "/" | "/index.html" => match *req.method() {
             Method::GET | Method::HEAD => {
                 let mut h = HeaderMap::new();
-                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
                 // HEAD gets the same headers; the body is not sent.
-                let body = if req.method() == Method::HEAD { "" } else { apps::INDEX_HTML };
+                let body = if req.method() == Method::HEAD {
+                    ""
+                } else {
+                    apps::INDEX_HTML
+                };
                 respond(&mut stream, StatusCode::OK, &h, body).await;
             }
             ref m => method_not_allowed(&mut stream, m).await,
         },
         _ => {
             info!(path, "404");
-            respond(&mut stream, StatusCode::NOT_FOUND, &HeaderMap::new(), "not found: try /echo or /\n").await;
+            respond(
+                &mut stream,
+                StatusCode::NOT_FOUND,
+                &HeaderMap::new(),
+                "not found: try /echo or /\n",
+            )
+            .await;
         }
     }
 }
@@ -243,7 +266,13 @@ async fn method_not_allowed(stream: &mut TcpStream, method: &Method) {
     info!(%method, "405");
     let mut h = HeaderMap::new();
     h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-    respond(stream, StatusCode::METHOD_NOT_ALLOWED, &h, "method not allowed\n").await;
+    respond(
+        stream,
+        StatusCode::METHOD_NOT_ALLOWED,
+        &h,
+        "method not allowed\n",
+    )
+    .await;
 }
 
 /// Write a complete response with `Content-Length` and `Connection: close`,
@@ -254,12 +283,21 @@ async fn respond(stream: &mut TcpStream, status: StatusCode, extra: &HeaderMap, 
     let mut resp = http::Response::new(());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     for (name, value) in extra {
         h.insert(name, value.clone());
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    // Keep tokens the caller put in Connection (e.g. `Upgrade` on a 426).
+    let connection = match extra.get(header::CONNECTION).and_then(|v| v.to_str().ok()) {
+        Some(tokens) => HeaderValue::from_str(&format!("{tokens}, close"))
+            .unwrap_or(HeaderValue::from_static("close")),
+        None => HeaderValue::from_static("close"),
+    };
+    h.insert(header::CONNECTION, connection);
     let mut bytes = Vec::with_capacity(256 + body.len());
     head::write_response_head(&resp, &mut bytes);
     bytes.extend_from_slice(body.as_bytes());

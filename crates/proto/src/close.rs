@@ -80,7 +80,10 @@ pub enum ClosePayloadError {
 
 impl CloseFrame {
     pub fn new(code: CloseCode, reason: impl Into<String>) -> Self {
-        CloseFrame { code, reason: reason.into() }
+        CloseFrame {
+            code,
+            reason: reason.into(),
+        }
     }
 
     /// Parse a received close payload. `Ok(None)` for an empty payload.
@@ -93,9 +96,12 @@ impl CloseFrame {
                 if !code.is_sendable() {
                     return Err(ClosePayloadError::BadCode(code.0));
                 }
-                let reason = std::str::from_utf8(&payload[2..])
-                    .map_err(|_| ClosePayloadError::BadReason)?;
-                Ok(Some(CloseFrame { code, reason: reason.to_owned() }))
+                let reason =
+                    std::str::from_utf8(&payload[2..]).map_err(|_| ClosePayloadError::BadReason)?;
+                Ok(Some(CloseFrame {
+                    code,
+                    reason: reason.to_owned(),
+                }))
             }
         }
     }
@@ -124,10 +130,14 @@ mod tests {
 
     #[test]
     fn sendable_codes_follow_rfc_and_registry() {
-        for c in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999] {
+        for c in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999,
+        ] {
             assert!(CloseCode(c).is_sendable(), "{c}");
         }
-        for c in [0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535] {
+        for c in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!CloseCode(c).is_sendable(), "{c}");
         }
     }
@@ -136,8 +146,14 @@ mod tests {
     fn parse_close_payloads() {
         assert_eq!(CloseFrame::parse(&[]), Ok(None));
         assert_eq!(CloseFrame::parse(&[3]), Err(ClosePayloadError::Truncated));
-        assert_eq!(CloseFrame::parse(&[0x03, 0xed]), Err(ClosePayloadError::BadCode(1005)));
-        assert_eq!(CloseFrame::parse(&[0x03, 0xe8, 0xff]), Err(ClosePayloadError::BadReason));
+        assert_eq!(
+            CloseFrame::parse(&[0x03, 0xed]),
+            Err(ClosePayloadError::BadCode(1005))
+        );
+        assert_eq!(
+            CloseFrame::parse(&[0x03, 0xe8, 0xff]),
+            Err(ClosePayloadError::BadReason)
+        );
         assert_eq!(
             CloseFrame::parse(&[0x03, 0xe8, b'o', b'k']),
             Ok(Some(CloseFrame::new(CloseCode::NORMAL, "ok")))

@@ -10,7 +10,9 @@
 //!   §5 allows; if none is acceptable the connection runs uncompressed.
 //! * [`client_offer`] / [`client_accept`]: the client always offers
 //!   `client_max_window_bits` (valueless unless configured) because this codec
-//!   can compress with any window the server asks for; the server's answer is
+//!   can compress with any window the server asks for, and, unless configured
+//!   to always reset its context, makes a second offer with
+//!   `client_no_context_takeover` that a server may pick; the server's answer is
 //!   checked strictly and any deviation is an error naming the parameter.
 //!
 //! # Codec
@@ -241,11 +243,23 @@ pub fn negotiate_server(
 /// `client_max_window_bits` is always offered (valueless unless configured):
 /// this codec can compress with whatever window the server picks.
 pub fn client_offer(cfg: &DeflateConfig) -> String {
+    let first = offer_with(cfg, cfg.client_no_context_takeover);
+    if cfg.client_no_context_takeover {
+        return first;
+    }
+    // A second, fallback offer says we also accept to reset our context after
+    // each message, so a server short of memory can ask for it (RFC 7692
+    // §7.1.1.2): servers pick the first offer they accept, so context takeover
+    // (better compression) stays the default.
+    format!("{first}, {}", offer_with(cfg, true))
+}
+
+fn offer_with(cfg: &DeflateConfig, client_no_context_takeover: bool) -> String {
     let mut s = String::from(EXTENSION_NAME);
     if cfg.server_no_context_takeover {
         s.push_str("; server_no_context_takeover");
     }
-    if cfg.client_no_context_takeover {
+    if client_no_context_takeover {
         s.push_str("; client_no_context_takeover");
     }
     if let Some(b) = cfg.server_max_window_bits {
@@ -668,7 +682,8 @@ mod tests {
     fn client_offer_shapes() {
         assert_eq!(
             client_offer(&DeflateConfig::default()),
-            "permessage-deflate; client_max_window_bits"
+            "permessage-deflate; client_max_window_bits, \
+             permessage-deflate; client_no_context_takeover; client_max_window_bits"
         );
         let cfg = DeflateConfig {
             server_no_context_takeover: true,

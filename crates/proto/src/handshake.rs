@@ -969,7 +969,8 @@ mod tests {
         assert_eq!(h("sec-websocket-protocol"), ["chat, v2"]);
         assert_eq!(
             h("sec-websocket-extensions"),
-            ["permessage-deflate; client_max_window_bits"]
+            ["permessage-deflate; client_max_window_bits, \
+              permessage-deflate; client_no_context_takeover; client_max_window_bits"]
         );
         assert_eq!(h("authorization"), ["Bearer t"]);
         // Our own request passes our own server.

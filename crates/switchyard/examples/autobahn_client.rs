@@ -42,7 +42,9 @@ async fn run_case(base: &str, case: u32, agent: &str) -> Result<(), Error> {
 }
 
 async fn update_reports(base: &str, agent: &str) -> Result<(), Error> {
-    let (mut ws, _) = builder().connect(&format!("{base}/updateReports?agent={agent}")).await?;
+    let (mut ws, _) = builder()
+        .connect(&format!("{base}/updateReports?agent={agent}"))
+        .await?;
     while let Some(msg) = ws.next().await {
         msg?;
     }
