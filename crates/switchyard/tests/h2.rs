@@ -173,7 +173,8 @@ async fn slow_reader_on_one_stream_does_not_stall_the_others() {
         }));
     }
     let all = futures_util::future::join_all(tasks);
-    for r in tokio::time::timeout(Duration::from_secs(5), all)
+    // A stall is forever; 10 s only leaves room for a loaded machine.
+    for r in tokio::time::timeout(Duration::from_secs(10), all)
         .await
         .expect("the other streams stalled behind the slow reader")
     {
@@ -677,4 +678,106 @@ async fn extended_connect_without_the_setting_is_refused() {
         raw_request(addr, &extended_connect_block(&[])).await,
         StreamAnswer::Reset(0x1)
     );
+}
+
+/// An HTTP/2 server (extended CONNECT on) whose every answer comes from `f`.
+async fn custom_h2_server<F, Fut>(f: F) -> SocketAddr
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<Empty<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let f = f.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let fut = f(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = server_builder(true, &Limits::default())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn client_rejects_a_subprotocol_it_did_not_offer() {
+    let addr = custom_h2_server(|_req| async {
+        let mut r = hyper::Response::new(Empty::new());
+        r.headers_mut()
+            .insert("sec-websocket-protocol", "bogus".parse().unwrap());
+        r
+    })
+    .await;
+    let url = format!("ws://127.0.0.1:{}/", addr.port());
+    let builder = plain_builder().subprotocols(["chat"]);
+    match connect_h2(&url, &builder).await {
+        Err(Error::Handshake(e)) => assert!(e.to_string().contains("bogus"), "{e}"),
+        other => panic!("expected a subprotocol error, got {:?}", other.map(|r| r.1)),
+    }
+}
+
+#[tokio::test]
+async fn client_rejects_an_extension_it_did_not_offer() {
+    let addr = custom_h2_server(|_req| async {
+        let mut r = hyper::Response::new(Empty::new());
+        r.headers_mut().insert(
+            "sec-websocket-extensions",
+            "permessage-deflate".parse().unwrap(),
+        );
+        r
+    })
+    .await;
+    let url = format!("ws://127.0.0.1:{}/", addr.port());
+    match connect_h2(&url, &plain_builder()).await {
+        Err(Error::Handshake(e)) => assert!(e.to_string().contains("offered no"), "{e}"),
+        other => panic!("expected an extension error, got {:?}", other.map(|r| r.1)),
+    }
+}
+
+#[tokio::test]
+async fn unanswered_connect_times_out_with_the_handshake_timeout() {
+    let addr = custom_h2_server(|_req| async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        hyper::Response::new(Empty::new())
+    })
+    .await;
+    let url = format!("ws://127.0.0.1:{}/", addr.port());
+    let builder = plain_builder().limits(Limits {
+        handshake_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    });
+    let conn = H2Connection::connect(&url, &builder).await.unwrap();
+    let started = std::time::Instant::now();
+    match conn.websocket("/", &builder).await {
+        Err(Error::Timeout(what)) => assert_eq!(what, "opening handshake"),
+        other => panic!("expected a timeout, got {:?}", other.map(|r| r.1)),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn refusal_names_the_status() {
+    let addr = custom_h2_server(|_req| async {
+        let mut r = hyper::Response::new(Empty::new());
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
+    })
+    .await;
+    let url = format!("ws://127.0.0.1:{}/nowhere", addr.port());
+    let err = connect_h2(&url, &plain_builder()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::H2(H2Error::Refused { status, .. }) if *status == StatusCode::NOT_FOUND),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("404") && msg.contains("/nowhere"), "{msg}");
 }
