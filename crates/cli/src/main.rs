@@ -3,6 +3,7 @@
 mod connect;
 mod diagnose;
 mod dial;
+mod monitor;
 mod proxy;
 
 use std::net::SocketAddr;
@@ -33,6 +34,9 @@ enum Command {
     Serve(ServeArgs),
     /// Open a WebSocket: interactive on a terminal, line per message in pipes.
     Connect(Box<connect::ConnectArgs>),
+    /// Keep WebSockets open to targets; measure handshakes, ping round trips,
+    /// availability and disconnects (live table, JSON lines, Prometheus).
+    Monitor(Box<monitor::MonitorArgs>),
 }
 
 #[derive(clap::Args)]
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await,
             // The exit status says how the connection ended (see connect.rs).
             Command::Connect(args) => std::process::exit(connect::run(*args).await),
+            Command::Monitor(args) => std::process::exit(monitor::run(*args).await),
         }
     })
 }
