@@ -19,6 +19,7 @@ pub use switchyard_proto::{CloseCode, CloseFrame, Limits, Message, Role};
 pub mod client;
 pub mod error;
 pub mod h2;
+pub mod h3;
 pub mod server;
 pub mod websocket;
 
