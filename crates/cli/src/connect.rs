@@ -414,8 +414,9 @@ pub async fn run(args: ConnectArgs) -> i32 {
                 failures = 0;
                 let neg = d.ws.negotiated();
                 let mut info = format!(
-                    "connected to {} (101 in {:.1} ms",
+                    "connected to {} over {} (open in {:.1} ms",
                     args.url,
+                    d.ws.transport(),
                     d.timings.total.as_secs_f64() * 1000.0
                 );
                 if let Some(p) = &neg.subprotocol {
@@ -426,7 +427,8 @@ pub async fn run(args: ConnectArgs) -> i32 {
                 }
                 info.push(')');
                 out.status(&info);
-                match session(d.ws, &mut rx, &out, &args).await {
+                let ending = crate::with_ws!(d.ws, ws => session(ws, &mut rx, &out, &args).await);
+                match ending {
                     Ending::Local => {
                         out.status("closed");
                         return exit::OK;
@@ -509,8 +511,8 @@ fn render_text(s: &str, json: bool) -> String {
 }
 
 /// Drive one open connection until it ends.
-async fn session(
-    mut ws: switchyard::WebSocket<crate::dial::BoxIo>,
+async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut ws: switchyard::WebSocket<S>,
     rx: &mut mpsc::Receiver<Input>,
     out: &Out,
     args: &ConnectArgs,
