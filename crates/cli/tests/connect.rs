@@ -819,3 +819,82 @@ fn wss_with_ca_and_client_certificate() {
     let c = connect(&[&url, "--cert", cert_path.to_str().unwrap()]);
     assert_eq!(c.finish().0, 2);
 }
+
+/// Interactive mode on a real pseudo-terminal (util-linux `script`): line
+/// editing prompt, /ping, /binary, an unknown command, /close with a code,
+/// and the history file under $XDG_DATA_HOME.
+#[test]
+fn interactive_mode_on_a_pty() {
+    use std::sync::{Arc, Mutex};
+    let addr = echo_server();
+    let data = std::env::temp_dir().join(format!("switchyard-cli-{}-xdg", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let cmd = format!(
+        "'{}' connect ws://{addr}/echo",
+        env!("CARGO_BIN_EXE_switchyard")
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("XDG_DATA_HOME", &data)
+        .env("RUST_LOG", "warn")
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("util-linux `script` is needed for the pty test");
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let s2 = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            s2.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !screen.lock().unwrap().contains(what) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what:?} not on the screen: {:?}",
+                screen.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    let mut type_line = |l: &str| {
+        stdin.write_all(format!("{l}\r").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    };
+    wait_for("* connected to");
+    type_line("hello pty");
+    wait_for("< hello pty");
+    type_line("/ping abc");
+    wait_for("* pong \"abc\" in ");
+    type_line("/binary 00ff");
+    wait_for("< [binary, 2 bytes] 00ff");
+    type_line("/bogus");
+    wait_for("! unknown command /bogus");
+    type_line("/close 4000 bye");
+    wait_for("* closed");
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "no exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let history = std::fs::read_to_string(data.join("switchyard").join("history")).unwrap();
+    for l in ["hello pty", "/ping abc", "/binary 00ff", "/close 4000 bye"] {
+        assert!(history.lines().any(|h| h == l), "{l:?} not in {history:?}");
+    }
+}

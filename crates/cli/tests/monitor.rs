@@ -333,3 +333,41 @@ fn a_1011_close_is_counted_with_its_code() {
     assert!(n >= 2.0, "{body}");
     assert!(!body.contains("code=\"1006\""), "{body}");
 }
+
+/// On a terminal (a pty from util-linux `script`): the live table, redrawn
+/// with ANSI codes, no JSON.
+#[test]
+fn live_table_on_a_terminal() {
+    let addr = echo_server();
+    let url = format!("ws://{addr}/echo");
+    let down = format!("ws://{}/", free_port());
+    let cmd = format!(
+        "'{}' monitor {url} {down} --interval 100ms --duration 1200ms",
+        env!("CARGO_BIN_EXE_switchyard")
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("RUST_LOG", "warn")
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("util-linux `script` is needed for the pty test");
+    assert_eq!(out.status.code(), Some(0));
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("\x1b[H\x1b[J"), "{screen:?}");
+    assert!(screen.contains("TARGET"), "{screen:?}");
+    assert!(!screen.contains("\"event\""), "{screen:?}");
+    // The last frame: the echo target is up, the other down with the reason.
+    let last = screen.rsplit("\x1b[H\x1b[J").next().unwrap();
+    let row = |target: &str| {
+        last.lines()
+            .find(|l| l.starts_with(target))
+            .unwrap_or_else(|| panic!("no row for {target} in {last:?}"))
+            .to_owned()
+    };
+    assert!(row(&url).contains("up"), "{last:?}");
+    assert!(row(&url).contains(" ms"), "{last:?}");
+    assert!(row(&down).contains("down"), "{last:?}");
+    assert!(row(&down).contains("nothing is listening"), "{last:?}");
+}
