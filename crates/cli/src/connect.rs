@@ -51,6 +51,9 @@ pub mod exit {
     pub const DROPPED: i32 = 4;
 }
 
+/// The payload of --ping-interval pings.
+const KEEPALIVE: &[u8] = b"switchyard-keepalive";
+
 /// First delay before a reconnect; doubles each failed attempt.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -76,10 +79,14 @@ pub struct ConnectArgs {
     /// Prefix each received message with its UTC arrival time (RFC 3339).
     #[arg(long)]
     pub timestamps: bool,
-    /// Send a ping after this long without traffic; the connection fails if
-    /// no pong comes within 20 s.
+    /// Send a ping this often (the first one after one interval); the
+    /// connection counts as lost (exit 4) if a pong does not come within
+    /// --ping-timeout.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ping_interval: Option<Duration>,
+    /// With --ping-interval: how long to wait for each pong.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub ping_timeout: Duration,
     /// Reconnect when the connection is lost or cannot be opened.
     #[arg(long)]
     pub reconnect: bool,
@@ -363,11 +370,7 @@ fn interactive_input(
 /// Run `connect`; returns the exit status.
 pub async fn run(args: ConnectArgs) -> i32 {
     let interactive = std::io::stdin().is_terminal();
-    let limits = Limits {
-        ping_interval: args.ping_interval,
-        ..Limits::default()
-    };
-    let dialer = match args.conn.dialer(&args.url, limits) {
+    let dialer = match args.conn.dialer(&args.url, Limits::default()) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {}", diagnose_dial(&e, &args.url));
@@ -528,8 +531,38 @@ async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         }
     };
     let prefix = if out.interactive { "< " } else { "" };
+    // Keepalive pings (--ping-interval): when the unanswered one was sent.
+    let mut keepalive = args.ping_interval.map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut keepalive_sent: Option<Instant> = None;
+    let far = Duration::from_secs(365 * 86_400);
     loop {
+        let pong_deadline = keepalive_sent.map_or(Instant::now() + far, |t| t + args.ping_timeout);
         tokio::select! {
+            _ = async {
+                match keepalive.as_mut() {
+                    Some(t) => { t.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            }, if !closing && keepalive_sent.is_none() => {
+                keepalive_sent = Some(Instant::now());
+                if let Err(e) = ws.send(Message::Ping(Bytes::from_static(KEEPALIVE))).await {
+                    return Ending::Abnormal(diagnose_drop(&e));
+                }
+            }
+            _ = tokio::time::sleep_until(pong_deadline.into()), if keepalive_sent.is_some() && !closing => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    ws.close(CloseCode::INTERNAL_ERROR, "pong timeout"),
+                ).await;
+                return Ending::Abnormal(format!(
+                    "no pong within {:?} (--ping-timeout): the server or the path is gone; closed with 1011",
+                    args.ping_timeout
+                ));
+            }
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     out.line(&stamp(format!("{prefix}{}", render_text(t.as_str(), args.json))));
@@ -551,7 +584,9 @@ async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                     }
                 }
                 Some(Ok(Message::Pong(p))) => {
-                    if let Some(i) = pings.iter().position(|(d, _)| *d == p) {
+                    if p.as_ref() == KEEPALIVE {
+                        keepalive_sent = None;
+                    } else if let Some(i) = pings.iter().position(|(d, _)| *d == p) {
                         let (_, sent) = pings.remove(i);
                         out.status(&format!(
                             "pong {:?} in {:.2} ms",

@@ -650,17 +650,28 @@ fn h2_echo_server() -> SocketAddr {
 // A full --http2 round trip against `h2_echo_server` is not asserted here
 // yet: switchyard::h2::connect_h2 (branch wt-h2) sometimes waits forever
 // after the server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) arrived; reported
-// to its owner. This test pins the wiring: --http2 reaches the HTTP/2 client,
-// which talks HTTP/2 (prior knowledge) to an HTTP/1.1-only server and fails.
+// to its owner. This test pins the wiring: with --http2 (ws://: prior
+// knowledge) the first bytes on the wire are the HTTP/2 connection preface.
 #[test]
 fn http2_flag_uses_the_http2_client() {
     let _ = h2_echo_server; // kept for the round trip once connect_h2 is fixed
-    let addr = echo_server();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let addr = spawn_server(move |l| async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let mut first = vec![0u8; 24];
+            if s.read_exact(&mut first).await.is_ok() {
+                let _ = tx.send(first);
+            }
+        }
+    });
     let c = connect(&[&format!("ws://{addr}/echo"), "--http2"]);
     let (code, err) = c.finish();
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("HTTP/2"), "{err}");
-    assert!(!err.contains("101"), "{err}");
+    let first = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(first, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 }
 
 #[test]
@@ -897,4 +908,71 @@ fn interactive_mode_on_a_pty() {
     for l in ["hello pty", "/ping abc", "/binary 00ff", "/close 4000 bye"] {
         assert!(history.lines().any(|h| h == l), "{l:?} not in {history:?}");
     }
+}
+
+#[test]
+fn ping_interval_sends_pings_and_timestamps_prefix_lines() {
+    // The server reports each ping it receives as a text message.
+    let addr = ws_server(&[], |_, _, mut ws| async move {
+        let mut pings = 0;
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Ping(_) = m {
+                pings += 1;
+                let _ = ws.send(Message::text(format!("ping {pings}"))).await;
+            }
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let c = connect(&[&url, "--ping-interval", "100ms", "--timestamps"]);
+    for n in 1..=2 {
+        let l = c.line();
+        let (stamp, text) = l.split_once(' ').unwrap();
+        assert_eq!(text, format!("ping {n}"));
+        // 2026-11-22T03:07:18.748Z
+        assert_eq!(stamp.len(), 24, "{stamp}");
+        assert!(
+            stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{stamp}"
+        );
+    }
+    assert_eq!(c.finish().0, 0);
+}
+
+#[test]
+fn unanswered_keepalive_ping_exits_4() {
+    // A valid 101, then silence: pings are never answered.
+    let addr = spawn_server(|l| async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let Ok((req, _)) = read_request_head(&mut s, &Default::default()).await else {
+                continue;
+            };
+            let key = req
+                .headers()
+                .get("sec-websocket-key")
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default();
+            let accept = switchyard::proto::handshake::accept_key(&key);
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            held.push(s);
+        }
+    });
+    let c = connect(&[
+        &format!("ws://{addr}/"),
+        "--no-deflate",
+        "--ping-interval",
+        "100ms",
+        "--ping-timeout",
+        "300ms",
+    ]);
+    let (code, err) = c.finish_keep_stdin();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("no pong within 300ms"), "{err}");
 }

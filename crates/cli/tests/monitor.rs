@@ -371,3 +371,92 @@ fn live_table_on_a_terminal() {
     assert!(row(&down).contains("down"), "{last:?}");
     assert!(row(&down).contains("nothing is listening"), "{last:?}");
 }
+
+/// Answers the upgrade with a valid 101, then never reads nor writes again:
+/// pings go unanswered.
+fn silent_server() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            let mut held = Vec::new();
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let key = text
+                    .lines()
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case("sec-websocket-key")
+                            .then(|| v.trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let accept = switchyard::proto::handshake::accept_key(key.as_bytes());
+                let resp = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                held.push(s); // keep it open, silent
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+#[test]
+fn an_unanswered_ping_ends_the_connection_as_timeout() {
+    let addr = silent_server();
+    let url = format!("ws://{addr}/");
+    let m = monitor(
+        &[
+            &url,
+            "--interval",
+            "100ms",
+            "--ping-timeout",
+            "300ms",
+            "--no-deflate",
+        ],
+        true,
+    );
+    m.until("connected", |v| event(v) == "connected");
+    let d = m.until("disconnected", |v| event(v) == "disconnected");
+    assert_eq!(d["code"], "timeout", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("no pong"), "{d}");
+    let secs = d["connected_for_s"].as_f64().unwrap();
+    assert!(secs >= 0.3, "{d}");
+    let (_, body) = m.get("/metrics");
+    assert!(
+        sample(
+            &body,
+            &format!("switchyard_monitor_disconnects_total{{target=\"{url}\",code=\"timeout\"}}")
+        )
+        .unwrap()
+            >= 1.0,
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("switchyard_monitor_ping_rtt_seconds_count{{target=\"{url}\"}}")
+        ),
+        Some(0.0),
+        "{body}"
+    );
+}
