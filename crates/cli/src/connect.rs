@@ -240,13 +240,21 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// The history file: `$XDG_DATA_HOME/switchyard/history`, else
 /// `$HOME/.local/share/switchyard/history`.
 pub fn history_path() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
+    history_path_from(std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME"))
+}
+
+/// [`history_path`] from the two variables' values. A relative
+/// `XDG_DATA_HOME` is ignored, as the XDG base directory spec says.
+pub fn history_path_from(
+    xdg_data_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    let base = xdg_data_home
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
+            home.filter(|v| !v.is_empty())
                 .map(|h| PathBuf::from(h).join(".local").join("share"))
         })?;
     Some(base.join("switchyard").join("history"))
@@ -697,6 +705,26 @@ mod tests {
         assert!(decode_binary("hex:123").is_err());
         assert!(decode_binary("!!!").is_err());
         assert_eq!(to_hex(&[0, 0xab]), "00ab");
+    }
+
+    #[test]
+    fn history_goes_to_the_xdg_data_dir() {
+        let p = |x: Option<&str>, h: Option<&str>| {
+            history_path_from(x.map(Into::into), h.map(Into::into))
+        };
+        assert_eq!(
+            p(Some("/data"), Some("/home/u")),
+            Some(PathBuf::from("/data/switchyard/history"))
+        );
+        assert_eq!(
+            p(None, Some("/home/u")),
+            Some(PathBuf::from("/home/u/.local/share/switchyard/history"))
+        );
+        assert_eq!(
+            p(Some("relative"), Some("/home/u")),
+            Some(PathBuf::from("/home/u/.local/share/switchyard/history"))
+        );
+        assert_eq!(p(Some(""), None), None);
     }
 
     #[test]
