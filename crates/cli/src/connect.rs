@@ -21,7 +21,8 @@
 //! | 3 | the server closed with a code other than 1000 (including 1005, no code) |
 //! | 4 | abnormal end: dropped without a close frame (1006), I/O or protocol error, ping or close timeout |
 //!
-//! With `--reconnect`, a lost or refused connection is retried after 250 ms,
+//! With `--reconnect`, a connection that could not be opened, was lost, or
+//! was closed by the server (with any code) is retried after 250 ms,
 //! doubling up to `--reconnect-max-delay` (reset after each successful
 //! handshake); `--max-reconnects N` gives up after N attempts in a row with
 //! the status of the last failure. The end of stdin still exits 0 after a

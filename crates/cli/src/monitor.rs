@@ -503,8 +503,14 @@ struct Knobs {
 /// Answer `GET /metrics` with the Prometheus text, anything else with 404/405.
 async fn serve_metrics(listener: TcpListener, shared: Shared) {
     loop {
-        let Ok((s, _)) = listener.accept().await else {
-            continue;
+        let s = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!("metrics listener: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -815,6 +815,19 @@ fn wss_with_ca_and_client_certificate() {
     let (code, err) = c.finish();
     assert_eq!(code, 0, "{err}");
 
+    // --insecure instead of --ca (the certificate is not checked).
+    let mut c = connect(&[
+        &url,
+        "-k",
+        "--cert",
+        cert_path.to_str().unwrap(),
+        "--key",
+        key_path.to_str().unwrap(),
+    ]);
+    c.send_line("insecure");
+    assert_eq!(c.line(), "insecure");
+    assert_eq!(c.finish().0, 0);
+
     // The server requires the client certificate: without it, no WebSocket.
     let c = connect(&[&url, "--ca", ca]);
     let (code, err) = c.finish();
