@@ -201,7 +201,7 @@ fn duration_stops_with_status_0() {
             "--interval",
             "100ms",
             "--duration",
-            "700ms",
+            "1500ms",
         ],
         false,
     );
