@@ -66,6 +66,15 @@ pub enum BinaryFormat {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Pipe mode (stdin not a terminal): each input line is a text message; each message \
+received is a line on stdout (binary: base64, or hex with --binary-format hex); \
+the end of stdin sends close 1000 and waits for the answer.
+Terminal: /ping [data], /close [code [reason]], /binary <hex|base64>, /quit.
+
+Exit status: 0 closed normally (by us, or by the server with 1000); 1 could not \
+connect (DNS, TCP, proxy, TLS, no 101); 2 usage; 3 the server closed with a code \
+other than 1000; 4 dropped without a close frame, I/O or protocol error, timeout.")]
 pub struct ConnectArgs {
     /// ws://host[:port]/path or wss://... (http:// and https:// work too).
     pub url: String,
@@ -88,7 +97,7 @@ pub struct ConnectArgs {
     /// With --ping-interval: how long to wait for each pong.
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
     pub ping_timeout: Duration,
-    /// Reconnect when the connection is lost or cannot be opened.
+    /// Reconnect when the connection cannot be opened, is lost, or is closed by the server.
     #[arg(long)]
     pub reconnect: bool,
     /// Longest delay between reconnect attempts.
