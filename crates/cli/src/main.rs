@@ -1,6 +1,11 @@
-//! `switchyard`: serve | bench (connect, doctor and monitor come next).
+//! `switchyard`: serve | connect | monitor | bench (doctor comes next).
 
 mod bench;
+mod connect;
+mod diagnose;
+mod dial;
+mod monitor;
+mod proxy;
 
 use std::net::SocketAddr;
 
@@ -30,6 +35,11 @@ enum Command {
     Serve(ServeArgs),
     /// Load-test a WebSocket echo endpoint (echo, handshake-rate and idle-memory modes).
     Bench(bench::BenchArgs),
+    /// Open a WebSocket: interactive on a terminal, line per message in pipes.
+    Connect(Box<connect::ConnectArgs>),
+    /// Keep WebSockets open to targets; measure handshakes, ping round trips,
+    /// availability and disconnects (live table, JSON lines, Prometheus).
+    Monitor(Box<monitor::MonitorArgs>),
 }
 
 #[derive(clap::Args)]
@@ -78,6 +88,9 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench::run(args).await,
+            // The exit status says how the connection ended (see connect.rs).
+            Command::Connect(args) => std::process::exit(connect::run(*args).await),
+            Command::Monitor(args) => std::process::exit(monitor::run(*args).await),
         }
     })
 }
