@@ -100,29 +100,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !args.listen.is_empty() {
         cfg.listen = args.listen;
     }
+    let shutdown = shutdown_signal()?;
     let server = Server::bind(cfg).await?;
     for addr in server.local_addrs() {
         // Machine-readable line on stdout for scripts and tests.
         println!("listening on http://{addr} (WebSocket echo at ws://{addr}/echo)");
     }
-    server.run(shutdown_signal()).await;
+    server.run(shutdown).await;
     info!("bye");
     Ok(())
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now (before the server announces
+/// itself, so a signal sent right after the "listening" line is never lost to
+/// the default action) and returns a future that completes on the first one.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM ({e}); only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => info!("SIGINT received"),
+            _ = term.recv() => info!("SIGTERM received"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-        _ = term.recv() => info!("SIGTERM received"),
-    }
+    })
 }
