@@ -1,5 +1,11 @@
 //! `switchyard`: serve | bench (connect, doctor and monitor come next).
 
+mod connect;
+mod diagnose;
+mod dial;
+mod monitor;
+mod proxy;
+
 use std::net::SocketAddr;
 
 use anyhow::Context;
@@ -26,6 +32,11 @@ struct Cli {
 enum Command {
     /// Serve the built-in apps: a WebSocket echo on /echo and a page on /.
     Serve(ServeArgs),
+    /// Open a WebSocket: interactive on a terminal, line per message in pipes.
+    Connect(Box<connect::ConnectArgs>),
+    /// Keep WebSockets open to targets; measure handshakes, ping round trips,
+    /// availability and disconnects (live table, JSON lines, Prometheus).
+    Monitor(Box<monitor::MonitorArgs>),
 }
 
 #[derive(clap::Args)]
@@ -60,6 +71,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            // The exit status says how the connection ended (see connect.rs).
+            Command::Connect(args) => std::process::exit(connect::run(*args).await),
+            Command::Monitor(args) => std::process::exit(monitor::run(*args).await),
         }
     })
 }

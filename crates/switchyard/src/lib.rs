@@ -7,6 +7,8 @@
 //!   [`Limits`].
 //! * [`server`]: read the request head, accept on a raw stream, or upgrade
 //!   inside a hyper 1 service.
+//! * [`h2`]: WebSocket over HTTP/2 (RFC 8441 extended CONNECT), server
+//!   [`h2::accept`] and a multiplexing client [`h2::H2Connection`].
 //! * [`client`]: `connect("ws://..."/"wss://...")` with rustls, or the
 //!   handshake over any stream.
 //!
@@ -70,6 +72,8 @@ pub use switchyard_proto::{CloseCode, CloseFrame, Limits, Message, Role};
 
 pub mod client;
 pub mod error;
+pub mod h2;
+pub mod h3;
 pub mod server;
 pub mod websocket;
 
