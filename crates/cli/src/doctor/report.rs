@@ -216,7 +216,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("      nginx       proxy_http_version 1.1;"),
+            text.contains("      nginx       location /ws { proxy_pass http://backend; proxy_http_version 1.1;"),
             "{text}"
         );
         assert!(text.ends_with("result: failure (1 passed, 0 warnings, 1 failures)\n"));
