@@ -1,0 +1,551 @@
+//! `switchyard doctor` (the built binary) against servers that misbehave on
+//! purpose: one that ignores Upgrade, one with a wrong Sec-WebSocket-Accept,
+//! one that closes idle sockets after 3 s, nginx without the Upgrade headers,
+//! TLS with an expired certificate and one for another host — and a healthy
+//! one. Each test asserts the diagnosis's key words and the exit status.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::Value;
+use switchyard::server::{accept, AcceptConfig};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// Run doctor; return (exit status, stdout).
+async fn doctor(args: &[&str]) -> (i32, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(BIN)
+            .arg("doctor")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("doctor did not finish within 60 s")
+    .expect("cannot run the switchyard binary");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("doctor {args:?}\n{stdout}{stderr}");
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+/// Run doctor with --json; return (exit status, document).
+async fn doctor_json(args: &[&str]) -> (i32, Value) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (code, out) = doctor(&all).await;
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    (code, v)
+}
+
+fn step<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name:?} in {doc:#}"))
+}
+
+/// Read one request head (up to the blank line).
+async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.ok()? == 0 || buf.len() > 65536 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// A server where each connection gets `answer` to each request head.
+async fn canned_server(answer: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                while read_head(&mut tcp).await.is_some() {
+                    if tcp.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Our own echo server: `switchyard serve` on a free port.
+async fn serve() -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cannot start switchyard serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("switchyard serve did not start")
+        .unwrap()
+        .unwrap();
+    // "listening on http://127.0.0.1:PORT (...)"
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    (child, addr)
+}
+
+/// A WebSocket echo on `stream` (TCP or TLS), without heartbeat.
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
+    let Ok(mut ws) = accept(stream, &AcceptConfig::default()).await else {
+        return;
+    };
+    while let Some(Ok(_)) = ws.next().await {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_echo_server_passes_every_step() {
+    let (_child, addr) = serve().await;
+    let url = format!("ws://{addr}/echo");
+    let (code, doc) = doctor_json(&[&url]).await;
+    assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(doc["status"], "pass");
+    let steps = doc["steps"].as_array().unwrap();
+    for name in [
+        "url",
+        "mixed content",
+        "dns",
+        "tcp",
+        "http/1.1 upgrade",
+        "extensions",
+        "subprotocol",
+        "ping",
+        "http/2",
+        "http/3",
+    ] {
+        assert!(
+            steps.iter().any(|s| s["name"] == name),
+            "no {name}: {doc:#}"
+        );
+    }
+    for s in steps {
+        assert_eq!(s["status"], "pass", "{s:#}");
+        assert!(s["fix"].is_null(), "{s:#}");
+        assert!(s["evidence"].is_array(), "{s:#}");
+    }
+    let up = step(&doc, "http/1.1 upgrade");
+    assert!(up["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("101 Switching Protocols"));
+    let ev = up["evidence"].to_string();
+    assert!(ev.contains("Upgrade: websocket"), "{ev}");
+    assert!(ev.contains("(valid for our key)"), "{ev}");
+    assert!(step(&doc, "extensions")["summary"]
+        .as_str()
+        .unwrap()
+        .contains("permessage-deflate"));
+    assert!(step(&doc, "ping")["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("round trip"));
+
+    // Human output: one line per step with its marker, and exit 0.
+    let (code, text) = doctor(&[&url]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("✓ http/1.1 upgrade: 101 Switching Protocols"),
+        "{text}"
+    );
+    assert!(text.contains("✓ ping: round trip"), "{text}");
+    assert!(!text.contains('✗') && !text.contains("\n! "), "{text}");
+    assert!(
+        text.contains("result: ok (10 passed, 0 warnings, 0 failures)"),
+        "{text}"
+    );
+
+    // An https page may not open a ws:// URL: mixed content, exit 2.
+    let (code, text) = doctor(&[&url, "--origin", "https://app.example"]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains(
+            "✗ mixed content: an https page (https://app.example) cannot open a ws:// URL"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_that_ignores_upgrade_is_diagnosed() {
+    let addr = canned_server(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 15\r\n\r\n<html>hi</html>",
+    )
+    .await;
+    let (code, text) = doctor(&[&format!("ws://{addr}/socket")]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("✗ http/1.1 upgrade: 200 OK instead of 101: the upgrade was ignored"),
+        "{text}"
+    );
+    assert!(text.contains("no Upgrade header in the answer"), "{text}");
+    assert!(text.contains("body: <html>hi</html>"), "{text}");
+    assert!(
+        text.contains("proxy_set_header Upgrade $http_upgrade"),
+        "{text}"
+    );
+    assert!(text.contains("result: failure"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_accept_is_diagnosed() {
+    let addr = canned_server(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: dGhlIHNhbXBsZSBub25jZQ==\r\nVia: 1.1 mangler\r\n\r\n",
+    )
+    .await;
+    let (code, doc) = doctor_json(&[&format!("ws://{addr}/")]).await;
+    assert_eq!(code, 2, "{doc:#}");
+    let up = step(&doc, "http/1.1 upgrade");
+    assert_eq!(up["status"], "fail");
+    let summary = up["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("Sec-WebSocket-Accept is wrong"),
+        "{summary}"
+    );
+    let ev = up["evidence"].to_string();
+    assert!(ev.contains("dGhlIHNhbXBsZSBub25jZQ=="), "{ev}");
+    assert!(ev.contains("Via: 1.1 mangler"), "{ev}");
+    assert!(up["fix"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("258EAFA5-E914-47DA-95CA-C5AB0DC85B11"));
+    for server in ["nginx", "apache", "caddy", "haproxy", "switchyard"] {
+        assert!(up["fix"][server].is_string(), "{server}: {up:#}");
+    }
+    // No ping step: there is no connection to ping on.
+    assert!(doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["name"] != "ping"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_of_three_seconds_is_measured() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = accept(tcp, &AcceptConfig::default()).await else {
+                    return;
+                };
+                // Like a proxy's read timeout: 3 s without a frame and the
+                // socket is dropped (no close frame).
+                while let Ok(Some(Ok(_))) =
+                    tokio::time::timeout(Duration::from_secs(3), ws.next()).await
+                {}
+            });
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let (code, doc) = doctor_json(&[&url, "--idle-probe", "5s"]).await;
+    assert_eq!(code, 1, "{doc:#}");
+    assert_eq!(step(&doc, "ping")["status"], "pass");
+    let idle = step(&doc, "idle probe");
+    assert_eq!(idle["status"], "warn");
+    let summary = idle["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("closed after 3 s of silence"),
+        "{summary}"
+    );
+    assert!(summary.contains("proxy_read_timeout"), "{summary}");
+    assert!(summary.contains("raise it or enable pings"), "{summary}");
+    // The precise time, within tolerance.
+    let precise = idle["evidence"][0].as_str().unwrap();
+    let secs: f64 = precise
+        .strip_prefix("closed after ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{precise}"));
+    assert!((2.5..4.5).contains(&secs), "{precise}");
+    assert!(idle["fix"]["nginx"]
+        .as_str()
+        .unwrap()
+        .contains("proxy_read_timeout"));
+
+    // A probe shorter than the timeout: still open, pass.
+    let (code, doc) = doctor_json(&[&url, "--idle-probe", "1s"]).await;
+    assert_eq!(code, 0, "{doc:#}");
+    let idle = step(&doc, "idle probe");
+    assert_eq!(idle["status"], "pass");
+    assert_eq!(idle["summary"], "still open after 1 s of silence");
+}
+
+fn find_nginx() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchyard-doctor-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_without_upgrade_headers_is_diagnosed() {
+    let nginx = find_nginx().expect(
+        "nginx is not installed: this test needs the Debian package nginx (run \
+         scripts/install-test-deps.sh); it fails rather than skips because CI installs it",
+    );
+    let (_backend, backend) = serve().await;
+    let dir = temp_dir("nginx");
+    let port = free_port().await;
+    let template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/doctor/nginx-no-upgrade.conf"),
+    )
+    .unwrap();
+    let conf = template
+        .replace("@DIR@", dir.to_str().unwrap())
+        .replace("@PORT@", &port.to_string())
+        .replace("@BACKEND@", &backend.to_string());
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let mut child = Command::new(&nginx)
+        .arg("-p")
+        .arg(&dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", nginx.display()));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut up = false;
+    for _ in 0..100 {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+            panic!("nginx exited with {status}: {log}");
+        }
+        if TcpStream::connect(addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "nginx did not listen on {addr} within 10 s");
+
+    let (code, text) = doctor(&[&format!("ws://{addr}/echo")]).await;
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("✗ http/1.1 upgrade:"), "{text}");
+    assert!(text.contains("proxy dropped Upgrade"), "{text}");
+    assert!(text.contains("nginx (Server: nginx"), "{text}");
+    assert!(
+        text.contains(
+            "nginx       location /ws { proxy_pass http://backend; proxy_http_version 1.1; \
+             proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; }"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("Apache      a2enmod proxy proxy_http proxy_wstunnel"),
+        "{text}"
+    );
+    // DNS and TCP were fine: the path is broken only at the proxy.
+    assert!(
+        text.contains("✓ tcp: 1 of 1 address accepted a connection"),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------- TLS
+
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = temp_dir(name);
+        let ca_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(DnType::CommonName, "switchyard doctor test CA");
+        let ca = p.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    fn ca_file(&self) -> String {
+        self.dir.join("ca.pem").to_str().unwrap().to_owned()
+    }
+
+    /// A leaf for `names`, valid between the two dates (year, month, day).
+    fn leaf(
+        &self,
+        names: &[&str],
+        from: (i32, u8, u8),
+        until: (i32, u8, u8),
+    ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name.push(DnType::CommonName, names[0]);
+        p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        p.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        (
+            cert.der().clone(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A wss echo server with this certificate (ALPN http/1.1).
+async fn tls_echo(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> SocketAddr {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    echo(tls).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_certificate_is_diagnosed() {
+    let pki = Pki::new("expired");
+    let (cert, key) = pki.leaf(&["localhost", "127.0.0.1"], (2020, 1, 1), (2021, 1, 1));
+    let addr = tls_echo(cert, key).await;
+    let (code, doc) = doctor_json(&[&format!("wss://{addr}/"), "--ca", &pki.ca_file()]).await;
+    assert_eq!(code, 2, "{doc:#}");
+    let tls = step(&doc, "tls");
+    assert_eq!(tls["status"], "fail");
+    assert!(tls["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("certificate expired"));
+    let ev = tls["evidence"].to_string();
+    assert!(ev.contains("expired on 2021-01-01"), "{ev}");
+    assert!(ev.contains("days ago"), "{ev}");
+    assert!(
+        ev.contains("ALPN offered: h2, http/1.1; selected: http/1.1"),
+        "{ev}"
+    );
+    assert!(ev.contains("version: TLSv1.3"), "{ev}");
+    assert!(tls["fix"]["summary"].as_str().unwrap().contains("renew"));
+    assert!(tls["fix"]["nginx"]
+        .as_str()
+        .unwrap()
+        .contains("ssl_certificate"));
+    // The rest of the path is still examined (and is fine).
+    assert_eq!(step(&doc, "http/1.1 upgrade")["status"], "pass");
+    assert_eq!(step(&doc, "ping")["status"], "pass");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_for_another_host_is_diagnosed() {
+    let pki = Pki::new("wronghost");
+    let (cert, key) = pki.leaf(&["other.example"], (2020, 1, 1), (2999, 1, 1));
+    let addr = tls_echo(cert, key).await;
+    let (code, text) = doctor(&[&format!("wss://{addr}/"), "--ca", &pki.ca_file()]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains(
+            "✗ tls: certificate not valid for this name: 127.0.0.1 is not among its names"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("names: other.example"), "{text}");
+    assert!(text.contains("server_name HOST"), "{text}");
+    assert!(
+        text.contains("✓ http/1.1 upgrade: 101 Switching Protocols"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_certificate_reports_expiry_version_and_alpn() {
+    let pki = Pki::new("valid");
+    let (cert, key) = pki.leaf(&["localhost", "127.0.0.1"], (2020, 1, 1), (2999, 1, 1));
+    let addr = tls_echo(cert, key).await;
+    let (code, doc) = doctor_json(&[&format!("wss://{addr}/"), "--ca", &pki.ca_file()]).await;
+    assert_eq!(code, 0, "{doc:#}");
+    let tls = step(&doc, "tls");
+    assert_eq!(tls["status"], "pass");
+    assert!(tls["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("certificate valid for 127.0.0.1"));
+    let ev = tls["evidence"].to_string();
+    assert!(ev.contains("expires on 2999-01-01"), "{ev}");
+    assert!(ev.contains("days left"), "{ev}");
+    assert!(ev.contains("issuer: CN=switchyard doctor test CA"), "{ev}");
+    // Without --ca the same server has an unknown issuer.
+    let (code, doc) = doctor_json(&[&format!("wss://{addr}/")]).await;
+    assert_eq!(code, 2, "{doc:#}");
+    assert!(step(&doc, "tls")["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("unknown issuer"));
+}
