@@ -59,7 +59,14 @@ pub struct DoctorArgs {
 
 /// Run the checks, print the report, return the exit status.
 pub async fn run(args: DoctorArgs) -> i32 {
-    let report = examine(&args).await;
+    let mut report = examine(&args).await;
+    if let Ok(t) = Target::parse(&args.url) {
+        for step in &mut report.steps {
+            if let Some(fix) = step.fix.take() {
+                step.fix = Some(fix.tailored(&t.host, t.uri.path()));
+            }
+        }
+    }
     if args.json {
         println!(
             "{}",

@@ -377,7 +377,7 @@ async fn nginx_without_upgrade_headers_is_diagnosed() {
     assert!(text.contains("nginx (Server: nginx"), "{text}");
     assert!(
         text.contains(
-            "nginx       location /ws { proxy_pass http://backend; proxy_http_version 1.1; \
+            "nginx       location /echo { proxy_pass http://backend; proxy_http_version 1.1; \
              proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; }"
         ),
         "{text}"
@@ -517,7 +517,8 @@ async fn certificate_for_another_host_is_diagnosed() {
         "{text}"
     );
     assert!(text.contains("names: other.example"), "{text}");
-    assert!(text.contains("server_name HOST"), "{text}");
+    // The fixes are tailored to the URL's host.
+    assert!(text.contains("server_name 127.0.0.1;"), "{text}");
     assert!(
         text.contains("✓ http/1.1 upgrade: 101 Switching Protocols"),
         "{text}"

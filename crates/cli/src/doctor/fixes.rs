@@ -48,22 +48,38 @@ pub enum Problem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fix {
     pub summary: String,
-    pub nginx: &'static str,
-    pub apache: &'static str,
-    pub caddy: &'static str,
-    pub haproxy: &'static str,
-    pub switchyard: &'static str,
+    pub nginx: String,
+    pub apache: String,
+    pub caddy: String,
+    pub haproxy: String,
+    pub switchyard: String,
 }
 
 impl Fix {
-    pub fn per_server(&self) -> [(&'static str, &'static str); 5] {
+    pub fn per_server(&self) -> [(&'static str, &str); 5] {
         [
-            ("nginx", self.nginx),
-            ("Apache", self.apache),
-            ("Caddy", self.caddy),
-            ("HAProxy", self.haproxy),
-            ("switchyard", self.switchyard),
+            ("nginx", &self.nginx),
+            ("Apache", &self.apache),
+            ("Caddy", &self.caddy),
+            ("HAProxy", &self.haproxy),
+            ("switchyard", &self.switchyard),
         ]
+    }
+
+    /// The same lines with the URL's host for `HOST` and its path for the
+    /// example path `/ws`, so they can be pasted.
+    pub fn tailored(mut self, host: &str, path: &str) -> Fix {
+        let path = if path.is_empty() { "/" } else { path };
+        for line in [
+            &mut self.nginx,
+            &mut self.apache,
+            &mut self.caddy,
+            &mut self.haproxy,
+            &mut self.switchyard,
+        ] {
+            *line = line.replace("HOST", host).replace("/ws", path);
+        }
+        self
     }
 
     pub fn json(&self) -> Value {
@@ -323,11 +339,11 @@ impl Problem {
         };
         Fix {
             summary: summary.to_owned(),
-            nginx,
-            apache,
-            caddy,
-            haproxy,
-            switchyard,
+            nginx: nginx.to_owned(),
+            apache: apache.to_owned(),
+            caddy: caddy.to_owned(),
+            haproxy: haproxy.to_owned(),
+            switchyard: switchyard.to_owned(),
         }
     }
 }
@@ -365,8 +381,35 @@ mod tests {
             assert!(!f.summary.is_empty(), "{p:?}");
             for (server, line) in f.per_server() {
                 assert!(line.len() > 10, "{p:?} {server}: {line:?}");
+                assert!(!line.contains("\n"), "{p:?} {server}: one line");
             }
         }
+    }
+
+    #[test]
+    fn tailored_fixes_use_the_url_host_and_path() {
+        let f = Problem::ProxyDroppedUpgrade
+            .fix()
+            .tailored("chat.example", "/socket");
+        assert!(
+            f.nginx.starts_with("location /socket { proxy_pass"),
+            "{}",
+            f.nginx
+        );
+        assert!(
+            f.apache
+                .contains("ProxyPass /socket ws://backend:8080/socket"),
+            "{}",
+            f.apache
+        );
+        assert!(
+            f.caddy.starts_with("reverse_proxy /socket* "),
+            "{}",
+            f.caddy
+        );
+        let f = Problem::TlsWrongName.fix().tailored("chat.example", "/");
+        assert!(f.nginx.contains("server_name chat.example;"), "{}", f.nginx);
+        assert!(!f.nginx.contains("HOST"));
     }
 
     #[test]
