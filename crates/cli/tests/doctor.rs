@@ -550,3 +550,102 @@ async fn valid_certificate_reports_expiry_version_and_alpn() {
         .unwrap()
         .starts_with("unknown issuer"));
 }
+
+/// A wss server that speaks HTTP/2 (ALPN h2, extended CONNECT only when
+/// `connect_protocol`) and HTTP/1.1 (ALPN http/1.1) on the same port.
+async fn tls_h1_h2(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    connect_protocol: bool,
+) -> SocketAddr {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
+                    echo(tls).await;
+                    return;
+                }
+                let svc = hyper::service::service_fn(|mut req| async move {
+                    let resp = match switchyard::h2::accept(&mut req, &AcceptConfig::default()) {
+                        Ok((resp, fut)) => {
+                            tokio::spawn(async move {
+                                if let Ok(mut ws) = fut.await {
+                                    while let Some(Ok(_)) = ws.next().await {}
+                                }
+                            });
+                            resp.map(|_| Full::new(Bytes::new()))
+                        }
+                        Err(rej) => switchyard::server::rejection_response(&rej),
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = switchyard::h2::server_builder(connect_protocol, &Default::default())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_extended_connect_is_checked() {
+    let pki = Pki::new("h2");
+    let (cert, key) = pki.leaf(&["localhost", "127.0.0.1"], (2020, 1, 1), (2999, 1, 1));
+
+    // SETTINGS_ENABLE_CONNECT_PROTOCOL = 1: a WebSocket opens over HTTP/2.
+    let addr = tls_h1_h2(cert.clone(), key.clone_key(), true).await;
+    let (code, doc) = doctor_json(&[&format!("wss://{addr}/"), "--ca", &pki.ca_file()]).await;
+    assert_eq!(code, 0, "{doc:#}");
+    let ev = step(&doc, "tls")["evidence"].to_string();
+    assert!(
+        ev.contains("ALPN offered: h2, http/1.1; selected: h2"),
+        "{ev}"
+    );
+    let h2 = step(&doc, "http/2");
+    assert_eq!(h2["status"], "pass");
+    let summary = h2["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("WebSocket over HTTP/2 works: SETTINGS_ENABLE_CONNECT_PROTOCOL = 1"),
+        "{summary}"
+    );
+    assert!(
+        h2["evidence"]
+            .to_string()
+            .contains("ping over HTTP/2: round trip"),
+        "{h2:#}"
+    );
+
+    // HTTP/2 without the setting: said so, and HTTP/1.1 still carries the
+    // WebSocket (not a failure).
+    let addr = tls_h1_h2(cert, key, false).await;
+    let (code, doc) = doctor_json(&[&format!("wss://{addr}/"), "--ca", &pki.ca_file()]).await;
+    assert_eq!(code, 0, "{doc:#}");
+    let h2 = step(&doc, "http/2");
+    let summary = h2["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("speaks HTTP/2 but did not send SETTINGS_ENABLE_CONNECT_PROTOCOL"),
+        "{summary}"
+    );
+    assert_eq!(step(&doc, "http/1.1 upgrade")["status"], "pass");
+}
