@@ -34,7 +34,6 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
-use std::future::Future;
 use switchyard_proto::deflate::PerMessageDeflate;
 use switchyard_proto::handshake::{self, HandshakeError, Negotiated, Rejection};
 use switchyard_proto::{Connection, Limits, Role};
@@ -229,10 +228,11 @@ pub fn accept<B>(
             "missing :authority".into(),
         )));
     }
-    if uri
-        .path_and_query()
-        .map_or(true, |pq| pq.as_str().is_empty())
-    {
+    let has_path = match uri.path_and_query() {
+        Some(pq) => !pq.as_str().is_empty(),
+        None => false,
+    };
+    if !has_path {
         return Err(reject(HandshakeError::ExtendedConnect(
             "missing :path".into(),
         )));
@@ -355,7 +355,21 @@ impl H2Connection {
             let tls = connector
                 .connect(name, tcp)
                 .await
-                .map_err(|e| tls_error(&target.host, e))?;
+                .map_err(|e| tls_error(&target.host, e))
+                .map_err(|e| match e {
+                    Error::Tls {
+                        host,
+                        source:
+                            rustls::Error::AlertReceived(
+                                rustls::AlertDescription::NoApplicationProtocol,
+                            ),
+                    } => H2Error::NoAlpnH2 {
+                        host,
+                        chosen: "none: it refused h2 with a no_application_protocol alert".into(),
+                    }
+                    .into(),
+                    other => other,
+                })?;
             let io = MaybeTlsStream::Tls(Box::new(tls));
             if io.alpn_protocol() != Some(b"h2".as_slice()) {
                 let chosen = match io.alpn_protocol() {
@@ -397,26 +411,25 @@ impl H2Connection {
         let auth = authority.to_string();
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
-            // Drive the connection; after each poll (hyper has then applied
-            // every frame read so far) publish what the server's SETTINGS say.
-            // Until the first SETTINGS the stream budget is 0
+            // hyper applies the server's SETTINGS in a task of its own and
+            // wakes nobody: look at them on a short backoff until they are
+            // there. Until the first SETTINGS the stream budget is 0
             // (`initial_max_send_streams(0)`); after it, it is the server's
             // SETTINGS_MAX_CONCURRENT_STREAMS (unlimited when absent).
-            let res = std::future::poll_fn(|cx| {
-                let r = conn.as_mut().poll(cx);
-                if conn.current_max_send_streams() > 0 {
-                    let now = Settings::Received {
-                        connect_protocol: conn.is_extended_connect_protocol_enabled(),
-                    };
-                    settings_tx.send_if_modified(|s| {
-                        let changed = *s != now;
-                        *s = now;
-                        changed
-                    });
+            let mut pause = Duration::from_micros(100);
+            let res = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = tokio::time::sleep(pause) => {}
                 }
-                r
-            })
-            .await;
+                if conn.current_max_send_streams() > 0 {
+                    let _ = settings_tx.send(Settings::Received {
+                        connect_protocol: conn.is_extended_connect_protocol_enabled(),
+                    });
+                    break conn.as_mut().await;
+                }
+                pause = (pause * 2).min(Duration::from_millis(10));
+            };
             settings_tx.send_if_modified(|s| {
                 let changed = *s == Settings::Pending;
                 if changed {
