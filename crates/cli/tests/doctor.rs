@@ -649,3 +649,121 @@ async fn http2_extended_connect_is_checked() {
     );
     assert_eq!(step(&doc, "http/1.1 upgrade")["status"], "pass");
 }
+
+/// A wss server over TCP whose plain GETs answer 200 with
+/// `Alt-Svc: h3=":udp_port"`; with `h3`, an HTTP/3 WebSocket server on that
+/// UDP port (RFC 9220), else nothing answers there.
+async fn tls_with_alt_svc(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    h3: bool,
+) -> SocketAddr {
+    use switchyard::server::{accept_request, read_request_head};
+
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let udp_port = if h3 {
+        let endpoint = switchyard::h3::bind_endpoint("127.0.0.1:0".parse().unwrap(), &cfg).unwrap();
+        let port = endpoint.local_addr().unwrap().port();
+        tokio::spawn(switchyard::h3::serve(
+            endpoint,
+            AcceptConfig::default(),
+            |_req, mut ws| {
+                tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+            },
+            std::future::pending(),
+        ));
+        port
+    } else {
+        // A UDP port where nothing answers.
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let cfg = AcceptConfig::default();
+                let Ok((req, leftover)) = read_request_head(&mut tls, &cfg.limits).await else {
+                    return;
+                };
+                if req.headers().contains_key("upgrade") {
+                    if let Ok(mut ws) = accept_request(tls, &req, leftover, &cfg).await {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }
+                } else {
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nAlt-Svc: h3=\":{udp_port}\"; ma=3600\r\n\
+                         Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_through_alt_svc_is_checked() {
+    let pki = Pki::new("h3");
+    let (cert, key) = pki.leaf(&["localhost", "127.0.0.1"], (2020, 1, 1), (2999, 1, 1));
+
+    // Alt-Svc advertises h3 and an HTTP/3 server answers there.
+    let addr = tls_with_alt_svc(cert.clone(), key.clone_key(), true).await;
+    let (code, doc) = doctor_json(&[&format!("wss://{addr}/"), "--ca", &pki.ca_file()]).await;
+    assert_eq!(code, 0, "{doc:#}");
+    let h3 = step(&doc, "http/3");
+    assert_eq!(h3["status"], "pass");
+    assert!(
+        h3["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("WebSocket over HTTP/3 works"),
+        "{h3:#}"
+    );
+    assert!(
+        h3["evidence"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Alt-Svc: h3=\":"),
+        "{h3:#}"
+    );
+
+    // Advertised, but nothing answers on that UDP port: a warning with the fix.
+    let addr = tls_with_alt_svc(cert, key, false).await;
+    let (code, doc) = doctor_json(&[&format!("wss://{addr}/"), "--ca", &pki.ca_file()]).await;
+    assert_eq!(code, 1, "{doc:#}");
+    let h3 = step(&doc, "http/3");
+    assert_eq!(h3["status"], "warn");
+    assert!(
+        h3["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("Alt-Svc advertises HTTP/3 at :"),
+        "{h3:#}"
+    );
+    assert!(
+        h3["fix"]["nginx"]
+            .as_str()
+            .unwrap()
+            .contains("listen 443 quic"),
+        "{h3:#}"
+    );
+}
