@@ -21,7 +21,8 @@
 //! | 3 | the server closed with a code other than 1000 (including 1005, no code) |
 //! | 4 | abnormal end: dropped without a close frame (1006), I/O or protocol error, ping or close timeout |
 //!
-//! With `--reconnect`, a lost or refused connection is retried after 250 ms,
+//! With `--reconnect`, a connection that could not be opened, was lost, or
+//! was closed by the server (with any code) is retried after 250 ms,
 //! doubling up to `--reconnect-max-delay` (reset after each successful
 //! handshake); `--max-reconnects N` gives up after N attempts in a row with
 //! the status of the last failure. The end of stdin still exits 0 after a
@@ -51,6 +52,9 @@ pub mod exit {
     pub const DROPPED: i32 = 4;
 }
 
+/// The payload of --ping-interval pings.
+const KEEPALIVE: &[u8] = b"switchyard-keepalive";
+
 /// First delay before a reconnect; doubles each failed attempt.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -76,10 +80,14 @@ pub struct ConnectArgs {
     /// Prefix each received message with its UTC arrival time (RFC 3339).
     #[arg(long)]
     pub timestamps: bool,
-    /// Send a ping after this long without traffic; the connection fails if
-    /// no pong comes within 20 s.
+    /// Send a ping this often (the first one after one interval); the
+    /// connection counts as lost (exit 4) if a pong does not come within
+    /// --ping-timeout.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ping_interval: Option<Duration>,
+    /// With --ping-interval: how long to wait for each pong.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub ping_timeout: Duration,
     /// Reconnect when the connection is lost or cannot be opened.
     #[arg(long)]
     pub reconnect: bool,
@@ -233,13 +241,21 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// The history file: `$XDG_DATA_HOME/switchyard/history`, else
 /// `$HOME/.local/share/switchyard/history`.
 pub fn history_path() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
+    history_path_from(std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME"))
+}
+
+/// [`history_path`] from the two variables' values. A relative
+/// `XDG_DATA_HOME` is ignored, as the XDG base directory spec says.
+pub fn history_path_from(
+    xdg_data_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    let base = xdg_data_home
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
+            home.filter(|v| !v.is_empty())
                 .map(|h| PathBuf::from(h).join(".local").join("share"))
         })?;
     Some(base.join("switchyard").join("history"))
@@ -363,11 +379,7 @@ fn interactive_input(
 /// Run `connect`; returns the exit status.
 pub async fn run(args: ConnectArgs) -> i32 {
     let interactive = std::io::stdin().is_terminal();
-    let limits = Limits {
-        ping_interval: args.ping_interval,
-        ..Limits::default()
-    };
-    let dialer = match args.conn.dialer(&args.url, limits) {
+    let dialer = match args.conn.dialer(&args.url, Limits::default()) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {}", diagnose_dial(&e, &args.url));
@@ -414,8 +426,9 @@ pub async fn run(args: ConnectArgs) -> i32 {
                 failures = 0;
                 let neg = d.ws.negotiated();
                 let mut info = format!(
-                    "connected to {} (101 in {:.1} ms",
+                    "connected to {} over {} (open in {:.1} ms",
                     args.url,
+                    d.ws.transport(),
                     d.timings.total.as_secs_f64() * 1000.0
                 );
                 if let Some(p) = &neg.subprotocol {
@@ -426,7 +439,8 @@ pub async fn run(args: ConnectArgs) -> i32 {
                 }
                 info.push(')');
                 out.status(&info);
-                match session(d.ws, &mut rx, &out, &args).await {
+                let ending = crate::with_ws!(d.ws, ws => session(ws, &mut rx, &out, &args).await);
+                match ending {
                     Ending::Local => {
                         out.status("closed");
                         return exit::OK;
@@ -509,8 +523,8 @@ fn render_text(s: &str, json: bool) -> String {
 }
 
 /// Drive one open connection until it ends.
-async fn session(
-    mut ws: switchyard::WebSocket<crate::dial::BoxIo>,
+async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut ws: switchyard::WebSocket<S>,
     rx: &mut mpsc::Receiver<Input>,
     out: &Out,
     args: &ConnectArgs,
@@ -526,8 +540,38 @@ async fn session(
         }
     };
     let prefix = if out.interactive { "< " } else { "" };
+    // Keepalive pings (--ping-interval): when the unanswered one was sent.
+    let mut keepalive = args.ping_interval.map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut keepalive_sent: Option<Instant> = None;
+    let far = Duration::from_secs(365 * 86_400);
     loop {
+        let pong_deadline = keepalive_sent.map_or(Instant::now() + far, |t| t + args.ping_timeout);
         tokio::select! {
+            _ = async {
+                match keepalive.as_mut() {
+                    Some(t) => { t.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            }, if !closing && keepalive_sent.is_none() => {
+                keepalive_sent = Some(Instant::now());
+                if let Err(e) = ws.send(Message::Ping(Bytes::from_static(KEEPALIVE))).await {
+                    return Ending::Abnormal(diagnose_drop(&e));
+                }
+            }
+            _ = tokio::time::sleep_until(pong_deadline.into()), if keepalive_sent.is_some() && !closing => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    ws.close(CloseCode::INTERNAL_ERROR, "pong timeout"),
+                ).await;
+                return Ending::Abnormal(format!(
+                    "no pong within {:?} (--ping-timeout): the server or the path is gone; closed with 1011",
+                    args.ping_timeout
+                ));
+            }
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     out.line(&stamp(format!("{prefix}{}", render_text(t.as_str(), args.json))));
@@ -549,7 +593,9 @@ async fn session(
                     }
                 }
                 Some(Ok(Message::Pong(p))) => {
-                    if let Some(i) = pings.iter().position(|(d, _)| *d == p) {
+                    if p.as_ref() == KEEPALIVE {
+                        keepalive_sent = None;
+                    } else if let Some(i) = pings.iter().position(|(d, _)| *d == p) {
                         let (_, sent) = pings.remove(i);
                         out.status(&format!(
                             "pong {:?} in {:.2} ms",
@@ -660,6 +706,26 @@ mod tests {
         assert!(decode_binary("hex:123").is_err());
         assert!(decode_binary("!!!").is_err());
         assert_eq!(to_hex(&[0, 0xab]), "00ab");
+    }
+
+    #[test]
+    fn history_goes_to_the_xdg_data_dir() {
+        let p = |x: Option<&str>, h: Option<&str>| {
+            history_path_from(x.map(Into::into), h.map(Into::into))
+        };
+        assert_eq!(
+            p(Some("/data"), Some("/home/u")),
+            Some(PathBuf::from("/data/switchyard/history"))
+        );
+        assert_eq!(
+            p(None, Some("/home/u")),
+            Some(PathBuf::from("/home/u/.local/share/switchyard/history"))
+        );
+        assert_eq!(
+            p(Some("relative"), Some("/home/u")),
+            Some(PathBuf::from("/home/u/.local/share/switchyard/history"))
+        );
+        assert_eq!(p(Some(""), None), None);
     }
 
     #[test]

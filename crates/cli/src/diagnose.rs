@@ -130,6 +130,37 @@ pub fn diagnose_ws(err: &Error, url: &str) -> Diagnosis {
                 next_step: Some(doctor(url)),
             }
         }
+        Error::H2(switchyard::h2::H2Error::Refused {
+            status,
+            response,
+            hint,
+            ..
+        }) => {
+            let mut evidence = Vec::new();
+            if let Some(v) = header(response, SERVER) {
+                evidence.push(format!("Server: {v}"));
+            }
+            if let Some(v) = header(response, VIA) {
+                evidence.push(format!("Via: {v} (a proxy is on the path)"));
+            }
+            Diagnosis {
+                summary: format!(
+                    "server answered {} {} to the HTTP/2 extended CONNECT instead of 200 — {hint}",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("")
+                ),
+                evidence,
+                next_step: Some(doctor(url)),
+            }
+        }
+        Error::H2(e) => Diagnosis {
+            summary: e.to_string(),
+            evidence: vec![],
+            next_step: Some(format!(
+                "try --http1 to see whether the endpoint works over HTTP/1.1; {}",
+                doctor(url)
+            )),
+        },
         Error::Handshake(HandshakeError::BadAccept { expected, got }) => Diagnosis {
             summary: "server answered 101 but its Sec-WebSocket-Accept is wrong — something on \
                       the path rewrote the handshake, or the server computes it wrongly"
@@ -305,6 +336,29 @@ mod tests {
         assert!(text.contains("no Upgrade header"), "{text}");
         assert!(text.contains("body: <html>hi"), "{text}");
         assert!(text.contains("run `switchyard doctor ws://h/x`"), "{text}");
+    }
+
+    #[test]
+    fn h2_refusal_names_the_extended_connect() {
+        let mut resp = http::Response::new(());
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        resp.headers_mut().insert(VIA, "2 edge".parse().unwrap());
+        let e = Error::H2(switchyard::h2::H2Error::Refused {
+            uri: "https://h/x".into(),
+            status: StatusCode::FORBIDDEN,
+            hint: "it refused this client (Origin or access policy)",
+            response: Box::new(resp),
+        });
+        let d = diagnose_ws(&e, "wss://h/x");
+        assert_eq!(
+            d.summary,
+            "server answered 403 Forbidden to the HTTP/2 extended CONNECT instead of 200 — \
+             it refused this client (Origin or access policy)"
+        );
+        assert_eq!(
+            d.evidence,
+            vec!["Via: 2 edge (a proxy is on the path)".to_owned()]
+        );
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct Dialer {
     /// TCP + proxy + TLS + upgrade must finish within this.
     pub timeout: Duration,
     pub http: HttpVersion,
+    /// A client certificate is configured (HTTP/1.1 only for now).
+    pub client_cert: bool,
 }
 
 /// A parsed ws:// or wss:// URL (http:// and https:// are accepted as their
@@ -72,8 +74,8 @@ pub enum DialError {
     Timeout { what: &'static str, limit: Duration },
     #[error("client certificate: {0}")]
     ClientCert(String),
-    #[error("{0} is not available in this build of switchyard (only HTTP/1.1 is); use --http1")]
-    Unavailable(&'static str),
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Ws(#[from] switchyard::Error),
 }
@@ -90,9 +92,43 @@ pub struct Timings {
     pub total: Duration,
 }
 
+/// An open WebSocket over HTTP/1.1, HTTP/2 or HTTP/3.
+pub enum AnyWs {
+    H1(WebSocket<BoxIo>),
+    H2(switchyard::h2::H2WebSocket),
+    H3(WebSocket<switchyard::h3::H3Stream>),
+}
+
+/// Run `$body` with `$ws` bound to the WebSocket inside an [`AnyWs`],
+/// whatever its transport (the body is instantiated once per transport).
+#[macro_export]
+macro_rules! with_ws {
+    ($any:expr, $ws:ident => $body:expr) => {
+        match $any {
+            $crate::dial::AnyWs::H1($ws) => $body,
+            $crate::dial::AnyWs::H2($ws) => $body,
+            $crate::dial::AnyWs::H3($ws) => $body,
+        }
+    };
+}
+
+impl AnyWs {
+    pub fn negotiated(&self) -> &switchyard::proto::handshake::Negotiated {
+        with_ws!(self, ws => ws.negotiated())
+    }
+    /// "HTTP/1.1", "HTTP/2" or "HTTP/3".
+    pub fn transport(&self) -> &'static str {
+        match self {
+            AnyWs::H1(_) => "HTTP/1.1",
+            AnyWs::H2(_) => "HTTP/2",
+            AnyWs::H3(_) => "HTTP/3",
+        }
+    }
+}
+
 /// An open WebSocket and how it was opened.
 pub struct Dialed {
-    pub ws: WebSocket<BoxIo>,
+    pub ws: AnyWs,
     /// The 101 response (for `doctor`'s evidence).
     #[allow(dead_code)]
     pub response: Response<()>,
@@ -303,18 +339,8 @@ impl Dialer {
         &self,
         transcript: Option<&Arc<Mutex<Transcript>>>,
     ) -> Result<Dialed, DialError> {
-        match self.http {
-            HttpVersion::Http1 => {}
-            HttpVersion::Http2 => {
-                return Err(DialError::Unavailable(
-                    "WebSocket over HTTP/2 (RFC 8441, --http2)",
-                ))
-            }
-            HttpVersion::Http3 => {
-                return Err(DialError::Unavailable(
-                    "WebSocket over HTTP/3 (RFC 9220, --http3)",
-                ))
-            }
+        if self.http != HttpVersion::Http1 {
+            return self.dial_h2_h3().await;
         }
         let start = Instant::now();
         let mut timings = Timings::default();
@@ -386,9 +412,56 @@ impl Dialer {
         timings.upgrade = t0.elapsed();
         timings.total = start.elapsed();
         Ok(Dialed {
-            ws,
+            ws: AnyWs::H1(ws),
             response,
             timings,
+        })
+    }
+
+    /// WebSocket over HTTP/2 (RFC 8441) or HTTP/3 (RFC 9220) with the
+    /// library's clients, which open their own TCP/QUIC connection.
+    async fn dial_h2_h3(&self) -> Result<Dialed, DialError> {
+        let name = if self.http == HttpVersion::Http2 {
+            "--http2"
+        } else {
+            "--http3"
+        };
+        if self.proxy.is_some() {
+            return Err(DialError::Unsupported(format!(
+                "--proxy works with HTTP/1.1 only; drop {name} or --proxy"
+            )));
+        }
+        if self.client_cert {
+            return Err(DialError::Unsupported(format!(
+                "--cert/--key work with HTTP/1.1 only; drop {name} or the client certificate"
+            )));
+        }
+        let start = Instant::now();
+        let url = self.target.uri.to_string();
+        let limit = self.timeout;
+        let timeout = |what| DialError::Timeout { what, limit };
+        let (ws, response) = if self.http == HttpVersion::Http2 {
+            let fut = switchyard::h2::connect_h2(&url, &self.builder);
+            let (ws, r) = tokio::time::timeout(limit, fut)
+                .await
+                .map_err(|_| timeout("the HTTP/2 WebSocket handshake"))??;
+            (AnyWs::H2(ws), r)
+        } else {
+            let fut = switchyard::h3::connect_h3(&url, &self.builder);
+            let (ws, r) = tokio::time::timeout(limit, fut)
+                .await
+                .map_err(|_| timeout("the HTTP/3 WebSocket handshake"))??;
+            (AnyWs::H3(ws), r)
+        };
+        let total = start.elapsed();
+        Ok(Dialed {
+            ws,
+            response,
+            timings: Timings {
+                total,
+                upgrade: total,
+                ..Timings::default()
+            },
         })
     }
 }
@@ -515,6 +588,7 @@ impl ConnOpts {
             tls,
             timeout: self.connect_timeout,
             http,
+            client_cert: self.cert.is_some(),
         })
     }
 }

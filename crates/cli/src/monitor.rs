@@ -15,7 +15,7 @@
 //!
 //! | event | fields besides `time`, `target`, `event`, `up`, `availability` |
 //! |-------|------|
-//! | `connected` | `handshake_ms`, `subprotocol` (or null), `connection` (its number) |
+//! | `connected` | `handshake_ms`, `subprotocol` (or null), `transport` (`HTTP/1.1`, `HTTP/2`, `HTTP/3`), `connection` (its number) |
 //! | `ping` | `rtt_ms` |
 //! | `disconnected` | `code` (number, or `"timeout"`), `reason`, `connected_for_s` |
 //! | `connect_failed` | `error` (the diagnosis), `attempt` (failures in a row), `retry_in_ms` |
@@ -387,13 +387,14 @@ async fn watch(dialer: Dialer, slot: Arc<Vec<Mutex<TargetStats>>>, i: usize, arg
                 "connected",
                 json!({
                     "handshake_ms": ms(d.timings.total),
-                    "subprotocol": d.ws.subprotocol(),
+                    "subprotocol": d.ws.negotiated().subprotocol,
+                    "transport": d.ws.transport(),
                     "connection": conn_no,
                 }),
             );
         }
         let connected_at = Instant::now();
-        let (code, reason) = ping_loop(d.ws, cell, &args).await;
+        let (code, reason) = crate::with_ws!(d.ws, ws => ping_loop(ws, cell, &args).await);
         let now = Instant::now();
         {
             let mut s = lock(cell);
@@ -424,8 +425,8 @@ async fn watch(dialer: Dialer, slot: Arc<Vec<Mutex<TargetStats>>>, i: usize, arg
 }
 
 /// Ping every interval until the connection ends; returns its close code and reason.
-async fn ping_loop(
-    mut ws: switchyard::WebSocket<crate::dial::BoxIo>,
+async fn ping_loop<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut ws: switchyard::WebSocket<S>,
     cell: &Mutex<TargetStats>,
     args: &Knobs,
 ) -> (String, String) {
@@ -502,8 +503,14 @@ struct Knobs {
 /// Answer `GET /metrics` with the Prometheus text, anything else with 404/405.
 async fn serve_metrics(listener: TcpListener, shared: Shared) {
     loop {
-        let Ok((s, _)) = listener.accept().await else {
-            continue;
+        let s = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!("metrics listener: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -75,7 +75,10 @@ fn connect(args: &[&str]) -> Client {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("connect")
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("CLI_TEST_LOG").unwrap_or("warn".into()),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -257,15 +260,6 @@ fn usage_errors_exit_2() {
     let (code, err) = c.finish();
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("ws://"), "{err}");
-}
-
-#[test]
-fn http2_and_http3_say_not_available() {
-    let addr = echo_server();
-    let c = connect(&[&format!("ws://{addr}/echo"), "--http3"]);
-    let (code, err) = c.finish();
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("not available in this build"), "{err}");
 }
 
 /// Accept one WebSocket per connection; `each(n, request, ws)` drives it.
@@ -597,4 +591,401 @@ fn binary_messages_are_base64_or_hex() {
     let c = connect(&[&url, "--binary-format", "hex"]);
     assert_eq!(c.line(), "0001feff");
     assert_eq!(c.finish().0, 0);
+}
+
+/// Echo every data message until the peer closes.
+async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut ws: switchyard::WebSocket<S>,
+) {
+    while let Some(Ok(m)) = ws.next().await {
+        if m.is_data() && ws.send(m).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// An HTTP/2 (prior knowledge) server answering RFC 8441 extended CONNECTs
+/// with an echo.
+fn h2_echo_server() -> SocketAddr {
+    spawn_server(|l| async move {
+        let builder = switchyard::h2::server_builder(true, &switchyard::Limits::default());
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |mut req: hyper::Request<hyper::body::Incoming>| async move {
+                        let cfg = AcceptConfig {
+                            handshake: Default::default(),
+                            limits: Default::default(),
+                        };
+                        let resp = match switchyard::h2::accept(&mut req, &cfg) {
+                            Ok((resp, fut)) => {
+                                tokio::spawn(async move {
+                                    if let Ok(ws) = fut.await {
+                                        echo(ws).await;
+                                    }
+                                });
+                                resp
+                            }
+                            Err(rej) => {
+                                let mut r = hyper::Response::new(http_body_util::Empty::new());
+                                *r.status_mut() = rej.response.status();
+                                r
+                            }
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+// A full --http2 round trip against `h2_echo_server` is not asserted here
+// yet: switchyard::h2::connect_h2 (branch wt-h2) sometimes waits forever
+// after the server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) arrived; reported
+// to its owner. This test pins the wiring: with --http2 (ws://: prior
+// knowledge) the first bytes on the wire are the HTTP/2 connection preface.
+#[test]
+fn http2_flag_uses_the_http2_client() {
+    let _ = h2_echo_server; // kept for the round trip once connect_h2 is fixed
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let addr = spawn_server(move |l| async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let mut first = vec![0u8; 24];
+            if s.read_exact(&mut first).await.is_ok() {
+                let _ = tx.send(first);
+            }
+        }
+    });
+    let c = connect(&[&format!("ws://{addr}/echo"), "--http2"]);
+    let (code, err) = c.finish();
+    assert_eq!(code, 1, "{err}");
+    let first = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(first, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+}
+
+#[test]
+fn http2_with_proxy_is_refused_with_a_reason() {
+    let c = connect(&[
+        "ws://127.0.0.1:1/",
+        "--http2",
+        "--proxy",
+        "http://127.0.0.1:1",
+    ]);
+    let (code, err) = c.finish();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--proxy works with HTTP/1.1 only"), "{err}");
+}
+
+/// A self-signed certificate for 127.0.0.1: the rustls server config and the
+/// PEM file of the certificate (to pass as --ca).
+fn self_signed(dir_tag: &str) -> (std::sync::Arc<rustls::ServerConfig>, std::path::PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("switchyard-cli-{}-{dir_tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    (std::sync::Arc::new(cfg), ca)
+}
+
+#[test]
+fn http3_round_trip() {
+    let (tls, ca) = self_signed("h3");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let endpoint =
+                switchyard::h3::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
+            tx.send(endpoint.local_addr().unwrap()).unwrap();
+            let cfg = AcceptConfig {
+                handshake: Default::default(),
+                limits: Default::default(),
+            };
+            switchyard::h3::serve(
+                endpoint,
+                cfg,
+                |_req, ws| {
+                    tokio::spawn(echo(ws));
+                },
+                std::future::pending(),
+            )
+            .await;
+        });
+    });
+    let addr: SocketAddr = rx.recv().unwrap();
+    let url = format!("wss://127.0.0.1:{}/echo", addr.port());
+    let mut c = connect(&[&url, "--http3", "--ca", ca.to_str().unwrap()]);
+    c.send_line("over h3");
+    assert_eq!(c.line(), "over h3");
+    let (code, err) = c.finish();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("over HTTP/3"), "{err}");
+}
+
+/// A wss server (HTTP/1.1 over TLS) that requires a client certificate
+/// signed by `client_ca` and echoes.
+fn wss_server(server: std::sync::Arc<rustls::ServerConfig>) -> SocketAddr {
+    spawn_server(move |l| async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let cfg = AcceptConfig {
+            handshake: Default::default(),
+            limits: Default::default(),
+        };
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            if let Ok(ws) = switchyard::accept(tls, &cfg).await {
+                echo(ws).await;
+            }
+        }
+    })
+}
+
+#[test]
+fn wss_with_ca_and_client_certificate() {
+    // The client's identity, signed by itself; the server trusts exactly it.
+    let client = rcgen::generate_simple_self_signed(vec!["client.example".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("switchyard-cli-{}-mtls", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("client.pem"), dir.join("client.key"));
+    std::fs::write(&cert_path, client.cert.pem()).unwrap();
+    std::fs::write(&key_path, client.key_pair.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(client.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let server_cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let ca_path = dir.join("server-ca.pem");
+    std::fs::write(&ca_path, server_cert.cert.pem()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![server_cert.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(server_cert.key_pair.serialize_der().into()),
+        )
+        .unwrap();
+    let addr = wss_server(std::sync::Arc::new(server));
+    let url = format!("wss://127.0.0.1:{}/", addr.port());
+    let ca = ca_path.to_str().unwrap();
+
+    let mut c = connect(&[
+        &url,
+        "--ca",
+        ca,
+        "--cert",
+        cert_path.to_str().unwrap(),
+        "--key",
+        key_path.to_str().unwrap(),
+    ]);
+    c.send_line("mutual TLS");
+    assert_eq!(c.line(), "mutual TLS");
+    let (code, err) = c.finish();
+    assert_eq!(code, 0, "{err}");
+
+    // --insecure instead of --ca (the certificate is not checked).
+    let mut c = connect(&[
+        &url,
+        "-k",
+        "--cert",
+        cert_path.to_str().unwrap(),
+        "--key",
+        key_path.to_str().unwrap(),
+    ]);
+    c.send_line("insecure");
+    assert_eq!(c.line(), "insecure");
+    assert_eq!(c.finish().0, 0);
+
+    // The server requires the client certificate: without it, no WebSocket.
+    let c = connect(&[&url, "--ca", ca]);
+    let (code, err) = c.finish();
+    assert_eq!(code, 1, "{err}");
+
+    // Without the server's CA: an unknown issuer, with the fix.
+    let c = connect(&[&url]);
+    let (code, err) = c.finish();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--ca FILE"), "{err}");
+
+    // --cert without --key is a usage error.
+    let c = connect(&[&url, "--cert", cert_path.to_str().unwrap()]);
+    assert_eq!(c.finish().0, 2);
+}
+
+/// Interactive mode on a real pseudo-terminal (util-linux `script`): line
+/// editing prompt, /ping, /binary, an unknown command, /close with a code,
+/// and the history file under $XDG_DATA_HOME.
+#[test]
+fn interactive_mode_on_a_pty() {
+    use std::sync::{Arc, Mutex};
+    let addr = echo_server();
+    let data = std::env::temp_dir().join(format!("switchyard-cli-{}-xdg", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let cmd = format!(
+        "'{}' connect ws://{addr}/echo",
+        env!("CARGO_BIN_EXE_switchyard")
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("XDG_DATA_HOME", &data)
+        .env("RUST_LOG", "warn")
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("util-linux `script` is needed for the pty test");
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let s2 = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            s2.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !screen.lock().unwrap().contains(what) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what:?} not on the screen: {:?}",
+                screen.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    let mut type_line = |l: &str| {
+        stdin.write_all(format!("{l}\r").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    };
+    wait_for("* connected to");
+    type_line("hello pty");
+    wait_for("< hello pty");
+    type_line("/ping abc");
+    wait_for("* pong \"abc\" in ");
+    type_line("/binary 00ff");
+    wait_for("< [binary, 2 bytes] 00ff");
+    type_line("/bogus");
+    wait_for("! unknown command /bogus");
+    type_line("/close 4000 bye");
+    wait_for("* closed");
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "no exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let history = std::fs::read_to_string(data.join("switchyard").join("history")).unwrap();
+    for l in ["hello pty", "/ping abc", "/binary 00ff", "/close 4000 bye"] {
+        assert!(history.lines().any(|h| h == l), "{l:?} not in {history:?}");
+    }
+}
+
+#[test]
+fn ping_interval_sends_pings_and_timestamps_prefix_lines() {
+    // The server reports each ping it receives as a text message.
+    let addr = ws_server(&[], |_, _, mut ws| async move {
+        let mut pings = 0;
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Ping(_) = m {
+                pings += 1;
+                let _ = ws.send(Message::text(format!("ping {pings}"))).await;
+            }
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let c = connect(&[&url, "--ping-interval", "100ms", "--timestamps"]);
+    for n in 1..=2 {
+        let l = c.line();
+        let (stamp, text) = l.split_once(' ').unwrap();
+        assert_eq!(text, format!("ping {n}"));
+        // 2026-11-22T03:07:18.748Z
+        assert_eq!(stamp.len(), 24, "{stamp}");
+        assert!(
+            stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{stamp}"
+        );
+    }
+    assert_eq!(c.finish().0, 0);
+}
+
+#[test]
+fn unanswered_keepalive_ping_exits_4() {
+    // A valid 101, then silence: pings are never answered.
+    let addr = spawn_server(|l| async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let Ok((req, _)) = read_request_head(&mut s, &Default::default()).await else {
+                continue;
+            };
+            let key = req
+                .headers()
+                .get("sec-websocket-key")
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default();
+            let accept = switchyard::proto::handshake::accept_key(&key);
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            held.push(s);
+        }
+    });
+    let c = connect(&[
+        &format!("ws://{addr}/"),
+        "--no-deflate",
+        "--ping-interval",
+        "100ms",
+        "--ping-timeout",
+        "300ms",
+    ]);
+    let (code, err) = c.finish_keep_stdin();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("no pong within 300ms"), "{err}");
 }

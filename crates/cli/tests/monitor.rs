@@ -215,7 +215,7 @@ fn duration_stops_with_status_0() {
     };
     assert_eq!(status.code(), Some(0));
     let pings = m.events.try_iter().filter(|v| event(v) == "ping").count();
-    assert!(pings >= 2, "{pings} pings in 700 ms at 100 ms interval");
+    assert!(pings >= 2, "{pings} pings in 1.5 s at 100 ms interval");
 }
 
 #[test]
@@ -332,4 +332,131 @@ fn a_1011_close_is_counted_with_its_code() {
     .unwrap();
     assert!(n >= 2.0, "{body}");
     assert!(!body.contains("code=\"1006\""), "{body}");
+}
+
+/// On a terminal (a pty from util-linux `script`): the live table, redrawn
+/// with ANSI codes, no JSON.
+#[test]
+fn live_table_on_a_terminal() {
+    let addr = echo_server();
+    let url = format!("ws://{addr}/echo");
+    let down = format!("ws://{}/", free_port());
+    let cmd = format!(
+        "'{}' monitor {url} {down} --interval 100ms --duration 1200ms",
+        env!("CARGO_BIN_EXE_switchyard")
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("RUST_LOG", "warn")
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("util-linux `script` is needed for the pty test");
+    assert_eq!(out.status.code(), Some(0));
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("\x1b[H\x1b[J"), "{screen:?}");
+    assert!(screen.contains("TARGET"), "{screen:?}");
+    assert!(!screen.contains("\"event\""), "{screen:?}");
+    // The last frame: the echo target is up, the other down with the reason.
+    let last = screen.rsplit("\x1b[H\x1b[J").next().unwrap();
+    let row = |target: &str| {
+        last.lines()
+            .find(|l| l.starts_with(target))
+            .unwrap_or_else(|| panic!("no row for {target} in {last:?}"))
+            .to_owned()
+    };
+    assert!(row(&url).contains("up"), "{last:?}");
+    assert!(row(&url).contains(" ms"), "{last:?}");
+    assert!(row(&down).contains("down"), "{last:?}");
+    assert!(row(&down).contains("nothing is listening"), "{last:?}");
+}
+
+/// Answers the upgrade with a valid 101, then never reads nor writes again:
+/// pings go unanswered.
+fn silent_server() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            let mut held = Vec::new();
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let key = text
+                    .lines()
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case("sec-websocket-key")
+                            .then(|| v.trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let accept = switchyard::proto::handshake::accept_key(key.as_bytes());
+                let resp = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                held.push(s); // keep it open, silent
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+#[test]
+fn an_unanswered_ping_ends_the_connection_as_timeout() {
+    let addr = silent_server();
+    let url = format!("ws://{addr}/");
+    let m = monitor(
+        &[
+            &url,
+            "--interval",
+            "100ms",
+            "--ping-timeout",
+            "300ms",
+            "--no-deflate",
+        ],
+        true,
+    );
+    m.until("connected", |v| event(v) == "connected");
+    let d = m.until("disconnected", |v| event(v) == "disconnected");
+    assert_eq!(d["code"], "timeout", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("no pong"), "{d}");
+    let secs = d["connected_for_s"].as_f64().unwrap();
+    assert!(secs >= 0.3, "{d}");
+    let (_, body) = m.get("/metrics");
+    assert!(
+        sample(
+            &body,
+            &format!("switchyard_monitor_disconnects_total{{target=\"{url}\",code=\"timeout\"}}")
+        )
+        .unwrap()
+            >= 1.0,
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("switchyard_monitor_ping_rtt_seconds_count{{target=\"{url}\"}}")
+        ),
+        Some(0.0),
+        "{body}"
+    );
 }
