@@ -178,10 +178,13 @@ pub async fn examine(args: &DoctorArgs) -> Report {
             for step in upgrade_ok(&d.response, elapsed, offered, &args.subprotocols) {
                 report.push(step);
             }
-            report.push(probe::ping(&mut d.ws, args.timeout).await);
-            let _ =
-                d.ws.close(switchyard::CloseCode::NORMAL, "doctor done")
-                    .await;
+            let limit = args.timeout;
+            let step = crate::with_ws!(&mut d.ws, ws => {
+                let step = probe::ping(ws, limit).await;
+                let _ = ws.close(switchyard::CloseCode::NORMAL, "doctor done").await;
+                step
+            });
+            report.push(step);
         }
         Err(e) => {
             let received = log
@@ -201,7 +204,7 @@ pub async fn examine(args: &DoctorArgs) -> Report {
     }
 
     // HTTP/2 and HTTP/3.
-    let builder = probe_builder(args, &trust, cert_ok);
+    let builder = probe_builder(args, cert_ok);
     report.push(probe::h2_step(&target, &builder).await);
     if alt_svc.is_none() {
         alt_svc = probe::alt_svc_from_get(&target, first, &trust, args.timeout).await;
@@ -249,12 +252,7 @@ fn make_dialer(args: &DoctorArgs, target: &Target, trust: &tls::Trust) -> Result
 
 /// The client for the HTTP/2 and HTTP/3 probes: short timeouts; when the
 /// certificate failed (already reported), do not fail again on it.
-fn probe_builder(
-    args: &DoctorArgs,
-    trust: &tls::Trust,
-    cert_ok: bool,
-) -> switchyard::ClientBuilder {
-    let _ = trust;
+fn probe_builder(args: &DoctorArgs, cert_ok: bool) -> switchyard::ClientBuilder {
     let mut b = switchyard::ClientBuilder::new()
         .subprotocols(args.subprotocols.iter().cloned())
         .limits(switchyard::Limits {

@@ -481,15 +481,22 @@ pub async fn idle(dialer: &Dialer, limit: Duration) -> Step {
             )
         }
     };
+    crate::with_ws!(&mut d.ws, ws => idle_on(ws, limit).await)
+}
+
+/// The idle probe on an open WebSocket.
+async fn idle_on<S>(ws: &mut WebSocket<S>, limit: Duration) -> Step
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    const NAME: &str = "idle probe";
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + limit;
     let mut evidence = Vec::new();
     let how = loop {
-        match tokio::time::timeout_at(deadline, d.ws.next()).await {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
             Err(_) => {
-                let _ =
-                    d.ws.close(switchyard::CloseCode::NORMAL, "doctor done")
-                        .await;
+                let _ = ws.close(switchyard::CloseCode::NORMAL, "doctor done").await;
                 return Step::pass(
                     NAME,
                     format!(
