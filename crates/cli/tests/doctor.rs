@@ -767,3 +767,106 @@ async fn http3_through_alt_svc_is_checked() {
         "{h3:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_classified() {
+    // A redirect: where to.
+    let addr = canned_server(
+        "HTTP/1.1 301 Moved Permanently\r\nLocation: wss://example.test/socket\r\n\
+         Content-Length: 0\r\n\r\n",
+    )
+    .await;
+    let (code, text) = doctor(&[&format!("ws://{addr}/socket")]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains(
+            "✗ http/1.1 upgrade: 301 Moved Permanently: a redirect to wss://example.test/socket"
+        ),
+        "{text}"
+    );
+
+    // 403 with an Origin: the Origin policy, and the switchyard fix names it.
+    let addr = canned_server("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n").await;
+    let (code, doc) =
+        doctor_json(&[&format!("ws://{addr}/"), "--origin", "http://evil.example"]).await;
+    assert_eq!(code, 2, "{doc:#}");
+    let up = step(&doc, "http/1.1 upgrade");
+    let summary = up["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("403 Forbidden: the server rejected the upgrade — is the Origin http://evil.example allowed?"),
+        "{summary}"
+    );
+    assert!(up["fix"]["switchyard"]
+        .as_str()
+        .unwrap()
+        .contains("allowed_origins"));
+
+    // 502 from nginx: the backend, named as unreachable from the proxy.
+    let addr = canned_server(
+        "HTTP/1.1 502 Bad Gateway\r\nServer: nginx/1.22.1\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let (code, doc) = doctor_json(&[&format!("ws://{addr}/")]).await;
+    assert_eq!(code, 2, "{doc:#}");
+    let summary = step(&doc, "http/1.1 upgrade")["summary"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        summary.contains(
+            "502 Bad Gateway: the backend failed — nginx (Server: nginx/1.22.1) could not reach it"
+        ),
+        "{summary}"
+    );
+
+    // 426 asking for other protocols: listed.
+    let addr = canned_server(
+        "HTTP/1.1 426 Upgrade Required\r\nUpgrade: TLS/1.3, h2c\r\nConnection: Upgrade\r\n\
+         Content-Length: 0\r\n\r\n",
+    )
+    .await;
+    let (code, doc) = doctor_json(&[&format!("ws://{addr}/")]).await;
+    assert_eq!(code, 2, "{doc:#}");
+    let summary = step(&doc, "http/1.1 upgrade")["summary"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        summary.contains("the server wants another protocol: TLS/1.3, h2c"),
+        "{summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unresolvable_and_unreachable_hosts_stop_early() {
+    // RFC 6761: .invalid never resolves.
+    let (code, doc) = doctor_json(&["ws://doctor-test.invalid/", "--timeout", "5s"]).await;
+    assert_eq!(code, 2, "{doc:#}");
+    let dns = step(&doc, "dns");
+    assert_eq!(dns["status"], "fail");
+    assert!(dns["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("cannot resolve doctor-test.invalid"));
+    assert!(doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["name"] != "tcp"));
+
+    // A port where nothing listens.
+    let port = free_port().await;
+    let (code, doc) = doctor_json(&[&format!("ws://127.0.0.1:{port}/")]).await;
+    assert_eq!(code, 2, "{doc:#}");
+    let tcp = step(&doc, "tcp");
+    assert_eq!(tcp["status"], "fail");
+    assert!(tcp["evidence"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("connection refused (nothing listens on that port)"));
+    assert!(doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["name"] != "http/1.1 upgrade"));
+}
