@@ -185,6 +185,22 @@ async fn healthy_echo_server_passes_every_step() {
         "{text}"
     );
 
+    // wss:// to this cleartext port: the TLS step says the port is not TLS.
+    let (code, doc) = doctor_json(&[&format!("wss://{addr}/echo")]).await;
+    assert_eq!(code, 2, "{doc:#}");
+    let tls = step(&doc, "tls");
+    assert!(
+        tls["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("the port does not speak TLS (a cleartext server? use ws://)"),
+        "{tls:#}"
+    );
+    assert!(tls["fix"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("use wss:// for a TLS port"));
+
     // An https page may not open a ws:// URL: mixed content, exit 2.
     let (code, text) = doctor(&[&url, "--origin", "https://app.example"]).await;
     assert_eq!(code, 2, "{text}");

@@ -70,15 +70,19 @@ pub async fn tls_step(
         }
         Ok(Err(e)) => {
             let text = e.to_string();
-            let hint = if text.contains("corrupt message") || text.contains("InvalidContentType") {
-                ": the port does not speak TLS (a cleartext server? use ws://)"
+            let not_tls = text.contains("corrupt message") || text.contains("InvalidContentType");
+            let (hint, problem) = if not_tls {
+                (
+                    ": the port does not speak TLS (a cleartext server? use ws://)",
+                    Problem::NotHttp,
+                )
             } else {
-                ""
+                ("", Problem::TlsOther)
             };
             return (
                 Step::fail(NAME, format!("the TLS handshake failed: {text}{hint}"))
                     .evidence(format!("with {addr}"))
-                    .fix(Problem::TlsOther.fix()),
+                    .fix(problem.fix()),
                 None,
             );
         }
