@@ -339,17 +339,20 @@ async fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_without_upgrade_headers_is_diagnosed() {
+/// nginx (the Debian package) with `fixture` from tests/fixtures/doctor, on a
+/// free port, in front of `backend`. Fails (never skips) when nginx is
+/// missing: CI installs it (scripts/install-test-deps.sh).
+async fn start_nginx(fixture: &str, backend: SocketAddr) -> (Child, SocketAddr, PathBuf) {
     let nginx = find_nginx().expect(
         "nginx is not installed: this test needs the Debian package nginx (run \
          scripts/install-test-deps.sh); it fails rather than skips because CI installs it",
     );
-    let (_backend, backend) = serve().await;
-    let dir = temp_dir("nginx");
+    let dir = temp_dir(fixture.trim_end_matches(".conf"));
     let port = free_port().await;
     let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/doctor/nginx-no-upgrade.conf"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/doctor")
+            .join(fixture),
     )
     .unwrap();
     let conf = template
@@ -370,19 +373,23 @@ async fn nginx_without_upgrade_headers_is_diagnosed() {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", nginx.display()));
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut up = false;
     for _ in 0..100 {
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
             panic!("nginx exited with {status}: {log}");
         }
         if TcpStream::connect(addr).await.is_ok() {
-            up = true;
-            break;
+            return (child, addr, dir);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(up, "nginx did not listen on {addr} within 10 s");
+    panic!("nginx did not listen on {addr} within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_without_upgrade_headers_is_diagnosed() {
+    let (_backend, backend) = serve().await;
+    let (mut child, addr, dir) = start_nginx("nginx-no-upgrade.conf", backend).await;
 
     let (code, text) = doctor(&[&format!("ws://{addr}/echo")]).await;
     let _ = child.kill().await;
@@ -885,4 +892,38 @@ async fn unresolvable_and_unreachable_hosts_stop_early() {
         .unwrap()
         .iter()
         .all(|s| s["name"] != "http/1.1 upgrade"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_with_the_printed_fix_passes_and_its_read_timeout_is_measured() {
+    let (_backend, backend) = serve().await;
+    let (mut child, addr, dir) = start_nginx("nginx-upgrade.conf", backend).await;
+
+    // The directives doctor prints as the nginx fix: every step passes, and
+    // the proxy shows in the evidence.
+    let (code, doc) = doctor_json(&[&format!("ws://{addr}/echo")]).await;
+    // Through nginx's proxy_read_timeout 3s: closed after 3 s of silence.
+    let (idle_code, idle_doc) =
+        doctor_json(&[&format!("ws://{addr}/short"), "--idle-probe", "6s"]).await;
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert_eq!(code, 0, "{doc:#}");
+    let up = step(&doc, "http/1.1 upgrade");
+    assert_eq!(up["status"], "pass");
+    assert!(
+        up["evidence"].to_string().contains("Server: nginx"),
+        "{up:#}"
+    );
+    assert_eq!(step(&doc, "ping")["status"], "pass");
+
+    assert_eq!(idle_code, 1, "{idle_doc:#}");
+    let idle = step(&idle_doc, "idle probe");
+    assert_eq!(idle["status"], "warn");
+    let summary = idle["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("closed after 3 s of silence"),
+        "{summary}"
+    );
+    assert!(summary.contains("nginx proxy_read_timeout"), "{summary}");
 }
