@@ -4,7 +4,29 @@
 //! optional idle probe — and report each step as pass, warn or fail with the
 //! evidence and the fix for nginx, Apache, Caddy, HAProxy and switchyard.
 //!
-//! Exit status: 0 every step passed, 1 warnings, 2 a failure.
+//! Exit status: 0 every step passed, 1 warnings, 2 a failure. `--json` prints
+//! one document: `{url, status, exit_code, steps: [{name, status, summary,
+//! evidence, fix: {summary, nginx, apache, caddy, haproxy, switchyard} | null}],
+//! notes}`.
+//!
+//! A real run against nginx proxying to `switchyard serve` without the
+//! Upgrade headers (the test `nginx_without_upgrade_headers_is_diagnosed`):
+//!
+//! ```text
+//! switchyard doctor ws://127.0.0.1:46147/echo
+//! ✓ url: 127.0.0.1 over cleartext (ws), port 46147, path /echo
+//! ✓ dns: 127.0.0.1 is an IP address: no lookup
+//! ✓ tcp: 1 of 1 address accepted a connection
+//!     127.0.0.1:46147: connected in 0.16 ms
+//! ✗ http/1.1 upgrade: 426 Upgrade Required: the proxy dropped Upgrade — the server asks for the WebSocket upgrade we did send, so nginx (Server: nginx/1.22.1) removed our Upgrade and Connection headers on the way
+//!     Server: nginx/1.22.1
+//!     Upgrade: websocket
+//!     fix: make the reverse proxy forward the upgrade: HTTP/1.1 to the backend with the client's Upgrade and Connection: upgrade headers
+//!       nginx       location /echo { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade"; }
+//!       Apache      a2enmod proxy proxy_http proxy_wstunnel; ProxyPass /echo ws://backend:8080/echo upgrade=websocket
+//!       ...
+//! result: failure (6 passed, 0 warnings, 1 failures)
+//! ```
 //!
 //! The upgrade itself goes through [`crate::dial`] (the same code path as
 //! `connect`), and a refused or broken handshake is first explained by
