@@ -381,12 +381,18 @@ async fn tcp(addrs: &[SocketAddr], limit: Duration) -> (Step, Option<SocketAddr>
     let mut first = None;
     let mut failed = 0;
     let tried = &addrs[..addrs.len().min(8)];
-    for addr in tried {
+    // All at once, each timed on its own: a dead address costs its timeout
+    // once, not once per address.
+    let attempts = tried.iter().map(|addr| async move {
         let t0 = Instant::now();
-        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
+        let r = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await;
+        (*addr, r, t0.elapsed())
+    });
+    for (addr, result, took) in futures_util::future::join_all(attempts).await {
+        match result {
             Ok(Ok(_)) => {
-                evidence.push(format!("{addr}: connected in {}", ms(t0.elapsed())));
-                first.get_or_insert(*addr);
+                evidence.push(format!("{addr}: connected in {}", ms(took)));
+                first.get_or_insert(addr);
             }
             Ok(Err(e)) => {
                 failed += 1;
@@ -830,6 +836,29 @@ mod tests {
             .unwrap()
             .contains("Via"));
         assert!(proxy_on_path(Some("switchyard"), None).is_none());
+    }
+
+    #[tokio::test]
+    async fn tcp_times_every_address_and_warns_on_a_dead_one() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let dead_addr = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        let (step, first) = tcp(&[dead_addr, live_addr], Duration::from_secs(5)).await;
+        assert_eq!(first, Some(live_addr));
+        assert_eq!(step.status, Status::Warn, "{step:?}");
+        assert!(
+            step.summary.starts_with("1 of 2 addresses failed"),
+            "{step:?}"
+        );
+        assert!(step.evidence[0].ends_with("connection refused (nothing listens on that port)"));
+        assert!(step.evidence[1].starts_with(&format!("{live_addr}: connected in ")));
+
+        let (step, first) = tcp(&[dead_addr], Duration::from_secs(5)).await;
+        assert_eq!((step.status, first), (Status::Fail, None));
+        assert_eq!(step.fix.unwrap(), Problem::Unreachable.fix());
     }
 
     #[test]
