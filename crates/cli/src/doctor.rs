@@ -548,7 +548,8 @@ fn upgrade_ok(
                  require one will close the connection",
                 offered_protocols.join(", ")
             ),
-        ),
+        )
+        .fix(Problem::NoSubprotocol.fix()),
         // The handshake would have failed: kept for completeness.
         (true, Some(s)) => Step::fail(
             "subprotocol",

@@ -201,6 +201,20 @@ async fn healthy_echo_server_passes_every_step() {
         .unwrap()
         .contains("use wss:// for a TLS port"));
 
+    // A subprotocol the echo does not speak: a warning with the fix, exit 1.
+    let (code, doc) = doctor_json(&[&url, "--subprotocol", "chat.v9"]).await;
+    assert_eq!(code, 1, "{doc:#}");
+    let sub = step(&doc, "subprotocol");
+    assert_eq!(sub["status"], "warn");
+    assert!(sub["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("the server selected none of the offered subprotocols (chat.v9)"));
+    assert!(sub["fix"]["switchyard"]
+        .as_str()
+        .unwrap()
+        .contains("subprotocols"));
+
     // An https page may not open a ws:// URL: mixed content, exit 2.
     let (code, text) = doctor(&[&url, "--origin", "https://app.example"]).await;
     assert_eq!(code, 2, "{text}");

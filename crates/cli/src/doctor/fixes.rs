@@ -42,6 +42,8 @@ pub enum Problem {
     H2NoWebSocket,
     /// Alt-Svc advertises HTTP/3 but a WebSocket over it failed.
     H3Broken,
+    /// Subprotocols were offered and none was selected.
+    NoSubprotocol,
 }
 
 /// The fix for one problem: a summary and one line per server.
@@ -336,6 +338,19 @@ impl Problem {
                 "[[listener]] protocols = [\"h1\", \"h2\", \"h3\"]   # and open UDP on the \
                  port",
             ),
+            NoSubprotocol => (
+                "make the backend accept one of the offered subprotocols (proxies pass \
+                 Sec-WebSocket-Protocol through unchanged), or offer the names it supports",
+                "(nginx forwards Sec-WebSocket-Protocol as is: configure the backend)",
+                "(mod_proxy_wstunnel forwards Sec-WebSocket-Protocol as is: configure the \
+                 backend)",
+                "(Caddy forwards Sec-WebSocket-Protocol as is: configure the backend; no \
+                 `header_up -Sec-WebSocket-Protocol`)",
+                "(HAProxy forwards Sec-WebSocket-Protocol as is: no `http-request del-header \
+                 Sec-WebSocket-Protocol`)",
+                "AcceptConfig { handshake: ServerConfig { subprotocols: vec![\"chat\".into()], \
+                 .. }, .. }   # switchyard::server, in preference order",
+            ),
         };
         Fix {
             summary: summary.to_owned(),
@@ -352,7 +367,8 @@ impl Problem {
 mod tests {
     use super::*;
 
-    const ALL: [Problem; 19] = [
+    const ALL: [Problem; 20] = [
+        Problem::NoSubprotocol,
         Problem::ProxyDroppedUpgrade,
         Problem::UpgradeIgnored,
         Problem::Redirect,
