@@ -306,10 +306,7 @@ async fn idle_timeout_of_three_seconds_is_measured() {
     let idle = step(&doc, "idle probe");
     assert_eq!(idle["status"], "warn");
     let summary = idle["summary"].as_str().unwrap();
-    assert!(
-        summary.starts_with("closed after 3 s of silence"),
-        "{summary}"
-    );
+    assert!(closed_after_about_3_s(summary), "{summary}");
     assert!(summary.contains("proxy_read_timeout"), "{summary}");
     assert!(summary.contains("raise it or enable pings"), "{summary}");
     // The precise time, within tolerance.
@@ -935,9 +932,16 @@ async fn nginx_with_the_printed_fix_passes_and_its_read_timeout_is_measured() {
     let idle = step(&idle_doc, "idle probe");
     assert_eq!(idle["status"], "warn");
     let summary = idle["summary"].as_str().unwrap();
-    assert!(
-        summary.starts_with("closed after 3 s of silence"),
-        "{summary}"
-    );
+    assert!(closed_after_about_3_s(summary), "{summary}");
     assert!(summary.contains("nginx proxy_read_timeout"), "{summary}");
+}
+
+/// "closed after N s of silence" with N = 3 (4 tolerated: a loaded machine
+/// may deliver the close late; never less, the closer waits 3 s).
+fn closed_after_about_3_s(summary: &str) -> bool {
+    summary
+        .strip_prefix("closed after ")
+        .and_then(|r| r.split_once(" s of silence"))
+        .and_then(|(n, _)| n.parse::<u32>().ok())
+        .is_some_and(|n| (3..=4).contains(&n))
 }
