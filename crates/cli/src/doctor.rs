@@ -564,7 +564,13 @@ fn upgrade_ok(
 fn upgrade_failed(err: &DialError, url: &str, origin: Option<&str>, received: &str) -> Step {
     const NAME: &str = "http/1.1 upgrade";
     let d = crate::diagnose::diagnose_dial(err, url);
-    let evidence = d.evidence.clone();
+    let mut evidence = d.evidence.clone();
+    if let DialError::Ws(switchyard::Error::UpgradeRefused { response, .. }) = err {
+        evidence.push(match header_text(response, "connection") {
+            Some(c) => format!("Connection: {c}"),
+            None => "no Connection header in the answer".to_owned(),
+        });
+    }
     let base = |status: Status, summary: String, problem: Problem| {
         Step::new(NAME, status, summary)
             .evidence_all(evidence.clone())

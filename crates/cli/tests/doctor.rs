@@ -409,6 +409,8 @@ async fn nginx_without_upgrade_headers_is_diagnosed() {
     assert!(text.contains("✗ http/1.1 upgrade:"), "{text}");
     assert!(text.contains("proxy dropped Upgrade"), "{text}");
     assert!(text.contains("nginx (Server: nginx"), "{text}");
+    // nginx answers the client itself: keep-alive, not Upgrade.
+    assert!(text.contains("    Connection: keep-alive\n"), "{text}");
     assert!(
         text.contains(
             "nginx       location /echo { proxy_pass http://backend; proxy_http_version 1.1; \
