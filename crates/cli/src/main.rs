@@ -4,6 +4,7 @@ mod bench;
 mod connect;
 mod diagnose;
 mod dial;
+mod doctor;
 mod monitor;
 mod proxy;
 
@@ -40,6 +41,9 @@ enum Command {
     /// Keep WebSockets open to targets; measure handshakes, ping round trips,
     /// availability and disconnects (live table, JSON lines, Prometheus).
     Monitor(Box<monitor::MonitorArgs>),
+    /// Walk the path to a WebSocket endpoint (DNS, TCP, TLS, upgrade, HTTP/2,
+    /// HTTP/3, ping, idle timeout) and say what is wrong and how to fix it.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(clap::Args)]
@@ -91,6 +95,8 @@ fn main() -> anyhow::Result<()> {
             // The exit status says how the connection ended (see connect.rs).
             Command::Connect(args) => std::process::exit(connect::run(*args).await),
             Command::Monitor(args) => std::process::exit(monitor::run(*args).await),
+            // Exit status: 0 ok, 1 warnings, 2 failure.
+            Command::Doctor(args) => std::process::exit(doctor::run(args).await),
         }
     })
 }
