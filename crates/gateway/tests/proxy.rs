@@ -21,7 +21,7 @@ use switchyard_proto::head::RequestParser;
 use switchyard_proto::{Connection, Limits, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
@@ -113,8 +113,25 @@ impl Proxy {
 
 /// The test front: accept, read the head, call `proxy_h1`.
 async fn proxy(upstream: Upstream, route: Route) -> Proxy {
+    let (tx, rx) = watch::channel(false);
+    std::mem::forget(tx);
+    proxy_with(
+        upstream,
+        route,
+        ClientBuilder::new().tls_config().unwrap(),
+        rx,
+    )
+    .await
+}
+
+/// Same, with the TLS config for wss backends and a shutdown signal.
+async fn proxy_with(
+    upstream: Upstream,
+    route: Route,
+    tls: Arc<rustls::ClientConfig>,
+    shutdown: watch::Receiver<bool>,
+) -> Proxy {
     let metrics = Arc::new(Metrics::new());
-    let tls = ClientBuilder::new().tls_config().unwrap();
     let ups = Upstreams::from_config_with_tls(&[upstream], tls, Some(metrics.clone()));
     let limits = Limits {
         close_timeout: Duration::from_secs(1),
@@ -132,6 +149,7 @@ async fn proxy(upstream: Upstream, route: Route) -> Proxy {
                 return;
             };
             let (ctx, route, tx) = (c.clone(), route.clone(), tx.clone());
+            let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let Ok((req, leftover)) =
                     switchyard::read_request_head(&mut tcp, &ctx.limits).await
@@ -142,16 +160,9 @@ async fn proxy(upstream: Upstream, route: Route) -> Proxy {
                     addr: peer,
                     tls: false,
                 };
-                let out = proxy_h1(
-                    tcp,
-                    req,
-                    leftover,
-                    info,
-                    &route,
-                    "r",
-                    &ctx,
-                    std::future::pending(),
-                )
+                let out = proxy_h1(tcp, req, leftover, info, &route, "r", &ctx, async move {
+                    let _ = shutdown.wait_for(|v| *v).await;
+                })
                 .await;
                 let _ = tx.send(out);
             });
@@ -975,4 +986,253 @@ async fn active_health_check_marks_backends() {
         ..check
     };
     assert_eq!(g.check_all(&tcp).await, 2);
+}
+
+// ---------------------------------------------------------------------------
+// wss backends, half-close, drain, heartbeat round trips, Host
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn wss_backend_through_rustls() {
+    use switchyard_gateway::tls;
+    let (certs, key) = tls::self_signed(&["localhost"]).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certs[0].clone()).unwrap();
+    let server_cfg = tls::server_config(certs, key, &[b"http/1.1"]).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg);
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = switchyard::accept(tls, &AcceptConfig::default()).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_data() && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let client_tls = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let mut up = group(&[], Balance::RoundRobin, 0, 3);
+    up.servers = vec![Backend {
+        url: format!("wss://localhost:{port}").parse().unwrap(),
+    }];
+    let (_tx, rx) = watch::channel(false);
+    let mut p = proxy_with(up, route(Policy::default()), client_tls, rx).await;
+    let (mut ws, _) = switchyard::connect(&format!("ws://{}/ws", p.addr))
+        .await
+        .unwrap();
+    ws.send(Message::text("over tls")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over tls"));
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    drop(ws);
+    assert_eq!(p.outcome().await.reason, "switched");
+
+    // Without the CA, the TLS handshake fails and the client gets 502.
+    let (_tx, rx) = watch::channel(false);
+    let empty = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth(),
+    );
+    let mut up = group(&[], Balance::RoundRobin, 0, 3);
+    up.servers = vec![Backend {
+        url: format!("wss://localhost:{port}").parse().unwrap(),
+    }];
+    let mut p = proxy_with(up, route(Policy::default()), empty, rx).await;
+    let resp = raw_exchange(p.addr, upgrade_request("").as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 502 "), "{resp}");
+    assert_eq!(p.outcome().await.reason, "connect_failed");
+}
+
+#[tokio::test]
+async fn transparent_tunnel_propagates_half_close() {
+    // The upstream answers 101, sends "bye", shuts its write side, and keeps
+    // reading: the client must see "bye" then EOF, and can still send.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let (mut tcp, _) = l.accept().await.unwrap();
+        let mut parser = RequestParser::new(&Limits::default());
+        let mut buf = vec![0u8; 4096];
+        let req = loop {
+            let n = tcp.read(&mut buf).await.unwrap();
+            if let Some((req, _)) = parser.feed(&buf[..n]).unwrap() {
+                break req;
+            }
+        };
+        tcp.write_all(&valid_101(&req)).await.unwrap();
+        tcp.write_all(b"bye").await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        tcp.read_to_end(&mut rest).await.unwrap();
+        let _ = got_tx.send(rest);
+    });
+    let policy = Policy {
+        tunnel: switchyard_gateway::config::TunnelSetting::Transparent,
+        ..Policy::default()
+    };
+    let mut p = proxy(group(&[up], Balance::RoundRobin, 0, 3), route(policy)).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(upgrade_request("").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("no EOF from the half-closed upstream")
+        .unwrap();
+    assert!(
+        got.ends_with(b"\r\n\r\nbye"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(b"still talking").await.unwrap();
+    s.shutdown().await.unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(5), got_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest, b"still talking");
+    let out = p.outcome().await;
+    let OutcomeKind::Tunneled(report) = out.kind else {
+        panic!("{out:?}")
+    };
+    assert_eq!(report.end, TunnelEnd::Finished);
+    assert_eq!(report.bytes_to_upstream, 13);
+}
+
+#[tokio::test]
+async fn shutdown_sends_1001_to_both_sides() {
+    let (up, mut closes) = reporting_upstream().await;
+    let (tx, rx) = watch::channel(false);
+    let mut p = proxy_with(
+        group(&[up], Balance::RoundRobin, 0, 3),
+        route(frame_policy()),
+        ClientBuilder::new().tls_config().unwrap(),
+        rx,
+    )
+    .await;
+    let (mut ws, _) = switchyard::connect(&format!("ws://{}/ws", p.addr))
+        .await
+        .unwrap();
+    tx.send(true).unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .unwrap();
+    match msg {
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!(f.code, CloseCode::GOING_AWAY);
+            assert_eq!(f.reason.as_str(), "server shutting down");
+        }
+        other => panic!("{other:?}"),
+    }
+    let code = tokio::time::timeout(Duration::from_secs(2), closes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, Some(1001));
+    let out = p.outcome().await;
+    let OutcomeKind::Tunneled(report) = out.kind else {
+        panic!("{out:?}")
+    };
+    assert_eq!(report.end, TunnelEnd::Shutdown);
+}
+
+#[tokio::test]
+async fn heartbeat_round_trips_are_measured() {
+    let echo = echo_upstream().await;
+    let policy = Policy {
+        ping_interval: Some(Duration::from_millis(100)),
+        pong_timeout: Duration::from_secs(2),
+        ..Policy::default()
+    };
+    let mut p = proxy(group(&[echo], Balance::RoundRobin, 0, 3), route(policy)).await;
+    let (mut ws, _) = switchyard::connect(&format!("ws://{}/ws", p.addr))
+        .await
+        .unwrap();
+    // Keep reading (which answers the pings) for a while.
+    let mut pings = 0;
+    let _ = tokio::time::timeout(Duration::from_millis(450), async {
+        while let Some(Ok(m)) = ws.next().await {
+            pings += usize::from(matches!(m, Message::Ping(_)));
+        }
+    })
+    .await;
+    assert!(pings >= 2, "{pings} pings");
+    ws.send(Message::text("still here")).await.unwrap();
+    loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Ping(_) => continue,
+            m => break assert_eq!(m, Message::text("still here")),
+        }
+    }
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    drop(ws);
+    let out = p.outcome().await;
+    let OutcomeKind::Tunneled(report) = out.kind else {
+        panic!("{out:?}")
+    };
+    assert_eq!(report.end, TunnelEnd::ClientClosed(Some(1000)));
+    assert!(
+        p.ctx.metrics.ping_rtt_count(false) >= 2,
+        "client side pinged and answered"
+    );
+    assert!(
+        p.ctx.metrics.ping_rtt_count(true) >= 2,
+        "upstream side pinged and answered"
+    );
+    let text = p.ctx.metrics.render();
+    assert!(
+        text.contains("switchyard_ping_rtt_seconds_bucket{side=\"client\",le=\"0.05\"}"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn host_can_be_replaced_by_the_backend_authority() {
+    let (up, rec) = fake_upstream(valid_101).await;
+    let policy = Policy {
+        preserve_host: false,
+        ..Policy::default()
+    };
+    let mut p = proxy(group(&[up], Balance::RoundRobin, 0, 3), route(policy)).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(upgrade_request("").as_bytes()).await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101 "));
+    drop(s);
+    let _ = p.outcome().await;
+    let seen = rec.text().to_ascii_lowercase();
+    assert!(
+        seen.contains(&format!("\r\nhost: 127.0.0.1:{}\r\n", up.port())),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("\r\nx-forwarded-host: app.example\r\n"),
+        "{seen}"
+    );
 }

@@ -26,10 +26,11 @@
 //! connect), [`tunnel`] (transparent and frame-aware), [`limits`] (caps and
 //! Origin), [`metrics`] (Prometheus text).
 //!
-//! Mode choice ([`tunnel_mode`]): frame-aware for websocket when the route
-//! sets `ping_interval` or `max_message_size` (heartbeats and message limits
-//! need frames) or when [`ProxyContext::frame_aware_always`] is set (per-message
-//! metrics); transparent otherwise and for every other token.
+//! Mode choice ([`tunnel_mode`], from the route's `tunnel` setting): with
+//! `auto`, frame-aware for websocket when the route sets `ping_interval` or
+//! `max_message_size` (heartbeats and message limits need frames),
+//! transparent otherwise; `frames` always relays messages (per-message
+//! metrics); any token other than websocket is always transparent.
 
 pub mod forward;
 pub mod limits;
@@ -49,7 +50,7 @@ use switchyard_proto::head;
 use switchyard_proto::Limits;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::config::{Policy, Route, RouteTarget};
+use crate::config::{Policy, Route, RouteTarget, TunnelSetting};
 
 pub use forward::{ClientInfo, ForwardOptions, UpstreamRequest};
 pub use limits::{ConnectionGuard, ConnectionLimiter};
@@ -141,6 +142,66 @@ pub struct ProxyOutcome {
     pub backend: Option<String>,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_mode_follows_the_policy() {
+        let p = Policy::default();
+        assert_eq!(tunnel_mode(&p, "websocket"), TunnelMode::Transparent);
+        let hb = Policy {
+            ping_interval: Some(Duration::from_secs(1)),
+            ..Policy::default()
+        };
+        assert_eq!(tunnel_mode(&hb, "websocket"), TunnelMode::FrameAware);
+        assert_eq!(tunnel_mode(&hb, "foo"), TunnelMode::Transparent);
+        let lim = Policy {
+            max_message_size: Some(10),
+            ..Policy::default()
+        };
+        assert_eq!(tunnel_mode(&lim, "websocket"), TunnelMode::FrameAware);
+        let forced = Policy {
+            tunnel: TunnelSetting::Frames,
+            ..Policy::default()
+        };
+        assert_eq!(tunnel_mode(&forced, "websocket"), TunnelMode::FrameAware);
+        let off = Policy {
+            tunnel: TunnelSetting::Transparent,
+            ..hb.clone()
+        };
+        assert_eq!(tunnel_mode(&off, "websocket"), TunnelMode::Transparent);
+    }
+
+    #[test]
+    fn frame_aware_config_takes_the_route_limits() {
+        let p = Policy {
+            max_message_size: Some(1000),
+            ping_interval: Some(Duration::from_secs(3)),
+            pong_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(9),
+            ..Policy::default()
+        };
+        let c = frame_aware_config(&p, &Limits::default());
+        for l in [&c.client_limits, &c.upstream_limits] {
+            assert_eq!(l.max_message_size, 1000);
+            assert_eq!(l.max_frame_size, 1000);
+            assert_eq!(l.ping_interval, Some(Duration::from_secs(3)));
+            assert_eq!(l.pong_timeout, Duration::from_secs(2));
+        }
+        assert_eq!(c.idle_timeout, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn refusal_bytes() {
+        let r = Refusal::new(StatusCode::FORBIDDEN, "origin", "no").retry_after(3);
+        let text = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");
+        assert!(text.contains("retry-after: 3\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nno\n"), "{text}");
+    }
+}
+
 impl ProxyOutcome {
     /// `(result, reason)` labels for metrics.
     pub fn labels(&self) -> (&'static str, &'static str) {
@@ -175,12 +236,8 @@ pub struct ProxyContext {
     pub limiter: ConnectionLimiter,
     /// `[limits]` of the configuration.
     pub limits: Limits,
-    /// Forwarding options.
-    pub forward: ForwardOptions,
     /// Largest relayed (non-101) upstream body.
     pub max_relayed_body: usize,
-    /// Run every websocket tunnel frame-aware (per-message metrics).
-    pub frame_aware_always: bool,
 }
 
 impl ProxyContext {
@@ -191,9 +248,7 @@ impl ProxyContext {
             metrics,
             limiter: ConnectionLimiter::new(),
             limits,
-            forward: ForwardOptions::default(),
             max_relayed_body: relay::DEFAULT_MAX_BODY,
-            frame_aware_always: false,
         }
     }
 }
@@ -208,9 +263,12 @@ pub enum TunnelMode {
 }
 
 /// The mode for a switched `token` on a route with `policy`.
-pub fn tunnel_mode(policy: &Policy, token: &str, always_frames: bool) -> TunnelMode {
-    let wants_frames =
-        always_frames || policy.ping_interval.is_some() || policy.max_message_size.is_some();
+pub fn tunnel_mode(policy: &Policy, token: &str) -> TunnelMode {
+    let wants_frames = match policy.tunnel {
+        TunnelSetting::Frames => true,
+        TunnelSetting::Transparent => false,
+        TunnelSetting::Auto => policy.ping_interval.is_some() || policy.max_message_size.is_some(),
+    };
     if token == "websocket" && wants_frames {
         TunnelMode::FrameAware
     } else {
@@ -480,11 +538,11 @@ where
         return ProxyOutcome::refused(&r);
     };
     let head_request = req.method() == http::Method::HEAD;
-    let mut sent_tokens: Vec<String> = Vec::new();
+    let opts = ForwardOptions {
+        preserve_host: policy.preserve_host,
+    };
     let attempt = upstream_upgrade(group, &ctx.limits, ctx.max_relayed_body, |backend| {
-        let r = forward::forward_request(&req, &client_info, policy, backend, &ctx.forward)?;
-        sent_tokens.clone_from(&r.upgrade_tokens);
-        Ok(r)
+        forward::forward_request(&req, &client_info, policy, backend, &opts)
     })
     .await;
     let attempt = match attempt {
@@ -548,7 +606,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let policy = &route.policy;
-    let mode = tunnel_mode(policy, &up.token, ctx.frame_aware_always);
+    let mode = tunnel_mode(policy, &up.token);
     let mut fa_cfg = frame_aware_config(policy, &ctx.limits);
     if mode == TunnelMode::FrameAware {
         match tunnel::deflate_params(&up.response) {

@@ -34,10 +34,13 @@
 //! are used on both connections ([`deflate_params`]): messages are inflated
 //! on one side and deflated again on the other with the same parameters.
 //!
-//! Ping round trips: the heartbeat pings carry no payload, so the round
-//! trip is estimated as (time of the pong) - (last frame before it +
-//! ping_interval), which is when the heartbeat sent its ping. It is an
-//! estimate within scheduler jitter.
+//! Ping round trips: each side also gets a probe ping every 9/10 of its
+//! `ping_interval`, whose 8-byte payload is the time it was sent
+//! (microseconds since the tunnel started); the pong echoes it and gives
+//! the round trip. A live peer answers the probes, which resets the
+//! heartbeat's silence timer, so in practice the heartbeat only fires (and
+//! closes with 1011 on timeout) when the peer stopped answering. A forged
+//! pong payload can only give a wrong sample, bounded by the tunnel's age.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -139,6 +142,9 @@ impl Activity {
     fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+    fn micros(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
     fn last(&self) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
@@ -313,7 +319,7 @@ async fn pump<R, W>(
     writer: &mut WsWriter<W>,
     counters: &Counters,
     activity: &Activity,
-    ping_interval: Option<Duration>,
+    probe_interval: Option<Duration>,
     observer: &dyn TunnelObserver,
     reader_is_upstream: bool,
 ) -> PumpEnd
@@ -326,7 +332,7 @@ where
         writer,
         counters,
         activity,
-        ping_interval,
+        probe_interval,
         observer,
         reader_is_upstream,
     )
@@ -340,7 +346,7 @@ async fn relay_messages<R, W>(
     writer: &mut WsWriter<W>,
     counters: &Counters,
     activity: &Activity,
-    ping_interval: Option<Duration>,
+    probe_interval: Option<Duration>,
     observer: &dyn TunnelObserver,
     reader_is_upstream: bool,
 ) -> PumpEnd
@@ -348,12 +354,29 @@ where
     R: AsyncRead + AsyncWrite + Unpin,
     W: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut last_frame = Instant::now();
+    // Probes go to the writer's side; their pongs come back through the
+    // other pump's reader.
+    let mut probe = probe_interval.map(|d| {
+        let period = (d * 9 / 10).max(Duration::from_millis(1));
+        tokio::time::interval_at(Instant::now() + period, period)
+    });
     loop {
-        let item = reader.next().await;
-        let now = Instant::now();
-        let since = now.saturating_duration_since(last_frame);
-        last_frame = now;
+        let item = tokio::select! {
+            item = reader.next() => item,
+            _ = async {
+                match probe.as_mut() {
+                    Some(p) => { p.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                let stamp = activity.micros().to_be_bytes();
+                let ping = Message::Ping(bytes::Bytes::copy_from_slice(&stamp));
+                if let Some(p) = probe_interval {
+                    let _ = tokio::time::timeout(p, writer.send(ping)).await;
+                }
+                continue;
+            }
+        };
         match item {
             Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
                 activity.touch();
@@ -366,9 +389,11 @@ where
                 }
             }
             Some(Ok(Message::Pong(p))) => {
-                if let Some(interval) = ping_interval {
-                    if p.is_empty() && since >= interval {
-                        observer.ping_rtt(reader_is_upstream, since - interval);
+                if let Ok(stamp) = <[u8; 8]>::try_from(p.as_ref()) {
+                    let sent = u64::from_be_bytes(stamp);
+                    let now = activity.micros();
+                    if sent <= now {
+                        observer.ping_rtt(reader_is_upstream, Duration::from_micros(now - sent));
                     }
                 }
             }
@@ -472,7 +497,7 @@ where
             &mut uw,
             &to_upstream,
             &activity,
-            cfg.client_limits.ping_interval,
+            cfg.upstream_limits.ping_interval,
             observer,
             false,
         );
@@ -481,7 +506,7 @@ where
             &mut cw,
             &to_client,
             &activity,
-            cfg.upstream_limits.ping_interval,
+            cfg.client_limits.ping_interval,
             observer,
             true,
         );
