@@ -13,8 +13,8 @@ use switchyard_gateway::config::{
     Backend, Balance, Health, PassiveHealth, Policy, Route, Upstream,
 };
 use switchyard_gateway::proxy::{
-    proxy_h1, ClientInfo, Direction, Metrics, OutcomeKind, ProxyContext, ProxyOutcome, TunnelEnd,
-    Upstreams,
+    proxy_extended_connect, proxy_h1, ClientInfo, Direction, Metrics, OutcomeKind, ProxyContext,
+    ProxyOutcome, TunnelEnd, Upstreams,
 };
 use switchyard_proto::handshake::accept_key;
 use switchyard_proto::head::RequestParser;
@@ -1235,4 +1235,158 @@ async fn host_can_be_replaced_by_the_backend_authority() {
         seen.contains("\r\nx-forwarded-host: app.example\r\n"),
         "{seen}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/2 / HTTP/3 extended CONNECT -> HTTP/1.1 upstream
+// ---------------------------------------------------------------------------
+
+type Captured = Arc<Mutex<Option<http::Response<()>>>>;
+
+/// Run `proxy_extended_connect` with an in-memory stream standing in for
+/// the h2 stream; returns the client's end, the response given to
+/// `respond`, and the outcome task.
+async fn extended_connect(
+    p: &Proxy,
+    route: Route,
+    protocol: &'static str,
+) -> (
+    tokio::io::DuplexStream,
+    Captured,
+    tokio::task::JoinHandle<ProxyOutcome>,
+) {
+    let (client_end, proxy_end) = tokio::io::duplex(1 << 16);
+    let captured: Captured = Arc::default();
+    let cap = captured.clone();
+    let ctx = p.ctx.clone();
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri("https://chat.example/chat?room=1")
+        .header("sec-websocket-version", "13")
+        .header("origin", "https://chat.example")
+        .body(())
+        .unwrap();
+    let task = tokio::spawn(async move {
+        let info = ClientInfo {
+            addr: "127.0.0.1:40000".parse().unwrap(),
+            tls: true,
+        };
+        proxy_extended_connect(
+            req,
+            protocol,
+            info,
+            "h2",
+            &route,
+            "r",
+            &ctx,
+            move |resp| async move {
+                *cap.lock().unwrap() = Some(resp);
+                Ok(proxy_end)
+            },
+            std::future::pending(),
+        )
+        .await
+    });
+    (client_end, captured, task)
+}
+
+#[tokio::test]
+async fn extended_connect_reaches_an_h1_echo_with_a_fresh_key() {
+    let echo = echo_upstream().await;
+    let p = proxy(
+        group(&[echo], Balance::RoundRobin, 0, 3),
+        route(Policy::default()),
+    )
+    .await;
+    let (client_end, captured, task) =
+        extended_connect(&p, route(Policy::default()), "websocket").await;
+    // The client side of the h2 stream speaks WebSocket frames directly.
+    let mut ws = switchyard::WebSocket::from_raw(
+        client_end,
+        Connection::new(Role::Client, Limits::default()),
+        &[],
+    );
+    ws.send(Message::text("over h2")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over h2"));
+    let resp = captured.lock().unwrap().clone().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.headers().contains_key("sec-websocket-accept"));
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    drop(ws);
+    let out = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.reason, "switched", "{out:?}");
+    assert_eq!(p.ctx.metrics.upgrade_attempts("switched", "switched"), 1);
+}
+
+#[tokio::test]
+async fn extended_connect_sends_a_real_h1_upgrade_and_verifies_the_accept() {
+    let (up, rec) = fake_upstream(valid_101).await;
+    let p = proxy(
+        group(&[up], Balance::RoundRobin, 0, 3),
+        route(Policy::default()),
+    )
+    .await;
+    let (client_end, captured, task) =
+        extended_connect(&p, route(Policy::default()), "websocket").await;
+    // Wait for the 200, then end the client stream.
+    let start = Instant::now();
+    while captured.lock().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(captured.lock().unwrap().as_ref().unwrap().status(), 200);
+    drop(client_end);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap();
+    let seen = rec.text().to_ascii_lowercase();
+    assert!(seen.starts_with("get /chat?room=1 http/1.1\r\n"), "{seen}");
+    assert!(seen.contains("\r\nhost: chat.example\r\n"), "{seen}");
+    assert!(seen.contains("\r\nupgrade: websocket\r\n"), "{seen}");
+    assert!(seen.contains("\r\nconnection: upgrade\r\n"), "{seen}");
+    assert!(seen.contains("\r\nsec-websocket-key: "), "{seen}");
+    assert!(seen.contains("\r\nx-forwarded-proto: https\r\n"), "{seen}");
+
+    // An upstream whose Accept does not match our fresh key: 502 to the h2 client.
+    let (bad, _) = fake_upstream(|_| {
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n".to_vec()
+    })
+    .await;
+    let p = proxy(
+        group(&[bad], Balance::RoundRobin, 0, 3),
+        route(Policy::default()),
+    )
+    .await;
+    let (_client_end, captured, task) =
+        extended_connect(&p, route(Policy::default()), "websocket").await;
+    let out = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.reason, "bad_accept");
+    assert_eq!(captured.lock().unwrap().as_ref().unwrap().status(), 502);
+}
+
+#[tokio::test]
+async fn extended_connect_refusals_reach_respond() {
+    let echo = echo_upstream().await;
+    let p = proxy(
+        group(&[echo], Balance::RoundRobin, 0, 3),
+        route(Policy::default()),
+    )
+    .await;
+    let (_c, captured, task) = extended_connect(&p, route(Policy::default()), "h2c").await;
+    let out = task.await.unwrap();
+    assert_eq!(out.reason, "bad_protocol");
+    assert_eq!(captured.lock().unwrap().as_ref().unwrap().status(), 400);
+    let policy = Policy {
+        allowed_origins: Some(vec!["https://other.example".into()]),
+        ..Policy::default()
+    };
+    let (_c, captured, task) = extended_connect(&p, route(policy), "websocket").await;
+    assert_eq!(task.await.unwrap().reason, "origin");
+    assert_eq!(captured.lock().unwrap().as_ref().unwrap().status(), 403);
 }

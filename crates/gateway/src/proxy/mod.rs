@@ -14,13 +14,17 @@
 //!   or an error status) and returns a [`ProxyOutcome`] for the log line
 //!   and metrics. The client connection is finished afterwards (never
 //!   reused for another request).
-//! * HTTP/2 and HTTP/3 extended CONNECT: [`forward::translate_extended_connect`]
-//!   builds the HTTP/1.1 upgrade with a fresh key, [`upstream_upgrade`] runs
-//!   the attempt loop and verification (the 101's accept for our key), and
-//!   [`forward::extended_connect_response`] gives the 200 for the client's
-//!   stream; [`tunnel::frame_aware`] / [`tunnel::transparent`] then run over
-//!   the h2/h3 stream (which implements AsyncRead + AsyncWrite).
-//!
+//! * [`proxy_extended_connect`]: HTTP/2 and HTTP/3 extended CONNECT
+//!   (RFC 8441 / 9220) to an HTTP/1.1 upstream. The front passes the request
+//!   (`:authority` and `:path` in its URI), the `:protocol` value, and a
+//!   `respond` callback that sends the response head on the stream (200 on
+//!   success, or the error status) and, for a 2xx, returns the stream's
+//!   byte channel (AsyncRead + AsyncWrite over DATA frames). Inside:
+//!   [`forward::translate_extended_connect`] (fresh `Sec-WebSocket-Key`),
+//!   the same attempt loop and verification as HTTP/1.1 (the 101's accept
+//!   must match our key), [`forward::extended_connect_response`] (the 200
+//!   with subprotocol and extensions from the upstream), then the tunnel.
+
 //! Modules: [`forward`] (request rules), [`relay`] (one upstream attempt and
 //! the relay of non-101 answers), [`upstream`] (groups, balancing, health,
 //! connect), [`tunnel`] (transparent and frame-aware), [`limits`] (caps and
@@ -429,6 +433,282 @@ pub async fn upstream_upgrade(
     })
 }
 
+/// Proxy one HTTP/2 or HTTP/3 extended CONNECT to an HTTP/1.1 upstream
+/// (see the module docs). `protocol` labels the open-connections gauge
+/// (`"h2"` or `"h3"`). `respond` is called exactly once: with the 200 (after
+/// a verified 101) it must return the stream to tunnel over; with an error
+/// status (403, 429, 503, 426, 400, 502, 504, or the upstream's own non-101
+/// status, whose body is not relayed) its `Ok` value is dropped.
+#[allow(clippy::too_many_arguments)]
+pub async fn proxy_extended_connect<S, F, Fut>(
+    req: Request<()>,
+    connect_protocol: &str,
+    client_info: ClientInfo,
+    protocol: &'static str,
+    route: &Route,
+    route_name: &str,
+    ctx: &ProxyContext,
+    respond: F,
+    shutdown: impl Future<Output = ()>,
+) -> ProxyOutcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(Response<()>) -> Fut,
+    Fut: Future<Output = std::io::Result<S>>,
+{
+    let (outcome, error_response) = extended_connect_inner(
+        &req,
+        connect_protocol,
+        client_info,
+        protocol,
+        route,
+        route_name,
+        ctx,
+        respond,
+        shutdown,
+    )
+    .await;
+    if let Some((respond, resp)) = error_response {
+        let _ = respond(resp).await;
+    }
+    let (result, reason) = outcome.labels();
+    ctx.metrics.upgrade_attempt(result, reason);
+    tracing::info!(
+        client = %client_info.addr,
+        route = route_name,
+        protocol,
+        upstream = outcome.backend.as_deref().unwrap_or("-"),
+        result,
+        reason,
+        detail = %outcome.detail,
+        "upgrade attempt"
+    );
+    outcome
+}
+
+fn status_response(status: StatusCode, retry_after: Option<u32>) -> Response<()> {
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    if let Some(s) = retry_after {
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp
+}
+
+fn empty_report(end: TunnelEnd) -> TunnelReport {
+    TunnelReport {
+        end,
+        bytes_to_upstream: 0,
+        bytes_to_client: 0,
+        messages_to_upstream: 0,
+        messages_to_client: 0,
+        duration: Duration::ZERO,
+    }
+}
+
+/// The work of [`proxy_extended_connect`]; returns the outcome and, when
+/// the client must get an error status, `respond` with that response.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+async fn extended_connect_inner<S, F, Fut>(
+    req: &Request<()>,
+    connect_protocol: &str,
+    client_info: ClientInfo,
+    protocol: &'static str,
+    route: &Route,
+    route_name: &str,
+    ctx: &ProxyContext,
+    respond: F,
+    shutdown: impl Future<Output = ()>,
+) -> (ProxyOutcome, Option<(F, Response<()>)>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(Response<()>) -> Fut,
+    Fut: Future<Output = std::io::Result<S>>,
+{
+    let policy = &route.policy;
+    let refuse = |r: Refusal, respond: F| {
+        let resp = status_response(r.status, r.retry_after);
+        (ProxyOutcome::refused(&r), Some((respond, resp)))
+    };
+    let group_name = match route.target() {
+        RouteTarget::Upstream(name) => name,
+        RouteTarget::App(_) => {
+            let r = Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "not_proxied",
+                "this route serves a built-in app, not an upstream",
+            );
+            return refuse(r, respond);
+        }
+    };
+    if let Err(r) = limits::check_origin(req.headers(), policy) {
+        return refuse(r, respond);
+    }
+    let _slot = match ctx
+        .limiter
+        .try_acquire(route_name, client_info.addr.ip(), policy)
+    {
+        Ok(g) => g,
+        Err(r) => return refuse(r, respond),
+    };
+    let Some(group) = ctx.upstreams.get(group_name) else {
+        let r = Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "unknown_upstream",
+            format!("upstream group {group_name} is not configured"),
+        );
+        return refuse(r, respond);
+    };
+    let opts = ForwardOptions {
+        preserve_host: policy.preserve_host,
+    };
+    let attempt = upstream_upgrade(group, &ctx.limits, ctx.max_relayed_body, |backend| {
+        forward::translate_extended_connect(
+            req,
+            connect_protocol,
+            &client_info,
+            policy,
+            backend,
+            &opts,
+        )
+    })
+    .await;
+    let (up, backend) = match attempt {
+        Err(r) => return refuse(r, respond),
+        Ok(AttemptResult::Upgraded(up, backend)) => (up, backend),
+        Ok(AttemptResult::Response {
+            response, backend, ..
+        }) => {
+            let status = response.status();
+            let outcome = ProxyOutcome {
+                kind: OutcomeKind::Relayed(status),
+                reason: "upstream_status",
+                detail: format!("the upstream answered {status}"),
+                backend: Some(backend),
+            };
+            return (outcome, Some((respond, status_response(status, None))));
+        }
+        Ok(AttemptResult::Failed {
+            status,
+            reason,
+            detail,
+            backend,
+        }) => {
+            let outcome = ProxyOutcome {
+                kind: OutcomeKind::BadGateway(status),
+                reason,
+                detail,
+                backend,
+            };
+            return (outcome, Some((respond, status_response(status, None))));
+        }
+    };
+    let mode = tunnel_mode(policy, &up.token);
+    let mut fa_cfg = frame_aware_config(policy, &ctx.limits);
+    if mode == TunnelMode::FrameAware {
+        match tunnel::deflate_params(&up.response) {
+            Ok(p) => fa_cfg.deflate = p,
+            Err(why) => {
+                let outcome = ProxyOutcome {
+                    kind: OutcomeKind::BadGateway(StatusCode::BAD_GATEWAY),
+                    reason: "bad_extensions",
+                    detail: why,
+                    backend: Some(backend),
+                };
+                let resp = status_response(StatusCode::BAD_GATEWAY, None);
+                return (outcome, Some((respond, resp)));
+            }
+        }
+    }
+    let ok = forward::extended_connect_response(&up.response);
+    let Upgraded {
+        stream: mut upstream,
+        leftover: up_leftover,
+        lease,
+        ..
+    } = up;
+    let mut stream = match respond(ok).await {
+        Ok(s) => s,
+        Err(e) => {
+            let outcome = ProxyOutcome {
+                kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::Io(e.to_string()))),
+                reason: "switched",
+                detail: format!("sending the 200 failed: {e}"),
+                backend: Some(backend),
+            };
+            return (outcome, None);
+        }
+    };
+    let _open = ctx.metrics.open_connection(route_name, protocol);
+    let report = match mode {
+        TunnelMode::Transparent => {
+            if !up_leftover.is_empty() && stream.write_all(&up_leftover).await.is_err() {
+                let outcome = ProxyOutcome {
+                    kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::ClientGone)),
+                    reason: "switched",
+                    detail: "the client stream closed".into(),
+                    backend: Some(backend),
+                };
+                return (outcome, None);
+            }
+            tunnel::transparent(&mut stream, &mut upstream, policy.idle_timeout, shutdown).await
+        }
+        TunnelMode::FrameAware => {
+            let observer = MetricsObserver(ctx.metrics.clone());
+            tunnel::frame_aware(
+                &mut stream,
+                &[],
+                &mut upstream,
+                &up_leftover,
+                &fa_cfg,
+                &observer,
+                shutdown,
+            )
+            .await
+        }
+    };
+    drop(lease);
+    (finish_tunnel(ctx, route_name, mode, report, backend), None)
+}
+
+fn finish_tunnel(
+    ctx: &ProxyContext,
+    route_name: &str,
+    mode: TunnelMode,
+    report: TunnelReport,
+    backend: String,
+) -> ProxyOutcome {
+    let m = &ctx.metrics;
+    m.add_bytes(
+        route_name,
+        Direction::ClientToUpstream,
+        report.bytes_to_upstream,
+    );
+    m.add_bytes(
+        route_name,
+        Direction::UpstreamToClient,
+        report.bytes_to_client,
+    );
+    m.add_messages(
+        route_name,
+        Direction::ClientToUpstream,
+        report.messages_to_upstream,
+    );
+    m.add_messages(
+        route_name,
+        Direction::UpstreamToClient,
+        report.messages_to_client,
+    );
+    m.observe_tunnel(route_name, report.duration);
+    ProxyOutcome {
+        detail: format!("tunnel ({mode:?}) ended: {}", report.end.label()),
+        kind: OutcomeKind::Tunneled(report),
+        reason: "switched",
+        backend: Some(backend),
+    }
+}
+
 async fn answer<C: AsyncWrite + Unpin>(client: &mut C, r: &Refusal) {
     let _ = client.write_all(&r.to_bytes()).await;
     let _ = client.flush().await;
@@ -680,32 +960,5 @@ where
         }
     };
     drop(lease);
-    let m = &ctx.metrics;
-    m.add_bytes(
-        route_name,
-        Direction::ClientToUpstream,
-        report.bytes_to_upstream,
-    );
-    m.add_bytes(
-        route_name,
-        Direction::UpstreamToClient,
-        report.bytes_to_client,
-    );
-    m.add_messages(
-        route_name,
-        Direction::ClientToUpstream,
-        report.messages_to_upstream,
-    );
-    m.add_messages(
-        route_name,
-        Direction::UpstreamToClient,
-        report.messages_to_client,
-    );
-    m.observe_tunnel(route_name, report.duration);
-    ProxyOutcome {
-        detail: format!("tunnel ({mode:?}) ended: {}", report.end.label()),
-        kind: OutcomeKind::Tunneled(report),
-        reason: "switched",
-        backend: Some(backend),
-    }
+    finish_tunnel(ctx, route_name, mode, report, backend)
 }

@@ -197,6 +197,7 @@ async fn read_final_head<U: AsyncRead + Unpin>(
                 }
                 pending.clear();
             }
+            pending.reserve(4096);
             let n = upstream.read_buf(&mut pending).await?;
             if n == 0 {
                 return Err(ExchangeError::Eof { got: total });
