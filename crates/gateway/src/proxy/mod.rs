@@ -24,7 +24,7 @@
 //!   the same attempt loop and verification as HTTP/1.1 (the 101's accept
 //!   must match our key), [`forward::extended_connect_response`] (the 200
 //!   with subprotocol and extensions from the upstream), then the tunnel.
-
+//!
 //! Modules: [`forward`] (request rules), [`relay`] (one upstream attempt and
 //! the relay of non-101 answers), [`upstream`] (groups, balancing, health,
 //! connect), [`tunnel`] (transparent and frame-aware), [`limits`] (caps and
