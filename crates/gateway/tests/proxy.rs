@@ -1390,3 +1390,96 @@ async fn extended_connect_refusals_reach_respond() {
     assert_eq!(task.await.unwrap().reason, "origin");
     assert_eq!(captured.lock().unwrap().as_ref().unwrap().status(), 403);
 }
+
+#[tokio::test]
+async fn upstream_close_code_and_reason_reach_the_client() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let mut ws = switchyard::accept(tcp, &AcceptConfig::default())
+            .await
+            .unwrap();
+        let _ = ws.next().await;
+        let _ = ws.close(CloseCode(4002), "room closed").await;
+    });
+    let mut p = proxy(
+        group(&[up], Balance::RoundRobin, 0, 3),
+        route(frame_policy()),
+    )
+    .await;
+    let (mut ws, _) = switchyard::connect(&format!("ws://{}/ws", p.addr))
+        .await
+        .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!(f.code, CloseCode(4002));
+            assert_eq!(f.reason.as_str(), "room closed");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(ws);
+    let out = p.outcome().await;
+    let OutcomeKind::Tunneled(report) = out.kind else {
+        panic!("{out:?}")
+    };
+    assert_eq!(report.end, TunnelEnd::UpstreamClosed(Some(4002)));
+}
+
+#[tokio::test]
+async fn silent_upstream_gives_the_client_1014() {
+    // Completes the handshake, then reads but never answers pings.
+    let (up, _rec) = fake_upstream(valid_101).await;
+    let policy = Policy {
+        ping_interval: Some(Duration::from_millis(150)),
+        pong_timeout: Duration::from_millis(200),
+        ..Policy::default()
+    };
+    let mut p = proxy(group(&[up], Balance::RoundRobin, 0, 3), route(policy)).await;
+    let (mut ws, _) = switchyard::connect(&format!("ws://{}/ws", p.addr))
+        .await
+        .unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(f)) = m {
+                return f.map(|f| f.code);
+            }
+        }
+        None
+    })
+    .await
+    .expect("client not closed");
+    assert_eq!(code, Some(CloseCode::BAD_GATEWAY));
+    let out = p.outcome().await;
+    let OutcomeKind::Tunneled(report) = out.kind else {
+        panic!("{out:?}")
+    };
+    assert_eq!(report.end, TunnelEnd::UpstreamPongTimeout);
+}
+
+#[tokio::test]
+async fn route_cap_is_503_with_retry_after() {
+    let echo = echo_upstream().await;
+    let policy = Policy {
+        max_connections: Some(1),
+        ..Policy::default()
+    };
+    let mut p = proxy(group(&[echo], Balance::RoundRobin, 0, 3), route(policy)).await;
+    let url = format!("ws://{}/ws", p.addr);
+    let (first, _) = switchyard::connect(&url).await.unwrap();
+    match switchyard::connect(&url).await.unwrap_err() {
+        Error::UpgradeRefused {
+            status, response, ..
+        } => {
+            assert_eq!(status, 503);
+            assert_eq!(response.headers()["retry-after"], "5");
+        }
+        e => panic!("{e}"),
+    }
+    assert_eq!(p.outcome().await.reason, "route_full");
+    drop(first);
+}

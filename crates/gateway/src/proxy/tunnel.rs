@@ -152,7 +152,10 @@ impl Activity {
     /// Resolves when nothing happened for `idle`.
     async fn idle(&self, idle: Duration) {
         loop {
-            let deadline = self.last() + idle;
+            let Some(deadline) = self.last().checked_add(idle) else {
+                // Beyond the clock's range: never idle.
+                return std::future::pending().await;
+            };
             if Instant::now() >= deadline {
                 return;
             }
@@ -356,9 +359,10 @@ where
 {
     // Probes go to the writer's side; their pongs come back through the
     // other pump's reader.
-    let mut probe = probe_interval.map(|d| {
-        let period = (d * 9 / 10).max(Duration::from_millis(1));
-        tokio::time::interval_at(Instant::now() + period, period)
+    let mut probe = probe_interval.and_then(|d| {
+        let period = (d - d / 10).max(Duration::from_millis(1));
+        let first = Instant::now().checked_add(period)?;
+        Some(tokio::time::interval_at(first, period))
     });
     loop {
         let item = tokio::select! {
