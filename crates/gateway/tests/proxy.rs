@@ -789,10 +789,7 @@ async fn silent_client_is_found_by_the_heartbeat_and_the_upstream_closed() {
         took >= Duration::from_millis(450),
         "closed too early: {took:?}"
     );
-    assert!(
-        took < Duration::from_millis(1500),
-        "closed too late: {took:?}"
-    );
+    assert!(took < Duration::from_secs(3), "closed too late: {took:?}");
     let out = p.outcome().await;
     let OutcomeKind::Tunneled(report) = out.kind else {
         panic!("{out:?}")
