@@ -2383,6 +2383,8 @@ mod tests {
         assert_eq!(p.ping_interval, Some(Duration::from_secs(30)));
         assert_eq!(p.pong_timeout, Duration::from_secs(10));
         assert_eq!(p.drain_timeout, Duration::from_secs(30));
+        assert!(p.preserve_host);
+        assert_eq!(p.tunnel, TunnelSetting::Auto);
 
         let r = c.route_for(Some("example.com"), "/feed").unwrap();
         assert_eq!(r.target(), RouteTarget::Upstream("feed"));
