@@ -197,6 +197,31 @@ mod tests {
     }
 
     #[test]
+    fn context_from_config_keeps_metrics_and_limiter() {
+        let cfg = crate::config::Config::from_toml_str(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n\
+             [[upstream]]\nname = \"chat\"\nservers = [\"ws://127.0.0.1:9\"]\n\
+             [[route]]\nhost = \"a.example\"\npath = \"/ws\"\nupstream = \"chat\"\n\
+             [limits]\nmax_headers = 7\n",
+            "t.toml",
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let limiter = ConnectionLimiter::new();
+        let guard = limiter
+            .try_acquire("r", "10.0.0.1".parse().unwrap(), &Policy::default())
+            .unwrap();
+        let ctx = ProxyContext::from_config(&cfg, metrics.clone(), limiter.clone()).unwrap();
+        assert!(ctx.upstreams.get("chat").is_some());
+        assert!(ctx.upstreams.get("other").is_none());
+        assert_eq!(ctx.limits.max_headers, 7);
+        assert_eq!(ctx.limiter.route_count("r"), 1, "the same limiter");
+        assert!(Arc::ptr_eq(&ctx.metrics, &metrics));
+        drop(guard);
+        assert_eq!(route_label(&cfg.routes[0]), "a.example/ws");
+    }
+
+    #[test]
     fn refusal_bytes() {
         let r = Refusal::new(StatusCode::FORBIDDEN, "origin", "no").retry_after(3);
         let text = String::from_utf8(r.to_bytes()).unwrap();
@@ -254,6 +279,35 @@ impl ProxyContext {
             limits,
             max_relayed_body: relay::DEFAULT_MAX_BODY,
         }
+    }
+}
+
+impl ProxyContext {
+    /// The context for a configuration: its upstream groups (TLS with the
+    /// system roots, webpki as fallback) and `[limits]`, reporting to
+    /// `metrics` and counting connections in `limiter`. On reload, build a
+    /// new context with the SAME `metrics` and `limiter` so that open
+    /// tunnels keep counting against the caps; existing tunnels keep their
+    /// old context (`Arc`) until they end.
+    pub fn from_config(
+        cfg: &crate::config::Config,
+        metrics: Arc<Metrics>,
+        limiter: ConnectionLimiter,
+    ) -> Result<Self, switchyard::Error> {
+        let upstreams = Upstreams::from_config(&cfg.upstreams, Some(metrics.clone()))?;
+        Ok(ProxyContext {
+            limiter,
+            ..ProxyContext::new(Arc::new(upstreams), metrics, cfg.limits.clone())
+        })
+    }
+}
+
+/// The metrics label of a route: `host/path`, or the path alone when the
+/// route matches any host.
+pub fn route_label(route: &Route) -> String {
+    match &route.host {
+        Some(h) => format!("{h}{}", route.path),
+        None => route.path.clone(),
     }
 }
 
