@@ -443,8 +443,9 @@ fn tunnel_end(end: &PumpEnd, from_upstream: bool) -> TunnelEnd {
     match (end, from_upstream) {
         (PumpEnd::Closed(f), false) => TunnelEnd::ClientClosed(f.as_ref().map(|f| f.code.0)),
         (PumpEnd::Closed(f), true) => TunnelEnd::UpstreamClosed(f.as_ref().map(|f| f.code.0)),
-        (PumpEnd::Gone | PumpEnd::WriteFailed, false) => TunnelEnd::ClientGone,
-        (PumpEnd::Gone | PumpEnd::WriteFailed, true) => TunnelEnd::UpstreamGone,
+        // A failed write means the writer's side, not the reader's, is gone.
+        (PumpEnd::Gone, false) | (PumpEnd::WriteFailed, true) => TunnelEnd::ClientGone,
+        (PumpEnd::Gone, true) | (PumpEnd::WriteFailed, false) => TunnelEnd::UpstreamGone,
         (PumpEnd::PongTimeout, false) => TunnelEnd::ClientPongTimeout,
         (PumpEnd::PongTimeout, true) => TunnelEnd::UpstreamPongTimeout,
         (PumpEnd::Violation(c), false) => TunnelEnd::ClientViolation(*c),
@@ -550,5 +551,91 @@ where
         messages_to_upstream: to_upstream.messages.load(Ordering::Relaxed),
         messages_to_client: to_client.messages.load(Ordering::Relaxed),
         duration: activity.start.elapsed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_toward_the_other_side() {
+        let code = |end: PumpEnd, up: bool| close_for(&end, up).map(|f| f.code.0);
+        let custom = CloseFrame::new(CloseCode(4000), "bye");
+        assert_eq!(
+            code(PumpEnd::Closed(Some(custom.clone())), false),
+            Some(4000)
+        );
+        assert_eq!(
+            close_for(&PumpEnd::Closed(Some(custom)), true)
+                .unwrap()
+                .reason,
+            "bye"
+        );
+        assert_eq!(code(PumpEnd::Closed(None), true), Some(1000));
+        // 1006 cannot be sent: it becomes 1000.
+        let abnormal = CloseFrame::new(CloseCode::ABNORMAL, "");
+        assert_eq!(code(PumpEnd::Closed(Some(abnormal)), true), Some(1000));
+        assert_eq!(code(PumpEnd::Gone, false), Some(1001));
+        assert_eq!(code(PumpEnd::PongTimeout, false), Some(1001));
+        assert_eq!(code(PumpEnd::Violation(1009), false), Some(1001));
+        assert_eq!(code(PumpEnd::Gone, true), Some(1014));
+        assert_eq!(code(PumpEnd::PongTimeout, true), Some(1014));
+        assert_eq!(code(PumpEnd::Violation(1002), true), Some(1014));
+        assert_eq!(code(PumpEnd::WriteFailed, true), None);
+    }
+
+    #[test]
+    fn tunnel_end_blames_the_right_side() {
+        assert_eq!(
+            tunnel_end(&PumpEnd::WriteFailed, false),
+            TunnelEnd::UpstreamGone
+        );
+        assert_eq!(
+            tunnel_end(&PumpEnd::WriteFailed, true),
+            TunnelEnd::ClientGone
+        );
+        assert_eq!(tunnel_end(&PumpEnd::Gone, false), TunnelEnd::ClientGone);
+        assert_eq!(
+            tunnel_end(&PumpEnd::PongTimeout, true),
+            TunnelEnd::UpstreamPongTimeout
+        );
+        assert_eq!(
+            tunnel_end(&PumpEnd::Violation(1009), false),
+            TunnelEnd::ClientViolation(1009)
+        );
+    }
+
+    #[test]
+    fn deflate_params_from_the_upstream_101() {
+        let resp = |ext: Option<&str>| {
+            let mut b = Response::builder().status(101);
+            if let Some(e) = ext {
+                b = b.header("sec-websocket-extensions", e);
+            }
+            b.body(()).unwrap()
+        };
+        assert_eq!(deflate_params(&resp(None)), Ok(None));
+        let p = deflate_params(&resp(Some(
+            "permessage-deflate; server_no_context_takeover; client_max_window_bits=10",
+        )))
+        .unwrap()
+        .unwrap();
+        assert!(p.server_no_context_takeover);
+        assert_eq!(p.client_max_window_bits, 10);
+        assert!(deflate_params(&resp(Some("x-unknown"))).is_err());
+        assert!(deflate_params(&resp(Some("permessage-deflate, permessage-deflate"))).is_err());
+        assert!(deflate_params(&resp(Some("permessage-deflate; ;"))).is_err());
+    }
+
+    #[tokio::test]
+    async fn idle_resolves_after_the_last_activity() {
+        let a = Activity::new();
+        let t = Instant::now();
+        a.idle(Duration::from_millis(50)).await;
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        // A huge timeout never resolves (and does not panic).
+        let never = tokio::time::timeout(Duration::from_millis(20), a.idle(Duration::MAX)).await;
+        assert!(never.is_err());
     }
 }
