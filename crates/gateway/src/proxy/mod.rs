@@ -36,6 +36,7 @@
 //! transparent otherwise; `frames` always relays messages (per-message
 //! metrics); any token other than websocket is always transparent.
 
+pub mod copy;
 pub mod forward;
 pub mod limits;
 pub mod metrics;

@@ -1,11 +1,12 @@
 //! The tunnel after a valid 101, in two modes.
 //!
 //! **Transparent** ([`transparent`]): bytes copied both ways with
-//! `tokio::io::copy_bidirectional` (a FIN from one side is passed on as a
-//! write shutdown to the other, and the other direction keeps flowing);
-//! closed when neither side sent a byte for the idle timeout, or on
-//! shutdown. `splice(2)` is not used: it only pays for plain TCP on both
-//! sides with large transfers, and no measurement here shows it pays yet.
+//! [`super::copy::copy_both_ways`] (no buffer held while idle; a FIN from
+//! one side is passed on as a write shutdown to the other, and the other
+//! direction keeps flowing); closed when neither side sent a byte for the
+//! idle timeout, or on shutdown. `splice(2)` is not used: it only pays for
+//! plain TCP on both sides with large transfers, and no measurement here
+//! shows it pays yet.
 //!
 //! **Frame-aware** ([`frame_aware`], websocket only): a [`WebSocket`] in the
 //! server role toward the client and one in the client role toward the
@@ -56,6 +57,8 @@ use switchyard_proto::extensions::parse_extensions;
 use switchyard_proto::{CloseCode, CloseFrame, Connection, Limits, Message, Role};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use super::copy::{copy_both_ways, Half};
 
 /// How the tunnel ended (a fixed label each, for metrics and logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,8 +233,10 @@ where
         read: &from_upstream,
         activity: &activity,
     };
+    let mut to_upstream = Half::default();
+    let mut to_client = Half::default();
     let end = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut a, &mut b) => match r {
+        r = copy_both_ways(&mut a, &mut b, &mut to_upstream, &mut to_client) => match r {
             Ok(_) => TunnelEnd::Finished,
             Err(e) => TunnelEnd::Io(e.to_string()),
         },
