@@ -27,7 +27,8 @@
 //!
 //! Modules: [`forward`] (request rules), [`relay`] (one upstream attempt and
 //! the relay of non-101 answers), [`upstream`] (groups, balancing, health,
-//! connect), [`tunnel`] (transparent and frame-aware), [`limits`] (caps and
+//! connect), [`tunnel`] (transparent and frame-aware), [`copy`] (the
+//! transparent byte copy, no buffer while idle), [`limits`] (caps and
 //! Origin), [`metrics`] (Prometheus text).
 //!
 //! Mode choice ([`tunnel_mode`], from the route's `tunnel` setting): with
