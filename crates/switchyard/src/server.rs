@@ -201,6 +201,21 @@ pub struct UpgradeFut {
     conn: Option<(Connection, Negotiated)>,
 }
 
+impl UpgradeFut {
+    /// A future handing `conn` the stream hyper upgrades (HTTP/1.1 101 or an
+    /// HTTP/2 extended CONNECT answered 200).
+    pub(crate) fn new(
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        conn: Connection,
+        negotiated: Negotiated,
+    ) -> Self {
+        UpgradeFut {
+            on_upgrade,
+            conn: Some((conn, negotiated)),
+        }
+    }
+}
+
 impl std::fmt::Debug for UpgradeFut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpgradeFut").finish_non_exhaustive()
