@@ -9,11 +9,15 @@
 //! |------------------------------------------------------|------------------------|
 //! | CONNECT `:protocol websocket` on a WebSocket route    | 200, then the echo app |
 //! | CONNECT with another `:protocol`                     | 501                    |
-//! | CONNECT without `:protocol` on a WebSocket route      | 400                    |
-//! | CONNECT without `:protocol` elsewhere                | 405                    |
+//! | CONNECT without `:protocol` on a WebSocket route      | 400 (*)                |
+//! | CONNECT without `:protocol` elsewhere (a proxy CONNECT) | 405                  |
 //! | GET / HEAD of a page                                 | 200                    |
 //! | GET of an upgrade-only route                         | 400 (use CONNECT)      |
 //! | unknown path                                         | 404                    |
+//!
+//! (*) The h2 codec already refuses a CONNECT that carries `:path` without
+//! `:protocol` (RST_STREAM PROTOCOL_ERROR, RFC 9113 §8.5), so the 400 is a
+//! second line of defence.
 //!
 //! `Upgrade`, `Connection` and the other connection-specific fields make an
 //! HTTP/2 request malformed; the h2 codec refuses such a stream
@@ -100,6 +104,18 @@ fn respond(
     tls: bool,
 ) -> Response<Body> {
     let path = req.uri().path();
+    let is_plain_connect =
+        req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none();
+    if is_plain_connect && !shared.route(path).is_some_and(|r| r.speaks("websocket")) {
+        // A classic CONNECT (authority-form, no :path): we are not a proxy.
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this server is not a proxy: CONNECT is only for WebSocket, with :protocol websocket (RFC 8441)\n",
+        );
+        r.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
     let Some(route) = shared.route(path) else {
         return text(StatusCode::NOT_FOUND, "not found: try /echo or /\n");
     };
