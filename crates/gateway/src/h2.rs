@@ -35,9 +35,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use switchyard::proto::handshake::{self, HandshakeError, Negotiated, Rejection};
-use switchyard::WebSocket;
-use tracing::info;
+use switchyard::proto::handshake::Rejection;
+use tracing::{info, Instrument};
 
 use crate::io::{Prefixed, ServerIo};
 use crate::server::{ConnCtx, Http2Settings, Shared};
@@ -193,49 +192,33 @@ fn rejection(rej: &Rejection) -> Response<Body> {
     r
 }
 
-/// RFC 8441 §4-5: the WebSocket checks of an extended CONNECT (version 13,
-/// origin, subprotocol, extensions), the 200, and the echo app on the stream.
+/// RFC 8441: `switchyard::h2::accept` checks the extended CONNECT (version
+/// 13, origin, subprotocol, extensions) and builds the 200; the echo app then
+/// runs on the stream in its own task, tracked for the shutdown drain.
 fn websocket(req: &mut Request<Incoming>, shared: &Arc<Shared>, ctx: &ConnCtx) -> Response<Body> {
-    let cfg = &shared.accept;
-    let version_ok = {
-        let mut v = req.headers().get_all(handshake_header_version()).iter();
-        matches!((v.next(), v.next()), (Some(v), None) if v.as_bytes() == b"13")
-    };
-    if !version_ok {
-        let got = req
-            .headers()
-            .get(handshake_header_version())
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        return rejection(&Rejection::from(HandshakeError::BadVersion(got)));
-    }
-    let negotiation = match handshake::server_negotiate(req.headers(), &cfg.handshake) {
-        Ok(n) => n,
-        Err(e) => return rejection(&Rejection::from(e)),
-    };
-    let negotiated: Negotiated = negotiation.negotiated.clone();
-    let on_upgrade = hyper::upgrade::on(req);
-    let conn = crate::websocket::server_connection(&negotiated, cfg);
-    let stop = ctx.stop.clone();
-    let alive = ctx.alive.clone();
-    let grace = shared.grace;
-    tokio::spawn(async move {
-        let _alive = alive;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocket::from_raw(TokioIo::new(upgraded), conn, &[])
-                    .with_negotiated(negotiated);
-                info!(subprotocol = ?ws.subprotocol(), "websocket over HTTP/2 (RFC 8441)");
-                crate::websocket::log_end(crate::apps::echo(ws, stop, grace).await);
-            }
-            Err(e) => info!("HTTP/2 stream not handed over: {e}"),
+    match switchyard::h2::accept(req, &shared.accept) {
+        Ok((response, upgrade)) => {
+            let stop = ctx.stop.clone();
+            let alive = ctx.alive.clone();
+            let grace = shared.grace;
+            tokio::spawn(
+                async move {
+                    let _alive = alive;
+                    match upgrade.await {
+                        Ok(ws) => {
+                            info!(subprotocol = ?ws.subprotocol(), "websocket over HTTP/2 (RFC 8441)");
+                            crate::websocket::log_end(crate::apps::echo(ws, stop, grace).await);
+                        }
+                        Err(e) => info!("HTTP/2 stream not handed over: {e}"),
+                    }
+                }
+                .in_current_span(),
+            );
+            response.map(|_| Full::new(Bytes::new()))
         }
-    });
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.headers_mut() = negotiation.headers;
-    r
-}
-
-fn handshake_header_version() -> http::HeaderName {
-    http::HeaderName::from_static("sec-websocket-version")
+        Err(rej) => {
+            info!(status = %rej.response.status(), "extended CONNECT refused: {}", rej.error);
+            rejection(&rej)
+        }
+    }
 }

@@ -209,13 +209,13 @@ async fn websocket_negotiates_deflate_and_subprotocol_headers_over_h2() {
     assert_eq!(resp.status(), StatusCode::OK);
     let ext = resp.headers()["sec-websocket-extensions"].to_str().unwrap();
     assert!(ext.starts_with("permessage-deflate"), "{ext}");
-    // A bad version is refused with 426 and the version we speak, no Upgrade header.
+    // A bad version is refused with 400 and the version we speak, no Upgrade header.
     let mut req = connect_request("/echo", Some("websocket"));
     req.headers_mut()
         .insert("sec-websocket-version", "8".parse().unwrap());
     let (resp, _tx) = send.send_request(req, false).unwrap();
     let resp = resp.await.unwrap();
-    assert_eq!(resp.status(), StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(resp.headers()["sec-websocket-version"], "13");
     assert!(resp.headers().get("upgrade").is_none());
     srv.stop().await;
@@ -576,4 +576,46 @@ async fn continuation_flood_is_cut_off() {
         "the server read the whole 4 MiB flood"
     );
     srv.stop().await;
+}
+
+#[tokio::test]
+async fn switchyard_h2_client_multiplexes_websockets_with_deflate() {
+    use futures_util::{SinkExt, StreamExt};
+    use switchyard::Message;
+    let (cfg, _cert) = tls_cfg();
+    let tls_srv = start(cfg).await;
+    let plain_srv = start(ServeConfig::default()).await;
+    let insecure = switchyard::ClientBuilder::new().danger_accept_invalid_certs();
+    for url in [
+        format!("ws://{}/echo", plain_srv.addr),
+        format!("wss://localhost:{}/echo", tls_srv.addr.port()),
+    ] {
+        let conn = switchyard::h2::H2Connection::connect(&url, &insecure)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let mut sockets = Vec::new();
+        for _ in 0..10 {
+            let (ws, resp) = conn.websocket("/echo", &insecure).await.unwrap();
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            assert!(
+                ws.negotiated().deflate.is_some(),
+                "permessage-deflate over h2"
+            );
+            sockets.push(ws);
+        }
+        for (i, ws) in sockets.iter_mut().enumerate() {
+            ws.send(Message::text(format!("msg {i}"))).await.unwrap();
+        }
+        for (i, ws) in sockets.iter_mut().enumerate() {
+            assert_eq!(
+                ws.next().await.unwrap().unwrap(),
+                Message::text(format!("msg {i}"))
+            );
+        }
+        for mut ws in sockets {
+            ws.close(switchyard::CloseCode::NORMAL, "").await.unwrap();
+        }
+    }
+    tls_srv.stop().await;
+    plain_srv.stop().await;
 }
