@@ -118,6 +118,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ));
     }
     let server = Server::bind(cfg).await?;
+    let shutdown = shutdown_signal();
     for addr in server.local_addrs() {
         // Machine-readable lines on stdout for scripts and tests.
         if server.is_tls() {
@@ -132,24 +133,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tls::DEFAULT_SELF_SIGNED_NAMES.join(", ")
         );
     }
-    server.run(shutdown_signal()).await;
+    server.run(shutdown).await;
     info!("bye");
     Ok(())
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on the first SIGINT or SIGTERM. The handlers are installed
+/// when this is called (not when the future is first polled), so a signal
+/// sent right after the "listening" line is never the default (killing) one.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM ({e}); only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => info!("SIGINT received"),
+                    _ = term.recv() => info!("SIGTERM received"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("cannot watch SIGTERM/SIGINT ({e}); only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-        _ = term.recv() => info!("SIGTERM received"),
     }
 }
