@@ -7,7 +7,7 @@
 //!
 //! | request                                              | answer                 |
 //! |------------------------------------------------------|------------------------|
-//! | CONNECT `:protocol websocket` on a WebSocket route    | 200, then the echo app |
+//! | CONNECT `:protocol websocket` on a WebSocket route    | 200, then the echo app (refusals of `switchyard::h2::accept`: bad version 400 + `sec-websocket-version: 13`, Origin 403, extensions 400) |
 //! | CONNECT with another `:protocol`                     | 501                    |
 //! | CONNECT without `:protocol` on a WebSocket route      | 400 (*)                |
 //! | CONNECT without `:protocol` elsewhere (a proxy CONNECT) | 405                  |
@@ -175,8 +175,9 @@ fn respond(
         }
         None => text(
             StatusCode::BAD_REQUEST,
-            "this resource speaks WebSocket only; over HTTP/2 open it with an extended CONNECT \
-             (:method CONNECT, :protocol websocket, RFC 8441)\n",
+            "this resource must be opened with a protocol switch; over HTTP/2 that is an \
+             extended CONNECT (:method CONNECT, :protocol websocket, RFC 8441) on a WebSocket \
+             resource\n",
         ),
     }
 }

@@ -206,6 +206,13 @@ impl Registry {
             .collect()
     }
 
+    /// Whether a handler speaks protocol `name` (any version, case-insensitive).
+    pub fn speaks(&self, name: &str) -> bool {
+        self.protocols
+            .iter()
+            .any(|p| p.tokens().iter().any(|t| t.is(name)))
+    }
+
     /// The handler for one offered token, if any (never for `h2c`).
     pub fn find(
         &self,

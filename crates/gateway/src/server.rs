@@ -216,11 +216,7 @@ impl Route {
 
     /// Whether `protocols` holds a handler for `name` (any version).
     pub fn speaks(&self, name: &str) -> bool {
-        self.protocols.advertised().iter().any(|t| {
-            t.split('/')
-                .next()
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        })
+        self.protocols.speaks(name)
     }
 }
 
