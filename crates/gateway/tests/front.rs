@@ -680,3 +680,62 @@ async fn shutdown_closes_idle_keep_alive_connections() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn head_deadline_applies_to_later_requests_once_bytes_start() {
+    let mut cfg = test_config();
+    cfg.limits.handshake_timeout = Duration::from_millis(300);
+    cfg.http1.idle_timeout = Duration::from_secs(30);
+    let srv = start(cfg).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_resp(&mut s, &mut buf, false).await.status(),
+        "HTTP/1.1 200 OK"
+    );
+    // Idle longer than the head deadline: still open (the idle timeout applies)...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_resp(&mut s, &mut buf, false).await.status(),
+        "HTTP/1.1 200 OK"
+    );
+    // ...but a head that starts and stalls gets 408.
+    s.write_all(b"GET / HTTP/1.1\r\nHost:").await.unwrap();
+    let r = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!(r.status(), "HTTP/1.1 408 Request Timeout");
+    closes(&mut s).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn upgrade_on_an_unknown_path_is_404_and_on_a_page_is_ignored() {
+    let srv = start(test_config()).await;
+    let ws = format!("Connection: Upgrade\r\nUpgrade: websocket\r\n{WS_HEADERS}");
+    let r = one(
+        srv.addr,
+        format!("GET /nope HTTP/1.1\r\nHost: x\r\n{ws}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), "HTTP/1.1 404 Not Found");
+    let r = one(
+        srv.addr,
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{ws}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), "HTTP/1.1 200 OK", "/ does not speak websocket");
+    // lineecho is mounted on /lineecho only.
+    let r = one(
+        srv.addr,
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: lineecho/1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status(), "HTTP/1.1 426 Upgrade Required");
+    assert_eq!(r.header("upgrade").as_deref(), Some("websocket"));
+    srv.stop().await;
+}
