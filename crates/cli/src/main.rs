@@ -1,5 +1,7 @@
 //! `switchyard`: serve | bench (connect, doctor and monitor come next).
 
+mod bench;
+
 use std::net::SocketAddr;
 
 use anyhow::Context;
@@ -26,6 +28,8 @@ struct Cli {
 enum Command {
     /// Serve the built-in apps: a WebSocket echo on /echo and a page on /.
     Serve(ServeArgs),
+    /// Load-test a WebSocket echo endpoint (echo, handshake-rate and idle-memory modes).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -56,6 +60,19 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let cli = match cli.command {
+        Command::Bench(mut args) => {
+            // The load generator runs its connections on its own threads (one current-thread
+            // runtime each); the global --threads sets how many. The main runtime only waits.
+            args.threads = cli.threads;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            return runtime.block_on(bench::run(args));
+        }
+        command => Cli { command, ..cli },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -79,6 +96,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     })
 }

@@ -561,7 +561,7 @@ mod tests {
             .decompress(&input, true, 0, &mut out)
             .unwrap_err();
         assert!(
-            out.len() <= 0,
+            out.is_empty(),
             "out holds {} bytes past a limit of 0 ({err})",
             out.len()
         );
