@@ -133,6 +133,17 @@ pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: &Shared, mut ctx:
             match body_length(&req, shared.http1.max_request_body) {
                 Ok(0) => {}
                 Ok(n) => {
+                    // RFC 9110 §10.1.1: the client waits for this before sending the body.
+                    if expects_continue(&req) && conn.prefix().is_empty() {
+                        if conn
+                            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        let _ = conn.flush().await;
+                    }
                     if let Err(e) = discard_body(&mut conn, n, limits.handshake_timeout).await {
                         return info!("request body not received: {e}");
                     }
@@ -237,6 +248,15 @@ fn wants_keep_alive(req: &Request<()>) -> bool {
         Version::HTTP_10 => connection_has(req.headers(), "keep-alive"),
         _ => false,
     }
+}
+
+/// `Expect: 100-continue` on an HTTP/1.1 request.
+fn expects_continue(req: &Request<()>) -> bool {
+    req.version() == Version::HTTP_11
+        && req
+            .headers()
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// The body length to discard, or the status refusing it.

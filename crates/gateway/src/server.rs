@@ -52,8 +52,8 @@ pub struct ServeConfig {
     pub http2: Http2Settings,
     /// A certificate: TLS listeners, or RFC 2817 upgrades on cleartext ones.
     pub tls: Option<TlsSettings>,
-    /// Routes served besides the default `/`, `/index.html` and `/echo`
-    /// (checked first, so they may replace a default one).
+    /// Routes served besides the default `/`, `/index.html` and `/echo`; an
+    /// extra route on one of those paths replaces the default one.
     pub extra_routes: Vec<Route>,
 }
 
@@ -98,8 +98,8 @@ impl Default for Http1Settings {
 pub struct Http2Settings {
     /// Serve HTTP/2 at all (ALPN `h2`, cleartext prior knowledge). Default on.
     pub enabled: bool,
-    /// Send SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441). Only listeners
-    /// that serve WebSocket need it. Default on (every listener serves `/echo`).
+    /// Send SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441). Sent only when
+    /// this is on *and* a route serves WebSocket. Default on.
     pub enable_connect_protocol: bool,
     /// SETTINGS_MAX_CONCURRENT_STREAMS. Default 256.
     pub max_concurrent_streams: u32,
@@ -321,9 +321,20 @@ impl Server {
         }
         let mut routes = cfg.extra_routes.clone();
         let ws: Arc<dyn UpgradeProtocol> = Arc::new(WebSocketEcho::new(accept.clone()));
-        routes.push(Route::page("/", index_page()));
-        routes.push(Route::page("/index.html", index_page()));
-        routes.push(Route::upgrade_only("/echo", Registry::new().with(ws)));
+        for default in [
+            Route::page("/", index_page()),
+            Route::page("/index.html", index_page()),
+            Route::upgrade_only("/echo", Registry::new().with(ws)),
+        ] {
+            // An extra route on the same path replaces the default one.
+            if !routes.iter().any(|r| r.path == default.path) {
+                routes.push(default);
+            }
+        }
+
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL only where WebSocket is served.
+        let mut http2 = cfg.http2;
+        http2.enable_connect_protocol &= routes.iter().any(|r| r.speaks("websocket"));
 
         let mut listeners = Vec::with_capacity(cfg.listen.len());
         for addr in &cfg.listen {
@@ -346,7 +357,7 @@ impl Server {
                 has_certificate: cfg.tls.is_some(),
                 tls_listener,
                 http1: cfg.http1,
-                http2: cfg.http2,
+                http2,
             }),
         })
     }

@@ -739,3 +739,26 @@ async fn upgrade_on_an_unknown_path_is_404_and_on_a_page_is_ignored() {
     assert_eq!(r.header("upgrade").as_deref(), Some("websocket"));
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn expect_100_continue_gets_100_before_the_body() {
+    let srv = start(test_config()).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_resp(&mut s, &mut buf, true).await;
+    assert_eq!(r.status(), "HTTP/1.1 100 Continue");
+    s.write_all(b"hello").await.unwrap();
+    let r = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!(r.status(), "HTTP/1.1 405 Method Not Allowed");
+    // Over the limit: 413 at once, no 100.
+    let r = one(
+        srv.addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status(), "HTTP/1.1 413 Payload Too Large");
+    srv.stop().await;
+}

@@ -619,3 +619,18 @@ async fn switchyard_h2_client_multiplexes_websockets_with_deflate() {
     tls_srv.stop().await;
     plain_srv.stop().await;
 }
+
+#[tokio::test]
+async fn connect_protocol_is_not_sent_when_no_route_serves_websocket() {
+    let mut cfg = ServeConfig::default();
+    // Replace the WebSocket echo with a page: nothing serves WebSocket any more.
+    cfg.extra_routes.push(switchyard_gateway::Route::page(
+        "/echo",
+        switchyard_gateway::server::index_page(),
+    ));
+    let srv = start(cfg).await;
+    let mut send = h2_prior_knowledge(srv.addr).await;
+    assert_eq!(get(&mut send, Method::GET, "/echo").await.0, StatusCode::OK);
+    assert!(!send.is_extended_connect_protocol_enabled());
+    srv.stop().await;
+}
