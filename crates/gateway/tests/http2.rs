@@ -148,6 +148,11 @@ async fn prior_knowledge_serves_pages_and_advertises_connect_protocol() {
         send.is_extended_connect_protocol_enabled(),
         "SETTINGS_ENABLE_CONNECT_PROTOCOL = 1"
     );
+    assert_eq!(
+        send.current_max_send_streams(),
+        256,
+        "SETTINGS_MAX_CONCURRENT_STREAMS"
+    );
     srv.stop().await;
 }
 
@@ -287,7 +292,8 @@ async fn raw_h2(addr: SocketAddr) -> TcpStream {
 }
 
 /// Read frames (acknowledging SETTINGS) until one about stream 1 or the
-/// connection: "RST_STREAM code", "GOAWAY code", "HEADERS first-byte", "closed".
+/// connection: "RST_STREAM code", "GOAWAY code", "HEADERS <first 4 bytes of
+/// the HPACK block>" (`88` first: the indexed `:status 200`), "closed".
 async fn verdict(s: &mut TcpStream) -> String {
     let fut = async {
         loop {
@@ -316,7 +322,9 @@ async fn verdict(s: &mut TcpStream) -> String {
                     return format!("GOAWAY {code}");
                 }
                 0x1 if stream == 1 => {
-                    return format!("HEADERS {:02x}", payload.first().copied().unwrap_or(0))
+                    let hex: Vec<String> =
+                        payload.iter().take(4).map(|b| format!("{b:02x}")).collect();
+                    return format!("HEADERS {}", hex.join(" "));
                 }
                 _ => {}
             }
@@ -377,7 +385,8 @@ async fn upgrade_and_connection_headers_over_h2_are_malformed() {
         (":authority", "localhost"),
     ];
     // The control: the same request without them is answered (HPACK 0x88 = :status 200).
-    assert_eq!(raw_h2_request(srv.addr, &base).await, "HEADERS 88");
+    let v = raw_h2_request(srv.addr, &base).await;
+    assert!(v.starts_with("HEADERS 88 "), "{v}");
     for extra in [
         ("upgrade", "websocket"),
         ("connection", "upgrade"),
@@ -436,7 +445,8 @@ async fn connect_protocol_setting_is_sent_only_when_enabled() {
     srv.stop().await;
     // The control: with the setting sent, the same frames get 200 (HPACK 0x88).
     let srv = start(ServeConfig::default()).await;
-    assert_eq!(raw_h2_request(srv.addr, &ws).await, "HEADERS 88");
+    let v = raw_h2_request(srv.addr, &ws).await;
+    assert!(v.starts_with("HEADERS 88 "), "{v}");
     srv.stop().await;
 }
 
@@ -632,5 +642,36 @@ async fn connect_protocol_is_not_sent_when_no_route_serves_websocket() {
     let mut send = h2_prior_knowledge(srv.addr).await;
     assert_eq!(get(&mut send, Method::GET, "/echo").await.0, StatusCode::OK);
     assert!(!send.is_extended_connect_protocol_enabled());
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn header_list_over_16_kib_is_refused_over_h2() {
+    let srv = start(ServeConfig::default()).await;
+    let big = "b".repeat(20 * 1024);
+    let fields = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/"),
+        (":authority", "localhost"),
+        ("x-big", big.as_str()),
+    ];
+    let mut s = raw_h2(srv.addr).await;
+    // One HEADERS frame over the default 16 KiB frame size would be a
+    // FRAME_SIZE error; split the block: HEADERS + 2 CONTINUATION.
+    let block = hpack(&fields);
+    let (first, rest) = block.split_at(8 * 1024);
+    let (second, third) = rest.split_at(8 * 1024);
+    let mut out = frame(0x1, 0x1, 1, first);
+    out.extend(frame(0x9, 0, 1, second));
+    out.extend(frame(0x9, 0x4, 1, third));
+    s.write_all(&out).await.unwrap();
+    let v = verdict(&mut s).await;
+    // h2 answers itself: `:status` literal with incremental indexing (0x48),
+    // Huffman-coded, 3 bytes: 0x69 0x90 0xff is "431".
+    assert_eq!(
+        v, "HEADERS 48 83 69 90",
+        "431 Request Header Fields Too Large"
+    );
     srv.stop().await;
 }
