@@ -51,6 +51,25 @@ struct ServeArgs {
     /// Address to listen on (repeatable). Default 127.0.0.1:8080.
     #[arg(long = "listen", value_name = "ADDR:PORT")]
     listen: Vec<SocketAddr>,
+    /// Listen with TLS (ALPN h2 and http/1.1): https:// and wss://. Without
+    /// --tls-cert/--tls-key, a self-signed certificate for localhost is
+    /// generated at start and its SHA-256 fingerprint printed.
+    #[arg(long)]
+    tls: bool,
+    /// Certificate chain (PEM, leaf first). Implies --tls unless --tls-upgrade.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key of the certificate (PEM: PKCS#8, RSA or EC).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Listen in cleartext but let clients switch a connection to TLS in
+    /// place with `Upgrade: TLS/1.3` (RFC 2817). Uses --tls-cert/--tls-key
+    /// or a self-signed certificate.
+    #[arg(long, conflicts_with = "tls")]
+    tls_upgrade: bool,
+    /// Also serve the line-echo protocol (`Upgrade: lineecho/1`) on /lineecho.
+    #[arg(long)]
+    lineecho: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,32 +121,79 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use switchyard_gateway::{tls, TlsMode, TlsSettings};
     let mut cfg = ServeConfig::default();
     if !args.listen.is_empty() {
         cfg.listen = args.listen;
     }
-    let shutdown = shutdown_signal()?;
+    let mut fingerprint = None;
+    if args.tls || args.tls_upgrade || args.tls_cert.is_some() {
+        let (certs, key) = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => tls::load_pem(cert, key)?,
+            _ => {
+                let (certs, key) = tls::self_signed(&[])?;
+                if let Some(c) = certs.first() {
+                    fingerprint = Some(tls::fingerprint_sha256(c));
+                }
+                (certs, key)
+            }
+        };
+        let mode = if args.tls_upgrade {
+            TlsMode::Upgrade
+        } else {
+            TlsMode::Listener
+        };
+        cfg.tls = Some(TlsSettings { certs, key, mode });
+    }
+    if args.lineecho {
+        cfg.extra_routes
+            .push(switchyard_gateway::Route::upgrade_only(
+                "/lineecho",
+                switchyard_gateway::registry::Registry::new().with(std::sync::Arc::new(
+                    switchyard_gateway::lineecho::LineEcho::new(),
+                )),
+            ));
+    }
     let server = Server::bind(cfg).await?;
+    let shutdown = shutdown_signal();
     for addr in server.local_addrs() {
-        // Machine-readable line on stdout for scripts and tests.
-        println!("listening on http://{addr} (WebSocket echo at ws://{addr}/echo)");
+        // Machine-readable lines on stdout for scripts and tests.
+        if server.is_tls() {
+            println!("listening on https://{addr} (WebSocket echo at wss://{addr}/echo; ALPN h2, http/1.1)");
+        } else {
+            println!("listening on http://{addr} (WebSocket echo at ws://{addr}/echo)");
+        }
+    }
+    if let Some(fp) = fingerprint {
+        println!(
+            "self-signed certificate for {}; SHA-256 fingerprint {fp}",
+            tls::DEFAULT_SELF_SIGNED_NAMES.join(", ")
+        );
     }
     server.run(shutdown).await;
     info!("bye");
     Ok(())
 }
 
-/// Installs the SIGINT and SIGTERM handlers now (before the server announces
-/// itself, so a signal sent right after the "listening" line is never lost to
-/// the default action) and returns a future that completes on the first one.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// Completes on the first SIGINT or SIGTERM. The handlers are installed
+/// when this is called (not when the future is first polled), so a signal
+/// sent right after the "listening" line is never the default (killing) one.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => info!("SIGINT received"),
-            _ = term.recv() => info!("SIGTERM received"),
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => info!("SIGINT received"),
+                    _ = term.recv() => info!("SIGTERM received"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("cannot watch SIGTERM/SIGINT ({e}); only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    })
+    }
 }
