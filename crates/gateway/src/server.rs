@@ -55,6 +55,10 @@ pub struct ServeConfig {
     /// Routes served besides the default `/`, `/index.html` and `/echo`; an
     /// extra route on one of those paths replaces the default one.
     pub extra_routes: Vec<Route>,
+    /// The reverse proxy of `serve --config` ([`crate::routing`]): when set,
+    /// its routes (host + path prefix) decide first; app routes fall back to
+    /// the built-in `/echo` and `/` handlers.
+    pub gateway: Option<Arc<crate::routing::Gateway>>,
 }
 
 impl Default for ServeConfig {
@@ -68,6 +72,7 @@ impl Default for ServeConfig {
             http2: Http2Settings::default(),
             tls: None,
             extra_routes: Vec::new(),
+            gateway: None,
         }
     }
 }
@@ -261,6 +266,7 @@ pub(crate) struct Shared {
     pub(crate) has_certificate: bool,
     pub(crate) http1: Http1Settings,
     pub(crate) http2: Http2Settings,
+    pub(crate) gateway: Option<Arc<crate::routing::Gateway>>,
 }
 
 impl Shared {
@@ -358,6 +364,7 @@ impl Server {
                 tls_listener,
                 http1: cfg.http1,
                 http2,
+                gateway: cfg.gateway,
             }),
         })
     }
