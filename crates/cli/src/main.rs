@@ -1,6 +1,12 @@
-//! `switchyard`: serve | bench (connect, doctor and monitor come next).
+//! `switchyard`: serve | connect | monitor | bench (doctor comes next).
 
 mod bench;
+mod connect;
+mod diagnose;
+mod dial;
+mod doctor;
+mod monitor;
+mod proxy;
 
 use std::net::SocketAddr;
 
@@ -30,6 +36,14 @@ enum Command {
     Serve(ServeArgs),
     /// Load-test a WebSocket echo endpoint (echo, handshake-rate and idle-memory modes).
     Bench(bench::BenchArgs),
+    /// Open a WebSocket: interactive on a terminal, line per message in pipes.
+    Connect(Box<connect::ConnectArgs>),
+    /// Keep WebSockets open to targets; measure handshakes, ping round trips,
+    /// availability and disconnects (live table, JSON lines, Prometheus).
+    Monitor(Box<monitor::MonitorArgs>),
+    /// Walk the path to a WebSocket endpoint (DNS, TCP, TLS, upgrade, HTTP/2,
+    /// HTTP/3, ping, idle timeout) and say what is wrong and how to fix it.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(clap::Args)]
@@ -97,6 +111,11 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench::run(args).await,
+            // The exit status says how the connection ended (see connect.rs).
+            Command::Connect(args) => std::process::exit(connect::run(*args).await),
+            Command::Monitor(args) => std::process::exit(monitor::run(*args).await),
+            // Exit status: 0 ok, 1 warnings, 2 failure.
+            Command::Doctor(args) => std::process::exit(doctor::run(args).await),
         }
     })
 }
@@ -135,8 +154,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 )),
             ));
     }
+    let shutdown = shutdown_signal()?;
     let server = Server::bind(cfg).await?;
-    let shutdown = shutdown_signal();
     for addr in server.local_addrs() {
         // Machine-readable lines on stdout for scripts and tests.
         if server.is_tls() {
@@ -156,25 +175,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on the first SIGINT or SIGTERM. The handlers are installed
-/// when this is called (not when the future is first polled), so a signal
-/// sent right after the "listening" line is never the default (killing) one.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// Installs the SIGINT and SIGTERM handlers now (before the server announces
+/// itself, so a signal sent right after the "listening" line is never lost to
+/// the default action) and returns a future that completes on the first one.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = int.recv() => info!("SIGINT received"),
-                    _ = term.recv() => info!("SIGTERM received"),
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!("cannot watch SIGTERM/SIGINT ({e}); only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => info!("SIGINT received"),
+            _ = term.recv() => info!("SIGTERM received"),
         }
-    }
+    })
 }

@@ -8,6 +8,8 @@
 //!   handlers [`websocket`], [`lineecho`] and [`tls_upgrade`] (RFC 2817).
 //! * [`io`]: the connection stream types.
 //! * [`apps`]: the built-in applications (WebSocket echo, the index page).
+//! * [`proxy`]: the reverse proxy core (forwarding rules, upstream groups,
+//!   verified upgrades, transparent and frame-aware tunnels, caps, metrics).
 //! * [`config`]: the TOML configuration of `switchyard serve --config`.
 //! * [`tls`]: certificates, keys and the rustls server configuration.
 
@@ -17,6 +19,7 @@ pub mod h2;
 pub mod http1;
 pub mod io;
 pub mod lineecho;
+pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod tls;

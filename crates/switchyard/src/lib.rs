@@ -9,6 +9,9 @@
 //!   inside a hyper 1 service.
 //! * [`h2`]: WebSocket over HTTP/2 (RFC 8441 extended CONNECT), server
 //!   [`h2::accept`] and a multiplexing client [`h2::H2Connection`].
+//! * [`h3`]: WebSocket over HTTP/3 (RFC 9220) on quinn: server
+//!   [`h3::bind_endpoint`] + [`h3::serve`], client [`h3::connect_h3`] and
+//!   the multiplexing [`h3::H3Connection`].
 //! * [`client`]: `connect("ws://..."/"wss://...")` with rustls, or the
 //!   handshake over any stream.
 //!
@@ -73,6 +76,7 @@ pub use switchyard_proto::{CloseCode, CloseFrame, Limits, Message, Role};
 pub mod client;
 pub mod error;
 pub mod h2;
+pub mod h3;
 pub mod server;
 pub mod websocket;
 

@@ -306,7 +306,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     fn note_received(&mut self) {
         if let Some(hb) = self.heartbeat.as_mut() {
-            hb.last_recv = Instant::now();
+            let now = Instant::now();
+            hb.last_recv = now;
+            // The answer to our ping (or any frame) arrived: the next ping is
+            // due one interval of silence from now, not when the pong
+            // deadline would have passed. Only once per ping, so a busy
+            // connection does not touch the timer for every read.
+            if hb.ping_sent.take().is_some() {
+                hb.sleep.as_mut().reset(now + hb.interval);
+            }
         }
     }
 

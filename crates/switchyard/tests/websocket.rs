@@ -185,6 +185,31 @@ async fn heartbeat_keeps_answering_peer_alive() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn heartbeat_pings_every_interval_when_pong_timeout_is_longer() {
+    let limits = Limits {
+        ping_interval: Some(Duration::from_secs(1)),
+        pong_timeout: Duration::from_secs(20),
+        ..Limits::default()
+    };
+    let (mut ws, mut peer) = server_ws(limits);
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+    let started = tokio::time::Instant::now();
+    for _ in 0..5 {
+        match peer.recv().await {
+            Some(Message::Ping(_)) => peer.flush_auto().await,
+            other => panic!("expected ping, got {other:?}"),
+        }
+    }
+    // Five answered pings one interval apart: about 5 s, not 5 pong timeouts.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(5) && elapsed < Duration::from_secs(7),
+        "{elapsed:?}"
+    );
+    reader.abort();
+}
+
+#[tokio::test(start_paused = true)]
 async fn close_times_out_when_peer_never_answers() {
     let limits = Limits {
         close_timeout: Duration::from_secs(3),
