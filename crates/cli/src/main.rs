@@ -154,8 +154,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 )),
             ));
     }
+    let shutdown = shutdown_signal()?;
     let server = Server::bind(cfg).await?;
-    let shutdown = shutdown_signal();
     for addr in server.local_addrs() {
         // Machine-readable lines on stdout for scripts and tests.
         if server.is_tls() {
