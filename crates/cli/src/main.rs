@@ -154,7 +154,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 )),
             ));
     }
-    let shutdown = shutdown_signal()?;
+    let shutdown = shutdown_signal();
     let server = Server::bind(cfg).await?;
     for addr in server.local_addrs() {
         // Machine-readable lines on stdout for scripts and tests.
