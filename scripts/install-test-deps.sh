@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh machine (idempotent):
-# a Python virtualenv (.venv) with the Autobahn TestSuite runner kosoku.
+# a Python virtualenv (.venv) with the Autobahn TestSuite runner kosoku and
+# aioquic (HTTP/3 interop), re-installed whenever the requirements change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/kosoku ]; then
+if ! cmp -s conformance/requirements.txt .venv/.installed-requirements 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r conformance/requirements.txt
+  cp conformance/requirements.txt .venv/.installed-requirements
 fi
 .venv/bin/kosoku --help >/dev/null
 
