@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# Interop with real third-party peers (issue 3, point 6). Builds nothing: it runs
+# the binaries it is given against
+#   - Python `websockets` as a client (ws:// and wss://) and as a server for our
+#     `switchyard connect` (plain and TLS with --ca),
+#   - the `ws` npm package as a client (ws:// and wss://),
+#   - Node's built-in http2 client doing an extended CONNECT (RFC 8441),
+#   - Chromium headless (Debian `chromium`, driven by playwright-core) running
+#     `new WebSocket('wss://...')`, once with h2 offered (the server's log must
+#     show an extended CONNECT, not an HTTP/1.1 upgrade) and once with HTTP/1.1 only.
+# Peers are installed by scripts/install-test-deps.sh (tests/interop/node_modules,
+# .venv). Every server listens on 127.0.0.1 port 0; every process started here is
+# stopped on exit. Logs go to reports/interop/.
+#
+# usage: scripts/interop.sh [TEST_NAME_REGEX]
+# env:   SWITCHYARD (default target/ci/switchyard), CLIENT_EXAMPLES (default
+#        target/ci/examples), PY (.venv/bin/python), NODE (node), CHROMIUM
+#        (/usr/bin/chromium), INTEROP_SKIP_PENDING=1 to count tests whose server
+#        or client feature is missing from the binary as skipped instead of failed.
+# Prints one line per test and, last, `interop: N passed, M failed`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SWITCHYARD=${SWITCHYARD:-target/ci/switchyard}
+CLIENT_EXAMPLES=${CLIENT_EXAMPLES:-target/ci/examples}
+PY=${PY:-.venv/bin/python}
+NODE=${NODE:-node}
+export CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+export NO_COLOR=1
+filter=${1:-.}
+case $SWITCHYARD in /*) ;; *) SWITCHYARD=$ROOT/$SWITCHYARD ;; esac
+export SWITCHYARD CLIENT_EXAMPLES
+
+out=$ROOT/reports/interop
+rm -rf "$out"
+mkdir -p "$out"
+work=$(mktemp -d "${TMPDIR:-/tmp}/interop.XXXXXX")
+server_pids=()
+cleanup() {
+  local p
+  for p in "${server_pids[@]:-}"; do
+    [ -n "$p" ] && kill "$p" 2>/dev/null
+  done
+  for p in "${server_pids[@]:-}"; do
+    [ -n "$p" ] && wait "$p" 2>/dev/null
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+passed=0 failed=0 skipped=0
+report() { # report ok|FAIL|skip NAME DETAIL
+  printf '%-4s %-28s %s\n' "$1" "$2" "$3"
+  case $1 in ok) passed=$((passed + 1)) ;; FAIL) failed=$((failed + 1)) ;; skip) skipped=$((skipped + 1)) ;; esac
+}
+# A test whose prerequisite is missing: a failure unless INTEROP_SKIP_PENDING=1.
+pending() {
+  if [ "${INTEROP_SKIP_PENDING:-0}" = 1 ]; then report skip "$1" "pending: $2"; else report FAIL "$1" "pending: $2"; fi
+}
+wanted() { [[ $1 =~ $filter ]]; }
+
+# --- what the binaries can do -------------------------------------------------
+if [ ! -x "$SWITCHYARD" ]; then
+  echo "interop: $SWITCHYARD is not an executable (build it: cargo build --profile ci --bins)" >&2
+  echo "interop: 0 passed, 1 failed"
+  exit 1
+fi
+serve_help=$("$SWITCHYARD" serve --help 2>&1)
+has_tls=0
+grep -q -- '--tls-cert' <<<"$serve_help" && grep -q -- '--tls-key' <<<"$serve_help" && has_tls=1
+# How to make the server offer HTTP/1.1 only over TLS (ALPN without h2).
+h1_only_args=()
+if grep -q -- '--alpn' <<<"$serve_help"; then h1_only_args=(--alpn http/1.1)
+elif grep -q -- '--no-h2' <<<"$serve_help"; then h1_only_args=(--no-h2)
+elif grep -q -- '--http1-only' <<<"$serve_help"; then h1_only_args=(--http1-only)
+fi
+has_connect=0
+"$SWITCHYARD" connect --help >/dev/null 2>&1 && has_connect=1
+
+# --- certificates: a throwaway CA and a leaf for localhost / 127.0.0.1 --------
+ca=$work/ca.pem cert=$work/cert.pem key=$work/key.pem
+{
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj '/CN=switchyard interop CA' -keyout "$work/ca-key.pem" -out "$ca" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign &&
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj '/CN=localhost' -keyout "$key" -out "$work/leaf.csr" &&
+  printf '%s\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature' \
+    'extendedKeyUsage=serverAuth' 'subjectAltName=DNS:localhost,IP:127.0.0.1' >"$work/leaf.ext" &&
+  openssl x509 -req -in "$work/leaf.csr" -CA "$ca" -CAkey "$work/ca-key.pem" -CAcreateserial \
+    -days 2 -extfile "$work/leaf.ext" -out "$cert"
+} >"$out/openssl.log" 2>&1 || { cat "$out/openssl.log" >&2; echo "interop: 0 passed, 1 failed"; exit 1; }
+# Chromium trusts the leaf by the SHA-256 of its SubjectPublicKeyInfo.
+spki=$(openssl x509 -in "$cert" -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64)
+
+# --- servers --------------------------------------------------------------------
+# start_server NAME ARGS...: `switchyard serve --listen 127.0.0.1:0 ARGS...` with
+# RUST_LOG=info, stdout in $out/NAME.stdout and the log (stderr) in $out/NAME.log;
+# sets PORT and SERVER_PID. Returns non-zero if no port was printed within 10 s.
+start_server() {
+  local name=$1
+  shift
+  RUST_LOG=info "$SWITCHYARD" serve --listen 127.0.0.1:0 "$@" >"$out/$name.stdout" 2>"$out/$name.log" &
+  SERVER_PID=$!
+  server_pids+=("$SERVER_PID")
+  PORT=
+  for _ in $(seq 1 100); do
+    PORT=$(grep -m1 -oE '127\.0\.0\.1:[0-9]+' "$out/$name.stdout" 2>/dev/null | cut -d: -f2)
+    [ -n "$PORT" ] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  return 1
+}
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null
+  wait "$SERVER_PID" 2>/dev/null
+  return 0
+}
+
+# peer NAME CMD...: runs one peer (bounded to 90 s), its output in $out/NAME.out;
+# sets PEER_RC and PEER_SECS. run NAME CMD... also reports ok, or FAIL with the
+# peer's last lines.
+peer() {
+  local name=$1 start=$SECONDS
+  shift
+  timeout -k 5 90 "$@" >"$out/$name.out" 2>&1
+  PEER_RC=$?
+  PEER_SECS=$((SECONDS - start))
+}
+verdict() { # verdict NAME [FAILURE]: reports the peer's result, or FAILURE when given
+  if [ $PEER_RC -ne 0 ]; then
+    report FAIL "$1" "(exit $PEER_RC; $out/$1.out)"
+    tail -n 15 "$out/$1.out" | sed 's/^/     | /'
+  elif [ -n "${2:-}" ]; then
+    report FAIL "$1" "$2"
+  else
+    report ok "$1" "(${PEER_SECS}s)"
+  fi
+}
+run() { peer "$@"; verdict "$1"; }
+# log_has NAME ERE: the server log NAME (colors stripped) has a line matching ERE.
+log_has() { sed 's/\x1b\[[0-9;]*m//g' "$out/$1.log" | grep -qE "$2"; }
+# What the server logs per WebSocket, by way of opening it (crates/gateway):
+H1_UPGRADE_LOG='upgraded to websocket on /echo'
+H2_CONNECT_LOG='extended CONNECT'
+
+# A server per configuration, shared by the tests that use it.
+with_server() { # with_server NAME ARGS... ; on failure reports every test named in $tests
+  if ! start_server "$@"; then
+    local t
+    for t in $tests; do report FAIL "$t" "(server did not start: $out/$1.log)"; done
+    sed 's/^/     | /' "$out/$1.log" | tail -n 5
+    return 1
+  fi
+}
+
+# 1. Python websockets client, ws:// and the ws npm client over HTTP/1.1.
+tests="py-client-ws node-ws-ws"
+if wanted py-client-ws || wanted node-ws-ws; then
+  if with_server plain; then
+    wanted py-client-ws && run py-client-ws "$PY" tests/interop/py_client.py "ws://127.0.0.1:$PORT/echo"
+    wanted node-ws-ws && run node-ws-ws "$NODE" tests/interop/node_ws.mjs "ws://127.0.0.1:$PORT/echo"
+    stop_server
+  fi
+fi
+
+# 2. Over TLS (serve --tls with our certificate; ALPN offers h2 and http/1.1):
+#    Python websockets and ws over wss://, Node http2 extended CONNECT, Chromium.
+tls_tests="py-client-wss node-ws-wss node-h2-connect chromium-h2"
+any=0
+for t in $tls_tests; do wanted "$t" && any=1; done
+if [ $any = 1 ]; then
+  if [ $has_tls = 0 ]; then
+    for t in $tls_tests; do wanted "$t" && pending "$t" "switchyard serve has no --tls-cert/--tls-key"; done
+  else
+    tests=$tls_tests
+    if with_server tls --tls --tls-cert "$cert" --tls-key "$key"; then
+      wanted py-client-wss && run py-client-wss "$PY" tests/interop/py_client.py "wss://127.0.0.1:$PORT/echo" "$ca"
+      wanted node-ws-wss && run node-ws-wss "$NODE" tests/interop/node_ws.mjs "wss://127.0.0.1:$PORT/echo" "$ca"
+      stop_server
+    fi
+    # Node http2 and Chromium each get their own server, so the log shows only their WebSockets.
+    if wanted node-h2-connect; then
+      tests=node-h2-connect
+      if with_server h2-node --tls --tls-cert "$cert" --tls-key "$key"; then
+        run node-h2-connect "$NODE" tests/interop/node_h2.mjs "https://127.0.0.1:$PORT" "$ca"
+        stop_server
+      fi
+    fi
+    if wanted chromium-h2; then
+      tests=chromium-h2
+      if with_server chromium-h2 --tls --tls-cert "$cert" --tls-key "$key"; then
+        peer chromium-h2 "$NODE" tests/interop/chromium.mjs "https://127.0.0.1:$PORT" "$spki" h2
+        stop_server
+        why=
+        if ! log_has chromium-h2 "$H2_CONNECT_LOG"; then
+          why="the server log has no '$H2_CONNECT_LOG' line ($out/chromium-h2.log)"
+        elif log_has chromium-h2 "$H1_UPGRADE_LOG"; then
+          why="the WebSocket came as an HTTP/1.1 upgrade, not an extended CONNECT ($out/chromium-h2.log)"
+        fi
+        verdict chromium-h2 "$why"
+      fi
+    fi
+  fi
+fi
+
+# 3. Chromium with HTTP/1.1 only (ALPN http/1.1): the WebSocket is an HTTP/1.1 upgrade.
+if wanted chromium-h1; then
+  if [ $has_tls = 0 ]; then
+    pending chromium-h1 "switchyard serve has no --tls-cert/--tls-key"
+  elif [ ${#h1_only_args[@]} = 0 ]; then
+    pending chromium-h1 "switchyard serve has no way to offer HTTP/1.1 only (--alpn/--no-h2/--http1-only)"
+  else
+    tests=chromium-h1
+    if with_server chromium-h1 --tls --tls-cert "$cert" --tls-key "$key" "${h1_only_args[@]}"; then
+      peer chromium-h1 "$NODE" tests/interop/chromium.mjs "https://127.0.0.1:$PORT" "$spki" http/1.1
+      stop_server
+      why=
+      if ! log_has chromium-h1 "$H1_UPGRADE_LOG"; then
+        why="the server log has no '$H1_UPGRADE_LOG' line ($out/chromium-h1.log)"
+      elif log_has chromium-h1 "$H2_CONNECT_LOG"; then
+        why="the server log shows an extended CONNECT with h2 off ($out/chromium-h1.log)"
+      fi
+      verdict chromium-h1 "$why"
+    fi
+  fi
+fi
+
+# 4. Our client (`switchyard connect`) against a Python websockets server.
+for t in py-server-ws py-server-wss; do
+  wanted "$t" || continue
+  if [ $has_connect = 0 ]; then
+    pending "$t" "the switchyard binary has no connect subcommand"
+  elif [ $t = py-server-ws ]; then
+    run "$t" "$PY" tests/interop/py_server.py "$SWITCHYARD" plain
+  else
+    run "$t" "$PY" tests/interop/py_server.py "$SWITCHYARD" tls "$cert" "$key" "$ca"
+  fi
+done
+
+if [ $skipped -gt 0 ]; then
+  echo "interop: $passed passed, $failed failed, $skipped skipped"
+else
+  echo "interop: $passed passed, $failed failed"
+fi
+[ $failed -eq 0 ]
