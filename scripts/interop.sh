@@ -4,7 +4,8 @@
 #   - Python `websockets` as a client (ws:// and wss://) and as a server for our
 #     `switchyard connect` (plain and TLS with --ca),
 #   - the `ws` npm package as a client (ws:// and wss://),
-#   - Node's built-in http2 client doing an extended CONNECT (RFC 8441),
+#   - Node's built-in http2 client doing an extended CONNECT (RFC 8441), over TLS
+#     (ALPN h2) and over cleartext with prior knowledge,
 #   - Chromium headless (Debian `chromium`, driven by playwright-core) running
 #     `new WebSocket('wss://...')`, once with h2 offered (the server's log must
 #     show an extended CONNECT, not an HTTP/1.1 upgrade) and once with HTTP/1.1 only.
@@ -106,7 +107,7 @@ start_server() {
   server_pids+=("$SERVER_PID")
   PORT=
   for _ in $(seq 1 100); do
-    PORT=$(grep -m1 -oE '127\.0\.0\.1:[0-9]+' "$out/$name.stdout" 2>/dev/null | cut -d: -f2)
+    PORT=$(grep -m1 -oE '127\.0\.0\.1:[0-9]+' "$out/$name.stdout" 2>/dev/null | head -n1 | cut -d: -f2)
     [ -n "$PORT" ] && return 0
     kill -0 "$SERVER_PID" 2>/dev/null || break
     sleep 0.1
@@ -156,12 +157,14 @@ with_server() { # with_server NAME ARGS... ; on failure reports every test named
   fi
 }
 
-# 1. Python websockets client, ws:// and the ws npm client over HTTP/1.1.
-tests="py-client-ws node-ws-ws"
-if wanted py-client-ws || wanted node-ws-ws; then
+# 1. Cleartext: the Python websockets and ws clients over HTTP/1.1, and Node's
+#    http2 client with prior knowledge (h2c preface, no Upgrade: h2c).
+tests="py-client-ws node-ws-ws node-h2c-connect"
+if wanted py-client-ws || wanted node-ws-ws || wanted node-h2c-connect; then
   if with_server plain; then
     wanted py-client-ws && run py-client-ws "$PY" tests/interop/py_client.py "ws://127.0.0.1:$PORT/echo"
     wanted node-ws-ws && run node-ws-ws "$NODE" tests/interop/node_ws.mjs "ws://127.0.0.1:$PORT/echo"
+    wanted node-h2c-connect && run node-h2c-connect "$NODE" tests/interop/node_h2.mjs "http://127.0.0.1:$PORT"
     stop_server
   fi
 fi
