@@ -13,7 +13,7 @@
 # .venv). Every server listens on 127.0.0.1 port 0; every process started here is
 # stopped on exit. Logs go to reports/interop/.
 #
-# usage: scripts/interop.sh [TEST_NAME_REGEX]
+# usage: scripts/interop.sh [TEST_NAME_REGEX]   (matched against whole names, e.g. 'py-.*|chromium-h1')
 # env:   SWITCHYARD (default target/ci/switchyard), CLIENT_EXAMPLES (default
 #        target/ci/examples), PY (.venv/bin/python), NODE (node), CHROMIUM
 #        (/usr/bin/chromium), INTEROP_SKIP_PENDING=1 to count tests whose server
@@ -28,7 +28,7 @@ PY=${PY:-.venv/bin/python}
 NODE=${NODE:-node}
 export CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 export NO_COLOR=1
-filter=${1:-.}
+filter=${1:-.*}
 case $SWITCHYARD in /*) ;; *) SWITCHYARD=$ROOT/$SWITCHYARD ;; esac
 export SWITCHYARD CLIENT_EXAMPLES
 
@@ -59,11 +59,22 @@ report() { # report ok|FAIL|skip NAME DETAIL
 pending() {
   if [ "${INTEROP_SKIP_PENDING:-0}" = 1 ]; then report skip "$1" "pending: $2"; else report FAIL "$1" "pending: $2"; fi
 }
-wanted() { [[ $1 =~ $filter ]]; }
+wanted() { [[ $1 =~ ^($filter)$ ]]; }
 
 # --- what the binaries can do -------------------------------------------------
 if [ ! -x "$SWITCHYARD" ]; then
   echo "interop: $SWITCHYARD is not an executable (build it: cargo build --profile ci --bins)" >&2
+  echo "interop: 0 passed, 1 failed"
+  exit 1
+fi
+missing=
+[ -d tests/interop/node_modules/ws ] && [ -d tests/interop/node_modules/playwright-core ] || missing+=" tests/interop/node_modules"
+"$PY" -c 'import websockets' 2>/dev/null || missing+=" python-websockets($PY)"
+command -v "$NODE" >/dev/null || missing+=" node"
+[ -x "$CHROMIUM" ] || missing+=" chromium($CHROMIUM)"
+command -v openssl >/dev/null || missing+=" openssl"
+if [ -n "$missing" ]; then
+  echo "interop: missing peers:$missing (run scripts/install-test-deps.sh)" >&2
   echo "interop: 0 passed, 1 failed"
   exit 1
 fi
