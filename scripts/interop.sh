@@ -3,6 +3,8 @@
 # the binaries it is given against
 #   - Python `websockets` as a client (ws:// and wss://) and as a server for our
 #     `switchyard connect` (plain and TLS with --ca),
+#   - Node's built-in http2 server (RFC 8441) for `switchyard connect --http2`,
+#     over TLS and over cleartext with prior knowledge,
 #   - the `ws` npm package as a client (ws:// and wss://),
 #   - Node's built-in http2 client doing an extended CONNECT (RFC 8441), over TLS
 #     (ALPN h2) and over cleartext with prior knowledge,
@@ -87,8 +89,11 @@ if grep -q -- '--alpn' <<<"$serve_help"; then h1_only_args=(--alpn http/1.1)
 elif grep -q -- '--no-h2' <<<"$serve_help"; then h1_only_args=(--no-h2)
 elif grep -q -- '--http1-only' <<<"$serve_help"; then h1_only_args=(--http1-only)
 fi
-has_connect=0
-"$SWITCHYARD" connect --help >/dev/null 2>&1 && has_connect=1
+has_connect=0 has_connect_h2=0
+if connect_help=$("$SWITCHYARD" connect --help 2>&1); then
+  has_connect=1
+  grep -q -- '--http2' <<<"$connect_help" && has_connect_h2=1
+fi
 
 # --- certificates: a throwaway CA and a leaf for localhost / 127.0.0.1 --------
 ca=$work/ca.pem cert=$work/cert.pem key=$work/key.pem
@@ -242,16 +247,27 @@ if wanted chromium-h1; then
   fi
 fi
 
-# 4. Our client (`switchyard connect`) against a Python websockets server.
-for t in py-server-ws py-server-wss; do
+# 4. Our client (`switchyard connect`) against a Python websockets server (HTTP/1.1)
+#    and against Node's built-in http2 server (RFC 8441, `connect --http2`).
+for t in py-server-ws py-server-wss node-h2-server-h2c node-h2-server-tls; do
   wanted "$t" || continue
   if [ $has_connect = 0 ]; then
     pending "$t" "the switchyard binary has no connect subcommand"
-  elif [ $t = py-server-ws ]; then
-    run "$t" "$PY" tests/interop/py_server.py "$SWITCHYARD" plain
-  else
-    run "$t" "$PY" tests/interop/py_server.py "$SWITCHYARD" tls "$cert" "$key" "$ca"
+    continue
   fi
+  case $t in
+    py-server-ws) run "$t" "$PY" tests/interop/py_server.py "$SWITCHYARD" plain ;;
+    py-server-wss) run "$t" "$PY" tests/interop/py_server.py "$SWITCHYARD" tls "$cert" "$key" "$ca" ;;
+    node-h2-server-*)
+      if [ $has_connect_h2 = 0 ]; then
+        pending "$t" "switchyard connect has no --http2"
+      elif [ $t = node-h2-server-h2c ]; then
+        run "$t" "$NODE" tests/interop/node_h2_server.mjs "$SWITCHYARD" plain
+      else
+        run "$t" "$NODE" tests/interop/node_h2_server.mjs "$SWITCHYARD" tls "$cert" "$key" "$ca"
+      fi
+      ;;
+  esac
 done
 
 if [ $skipped -gt 0 ]; then
