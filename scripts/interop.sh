@@ -148,7 +148,7 @@ peer() {
 }
 verdict() { # verdict NAME [FAILURE]: reports the peer's result, or FAILURE when given
   if [ $PEER_RC -ne 0 ]; then
-    report FAIL "$1" "(exit $PEER_RC; $out/$1.out)"
+    report FAIL "$1" "(exit $PEER_RC after ${PEER_SECS}s; $out/$1.out)"
     tail -n 15 "$out/$1.out" | sed 's/^/     | /'
   elif [ -n "${2:-}" ]; then
     report FAIL "$1" "$2"
