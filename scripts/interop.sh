@@ -159,9 +159,11 @@ verdict() { # verdict NAME [FAILURE]: reports the peer's result, or FAILURE when
 run() { peer "$@"; verdict "$1"; }
 # log_has NAME ERE: the server log NAME (colors stripped) has a line matching ERE.
 log_has() { sed 's/\x1b\[[0-9;]*m//g' "$out/$1.log" | grep -qE "$2"; }
-# What the server logs per WebSocket, by way of opening it (crates/gateway):
-H1_UPGRADE_LOG='upgraded to websocket on /echo'
-H2_CONNECT_LOG='extended CONNECT'
+# What the server logs (RUST_LOG=info) per WebSocket, by way of opening it
+# (crates/gateway: http1.rs "switching protocols" with the token, websocket.rs
+# "upgraded to websocket"; h2.rs "websocket over HTTP/2 (RFC 8441)"):
+H1_UPGRADE_LOG='switching protocols.*token=websocket|upgraded to websocket'
+H2_CONNECT_LOG='websocket over HTTP/2'
 
 # A server per configuration, shared by the tests that use it.
 with_server() { # with_server NAME ARGS... ; on failure reports every test named in $tests
@@ -204,8 +206,11 @@ if [ $any = 1 ]; then
     if wanted node-h2-connect; then
       tests=node-h2-connect
       if with_server h2-node --tls --tls-cert "$cert" --tls-key "$key"; then
-        run node-h2-connect "$NODE" tests/interop/node_h2.mjs "https://127.0.0.1:$PORT" "$ca"
+        peer node-h2-connect "$NODE" tests/interop/node_h2.mjs "https://127.0.0.1:$PORT" "$ca"
         stop_server
+        why=
+        log_has h2-node "$H2_CONNECT_LOG" || why="the server log has no '$H2_CONNECT_LOG' line ($out/h2-node.log)"
+        verdict node-h2-connect "$why"
       fi
     fi
     if wanted chromium-h2; then
@@ -217,7 +222,9 @@ if [ $any = 1 ]; then
         if ! log_has chromium-h2 "$H2_CONNECT_LOG"; then
           why="the server log has no '$H2_CONNECT_LOG' line ($out/chromium-h2.log)"
         elif log_has chromium-h2 "$H1_UPGRADE_LOG"; then
-          why="the WebSocket came as an HTTP/1.1 upgrade, not an extended CONNECT ($out/chromium-h2.log)"
+          why="a WebSocket came as an HTTP/1.1 upgrade, not an extended CONNECT ($out/chromium-h2.log)"
+        elif ! log_has chromium-h2 'CloseCode\(4002\)'; then
+          why="the server log does not show the page's close 4002 ($out/chromium-h2.log)"
         fi
         verdict chromium-h2 "$why"
       fi
@@ -225,24 +232,32 @@ if [ $any = 1 ]; then
   fi
 fi
 
-# 3. Chromium with HTTP/1.1 only (ALPN http/1.1): the WebSocket is an HTTP/1.1 upgrade.
+# 3. Chromium with HTTP/1.1 only: the WebSocket is an HTTP/1.1 upgrade. The server
+#    offers only http/1.1 in ALPN when it has a flag for that; otherwise Chromium
+#    is started with --disable-http2 (it offers only http/1.1), and the line says so.
 if wanted chromium-h1; then
   if [ $has_tls = 0 ]; then
     pending chromium-h1 "switchyard serve has no --tls-cert/--tls-key"
-  elif [ ${#h1_only_args[@]} = 0 ]; then
-    pending chromium-h1 "switchyard serve has no way to offer HTTP/1.1 only (--alpn/--no-h2/--http1-only)"
   else
     tests=chromium-h1
+    chromium_h1_args=() how="server ALPN ${h1_only_args[*]:-}"
+    if [ ${#h1_only_args[@]} = 0 ]; then
+      chromium_h1_args=(--disable-http2)
+      how="chromium --disable-http2: switchyard serve has no way to offer HTTP/1.1 only"
+    fi
     if with_server chromium-h1 --tls --tls-cert "$cert" --tls-key "$key" "${h1_only_args[@]}"; then
-      peer chromium-h1 "$NODE" tests/interop/chromium.mjs "https://127.0.0.1:$PORT" "$spki" http/1.1
+      peer chromium-h1 "$NODE" tests/interop/chromium.mjs "https://127.0.0.1:$PORT" "$spki" http/1.1 "${chromium_h1_args[@]}"
       stop_server
       why=
       if ! log_has chromium-h1 "$H1_UPGRADE_LOG"; then
         why="the server log has no '$H1_UPGRADE_LOG' line ($out/chromium-h1.log)"
       elif log_has chromium-h1 "$H2_CONNECT_LOG"; then
-        why="the server log shows an extended CONNECT with h2 off ($out/chromium-h1.log)"
+        why="the server log shows an extended CONNECT with HTTP/2 off ($out/chromium-h1.log)"
+      elif ! log_has chromium-h1 'CloseCode\(4002\)'; then
+        why="the server log does not show the page's close 4002 ($out/chromium-h1.log)"
       fi
       verdict chromium-h1 "$why"
+      [ $PEER_RC -eq 0 ] && [ -z "$why" ] && echo "     (HTTP/1.1 only by $how)"
     fi
   fi
 fi

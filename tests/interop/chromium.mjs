@@ -1,11 +1,14 @@
 // Chromium headless (the Debian package, driven by playwright-core over its
 // DevTools pipe) runs `new WebSocket('wss://...')` against `switchyard serve --tls`.
 //
-// usage: node chromium.mjs https://127.0.0.1:PORT SPKI_SHA256_BASE64 WANT_PROTOCOL
+// usage: node chromium.mjs https://127.0.0.1:PORT SPKI_SHA256_BASE64 WANT_PROTOCOL [CHROMIUM_FLAG...]
 //   WANT_PROTOCOL: h2 or http/1.1, the protocol the page load must have used
 //   (performance nextHopProtocol); whether the WebSocket itself went over an
 //   extended CONNECT or an HTTP/1.1 upgrade is asserted by interop.sh from the
 //   server's log.
+//
+// The index page opens a WebSocket of its own; this script opens another one and
+// closes it with 4002, which interop.sh finds in the server log.
 //
 // The certificate is trusted by its SPKI hash only
 // (--ignore-certificate-errors-spki-list), not by turning checks off.
@@ -14,7 +17,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-const [origin, spki, wantProtocol] = process.argv.slice(2);
+const [origin, spki, wantProtocol, ...extraArgs] = process.argv.slice(2);
 const fail = (msg) => { console.log(`FAILED: ${msg}`); process.exit(1); };
 const ok = (msg) => console.log(`ok: ${msg}`);
 setTimeout(() => fail('timed out after 45 s'), 45000).unref();
@@ -31,6 +34,7 @@ try {
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
       '--disable-dev-shm-usage',
       `--ignore-certificate-errors-spki-list=${spki}`,
+      ...extraArgs,
     ],
   });
   const page = browser.pages()[0] ?? await browser.newPage();

@@ -93,6 +93,8 @@ server.listen(0, '127.0.0.1', () => {
   let stdout = '', stderr = '';
   child.stdout.on('data', (d) => { stdout += d; });
   child.stderr.on('data', (d) => { stderr += d; });
+  // The child may exit before reading its stdin (e.g. a refused option): no EPIPE crash.
+  child.stdin.on('error', () => {});
   child.stdin.end(LINES.map((l) => `${l}\n`).join(''));
   child.on('exit', (code) => {
     console.log(`client stdout:\n${stdout}client stderr:\n${stderr}`);
