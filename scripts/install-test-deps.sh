@@ -10,21 +10,26 @@ if [ ! -x .venv/bin/kosoku ]; then
 fi
 .venv/bin/kosoku --help >/dev/null
 
-# Interop peers (scripts/interop.sh): Python websockets into the same .venv,
+# Interop peers (scripts/interop.sh): Python websockets and aioquic into the same .venv,
 # Chromium from Debian, and the npm packages of tests/interop (ws, playwright-core,
 # which drives the system Chromium: no browser download).
-if ! .venv/bin/python -c 'import websockets' 2>/dev/null; then
+# (re)installed when tests/interop/requirements.txt differs from the copy kept in .venv
+if ! cmp -s tests/interop/requirements.txt .venv/.interop-requirements.txt; then
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+  cp tests/interop/requirements.txt .venv/.interop-requirements.txt
 fi
-if ! command -v chromium >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+apt_install() { # apt_install PACKAGE...: one retry of the index update for a flaky mirror
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends chromium openssl >/dev/null
-fi
-if ! command -v node >/dev/null 2>&1; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  apt-get update -qq >/dev/null || { sleep 5; apt-get update -qq >/dev/null; }
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+apt_wanted=()
+command -v chromium >/dev/null 2>&1 || apt_wanted+=(chromium)
+command -v openssl >/dev/null 2>&1 || apt_wanted+=(openssl)
+command -v node >/dev/null 2>&1 || apt_wanted+=(nodejs)
+command -v npm >/dev/null 2>&1 || apt_wanted+=(npm)
+if [ ${#apt_wanted[@]} -gt 0 ]; then
+  apt_install "${apt_wanted[@]}"
 fi
 # npm ci reinstalls from the lock file; skipped when node_modules was installed
 # from this very lock file (a copy of it is kept there as a stamp).

@@ -10,7 +10,8 @@
 #     (ALPN h2) and over cleartext with prior knowledge,
 #   - Chromium headless (Debian `chromium`, driven by playwright-core) running
 #     `new WebSocket('wss://...')`, once with h2 offered (the server's log must
-#     show an extended CONNECT, not an HTTP/1.1 upgrade) and once with HTTP/1.1 only.
+#     show an extended CONNECT, not an HTTP/1.1 upgrade) and once with HTTP/1.1 only,
+#   - aioquic (PyPI) as an HTTP/3 client (RFC 9220) of `serve --tls --http3`.
 # Peers are installed by scripts/install-test-deps.sh (tests/interop/node_modules,
 # .venv). Every server listens on 127.0.0.1 port 0; every process started here is
 # stopped on exit. Logs go to reports/interop/.
@@ -70,6 +71,7 @@ if [ ! -x "$SWITCHYARD" ]; then
   exit 1
 fi
 missing=
+"$PY" -c 'import aioquic' 2>/dev/null || missing+=" python-aioquic($PY)"
 [ -d tests/interop/node_modules/ws ] && [ -d tests/interop/node_modules/playwright-core ] || missing+=" tests/interop/node_modules"
 "$PY" -c 'import websockets' 2>/dev/null || missing+=" python-websockets($PY)"
 command -v "$NODE" >/dev/null || missing+=" node"
@@ -89,6 +91,8 @@ if grep -q -- '--alpn' <<<"$serve_help"; then h1_only_args=(--alpn http/1.1)
 elif grep -q -- '--no-h2' <<<"$serve_help"; then h1_only_args=(--no-h2)
 elif grep -q -- '--http1-only' <<<"$serve_help"; then h1_only_args=(--http1-only)
 fi
+has_http3=0
+grep -q -- '--http3' <<<"$serve_help" && has_http3=1
 has_connect=0 has_connect_h2=0
 if connect_help=$("$SWITCHYARD" connect --help 2>&1); then
   has_connect=1
@@ -284,6 +288,22 @@ for t in py-server-ws py-server-wss node-h2-server-h2c node-h2-server-tls; do
       ;;
   esac
 done
+
+# 5. HTTP/3 (RFC 9220): aioquic (PyPI) as the client of `serve --tls --http3`
+#    (tests/interop/h3_aioquic.py comes from the HTTP/3 work, branch wt-h3).
+if wanted aioquic-h3; then
+  if [ $has_tls = 0 ] || [ $has_http3 = 0 ]; then
+    pending aioquic-h3 "switchyard serve has no --http3"
+  elif [ ! -f tests/interop/h3_aioquic.py ]; then
+    pending aioquic-h3 "tests/interop/h3_aioquic.py is missing (branch wt-h3)"
+  else
+    tests=aioquic-h3
+    if with_server h3 --tls --tls-cert "$cert" --tls-key "$key" --http3; then
+      run aioquic-h3 "$PY" tests/interop/h3_aioquic.py 127.0.0.1 "$PORT" --cafile "$ca" --server-name localhost --path /echo
+      stop_server
+    fi
+  fi
+fi
 
 if [ $skipped -gt 0 ]; then
   echo "interop: $passed passed, $failed failed, $skipped skipped"
