@@ -9,7 +9,8 @@
 // Checks: the CONNECT carries :protocol websocket, :scheme, :path /interop,
 // :authority and sec-websocket-version 13, and no Upgrade/Connection headers;
 // the client's frames are masked; the stdin lines arrive as text messages and
-// come back on stdout; the client ends with a close 1000 and exits 0.
+// come back on stdout; the client says on stderr that it used HTTP/2, ends with
+// a close 1000 and exits 0.
 import http2 from 'node:http2';
 import fs from 'node:fs';
 import { spawn } from 'node:child_process';
@@ -100,6 +101,8 @@ server.listen(0, '127.0.0.1', () => {
     console.log(`client stdout:\n${stdout}client stderr:\n${stderr}`);
     if (code !== 0) fail(`switchyard connect exited ${code}`);
     ok('switchyard connect exited 0');
+    if (!/HTTP\/2/.test(stderr)) fail('switchyard connect did not report HTTP/2 on stderr');
+    ok('switchyard connect reported HTTP/2');
     if (JSON.stringify(received) !== JSON.stringify(LINES)) fail(`server received ${JSON.stringify(received)}`);
     ok('server received the stdin lines as text messages');
     const printed = stdout.split('\n').filter((l) => l !== '');
