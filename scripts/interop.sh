@@ -17,10 +17,14 @@
 # stopped on exit. Logs go to reports/interop/.
 #
 # usage: scripts/interop.sh [TEST_NAME_REGEX]   (matched against whole names, e.g. 'py-.*|chromium-h1')
-# env:   SWITCHYARD (default target/ci/switchyard), CLIENT_EXAMPLES (default
-#        target/ci/examples), PY (.venv/bin/python), NODE (node), CHROMIUM
+# env:   SWITCHYARD (default target/ci/switchyard: both roles, `serve` and
+#        `connect`), CLIENT_EXAMPLES (default target/ci/examples; no test needs an
+#        example binary now), PY (.venv/bin/python), NODE (node), CHROMIUM
 #        (/usr/bin/chromium), INTEROP_SKIP_PENDING=1 to count tests whose server
 #        or client feature is missing from the binary as skipped instead of failed.
+# Tests: py-client-ws node-ws-ws node-h2c-connect py-client-wss node-ws-wss
+#        node-h2-connect chromium-h2 chromium-h1 py-server-ws py-server-wss
+#        node-h2-server-h2c node-h2-server-tls aioquic-h3
 # Prints one line per test and, last, `interop: N passed, M failed`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
