@@ -44,8 +44,13 @@ rm -rf "$out"
 mkdir -p "$out"
 work=$(mktemp -d "${TMPDIR:-/tmp}/interop.XXXXXX")
 server_pids=()
+PEER_PID=
 cleanup() {
   local p
+  if [ -n "$PEER_PID" ]; then
+    kill "$PEER_PID" 2>/dev/null
+    wait "$PEER_PID" 2>/dev/null
+  fi
   for p in "${server_pids[@]:-}"; do
     [ -n "$p" ] && kill "$p" 2>/dev/null
   done
@@ -55,7 +60,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 passed=0 failed=0 skipped=0
 report() { # report ok|FAIL|skip NAME DETAIL
@@ -150,8 +156,13 @@ stop_server() {
 peer() {
   local name=$1 start=$SECONDS
   shift
-  timeout -k 5 90 "$@" >"$out/$name.out" 2>&1
+  # In the background and waited for, so a signal to this script runs its trap at
+  # once; timeout passes the TERM of the cleanup on to the peer.
+  timeout -k 5 90 "$@" >"$out/$name.out" 2>&1 &
+  PEER_PID=$!
+  wait "$PEER_PID"
   PEER_RC=$?
+  PEER_PID=
   PEER_SECS=$((SECONDS - start))
 }
 verdict() { # verdict NAME [FAILURE]: reports the peer's result, or FAILURE when given
