@@ -99,6 +99,7 @@ grep -q -- '--tls-cert' <<<"$serve_help" && grep -q -- '--tls-key' <<<"$serve_he
 h1_only_args=()
 if grep -q -- '--alpn' <<<"$serve_help"; then h1_only_args=(--alpn http/1.1)
 elif grep -q -- '--no-h2' <<<"$serve_help"; then h1_only_args=(--no-h2)
+elif grep -q -- '--no-http2' <<<"$serve_help"; then h1_only_args=(--no-http2)
 elif grep -q -- '--http1-only' <<<"$serve_help"; then h1_only_args=(--http1-only)
 fi
 has_http3=0
