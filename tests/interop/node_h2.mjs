@@ -8,7 +8,7 @@
 // CONNECT gets :status 200 (and no Upgrade/Connection headers); a masked text
 // frame, a masked binary frame and a masked ping come back as unmasked frames
 // (echo and pong); a close frame with code 4000 is answered with 4000; then the
-// stream ends. Frames are encoded and decoded by hand here, so nothing of ours
+// stream ends. Then 20 more WebSockets run at once on the same connection. Frames are encoded and decoded by hand here, so nothing of ours
 // is on the client side.
 import http2 from 'node:http2';
 import fs from 'node:fs';
@@ -47,6 +47,44 @@ function parse(buf) {
     buf = buf.subarray(off + len);
   }
   return [frames, buf];
+}
+
+// N more WebSockets at once on the same HTTP/2 connection: each echoes its own
+// text (a 64 KiB one, so flow control windows are crossed on every stream) and
+// closes with 1000.
+function multiplex(n) {
+  const url = new URL(origin);
+  const one = (i) => new Promise((resolve) => {
+    const text = Buffer.from(`stream ${i} `.repeat(8000).slice(0, 65536));
+    const st = session.request({
+      ':method': 'CONNECT', ':protocol': 'websocket', ':scheme': url.protocol.slice(0, -1),
+      ':path': '/echo', ':authority': url.host, 'sec-websocket-version': '13',
+    }, { endStream: false });
+    st.on('error', (e) => fail(`multiplexed stream ${i}: ${e.message}`));
+    st.on('response', (h) => {
+      if (h[':status'] !== 200) fail(`multiplexed stream ${i}: CONNECT answered ${h[':status']}`);
+      st.write(frame(1, text));
+    });
+    let buf = Buffer.alloc(0), echoed = false;
+    st.on('data', (chunk) => {
+      let frames;
+      [frames, buf] = parse(Buffer.concat([buf, chunk]));
+      for (const f of frames) {
+        if (!echoed) {
+          if (f.opcode !== 1 || !f.payload.equals(text)) fail(`multiplexed stream ${i}: wrong echo (opcode ${f.opcode}, ${f.payload.length} bytes)`);
+          echoed = true;
+          const close = Buffer.alloc(2); close.writeUInt16BE(1000, 0);
+          st.write(frame(8, close));
+        } else if (f.opcode !== 8 || f.payload.readUInt16BE(0) !== 1000) {
+          fail(`multiplexed stream ${i}: want close 1000, got opcode ${f.opcode}`);
+        }
+      }
+    });
+    st.on('end', () => { if (!echoed) fail(`multiplexed stream ${i} ended early`); st.end(); resolve(); });
+  });
+  return Promise.all(Array.from({ length: n }, (_, i) => one(i))).then(() => {
+    ok(`${n} more WebSockets at once on the same connection, 64 KiB echo each`);
+  });
 }
 
 const opts = origin.startsWith('https:')
@@ -118,7 +156,9 @@ session.once('remoteSettings', (settings) => {
       if (!closed) fail('stream ended without a close frame');
       ok('stream ended after the closing handshake');
       stream.end();
-      session.close(() => { console.log('node_h2: all checks passed'); process.exit(0); });
+      multiplex(20).then(() => {
+        session.close(() => { console.log('node_h2: all checks passed'); process.exit(0); });
+      });
     });
   });
 });
