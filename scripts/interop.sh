@@ -11,7 +11,8 @@
 #   - Chromium headless (Debian `chromium`, driven by playwright-core) running
 #     `new WebSocket('wss://...')`, once with h2 offered (the server's log must
 #     show an extended CONNECT, not an HTTP/1.1 upgrade) and once with HTTP/1.1 only,
-#   - aioquic (PyPI) as an HTTP/3 client (RFC 9220) of `serve --tls --http3`.
+#   - aioquic (PyPI) as an HTTP/3 client (RFC 9220) of `serve --tls --http3`, and
+#     as the HTTP/3 server for `switchyard connect --http3`.
 # Peers are installed by scripts/install-test-deps.sh (tests/interop/node_modules,
 # .venv). Every server listens on 127.0.0.1 port 0; every process started here is
 # stopped on exit. Logs go to reports/interop/.
@@ -24,7 +25,7 @@
 #        or client feature is missing from the binary as skipped instead of failed.
 # Tests: py-client-ws node-ws-ws node-h2c-connect py-client-wss node-ws-wss
 #        node-h2-connect chromium-h2 chromium-h1 py-server-ws py-server-wss
-#        node-h2-server-h2c node-h2-server-tls aioquic-h3
+#        node-h2-server-h2c node-h2-server-tls aioquic-h3 aioquic-h3-server
 # Prints one line per test and, last, `interop: N passed, M failed`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -159,7 +160,7 @@ peer() {
   shift
   # In the background and waited for, so a signal to this script runs its trap at
   # once; timeout passes the TERM of the cleanup on to the peer.
-  timeout -k 5 90 "$@" >"$out/$name.out" 2>&1 &
+  timeout -k 5 90 "$@" <&0 >"$out/$name.out" 2>&1 &
   PEER_PID=$!
   wait "$PEER_PID"
   PEER_RC=$?
@@ -317,6 +318,41 @@ if wanted aioquic-h3; then
     if with_server h3 --tls --tls-cert "$cert" --tls-key "$key" --http3; then
       run aioquic-h3 "$PY" tests/interop/h3_aioquic.py 127.0.0.1 "$PORT" --cafile "$ca" --server-name localhost --path /echo
       stop_server
+    fi
+  fi
+fi
+
+#    And our client (`switchyard connect --http3`) against aioquic's server
+#    (tests/interop/h3_aioquic_server.py, also from wt-h3).
+if wanted aioquic-h3-server; then
+  if [ $has_connect = 0 ] || ! grep -q -- '--http3' <<<"$connect_help"; then
+    pending aioquic-h3-server "switchyard connect has no --http3"
+  elif [ ! -f tests/interop/h3_aioquic_server.py ]; then
+    pending aioquic-h3-server "tests/interop/h3_aioquic_server.py is missing (branch wt-h3)"
+  else
+    "$PY" tests/interop/h3_aioquic_server.py "$cert" "$key" --lifetime 60 >"$out/aioquic-server.log" 2>&1 &
+    SERVER_PID=$!
+    server_pids+=("$SERVER_PID")
+    PORT=
+    for _ in $(seq 1 100); do
+      PORT=$(grep -m1 -oE '^listening [0-9]+' "$out/aioquic-server.log" | cut -d' ' -f2)
+      [ -n "$PORT" ] && break
+      kill -0 "$SERVER_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    if [ -z "$PORT" ]; then
+      report FAIL aioquic-h3-server "(aioquic server did not start: $out/aioquic-server.log)"
+    else
+      printf '%s\n' 'hello over h3' 'ünïcödé ✓' >"$work/h3-lines.txt"
+      peer aioquic-h3-server "$SWITCHYARD" connect --http3 "wss://127.0.0.1:$PORT/echo" --ca "$ca" <"$work/h3-lines.txt"
+      stop_server
+      why=
+      if ! diff -q "$work/h3-lines.txt" <(grep -v '^$' "$out/aioquic-h3-server.out" | grep -vE '^(connected|closed)') >/dev/null; then
+        why="the echoes printed differ from the lines sent ($out/aioquic-h3-server.out)"
+      elif ! grep -q 'HTTP/3' "$out/aioquic-h3-server.out"; then
+        why="switchyard connect did not report HTTP/3 ($out/aioquic-h3-server.out)"
+      fi
+      verdict aioquic-h3-server "$why"
     fi
   fi
 fi
