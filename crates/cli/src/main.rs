@@ -1,4 +1,12 @@
-//! `switchyard`: serve | bench (connect, doctor and monitor come next).
+//! `switchyard`: serve | connect | monitor | bench (doctor comes next).
+
+mod bench;
+mod connect;
+mod diagnose;
+mod dial;
+mod doctor;
+mod monitor;
+mod proxy;
 
 use std::net::SocketAddr;
 
@@ -26,6 +34,16 @@ struct Cli {
 enum Command {
     /// Serve the built-in apps: a WebSocket echo on /echo and a page on /.
     Serve(ServeArgs),
+    /// Load-test a WebSocket echo endpoint (echo, handshake-rate and idle-memory modes).
+    Bench(bench::BenchArgs),
+    /// Open a WebSocket: interactive on a terminal, line per message in pipes.
+    Connect(Box<connect::ConnectArgs>),
+    /// Keep WebSockets open to targets; measure handshakes, ping round trips,
+    /// availability and disconnects (live table, JSON lines, Prometheus).
+    Monitor(Box<monitor::MonitorArgs>),
+    /// Walk the path to a WebSocket endpoint (DNS, TCP, TLS, upgrade, HTTP/2,
+    /// HTTP/3, ping, idle timeout) and say what is wrong and how to fix it.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(clap::Args)]
@@ -33,10 +51,42 @@ struct ServeArgs {
     /// Address to listen on (repeatable). Default 127.0.0.1:8080.
     #[arg(long = "listen", value_name = "ADDR:PORT")]
     listen: Vec<SocketAddr>,
+    /// Listen with TLS (ALPN h2 and http/1.1): https:// and wss://. Without
+    /// --tls-cert/--tls-key, a self-signed certificate for localhost is
+    /// generated at start and its SHA-256 fingerprint printed.
+    #[arg(long)]
+    tls: bool,
+    /// Certificate chain (PEM, leaf first). Implies --tls unless --tls-upgrade.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key of the certificate (PEM: PKCS#8, RSA or EC).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Listen in cleartext but let clients switch a connection to TLS in
+    /// place with `Upgrade: TLS/1.3` (RFC 2817). Uses --tls-cert/--tls-key
+    /// or a self-signed certificate.
+    #[arg(long, conflicts_with = "tls")]
+    tls_upgrade: bool,
+    /// Also serve the line-echo protocol (`Upgrade: lineecho/1`) on /lineecho.
+    #[arg(long)]
+    lineecho: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let cli = match cli.command {
+        Command::Bench(mut args) => {
+            // The load generator runs its connections on its own threads (one current-thread
+            // runtime each); the global --threads sets how many. The main runtime only waits.
+            args.threads = cli.threads;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            return runtime.block_on(bench::run(args));
+        }
+        command => Cli { command, ..cli },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -60,38 +110,90 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            // The exit status says how the connection ended (see connect.rs).
+            Command::Connect(args) => std::process::exit(connect::run(*args).await),
+            Command::Monitor(args) => std::process::exit(monitor::run(*args).await),
+            // Exit status: 0 ok, 1 warnings, 2 failure.
+            Command::Doctor(args) => std::process::exit(doctor::run(args).await),
         }
     })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use switchyard_gateway::{tls, TlsMode, TlsSettings};
     let mut cfg = ServeConfig::default();
     if !args.listen.is_empty() {
         cfg.listen = args.listen;
     }
+    let mut fingerprint = None;
+    if args.tls || args.tls_upgrade || args.tls_cert.is_some() {
+        let (certs, key) = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => tls::load_pem(cert, key)?,
+            _ => {
+                let (certs, key) = tls::self_signed(&[])?;
+                if let Some(c) = certs.first() {
+                    fingerprint = Some(tls::fingerprint_sha256(c));
+                }
+                (certs, key)
+            }
+        };
+        let mode = if args.tls_upgrade {
+            TlsMode::Upgrade
+        } else {
+            TlsMode::Listener
+        };
+        cfg.tls = Some(TlsSettings { certs, key, mode });
+    }
+    if args.lineecho {
+        cfg.extra_routes
+            .push(switchyard_gateway::Route::upgrade_only(
+                "/lineecho",
+                switchyard_gateway::registry::Registry::new().with(std::sync::Arc::new(
+                    switchyard_gateway::lineecho::LineEcho::new(),
+                )),
+            ));
+    }
+    let shutdown = shutdown_signal();
     let server = Server::bind(cfg).await?;
     for addr in server.local_addrs() {
-        // Machine-readable line on stdout for scripts and tests.
-        println!("listening on http://{addr} (WebSocket echo at ws://{addr}/echo)");
+        // Machine-readable lines on stdout for scripts and tests.
+        if server.is_tls() {
+            println!("listening on https://{addr} (WebSocket echo at wss://{addr}/echo; ALPN h2, http/1.1)");
+        } else {
+            println!("listening on http://{addr} (WebSocket echo at ws://{addr}/echo)");
+        }
     }
-    server.run(shutdown_signal()).await;
+    if let Some(fp) = fingerprint {
+        println!(
+            "self-signed certificate for {}; SHA-256 fingerprint {fp}",
+            tls::DEFAULT_SELF_SIGNED_NAMES.join(", ")
+        );
+    }
+    server.run(shutdown).await;
     info!("bye");
     Ok(())
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on the first SIGINT or SIGTERM. The handlers are installed
+/// when this is called (not when the future is first polled), so a signal
+/// sent right after the "listening" line is never the default (killing) one.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM ({e}); only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => info!("SIGINT received"),
+                    _ = term.recv() => info!("SIGTERM received"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("cannot watch SIGTERM/SIGINT ({e}); only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-        _ = term.recv() => info!("SIGTERM received"),
     }
 }

@@ -36,9 +36,9 @@ fn serve_n(args: &[&str], n: usize) -> (Serve, Vec<String>) {
     for _ in 0..n {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
-        // "listening on http://127.0.0.1:PORT (...)"
+        // "listening on http://127.0.0.1:PORT (...)" (or https://)
         let addr = line
-            .split("http://")
+            .split("://")
             .nth(1)
             .and_then(|r| r.split_whitespace().next())
             .unwrap_or_else(|| panic!("unexpected line: {line:?}"))
@@ -73,6 +73,10 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 
 async fn signal_closes_with_1001(sig: &str) {
     let (mut srv, addr) = serve(&["--listen", "127.0.0.1:0"]);
+    signal_closes_with_1001_on(&mut srv, &addr, sig).await;
+}
+
+async fn signal_closes_with_1001_on(srv: &mut Serve, addr: &str, sig: &str) {
     let (mut ws, _) = switchyard::client::connect(&format!("ws://{addr}/echo"))
         .await
         .unwrap();
@@ -90,6 +94,133 @@ async fn signal_closes_with_1001(sig: &str) {
     while let Some(Ok(_)) = ws.next().await {}
     let st = wait_exit(&mut srv.0, Duration::from_secs(5));
     assert!(st.success(), "{st:?}");
+}
+
+/// Start `switchyard serve ARGS`, return it and every stdout line up to `n`.
+fn serve_lines(args: &[&str], n: usize) -> (Serve, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..n {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        lines.push(line.trim_end().to_owned());
+    }
+    (Serve(child), lines)
+}
+
+#[tokio::test]
+async fn tls_self_signed_prints_fingerprint_and_serves_wss() {
+    use futures_util::SinkExt;
+    let (srv, lines) = serve_lines(&["--tls", "--listen", "127.0.0.1:0"], 2);
+    let addr = lines[0]
+        .strip_prefix("listening on https://")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{lines:?}"))
+        .to_owned();
+    assert!(
+        lines[0].contains(&format!("wss://{addr}/echo")),
+        "{lines:?}"
+    );
+    let fp = lines[1]
+        .split("SHA-256 fingerprint ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(fp.len(), 32 * 3 - 1, "{fp}");
+    assert!(fp
+        .split(':')
+        .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit())));
+    let url = format!("wss://{addr}/echo");
+    // The client verifies certificates by default: a self-signed one fails.
+    assert!(switchyard::client::connect(&url).await.is_err());
+    let (mut ws, _) = switchyard::ClientBuilder::new()
+        .danger_accept_invalid_certs()
+        .connect(&url)
+        .await
+        .unwrap();
+    ws.send(Message::text("over tls")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over tls"));
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    drop(srv);
+}
+
+#[test]
+fn tls_upgrade_and_lineecho_listen_in_cleartext() {
+    use std::io::{Read, Write};
+    let (srv, lines) = serve_lines(
+        &["--tls-upgrade", "--lineecho", "--listen", "127.0.0.1:0"],
+        2,
+    );
+    let addr = lines[0]
+        .strip_prefix("listening on http://")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{lines:?}"))
+        .to_owned();
+    assert!(lines[1].contains("SHA-256 fingerprint"), "{lines:?}");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /lineecho HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: lineecho/1\r\n\r\nping\n")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{out}"
+    );
+    assert!(out.ends_with("\r\n\r\nping\n"), "{out}");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: TLS/1.3\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+    drop(srv);
+}
+
+#[test]
+fn tls_cert_without_key_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "serve",
+            "--tls-cert",
+            "/nonexistent.pem",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-key"), "{err}");
+}
+
+#[test]
+fn unreadable_certificate_file_is_an_error_naming_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "serve",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
 }
 
 #[tokio::test]

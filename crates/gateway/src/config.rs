@@ -248,6 +248,8 @@ impl Route {
 /// | `ping_interval` | `"off"` | ping each side after this long without a frame from it. |
 /// | `pong_timeout` | `"20s"` | close a side that did not answer a ping within this. |
 /// | `drain_timeout` | `"10s"` | on shutdown, how long connections get after the 1001 close before they are cut. |
+/// | `preserve_host` | `true` | send the client's `Host` upstream; `false` sends the backend's host and port. |
+/// | `tunnel` | `"auto"` | `"transparent"` (bytes copied), `"frames"` (WebSocket messages relayed: heartbeats, limits, message metrics) or `"auto"`: frames when `ping_interval` or `max_message_size` is set, else transparent. Tokens other than websocket are always transparent. |
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
@@ -276,6 +278,34 @@ pub struct Policy {
     /// See the table on [`Policy`].
     #[serde(deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
+    /// See the table on [`Policy`].
+    pub preserve_host: bool,
+    /// See the table on [`Policy`].
+    pub tunnel: TunnelSetting,
+}
+
+/// `tunnel` of a route policy: how a proxied WebSocket is relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelSetting {
+    /// Frames when the policy needs them (heartbeat, message limit).
+    #[default]
+    Auto,
+    /// Bytes copied both ways.
+    Transparent,
+    /// WebSocket messages relayed.
+    Frames,
+}
+
+impl TunnelSetting {
+    /// The TOML value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelSetting::Auto => "auto",
+            TunnelSetting::Transparent => "transparent",
+            TunnelSetting::Frames => "frames",
+        }
+    }
 }
 
 impl Default for Policy {
@@ -291,6 +321,8 @@ impl Default for Policy {
             ping_interval: None,
             pong_timeout: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(10),
+            preserve_host: true,
+            tunnel: TunnelSetting::Auto,
         }
     }
 }
@@ -1291,6 +1323,8 @@ impl Config {
                     ),
                     ("pong_timeout", duration(p.pong_timeout)),
                     ("drain_timeout", duration(p.drain_timeout)),
+                    ("preserve_host", Value::Boolean(p.preserve_host)),
+                    ("tunnel", string(p.tunnel.as_str())),
                 ];
                 if let Some(origins) = &p.allowed_origins {
                     policy.push((
@@ -2349,6 +2383,8 @@ mod tests {
         assert_eq!(p.ping_interval, Some(Duration::from_secs(30)));
         assert_eq!(p.pong_timeout, Duration::from_secs(10));
         assert_eq!(p.drain_timeout, Duration::from_secs(30));
+        assert!(p.preserve_host);
+        assert_eq!(p.tunnel, TunnelSetting::Auto);
 
         let r = c.route_for(Some("example.com"), "/feed").unwrap();
         assert_eq!(r.target(), RouteTarget::Upstream("feed"));
@@ -2388,6 +2424,26 @@ mod tests {
         assert_eq!(parse(&written).unwrap(), c, "{written}");
         assert!(written.contains("max_head_bytes = \"16KiB\""), "{written}");
         assert!(written.contains("ping_interval = \"off\""), "{written}");
+    }
+
+    #[test]
+    fn preserve_host_and_tunnel_parse_and_round_trip() {
+        let c = parse(&format!(
+            "{MINIMAL}[route.policy]\npreserve_host = false\ntunnel = \"frames\"\n"
+        ))
+        .unwrap();
+        assert!(!c.routes[0].policy.preserve_host);
+        assert_eq!(c.routes[0].policy.tunnel, TunnelSetting::Frames);
+        assert_eq!(parse(&c.to_toml_string()).unwrap(), c);
+        let d = parse(MINIMAL).unwrap();
+        assert!(d.routes[0].policy.preserve_host);
+        assert_eq!(d.routes[0].policy.tunnel, TunnelSetting::Auto);
+        expect_err(
+            &format!("{MINIMAL}[route.policy]\ntunnel = \"splice\"\n"),
+            8,
+            "route[0].policy.tunnel",
+            "transparent",
+        );
     }
 
     #[test]

@@ -1,15 +1,31 @@
 //! switchyard-gateway: the server behind `switchyard serve`.
 //!
-//! * [`server`]: listeners, the per-connection HTTP/1.1 front (head with its
-//!   caps and deadline, routing, 101 / 426 / 404), connection tracking and the
-//!   graceful shutdown that closes every WebSocket with 1001.
+//! * [`server`]: listeners, routes, connection tracking and the graceful
+//!   shutdown that closes every WebSocket with 1001.
+//! * [`http1`]: the HTTP/1.1 connection loop (keep-alive, pipelining, bodies)
+//!   and the Upgrade dispatch; [`h2`]: the HTTP/2 server (RFC 8441).
+//! * [`registry`]: the generic Upgrade mechanism (RFC 9110 §7.8), with the
+//!   handlers [`websocket`], [`lineecho`] and [`tls_upgrade`] (RFC 2817).
+//! * [`io`]: the connection stream types.
 //! * [`apps`]: the built-in applications (WebSocket echo, the index page).
+//! * [`proxy`]: the reverse proxy core (forwarding rules, upstream groups,
+//!   verified upgrades, transparent and frame-aware tunnels, caps, metrics).
 //! * [`config`]: the TOML configuration of `switchyard serve --config`.
 //! * [`tls`]: certificates, keys and the rustls server configuration.
 
 pub mod apps;
 pub mod config;
+pub mod h2;
+pub mod http1;
+pub mod io;
+pub mod lineecho;
+pub mod proxy;
+pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod tls_upgrade;
+pub mod websocket;
 
-pub use server::{ServeConfig, Server};
+pub use server::{
+    Http1Settings, Http2Settings, Page, Route, ServeConfig, Server, TlsMode, TlsSettings,
+};

@@ -1,9 +1,12 @@
-//! Listeners, the HTTP/1.1 front of every connection, routing and graceful
-//! shutdown.
+//! Listeners, routes, connection tracking and graceful shutdown.
 //!
-//! Each accepted TCP connection gets one task and one tracing span with its id.
-//! The request head is read by the sans-IO parser with its caps (431) and the
-//! whole-head deadline (408); a malformed head gets 400. Routes:
+//! Each accepted TCP connection gets one task and one tracing span with its
+//! id. A TLS listener runs the TLS handshake first (ALPN `h2` goes to the
+//! HTTP/2 server of [`crate::h2`], anything else to HTTP/1.1); a cleartext
+//! listener looks at the first bytes: the HTTP/2 prior-knowledge preface goes
+//! to HTTP/2, anything else to the HTTP/1.1 loop of [`crate::http1`].
+//!
+//! Default routes (what `switchyard serve` runs):
 //!
 //! | request                              | answer                                  |
 //! |--------------------------------------|-----------------------------------------|
@@ -18,17 +21,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use switchyard::proto::deflate::DeflateConfig;
-use switchyard::proto::{head, upgrade};
-use switchyard::server::{accept_request, read_request_head, AcceptConfig};
+use switchyard::server::AcceptConfig;
 use switchyard::Limits;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn, Instrument};
 
-use crate::apps::{self, EchoEnd};
+use crate::registry::{ConnInfo, Registry, UpgradeProtocol};
+use crate::tls::{self, TlsError};
+use crate::tls_upgrade::TlsUpgrade;
+use crate::websocket::WebSocketEcho;
 
 /// What `switchyard serve` runs without a config file.
 #[derive(Debug, Clone)]
@@ -41,6 +46,15 @@ pub struct ServeConfig {
     pub deflate: Option<DeflateConfig>,
     /// How long shutdown waits for the closing handshakes after sending 1001.
     pub shutdown_grace: Duration,
+    /// HTTP/1.1 keep-alive and request bodies.
+    pub http1: Http1Settings,
+    /// The HTTP/2 server (TLS with ALPN `h2`, or prior knowledge on cleartext).
+    pub http2: Http2Settings,
+    /// A certificate: TLS listeners, or RFC 2817 upgrades on cleartext ones.
+    pub tls: Option<TlsSettings>,
+    /// Routes served besides the default `/`, `/index.html` and `/echo`; an
+    /// extra route on one of those paths replaces the default one.
+    pub extra_routes: Vec<Route>,
 }
 
 impl Default for ServeConfig {
@@ -50,7 +64,167 @@ impl Default for ServeConfig {
             limits: Limits::default(),
             deflate: Some(DeflateConfig::default()),
             shutdown_grace: Duration::from_secs(2),
+            http1: Http1Settings::default(),
+            http2: Http2Settings::default(),
+            tls: None,
+            extra_routes: Vec::new(),
         }
+    }
+}
+
+/// HTTP/1.1 connection settings.
+#[derive(Debug, Clone)]
+pub struct Http1Settings {
+    /// How long an idle keep-alive connection waits for its next request
+    /// before it is closed. Once a byte arrives, the head deadline
+    /// (`Limits::handshake_timeout`) applies. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Largest request body (`Content-Length`) read and discarded; larger
+    /// gets 413 and the connection is closed. Default 1 MiB.
+    pub max_request_body: usize,
+}
+
+impl Default for Http1Settings {
+    fn default() -> Self {
+        Http1Settings {
+            idle_timeout: Duration::from_secs(60),
+            max_request_body: 1 << 20,
+        }
+    }
+}
+
+/// HTTP/2 server limits, all set explicitly (see the README limits table).
+#[derive(Debug, Clone)]
+pub struct Http2Settings {
+    /// Serve HTTP/2 at all (ALPN `h2`, cleartext prior knowledge). Default on.
+    pub enabled: bool,
+    /// Send SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441). Sent only when
+    /// this is on *and* a route serves WebSocket. Default on.
+    pub enable_connect_protocol: bool,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS. Default 256.
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE; also bounds CONTINUATION floods.
+    /// Default 16 KiB, like the HTTP/1.1 head cap.
+    pub max_header_list_size: u32,
+    /// Streams reset by the client before we answered, kept at once (rapid
+    /// reset, CVE-2023-44487); more is a GOAWAY. Default 20.
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams we reset because of client errors before the connection gets
+    /// a GOAWAY. Default 1024.
+    pub max_local_error_reset_streams: usize,
+    /// HTTP/2 PING interval on an idle connection. Default 30 s.
+    pub keep_alive_interval: Duration,
+    /// How long to wait for the PING ack before closing. Default 20 s.
+    pub keep_alive_timeout: Duration,
+    /// Bytes buffered per stream for sending. Default 1 MiB.
+    pub max_send_buf_size: usize,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            enabled: true,
+            enable_connect_protocol: true,
+            max_concurrent_streams: 256,
+            max_header_list_size: 16 * 1024,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            keep_alive_interval: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(20),
+            max_send_buf_size: 1 << 20,
+        }
+    }
+}
+
+/// How the server uses its certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Every listener speaks TLS from the first byte (`serve --tls`), ALPN
+    /// `h2` and `http/1.1`.
+    Listener,
+    /// Listeners are cleartext; `Upgrade: TLS/1.3` (RFC 2817) switches a
+    /// connection to TLS in place.
+    Upgrade,
+}
+
+/// A certificate chain, its key, and how to use them.
+#[derive(Debug)]
+pub struct TlsSettings {
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub mode: TlsMode,
+}
+
+impl Clone for TlsSettings {
+    fn clone(&self) -> Self {
+        TlsSettings {
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+            mode: self.mode,
+        }
+    }
+}
+
+/// A page served with GET and HEAD.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub content_type: &'static str,
+    pub body: &'static str,
+}
+
+/// One path and what it serves.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Exact path (no query).
+    pub path: String,
+    /// The page, if any. A route without one requires an upgrade: requests
+    /// that select none of `protocols` get 426 listing them.
+    pub page: Option<Page>,
+    /// Upgrade protocols this route switches to.
+    pub protocols: Registry,
+    /// Only served over TLS: cleartext requests get 426 with
+    /// `Upgrade: TLS/1.3, HTTP/1.1` (RFC 2817).
+    pub tls_only: bool,
+}
+
+impl Route {
+    /// A page at `path`.
+    pub fn page(path: &str, page: Page) -> Self {
+        Route {
+            path: path.to_owned(),
+            page: Some(page),
+            protocols: Registry::new(),
+            tls_only: false,
+        }
+    }
+
+    /// A resource that speaks only the given protocols (426 otherwise).
+    pub fn upgrade_only(path: &str, protocols: Registry) -> Self {
+        Route {
+            path: path.to_owned(),
+            page: None,
+            protocols,
+            tls_only: false,
+        }
+    }
+
+    /// Mark as TLS-only.
+    pub fn tls_only(mut self) -> Self {
+        self.tls_only = true;
+        self
+    }
+
+    /// Whether `protocols` holds a handler for `name` (any version).
+    pub fn speaks(&self, name: &str) -> bool {
+        self.protocols.speaks(name)
+    }
+}
+
+/// The index page at `/`.
+pub fn index_page() -> Page {
+    Page {
+        content_type: "text/html; charset=utf-8",
+        body: crate::apps::INDEX_HTML,
     }
 }
 
@@ -64,6 +238,8 @@ pub enum ServeError {
     },
     #[error("no address to listen on")]
     NoListener,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Bound listeners, ready to run.
@@ -72,10 +248,40 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
-struct Shared {
-    accept: AcceptConfig,
-    grace: Duration,
+/// Everything connection tasks share (read-only).
+pub(crate) struct Shared {
+    pub(crate) accept: Arc<AcceptConfig>,
+    pub(crate) grace: Duration,
     next_id: AtomicU64,
+    pub(crate) routes: Vec<Route>,
+    /// Protocols available on every path (RFC 2817 TLS).
+    pub(crate) conn_protocols: Registry,
+    /// The TLS acceptor of TLS listeners.
+    pub(crate) tls_listener: Option<TlsAcceptor>,
+    pub(crate) has_certificate: bool,
+    pub(crate) http1: Http1Settings,
+    pub(crate) http2: Http2Settings,
+}
+
+impl Shared {
+    pub(crate) fn route(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.path == path)
+    }
+
+    pub(crate) fn conn_info(&self, tls: bool) -> ConnInfo {
+        ConnInfo {
+            tls,
+            has_certificate: self.has_certificate,
+        }
+    }
+}
+
+/// Per-connection handles: the shutdown signal and the liveness token that
+/// `Server::run` waits for.
+#[derive(Clone)]
+pub(crate) struct ConnCtx {
+    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) alive: mpsc::Sender<()>,
 }
 
 impl Server {
@@ -84,6 +290,52 @@ impl Server {
         if cfg.listen.is_empty() {
             return Err(ServeError::NoListener);
         }
+        let accept = Arc::new(AcceptConfig {
+            limits: cfg.limits.clone(),
+            handshake: switchyard::proto::handshake::ServerConfig {
+                deflate: cfg.deflate.clone(),
+                ..Default::default()
+            },
+        });
+        let mut conn_protocols = Registry::new();
+        let mut tls_listener = None;
+        if let Some(t) = &cfg.tls {
+            match t.mode {
+                TlsMode::Listener => {
+                    let alpn: &[&[u8]] = if cfg.http2.enabled {
+                        tls::ALPN_H2_HTTP11
+                    } else {
+                        &[b"http/1.1"]
+                    };
+                    let sc = tls::server_config(t.certs.clone(), t.key.clone_key(), alpn)?;
+                    tls_listener = Some(TlsAcceptor::from(sc));
+                }
+                TlsMode::Upgrade => {
+                    let sc =
+                        tls::server_config(t.certs.clone(), t.key.clone_key(), &[b"http/1.1"])?;
+                    let up: Arc<dyn UpgradeProtocol> =
+                        Arc::new(TlsUpgrade::new(sc, cfg.limits.handshake_timeout));
+                    conn_protocols.push(up);
+                }
+            }
+        }
+        let mut routes = cfg.extra_routes.clone();
+        let ws: Arc<dyn UpgradeProtocol> = Arc::new(WebSocketEcho::new(accept.clone()));
+        for default in [
+            Route::page("/", index_page()),
+            Route::page("/index.html", index_page()),
+            Route::upgrade_only("/echo", Registry::new().with(ws)),
+        ] {
+            // An extra route on the same path replaces the default one.
+            if !routes.iter().any(|r| r.path == default.path) {
+                routes.push(default);
+            }
+        }
+
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL only where WebSocket is served.
+        let mut http2 = cfg.http2;
+        http2.enable_connect_protocol &= routes.iter().any(|r| r.speaks("websocket"));
+
         let mut listeners = Vec::with_capacity(cfg.listen.len());
         for addr in &cfg.listen {
             let l = TcpListener::bind(addr)
@@ -94,19 +346,18 @@ impl Server {
                 })?;
             listeners.push(l);
         }
-        let accept = AcceptConfig {
-            limits: cfg.limits.clone(),
-            handshake: switchyard::proto::handshake::ServerConfig {
-                deflate: cfg.deflate.clone(),
-                ..Default::default()
-            },
-        };
         Ok(Server {
             listeners,
             shared: Arc::new(Shared {
                 accept,
                 grace: cfg.shutdown_grace,
                 next_id: AtomicU64::new(1),
+                routes,
+                conn_protocols,
+                has_certificate: cfg.tls.is_some(),
+                tls_listener,
+                http1: cfg.http1,
+                http2,
             }),
         })
     }
@@ -117,6 +368,11 @@ impl Server {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
+    }
+
+    /// Whether the listeners speak TLS (`https://`, `wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.shared.tls_listener.is_some()
     }
 
     /// Serve until `shutdown` completes; then stop accepting, close every open
@@ -130,9 +386,11 @@ impl Server {
         let mut accept_tasks = Vec::new();
         for listener in self.listeners {
             let shared = self.shared.clone();
-            let stop_rx = stop_rx.clone();
-            let alive = alive.clone();
-            accept_tasks.push(tokio::spawn(accept_loop(listener, shared, stop_rx, alive)));
+            let ctx = ConnCtx {
+                stop: stop_rx.clone(),
+                alive: alive.clone(),
+            };
+            accept_tasks.push(tokio::spawn(accept_loop(listener, shared, ctx)));
         }
         drop(alive);
         shutdown.await;
@@ -150,14 +408,10 @@ impl Server {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-    alive: mpsc::Sender<()>,
-) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, ctx: ConnCtx) {
     let local = listener.local_addr().ok();
     info!(?local, "listening");
+    let mut stop = ctx.stop.clone();
     loop {
         tokio::select! {
             res = listener.accept() => match res {
@@ -165,12 +419,8 @@ async fn accept_loop(
                     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("conn", id, %peer);
                     let shared = shared.clone();
-                    let stop = stop.clone();
-                    let alive = alive.clone();
-                    tokio::spawn(async move {
-                        handle(stream, &shared, stop).await;
-                        drop(alive);
-                    }.instrument(span));
+                    let ctx = ctx.clone();
+                    tokio::spawn(connection(stream, shared, ctx).instrument(span));
                 }
                 // EMFILE and friends: log, back off briefly, keep serving.
                 Err(e) => {
@@ -183,135 +433,23 @@ async fn accept_loop(
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared, stop: watch::Receiver<bool>) {
+/// One accepted connection, from the first byte to the end.
+async fn connection(stream: TcpStream, shared: Arc<Shared>, ctx: ConnCtx) {
     let _ = stream.set_nodelay(true);
-    let limits = &shared.accept.limits;
-    let (req, leftover) = match read_request_head(&mut stream, limits).await {
-        Ok(r) => r,
-        Err(e) => {
-            match e.http_status() {
-                Some(status) => {
-                    info!(%status, "bad request head: {e}");
-                    respond(&mut stream, status, &HeaderMap::new(), &format!("{e}\n")).await;
-                }
-                None => info!("connection ended before a request head: {e}"),
-            }
-            return;
-        }
-    };
-    let path = req.uri().path();
-    match path {
-        "/echo" => {
-            if req.method() != Method::GET {
-                return method_not_allowed(&mut stream, req.method()).await;
-            }
-            let wants_ws = matches!(upgrade::upgrade_offer(&req), Ok(Some(ref offer))
-                if offer.iter().any(|t| t.name.eq_ignore_ascii_case("websocket")));
-            if !wants_ws {
-                info!("GET /echo without a WebSocket upgrade: 426");
-                let resp = upgrade::upgrade_required(&["websocket"]);
-                respond(
-                    &mut stream,
-                    StatusCode::UPGRADE_REQUIRED,
-                    resp.headers(),
-                    "This resource speaks WebSocket only: send Upgrade: websocket and Connection: Upgrade.\n",
-                )
-                .await;
-                return;
-            }
-            match accept_request(stream, &req, leftover, &shared.accept).await {
-                Ok(ws) => {
-                    info!(subprotocol = ?ws.subprotocol(), "upgraded to websocket on /echo");
-                    match apps::echo(ws, stop, shared.grace).await {
-                        EchoEnd::PeerClosed(frame) => info!(?frame, "websocket closed by peer"),
-                        EchoEnd::Shutdown => info!("websocket closed with 1001 (shutdown)"),
-                        EchoEnd::Failed(e) => info!("websocket failed: {e}"),
-                    }
-                }
-                // accept_request already answered with the precise status.
-                Err(e) => info!("websocket handshake refused: {e}"),
+    match &shared.tls_listener {
+        Some(acceptor) => {
+            let limit = shared.accept.limits.handshake_timeout;
+            let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => crate::io::ServerIo::Tls(Box::new(tls)),
+                Ok(Err(e)) => return info!("TLS handshake failed: {e}"),
+                Err(_) => return info!("TLS handshake took longer than {limit:?}"),
+            };
+            if shared.http2.enabled && tls.alpn() == Some(b"h2") {
+                crate::h2::serve(tls, bytes::BytesMut::new(), shared.clone(), ctx).await;
+            } else {
+                crate::http1::serve(tls, bytes::BytesMut::new(), &shared, ctx).await;
             }
         }
-        "/" | "/index.html" => match *req.method() {
-            Method::GET | Method::HEAD => {
-                let mut h = HeaderMap::new();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/html; charset=utf-8"),
-                );
-                // HEAD gets the same headers; the body is not sent.
-                let body = if req.method() == Method::HEAD {
-                    ""
-                } else {
-                    apps::INDEX_HTML
-                };
-                respond(&mut stream, StatusCode::OK, &h, body).await;
-            }
-            ref m => method_not_allowed(&mut stream, m).await,
-        },
-        _ => {
-            info!(path, "404");
-            respond(
-                &mut stream,
-                StatusCode::NOT_FOUND,
-                &HeaderMap::new(),
-                "not found: try /echo or /\n",
-            )
-            .await;
-        }
+        None => crate::http1::serve_cleartext(stream, &shared, ctx).await,
     }
-}
-
-async fn method_not_allowed(stream: &mut TcpStream, method: &Method) {
-    info!(%method, "405");
-    let mut h = HeaderMap::new();
-    h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-    respond(
-        stream,
-        StatusCode::METHOD_NOT_ALLOWED,
-        &h,
-        "method not allowed\n",
-    )
-    .await;
-}
-
-/// Write a complete response with `Content-Length` and `Connection: close`,
-/// then close the socket without losing the response: shut down our side and
-/// drain what the client is still sending (bounded in bytes and time), so the
-/// kernel does not answer its late bytes with a reset that discards our answer.
-async fn respond(stream: &mut TcpStream, status: StatusCode, extra: &HeaderMap, body: &str) {
-    let mut resp = http::Response::new(());
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    for (name, value) in extra {
-        h.insert(name, value.clone());
-    }
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    // Keep tokens the caller put in Connection (e.g. `Upgrade` on a 426).
-    let connection = match extra.get(header::CONNECTION).and_then(|v| v.to_str().ok()) {
-        Some(tokens) => HeaderValue::from_str(&format!("{tokens}, close"))
-            .unwrap_or(HeaderValue::from_static("close")),
-        None => HeaderValue::from_static("close"),
-    };
-    h.insert(header::CONNECTION, connection);
-    let mut bytes = Vec::with_capacity(256 + body.len());
-    head::write_response_head(&resp, &mut bytes);
-    bytes.extend_from_slice(body.as_bytes());
-    let _ = stream.write_all(&bytes).await;
-    let _ = stream.shutdown().await;
-    let drain = async {
-        let mut buf = [0u8; 4096];
-        let mut total = 0usize;
-        while total < (64 << 10) {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }

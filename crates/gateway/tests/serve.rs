@@ -43,15 +43,36 @@ async fn start(mut cfg: ServeConfig) -> Running {
     }
 }
 
-/// Send raw bytes, read the whole answer until the server closes.
+/// Send raw bytes, read one response (head and `Content-Length` body); the
+/// connection may stay open (keep-alive).
 async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap_or(0);
+                if out.len() >= end + 4 + len {
+                    break;
+                }
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
         .await
-        .expect("server did not close")
-        .unwrap();
+        .expect("no complete response");
     String::from_utf8_lossy(&out).into_owned()
 }
 

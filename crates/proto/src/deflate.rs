@@ -441,12 +441,7 @@ impl PerMessageDeflate {
             .decompressor
             .get_or_insert_with(|| Decompress::new(false));
         let mut result = Ok(());
-        if self.stream_ended && !input.is_empty() {
-            result = Err(DeflateError::Corrupt(
-                "data after the final deflate block of the message".to_string(),
-            ));
-        }
-        if result.is_ok() && !self.stream_ended {
+        if !self.stream_ended {
             result = inflate_into(d, input, limit, out, &mut self.stream_ended);
         }
         if result.is_ok() && fin && !self.stream_ended {
@@ -483,14 +478,18 @@ fn inflate_into(
         let produced = (d.total_out() - out_before) as usize;
         consumed += took;
         out.truncate(pos + produced);
-        let status = res.map_err(|e| {
-            DeflateError::Corrupt(e.message().unwrap_or("inflate failed").to_string())
-        })?;
+        // The limit holds on every path out, errors included.
         if out.len() > limit {
             out.truncate(limit);
             return Err(DeflateError::TooBig { limit });
         }
+        let status = res.map_err(|e| {
+            DeflateError::Corrupt(e.message().unwrap_or("inflate failed").to_string())
+        })?;
         if status == Status::StreamEnd {
+            // Bytes after a block with BFINAL set are ignored for the rest of
+            // the message, in this frame or a later one (`decompress`): RFC
+            // 7692 §7.2.3.4's own example ends with such a byte.
             *ended = true;
             return Ok(());
         }
@@ -525,6 +524,70 @@ mod tests {
             server_max_window_bits: sbits,
             client_max_window_bits: cbits,
         }
+    }
+
+    // ---- regressions found by the fuzzer ----
+
+    fn server_codec() -> PerMessageDeflate {
+        PerMessageDeflate::new(
+            Role::Server,
+            params(false, false, 15, 15),
+            &DeflateConfig::default(),
+        )
+    }
+
+    fn raw_deflate(data: &[u8], finish: bool) -> Vec<u8> {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut c = Compress::new(Compression::default(), false);
+        let mut out = Vec::with_capacity(data.len() + 64);
+        let flush = if finish {
+            FlushCompress::Finish
+        } else {
+            FlushCompress::Sync
+        };
+        c.compress_vec(data, &mut out, flush).unwrap();
+        out
+    }
+
+    #[test]
+    fn corrupt_data_never_leaves_more_than_limit_in_out() {
+        // One valid literal, then garbage: the inflater produces a byte past a
+        // limit of 0 before it meets the bad block type.
+        let mut input = raw_deflate(b"x", false);
+        input.truncate(input.len() - 4);
+        input.extend_from_slice(&[0xff, 0xff, 0xff]);
+        let mut out = BytesMut::new();
+        let err = server_codec()
+            .decompress(&input, true, 0, &mut out)
+            .unwrap_err();
+        assert!(
+            out.is_empty(),
+            "out holds {} bytes past a limit of 0 ({err})",
+            out.len()
+        );
+    }
+
+    #[test]
+    fn data_after_final_block_is_ignored_in_this_frame_and_the_next() {
+        let mut same = raw_deflate(b"hello", true);
+        same.extend_from_slice(b"junk");
+        let mut codec = server_codec();
+        let mut out = BytesMut::new();
+        codec.decompress(&same, true, 1 << 20, &mut out).unwrap();
+        assert_eq!(&out[..], b"hello");
+        // The same bytes in the next frame of a message: the same verdict.
+        let mut out = BytesMut::new();
+        codec
+            .decompress(&raw_deflate(b"hello", true), false, 1 << 20, &mut out)
+            .unwrap();
+        codec.decompress(b"junk", true, 1 << 20, &mut out).unwrap();
+        assert_eq!(&out[..], b"hello");
+        // And the codec is ready for the next message.
+        let mut out = BytesMut::new();
+        codec
+            .decompress(&raw_deflate(b"again", true), true, 1 << 20, &mut out)
+            .unwrap();
+        assert_eq!(&out[..], b"again");
     }
 
     // ---- negotiation, server side ----
@@ -1077,13 +1140,11 @@ mod tests {
             decomp(&mut r, &[&[0x00, 0x05, 0x00, 0x00, 0x00]]),
             Err(DeflateError::Corrupt(_))
         ));
-        // Data after a final block.
+        // Data after a final block is ignored (see
+        // data_after_final_block_is_ignored_in_this_frame_and_the_next).
         let mut r = codec(Role::Client, params(false, false, 15, 15));
         let fin: &[u8] = &[0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
-        assert!(matches!(
-            decomp(&mut r, &[fin, &[0x01]]),
-            Err(DeflateError::Corrupt(_))
-        ));
+        assert_eq!(decomp(&mut r, &[fin, &[0x01]]).unwrap(), b"Hello");
     }
 
     #[test]

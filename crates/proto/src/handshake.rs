@@ -27,6 +27,11 @@
 //!
 //! The origin, subprotocol and extension part is shared with HTTP/2 and
 //! HTTP/3 (RFC 8441 / RFC 9220 extended CONNECT) through [`server_negotiate`].
+//! An extended CONNECT refused before that gets `ExtendedConnect` (400:
+//! not CONNECT, no `:protocol`, missing `:scheme`/`:path`/`:authority`, bad
+//! version) or `UnsupportedProtocol` (501: `:protocol` other than
+//! `websocket`). Clients on HTTP/2 and HTTP/3 build their headers with
+//! [`extended_connect_headers`] and check the 200 with [`client_negotiate`].
 
 use std::sync::Arc;
 
@@ -146,6 +151,15 @@ pub enum HandshakeError {
     BadUri(String),
     #[error("invalid client handshake setting: {0}")]
     Config(String),
+    /// An HTTP/2 or HTTP/3 extended CONNECT (RFC 8441 / RFC 9220) that is
+    /// malformed: not CONNECT, no `:protocol`, a missing pseudo-header. 400.
+    #[error("malformed extended CONNECT (RFC 8441): {0}")]
+    ExtendedConnect(String),
+    /// An extended CONNECT for a protocol other than `websocket`. 501.
+    #[error(
+        "extended CONNECT for protocol {0:?}: only \"websocket\" is served here (RFC 8441 §4)"
+    )]
+    UnsupportedProtocol(String),
 }
 
 impl HandshakeError {
@@ -157,6 +171,7 @@ impl HandshakeError {
             | HandshakeError::NoConnectionUpgrade
             | HandshakeError::BadVersion(_) => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::Origin(_) => StatusCode::FORBIDDEN,
+            HandshakeError::UnsupportedProtocol(_) => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -440,42 +455,7 @@ impl ClientHandshake {
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(SEC_WEBSOCKET_KEY, value("key", &key)?);
-        h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        if let Some(o) = &cfg.origin {
-            h.insert(ORIGIN, value("origin", o)?);
-        }
-        if !cfg.subprotocols.is_empty() {
-            if let Some(bad) = cfg
-                .subprotocols
-                .iter()
-                .find(|p| !crate::extensions::is_token(p))
-            {
-                return Err(HandshakeError::Config(format!(
-                    "subprotocol {bad:?} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~)"
-                )));
-            }
-            h.insert(
-                SEC_WEBSOCKET_PROTOCOL,
-                value("subprotocol list", &cfg.subprotocols.join(", "))?,
-            );
-        }
-        if let Some(d) = &cfg.deflate {
-            h.insert(
-                SEC_WEBSOCKET_EXTENSIONS,
-                value("extension offer", &client_offer(d))?,
-            );
-        }
-        let mut host_replaced = false;
-        for (name, v) in &cfg.headers {
-            if OWNED_BY_HANDSHAKE.contains(name) {
-                continue;
-            }
-            if name == HOST && !host_replaced {
-                h.remove(HOST);
-                host_replaced = true;
-            }
-            h.append(name.clone(), v.clone());
-        }
+        add_common_headers(h, &cfg)?;
         Ok(ClientHandshake { request, key, cfg })
     }
 
@@ -506,59 +486,133 @@ impl ClientHandshake {
             }
         }
 
-        let mut negotiated = Negotiated::default();
-        let mut protocols = h.get_all(SEC_WEBSOCKET_PROTOCOL).iter();
-        match (protocols.next(), protocols.next()) {
-            (None, _) => {}
-            (Some(v), None) => match self
-                .cfg
-                .subprotocols
-                .iter()
-                .find(|p| p.as_bytes() == v.as_bytes())
-            {
-                Some(p) => negotiated.subprotocol = Some(p.clone()),
-                None => {
-                    return Err(HandshakeError::BadSubprotocol(joined(
-                        h,
-                        &SEC_WEBSOCKET_PROTOCOL,
-                    )))
-                }
-            },
-            _ => {
+        client_negotiate(h, &self.cfg)
+    }
+}
+
+/// The handshake headers shared by every HTTP version: `Sec-WebSocket-Version`,
+/// `Origin`, `Sec-WebSocket-Protocol`, `Sec-WebSocket-Extensions` and the
+/// extra headers of `cfg` (a `Host` there replaces the one in `h`).
+fn add_common_headers(h: &mut HeaderMap, cfg: &ClientConfig) -> Result<(), HandshakeError> {
+    let value = |what: &str, s: &str| {
+        HeaderValue::from_str(s).map_err(|_| {
+            HandshakeError::Config(format!("{what} {s:?} is not a valid header value"))
+        })
+    };
+    h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if let Some(o) = &cfg.origin {
+        h.insert(ORIGIN, value("origin", o)?);
+    }
+    if !cfg.subprotocols.is_empty() {
+        if let Some(bad) = cfg
+            .subprotocols
+            .iter()
+            .find(|p| !crate::extensions::is_token(p))
+        {
+            return Err(HandshakeError::Config(format!(
+                "subprotocol {bad:?} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~)"
+            )));
+        }
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            value("subprotocol list", &cfg.subprotocols.join(", "))?,
+        );
+    }
+    if let Some(d) = &cfg.deflate {
+        h.insert(
+            SEC_WEBSOCKET_EXTENSIONS,
+            value("extension offer", &client_offer(d))?,
+        );
+    }
+    let mut host_replaced = false;
+    for (name, v) in &cfg.headers {
+        if OWNED_BY_HANDSHAKE.contains(name) {
+            continue;
+        }
+        if name == HOST && !host_replaced {
+            h.remove(HOST);
+            host_replaced = true;
+        }
+        h.append(name.clone(), v.clone());
+    }
+    Ok(())
+}
+
+/// The headers of an HTTP/2 or HTTP/3 extended CONNECT for a WebSocket
+/// (RFC 8441 §5 / RFC 9220): `Sec-WebSocket-Version: 13`, origin,
+/// subprotocols, the permessage-deflate offer and `cfg.headers`, without
+/// `Sec-WebSocket-Key` (HTTP/2 has none) and without the hop-by-hop headers
+/// HTTP/2 forbids. A `Host` in `cfg.headers` is returned as the authority
+/// to use instead of the URI's (`:authority`), not as a header.
+pub fn extended_connect_headers(
+    cfg: &ClientConfig,
+) -> Result<(HeaderMap, Option<HeaderValue>), HandshakeError> {
+    let mut h = HeaderMap::new();
+    add_common_headers(&mut h, cfg)?;
+    let authority = h.remove(HOST);
+    for name in ["keep-alive", "proxy-connection", "transfer-encoding", "te"] {
+        h.remove(name);
+    }
+    Ok((h, authority))
+}
+
+/// The version-independent part of checking a server's answer: the
+/// subprotocol (at most one, one we offered) and the extensions (at most
+/// permessage-deflate, with parameters we accept). HTTP/2 and HTTP/3 clients
+/// call this on the 200 response; [`ClientHandshake::verify`] calls it after
+/// the HTTP/1.1 checks.
+pub fn client_negotiate(h: &HeaderMap, cfg: &ClientConfig) -> Result<Negotiated, HandshakeError> {
+    let mut negotiated = Negotiated::default();
+    let mut protocols = h.get_all(SEC_WEBSOCKET_PROTOCOL).iter();
+    match (protocols.next(), protocols.next()) {
+        (None, _) => {}
+        (Some(v), None) => match cfg
+            .subprotocols
+            .iter()
+            .find(|p| p.as_bytes() == v.as_bytes())
+        {
+            Some(p) => negotiated.subprotocol = Some(p.clone()),
+            None => {
                 return Err(HandshakeError::BadSubprotocol(joined(
                     h,
                     &SEC_WEBSOCKET_PROTOCOL,
                 )))
             }
+        },
+        _ => {
+            return Err(HandshakeError::BadSubprotocol(joined(
+                h,
+                &SEC_WEBSOCKET_PROTOCOL,
+            )))
         }
+    }
 
-        let exts = parse_extensions(
-            h.get_all(SEC_WEBSOCKET_EXTENSIONS)
-                .iter()
-                .map(|v| v.as_bytes()),
-        )
-        .map_err(|e| HandshakeError::Extensions(format!("server's response: {e}")))?;
-        match (exts.as_slice(), &self.cfg.deflate) {
-            ([], _) => {}
-            ([one], Some(dcfg)) => {
-                let params = client_accept(one, dcfg).map_err(HandshakeError::Extensions)?;
-                negotiated.deflate = Some(params);
-            }
-            ([one], None) => {
-                return Err(HandshakeError::Extensions(format!(
-                    "server accepted extension {:?}, but we offered no extensions",
-                    one.name
-                )))
-            }
-            (many, _) => {
-                return Err(HandshakeError::Extensions(format!(
+    let exts = parse_extensions(
+        h.get_all(SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )
+    .map_err(|e| HandshakeError::Extensions(format!("server's response: {e}")))?;
+    match (exts.as_slice(), &cfg.deflate) {
+        ([], _) => {}
+        ([one], Some(dcfg)) => {
+            let params = client_accept(one, dcfg).map_err(HandshakeError::Extensions)?;
+            negotiated.deflate = Some(params);
+        }
+        ([one], None) => {
+            return Err(HandshakeError::Extensions(format!(
+                "server accepted extension {:?}, but we offered no extensions",
+                one.name
+            )))
+        }
+        (many, _) => {
+            return Err(HandshakeError::Extensions(format!(
                 "server accepted {} extensions, but we offered at most one (permessage-deflate)",
                 many.len()
             )))
-            }
         }
-        Ok(negotiated)
     }
+    Ok(negotiated)
 }
 
 #[cfg(test)]
@@ -1209,5 +1263,87 @@ mod tests {
             .to_string()
             .contains("must be a GET"));
         assert!(HandshakeError::NoUpgrade.to_string().contains("proxy"));
+    }
+
+    #[test]
+    fn extended_connect_headers_have_no_key_nor_hop_by_hop() {
+        let mut extra = HeaderMap::new();
+        extra.insert("authorization", HeaderValue::from_static("Bearer x"));
+        extra.insert("host", HeaderValue::from_static("other.example:8443"));
+        extra.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        extra.insert("te", HeaderValue::from_static("gzip"));
+        extra.insert("upgrade", HeaderValue::from_static("h2c"));
+        let cfg = ClientConfig {
+            subprotocols: vec!["chat".into(), "superchat".into()],
+            deflate: Some(DeflateConfig::default()),
+            origin: Some("https://example.com".into()),
+            headers: extra,
+        };
+        let (h, authority) = extended_connect_headers(&cfg).unwrap();
+        assert_eq!(authority.unwrap(), "other.example:8443");
+        assert_eq!(h["sec-websocket-version"], "13");
+        assert_eq!(h["origin"], "https://example.com");
+        assert_eq!(h["sec-websocket-protocol"], "chat, superchat");
+        assert_eq!(
+            h["sec-websocket-extensions"],
+            client_offer(&DeflateConfig::default()).as_str()
+        );
+        assert_eq!(h["authorization"], "Bearer x");
+        for absent in [
+            "host",
+            "sec-websocket-key",
+            "upgrade",
+            "connection",
+            "keep-alive",
+            "te",
+        ] {
+            assert!(!h.contains_key(absent), "{absent} must not be sent over h2");
+        }
+        let (_, authority) = extended_connect_headers(&ClientConfig::default()).unwrap();
+        assert!(authority.is_none());
+    }
+
+    #[test]
+    fn client_negotiate_checks_subprotocol_and_extensions() {
+        let cfg = ClientConfig {
+            subprotocols: vec!["chat".into()],
+            deflate: Some(DeflateConfig::default()),
+            ..Default::default()
+        };
+        let mut h = HeaderMap::new();
+        assert_eq!(client_negotiate(&h, &cfg).unwrap(), Negotiated::default());
+        h.insert("sec-websocket-protocol", HeaderValue::from_static("chat"));
+        h.insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static("permessage-deflate"),
+        );
+        let n = client_negotiate(&h, &cfg).unwrap();
+        assert_eq!(n.subprotocol.as_deref(), Some("chat"));
+        assert!(n.deflate.is_some());
+        h.insert("sec-websocket-protocol", HeaderValue::from_static("other"));
+        assert_eq!(
+            client_negotiate(&h, &cfg).unwrap_err(),
+            HandshakeError::BadSubprotocol("other".into())
+        );
+        h.remove("sec-websocket-protocol");
+        h.insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static("x-foo"),
+        );
+        let no_deflate = ClientConfig::default();
+        assert!(matches!(
+            client_negotiate(&h, &no_deflate),
+            Err(HandshakeError::Extensions(_))
+        ));
+    }
+
+    #[test]
+    fn extended_connect_errors_have_their_status() {
+        let r: Rejection = HandshakeError::UnsupportedProtocol("h3-tunnel".into()).into();
+        assert_eq!(r.response.status(), StatusCode::NOT_IMPLEMENTED);
+        assert!(r.response.headers().is_empty());
+        let r: Rejection = HandshakeError::ExtendedConnect("no :protocol".into()).into();
+        assert_eq!(r.response.status(), StatusCode::BAD_REQUEST);
+        assert!(r.error.to_string().contains("RFC 8441"));
     }
 }

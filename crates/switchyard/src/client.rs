@@ -200,6 +200,11 @@ impl ClientBuilder {
         &self.limits
     }
 
+    /// The handshake settings (subprotocols, deflate, origin, extra headers).
+    pub fn handshake_config(&self) -> &ClientConfig {
+        &self.handshake
+    }
+
     /// Where root certificates come from (wss).
     pub fn roots(self, roots: RootSource) -> Self {
         ClientBuilder { roots, ..self }.tls_changed()
@@ -358,15 +363,15 @@ async fn read_response_head<S: AsyncRead + Unpin>(
 }
 
 /// A parsed ws:// or wss:// URL.
-struct Target {
-    uri: Uri,
-    host: String,
-    port: u16,
-    tls: bool,
+pub(crate) struct Target {
+    pub(crate) uri: Uri,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: bool,
 }
 
 impl Target {
-    fn parse(url: &str) -> Result<Target, Error> {
+    pub(crate) fn parse(url: &str) -> Result<Target, Error> {
         let bad = |why| Error::Url {
             url: url.to_owned(),
             why,
@@ -396,7 +401,7 @@ impl Target {
     }
 }
 
-fn tls_error(host: &str, e: io::Error) -> Error {
+pub(crate) fn tls_error(host: &str, e: io::Error) -> Error {
     let is_rustls = e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
     if is_rustls {
         if let Some(inner) = e.into_inner() {

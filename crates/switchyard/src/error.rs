@@ -83,6 +83,10 @@ pub enum Error {
     /// The URL cannot be used for a WebSocket.
     #[error("invalid WebSocket URL {url:?}: {why}")]
     Url { url: String, why: &'static str },
+
+    /// WebSocket over HTTP/2 (RFC 8441) failed: see [`crate::h2::H2Error`].
+    #[error("WebSocket over HTTP/2: {0}")]
+    H2(#[from] crate::h2::H2Error),
 }
 
 impl Error {

@@ -7,8 +7,67 @@
 //!   [`Limits`].
 //! * [`server`]: read the request head, accept on a raw stream, or upgrade
 //!   inside a hyper 1 service.
+//! * [`h2`]: WebSocket over HTTP/2 (RFC 8441 extended CONNECT), server
+//!   [`h2::accept`] and a multiplexing client [`h2::H2Connection`].
+//! * [`h3`]: WebSocket over HTTP/3 (RFC 9220) on quinn: server
+//!   [`h3::bind_endpoint`] + [`h3::serve`], client [`h3::connect_h3`] and
+//!   the multiplexing [`h3::H3Connection`].
 //! * [`client`]: `connect("ws://..."/"wss://...")` with rustls, or the
 //!   handshake over any stream.
+//!
+//! # Server
+//!
+//! ```no_run
+//! use futures_util::{SinkExt, StreamExt};
+//! use switchyard::server::{accept, AcceptConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+//! let cfg = AcceptConfig::default();
+//! loop {
+//!     let (tcp, _) = listener.accept().await?;
+//!     let cfg = cfg.clone();
+//!     tokio::spawn(async move {
+//!         // Answers 400/408/431/426... by itself when the request is bad.
+//!         let Ok(mut ws) = accept(tcp, &cfg).await else { return };
+//!         while let Some(Ok(msg)) = ws.next().await {
+//!             if msg.is_data() && ws.send(msg).await.is_err() {
+//!                 break;
+//!             }
+//!         }
+//!     });
+//! }
+//! # }
+//! ```
+//!
+//! # Client
+//!
+//! ```no_run
+//! use futures_util::{SinkExt, StreamExt};
+//! use switchyard::{ClientBuilder, CloseCode, Message};
+//!
+//! # async fn run() -> Result<(), switchyard::Error> {
+//! let (mut ws, _response) = ClientBuilder::new()
+//!     .subprotocols(["chat"])
+//!     .connect("wss://example.com/socket")
+//!     .await?;
+//! ws.send(Message::text("hello")).await?;
+//! if let Some(reply) = ws.next().await {
+//!     println!("{:?}", reply?);
+//! }
+//! ws.close(CloseCode::NORMAL, "bye").await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Timeouts and limits
+//!
+//! All from [`Limits`]: `handshake_timeout` bounds the request head (server,
+//! answered with 408) and the whole connect + TLS + handshake (client);
+//! `ping_interval` / `pong_timeout` run the heartbeat (a silent peer is closed
+//! with 1011 and the stream yields `Error::Timeout("pong")`); `close_timeout`
+//! bounds the closing handshake; `max_write_buffer` is the `Sink`
+//! backpressure threshold.
 
 pub use switchyard_proto as proto;
 pub use switchyard_proto::message::Utf8Bytes;
@@ -16,6 +75,8 @@ pub use switchyard_proto::{CloseCode, CloseFrame, Limits, Message, Role};
 
 pub mod client;
 pub mod error;
+pub mod h2;
+pub mod h3;
 pub mod server;
 pub mod websocket;
 

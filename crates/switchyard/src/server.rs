@@ -125,6 +125,7 @@ pub async fn accept_request<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(WebSocket::from_raw(stream, conn, &leftover).with_negotiated(negotiated))
         }
         Err(rej) => {
+            tracing::debug!(status = rej.response.status().as_u16(), error = %rej.error, "websocket upgrade refused");
             let extra = rejection_extra_headers(&rej.response);
             let body = format!("{}\n", rej.error);
             let _ = write_simple(&mut stream, rej.response.status(), &extra, &body).await;
@@ -144,6 +145,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Ok((req, leftover)) => accept_request(stream, &req, leftover, cfg).await,
         Err(e) => {
             if let Some(status) = e.http_status() {
+                tracing::debug!(status = status.as_u16(), error = %e, "bad request head");
                 let body = format!("{e}\n");
                 let _ = write_simple(&mut stream, status, &HeaderMap::new(), &body).await;
                 let _ = stream.shutdown().await;
@@ -197,6 +199,21 @@ pub fn upgrade<B>(
 pub struct UpgradeFut {
     on_upgrade: hyper::upgrade::OnUpgrade,
     conn: Option<(Connection, Negotiated)>,
+}
+
+impl UpgradeFut {
+    /// A future handing `conn` the stream hyper upgrades (HTTP/1.1 101 or an
+    /// HTTP/2 extended CONNECT answered 200).
+    pub(crate) fn new(
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        conn: Connection,
+        negotiated: Negotiated,
+    ) -> Self {
+        UpgradeFut {
+            on_upgrade,
+            conn: Some((conn, negotiated)),
+        }
+    }
 }
 
 impl std::fmt::Debug for UpgradeFut {

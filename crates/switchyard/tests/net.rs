@@ -352,3 +352,128 @@ async fn subprotocol_is_negotiated() {
     assert_eq!(ws.subprotocol(), Some("chat.v2"));
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat.v2");
 }
+
+#[tokio::test]
+async fn builder_sends_origin_headers_and_deflate_offer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let (req, _) = switchyard::read_request_head(&mut tcp, &Limits::default())
+            .await
+            .unwrap();
+        tcp.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        req
+    });
+    let err = ClientBuilder::new()
+        .origin("https://app.example")
+        .header(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer t0k"),
+        )
+        .subprotocols(["v1"])
+        .connect(&format!("ws://{addr}/path?q=1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::UpgradeRefused {
+            status: http::StatusCode::FORBIDDEN,
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("Origin"), "{err}");
+    let req = server.await.unwrap();
+    assert_eq!(req.uri().path_and_query().unwrap().as_str(), "/path?q=1");
+    assert_eq!(req.headers()["origin"], "https://app.example");
+    assert_eq!(req.headers()["authorization"], "Bearer t0k");
+    assert_eq!(req.headers()["sec-websocket-protocol"], "v1");
+    let ext = req.headers()["sec-websocket-extensions"].to_str().unwrap();
+    assert!(ext.starts_with("permessage-deflate"), "{ext}");
+}
+
+#[tokio::test]
+async fn no_deflate_sends_no_extension_offer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let (req, _) = switchyard::read_request_head(&mut tcp, &Limits::default())
+            .await
+            .unwrap();
+        drop(tcp);
+        req
+    });
+    let err = ClientBuilder::new()
+        .no_deflate()
+        .connect(&format!("ws://{addr}/"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::HeadEof { got: 0 }), "{err:?}");
+    let req = server.await.unwrap();
+    assert!(req.headers().get("sec-websocket-extensions").is_none());
+}
+
+#[tokio::test]
+async fn client_handshake_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = tokio::spawn(async move {
+        // Accept and never answer.
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(tcp);
+    });
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let err = ClientBuilder::new()
+        .limits(limits)
+        .connect(&format!("ws://{addr}/"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout("opening handshake")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn split_client_streams_both_ways_over_tcp() {
+    let addr = echo_server(deflate_server()).await;
+    let (ws, _) = ClientBuilder::new()
+        .connect(&format!("ws://{addr}/"))
+        .await
+        .unwrap();
+    let (mut rx, mut tx) = ws.split();
+    const N: usize = 100;
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            let mut payload = vec![(i % 256) as u8; 32 * 1024];
+            payload[0] = (i >> 8) as u8;
+            tx.feed(Message::binary(payload)).await.unwrap();
+        }
+        tx.flush().await.unwrap();
+        tx
+    });
+    for i in 0..N {
+        match rx.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                assert_eq!(b.len(), 32 * 1024);
+                assert_eq!(
+                    (b[0], b[1]),
+                    ((i >> 8) as u8, (i % 256) as u8),
+                    "message {i}"
+                );
+            }
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    let mut tx = writer.await.unwrap();
+    tx.close(CloseCode::NORMAL, "").await.unwrap();
+    assert!(matches!(rx.next().await, Some(Ok(Message::Close(_)))));
+    assert!(rx.next().await.is_none());
+}

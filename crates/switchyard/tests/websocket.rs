@@ -17,6 +17,7 @@ async fn receives_text_and_binary_and_sends_back() {
     peer.send(Message::text("hello")).await;
     peer.send(Message::binary(vec![1u8, 2, 3])).await;
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    assert!(!futures_util::stream::FusedStream::is_terminated(&ws));
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
         Message::binary(vec![1u8, 2, 3])
@@ -83,6 +84,7 @@ async fn peer_close_is_yielded_answered_and_server_closes_transport() {
         Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, "bye")))
     );
     assert!(ws.next().await.is_none());
+    assert!(futures_util::stream::FusedStream::is_terminated(&ws));
     assert!(ws.next().await.is_none());
     match peer.recv().await {
         Some(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::NORMAL),
@@ -180,6 +182,31 @@ async fn heartbeat_keeps_answering_peer_alive() {
     peer.send(Message::text("still here")).await;
     let (pongs, text) = reader.await.unwrap();
     assert_eq!((pongs, text.as_str()), (3, "still here"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeat_pings_every_interval_when_pong_timeout_is_longer() {
+    let limits = Limits {
+        ping_interval: Some(Duration::from_secs(1)),
+        pong_timeout: Duration::from_secs(20),
+        ..Limits::default()
+    };
+    let (mut ws, mut peer) = server_ws(limits);
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+    let started = tokio::time::Instant::now();
+    for _ in 0..5 {
+        match peer.recv().await {
+            Some(Message::Ping(_)) => peer.flush_auto().await,
+            other => panic!("expected ping, got {other:?}"),
+        }
+    }
+    // Five answered pings one interval apart: about 5 s, not 5 pong timeouts.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(5) && elapsed < Duration::from_secs(7),
+        "{elapsed:?}"
+    );
+    reader.abort();
 }
 
 #[tokio::test(start_paused = true)]
@@ -345,4 +372,174 @@ async fn oversized_control_frame_send_is_rejected() {
     let (mut ws, _peer) = server_ws(Limits::default());
     let r = ws.send(Message::Ping(Bytes::from(vec![0u8; 200]))).await;
     assert!(matches!(r, Err(Error::Send(_))), "{r:?}");
+}
+
+#[tokio::test]
+async fn close_reply_is_sent_even_if_caller_stops_polling() {
+    let (mut ws, mut peer) = server_ws(Limits::default());
+    peer.send(Message::Close(Some(CloseFrame::new(
+        CloseCode::GOING_AWAY,
+        "",
+    ))))
+    .await;
+    assert!(matches!(ws.next().await, Some(Ok(Message::Close(_)))));
+    // No further poll of `ws`: the reply and the server's EOF still arrive.
+    match peer.recv().await {
+        Some(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::GOING_AWAY),
+        other => panic!("expected close reply, got {other:?}"),
+    }
+    assert!(peer.sees_eof().await);
+    drop(ws);
+}
+
+#[tokio::test]
+async fn split_writer_close_is_completed_by_reader() {
+    let (ws, mut peer) = server_ws(Limits::default());
+    let (mut rx, mut tx) = ws.split();
+    tx.close(CloseCode::NORMAL, "writer done").await.unwrap();
+    match peer.recv().await {
+        Some(Message::Close(Some(f))) => assert_eq!(f.reason, "writer done"),
+        other => panic!("expected close, got {other:?}"),
+    }
+    peer.flush_auto().await;
+    assert!(matches!(rx.next().await, Some(Ok(Message::Close(_)))));
+    assert!(rx.next().await.is_none());
+    assert!(peer.sees_eof().await);
+    assert!(matches!(
+        tx.send(Message::text("late")).await,
+        Err(Error::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn split_writer_alone_waits_for_peer_close() {
+    let (ws, mut peer) = server_ws(Limits::default());
+    let (rx, mut tx) = ws.split();
+    drop(rx);
+    let closer = tokio::spawn(async move { SinkExt::close(&mut tx).await });
+    assert!(matches!(peer.recv().await, Some(Message::Close(_))));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!closer.is_finished(), "returned before the peer's close");
+    peer.flush_auto().await;
+    closer.await.unwrap().unwrap();
+    assert!(peer.sees_eof().await);
+}
+
+#[tokio::test]
+async fn ping_flood_from_a_peer_that_never_reads_pauses_reading() {
+    // 4 KiB pipe: the peer never reads our pongs.
+    let (mut ws, mut peer) = pair(Role::Server, Limits::default(), 4096);
+    let server = tokio::spawn(async move {
+        let mut pings = 0usize;
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Ping(_)) {
+                pings += 1;
+            }
+        }
+        pings
+    });
+    let mut flood = Vec::new();
+    for _ in 0..10_000 {
+        flood.extend(peer.encode(Message::Ping(Bytes::from(vec![1u8; 125]))));
+    }
+    // 10 000 pongs of 127 bytes would be 1.2 MiB of output; the server stops
+    // reading after 64 KiB of unsent replies, so the flood cannot be written.
+    let r = tokio::time::timeout(Duration::from_millis(500), peer.write_raw(&flood)).await;
+    assert!(
+        r.is_err(),
+        "the whole flood was accepted: output grew without bound"
+    );
+    drop(peer);
+    let pings = server.await.unwrap();
+    assert!(pings < 1000, "{pings} pings processed");
+}
+
+/// Counts `poll_write` calls that wrote something.
+struct CountingWrites {
+    inner: tokio::io::DuplexStream,
+    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for CountingWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            if *n > 0 {
+                self.writes
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn queued_frames_go_out_in_one_write() {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stream = CountingWrites {
+        inner: a,
+        writes: writes.clone(),
+    };
+    let mut ws = switchyard::WebSocket::from_raw(
+        stream,
+        Connection::new(Role::Server, Limits::default()),
+        &[],
+    );
+    for i in 0..50 {
+        ws.feed(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    ws.flush().await.unwrap();
+    assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let mut peer = common::RawPeer {
+        io: b,
+        conn: Connection::new(Role::Client, Limits::default()),
+    };
+    for i in 0..50 {
+        assert_eq!(
+            peer.recv().await,
+            Some(Message::text(format!("message {i}")))
+        );
+    }
+}
+
+#[test]
+fn types_can_cross_tasks() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn send<T: Send + 'static>() {}
+    send::<switchyard::WebSocket<tokio::net::TcpStream>>();
+    send::<switchyard::WebSocket<switchyard::MaybeTlsStream>>();
+    send_sync::<switchyard::WsReader<tokio::net::TcpStream>>();
+    send_sync::<switchyard::WsWriter<tokio::net::TcpStream>>();
+    send_sync::<Error>();
+    send::<switchyard::server::UpgradeFut>();
 }

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's results.jsonl into the median table and our ratios to each peer.
+
+Usage: python3 bench/report.py RESULTS.jsonl
+"""
+import json
+import statistics
+import sys
+
+CLK_TCK = 100  # USER_HZ on Linux
+OURS = "switchyard"
+SERVER_ORDER = ["switchyard", "fastwebsockets", "tokio-tungstenite", "tokio-websockets"]
+CASES = {
+    "a": "(a) 100 conns x 16 B text, 1 in flight",
+    "b": "(b) 100 conns x 16 B text, 16 in flight",
+    "c": "(c) 10 conns x 64 KiB binary, 1 in flight",
+    "d": "(d) handshakes (32 concurrent)",
+    "e": "(e) memory per idle connection",
+}
+UNITS = {"a": "msgs/s", "b": "msgs/s", "c": "msgs/s", "d": "hs/s", "e": "B/conn"}
+
+
+def load(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def main(path, lg_cores=1):
+    rows = load(path)
+    servers = [s for s in SERVER_ORDER if any(r["server"] == s for r in rows)]
+    servers += sorted({r["server"] for r in rows} - set(servers))
+    cases = [c for c in CASES if any(r["case"] == c for r in rows)]
+    # metric[case][server] = list of per-round values; extra detail lists too.
+    metric, mbps, cpu_us, lg_us, util, p50, p99, lg_cpu, errors, failures = ({} for _ in range(10))
+    for r in rows:
+        key = (r["case"], r["server"])
+        if "error" in r:
+            failures.setdefault(key, []).append(r["error"])
+            continue
+        j = json.loads(r["load"])
+        errors[key] = errors.get(key, 0) + int(j.get("errors", 0))
+        if r["case"] == "e":
+            n = max(int(j["ready"]), 1)
+            delta = (int(r["rss1_kib"]) - int(r["rss0_kib"])) * 1024 / n
+            metric.setdefault(key, []).append(delta)
+            continue
+        rate = j.get("msgs_per_s", j.get("handshakes_per_s", 0.0))
+        metric.setdefault(key, []).append(rate)
+        if "mb_per_s" in j:
+            mbps.setdefault(key, []).append(j["mb_per_s"])
+        total = j.get("messages_total", j.get("handshakes_total", 0))
+        ticks = int(r["server_ticks"])
+        if total:
+            cpu_us.setdefault(key, []).append(ticks / CLK_TCK / total * 1e6)
+            if j.get("client_cpu_seconds") is not None:
+                lg_us.setdefault(key, []).append(j["client_cpu_seconds"] / total * 1e6)
+        wall = float(r["wall1"]) - float(r["wall0"])
+        if wall > 0:
+            util.setdefault(key, []).append(ticks / CLK_TCK / wall)
+        p50.setdefault(key, []).append(j["p50_us"])
+        p99.setdefault(key, []).append(j["p99_us"])
+        if j.get("client_cpu") is not None:
+            lg_cpu.setdefault(key, []).append(j["client_cpu"])
+
+    def med(d, key):
+        v = d.get(key)
+        return statistics.median(v) if v else None
+
+    def fmt(x, digits=0):
+        if x is None:
+            return "-"
+        return f"{x:,.{digits}f}"
+
+    rounds = max((len(v) for v in metric.values()), default=0)
+    print()
+    print(f"Medians over {rounds} round(s); higher is better except (e).")
+    w0 = 44
+    head = f"{'case':{w0}} {'unit':7}" + "".join(f" {s:>18}" for s in servers)
+    print(head)
+    print("-" * len(head))
+    for c in cases:
+        line = f"{CASES[c]:{w0}} {UNITS[c]:7}"
+        for s in servers:
+            line += f" {fmt(med(metric, (c, s))):>18}"
+        print(line)
+        if c == "c":
+            line = f"{'    payload throughput':{w0}} {'MB/s':7}"
+            for s in servers:
+                line += f" {fmt(med(mbps, (c, s)), 1):>18}"
+            print(line)
+
+    if OURS in servers:
+        peers = [s for s in servers if s != OURS]
+        print()
+        print(f"Ratio {OURS} / peer (medians; > 1 is better for (a)-(d), < 1 is better for (e)).")
+        head = f"{'case':{w0}}" + "".join(f" {'vs ' + p:>22}" for p in peers) + "  target -> met?"
+        print(head)
+        print("-" * len(head))
+        for c in cases:
+            ours = med(metric, (c, OURS))
+            line = f"{CASES[c]:{w0}}"
+            for p in peers:
+                peer = med(metric, (c, p))
+                ratio = ours / peer if ours is not None and peer else None
+                line += f" {fmt(ratio, 2):>22}"
+            line += "  " + target(c, ours, {p: med(metric, (c, p)) for p in peers})
+            print(line)
+
+        print()
+        print(f"Server CPU per message, peer / {OURS} (medians; > 1: {OURS} needs less CPU per")
+        print("message or handshake; unlike msgs/s this does not depend on how much CPU the machine gave).")
+        cpu_cases = [c for c in cases if c != "e"]
+        head = f"{'case':{w0}}" + "".join(f" {'vs ' + p:>22}" for p in peers)
+        print(head)
+        print("-" * len(head))
+        for c in cpu_cases:
+            ours = med(cpu_us, (c, OURS))
+            line = f"{CASES[c]:{w0}}"
+            for p in peers:
+                peer = med(cpu_us, (c, p))
+                ratio = peer / ours if ours and peer is not None else None
+                line += f" {fmt(ratio, 2):>22}"
+            print(line)
+
+    print()
+    print("Details (medians): server and load-generator CPU per message (us; per handshake in (d)),")
+    print("server CPU use, latency p50/p99 (us), load-generator CPU use, errors summed over rounds.")
+    head = (
+        f"{'case':5} {'server':18} {'srv us/msg':>11} {'lg us/msg':>10} {'srv cpu':>8} "
+        f"{'p50 us':>10} {'p99 us':>10} {'lg cpu':>7} {'errors':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for c in cases:
+        for s in servers:
+            key = (c, s)
+            if c == "e" and key not in failures:
+                continue  # no CPU or latency figures for the idle-memory case
+            fail = failures.get(key)
+            pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"
+            print(
+                f"({c})   {s:18} {fmt(med(cpu_us, key), 2):>11} {fmt(med(lg_us, key), 2):>10} "
+                f"{pct(med(util, key)):>8} "
+                f"{fmt(med(p50, key), 1):>10} {fmt(med(p99, key), 1):>10} {pct(med(lg_cpu, key)):>7} "
+                f"{errors.get(key, 0):>7}" + (f"  FAILED x{len(fail)}: {fail[0]}" if fail else "")
+            )
+    saturated = [
+        f"({c}) {s}" for c in cases for s in servers if (med(lg_cpu, (c, s)) or 0) >= 0.9
+    ]
+    if saturated:
+        print()
+        print("WARNING: the load generator used >= 90% of its core for " + ", ".join(saturated))
+        print("         those numbers are lower bounds for the server, not its capacity.")
+    # With one core each, the side that needs more CPU per message sets the rate.
+    heavy = [
+        f"({c}) {s}"
+        for c in cases
+        for s in servers
+        if med(lg_us, (c, s)) is not None
+        and med(cpu_us, (c, s))
+        and med(lg_us, (c, s)) >= 0.8 * med(cpu_us, (c, s)) * lg_cores
+    ]
+    if heavy:
+        print()
+        print("NOTE: the load generator needs >= 80% of the server's CPU per message for " + ", ".join(heavy) + ";")
+        print("      on loopback both sides pay mostly kernel TCP time, so with as many load cores as")
+        print("      server cores these msgs/s are bounded by the pair: compare 'srv us/msg' there.")
+
+
+def target(case, ours, peers):
+    known = {p: v for p, v in peers.items() if v is not None}
+    if ours is None:
+        return "(no result for switchyard)"
+    if case in ("a", "c", "d"):
+        if not known:
+            return ">= fastest peer -> (no peer result)"
+        best = max(known.values())
+        return f">= fastest peer -> {'yes' if ours >= best else 'NO'} ({ours / best:.2f}x)"
+    if case == "b":
+        fw = known.get("fastwebsockets")
+        if fw is None:
+            return ">= 5x fastwebsockets -> (no fastwebsockets result)"
+        return f">= 5x fastwebsockets -> {'yes' if ours >= 5 * fw else 'NO'} ({ours / fw:.2f}x)"
+    if case == "e":
+        return f"<= 2048 B/conn -> {'yes' if ours <= 2048 else 'NO'} ({ours:.0f} B)"
+    return ""
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: report.py RESULTS.jsonl [LOAD_GENERATOR_CORES]")
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1)

@@ -1,0 +1,1451 @@
+//! `switchyard bench`: a WebSocket load generator.
+//!
+//! Modes:
+//! - echo (default): `--connections` connections, each keeping `--in-flight` messages of
+//!   `--size` bytes outstanding (closed loop). A reply is matched to its request in FIFO order;
+//!   latency is measured from the time the request batch was written.
+//! - `--handshakes`: every connection slot loops connect → upgrade request → 101 checked →
+//!   close handshake → socket dropped, and the rate of completed cycles is reported.
+//! - `--idle N`: open N idle WebSocket connections, print `ready` and hold them until killed
+//!   (or for `--duration` seconds when it is given).
+//!
+//! The generator must never be the bottleneck, so the client is hand-written over a raw tokio
+//! `TcpStream`: one write syscall per batch of frames, one read syscall per batch of replies,
+//! one receive buffer per connection, masking done eight bytes at a time. It still speaks
+//! WebSocket correctly: client frames are masked with a fresh key per frame, the 101 response
+//! and its `Sec-WebSocket-Accept` are checked, and every echoed frame is parsed (FIN, opcode,
+//! length, mask bit, payload) so that anything unexpected is counted as an error.
+//!
+//! Work runs on `--threads` OS threads (default: the CPUs this process may run on, so `taskset`
+//! decides), each with its own current-thread tokio runtime; connections are dealt round-robin.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Barrier, OnceLock};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use hdrhistogram::Histogram;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Arguments of `switchyard bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// WebSocket URL of an echo endpoint, e.g. ws://127.0.0.1:9001/echo (wss is not supported).
+    pub url: String,
+    /// Concurrent connections (in --handshakes mode: concurrent connect/handshake/close loops).
+    #[arg(short = 'c', long, default_value_t = 100)]
+    pub connections: usize,
+    /// Messages kept outstanding per connection; more than one are written in one batch.
+    #[arg(short = 'n', long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// Payload size of each message in bytes.
+    #[arg(short = 's', long, default_value_t = 16)]
+    pub size: usize,
+    /// Send binary messages instead of text (text payloads are ASCII).
+    #[arg(long)]
+    pub binary: bool,
+    /// Measured time in seconds, after the warm-up (default 3; in --idle mode: hold forever).
+    #[arg(short = 'd', long)]
+    pub duration: Option<f64>,
+    /// Warm-up time in seconds before measuring.
+    #[arg(short = 'w', long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Handshake-rate mode: connect, handshake, close, repeat.
+    #[arg(long, conflicts_with = "idle")]
+    pub handshakes: bool,
+    /// Open this many idle connections, print `ready` and hold them until killed.
+    #[arg(long, value_name = "N")]
+    pub idle: Option<usize>,
+    /// Load-generator threads (default: the CPUs this process may run on, so `taskset`
+    /// decides). Set from the global `--threads` option of `switchyard`.
+    #[arg(skip)]
+    pub threads: Option<usize>,
+    /// Print the result as one JSON object instead of the one-line summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the benchmark described by `args` and prints its result on stdout.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let target = Target::parse(&args.url)?;
+    let plan = Plan::from_args(&args, target).await?;
+    let plan = Arc::new(plan);
+    let mode = if args.idle.is_some() {
+        Mode::Idle
+    } else if args.handshakes {
+        Mode::Handshakes
+    } else {
+        Mode::Echo
+    };
+    match mode {
+        Mode::Idle => run_idle(plan, args.json).await,
+        Mode::Echo | Mode::Handshakes => {
+            let report = run_threads(plan.clone(), mode).await?;
+            print_report(&plan, mode, &report, args.json);
+            if report.completed == 0 {
+                bail!(
+                    "no {} completed against {} ({} errors{}); is an echo server listening there?",
+                    if mode == Mode::Echo {
+                        "message"
+                    } else {
+                        "handshake"
+                    },
+                    plan.target.url,
+                    report.errors,
+                    report
+                        .first_error
+                        .as_deref()
+                        .map(|e| format!(", first: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Echo,
+    Handshakes,
+    Idle,
+}
+
+/// Where to connect and what to ask for.
+#[derive(Debug, Clone)]
+struct Target {
+    url: String,
+    host_header: String,
+    authority: (String, u16),
+    path: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> anyhow::Result<Self> {
+        let uri: http::Uri = url
+            .parse()
+            .with_context(|| format!("{url:?} is not a valid URL; expected ws://HOST:PORT/PATH"))?;
+        match uri.scheme_str() {
+            Some("ws") => {}
+            Some("wss") => bail!(
+                "{url}: wss is not supported by the load generator (it measures the WebSocket \
+                 layer, not TLS); use a ws:// URL"
+            ),
+            _ => bail!("{url}: the URL must start with ws://"),
+        }
+        let host = uri
+            .host()
+            .with_context(|| format!("{url}: the URL has no host"))?
+            .to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let host_header = match uri.port_u16() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/".to_string());
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        Ok(Self {
+            url: url.to_string(),
+            host_header,
+            authority: (bare, port),
+            path,
+        })
+    }
+}
+
+/// Everything the worker threads share, fixed before they start.
+struct Plan {
+    target: Target,
+    addr: SocketAddr,
+    connections: usize,
+    in_flight: usize,
+    size: usize,
+    binary: bool,
+    warmup: Duration,
+    duration: Option<Duration>,
+    idle: usize,
+    threads: usize,
+    payload: Vec<u8>,
+    /// The upgrade request up to the `Sec-WebSocket-Key` value.
+    request_head: String,
+}
+
+impl Plan {
+    async fn from_args(args: &BenchArgs, target: Target) -> anyhow::Result<Self> {
+        let addr = tokio::net::lookup_host((target.authority.0.as_str(), target.authority.1))
+            .await
+            .with_context(|| format!("cannot resolve the host of {}", target.url))?
+            .next()
+            .with_context(|| format!("the host of {} resolves to no address", target.url))?;
+        if args.connections == 0 {
+            bail!("--connections must be at least 1");
+        }
+        if args.in_flight == 0 {
+            bail!("--in-flight must be at least 1");
+        }
+        let secs = |name: &str, v: f64| -> anyhow::Result<Duration> {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("--{name} must be a number of seconds >= 0, got {v}");
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        let warmup = secs("warmup", args.warmup)?;
+        let duration = match (args.duration, args.idle) {
+            (Some(d), _) => Some(secs("duration", d)?),
+            (None, Some(_)) => None,
+            (None, None) => Some(Duration::from_secs(3)),
+        };
+        if args.idle.is_none() && duration.is_some_and(|d| d.is_zero()) {
+            bail!("--duration must be more than 0 seconds");
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let work = args.idle.unwrap_or(args.connections).max(1);
+        let threads = args.threads.unwrap_or(cpus).clamp(1, work);
+        // ASCII payload, so that text messages are valid UTF-8 and easy to recognise.
+        let payload: Vec<u8> = (0..args.size).map(|i| b'a' + (i % 26) as u8).collect();
+        let request_head = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ",
+            target.path, target.host_header
+        );
+        Ok(Self {
+            target,
+            addr,
+            connections: args.connections,
+            in_flight: args.in_flight,
+            size: args.size,
+            binary: args.binary,
+            warmup,
+            duration,
+            idle: args.idle.unwrap_or(0),
+            threads,
+            payload,
+            request_head,
+        })
+    }
+
+    fn opcode(&self) -> u8 {
+        if self.binary {
+            OP_BINARY
+        } else {
+            OP_TEXT
+        }
+    }
+}
+
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// Largest server frame header: 2 bytes + 8 bytes of length (server frames are unmasked).
+const MAX_HEADER: usize = 10;
+/// Largest upgrade response head accepted.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// Largest control frame payload (RFC 6455 §5.5).
+const MAX_CONTROL: usize = 125;
+
+/// Results of one worker thread, or of all of them merged.
+struct Report {
+    /// Echoed messages or completed handshake cycles inside the measured window.
+    completed: u64,
+    /// Echoed messages or completed cycles over the whole run, warm-up included (for the
+    /// server CPU per message that bench/run.sh computes from the server's CPU time).
+    total: u64,
+    errors: u64,
+    first_error: Option<String>,
+    /// Latency in nanoseconds.
+    latency: Histogram<u64>,
+    measured: Duration,
+    /// CPU time of this process divided by wall time and threads over the whole run, so
+    /// that a saturated load generator (near 1.0) is visible.
+    client_cpu: Option<f64>,
+    /// CPU seconds this process used over the whole run (all threads).
+    client_cpu_seconds: Option<f64>,
+}
+
+impl Report {
+    fn new() -> Self {
+        Self {
+            completed: 0,
+            total: 0,
+            errors: 0,
+            first_error: None,
+            latency: new_histogram(),
+            measured: Duration::ZERO,
+            client_cpu: None,
+            client_cpu_seconds: None,
+        }
+    }
+
+    fn error(&mut self, what: impl FnOnce() -> String) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(what());
+        }
+    }
+
+    fn merge(&mut self, other: Report) {
+        self.completed += other.completed;
+        self.total += other.total;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        // Both histograms have the same bounds and auto-resize, so `add` cannot fail.
+        let _ = self.latency.add(&other.latency);
+        self.measured = self.measured.max(other.measured);
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 ns .. 1 hour, 3 significant digits; auto-resize so no record is ever lost.
+    let mut h = Histogram::new(3).unwrap_or_else(|_| unreachable_histogram());
+    h.auto(true);
+    h
+}
+
+#[cold]
+fn unreachable_histogram() -> Histogram<u64> {
+    // `Histogram::new(3)` only fails for more than 5 significant digits.
+    unreachable!("a 3-significant-digit histogram is always valid")
+}
+
+/// Window shared by all threads: measuring starts at `start + warmup` and ends at `end`.
+#[derive(Clone, Copy)]
+struct Window {
+    measure_from: Instant,
+    end: Instant,
+}
+
+/// User + system CPU seconds used by this process so far (Linux `/proc/self/stat`).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut f = rest.split_ascii_whitespace().skip(11);
+    let utime: f64 = f.next()?.parse().ok()?;
+    let stime: f64 = f.next()?.parse().ok()?;
+    // USER_HZ is 100 on every Linux ABI tokio supports.
+    Some((utime + stime) / 100.0)
+}
+
+async fn run_threads(plan: Arc<Plan>, mode: Mode) -> anyhow::Result<Report> {
+    let wall = Instant::now();
+    let cpu0 = process_cpu_seconds();
+    let barrier = Arc::new(Barrier::new(plan.threads));
+    let start: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let mut handles = Vec::with_capacity(plan.threads);
+    for t in 0..plan.threads {
+        let plan = plan.clone();
+        let barrier = barrier.clone();
+        let start = start.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("bench-{t}"))
+            .spawn(move || worker_thread(plan, mode, t, barrier, start))
+            .context("cannot start a load-generator thread")?;
+        handles.push(handle);
+    }
+    let joined = tokio::task::spawn_blocking(move || {
+        handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
+    })
+    .await
+    .context("the load-generator threads could not be joined")?;
+    let mut total = Report::new();
+    for r in joined {
+        match r {
+            Ok(Ok(rep)) => total.merge(rep),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!("a load-generator thread panicked"),
+        }
+    }
+    if let (Some(a), Some(b)) = (cpu0, process_cpu_seconds()) {
+        let secs = wall.elapsed().as_secs_f64().max(1e-9);
+        total.client_cpu = Some((b - a) / secs / plan.threads as f64);
+        total.client_cpu_seconds = Some(b - a);
+    }
+    Ok(total)
+}
+
+fn worker_thread(
+    plan: Arc<Plan>,
+    mode: Mode,
+    index: usize,
+    barrier: Arc<Barrier>,
+    start: Arc<OnceLock<Instant>>,
+) -> anyhow::Result<Report> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a tokio runtime for a load-generator thread")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let slots: Vec<usize> = (index..plan.connections).step_by(plan.threads).collect();
+        let report = Rc::new(RefCell::new(Report::new()));
+        let mut conns = Vec::new();
+        if mode == Mode::Echo {
+            // Connect everything first, outside the measured window.
+            let opened = futures_util::future::join_all(
+                slots.iter().map(|&i| EchoConn::open(&plan, i as u64)),
+            )
+            .await;
+            for c in opened {
+                match c {
+                    Ok(c) => conns.push(c),
+                    Err(e) => report.borrow_mut().error(|| format!("{e:#}")),
+                }
+            }
+        }
+        barrier.wait();
+        let t0 = *start.get_or_init(Instant::now);
+        let measure_from = t0 + plan.warmup;
+        let end = measure_from + plan.duration.unwrap_or(Duration::from_secs(3));
+        let window = Window { measure_from, end };
+        let mut tasks = Vec::new();
+        match mode {
+            Mode::Echo => {
+                for c in conns {
+                    let report = report.clone();
+                    let plan = plan.clone();
+                    tasks.push(tokio::task::spawn_local(async move {
+                        let grace = window.end + Duration::from_secs(2);
+                        match tokio::time::timeout_at(grace.into(), c.run(&plan, window, &report))
+                            .await
+                        {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => report.borrow_mut().error(|| format!("{e:#}")),
+                            Err(_) => report.borrow_mut().error(|| {
+                                "a reply did not arrive within 2 s after the end of the run".into()
+                            }),
+                        }
+                    }));
+                }
+            }
+            Mode::Handshakes => {
+                for &i in &slots {
+                    let report = report.clone();
+                    let plan = plan.clone();
+                    tasks.push(tokio::task::spawn_local(async move {
+                        handshake_loop(&plan, i as u64, window, &report).await;
+                    }));
+                }
+            }
+            Mode::Idle => {}
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let mut rep = report.replace(Report::new());
+        rep.measured = window.end.saturating_duration_since(window.measure_from);
+        Ok(rep)
+    })
+}
+
+/// Small xorshift generator for mask keys and handshake keys (RFC 6455 §5.3 asks for
+/// unpredictable masks against proxy cache poisoning; for a load generator talking to a
+/// benchmark server, fresh per-frame keys from a fast PRNG keep the server's work realistic).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut r = Rng((seed.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nanos | 1);
+        r.next();
+        r
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// Appends one masked client frame to `out`.
+fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    let len = payload.len();
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], mask);
+}
+
+/// XORs `buf` with the repeating 4-byte `mask`, eight bytes at a time.
+fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
+    let m8 = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        c.copy_from_slice(&(u64::from_ne_bytes(w) ^ m8).to_ne_bytes());
+    }
+    // The tail starts at a multiple of 8, hence of 4: the mask phase is 0 again.
+    for (b, m) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *b ^= m;
+    }
+}
+
+/// A parsed server frame header.
+#[derive(Debug, PartialEq, Eq)]
+struct FrameHead {
+    fin: bool,
+    rsv: u8,
+    opcode: u8,
+    masked: bool,
+    header_len: usize,
+    payload_len: u64,
+}
+
+/// Parses a frame header at the start of `buf`; `None` if more bytes are needed.
+fn parse_head(buf: &[u8]) -> Option<FrameHead> {
+    let (&b0, rest) = buf.split_first()?;
+    let &b1 = rest.first()?;
+    let (header_len, payload_len) = match b1 & 0x7F {
+        126 => {
+            let b = buf.get(2..4)?;
+            (4, u64::from(u16::from_be_bytes([b[0], b[1]])))
+        }
+        127 => {
+            let b: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            (10, u64::from_be_bytes(b))
+        }
+        n => (2, u64::from(n)),
+    };
+    let masked = b1 & 0x80 != 0;
+    Some(FrameHead {
+        fin: b0 & 0x80 != 0,
+        rsv: (b0 >> 4) & 0x7,
+        opcode: b0 & 0x0F,
+        masked,
+        header_len: header_len + if masked { 4 } else { 0 },
+        payload_len,
+    })
+}
+
+/// Sends the upgrade request on `stream` and checks the 101 response. Returns the bytes read
+/// after the response head (the start of the frame stream).
+async fn handshake(stream: &mut TcpStream, plan: &Plan, rng: &mut Rng) -> anyhow::Result<Vec<u8>> {
+    let mut raw_key = [0u8; 16];
+    raw_key[..8].copy_from_slice(&rng.next().to_ne_bytes());
+    raw_key[8..].copy_from_slice(&rng.next().to_ne_bytes());
+    let key = base64::engine::general_purpose::STANDARD.encode(raw_key);
+    let mut req = String::with_capacity(plan.request_head.len() + 32);
+    req.push_str(&plan.request_head);
+    req.push_str(&key);
+    req.push_str("\r\n\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .context("cannot send the upgrade request")?;
+    let mut buf = Vec::with_capacity(512);
+    let head_end = loop {
+        if let Some(p) = find_head_end(&buf) {
+            break p;
+        }
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            bail!("the upgrade response head is larger than {MAX_RESPONSE_HEAD} bytes");
+        }
+        buf.reserve(512);
+        let n = stream
+            .read_buf(&mut buf)
+            .await
+            .context("cannot read the upgrade response")?;
+        if n == 0 {
+            bail!("the server closed the connection before answering the upgrade request");
+        }
+    };
+    check_upgrade_response(&buf[..head_end], &key)?;
+    Ok(buf.split_off(head_end))
+}
+
+/// Index just past the blank line ending an HTTP head, if it is in `buf`.
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// The `Sec-WebSocket-Accept` value for `key` (RFC 6455 §4.2.2), computed here rather than
+/// with switchyard's own code so that the benchmark checks the server independently.
+fn expected_accept(key: &str) -> String {
+    let mut h = Sha1::new();
+    h.update(key.as_bytes());
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// Checks a response head: status 101, `Upgrade: websocket`, the right accept value, and no
+/// extension (none was offered).
+fn check_upgrade_response(head: &[u8], key: &str) -> anyhow::Result<()> {
+    let text = std::str::from_utf8(head).context("the upgrade response head is not UTF-8")?;
+    let mut lines = text.split("\r\n");
+    let status = lines.next().unwrap_or_default();
+    let mut parts = status.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let code = parts.next().unwrap_or_default();
+    if version != "HTTP/1.1" || code != "101" {
+        bail!("the server answered {status:?} instead of \"HTTP/1.1 101 Switching Protocols\"");
+    }
+    let mut upgrade_ok = false;
+    let mut accept = None;
+    for line in lines.filter(|l| !l.is_empty()) {
+        let Some((name, value)) = line.split_once(':') else {
+            bail!("malformed header line {line:?} in the upgrade response");
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("upgrade") {
+            upgrade_ok = value.eq_ignore_ascii_case("websocket");
+        } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            accept = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            bail!("the server accepted extension {value:?} that was not offered");
+        }
+    }
+    if !upgrade_ok {
+        bail!("the 101 response has no \"Upgrade: websocket\" header");
+    }
+    let want = expected_accept(key);
+    match accept {
+        Some(a) if a == want => Ok(()),
+        Some(a) => bail!("Sec-WebSocket-Accept is {a:?}, expected {want:?}"),
+        None => bail!("the 101 response has no Sec-WebSocket-Accept header"),
+    }
+}
+
+async fn connect(plan: &Plan) -> anyhow::Result<TcpStream> {
+    let s = TcpStream::connect(plan.addr)
+        .await
+        .with_context(|| format!("cannot connect to {}", plan.addr))?;
+    s.set_nodelay(true).context("cannot set TCP_NODELAY")?;
+    Ok(s)
+}
+
+/// One echo connection, after its handshake.
+struct EchoConn {
+    stream: TcpStream,
+    rng: Rng,
+    /// Received bytes: `rbuf[rpos..rlen]` is unparsed.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    rlen: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    sent: VecDeque<Instant>,
+}
+
+impl EchoConn {
+    async fn open(plan: &Plan, id: u64) -> anyhow::Result<Self> {
+        let mut rng = Rng::new(id);
+        let mut stream = connect(plan).await?;
+        let early = handshake(&mut stream, plan, &mut rng).await?;
+        // Room for a whole batch of replies, so that one read usually takes them all.
+        let frame = plan.size + MAX_HEADER;
+        let cap = (frame * plan.in_flight)
+            .clamp(16 * 1024, 4 * 1024 * 1024)
+            .max(frame * 2);
+        let mut rbuf = vec![0u8; cap.max(early.len())];
+        rbuf[..early.len()].copy_from_slice(&early);
+        Ok(Self {
+            stream,
+            rng,
+            rlen: early.len(),
+            rbuf,
+            rpos: 0,
+            wbuf: Vec::with_capacity((frame + 4) * plan.in_flight),
+            wpos: 0,
+            sent: VecDeque::with_capacity(plan.in_flight),
+        })
+    }
+
+    fn queue_messages(&mut self, plan: &Plan, n: usize, now: Instant) {
+        for _ in 0..n {
+            let mask = (self.rng.next() as u32).to_ne_bytes();
+            push_frame(&mut self.wbuf, plan.opcode(), &plan.payload, mask);
+            self.sent.push_back(now);
+        }
+    }
+
+    /// Closed loop until `window.end`, then a close handshake.
+    async fn run(
+        mut self,
+        plan: &Plan,
+        window: Window,
+        report: &RefCell<Report>,
+    ) -> anyhow::Result<()> {
+        self.queue_messages(plan, plan.in_flight, Instant::now());
+        let mut done = false;
+        while !done {
+            let n = self.io().await?;
+            if n == 0 {
+                bail!("the server closed the TCP connection in the middle of the run");
+            }
+            self.rlen += n;
+            let now = Instant::now();
+            let mut replies = 0usize;
+            // Parse every complete frame in the buffer.
+            loop {
+                let avail = &self.rbuf[self.rpos..self.rlen];
+                let Some(head) = parse_head(avail) else { break };
+                let total = head.header_len as u64 + head.payload_len;
+                if total > avail.len() as u64 {
+                    if total > self.rbuf.len() as u64 {
+                        bail!(
+                            "the server sent a {} byte frame; the largest expected is {}",
+                            head.payload_len,
+                            plan.size.max(MAX_CONTROL)
+                        );
+                    }
+                    break;
+                }
+                let total = total as usize;
+                let payload = &avail[head.header_len..total];
+                self.rpos += total;
+                if head.masked || head.rsv != 0 || !head.fin {
+                    bail!(
+                        "bad server frame: fin={} rsv={} masked={} (servers must send \
+                         unmasked, unfragmented frames without extensions here)",
+                        head.fin,
+                        head.rsv,
+                        head.masked
+                    );
+                }
+                match head.opcode {
+                    op if op == plan.opcode() => {
+                        if payload != plan.payload.as_slice() {
+                            bail!(
+                                "echoed payload differs from the one sent ({} bytes back, {} sent)",
+                                payload.len(),
+                                plan.size
+                            );
+                        }
+                        let Some(sent_at) = self.sent.pop_front() else {
+                            bail!("the server echoed more messages than were sent");
+                        };
+                        let mut r = report.borrow_mut();
+                        r.total += 1;
+                        if now >= window.measure_from && now < window.end {
+                            r.completed += 1;
+                            let ns = now.saturating_duration_since(sent_at).as_nanos();
+                            let _ = r.latency.record(u64::try_from(ns).unwrap_or(u64::MAX));
+                        }
+                        replies += 1;
+                    }
+                    OP_PING => {
+                        let payload = payload.to_vec();
+                        let mask = (self.rng.next() as u32).to_ne_bytes();
+                        push_frame(&mut self.wbuf, OP_PONG, &payload, mask);
+                    }
+                    OP_PONG => {}
+                    OP_CLOSE => bail!("the server sent a close frame in the middle of the run"),
+                    op => bail!(
+                        "the server sent opcode {op:#x}; expected {:#x} echoes",
+                        plan.opcode()
+                    ),
+                }
+            }
+            // Compact: move a partial frame to the front.
+            if self.rpos == self.rlen {
+                self.rpos = 0;
+                self.rlen = 0;
+            } else if self.rpos > 0 && self.rbuf.len() - self.rlen < MAX_HEADER + plan.size {
+                self.rbuf.copy_within(self.rpos..self.rlen, 0);
+                self.rlen -= self.rpos;
+                self.rpos = 0;
+            }
+            if now >= window.end {
+                // The measured window is over: replies still outstanding do not count.
+                done = true;
+            } else if replies > 0 {
+                self.queue_messages(plan, replies, now);
+            }
+        }
+        self.close().await;
+        Ok(())
+    }
+
+    /// Writes pending output and reads once, concurrently (so a large batch cannot deadlock
+    /// against a server that is itself blocked writing replies). Returns the bytes read.
+    async fn io(&mut self) -> anyhow::Result<usize> {
+        let Self {
+            stream,
+            rbuf,
+            rlen,
+            wbuf,
+            wpos,
+            ..
+        } = self;
+        let n = poll_fn(|cx| {
+            while *wpos < wbuf.len() {
+                match Pin::new(&mut *stream).poll_write(cx, &wbuf[*wpos..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::Error::from(
+                            std::io::ErrorKind::WriteZero,
+                        )))
+                    }
+                    Poll::Ready(Ok(n)) => *wpos += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            if *wpos == wbuf.len() {
+                wbuf.clear();
+                *wpos = 0;
+            }
+            let mut rb = ReadBuf::new(&mut rbuf[*rlen..]);
+            match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+        .context("connection error during the run")?;
+        Ok(n)
+    }
+
+    /// Sends a close frame and waits briefly for the server to end the connection.
+    async fn close(mut self) {
+        let mut frame = Vec::with_capacity(8);
+        let mask = (self.rng.next() as u32).to_ne_bytes();
+        push_frame(&mut frame, OP_CLOSE, &1000u16.to_be_bytes(), mask);
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            self.stream.write_all(&frame).await?;
+            let mut sink = [0u8; 4096];
+            while self.stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    }
+}
+
+/// Connect → upgrade → close handshake, repeated until the end of the window.
+async fn handshake_loop(plan: &Plan, id: u64, window: Window, report: &RefCell<Report>) {
+    let mut rng = Rng::new(id);
+    loop {
+        let started = Instant::now();
+        if started >= window.end {
+            return;
+        }
+        match handshake_cycle(plan, &mut rng).await {
+            Ok(()) => {
+                let now = Instant::now();
+                let mut r = report.borrow_mut();
+                r.total += 1;
+                if now >= window.measure_from && now < window.end {
+                    r.completed += 1;
+                    let ns = now.saturating_duration_since(started).as_nanos();
+                    let _ = r.latency.record(u64::try_from(ns).unwrap_or(u64::MAX));
+                }
+            }
+            Err(e) => {
+                report.borrow_mut().error(|| format!("{e:#}"));
+                // Do not spin on a refused connection.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+async fn handshake_cycle(plan: &Plan, rng: &mut Rng) -> anyhow::Result<()> {
+    let mut stream = connect(plan).await?;
+    let early = handshake(&mut stream, plan, rng).await?;
+    let mut frame = Vec::with_capacity(8);
+    let mask = (rng.next() as u32).to_ne_bytes();
+    push_frame(&mut frame, OP_CLOSE, &1000u16.to_be_bytes(), mask);
+    stream
+        .write_all(&frame)
+        .await
+        .context("cannot send the close frame")?;
+    // Wait for the server's close frame (or its FIN).
+    let mut buf = early;
+    loop {
+        if let Some(head) = parse_head(&buf) {
+            if head.opcode == OP_CLOSE {
+                break;
+            }
+            bail!(
+                "expected the server's close frame after the handshake, got opcode {:#x}",
+                head.opcode
+            );
+        }
+        if buf.len() > MAX_HEADER + MAX_CONTROL {
+            bail!("the server sent more than a close frame after the handshake");
+        }
+        buf.reserve(64);
+        let n = stream
+            .read_buf(&mut buf)
+            .await
+            .context("cannot read the server's close frame")?;
+        if n == 0 {
+            break;
+        }
+    }
+    // The close handshake is done: reset instead of leaving a TIME_WAIT socket behind, so
+    // that tens of thousands of cycles do not exhaust the ephemeral ports.
+    let _ = stream.set_zero_linger();
+    Ok(())
+}
+
+/// Opens `plan.idle` connections, prints `ready` and holds them.
+async fn run_idle(plan: Arc<Plan>, json: bool) -> anyhow::Result<()> {
+    use futures_util::StreamExt as _;
+    let started = Instant::now();
+    let mut rng = Rng::new(0);
+    let mut errors = 0u64;
+    let mut first_error = None;
+    let mut held = Vec::with_capacity(plan.idle);
+    let opens = futures_util::stream::iter(0..plan.idle)
+        .map(|i| {
+            let plan = plan.clone();
+            let seed = rng.next() ^ i as u64;
+            async move {
+                let mut rng = Rng::new(seed);
+                let mut s = connect(&plan).await?;
+                handshake(&mut s, &plan, &mut rng).await?;
+                // When the holder is killed, reset instead of leaving thousands of
+                // TIME_WAIT sockets that would eat the ephemeral ports of the next run.
+                let _ = s.set_zero_linger();
+                Ok::<_, anyhow::Error>(s)
+            }
+        })
+        .buffer_unordered(256);
+    futures_util::pin_mut!(opens);
+    while let Some(r) = opens.next().await {
+        match r {
+            Ok(s) => held.push(s),
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": "idle",
+                "url": plan.target.url,
+                "ready": held.len(),
+                "errors": errors,
+                "first_error": first_error,
+                "open_seconds": secs,
+            })
+        );
+    } else {
+        println!(
+            "ready: {} idle connections to {} open in {:.2} s, {} errors{}",
+            held.len(),
+            plan.target.url,
+            secs,
+            errors,
+            first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        );
+    }
+    if held.is_empty() && plan.idle > 0 {
+        bail!("no idle connection could be opened to {}", plan.target.url);
+    }
+    match plan.duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending::<()>().await,
+    }
+    drop(held);
+    Ok(())
+}
+
+fn print_report(plan: &Plan, mode: Mode, r: &Report, json: bool) {
+    let secs = r.measured.as_secs_f64().max(1e-9);
+    let rate = r.completed as f64 / secs;
+    let q = |p: f64| r.latency.value_at_quantile(p) as f64 / 1000.0;
+    let (p50, p99, p999, max) = if r.latency.is_empty() {
+        (0.0, 0.0, 0.0, 0.0)
+    } else {
+        (q(0.5), q(0.99), q(0.999), r.latency.max() as f64 / 1000.0)
+    };
+    let cpu_note = r
+        .client_cpu
+        .map(|c| format!(", load-generator CPU {:.0}%", c * 100.0))
+        .unwrap_or_default();
+    match mode {
+        Mode::Echo => {
+            let mbps = rate * plan.size as f64 / 1e6;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "mode": "echo",
+                        "url": plan.target.url,
+                        "connections": plan.connections,
+                        "in_flight": plan.in_flight,
+                        "size": plan.size,
+                        "binary": plan.binary,
+                        "threads": plan.threads,
+                        "seconds": secs,
+                        "messages": r.completed,
+                        "messages_total": r.total,
+                        "client_cpu": r.client_cpu,
+                        "client_cpu_seconds": r.client_cpu_seconds,
+                        "msgs_per_s": rate,
+                        "mb_per_s": mbps,
+                        "p50_us": p50,
+                        "p99_us": p99,
+                        "p999_us": p999,
+                        "max_us": max,
+                        "errors": r.errors,
+                        "first_error": r.first_error,
+                    })
+                );
+            } else {
+                println!(
+                    "{} {}x{} in flight, {} B {}: {:.0} msgs/s, {:.2} MB/s, p50 {:.1} us, \
+                     p99 {:.1} us, {} errors{}{}",
+                    plan.target.url,
+                    plan.connections,
+                    plan.in_flight,
+                    plan.size,
+                    if plan.binary { "binary" } else { "text" },
+                    rate,
+                    mbps,
+                    p50,
+                    p99,
+                    r.errors,
+                    r.first_error
+                        .as_deref()
+                        .map(|e| format!(" (first: {e})"))
+                        .unwrap_or_default(),
+                    cpu_note
+                );
+            }
+        }
+        Mode::Handshakes | Mode::Idle => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "mode": "handshakes",
+                        "url": plan.target.url,
+                        "connections": plan.connections,
+                        "threads": plan.threads,
+                        "seconds": secs,
+                        "handshakes": r.completed,
+                        "handshakes_total": r.total,
+                        "client_cpu": r.client_cpu,
+                        "client_cpu_seconds": r.client_cpu_seconds,
+                        "handshakes_per_s": rate,
+                        "p50_us": p50,
+                        "p99_us": p99,
+                        "p999_us": p999,
+                        "max_us": max,
+                        "errors": r.errors,
+                        "first_error": r.first_error,
+                    })
+                );
+            } else {
+                println!(
+                    "{} handshakes, {} concurrent: {:.0} handshakes/s, p50 {:.1} us, \
+                     p99 {:.1} us, {} errors{}{}",
+                    plan.target.url,
+                    plan.connections,
+                    rate,
+                    p50,
+                    p99,
+                    r.errors,
+                    r.first_error
+                        .as_deref()
+                        .map(|e| format!(" (first: {e})"))
+                        .unwrap_or_default(),
+                    cpu_note
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_value_matches_rfc_6455_example() {
+        // RFC 6455 §1.3.
+        assert_eq!(
+            expected_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn masked_frame_round_trips_and_has_right_header() {
+        for len in [0usize, 5, 125, 126, 1000, 65535, 65536, 70000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mask = [0x12, 0x34, 0x56, 0x78];
+            let mut out = Vec::new();
+            push_frame(&mut out, OP_BINARY, &payload, mask);
+            let head = parse_head(&out).expect("complete header");
+            assert!(head.fin && head.masked && head.rsv == 0);
+            assert_eq!(head.opcode, OP_BINARY);
+            assert_eq!(head.payload_len, len as u64);
+            let ext = match len {
+                0..=125 => 0,
+                126..=65535 => 2,
+                _ => 8,
+            };
+            assert_eq!(head.header_len, 2 + ext + 4);
+            assert_eq!(&out[2 + ext..2 + ext + 4], &mask);
+            let mut body = out[head.header_len..].to_vec();
+            assert_eq!(body.len(), len);
+            apply_mask(&mut body, mask);
+            assert_eq!(body, payload);
+        }
+    }
+
+    #[test]
+    fn mask_matches_bytewise_definition() {
+        let mask = [1, 2, 3, 4];
+        for len in 0..40 {
+            let mut a: Vec<u8> = (0..len as u8).collect();
+            let b: Vec<u8> = a.iter().enumerate().map(|(i, x)| x ^ mask[i % 4]).collect();
+            apply_mask(&mut a, mask);
+            assert_eq!(a, b, "len {len}");
+        }
+    }
+
+    #[test]
+    fn parse_head_needs_whole_header() {
+        assert_eq!(parse_head(&[]), None);
+        assert_eq!(parse_head(&[0x81]), None);
+        assert_eq!(parse_head(&[0x82, 126, 0x01]), None);
+        assert_eq!(parse_head(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0]), None);
+        let h = parse_head(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]).expect("complete");
+        assert_eq!(h.payload_len, 65536);
+        assert_eq!(h.header_len, 10);
+        let h = parse_head(&[0x01, 3]).expect("complete");
+        assert!(!h.fin);
+        assert_eq!(h.opcode, OP_TEXT);
+    }
+
+    #[test]
+    fn response_checks() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let ok =
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        check_upgrade_response(ok.as_bytes(), key).expect("valid 101");
+        let wrong_status = ok.replace("101 Switching Protocols", "200 OK");
+        let e = check_upgrade_response(wrong_status.as_bytes(), key).unwrap_err();
+        assert!(e.to_string().contains("200 OK"), "{e}");
+        let wrong_accept = ok.replace("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "AAAA");
+        let e = check_upgrade_response(wrong_accept.as_bytes(), key).unwrap_err();
+        assert!(e.to_string().contains("Sec-WebSocket-Accept"), "{e}");
+        let no_upgrade = ok.replace("Upgrade: websocket\r\n", "");
+        assert!(check_upgrade_response(no_upgrade.as_bytes(), key).is_err());
+        let ext = ok.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+        );
+        assert!(check_upgrade_response(ext.as_bytes(), key).is_err());
+        assert_eq!(find_head_end(ok.as_bytes()), Some(ok.len()));
+        assert_eq!(find_head_end(b"HTTP/1.1 101\r\n"), None);
+    }
+
+    #[test]
+    fn target_parsing() {
+        let t = Target::parse("ws://127.0.0.1:9001/echo?x=1").expect("valid");
+        assert_eq!(t.authority, ("127.0.0.1".to_string(), 9001));
+        assert_eq!(t.path, "/echo?x=1");
+        assert_eq!(t.host_header, "127.0.0.1:9001");
+        let t = Target::parse("ws://localhost").expect("valid");
+        assert_eq!(t.authority.1, 80);
+        assert_eq!(t.path, "/");
+        assert!(Target::parse("wss://localhost/").is_err());
+        assert!(Target::parse("http://localhost/").is_err());
+    }
+
+    /// End to end against a tiny in-test echo server speaking just enough WebSocket.
+    #[tokio::test]
+    async fn echo_and_handshake_modes_against_a_local_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(test_echo_server(s));
+            }
+        });
+        let url = format!("ws://{addr}/echo");
+        let base = BenchArgs {
+            url: url.clone(),
+            connections: 4,
+            in_flight: 3,
+            size: 300,
+            binary: true,
+            duration: Some(0.3),
+            warmup: 0.05,
+            handshakes: false,
+            idle: None,
+            threads: Some(2),
+            json: true,
+        };
+        let plan = Arc::new(
+            Plan::from_args(&base, Target::parse(&url).expect("url"))
+                .await
+                .expect("plan"),
+        );
+        let r = run_threads(plan, Mode::Echo).await.expect("echo run");
+        assert_eq!(r.errors, 0, "{:?}", r.first_error);
+        assert!(r.completed > 0);
+        assert!(!r.latency.is_empty());
+
+        let hs = BenchArgs {
+            handshakes: true,
+            ..base
+        };
+        let plan = Arc::new(
+            Plan::from_args(&hs, Target::parse(&url).expect("url"))
+                .await
+                .expect("plan"),
+        );
+        let r = run_threads(plan, Mode::Handshakes)
+            .await
+            .expect("handshake run");
+        assert_eq!(r.errors, 0, "{:?}", r.first_error);
+        assert!(r.completed > 0);
+    }
+
+    #[tokio::test]
+    async fn wrong_echo_is_counted_as_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Some(_) = test_accept(&mut s).await else {
+                        return;
+                    };
+                    // Answer every message with a text frame "no".
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&[0x81, 2, b'n', b'o']).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let url = format!("ws://{addr}/");
+        let args = BenchArgs {
+            url: url.clone(),
+            connections: 2,
+            in_flight: 1,
+            size: 16,
+            binary: false,
+            duration: Some(0.2),
+            warmup: 0.0,
+            handshakes: false,
+            idle: None,
+            threads: Some(1),
+            json: false,
+        };
+        let plan = Arc::new(
+            Plan::from_args(&args, Target::parse(&url).expect("url"))
+                .await
+                .expect("plan"),
+        );
+        let r = run_threads(plan, Mode::Echo).await.expect("run");
+        assert_eq!(r.completed, 0);
+        assert_eq!(r.errors, 2);
+        assert!(
+            r.first_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("payload differs"),
+            "{:?}",
+            r.first_error
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_upgrade_is_counted_with_its_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        let url = format!("ws://{addr}/");
+        let args = BenchArgs {
+            url: url.clone(),
+            connections: 2,
+            in_flight: 1,
+            size: 16,
+            binary: false,
+            duration: Some(0.1),
+            warmup: 0.0,
+            handshakes: true,
+            idle: None,
+            threads: Some(1),
+            json: false,
+        };
+        let plan = Arc::new(
+            Plan::from_args(&args, Target::parse(&url).expect("url"))
+                .await
+                .expect("plan"),
+        );
+        let r = run_threads(plan, Mode::Handshakes).await.expect("run");
+        assert_eq!(r.completed, 0);
+        assert!(r.errors >= 2, "{}", r.errors);
+        let first = r.first_error.unwrap_or_default();
+        assert!(first.contains("HTTP/1.1 426 Upgrade Required"), "{first}");
+        // And `run` itself reports failure when nothing completed.
+        assert!(run(args).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn idle_mode_opens_and_holds_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(test_echo_server(s));
+            }
+        });
+        let url = format!("ws://{addr}/");
+        let args = BenchArgs {
+            url,
+            connections: 1,
+            in_flight: 1,
+            size: 16,
+            binary: false,
+            duration: Some(0.05),
+            warmup: 0.0,
+            handshakes: false,
+            idle: Some(20),
+            threads: None,
+            json: true,
+        };
+        run(args).await.expect("idle run");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
+    }
+
+    /// Reads the upgrade request and answers 101; returns the bytes after the request head.
+    async fn test_accept(s: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(p) = find_head_end(&buf) {
+                break p;
+            }
+            buf.reserve(1024);
+            if s.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+        };
+        let head = std::str::from_utf8(&buf[..end]).ok()?;
+        let key = head
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))?
+            .to_string();
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            expected_accept(&key)
+        );
+        s.write_all(resp.as_bytes()).await.ok()?;
+        Some(buf.split_off(end))
+    }
+
+    async fn test_echo_server(mut s: TcpStream) {
+        let Some(mut buf) = test_accept(&mut s).await else {
+            return;
+        };
+        loop {
+            while let Some(h) = parse_head(&buf) {
+                let total = h.header_len + h.payload_len as usize;
+                if buf.len() < total {
+                    break;
+                }
+                let mask: [u8; 4] = buf[h.header_len - 4..h.header_len]
+                    .try_into()
+                    .expect("mask");
+                let mut payload = buf[h.header_len..total].to_vec();
+                apply_mask(&mut payload, mask);
+                buf.drain(..total);
+                let mut out = vec![0x80 | h.opcode];
+                match payload.len() {
+                    n if n < 126 => out.push(n as u8),
+                    n if n <= 65535 => {
+                        out.push(126);
+                        out.extend_from_slice(&(n as u16).to_be_bytes());
+                    }
+                    n => {
+                        out.push(127);
+                        out.extend_from_slice(&(n as u64).to_be_bytes());
+                    }
+                }
+                out.extend_from_slice(&payload);
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+                if h.opcode == OP_CLOSE {
+                    return;
+                }
+            }
+            buf.reserve(64 * 1024);
+            match s.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,1016 @@
+//! The forwarding rules: from the client's parsed request to the request
+//! head sent upstream, and from the upstream's response head to the one the
+//! client gets.
+//!
+//! * Hop-by-hop fields are removed in both directions: the RFC 9110 §7.6.1
+//!   list ([`is_hop_by_hop`]) plus every field named in `Connection`.
+//! * `Upgrade` and `Connection: Upgrade` are then set explicitly, for the
+//!   offered tokens the route allows (`websocket` by default), never `h2c`
+//!   (and `HTTP2-Settings` never leaves). Upgrade on a method other than
+//!   GET is stripped: the request goes upstream as plain HTTP and can never
+//!   become a tunnel.
+//! * `X-Forwarded-For` gets the client's address appended,
+//!   `X-Forwarded-Proto` and `X-Forwarded-Host` are set, and `Forwarded`
+//!   (RFC 7239) gets an element `for=...;host=...;proto=...` appended (IPv6
+//!   addresses quoted and bracketed).
+//! * `Host` is the client's (default) or the backend's authority.
+//! * HTTP/1.1 to HTTP/1.1, the client's `Sec-WebSocket-Key` passes through,
+//!   so the upstream's `Sec-WebSocket-Accept` is valid for the client too.
+//!   From HTTP/2 or HTTP/3 extended CONNECT (RFC 8441 / 9220),
+//!   [`translate_extended_connect`] builds a real HTTP/1.1 upgrade with a
+//!   fresh key, and [`verify_accept`] checks the answer.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, FORWARDED, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, TRANSFER_ENCODING, UPGRADE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use switchyard_proto::handshake::{accept_key, generate_key};
+use switchyard_proto::upgrade::{header_tokens, is_hop_by_hop, upgrade_offer, upgrade_required};
+
+use crate::config::{Backend, Policy};
+
+use super::Refusal;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// How the request is forwarded (route options beyond [`Policy`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardOptions {
+    /// Send the client's `Host` (true, the default) or the backend's
+    /// authority.
+    pub preserve_host: bool,
+}
+
+impl Default for ForwardOptions {
+    fn default() -> Self {
+        ForwardOptions {
+            preserve_host: true,
+        }
+    }
+}
+
+/// Where the request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's address (of the TCP or QUIC connection).
+    pub addr: SocketAddr,
+    /// Whether the client connection is TLS (`https` / `wss`).
+    pub tls: bool,
+}
+
+/// The request head to send upstream, with what the answer must show.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    /// The HTTP/1.1 request head.
+    pub head: Request<()>,
+    /// The `Upgrade` tokens offered upstream (lowercase, in the client's
+    /// order). Empty: a plain request, which can never become a tunnel.
+    pub upgrade_tokens: Vec<String>,
+    /// The `Sec-WebSocket-Key` sent (the client's, or a fresh one when
+    /// translating); the 101 for `websocket` must carry its accept value.
+    pub ws_key: Option<String>,
+}
+
+impl UpstreamRequest {
+    /// Whether an upgrade is asked for.
+    pub fn is_upgrade(&self) -> bool {
+        !self.upgrade_tokens.is_empty()
+    }
+}
+
+fn bad_request(reason: &'static str, detail: impl Into<String>) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, reason, detail)
+}
+
+/// Whether the request carries a body (a non-zero `Content-Length` or any
+/// `Transfer-Encoding`).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().iter().any(|&b| b != b'0'))
+}
+
+/// The fields named in `Connection` (lowercase).
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    header_tokens(headers, CONNECTION.as_str())
+        .map(|t| t.to_ascii_lowercase())
+        .collect()
+}
+
+/// Remove hop-by-hop fields: the fixed list, every field named in
+/// `Connection`, and `HTTP2-Settings`. Applied to requests and responses.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            is_hop_by_hop(n.as_str())
+                || *n == HTTP2_SETTINGS
+                || named.iter().any(|t| t.eq_ignore_ascii_case(n.as_str()))
+        })
+        .cloned()
+        .collect();
+    for n in doomed {
+        headers.remove(n);
+    }
+}
+
+/// The `Forwarded` node for an address: IPv4 bare, IPv6 quoted and
+/// bracketed (RFC 7239 §6).
+pub fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("\"[{v6}]\""),
+        },
+    }
+}
+
+fn client_ip(client: &ClientInfo) -> IpAddr {
+    match client.addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A `Forwarded` parameter value: a token as is, anything else quoted.
+fn forwarded_value(v: &str) -> String {
+    if !v.is_empty() && switchyard_proto::extensions::is_token(v) {
+        v.to_string()
+    } else {
+        let escaped: String = v
+            .chars()
+            .flat_map(|c| match c {
+                '"' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        format!("\"{escaped}\"")
+    }
+}
+
+/// Add `X-Forwarded-For` (appended), `X-Forwarded-Proto`,
+/// `X-Forwarded-Host` and `Forwarded` (appended element).
+fn add_forwarding_headers(headers: &mut HeaderMap, client: &ClientInfo, host: Option<&str>) {
+    let ip = client_ip(client);
+    let proto = if client.tls { "https" } else { "http" };
+    let previous: Vec<String> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    let xff = if previous.is_empty() {
+        ip.to_string()
+    } else {
+        format!("{}, {ip}", previous.join(", "))
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(X_FORWARDED_HOST, h);
+    }
+    let mut element = format!("for={}", forwarded_node(ip));
+    if let Some(h) = host {
+        element.push_str(";host=");
+        element.push_str(&forwarded_value(h));
+    }
+    element.push_str(";proto=");
+    element.push_str(proto);
+    let previous: Vec<String> = headers
+        .get_all(FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    let value = if previous.is_empty() {
+        element
+    } else {
+        format!("{}, {element}", previous.join(", "))
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(FORWARDED, v);
+    }
+}
+
+/// The backend's authority as a `Host` value (default port omitted).
+fn backend_host(backend: &Backend) -> String {
+    let host = backend.url.host().unwrap_or_default();
+    let default = if backend.is_tls() { 443 } else { 80 };
+    match backend.url.port_u16() {
+        Some(p) if p != default => format!("{host}:{p}"),
+        _ => host.to_string(),
+    }
+}
+
+/// Build the upstream request for an HTTP/1.1 client request.
+///
+/// Refusals: 400 for a malformed `Upgrade` or a request with a body that
+/// asks for an upgrade, 426 (listing the allowed tokens) when the route
+/// requires an upgrade and none allowed is offered, 501 for a plain request
+/// with a body (the proxy forwards no request bodies).
+pub fn forward_request(
+    req: &Request<()>,
+    client: &ClientInfo,
+    policy: &Policy,
+    backend: &Backend,
+    opts: &ForwardOptions,
+) -> Result<UpstreamRequest, Refusal> {
+    let offered = upgrade_offer(req)
+        .map_err(|e| bad_request("bad_upgrade", format!("malformed Upgrade header: {e}")))?
+        .unwrap_or_default();
+    let is_get = req.method() == Method::GET;
+    let tokens: Vec<String> = if is_get {
+        offered
+            .iter()
+            .map(|t| t.to_string().to_ascii_lowercase())
+            .filter(|t| t != "h2c" && !t.starts_with("h2c/") && policy.upgrade_allowed(t))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if tokens.is_empty() && policy.require_upgrade {
+        let allowed: Vec<&str> = policy.allowed_upgrades.iter().map(String::as_str).collect();
+        let mut r = Refusal::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            format!(
+                "this route only accepts a GET with Upgrade: {}",
+                allowed.join(", ")
+            ),
+        );
+        r.upgrade = upgrade_required(&allowed)
+            .headers()
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        return Err(r);
+    }
+    if has_body(req.headers()) {
+        return Err(if tokens.is_empty() {
+            Refusal::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "request_body",
+                "this proxy forwards no request bodies",
+            )
+        } else {
+            bad_request("request_body", "an upgrade request must not have a body")
+        });
+    }
+
+    let mut headers = req.headers().clone();
+    let client_host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    strip_hop_by_hop(&mut headers);
+    headers.remove(HOST);
+    let host = if opts.preserve_host {
+        client_host.clone()
+    } else {
+        Some(backend_host(backend))
+    };
+    if let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(HOST, v);
+    }
+    let websocket = tokens.iter().any(|t| t == "websocket");
+    if !websocket {
+        for h in [SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION] {
+            headers.remove(h);
+        }
+    }
+    let mut ws_key = None;
+    if !tokens.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&tokens.join(", ")) {
+            headers.insert(UPGRADE, v);
+        }
+        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        if websocket {
+            let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
+            match (keys.next(), keys.next()) {
+                (Some(k), None) => ws_key = k.to_str().ok().map(str::to_string),
+                _ => {
+                    return Err(bad_request(
+                        "bad_key",
+                        "a websocket upgrade needs exactly one Sec-WebSocket-Key",
+                    ))
+                }
+            }
+        }
+    } else {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    add_forwarding_headers(&mut headers, client, client_host.as_deref());
+
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.version_mut() = Version::HTTP_11;
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .parse()
+        .map_err(|_| bad_request("bad_target", "the request target cannot be forwarded"))?;
+    *head.uri_mut() = target;
+    *head.headers_mut() = headers;
+    Ok(UpstreamRequest {
+        head,
+        upgrade_tokens: tokens,
+        ws_key,
+    })
+}
+
+/// Build the HTTP/1.1 upgrade request for an HTTP/2 or HTTP/3 extended
+/// CONNECT (RFC 8441 §4 / RFC 9220): `protocol` is the `:protocol`
+/// pseudo-header, `req`'s URI carries `:authority` and `:path`. The request
+/// gets `Upgrade: websocket`, `Connection: Upgrade`, version 13 and a FRESH
+/// `Sec-WebSocket-Key` (the client sent none); `Sec-WebSocket-Protocol`,
+/// `Sec-WebSocket-Extensions`, `Origin` and other end-to-end fields pass
+/// through, so subprotocol and extensions are negotiated end to end.
+///
+/// Refusals: 400 when the method is not CONNECT or `:protocol` is not
+/// `websocket` (the only protocol translated), 403 is the caller's
+/// ([`super::limits::check_origin`]), 426 when the route does not allow
+/// `websocket`.
+pub fn translate_extended_connect(
+    req: &Request<()>,
+    protocol: &str,
+    client: &ClientInfo,
+    policy: &Policy,
+    backend: &Backend,
+    opts: &ForwardOptions,
+) -> Result<UpstreamRequest, Refusal> {
+    if req.method() != Method::CONNECT {
+        return Err(bad_request(
+            "bad_method",
+            "extended CONNECT translation needs a CONNECT request",
+        ));
+    }
+    if !protocol.eq_ignore_ascii_case("websocket") {
+        return Err(bad_request(
+            "bad_protocol",
+            format!(":protocol {protocol:?} cannot be translated to HTTP/1.1; only websocket is"),
+        ));
+    }
+    if !policy.upgrade_allowed("websocket") {
+        let allowed: Vec<&str> = policy.allowed_upgrades.iter().map(String::as_str).collect();
+        return Err(Refusal::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_not_allowed",
+            format!(
+                "websocket is not allowed on this route (allowed: {})",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    let mut headers = req.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    for h in [
+        HOST,
+        SEC_WEBSOCKET_KEY,
+        SEC_WEBSOCKET_VERSION,
+        SEC_WEBSOCKET_ACCEPT,
+    ] {
+        headers.remove(h);
+    }
+    let authority = req.uri().authority().map(|a| a.to_string());
+    let host = if opts.preserve_host {
+        authority.clone()
+    } else {
+        Some(backend_host(backend))
+    };
+    if let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(HOST, v);
+    }
+    let key = generate_key();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if let Ok(v) = HeaderValue::from_str(&key) {
+        headers.insert(SEC_WEBSOCKET_KEY, v);
+    }
+    add_forwarding_headers(&mut headers, client, authority.as_deref());
+    let mut head = Request::new(());
+    *head.method_mut() = Method::GET;
+    *head.version_mut() = Version::HTTP_11;
+    *head.uri_mut() = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .parse()
+        .map_err(|_| bad_request("bad_target", "the :path cannot be forwarded"))?;
+    *head.headers_mut() = headers;
+    Ok(UpstreamRequest {
+        head,
+        upgrade_tokens: vec!["websocket".to_string()],
+        ws_key: Some(key),
+    })
+}
+
+/// Why an upstream 101 cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwitchError {
+    /// The 101 was not asked for (plain request).
+    #[error("the upstream answered 101 to a request that asked for no upgrade")]
+    Unrequested,
+    /// `Upgrade` missing, several tokens, or one not offered.
+    #[error("the upstream's 101 switches to {got:?}, which was not offered (offered: {offered})")]
+    WrongToken {
+        /// What the 101 said.
+        got: String,
+        /// What we offered.
+        offered: String,
+    },
+    /// `Connection` lacks `upgrade`.
+    #[error("the upstream's 101 has no Connection: upgrade")]
+    NoConnectionUpgrade,
+    /// No `Sec-WebSocket-Accept`.
+    #[error("the upstream's 101 for websocket has no Sec-WebSocket-Accept")]
+    NoAccept,
+    /// The accept value does not match the key we sent.
+    #[error("the upstream's Sec-WebSocket-Accept {got:?} does not match the key sent (expected {expected:?})")]
+    BadAccept {
+        /// Expected value.
+        expected: String,
+        /// What came.
+        got: String,
+    },
+}
+
+impl SwitchError {
+    /// A fixed label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SwitchError::Unrequested => "unrequested_101",
+            SwitchError::WrongToken { .. } => "wrong_token",
+            SwitchError::NoConnectionUpgrade => "no_connection_upgrade",
+            SwitchError::NoAccept => "no_accept",
+            SwitchError::BadAccept { .. } => "bad_accept",
+        }
+    }
+}
+
+/// Check a 101 from the upstream: exactly one `Upgrade` token, one we
+/// offered; `Connection: upgrade`; for websocket exactly one
+/// `Sec-WebSocket-Accept` equal to the accept value of the key we sent.
+/// Returns the token switched to (lowercase).
+pub fn verify_switch(resp: &Response<()>, sent: &UpstreamRequest) -> Result<String, SwitchError> {
+    if !sent.is_upgrade() {
+        return Err(SwitchError::Unrequested);
+    }
+    let h = resp.headers();
+    let tokens: Vec<&str> = header_tokens(h, UPGRADE.as_str()).collect();
+    let got = tokens.join(", ");
+    let token = match tokens.as_slice() {
+        [one] => one.to_ascii_lowercase(),
+        _ => {
+            return Err(SwitchError::WrongToken {
+                got,
+                offered: sent.upgrade_tokens.join(", "),
+            })
+        }
+    };
+    if !sent.upgrade_tokens.contains(&token) {
+        return Err(SwitchError::WrongToken {
+            got,
+            offered: sent.upgrade_tokens.join(", "),
+        });
+    }
+    if !switchyard_proto::upgrade::connection_has(h, "upgrade") {
+        return Err(SwitchError::NoConnectionUpgrade);
+    }
+    if token == "websocket" {
+        verify_accept(h, sent.ws_key.as_deref().unwrap_or_default())?;
+    }
+    Ok(token)
+}
+
+/// Whether `headers` hold exactly one `Sec-WebSocket-Accept` equal to the
+/// accept value of `key`.
+pub fn verify_accept(headers: &HeaderMap, key: &str) -> Result<(), SwitchError> {
+    let expected = accept_key(key.as_bytes());
+    let mut accepts = headers.get_all(SEC_WEBSOCKET_ACCEPT).iter();
+    match (accepts.next(), accepts.next()) {
+        (None, _) => Err(SwitchError::NoAccept),
+        (Some(v), None) if v.as_bytes() == expected.as_bytes() => Ok(()),
+        (Some(v), _) => Err(SwitchError::BadAccept {
+            expected,
+            got: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        }),
+    }
+}
+
+/// The 101 the HTTP/1.1 client gets: the upstream's, hop-by-hop fields
+/// removed, `Upgrade: <token>` and `Connection: Upgrade` set again.
+pub fn client_switch_response(upstream: &Response<()>, token: &str) -> Response<()> {
+    let mut headers = upstream.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(CONTENT_LENGTH);
+    if let Ok(v) = HeaderValue::from_str(token) {
+        headers.insert(UPGRADE, v);
+    }
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// The 200 an HTTP/2 or HTTP/3 extended CONNECT client gets after a
+/// translated upgrade: the upstream's end-to-end fields (subprotocol,
+/// extensions...), without hop-by-hop fields and the HTTP/1.1-only
+/// `Sec-WebSocket-Accept`.
+pub fn extended_connect_response(upstream: &Response<()>) -> Response<()> {
+    let mut headers = upstream.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    for h in [SEC_WEBSOCKET_ACCEPT, CONTENT_LENGTH] {
+        headers.remove(h);
+    }
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::OK;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> Backend {
+        Backend {
+            url: "ws://10.0.0.9:9000/".parse().unwrap(),
+        }
+    }
+
+    fn client() -> ClientInfo {
+        ClientInfo {
+            addr: "192.0.2.7:5555".parse().unwrap(),
+            tls: false,
+        }
+    }
+
+    fn ws_request(extra: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder()
+            .method("GET")
+            .uri("/chat?room=1")
+            .header("host", "chat.example")
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13");
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn fwd(req: &Request<()>) -> Result<UpstreamRequest, Refusal> {
+        forward_request(
+            req,
+            &client(),
+            &Policy::default(),
+            &backend(),
+            &ForwardOptions::default(),
+        )
+    }
+
+    #[test]
+    fn websocket_upgrade_is_forwarded_explicitly() {
+        let up = fwd(&ws_request(&[])).unwrap();
+        let h = up.head.headers();
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "Upgrade");
+        assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(up.ws_key.as_deref(), Some("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert_eq!(up.upgrade_tokens, vec!["websocket"]);
+        assert_eq!(up.head.uri(), "/chat?room=1");
+        assert_eq!(up.head.method(), Method::GET);
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_fields_are_removed() {
+        let req = ws_request(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ]);
+        let up = fwd(&req).unwrap();
+        let h = up.head.headers();
+        for gone in [
+            "keep-alive",
+            "x-secret",
+            "te",
+            "trailer",
+            "proxy-authorization",
+            "proxy-connection",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} forwarded");
+        }
+        assert_eq!(h["x-kept"], "yes");
+        assert_eq!(h.get_all("connection").iter().count(), 1);
+        assert_eq!(h["connection"], "Upgrade");
+    }
+
+    #[test]
+    fn only_allowed_tokens_go_upstream_and_h2c_never() {
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "h")
+            .header("upgrade", "h2c, foo/1, websocket")
+            .header("connection", "Upgrade, HTTP2-Settings")
+            .header("http2-settings", "AAMAAABkAAQAAP__")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        let up = fwd(&req).unwrap();
+        assert_eq!(up.head.headers()["upgrade"], "websocket");
+        assert!(!up.head.headers().contains_key("http2-settings"));
+
+        // Only h2c offered: plain request, no Upgrade, no HTTP2-Settings.
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "h")
+            .header("upgrade", "h2c")
+            .header("connection", "Upgrade")
+            .header("http2-settings", "AAMAAABkAAQAAP__")
+            .body(())
+            .unwrap();
+        let up = fwd(&req).unwrap();
+        assert!(!up.is_upgrade());
+        assert!(!up.head.headers().contains_key("upgrade"));
+        assert!(!up.head.headers().contains_key("http2-settings"));
+        assert_eq!(up.head.headers()["connection"], "close");
+
+        // A second allowed token passes when the policy has it.
+        let policy = Policy {
+            allowed_upgrades: vec!["websocket".into(), "foo".into()],
+            ..Policy::default()
+        };
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "h")
+            .header("upgrade", "foo, bar")
+            .header("connection", "upgrade")
+            .body(())
+            .unwrap();
+        let up = forward_request(
+            &req,
+            &client(),
+            &policy,
+            &backend(),
+            &ForwardOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(up.upgrade_tokens, vec!["foo"]);
+        assert_eq!(up.head.headers()["upgrade"], "foo");
+    }
+
+    #[test]
+    fn upgrade_on_post_is_stripped() {
+        let mut req = ws_request(&[]);
+        *req.method_mut() = Method::POST;
+        let up = fwd(&req).unwrap();
+        assert!(!up.is_upgrade());
+        assert!(!up.head.headers().contains_key("upgrade"));
+        assert!(!up.head.headers().contains_key("sec-websocket-key"));
+        // And a 101 to it is never trusted.
+        let resp = Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .body(())
+            .unwrap();
+        assert_eq!(verify_switch(&resp, &up), Err(SwitchError::Unrequested));
+    }
+
+    #[test]
+    fn require_upgrade_answers_426_with_the_allowed_tokens() {
+        let policy = Policy {
+            require_upgrade: true,
+            ..Policy::default()
+        };
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "h")
+            .body(())
+            .unwrap();
+        let err = forward_request(
+            &req,
+            &client(),
+            &policy,
+            &backend(),
+            &ForwardOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.status, StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(err.upgrade.as_deref(), Some("websocket"));
+        let bytes = String::from_utf8(err.to_bytes()).unwrap();
+        assert!(bytes.starts_with("HTTP/1.1 426 "), "{bytes}");
+        assert!(bytes.contains("upgrade: websocket\r\n"), "{bytes}");
+    }
+
+    #[test]
+    fn bodies_are_refused() {
+        let err = fwd(&ws_request(&[("content-length", "5")])).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        let req = Request::builder()
+            .method("POST")
+            .uri("/")
+            .header("host", "h")
+            .header("content-length", "3")
+            .body(())
+            .unwrap();
+        assert_eq!(fwd(&req).unwrap_err().status, StatusCode::NOT_IMPLEMENTED);
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "h")
+            .header("content-length", "0")
+            .body(())
+            .unwrap();
+        assert!(fwd(&req).is_ok());
+    }
+
+    #[test]
+    fn malformed_upgrade_is_400() {
+        let req = ws_request(&[("upgrade", "web socket")]);
+        assert_eq!(fwd(&req).unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn two_keys_are_400() {
+        let req = ws_request(&[("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAAAA==")]);
+        assert_eq!(fwd(&req).unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn forwarding_headers_are_set_and_appended() {
+        let up = fwd(&ws_request(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("forwarded", "for=203.0.113.1"),
+        ]))
+        .unwrap();
+        let h = up.head.headers();
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "chat.example");
+        assert_eq!(
+            h["forwarded"],
+            "for=203.0.113.1, for=192.0.2.7;host=chat.example;proto=http"
+        );
+
+        let c = ClientInfo {
+            addr: "[2001:db8::1]:443".parse().unwrap(),
+            tls: true,
+        };
+        let up = forward_request(
+            &ws_request(&[]),
+            &c,
+            &Policy::default(),
+            &backend(),
+            &ForwardOptions::default(),
+        )
+        .unwrap();
+        let h = up.head.headers();
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[2001:db8::1]\";host=chat.example;proto=https"
+        );
+        // IPv4-mapped addresses are written as IPv4.
+        assert_eq!(
+            forwarded_node("::ffff:10.1.2.3".parse().unwrap()),
+            "10.1.2.3"
+        );
+        assert_eq!(forwarded_value("a b"), "\"a b\"");
+    }
+
+    #[test]
+    fn host_preserved_or_replaced() {
+        let up = fwd(&ws_request(&[])).unwrap();
+        assert_eq!(up.head.headers()["host"], "chat.example");
+        let opts = ForwardOptions {
+            preserve_host: false,
+        };
+        let up = forward_request(
+            &ws_request(&[]),
+            &client(),
+            &Policy::default(),
+            &backend(),
+            &opts,
+        )
+        .unwrap();
+        assert_eq!(up.head.headers()["host"], "10.0.0.9:9000");
+        let b = Backend {
+            url: "wss://chat.internal".parse().unwrap(),
+        };
+        let up =
+            forward_request(&ws_request(&[]), &client(), &Policy::default(), &b, &opts).unwrap();
+        assert_eq!(up.head.headers()["host"], "chat.internal");
+        assert_eq!(up.head.headers().get_all("host").iter().count(), 1);
+    }
+
+    fn switch_response(token: &str, accept: Option<&str>) -> Response<()> {
+        let mut b = Response::builder()
+            .status(101)
+            .header("upgrade", token)
+            .header("connection", "Upgrade");
+        if let Some(a) = accept {
+            b = b.header("sec-websocket-accept", a);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn switch_verification() {
+        let up = fwd(&ws_request(&[])).unwrap();
+        let good = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+        assert_eq!(
+            verify_switch(&switch_response("WebSocket", Some(good)), &up),
+            Ok("websocket".into())
+        );
+        assert_eq!(
+            verify_switch(&switch_response("websocket", None), &up),
+            Err(SwitchError::NoAccept)
+        );
+        assert!(matches!(
+            verify_switch(
+                &switch_response("websocket", Some("AAAAAAAAAAAAAAAAAAAAAAAAAAA=")),
+                &up
+            ),
+            Err(SwitchError::BadAccept { .. })
+        ));
+        assert!(matches!(
+            verify_switch(&switch_response("h2c", Some(good)), &up),
+            Err(SwitchError::WrongToken { .. })
+        ));
+        assert!(matches!(
+            verify_switch(&switch_response("websocket, foo", Some(good)), &up),
+            Err(SwitchError::WrongToken { .. })
+        ));
+        let no_conn = Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", good)
+            .body(())
+            .unwrap();
+        assert_eq!(
+            verify_switch(&no_conn, &up),
+            Err(SwitchError::NoConnectionUpgrade)
+        );
+        let mut two = switch_response("websocket", Some(good));
+        two.headers_mut()
+            .append("sec-websocket-accept", good.parse().unwrap());
+        assert!(matches!(
+            verify_switch(&two, &up),
+            Err(SwitchError::BadAccept { .. })
+        ));
+    }
+
+    #[test]
+    fn client_switch_response_strips_hop_by_hop() {
+        let mut r = switch_response("websocket", Some("x"));
+        r.headers_mut().insert("keep-alive", "1".parse().unwrap());
+        r.headers_mut()
+            .insert("connection", "Upgrade, X-Internal".parse().unwrap());
+        r.headers_mut()
+            .insert("x-internal", "secret".parse().unwrap());
+        r.headers_mut()
+            .insert("sec-websocket-protocol", "chat".parse().unwrap());
+        let c = client_switch_response(&r, "websocket");
+        assert_eq!(c.status(), 101);
+        assert!(!c.headers().contains_key("keep-alive"));
+        assert!(!c.headers().contains_key("x-internal"));
+        assert_eq!(c.headers()["sec-websocket-protocol"], "chat");
+        assert_eq!(c.headers()["sec-websocket-accept"], "x");
+        assert_eq!(c.headers()["upgrade"], "websocket");
+        assert_eq!(c.headers()["connection"], "Upgrade");
+    }
+
+    #[test]
+    fn extended_connect_translation_uses_a_fresh_key() {
+        let req = Request::builder()
+            .method("CONNECT")
+            .uri("https://chat.example/ws?x=1")
+            .header("sec-websocket-protocol", "chat, superchat")
+            .header("sec-websocket-extensions", "permessage-deflate")
+            .header("sec-websocket-version", "13")
+            .header("origin", "https://chat.example")
+            .body(())
+            .unwrap();
+        let c = ClientInfo {
+            addr: "192.0.2.7:1".parse().unwrap(),
+            tls: true,
+        };
+        let a = translate_extended_connect(
+            &req,
+            "websocket",
+            &c,
+            &Policy::default(),
+            &backend(),
+            &ForwardOptions::default(),
+        )
+        .unwrap();
+        let b = translate_extended_connect(
+            &req,
+            "websocket",
+            &c,
+            &Policy::default(),
+            &backend(),
+            &ForwardOptions::default(),
+        )
+        .unwrap();
+        let h = a.head.headers();
+        assert_eq!(a.head.method(), Method::GET);
+        assert_eq!(a.head.uri(), "/ws?x=1");
+        assert_eq!(h["host"], "chat.example");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "Upgrade");
+        assert_eq!(h["sec-websocket-version"], "13");
+        assert_eq!(h["sec-websocket-protocol"], "chat, superchat");
+        assert_eq!(h["sec-websocket-extensions"], "permessage-deflate");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        let key = a.ws_key.clone().unwrap();
+        assert_eq!(h["sec-websocket-key"], key.as_str());
+        assert_ne!(a.ws_key, b.ws_key, "a fresh key per request");
+        // The accept for our key passes, one for another key does not.
+        let ok = switch_response("websocket", Some(&accept_key(key.as_bytes())));
+        assert_eq!(verify_switch(&ok, &a), Ok("websocket".into()));
+        let wrong = switch_response("websocket", Some(&accept_key(b.ws_key.unwrap().as_bytes())));
+        assert!(matches!(
+            verify_switch(&wrong, &a),
+            Err(SwitchError::BadAccept { .. })
+        ));
+        // The 200 for the h2 client carries subprotocol, not Accept.
+        let mut resp = ok.clone();
+        resp.headers_mut()
+            .insert("sec-websocket-protocol", "chat".parse().unwrap());
+        let r200 = extended_connect_response(&resp);
+        assert_eq!(r200.status(), StatusCode::OK);
+        assert_eq!(r200.headers()["sec-websocket-protocol"], "chat");
+        assert!(!r200.headers().contains_key("sec-websocket-accept"));
+        assert!(!r200.headers().contains_key("upgrade"));
+        assert!(!r200.headers().contains_key("connection"));
+    }
+
+    #[test]
+    fn extended_connect_refusals() {
+        let req = Request::builder()
+            .method("CONNECT")
+            .uri("https://h/")
+            .body(())
+            .unwrap();
+        let err = translate_extended_connect(
+            &req,
+            "h2c",
+            &client(),
+            &Policy::default(),
+            &backend(),
+            &ForwardOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        let get = Request::builder().uri("https://h/").body(()).unwrap();
+        let err = translate_extended_connect(
+            &get,
+            "websocket",
+            &client(),
+            &Policy::default(),
+            &backend(),
+            &ForwardOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        let policy = Policy {
+            allowed_upgrades: vec!["foo".into()],
+            ..Policy::default()
+        };
+        let err = translate_extended_connect(
+            &req,
+            "websocket",
+            &client(),
+            &policy,
+            &backend(),
+            &ForwardOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.status, StatusCode::UPGRADE_REQUIRED);
+    }
+}

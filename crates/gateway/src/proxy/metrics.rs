@@ -1,0 +1,438 @@
+//! A small Prometheus text registry for the proxy: counters, gauges and
+//! histograms kept with atomics and short-lived locks, rendered by
+//! [`Metrics::render`] in the text exposition format (version 0.0.4).
+//!
+//! No crate: the set of series is fixed and small, and the label sets are
+//! bounded by the configuration (routes, upstream groups, backends) plus a
+//! fixed list of results and reasons, so a map under a mutex per family is
+//! enough and the peer cannot make it grow.
+//!
+//! | family | type | labels |
+//! |---|---|---|
+//! | `switchyard_open_connections` | gauge | `route`, `protocol` (h1/h2/h3) |
+//! | `switchyard_upgrade_attempts_total` | counter | `result`, `reason` |
+//! | `switchyard_tunnel_bytes_total` | counter | `route`, `direction` |
+//! | `switchyard_tunnel_messages_total` | counter | `route`, `direction` |
+//! | `switchyard_ping_rtt_seconds` | histogram | `side` |
+//! | `switchyard_tunnel_duration_seconds` | histogram | `route` |
+//! | `switchyard_upstream_healthy` | gauge | `upstream`, `backend` |
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Direction of tunnel traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// From the client to the upstream.
+    ClientToUpstream,
+    /// From the upstream to the client.
+    UpstreamToClient,
+}
+
+impl Direction {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::ClientToUpstream => "client_to_upstream",
+            Direction::UpstreamToClient => "upstream_to_client",
+        }
+    }
+}
+
+/// A histogram with fixed upper bounds (seconds).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One counter per bound, plus +Inf last (not cumulative; summed when rendered).
+    buckets: Vec<AtomicU64>,
+    /// Sum in microseconds.
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+/// Bounds of the ping round-trip histogram, seconds.
+pub const RTT_BOUNDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Bounds of the tunnel duration histogram, seconds.
+pub const DURATION_BOUNDS: &[f64] = &[
+    0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
+
+impl Histogram {
+    /// An empty histogram with these bounds (ascending).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Record one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let idx = self
+            .bounds
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(self.bounds.len());
+        if let Some(b) = self.buckets.get(idx) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, name: &str, labels: &str, out: &mut String) {
+        let mut cumulative = 0u64;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let le = match self.bounds.get(i) {
+                Some(v) => format!("{v}"),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count());
+    }
+}
+
+/// Escape a label value (backslash, double quote, newline).
+fn escape(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The proxy's metrics. Cheap to share: wrap it in an `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    open: Mutex<BTreeMap<(String, &'static str), i64>>,
+    upgrades: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    bytes: Mutex<BTreeMap<(String, Direction), u64>>,
+    messages: Mutex<BTreeMap<(String, Direction), u64>>,
+    ping_rtt: [Histogram; 2],
+    durations: Mutex<BTreeMap<String, Arc<Histogram>>>,
+    health: Mutex<BTreeMap<(String, String), bool>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Decrements the open-connection gauge it incremented when dropped.
+#[derive(Debug)]
+pub struct OpenGuard {
+    metrics: Arc<Metrics>,
+    route: String,
+    protocol: &'static str,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let mut open = lock(&self.metrics.open);
+        if let Some(v) = open.get_mut(&(self.route.clone(), self.protocol)) {
+            *v -= 1;
+        }
+    }
+}
+
+impl Metrics {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Metrics {
+            open: Mutex::default(),
+            upgrades: Mutex::default(),
+            bytes: Mutex::default(),
+            messages: Mutex::default(),
+            ping_rtt: [Histogram::new(RTT_BOUNDS), Histogram::new(RTT_BOUNDS)],
+            durations: Mutex::default(),
+            health: Mutex::default(),
+        }
+    }
+
+    /// Count an open connection on `route` over `protocol` ("h1", "h2", "h3")
+    /// until the guard is dropped.
+    pub fn open_connection(self: &Arc<Self>, route: &str, protocol: &'static str) -> OpenGuard {
+        *lock(&self.open)
+            .entry((route.to_string(), protocol))
+            .or_insert(0) += 1;
+        OpenGuard {
+            metrics: self.clone(),
+            route: route.to_string(),
+            protocol,
+        }
+    }
+
+    /// Open connections now on `route` over `protocol`.
+    pub fn open_connections(&self, route: &str, protocol: &'static str) -> i64 {
+        lock(&self.open)
+            .get(&(route.to_string(), protocol))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Count one upgrade attempt. `result` and `reason` are fixed strings
+    /// (see [`super::ProxyOutcome::labels`]).
+    pub fn upgrade_attempt(&self, result: &'static str, reason: &'static str) {
+        *lock(&self.upgrades).entry((result, reason)).or_insert(0) += 1;
+    }
+
+    /// Upgrade attempts counted with this result and reason.
+    pub fn upgrade_attempts(&self, result: &str, reason: &str) -> u64 {
+        lock(&self.upgrades)
+            .iter()
+            .filter(|((r, why), _)| *r == result && *why == reason)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Add tunnel bytes.
+    pub fn add_bytes(&self, route: &str, dir: Direction, n: u64) {
+        if n > 0 {
+            *lock(&self.bytes)
+                .entry((route.to_string(), dir))
+                .or_insert(0) += n;
+        }
+    }
+
+    /// Add tunnel messages (frame-aware mode).
+    pub fn add_messages(&self, route: &str, dir: Direction, n: u64) {
+        if n > 0 {
+            *lock(&self.messages)
+                .entry((route.to_string(), dir))
+                .or_insert(0) += n;
+        }
+    }
+
+    /// Bytes counted for `route` in `dir`.
+    pub fn bytes(&self, route: &str, dir: Direction) -> u64 {
+        lock(&self.bytes)
+            .get(&(route.to_string(), dir))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Messages counted for `route` in `dir`.
+    pub fn messages(&self, route: &str, dir: Direction) -> u64 {
+        lock(&self.messages)
+            .get(&(route.to_string(), dir))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Record a ping round trip toward the client (`upstream == false`) or
+    /// the upstream.
+    pub fn observe_ping_rtt(&self, upstream: bool, rtt: Duration) {
+        self.ping_rtt[usize::from(upstream)].observe(rtt);
+    }
+
+    /// Ping round trips recorded toward one side.
+    pub fn ping_rtt_count(&self, upstream: bool) -> u64 {
+        self.ping_rtt[usize::from(upstream)].count()
+    }
+
+    /// Record how long a tunnel on `route` lasted.
+    pub fn observe_tunnel(&self, route: &str, d: Duration) {
+        let h = lock(&self.durations)
+            .entry(route.to_string())
+            .or_insert_with(|| Arc::new(Histogram::new(DURATION_BOUNDS)))
+            .clone();
+        h.observe(d);
+    }
+
+    /// Set the health of one backend of an upstream group.
+    pub fn set_upstream_health(&self, upstream: &str, backend: &str, healthy: bool) {
+        lock(&self.health).insert((upstream.to_string(), backend.to_string()), healthy);
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        out.push_str("# HELP switchyard_open_connections Open proxied connections.\n");
+        out.push_str("# TYPE switchyard_open_connections gauge\n");
+        for ((route, proto), v) in lock(&self.open).iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_open_connections{{route=\"{}\",protocol=\"{proto}\"}} {v}",
+                escape(route)
+            );
+        }
+        out.push_str(
+            "# HELP switchyard_upgrade_attempts_total Upgrade attempts by result and reason.\n",
+        );
+        out.push_str("# TYPE switchyard_upgrade_attempts_total counter\n");
+        for ((result, reason), v) in lock(&self.upgrades).iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_upgrade_attempts_total{{result=\"{result}\",reason=\"{reason}\"}} {v}"
+            );
+        }
+        for (family, help, map) in [
+            (
+                "switchyard_tunnel_bytes_total",
+                "Bytes relayed by tunnels.",
+                &self.bytes,
+            ),
+            (
+                "switchyard_tunnel_messages_total",
+                "WebSocket messages relayed by frame-aware tunnels.",
+                &self.messages,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {family} {help}");
+            let _ = writeln!(out, "# TYPE {family} counter");
+            for ((route, dir), v) in lock(map).iter() {
+                let _ = writeln!(
+                    out,
+                    "{family}{{route=\"{}\",direction=\"{}\"}} {v}",
+                    escape(route),
+                    dir.as_str()
+                );
+            }
+        }
+        out.push_str(
+            "# HELP switchyard_ping_rtt_seconds Ping round trips of frame-aware tunnels.\n",
+        );
+        out.push_str("# TYPE switchyard_ping_rtt_seconds histogram\n");
+        for (i, side) in ["client", "upstream"].iter().enumerate() {
+            if let Some(h) = self.ping_rtt.get(i) {
+                h.render(
+                    "switchyard_ping_rtt_seconds",
+                    &format!("side=\"{side}\""),
+                    &mut out,
+                );
+            }
+        }
+        out.push_str("# HELP switchyard_tunnel_duration_seconds How long tunnels lasted.\n");
+        out.push_str("# TYPE switchyard_tunnel_duration_seconds histogram\n");
+        for (route, h) in lock(&self.durations).iter() {
+            h.render(
+                "switchyard_tunnel_duration_seconds",
+                &format!("route=\"{}\"", escape(route)),
+                &mut out,
+            );
+        }
+        out.push_str("# HELP switchyard_upstream_healthy 1 when the backend is in rotation.\n");
+        out.push_str("# TYPE switchyard_upstream_healthy gauge\n");
+        for ((up, backend), healthy) in lock(&self.health).iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_upstream_healthy{{upstream=\"{}\",backend=\"{}\"}} {}",
+                escape(up),
+                escape(backend),
+                u8::from(*healthy)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_gauge_follows_guards() {
+        let m = Arc::new(Metrics::new());
+        let a = m.open_connection("chat", "h1");
+        let b = m.open_connection("chat", "h1");
+        let c = m.open_connection("chat", "h2");
+        assert_eq!(m.open_connections("chat", "h1"), 2);
+        drop(a);
+        assert_eq!(m.open_connections("chat", "h1"), 1);
+        let text = m.render();
+        assert!(
+            text.contains("switchyard_open_connections{route=\"chat\",protocol=\"h1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchyard_open_connections{route=\"chat\",protocol=\"h2\"} 1"),
+            "{text}"
+        );
+        drop((b, c));
+        assert_eq!(m.open_connections("chat", "h2"), 0);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new(&[0.01, 0.1]);
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_millis(50));
+        h.observe(Duration::from_secs(3));
+        let mut s = String::new();
+        h.render("x", "", &mut s);
+        assert!(s.contains("x_bucket{le=\"0.01\"} 1\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"0.1\"} 2\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"+Inf\"} 3\n"), "{s}");
+        assert!(s.contains("x_count 3\n"), "{s}");
+        assert!(s.contains("x_sum 3.055\n"), "{s}");
+    }
+
+    #[test]
+    fn counters_and_labels_render_escaped() {
+        let m = Metrics::new();
+        m.upgrade_attempt("refused", "upstream_status");
+        m.upgrade_attempt("refused", "upstream_status");
+        m.add_bytes("a\"b", Direction::ClientToUpstream, 10);
+        m.add_messages("r", Direction::UpstreamToClient, 3);
+        m.set_upstream_health("chat", "ws://10.0.0.1:1", false);
+        m.observe_ping_rtt(true, Duration::from_millis(2));
+        m.observe_tunnel("r", Duration::from_secs(2));
+        let text = m.render();
+        assert!(text.contains(
+            "switchyard_upgrade_attempts_total{result=\"refused\",reason=\"upstream_status\"} 2"
+        ));
+        assert!(text.contains(
+            "switchyard_tunnel_bytes_total{route=\"a\\\"b\",direction=\"client_to_upstream\"} 10"
+        ), "{text}");
+        assert!(text.contains(
+            "switchyard_tunnel_messages_total{route=\"r\",direction=\"upstream_to_client\"} 3"
+        ));
+        assert!(text.contains(
+            "switchyard_upstream_healthy{upstream=\"chat\",backend=\"ws://10.0.0.1:1\"} 0"
+        ));
+        assert!(text.contains("switchyard_ping_rtt_seconds_count{side=\"upstream\"} 1"));
+        assert!(text.contains("switchyard_ping_rtt_seconds_count{side=\"client\"} 0"));
+        assert!(
+            text.contains("switchyard_tunnel_duration_seconds_bucket{route=\"r\",le=\"10\"} 1"),
+            "{text}"
+        );
+        assert_eq!(m.upgrade_attempts("refused", "upstream_status"), 2);
+    }
+}

@@ -1,0 +1,1020 @@
+//! The reverse proxy core: from a parsed client request to a verified
+//! upstream upgrade and a tunnel.
+//!
+//! The connection front (listeners, TLS, HTTP/1.1 keep-alive, HTTP/2 and
+//! HTTP/3) reads the request head, routes it, and for a route whose target
+//! is an upstream group hands the connection to one entry point per client
+//! protocol:
+//!
+//! * [`proxy_h1`]: HTTP/1.1 clients. Takes the client stream, the parsed
+//!   request, the bytes the front read past the head (`leftover`, held
+//!   until the upstream's 101 is verified), the client's address and TLS
+//!   flag, the route, the shared [`ProxyContext`] and a shutdown future.
+//!   Answers the client itself (101 + tunnel, the relayed upstream answer,
+//!   or an error status) and returns a [`ProxyOutcome`] for the log line
+//!   and metrics. The client connection is finished afterwards (never
+//!   reused for another request).
+//! * [`proxy_extended_connect`]: HTTP/2 and HTTP/3 extended CONNECT
+//!   (RFC 8441 / 9220) to an HTTP/1.1 upstream. The front passes the request
+//!   (`:authority` and `:path` in its URI), the `:protocol` value, and a
+//!   `respond` callback that sends the response head on the stream (200 on
+//!   success, or the error status) and, for a 2xx, returns the stream's
+//!   byte channel (AsyncRead + AsyncWrite over DATA frames). Inside:
+//!   [`forward::translate_extended_connect`] (fresh `Sec-WebSocket-Key`),
+//!   the same attempt loop and verification as HTTP/1.1 (the 101's accept
+//!   must match our key), [`forward::extended_connect_response`] (the 200
+//!   with subprotocol and extensions from the upstream), then the tunnel.
+//!
+//! Modules: [`forward`] (request rules), [`relay`] (one upstream attempt and
+//! the relay of non-101 answers), [`upstream`] (groups, balancing, health,
+//! connect), [`tunnel`] (transparent and frame-aware), [`copy`] (the
+//! transparent byte copy, no buffer while idle), [`limits`] (caps and
+//! Origin), [`metrics`] (Prometheus text).
+//!
+//! Mode choice ([`tunnel_mode`], from the route's `tunnel` setting): with
+//! `auto`, frame-aware for websocket when the route sets `ping_interval` or
+//! `max_message_size` (heartbeats and message limits need frames),
+//! transparent otherwise; `frames` always relays messages (per-message
+//! metrics); any token other than websocket is always transparent.
+
+pub mod copy;
+pub mod forward;
+pub mod limits;
+pub mod metrics;
+pub mod relay;
+pub mod tunnel;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use switchyard::client::MaybeTlsStream;
+use switchyard_proto::head;
+use switchyard_proto::Limits;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::config::{Policy, Route, RouteTarget, TunnelSetting};
+
+pub use forward::{ClientInfo, ForwardOptions, UpstreamRequest};
+pub use limits::{ConnectionGuard, ConnectionLimiter};
+pub use metrics::{Direction, Metrics};
+pub use relay::{ExchangeError, UpstreamAnswer};
+pub use tunnel::{FrameAwareConfig, TunnelEnd, TunnelReport};
+pub use upstream::{BackendLease, Group, Upstreams};
+
+/// An answer the gateway gives itself (not the upstream's): status, a
+/// fixed reason label, a human detail for the body and the log, extra
+/// headers (`Retry-After`, `Upgrade` for 426).
+///
+/// Kept small (no `HeaderMap`): it is the error type of every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status.
+    pub status: StatusCode,
+    /// A fixed label for metrics.
+    pub reason: &'static str,
+    /// What happened and what to do, for the body.
+    pub detail: String,
+    /// Seconds for `Retry-After`.
+    pub retry_after: Option<u32>,
+    /// `Upgrade` header value (426 lists the allowed tokens).
+    pub upgrade: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal without extra headers.
+    pub fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason,
+            detail: detail.into(),
+            retry_after: None,
+            upgrade: None,
+        }
+    }
+
+    /// With `Retry-After: secs`.
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// The whole response (`Connection: close`, text body).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut extra = HeaderMap::new();
+        if let Some(u) = self
+            .upgrade
+            .as_deref()
+            .and_then(|u| HeaderValue::from_str(u).ok())
+        {
+            extra.insert(http::header::UPGRADE, u);
+        }
+        if let Some(s) = self.retry_after {
+            extra.insert(http::header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        head::simple_response(self.status, &extra, &format!("{}\n", self.detail))
+    }
+}
+
+/// How an attempt ended, for the one log line per upgrade attempt and the
+/// `upgrade_attempts_total{result, reason}` counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// The gateway answered with an error status before or instead of
+    /// contacting an upstream (403, 429, 503, 426, 400...).
+    Refused(StatusCode),
+    /// The upstream's non-101 answer was relayed to the client.
+    Relayed(StatusCode),
+    /// No usable upstream answer: the client got 502 or 504.
+    BadGateway(StatusCode),
+    /// The tunnel ran; the report says how it ended.
+    Tunneled(TunnelReport),
+}
+
+/// What [`proxy_h1`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyOutcome {
+    /// The result.
+    pub kind: OutcomeKind,
+    /// A fixed reason label (`origin`, `ip_full`, `upstream_status`,
+    /// `bad_accept`, `wrong_token`, `no_backend`, `switched`...).
+    pub reason: &'static str,
+    /// Details for the log.
+    pub detail: String,
+    /// The backend used last, if any.
+    pub backend: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_mode_follows_the_policy() {
+        let p = Policy::default();
+        assert_eq!(tunnel_mode(&p, "websocket"), TunnelMode::Transparent);
+        let hb = Policy {
+            ping_interval: Some(Duration::from_secs(1)),
+            ..Policy::default()
+        };
+        assert_eq!(tunnel_mode(&hb, "websocket"), TunnelMode::FrameAware);
+        assert_eq!(tunnel_mode(&hb, "foo"), TunnelMode::Transparent);
+        let lim = Policy {
+            max_message_size: Some(10),
+            ..Policy::default()
+        };
+        assert_eq!(tunnel_mode(&lim, "websocket"), TunnelMode::FrameAware);
+        let forced = Policy {
+            tunnel: TunnelSetting::Frames,
+            ..Policy::default()
+        };
+        assert_eq!(tunnel_mode(&forced, "websocket"), TunnelMode::FrameAware);
+        let off = Policy {
+            tunnel: TunnelSetting::Transparent,
+            ..hb.clone()
+        };
+        assert_eq!(tunnel_mode(&off, "websocket"), TunnelMode::Transparent);
+    }
+
+    #[test]
+    fn frame_aware_config_takes_the_route_limits() {
+        let p = Policy {
+            max_message_size: Some(1000),
+            ping_interval: Some(Duration::from_secs(3)),
+            pong_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(9),
+            ..Policy::default()
+        };
+        let c = frame_aware_config(&p, &Limits::default());
+        for l in [&c.client_limits, &c.upstream_limits] {
+            assert_eq!(l.max_message_size, 1000);
+            assert_eq!(l.max_frame_size, 1000);
+            assert_eq!(l.ping_interval, Some(Duration::from_secs(3)));
+            assert_eq!(l.pong_timeout, Duration::from_secs(2));
+        }
+        assert_eq!(c.idle_timeout, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn context_from_config_keeps_metrics_and_limiter() {
+        let cfg = crate::config::Config::from_toml_str(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n\
+             [[upstream]]\nname = \"chat\"\nservers = [\"ws://127.0.0.1:9\"]\n\
+             [[route]]\nhost = \"a.example\"\npath = \"/ws\"\nupstream = \"chat\"\n\
+             [limits]\nmax_headers = 7\n",
+            "t.toml",
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let limiter = ConnectionLimiter::new();
+        let guard = limiter
+            .try_acquire("r", "10.0.0.1".parse().unwrap(), &Policy::default())
+            .unwrap();
+        let ctx = ProxyContext::from_config(&cfg, metrics.clone(), limiter.clone()).unwrap();
+        assert!(ctx.upstreams.get("chat").is_some());
+        assert!(ctx.upstreams.get("other").is_none());
+        assert_eq!(ctx.limits.max_headers, 7);
+        assert_eq!(ctx.limiter.route_count("r"), 1, "the same limiter");
+        assert!(Arc::ptr_eq(&ctx.metrics, &metrics));
+        drop(guard);
+        assert_eq!(route_label(&cfg.routes[0]), "a.example/ws");
+    }
+
+    #[test]
+    fn refusal_bytes() {
+        let r = Refusal::new(StatusCode::FORBIDDEN, "origin", "no").retry_after(3);
+        let text = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");
+        assert!(text.contains("retry-after: 3\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nno\n"), "{text}");
+    }
+}
+
+impl ProxyOutcome {
+    /// `(result, reason)` labels for metrics.
+    pub fn labels(&self) -> (&'static str, &'static str) {
+        let result = match self.kind {
+            OutcomeKind::Refused(_) => "refused",
+            OutcomeKind::Relayed(_) => "relayed",
+            OutcomeKind::BadGateway(_) => "bad_gateway",
+            OutcomeKind::Tunneled(_) => "switched",
+        };
+        (result, self.reason)
+    }
+
+    fn refused(r: &Refusal) -> Self {
+        ProxyOutcome {
+            kind: OutcomeKind::Refused(r.status),
+            reason: r.reason,
+            detail: r.detail.clone(),
+            backend: None,
+        }
+    }
+}
+
+/// Shared state of the proxy: upstream groups, metrics, connection caps,
+/// the protocol limits (`[limits]`).
+#[derive(Debug)]
+pub struct ProxyContext {
+    /// The upstream groups.
+    pub upstreams: Arc<Upstreams>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Per-route and per-IP caps (keep one across reloads).
+    pub limiter: ConnectionLimiter,
+    /// `[limits]` of the configuration.
+    pub limits: Limits,
+    /// Largest relayed (non-101) upstream body.
+    pub max_relayed_body: usize,
+}
+
+impl ProxyContext {
+    /// A context with default options.
+    pub fn new(upstreams: Arc<Upstreams>, metrics: Arc<Metrics>, limits: Limits) -> Self {
+        ProxyContext {
+            upstreams,
+            metrics,
+            limiter: ConnectionLimiter::new(),
+            limits,
+            max_relayed_body: relay::DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+impl ProxyContext {
+    /// The context for a configuration: its upstream groups (TLS with the
+    /// system roots, webpki as fallback) and `[limits]`, reporting to
+    /// `metrics` and counting connections in `limiter`. On reload, build a
+    /// new context with the SAME `metrics` and `limiter` so that open
+    /// tunnels keep counting against the caps; existing tunnels keep their
+    /// old context (`Arc`) until they end.
+    pub fn from_config(
+        cfg: &crate::config::Config,
+        metrics: Arc<Metrics>,
+        limiter: ConnectionLimiter,
+    ) -> Result<Self, switchyard::Error> {
+        let upstreams = Upstreams::from_config(&cfg.upstreams, Some(metrics.clone()))?;
+        Ok(ProxyContext {
+            limiter,
+            ..ProxyContext::new(Arc::new(upstreams), metrics, cfg.limits.clone())
+        })
+    }
+}
+
+/// The metrics label of a route: `host/path`, or the path alone when the
+/// route matches any host.
+pub fn route_label(route: &Route) -> String {
+    match &route.host {
+        Some(h) => format!("{h}{}", route.path),
+        None => route.path.clone(),
+    }
+}
+
+/// The two tunnel modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelMode {
+    /// Bytes copied both ways.
+    Transparent,
+    /// WebSocket messages relayed (heartbeats, limits, message metrics).
+    FrameAware,
+}
+
+/// The mode for a switched `token` on a route with `policy`.
+pub fn tunnel_mode(policy: &Policy, token: &str) -> TunnelMode {
+    let wants_frames = match policy.tunnel {
+        TunnelSetting::Frames => true,
+        TunnelSetting::Transparent => false,
+        TunnelSetting::Auto => policy.ping_interval.is_some() || policy.max_message_size.is_some(),
+    };
+    if token == "websocket" && wants_frames {
+        TunnelMode::FrameAware
+    } else {
+        TunnelMode::Transparent
+    }
+}
+
+/// The frame-aware settings of a route: each side gets the `[limits]` with
+/// the route's heartbeat and message size.
+pub fn frame_aware_config(policy: &Policy, limits: &Limits) -> FrameAwareConfig {
+    let mut l = limits.clone();
+    if let Some(m) = policy.max_message_size {
+        l.max_message_size = m;
+        l.max_frame_size = l.max_frame_size.min(m.max(125));
+    }
+    l.ping_interval = policy.ping_interval;
+    l.pong_timeout = policy.pong_timeout;
+    FrameAwareConfig {
+        client_limits: l.clone(),
+        upstream_limits: l,
+        idle_timeout: policy.idle_timeout,
+        deflate: None,
+    }
+}
+
+/// A successful upstream upgrade.
+#[derive(Debug)]
+pub struct Upgraded {
+    /// The upstream connection, after its 101.
+    pub stream: MaybeTlsStream,
+    /// The upstream's 101.
+    pub response: Response<()>,
+    /// The token switched to.
+    pub token: String,
+    /// Bytes the upstream sent after its 101.
+    pub leftover: BytesMut,
+    /// Holds the backend's least-connections slot for the tunnel's life.
+    pub lease: BackendLease,
+}
+
+/// What [`upstream_upgrade`] produced.
+#[derive(Debug)]
+pub enum AttemptResult {
+    /// A verified 101.
+    Upgraded(Upgraded, String),
+    /// A complete non-101 answer to relay (the upstream connection is
+    /// already dropped).
+    Response {
+        /// The head.
+        response: Response<()>,
+        /// The body.
+        body: bytes::Bytes,
+        /// The backend.
+        backend: String,
+    },
+    /// Nothing usable: answer this.
+    Failed {
+        /// 502 or 504.
+        status: StatusCode,
+        /// The label.
+        reason: &'static str,
+        /// Details.
+        detail: String,
+        /// The last backend tried.
+        backend: Option<String>,
+    },
+}
+
+/// The attempt loop over a group: connect to the next backend in
+/// [`Group::attempt_order`], send the request built by `build` for it,
+/// verify the answer. Connect failures, timeouts, garbage and EOF before an
+/// answer move to the next backend (nothing was sent to the client yet) and
+/// count against passive health; a deliberate answer (a non-101, or a 101
+/// that fails verification) ends the loop.
+pub async fn upstream_upgrade(
+    group: &Group,
+    limits: &Limits,
+    max_body: usize,
+    mut build: impl FnMut(&crate::config::Backend) -> Result<UpstreamRequest, Refusal>,
+) -> Result<AttemptResult, Refusal> {
+    let mut last: Option<(StatusCode, &'static str, String, String)> = None;
+    for state in group.attempt_order() {
+        let name = state.backend.url.to_string();
+        let sent = build(&state.backend)?;
+        let mut stream = match group.connect(&state.backend).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(backend = %name, error = %e, "upstream connect failed; trying the next backend");
+                group.record_failure(&state);
+                last = Some((
+                    StatusCode::BAD_GATEWAY,
+                    "connect_failed",
+                    e.to_string(),
+                    name,
+                ));
+                continue;
+            }
+        };
+        match relay::exchange(
+            &mut stream,
+            &sent,
+            limits,
+            group.config.connect_timeout,
+            max_body,
+        )
+        .await
+        {
+            Ok(UpstreamAnswer::Switched {
+                response,
+                token,
+                leftover,
+            }) => {
+                group.record_success(&state);
+                let lease = group.lease(&state);
+                return Ok(AttemptResult::Upgraded(
+                    Upgraded {
+                        stream,
+                        response,
+                        token,
+                        leftover,
+                        lease,
+                    },
+                    name,
+                ));
+            }
+            Ok(UpstreamAnswer::Response { response, body }) => {
+                // A complete HTTP answer: the backend is alive.
+                group.record_success(&state);
+                return Ok(AttemptResult::Response {
+                    response,
+                    body,
+                    backend: name,
+                });
+            }
+            Err(e) => {
+                group.record_failure(&state);
+                let retry = e.retryable();
+                last = Some((e.status(), e.label(), e.to_string(), name));
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(match last {
+        Some((status, reason, detail, backend)) => AttemptResult::Failed {
+            status,
+            reason,
+            detail,
+            backend: Some(backend),
+        },
+        None => AttemptResult::Failed {
+            status: StatusCode::BAD_GATEWAY,
+            reason: "no_backend",
+            detail: "the upstream group has no backend".into(),
+            backend: None,
+        },
+    })
+}
+
+/// Proxy one HTTP/2 or HTTP/3 extended CONNECT to an HTTP/1.1 upstream
+/// (see the module docs). `protocol` labels the open-connections gauge
+/// (`"h2"` or `"h3"`). `respond` is called exactly once: with the 200 (after
+/// a verified 101) it must return the stream to tunnel over; with an error
+/// status (403, 429, 503, 426, 400, 502, 504, or the upstream's own non-101
+/// status, whose body is not relayed) its `Ok` value is dropped.
+#[allow(clippy::too_many_arguments)]
+pub async fn proxy_extended_connect<S, F, Fut>(
+    req: Request<()>,
+    connect_protocol: &str,
+    client_info: ClientInfo,
+    protocol: &'static str,
+    route: &Route,
+    route_name: &str,
+    ctx: &ProxyContext,
+    respond: F,
+    shutdown: impl Future<Output = ()>,
+) -> ProxyOutcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(Response<()>) -> Fut,
+    Fut: Future<Output = std::io::Result<S>>,
+{
+    let (outcome, error_response) = extended_connect_inner(
+        &req,
+        connect_protocol,
+        client_info,
+        protocol,
+        route,
+        route_name,
+        ctx,
+        respond,
+        shutdown,
+    )
+    .await;
+    if let Some((respond, resp)) = error_response {
+        let _ = respond(resp).await;
+    }
+    let (result, reason) = outcome.labels();
+    ctx.metrics.upgrade_attempt(result, reason);
+    tracing::info!(
+        client = %client_info.addr,
+        route = route_name,
+        protocol,
+        upstream = outcome.backend.as_deref().unwrap_or("-"),
+        result,
+        reason,
+        detail = %outcome.detail,
+        "upgrade attempt"
+    );
+    outcome
+}
+
+fn status_response(status: StatusCode, retry_after: Option<u32>) -> Response<()> {
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    if let Some(s) = retry_after {
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp
+}
+
+fn empty_report(end: TunnelEnd) -> TunnelReport {
+    TunnelReport {
+        end,
+        bytes_to_upstream: 0,
+        bytes_to_client: 0,
+        messages_to_upstream: 0,
+        messages_to_client: 0,
+        duration: Duration::ZERO,
+    }
+}
+
+/// The work of [`proxy_extended_connect`]; returns the outcome and, when
+/// the client must get an error status, `respond` with that response.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+async fn extended_connect_inner<S, F, Fut>(
+    req: &Request<()>,
+    connect_protocol: &str,
+    client_info: ClientInfo,
+    protocol: &'static str,
+    route: &Route,
+    route_name: &str,
+    ctx: &ProxyContext,
+    respond: F,
+    shutdown: impl Future<Output = ()>,
+) -> (ProxyOutcome, Option<(F, Response<()>)>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(Response<()>) -> Fut,
+    Fut: Future<Output = std::io::Result<S>>,
+{
+    let policy = &route.policy;
+    let refuse = |r: Refusal, respond: F| {
+        let resp = status_response(r.status, r.retry_after);
+        (ProxyOutcome::refused(&r), Some((respond, resp)))
+    };
+    let group_name = match route.target() {
+        RouteTarget::Upstream(name) => name,
+        RouteTarget::App(_) => {
+            let r = Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "not_proxied",
+                "this route serves a built-in app, not an upstream",
+            );
+            return refuse(r, respond);
+        }
+    };
+    if let Err(r) = limits::check_origin(req.headers(), policy) {
+        return refuse(r, respond);
+    }
+    let _slot = match ctx
+        .limiter
+        .try_acquire(route_name, client_info.addr.ip(), policy)
+    {
+        Ok(g) => g,
+        Err(r) => return refuse(r, respond),
+    };
+    let Some(group) = ctx.upstreams.get(group_name) else {
+        let r = Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "unknown_upstream",
+            format!("upstream group {group_name} is not configured"),
+        );
+        return refuse(r, respond);
+    };
+    let opts = ForwardOptions {
+        preserve_host: policy.preserve_host,
+    };
+    let attempt = upstream_upgrade(group, &ctx.limits, ctx.max_relayed_body, |backend| {
+        forward::translate_extended_connect(
+            req,
+            connect_protocol,
+            &client_info,
+            policy,
+            backend,
+            &opts,
+        )
+    })
+    .await;
+    let (up, backend) = match attempt {
+        Err(r) => return refuse(r, respond),
+        Ok(AttemptResult::Upgraded(up, backend)) => (up, backend),
+        Ok(AttemptResult::Response {
+            response, backend, ..
+        }) => {
+            let status = response.status();
+            let outcome = ProxyOutcome {
+                kind: OutcomeKind::Relayed(status),
+                reason: "upstream_status",
+                detail: format!("the upstream answered {status}"),
+                backend: Some(backend),
+            };
+            return (outcome, Some((respond, status_response(status, None))));
+        }
+        Ok(AttemptResult::Failed {
+            status,
+            reason,
+            detail,
+            backend,
+        }) => {
+            let outcome = ProxyOutcome {
+                kind: OutcomeKind::BadGateway(status),
+                reason,
+                detail,
+                backend,
+            };
+            return (outcome, Some((respond, status_response(status, None))));
+        }
+    };
+    let mode = tunnel_mode(policy, &up.token);
+    let mut fa_cfg = frame_aware_config(policy, &ctx.limits);
+    if mode == TunnelMode::FrameAware {
+        match tunnel::deflate_params(&up.response) {
+            Ok(p) => fa_cfg.deflate = p,
+            Err(why) => {
+                let outcome = ProxyOutcome {
+                    kind: OutcomeKind::BadGateway(StatusCode::BAD_GATEWAY),
+                    reason: "bad_extensions",
+                    detail: why,
+                    backend: Some(backend),
+                };
+                let resp = status_response(StatusCode::BAD_GATEWAY, None);
+                return (outcome, Some((respond, resp)));
+            }
+        }
+    }
+    let ok = forward::extended_connect_response(&up.response);
+    let Upgraded {
+        stream: mut upstream,
+        leftover: up_leftover,
+        lease,
+        ..
+    } = up;
+    let mut stream = match respond(ok).await {
+        Ok(s) => s,
+        Err(e) => {
+            let outcome = ProxyOutcome {
+                kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::Io(e.to_string()))),
+                reason: "switched",
+                detail: format!("sending the 200 failed: {e}"),
+                backend: Some(backend),
+            };
+            return (outcome, None);
+        }
+    };
+    let _open = ctx.metrics.open_connection(route_name, protocol);
+    let report = match mode {
+        TunnelMode::Transparent => {
+            if !up_leftover.is_empty() && stream.write_all(&up_leftover).await.is_err() {
+                let outcome = ProxyOutcome {
+                    kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::ClientGone)),
+                    reason: "switched",
+                    detail: "the client stream closed".into(),
+                    backend: Some(backend),
+                };
+                return (outcome, None);
+            }
+            tunnel::transparent(&mut stream, &mut upstream, policy.idle_timeout, shutdown).await
+        }
+        TunnelMode::FrameAware => {
+            let observer = MetricsObserver(ctx.metrics.clone());
+            tunnel::frame_aware(
+                &mut stream,
+                &[],
+                &mut upstream,
+                &up_leftover,
+                &fa_cfg,
+                &observer,
+                shutdown,
+            )
+            .await
+        }
+    };
+    drop(lease);
+    (finish_tunnel(ctx, route_name, mode, report, backend), None)
+}
+
+fn finish_tunnel(
+    ctx: &ProxyContext,
+    route_name: &str,
+    mode: TunnelMode,
+    report: TunnelReport,
+    backend: String,
+) -> ProxyOutcome {
+    let m = &ctx.metrics;
+    m.add_bytes(
+        route_name,
+        Direction::ClientToUpstream,
+        report.bytes_to_upstream,
+    );
+    m.add_bytes(
+        route_name,
+        Direction::UpstreamToClient,
+        report.bytes_to_client,
+    );
+    m.add_messages(
+        route_name,
+        Direction::ClientToUpstream,
+        report.messages_to_upstream,
+    );
+    m.add_messages(
+        route_name,
+        Direction::UpstreamToClient,
+        report.messages_to_client,
+    );
+    m.observe_tunnel(route_name, report.duration);
+    ProxyOutcome {
+        detail: format!("tunnel ({mode:?}) ended: {}", report.end.label()),
+        kind: OutcomeKind::Tunneled(report),
+        reason: "switched",
+        backend: Some(backend),
+    }
+}
+
+async fn answer<C: AsyncWrite + Unpin>(client: &mut C, r: &Refusal) {
+    let _ = client.write_all(&r.to_bytes()).await;
+    let _ = client.flush().await;
+    let _ = client.shutdown().await;
+}
+
+struct MetricsObserver(Arc<Metrics>);
+impl tunnel::TunnelObserver for MetricsObserver {
+    fn ping_rtt(&self, upstream: bool, rtt: Duration) {
+        self.0.observe_ping_rtt(upstream, rtt);
+    }
+}
+
+/// Proxy one HTTP/1.1 request on `route` (whose target must be an
+/// upstream group): Origin policy (403), caps (429 / 503 with
+/// Retry-After), forwarding rules, the attempt loop, then the 101 and the
+/// tunnel, the relayed answer, or 502 / 504. `leftover` (bytes the client
+/// sent after its head) reaches the upstream only after a verified 101.
+/// `route_name` labels metrics (e.g. the route's path).
+#[allow(clippy::too_many_arguments)]
+pub async fn proxy_h1<C>(
+    mut client: C,
+    req: Request<()>,
+    leftover: BytesMut,
+    client_info: ClientInfo,
+    route: &Route,
+    route_name: &str,
+    ctx: &ProxyContext,
+    shutdown: impl Future<Output = ()>,
+) -> ProxyOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let outcome = proxy_h1_inner(
+        &mut client,
+        req,
+        leftover,
+        client_info,
+        route,
+        route_name,
+        ctx,
+        shutdown,
+    )
+    .await;
+    let (result, reason) = outcome.labels();
+    ctx.metrics.upgrade_attempt(result, reason);
+    tracing::info!(
+        client = %client_info.addr,
+        route = route_name,
+        upstream = outcome.backend.as_deref().unwrap_or("-"),
+        result,
+        reason,
+        detail = %outcome.detail,
+        "upgrade attempt"
+    );
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy_h1_inner<C>(
+    client: &mut C,
+    req: Request<()>,
+    leftover: BytesMut,
+    client_info: ClientInfo,
+    route: &Route,
+    route_name: &str,
+    ctx: &ProxyContext,
+    shutdown: impl Future<Output = ()>,
+) -> ProxyOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let policy = &route.policy;
+    let group_name = match route.target() {
+        RouteTarget::Upstream(name) => name,
+        RouteTarget::App(_) => {
+            let r = Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "not_proxied",
+                "this route serves a built-in app, not an upstream",
+            );
+            answer(client, &r).await;
+            return ProxyOutcome::refused(&r);
+        }
+    };
+    if let Err(r) = limits::check_origin(req.headers(), policy) {
+        answer(client, &r).await;
+        return ProxyOutcome::refused(&r);
+    }
+    let _slot = match ctx
+        .limiter
+        .try_acquire(route_name, client_info.addr.ip(), policy)
+    {
+        Ok(g) => g,
+        Err(r) => {
+            answer(client, &r).await;
+            return ProxyOutcome::refused(&r);
+        }
+    };
+    let Some(group) = ctx.upstreams.get(group_name) else {
+        let r = Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "unknown_upstream",
+            format!("upstream group {group_name} is not configured"),
+        );
+        answer(client, &r).await;
+        return ProxyOutcome::refused(&r);
+    };
+    let head_request = req.method() == http::Method::HEAD;
+    let opts = ForwardOptions {
+        preserve_host: policy.preserve_host,
+    };
+    let attempt = upstream_upgrade(group, &ctx.limits, ctx.max_relayed_body, |backend| {
+        forward::forward_request(&req, &client_info, policy, backend, &opts)
+    })
+    .await;
+    let attempt = match attempt {
+        Ok(a) => a,
+        Err(r) => {
+            answer(client, &r).await;
+            return ProxyOutcome::refused(&r);
+        }
+    };
+    match attempt {
+        AttemptResult::Failed {
+            status,
+            reason,
+            detail,
+            backend,
+        } => {
+            let r = Refusal::new(status, reason, format!("bad gateway: {detail}"));
+            answer(client, &r).await;
+            ProxyOutcome {
+                kind: OutcomeKind::BadGateway(status),
+                reason,
+                detail,
+                backend,
+            }
+        }
+        AttemptResult::Response {
+            response,
+            body,
+            backend,
+        } => {
+            let _ = relay::write_relayed_response(client, &response, &body, head_request).await;
+            let _ = client.shutdown().await;
+            ProxyOutcome {
+                kind: OutcomeKind::Relayed(response.status()),
+                reason: "upstream_status",
+                detail: format!("the upstream answered {}", response.status()),
+                backend: Some(backend),
+            }
+        }
+        AttemptResult::Upgraded(up, backend) => {
+            run_tunnel_h1(
+                client, up, backend, leftover, route, route_name, ctx, shutdown,
+            )
+            .await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_tunnel_h1<C>(
+    client: &mut C,
+    up: Upgraded,
+    backend: String,
+    leftover: BytesMut,
+    route: &Route,
+    route_name: &str,
+    ctx: &ProxyContext,
+    shutdown: impl Future<Output = ()>,
+) -> ProxyOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let policy = &route.policy;
+    let mode = tunnel_mode(policy, &up.token);
+    let mut fa_cfg = frame_aware_config(policy, &ctx.limits);
+    if mode == TunnelMode::FrameAware {
+        match tunnel::deflate_params(&up.response) {
+            Ok(p) => fa_cfg.deflate = p,
+            Err(why) => {
+                let r = Refusal::new(StatusCode::BAD_GATEWAY, "bad_extensions", why);
+                answer(client, &r).await;
+                return ProxyOutcome {
+                    kind: OutcomeKind::BadGateway(r.status),
+                    reason: r.reason,
+                    detail: r.detail,
+                    backend: Some(backend),
+                };
+            }
+        }
+    }
+    let resp = forward::client_switch_response(&up.response, &up.token);
+    let mut out = Vec::with_capacity(256 + up.leftover.len());
+    head::write_response_head(&resp, &mut out);
+    let Upgraded {
+        stream: mut upstream,
+        leftover: up_leftover,
+        lease,
+        ..
+    } = up;
+    if mode == TunnelMode::Transparent {
+        out.extend_from_slice(&up_leftover);
+    }
+    let written = async {
+        client.write_all(&out).await?;
+        client.flush().await?;
+        if mode == TunnelMode::Transparent && !leftover.is_empty() {
+            upstream.write_all(&leftover).await?;
+            upstream.flush().await?;
+        }
+        std::io::Result::Ok(())
+    }
+    .await;
+    if let Err(e) = written {
+        return ProxyOutcome {
+            kind: OutcomeKind::Tunneled(TunnelReport {
+                end: TunnelEnd::Io(e.to_string()),
+                bytes_to_upstream: 0,
+                bytes_to_client: 0,
+                messages_to_upstream: 0,
+                messages_to_client: 0,
+                duration: Duration::ZERO,
+            }),
+            reason: "switched",
+            detail: format!("writing the 101 failed: {e}"),
+            backend: Some(backend),
+        };
+    }
+    let _open = ctx.metrics.open_connection(route_name, "h1");
+    let report = match mode {
+        TunnelMode::Transparent => {
+            tunnel::transparent(client, &mut upstream, policy.idle_timeout, shutdown).await
+        }
+        TunnelMode::FrameAware => {
+            let observer = MetricsObserver(ctx.metrics.clone());
+            tunnel::frame_aware(
+                client,
+                &leftover,
+                &mut upstream,
+                &up_leftover,
+                &fa_cfg,
+                &observer,
+                shutdown,
+            )
+            .await
+        }
+    };
+    drop(lease);
+    finish_tunnel(ctx, route_name, mode, report, backend)
+}

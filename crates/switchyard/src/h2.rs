@@ -1,0 +1,750 @@
+//! WebSocket over HTTP/2 (RFC 8441, extended CONNECT).
+//!
+//! * Server: [`server_builder`] is the hardened hyper HTTP/2 builder (it
+//!   sends `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1` when asked, and sets the
+//!   flood limits explicitly); [`accept`] answers an extended CONNECT inside
+//!   the hyper service, like [`crate::server::upgrade`] does for HTTP/1.1.
+//! * Client: [`H2Connection`] is one HTTP/2 connection (TLS with ALPN `h2`,
+//!   or cleartext with prior knowledge) that carries many WebSockets, one per
+//!   stream; [`connect_h2`] opens one WebSocket on a fresh connection.
+//!
+//! The WebSocket on a stream is the same [`WebSocket`] state machine as over
+//! HTTP/1.1, with the same limits, subprotocols and permessage-deflate.
+//!
+//! # HTTP/2 limits (both roles)
+//!
+//! | setting                                   | value                      | why |
+//! |-------------------------------------------|----------------------------|-----|
+//! | initial stream window                     | [`STREAM_WINDOW`] (256 KiB) | one slow WebSocket holds at most this much of the peer's data |
+//! | initial connection window                 | [`CONNECTION_WINDOW`] (4 MiB) | 16 stalled streams before the others slow down |
+//! | max concurrent streams (server)           | [`MAX_CONCURRENT_STREAMS`] (256) | WebSockets per connection |
+//! | max header list size                      | `Limits::max_head_bytes`   | same bound as the HTTP/1.1 head; bounds CONTINUATION floods (h2 answers GOAWAY ENHANCE_YOUR_CALM past it) |
+//! | max pending-accept reset streams (server) | [`MAX_PENDING_ACCEPT_RESETS`] (20) | rapid reset (CVE-2023-44487): GOAWAY ENHANCE_YOUR_CALM |
+//! | max local error reset streams             | [`MAX_LOCAL_ERROR_RESETS`] (256) | streams we reset for the peer's errors ("MadeYouReset"): GOAWAY ENHANCE_YOUR_CALM |
+//! | max send buffer per stream                | [`MAX_SEND_BUF`] (256 KiB) | bounded queued output per stream |
+//! | keep-alive PING (server)                  | every 30 s, 20 s timeout   | dead peers are dropped |
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::SEC_WEBSOCKET_VERSION;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use switchyard_proto::deflate::PerMessageDeflate;
+use switchyard_proto::handshake::{self, HandshakeError, Negotiated, Rejection};
+use switchyard_proto::{Connection, Limits, Role};
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::client::{tls_error, ClientBuilder, MaybeTlsStream, Target};
+use crate::error::Error;
+use crate::server::{AcceptConfig, UpgradeFut};
+use crate::websocket::WebSocket;
+
+/// Initial flow-control window of each stream (both roles).
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// Initial flow-control window of the whole connection (both roles).
+pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Streams (WebSockets) a server lets one connection open at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams the peer may open and reset before we accept them (rapid reset).
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams we may reset because of the peer's errors before GOAWAY.
+pub const MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// Output queued per stream before the writer waits.
+pub const MAX_SEND_BUF: usize = 256 * 1024;
+
+/// The WebSocket on an HTTP/2 stream.
+pub type H2WebSocket = WebSocket<TokioIo<Upgraded>>;
+
+/// Resolves to the server's [`WebSocket`] once hyper hands over the stream.
+pub type H2UpgradeFut = UpgradeFut;
+
+/// Why WebSocket over HTTP/2 failed. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum H2Error {
+    /// The TLS server did not choose `h2` by ALPN.
+    #[error(
+        "the TLS server at {host} did not select HTTP/2 by ALPN (it chose {chosen}); it does \
+         not speak HTTP/2 on this port, so connect over HTTP/1.1 instead"
+    )]
+    NoAlpnH2 { host: String, chosen: String },
+
+    /// The server's SETTINGS did not enable extended CONNECT.
+    #[error(
+        "the server at {authority} speaks HTTP/2 but did not send \
+         SETTINGS_ENABLE_CONNECT_PROTOCOL = 1, so it does not accept WebSockets over HTTP/2 \
+         (RFC 8441); connect over HTTP/1.1, or enable extended CONNECT on the server \
+         (hyper: http2::Builder::enable_connect_protocol)"
+    )]
+    NoConnectProtocol { authority: String },
+
+    /// The HTTP/2 connection could not be set up or was lost.
+    #[error("the HTTP/2 connection to {authority} failed: {source}")]
+    Connection {
+        authority: String,
+        source: hyper::Error,
+    },
+
+    /// The connection closed before the server's SETTINGS arrived.
+    #[error("the server at {authority} closed the HTTP/2 connection before sending its SETTINGS; it is probably not an HTTP/2 server (for ws:// the server must accept HTTP/2 with prior knowledge)")]
+    ClosedBeforeSettings { authority: String },
+
+    /// The extended CONNECT was not answered (stream reset, connection lost).
+    #[error("the extended CONNECT to {uri} failed: {source}")]
+    Request { uri: String, source: hyper::Error },
+
+    /// The server answered something else than 200.
+    #[error(
+        "the server answered {status} to the extended CONNECT for {uri} instead of 200 — {hint}"
+    )]
+    Refused {
+        uri: String,
+        status: StatusCode,
+        hint: &'static str,
+        response: Box<Response<()>>,
+    },
+
+    /// The server answered 200 but hyper did not hand over the stream.
+    #[error(
+        "the server accepted the WebSocket but the HTTP/2 stream could not be taken over: {0}"
+    )]
+    Upgrade(hyper::Error),
+}
+
+fn refusal_hint(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "it found the request malformed (see the response body)",
+        401 | 407 => "it requires authentication; add an Authorization header",
+        403 => "it refused this client (Origin or access policy)",
+        404 => "no WebSocket endpoint at this path; check the URL",
+        405 => "this resource does not accept CONNECT; it is not a WebSocket endpoint",
+        426 => "it requires another protocol or WebSocket version",
+        501 => "it does not support this protocol over extended CONNECT",
+        500..=599 => "the server (or a proxy) failed; check its logs",
+        _ => "see the response for the reason",
+    }
+}
+
+// ---------------------------------------------------------------- server
+
+/// The hardened hyper HTTP/2 server builder (see the module's limit table).
+/// `websocket`: send `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1` (only on
+/// listeners that serve WebSocket). `limits.max_head_bytes` bounds the
+/// header list (the HPACK-decoded request head).
+pub fn server_builder(
+    websocket: bool,
+    limits: &Limits,
+) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .adaptive_window(false)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(header_list_limit(limits))
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+        .max_send_buf_size(MAX_SEND_BUF)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if websocket {
+        b.enable_connect_protocol();
+    }
+    b
+}
+
+fn header_list_limit(limits: &Limits) -> u32 {
+    u32::try_from(limits.max_head_bytes.max(1024)).unwrap_or(u32::MAX)
+}
+
+fn reject(error: HandshakeError) -> Rejection {
+    Rejection::from(error)
+}
+
+/// Accept a WebSocket over an HTTP/2 extended CONNECT (RFC 8441) inside a
+/// hyper service served by [`server_builder`]`(true, ..)`.
+///
+/// Returns the 200 response to give back to hyper and a future that resolves
+/// to the WebSocket on the stream. Refusals (answer them with
+/// [`crate::server::rejection_response`]):
+///
+/// | request                                        | status | error |
+/// |------------------------------------------------|--------|-------|
+/// | not HTTP/2                                     | 400    | `ExtendedConnect` (use `server::upgrade`) |
+/// | method other than CONNECT                      | 400    | `ExtendedConnect` |
+/// | CONNECT without `:protocol`                    | 400    | `ExtendedConnect` |
+/// | `:protocol` other than `websocket` (any case)  | 501    | `UnsupportedProtocol` |
+/// | missing `:scheme`, `:authority` or `:path`     | 400    | `ExtendedConnect` |
+/// | `sec-websocket-version` not exactly `13`       | 400 + `sec-websocket-version: 13` | `BadVersion` |
+/// | origin, extensions ([`handshake::server_negotiate`]) | 403 / 400 | `Origin` / `Extensions` |
+///
+/// `Upgrade`/`Connection` headers make an HTTP/2 request malformed; hyper
+/// (h2) resets such streams before the service sees them.
+#[allow(clippy::result_large_err)]
+pub fn accept<B>(
+    req: &mut hyper::Request<B>,
+    cfg: &AcceptConfig,
+) -> Result<(hyper::Response<Empty<Bytes>>, H2UpgradeFut), Rejection> {
+    if req.version() != Version::HTTP_2 {
+        return Err(reject(HandshakeError::ExtendedConnect(format!(
+            "the request is {:?}; h2::accept serves HTTP/2 only (use server::upgrade for HTTP/1.1)",
+            req.version()
+        ))));
+    }
+    let protocol = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_owned());
+    if req.method() != Method::CONNECT {
+        return Err(reject(HandshakeError::ExtendedConnect(format!(
+            "method {}: a WebSocket over HTTP/2 is opened with CONNECT and :protocol = websocket",
+            req.method()
+        ))));
+    }
+    let Some(protocol) = protocol else {
+        return Err(reject(HandshakeError::ExtendedConnect(
+            "CONNECT without :protocol on a WebSocket resource; send :protocol = websocket \
+             (after the server's SETTINGS_ENABLE_CONNECT_PROTOCOL = 1)"
+                .into(),
+        )));
+    };
+    if !protocol.eq_ignore_ascii_case("websocket") {
+        return Err(reject(HandshakeError::UnsupportedProtocol(protocol)));
+    }
+    let uri = req.uri();
+    if uri.scheme().is_none() {
+        return Err(reject(HandshakeError::ExtendedConnect(
+            "missing :scheme".into(),
+        )));
+    }
+    if uri.authority().is_none() {
+        return Err(reject(HandshakeError::ExtendedConnect(
+            "missing :authority".into(),
+        )));
+    }
+    let has_path = match uri.path_and_query() {
+        Some(pq) => !pq.as_str().is_empty(),
+        None => false,
+    };
+    if !has_path {
+        return Err(reject(HandshakeError::ExtendedConnect(
+            "missing :path".into(),
+        )));
+    }
+    let headers = req.headers();
+    let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes() == b"13" => {}
+        _ => {
+            let got = headers
+                .get_all(SEC_WEBSOCKET_VERSION)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Over HTTP/2 there is no Upgrade: a plain 400 naming the version.
+            let mut response = Response::new(());
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            response
+                .headers_mut()
+                .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            return Err(Rejection {
+                response,
+                error: HandshakeError::BadVersion(got),
+            });
+        }
+    }
+    let negotiation = handshake::server_negotiate(headers, &cfg.handshake).map_err(reject)?;
+
+    let conn = websocket_connection(
+        Role::Server,
+        &cfg.limits,
+        &negotiation.negotiated,
+        cfg.handshake.deflate.as_ref(),
+    );
+    let mut response = hyper::Response::new(Empty::new());
+    *response.headers_mut() = negotiation.headers;
+    let fut = UpgradeFut::new(hyper::upgrade::on(req), conn, negotiation.negotiated);
+    Ok((response, fut))
+}
+
+fn websocket_connection(
+    role: Role,
+    limits: &Limits,
+    negotiated: &Negotiated,
+    deflate: Option<&switchyard_proto::deflate::DeflateConfig>,
+) -> Connection {
+    let mut conn = Connection::new(role, limits.clone());
+    if let Some(params) = negotiated.deflate {
+        let dcfg = deflate.cloned().unwrap_or_default();
+        conn = conn.with_deflate(PerMessageDeflate::new(role, params, &dcfg));
+    }
+    conn
+}
+
+// ---------------------------------------------------------------- client
+
+/// One HTTP/2 connection that carries many WebSockets (one per stream).
+/// Cheap to clone: clones share the connection. The connection lives while a
+/// clone or a WebSocket on it does.
+#[derive(Clone)]
+pub struct H2Connection {
+    send: SendRequest<Empty<Bytes>>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    settings: watch::Receiver<Settings>,
+}
+
+/// What the driver task has seen of the server's SETTINGS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settings {
+    Pending,
+    Received { connect_protocol: bool },
+    Closed,
+}
+
+impl std::fmt::Debug for H2Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Connection")
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("closed", &self.send.is_closed())
+            .finish()
+    }
+}
+
+impl H2Connection {
+    /// Open an HTTP/2 connection to the host of a `wss://` (TLS, ALPN `h2`)
+    /// or `ws://` (cleartext, prior knowledge) URL, and wait for the server's
+    /// SETTINGS, all within `Limits::handshake_timeout`. Fails when the
+    /// server does not enable extended CONNECT (RFC 8441).
+    pub async fn connect(url: &str, builder: &ClientBuilder) -> Result<H2Connection, Error> {
+        let target = Target::parse(url)?;
+        let timeout = builder.get_limits().handshake_timeout;
+        match tokio::time::timeout(timeout, Self::connect_inner(url, &target, builder)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout("opening handshake")),
+        }
+    }
+
+    async fn connect_inner(
+        url: &str,
+        target: &Target,
+        builder: &ClientBuilder,
+    ) -> Result<H2Connection, Error> {
+        let authority = target.uri.authority().cloned().ok_or_else(|| Error::Url {
+            url: url.to_owned(),
+            why: "missing host",
+        })?;
+        let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        tcp.set_nodelay(true)?;
+        let (io, scheme) = if target.tls {
+            let mut cfg = (*builder.tls_config()?).clone();
+            cfg.alpn_protocols = vec![b"h2".to_vec()];
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+            let name = ServerName::try_from(target.host.clone()).map_err(|_| Error::Url {
+                url: url.to_owned(),
+                why: "the host is not a valid DNS name or IP address for TLS",
+            })?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| tls_error(&target.host, e))
+                .map_err(|e| match e {
+                    Error::Tls {
+                        host,
+                        source:
+                            rustls::Error::AlertReceived(
+                                rustls::AlertDescription::NoApplicationProtocol,
+                            ),
+                    } => H2Error::NoAlpnH2 {
+                        host,
+                        chosen: "none: it refused h2 with a no_application_protocol alert".into(),
+                    }
+                    .into(),
+                    other => other,
+                })?;
+            let io = MaybeTlsStream::Tls(Box::new(tls));
+            if io.alpn_protocol() != Some(b"h2".as_slice()) {
+                let chosen = match io.alpn_protocol() {
+                    None => "no protocol".to_owned(),
+                    Some(p) => format!("{:?}", String::from_utf8_lossy(p)),
+                };
+                return Err(H2Error::NoAlpnH2 {
+                    host: target.host.clone(),
+                    chosen,
+                }
+                .into());
+            }
+            (io, http::uri::Scheme::HTTPS)
+        } else {
+            (MaybeTlsStream::Plain(tcp), http::uri::Scheme::HTTP)
+        };
+
+        let limits = builder.get_limits();
+        let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .adaptive_window(false)
+            .max_header_list_size(header_list_limit(limits))
+            .max_send_buf_size(MAX_SEND_BUF)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+            // No stream may open before the server's SETTINGS arrive: that is
+            // how we see them arrive (see `wait_for_settings`).
+            .initial_max_send_streams(0);
+        let (send, conn) = b
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+            .await
+            .map_err(|source| H2Error::Connection {
+                authority: authority.to_string(),
+                source,
+            })?;
+        let (settings_tx, settings) = watch::channel(Settings::Pending);
+        let auth = authority.to_string();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            // hyper applies the server's SETTINGS in a task of its own and
+            // wakes nobody: look at them on a short backoff until they are
+            // there. Until the first SETTINGS the stream budget is 0
+            // (`initial_max_send_streams(0)`); after it, it is the server's
+            // SETTINGS_MAX_CONCURRENT_STREAMS (unlimited when absent).
+            let mut pause = Duration::from_micros(100);
+            let res = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                if conn.current_max_send_streams() > 0 {
+                    let _ = settings_tx.send(Settings::Received {
+                        connect_protocol: conn.is_extended_connect_protocol_enabled(),
+                    });
+                    break conn.as_mut().await;
+                }
+                pause = (pause * 2).min(Duration::from_millis(10));
+            };
+            settings_tx.send_if_modified(|s| {
+                let changed = *s == Settings::Pending;
+                if changed {
+                    *s = Settings::Closed;
+                }
+                changed
+            });
+            if let Err(e) = res {
+                tracing::debug!(authority = %auth, error = %e, "HTTP/2 connection ended");
+            }
+        });
+        let h2 = H2Connection {
+            send,
+            scheme,
+            authority,
+            settings,
+        };
+        h2.wait_for_settings().await?;
+        Ok(h2)
+    }
+
+    /// Wait until the server's first SETTINGS frame has been applied, then
+    /// check SETTINGS_ENABLE_CONNECT_PROTOCOL.
+    async fn wait_for_settings(&self) -> Result<(), Error> {
+        let mut rx = self.settings.clone();
+        // The sender lives as long as the driver task; it sets `Closed`
+        // before it goes, so a dropped sender also means closed.
+        let _ = rx.wait_for(|s| *s != Settings::Pending).await;
+        self.check_connect_protocol()
+    }
+
+    fn check_connect_protocol(&self) -> Result<(), Error> {
+        let authority = self.authority.to_string();
+        match *self.settings.borrow() {
+            Settings::Received {
+                connect_protocol: true,
+            } => Ok(()),
+            Settings::Received {
+                connect_protocol: false,
+            } => Err(H2Error::NoConnectProtocol { authority }.into()),
+            Settings::Pending | Settings::Closed => {
+                Err(H2Error::ClosedBeforeSettings { authority }.into())
+            }
+        }
+    }
+
+    /// The HTTP version of this connection (for reporting).
+    pub fn version(&self) -> Version {
+        Version::HTTP_2
+    }
+
+    /// `true` once the connection is closed (no new WebSocket can open).
+    pub fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+
+    /// Open a WebSocket on a new stream: extended CONNECT to
+    /// `path_and_query` (e.g. `/chat?room=1`) with `builder`'s subprotocols,
+    /// deflate offer, origin and headers; expects 200, within
+    /// `Limits::handshake_timeout`. The response's version is HTTP/2.
+    pub async fn websocket(
+        &self,
+        path_and_query: &str,
+        builder: &ClientBuilder,
+    ) -> Result<(H2WebSocket, Response<()>), Error> {
+        let timeout = builder.get_limits().handshake_timeout;
+        match tokio::time::timeout(timeout, self.websocket_inner(path_and_query, builder)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout("opening handshake")),
+        }
+    }
+
+    async fn websocket_inner(
+        &self,
+        path_and_query: &str,
+        builder: &ClientBuilder,
+    ) -> Result<(H2WebSocket, Response<()>), Error> {
+        let hs_cfg = builder.handshake_config();
+        let (headers, host) = handshake::extended_connect_headers(hs_cfg)?;
+        let pq = if path_and_query.is_empty() {
+            "/"
+        } else {
+            path_and_query
+        };
+        let authority = match host {
+            Some(h) => h
+                .to_str()
+                .ok()
+                .and_then(|h| h.parse().ok())
+                .ok_or_else(|| {
+                    HandshakeError::Config(format!(
+                        "the Host header {h:?} is not a valid :authority for HTTP/2"
+                    ))
+                })?,
+            None => self.authority.clone(),
+        };
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(authority)
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| HandshakeError::BadUri(pq.to_owned()))?;
+        let uri_text = uri.to_string();
+        let mut req = Request::new(Empty::<Bytes>::new());
+        *req.method_mut() = Method::CONNECT;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_2;
+        *req.headers_mut() = headers;
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+
+        self.check_connect_protocol()?;
+        let mut send = self.send.clone();
+        send.ready().await.map_err(|source| H2Error::Connection {
+            authority: self.authority.to_string(),
+            source,
+        })?;
+        let mut resp = send
+            .send_request(req)
+            .await
+            .map_err(|source| H2Error::Request {
+                uri: uri_text.clone(),
+                source,
+            })?;
+        if resp.status() != StatusCode::OK {
+            let (parts, _body) = resp.into_parts();
+            let status = parts.status;
+            return Err(H2Error::Refused {
+                uri: uri_text,
+                status,
+                hint: refusal_hint(status),
+                response: Box::new(Response::from_parts(parts, ())),
+            }
+            .into());
+        }
+        let negotiated = handshake::client_negotiate(resp.headers(), hs_cfg)?;
+        let upgraded = hyper::upgrade::on(&mut resp)
+            .await
+            .map_err(H2Error::Upgrade)?;
+        let (parts, _body) = resp.into_parts();
+        let conn = websocket_connection(
+            Role::Client,
+            builder.get_limits(),
+            &negotiated,
+            hs_cfg.deflate.as_ref(),
+        );
+        let ws = WebSocket::from_raw(TokioIo::new(upgraded), conn, &[]).with_negotiated(negotiated);
+        Ok((ws, Response::from_parts(parts, ())))
+    }
+}
+
+/// Open one WebSocket over HTTP/2 on a new connection (see
+/// [`H2Connection`]): `wss://` negotiates `h2` by ALPN, `ws://` uses HTTP/2
+/// with prior knowledge. The response's `version()` is `HTTP/2`.
+pub async fn connect_h2(
+    url: &str,
+    builder: &ClientBuilder,
+) -> Result<(H2WebSocket, Response<()>), Error> {
+    let target = Target::parse(url)?;
+    let pq = target
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let conn = H2Connection::connect(url, builder).await?;
+    conn.websocket(&pq, builder).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h2_request(method: Method, protocol: Option<&'static str>) -> hyper::Request<()> {
+        let mut req = hyper::Request::new(());
+        *req.method_mut() = method;
+        *req.version_mut() = Version::HTTP_2;
+        *req.uri_mut() = "https://example.com/chat".parse().unwrap();
+        req.headers_mut()
+            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        if let Some(p) = protocol {
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static(p));
+        }
+        req
+    }
+
+    fn status_of(mut req: hyper::Request<()>) -> StatusCode {
+        match accept(&mut req, &AcceptConfig::default()) {
+            Ok((resp, _)) => resp.status(),
+            Err(rej) => rej.response.status(),
+        }
+    }
+
+    #[test]
+    fn extended_connect_websocket_is_accepted_in_any_case() {
+        assert_eq!(
+            status_of(h2_request(Method::CONNECT, Some("websocket"))),
+            StatusCode::OK
+        );
+        assert_eq!(
+            status_of(h2_request(Method::CONNECT, Some("WebSocket"))),
+            StatusCode::OK
+        );
+    }
+
+    #[test]
+    fn other_protocol_is_501() {
+        let mut req = h2_request(Method::CONNECT, Some("connect-udp"));
+        let rej = accept(&mut req, &AcceptConfig::default()).unwrap_err();
+        assert_eq!(rej.response.status(), StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(
+            rej.error,
+            HandshakeError::UnsupportedProtocol("connect-udp".into())
+        );
+    }
+
+    #[test]
+    fn connect_without_protocol_and_wrong_method_are_400() {
+        assert_eq!(
+            status_of(h2_request(Method::CONNECT, None)),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status_of(h2_request(Method::GET, None)),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status_of(h2_request(Method::POST, Some("websocket"))),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn http1_request_is_400() {
+        let mut req = h2_request(Method::CONNECT, Some("websocket"));
+        *req.version_mut() = Version::HTTP_11;
+        assert_eq!(status_of(req), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn missing_pseudo_headers_are_400() {
+        for uri in ["/chat", "//example.com"] {
+            let mut req = h2_request(Method::CONNECT, Some("websocket"));
+            *req.uri_mut() = uri.parse().unwrap();
+            let mut r = req;
+            let rej = accept(&mut r, &AcceptConfig::default()).unwrap_err();
+            assert_eq!(rej.response.status(), StatusCode::BAD_REQUEST, "{uri}");
+            assert!(matches!(rej.error, HandshakeError::ExtendedConnect(_)));
+        }
+    }
+
+    #[test]
+    fn bad_version_is_400_naming_13() {
+        for v in [None, Some("8"), Some("13, 13")] {
+            let mut req = h2_request(Method::CONNECT, Some("websocket"));
+            req.headers_mut().remove(SEC_WEBSOCKET_VERSION);
+            if let Some(v) = v {
+                req.headers_mut()
+                    .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static(v));
+            }
+            let rej = accept(&mut req, &AcceptConfig::default()).unwrap_err();
+            assert_eq!(rej.response.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(rej.response.headers()[SEC_WEBSOCKET_VERSION], "13");
+            assert!(rej.response.headers().get("upgrade").is_none());
+            assert!(matches!(rej.error, HandshakeError::BadVersion(_)));
+        }
+    }
+
+    #[test]
+    fn negotiation_headers_are_in_the_200() {
+        let mut cfg = AcceptConfig::default();
+        cfg.handshake.subprotocols = vec!["chat".into()];
+        cfg.handshake.deflate = Some(Default::default());
+        let mut req = h2_request(Method::CONNECT, Some("websocket"));
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("x, chat"),
+        );
+        req.headers_mut().insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static("permessage-deflate"),
+        );
+        let (resp, _) = accept(&mut req, &cfg).unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
+        assert!(resp.headers()["sec-websocket-extensions"]
+            .to_str()
+            .unwrap()
+            .starts_with("permessage-deflate"));
+        assert!(resp.headers().get("sec-websocket-accept").is_none());
+    }
+
+    #[test]
+    fn origin_policy_applies_over_h2() {
+        let mut cfg = AcceptConfig::default();
+        cfg.handshake.origin =
+            handshake::OriginPolicy::AllowList(vec!["https://good.example".into()]);
+        let mut req = h2_request(Method::CONNECT, Some("websocket"));
+        req.headers_mut()
+            .insert("origin", HeaderValue::from_static("https://evil.example"));
+        let rej = accept(&mut req, &cfg).unwrap_err();
+        assert_eq!(rej.response.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn header_list_limit_follows_head_limit() {
+        let l = Limits {
+            max_head_bytes: 8192,
+            ..Limits::default()
+        };
+        assert_eq!(header_list_limit(&l), 8192);
+        let tiny = Limits {
+            max_head_bytes: 10,
+            ..Limits::default()
+        };
+        assert_eq!(header_list_limit(&tiny), 1024);
+    }
+}

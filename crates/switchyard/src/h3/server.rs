@@ -1,0 +1,703 @@
+//! The HTTP/3 server side: a quinn endpoint answering extended CONNECT
+//! `:protocol websocket` (RFC 9220) with 200 and a [`WebSocket`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::header::{HeaderValue, SEC_WEBSOCKET_VERSION};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
+use switchyard_proto::deflate::PerMessageDeflate;
+use switchyard_proto::handshake;
+use switchyard_proto::{Connection, Role};
+
+use super::frame::{self, FrameReader, H3ProtocolError, ReadFrame};
+use super::head::{parse_request, RequestHead};
+use super::stream::H3Stream;
+use super::{encode_headers, H3Error};
+use crate::server::AcceptConfig;
+use crate::websocket::WebSocket;
+
+/// Concurrent request streams per connection (QUIC's
+/// `max_concurrent_bidi_streams`): each is one WebSocket or one request.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+/// Idle timeout of a QUIC connection: a connection with no packet for this
+/// long is closed. Clients keep WebSockets alive with pings
+/// (`Limits::ping_interval`) or QUIC keep-alives.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// QUIC connections one [`serve`] call keeps at once; more are refused
+/// (QUIC CONNECTION_REFUSED) until some close.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+/// Interval of the QUIC keep-alive PINGs a client sends, so a quiet
+/// WebSocket is not closed by either side's [`IDLE_TIMEOUT`].
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(20);
+
+/// The QUIC transport settings of both roles; clients also send keep-alives.
+pub(crate) fn transport_config(client: bool) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    if client {
+        t.keep_alive_interval(Some(CLIENT_KEEP_ALIVE));
+    }
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
+    // Control + QPACK encoder + decoder, and a few more for extensions.
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(8));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+/// Bind a UDP socket on `addr` and make it an HTTP/3 endpoint with `tls`
+/// (the same certificate as the TCP listener). The config is cloned and its
+/// ALPN set to `h3`; it must allow TLS 1.3 (QUIC requires it).
+pub fn bind_endpoint(
+    addr: SocketAddr,
+    tls: &rustls::ServerConfig,
+) -> Result<quinn::Endpoint, H3Error> {
+    let mut tls = tls.clone();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| {
+        H3Error::Config(format!(
+            "the TLS configuration cannot be used for QUIC: {e}"
+        ))
+    })?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport_config(false)));
+    quinn::Endpoint::server(cfg, addr).map_err(|e| H3Error::Bind { addr, source: e })
+}
+
+/// What the callback gets for each accepted WebSocket: the extended CONNECT
+/// request (method CONNECT, `https://authority/path` URI, headers, version
+/// HTTP/3, the peer's `SocketAddr` in its extensions) and the WebSocket (server role, negotiated subprotocol and
+/// permessage-deflate already applied).
+pub type OnWebSocket = Arc<dyn Fn(Request<()>, WebSocket<H3Stream>) + Send + Sync>;
+
+/// Decides, after the WebSocket checks and before the 200, whether a
+/// request is served: `Err((status, body))` refuses it (e.g. 404 for a path
+/// without a WebSocket endpoint, 403 for a policy). It sees the same
+/// [`Request`] the WebSocket callback would get.
+pub type Route = Arc<dyn Fn(&Request<()>) -> Result<(), (StatusCode, String)> + Send + Sync>;
+
+/// An HTTP/3 WebSocket server's settings: the handshake policy and limits,
+/// the connection cap, and an optional [`Route`] hook.
+#[derive(Clone)]
+pub struct H3Server {
+    cfg: AcceptConfig,
+    max_connections: usize,
+    route: Option<Route>,
+}
+
+impl std::fmt::Debug for H3Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H3Server")
+            .field("cfg", &self.cfg)
+            .field("max_connections", &self.max_connections)
+            .field("route", &self.route.is_some())
+            .finish()
+    }
+}
+
+struct Ctx {
+    cfg: AcceptConfig,
+    route: Option<Route>,
+    cb: OnWebSocket,
+}
+
+impl H3Server {
+    /// `cfg` as for HTTP/1.1 ([`AcceptConfig`]), [`MAX_CONNECTIONS`], no route hook.
+    pub fn new(cfg: AcceptConfig) -> Self {
+        H3Server {
+            cfg,
+            max_connections: MAX_CONNECTIONS,
+            route: None,
+        }
+    }
+
+    /// Cap on simultaneous QUIC connections; more are refused.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Accept or refuse each WebSocket request before answering 200.
+    pub fn route(
+        mut self,
+        f: impl Fn(&Request<()>) -> Result<(), (StatusCode, String)> + Send + Sync + 'static,
+    ) -> Self {
+        self.route = Some(Arc::new(f));
+        self
+    }
+
+    /// Serve HTTP/3 on `endpoint` until `shutdown` resolves.
+    ///
+    /// * extended CONNECT with `:protocol websocket`: validated like RFC 8441
+    ///   (`Sec-WebSocket-Version: 13` else 400 with `Sec-WebSocket-Version: 13`;
+    ///   origin policy 403; malformed extensions 400; subprotocol and
+    ///   permessage-deflate from `cfg.handshake`), then the [`Route`] hook if
+    ///   set (its refusal is answered instead), answered 200, and handed to
+    ///   `on_websocket`, which should spawn a task to run it;
+    /// * another `:protocol`: 501; CONNECT without `:protocol`: 405;
+    /// * GET / HEAD: 404 (this listener only serves WebSockets); other methods: 405;
+    /// * malformed requests (RFC 9114 §4.1.2): stream reset with H3_MESSAGE_ERROR.
+    ///
+    /// At most [`H3Server::max_connections`] QUIC connections at once (more
+    /// are refused).
+    ///
+    /// On shutdown the endpoint stops accepting and closes every connection with
+    /// H3_NO_ERROR, waiting at most `cfg.limits.close_timeout` for the peers.
+    /// WebSockets still open end without a close frame (the client sees the
+    /// connection closed): to close them with 1001 first, keep track of them in
+    /// the callback and close them before resolving `shutdown`.
+    pub async fn serve<F>(
+        self,
+        endpoint: quinn::Endpoint,
+        on_websocket: F,
+        shutdown: impl Future<Output = ()>,
+    ) where
+        F: Fn(Request<()>, WebSocket<H3Stream>) + Send + Sync + 'static,
+    {
+        let max_connections = self.max_connections;
+        let close_timeout = self.cfg.limits.close_timeout;
+        let ctx = Arc::new(Ctx {
+            cfg: self.cfg,
+            route: self.route,
+            cb: Arc::new(on_websocket),
+        });
+        let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(
+                            "refusing an HTTP/3 connection from {}: {max_connections} open",
+                            incoming.remote_address()
+                        );
+                        incoming.refuse();
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        match incoming.await {
+                            Ok(conn) => {
+                                if let Err(e) = serve_connection(conn, ctx).await {
+                                    tracing::debug!("HTTP/3 connection ended: {e}");
+                                }
+                            }
+                            Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        endpoint.close(
+            quinn::VarInt::from_u32(frame::H3_NO_ERROR),
+            b"server shutting down",
+        );
+        let _ = tokio::time::timeout(close_timeout, endpoint.wait_idle()).await;
+    }
+}
+
+/// [`H3Server::serve`] with `cfg` and the defaults (see there).
+pub async fn serve<F>(
+    endpoint: quinn::Endpoint,
+    cfg: AcceptConfig,
+    on_websocket: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(Request<()>, WebSocket<H3Stream>) + Send + Sync + 'static,
+{
+    H3Server::new(cfg)
+        .serve(endpoint, on_websocket, shutdown)
+        .await
+}
+
+/// [`serve`] with another cap than [`MAX_CONNECTIONS`] on simultaneous
+/// QUIC connections.
+pub async fn serve_with_max_connections<F>(
+    endpoint: quinn::Endpoint,
+    cfg: AcceptConfig,
+    max_connections: usize,
+    on_websocket: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(Request<()>, WebSocket<H3Stream>) + Send + Sync + 'static,
+{
+    H3Server::new(cfg)
+        .max_connections(max_connections)
+        .serve(endpoint, on_websocket, shutdown)
+        .await
+}
+
+/// Close the connection with an HTTP/3 error.
+pub(crate) fn close_with(conn: &quinn::Connection, e: &H3ProtocolError) {
+    conn.close(quinn::VarInt::from_u32(e.code), e.reason.as_bytes());
+}
+
+/// Open our control stream and send SETTINGS. The returned stream must be
+/// kept open for the life of the connection (closing it is
+/// H3_CLOSED_CRITICAL_STREAM).
+pub(crate) async fn open_control(
+    conn: &quinn::Connection,
+    max_field_section_size: usize,
+    enable_connect: bool,
+) -> Result<quinn::SendStream, H3Error> {
+    let mut control = conn.open_uni().await.map_err(H3Error::Connection)?;
+    let mut out = Vec::new();
+    frame::encode_varint(&mut out, frame::STREAM_CONTROL);
+    frame::encode_frame(
+        &mut out,
+        frame::SETTINGS,
+        &frame::our_settings(max_field_section_size, enable_connect),
+    );
+    control
+        .write_all(&out)
+        .await
+        .map_err(|e| H3Error::Io(e.into()))?;
+    Ok(control)
+}
+
+/// Read the peer's unidirectional streams: its control stream (SETTINGS
+/// first, reported through `on_settings`), QPACK streams (drained: with no
+/// dynamic table they carry nothing we use), others refused. Protocol
+/// errors close the connection.
+pub(crate) async fn run_uni_streams(
+    conn: quinn::Connection,
+    is_client: bool,
+    on_settings: impl Fn(frame::PeerSettings) + Send + Sync + 'static,
+) {
+    let on_settings = Arc::new(on_settings);
+    let control_seen = Arc::new(AtomicBool::new(false));
+    while let Ok(recv) = conn.accept_uni().await {
+        let conn = conn.clone();
+        let on_settings = on_settings.clone();
+        let control_seen = control_seen.clone();
+        tokio::spawn(async move {
+            let mut reader = FrameReader::new(recv);
+            let ty = match reader.read_varint().await {
+                Ok(Some(t)) => t,
+                _ => return,
+            };
+            match ty {
+                frame::STREAM_CONTROL => {
+                    if control_seen.swap(true, Ordering::SeqCst) {
+                        close_with(
+                            &conn,
+                            &H3ProtocolError::new(
+                                frame::H3_STREAM_CREATION_ERROR,
+                                "second control stream",
+                            ),
+                        );
+                        return;
+                    }
+                    if let Err(e) = read_control(&mut reader, is_client, &*on_settings).await {
+                        // A read that failed because the connection is gone
+                        // must not replace the peer's close reason.
+                        if conn.close_reason().is_none() {
+                            close_with(&conn, &e);
+                        }
+                    }
+                }
+                frame::STREAM_QPACK_ENCODER | frame::STREAM_QPACK_DECODER => {
+                    // Drain without keeping anything.
+                    let mut scratch = vec![0u8; 4096];
+                    while let Ok(Some(_)) = reader.inner.read(&mut scratch).await {}
+                }
+                frame::STREAM_PUSH if is_client => {
+                    // We never sent MAX_PUSH_ID: a push is an error.
+                    close_with(
+                        &conn,
+                        &H3ProtocolError::new(
+                            0x108,
+                            "push stream without MAX_PUSH_ID (H3_ID_ERROR)",
+                        ),
+                    );
+                }
+                _ => {
+                    let _ = reader
+                        .inner
+                        .stop(quinn::VarInt::from_u32(frame::H3_STREAM_CREATION_ERROR));
+                }
+            }
+        });
+    }
+}
+
+/// The peer's control stream: SETTINGS first, then GOAWAY / MAX_PUSH_ID /
+/// CANCEL_PUSH (ignored) until the connection ends. Its end is an error.
+async fn read_control(
+    reader: &mut FrameReader<quinn::RecvStream>,
+    is_client: bool,
+    on_settings: &(dyn Fn(frame::PeerSettings) + Send + Sync),
+) -> Result<(), H3ProtocolError> {
+    let control_known = |t: u64| {
+        matches!(
+            t,
+            frame::DATA
+                | frame::HEADERS
+                | frame::CANCEL_PUSH
+                | frame::SETTINGS
+                | frame::PUSH_PROMISE
+                | frame::GOAWAY
+                | frame::MAX_PUSH_ID
+        ) || frame::is_reserved_h2_type(t)
+    };
+    let mut first = true;
+    loop {
+        match reader.next_frame(4096, control_known).await? {
+            ReadFrame::End => {
+                return Err(H3ProtocolError::new(
+                    frame::H3_CLOSED_CRITICAL_STREAM,
+                    "control stream closed",
+                ))
+            }
+            ReadFrame::Frame { ty, payload } => {
+                if first {
+                    if ty != frame::SETTINGS {
+                        return Err(H3ProtocolError::new(
+                            frame::H3_MISSING_SETTINGS,
+                            "first frame on the control stream is not SETTINGS",
+                        ));
+                    }
+                    let s = frame::parse_settings(&payload)
+                        .map_err(|e| H3ProtocolError::new(frame::H3_SETTINGS_ERROR, e))?;
+                    on_settings(s);
+                    first = false;
+                    continue;
+                }
+                match ty {
+                    frame::GOAWAY | frame::CANCEL_PUSH => {}
+                    frame::MAX_PUSH_ID if !is_client => {}
+                    _ => {
+                        return Err(H3ProtocolError::new(
+                            frame::H3_FRAME_UNEXPECTED,
+                            format!("frame type 0x{ty:x} on the control stream"),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) -> Result<(), H3Error> {
+    let control = open_control(&conn, ctx.cfg.limits.max_head_bytes, true).await?;
+    // Shared by every stream: dropping the last one closes our control stream.
+    let keep: Arc<dyn std::any::Any + Send + Sync> = Arc::new(tokio::sync::Mutex::new(control));
+    tokio::spawn(run_uni_streams(conn.clone(), false, |_| {}));
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(quinn::ConnectionError::ApplicationClosed(_))
+            | Err(quinn::ConnectionError::LocallyClosed) => return Ok(()),
+            Err(e) => return Err(H3Error::Connection(e)),
+        };
+        let ctx = ctx.clone();
+        let keep = keep.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            handle_request(conn, send, recv, ctx, keep).await;
+        });
+    }
+}
+
+/// Why a request stream is answered the way it is.
+enum Outcome {
+    Respond {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: String,
+    },
+    Reset(H3ProtocolError),
+    /// Connection-level error (e.g. a DATA frame before HEADERS).
+    Close(H3ProtocolError),
+}
+
+fn respond(status: StatusCode, body: impl Into<String>) -> Outcome {
+    Outcome::Respond {
+        status,
+        headers: HeaderMap::new(),
+        body: body.into(),
+    }
+}
+
+async fn read_request_head(
+    reader: &mut FrameReader<quinn::RecvStream>,
+    cfg: &AcceptConfig,
+) -> Result<RequestHead, Outcome> {
+    let known = |t: u64| {
+        matches!(
+            t,
+            frame::DATA
+                | frame::HEADERS
+                | frame::CANCEL_PUSH
+                | frame::SETTINGS
+                | frame::PUSH_PROMISE
+                | frame::GOAWAY
+                | frame::MAX_PUSH_ID
+        ) || frame::is_reserved_h2_type(t)
+    };
+    let max = cfg.limits.max_head_bytes;
+    let block = match reader.next_frame(max, known).await {
+        Ok(ReadFrame::Frame {
+            ty: frame::HEADERS,
+            payload,
+        }) => payload,
+        Ok(ReadFrame::Frame { ty, .. }) => {
+            return Err(Outcome::Close(H3ProtocolError::new(
+                frame::H3_FRAME_UNEXPECTED,
+                format!("frame type 0x{ty:x} before the request HEADERS"),
+            )))
+        }
+        Ok(ReadFrame::End) => {
+            return Err(Outcome::Reset(H3ProtocolError::new(
+                frame::H3_REQUEST_INCOMPLETE,
+                "request stream ended before HEADERS",
+            )))
+        }
+        Err(e) if e.code == frame::H3_EXCESSIVE_LOAD => {
+            return Err(respond(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("request header section over {max} bytes (Limits::max_head_bytes)\n"),
+            ))
+        }
+        Err(e) => return Err(Outcome::Reset(e)),
+    };
+    let fields = match super::qpack::decode(&block, max, cfg.limits.max_headers) {
+        Ok(f) => f,
+        Err(e @ super::qpack::QpackError::TooLarge { .. })
+        | Err(e @ super::qpack::QpackError::TooMany { .. }) => {
+            return Err(respond(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("{e} (Limits::max_head_bytes / max_headers)\n"),
+            ))
+        }
+        Err(e) => {
+            return Err(Outcome::Close(H3ProtocolError::new(
+                frame::QPACK_DECOMPRESSION_FAILED,
+                e.to_string(),
+            )))
+        }
+    };
+    parse_request(fields)
+        .map_err(|why| Outcome::Reset(H3ProtocolError::new(frame::H3_MESSAGE_ERROR, why)))
+}
+
+/// Decide what to do with a request head: a WebSocket (the negotiation to
+/// apply) or an answer.
+fn route(head: &RequestHead, cfg: &AcceptConfig) -> Result<handshake::ServerNegotiation, Outcome> {
+    let malformed = |why: &str| Outcome::Reset(H3ProtocolError::new(frame::H3_MESSAGE_ERROR, why));
+    match (&head.method, &head.protocol) {
+        (&Method::CONNECT, Some(p)) => {
+            if head.scheme.is_none() || head.path.is_none() || head.authority.is_none() {
+                return Err(malformed(
+                    "extended CONNECT needs :scheme, :path and :authority (RFC 9220 / RFC 8441 §4)",
+                ));
+            }
+            if p != "websocket" {
+                return Err(respond(
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!(
+                        "protocol {p:?} is not supported here; only \"websocket\" (RFC 9220)\n"
+                    ),
+                ));
+            }
+        }
+        (_, Some(_)) => return Err(malformed(":protocol is only allowed with CONNECT")),
+        (&Method::CONNECT, None) => {
+            if head.scheme.is_some() || head.path.is_some() {
+                return Err(malformed(
+                    "CONNECT without :protocol must not have :scheme or :path",
+                ));
+            }
+            return Err(respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT tunnels are not served here; a WebSocket needs extended CONNECT \
+                 with :protocol websocket (RFC 9220)\n",
+            ));
+        }
+        (&Method::GET, None) | (&Method::HEAD, None) => {
+            if head.scheme.is_none() || head.path.is_none() {
+                return Err(malformed("request without :scheme or :path"));
+            }
+            return Err(respond(
+                StatusCode::NOT_FOUND,
+                "this HTTP/3 listener only serves WebSockets (extended CONNECT with \
+                 :protocol websocket, RFC 9220)\n",
+            ));
+        }
+        _ => {
+            return Err(respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only extended CONNECT (WebSocket, RFC 9220) is served here\n",
+            ))
+        }
+    }
+    let mut versions = head.headers.get_all(SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes() == b"13" => {}
+        _ => {
+            let mut headers = HeaderMap::new();
+            headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            return Err(Outcome::Respond {
+                status: StatusCode::BAD_REQUEST,
+                headers,
+                body: "Sec-WebSocket-Version must be 13\n".into(),
+            });
+        }
+    }
+    handshake::server_negotiate(&head.headers, &cfg.handshake).map_err(|e| Outcome::Respond {
+        status: e.status(),
+        headers: HeaderMap::new(),
+        body: format!("{e}\n"),
+    })
+}
+
+async fn send_response(
+    send: &mut quinn::SendStream,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), quinn::WriteError> {
+    let mut out = Vec::new();
+    let status_text = status.as_str().to_string();
+    let mut fields: Vec<(&[u8], &[u8])> = vec![(b":status", status_text.as_bytes())];
+    fields.extend(
+        headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+    );
+    let mut ct = None;
+    if !body.is_empty() {
+        ct = Some("text/plain; charset=utf-8");
+    }
+    if let Some(ct) = ct {
+        fields.push((b"content-type", ct.as_bytes()));
+    }
+    frame::encode_frame(&mut out, frame::HEADERS, &encode_headers(fields));
+    if !body.is_empty() {
+        frame::encode_frame(&mut out, frame::DATA, body);
+    }
+    send.write_all(&out).await
+}
+
+async fn refuse(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &str,
+) {
+    if send_response(send, status, headers, body.as_bytes())
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+    }
+    // We do not read a refused request's body.
+    let _ = recv.stop(quinn::VarInt::from_u32(frame::H3_NO_ERROR));
+    // Let the response leave before the stream handles drop.
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+}
+
+fn to_request(head: RequestHead, peer: std::net::SocketAddr) -> Request<()> {
+    let uri = Uri::builder()
+        .scheme(head.scheme.as_deref().unwrap_or("https"))
+        .authority(head.authority.as_deref().unwrap_or("localhost"))
+        .path_and_query(head.path.as_deref().unwrap_or("/"))
+        .build()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    let mut req = Request::new(());
+    *req.method_mut() = Method::CONNECT;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_3;
+    *req.headers_mut() = head.headers;
+    req.extensions_mut().insert(peer);
+    req
+}
+
+async fn handle_request(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    ctx: Arc<Ctx>,
+    keep: Arc<dyn std::any::Any + Send + Sync>,
+) {
+    let cfg = &ctx.cfg;
+    let mut reader = FrameReader::new(recv);
+    let head = match tokio::time::timeout(
+        cfg.limits.handshake_timeout,
+        read_request_head(&mut reader, cfg),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(Outcome::Reset(H3ProtocolError::new(
+            frame::H3_REQUEST_INCOMPLETE,
+            "request HEADERS did not arrive within Limits::handshake_timeout",
+        ))),
+    };
+    let decision = head.and_then(|h| route(&h, cfg).map(|n| (h, n)));
+    match decision {
+        Ok((head, negotiation)) => {
+            let req = to_request(head, conn.remote_address());
+            if let Some(hook) = &ctx.route {
+                if let Err((status, body)) = hook(&req) {
+                    let body = if body.ends_with('\n') || body.is_empty() {
+                        body
+                    } else {
+                        format!("{body}\n")
+                    };
+                    refuse(
+                        &mut send,
+                        &mut reader.inner,
+                        status,
+                        &HeaderMap::new(),
+                        &body,
+                    )
+                    .await;
+                    return;
+                }
+            }
+            if send_response(&mut send, StatusCode::OK, &negotiation.headers, b"")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut wsconn = Connection::new(Role::Server, cfg.limits.clone());
+            if let Some(params) = negotiation.negotiated.deflate {
+                let dcfg = cfg.handshake.deflate.clone().unwrap_or_default();
+                wsconn = wsconn.with_deflate(PerMessageDeflate::new(Role::Server, params, &dcfg));
+            }
+            let leftover = std::mem::replace(&mut reader.buf, BytesMut::new());
+            let stream = H3Stream::new(send, reader.inner, leftover, Some(keep));
+            let ws =
+                WebSocket::from_raw(stream, wsconn, &[]).with_negotiated(negotiation.negotiated);
+            (ctx.cb)(req, ws);
+        }
+        Err(Outcome::Respond {
+            status,
+            headers,
+            body,
+        }) => refuse(&mut send, &mut reader.inner, status, &headers, &body).await,
+        Err(Outcome::Reset(e)) => {
+            tracing::debug!("HTTP/3 request stream reset: {e}");
+            let _ = send.reset(quinn::VarInt::from_u32(e.code));
+            let _ = reader.inner.stop(quinn::VarInt::from_u32(e.code));
+        }
+        Err(Outcome::Close(e)) => {
+            tracing::debug!("HTTP/3 connection error: {e}");
+            close_with(&conn, &e);
+        }
+    }
+}
