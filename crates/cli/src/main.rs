@@ -70,6 +70,10 @@ struct ServeArgs {
     /// Also serve the line-echo protocol (`Upgrade: lineecho/1`) on /lineecho.
     #[arg(long)]
     lineecho: bool,
+    /// Do not speak HTTP/2: TLS offers ALPN http/1.1 only and the cleartext
+    /// HTTP/2 preface is not recognized (WebSocket only via HTTP/1.1 Upgrade).
+    #[arg(long)]
+    no_http2: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -145,6 +149,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         cfg.tls = Some(TlsSettings { certs, key, mode });
     }
+    cfg.http2.enabled = !args.no_http2;
     if args.lineecho {
         cfg.extra_routes
             .push(switchyard_gateway::Route::upgrade_only(
