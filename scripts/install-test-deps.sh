@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh machine (idempotent):
-# a Python virtualenv (.venv) with the Autobahn TestSuite runner kosoku.
+# a Python virtualenv (.venv) with the Autobahn TestSuite runner kosoku
+# (re-installed whenever the requirements change), nginx and openssl for the doctor
+# tests, and the interop peers of scripts/interop.sh and of the aioquic cargo tests
+# (Python websockets and aioquic, Chromium, npm packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/kosoku ]; then
+if ! cmp -s conformance/requirements.txt .venv/.installed-requirements 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r conformance/requirements.txt
+  cp conformance/requirements.txt .venv/.installed-requirements
 fi
 .venv/bin/kosoku --help >/dev/null
 
@@ -22,3 +26,31 @@ fi
 { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null 2>&1 \
   || echo "warning: nginx is not installed; the doctor nginx test will fail" >&2
 # --- end doctor tests
+
+# Interop peers (scripts/interop.sh): Python websockets and aioquic into the same .venv,
+# Chromium from Debian, and the npm packages of tests/interop (ws, playwright-core,
+# which drives the system Chromium: no browser download).
+# (re)installed when tests/interop/requirements.txt differs from the copy kept in .venv
+if ! cmp -s tests/interop/requirements.txt .venv/.interop-requirements.txt; then
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+  cp tests/interop/requirements.txt .venv/.interop-requirements.txt
+fi
+apt_install() { # apt_install PACKAGE...: one retry of the index update for a flaky mirror
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null || { sleep 5; apt-get update -qq >/dev/null; }
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+apt_wanted=()
+command -v chromium >/dev/null 2>&1 || apt_wanted+=(chromium)
+command -v openssl >/dev/null 2>&1 || apt_wanted+=(openssl)
+command -v node >/dev/null 2>&1 || apt_wanted+=(nodejs)
+command -v npm >/dev/null 2>&1 || apt_wanted+=(npm)
+if [ ${#apt_wanted[@]} -gt 0 ]; then
+  apt_install "${apt_wanted[@]}"
+fi
+# npm ci reinstalls from the lock file; skipped when node_modules was installed
+# from this very lock file (a copy of it is kept there as a stamp).
+if ! cmp -s tests/interop/package-lock.json tests/interop/node_modules/.interop-lock.json; then
+  (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error >/dev/null &&
+    cp package-lock.json node_modules/.interop-lock.json)
+fi

@@ -25,6 +25,9 @@ cargo test --profile ci --locked --workspace
 step "autobahn (kosoku) both roles"
 SWITCHYARD=target/ci/switchyard CLIENT=target/ci/examples/autobahn_client scripts/autobahn.sh all
 
+step "interop with third-party peers (Python websockets, Node ws and http2, Chromium, aioquic)"
+SWITCHYARD=target/ci/switchyard scripts/interop.sh
+
 step "fuzz (30 s per target)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 

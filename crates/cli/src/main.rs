@@ -76,7 +76,7 @@ struct ServeArgs {
     /// Run the reverse proxy described by this TOML file (listeners, routes,
     /// upstream groups, policies, [admin]); see docs/configuration.md.
     /// Without it, `serve` runs the embedded default (echo + index page).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "tls", "tls_cert", "tls_upgrade", "lineecho"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "tls", "tls_cert", "tls_upgrade", "lineecho", "no_http2", "http3"])]
     config: Option<std::path::PathBuf>,
     /// Validate the configuration (--config FILE, or the embedded default),
     /// print the result and exit: 0 valid, 1 invalid (the error names the
@@ -87,6 +87,15 @@ struct ServeArgs {
     /// removed at exit.
     #[arg(long, value_name = "FILE", requires = "config")]
     pid_file: Option<std::path::PathBuf>,
+    /// Do not speak HTTP/2: TLS offers ALPN http/1.1 only and the cleartext
+    /// HTTP/2 preface is not recognized (WebSocket only via HTTP/1.1 Upgrade).
+    #[arg(long)]
+    no_http2: bool,
+    /// Also serve WebSocket over HTTP/3 (RFC 9220) on UDP, same port and
+    /// certificate as each TLS listener; TCP responses advertise it with
+    /// `Alt-Svc: h3=":PORT"; ma=86400`. Needs --tls.
+    #[arg(long)]
+    http3: bool,
 }
 
 #[derive(clap::Args)]
@@ -106,8 +115,26 @@ struct ReloadArgs {
     admin: Option<SocketAddr>,
 }
 
+/// Usage errors clap cannot express: `--http3` needs TLS listeners.
+fn check_serve_args(args: &ServeArgs) {
+    use clap::CommandFactory;
+    if args.http3 && (args.tls_upgrade || !(args.tls || args.tls_cert.is_some())) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--http3 needs --tls: HTTP/3 runs over QUIC, which is always TLS, with the \
+                 certificate of the TLS listeners (add --tls, optionally with --tls-cert/--tls-key; \
+                 --tls-upgrade listeners are cleartext)",
+            )
+            .exit();
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Serve(args) = &cli.command {
+        check_serve_args(args);
+    }
     let cli = match cli.command {
         Command::Bench(mut args) => {
             // The load generator runs its connections on its own threads (one current-thread
@@ -182,6 +209,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         cfg.tls = Some(TlsSettings { certs, key, mode });
     }
+    cfg.http2.enabled = !args.no_http2;
+    cfg.http3 = args.http3;
     if args.lineecho {
         cfg.extra_routes
             .push(switchyard_gateway::Route::upgrade_only(
@@ -191,8 +220,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 )),
             ));
     }
-    let server = Server::bind(cfg).await?;
     let shutdown = shutdown_signal();
+    let server = Server::bind(cfg).await?;
     for addr in server.local_addrs() {
         // Machine-readable lines on stdout for scripts and tests.
         if server.is_tls() {
@@ -200,6 +229,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             println!("listening on http://{addr} (WebSocket echo at ws://{addr}/echo)");
         }
+    }
+    for addr in server.http3_addrs() {
+        println!("HTTP/3 on udp://{addr} (WebSocket echo at wss://{addr}/echo over RFC 9220; advertised with Alt-Svc)");
     }
     if let Some(fp) = fingerprint {
         println!(

@@ -230,7 +230,10 @@ pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: &Shared, mut ctx:
             Ok(Selection::None) => {}
         }
 
-        let answer = answer(&req, route, info.tls);
+        let mut answer = answer(&req, route, info.tls);
+        if let Some(v) = ctx.alt_svc.as_ref().and_then(|v| v.to_str().ok()) {
+            answer = answer.with("alt-svc", v);
+        }
         // Every answer here is a complete, well-framed response: keep going.
         let keep = keep_alive && !*ctx.stop.borrow();
         out.clear();
