@@ -14,6 +14,7 @@
 //! * [`config`]: the TOML configuration of `switchyard serve --config`.
 //! * [`tls`]: certificates, keys and the rustls server configuration.
 
+pub mod admin;
 pub mod apps;
 pub mod config;
 pub mod h2;
@@ -23,6 +24,7 @@ pub mod io;
 pub mod lineecho;
 pub mod proxy;
 pub mod registry;
+pub mod routing;
 pub mod server;
 pub mod tls;
 pub mod tls_upgrade;

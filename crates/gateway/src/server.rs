@@ -59,6 +59,10 @@ pub struct ServeConfig {
     /// certificate as each TLS listener, advertised with `Alt-Svc` on the TCP
     /// responses. Needs `tls` in [`TlsMode::Listener`]. Default off.
     pub http3: bool,
+    /// The reverse proxy of `serve --config` ([`crate::routing`]): when set,
+    /// its routes (host + path prefix) decide first; app routes fall back to
+    /// the built-in `/echo` and `/` handlers.
+    pub gateway: Option<Arc<crate::routing::Gateway>>,
 }
 
 impl Default for ServeConfig {
@@ -73,6 +77,7 @@ impl Default for ServeConfig {
             tls: None,
             extra_routes: Vec::new(),
             http3: false,
+            gateway: None,
         }
     }
 }
@@ -274,6 +279,7 @@ pub(crate) struct Shared {
     pub(crate) has_certificate: bool,
     pub(crate) http1: Http1Settings,
     pub(crate) http2: Http2Settings,
+    pub(crate) gateway: Option<Arc<crate::routing::Gateway>>,
 }
 
 impl Shared {
@@ -385,6 +391,7 @@ impl Server {
                 tls_listener,
                 http1: cfg.http1,
                 http2,
+                gateway: cfg.gateway,
             }),
         })
     }
