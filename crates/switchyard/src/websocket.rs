@@ -25,6 +25,10 @@ use crate::error::Error;
 const MIN_READ_SPACE: usize = 4 * 1024;
 /// How much the receive buffer grows by (one read can fill this much).
 const READ_CHUNK: usize = 16 * 1024;
+/// The most a read reserves ahead for a large frame whose header was parsed
+/// (the rest of the frame is reserved at once, up to this, so a 64 KiB
+/// message is read in one or two calls into a buffer that grows once).
+const MAX_READ_AHEAD: usize = 256 * 1024;
 /// Bytes of automatic replies (pongs, close reply) that may wait unwritten
 /// before reading pauses: a peer that sends pings but never reads cannot
 /// make the output grow without bound.
@@ -160,8 +164,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// to a stack buffer and only the bytes that arrived are copied (a small
     /// allocation for a small message, instead of a fresh 16 KiB buffer).
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let missing = self.conn.frame_bytes_missing().min(MAX_READ_AHEAD);
         let buf = self.conn.read_buf();
-        if buf.capacity() - buf.len() < MIN_READ_SPACE && buf.is_empty() {
+        if buf.capacity() - buf.len() < MIN_READ_SPACE && buf.is_empty() && missing == 0 {
             let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut rb = ReadBuf::uninit(&mut stack);
             if Pin::new(&mut self.stream)
@@ -177,8 +182,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             self.conn.receive(rb.filled());
             return Poll::Ready(Ok(n));
         }
-        if buf.capacity() - buf.len() < MIN_READ_SPACE {
-            buf.reserve(READ_CHUNK);
+        let spare = buf.capacity() - buf.len();
+        if spare < MIN_READ_SPACE || spare < missing {
+            buf.reserve(missing.max(READ_CHUNK));
         }
         let spare = buf.spare_capacity_mut();
         let spare_ptr = spare.as_ptr() as *const u8;
