@@ -86,8 +86,10 @@ if [ "$BUILD" = 1 ]; then
     (cd "$ROOT" && cargo build --release -q -p switchyard-cli)
     (cd "$BENCH_DIR" && cargo build --release -q)
 fi
-SWITCHYARD=$ROOT/target/release/switchyard
-PEER_BIN=$BENCH_DIR/target/release
+# Binaries: $SWITCHYARD and $PEER_BIN override (e.g. to compare two builds of ours
+# with --no-build); otherwise cargo's output dirs (honouring CARGO_TARGET_DIR).
+SWITCHYARD=${SWITCHYARD:-${CARGO_TARGET_DIR:-$ROOT/target}/release/switchyard}
+PEER_BIN=${PEER_BIN:-${CARGO_TARGET_DIR:-$BENCH_DIR/target}/release}
 [ -x "$SWITCHYARD" ] || { echo "run.sh: $SWITCHYARD missing (build with cargo build --release -p switchyard-cli)" >&2; exit 1; }
 
 # Does our binary have an echo server yet, and does it take --threads?
@@ -207,7 +209,14 @@ measure_idle() { # ROUND SERVER
     start_server "$name" || { record round "$round" case e server "$name" error "server did not start"; return; }
     url="ws://127.0.0.1:$PORT$(server_path "$name")"
     sleep 0.3
-    rss0=$(rss_kib "$SERVER_PID")
+    # The server may have died right after starting (e.g. the port was taken again):
+    # record it instead of letting `set -e` end the whole run.
+    if ! rss0=$(rss_kib "$SERVER_PID" 2>/dev/null) || [ -z "$rss0" ]; then
+        record round "$round" case e server "$name" error "server exited before the idle connections were opened"
+        echo "   $name: server exited before the idle connections were opened"
+        stop_server
+        return
+    fi
     taskset -c "$LOAD_CPU" "$SWITCHYARD" bench "$url" --idle "$IDLE_CONNS" --json \
         > "$OUT/idle.out" 2>"$OUT/idle.err" &
     LOAD_PID=$!
