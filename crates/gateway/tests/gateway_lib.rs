@@ -387,3 +387,53 @@ async fn zero_dropped_connections_across_five_reloads_under_load() {
     let _ = std::fs::remove_dir_all(&dir);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn per_route_cap_is_503_with_retry_after_and_unknown_paths_are_404() {
+    let back = echo_backend().await;
+    let gw = start_text(&config_text(back, "/echo", "max_connections = 1")).await;
+    let url = format!("ws://{}/echo", gw.addr);
+    let (mut first, _) = switchyard::connect(&url).await.unwrap();
+    roundtrip(&mut first, "x").await;
+    match switchyard::connect(&url).await.unwrap_err() {
+        Error::UpgradeRefused {
+            status, response, ..
+        } => {
+            assert_eq!(status, 503);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        e => panic!("{e}"),
+    }
+    // /x falls to the index app on "/" (a prefix of every path): the
+    // WebSocket request gets the page, never a proxied upgrade.
+    let err = switchyard::connect(&format!("ws://{}/x", gw.addr))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UpgradeRefused { .. }), "{err}");
+    assert_eq!(
+        gw.gateway
+            .metrics()
+            .upgrade_attempts("refused", "route_full"),
+        1
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn explicit_transparent_tunnels_are_cut_at_drain_without_a_close_frame() {
+    let back = echo_backend().await;
+    let gw = start_text(&config_text(back, "/echo", "tunnel = \"transparent\"")).await;
+    let (mut ws, _) = switchyard::connect(&format!("ws://{}/echo", gw.addr))
+        .await
+        .unwrap();
+    roundtrip(&mut ws, "raw").await;
+    let drain = tokio::spawn(gw.shutdown());
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("ended in time");
+    assert!(
+        !matches!(got, Some(Ok(Message::Close(_)))),
+        "a transparent tunnel cannot inject a close frame: {got:?}"
+    );
+    drain.await.unwrap();
+}
