@@ -457,6 +457,8 @@ pub(crate) fn route_h2(
             let route = &live.config.routes[index.min(live.config.routes.len().saturating_sub(1))];
             let label = &live.labels[index.min(live.labels.len().saturating_sub(1))];
             let id = gw.next_conn.fetch_add(1, Ordering::Relaxed);
+            let bytes_in = Arc::new(AtomicU64::new(0));
+            let bytes_out = Arc::new(AtomicU64::new(0));
             gw.track(
                 id,
                 ConnEntry {
@@ -465,8 +467,8 @@ pub(crate) fn route_h2(
                     upstream: route.upstream.clone().unwrap_or_default(),
                     protocol,
                     since: Instant::now(),
-                    bytes_in: Arc::new(AtomicU64::new(0)),
-                    bytes_out: Arc::new(AtomicU64::new(0)),
+                    bytes_in: bytes_in.clone(),
+                    bytes_out: bytes_out.clone(),
                 },
             );
             let _untrack = Untrack(&gw, id);
@@ -478,7 +480,11 @@ pub(crate) fn route_h2(
                 }
                 on_upgrade
                     .await
-                    .map(hyper_util::rt::TokioIo::new)
+                    .map(|u| Counting {
+                        inner: hyper_util::rt::TokioIo::new(u),
+                        read: bytes_in,
+                        written: bytes_out,
+                    })
                     .map_err(std::io::Error::other)
             };
             proxy::proxy_extended_connect(

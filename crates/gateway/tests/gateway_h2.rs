@@ -112,6 +112,14 @@ async fn extended_connect_is_proxied_to_an_http11_upstream_and_drained_with_1001
         "{}",
         gw.metrics().render()
     );
+    let conns = gw.connections();
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    assert_eq!(conns[0].0, "/ws");
+    assert_eq!(conns[0].3, "h2");
+    assert!(
+        conns[0].5 >= 13 && conns[0].6 >= 9,
+        "bytes counted: {conns:?}"
+    );
     // An unrouted path over h2 is not proxied.
     let (resp, _tx2) = send.send_request(connect_request("/nope"), false).unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(5), resp)
