@@ -16,8 +16,14 @@ CASES = {
     "c": "(c) 10 conns x 64 KiB binary, 1 in flight",
     "d": "(d) handshakes (32 concurrent)",
     "e": "(e) memory per idle connection",
+    "f": "(f) wss h1: 100 conns x 16 B, 1 in flight",
+    "g": "(g) HTTP/2 TLS: 100 streams on 1 conn",
+    "h": "(h) HTTP/2 TLS: 100 conns x 1 stream",
 }
-UNITS = {"a": "msgs/s", "b": "msgs/s", "c": "msgs/s", "d": "hs/s", "e": "B/conn"}
+UNITS = {
+    "a": "msgs/s", "b": "msgs/s", "c": "msgs/s", "d": "hs/s", "e": "B/conn",
+    "f": "msgs/s", "g": "msgs/s", "h": "msgs/s",
+}
 
 
 def load(path):
@@ -186,6 +192,8 @@ def target(case, ours, peers):
         if fw is None:
             return ">= 5x fastwebsockets -> (no fastwebsockets result)"
         return f">= 5x fastwebsockets -> {'yes' if ours >= 5 * fw else 'NO'} ({ours / fw:.2f}x)"
+    if case in ("f", "g", "h"):
+        return "(switchyard only: compare with (a))"
     if case == "e":
         return f"<= 2048 B/conn -> {'yes' if ours <= 2048 else 'NO'} ({ours:.0f} B)"
     return ""

@@ -13,7 +13,11 @@
 #   rotates every round) so that slow drifts of the machine hit every server alike;
 # - the reported number is the median over the rounds; ratios are ours / peer.
 #
-# Usage: bench/run.sh [--rounds N] [--duration S] [--warmup S] [--idle N] [--cases "a b c d e"]
+# Transports (switchyard only; the peers speak neither TLS nor HTTP/2): cases (f) wss over
+# HTTP/1.1, (g) HTTP/2 with 100 WebSockets as streams of ONE connection, (h) HTTP/2 with 100
+# connections of one stream each; the server runs `serve --tls` (self-signed) for them.
+#
+# Usage: bench/run.sh [--rounds N] [--duration S] [--warmup S] [--idle N] [--cases "a b c d e f g h"]
 #                     [--servers "switchyard fastwebsockets tokio-tungstenite tokio-websockets"]
 #                     [--server-cpu N] [--load-cpu LIST] [--no-build] [--out DIR]
 #        (default: server on CPU 0, load generator on all other CPUs, one thread per CPU)
@@ -23,7 +27,7 @@ ROUNDS=5
 DURATION=3
 WARMUP=1
 IDLE_CONNS=10000
-CASES="a b c d e"
+CASES="a b c d e f g h"
 SERVERS="switchyard fastwebsockets tokio-tungstenite tokio-websockets"
 SERVER_CPU=0
 LOAD_CPU="" # default: every CPU but the server's
@@ -43,7 +47,7 @@ while [ $# -gt 0 ]; do
         --load-cpu) LOAD_CPU=$2; shift 2 ;; # a taskset list, e.g. 1 or 1-3
         --no-build) BUILD=0; shift ;;
         --out) OUT=$2; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -105,7 +109,7 @@ fi
 server_cmd() {
     case "$1" in
         # RUST_LOG=warn: switchyard logs every connection at info level; the peers log nothing.
-        switchyard) echo "env RUST_LOG=warn $SWITCHYARD serve --listen 127.0.0.1:$2 $OURS_ARGS" ;;
+        switchyard) echo "env RUST_LOG=warn $SWITCHYARD serve --listen 127.0.0.1:$2 $OURS_ARGS$([ "$CASE_TLS" = 1 ] && echo " --tls")" ;;
         fastwebsockets) echo "$PEER_BIN/echo-fastwebsockets --listen 127.0.0.1:$2" ;;
         tokio-tungstenite) echo "$PEER_BIN/echo-tungstenite --listen 127.0.0.1:$2" ;;
         tokio-websockets) echo "$PEER_BIN/echo-tokio-websockets --listen 127.0.0.1:$2" ;;
@@ -128,6 +132,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+CASE_TLS=0 # 1 while measuring a TLS case (f, g, h)
+tls_case() { case "$1" in f|g|h) return 0 ;; *) return 1 ;; esac; }
 PORT_SEQ=0
 start_server() { # NAME -> sets SERVER_PID, PORT
     PORT_SEQ=$((PORT_SEQ + 1))
@@ -171,6 +177,9 @@ case_args() {
         b) echo "--connections 100 --in-flight 16 --size 16" ;;
         c) echo "--connections 10 --in-flight 1 --size 65536 --binary" ;;
         d) echo "--connections 32 --handshakes" ;;
+        f) echo "--connections 100 --in-flight 1 --size 16 --insecure" ;;
+        g) echo "--connections 100 --in-flight 1 --size 16 --insecure --http2 --streams 100" ;;
+        h) echo "--connections 100 --in-flight 1 --size 16 --insecure --http2 --streams 1" ;;
     esac
 }
 
@@ -179,9 +188,11 @@ record() { # JSON fields appended to results.jsonl via python (keeps quoting rig
 }
 
 measure_load() { # ROUND CASE SERVER
-    local round=$1 case=$2 name=$3 url json t0 t1 w0 w1
+    local round=$1 case=$2 name=$3 url json t0 t1 w0 w1 scheme=ws
+    CASE_TLS=0
+    if tls_case "$case"; then CASE_TLS=1; scheme=wss; fi
     start_server "$name" || { record round "$round" case "$case" server "$name" error "server did not start"; return; }
-    url="ws://127.0.0.1:$PORT$(server_path "$name")"
+    url="$scheme://127.0.0.1:$PORT$(server_path "$name")"
     t0=$(cpu_ticks "$SERVER_PID"); w0=$(date +%s.%N)
     # shellcheck disable=SC2046
     json=$(taskset -c "$LOAD_CPU" "$SWITCHYARD" bench "$url" $(case_args "$case") \
@@ -264,6 +275,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for case in $CASES; do
         echo "-- round $round/$ROUNDS, case ($case)"
         for name in "${order[@]}"; do
+            if tls_case "$case" && [ "$name" != switchyard ]; then continue; fi
             if [ "$case" = e ]; then measure_idle "$round" "$name"; else measure_load "$round" "$case" "$name"; fi
         done
     done
