@@ -73,19 +73,10 @@ struct ServeArgs {
     /// Also serve the line-echo protocol (`Upgrade: lineecho/1`) on /lineecho.
     #[arg(long)]
     lineecho: bool,
-    /// Do not speak HTTP/2: TLS offers ALPN http/1.1 only and the cleartext
-    /// HTTP/2 preface is not recognized (WebSocket only via HTTP/1.1 Upgrade).
-    #[arg(long)]
-    no_http2: bool,
-    /// Also serve WebSocket over HTTP/3 (RFC 9220) on UDP, same port and
-    /// certificate as each TLS listener; TCP responses advertise it with
-    /// `Alt-Svc: h3=":PORT"; ma=86400`. Needs --tls.
-    #[arg(long)]
-    http3: bool,
     /// Run the reverse proxy described by this TOML file (listeners, routes,
     /// upstream groups, policies, [admin]); see docs/configuration.md.
     /// Without it, `serve` runs the embedded default (echo + index page).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "tls", "tls_cert", "tls_upgrade", "lineecho", "http3"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "tls", "tls_cert", "tls_upgrade", "lineecho", "no_http2", "http3"])]
     config: Option<std::path::PathBuf>,
     /// Validate the configuration (--config FILE, or the embedded default),
     /// print the result and exit: 0 valid, 1 invalid (the error names the
@@ -96,21 +87,15 @@ struct ServeArgs {
     /// removed at exit.
     #[arg(long, value_name = "FILE", requires = "config")]
     pid_file: Option<std::path::PathBuf>,
-}
-
-/// Usage errors clap cannot express: `--http3` needs TLS listeners.
-fn check_serve_args(args: &ServeArgs) {
-    use clap::CommandFactory;
-    if args.http3 && (args.tls_upgrade || !(args.tls || args.tls_cert.is_some())) {
-        Cli::command()
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "--http3 needs --tls: HTTP/3 runs over QUIC, which is always TLS, with the \
-                 certificate of the TLS listeners (add --tls, optionally with --tls-cert/--tls-key; \
-                 --tls-upgrade listeners are cleartext)",
-            )
-            .exit();
-    }
+    /// Do not speak HTTP/2: TLS offers ALPN http/1.1 only and the cleartext
+    /// HTTP/2 preface is not recognized (WebSocket only via HTTP/1.1 Upgrade).
+    #[arg(long)]
+    no_http2: bool,
+    /// Also serve WebSocket over HTTP/3 (RFC 9220) on UDP, same port and
+    /// certificate as each TLS listener; TCP responses advertise it with
+    /// `Alt-Svc: h3=":PORT"; ma=86400`. Needs --tls.
+    #[arg(long)]
+    http3: bool,
 }
 
 #[derive(clap::Args)]
@@ -128,6 +113,21 @@ struct ReloadArgs {
     /// prints the answer and exits 1 when the new config was rejected.
     #[arg(long, value_name = "ADDR:PORT")]
     admin: Option<SocketAddr>,
+}
+
+/// Usage errors clap cannot express: `--http3` needs TLS listeners.
+fn check_serve_args(args: &ServeArgs) {
+    use clap::CommandFactory;
+    if args.http3 && (args.tls_upgrade || !(args.tls || args.tls_cert.is_some())) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--http3 needs --tls: HTTP/3 runs over QUIC, which is always TLS, with the \
+                 certificate of the TLS listeners (add --tls, optionally with --tls-cert/--tls-key; \
+                 --tls-upgrade listeners are cleartext)",
+            )
+            .exit();
+    }
 }
 
 fn main() -> anyhow::Result<()> {

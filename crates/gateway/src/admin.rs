@@ -81,6 +81,8 @@ pub fn serve_config(
         ..ServeConfig::default()
     };
     sc.http2.enabled = listener.protocols.contains(&Protocol::H2);
+    // Validation guarantees h3 only with tls.
+    sc.http3 = listener.protocols.contains(&Protocol::H3) && listener.tls.is_some();
     if let Some(t) = &listener.tls {
         let (certs, key) =
             crate::tls::load_pem(&t.cert, &t.key).map_err(|source| StartError::Tls {

@@ -65,12 +65,26 @@ pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: Arc<Shared>, ctx:
     let tls = io.is_tls();
     let svc_shared = shared.clone();
     let svc_ctx = ctx.clone();
+    let peer = crate::routing::peer_addr(&io);
     let svc = service_fn(move |req: Request<Incoming>| {
-        let mut resp = respond(req, &svc_shared, &svc_ctx, tls);
-        if let Some(v) = &svc_ctx.alt_svc {
-            resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
+        // serve --config: extended CONNECT on a proxied route goes upstream.
+        let (req, proxied) = match &svc_shared.gateway {
+            Some(gw) => crate::routing::route_h2(gw, req, &svc_ctx, peer, tls, "h2"),
+            None => (Some(req), None),
+        };
+        let mut resp = req.map(|req| respond(req, &svc_shared, &svc_ctx, tls));
+        let alt_svc = svc_ctx.alt_svc.clone();
+        async move {
+            let mut resp = match (resp.take(), proxied) {
+                (Some(r), _) => r,
+                (None, Some(p)) => p.await,
+                (None, None) => text(StatusCode::INTERNAL_SERVER_ERROR, "no answer\n"),
+            };
+            if let Some(v) = alt_svc {
+                resp.headers_mut().insert(http::header::ALT_SVC, v);
+            }
+            Ok::<_, Infallible>(resp)
         }
-        async move { Ok::<_, Infallible>(resp) }
     });
     let conn = builder(&shared.http2).serve_connection(TokioIo::new(Prefixed::new(buf, io)), svc);
     tokio::pin!(conn);

@@ -34,7 +34,7 @@ use bytes::BytesMut;
 use http::Request;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::config::{App, Config, ConfigError, RouteTarget, TunnelSetting};
 use crate::proxy::{self, ClientInfo, ConnectionLimiter, Metrics, ProxyContext};
@@ -388,13 +388,127 @@ pub(crate) async fn route_h1(
     }
 }
 
-fn peer_addr(io: &crate::io::ServerIo) -> SocketAddr {
+pub(crate) fn peer_addr(io: &crate::io::ServerIo) -> SocketAddr {
     let tcp = match io {
         crate::io::ServerIo::Plain(t) => t,
         crate::io::ServerIo::Tls(t) => t.get_ref().0,
     };
     tcp.peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+type H2Body = http_body_util::Full<bytes::Bytes>;
+
+/// The HTTP/2 front's hook: an extended CONNECT on a route whose target is
+/// an upstream group is proxied ([`proxy::proxy_extended_connect`]: a real
+/// HTTP/1.1 upgrade upstream, 200 back). Returns the request untouched
+/// (`Some`) when the front serves it, or a future of the response.
+pub(crate) fn route_h2(
+    gw: &Arc<Gateway>,
+    mut req: Request<hyper::body::Incoming>,
+    ctx: &crate::server::ConnCtx,
+    peer: SocketAddr,
+    tls: bool,
+    protocol: &'static str,
+) -> (
+    Option<Request<hyper::body::Incoming>>,
+    Option<futures_util::future::BoxFuture<'static, http::Response<H2Body>>>,
+) {
+    let Some(connect_protocol) = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_owned())
+    else {
+        return (Some(req), None);
+    };
+    if req.method() != http::Method::CONNECT {
+        return (Some(req), None);
+    }
+    let live = gw.live();
+    let head = {
+        let mut b = Request::builder()
+            .method(req.method().clone())
+            .uri(req.uri().clone())
+            .version(req.version());
+        if let Some(h) = b.headers_mut() {
+            *h = req.headers().clone();
+            if let Some(a) = req.uri().authority() {
+                if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+                    h.entry(http::header::HOST).or_insert(v);
+                }
+            }
+        }
+        match b.body(()) {
+            Ok(r) => r,
+            Err(_) => return (Some(req), None),
+        }
+    };
+    let Dispatch::Proxy(index) = Gateway::dispatch(&live, &head) else {
+        return (Some(req), None);
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (tx, rx) = tokio::sync::oneshot::channel::<http::Response<()>>();
+    let gw = gw.clone();
+    let stop = ctx.stop.clone();
+    let alive = ctx.alive.clone();
+    tokio::spawn(
+        async move {
+            let _alive = alive;
+            let route = &live.config.routes[index.min(live.config.routes.len().saturating_sub(1))];
+            let label = &live.labels[index.min(live.labels.len().saturating_sub(1))];
+            let id = gw.next_conn.fetch_add(1, Ordering::Relaxed);
+            gw.track(
+                id,
+                ConnEntry {
+                    client: peer,
+                    route: label.clone(),
+                    upstream: route.upstream.clone().unwrap_or_default(),
+                    protocol,
+                    since: Instant::now(),
+                    bytes_in: Arc::new(AtomicU64::new(0)),
+                    bytes_out: Arc::new(AtomicU64::new(0)),
+                },
+            );
+            let _untrack = Untrack(&gw, id);
+            let respond = move |resp: http::Response<()>| async move {
+                let ok = resp.status().is_success();
+                let _ = tx.send(resp);
+                if !ok {
+                    return Err(std::io::Error::other("refused"));
+                }
+                on_upgrade
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+                    .map_err(std::io::Error::other)
+            };
+            proxy::proxy_extended_connect(
+                head,
+                &connect_protocol,
+                ClientInfo { addr: peer, tls },
+                protocol,
+                route,
+                label,
+                &live.ctx,
+                respond,
+                stopped(stop),
+            )
+            .await;
+        }
+        .in_current_span(),
+    );
+    let fut = async move {
+        match rx.await {
+            Ok(resp) => resp.map(|_| H2Body::new(bytes::Bytes::new())),
+            Err(_) => {
+                let mut r = http::Response::new(H2Body::new(bytes::Bytes::from_static(
+                    b"the proxy ended before answering\n",
+                )));
+                *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                r
+            }
+        }
+    };
+    (None, Some(Box::pin(fut)))
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

@@ -55,14 +55,14 @@ pub struct ServeConfig {
     /// Routes served besides the default `/`, `/index.html` and `/echo`; an
     /// extra route on one of those paths replaces the default one.
     pub extra_routes: Vec<Route>,
-    /// Also serve WebSocket over HTTP/3 (RFC 9220) on UDP, same port and
-    /// certificate as each TLS listener, advertised with `Alt-Svc` on the TCP
-    /// responses. Needs `tls` in [`TlsMode::Listener`]. Default off.
-    pub http3: bool,
     /// The reverse proxy of `serve --config` ([`crate::routing`]): when set,
     /// its routes (host + path prefix) decide first; app routes fall back to
     /// the built-in `/echo` and `/` handlers.
     pub gateway: Option<Arc<crate::routing::Gateway>>,
+    /// Also serve WebSocket over HTTP/3 (RFC 9220) on UDP, same port and
+    /// certificate as each TLS listener, advertised with `Alt-Svc` on the TCP
+    /// responses. Needs `tls` in [`TlsMode::Listener`]. Default off.
+    pub http3: bool,
 }
 
 impl Default for ServeConfig {
@@ -76,8 +76,8 @@ impl Default for ServeConfig {
             http2: Http2Settings::default(),
             tls: None,
             extra_routes: Vec::new(),
-            http3: false,
             gateway: None,
+            http3: false,
         }
     }
 }

@@ -1,0 +1,427 @@
+//! `switchyard serve --config` as a process: the reverse proxy in front of a
+//! real echo backend, --check-config, SIGHUP / `switchyard reload`, the
+//! admin listener, SIGTERM drain.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use switchyard::{CloseCode, Error, Message};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// The log so far, without ANSI colour codes.
+    fn stderr(&self) -> String {
+        strip_ansi(&self.stderr.lock().unwrap())
+    }
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(start.elapsed() < within, "did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    /// Wait until the log contains `needle`.
+    fn wait_log(&self, needle: &str) -> String {
+        for _ in 0..250 {
+            let s = self.stderr();
+            if s.contains(needle) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("log never said {needle:?}:\n{}", self.stderr());
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ ... final byte in @..~
+            for d in chars.by_ref() {
+                if ('@'..='~').contains(&d) && d != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Start `switchyard ARGS`, read `lines` stdout lines ("listening on
+/// http://ADDR", "admin on http://ADDR") and return the addresses.
+fn start(args: &[&str], lines: usize) -> (Proc, Vec<SocketAddr>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut err = child.stderr.take().unwrap();
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut addrs = Vec::new();
+    for _ in 0..lines {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line: {line:?}"));
+        addrs.push(addr);
+    }
+    // Keep draining stdout so the child never blocks on it.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = stdout.read_to_string(&mut sink);
+    });
+    (Proc { child, stderr }, addrs)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sy-serve-config-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(path: &Path, text: &str) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn config(backend: SocketAddr, route_path: &str) -> String {
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\
+         [[upstream]]\nname = \"back\"\nservers = [\"ws://{backend}\"]\n\
+         [[route]]\npath = \"{route_path}\"\nupstream = \"back\"\n\
+         [route.policy]\ndrain_timeout = \"2s\"\n\
+         [[route]]\npath = \"/\"\napp = \"index\"\n"
+    )
+}
+
+/// The gateway: proxy address and admin address.
+fn gateway(cfg: &Path, extra: &[&str]) -> (Proc, SocketAddr, SocketAddr) {
+    let mut args = vec!["serve", "--config", cfg.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (p, a) = start(&args, 2);
+    (p, a[0], a[1])
+}
+
+/// An echo backend accepting WebSocket on any path (in this process).
+async fn any_path_backend() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let cfg = switchyard::server::AcceptConfig::default();
+                let Ok(mut ws) = switchyard::accept(tcp, &cfg).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_data() && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+type Ws = switchyard::WebSocket<switchyard::client::MaybeTlsStream>;
+
+async fn roundtrip(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .expect("open")
+        .expect("no error");
+    assert_eq!(got, Message::text(text));
+}
+
+async fn http(addr: SocketAddr, req: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("answer")
+        .unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+async fn get(addr: SocketAddr, path: &str) -> String {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+#[test]
+fn check_config_accepts_a_good_file_and_the_default() {
+    let dir = temp_dir("check-good");
+    let file = dir.join("ok.toml");
+    write(&file, &config("127.0.0.1:9".parse().unwrap(), "/ws"));
+    let out = Command::new(BIN)
+        .args(["serve", "--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("configuration OK"), "{text}");
+    assert!(text.contains("2 route(s)"), "{text}");
+    let out = Command::new(BIN)
+        .args(["serve", "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("embedded default"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_config_rejects_a_bad_file_naming_the_line_and_key() {
+    let dir = temp_dir("check-bad");
+    let file = dir.join("bad.toml");
+    write(
+        &file,
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nbogus = 1\n[[route]]\npath = \"/\"\napp = \"index\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["serve", "--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bogus"), "{err}");
+    // file:LINE: key path: what was expected
+    assert!(err.contains("bad.toml:3: listener[0].bogus"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn proxies_to_our_own_serve_and_reports_metrics_and_status() {
+    // The backend: `switchyard serve` (echo on /echo).
+    let (_backend, b) = start(&["serve", "--listen", "127.0.0.1:0"], 1);
+    let dir = temp_dir("e2e");
+    let file = dir.join("gw.toml");
+    write(&file, &config(b[0], "/echo"));
+    let (gw, addr, admin) = gateway(&file, &[]);
+    let (mut ws, resp) = switchyard::connect(&format!("ws://{addr}/echo"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..5 {
+        roundtrip(&mut ws, &format!("m{i}")).await;
+    }
+    let status = get(admin, "/status").await;
+    assert!(status.contains("1 live proxied connection(s)"), "{status}");
+    assert!(status.contains("127.0.0.1"), "{status}");
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    let log = gw.wait_log("upgrade attempt");
+    assert!(log.contains("route=\"/echo\""), "{log}");
+    assert!(log.contains("result=\"switched\""), "{log}");
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = get(admin, "/metrics").await;
+        if metrics.contains(
+            "switchyard_upgrade_attempts_total{result=\"switched\",reason=\"switched\"} 1",
+        ) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        metrics.contains(
+            "switchyard_upgrade_attempts_total{result=\"switched\",reason=\"switched\"} 1"
+        ),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn sighup_reload_changes_the_route_keeps_tunnels_and_rejects_a_broken_file() {
+    let back = any_path_backend().await;
+    let dir = temp_dir("hup");
+    let file = dir.join("gw.toml");
+    let pid = dir.join("gw.pid");
+    write(&file, &config(back, "/a"));
+    let (gw, addr, admin) = gateway(&file, &["--pid-file", pid.to_str().unwrap()]);
+    let (mut old, _) = switchyard::connect(&format!("ws://{addr}/a"))
+        .await
+        .unwrap();
+    roundtrip(&mut old, "before").await;
+
+    write(&file, &config(back, "/b"));
+    gw.signal("HUP");
+    gw.wait_log("generation=2");
+    roundtrip(&mut old, "after").await;
+    let err = switchyard::connect(&format!("ws://{addr}/a"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UpgradeRefused { .. }), "{err}");
+    let (mut new, _) = switchyard::connect(&format!("ws://{addr}/b"))
+        .await
+        .unwrap();
+    roundtrip(&mut new, "new").await;
+
+    // Broken file via `switchyard reload --pid-file`: logged, old config kept.
+    write(&file, &format!("{}\nunknown_key = 1\n", config(back, "/c")));
+    let out = Command::new(BIN)
+        .args(["reload", "--pid-file"])
+        .arg(&pid)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let log = gw.wait_log("reload rejected");
+    assert!(log.contains("unknown_key"), "{log}");
+    // ... and through the admin listener: exit 1 with the reason.
+    let out = Command::new(BIN)
+        .args(["reload", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unknown_key"));
+    let (mut again, _) = switchyard::connect(&format!("ws://{addr}/b"))
+        .await
+        .unwrap();
+    roundtrip(&mut again, "still /b").await;
+    roundtrip(&mut old, "still old").await;
+    roundtrip(&mut new, "still new").await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn sigterm_drain_sends_1001_to_every_proxied_client() {
+    let back = any_path_backend().await;
+    let dir = temp_dir("term");
+    let file = dir.join("gw.toml");
+    write(&file, &config(back, "/ws"));
+    let (mut gw, addr, _) = gateway(&file, &[]);
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let (mut ws, _) = switchyard::connect(&format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        roundtrip(&mut ws, &format!("c{i}")).await;
+        clients.push(ws);
+    }
+    gw.signal("TERM");
+    for mut ws in clients {
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("close in time");
+        match got {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::GOING_AWAY),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+    }
+    let st = gw.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "{st:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_dropped_connections_across_five_sighup_reloads_under_load() {
+    let back = any_path_backend().await;
+    let dir = temp_dir("load");
+    let file = dir.join("gw.toml");
+    write(&file, &config(back, "/ws"));
+    let (gw, addr, _) = gateway(&file, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let url = format!("ws://{addr}/ws");
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ws, _) = switchyard::connect(&url).await.unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let text = format!("client {c} message {n}");
+                ws.send(Message::text(text.clone())).await.unwrap();
+                match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                    Ok(Some(Ok(m))) => assert_eq!(m, Message::text(text)),
+                    other => panic!("client {c} lost its connection: {other:?}"),
+                }
+                n += 1;
+            }
+            ws.close(CloseCode::NORMAL, "done").await.unwrap();
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..5u64 {
+        let text = config(back, "/ws").replace(
+            "drain_timeout = \"2s\"",
+            &format!("drain_timeout = \"2s\"\nmax_connections = {}", 1000 + i),
+        );
+        write(&file, &text);
+        gw.signal("HUP");
+        gw.wait_log(&format!("generation={}", i + 2));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let n = t.await.unwrap();
+        assert!(n > 5, "each client kept exchanging messages: {n}");
+    }
+    assert!(!gw.stderr().contains("reload rejected"), "{}", gw.stderr());
+    let _ = std::fs::remove_dir_all(&dir);
+}
