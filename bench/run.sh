@@ -86,8 +86,10 @@ if [ "$BUILD" = 1 ]; then
     (cd "$ROOT" && cargo build --release -q -p switchyard-cli)
     (cd "$BENCH_DIR" && cargo build --release -q)
 fi
-SWITCHYARD=$ROOT/target/release/switchyard
-PEER_BIN=$BENCH_DIR/target/release
+# Binaries: $SWITCHYARD and $PEER_BIN override (e.g. to compare two builds of ours
+# with --no-build); otherwise cargo's output dirs (honouring CARGO_TARGET_DIR).
+SWITCHYARD=${SWITCHYARD:-${CARGO_TARGET_DIR:-$ROOT/target}/release/switchyard}
+PEER_BIN=${PEER_BIN:-${CARGO_TARGET_DIR:-$BENCH_DIR/target}/release}
 [ -x "$SWITCHYARD" ] || { echo "run.sh: $SWITCHYARD missing (build with cargo build --release -p switchyard-cli)" >&2; exit 1; }
 
 # Does our binary have an echo server yet, and does it take --threads?

@@ -1,6 +1,7 @@
 //! Built-in applications: the WebSocket echo and the index page.
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
+use std::task::Poll;
 use std::time::Duration;
 use switchyard::{CloseCode, Message, WebSocket};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,53 +23,111 @@ pub enum EchoEnd {
 /// and flushed together (one write for many frames).
 ///
 /// On shutdown, sends close 1001 and waits up to `grace` for the peer's reply.
-pub async fn echo<S>(
+///
+/// The future is kept small (it lives as long as the connection): the echo
+/// loop is one `poll_fn` over the socket, and the rarely used shutdown path is
+/// boxed.
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+pub fn echo<S>(
     mut ws: WebSocket<S>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
-) -> EchoEnd
+) -> impl std::future::Future<Output = EchoEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if *shutdown.borrow() {
-        return close_for_shutdown(ws, grace).await;
-    }
-    loop {
-        tokio::select! {
-            // `next()` is cancel-safe: losing the race to shutdown loses no bytes.
-            item = ws.next() => {
-                let mut item = item;
-                loop {
-                    match item {
-                        None => return EchoEnd::PeerClosed(None),
-                        Some(Err(e)) => return EchoEnd::Failed(e),
-                        Some(Ok(Message::Close(frame))) => {
-                            // The reply is automatic; drive the stream to its end so
-                            // the closing handshake completes.
-                            while let Some(Ok(_)) = ws.next().await {}
-                            return EchoEnd::PeerClosed(frame);
-                        }
-                        Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                            if let Err(e) = ws.feed(m).await {
-                                return EchoEnd::Failed(e);
-                            }
-                        }
-                        // Pings are answered by the connection itself.
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    }
-                    // Take whatever else is already decoded before flushing.
-                    match ws.next().now_or_never() {
-                        Some(next) => item = next,
-                        None => break,
-                    }
+    // Not an `async fn`: its arguments would be stored twice in the future
+    // (once as arguments, once as locals, rust-lang/rust#62958); the block
+    // below uses the captured `ws` directly.
+    async move {
+        if !*shutdown.borrow() {
+            let ended = tokio::select! {
+                biased;
+                // Cancel-safe: the loop keeps all its state in `ws` (bytes read,
+                // replies queued), so losing the race to shutdown loses nothing.
+                ended = echo_until_end(&mut ws) => Some(ended),
+                _ = shutdown.changed() => None,
+            };
+            match ended {
+                Some(Ended::PeerClosed(frame)) => {
+                    // The reply is automatic; drive the stream to its end so the
+                    // closing handshake completes.
+                    while let Some(Ok(_)) = ws.next().await {}
+                    return EchoEnd::PeerClosed(frame);
                 }
-                if let Err(e) = ws.flush().await {
-                    return EchoEnd::Failed(e);
-                }
+                Some(Ended::Eof) => return EchoEnd::PeerClosed(None),
+                Some(Ended::Failed(e)) => return EchoEnd::Failed(e),
+                None => {}
             }
-            _ = shutdown.changed() => return close_for_shutdown(ws, grace).await,
         }
+        Box::pin(close_for_shutdown(ws, grace)).await
     }
+}
+
+/// Replies queued without a flush above this many payload bytes are written
+/// before more is read (bounds the batch, and the output buffer).
+const ECHO_BATCH_BYTES: usize = 64 * 1024;
+
+enum Ended {
+    PeerClosed(Option<switchyard::CloseFrame>),
+    Eof,
+    Failed(switchyard::Error),
+}
+
+/// Echo until the peer closes or the connection fails. Every message already
+/// received or readable without waiting is queued; the queued replies are
+/// flushed once nothing more is readable (one write for the batch).
+fn echo_until_end<S>(ws: &mut WebSocket<S>) -> impl std::future::Future<Output = Ended> + '_
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut queued = 0usize;
+    std::future::poll_fn(move |cx| loop {
+        if queued >= ECHO_BATCH_BYTES {
+            match ws.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => queued = 0,
+                Poll::Ready(Err(e)) => return Poll::Ready(Ended::Failed(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match ws.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Ended::Failed(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        match ws.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
+                let len = match &m {
+                    Message::Text(t) => t.len(),
+                    Message::Binary(b) => b.len(),
+                    _ => 0,
+                };
+                if let Err(e) = ws.start_send_unpin(m) {
+                    return Poll::Ready(Ended::Failed(e));
+                }
+                // Count the frame header too, so empty messages add up.
+                queued += len + 2;
+            }
+            // Pings are answered by the connection itself.
+            Poll::Ready(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Poll::Ready(Some(Ok(Message::Close(frame)))) => {
+                return Poll::Ready(Ended::PeerClosed(frame))
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Ended::Failed(e)),
+            Poll::Ready(None) => return Poll::Ready(Ended::Eof),
+            Poll::Pending => {
+                // Nothing more to read now: write the whole batch at once.
+                if queued > 0 {
+                    match ws.poll_flush_unpin(cx) {
+                        Poll::Ready(Ok(())) => queued = 0,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Ended::Failed(e)),
+                        Poll::Pending => {}
+                    }
+                }
+                return Poll::Pending;
+            }
+        }
+    })
 }
 
 async fn close_for_shutdown<S>(mut ws: WebSocket<S>, grace: Duration) -> EchoEnd

@@ -200,6 +200,20 @@ impl Connection {
         &mut self.read
     }
 
+    /// How many more bytes the frame being received still needs beyond what
+    /// the receive buffer holds (0 when no frame payload is in progress). A
+    /// driver may reserve this much before its next read so that a large
+    /// frame is read in few calls and the buffer grows once; the value is
+    /// bounded by `Limits::max_frame_size` (checked at the frame header), and
+    /// callers should cap it further since the peer has not sent it yet.
+    pub fn frame_bytes_missing(&self) -> usize {
+        match self.frame {
+            Some(f) if f.in_place => f.len.saturating_sub(self.read.len()),
+            Some(f) => (f.len - f.done).saturating_sub(self.read.len()),
+            None => 0,
+        }
+    }
+
     /// Append received bytes (for callers that do not read into `read_buf`).
     /// Ignored once the connection is `Closed` or `Failed`.
     pub fn receive(&mut self, data: &[u8]) {
@@ -888,6 +902,29 @@ mod tests {
             msgs.extend(poll_all(b)?);
         }
         Ok(msgs)
+    }
+
+    #[test]
+    fn frame_bytes_missing_counts_the_rest_of_the_frame() {
+        let mut c = server();
+        assert_eq!(c.frame_bytes_missing(), 0);
+        let payload = vec![7u8; 1000];
+        let bytes = raw(0x82, Some(KEY), &payload);
+        // Header (2 + 2 length + 4 key) and 100 payload bytes.
+        c.receive(&bytes[..108]);
+        assert_eq!(c.poll_message().unwrap(), None);
+        assert_eq!(c.frame_bytes_missing(), 900);
+        c.receive(&bytes[108..600]);
+        assert_eq!(c.poll_message().unwrap(), None);
+        assert_eq!(c.frame_bytes_missing(), 408);
+        c.receive(&bytes[600..]);
+        assert_eq!(c.poll_message().unwrap(), Some(Message::binary(payload)));
+        assert_eq!(c.frame_bytes_missing(), 0);
+        // A fragment (copied out as it arrives) counts what it still lacks.
+        let first = raw(0x02, Some(KEY), &[1u8; 300]);
+        c.receive(&first[..58]);
+        assert_eq!(c.poll_message().unwrap(), None);
+        assert_eq!(c.frame_bytes_missing(), 250);
     }
 
     #[test]

@@ -25,6 +25,10 @@ use crate::error::Error;
 const MIN_READ_SPACE: usize = 4 * 1024;
 /// How much the receive buffer grows by (one read can fill this much).
 const READ_CHUNK: usize = 16 * 1024;
+/// The most a read reserves ahead for a large frame whose header was parsed
+/// (the rest of the frame is reserved at once, up to this, so a 64 KiB
+/// message is read in one or two calls into a buffer that grows once).
+const MAX_READ_AHEAD: usize = 256 * 1024;
 /// Bytes of automatic replies (pongs, close reply) that may wait unwritten
 /// before reading pauses: a peer that sends pings but never reads cannot
 /// make the output grow without bound.
@@ -160,8 +164,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// to a stack buffer and only the bytes that arrived are copied (a small
     /// allocation for a small message, instead of a fresh 16 KiB buffer).
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let missing = self.conn.frame_bytes_missing().min(MAX_READ_AHEAD);
         let buf = self.conn.read_buf();
-        if buf.capacity() - buf.len() < MIN_READ_SPACE && buf.is_empty() {
+        if buf.capacity() - buf.len() < MIN_READ_SPACE && buf.is_empty() && missing == 0 {
             let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut rb = ReadBuf::uninit(&mut stack);
             if Pin::new(&mut self.stream)
@@ -177,8 +182,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             self.conn.receive(rb.filled());
             return Poll::Ready(Ok(n));
         }
-        if buf.capacity() - buf.len() < MIN_READ_SPACE {
-            buf.reserve(READ_CHUNK);
+        let spare = buf.capacity() - buf.len();
+        if spare < MIN_READ_SPACE || spare < missing {
+            buf.reserve(missing.max(READ_CHUNK));
         }
         let spare = buf.spare_capacity_mut();
         let spare_ptr = spare.as_ptr() as *const u8;
@@ -336,8 +342,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             }
 
             // Pongs, close replies, pings: write what is queued without
-            // blocking the read.
-            if self.conn.output_len() > 0 {
+            // blocking the read. Messages queued by the caller (`feed`) are
+            // left for its `flush`, so that a batch of replies goes out in one
+            // write instead of one write per received message. Once our close
+            // frame is queued (`CloseSent`), everything goes out.
+            let must_write = self.auto_out > 0 || self.conn.state() != State::Open;
+            if must_write && self.conn.output_len() > 0 {
                 if let Poll::Ready(Err(e)) = self.poll_flush_output(wcx) {
                     self.phase = Phase::Done;
                     self.pending = Some(e);
@@ -387,6 +397,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 }
             }
 
+            let queued_before = self.conn.output_len();
             if self.poll_heartbeat(cx) {
                 tracing::debug!("websocket peer did not answer a ping in time; closing with 1011");
                 self.conn.close(CloseCode::INTERNAL_ERROR, "pong timeout");
@@ -394,7 +405,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 continue;
             }
             // A ping the heartbeat just queued.
-            if self.conn.output_len() > 0 {
+            let pinged = self.conn.output_len() > queued_before;
+            if pinged {
+                self.auto_out += self.conn.output_len() - queued_before;
                 if let Poll::Ready(Err(e)) = self.poll_flush_output(wcx) {
                     self.phase = Phase::Done;
                     self.pending = Some(e);
@@ -816,6 +829,104 @@ mod tests {
             assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(frame(i)));
         }
         ws.send(Message::text("ok")).await.unwrap();
+    }
+
+    /// A stream that counts the `poll_write` calls that wrote something.
+    struct CountWrites {
+        inner: tokio::io::DuplexStream,
+        writes: usize,
+    }
+
+    impl AsyncRead for CountWrites {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountWrites {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+                self.writes += 1;
+            }
+            r
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn fed_replies_go_out_in_one_write_at_flush() {
+        use futures_util::FutureExt;
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let stream = CountWrites {
+            inner: a,
+            writes: 0,
+        };
+        let mut ws = WebSocket::from_raw(
+            stream,
+            Connection::new(Role::Server, Limits::default()),
+            &[],
+        );
+        let mut all = Vec::new();
+        for i in 0..16u8 {
+            all.extend(client_frame(Message::binary(vec![i; 16])));
+        }
+        b.write_all(&all).await.unwrap();
+        // Echo what is readable without waiting, the way a server batches.
+        let mut item = ws.next().await;
+        let mut echoed = 0;
+        while let Some(Ok(m)) = item {
+            ws.feed(m).await.unwrap();
+            echoed += 1;
+            item = ws.next().now_or_never().flatten();
+        }
+        assert_eq!(echoed, 16);
+        // Receiving did not write the fed replies one by one.
+        assert_eq!(ws.get_ref().writes, 0);
+        ws.flush().await.unwrap();
+        assert_eq!(ws.get_ref().writes, 1, "16 replies in one write");
+        let mut got = vec![0u8; 16 * 18];
+        tokio::io::AsyncReadExt::read_exact(&mut b, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got[..2], [0x82, 16]);
+        assert_eq!(got[16 * 18 - 18..16 * 18 - 16], [0x82, 16]);
+        assert_eq!(got[16 * 18 - 1], 15);
+    }
+
+    #[tokio::test]
+    async fn pong_is_written_while_reading_without_a_flush() {
+        // Automatic replies still go out from `next()` alone.
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut ws = WebSocket::from_raw(a, Connection::new(Role::Server, Limits::default()), &[]);
+        ws.feed(Message::text("queued")).await.unwrap();
+        b.write_all(&client_frame(Message::Ping(Bytes::from_static(b"hb"))))
+            .await
+            .unwrap();
+        assert!(matches!(ws.next().await, Some(Ok(Message::Ping(_)))));
+        // The text fed earlier and the pong both arrive (in order).
+        let mut got = [0u8; 8 + 4];
+        tokio::io::AsyncReadExt::read_exact(&mut b, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(&got[..8], b"\x81\x06queued");
+        assert_eq!(&got[8..], b"\x8a\x02hb");
     }
 
     #[test]
