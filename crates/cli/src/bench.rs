@@ -1506,15 +1506,20 @@ fn summary_text(s: &serde_json::Value) -> String {
             f("handshakes_per_s")
         );
     }
-    let _ = writeln!(
-        out,
-        "  latency    p50 {} | p90 {} | p99 {} | p99.9 {} | max {}",
-        us(f("p50_us")),
-        us(f("p90_us")),
-        us(f("p99_us")),
-        us(f("p999_us")),
-        us(f("max_us"))
-    );
+    let completed = if echo { u("messages") } else { u("handshakes") };
+    if completed == 0 {
+        let _ = writeln!(out, "  latency    - (nothing completed)");
+    } else {
+        let _ = writeln!(
+            out,
+            "  latency    p50 {} | p90 {} | p99 {} | p99.9 {} | max {}",
+            us(f("p50_us")),
+            us(f("p90_us")),
+            us(f("p99_us")),
+            us(f("p999_us")),
+            us(f("max_us"))
+        );
+    }
     let kinds = s["errors_by_kind"]
         .as_object()
         .map(|m| {

@@ -248,6 +248,21 @@ fn refused_upgrades_are_counted_by_status() {
     );
     assert!(v["first_error"].as_str().unwrap().contains("403 Forbidden"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no message completed"));
+    // The text summary says the same.
+    let out = bench(&[&url, "-c", "3", "-d", "0.2", "-w", "0"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("\n  latency    - (nothing completed)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n  errors     3: handshake_status_403 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("first: the server answered \"HTTP/1.1 403 Forbidden\""),
+        "{text}"
+    );
     // Handshake mode keeps trying: every error is a 403.
     let (out, v) = bench_json(&[&url, "--handshakes", "-c", "2", "-d", "0.3", "-w", "0"]);
     assert_eq!(out.status.code(), Some(1));
