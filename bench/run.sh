@@ -209,7 +209,14 @@ measure_idle() { # ROUND SERVER
     start_server "$name" || { record round "$round" case e server "$name" error "server did not start"; return; }
     url="ws://127.0.0.1:$PORT$(server_path "$name")"
     sleep 0.3
-    rss0=$(rss_kib "$SERVER_PID")
+    # The server may have died right after starting (e.g. the port was taken again):
+    # record it instead of letting `set -e` end the whole run.
+    if ! rss0=$(rss_kib "$SERVER_PID" 2>/dev/null) || [ -z "$rss0" ]; then
+        record round "$round" case e server "$name" error "server exited before the idle connections were opened"
+        echo "   $name: server exited before the idle connections were opened"
+        stop_server
+        return
+    fi
     taskset -c "$LOAD_CPU" "$SWITCHYARD" bench "$url" --idle "$IDLE_CONNS" --json \
         > "$OUT/idle.out" 2>"$OUT/idle.err" &
     LOAD_PID=$!

@@ -524,6 +524,23 @@ async fn tls_listener_alpn_h2_and_http11() {
     srv.stop().await;
 }
 
+#[tokio::test]
+async fn http2_disabled_offers_only_http11() {
+    let (mut cfg, cert) = tls_cfg();
+    cfg.http2.enabled = false;
+    let srv = start(cfg).await;
+    // A client offering h2 first gets http/1.1 (what `serve --no-http2` does).
+    let mut tls = tls_connect(srv.addr, &cert, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await.unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    srv.stop().await;
+}
+
 /// GOAWAY ENHANCE_YOUR_CALM (RFC 9113 §7).
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
