@@ -8,6 +8,14 @@
 //!   close handshake → socket dropped, and the rate of completed cycles is reported.
 //! - `--idle N`: open N idle WebSocket connections, print `ready` and hold them until killed
 //!   (or for `--duration` seconds when it is given).
+//! - `--rate N` (echo): open loop at N messages per second over all connections, each message
+//!   timed from its scheduled send time (no coordinated omission; see [`TIMER_SLACK`]).
+//!
+//! `--ramp-up D` opens the connections (or starts the handshake loops) gradually over D seconds
+//! before the warm-up. The result is a multi-line summary, or `--json`; `--html FILE` also
+//! writes a self-contained report (`bench/report.rs`) from the JSON, whose per-second `series`
+//! comes from one small histogram per second of the run. A progress bar (`bench/progress.rs`)
+//! runs on stderr when it is a terminal. Errors are counted by kind ([`Fail`], [`error_kind`]).
 //!
 //! The generator must never be the bottleneck, so the client is hand-written over a raw tokio
 //! `TcpStream`: one write syscall per batch of frames, one read syscall per batch of replies,
