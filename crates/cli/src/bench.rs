@@ -334,6 +334,8 @@ const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// 1 ms ticks and wakes at the tick after a deadline), not a stalled server. Latency is thus
 /// `reply - min(actual send, scheduled + TIMER_SLACK)`.
 const TIMER_SLACK: Duration = Duration::from_millis(2);
+/// Open loop: most bytes queued for one connection's socket before sending waits.
+const MAX_PENDING_WRITE: usize = 4 * 1024 * 1024;
 /// Largest control frame payload (RFC 6455 §5.5).
 const MAX_CONTROL: usize = 125;
 
@@ -1017,11 +1019,10 @@ impl EchoConn {
         report: &RefCell<Report>,
     ) -> anyhow::Result<()> {
         let per_conn = rate / plan.connections as f64;
-        let interval = Duration::from_secs_f64(1.0 / per_conn);
+        let interval = Duration::from_secs_f64(1.0 / per_conn).max(Duration::from_nanos(1));
         // Spread the connections' schedules over one interval so that the total is smooth.
         let first =
             Instant::now().max(window.t0) + interval.mul_f64(slot as f64 / plan.connections as f64);
-        let mut k: u32 = 0;
         let mut next = first;
         let sleep = tokio::time::sleep_until(next.into());
         tokio::pin!(sleep);
@@ -1037,14 +1038,21 @@ impl EchoConn {
             if next <= now {
                 // Queue every message whose time has come, each stamped with its schedule
                 // (forgiving the timer's own lateness, up to TIMER_SLACK).
-                while next <= now && next < window.end {
+                // At most MAX_PENDING_WRITE bytes wait for the socket: a target slower than
+                // the rate delays the rest (still timed from their schedule) instead of
+                // filling memory.
+                while next <= now && next < window.end && self.wbuf.len() < MAX_PENDING_WRITE {
                     let mask = (self.rng.next() as u32).to_ne_bytes();
                     push_frame(&mut self.wbuf, plan.opcode(), &plan.payload, mask);
                     self.sent.push_back(now.min(next + TIMER_SLACK));
-                    k = k.saturating_add(1);
-                    next = first + interval.saturating_mul(k);
+                    next += interval;
                 }
-                let wake = if next < window.end { next } else { window.end };
+                let wake = if self.wbuf.len() >= MAX_PENDING_WRITE {
+                    // Backlogged: look again in a millisecond rather than spin.
+                    now + Duration::from_millis(1)
+                } else {
+                    next.min(window.end)
+                };
                 sleep.as_mut().reset(wake.into());
             }
         }

@@ -328,3 +328,86 @@ fn bad_arguments_are_rejected() {
     let out = bench(&["ws://127.0.0.1:1/", "--rate", "10", "--handshakes"]);
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 }
+
+/// Accepts the upgrade, then never reads nor answers again.
+fn silent_server() -> SocketAddr {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let Some(key) = head
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            else {
+                continue;
+            };
+            let mut h = sha1::Sha1::new();
+            h.update(key.as_bytes());
+            h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+            let accept = base64::engine::general_purpose::STANDARD.encode(h.finalize());
+            let _ = write!(
+                s,
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            held.push(s);
+        }
+    });
+    addr
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn open_loop_against_a_stalled_server_keeps_memory_bounded_and_ends() {
+    let addr = silent_server();
+    let url = format!("ws://{addr}/");
+    let t = Instant::now();
+    // 100 million 1 KiB messages per second would be 100 GB/s: far more than the socket takes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "bench",
+            &url,
+            "--rate",
+            "100000000",
+            "-c",
+            "2",
+            "-s",
+            "1024",
+        ])
+        .args(["-d", "1.5", "-w", "0", "--json"])
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(rss_kib(child.id()).unwrap_or(0));
+        assert!(t.elapsed() < Duration::from_secs(20), "bench did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "nothing echoed: failure");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(u(&v, "messages"), 0);
+    // Each connection queues at most 4 MiB (plus the socket buffers): far below what
+    // 1.5 s of the schedule would take (150 million messages).
+    assert!(peak < 100 * 1024, "peak RSS {peak} KiB");
+}
