@@ -24,6 +24,12 @@
 //! and its `Sec-WebSocket-Accept` are checked, and every echoed frame is parsed (FIN, opcode,
 //! length, mask bit, payload) so that anything unexpected is counted as an error.
 //!
+//! Transports: `ws://` is cleartext TCP; `wss://` is TLS (switchyard's client TLS
+//! configuration: system roots, `--ca`, `--insecure`; ALPN http/1.1) with the same
+//! hand-written framing on top; `--http2` opens the WebSockets as RFC 8441 streams with
+//! `switchyard::h2::H2Connection` (`--streams` per HTTP/2 connection; TLS with ALPN h2 for
+//! `wss://`, prior knowledge for `ws://`), then frames each stream by hand like the others.
+//!
 //! Work runs on `--threads` OS threads (default: the CPUs this process may run on, so `taskset`
 //! decides), each with its own current-thread tokio runtime; connections are dealt round-robin.
 
@@ -52,8 +58,21 @@ mod report;
 /// Arguments of `switchyard bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// WebSocket URL of an echo endpoint, e.g. ws://127.0.0.1:9001/echo (wss is not supported).
+    /// WebSocket URL of an echo endpoint, e.g. ws://127.0.0.1:9001/echo or wss://...
     pub url: String,
+    /// wss://: also trust this CA certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// wss://: accept any server certificate (self-signed benchmark servers).
+    #[arg(long)]
+    pub insecure: bool,
+    /// WebSocket over HTTP/2 (RFC 8441 extended CONNECT), echo mode only.
+    #[arg(long, conflicts_with_all = ["handshakes", "idle"])]
+    pub http2: bool,
+    /// With --http2: WebSockets (streams) per HTTP/2 connection; 1 opens one HTTP/2
+    /// connection per WebSocket.
+    #[arg(long, default_value_t = 1, requires = "http2")]
+    pub streams: usize,
     /// Concurrent connections (in --handshakes mode: concurrent connect/handshake/close loops).
     #[arg(short = 'c', long, default_value_t = 100)]
     pub connections: usize,
@@ -180,6 +199,7 @@ enum Mode {
 #[derive(Debug, Clone)]
 struct Target {
     url: String,
+    tls: bool,
     host_header: String,
     authority: (String, u16),
     path: String,
@@ -190,19 +210,16 @@ impl Target {
         let uri: http::Uri = url
             .parse()
             .with_context(|| format!("{url:?} is not a valid URL; expected ws://HOST:PORT/PATH"))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => bail!(
-                "{url}: wss is not supported by the load generator (it measures the WebSocket \
-                 layer, not TLS); use a ws:// URL"
-            ),
-            _ => bail!("{url}: the URL must start with ws://"),
-        }
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => bail!("{url}: the URL must start with ws:// or wss://"),
+        };
         let host = uri
             .host()
             .with_context(|| format!("{url}: the URL has no host"))?
             .to_string();
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let host_header = match uri.port_u16() {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
@@ -218,6 +235,7 @@ impl Target {
             .to_string();
         Ok(Self {
             url: url.to_string(),
+            tls,
             host_header,
             authority: (bare, port),
             path,
@@ -245,6 +263,12 @@ struct Plan {
     payload: Vec<u8>,
     /// The upgrade request up to the `Sec-WebSocket-Key` value.
     request_head: String,
+    /// switchyard's client settings (TLS roots, no deflate) for wss and HTTP/2.
+    client: switchyard::ClientBuilder,
+    /// The TLS configuration of wss connections (ALPN http/1.1).
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// HTTP/2 streams per HTTP/2 connection; 0 = HTTP/1.1.
+    h2_streams: usize,
 }
 
 impl Plan {
@@ -286,6 +310,22 @@ impl Plan {
         let threads = args.threads.unwrap_or(cpus).clamp(1, work);
         // ASCII payload, so that text messages are valid UTF-8 and easy to recognise.
         let payload: Vec<u8> = (0..args.size).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut client = switchyard::ClientBuilder::new().no_deflate();
+        if let Some(ca) = &args.ca {
+            client = client.add_ca_file(ca);
+        }
+        if args.insecure {
+            client = client.danger_accept_invalid_certs();
+        }
+        let tls = if target.tls {
+            Some(client.tls_config().context("cannot set up TLS")?)
+        } else {
+            None
+        };
+        if args.http2 && args.streams == 0 {
+            bail!("--streams must be at least 1");
+        }
+        let h2_streams = if args.http2 { args.streams } else { 0 };
         let request_head = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ",
@@ -307,6 +347,9 @@ impl Plan {
             live: Arc::new(progress::Live::default()),
             payload,
             request_head,
+            client,
+            tls,
+            h2_streams,
         })
     }
 
@@ -622,9 +665,23 @@ fn worker_thread(
         let mut first = Report::new();
         first.live = Some(plan.live.clone());
         let report = Rc::new(RefCell::new(first));
-        let ramp = !plan.ramp_up.is_zero();
+        // HTTP/2 streams are opened up front (several share one connection).
+        let ramp = !plan.ramp_up.is_zero() && plan.h2_streams == 0;
         let mut conns = Vec::new();
-        if mode == Mode::Echo && !ramp {
+        if mode == Mode::Echo && plan.h2_streams > 0 {
+            // HTTP/2: `h2_streams` WebSockets per connection, opened before the window.
+            for chunk in slots.chunks(plan.h2_streams) {
+                let opened = open_h2_streams(&plan, chunk.len()).await;
+                for (c, &i) in opened.into_iter().zip(chunk) {
+                    match c {
+                        Ok((s, early)) => {
+                            conns.push(EchoConn::on(s, early, &plan, Rng::new(i as u64)))
+                        }
+                        Err(e) => report.borrow_mut().fail(&e),
+                    }
+                }
+            }
+        } else if mode == Mode::Echo && !ramp {
             // Connect everything first, outside the measured window.
             let opened = futures_util::future::join_all(
                 slots.iter().map(|&i| EchoConn::open(&plan, i as u64)),
@@ -817,7 +874,7 @@ fn parse_head(buf: &[u8]) -> Option<FrameHead> {
 
 /// Sends the upgrade request on `stream` and checks the 101 response. Returns the bytes read
 /// after the response head (the start of the frame stream).
-async fn handshake(stream: &mut TcpStream, plan: &Plan, rng: &mut Rng) -> anyhow::Result<Vec<u8>> {
+async fn handshake(stream: &mut Stream, plan: &Plan, rng: &mut Rng) -> anyhow::Result<Vec<u8>> {
     let mut raw_key = [0u8; 16];
     raw_key[..8].copy_from_slice(&rng.next().to_ne_bytes());
     raw_key[8..].copy_from_slice(&rng.next().to_ne_bytes());
@@ -926,7 +983,68 @@ fn check_upgrade_response(head: &[u8], key: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn connect(plan: &Plan) -> anyhow::Result<TcpStream> {
+/// The transport under the hand-written framing.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// An HTTP/2 stream after the extended CONNECT.
+    Other(Box<dyn crate::dial::Io>),
+}
+
+impl Stream {
+    /// Reset instead of FIN + TIME_WAIT when dropped (see the callers).
+    fn set_zero_linger(&self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_zero_linger(),
+            Stream::Tls(s) => s.get_ref().0.set_zero_linger(),
+            Stream::Other(_) => Ok(()),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Tcp($s) => $e,
+            Stream::Tls($s) => $e,
+            Stream::Other($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+async fn connect(plan: &Plan) -> anyhow::Result<Stream> {
     let s = TcpStream::connect(plan.addr)
         .await
         .map_err(|source| Fail::Connect {
@@ -934,12 +1052,49 @@ async fn connect(plan: &Plan) -> anyhow::Result<TcpStream> {
             source,
         })?;
     s.set_nodelay(true).context("cannot set TCP_NODELAY")?;
-    Ok(s)
+    let Some(tls) = &plan.tls else {
+        return Ok(Stream::Tcp(s));
+    };
+    let name = rustls::pki_types::ServerName::try_from(plan.target.authority.0.clone())
+        .with_context(|| {
+            format!(
+                "{}: the host is not a valid TLS server name",
+                plan.target.url
+            )
+        })?;
+    let s = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, s)
+        .await
+        .with_context(|| format!("TLS handshake with {} failed", plan.addr))?;
+    Ok(Stream::Tls(Box::new(s)))
+}
+
+/// Opens `n` WebSockets as streams of one HTTP/2 connection (RFC 8441) and hands over
+/// their byte streams (the extended CONNECT and its 200 were checked by switchyard).
+async fn open_h2_streams(plan: &Plan, n: usize) -> Vec<anyhow::Result<(Stream, Vec<u8>)>> {
+    let conn = match switchyard::h2::H2Connection::connect(&plan.target.url, &plan.client).await {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("cannot open the HTTP/2 connection: {e}");
+            return (0..n).map(|_| Err(anyhow::anyhow!(msg.clone()))).collect();
+        }
+    };
+    let opens = (0..n).map(|_| async {
+        let (ws, _) = conn
+            .websocket(&plan.target.path, &plan.client)
+            .await
+            .context("extended CONNECT failed")?;
+        if ws.negotiated().deflate.is_some() {
+            bail!("the server negotiated permessage-deflate, which was not offered");
+        }
+        Ok((Stream::Other(Box::new(ws.into_inner())), Vec::new()))
+    });
+    futures_util::future::join_all(opens).await
 }
 
 /// One echo connection, after its handshake.
 struct EchoConn {
-    stream: TcpStream,
+    stream: Stream,
     rng: Rng,
     /// Received bytes: `rbuf[rpos..rlen]` is unparsed.
     rbuf: Vec<u8>,
@@ -955,6 +1110,10 @@ impl EchoConn {
         let mut rng = Rng::new(id);
         let mut stream = connect(plan).await?;
         let early = handshake(&mut stream, plan, &mut rng).await?;
+        Ok(Self::on(stream, early, plan, rng))
+    }
+
+    fn on(stream: Stream, early: Vec<u8>, plan: &Plan, rng: Rng) -> Self {
         // Room for a whole batch of replies, so that one read usually takes them all.
         let frame = plan.size + MAX_HEADER;
         let cap = (frame * plan.in_flight)
@@ -962,7 +1121,7 @@ impl EchoConn {
             .max(frame * 2);
         let mut rbuf = vec![0u8; cap.max(early.len())];
         rbuf[..early.len()].copy_from_slice(&early);
-        Ok(Self {
+        Self {
             stream,
             rng,
             rlen: early.len(),
@@ -971,7 +1130,7 @@ impl EchoConn {
             wbuf: Vec::with_capacity((frame + 4) * plan.in_flight),
             wpos: 0,
             sent: VecDeque::with_capacity(plan.in_flight),
-        })
+        }
     }
 
     fn queue_messages(&mut self, plan: &Plan, n: usize, now: Instant) {
@@ -1663,7 +1822,9 @@ mod tests {
         let t = Target::parse("ws://localhost").expect("valid");
         assert_eq!(t.authority.1, 80);
         assert_eq!(t.path, "/");
-        assert!(Target::parse("wss://localhost/").is_err());
+        let t = Target::parse("wss://localhost/").expect("valid");
+        assert!(t.tls);
+        assert_eq!(t.authority.1, 443);
         assert!(Target::parse("http://localhost/").is_err());
     }
 
@@ -1695,6 +1856,10 @@ mod tests {
             rate: None,
             ramp_up: 0.0,
             html: None,
+            ca: None,
+            insecure: false,
+            http2: false,
+            streams: 1,
         };
         let plan = Arc::new(
             Plan::from_args(&base, Target::parse(&url).expect("url"))
@@ -1760,6 +1925,10 @@ mod tests {
             rate: None,
             ramp_up: 0.0,
             html: None,
+            ca: None,
+            insecure: false,
+            http2: false,
+            streams: 1,
         };
         let plan = Arc::new(
             Plan::from_args(&args, Target::parse(&url).expect("url"))
@@ -1812,6 +1981,10 @@ mod tests {
             rate: None,
             ramp_up: 0.0,
             html: None,
+            ca: None,
+            insecure: false,
+            http2: false,
+            streams: 1,
         };
         let plan = Arc::new(
             Plan::from_args(&args, Target::parse(&url).expect("url"))
@@ -1857,9 +2030,96 @@ mod tests {
             rate: None,
             ramp_up: 0.0,
             html: None,
+            ca: None,
+            insecure: false,
+            http2: false,
+            streams: 1,
         };
         run(args).await.expect("idle run");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
+    }
+
+    /// The gateway (TLS, HTTP/2 with extended CONNECT) on a free port.
+    async fn gateway_tls() -> SocketAddr {
+        let (certs, key) = switchyard_gateway::tls::self_signed(&[]).expect("cert");
+        let cfg = switchyard_gateway::ServeConfig {
+            listen: vec!["127.0.0.1:0".parse().expect("addr")],
+            tls: Some(switchyard_gateway::TlsSettings {
+                certs,
+                key,
+                mode: switchyard_gateway::TlsMode::Listener,
+            }),
+            ..Default::default()
+        };
+        let server = switchyard_gateway::Server::bind(cfg).await.expect("bind");
+        let addr = server.local_addrs()[0];
+        tokio::spawn(server.run(std::future::pending()));
+        addr
+    }
+
+    fn tls_args(url: &str, http2: bool, streams: usize) -> BenchArgs {
+        BenchArgs {
+            url: url.to_owned(),
+            ca: None,
+            insecure: true,
+            http2,
+            streams,
+            connections: 6,
+            in_flight: 2,
+            size: 100,
+            binary: false,
+            duration: Some(0.3),
+            warmup: 0.05,
+            handshakes: false,
+            idle: None,
+            threads: Some(1),
+            json: true,
+            rate: None,
+            ramp_up: 0.0,
+            html: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn echo_over_wss_and_http2_streams() {
+        let addr = gateway_tls().await;
+        let url = format!("wss://localhost:{}/echo", addr.port());
+        for (http2, streams) in [(false, 1), (true, 3), (true, 1)] {
+            let args = tls_args(&url, http2, streams);
+            let plan = Arc::new(
+                Plan::from_args(&args, Target::parse(&url).expect("url"))
+                    .await
+                    .expect("plan"),
+            );
+            assert_eq!(plan.h2_streams, if http2 { streams } else { 0 });
+            let r = run_threads(plan, Mode::Echo).await.expect("echo run");
+            assert_eq!(r.errors, 0, "http2={http2}: {:?}", r.first_error);
+            assert!(r.completed > 0, "http2={http2}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wss_without_trust_fails_the_tls_handshake() {
+        let addr = gateway_tls().await;
+        let url = format!("wss://localhost:{}/echo", addr.port());
+        let args = BenchArgs {
+            insecure: false,
+            ..tls_args(&url, false, 1)
+        };
+        let plan = Arc::new(
+            Plan::from_args(&args, Target::parse(&url).expect("url"))
+                .await
+                .expect("plan"),
+        );
+        let r = run_threads(plan, Mode::Echo).await.expect("run");
+        assert_eq!(r.completed, 0);
+        assert!(
+            r.first_error
+                .as_deref()
+                .is_some_and(|e| e.contains("TLS handshake")),
+            "{:?}",
+            r.first_error
+        );
     }
 
     /// Reads the upgrade request and answers 101; returns the bytes after the request head.
