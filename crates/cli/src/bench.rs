@@ -1579,6 +1579,7 @@ fn summary_json(plan: &Plan, mode: Mode, r: &Report) -> serde_json::Value {
         "url": plan.target.url,
         "connections": plan.connections,
         "threads": plan.threads,
+        "http2_streams": plan.h2_streams,
         "ramp_up": plan.ramp_up.as_secs_f64(),
         "warmup": plan.warmup.as_secs_f64(),
         "seconds": secs,
@@ -1626,11 +1627,17 @@ fn summary_text(s: &serde_json::Value) -> String {
     let mut out = String::new();
     let echo = s["mode"] == "echo";
     let _ = writeln!(out, "switchyard bench {}", s["url"].as_str().unwrap_or(""));
-    let ramp = if f("ramp_up") > 0.0 {
+    let mut ramp = if f("ramp_up") > 0.0 {
         format!(", {:.1} s ramp-up", f("ramp_up"))
     } else {
         String::new()
     };
+    if u("http2_streams") > 0 {
+        ramp.push_str(&format!(
+            ", over HTTP/2 ({} WebSocket streams per TCP connection)",
+            u("http2_streams")
+        ));
+    }
     if echo {
         let how = match s["rate"].as_f64() {
             Some(r) => format!("open loop at {r:.0} msgs/s"),
