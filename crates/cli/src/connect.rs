@@ -388,7 +388,7 @@ fn interactive_input(
 /// Run `connect`; returns the exit status.
 pub async fn run(args: ConnectArgs) -> i32 {
     let interactive = std::io::stdin().is_terminal();
-    let dialer = match args.conn.dialer(&args.url, Limits::default()) {
+    let mut dialer = match args.conn.dialer(&args.url, Limits::default()) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {}", diagnose_dial(&e, &args.url));
@@ -399,6 +399,11 @@ pub async fn run(args: ConnectArgs) -> i32 {
             };
         }
     };
+    // No --http1/--http2/--http3: wss:// lets ALPN choose (HTTP/2 only when
+    // the server also enables extended CONNECT), ws:// is HTTP/1.1.
+    if !(args.conn.http1 || args.conn.http2 || args.conn.http3) && dialer.target.tls {
+        dialer.http = crate::dial::HttpVersion::Auto;
+    }
     let (tx, mut rx) = mpsc::channel::<Input>(64);
     let mut out = Out {
         interactive,
@@ -434,6 +439,7 @@ pub async fn run(args: ConnectArgs) -> i32 {
                 backoff = FIRST_BACKOFF;
                 failures = 0;
                 let neg = d.ws.negotiated();
+                out.status(&format!("connected over {}", d.choice));
                 let mut info = format!(
                     "connected to {} over {} (open in {:.1} ms",
                     args.url,

@@ -33,6 +33,10 @@ pub enum HttpVersion {
     Http1,
     Http2,
     Http3,
+    /// `wss://`: offer ALPN `h2, http/1.1`; HTTP/2 when the server picks h2
+    /// and enables extended CONNECT, else HTTP/1.1 (see `switchyard::auto`).
+    /// `ws://`: HTTP/1.1.
+    Auto,
 }
 
 /// Everything needed to open connections to one URL, built once.
@@ -133,6 +137,8 @@ pub struct Dialed {
     #[allow(dead_code)]
     pub response: Response<()>,
     pub timings: Timings,
+    /// Which HTTP version carries it, and why.
+    pub choice: switchyard::Choice,
 }
 
 impl Target {
@@ -339,9 +345,28 @@ impl Dialer {
         &self,
         transcript: Option<&Arc<Mutex<Transcript>>>,
     ) -> Result<Dialed, DialError> {
-        if self.http != HttpVersion::Http1 {
-            return self.dial_h2_h3().await;
+        match self.http {
+            HttpVersion::Http2 | HttpVersion::Http3 => self.dial_h2_h3(transcript).await,
+            HttpVersion::Http1 => self.dial_tcp(transcript, false).await,
+            HttpVersion::Auto => match self.dial_tcp(transcript, self.target.tls).await {
+                Err(DialError::Ws(e)) if switchyard::auto::is_no_connect_protocol(&e) => {
+                    let mut d = self.dial_tcp(transcript, false).await?;
+                    d.choice.reason =
+                        "ALPN h2 without extended CONNECT; HTTP/1.1 on a new connection";
+                    Ok(d)
+                }
+                r => r,
+            },
         }
+    }
+
+    /// Over TCP (and TLS): HTTP/1.1, or with `offer_h2` (wss only) ALPN
+    /// `h2, http/1.1` and HTTP/2 when the server picks it.
+    async fn dial_tcp(
+        &self,
+        transcript: Option<&Arc<Mutex<Transcript>>>,
+        offer_h2: bool,
+    ) -> Result<Dialed, DialError> {
         let start = Instant::now();
         let mut timings = Timings::default();
         let limit = self.timeout;
@@ -371,10 +396,18 @@ impl Dialer {
 
         let stream: BoxIo = if self.target.tls {
             let t0 = Instant::now();
-            let cfg = match &self.tls {
+            let mut cfg = match &self.tls {
                 Some(c) => c.clone(),
                 None => tls_config(&self.builder, None)?,
             };
+            if offer_h2 {
+                let mut c = (*cfg).clone();
+                c.alpn_protocols = switchyard::auto::AUTO_ALPN
+                    .iter()
+                    .map(|p| p.to_vec())
+                    .collect();
+                cfg = Arc::new(c);
+            }
             let connector = tokio_rustls::TlsConnector::from(cfg);
             let name =
                 ServerName::try_from(self.target.host.clone()).map_err(|_| DialError::Url {
@@ -386,6 +419,9 @@ impl Dialer {
                 Ok(r) => r.map_err(|e| tls_error(&self.target.host, e))?,
             };
             timings.tls = Some(t0.elapsed());
+            if offer_h2 && tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+                return self.h2_on(Box::new(tls), transcript, start, timings).await;
+            }
             Box::new(tls)
         } else {
             Box::new(tcp)
@@ -411,16 +447,70 @@ impl Dialer {
         };
         timings.upgrade = t0.elapsed();
         timings.total = start.elapsed();
+        let reason = match (offer_h2, self.target.tls) {
+            (_, false) => "cleartext",
+            (true, true) => "ALPN http/1.1",
+            (false, true) => "asked for",
+        };
         Ok(Dialed {
             ws: AnyWs::H1(ws),
             response,
             timings,
+            choice: switchyard::Choice {
+                protocol: switchyard::Protocol::Http1,
+                reason,
+            },
+        })
+    }
+
+    /// ALPN chose h2 on `io`: extended CONNECT if the server enables it.
+    async fn h2_on(
+        &self,
+        io: BoxIo,
+        transcript: Option<&Arc<Mutex<Transcript>>>,
+        start: Instant,
+        mut timings: Timings,
+    ) -> Result<Dialed, DialError> {
+        let limit = self.timeout;
+        let t0 = Instant::now();
+        let url = self.target.uri.to_string();
+        let fut = switchyard::auto::websocket_on(io, Some(b"h2"), &url, &self.builder);
+        let (ws, response, choice) =
+            tokio::time::timeout(limit.saturating_sub(start.elapsed()), fut)
+                .await
+                .map_err(|_| DialError::Timeout {
+                    what: "the HTTP/2 WebSocket handshake",
+                    limit,
+                })??;
+        let ws = match ws {
+            switchyard::AnyWebSocket::Http2(ws) => AnyWs::H2(ws),
+            // websocket_on with ALPN h2 only returns HTTP/2.
+            other => {
+                return Err(DialError::Unsupported(format!(
+                    "unexpected {} WebSocket after ALPN h2",
+                    other.protocol()
+                )))
+            }
+        };
+        if let Some(t) = transcript {
+            record_h2(t, &url, &response, choice);
+        }
+        timings.upgrade = t0.elapsed();
+        timings.total = start.elapsed();
+        Ok(Dialed {
+            ws,
+            response,
+            timings,
+            choice,
         })
     }
 
     /// WebSocket over HTTP/2 (RFC 8441) or HTTP/3 (RFC 9220) with the
     /// library's clients, which open their own TCP/QUIC connection.
-    async fn dial_h2_h3(&self) -> Result<Dialed, DialError> {
+    async fn dial_h2_h3(
+        &self,
+        transcript: Option<&Arc<Mutex<Transcript>>>,
+    ) -> Result<Dialed, DialError> {
         let name = if self.http == HttpVersion::Http2 {
             "--http2"
         } else {
@@ -454,6 +544,16 @@ impl Dialer {
             (AnyWs::H3(ws), r)
         };
         let total = start.elapsed();
+        let choice = switchyard::Choice {
+            protocol: match ws {
+                AnyWs::H3(_) => switchyard::Protocol::Http3,
+                _ => switchyard::Protocol::Http2,
+            },
+            reason: "asked for",
+        };
+        if let Some(t) = transcript {
+            record_h2(t, &url, &response, choice);
+        }
         Ok(Dialed {
             ws,
             response,
@@ -462,8 +562,39 @@ impl Dialer {
                 upgrade: total,
                 ..Timings::default()
             },
+            choice,
         })
     }
+}
+
+/// HTTP/2 and HTTP/3 heads are binary (HPACK/QPACK): record them as text
+/// (`--show-handshake`), the request as a summary, the response in full.
+fn record_h2(
+    t: &Arc<Mutex<Transcript>>,
+    url: &str,
+    response: &Response<()>,
+    choice: switchyard::Choice,
+) {
+    use std::fmt::Write;
+    let mut log = t.lock().unwrap_or_else(|p| p.into_inner());
+    let mut sent = String::new();
+    let _ = write!(
+        sent,
+        "CONNECT {url} {} (extended CONNECT, :protocol websocket; {})\r\n\r\n",
+        choice.protocol, choice.reason
+    );
+    let mut received = String::new();
+    let _ = write!(received, "{} {}\r\n", choice.protocol, response.status());
+    for (name, value) in response.headers() {
+        let _ = write!(
+            received,
+            "{name}: {}\r\n",
+            String::from_utf8_lossy(value.as_bytes())
+        );
+    }
+    received.push_str("\r\n");
+    log.sent = sent.into_bytes();
+    log.received = received.into_bytes();
 }
 
 /// `Name: value` from `-H`.
@@ -529,7 +660,9 @@ pub struct ConnOpts {
     /// socks5://[user:pass@]host:port.
     #[arg(long, value_name = "URL")]
     pub proxy: Option<String>,
-    /// WebSocket over HTTP/1.1 (the default).
+    /// WebSocket over HTTP/1.1 (the default for ws://; for wss:// without a
+    /// flag, `connect` lets ALPN choose: HTTP/2 when the server offers h2 and
+    /// extended CONNECT, else HTTP/1.1).
     #[arg(long, conflicts_with_all = ["http2", "http3"])]
     pub http1: bool,
     /// WebSocket over HTTP/2 (RFC 8441).

@@ -44,6 +44,9 @@ enum Command {
     /// Walk the path to a WebSocket endpoint (DNS, TCP, TLS, upgrade, HTTP/2,
     /// HTTP/3, ping, idle timeout) and say what is wrong and how to fix it.
     Doctor(doctor::DoctorArgs),
+    /// Make a running `switchyard serve --config` re-read its config file
+    /// (new connections follow it; open tunnels stay as they are).
+    Reload(ReloadArgs),
 }
 
 #[derive(clap::Args)]
@@ -74,10 +77,64 @@ struct ServeArgs {
     /// HTTP/2 preface is not recognized (WebSocket only via HTTP/1.1 Upgrade).
     #[arg(long)]
     no_http2: bool,
+    /// Also serve WebSocket over HTTP/3 (RFC 9220) on UDP, same port and
+    /// certificate as each TLS listener; TCP responses advertise it with
+    /// `Alt-Svc: h3=":PORT"; ma=86400`. Needs --tls.
+    #[arg(long)]
+    http3: bool,
+    /// Run the reverse proxy described by this TOML file (listeners, routes,
+    /// upstream groups, policies, [admin]); see docs/configuration.md.
+    /// Without it, `serve` runs the embedded default (echo + index page).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "tls", "tls_cert", "tls_upgrade", "lineecho", "http3"])]
+    config: Option<std::path::PathBuf>,
+    /// Validate the configuration (--config FILE, or the embedded default),
+    /// print the result and exit: 0 valid, 1 invalid (the error names the
+    /// line and the key).
+    #[arg(long)]
+    check_config: bool,
+    /// Write the process id here (for `switchyard reload --pid-file`);
+    /// removed at exit.
+    #[arg(long, value_name = "FILE", requires = "config")]
+    pid_file: Option<std::path::PathBuf>,
+}
+
+/// Usage errors clap cannot express: `--http3` needs TLS listeners.
+fn check_serve_args(args: &ServeArgs) {
+    use clap::CommandFactory;
+    if args.http3 && (args.tls_upgrade || !(args.tls || args.tls_cert.is_some())) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--http3 needs --tls: HTTP/3 runs over QUIC, which is always TLS, with the \
+                 certificate of the TLS listeners (add --tls, optionally with --tls-cert/--tls-key; \
+                 --tls-upgrade listeners are cleartext)",
+            )
+            .exit();
+    }
+}
+
+#[derive(clap::Args)]
+struct ReloadArgs {
+    /// Send SIGHUP to the process whose id is in this file (written by
+    /// `serve --config ... --pid-file FILE`). The outcome is in its log.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "admin",
+        conflicts_with = "admin"
+    )]
+    pid_file: Option<std::path::PathBuf>,
+    /// Ask the admin listener (`[admin] address`) with `POST /reload`;
+    /// prints the answer and exits 1 when the new config was rejected.
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin: Option<SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Serve(args) = &cli.command {
+        check_serve_args(args);
+    }
     let cli = match cli.command {
         Command::Bench(mut args) => {
             // The load generator runs its connections on its own threads (one current-thread
@@ -113,7 +170,10 @@ fn main() -> anyhow::Result<()> {
     .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
+            Command::Serve(args) if args.check_config => std::process::exit(check_config(&args)),
+            Command::Serve(args) if args.config.is_some() => serve_config(args).await,
             Command::Serve(args) => serve(args).await,
+            Command::Reload(args) => std::process::exit(reload(args).await),
             Command::Bench(args) => bench::run(args).await,
             // The exit status says how the connection ended (see connect.rs).
             Command::Connect(args) => std::process::exit(connect::run(*args).await),
@@ -150,6 +210,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cfg.tls = Some(TlsSettings { certs, key, mode });
     }
     cfg.http2.enabled = !args.no_http2;
+    cfg.http3 = args.http3;
     if args.lineecho {
         cfg.extra_routes
             .push(switchyard_gateway::Route::upgrade_only(
@@ -169,6 +230,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             println!("listening on http://{addr} (WebSocket echo at ws://{addr}/echo)");
         }
     }
+    for addr in server.http3_addrs() {
+        println!("HTTP/3 on udp://{addr} (WebSocket echo at wss://{addr}/echo over RFC 9220; advertised with Alt-Svc)");
+    }
     if let Some(fp) = fingerprint {
         println!(
             "self-signed certificate for {}; SHA-256 fingerprint {fp}",
@@ -178,6 +242,148 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     server.run(shutdown).await;
     info!("bye");
     Ok(())
+}
+
+/// `serve --check-config`: 0 valid, 1 invalid.
+fn check_config(args: &ServeArgs) -> i32 {
+    use switchyard_gateway::config::Config;
+    let result = match &args.config {
+        Some(path) => Config::load(path).map(|c| (path.display().to_string(), c)),
+        None => Ok((
+            "the embedded default".to_string(),
+            Config::embedded_default(),
+        )),
+    };
+    match result {
+        Ok((name, c)) => {
+            println!(
+                "{name}: configuration OK ({} listener(s), {} route(s), {} upstream group(s))",
+                c.listeners.len(),
+                c.routes.len(),
+                c.upstreams.len()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// `serve --config FILE`: the reverse proxy. SIGHUP reloads, SIGTERM and
+/// SIGINT drain.
+async fn serve_config(args: ServeArgs) -> anyhow::Result<()> {
+    use switchyard_gateway::admin::GatewayServer;
+    use switchyard_gateway::routing::Gateway;
+    let path = args.config.clone().context("--config is required here")?;
+    let gateway = Gateway::load(path)?;
+    let server = GatewayServer::bind(gateway.clone()).await?;
+    let shutdown = shutdown_signal();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            let gw = gateway.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    info!("SIGHUP received: reloading the configuration");
+                    // Gateway::reload logs the outcome (and the reason of a rejection).
+                    let _ = gw.reload();
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot watch SIGHUP ({e}); reload through the admin listener"),
+    }
+    if let Some(p) = &args.pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write the pid file {}", p.display()))?;
+    }
+    for (addr, tls) in server.local_addrs() {
+        if tls {
+            println!("listening on https://{addr}");
+        } else {
+            println!("listening on http://{addr}");
+        }
+    }
+    if let Some(a) = server.admin_addr() {
+        println!("admin on http://{a} (/metrics, /status, POST /reload)");
+    }
+    server.run(shutdown).await;
+    if let Some(p) = &args.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    info!("bye");
+    Ok(())
+}
+
+/// `switchyard reload`: 0 reloaded (or signal sent), 1 rejected or failed.
+async fn reload(args: ReloadArgs) -> i32 {
+    if let Some(addr) = args.admin {
+        return match admin_reload(addr).await {
+            Ok((ok, text)) => {
+                print!("{text}");
+                i32::from(!ok)
+            }
+            Err(e) => {
+                eprintln!("error: cannot reach the admin listener at {addr}: {e}");
+                1
+            }
+        };
+    }
+    let Some(pid_file) = args.pid_file else {
+        eprintln!("error: give --pid-file FILE or --admin ADDR:PORT");
+        return 1;
+    };
+    let pid = match std::fs::read_to_string(&pid_file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| {
+            t.trim()
+                .parse::<u32>()
+                .map_err(|e| format!("not a process id: {e}"))
+        }) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", pid_file.display());
+            return 1;
+        }
+    };
+    match std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+    {
+        Ok(s) if s.success() => {
+            println!(
+                "SIGHUP sent to {pid}; the server's log says whether the new config was accepted"
+            );
+            0
+        }
+        Ok(_) | Err(_) => {
+            eprintln!("error: cannot signal process {pid} (is switchyard still running?)");
+            1
+        }
+    }
+}
+
+async fn admin_reload(addr: SocketAddr) -> std::io::Result<(bool, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        b"POST /reload HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 10 s")
+        })??;
+    let text = String::from_utf8_lossy(&buf);
+    let ok = text.starts_with("HTTP/1.1 200");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    Ok((ok, body))
 }
 
 /// Completes on the first SIGINT or SIGTERM. The handlers are installed

@@ -66,7 +66,10 @@ pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: Arc<Shared>, ctx:
     let svc_shared = shared.clone();
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
-        let resp = respond(req, &svc_shared, &svc_ctx, tls);
+        let mut resp = respond(req, &svc_shared, &svc_ctx, tls);
+        if let Some(v) = &svc_ctx.alt_svc {
+            resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
+        }
         async move { Ok::<_, Infallible>(resp) }
     });
     let conn = builder(&shared.http2).serve_connection(TokioIo::new(Prefixed::new(buf, io)), svc);

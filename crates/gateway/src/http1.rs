@@ -83,7 +83,7 @@ pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: &Shared, mut ctx:
     let mut first = true;
     let mut out = Vec::with_capacity(512);
     loop {
-        let (req, body_read) = match pending.take() {
+        let (mut req, body_read) = match pending.take() {
             Some(r) => (r, true),
             None => {
                 if !first && conn.prefix().is_empty() {
@@ -157,7 +157,17 @@ pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: &Shared, mut ctx:
         }
 
         let info = shared.conn_info(conn.get_ref().is_tls());
-        let route = shared.route(req.uri().path());
+        let route = match &shared.gateway {
+            None => shared.route(req.uri().path()),
+            Some(gw) => match crate::routing::route_h1(gw, shared, conn, req, &ctx).await {
+                crate::routing::H1Route::Done => return,
+                crate::routing::H1Route::Local(c, r, path) => {
+                    conn = c;
+                    req = r;
+                    path.and_then(|p| shared.route(p))
+                }
+            },
+        };
         let empty = Registry::new();
         // A TLS-only route switches to nothing but TLS on a cleartext connection.
         let route_protocols = match route {
@@ -225,7 +235,10 @@ pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: &Shared, mut ctx:
             Ok(Selection::None) => {}
         }
 
-        let answer = answer(&req, route, info.tls);
+        let mut answer = answer(&req, route, info.tls);
+        if let Some(v) = ctx.alt_svc.as_ref().and_then(|v| v.to_str().ok()) {
+            answer = answer.with("alt-svc", v);
+        }
         // Every answer here is a complete, well-framed response: keep going.
         let keep = keep_alive && !*ctx.stop.borrow();
         out.clear();

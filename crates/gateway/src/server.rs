@@ -55,6 +55,14 @@ pub struct ServeConfig {
     /// Routes served besides the default `/`, `/index.html` and `/echo`; an
     /// extra route on one of those paths replaces the default one.
     pub extra_routes: Vec<Route>,
+    /// Also serve WebSocket over HTTP/3 (RFC 9220) on UDP, same port and
+    /// certificate as each TLS listener, advertised with `Alt-Svc` on the TCP
+    /// responses. Needs `tls` in [`TlsMode::Listener`]. Default off.
+    pub http3: bool,
+    /// The reverse proxy of `serve --config` ([`crate::routing`]): when set,
+    /// its routes (host + path prefix) decide first; app routes fall back to
+    /// the built-in `/echo` and `/` handlers.
+    pub gateway: Option<Arc<crate::routing::Gateway>>,
 }
 
 impl Default for ServeConfig {
@@ -68,6 +76,8 @@ impl Default for ServeConfig {
             http2: Http2Settings::default(),
             tls: None,
             extra_routes: Vec::new(),
+            http3: false,
+            gateway: None,
         }
     }
 }
@@ -240,11 +250,19 @@ pub enum ServeError {
     NoListener,
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("HTTP/3 needs TLS listeners: turn on TLS (serve --tls) to serve HTTP/3")]
+    Http3NeedsTls,
+    #[error(
+        "cannot serve HTTP/3 on UDP {addr}: {reason} (is another process using the UDP port?)"
+    )]
+    Http3 { addr: SocketAddr, reason: String },
 }
 
 /// Bound listeners, ready to run.
 pub struct Server {
     listeners: Vec<TcpListener>,
+    /// QUIC endpoints (HTTP/3), one per listener, same port; empty without `http3`.
+    h3_endpoints: Vec<quinn::Endpoint>,
     shared: Arc<Shared>,
 }
 
@@ -261,6 +279,7 @@ pub(crate) struct Shared {
     pub(crate) has_certificate: bool,
     pub(crate) http1: Http1Settings,
     pub(crate) http2: Http2Settings,
+    pub(crate) gateway: Option<Arc<crate::routing::Gateway>>,
 }
 
 impl Shared {
@@ -282,6 +301,8 @@ impl Shared {
 pub(crate) struct ConnCtx {
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) alive: mpsc::Sender<()>,
+    /// `Alt-Svc` for this listener's TCP responses when it also serves HTTP/3.
+    pub(crate) alt_svc: Option<http::HeaderValue>,
 }
 
 impl Server {
@@ -346,8 +367,20 @@ impl Server {
                 })?;
             listeners.push(l);
         }
+        let mut h3_endpoints = Vec::new();
+        if cfg.http3 {
+            let Some(t) = cfg.tls.as_ref().filter(|t| t.mode == TlsMode::Listener) else {
+                return Err(ServeError::Http3NeedsTls);
+            };
+            let addrs: Vec<SocketAddr> = listeners
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .collect();
+            h3_endpoints = crate::h3::bind(&addrs, t.certs.clone(), t.key.clone_key())?;
+        }
         Ok(Server {
             listeners,
+            h3_endpoints,
             shared: Arc::new(Shared {
                 accept,
                 grace: cfg.shutdown_grace,
@@ -358,6 +391,7 @@ impl Server {
                 tls_listener,
                 http1: cfg.http1,
                 http2,
+                gateway: cfg.gateway,
             }),
         })
     }
@@ -367,6 +401,14 @@ impl Server {
         self.listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The UDP addresses serving HTTP/3 (empty without `http3`).
+    pub fn http3_addrs(&self) -> Vec<SocketAddr> {
+        self.h3_endpoints
+            .iter()
+            .filter_map(|e| e.local_addr().ok())
             .collect()
     }
 
@@ -384,13 +426,31 @@ impl Server {
         // `done.recv()` returns None.
         let (alive, mut done) = mpsc::channel::<()>(1);
         let mut accept_tasks = Vec::new();
+        let h3_ports: Vec<u16> = self
+            .h3_endpoints
+            .iter()
+            .filter_map(|e| e.local_addr().ok().map(|a| a.port()))
+            .collect();
         for listener in self.listeners {
             let shared = self.shared.clone();
+            let port = listener.local_addr().ok().map(|a| a.port());
             let ctx = ConnCtx {
                 stop: stop_rx.clone(),
                 alive: alive.clone(),
+                alt_svc: port
+                    .filter(|p| h3_ports.contains(p))
+                    .map(crate::h3::alt_svc_for),
             };
             accept_tasks.push(tokio::spawn(accept_loop(listener, shared, ctx)));
+        }
+        for endpoint in self.h3_endpoints {
+            let ctx = ConnCtx {
+                stop: stop_rx.clone(),
+                alive: alive.clone(),
+                alt_svc: None,
+            };
+            let shared = self.shared.clone();
+            accept_tasks.push(tokio::spawn(crate::h3::serve(endpoint, shared, ctx)));
         }
         drop(alive);
         shutdown.await;

@@ -386,7 +386,48 @@ impl H2Connection {
         } else {
             (MaybeTlsStream::Plain(tcp), http::uri::Scheme::HTTP)
         };
+        Self::start(io, scheme, authority, builder).await
+    }
 
+    /// Start HTTP/2 on a connection that is already open: TLS on which ALPN
+    /// chose `h2` (see [`crate::auto`]) for a `wss://` URL, or cleartext
+    /// (prior knowledge) for `ws://`. Waits for the server's SETTINGS and
+    /// fails with [`H2Error::NoConnectProtocol`] when they do not enable
+    /// extended CONNECT; all within `Limits::handshake_timeout`.
+    pub async fn handshake<I>(
+        io: I,
+        url: &str,
+        builder: &ClientBuilder,
+    ) -> Result<H2Connection, Error>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let target = Target::parse(url)?;
+        let authority = target.uri.authority().cloned().ok_or_else(|| Error::Url {
+            url: url.to_owned(),
+            why: "missing host",
+        })?;
+        let scheme = if target.tls {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        let timeout = builder.get_limits().handshake_timeout;
+        match tokio::time::timeout(timeout, Self::start(io, scheme, authority, builder)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout("opening handshake")),
+        }
+    }
+
+    async fn start<I>(
+        io: I,
+        scheme: http::uri::Scheme,
+        authority: http::uri::Authority,
+        builder: &ClientBuilder,
+    ) -> Result<H2Connection, Error>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let limits = builder.get_limits();
         let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())

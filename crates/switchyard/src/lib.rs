@@ -73,6 +73,7 @@ pub use switchyard_proto as proto;
 pub use switchyard_proto::message::Utf8Bytes;
 pub use switchyard_proto::{CloseCode, CloseFrame, Limits, Message, Role};
 
+pub mod auto;
 pub mod client;
 pub mod error;
 pub mod h2;
@@ -80,6 +81,7 @@ pub mod h3;
 pub mod server;
 pub mod websocket;
 
+pub use auto::{connect_auto, AnyWebSocket, Choice, Protocol};
 pub use client::{connect, ClientBuilder, MaybeTlsStream};
 pub use error::Error;
 pub use server::{accept, accept_request, read_request_head, AcceptConfig};

@@ -561,6 +561,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         &mut self.inner.stream
     }
 
+    /// Give up the WebSocket and return its stream. Bytes read but not yet
+    /// parsed and frames queued but not yet written are dropped: use it right
+    /// after the handshake (e.g. a load generator that frames by itself).
+    pub fn into_inner(self) -> S {
+        self.inner.stream
+    }
+
     /// Close with `code` and `reason`: send our close frame, wait for the
     /// peer's (up to `Limits::close_timeout`, discarding messages that arrive
     /// meanwhile), close the transport.

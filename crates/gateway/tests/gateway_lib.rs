@@ -1,0 +1,389 @@
+//! The gateway (config + proxy + front) through the library, over real
+//! sockets on 127.0.0.1: our own `Server` as the echo backend, a
+//! `GatewayServer` built from TOML in front of it, the admin listener.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use switchyard::{ClientBuilder, CloseCode, Error, Message};
+use switchyard_gateway::admin::GatewayServer;
+use switchyard_gateway::config::Config;
+use switchyard_gateway::routing::Gateway;
+use switchyard_gateway::{ServeConfig, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+/// Our own server (echo at /echo) on a free port.
+async fn echo_backend() -> SocketAddr {
+    let server = Server::bind(ServeConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        ..ServeConfig::default()
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addrs()[0];
+    tokio::spawn(server.run(std::future::pending()));
+    addr
+}
+
+/// An echo backend that accepts WebSocket on any path.
+async fn any_path_backend() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let cfg = switchyard::server::AcceptConfig::default();
+                let Ok(mut ws) = switchyard::accept(tcp, &cfg).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_data() && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn config_text(backend: SocketAddr, route_path: &str, policy: &str) -> String {
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\
+         [[upstream]]\nname = \"back\"\nservers = [\"ws://{backend}\"]\n\
+         [[route]]\npath = \"{route_path}\"\nupstream = \"back\"\n\
+         [route.policy]\ndrain_timeout = \"2s\"\n{policy}\n\
+         [[route]]\npath = \"/\"\napp = \"index\"\n"
+    )
+}
+
+struct Running {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    gateway: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), self.done)
+            .await
+            .expect("drain finished")
+            .unwrap();
+    }
+}
+
+async fn start(gateway: Arc<Gateway>) -> Running {
+    let server = GatewayServer::bind(gateway.clone()).await.unwrap();
+    let addr = server.local_addrs()[0].0;
+    let admin = server.admin_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    Running {
+        addr,
+        admin,
+        gateway,
+        stop: Some(tx),
+        done,
+    }
+}
+
+async fn start_text(text: &str) -> Running {
+    let cfg = Config::from_toml_str(text, "gw.toml").unwrap();
+    start(Gateway::new(cfg, None).unwrap()).await
+}
+
+async fn http(addr: SocketAddr, req: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("answer")
+        .unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+async fn get(addr: SocketAddr, path: &str) -> String {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+async fn roundtrip(ws: &mut switchyard::WebSocket<switchyard::client::MaybeTlsStream>, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .expect("open")
+        .expect("no error");
+    assert_eq!(got, Message::text(text));
+}
+
+#[tokio::test]
+async fn echo_is_proxied_and_shows_in_metrics_and_status() {
+    let back = echo_backend().await;
+    let gw = start_text(&config_text(back, "/echo", "")).await;
+    let (mut ws, resp) = switchyard::connect(&format!("ws://{}/echo", gw.addr))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..10 {
+        roundtrip(&mut ws, &format!("hello {i}")).await;
+    }
+    // /status lists the live connection with its upstream group.
+    let status = get(gw.admin, "/status").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(status.contains("/echo &rarr; upstream back"), "{status}");
+    assert!(status.contains("1 live proxied connection(s)"), "{status}");
+    assert!(status.contains("<td>h1</td>"), "{status}");
+    let metrics = get(gw.admin, "/metrics").await;
+    assert!(
+        metrics.contains("switchyard_open_connections{route=\"/echo\",protocol=\"h1\"} 1"),
+        "{metrics}"
+    );
+    ws.close(CloseCode::NORMAL, "bye").await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    // Counters moved once the tunnel ended.
+    let mut ok = false;
+    for _ in 0..50 {
+        let m = gw.gateway.metrics();
+        if m.upgrade_attempts("switched", "switched") == 1
+            && m.messages(
+                "/echo",
+                switchyard_gateway::proxy::Direction::ClientToUpstream,
+            ) >= 10
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "{}", gw.gateway.metrics().render());
+    let metrics = get(gw.admin, "/metrics").await;
+    assert!(
+        metrics.contains(
+            "switchyard_upgrade_attempts_total{result=\"switched\",reason=\"switched\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(get(gw.admin, "/status")
+        .await
+        .contains("0 live proxied connection(s)"));
+    // The built-in app route still answers, unknown paths are 404.
+    assert!(get(gw.addr, "/").await.starts_with("HTTP/1.1 200"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn origin_not_allowed_is_403() {
+    let back = echo_backend().await;
+    let gw = start_text(&config_text(
+        back,
+        "/echo",
+        "allowed_origins = [\"https://app.example\"]",
+    ))
+    .await;
+    let url = format!("ws://{}/echo", gw.addr);
+    let err = ClientBuilder::new()
+        .origin("https://evil.example")
+        .connect(&url)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::UpgradeRefused { status, .. } if status == 403),
+        "{err}"
+    );
+    let (ws, _) = ClientBuilder::new()
+        .origin("https://app.example")
+        .connect(&url)
+        .await
+        .unwrap();
+    drop(ws);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_ip_cap_is_429_with_retry_after() {
+    let back = echo_backend().await;
+    let gw = start_text(&config_text(back, "/echo", "max_connections_per_ip = 1")).await;
+    let url = format!("ws://{}/echo", gw.addr);
+    let (mut first, _) = switchyard::connect(&url).await.unwrap();
+    roundtrip(&mut first, "x").await;
+    match switchyard::connect(&url).await.unwrap_err() {
+        Error::UpgradeRefused {
+            status, response, ..
+        } => {
+            assert_eq!(status, 429);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        e => panic!("{e}"),
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn require_upgrade_is_426() {
+    let back = echo_backend().await;
+    let gw = start_text(&config_text(back, "/echo", "require_upgrade = true")).await;
+    let answer = get(gw.addr, "/echo").await;
+    assert!(answer.starts_with("HTTP/1.1 426 "), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{answer}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn drain_closes_every_proxied_websocket_with_1001() {
+    let back = echo_backend().await;
+    let gw = start_text(&config_text(back, "/echo", "")).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let (mut ws, _) = switchyard::connect(&format!("ws://{}/echo", gw.addr))
+            .await
+            .unwrap();
+        roundtrip(&mut ws, &format!("c{i}")).await;
+        clients.push(ws);
+    }
+    let addr = gw.addr;
+    let drain = tokio::spawn(gw.shutdown());
+    for mut ws in clients {
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("close in time");
+        match got {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::GOING_AWAY),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+    }
+    drain.await.unwrap();
+    // No longer accepting.
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+fn write(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn reload_changes_routes_for_new_connections_only_and_rejects_a_broken_file() {
+    let back = any_path_backend().await;
+    let dir = std::env::temp_dir().join(format!("sy-gwlib-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gw.toml");
+    write(&file, &config_text(back, "/a", ""));
+    let gw = start(Gateway::load(file.clone()).unwrap()).await;
+    let (mut old, _) = switchyard::connect(&format!("ws://{}/a", gw.addr))
+        .await
+        .unwrap();
+    roundtrip(&mut old, "before").await;
+
+    // The route moves from /a to /b.
+    let moved = config_text(back, "/b", "");
+    write(&file, &moved);
+    assert_eq!(gw.gateway.reload().unwrap(), 2);
+    roundtrip(&mut old, "after reload").await;
+    // A new connection to /a: no route proxies it any more (the index app on
+    // "/" has no WebSocket): refused.
+    let err = switchyard::connect(&format!("ws://{}/a", gw.addr))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UpgradeRefused { .. }), "{err}");
+    // /b follows the new route.
+    let (mut new, _) = switchyard::connect(&format!("ws://{}/b", gw.addr))
+        .await
+        .unwrap();
+    roundtrip(&mut new, "new route").await;
+
+    // A broken file is rejected; the old config stays in force.
+    write(&file, &format!("{moved}\nunknown_key = 1\n"));
+    let err = gw.gateway.reload().unwrap_err().to_string();
+    assert!(err.contains("unknown_key"), "{err}");
+    let answer = http(
+        gw.admin,
+        "POST /reload HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    assert!(answer.contains("unknown_key"), "{answer}");
+    assert_eq!(gw.gateway.live().generation, 2);
+    roundtrip(&mut old, "still").await;
+    roundtrip(&mut new, "still").await;
+    let _ = std::fs::remove_dir_all(&dir);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_dropped_connections_across_five_reloads_under_load() {
+    let back = echo_backend().await;
+    let dir = std::env::temp_dir().join(format!("sy-gwlib-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gw.toml");
+    write(&file, &config_text(back, "/echo", ""));
+    let gw = start(Gateway::load(file.clone()).unwrap()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let url = format!("ws://{}/echo", gw.addr);
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ws, _) = switchyard::connect(&url).await.unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let text = format!("client {c} message {n}");
+                ws.send(Message::text(text.clone())).await.unwrap();
+                match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                    Ok(Some(Ok(m))) => assert_eq!(m, Message::text(text)),
+                    other => panic!("client {c} lost its connection: {other:?}"),
+                }
+                n += 1;
+            }
+            ws.close(CloseCode::NORMAL, "done").await.unwrap();
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..5 {
+        // Each reload changes something (the per-IP cap) and is applied.
+        write(
+            &file,
+            &config_text(
+                back,
+                "/echo",
+                &format!("max_connections_per_ip = {}", 100 + i),
+            ),
+        );
+        assert_eq!(gw.gateway.reload().unwrap(), 2 + i);
+        // New connections keep working during the reloads too.
+        let (mut extra, _) = switchyard::connect(&format!("ws://{}/echo", gw.addr))
+            .await
+            .unwrap();
+        roundtrip(&mut extra, "extra").await;
+        extra.close(CloseCode::NORMAL, "").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let n = t.await.unwrap();
+        assert!(n > 5, "each client kept exchanging messages: {n}");
+    }
+    assert_eq!(gw.gateway.reload_count(), 5);
+    let _ = std::fs::remove_dir_all(&dir);
+    gw.shutdown().await;
+}
