@@ -8,6 +8,14 @@
 //!   close handshake → socket dropped, and the rate of completed cycles is reported.
 //! - `--idle N`: open N idle WebSocket connections, print `ready` and hold them until killed
 //!   (or for `--duration` seconds when it is given).
+//! - `--rate N` (echo): open loop at N messages per second over all connections, each message
+//!   timed from its scheduled send time (no coordinated omission; see [`TIMER_SLACK`]).
+//!
+//! `--ramp-up D` opens the connections (or starts the handshake loops) gradually over D seconds
+//! before the warm-up. The result is a multi-line summary, or `--json`; `--html FILE` also
+//! writes a self-contained report (`bench/report.rs`) from the JSON, whose per-second `series`
+//! comes from one small histogram per second of the run. A progress bar (`bench/progress.rs`)
+//! runs on stderr when it is a terminal. Errors are counted by kind ([`Fail`], [`error_kind`]).
 //!
 //! The generator must never be the bottleneck, so the client is hand-written over a raw tokio
 //! `TcpStream`: one write syscall per batch of frames, one read syscall per batch of replies,
@@ -26,11 +34,13 @@
 //! decides), each with its own current-thread tokio runtime; connections are dealt round-robin.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -41,6 +51,9 @@ use hdrhistogram::Histogram;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+mod progress;
+mod report;
 
 /// Arguments of `switchyard bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -91,6 +104,18 @@ pub struct BenchArgs {
     /// Print the result as one JSON object instead of the one-line summary.
     #[arg(long)]
     pub json: bool,
+    /// Open loop at a fixed total rate (messages per second over all connections) instead of
+    /// the closed loop; latency is measured from each message's scheduled send time, so a
+    /// stalled server is not hidden (no coordinated omission). --in-flight is then unused.
+    #[arg(long, value_name = "MSGS_PER_S", conflicts_with_all = ["handshakes", "idle"])]
+    pub rate: Option<f64>,
+    /// Open the connections gradually over this many seconds (the warm-up and the measured
+    /// window start once they are all open).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub ramp_up: f64,
+    /// Also write a self-contained HTML report (throughput and latency over time, summary).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 /// Runs the benchmark described by `args` and prints its result on stdout.
@@ -108,8 +133,39 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match mode {
         Mode::Idle => run_idle(plan, args.json).await,
         Mode::Echo | Mode::Handshakes => {
-            let report = run_threads(plan.clone(), mode).await?;
-            print_report(&plan, mode, &report, args.json);
+            let report = if std::io::stderr().is_terminal() {
+                let phases = progress::Phases {
+                    ramp_up: plan.ramp_up,
+                    warmup: plan.warmup,
+                    duration: plan.duration.unwrap_or_default(),
+                };
+                let unit = if mode == Mode::Echo {
+                    "msgs"
+                } else {
+                    "handshakes"
+                };
+                let work = run_threads(plan.clone(), mode);
+                let bar = progress::show(&plan.live, phases, unit);
+                let r = tokio::select! {
+                    r = work => r,
+                    () = bar => unreachable_bar(),
+                };
+                progress::clear();
+                r?
+            } else {
+                run_threads(plan.clone(), mode).await?
+            };
+            let summary = summary_json(&plan, mode, &report);
+            if let Some(path) = &args.html {
+                std::fs::write(path, report::html(&summary)).with_context(|| {
+                    format!("cannot write the HTML report to {}", path.display())
+                })?;
+            }
+            if args.json {
+                println!("{summary}");
+            } else {
+                print!("{}", summary_text(&summary));
+            }
             if report.completed == 0 {
                 bail!(
                     "no {} completed against {} ({} errors{}); is an echo server listening there?",
@@ -199,6 +255,11 @@ struct Plan {
     duration: Option<Duration>,
     idle: usize,
     threads: usize,
+    /// Open-loop rate in messages per second over all connections.
+    rate: Option<f64>,
+    ramp_up: Duration,
+    /// Counters read by the progress bar.
+    live: Arc<progress::Live>,
     payload: Vec<u8>,
     /// The upgrade request up to the `Sec-WebSocket-Key` value.
     request_head: String,
@@ -230,6 +291,12 @@ impl Plan {
             Ok(Duration::from_secs_f64(v))
         };
         let warmup = secs("warmup", args.warmup)?;
+        let ramp_up = secs("ramp-up", args.ramp_up)?;
+        if let Some(r) = args.rate {
+            if !(r.is_finite() && r > 0.0) {
+                bail!("--rate must be a number of messages per second > 0, got {r}");
+            }
+        }
         let duration = match (args.duration, args.idle) {
             (Some(d), _) => Some(secs("duration", d)?),
             (None, Some(_)) => None,
@@ -275,6 +342,9 @@ impl Plan {
             duration,
             idle: args.idle.unwrap_or(0),
             threads,
+            rate: args.rate,
+            ramp_up,
+            live: Arc::new(progress::Live::default()),
             payload,
             request_head,
             client,
@@ -302,6 +372,13 @@ const OP_PONG: u8 = 0xA;
 const MAX_HEADER: usize = 10;
 /// Largest upgrade response head accepted.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// In open-loop mode a message is timed from its scheduled send time, except for lateness up
+/// to this much, which is the load generator's own timer resolution (tokio's timer wheel has
+/// 1 ms ticks and wakes at the tick after a deadline), not a stalled server. Latency is thus
+/// `reply - min(actual send, scheduled + TIMER_SLACK)`.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+/// Open loop: most bytes queued for one connection's socket before sending waits.
+const MAX_PENDING_WRITE: usize = 4 * 1024 * 1024;
 /// Largest control frame payload (RFC 6455 §5.5).
 const MAX_CONTROL: usize = 125;
 
@@ -322,6 +399,34 @@ struct Report {
     client_cpu: Option<f64>,
     /// CPU seconds this process used over the whole run (all threads).
     client_cpu_seconds: Option<f64>,
+    /// Errors counted by kind (see [`Fail::kind`] and [`error_kind`]).
+    errors_by_kind: BTreeMap<String, u64>,
+    /// One bucket per second since the start of the run (ramp-up and warm-up included).
+    series: Vec<Bucket>,
+    /// Start of the run (second 0 of `series`), once known.
+    origin: Option<Instant>,
+    /// Counters shared with the progress bar.
+    live: Option<Arc<progress::Live>>,
+}
+
+/// Results of one second of the run.
+struct Bucket {
+    completed: u64,
+    errors: u64,
+    /// Latency in nanoseconds (2 significant digits: enough for a plot, small).
+    latency: Histogram<u64>,
+}
+
+impl Bucket {
+    fn new() -> Self {
+        let mut latency = Histogram::new(2).unwrap_or_else(|_| unreachable_histogram());
+        latency.auto(true);
+        Self {
+            completed: 0,
+            errors: 0,
+            latency,
+        }
+    }
 }
 
 impl Report {
@@ -335,14 +440,61 @@ impl Report {
             measured: Duration::ZERO,
             client_cpu: None,
             client_cpu_seconds: None,
+            errors_by_kind: BTreeMap::new(),
+            series: Vec::new(),
+            origin: None,
+            live: None,
         }
     }
 
-    fn error(&mut self, what: impl FnOnce() -> String) {
+    /// The bucket of the second `at` falls in, if the run has started.
+    fn bucket(&mut self, at: Instant) -> Option<&mut Bucket> {
+        let origin = self.origin?;
+        // Bounded by the length of the run (ramp-up + warm-up + duration + grace).
+        let i = usize::try_from(at.saturating_duration_since(origin).as_secs()).ok()?;
+        if i >= self.series.len() {
+            self.series.resize_with(i + 1, Bucket::new);
+        }
+        self.series.get_mut(i)
+    }
+
+    /// Counts one echoed message or completed handshake that took `latency`, finished `at`.
+    fn complete(&mut self, at: Instant, latency: Duration, window: &Window) {
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.total += 1;
+        if at >= window.measure_from && at < window.end {
+            self.completed += 1;
+            let _ = self.latency.record(ns);
+        }
+        if let Some(b) = self.bucket(at) {
+            b.completed += 1;
+            let _ = b.latency.record(ns);
+        }
+    }
+
+    /// Counts an error of kind `kind`; `what` describes it (kept for the first one).
+    fn error_of(&mut self, kind: &str, what: impl FnOnce() -> String) {
         self.errors += 1;
         if self.first_error.is_none() {
             self.first_error = Some(what());
         }
+        match self.errors_by_kind.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                self.errors_by_kind.insert(kind.to_string(), 1);
+            }
+        }
+        if let Some(b) = self.bucket(Instant::now()) {
+            b.errors += 1;
+        }
+        if let Some(live) = &self.live {
+            live.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `e`, classified by [`error_kind`].
+    fn fail(&mut self, e: &anyhow::Error) {
+        self.error_of(&error_kind(e), || format!("{e:#}"));
     }
 
     fn merge(&mut self, other: Report) {
@@ -355,6 +507,17 @@ impl Report {
         // Both histograms have the same bounds and auto-resize, so `add` cannot fail.
         let _ = self.latency.add(&other.latency);
         self.measured = self.measured.max(other.measured);
+        for (k, n) in other.errors_by_kind {
+            *self.errors_by_kind.entry(k).or_insert(0) += n;
+        }
+        if self.series.len() < other.series.len() {
+            self.series.resize_with(other.series.len(), Bucket::new);
+        }
+        for (mine, theirs) in self.series.iter_mut().zip(other.series) {
+            mine.completed += theirs.completed;
+            mine.errors += theirs.errors;
+            let _ = mine.latency.add(&theirs.latency);
+        }
     }
 }
 
@@ -371,9 +534,67 @@ fn unreachable_histogram() -> Histogram<u64> {
     unreachable!("a 3-significant-digit histogram is always valid")
 }
 
+/// Why a connection or a cycle failed, for the errors-by-kind count.
+#[derive(Debug, thiserror::Error)]
+enum Fail {
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server answered {status:?} instead of \"HTTP/1.1 101 Switching Protocols\"")]
+    Status { code: Option<u16>, status: String },
+    #[error("{0}")]
+    BadHandshake(String),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("{0}")]
+    ClosedEarly(String),
+}
+
+impl Fail {
+    fn kind(&self) -> String {
+        match self {
+            Fail::Connect { source, .. } => match source.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connect_refused".into(),
+                std::io::ErrorKind::TimedOut => "connect_timeout".into(),
+                _ => "connect_failed".into(),
+            },
+            Fail::Status { code: Some(c), .. } => format!("handshake_status_{c}"),
+            Fail::Status { code: None, .. } => "handshake_status".into(),
+            Fail::BadHandshake(_) => "handshake_invalid".into(),
+            Fail::Protocol(_) => "protocol_error".into(),
+            Fail::ClosedEarly(_) => "closed_early".into(),
+        }
+    }
+}
+
+/// The kind of an error: a [`Fail`] anywhere in its chain, else the kind of an I/O error.
+fn error_kind(e: &anyhow::Error) -> String {
+    for cause in e.chain() {
+        if let Some(f) = cause.downcast_ref::<Fail>() {
+            return f.kind();
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            return match io.kind() {
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => "reset",
+                K::UnexpectedEof => "closed_early",
+                K::TimedOut => "timeout",
+                _ => "io",
+            }
+            .into();
+        }
+    }
+    "other".into()
+}
+
 /// Window shared by all threads: measuring starts at `start + warmup` and ends at `end`.
 #[derive(Clone, Copy)]
 struct Window {
+    /// Start of the run (connections start opening).
+    t0: Instant,
     measure_from: Instant,
     end: Instant,
 }
@@ -441,7 +662,11 @@ fn worker_thread(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let slots: Vec<usize> = (index..plan.connections).step_by(plan.threads).collect();
-        let report = Rc::new(RefCell::new(Report::new()));
+        let mut first = Report::new();
+        first.live = Some(plan.live.clone());
+        let report = Rc::new(RefCell::new(first));
+        // HTTP/2 streams are opened up front (several share one connection).
+        let ramp = !plan.ramp_up.is_zero() && plan.h2_streams == 0;
         let mut conns = Vec::new();
         if mode == Mode::Echo && plan.h2_streams > 0 {
             // HTTP/2: `h2_streams` WebSockets per connection, opened before the window.
@@ -452,11 +677,11 @@ fn worker_thread(
                         Ok((s, early)) => {
                             conns.push(EchoConn::on(s, early, &plan, Rng::new(i as u64)))
                         }
-                        Err(e) => report.borrow_mut().error(|| format!("{e:#}")),
+                        Err(e) => report.borrow_mut().fail(&e),
                     }
                 }
             }
-        } else if mode == Mode::Echo {
+        } else if mode == Mode::Echo && !ramp {
             // Connect everything first, outside the measured window.
             let opened = futures_util::future::join_all(
                 slots.iter().map(|&i| EchoConn::open(&plan, i as u64)),
@@ -465,29 +690,61 @@ fn worker_thread(
             for c in opened {
                 match c {
                     Ok(c) => conns.push(c),
-                    Err(e) => report.borrow_mut().error(|| format!("{e:#}")),
+                    Err(e) => report.borrow_mut().fail(&e),
                 }
             }
         }
         barrier.wait();
         let t0 = *start.get_or_init(Instant::now);
-        let measure_from = t0 + plan.warmup;
+        report.borrow_mut().origin = Some(t0);
+        let _ = plan.live.started.set(t0);
+        let measure_from = t0 + plan.ramp_up + plan.warmup;
         let end = measure_from + plan.duration.unwrap_or(Duration::from_secs(3));
-        let window = Window { measure_from, end };
+        let window = Window {
+            t0,
+            measure_from,
+            end,
+        };
+        // With --ramp-up, slot i starts at t0 + ramp_up * i / connections.
+        let start_of = |i: usize| {
+            t0 + plan
+                .ramp_up
+                .mul_f64(i as f64 / plan.connections.max(1) as f64)
+        };
         let mut tasks = Vec::new();
         match mode {
             Mode::Echo => {
-                for c in conns {
+                let mut pre = conns.into_iter();
+                for &i in &slots {
                     let report = report.clone();
                     let plan = plan.clone();
+                    let ready = if ramp { None } else { pre.next() };
+                    if !ramp && ready.is_none() {
+                        continue;
+                    }
+                    let at = start_of(i);
                     tasks.push(tokio::task::spawn_local(async move {
+                        let c = match ready {
+                            Some(c) => c,
+                            None => {
+                                tokio::time::sleep_until(at.into()).await;
+                                match EchoConn::open(&plan, i as u64).await {
+                                    Ok(c) => c,
+                                    Err(e) => return report.borrow_mut().fail(&e),
+                                }
+                            }
+                        };
                         let grace = window.end + Duration::from_secs(2);
-                        match tokio::time::timeout_at(grace.into(), c.run(&plan, window, &report))
-                            .await
-                        {
+                        let work = async {
+                            match plan.rate {
+                                Some(rate) => c.run_rate(&plan, i, rate, window, &report).await,
+                                None => c.run(&plan, window, &report).await,
+                            }
+                        };
+                        match tokio::time::timeout_at(grace.into(), work).await {
                             Ok(Ok(())) => {}
-                            Ok(Err(e)) => report.borrow_mut().error(|| format!("{e:#}")),
-                            Err(_) => report.borrow_mut().error(|| {
+                            Ok(Err(e)) => report.borrow_mut().fail(&e),
+                            Err(_) => report.borrow_mut().error_of("timeout", || {
                                 "a reply did not arrive within 2 s after the end of the run".into()
                             }),
                         }
@@ -498,7 +755,9 @@ fn worker_thread(
                 for &i in &slots {
                     let report = report.clone();
                     let plan = plan.clone();
+                    let at = start_of(i);
                     tasks.push(tokio::task::spawn_local(async move {
+                        tokio::time::sleep_until(at.into()).await;
                         handshake_loop(&plan, i as u64, window, &report).await;
                     }));
                 }
@@ -510,6 +769,7 @@ fn worker_thread(
         }
         let mut rep = report.replace(Report::new());
         rep.measured = window.end.saturating_duration_since(window.measure_from);
+        rep.live = None;
         Ok(rep)
     })
 }
@@ -633,7 +893,10 @@ async fn handshake(stream: &mut Stream, plan: &Plan, rng: &mut Rng) -> anyhow::R
             break p;
         }
         if buf.len() >= MAX_RESPONSE_HEAD {
-            bail!("the upgrade response head is larger than {MAX_RESPONSE_HEAD} bytes");
+            return Err(Fail::BadHandshake(format!(
+                "the upgrade response head is larger than {MAX_RESPONSE_HEAD} bytes"
+            ))
+            .into());
         }
         buf.reserve(512);
         let n = stream
@@ -641,7 +904,10 @@ async fn handshake(stream: &mut Stream, plan: &Plan, rng: &mut Rng) -> anyhow::R
             .await
             .context("cannot read the upgrade response")?;
         if n == 0 {
-            bail!("the server closed the connection before answering the upgrade request");
+            return Err(Fail::ClosedEarly(
+                "the server closed the connection before answering the upgrade request".into(),
+            )
+            .into());
         }
     };
     check_upgrade_response(&buf[..head_end], &key)?;
@@ -665,20 +931,29 @@ fn expected_accept(key: &str) -> String {
 /// Checks a response head: status 101, `Upgrade: websocket`, the right accept value, and no
 /// extension (none was offered).
 fn check_upgrade_response(head: &[u8], key: &str) -> anyhow::Result<()> {
-    let text = std::str::from_utf8(head).context("the upgrade response head is not UTF-8")?;
+    let bad = |m: String| -> anyhow::Error { Fail::BadHandshake(m).into() };
+    let Ok(text) = std::str::from_utf8(head) else {
+        return Err(bad("the upgrade response head is not UTF-8".into()));
+    };
     let mut lines = text.split("\r\n");
     let status = lines.next().unwrap_or_default();
     let mut parts = status.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     let code = parts.next().unwrap_or_default();
     if version != "HTTP/1.1" || code != "101" {
-        bail!("the server answered {status:?} instead of \"HTTP/1.1 101 Switching Protocols\"");
+        return Err(Fail::Status {
+            code: code.parse().ok(),
+            status: status.to_string(),
+        }
+        .into());
     }
     let mut upgrade_ok = false;
     let mut accept = None;
     for line in lines.filter(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else {
-            bail!("malformed header line {line:?} in the upgrade response");
+            return Err(bad(format!(
+                "malformed header line {line:?} in the upgrade response"
+            )));
         };
         let value = value.trim();
         if name.eq_ignore_ascii_case("upgrade") {
@@ -686,17 +961,25 @@ fn check_upgrade_response(head: &[u8], key: &str) -> anyhow::Result<()> {
         } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
             accept = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
-            bail!("the server accepted extension {value:?} that was not offered");
+            return Err(bad(format!(
+                "the server accepted extension {value:?} that was not offered"
+            )));
         }
     }
     if !upgrade_ok {
-        bail!("the 101 response has no \"Upgrade: websocket\" header");
+        return Err(bad(
+            "the 101 response has no \"Upgrade: websocket\" header".into()
+        ));
     }
     let want = expected_accept(key);
     match accept {
         Some(a) if a == want => Ok(()),
-        Some(a) => bail!("Sec-WebSocket-Accept is {a:?}, expected {want:?}"),
-        None => bail!("the 101 response has no Sec-WebSocket-Accept header"),
+        Some(a) => Err(bad(format!(
+            "Sec-WebSocket-Accept is {a:?}, expected {want:?}"
+        ))),
+        None => Err(bad(
+            "the 101 response has no Sec-WebSocket-Accept header".into()
+        )),
     }
 }
 
@@ -764,7 +1047,10 @@ impl AsyncWrite for Stream {
 async fn connect(plan: &Plan) -> anyhow::Result<Stream> {
     let s = TcpStream::connect(plan.addr)
         .await
-        .with_context(|| format!("cannot connect to {}", plan.addr))?;
+        .map_err(|source| Fail::Connect {
+            addr: plan.addr,
+            source,
+        })?;
     s.set_nodelay(true).context("cannot set TCP_NODELAY")?;
     let Some(tls) = &plan.tls else {
         return Ok(Stream::Tcp(s));
@@ -863,88 +1149,15 @@ impl EchoConn {
         report: &RefCell<Report>,
     ) -> anyhow::Result<()> {
         self.queue_messages(plan, plan.in_flight, Instant::now());
-        let mut done = false;
-        while !done {
-            let n = self.io().await?;
-            if n == 0 {
-                bail!("the server closed the TCP connection in the middle of the run");
-            }
-            self.rlen += n;
+        loop {
+            let Some(n) = self.io(None).await? else {
+                continue;
+            };
             let now = Instant::now();
-            let mut replies = 0usize;
-            // Parse every complete frame in the buffer.
-            loop {
-                let avail = &self.rbuf[self.rpos..self.rlen];
-                let Some(head) = parse_head(avail) else { break };
-                let total = head.header_len as u64 + head.payload_len;
-                if total > avail.len() as u64 {
-                    if total > self.rbuf.len() as u64 {
-                        bail!(
-                            "the server sent a {} byte frame; the largest expected is {}",
-                            head.payload_len,
-                            plan.size.max(MAX_CONTROL)
-                        );
-                    }
-                    break;
-                }
-                let total = total as usize;
-                let payload = &avail[head.header_len..total];
-                self.rpos += total;
-                if head.masked || head.rsv != 0 || !head.fin {
-                    bail!(
-                        "bad server frame: fin={} rsv={} masked={} (servers must send \
-                         unmasked, unfragmented frames without extensions here)",
-                        head.fin,
-                        head.rsv,
-                        head.masked
-                    );
-                }
-                match head.opcode {
-                    op if op == plan.opcode() => {
-                        if payload != plan.payload.as_slice() {
-                            bail!(
-                                "echoed payload differs from the one sent ({} bytes back, {} sent)",
-                                payload.len(),
-                                plan.size
-                            );
-                        }
-                        let Some(sent_at) = self.sent.pop_front() else {
-                            bail!("the server echoed more messages than were sent");
-                        };
-                        let mut r = report.borrow_mut();
-                        r.total += 1;
-                        if now >= window.measure_from && now < window.end {
-                            r.completed += 1;
-                            let ns = now.saturating_duration_since(sent_at).as_nanos();
-                            let _ = r.latency.record(u64::try_from(ns).unwrap_or(u64::MAX));
-                        }
-                        replies += 1;
-                    }
-                    OP_PING => {
-                        let payload = payload.to_vec();
-                        let mask = (self.rng.next() as u32).to_ne_bytes();
-                        push_frame(&mut self.wbuf, OP_PONG, &payload, mask);
-                    }
-                    OP_PONG => {}
-                    OP_CLOSE => bail!("the server sent a close frame in the middle of the run"),
-                    op => bail!(
-                        "the server sent opcode {op:#x}; expected {:#x} echoes",
-                        plan.opcode()
-                    ),
-                }
-            }
-            // Compact: move a partial frame to the front.
-            if self.rpos == self.rlen {
-                self.rpos = 0;
-                self.rlen = 0;
-            } else if self.rpos > 0 && self.rbuf.len() - self.rlen < MAX_HEADER + plan.size {
-                self.rbuf.copy_within(self.rpos..self.rlen, 0);
-                self.rlen -= self.rpos;
-                self.rpos = 0;
-            }
+            let replies = self.take_replies(plan, n, now, window, report)?;
             if now >= window.end {
                 // The measured window is over: replies still outstanding do not count.
-                done = true;
+                break;
             } else if replies > 0 {
                 self.queue_messages(plan, replies, now);
             }
@@ -953,9 +1166,169 @@ impl EchoConn {
         Ok(())
     }
 
+    /// Open loop: this connection's share of `rate` messages per second, each sent at its
+    /// scheduled time (late if the socket is blocked, but still timed from the schedule),
+    /// until `window.end`, then a close handshake.
+    async fn run_rate(
+        mut self,
+        plan: &Plan,
+        slot: usize,
+        rate: f64,
+        window: Window,
+        report: &RefCell<Report>,
+    ) -> anyhow::Result<()> {
+        let per_conn = rate / plan.connections as f64;
+        let interval = Duration::from_secs_f64(1.0 / per_conn).max(Duration::from_nanos(1));
+        // Spread the connections' schedules over one interval so that the total is smooth.
+        let first =
+            Instant::now().max(window.t0) + interval.mul_f64(slot as f64 / plan.connections as f64);
+        let mut next = first;
+        let sleep = tokio::time::sleep_until(next.into());
+        tokio::pin!(sleep);
+        loop {
+            let read = self.io(Some(sleep.as_mut())).await?;
+            let now = Instant::now();
+            if let Some(n) = read {
+                self.take_replies(plan, n, now, window, report)?;
+            }
+            if now >= window.end {
+                break;
+            }
+            if next <= now {
+                // Queue every message whose time has come, each stamped with its schedule
+                // (forgiving the timer's own lateness, up to TIMER_SLACK).
+                // At most MAX_PENDING_WRITE bytes wait for the socket: a target slower than
+                // the rate delays the rest (still timed from their schedule) instead of
+                // filling memory.
+                while next <= now && next < window.end && self.wbuf.len() < MAX_PENDING_WRITE {
+                    let mask = (self.rng.next() as u32).to_ne_bytes();
+                    push_frame(&mut self.wbuf, plan.opcode(), &plan.payload, mask);
+                    self.sent.push_back(now.min(next + TIMER_SLACK));
+                    next += interval;
+                }
+                let wake = if self.wbuf.len() >= MAX_PENDING_WRITE {
+                    // Backlogged: look again in a millisecond rather than spin.
+                    now + Duration::from_millis(1)
+                } else {
+                    next.min(window.end)
+                };
+                sleep.as_mut().reset(wake.into());
+            }
+        }
+        self.close().await;
+        Ok(())
+    }
+
+    /// Accounts for `n` bytes just read: parses every complete frame, answers pings, checks
+    /// the echoes and counts them. Returns the number of echoes.
+    fn take_replies(
+        &mut self,
+        plan: &Plan,
+        n: usize,
+        now: Instant,
+        window: Window,
+        report: &RefCell<Report>,
+    ) -> anyhow::Result<usize> {
+        if n == 0 {
+            return Err(Fail::ClosedEarly(
+                "the server closed the TCP connection in the middle of the run".into(),
+            )
+            .into());
+        }
+        self.rlen += n;
+        let mut replies = 0usize;
+        let mut r = report.borrow_mut();
+        // Parse every complete frame in the buffer.
+        loop {
+            let avail = &self.rbuf[self.rpos..self.rlen];
+            let Some(head) = parse_head(avail) else { break };
+            let total = head.header_len as u64 + head.payload_len;
+            if total > avail.len() as u64 {
+                if total > self.rbuf.len() as u64 {
+                    return Err(Fail::Protocol(format!(
+                        "the server sent a {} byte frame; the largest expected is {}",
+                        head.payload_len,
+                        plan.size.max(MAX_CONTROL)
+                    ))
+                    .into());
+                }
+                break;
+            }
+            let total = total as usize;
+            let payload = &avail[head.header_len..total];
+            self.rpos += total;
+            if head.masked || head.rsv != 0 || !head.fin {
+                return Err(Fail::Protocol(format!(
+                    "bad server frame: fin={} rsv={} masked={} (servers must send \
+                     unmasked, unfragmented frames without extensions here)",
+                    head.fin, head.rsv, head.masked
+                ))
+                .into());
+            }
+            match head.opcode {
+                op if op == plan.opcode() => {
+                    if payload != plan.payload.as_slice() {
+                        return Err(Fail::Protocol(format!(
+                            "echoed payload differs from the one sent ({} bytes back, {} sent)",
+                            payload.len(),
+                            plan.size
+                        ))
+                        .into());
+                    }
+                    let Some(sent_at) = self.sent.pop_front() else {
+                        return Err(Fail::Protocol(
+                            "the server echoed more messages than were sent".into(),
+                        )
+                        .into());
+                    };
+                    r.complete(now, now.saturating_duration_since(sent_at), &window);
+                    replies += 1;
+                }
+                OP_PING => {
+                    let payload = payload.to_vec();
+                    let mask = (self.rng.next() as u32).to_ne_bytes();
+                    push_frame(&mut self.wbuf, OP_PONG, &payload, mask);
+                }
+                OP_PONG => {}
+                OP_CLOSE => {
+                    return Err(Fail::ClosedEarly(
+                        "the server sent a close frame in the middle of the run".into(),
+                    )
+                    .into())
+                }
+                op => {
+                    return Err(Fail::Protocol(format!(
+                        "the server sent opcode {op:#x}; expected {:#x} echoes",
+                        plan.opcode()
+                    ))
+                    .into())
+                }
+            }
+        }
+        if replies > 0 {
+            if let Some(live) = &r.live {
+                live.done.fetch_add(replies as u64, Ordering::Relaxed);
+            }
+        }
+        // Compact: move a partial frame to the front.
+        if self.rpos == self.rlen {
+            self.rpos = 0;
+            self.rlen = 0;
+        } else if self.rpos > 0 && self.rbuf.len() - self.rlen < MAX_HEADER + plan.size {
+            self.rbuf.copy_within(self.rpos..self.rlen, 0);
+            self.rlen -= self.rpos;
+            self.rpos = 0;
+        }
+        Ok(replies)
+    }
+
     /// Writes pending output and reads once, concurrently (so a large batch cannot deadlock
     /// against a server that is itself blocked writing replies). Returns the bytes read.
-    async fn io(&mut self) -> anyhow::Result<usize> {
+    /// With a `timer`, returns `None` as soon as it has fired (`Some(0)` is end of stream).
+    async fn io(
+        &mut self,
+        mut timer: Option<Pin<&mut tokio::time::Sleep>>,
+    ) -> anyhow::Result<Option<usize>> {
         let Self {
             stream,
             rbuf,
@@ -981,9 +1354,14 @@ impl EchoConn {
                 wbuf.clear();
                 *wpos = 0;
             }
+            if let Some(t) = timer.as_mut() {
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(None));
+                }
+            }
             let mut rb = ReadBuf::new(&mut rbuf[*rlen..]);
             match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(Some(rb.filled().len()))),
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                 Poll::Pending => Poll::Pending,
             }
@@ -1020,15 +1398,13 @@ async fn handshake_loop(plan: &Plan, id: u64, window: Window, report: &RefCell<R
             Ok(()) => {
                 let now = Instant::now();
                 let mut r = report.borrow_mut();
-                r.total += 1;
-                if now >= window.measure_from && now < window.end {
-                    r.completed += 1;
-                    let ns = now.saturating_duration_since(started).as_nanos();
-                    let _ = r.latency.record(u64::try_from(ns).unwrap_or(u64::MAX));
+                r.complete(now, now.saturating_duration_since(started), &window);
+                if let Some(live) = &r.live {
+                    live.done.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err(e) => {
-                report.borrow_mut().error(|| format!("{e:#}"));
+                report.borrow_mut().fail(&e);
                 // Do not spin on a refused connection.
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -1053,13 +1429,17 @@ async fn handshake_cycle(plan: &Plan, rng: &mut Rng) -> anyhow::Result<()> {
             if head.opcode == OP_CLOSE {
                 break;
             }
-            bail!(
+            return Err(Fail::Protocol(format!(
                 "expected the server's close frame after the handshake, got opcode {:#x}",
                 head.opcode
-            );
+            ))
+            .into());
         }
         if buf.len() > MAX_HEADER + MAX_CONTROL {
-            bail!("the server sent more than a close frame after the handshake");
+            return Err(Fail::Protocol(
+                "the server sent more than a close frame after the handshake".into(),
+            )
+            .into());
         }
         buf.reserve(64);
         let n = stream
@@ -1146,111 +1526,210 @@ async fn run_idle(plan: Arc<Plan>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_report(plan: &Plan, mode: Mode, r: &Report, json: bool) {
+#[cold]
+fn unreachable_bar() -> anyhow::Result<Report> {
+    // `progress::show` loops forever; the select above only ends through the run.
+    unreachable!("the progress bar never completes")
+}
+
+/// Nanoseconds to microseconds at quantile `q` (0 for an empty histogram).
+fn quantile_us(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// The result as the JSON object `--json` prints and `--html` plots. The fields bench/run.sh
+/// and bench/report.py read (msgs_per_s / handshakes_per_s, mb_per_s, p50_us, p99_us, errors,
+/// client_cpu, client_cpu_seconds, messages_total / handshakes_total) keep their meaning.
+fn summary_json(plan: &Plan, mode: Mode, r: &Report) -> serde_json::Value {
+    use serde_json::json;
     let secs = r.measured.as_secs_f64().max(1e-9);
     let rate = r.completed as f64 / secs;
-    let q = |p: f64| r.latency.value_at_quantile(p) as f64 / 1000.0;
-    let (p50, p99, p999, max) = if r.latency.is_empty() {
-        (0.0, 0.0, 0.0, 0.0)
+    let max = if r.latency.is_empty() {
+        0.0
     } else {
-        (q(0.5), q(0.99), q(0.999), r.latency.max() as f64 / 1000.0)
+        r.latency.max() as f64 / 1000.0
     };
-    let cpu_note = r
-        .client_cpu
-        .map(|c| format!(", load-generator CPU {:.0}%", c * 100.0))
+    // Buckets up to the end of the measured window (the closing grace is left out); the
+    // last one may be shorter than a second.
+    let run_len = (plan.ramp_up + plan.warmup + plan.duration.unwrap_or_default()).as_secs_f64();
+    let series: Vec<serde_json::Value> = r
+        .series
+        .iter()
+        .enumerate()
+        .take_while(|(t, _)| (*t as f64) < run_len)
+        .map(|(t, b)| {
+            let span = (run_len - t as f64).clamp(1e-3, 1.0);
+            json!({
+                "t": t,
+                "span": span,
+                "completed": b.completed,
+                "per_s": b.completed as f64 / span,
+                "errors": b.errors,
+                "p50_us": quantile_us(&b.latency, 0.5),
+                "p99_us": quantile_us(&b.latency, 0.99),
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "mode": if mode == Mode::Echo { "echo" } else { "handshakes" },
+        "url": plan.target.url,
+        "connections": plan.connections,
+        "threads": plan.threads,
+        "http2_streams": plan.h2_streams,
+        "ramp_up": plan.ramp_up.as_secs_f64(),
+        "warmup": plan.warmup.as_secs_f64(),
+        "seconds": secs,
+        "client_cpu": r.client_cpu,
+        "client_cpu_seconds": r.client_cpu_seconds,
+        "p50_us": quantile_us(&r.latency, 0.5),
+        "p90_us": quantile_us(&r.latency, 0.9),
+        "p99_us": quantile_us(&r.latency, 0.99),
+        "p999_us": quantile_us(&r.latency, 0.999),
+        "max_us": max,
+        "errors": r.errors,
+        "errors_by_kind": r.errors_by_kind,
+        "first_error": r.first_error,
+        "series": series,
+    });
+    let extra = match mode {
+        Mode::Echo => json!({
+            "loop": if plan.rate.is_some() { "open" } else { "closed" },
+            "rate": plan.rate,
+            "in_flight": plan.in_flight,
+            "size": plan.size,
+            "binary": plan.binary,
+            "messages": r.completed,
+            "messages_total": r.total,
+            "msgs_per_s": rate,
+            "mb_per_s": rate * plan.size as f64 / 1e6,
+        }),
+        Mode::Handshakes | Mode::Idle => json!({
+            "handshakes": r.completed,
+            "handshakes_total": r.total,
+            "handshakes_per_s": rate,
+        }),
+    };
+    if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    v
+}
+
+/// The human summary, several lines, from the JSON summary.
+fn summary_text(s: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
+    let u = |k: &str| s[k].as_u64().unwrap_or(0);
+    let mut out = String::new();
+    let echo = s["mode"] == "echo";
+    let _ = writeln!(out, "switchyard bench {}", s["url"].as_str().unwrap_or(""));
+    let mut ramp = if f("ramp_up") > 0.0 {
+        format!(", {:.1} s ramp-up", f("ramp_up"))
+    } else {
+        String::new()
+    };
+    if u("http2_streams") > 0 {
+        ramp.push_str(&format!(
+            ", over HTTP/2 ({} WebSocket streams per TCP connection)",
+            u("http2_streams")
+        ));
+    }
+    if echo {
+        let how = match s["rate"].as_f64() {
+            Some(r) => format!("open loop at {r:.0} msgs/s"),
+            None => format!("closed loop, {} in flight each", u("in_flight")),
+        };
+        let _ = writeln!(
+            out,
+            "  setup      {} connections, {how}, {} B {} messages{ramp}",
+            u("connections"),
+            u("size"),
+            if s["binary"] == true {
+                "binary"
+            } else {
+                "text"
+            },
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  setup      {} concurrent connect/upgrade/close loops{ramp}",
+            u("connections")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  measured   {:.2} s after {:.1} s warm-up, {} load-generator thread(s){}",
+        f("seconds"),
+        f("warmup"),
+        u("threads"),
+        s["client_cpu"]
+            .as_f64()
+            .map(|c| format!(" at {:.0}% CPU", c * 100.0))
+            .unwrap_or_default()
+    );
+    if echo {
+        let _ = writeln!(
+            out,
+            "  messages   {} echoed, {:.0} msgs/s, {:.2} MB/s each way",
+            u("messages"),
+            f("msgs_per_s"),
+            f("mb_per_s")
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  handshakes {} completed, {:.0} handshakes/s",
+            u("handshakes"),
+            f("handshakes_per_s")
+        );
+    }
+    let completed = if echo { u("messages") } else { u("handshakes") };
+    if completed == 0 {
+        let _ = writeln!(out, "  latency    - (nothing completed)");
+    } else {
+        let _ = writeln!(
+            out,
+            "  latency    p50 {} | p90 {} | p99 {} | p99.9 {} | max {}",
+            us(f("p50_us")),
+            us(f("p90_us")),
+            us(f("p99_us")),
+            us(f("p999_us")),
+            us(f("max_us"))
+        );
+    }
+    let kinds = s["errors_by_kind"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default();
-    match mode {
-        Mode::Echo => {
-            let mbps = rate * plan.size as f64 / 1e6;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "mode": "echo",
-                        "url": plan.target.url,
-                        "connections": plan.connections,
-                        "in_flight": plan.in_flight,
-                        "size": plan.size,
-                        "binary": plan.binary,
-                        "threads": plan.threads,
-                        "seconds": secs,
-                        "messages": r.completed,
-                        "messages_total": r.total,
-                        "client_cpu": r.client_cpu,
-                        "client_cpu_seconds": r.client_cpu_seconds,
-                        "msgs_per_s": rate,
-                        "mb_per_s": mbps,
-                        "p50_us": p50,
-                        "p99_us": p99,
-                        "p999_us": p999,
-                        "max_us": max,
-                        "errors": r.errors,
-                        "first_error": r.first_error,
-                    })
-                );
-            } else {
-                println!(
-                    "{} {}x{} in flight, {} B {}: {:.0} msgs/s, {:.2} MB/s, p50 {:.1} us, \
-                     p99 {:.1} us, {} errors{}{}",
-                    plan.target.url,
-                    plan.connections,
-                    plan.in_flight,
-                    plan.size,
-                    if plan.binary { "binary" } else { "text" },
-                    rate,
-                    mbps,
-                    p50,
-                    p99,
-                    r.errors,
-                    r.first_error
-                        .as_deref()
-                        .map(|e| format!(" (first: {e})"))
-                        .unwrap_or_default(),
-                    cpu_note
-                );
-            }
+    if u("errors") == 0 {
+        let _ = writeln!(out, "  errors     0");
+    } else {
+        let _ = writeln!(out, "  errors     {}: {kinds}", u("errors"));
+        if let Some(e) = s["first_error"].as_str() {
+            let _ = writeln!(out, "             first: {e}");
         }
-        Mode::Handshakes | Mode::Idle => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "mode": "handshakes",
-                        "url": plan.target.url,
-                        "connections": plan.connections,
-                        "threads": plan.threads,
-                        "seconds": secs,
-                        "handshakes": r.completed,
-                        "handshakes_total": r.total,
-                        "client_cpu": r.client_cpu,
-                        "client_cpu_seconds": r.client_cpu_seconds,
-                        "handshakes_per_s": rate,
-                        "p50_us": p50,
-                        "p99_us": p99,
-                        "p999_us": p999,
-                        "max_us": max,
-                        "errors": r.errors,
-                        "first_error": r.first_error,
-                    })
-                );
-            } else {
-                println!(
-                    "{} handshakes, {} concurrent: {:.0} handshakes/s, p50 {:.1} us, \
-                     p99 {:.1} us, {} errors{}{}",
-                    plan.target.url,
-                    plan.connections,
-                    rate,
-                    p50,
-                    p99,
-                    r.errors,
-                    r.first_error
-                        .as_deref()
-                        .map(|e| format!(" (first: {e})"))
-                        .unwrap_or_default(),
-                    cpu_note
-                );
-            }
-        }
+    }
+    out
+}
+
+/// Microseconds, readable: "85 us", "1.25 ms", "2.10 s".
+fn us(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2} s", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.2} ms", v / 1e3)
+    } else {
+        format!("{v:.0} us")
     }
 }
 
@@ -1381,6 +1860,9 @@ mod tests {
             idle: None,
             threads: Some(2),
             json: true,
+            rate: None,
+            ramp_up: 0.0,
+            html: None,
             ca: None,
             insecure: false,
             http2: false,
@@ -1447,6 +1929,9 @@ mod tests {
             idle: None,
             threads: Some(1),
             json: false,
+            rate: None,
+            ramp_up: 0.0,
+            html: None,
             ca: None,
             insecure: false,
             http2: false,
@@ -1500,6 +1985,9 @@ mod tests {
             idle: None,
             threads: Some(1),
             json: false,
+            rate: None,
+            ramp_up: 0.0,
+            html: None,
             ca: None,
             insecure: false,
             http2: false,
@@ -1546,6 +2034,9 @@ mod tests {
             idle: Some(20),
             threads: None,
             json: true,
+            rate: None,
+            ramp_up: 0.0,
+            html: None,
             ca: None,
             insecure: false,
             http2: false,
@@ -1590,6 +2081,9 @@ mod tests {
             idle: None,
             threads: Some(1),
             json: true,
+            rate: None,
+            ramp_up: 0.0,
+            html: None,
         }
     }
 

@@ -67,7 +67,8 @@ pub(crate) async fn serve_cleartext(
     let (buf, io) = conn.into_parts();
     if buf.starts_with(H2_PREFACE) {
         debug!("HTTP/2 prior knowledge");
-        crate::h2::serve(io, buf, shared.clone(), ctx).await
+        // Boxed: see server::connection (idle memory of HTTP/1.1 connections).
+        Box::pin(crate::h2::serve(io, buf, shared.clone(), ctx)).await
     } else {
         serve(io, buf, shared, ctx).await
     }
@@ -158,7 +159,10 @@ pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: &Shared, mut ctx:
         let info = shared.conn_info(conn.get_ref().is_tls());
         let route = match &shared.gateway {
             None => shared.route(req.uri().path()),
-            Some(gw) => match crate::routing::route_h1(gw, shared, conn, req, &ctx).await {
+            // Boxed: the proxy's future is large and must not sit in every
+            // connection's future (idle memory per connection).
+            Some(gw) => match Box::pin(crate::routing::route_h1(gw, shared, conn, req, &ctx)).await
+            {
                 crate::routing::H1Route::Done => return,
                 crate::routing::H1Route::Local(c, r, path) => {
                     conn = c;
@@ -211,6 +215,10 @@ pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: &Shared, mut ctx:
                             return;
                         }
                         info!(%token, path = req.uri().path(), "switching protocols");
+                        // Nothing of the request or the response head is needed
+                        // while the session runs, which may be for days.
+                        drop(req);
+                        out = Vec::new();
                         let (leftover, io) = conn.into_parts();
                         let sctx = SessionCtx {
                             shutdown: ctx.stop.clone(),
@@ -325,7 +333,9 @@ async fn discard_body(conn: &mut Conn, mut n: u64, limit: Duration) -> std::io::
     conn.prefix_mut().advance(buffered);
     n -= buffered as u64;
     let read = async {
-        let mut scratch = [0u8; 8192];
+        // On the heap, only when a body comes: an array would be part of
+        // every connection's future (idle memory per connection).
+        let mut scratch = vec![0u8; 8192];
         while n > 0 {
             let want = scratch.len().min(usize::try_from(n).unwrap_or(usize::MAX));
             let got = conn.get_mut().read(&mut scratch[..want]).await?;
@@ -488,7 +498,9 @@ async fn close_gracefully(conn: &mut Conn) {
     let _ = conn.flush().await;
     let _ = conn.shutdown().await;
     let drain = async {
-        let mut buf = [0u8; 4096];
+        // On the heap: an array here would sit in every connection's future
+        // (idle memory per connection), though it is needed only at the end.
+        let mut buf = vec![0u8; 4096];
         let mut total = 0usize;
         while total < (64 << 10) {
             match conn.get_mut().read(&mut buf).await {

@@ -494,22 +494,33 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, ctx: ConnCtx) {
 }
 
 /// One accepted connection, from the first byte to the end.
+///
+/// The TLS and HTTP/2 paths are boxed: a task's future is as large as its
+/// largest state, and a cleartext HTTP/1.1 connection (most WebSockets)
+/// should not carry a rustls handshake or a hyper HTTP/2 connection inline
+/// for its whole life (idle memory per connection).
 async fn connection(stream: TcpStream, shared: Arc<Shared>, ctx: ConnCtx) {
     let _ = stream.set_nodelay(true);
-    match &shared.tls_listener {
-        Some(acceptor) => {
-            let limit = shared.accept.limits.handshake_timeout;
-            let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => crate::io::ServerIo::Tls(Box::new(tls)),
-                Ok(Err(e)) => return info!("TLS handshake failed: {e}"),
-                Err(_) => return info!("TLS handshake took longer than {limit:?}"),
-            };
-            if shared.http2.enabled && tls.alpn() == Some(b"h2") {
-                crate::h2::serve(tls, bytes::BytesMut::new(), shared.clone(), ctx).await;
-            } else {
-                crate::http1::serve(tls, bytes::BytesMut::new(), &shared, ctx).await;
-            }
-        }
-        None => crate::http1::serve_cleartext(stream, &shared, ctx).await,
+    if shared.tls_listener.is_some() {
+        Box::pin(tls_connection(stream, shared, ctx)).await
+    } else {
+        crate::http1::serve_cleartext(stream, &shared, ctx).await
+    }
+}
+
+async fn tls_connection(stream: TcpStream, shared: Arc<Shared>, ctx: ConnCtx) {
+    let Some(acceptor) = &shared.tls_listener else {
+        return;
+    };
+    let limit = shared.accept.limits.handshake_timeout;
+    let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => crate::io::ServerIo::Tls(Box::new(tls)),
+        Ok(Err(e)) => return info!("TLS handshake failed: {e}"),
+        Err(_) => return info!("TLS handshake took longer than {limit:?}"),
+    };
+    if shared.http2.enabled && tls.alpn() == Some(b"h2") {
+        crate::h2::serve(tls, bytes::BytesMut::new(), shared.clone(), ctx).await;
+    } else {
+        crate::http1::serve(tls, bytes::BytesMut::new(), &shared, ctx).await;
     }
 }

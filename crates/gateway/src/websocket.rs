@@ -105,6 +105,9 @@ impl Session for EchoSession {
         Box::pin(async move {
             let conn = server_connection(&self.negotiated, &self.cfg);
             let ws = WebSocket::from_raw(io, conn, &leftover).with_negotiated(self.negotiated);
+            // The bytes are copied; the buffer they came in (the head's read
+            // buffer, KiBs of capacity) must not live as long as the session.
+            drop(leftover);
             info!(subprotocol = ?ws.subprotocol(), "upgraded to websocket");
             log_end(apps::echo(ws, ctx.shutdown, ctx.grace).await);
             SessionEnd::Done
