@@ -1,6 +1,10 @@
 //! The server front over real sockets: the Upgrade registry (101 / 426 /
 //! ignore), keep-alive and pipelining, request bodies, RFC 2817, line-echo.
 
+mod common;
+
+use common::start;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,43 +12,9 @@ use std::time::Duration;
 use switchyard_gateway::lineecho::LineEcho;
 use switchyard_gateway::registry::Registry;
 use switchyard_gateway::server::index_page;
-use switchyard_gateway::{Route, ServeConfig, Server, TlsMode, TlsSettings};
+use switchyard_gateway::{Route, ServeConfig, TlsMode, TlsSettings};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
-            .await
-            .expect("server did not stop")
-            .unwrap();
-    }
-}
-
-async fn start(mut cfg: ServeConfig) -> Running {
-    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    let server = Server::bind(cfg).await.unwrap();
-    let addr = server.local_addrs()[0];
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        stop: Some(tx),
-        task,
-    }
-}
 
 /// The default routes plus `/lineecho` (requires lineecho/1) and `/secure`
 /// (a TLS-only page).

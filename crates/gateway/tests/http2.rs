@@ -2,6 +2,10 @@
 //! over extended CONNECT (RFC 8441) and its refusals, with the `h2` crate as
 //! a raw client.
 
+mod common;
+
+use common::start;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,43 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use switchyard_gateway::{ServeConfig, Server, TlsMode, TlsSettings};
+use switchyard_gateway::{ServeConfig, TlsMode, TlsSettings};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
-            .await
-            .expect("server did not stop")
-            .unwrap();
-    }
-}
-
-async fn start(mut cfg: ServeConfig) -> Running {
-    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    let server = Server::bind(cfg).await.unwrap();
-    let addr = server.local_addrs()[0];
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        stop: Some(tx),
-        task,
-    }
-}
 
 async fn h2_over<S>(io: S) -> SendRequest<Bytes>
 where

@@ -1,47 +1,17 @@
 //! `switchyard serve`'s default apps over real sockets on 127.0.0.1.
 
+mod common;
+
+use common::start;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use switchyard::{CloseCode, Message};
-use switchyard_gateway::{ServeConfig, Server};
+use switchyard_gateway::ServeConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
-            .await
-            .expect("server did not stop")
-            .unwrap();
-    }
-}
-
-async fn start(mut cfg: ServeConfig) -> Running {
-    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    let server = Server::bind(cfg).await.unwrap();
-    let addr = server.local_addrs()[0];
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        stop: Some(tx),
-        task,
-    }
-}
 
 /// Send raw bytes, read one response (head and `Content-Length` body); the
 /// connection may stay open (keep-alive).
