@@ -179,7 +179,9 @@ verdict() { # verdict NAME [FAILURE]: reports the peer's result, or FAILURE when
 }
 run() { peer "$@"; verdict "$1"; }
 # log_has NAME ERE: the server log NAME (colors stripped) has a line matching ERE.
-log_has() { sed 's/\x1b\[[0-9;]*m//g' "$out/$1.log" | grep -qE "$2"; }
+# grep reads the whole input (no -q): with pipefail, a grep -q that exits at the
+# first match makes sed die of SIGPIPE on a long log and the pipeline "fail".
+log_has() { sed 's/\x1b\[[0-9;]*m//g' "$out/$1.log" | grep -E "$2" >/dev/null; }
 # What the server logs (RUST_LOG=info) per WebSocket, by way of opening it
 # (crates/gateway: http1.rs "switching protocols" with the token, websocket.rs
 # "upgraded to websocket"; h2.rs "websocket over HTTP/2 (RFC 8441)"):
