@@ -55,14 +55,15 @@ async fn text_and_binary_roundtrips(ws: &mut Ws, tag: &str) {
     roundtrip(ws, Message::binary(big)).await;
 }
 
-/// The close frame the peer sends next, then the end of the stream.
-async fn expect_close(ws: &mut Ws) -> CloseFrame {
-    let frame = match next(ws).await {
+/// The close frame the peer sends next, then the end of the stream; the
+/// connection is dropped (closed) on return, as an application does.
+async fn expect_close(mut ws: Ws) -> CloseFrame {
+    let frame = match next(&mut ws).await {
         Some(Ok(Message::Close(Some(f)))) => f,
         other => panic!("expected a close frame, got {other:?}"),
     };
     loop {
-        match next(ws).await {
+        match next(&mut ws).await {
             None => return frame,
             Some(Ok(m)) => panic!("message after the close: {m:?}"),
             Some(Err(_)) => return frame,
@@ -212,7 +213,7 @@ async fn python_websockets_backend_echoes_negotiates_the_subprotocol_and_sends_i
         ws.send(Message::text("close 4001 bye from python"))
             .await
             .unwrap();
-        let f = expect_close(&mut ws).await;
+        let f = expect_close(ws).await;
         assert_eq!(f.code, CloseCode(4001), "{route}");
         assert_eq!(f.reason, "bye from python", "{route}");
         python.wait_stdout(&format!("closed {route} rcvd=4001"));
@@ -249,14 +250,17 @@ async fn nginx_in_front_round_trips_and_a_sigterm_drain_reaches_the_client_as_10
             .unwrap_or_else(|e| panic!("{path}: {e}\n{}", nginx.error_log()));
         assert_eq!(resp.status(), 101);
         let server = resp.headers()["server"].to_str().unwrap();
-        assert!(server.starts_with("nginx"), "answered through nginx: {server}");
+        assert!(
+            server.starts_with("nginx"),
+            "answered through nginx: {server}"
+        );
         text_and_binary_roundtrips(&mut ws, path).await;
         clients.push((path, ws));
     }
 
     gw.signal("TERM");
-    for (path, mut ws) in clients {
-        let f = expect_close(&mut ws).await;
+    for (path, ws) in clients {
+        let f = expect_close(ws).await;
         assert_eq!(f.code, CloseCode::GOING_AWAY, "{path}: {f:?}");
     }
     let st = gw.wait_exit(Duration::from_secs(10));
@@ -325,7 +329,10 @@ async fn nginx_without_upgrade_headers_as_upstream_gets_its_answer_relayed_and_l
         answer.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
         "{answer}"
     );
-    assert!(lower.contains("\r\nserver: nginx"), "nginx's answer: {answer}");
+    assert!(
+        lower.contains("\r\nserver: nginx"),
+        "nginx's answer: {answer}"
+    );
     assert!(lower.contains("\r\nconnection: close\r\n"), "{answer}");
     assert!(!lower.contains("sec-websocket-accept"), "{answer}");
     let line = attempt_line(&gw, "");
