@@ -62,12 +62,10 @@ async fn expect_close(mut ws: Ws) -> CloseFrame {
         Some(Ok(Message::Close(Some(f)))) => f,
         other => panic!("expected a close frame, got {other:?}"),
     };
-    loop {
-        match next(&mut ws).await {
-            None => return frame,
-            Some(Ok(m)) => panic!("message after the close: {m:?}"),
-            Some(Err(_)) => return frame,
-        }
+    // Then the end (or the error of a dropped connection), nothing else.
+    match next(&mut ws).await {
+        None | Some(Err(_)) => frame,
+        Some(Ok(m)) => panic!("message after the close: {m:?}"),
     }
 }
 
@@ -101,14 +99,10 @@ async fn recording_backend() -> (SocketAddr, Closes) {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Close(f) => seen.lock().unwrap().push((f, Instant::now())),
-                        m if m.is_data() => {
-                            if ws.send(m).await.is_err() {
-                                break;
-                            }
-                        }
-                        _ => {}
+                    if let Message::Close(f) = msg {
+                        seen.lock().unwrap().push((f, Instant::now()));
+                    } else if msg.is_data() && ws.send(msg).await.is_err() {
+                        break;
                     }
                 }
             });
