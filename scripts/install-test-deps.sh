@@ -3,7 +3,8 @@
 # a Python virtualenv (.venv) with the Autobahn TestSuite runner kosoku
 # (re-installed whenever the requirements change), nginx and openssl for the doctor
 # tests, and the interop peers of scripts/interop.sh and of the aioquic cargo tests
-# (Python websockets and aioquic, Chromium, npm packages).
+# (Python websockets and aioquic, Chromium, npm packages). The gateway peer tests
+# (crates/cli/tests/gateway_peers.rs) need nginx and Python websockets from here too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! cmp -s conformance/requirements.txt .venv/.installed-requirements 2>/dev/null; then
@@ -15,6 +16,7 @@ fi
 
 # --- doctor tests (crates/cli/tests/doctor.rs): nginx as a misconfigured
 # reverse proxy in front of our echo server, openssl for certificate checks.
+# crates/cli/tests/gateway_peers.rs runs nginx in front of and behind the gateway.
 if ! { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -24,7 +26,7 @@ if ! { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null 2>&1 || ! comma
   $SUDO service nginx stop >/dev/null 2>&1 || true
 fi
 { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null 2>&1 \
-  || echo "warning: nginx is not installed; the doctor nginx test will fail" >&2
+  || echo "warning: nginx is not installed; the doctor and gateway_peers nginx tests will fail" >&2
 # --- end doctor tests
 
 # Interop peers (scripts/interop.sh): Python websockets and aioquic into the same .venv,

@@ -4,8 +4,10 @@
 //! TLS with an expired certificate and one for another host — and a healthy
 //! one. Each test asserts the diagnosis's key words and the exit status.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +18,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
 use switchyard::server::{accept, AcceptConfig};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+use common::{Nginx, BIN};
 
 /// Run doctor; return (exit status, stdout).
 async fn doctor(args: &[&str]) -> (i32, String) {
@@ -330,14 +332,6 @@ async fn idle_timeout_of_three_seconds_is_measured() {
     assert_eq!(idle["summary"], "still open after 1 s of silence");
 }
 
-fn find_nginx() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file())
-}
-
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("switchyard-doctor-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -350,61 +344,15 @@ async fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// nginx (the Debian package) with `fixture` from tests/fixtures/doctor, on a
-/// free port, in front of `backend`. Fails (never skips) when nginx is
-/// missing: CI installs it (scripts/install-test-deps.sh).
-async fn start_nginx(fixture: &str, backend: SocketAddr) -> (Child, SocketAddr, PathBuf) {
-    let nginx = find_nginx().expect(
-        "nginx is not installed: this test needs the Debian package nginx (run \
-         scripts/install-test-deps.sh); it fails rather than skips because CI installs it",
-    );
-    let dir = temp_dir(fixture.trim_end_matches(".conf"));
-    let port = free_port().await;
-    let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/doctor")
-            .join(fixture),
-    )
-    .unwrap();
-    let conf = template
-        .replace("@DIR@", dir.to_str().unwrap())
-        .replace("@PORT@", &port.to_string())
-        .replace("@BACKEND@", &backend.to_string());
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let mut child = Command::new(&nginx)
-        .arg("-p")
-        .arg(&dir)
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .args(["-g", "daemon off;"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", nginx.display()));
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    for _ in 0..100 {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-            panic!("nginx exited with {status}: {log}");
-        }
-        if TcpStream::connect(addr).await.is_ok() {
-            return (child, addr, dir);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("nginx did not listen on {addr} within 10 s");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_without_upgrade_headers_is_diagnosed() {
     let (_backend, backend) = serve().await;
-    let (mut child, addr, dir) = start_nginx("nginx-no-upgrade.conf", backend).await;
+    // nginx (the Debian package; the test fails without it) in front of it.
+    let nginx = Nginx::start("doctor/nginx-no-upgrade.conf", backend);
+    let addr = nginx.addr;
 
     let (code, text) = doctor(&[&format!("ws://{addr}/echo")]).await;
-    let _ = child.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(nginx);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("✗ http/1.1 upgrade:"), "{text}");
     assert!(text.contains("proxy dropped Upgrade"), "{text}");
@@ -910,7 +858,8 @@ async fn unresolvable_and_unreachable_hosts_stop_early() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_with_the_printed_fix_passes_and_its_read_timeout_is_measured() {
     let (_backend, backend) = serve().await;
-    let (mut child, addr, dir) = start_nginx("nginx-upgrade.conf", backend).await;
+    let nginx = Nginx::start("doctor/nginx-upgrade.conf", backend);
+    let addr = nginx.addr;
 
     // The directives doctor prints as the nginx fix: every step passes, and
     // the proxy shows in the evidence.
@@ -918,8 +867,7 @@ async fn nginx_with_the_printed_fix_passes_and_its_read_timeout_is_measured() {
     // Through nginx's proxy_read_timeout 3s: closed after 3 s of silence.
     let (idle_code, idle_doc) =
         doctor_json(&[&format!("ws://{addr}/short"), "--idle-probe", "6s"]).await;
-    let _ = child.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(nginx);
 
     assert_eq!(code, 0, "{doc:#}");
     let up = step(&doc, "http/1.1 upgrade");

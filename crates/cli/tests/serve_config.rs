@@ -2,134 +2,24 @@
 //! real echo backend, --check-config, SIGHUP / `switchyard reload`, the
 //! admin listener, SIGTERM drain.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::{temp_dir, Proc, BIN};
 use futures_util::{SinkExt, StreamExt};
 use switchyard::{CloseCode, Error, Message};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-struct Proc {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    /// The log so far, without ANSI colour codes.
-    fn stderr(&self) -> String {
-        strip_ansi(&self.stderr.lock().unwrap())
-    }
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(start.elapsed() < within, "did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    /// Wait until the log contains `needle`.
-    fn wait_log(&self, needle: &str) -> String {
-        for _ in 0..250 {
-            let s = self.stderr();
-            if s.contains(needle) {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("log never said {needle:?}:\n{}", self.stderr());
-    }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // ESC [ ... final byte in @..~
-            for d in chars.by_ref() {
-                if ('@'..='~').contains(&d) && d != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Start `switchyard ARGS`, read `lines` stdout lines ("listening on
-/// http://ADDR", "admin on http://ADDR") and return the addresses.
+/// Start `switchyard ARGS` and return the addresses of its first `lines`
+/// stdout lines.
 fn start(args: &[&str], lines: usize) -> (Proc, Vec<SocketAddr>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut err = child.stderr.take().unwrap();
-    let sink = stderr.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut addrs = Vec::new();
-    for _ in 0..lines {
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .split("://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected line: {line:?}"));
-        addrs.push(addr);
-    }
-    // Keep draining stdout so the child never blocks on it.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = stdout.read_to_string(&mut sink);
-    });
-    (Proc { child, stderr }, addrs)
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sy-serve-config-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::switchyard(args, lines)
 }
 
 fn write(path: &Path, text: &str) {
