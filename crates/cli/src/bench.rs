@@ -17,12 +17,15 @@
 //! comes from one small histogram per second of the run. A progress bar (`bench/progress.rs`)
 //! runs on stderr when it is a terminal. Errors are counted by kind ([`Fail`], [`error_kind`]).
 //!
-//! The generator must never be the bottleneck, so the client is hand-written over a raw tokio
-//! `TcpStream`: one write syscall per batch of frames, one read syscall per batch of replies,
-//! one receive buffer per connection, masking done eight bytes at a time. It still speaks
-//! WebSocket correctly: client frames are masked with a fresh key per frame, the 101 response
-//! and its `Sec-WebSocket-Accept` are checked, and every echoed frame is parsed (FIN, opcode,
-//! length, mask bit, payload) so that anything unexpected is counted as an error.
+//! The generator must never be the bottleneck, so the client is hand-written: one write syscall
+//! per batch of frames, one read syscall per batch of replies, one receive buffer per
+//! connection. Plain `ws://` closed-loop echo runs (what measures a server's throughput) go
+//! through `bench/raw.rs`: after the handshakes, ONE `mio` event loop per thread drives all of
+//! its connections, with no task, waker or timer per message; the other modes run on raw tokio
+//! `TcpStream`s. It still speaks WebSocket correctly: client frames are masked with a fresh key
+//! per frame from a CSPRNG (ChaCha12), the 101 response and its `Sec-WebSocket-Accept` are
+//! checked, and every echoed frame is parsed (FIN, opcode, length, mask bit, payload) so that
+//! anything unexpected is counted as an error.
 //!
 //! Transports: `ws://` is cleartext TCP; `wss://` is TLS (switchyard's client TLS
 //! configuration: system roots, `--ca`, `--insecure`; ALPN http/1.1) with the same
@@ -53,6 +56,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 mod progress;
+mod raw;
 mod report;
 
 /// Arguments of `switchyard bench`.
@@ -599,6 +603,17 @@ struct Window {
     end: Instant,
 }
 
+/// The window of a run that starts at `t0`.
+fn window_from(plan: &Plan, t0: Instant) -> Window {
+    let measure_from = t0 + plan.ramp_up + plan.warmup;
+    let end = measure_from + plan.duration.unwrap_or(Duration::from_secs(3));
+    Window {
+        t0,
+        measure_from,
+        end,
+    }
+}
+
 /// User + system CPU seconds used by this process so far (Linux `/proc/self/stat`).
 fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -659,6 +674,10 @@ fn worker_thread(
         .enable_all()
         .build()
         .context("cannot start a tokio runtime for a load-generator thread")?;
+    if mode == Mode::Echo && raw::eligible(&plan) {
+        // Plain ws:// closed loop: the event loop of bench/raw.rs.
+        return raw::worker(&plan, index, &rt, &barrier, &start);
+    }
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let slots: Vec<usize> = (index..plan.connections).step_by(plan.threads).collect();
@@ -672,21 +691,17 @@ fn worker_thread(
             // HTTP/2: `h2_streams` WebSockets per connection, opened before the window.
             for chunk in slots.chunks(plan.h2_streams) {
                 let opened = open_h2_streams(&plan, chunk.len()).await;
-                for (c, &i) in opened.into_iter().zip(chunk) {
+                for c in opened {
                     match c {
-                        Ok((s, early)) => {
-                            conns.push(EchoConn::on(s, early, &plan, Rng::new(i as u64)))
-                        }
+                        Ok((s, early)) => conns.push(EchoConn::on(s, early, &plan, Rng::new())),
                         Err(e) => report.borrow_mut().fail(&e),
                     }
                 }
             }
         } else if mode == Mode::Echo && !ramp {
             // Connect everything first, outside the measured window.
-            let opened = futures_util::future::join_all(
-                slots.iter().map(|&i| EchoConn::open(&plan, i as u64)),
-            )
-            .await;
+            let opened =
+                futures_util::future::join_all(slots.iter().map(|_| EchoConn::open(&plan))).await;
             for c in opened {
                 match c {
                     Ok(c) => conns.push(c),
@@ -698,13 +713,7 @@ fn worker_thread(
         let t0 = *start.get_or_init(Instant::now);
         report.borrow_mut().origin = Some(t0);
         let _ = plan.live.started.set(t0);
-        let measure_from = t0 + plan.ramp_up + plan.warmup;
-        let end = measure_from + plan.duration.unwrap_or(Duration::from_secs(3));
-        let window = Window {
-            t0,
-            measure_from,
-            end,
-        };
+        let window = window_from(&plan, t0);
         // With --ramp-up, slot i starts at t0 + ramp_up * i / connections.
         let start_of = |i: usize| {
             t0 + plan
@@ -728,7 +737,7 @@ fn worker_thread(
                             Some(c) => c,
                             None => {
                                 tokio::time::sleep_until(at.into()).await;
-                                match EchoConn::open(&plan, i as u64).await {
+                                match EchoConn::open(&plan).await {
                                     Ok(c) => c,
                                     Err(e) => return report.borrow_mut().fail(&e),
                                 }
@@ -758,7 +767,7 @@ fn worker_thread(
                     let at = start_of(i);
                     tasks.push(tokio::task::spawn_local(async move {
                         tokio::time::sleep_until(at.into()).await;
-                        handshake_loop(&plan, i as u64, window, &report).await;
+                        handshake_loop(&plan, window, &report).await;
                     }));
                 }
             }
@@ -774,28 +783,20 @@ fn worker_thread(
     })
 }
 
-/// Small xorshift generator for mask keys and handshake keys (RFC 6455 §5.3 asks for
-/// unpredictable masks against proxy cache poisoning; for a load generator talking to a
-/// benchmark server, fresh per-frame keys from a fast PRNG keep the server's work realistic).
-struct Rng(u64);
+/// Masking keys and handshake keys: a CSPRNG (`rand`'s `StdRng`, ChaCha12) seeded once per
+/// connection from the thread's OS-seeded generator, so that masks are unpredictable as
+/// RFC 6455 §5.3 asks, at a few nanoseconds per key.
+struct Rng(rand::rngs::StdRng);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let mut r = Rng((seed.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nanos | 1);
-        r.next();
-        r
+    fn new() -> Self {
+        use rand::SeedableRng as _;
+        Rng(rand::rngs::StdRng::from_rng(&mut rand::rng()))
     }
 
     fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
+        use rand::Rng as _;
+        self.0.random()
     }
 }
 
@@ -1106,8 +1107,8 @@ struct EchoConn {
 }
 
 impl EchoConn {
-    async fn open(plan: &Plan, id: u64) -> anyhow::Result<Self> {
-        let mut rng = Rng::new(id);
+    async fn open(plan: &Plan) -> anyhow::Result<Self> {
+        let mut rng = Rng::new();
         let mut stream = connect(plan).await?;
         let early = handshake(&mut stream, plan, &mut rng).await?;
         Ok(Self::on(stream, early, plan, rng))
@@ -1387,8 +1388,8 @@ impl EchoConn {
 }
 
 /// Connect → upgrade → close handshake, repeated until the end of the window.
-async fn handshake_loop(plan: &Plan, id: u64, window: Window, report: &RefCell<Report>) {
-    let mut rng = Rng::new(id);
+async fn handshake_loop(plan: &Plan, window: Window, report: &RefCell<Report>) {
+    let mut rng = Rng::new();
     loop {
         let started = Instant::now();
         if started >= window.end {
@@ -1460,16 +1461,14 @@ async fn handshake_cycle(plan: &Plan, rng: &mut Rng) -> anyhow::Result<()> {
 async fn run_idle(plan: Arc<Plan>, json: bool) -> anyhow::Result<()> {
     use futures_util::StreamExt as _;
     let started = Instant::now();
-    let mut rng = Rng::new(0);
     let mut errors = 0u64;
     let mut first_error = None;
     let mut held = Vec::with_capacity(plan.idle);
     let opens = futures_util::stream::iter(0..plan.idle)
-        .map(|i| {
+        .map(|_| {
             let plan = plan.clone();
-            let seed = rng.next() ^ i as u64;
             async move {
-                let mut rng = Rng::new(seed);
+                let mut rng = Rng::new();
                 let mut s = connect(&plan).await?;
                 handshake(&mut s, &plan, &mut rng).await?;
                 // When the holder is killed, reset instead of leaving thousands of

@@ -1,0 +1,717 @@
+//! The hot path of `switchyard bench`: closed-loop echo over plain `ws://` (no TLS, no HTTP/2,
+//! no `--rate`, no `--ramp-up`), which is what measures a server's throughput.
+//!
+//! The load generator must cost clearly less CPU per message than the server it measures, so
+//! after the handshakes (done with tokio, as in the other modes) each load-generator thread
+//! drives all of its connections from ONE `mio` event loop, edge-triggered, without tasks,
+//! wakers or timers:
+//!
+//! - per readable event, one `read` into the connection's large receive buffer (again only
+//!   while the buffer came back full) and every complete frame in it is parsed and checked;
+//! - the replies are answered with as many new messages, all written with one `write`;
+//! - one `Instant::now()` per event stamps both the replies' arrival and the new messages'
+//!   departure.
+//!
+//! It still speaks WebSocket as RFC 6455 asks: every frame is masked with a fresh 32-bit key
+//! from a ChaCha12 CSPRNG (`rand`'s `StdRng`, seeded once per thread from the OS), and every
+//! echoed frame is parsed and verified: FIN, RSV, opcode, mask bit, exact length, and its
+//! payload compared with what was sent. Each payload starts with the message's sequence number
+//! on this connection (hex digits, so text messages stay ASCII), so that a lost, duplicated or
+//! reordered echo is an error too. Pings are answered, a close frame or EOF is an error.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::sync::atomic::Ordering;
+use std::sync::{Barrier, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+
+use super::{
+    parse_head, Fail, Plan, Report, Stream, Window, MAX_CONTROL, MAX_HEADER, OP_CLOSE, OP_PING,
+    OP_PONG,
+};
+
+/// How long after the end of the run a connection may take to deliver one more read.
+const GRACE: Duration = Duration::from_secs(2);
+/// How long the close handshakes may take at the end.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// Hex digits of the sequence number at the start of each payload (fewer if it is shorter).
+const SEQ_DIGITS: usize = 8;
+
+/// Whether `plan` runs on this event loop (the other echo runs use the tokio path).
+pub(super) fn eligible(plan: &Plan) -> bool {
+    plan.tls.is_none() && plan.h2_streams == 0 && plan.rate.is_none() && plan.ramp_up.is_zero()
+}
+
+/// One load-generator thread of an eligible echo run: opens this thread's share of the
+/// connections, waits for the other threads, then runs the event loop.
+pub(super) fn worker(
+    plan: &Plan,
+    index: usize,
+    rt: &tokio::runtime::Runtime,
+    barrier: &Barrier,
+    start: &OnceLock<Instant>,
+) -> anyhow::Result<Report> {
+    let slots: Vec<usize> = (index..plan.connections).step_by(plan.threads).collect();
+    let mut report = Report::new();
+    report.live = Some(plan.live.clone());
+    let opened = rt.block_on(futures_util::future::join_all(
+        slots.iter().map(|_| open(plan)),
+    ));
+    let mut socks = Vec::with_capacity(opened.len());
+    for o in opened {
+        match o {
+            Ok(s) => socks.push(s),
+            Err(e) => report.fail(&e),
+        }
+    }
+    barrier.wait();
+    let window = super::window_from(plan, *start.get_or_init(Instant::now));
+    report.origin = Some(window.t0);
+    let _ = plan.live.started.set(window.t0);
+    EventLoop::new(plan, socks)?.run(window, &mut report)?;
+    report.measured = window.end.saturating_duration_since(window.measure_from);
+    report.live = None;
+    Ok(report)
+}
+
+/// Connects and upgrades (tokio), then hands the socket over to the event loop.
+async fn open(plan: &Plan) -> anyhow::Result<(std::net::TcpStream, Vec<u8>)> {
+    let mut rng = super::Rng::new();
+    let mut stream = super::connect(plan).await?;
+    let early = super::handshake(&mut stream, plan, &mut rng).await?;
+    let Stream::Tcp(tcp) = stream else {
+        anyhow::bail!("internal error: a ws:// connection that is not plain TCP");
+    };
+    // Still non-blocking, as mio wants it.
+    let std = tcp
+        .into_std()
+        .context("cannot take the socket out of the tokio runtime")?;
+    Ok((std, early))
+}
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    /// Closed loop: every echo is answered with a new message.
+    Running,
+    /// The run is over; waiting for one more read (as the tokio path does).
+    Draining,
+    /// Counted; to be closed.
+    Done,
+    /// Close frame sent; reading until the server ends the connection.
+    Closing,
+    /// Gone (closed by the server after the close frame, or failed and counted).
+    Closed,
+}
+
+/// One connection of the event loop.
+struct Conn {
+    sock: Option<TcpStream>,
+    state: State,
+    /// Received bytes: `rbuf[rpos..rlen]` is unparsed.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    rlen: usize,
+    /// Frames to send.
+    out: OutBuf,
+    /// Send time of each outstanding message, oldest first.
+    sent: VecDeque<Instant>,
+    /// Sequence number of the next message sent and of the next echo expected.
+    next_out: u64,
+    next_in: u64,
+}
+
+/// The frames every connection sends, prepared once.
+struct Template {
+    /// FIN + opcode and the length (with the mask bit), without the masking key.
+    head: Vec<u8>,
+    /// The payload; its first `seq_len` bytes are replaced by the sequence number.
+    payload: Vec<u8>,
+    seq_len: usize,
+    opcode: u8,
+}
+
+impl Template {
+    fn new(plan: &Plan) -> Self {
+        let len = plan.payload.len();
+        let opcode = plan.opcode();
+        let mut head = vec![0x80 | opcode];
+        if len < 126 {
+            head.push(0x80 | len as u8);
+        } else if len <= usize::from(u16::MAX) {
+            head.push(0x80 | 126);
+            head.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            head.push(0x80 | 127);
+            head.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        Self {
+            head,
+            payload: plan.payload.clone(),
+            seq_len: len.min(SEQ_DIGITS),
+            opcode,
+        }
+    }
+
+    /// Appends message number `seq`, masked with `mask`, to `out`: the header, then the
+    /// payload copied and masked in one pass.
+    fn write(&self, out: &mut OutBuf, seq: u64, mask: [u8; 4]) {
+        let h = self.head.len();
+        let frame = out.slot(h + 4 + self.payload.len());
+        frame[..h].copy_from_slice(&self.head);
+        frame[h..h + 4].copy_from_slice(&mask);
+        let body = &mut frame[h + 4..];
+        copy_masked(body, &self.payload, mask);
+        if self.seq_len > 0 {
+            let mut digits = [0u8; SEQ_DIGITS];
+            write_seq(&mut digits[..self.seq_len], seq);
+            for (k, d) in digits[..self.seq_len].iter().enumerate() {
+                body[k] = d ^ mask[k % 4];
+            }
+        }
+    }
+
+    /// Whether `payload` is the echo of message number `seq`.
+    fn matches(&self, payload: &[u8], seq: u64) -> bool {
+        if payload.len() != self.payload.len() {
+            return false;
+        }
+        let mut digits = [0u8; SEQ_DIGITS];
+        let digits = &mut digits[..self.seq_len];
+        write_seq(digits, seq);
+        payload[..self.seq_len] == *digits
+            && payload[self.seq_len..] == self.payload[self.seq_len..]
+    }
+}
+
+/// `dst = src` masked with `mask` (RFC 6455 §5.3), in one pass that the compiler vectorises.
+fn copy_masked(dst: &mut [u8], src: &[u8], mask: [u8; 4]) {
+    let mut m = [0u8; 32];
+    for (i, b) in m.iter_mut().enumerate() {
+        *b = mask[i % 4];
+    }
+    let mut d = dst.chunks_exact_mut(32);
+    let mut s = src.chunks_exact(32);
+    for (d, s) in (&mut d).zip(&mut s) {
+        for ((d, s), m) in d.iter_mut().zip(s).zip(&m) {
+            *d = s ^ m;
+        }
+    }
+    // The tail starts at a multiple of 32, hence of 4: the mask phase is 0 again.
+    for ((d, s), m) in d
+        .into_remainder()
+        .iter_mut()
+        .zip(s.remainder())
+        .zip(mask.iter().cycle())
+    {
+        *d = s ^ m;
+    }
+}
+
+/// Bytes waiting to be written on one connection; its buffer only grows, so that steady
+/// state writes frames into memory that is already there.
+#[derive(Default)]
+struct OutBuf {
+    buf: Vec<u8>,
+    /// `buf[pos..len]` is pending.
+    pos: usize,
+    len: usize,
+}
+
+impl OutBuf {
+    /// `n` more bytes at the end of the pending ones, to be filled by the caller.
+    fn slot(&mut self, n: usize) -> &mut [u8] {
+        if self.pos == self.len {
+            self.pos = 0;
+            self.len = 0;
+        }
+        let end = self.len + n;
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        let start = self.len;
+        self.len = end;
+        &mut self.buf[start..end]
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.slot(bytes.len()).copy_from_slice(bytes);
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..self.len]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+    }
+}
+
+/// Writes the low bits of `seq` as lower-case hex digits filling `out` (ASCII, so that text
+/// messages stay valid UTF-8).
+fn write_seq(out: &mut [u8], mut seq: u64) {
+    for b in out.iter_mut().rev() {
+        *b = b"0123456789abcdef"[(seq & 0xF) as usize];
+        seq >>= 4;
+    }
+}
+
+struct EventLoop<'p> {
+    plan: &'p Plan,
+    poll: Poll,
+    conns: Vec<Conn>,
+    template: Template,
+    rng: StdRng,
+}
+
+impl<'p> EventLoop<'p> {
+    fn new(plan: &'p Plan, socks: Vec<(std::net::TcpStream, Vec<u8>)>) -> anyhow::Result<Self> {
+        let poll = Poll::new().context("cannot create the event loop (epoll)")?;
+        // Room for a whole batch of replies, so that one read usually takes them all.
+        let frame = plan.size + MAX_HEADER;
+        let cap = (frame * plan.in_flight)
+            .clamp(16 * 1024, 4 * 1024 * 1024)
+            .max(frame * 2);
+        let mut conns = Vec::with_capacity(socks.len());
+        for (i, (std, early)) in socks.into_iter().enumerate() {
+            let mut sock = TcpStream::from_std(std);
+            poll.registry()
+                .register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)
+                .context("cannot register a socket with the event loop")?;
+            let mut rbuf = vec![0u8; cap.max(early.len())];
+            rbuf[..early.len()].copy_from_slice(&early);
+            conns.push(Conn {
+                sock: Some(sock),
+                state: State::Running,
+                rbuf,
+                rpos: 0,
+                rlen: early.len(),
+                out: OutBuf::default(),
+                sent: VecDeque::with_capacity(plan.in_flight),
+                next_out: 0,
+                next_in: 0,
+            });
+        }
+        Ok(Self {
+            plan,
+            poll,
+            conns,
+            template: Template::new(plan),
+            // A CSPRNG (ChaCha12), seeded once from the OS: fresh unpredictable masking keys
+            // for every frame at a few nanoseconds each.
+            rng: StdRng::from_os_rng(),
+        })
+    }
+
+    fn run(mut self, window: Window, report: &mut Report) -> anyhow::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let now = Instant::now();
+        for i in 0..self.conns.len() {
+            self.queue(i, self.plan.in_flight, now);
+            self.step(i, report, |c, _| c.flush());
+            // Frames that came with the 101 response.
+            if self.conns[i].rlen > 0 {
+                self.on_readable(i, window, report);
+            }
+        }
+        let grace_end = window.end + GRACE;
+        let mut close_end = None;
+        loop {
+            let now = Instant::now();
+            if now >= window.end && close_end.is_none() {
+                // Stop sending; each connection still counts the read that ends it.
+                for c in &mut self.conns {
+                    if c.state == State::Running {
+                        c.state = if c.sent.is_empty() {
+                            State::Done
+                        } else {
+                            State::Draining
+                        };
+                    }
+                }
+                let waiting = self.conns.iter().any(|c| c.state == State::Draining);
+                if !waiting || now >= grace_end {
+                    for i in 0..self.conns.len() {
+                        if self.conns[i].state == State::Draining {
+                            report.error_of("timeout", || {
+                                "a reply did not arrive within 2 s after the end of the run".into()
+                            });
+                            self.conns[i].state = State::Done;
+                        }
+                        self.start_close(i);
+                    }
+                    close_end = Some(now + CLOSE_WAIT);
+                }
+            }
+            if let Some(t) = close_end {
+                if now >= t || self.conns.iter().all(|c| c.state == State::Closed) {
+                    return Ok(());
+                }
+            }
+            let deadline = close_end.unwrap_or(if now < window.end {
+                window.end
+            } else {
+                grace_end
+            });
+            match self
+                .poll
+                .poll(&mut events, Some(deadline.saturating_duration_since(now)))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("the event loop (epoll) failed"),
+            }
+            for ev in events.iter() {
+                let i = ev.token().0;
+                match self.conns.get(i) {
+                    Some(c) if c.sock.is_some() => {}
+                    _ => continue,
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.on_readable(i, window, report);
+                }
+                if ev.is_writable() {
+                    self.step(i, report, |c, _| c.flush());
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on connection `i`; an error is counted and closes the connection.
+    fn step(
+        &mut self,
+        i: usize,
+        report: &mut Report,
+        f: impl FnOnce(&mut Conn, &mut Report) -> anyhow::Result<()>,
+    ) {
+        let c = &mut self.conns[i];
+        if c.sock.is_none() {
+            return;
+        }
+        if let Err(e) = f(c, report) {
+            if matches!(c.state, State::Running | State::Draining) {
+                report.fail(&e);
+            }
+            c.sock = None;
+            c.state = State::Closed;
+        }
+    }
+
+    /// Queues `n` new messages on connection `i`, each with a fresh masking key.
+    fn queue(&mut self, i: usize, n: usize, now: Instant) {
+        let c = &mut self.conns[i];
+        for _ in 0..n {
+            let mask: [u8; 4] = self.rng.random::<u32>().to_ne_bytes();
+            self.template.write(&mut c.out, c.next_out, mask);
+            c.next_out += 1;
+            c.sent.push_back(now);
+        }
+    }
+
+    /// Reads what connection `i` has, checks and counts the echoes, and answers them.
+    fn on_readable(&mut self, i: usize, window: Window, report: &mut Report) {
+        loop {
+            let c = &mut self.conns[i];
+            let Some(sock) = c.sock.as_mut() else { return };
+            let room = c.rbuf.len() - c.rlen;
+            // (bytes read, end of stream, socket drained)
+            let (n, eof, drained) = match sock.read(&mut c.rbuf[c.rlen..]) {
+                Ok(0) if room > 0 => (0, true, true),
+                Ok(n) => (n, false, n < room),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => (0, false, true),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let e = anyhow::Error::new(e).context("connection error during the run");
+                    return self.step(i, report, |_, _| Err(e));
+                }
+            };
+            c.rlen += n;
+            match c.state {
+                State::Closing | State::Done | State::Closed => {
+                    // Whatever comes after the run (the server's close frame) is dropped.
+                    c.rpos = 0;
+                    c.rlen = 0;
+                    if eof {
+                        c.sock = None;
+                        c.state = State::Closed;
+                        return;
+                    }
+                }
+                State::Running | State::Draining => {
+                    if eof {
+                        return self.step(i, report, |_, _| {
+                            Err(Fail::ClosedEarly(
+                                "the server closed the TCP connection in the middle of the run"
+                                    .into(),
+                            )
+                            .into())
+                        });
+                    }
+                    let now = Instant::now();
+                    let plan = self.plan;
+                    let template = &self.template;
+                    let rng = &mut self.rng;
+                    let c = &mut self.conns[i];
+                    let replies = match c.take_replies(plan, template, rng, now, window, report) {
+                        Ok(n) => n,
+                        Err(e) => return self.step(i, report, |_, _| Err(e)),
+                    };
+                    if replies > 0 {
+                        if let Some(live) = &report.live {
+                            live.done.fetch_add(replies as u64, Ordering::Relaxed);
+                        }
+                        if c.state == State::Draining {
+                            c.state = State::Done;
+                        } else if now < window.end {
+                            self.queue(i, replies, now);
+                        }
+                    }
+                    self.step(i, report, |c, _| c.flush());
+                }
+            }
+            if drained {
+                return;
+            }
+        }
+    }
+
+    /// Sends a close frame on connection `i` (if it is still open) and waits for the end.
+    fn start_close(&mut self, i: usize) {
+        let mask: [u8; 4] = self.rng.random::<u32>().to_ne_bytes();
+        let c = &mut self.conns[i];
+        if c.sock.is_none() {
+            return;
+        }
+        let mut frame = Vec::with_capacity(8);
+        super::push_frame(&mut frame, OP_CLOSE, &1000u16.to_be_bytes(), mask);
+        c.out.push(&frame);
+        c.state = State::Closing;
+        if c.flush_quiet().is_err() {
+            c.sock = None;
+            c.state = State::Closed;
+        }
+    }
+}
+
+impl Conn {
+    /// Writes pending frames until done or the socket is full (the rest goes on the next
+    /// writable event).
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.flush_quiet()
+            .context("connection error during the run")
+    }
+
+    fn flush_quiet(&mut self) -> std::io::Result<()> {
+        let Some(sock) = self.sock.as_mut() else {
+            return Ok(());
+        };
+        while !self.out.pending().is_empty() {
+            match sock.write(self.out.pending()) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.out.consume(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses every complete frame received, answers pings, checks and counts the echoes.
+    /// Returns the number of echoes.
+    fn take_replies(
+        &mut self,
+        plan: &Plan,
+        template: &Template,
+        rng: &mut StdRng,
+        now: Instant,
+        window: Window,
+        report: &mut Report,
+    ) -> anyhow::Result<usize> {
+        let mut replies = 0usize;
+        loop {
+            let avail = &self.rbuf[self.rpos..self.rlen];
+            let Some(head) = parse_head(avail) else { break };
+            let total = head.header_len as u64 + head.payload_len;
+            if total > avail.len() as u64 {
+                if total > self.rbuf.len() as u64 {
+                    return Err(Fail::Protocol(format!(
+                        "the server sent a {} byte frame; the largest expected is {}",
+                        head.payload_len,
+                        plan.size.max(MAX_CONTROL)
+                    ))
+                    .into());
+                }
+                break;
+            }
+            let total = total as usize;
+            let payload = &avail[head.header_len..total];
+            self.rpos += total;
+            if head.masked || head.rsv != 0 || !head.fin {
+                return Err(Fail::Protocol(format!(
+                    "bad server frame: fin={} rsv={} masked={} (servers must send \
+                     unmasked, unfragmented frames without extensions here)",
+                    head.fin, head.rsv, head.masked
+                ))
+                .into());
+            }
+            match head.opcode {
+                op if op == template.opcode => {
+                    if !template.matches(payload, self.next_in) {
+                        let what = if payload.len() == plan.size {
+                            format!(
+                                "echo number {} on this connection is not the message sent \
+                                 with that number (lost, reordered or altered)",
+                                self.next_in
+                            )
+                        } else {
+                            format!("{} bytes back, {} sent", payload.len(), plan.size)
+                        };
+                        return Err(Fail::Protocol(format!(
+                            "echoed payload differs from the one sent ({what})"
+                        ))
+                        .into());
+                    }
+                    let Some(sent_at) = self.sent.pop_front() else {
+                        return Err(Fail::Protocol(
+                            "the server echoed more messages than were sent".into(),
+                        )
+                        .into());
+                    };
+                    self.next_in += 1;
+                    report.complete(now, now.saturating_duration_since(sent_at), &window);
+                    replies += 1;
+                }
+                OP_PING => {
+                    let mask: [u8; 4] = rng.random::<u32>().to_ne_bytes();
+                    let mut pong = Vec::with_capacity(payload.len() + 6);
+                    super::push_frame(&mut pong, OP_PONG, payload, mask);
+                    self.out.push(&pong);
+                }
+                OP_PONG => {}
+                OP_CLOSE => {
+                    return Err(Fail::ClosedEarly(
+                        "the server sent a close frame in the middle of the run".into(),
+                    )
+                    .into())
+                }
+                op => {
+                    return Err(Fail::Protocol(format!(
+                        "the server sent opcode {op:#x}; expected {:#x} echoes",
+                        template.opcode
+                    ))
+                    .into())
+                }
+            }
+        }
+        // Compact: move a partial frame to the front.
+        if self.rpos == self.rlen {
+            self.rpos = 0;
+            self.rlen = 0;
+        } else if self.rpos > 0 && self.rbuf.len() - self.rlen < MAX_HEADER + plan.size {
+            self.rbuf.copy_within(self.rpos..self.rlen, 0);
+            self.rlen -= self.rpos;
+            self.rpos = 0;
+        }
+        Ok(replies)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{apply_mask, OP_BINARY, OP_TEXT};
+    use super::*;
+
+    #[test]
+    fn sequence_digits() {
+        let mut d = [0u8; 8];
+        write_seq(&mut d, 0x1234_abcd);
+        assert_eq!(&d, b"1234abcd");
+        let mut d = [0u8; 3];
+        write_seq(&mut d, 0xfff_0a1);
+        assert_eq!(&d, b"0a1");
+        write_seq(&mut [], 5);
+    }
+
+    #[test]
+    fn copy_masked_is_the_rfc_mask() {
+        let mask = [0xa1, 0x02, 0x7f, 0xe4];
+        for len in [0usize, 1, 3, 4, 31, 32, 33, 64, 100, 65536] {
+            let src: Vec<u8> = (0..len).map(|i| (i * 13 + 7) as u8).collect();
+            let mut dst = vec![0u8; len];
+            copy_masked(&mut dst, &src, mask);
+            let want: Vec<u8> = src
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            assert_eq!(dst, want, "len {len}");
+        }
+    }
+
+    fn template(size: usize, binary: bool) -> Template {
+        let payload: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+        let opcode = if binary { OP_BINARY } else { OP_TEXT };
+        let mut head = vec![0x80 | opcode];
+        if size < 126 {
+            head.push(0x80 | size as u8);
+        } else if size <= usize::from(u16::MAX) {
+            head.push(0x80 | 126);
+            head.extend_from_slice(&(size as u16).to_be_bytes());
+        } else {
+            head.push(0x80 | 127);
+            head.extend_from_slice(&(size as u64).to_be_bytes());
+        }
+        Template {
+            head,
+            seq_len: size.min(SEQ_DIGITS),
+            payload,
+            opcode,
+        }
+    }
+
+    #[test]
+    fn frames_are_masked_numbered_and_checked() {
+        for size in [0usize, 5, 16, 125, 126, 70000] {
+            let t = template(size, size > 100);
+            let mut out = OutBuf::default();
+            let masks = [[1, 2, 3, 4], [0xde, 0xad, 0xbe, 0xef]];
+            t.write(&mut out, 0x2a, masks[0]);
+            t.write(&mut out, 0x2b, masks[1]);
+            let mut buf = out.pending().to_vec();
+            let mut bodies = Vec::new();
+            for mask in masks {
+                let h = parse_head(&buf).expect("header");
+                assert!(h.fin && h.masked && h.rsv == 0, "size {size}");
+                assert_eq!(h.opcode, t.opcode);
+                assert_eq!(h.payload_len, size as u64);
+                assert_eq!(&buf[h.header_len - 4..h.header_len], &mask);
+                let end = h.header_len + size;
+                let mut body = buf[h.header_len..end].to_vec();
+                apply_mask(&mut body, mask);
+                bodies.push(body);
+                buf.drain(..end);
+            }
+            assert!(buf.is_empty());
+            // Each echo matches its own number only; text stays ASCII.
+            assert!(t.matches(&bodies[0], 0x2a) && t.matches(&bodies[1], 0x2b));
+            if size > 0 {
+                assert!(!t.matches(&bodies[0], 0x2b), "size {size}");
+                assert!(bodies[0].is_ascii());
+            }
+            if size > SEQ_DIGITS {
+                assert_eq!(&bodies[1][..8], b"0000002b");
+                let mut altered = bodies[1].clone();
+                *altered.last_mut().expect("non-empty") ^= 1;
+                assert!(!t.matches(&altered, 0x2b));
+            }
+            assert!(!t.matches(&bodies[0][..size.saturating_sub(1)], 0x2a) || size == 0);
+        }
+    }
+}
