@@ -144,3 +144,32 @@ pub(crate) fn log_end(end: EchoEnd) {
         EchoEnd::Failed(e) => info!("websocket failed: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn echo_session_future_is_small() {
+        // Boxed once per WebSocket and alive as long as it (idle memory):
+        // the echo state only, not stored twice by an `async` block.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let cfg = Arc::new(AcceptConfig::default());
+        let session = Box::new(EchoSession {
+            negotiated: Negotiated::default(),
+            limits: Arc::new(cfg.limits.clone()),
+            cfg,
+        });
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let ctx = SessionCtx {
+            shutdown,
+            grace: std::time::Duration::from_secs(1),
+        };
+        let fut = session.run(ServerIo::Plain(server), BytesMut::new(), ctx);
+        let size = std::mem::size_of_val(&*fut);
+        assert!(size <= 512, "echo session future is {size} bytes");
+    }
+}
