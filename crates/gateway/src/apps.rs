@@ -153,3 +153,21 @@ where
 
 /// The page served at `/`: says what is served and talks to `/echo`.
 pub const INDEX_HTML: &str = include_str!("index.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard::proto::{Connection, Limits, Role};
+
+    #[tokio::test]
+    async fn echo_session_state_is_small() {
+        // The echo future lives as long as its connection (idle memory per
+        // WebSocket; target 2 KiB in all, with the task and the socket).
+        let (a, _b) = tokio::io::duplex(64);
+        let ws = WebSocket::from_raw(a, Connection::new(Role::Server, Limits::default()), &[]);
+        let (_tx, rx) = watch::channel(false);
+        let echo = echo(ws, rx, Duration::from_secs(1));
+        let size = std::mem::size_of_val(&echo);
+        assert!(size <= 512, "echo future is {size} bytes");
+    }
+}

@@ -11,9 +11,14 @@
 //! after the response; an idle connection is closed after
 //! [`crate::server::Http1Settings::idle_timeout`].
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, StatusCode, Version};
 use switchyard::proto::head;
@@ -21,10 +26,10 @@ use switchyard::proto::upgrade::connection_has;
 use switchyard::server::read_request_head;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::{debug, info, Instrument};
 
 use crate::io::{Prefixed, ServerIo};
-use crate::registry::{select, Registry, Selection, SessionCtx, SessionEnd};
+use crate::registry::{select, BoxFuture, Registry, Selection, SessionCtx, SessionEnd};
 use crate::server::{ConnCtx, Route, Shared};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -34,11 +39,7 @@ type Conn = Prefixed<ServerIo>;
 
 /// A cleartext connection: HTTP/2 with prior knowledge if it starts with
 /// the preface, HTTP/1.1 otherwise.
-pub(crate) async fn serve_cleartext(
-    stream: TcpStream,
-    shared: &std::sync::Arc<Shared>,
-    ctx: ConnCtx,
-) {
+pub(crate) async fn serve_cleartext(stream: TcpStream, shared: &Arc<Shared>, ctx: ConnCtx) {
     let io = ServerIo::Plain(stream);
     if !shared.http2.enabled {
         return serve(io, BytesMut::new(), shared, ctx).await;
@@ -76,11 +77,60 @@ pub(crate) async fn serve_cleartext(
 
 /// Serve HTTP/1.1 requests on `io` until the connection ends; `buf` holds
 /// bytes already read from it.
-pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: &Shared, mut ctx: ConnCtx) {
+///
+/// An upgraded connection's session runs in a task of its own, and this one
+/// ends: the HTTP/1.1 state (this future is KiBs: head parsing, routing,
+/// responses) is freed at the switch instead of living as long as the
+/// session (idle memory per WebSocket).
+pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: &Arc<Shared>, ctx: ConnCtx) {
+    serve_from(Prefixed::new(buf, io), None, true, shared, ctx).await
+}
+
+/// The HTTP/1.1 loop, boxed with an explicit `Send` type so that a session
+/// task can come back to it (after an RFC 2817 switch) without a recursive
+/// future type.
+fn serve_boxed(
+    io: ServerIo,
+    pending: Option<Request<()>>,
+    shared: Arc<Shared>,
+    ctx: ConnCtx,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let conn = Prefixed::new(BytesMut::new(), io);
+        serve_from(conn, pending, false, &shared, ctx).await
+    })
+}
+
+/// Run `session` as a task of its own (in the connection's tracing span),
+/// holding the connection's liveness token; if it hands the connection back
+/// to HTTP/1.1, serve that in the same task.
+///
+/// Combinators, not an `async` block, so the task stays small: a block would
+/// store the session's future twice and room for a `SessionEnd`.
+fn spawn_session(session: BoxFuture<SessionEnd>, shared: &Arc<Shared>, ctx: ConnCtx) {
+    let shared = shared.clone();
+    let task = session.then(move |end| match end {
+        SessionEnd::Done => Either::Left(std::future::ready(())),
+        SessionEnd::ContinueHttp { io, pending } => {
+            Either::Right(serve_boxed(io, pending, shared, ctx))
+        }
+    });
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        tokio::spawn(task);
+    } else {
+        tokio::spawn(task.instrument(span));
+    }
+}
+
+async fn serve_from(
+    mut conn: Conn,
+    mut pending: Option<Request<()>>,
+    mut first: bool,
+    shared: &Arc<Shared>,
+    mut ctx: ConnCtx,
+) {
     let limits = &shared.accept.limits;
-    let mut conn: Conn = Prefixed::new(buf, io);
-    let mut pending: Option<Request<()>> = None;
-    let mut first = true;
     let mut out = Vec::with_capacity(512);
     loop {
         let (mut req, body_read) = match pending.take() {
@@ -215,23 +265,16 @@ pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: &Shared, mut ctx:
                             return;
                         }
                         info!(%token, path = req.uri().path(), "switching protocols");
-                        // Nothing of the request or the response head is needed
-                        // while the session runs, which may be for days.
-                        drop(req);
-                        out = Vec::new();
+                        // Nothing of the request, the response head or this
+                        // loop is needed while the session runs, which may be
+                        // for days: it gets a task of its own and this one ends.
                         let (leftover, io) = conn.into_parts();
                         let sctx = SessionCtx {
                             shutdown: ctx.stop.clone(),
                             grace: shared.grace,
                         };
-                        match switch.session.run(io, leftover, sctx).await {
-                            SessionEnd::Done => return,
-                            SessionEnd::ContinueHttp { io, pending: p } => {
-                                conn = Prefixed::new(BytesMut::new(), io);
-                                pending = p;
-                                continue;
-                            }
-                        }
+                        let session = switch.session.run(io, leftover, sctx);
+                        return spawn_session(session, shared, ctx);
                     }
                 }
             }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::Request;
 use switchyard::proto::deflate::PerMessageDeflate;
@@ -11,7 +12,7 @@ use switchyard::proto::handshake::{self, Negotiated};
 use switchyard::proto::upgrade::ProtocolToken;
 use switchyard::proto::{Connection, Role};
 use switchyard::server::AcceptConfig;
-use switchyard::WebSocket;
+use switchyard::{Limits, WebSocket};
 use tracing::info;
 
 use crate::apps::{self, EchoEnd};
@@ -24,6 +25,8 @@ use crate::registry::{
 pub struct WebSocketEcho {
     tokens: [ProtocolToken; 1],
     cfg: Arc<AcceptConfig>,
+    /// `cfg.limits`, shared by every connection instead of copied into each.
+    limits: Arc<Limits>,
 }
 
 impl WebSocketEcho {
@@ -34,14 +37,19 @@ impl WebSocketEcho {
                 name: "websocket".into(),
                 version: None,
             }],
+            limits: Arc::new(cfg.limits.clone()),
             cfg,
         }
     }
 }
 
 /// Build the proto connection for what the handshake agreed to.
-pub(crate) fn server_connection(negotiated: &Negotiated, cfg: &AcceptConfig) -> Connection {
-    let mut conn = Connection::new(Role::Server, cfg.limits.clone());
+pub(crate) fn server_connection(
+    negotiated: &Negotiated,
+    cfg: &AcceptConfig,
+    limits: Arc<Limits>,
+) -> Connection {
+    let mut conn = Connection::new(Role::Server, limits);
     if let Some(params) = negotiated.deflate {
         let dcfg = cfg.handshake.deflate.clone().unwrap_or_default();
         conn = conn.with_deflate(PerMessageDeflate::new(Role::Server, params, &dcfg));
@@ -71,6 +79,7 @@ impl UpgradeProtocol for WebSocketEcho {
                     session: Box::new(EchoSession {
                         negotiated,
                         cfg: self.cfg.clone(),
+                        limits: self.limits.clone(),
                     }),
                 })
             }
@@ -93,6 +102,7 @@ impl UpgradeProtocol for WebSocketEcho {
 struct EchoSession {
     negotiated: Negotiated,
     cfg: Arc<AcceptConfig>,
+    limits: Arc<Limits>,
 }
 
 impl Session for EchoSession {
@@ -102,16 +112,28 @@ impl Session for EchoSession {
         leftover: BytesMut,
         ctx: SessionCtx,
     ) -> BoxFuture<SessionEnd> {
-        Box::pin(async move {
-            let conn = server_connection(&self.negotiated, &self.cfg);
-            let ws = WebSocket::from_raw(io, conn, &leftover).with_negotiated(self.negotiated);
-            // The bytes are copied; the buffer they came in (the head's read
-            // buffer, KiBs of capacity) must not live as long as the session.
-            drop(leftover);
-            info!(subprotocol = ?ws.subprotocol(), "upgraded to websocket");
-            log_end(apps::echo(ws, ctx.shutdown, ctx.grace).await);
+        // Everything is set up here, before the future is built, so that the
+        // future (which lives as long as the connection) holds only the echo
+        // state: not this session, the leftover buffer or the context.
+        let EchoSession {
+            negotiated,
+            cfg,
+            limits,
+        } = *self;
+        let conn = server_connection(&negotiated, &cfg, limits);
+        drop(cfg);
+        let ws = WebSocket::from_raw(io, conn, &leftover).with_negotiated(negotiated);
+        // The bytes are copied; the buffer they came in (the head's read
+        // buffer, KiBs of capacity) must not live as long as the session.
+        drop(leftover);
+        info!(subprotocol = ?ws.subprotocol(), "upgraded to websocket");
+        let echo = apps::echo(ws, ctx.shutdown, ctx.grace);
+        // `map`, not an `async` block: a block would store the echo future
+        // twice (once captured, once being awaited).
+        Box::pin(echo.map(|end| {
+            log_end(end);
             SessionEnd::Done
-        })
+        }))
     }
 }
 
@@ -120,5 +142,34 @@ pub(crate) fn log_end(end: EchoEnd) {
         EchoEnd::PeerClosed(frame) => info!(?frame, "websocket closed by peer"),
         EchoEnd::Shutdown => info!("websocket closed with 1001 (shutdown)"),
         EchoEnd::Failed(e) => info!("websocket failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn echo_session_future_is_small() {
+        // Boxed once per WebSocket and alive as long as it (idle memory):
+        // the echo state only, not stored twice by an `async` block.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let cfg = Arc::new(AcceptConfig::default());
+        let session = Box::new(EchoSession {
+            negotiated: Negotiated::default(),
+            limits: Arc::new(cfg.limits.clone()),
+            cfg,
+        });
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let ctx = SessionCtx {
+            shutdown,
+            grace: std::time::Duration::from_secs(1),
+        };
+        let fut = session.run(ServerIo::Plain(server), BytesMut::new(), ctx);
+        let size = std::mem::size_of_val(&*fut);
+        assert!(size <= 512, "echo session future is {size} bytes");
     }
 }

@@ -17,6 +17,9 @@
 //!   [`Connection::poll_message`] until `Ok(None)` or `Err`.
 //! * After every call that may queue bytes (`poll_message`, `send`, `close`),
 //!   write [`Connection::output`] and call [`Connection::advance_output`].
+//!   A driver that can write vectored may call
+//!   [`Connection::enable_vectored_output`]: large payloads are then queued
+//!   without a copy and [`Connection::output_chunks`] are written at once.
 //! * When [`Connection::wants_close_transport`] is true and the output is
 //!   flushed, close the transport (shut down the write side, then drop). A
 //!   client whose handshake completed (`State::Closed`) instead waits for the
@@ -39,12 +42,15 @@
 //! actually arrived (never with a length the peer declared), and buffers above
 //! 64 KiB are released when they become empty.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes, BytesMut};
 use rand::Rng;
 
 use crate::close::{CloseCode, CloseFrame, ClosePayloadError};
 use crate::deflate::{DeflateError, PerMessageDeflate};
-use crate::frame::{write_frame, FrameHeader, OpCode};
+use crate::frame::{encode_header, write_frame, FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::limits::Limits;
 use crate::mask::apply_mask;
 use crate::message::{Message, Utf8Bytes};
@@ -53,8 +59,14 @@ use crate::utf8::Utf8Validator;
 /// Empty buffers holding more than this are released (idle memory).
 const RELEASE_ABOVE: usize = 64 * 1024;
 
+/// With vectored output, uncompressed server payloads of at least this many
+/// bytes are queued as they are (a reference to the message's `Bytes`)
+/// instead of being copied into the output buffer.
+pub const ZERO_COPY_MIN: usize = 2048;
+
 /// Which end of the connection we are. Clients mask, servers must not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Role {
     Client,
     Server,
@@ -62,6 +74,7 @@ pub enum Role {
 
 /// Where the connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum State {
     /// Messages flow both ways.
     Open,
@@ -120,7 +133,8 @@ struct RecvFrame {
 struct RecvMessage {
     text: bool,
     compressed: bool,
-    fragments: usize,
+    /// Saturates; compared with `Limits::max_fragments`.
+    fragments: u32,
 }
 
 enum Step {
@@ -130,48 +144,108 @@ enum Step {
 }
 
 /// The connection state machine.
+///
+/// Kept small (one lives per open connection): the hot state is inline, the
+/// rest (permessage-deflate, fragment reassembly, the peer's close frame) is
+/// in [`Cold`], allocated on first use, and the limits are shared.
 pub struct Connection {
-    role: Role,
-    limits: Limits,
-    deflate: Option<PerMessageDeflate>,
-    state: State,
     read: BytesMut,
     out: BytesMut,
+    /// Vectored output only: frames queued before `out` (see
+    /// [`Connection::enable_vectored_output`]).
+    chunks: VecDeque<Chunk>,
+    limits: Arc<Limits>,
     frame: Option<RecvFrame>,
     msg: Option<RecvMessage>,
-    /// Fragmented or decompressed message payload.
-    msg_buf: BytesMut,
+    cold: Option<Box<Cold>>,
     utf8: Utf8Validator,
-    peer_close: Option<CloseFrame>,
-    /// Compression output, reused between messages.
-    scratch: BytesMut,
+    role: Role,
+    state: State,
     /// We started a fragmented message with `send_fragment`.
     sending_fragmented: bool,
+    vectored: bool,
+}
+
+/// State that most connections never need.
+#[derive(Default)]
+struct Cold {
+    deflate: Option<PerMessageDeflate>,
+    /// Fragmented or decompressed message payload.
+    msg_buf: BytesMut,
+    /// Compression output, reused between messages.
+    scratch: BytesMut,
+    peer_close: Option<CloseFrame>,
+}
+
+/// A queued piece of vectored output: `head[start..end]`, then `body`.
+struct Chunk {
+    head: [u8; MAX_HEADER_LEN],
+    start: u8,
+    end: u8,
+    body: Bytes,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        usize::from(self.end - self.start) + self.body.len()
+    }
+
+    fn first(&self) -> &[u8] {
+        if self.start < self.end {
+            &self.head[usize::from(self.start)..usize::from(self.end)]
+        } else {
+            &self.body
+        }
+    }
+}
+
+fn cold(c: &mut Option<Box<Cold>>) -> &mut Cold {
+    c.get_or_insert_with(Box::default)
 }
 
 impl Connection {
-    pub fn new(role: Role, limits: Limits) -> Self {
+    /// A connection with nothing allocated. `limits` may be an
+    /// `Arc<Limits>` shared by many connections (or a `Limits`).
+    pub fn new(role: Role, limits: impl Into<Arc<Limits>>) -> Self {
         Connection {
-            role,
-            limits,
-            deflate: None,
-            state: State::Open,
             read: BytesMut::new(),
             out: BytesMut::new(),
+            chunks: VecDeque::new(),
+            limits: limits.into(),
             frame: None,
             msg: None,
-            msg_buf: BytesMut::new(),
+            cold: None,
             utf8: Utf8Validator::new(),
-            peer_close: None,
-            scratch: BytesMut::new(),
+            role,
+            state: State::Open,
             sending_fragmented: false,
+            vectored: false,
         }
     }
 
     /// Enable permessage-deflate with the negotiated codec.
     pub fn with_deflate(mut self, codec: PerMessageDeflate) -> Self {
-        self.deflate = Some(codec);
+        cold(&mut self.cold).deflate = Some(codec);
         self
+    }
+
+    /// Let [`Connection::output`] be split into several chunks, so that a
+    /// large payload is queued without a copy (a server's uncompressed data
+    /// frames of at least [`ZERO_COPY_MIN`] bytes keep the message's `Bytes`).
+    /// The driver then writes [`Connection::output_chunks`] with a vectored
+    /// write, or [`Connection::output`] (the first chunk) at a time;
+    /// [`Connection::output_len`] stays the total. Off by default: then
+    /// `output()` is always all the bytes to write.
+    pub fn enable_vectored_output(&mut self) {
+        self.vectored = true;
+    }
+
+    fn has_deflate(&self) -> bool {
+        self.cold.as_ref().is_some_and(|c| c.deflate.is_some())
+    }
+
+    fn msg_buf_len(&self) -> usize {
+        self.cold.as_ref().map_or(0, |c| c.msg_buf.len())
     }
 
     pub fn role(&self) -> Role {
@@ -270,8 +344,8 @@ impl Connection {
     /// completes it, if the peer's close was received).
     pub fn send(&mut self, msg: Message) -> Result<(), SendError> {
         match msg {
-            Message::Text(t) => self.send_data(OpCode::Text, t.as_bytes()),
-            Message::Binary(b) => self.send_data(OpCode::Binary, &b),
+            Message::Text(t) => self.send_data(OpCode::Text, t.into_bytes()),
+            Message::Binary(b) => self.send_data(OpCode::Binary, b),
             Message::Ping(p) => self.send_control(OpCode::Ping, &p),
             Message::Pong(p) => self.send_control(OpCode::Pong, &p),
             Message::Close(f) => self.send_close(f),
@@ -307,15 +381,55 @@ impl Connection {
         Ok(())
     }
 
-    /// Encoded bytes waiting to be written.
+    /// Encoded bytes waiting to be written: all of them, or with vectored
+    /// output the first chunk (see [`Connection::enable_vectored_output`]).
+    /// Empty only when nothing is waiting.
     pub fn output(&self) -> &[u8] {
-        &self.out
+        match self.chunks.front() {
+            Some(c) => c.first(),
+            None => &self.out,
+        }
     }
 
-    /// `n` bytes of [`Connection::output`] were written.
+    /// Every chunk of the output, in order (one without vectored output).
+    pub fn output_chunks(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.chunks
+            .iter()
+            .flat_map(|c| {
+                let head = &c.head[usize::from(c.start)..usize::from(c.end)];
+                [head, &c.body[..]]
+            })
+            .chain(std::iter::once(&self.out[..]))
+            .filter(|b| !b.is_empty())
+    }
+
+    /// `n` bytes of the output were written (from the first chunk on).
     pub fn advance_output(&mut self, n: usize) {
-        let n = n.min(self.out.len());
-        self.out.advance(n);
+        let mut n = n;
+        while n > 0 {
+            let Some(c) = self.chunks.front_mut() else {
+                let n = n.min(self.out.len());
+                self.out.advance(n);
+                break;
+            };
+            let head = usize::from(c.end - c.start);
+            if n < head {
+                c.start += n as u8;
+                break;
+            }
+            n -= head;
+            c.start = c.end;
+            if n < c.body.len() {
+                c.body.advance(n);
+                break;
+            }
+            n -= c.body.len();
+            self.chunks.pop_front();
+        }
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            // Do not keep the queue's allocation on an idle connection.
+            self.chunks = VecDeque::new();
+        }
         if self.out.is_empty() && self.out.capacity() > RELEASE_ABOVE {
             self.out = BytesMut::new();
         }
@@ -323,7 +437,7 @@ impl Connection {
 
     /// Bytes waiting in the output (for backpressure).
     pub fn output_len(&self) -> usize {
-        self.output().len()
+        self.chunks.iter().map(Chunk::len).sum::<usize>() + self.out.len()
     }
 
     /// Whether the transport should be closed once the output is flushed
@@ -363,7 +477,7 @@ impl Connection {
 
     /// The close frame the peer sent, if any.
     pub fn peer_close(&self) -> Option<&CloseFrame> {
-        self.peer_close.as_ref()
+        self.cold.as_ref()?.peer_close.as_ref()
     }
 
     // ----- receive side -----
@@ -432,7 +546,7 @@ impl Connection {
             (_, false) => true,
         };
         if h.rsv1 {
-            if self.deflate.is_none() {
+            if !self.has_deflate() {
                 return Err(self.fail(
                     CloseCode::PROTOCOL_ERROR,
                     "RSV1 set, but permessage-deflate was not negotiated",
@@ -456,13 +570,13 @@ impl Connection {
                 fragments: 1,
             },
         };
-        if msg.fragments > self.limits.max_fragments {
+        if msg.fragments as usize > self.limits.max_fragments {
             return Err(self.fail(
                 CloseCode::POLICY_VIOLATION,
                 "message made of more fragments than the fragment limit",
             ));
         }
-        if !msg.compressed && self.msg_buf.len().saturating_add(len) > self.limits.max_message_size
+        if !msg.compressed && self.msg_buf_len().saturating_add(len) > self.limits.max_message_size
         {
             return Err(self.fail(
                 CloseCode::MESSAGE_TOO_BIG,
@@ -561,7 +675,9 @@ impl Connection {
             self.queue_close(echo.as_ref());
         }
         self.state = State::Closed;
-        self.peer_close = frame.clone();
+        if frame.is_some() || self.cold.is_some() {
+            cold(&mut self.cold).peer_close = frame.clone();
+        }
         self.discard_input();
         Ok(Step::Message(Message::Close(frame)))
     }
@@ -610,8 +726,9 @@ impl Connection {
             apply_mask(chunk, key, f.done);
         }
         if msg.compressed {
-            let start = self.msg_buf.len();
-            let Some(codec) = self.deflate.as_mut() else {
+            let c = cold(&mut self.cold);
+            let start = c.msg_buf.len();
+            let Some(codec) = c.deflate.as_mut() else {
                 return Err(self.fail(
                     CloseCode::PROTOCOL_ERROR,
                     "compressed frame without permessage-deflate",
@@ -621,7 +738,7 @@ impl Connection {
                 chunk,
                 f.fin && frame_done,
                 self.limits.max_message_size,
-                &mut self.msg_buf,
+                &mut c.msg_buf,
             );
             match r {
                 Ok(()) => {}
@@ -638,12 +755,8 @@ impl Connection {
                     ))
                 }
             }
-            if msg.text
-                && self
-                    .utf8
-                    .feed(self.msg_buf.get(start..).unwrap_or(&[]))
-                    .is_err()
-            {
+            let inflated = c.msg_buf.get(start..).unwrap_or(&[]);
+            if msg.text && self.utf8.feed(inflated).is_err() {
                 return Err(self.fail(
                     CloseCode::INVALID_PAYLOAD,
                     "invalid UTF-8 in a text message",
@@ -656,7 +769,7 @@ impl Connection {
                     "invalid UTF-8 in a text message",
                 ));
             }
-            self.msg_buf.extend_from_slice(chunk);
+            cold(&mut self.cold).msg_buf.extend_from_slice(chunk);
         }
         self.read.advance(avail);
         f.done += avail;
@@ -669,7 +782,10 @@ impl Connection {
             return Ok(Step::Progress);
         }
         self.msg = None;
-        let payload = std::mem::take(&mut self.msg_buf).freeze();
+        let payload = match self.cold.as_mut() {
+            Some(c) => std::mem::take(&mut c.msg_buf).freeze(),
+            None => Bytes::new(),
+        };
         self.finish_message(msg.text, payload, true)
             .map(Step::Message)
     }
@@ -712,7 +828,9 @@ impl Connection {
 
     fn discard_input(&mut self) {
         self.read = BytesMut::new();
-        self.msg_buf = BytesMut::new();
+        if let Some(c) = self.cold.as_mut() {
+            c.msg_buf = BytesMut::new();
+        }
         self.frame = None;
         self.msg = None;
         self.utf8.reset();
@@ -731,7 +849,7 @@ impl Connection {
         }
     }
 
-    fn send_data(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
+    fn send_data(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), SendError> {
         if self.state != State::Open {
             return Err(SendError::Closed);
         }
@@ -739,19 +857,52 @@ impl Connection {
             return Err(SendError::FragmentInProgress);
         }
         let key = self.mask_key();
-        match self.deflate.as_mut() {
-            Some(codec) if codec.should_compress(payload.len()) => {
-                self.scratch.clear();
-                codec.compress(payload, &mut self.scratch);
-                write_frame(&mut self.out, true, opcode, true, key, &self.scratch);
-                self.scratch.clear();
-                if self.scratch.capacity() > RELEASE_ABOVE {
-                    self.scratch = BytesMut::new();
+        if let Some(Cold {
+            deflate: Some(codec),
+            scratch,
+            ..
+        }) = self.cold.as_deref_mut()
+        {
+            if codec.should_compress(payload.len()) {
+                scratch.clear();
+                codec.compress(&payload, scratch);
+                write_frame(&mut self.out, true, opcode, true, key, scratch);
+                scratch.clear();
+                if scratch.capacity() > RELEASE_ABOVE {
+                    *scratch = BytesMut::new();
                 }
+                return Ok(());
             }
-            _ => write_frame(&mut self.out, true, opcode, false, key, payload),
+        }
+        if self.vectored && key.is_none() && payload.len() >= ZERO_COPY_MIN {
+            self.queue_zero_copy(opcode, payload);
+        } else {
+            write_frame(&mut self.out, true, opcode, false, key, &payload);
         }
         Ok(())
+    }
+
+    /// Queue an unmasked final frame whose payload is `payload` itself, after
+    /// everything already in the output.
+    fn queue_zero_copy(&mut self, opcode: OpCode, payload: Bytes) {
+        if !self.out.is_empty() {
+            // Frames already in `out` go first: seal them into a chunk.
+            let body = self.out.split().freeze();
+            self.chunks.push_back(Chunk {
+                head: [0; MAX_HEADER_LEN],
+                start: 0,
+                end: 0,
+                body,
+            });
+        }
+        let mut head = [0; MAX_HEADER_LEN];
+        let end = encode_header(&mut head, 0x80 | opcode.as_u8(), None, payload.len() as u64);
+        self.chunks.push_back(Chunk {
+            head,
+            start: 0,
+            end: end as u8,
+            body: payload,
+        });
     }
 
     fn send_control(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
@@ -932,7 +1083,8 @@ mod tests {
         let c = server();
         assert_eq!(c.read.capacity(), 0);
         assert_eq!(c.out.capacity(), 0);
-        assert_eq!(c.msg_buf.capacity(), 0);
+        assert!(c.cold.is_none());
+        assert_eq!(c.chunks.capacity(), 0);
         assert_eq!(c.state(), State::Open);
     }
 
@@ -1146,7 +1298,7 @@ mod tests {
         c.receive(&[1, 2, 3]);
         assert_eq!(c.poll_message(), Ok(None));
         assert!(c.read.capacity() < 4096);
-        assert!(c.msg_buf.capacity() < 4096);
+        assert!(c.cold.as_ref().map_or(0, |c| c.msg_buf.capacity()) < 4096);
     }
 
     #[test]
@@ -1677,7 +1829,7 @@ mod tests {
             ..Limits::default()
         };
         let s = expect_fail(dserver(limits), &cf(0xc2, &z), CloseCode::MESSAGE_TOO_BIG);
-        assert!(s.msg_buf.capacity() < 1 << 20);
+        assert!(s.cold.as_ref().map_or(0, |c| c.msg_buf.capacity()) < 1 << 20);
         // Exactly at the limit is fine.
         let z = deflated(&vec![0u8; 64 * 1024]);
         let mut s = dserver(Limits {
@@ -1763,5 +1915,80 @@ mod tests {
             }
             let _ = s.receive_eof();
         }
+    }
+    #[test]
+    fn state_is_small() {
+        // One lives per open connection (idle memory): cold parts are boxed.
+        let size = std::mem::size_of::<Connection>();
+        assert!(size <= 200, "Connection is {size} bytes");
+    }
+
+    /// Everything in the output, chunk by chunk.
+    fn all_output(c: &Connection) -> Vec<u8> {
+        c.output_chunks().flat_map(|b| b.iter().copied()).collect()
+    }
+
+    #[test]
+    fn vectored_output_queues_large_payloads_without_a_copy() {
+        let mut s = server();
+        s.enable_vectored_output();
+        let big = Bytes::from(vec![7u8; 70_000]);
+        let text: String = "é".repeat(ZERO_COPY_MIN);
+        s.send(Message::text("small")).unwrap();
+        s.send(Message::Binary(big.clone())).unwrap();
+        s.send(Message::Ping(Bytes::from_static(b"p"))).unwrap();
+        s.send(Message::text(text.clone())).unwrap();
+        s.send(Message::binary(vec![1u8; 10])).unwrap();
+        // The payload is the message's own memory.
+        assert!(s
+            .output_chunks()
+            .any(|c| c.as_ptr() == big.as_ptr() && c.len() == big.len()));
+        let all = all_output(&s);
+        assert_eq!(s.output_len(), all.len());
+        // Same bytes, same order, as without vectored output.
+        let mut plain = server();
+        plain.send(Message::text("small")).unwrap();
+        plain.send(Message::Binary(big)).unwrap();
+        plain.send(Message::Ping(Bytes::from_static(b"p"))).unwrap();
+        plain.send(Message::text(text)).unwrap();
+        plain.send(Message::binary(vec![1u8; 10])).unwrap();
+        assert_eq!(all, plain.output());
+        assert_eq!(plain.output_chunks().count(), 1);
+        // Written in odd pieces through `output()`, the bytes come out whole.
+        let mut written = Vec::new();
+        let mut step = 1;
+        while s.output_len() > 0 {
+            let first = s.output();
+            assert!(!first.is_empty());
+            let n = first.len().min(step);
+            written.extend_from_slice(&first[..n]);
+            s.advance_output(n);
+            step = step * 3 + 1;
+        }
+        assert_eq!(written, all);
+        assert_eq!(s.chunks.capacity(), 0, "queue released once written");
+        // A client reading it gets the messages.
+        let mut c = client();
+        c.receive(&all);
+        let got = poll_all(&mut c).unwrap();
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[1], Message::binary(vec![7u8; 70_000]));
+    }
+
+    #[test]
+    fn advance_output_across_chunk_boundaries() {
+        let mut s = server();
+        s.enable_vectored_output();
+        s.send(Message::binary(vec![1u8; 3000])).unwrap();
+        s.send(Message::binary(vec![2u8; 3000])).unwrap();
+        let all = all_output(&s);
+        assert_eq!(all.len(), 2 * 3004);
+        // Past the first frame and into the second one's header.
+        s.advance_output(3006);
+        assert_eq!(all_output(&s), all[3006..]);
+        assert_eq!(s.output(), &all[3006..3008]);
+        s.advance_output(1_000_000);
+        assert_eq!(s.output_len(), 0);
+        assert!(s.output().is_empty());
     }
 }

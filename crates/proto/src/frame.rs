@@ -191,6 +191,36 @@ fn put_header(out: &mut BytesMut, b0: u8, mask: Option<[u8; 4]>, len: u64) {
     }
 }
 
+/// Write a header with first byte `b0` (FIN, RSV and opcode bits) into
+/// `buf`; returns its length.
+#[inline]
+pub fn encode_header(
+    buf: &mut [u8; MAX_HEADER_LEN],
+    b0: u8,
+    mask: Option<[u8; 4]>,
+    len: u64,
+) -> usize {
+    let mbit = if mask.is_some() { 0x80 } else { 0 };
+    buf[0] = b0;
+    let mut pos = if len < 126 {
+        buf[1] = mbit | len as u8;
+        2
+    } else if len <= 0xffff {
+        buf[1] = mbit | 126;
+        buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        buf[1] = mbit | 127;
+        buf[2..10].copy_from_slice(&len.to_be_bytes());
+        10
+    };
+    if let Some(k) = mask {
+        buf[pos..pos + 4].copy_from_slice(&k);
+        pos += 4;
+    }
+    pos
+}
+
 /// Append a whole frame to `out`: one reserve, header, payload, then mask the
 /// payload in place when `mask` is given (client frames).
 #[inline]
@@ -357,5 +387,17 @@ mod tests {
         write_frame(&mut out, false, OpCode::Binary, true, None, &[7u8; 300]);
         assert_eq!(&out[..4], &[0x42, 0x7e, 0x01, 0x2c]);
         assert_eq!(&out[4..], &[7u8; 300][..]);
+    }
+    #[test]
+    fn encode_header_matches_encode() {
+        for len in [0u64, 1, 125, 126, 127, 65535, 65536, 1 << 40] {
+            for mask in [None, Some([1, 2, 3, 4])] {
+                let mut a = [0u8; MAX_HEADER_LEN];
+                let n = encode_header(&mut a, 0x82, mask, len);
+                let mut b = BytesMut::new();
+                hdr(OpCode::Binary, len, mask).encode(&mut b);
+                assert_eq!(&a[..n], &b[..], "len {len} mask {mask:?}");
+            }
+        }
     }
 }

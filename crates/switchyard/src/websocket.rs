@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures_core::{FusedStream, Stream};
 use futures_sink::Sink;
 use futures_util::task::AtomicWaker;
+use switchyard_proto::frame::FrameHeader;
 use switchyard_proto::handshake::Negotiated;
 use switchyard_proto::{CloseCode, CloseFrame, Connection, Limits, Message, Role, State};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -61,19 +62,31 @@ struct Heartbeat {
 }
 
 /// The state shared by [`WebSocket`] and its split halves.
+///
+/// Small on purpose (one per open connection): what is rarely set is boxed.
 pub(crate) struct Inner<S> {
     stream: S,
     conn: Connection,
-    negotiated: Negotiated,
-    phase: Phase,
+    /// `None` for the default (no subprotocol, no extension).
+    negotiated: Option<Box<Negotiated>>,
     /// The error to yield once the connection has finished ending.
-    pending: Option<Error>,
+    pending: Option<Box<Error>>,
     heartbeat: Option<Box<Heartbeat>>,
-    heartbeat_init: bool,
     close_deadline: Option<Pin<Box<Sleep>>>,
     /// Bytes of automatic replies queued since the output was last empty.
     auto_out: usize,
+    phase: Phase,
+    heartbeat_init: bool,
 }
+
+/// What [`WebSocket::negotiated`] returns when nothing was negotiated.
+static NOTHING_NEGOTIATED: Negotiated = Negotiated {
+    subprotocol: None,
+    deflate: None,
+};
+
+/// Most `IoSlice`s passed to one vectored write.
+const MAX_IOV: usize = 16;
 
 fn lost_buffer() -> std::io::Error {
     std::io::Error::other("AsyncRead implementation replaced the read buffer")
@@ -84,10 +97,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         if !leftover.is_empty() {
             conn.receive(leftover);
         }
+        // Large payloads are written from the message's own memory, with
+        // the frame header, in one vectored write (no copy into the output).
+        conn.enable_vectored_output();
         Inner {
             stream,
             conn,
-            negotiated: Negotiated::default(),
+            negotiated: None,
             phase: Phase::Open,
             pending: None,
             heartbeat: None,
@@ -95,6 +111,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             close_deadline: None,
             auto_out: 0,
         }
+    }
+
+    /// Set the error to report (unless one is set already).
+    fn set_pending(&mut self, e: Error) {
+        if self.pending.is_none() {
+            self.pending = Some(Box::new(e));
+        }
+    }
+
+    /// Write some of the queued output: all its chunks in one vectored
+    /// write when there are several and the stream supports it.
+    fn poll_write_output(&mut self, wcx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let first = self.conn.output();
+        if first.len() < self.conn.output_len() && self.stream.is_write_vectored() {
+            let mut iov = [std::io::IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (slot, chunk) in iov.iter_mut().zip(self.conn.output_chunks()) {
+                *slot = std::io::IoSlice::new(chunk);
+                n += 1;
+            }
+            return Pin::new(&mut self.stream).poll_write_vectored(wcx, &iov[..n]);
+        }
+        Pin::new(&mut self.stream).poll_write(wcx, first)
     }
 
     fn arm_close_deadline(&mut self) {
@@ -114,8 +153,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
 
     /// Enter the ending phases with an optional error to report.
     fn begin_ending(&mut self, err: Option<Error>) {
-        if self.pending.is_none() {
-            self.pending = err;
+        if let Some(e) = err {
+            self.set_pending(e);
         }
         self.phase = Phase::Flushing;
         self.arm_close_deadline();
@@ -125,7 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// Write all queued output, then flush the stream.
     pub(crate) fn poll_flush_output(&mut self, wcx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         while self.conn.output_len() > 0 {
-            let n = ready!(Pin::new(&mut self.stream).poll_write(wcx, self.conn.output()))?;
+            let n = ready!(self.poll_write_output(wcx))?;
             if n == 0 {
                 return Poll::Ready(Err(
                     std::io::Error::from(std::io::ErrorKind::WriteZero).into()
@@ -145,7 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         limit: usize,
     ) -> Poll<Result<(), Error>> {
         while self.conn.output_len() >= limit && self.conn.output_len() > 0 {
-            let n = ready!(Pin::new(&mut self.stream).poll_write(wcx, self.conn.output()))?;
+            let n = ready!(self.poll_write_output(wcx))?;
             if n == 0 {
                 return Poll::Ready(Err(
                     std::io::Error::from(std::io::ErrorKind::WriteZero).into()
@@ -178,8 +217,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 }
                 return Poll::Pending;
             }
-            let n = rb.filled().len();
-            self.conn.receive(rb.filled());
+            let filled = rb.filled();
+            let n = filled.len();
+            if n == READ_CHUNK {
+                // The start of a large transfer: make room for the whole
+                // frame now (bounded) rather than growing the buffer again
+                // (and copying these bytes once more) right after.
+                if let Ok(Some((h, hlen))) = FrameHeader::parse(filled) {
+                    let max = self.conn.limits().max_frame_size.min(MAX_READ_AHEAD) as u64;
+                    let want = h.payload_len.min(max) as usize + hlen;
+                    self.conn.read_buf().reserve(want.max(n));
+                }
+            }
+            self.conn.receive(filled);
             return Poll::Ready(Ok(n));
         }
         let spare = buf.capacity() - buf.len();
@@ -333,7 +383,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     ) -> Poll<Option<Result<Message, Error>>> {
         loop {
             match self.phase {
-                Phase::Done => return Poll::Ready(self.pending.take().map(Err)),
+                Phase::Done => return Poll::Ready(self.pending.take().map(|e| Err(*e))),
                 Phase::Flushing | Phase::Shutdown | Phase::AwaitEof => {
                     ready!(self.poll_ending(cx, wcx));
                     continue;
@@ -350,7 +400,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             if must_write && self.conn.output_len() > 0 {
                 if let Poll::Ready(Err(e)) = self.poll_flush_output(wcx) {
                     self.phase = Phase::Done;
-                    self.pending = Some(e);
+                    self.pending = Some(Box::new(e));
                     continue;
                 }
             }
@@ -368,7 +418,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     } else if matches!(msg, Message::Ping(_)) && self.conn.output_len() > 0 {
                         if let Poll::Ready(Err(e)) = self.poll_flush_output(wcx) {
                             self.phase = Phase::Done;
-                            self.pending = Some(e);
+                            self.pending = Some(Box::new(e));
                         }
                     }
                     return Poll::Ready(Some(Ok(msg)));
@@ -390,9 +440,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 if self.close_deadline_passed(cx) {
                     tracing::debug!("websocket closing handshake timed out; closing the transport");
                     self.phase = Phase::Shutdown;
-                    if self.pending.is_none() {
-                        self.pending = Some(Error::Timeout("closing handshake"));
-                    }
+                    self.set_pending(Error::Timeout("closing handshake"));
                     continue;
                 }
             }
@@ -410,7 +458,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 self.auto_out += self.conn.output_len() - queued_before;
                 if let Poll::Ready(Err(e)) = self.poll_flush_output(wcx) {
                     self.phase = Phase::Done;
-                    self.pending = Some(e);
+                    self.pending = Some(Box::new(e));
                     continue;
                 }
             }
@@ -425,13 +473,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             match ready!(self.poll_read_some(cx)) {
                 Ok(0) => {
                     if let Err(e) = self.conn.receive_eof() {
-                        self.pending = Some(Error::Protocol(e));
+                        self.pending = Some(Box::new(Error::Protocol(e)));
                     }
                     self.phase = Phase::Done;
                 }
                 Ok(_) => self.note_received(),
                 Err(e) => {
-                    self.pending = Some(Error::Io(e));
+                    self.pending = Some(Box::new(Error::Io(e)));
                     self.phase = Phase::Done;
                 }
             }
@@ -507,7 +555,7 @@ impl<S> std::fmt::Debug for WebSocket<S> {
         f.debug_struct("WebSocket")
             .field("role", &self.inner.conn.role())
             .field("state", &self.inner.conn.state())
-            .field("negotiated", &self.inner.negotiated)
+            .field("negotiated", &self.inner.negotiated.as_deref())
             .finish_non_exhaustive()
     }
 }
@@ -523,16 +571,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Record what the handshake negotiated (for [`WebSocket::negotiated`]).
     pub fn with_negotiated(mut self, negotiated: Negotiated) -> Self {
-        self.inner.negotiated = negotiated;
+        self.inner.negotiated = (negotiated != NOTHING_NEGOTIATED).then(|| Box::new(negotiated));
         self
     }
 
     pub fn negotiated(&self) -> &Negotiated {
-        &self.inner.negotiated
+        self.inner
+            .negotiated
+            .as_deref()
+            .unwrap_or(&NOTHING_NEGOTIATED)
     }
 
     pub fn subprotocol(&self) -> Option<&str> {
-        self.inner.negotiated.subprotocol.as_deref()
+        self.negotiated().subprotocol.as_deref()
     }
 
     pub fn role(&self) -> Role {
@@ -942,7 +993,7 @@ mod tests {
         // whole WebSocket, with no heap allocated until data arrives.
         let total = std::mem::size_of::<WebSocket<()>>();
         let driver = total - std::mem::size_of::<Connection>();
-        assert!(driver <= 192, "driver state is {driver} bytes");
-        assert!(total <= 1024, "WebSocket is {total} bytes");
+        assert!(driver <= 48, "driver state is {driver} bytes");
+        assert!(total <= 256, "WebSocket is {total} bytes");
     }
 }
