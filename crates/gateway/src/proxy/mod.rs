@@ -682,8 +682,10 @@ where
         stream: mut upstream,
         leftover: up_leftover,
         lease,
-        ..
+        response,
+        token,
     } = up;
+    drop((response, token));
     let mut stream = match respond(ok).await {
         Ok(s) => s,
         Err(e) => {
@@ -708,15 +710,16 @@ where
                 };
                 return (outcome, None);
             }
+            drop(up_leftover);
             tunnel::transparent(&mut stream, &mut upstream, policy.idle_timeout, shutdown).await
         }
         TunnelMode::FrameAware => {
             let observer = MetricsObserver(ctx.metrics.clone());
             tunnel::frame_aware(
                 &mut stream,
-                &[],
+                BytesMut::new(),
                 &mut upstream,
-                &up_leftover,
+                up_leftover,
                 &fa_cfg,
                 &observer,
                 shutdown,
@@ -823,6 +826,29 @@ where
     outcome
 }
 
+/// What the handshake phase of an HTTP/1.1 proxy attempt left for the
+/// tunnel: only what the tunnel needs, so that an idle tunnel holds no
+/// request head, response head, parser or read buffer.
+struct H1Tunnel {
+    upstream: MaybeTlsStream,
+    mode: TunnelMode,
+    /// Frame-aware only (boxed: a transparent tunnel does not carry it).
+    frame_aware: Option<Box<FrameAwareConfig>>,
+    /// Frame-aware only: bytes the client sent after its head (frames).
+    client_leftover: BytesMut,
+    /// Frame-aware only: bytes the upstream sent after its 101.
+    upstream_leftover: BytesMut,
+    lease: BackendLease,
+    /// Holds the route / client IP connection slot for the tunnel's life.
+    slot: ConnectionGuard,
+    backend: String,
+}
+
+enum H1Start {
+    Done(ProxyOutcome),
+    Tunnel(H1Tunnel),
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn proxy_h1_inner<C>(
     client: &mut C,
@@ -837,6 +863,71 @@ async fn proxy_h1_inner<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    // Boxed: the handshake phase (request, upstream exchange, parsers,
+    // heads) is much larger than a tunnel and over before it starts; inline
+    // it would stay part of every proxied connection's memory.
+    let start = Box::pin(h1_handshake(
+        client,
+        req,
+        leftover,
+        client_info,
+        route,
+        route_name,
+        ctx,
+    ))
+    .await;
+    let t = match start {
+        H1Start::Done(outcome) => return outcome,
+        H1Start::Tunnel(t) => t,
+    };
+    let H1Tunnel {
+        mut upstream,
+        mode,
+        frame_aware,
+        client_leftover,
+        upstream_leftover,
+        lease,
+        slot,
+        backend,
+    } = t;
+    let _open = ctx.metrics.open_connection(route_name, "h1");
+    let report = match frame_aware {
+        None => {
+            tunnel::transparent(client, &mut upstream, route.policy.idle_timeout, shutdown).await
+        }
+        Some(cfg) => {
+            let observer = MetricsObserver(ctx.metrics.clone());
+            tunnel::frame_aware(
+                client,
+                client_leftover,
+                &mut upstream,
+                upstream_leftover,
+                &cfg,
+                &observer,
+                shutdown,
+            )
+            .await
+        }
+    };
+    drop(lease);
+    drop(slot);
+    finish_tunnel(ctx, route_name, mode, report, backend)
+}
+
+/// Everything before the tunnel: Origin, caps, the upstream attempt loop,
+/// the 101 (or the refusal / relayed answer) to the client.
+async fn h1_handshake<C>(
+    client: &mut C,
+    req: Request<()>,
+    leftover: BytesMut,
+    client_info: ClientInfo,
+    route: &Route,
+    route_name: &str,
+    ctx: &ProxyContext,
+) -> H1Start
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let policy = &route.policy;
     let group_name = match route.target() {
         RouteTarget::Upstream(name) => name,
@@ -847,21 +938,21 @@ where
                 "this route serves a built-in app, not an upstream",
             );
             answer(client, &r).await;
-            return ProxyOutcome::refused(&r);
+            return H1Start::Done(ProxyOutcome::refused(&r));
         }
     };
     if let Err(r) = limits::check_origin(req.headers(), policy) {
         answer(client, &r).await;
-        return ProxyOutcome::refused(&r);
+        return H1Start::Done(ProxyOutcome::refused(&r));
     }
-    let _slot = match ctx
+    let slot = match ctx
         .limiter
         .try_acquire(route_name, client_info.addr.ip(), policy)
     {
         Ok(g) => g,
         Err(r) => {
             answer(client, &r).await;
-            return ProxyOutcome::refused(&r);
+            return H1Start::Done(ProxyOutcome::refused(&r));
         }
     };
     let Some(group) = ctx.upstreams.get(group_name) else {
@@ -871,7 +962,7 @@ where
             format!("upstream group {group_name} is not configured"),
         );
         answer(client, &r).await;
-        return ProxyOutcome::refused(&r);
+        return H1Start::Done(ProxyOutcome::refused(&r));
     };
     let head_request = req.method() == http::Method::HEAD;
     let opts = ForwardOptions {
@@ -881,11 +972,12 @@ where
         forward::forward_request(&req, &client_info, policy, backend, &opts)
     })
     .await;
+    drop(req);
     let attempt = match attempt {
         Ok(a) => a,
         Err(r) => {
             answer(client, &r).await;
-            return ProxyOutcome::refused(&r);
+            return H1Start::Done(ProxyOutcome::refused(&r));
         }
     };
     match attempt {
@@ -897,12 +989,12 @@ where
         } => {
             let r = Refusal::new(status, reason, format!("bad gateway: {detail}"));
             answer(client, &r).await;
-            ProxyOutcome {
+            H1Start::Done(ProxyOutcome {
                 kind: OutcomeKind::BadGateway(status),
                 reason,
                 detail,
                 backend,
-            }
+            })
         }
         AttemptResult::Response {
             response,
@@ -911,70 +1003,73 @@ where
         } => {
             let _ = relay::write_relayed_response(client, &response, &body, head_request).await;
             let _ = client.shutdown().await;
-            ProxyOutcome {
+            H1Start::Done(ProxyOutcome {
                 kind: OutcomeKind::Relayed(response.status()),
                 reason: "upstream_status",
                 detail: format!("the upstream answered {}", response.status()),
                 backend: Some(backend),
-            }
+            })
         }
         AttemptResult::Upgraded(up, backend) => {
-            run_tunnel_h1(
-                client, up, backend, leftover, route, route_name, ctx, shutdown,
-            )
-            .await
+            switch_h1(client, up, backend, leftover, slot, route, ctx).await
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_tunnel_h1<C>(
+/// Send the client its 101 (and, for a transparent tunnel, the bytes each
+/// side sent past its head to the other side).
+async fn switch_h1<C>(
     client: &mut C,
     up: Upgraded,
     backend: String,
     leftover: BytesMut,
+    slot: ConnectionGuard,
     route: &Route,
-    route_name: &str,
     ctx: &ProxyContext,
-    shutdown: impl Future<Output = ()>,
-) -> ProxyOutcome
+) -> H1Start
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let policy = &route.policy;
-    let mode = tunnel_mode(policy, &up.token);
-    let mut fa_cfg = frame_aware_config(policy, &ctx.limits);
+    let Upgraded {
+        stream: mut upstream,
+        response,
+        token,
+        leftover: up_leftover,
+        lease,
+    } = up;
+    let mode = tunnel_mode(policy, &token);
+    let mut frame_aware = None;
     if mode == TunnelMode::FrameAware {
-        match tunnel::deflate_params(&up.response) {
-            Ok(p) => fa_cfg.deflate = p,
+        let mut cfg = frame_aware_config(policy, &ctx.limits);
+        match tunnel::deflate_params(&response) {
+            Ok(p) => cfg.deflate = p,
             Err(why) => {
                 let r = Refusal::new(StatusCode::BAD_GATEWAY, "bad_extensions", why);
                 answer(client, &r).await;
-                return ProxyOutcome {
+                return H1Start::Done(ProxyOutcome {
                     kind: OutcomeKind::BadGateway(r.status),
                     reason: r.reason,
                     detail: r.detail,
                     backend: Some(backend),
-                };
+                });
             }
         }
+        frame_aware = Some(Box::new(cfg));
     }
-    let resp = forward::client_switch_response(&up.response, &up.token);
-    let mut out = Vec::with_capacity(256 + up.leftover.len());
+    let resp = forward::client_switch_response(&response, &token);
+    drop(response);
+    let mut out = Vec::with_capacity(256 + up_leftover.len());
     head::write_response_head(&resp, &mut out);
-    let Upgraded {
-        stream: mut upstream,
-        leftover: up_leftover,
-        lease,
-        ..
-    } = up;
-    if mode == TunnelMode::Transparent {
+    drop(resp);
+    let transparent = mode == TunnelMode::Transparent;
+    if transparent {
         out.extend_from_slice(&up_leftover);
     }
     let written = async {
         client.write_all(&out).await?;
         client.flush().await?;
-        if mode == TunnelMode::Transparent && !leftover.is_empty() {
+        if transparent && !leftover.is_empty() {
             upstream.write_all(&leftover).await?;
             upstream.flush().await?;
         }
@@ -982,39 +1077,30 @@ where
     }
     .await;
     if let Err(e) = written {
-        return ProxyOutcome {
-            kind: OutcomeKind::Tunneled(TunnelReport {
-                end: TunnelEnd::Io(e.to_string()),
-                bytes_to_upstream: 0,
-                bytes_to_client: 0,
-                messages_to_upstream: 0,
-                messages_to_client: 0,
-                duration: Duration::ZERO,
-            }),
+        return H1Start::Done(ProxyOutcome {
+            kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::Io(e.to_string()))),
             reason: "switched",
             detail: format!("writing the 101 failed: {e}"),
             backend: Some(backend),
-        };
+        });
     }
-    let _open = ctx.metrics.open_connection(route_name, "h1");
-    let report = match mode {
-        TunnelMode::Transparent => {
-            tunnel::transparent(client, &mut upstream, policy.idle_timeout, shutdown).await
-        }
-        TunnelMode::FrameAware => {
-            let observer = MetricsObserver(ctx.metrics.clone());
-            tunnel::frame_aware(
-                client,
-                &leftover,
-                &mut upstream,
-                &up_leftover,
-                &fa_cfg,
-                &observer,
-                shutdown,
-            )
-            .await
+    // The tunnel keeps only the leftovers a frame-aware tunnel still parses;
+    // the (possibly large) read buffers they were split from go now.
+    let keep = |b: BytesMut| {
+        if transparent || b.is_empty() {
+            BytesMut::new()
+        } else {
+            BytesMut::from(&b[..])
         }
     };
-    drop(lease);
-    finish_tunnel(ctx, route_name, mode, report, backend)
+    H1Start::Tunnel(H1Tunnel {
+        upstream,
+        mode,
+        frame_aware,
+        client_leftover: keep(leftover),
+        upstream_leftover: keep(up_leftover),
+        lease,
+        slot,
+        backend,
+    })
 }

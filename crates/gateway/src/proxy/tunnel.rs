@@ -49,6 +49,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use http::Response;
 use switchyard::{Error as WsError, WebSocket, WsReader, WsWriter};
@@ -469,13 +470,14 @@ async fn send_close<W: AsyncRead + AsyncWrite + Unpin>(
 
 /// Relay WebSocket messages between the client and the upstream (both
 /// handshakes done; `*_leftover` are the bytes read past each head, which
-/// are frames). See the module docs for the close codes.
+/// are frames; they are parsed at once and their buffers freed). See the
+/// module docs for the close codes.
 #[allow(clippy::too_many_arguments)]
 pub async fn frame_aware<A, B>(
     client: A,
-    client_leftover: &[u8],
+    client_leftover: BytesMut,
     upstream: B,
-    upstream_leftover: &[u8],
+    upstream_leftover: BytesMut,
     cfg: &FrameAwareConfig,
     observer: &dyn TunnelObserver,
     shutdown: impl Future<Output = ()>,
@@ -491,8 +493,9 @@ where
         cconn = cconn.with_deflate(PerMessageDeflate::new(Role::Server, p, &dcfg));
         uconn = uconn.with_deflate(PerMessageDeflate::new(Role::Client, p, &dcfg));
     }
-    let (mut cr, mut cw) = WebSocket::from_raw(client, cconn, client_leftover).split();
-    let (mut ur, mut uw) = WebSocket::from_raw(upstream, uconn, upstream_leftover).split();
+    let (mut cr, mut cw) = WebSocket::from_raw(client, cconn, &client_leftover).split();
+    let (mut ur, mut uw) = WebSocket::from_raw(upstream, uconn, &upstream_leftover).split();
+    drop((client_leftover, upstream_leftover));
     let activity = Activity::new();
     let to_upstream = Counters::new();
     let to_client = Counters::new();
