@@ -30,7 +30,13 @@ struct Cli {
     /// object per line: timestamp, level, target, message and the event's
     /// fields at the top level, e.g. client, route, upstream, result, reason
     /// of each `upgrade attempt`). RUST_LOG still filters.
-    #[arg(long, global = true, value_enum, default_value = "text", value_name = "FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

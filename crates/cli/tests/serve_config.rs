@@ -458,7 +458,10 @@ async fn json_logs_give_one_object_per_upgrade_attempt() {
         let v: serde_json::Value =
             serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
         assert!(v.is_object(), "{l}");
-        assert!(v.get("level").is_some() && v.get("timestamp").is_some(), "{l}");
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{l}"
+        );
     }
     let line = line.unwrap_or_else(|| panic!("no upgrade attempt line:\n{log}"));
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();

@@ -58,7 +58,10 @@ pub(crate) fn bind(
 /// echo): with `serve --config`, the gateway's routes decide (an `echo` app
 /// route is served, an `index` route gets 501, no route 404; proxied routes
 /// never get here, the tunnel hook took them); without, the built-in paths.
-pub(crate) fn check_route(shared: &Shared, req: &http::Request<()>) -> Result<(), (StatusCode, String)> {
+pub(crate) fn check_route(
+    shared: &Shared,
+    req: &http::Request<()>,
+) -> Result<(), (StatusCode, String)> {
     let path = req.uri().path();
     if let Some(gw) = &shared.gateway {
         let mut head = http::Request::new(());
@@ -73,10 +76,9 @@ pub(crate) fn check_route(shared: &Shared, req: &http::Request<()>) -> Result<()
         }
         return match crate::routing::Gateway::dispatch(&gw.live(), &head) {
             crate::routing::Dispatch::App(crate::config::App::Echo) => Ok(()),
-            crate::routing::Dispatch::NotFound => Err((
-                StatusCode::NOT_FOUND,
-                format!("no route for {path}\n"),
-            )),
+            crate::routing::Dispatch::NotFound => {
+                Err((StatusCode::NOT_FOUND, format!("no route for {path}\n")))
+            }
             _ => Err((
                 StatusCode::NOT_IMPLEMENTED,
                 format!("the route of {path} does not serve WebSocket over extended CONNECT\n"),
@@ -121,8 +123,8 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, ctx: C
     let (count_tx, mut count_rx) = watch::channel(0usize);
     let count_tx = Arc::new(count_tx);
     let route_shared = shared.clone();
-    let mut server = H3Server::new((*shared.accept).clone())
-        .route(move |req| check_route(&route_shared, req));
+    let mut server =
+        H3Server::new((*shared.accept).clone()).route(move |req| check_route(&route_shared, req));
     if let Some(gw) = shared.gateway.clone() {
         // serve --config: an extended CONNECT on a proxied route goes
         // upstream (a real HTTP/1.1 upgrade, 200 back, then the tunnel).

@@ -427,10 +427,11 @@ impl Server {
         }
         let mut h3_endpoints = Vec::new();
         if cfg.http3 {
-            let Some(c) = cert
-                .as_ref()
-                .filter(|_| cfg.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Listener))
-            else {
+            let Some(c) = cert.as_ref().filter(|_| {
+                cfg.tls
+                    .as_ref()
+                    .is_some_and(|t| t.mode == TlsMode::Listener)
+            }) else {
                 return Err(ServeError::Http3NeedsTls);
             };
             let addrs: Vec<SocketAddr> = listeners

@@ -44,7 +44,8 @@ async fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<Request<()>>>>) {
                 let mut cfg = AcceptConfig::default();
                 cfg.handshake.subprotocols = vec!["chat".into()];
                 cfg.handshake.deflate = Some(DeflateConfig::default());
-                let Ok((req, leftover)) = switchyard::read_request_head(&mut tcp, &cfg.limits).await
+                let Ok((req, leftover)) =
+                    switchyard::read_request_head(&mut tcp, &cfg.limits).await
                 else {
                     return;
                 };
@@ -179,7 +180,10 @@ async fn h3_extended_connect_is_proxied_to_an_http11_upstream() {
         assert_eq!(req.method(), http::Method::GET);
         assert_eq!(req.uri().path_and_query().unwrap().as_str(), "/ws/room?x=1");
         let h = req.headers();
-        assert!(h["upgrade"].to_str().unwrap().eq_ignore_ascii_case("websocket"));
+        assert!(h["upgrade"]
+            .to_str()
+            .unwrap()
+            .eq_ignore_ascii_case("websocket"));
         assert_eq!(h["sec-websocket-version"], "13");
         let key = h["sec-websocket-key"].to_str().unwrap();
         assert_eq!(key.len(), 24, "a fresh base64 16-byte key: {key}");

@@ -296,7 +296,10 @@ async fn reload_serves_a_new_certificate_and_rejects_broken_files() {
     std::fs::write(&cert, "not a certificate\n").unwrap();
     let (status, body) = post_reload(admin).await;
     assert_eq!(status, 422, "{body}");
-    assert!(body.contains("cert.pem"), "the reason names the file: {body}");
+    assert!(
+        body.contains("cert.pem"),
+        "the reason names the file: {body}"
+    );
     assert_eq!(served_fingerprint(addr, &[&der1, &der2]).await, fp2);
     // A key that does not belong to the certificate: rejected as well.
     std::fs::write(&cert, &c2).unwrap();

@@ -737,14 +737,7 @@ async fn handle_request(
         if well_formed {
             let req = to_request(h, conn.remote_address());
             if let Some(handler) = tunnel(&req) {
-                handler(
-                    req,
-                    PendingStream {
-                        send,
-                        reader,
-                        keep,
-                    },
-                );
+                handler(req, PendingStream { send, reader, keep });
                 return;
             }
         }
