@@ -26,8 +26,26 @@ struct Cli {
     /// thread). Default: one per core.
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Log format on stderr: `text` (human-readable) or `json` (one JSON
+    /// object per line: timestamp, level, target, message and the event's
+    /// fields at the top level, e.g. client, route, upstream, result, reason
+    /// of each `upgrade attempt`). RUST_LOG still filters.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -148,13 +166,17 @@ fn main() -> anyhow::Result<()> {
         }
         command => Cli { command, ..cli },
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // One object per line, the event's fields beside "message" (not
+        // nested under "fields"), so `jq .route` works.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let runtime = match cli.threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

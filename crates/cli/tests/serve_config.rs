@@ -315,3 +315,57 @@ async fn zero_dropped_connections_across_five_sighup_reloads_under_load() {
     assert!(!gw.stderr().contains("reload rejected"), "{}", gw.stderr());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn json_logs_give_one_object_per_upgrade_attempt() {
+    let back = any_path_backend().await;
+    let dir = temp_dir("json-logs");
+    let file = dir.join("gw.toml");
+    write(&file, &config(back, "/ws"));
+    let (p, proxy, _admin) = gateway(&file, &["--log-format", "json"]);
+    let (mut ws, _) = switchyard::connect(&format!("ws://{proxy}/ws/json?q=1"))
+        .await
+        .unwrap();
+    roundtrip(&mut ws, "json").await;
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    drop(ws);
+    // The attempt's line is written when the tunnel ends: wait for it.
+    let mut line = None;
+    for _ in 0..250 {
+        line = p
+            .stderr()
+            .lines()
+            .find(|l| l.contains("\"upgrade attempt\""))
+            .map(str::to_owned);
+        if line.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = p.stderr();
+    // Every line is a JSON object (nothing else on stderr).
+    for l in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
+        assert!(v.is_object(), "{l}");
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{l}"
+        );
+    }
+    let line = line.unwrap_or_else(|| panic!("no upgrade attempt line:\n{log}"));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["message"], "upgrade attempt", "{line}");
+    assert_eq!(v["level"], "INFO", "{line}");
+    assert_eq!(v["route"], "/ws", "{line}");
+    assert!(
+        v["upstream"].as_str().unwrap().contains(&back.to_string()),
+        "{line}"
+    );
+    assert_eq!(v["result"], "switched", "{line}");
+    assert_eq!(v["reason"], "switched", "{line}");
+    let client: SocketAddr = v["client"].as_str().unwrap().parse().unwrap();
+    assert!(client.ip().is_loopback(), "{line}");
+    assert!(v["detail"].as_str().unwrap().contains("tunnel"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,6 +12,12 @@
 //! | `POST /reload` | 200 `reloaded: generation N`, or 422 with the reason (the old config stays) |
 //! | other paths    | 404; other methods on those paths 405 |
 //!
+//! While [`GatewayServer::run`] runs, a reload (SIGHUP, `POST /reload`)
+//! also applies the `[[listener]]` list: added listeners start, removed ones
+//! stop accepting (their connections go on), TLS certificate files are read
+//! again. Everything is prepared first (binds, certificate loads); any
+//! failure rejects the whole reload and nothing changes.
+//!
 //! The admin listener speaks HTTP/1.1, one request per connection
 //! (`Connection: close`). Keep it on loopback or a private network: it has
 //! no authentication.
@@ -63,8 +69,107 @@ pub enum StartError {
 /// Bound listeners of a gateway, ready to run.
 pub struct GatewayServer {
     gateway: Arc<Gateway>,
-    servers: Vec<Server>,
+    servers: Vec<(crate::config::Listener, Server)>,
     admin: Option<TcpListener>,
+}
+
+/// What identifies a listener across reloads: its configured address.
+/// The same address with other protocols or TLS on/off cannot be changed
+/// in place (see [`ListenerSet::prepare`]).
+fn shape(l: &crate::config::Listener) -> (bool, bool, bool) {
+    (
+        l.tls.is_some(),
+        l.protocols.contains(&Protocol::H2),
+        l.protocols.contains(&Protocol::H3),
+    )
+}
+
+/// The running listeners of a gateway, changed by reloads
+/// ([`crate::routing::ListenerControl`]).
+struct ListenerSet {
+    me: std::sync::Weak<ListenerSet>,
+    gateway: std::sync::Weak<Gateway>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    state: std::sync::Mutex<ListenerState>,
+}
+
+#[derive(Default)]
+struct ListenerState {
+    /// Accepting, by configured address.
+    active: Vec<(crate::config::Listener, crate::server::ServerHandle)>,
+    /// Every server's run task (removed ones still drain at shutdown).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ListenerSet {
+    fn start(&self, state: &mut ListenerState, cfg: crate::config::Listener, server: Server) {
+        state.active.push((cfg, server.handle()));
+        let stop = crate::routing::stopped(self.stop.clone());
+        state.tasks.push(tokio::spawn(server.run(stop)));
+    }
+}
+
+impl crate::routing::ListenerControl for ListenerSet {
+    fn prepare(&self, new: &Config) -> Result<Box<dyn FnOnce() + Send>, String> {
+        let Some(gateway) = self.gateway.upgrade() else {
+            return Err("the gateway is shutting down".into());
+        };
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut swaps = Vec::new();
+        let mut added = Vec::new();
+        for l in &new.listeners {
+            match state.active.iter().find(|(c, _)| c.address == l.address) {
+                Some((old, handle)) => {
+                    if shape(old) != shape(l) {
+                        return Err(format!(
+                            "listener {}: its protocols or TLS on/off changed; that needs a \
+                             restart (or remove the listener in one reload and add it back in \
+                             the next)",
+                            l.address
+                        ));
+                    }
+                    if let (Some(t), Some(cert)) = (&l.tls, handle.certificate()) {
+                        let key = crate::tls::load_certified_key(&t.cert, &t.key)
+                            .map_err(|e| format!("listener {}: {e}", l.address))?;
+                        swaps.push((cert.clone(), key));
+                    }
+                }
+                None => {
+                    let sc = serve_config(new, l, &gateway).map_err(|e| e.to_string())?;
+                    let server = Server::bind_now(sc).map_err(|e| e.to_string())?;
+                    added.push((l.clone(), server));
+                }
+            }
+        }
+        let removed: Vec<SocketAddr> = state
+            .active
+            .iter()
+            .map(|(c, _)| c.address)
+            .filter(|a| !new.listeners.iter().any(|l| l.address == *a))
+            .collect();
+        drop(state);
+        let set = self.me.clone();
+        Ok(Box::new(move || {
+            let Some(set) = set.upgrade() else { return };
+            let mut state = set.state.lock().unwrap_or_else(|p| p.into_inner());
+            for (cert, key) in swaps {
+                cert.replace(key);
+            }
+            state.active.retain(|(c, h)| {
+                if removed.contains(&c.address) {
+                    info!(address = %c.address, "listener removed by the reload: no longer accepting; its open connections go on");
+                    h.stop_accepting();
+                    false
+                } else {
+                    true
+                }
+            });
+            for (cfg, server) in added {
+                info!(address = %cfg.address, bound = ?server.local_addrs(), "listener added by the reload");
+                set.start(&mut state, cfg, server);
+            }
+        }))
+    }
 }
 
 /// The front settings of one `[[listener]]`.
@@ -106,7 +211,7 @@ impl GatewayServer {
         let mut servers = Vec::with_capacity(cfg.listeners.len());
         for l in &cfg.listeners {
             let sc = serve_config(cfg, l, &gateway)?;
-            servers.push(Server::bind(sc).await?);
+            servers.push((l.clone(), Server::bind(sc).await?));
         }
         let admin =
             match &cfg.admin {
@@ -129,7 +234,7 @@ impl GatewayServer {
     pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
         self.servers
             .iter()
-            .flat_map(|s| {
+            .flat_map(|(_, s)| {
                 let tls = s.is_tls();
                 s.local_addrs().into_iter().map(move |a| (a, tls))
             })
@@ -148,18 +253,35 @@ impl GatewayServer {
 
     /// Serve until `shutdown` completes, then drain: stop accepting, close
     /// every proxied WebSocket with 1001, wait up to the drain timeout.
+    ///
+    /// While it runs, a reload of the gateway also applies `[[listener]]`
+    /// changes: added listeners start, removed ones stop accepting (their
+    /// connections go on, and are drained at shutdown), and the TLS
+    /// certificate and key files of the others are read again (new
+    /// handshakes get the new pair). A listener that cannot be bound or a
+    /// certificate that cannot be loaded rejects the whole reload.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let admin = self
             .admin
             .map(|l| tokio::spawn(admin_loop(l, self.gateway.clone())));
-        let mut tasks = Vec::new();
-        for s in self.servers {
-            let stop = crate::routing::stopped(stop_rx.clone());
-            tasks.push(tokio::spawn(s.run(stop)));
+        let set = Arc::new_cyclic(|me| ListenerSet {
+            me: me.clone(),
+            gateway: Arc::downgrade(&self.gateway),
+            stop: stop_rx,
+            state: std::sync::Mutex::new(ListenerState::default()),
+        });
+        {
+            let mut state = set.state.lock().unwrap_or_else(|p| p.into_inner());
+            for (cfg, server) in self.servers {
+                set.start(&mut state, cfg, server);
+            }
         }
+        self.gateway.set_listener_control(Some(set.clone()));
         shutdown.await;
+        self.gateway.set_listener_control(None);
         let _ = stop_tx.send(true);
+        let tasks = std::mem::take(&mut set.state.lock().unwrap_or_else(|p| p.into_inner()).tasks);
         for t in tasks {
             let _ = t.await;
         }

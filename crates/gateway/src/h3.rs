@@ -7,6 +7,12 @@
 //! an unknown path 404, other requests what `switchyard::h3` answers (404
 //! for GET/HEAD, 405, 501 for other `:protocol` values).
 //!
+//! With `serve --config`, an extended CONNECT on a route whose target is an
+//! upstream group is handed to the proxy before any of that
+//! ([`crate::routing::route_h3`]): a real HTTP/1.1 upgrade upstream, 200
+//! back (or the same error statuses as HTTP/2: 403, 429, 503, 502...), then
+//! the tunnel between the QUIC stream and the upstream TCP connection.
+//!
 //! The TCP responses of those listeners carry `Alt-Svc: h3=":PORT"; ma=86400`
 //! (see [`alt_svc_for`]).
 //!
@@ -19,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use switchyard::h3::H3Server;
 use tokio::sync::watch;
 use tracing::{info, Instrument};
@@ -31,13 +36,13 @@ pub fn alt_svc_for(port: u16) -> HeaderValue {
     switchyard::h3::alt_svc(port)
 }
 
-/// Bind one QUIC endpoint per TCP listener address, same IP and port.
+/// Bind one QUIC endpoint per TCP listener address, same IP and port, with
+/// the listener's (replaceable) certificate.
 pub(crate) fn bind(
     addrs: &[SocketAddr],
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    cert: Arc<crate::tls::ReloadableCert>,
 ) -> Result<Vec<quinn::Endpoint>, ServeError> {
-    let sc = crate::tls::server_config(certs, key, &[b"h3"])?;
+    let sc = crate::tls::server_config_reloadable(cert, &[b"h3"])?;
     addrs
         .iter()
         .map(|addr| {
@@ -49,9 +54,37 @@ pub(crate) fn bind(
         .collect()
 }
 
-/// What the route hook answers for a request to `path`, given whether the
-/// route exists and whether it speaks WebSocket.
-pub(crate) fn check_route(shared: &Shared, path: &str) -> Result<(), (StatusCode, String)> {
+/// What the route hook answers for a WebSocket request (the front's own
+/// echo): with `serve --config`, the gateway's routes decide (an `echo` app
+/// route is served, an `index` route gets 501, no route 404; proxied routes
+/// never get here, the tunnel hook took them); without, the built-in paths.
+pub(crate) fn check_route(
+    shared: &Shared,
+    req: &http::Request<()>,
+) -> Result<(), (StatusCode, String)> {
+    let path = req.uri().path();
+    if let Some(gw) = &shared.gateway {
+        let mut head = http::Request::new(());
+        *head.uri_mut() = req.uri().clone();
+        *head.headers_mut() = req.headers().clone();
+        if let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            head.headers_mut().entry(http::header::HOST).or_insert(v);
+        }
+        return match crate::routing::Gateway::dispatch(&gw.live(), &head) {
+            crate::routing::Dispatch::App(crate::config::App::Echo) => Ok(()),
+            crate::routing::Dispatch::NotFound => {
+                Err((StatusCode::NOT_FOUND, format!("no route for {path}\n")))
+            }
+            _ => Err((
+                StatusCode::NOT_IMPLEMENTED,
+                format!("the route of {path} does not serve WebSocket over extended CONNECT\n"),
+            )),
+        };
+    }
     match shared.route(path) {
         None => Err((
             StatusCode::NOT_FOUND,
@@ -90,8 +123,18 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, ctx: C
     let (count_tx, mut count_rx) = watch::channel(0usize);
     let count_tx = Arc::new(count_tx);
     let route_shared = shared.clone();
-    let server = H3Server::new((*shared.accept).clone())
-        .route(move |req| check_route(&route_shared, req.uri().path()));
+    let mut server =
+        H3Server::new((*shared.accept).clone()).route(move |req| check_route(&route_shared, req));
+    if let Some(gw) = shared.gateway.clone() {
+        // serve --config: an extended CONNECT on a proxied route goes
+        // upstream (a real HTTP/1.1 upgrade, 200 back, then the tunnel).
+        let tunnel_ctx = ctx.clone();
+        let tunnel_count = count_tx.clone();
+        server = server.tunnel(move |req| {
+            let count = tunnel_count.clone();
+            crate::routing::route_h3(&gw, req, &tunnel_ctx, move || Live::new(count))
+        });
+    }
 
     let cb_ctx = ctx.clone();
     let grace = shared.grace;
@@ -117,8 +160,8 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, ctx: C
         if !*stop.borrow() {
             let _ = stop.changed().await;
         }
-        // The echo tasks send 1001 and wait up to `grace` for the replies;
-        // close the QUIC connections only after that.
+        // The echo tasks and proxied tunnels send 1001 and wait up to
+        // `grace` for the replies; close the QUIC connections only after that.
         let limit = grace + Duration::from_secs(1);
         let _ = tokio::time::timeout(limit, count_rx.wait_for(|n| *n == 0)).await;
     };

@@ -10,9 +10,12 @@
 //! touches an open connection. The metrics registry, the connection caps
 //! and the live-connection table are kept across reloads.
 //!
-//! What a reload does NOT change: listener addresses, TLS certificates,
-//! the admin listener (they are bound once at start; restart to change
-//! them). A reload that changes them logs a warning and applies the rest.
+//! Listeners follow a reload too, through the [`ListenerControl`] the
+//! process installs ([`crate::admin::GatewayServer::run`]): added listeners
+//! start, removed ones stop accepting (their open connections go on), and
+//! TLS certificate and key files are read again for the listeners that
+//! stay. What a reload does NOT change: the admin listener (restart to
+//! change it; a reload that changes it logs a warning and applies the rest).
 //!
 //! Drain and transparent tunnels: a transparent tunnel copies bytes without
 //! knowing frame boundaries, so it cannot inject a close frame. On a
@@ -51,6 +54,21 @@ pub enum GatewayError {
     /// There is no file to reload from (the gateway runs an in-memory config).
     #[error("no config file to reload from: start with `switchyard serve --config FILE`")]
     NoFile,
+    /// The listeners of the new config cannot be applied (a port that
+    /// cannot be bound, a certificate that cannot be loaded...).
+    #[error("{0}")]
+    Listeners(String),
+}
+
+/// Applies the `[[listener]]` part of a config to the running listeners
+/// (see [`crate::admin`]). Set by the process that runs the listeners.
+pub trait ListenerControl: Send + Sync {
+    /// Get ready to move from the running listeners to those of `new`:
+    /// bind the added ones, load the certificates of the TLS ones. Nothing
+    /// visible changes yet. `Err` (the reason) rejects the whole reload; the
+    /// returned commit applies it (start the added listeners, stop accepting
+    /// on the removed ones, swap the certificates) and cannot fail.
+    fn prepare(&self, new: &Config) -> Result<Box<dyn FnOnce() + Send>, String>;
 }
 
 /// One generation of the configuration.
@@ -114,6 +132,15 @@ pub struct Gateway {
     next_conn: AtomicU64,
     conns: Mutex<HashMap<u64, ConnEntry>>,
     reloads: AtomicU64,
+    listeners: Mutex<Option<Arc<dyn ListenerControl>>>,
+    /// One reload at a time (SIGHUP and POST /reload may race).
+    reloading: Mutex<()>,
+}
+
+impl std::fmt::Debug for dyn ListenerControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ListenerControl")
+    }
 }
 
 /// The gateway's reading of `tunnel = "auto"`: frames for WebSocket, so a
@@ -141,6 +168,8 @@ impl Gateway {
             next_conn: AtomicU64::new(1),
             conns: Mutex::new(HashMap::new()),
             reloads: AtomicU64::new(0),
+            listeners: Mutex::new(None),
+            reloading: Mutex::new(()),
         }))
     }
 
@@ -207,17 +236,42 @@ impl Gateway {
         result
     }
 
-    /// Apply an already parsed config to new connections.
+    /// Set (or clear) what applies `[[listener]]` changes on reload;
+    /// without one, a reload leaves the listeners as they are.
+    pub fn set_listener_control(&self, control: Option<Arc<dyn ListenerControl>>) {
+        match self.listeners.lock() {
+            Ok(mut g) => *g = control,
+            Err(p) => *p.into_inner() = control,
+        }
+    }
+
+    /// Apply an already parsed config: routes, upstream groups, policies
+    /// and `[limits]` to new connections, and (with a [`ListenerControl`])
+    /// the listeners: added ones start, removed ones stop accepting, TLS
+    /// certificates are read again. Anything that fails rejects the whole
+    /// config; the old one stays.
     pub fn apply(&self, cfg: Config) -> Result<u64, GatewayError> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.live();
-        if cfg.listeners != old.config.listeners || cfg.admin != old.config.admin {
-            warn!("listeners and [admin] are bound at start: restart switchyard to change them; applying the rest");
+        if cfg.admin != old.config.admin {
+            warn!("[admin] is bound at start: restart switchyard to change it; applying the rest");
         }
         let live = Self::build(cfg, &self.metrics, &self.limiter, old.generation + 1)?;
+        let control = match self.listeners.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let commit = match &control {
+            Some(c) => Some(c.prepare(&live.config).map_err(GatewayError::Listeners)?),
+            None => None,
+        };
         let generation = live.generation;
         match self.live.write() {
             Ok(mut g) => *g = Arc::new(live),
             Err(p) => *p.into_inner() = Arc::new(live),
+        }
+        if let Some(commit) = commit {
+            commit();
         }
         self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(generation)
@@ -448,57 +502,33 @@ pub(crate) fn route_h2(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (tx, rx) = tokio::sync::oneshot::channel::<http::Response<()>>();
-    let gw = gw.clone();
-    let stop = ctx.stop.clone();
+    let respond = move |resp: http::Response<()>| async move {
+        let ok = resp.status().is_success();
+        let _ = tx.send(resp);
+        if !ok {
+            return Err(std::io::Error::other("refused"));
+        }
+        on_upgrade
+            .await
+            .map(hyper_util::rt::TokioIo::new)
+            .map_err(std::io::Error::other)
+    };
+    let task = extended_connect_task(
+        gw.clone(),
+        live,
+        index,
+        head,
+        connect_protocol,
+        ClientInfo { addr: peer, tls },
+        protocol,
+        respond,
+        ctx.stop.clone(),
+    );
     let alive = ctx.alive.clone();
     tokio::spawn(
         async move {
             let _alive = alive;
-            let route = &live.config.routes[index.min(live.config.routes.len().saturating_sub(1))];
-            let label = &live.labels[index.min(live.labels.len().saturating_sub(1))];
-            let id = gw.next_conn.fetch_add(1, Ordering::Relaxed);
-            let bytes_in = Arc::new(AtomicU64::new(0));
-            let bytes_out = Arc::new(AtomicU64::new(0));
-            gw.track(
-                id,
-                ConnEntry {
-                    client: peer,
-                    route: label.clone(),
-                    upstream: route.upstream.clone().unwrap_or_default(),
-                    protocol,
-                    since: Instant::now(),
-                    bytes_in: bytes_in.clone(),
-                    bytes_out: bytes_out.clone(),
-                },
-            );
-            let _untrack = Untrack(&gw, id);
-            let respond = move |resp: http::Response<()>| async move {
-                let ok = resp.status().is_success();
-                let _ = tx.send(resp);
-                if !ok {
-                    return Err(std::io::Error::other("refused"));
-                }
-                on_upgrade
-                    .await
-                    .map(|u| Counting {
-                        inner: hyper_util::rt::TokioIo::new(u),
-                        read: bytes_in,
-                        written: bytes_out,
-                    })
-                    .map_err(std::io::Error::other)
-            };
-            proxy::proxy_extended_connect(
-                head,
-                &connect_protocol,
-                ClientInfo { addr: peer, tls },
-                protocol,
-                route,
-                label,
-                &live.ctx,
-                respond,
-                stopped(stop),
-            )
-            .await;
+            task.await;
         }
         .in_current_span(),
     );
@@ -515,6 +545,136 @@ pub(crate) fn route_h2(
         }
     };
     (None, Some(Box::pin(fut)))
+}
+
+/// One proxied extended CONNECT (HTTP/2 or HTTP/3) on route `index` of
+/// `live`: tracked for `/status` (bytes counted on the client stream) and
+/// run by [`proxy::proxy_extended_connect`]. `respond` sends the answer on
+/// the client's stream and, for a 2xx, returns its bytes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn extended_connect_task<S, F, Fut>(
+    gw: Arc<Gateway>,
+    live: Arc<Live>,
+    index: usize,
+    head: Request<()>,
+    connect_protocol: String,
+    client: ClientInfo,
+    protocol: &'static str,
+    respond: F,
+    stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(http::Response<()>) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>>,
+{
+    let route = &live.config.routes[index.min(live.config.routes.len().saturating_sub(1))];
+    let label = &live.labels[index.min(live.labels.len().saturating_sub(1))];
+    let id = gw.next_conn.fetch_add(1, Ordering::Relaxed);
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let bytes_out = Arc::new(AtomicU64::new(0));
+    gw.track(
+        id,
+        ConnEntry {
+            client: client.addr,
+            route: label.clone(),
+            upstream: route.upstream.clone().unwrap_or_default(),
+            protocol,
+            since: Instant::now(),
+            bytes_in: bytes_in.clone(),
+            bytes_out: bytes_out.clone(),
+        },
+    );
+    let _untrack = Untrack(&gw, id);
+    let respond = move |resp: http::Response<()>| async move {
+        respond(resp).await.map(|inner| Counting {
+            inner,
+            read: bytes_in,
+            written: bytes_out,
+        })
+    };
+    proxy::proxy_extended_connect(
+        head,
+        &connect_protocol,
+        client,
+        protocol,
+        route,
+        label,
+        &live.ctx,
+        respond,
+        stopped(stop),
+    )
+    .await;
+}
+
+/// The HTTP/3 front's tunnel hook: an extended CONNECT on a route whose
+/// target is an upstream group is taken (the returned handler runs the
+/// proxy in its own task, `guard` held until it ends); anything else is
+/// left to the front (`None`).
+pub(crate) fn route_h3<G: Send + 'static>(
+    gw: &Arc<Gateway>,
+    req: &Request<()>,
+    ctx: &crate::server::ConnCtx,
+    guard: impl FnOnce() -> G + Send + 'static,
+) -> Option<switchyard::h3::TunnelHandler> {
+    let connect_protocol = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_owned())?;
+    let mut head = Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .version(req.version())
+        .body(())
+        .ok()?;
+    *head.headers_mut() = req.headers().clone();
+    if let Some(v) = req
+        .uri()
+        .authority()
+        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        head.headers_mut().entry(http::header::HOST).or_insert(v);
+    }
+    let live = gw.live();
+    let Dispatch::Proxy(index) = Gateway::dispatch(&live, &head) else {
+        return None;
+    };
+    let peer = req
+        .extensions()
+        .get::<SocketAddr>()
+        .copied()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let gw = gw.clone();
+    let stop = ctx.stop.clone();
+    let alive = ctx.alive.clone();
+    let span = tracing::info_span!("h3", %peer, path = req.uri().path());
+    Some(Box::new(
+        move |_req: Request<()>, pending: switchyard::h3::PendingStream| {
+            let guard = guard();
+            let respond = move |resp: http::Response<()>| pending.respond(resp);
+            let task = extended_connect_task(
+                gw,
+                live,
+                index,
+                head,
+                connect_protocol,
+                ClientInfo {
+                    addr: peer,
+                    tls: true,
+                },
+                "h3",
+                respond,
+                stop,
+            );
+            tokio::spawn(
+                async move {
+                    let _alive = alive;
+                    let _guard = guard;
+                    task.await;
+                }
+                .instrument(span),
+            );
+        },
+    ))
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

@@ -264,6 +264,50 @@ pub struct Server {
     /// QUIC endpoints (HTTP/3), one per listener, same port; empty without `http3`.
     h3_endpoints: Vec<quinn::Endpoint>,
     shared: Arc<Shared>,
+    handle: ServerHandle,
+}
+
+/// Controls a [`Server`] from outside while it runs (a reload): stop
+/// accepting, replace the certificate.
+#[derive(Clone)]
+pub struct ServerHandle {
+    closed: Arc<watch::Sender<bool>>,
+    endpoints: Vec<quinn::Endpoint>,
+    cert: Option<Arc<tls::ReloadableCert>>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("closed", &*self.closed.borrow())
+            .field("http3", &!self.endpoints.is_empty())
+            .field("tls", &self.cert.is_some())
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// Stop accepting new connections: the TCP listeners are closed (new
+    /// connections are refused) and the QUIC endpoints take no new
+    /// connection. Open connections go on until they end (or until the
+    /// server's shutdown drains them).
+    pub fn stop_accepting(&self) {
+        self.closed.send_replace(true);
+        for e in &self.endpoints {
+            e.set_server_config(None);
+        }
+    }
+
+    /// Whether [`ServerHandle::stop_accepting`] was called.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// The certificate of a TLS listener (TCP and QUIC): replacing its pair
+    /// changes what new handshakes get.
+    pub fn certificate(&self) -> Option<&Arc<tls::ReloadableCert>> {
+        self.cert.as_ref()
+    }
 }
 
 /// Everything connection tasks share (read-only).
@@ -308,6 +352,12 @@ pub(crate) struct ConnCtx {
 impl Server {
     /// Bind every listen address (port 0 picks a free port).
     pub async fn bind(cfg: ServeConfig) -> Result<Server, ServeError> {
+        Self::bind_now(cfg)
+    }
+
+    /// [`Server::bind`] without waiting (the sockets are bound
+    /// synchronously); needs a tokio runtime context.
+    pub fn bind_now(cfg: ServeConfig) -> Result<Server, ServeError> {
         if cfg.listen.is_empty() {
             return Err(ServeError::NoListener);
         }
@@ -320,6 +370,7 @@ impl Server {
         });
         let mut conn_protocols = Registry::new();
         let mut tls_listener = None;
+        let mut cert = None;
         if let Some(t) = &cfg.tls {
             match t.mode {
                 TlsMode::Listener => {
@@ -328,8 +379,11 @@ impl Server {
                     } else {
                         &[b"http/1.1"]
                     };
-                    let sc = tls::server_config(t.certs.clone(), t.key.clone_key(), alpn)?;
+                    // One replaceable pair for TCP and QUIC (reload).
+                    let c = tls::ReloadableCert::new(t.certs.clone(), t.key.clone_key())?;
+                    let sc = tls::server_config_reloadable(c.clone(), alpn)?;
                     tls_listener = Some(TlsAcceptor::from(sc));
+                    cert = Some(c);
                 }
                 TlsMode::Upgrade => {
                     let sc =
@@ -359,26 +413,41 @@ impl Server {
 
         let mut listeners = Vec::with_capacity(cfg.listen.len());
         for addr in &cfg.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
+            let bind = |addr: &SocketAddr| -> std::io::Result<TcpListener> {
+                // std's bind sets SO_REUSEADDR like tokio's; non-blocking for tokio.
+                let l = std::net::TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            };
+            let l = bind(addr).map_err(|source| ServeError::Bind {
+                addr: *addr,
+                source,
+            })?;
             listeners.push(l);
         }
         let mut h3_endpoints = Vec::new();
         if cfg.http3 {
-            let Some(t) = cfg.tls.as_ref().filter(|t| t.mode == TlsMode::Listener) else {
+            let Some(c) = cert.as_ref().filter(|_| {
+                cfg.tls
+                    .as_ref()
+                    .is_some_and(|t| t.mode == TlsMode::Listener)
+            }) else {
                 return Err(ServeError::Http3NeedsTls);
             };
             let addrs: Vec<SocketAddr> = listeners
                 .iter()
                 .filter_map(|l| l.local_addr().ok())
                 .collect();
-            h3_endpoints = crate::h3::bind(&addrs, t.certs.clone(), t.key.clone_key())?;
+            h3_endpoints = crate::h3::bind(&addrs, c.clone())?;
         }
+        let (closed, _) = watch::channel(false);
+        let handle = ServerHandle {
+            closed: Arc::new(closed),
+            endpoints: h3_endpoints.clone(),
+            cert,
+        };
         Ok(Server {
+            handle,
             listeners,
             h3_endpoints,
             shared: Arc::new(Shared {
@@ -417,6 +486,11 @@ impl Server {
         self.shared.tls_listener.is_some()
     }
 
+    /// A handle to stop accepting or replace the certificate while it runs.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
     /// Serve until `shutdown` completes; then stop accepting, close every open
     /// WebSocket with 1001, wait up to the grace period for the closing
     /// handshakes, and return.
@@ -441,7 +515,8 @@ impl Server {
                     .filter(|p| h3_ports.contains(p))
                     .map(crate::h3::alt_svc_for),
             };
-            accept_tasks.push(tokio::spawn(accept_loop(listener, shared, ctx)));
+            let closed = self.handle.closed.subscribe();
+            accept_tasks.push(tokio::spawn(accept_loop(listener, shared, ctx, closed)));
         }
         for endpoint in self.h3_endpoints {
             let ctx = ConnCtx {
@@ -468,11 +543,22 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, ctx: ConnCtx) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    ctx: ConnCtx,
+    mut closed: watch::Receiver<bool>,
+) {
     let local = listener.local_addr().ok();
     info!(?local, "listening");
     let mut stop = ctx.stop.clone();
     loop {
+        if *closed.borrow_and_update() {
+            // Removed by a reload: dropping the listener refuses new
+            // connections; the open ones go on.
+            info!(?local, "no longer accepting (listener removed by a reload)");
+            return;
+        }
         tokio::select! {
             res = listener.accept() => match res {
                 Ok((stream, peer)) => {
@@ -489,6 +575,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, ctx: ConnCtx) {
                 }
             },
             _ = stop.changed() => return,
+            Ok(()) = closed.changed() => {}
         }
     }
 }

@@ -209,6 +209,87 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A certificate chain and key that can be replaced while the server runs
+/// (a reload): the [`ServerConfig`] of [`server_config_reloadable`] asks it
+/// on every handshake, so new handshakes (TCP TLS and QUIC alike) get the
+/// current pair and established connections keep theirs.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    /// Checks that `key` belongs to the first certificate of `certs`.
+    pub fn new(
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<ReloadableCert>, TlsError> {
+        Ok(Arc::new(ReloadableCert {
+            current: std::sync::RwLock::new(certified_key(certs, key)?),
+        }))
+    }
+
+    /// Replace the pair; only new handshakes see it.
+    pub fn replace(&self, key: Arc<rustls::sign::CertifiedKey>) {
+        match self.current.write() {
+            Ok(mut g) => *g = key,
+            Err(p) => *p.into_inner() = key,
+        }
+    }
+
+    /// The pair new handshakes get.
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// A chain and its key as rustls signs with them, after checking that the
+/// key belongs to the first certificate.
+pub fn certified_key(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let provider = rustls::crypto::ring::default_provider();
+    Ok(Arc::new(rustls::sign::CertifiedKey::from_der(
+        certs, key, &provider,
+    )?))
+}
+
+/// [`load_pem`] then [`certified_key`]: what a reload reads.
+pub fn load_certified_key(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let (certs, key) = load_pem(cert_path, key_path)?;
+    certified_key(certs, key)
+}
+
+/// [`server_config`] with the pair of `cert`, which can be replaced later.
+pub fn server_config_reloadable(
+    cert: Arc<ReloadableCert>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,8 +60,9 @@ use tokio::sync::watch;
 
 pub use frame::{H3ProtocolError, PeerSettings};
 pub use server::{
-    bind_endpoint, serve, serve_with_max_connections, H3Server, OnWebSocket, Route,
-    CLIENT_KEEP_ALIVE, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_STREAMS_PER_CONNECTION,
+    bind_endpoint, serve, serve_with_max_connections, H3Server, OnWebSocket, PendingStream, Route,
+    Tunnel, TunnelHandler, CLIENT_KEEP_ALIVE, IDLE_TIMEOUT, MAX_CONNECTIONS,
+    MAX_STREAMS_PER_CONNECTION,
 };
 pub use stream::{H3Stream, MAX_DATA_FRAME};
 

@@ -74,7 +74,8 @@ pub fn bind_endpoint(
 
 /// What the callback gets for each accepted WebSocket: the extended CONNECT
 /// request (method CONNECT, `https://authority/path` URI, headers, version
-/// HTTP/3, the peer's `SocketAddr` in its extensions) and the WebSocket (server role, negotiated subprotocol and
+/// HTTP/3, the peer's `SocketAddr` and the `:protocol` as a
+/// `hyper::ext::Protocol` in its extensions) and the WebSocket (server role, negotiated subprotocol and
 /// permessage-deflate already applied).
 pub type OnWebSocket = Arc<dyn Fn(Request<()>, WebSocket<H3Stream>) + Send + Sync>;
 
@@ -84,13 +85,75 @@ pub type OnWebSocket = Arc<dyn Fn(Request<()>, WebSocket<H3Stream>) + Send + Syn
 /// [`Request`] the WebSocket callback would get.
 pub type Route = Arc<dyn Fn(&Request<()>) -> Result<(), (StatusCode, String)> + Send + Sync>;
 
+/// Takes an extended CONNECT (any `:protocol`) before the server's own
+/// WebSocket handling: `Some(handler)` gets the request and the
+/// [`PendingStream`] (nothing answered yet; the handler must call
+/// [`PendingStream::respond`]), `None` lets the server handle it as usual.
+/// A reverse proxy uses it to hand the stream's bytes to an upstream.
+pub type Tunnel = Arc<dyn Fn(&Request<()>) -> Option<TunnelHandler> + Send + Sync>;
+
+/// What a [`Tunnel`] hook returns to take a request: it is called once,
+/// with the request and its stream.
+pub type TunnelHandler = Box<dyn FnOnce(Request<()>, PendingStream) + Send>;
+
+/// An extended CONNECT request stream taken by a [`Tunnel`] hook, before
+/// any answer was sent.
+pub struct PendingStream {
+    send: quinn::SendStream,
+    reader: FrameReader<quinn::RecvStream>,
+    keep: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for PendingStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingStream")
+            .field("stream", &self.send.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingStream {
+    /// Send `response` (its status and header fields, which must not be
+    /// connection-specific). A 2xx returns the stream's bytes (DATA frames)
+    /// as an [`H3Stream`]; any other status finishes the stream and returns
+    /// an error (`ConnectionRefused`) once the answer has left.
+    pub async fn respond(mut self, response: http::Response<()>) -> std::io::Result<H3Stream> {
+        let status = response.status();
+        if !status.is_success() {
+            refuse(
+                &mut self.send,
+                &mut self.reader.inner,
+                status,
+                response.headers(),
+                "",
+            )
+            .await;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                format!("extended CONNECT answered {status}"),
+            ));
+        }
+        send_response(&mut self.send, status, response.headers(), b"")
+            .await
+            .map_err(std::io::Error::from)?;
+        let leftover = std::mem::replace(&mut self.reader.buf, BytesMut::new());
+        Ok(H3Stream::new(
+            self.send,
+            self.reader.inner,
+            leftover,
+            Some(self.keep),
+        ))
+    }
+}
+
 /// An HTTP/3 WebSocket server's settings: the handshake policy and limits,
-/// the connection cap, and an optional [`Route`] hook.
+/// the connection cap, and optional [`Route`] and [`Tunnel`] hooks.
 #[derive(Clone)]
 pub struct H3Server {
     cfg: AcceptConfig,
     max_connections: usize,
     route: Option<Route>,
+    tunnel: Option<Tunnel>,
 }
 
 impl std::fmt::Debug for H3Server {
@@ -99,6 +162,7 @@ impl std::fmt::Debug for H3Server {
             .field("cfg", &self.cfg)
             .field("max_connections", &self.max_connections)
             .field("route", &self.route.is_some())
+            .field("tunnel", &self.tunnel.is_some())
             .finish()
     }
 }
@@ -106,6 +170,7 @@ impl std::fmt::Debug for H3Server {
 struct Ctx {
     cfg: AcceptConfig,
     route: Option<Route>,
+    tunnel: Option<Tunnel>,
     cb: OnWebSocket,
 }
 
@@ -116,6 +181,7 @@ impl H3Server {
             cfg,
             max_connections: MAX_CONNECTIONS,
             route: None,
+            tunnel: None,
         }
     }
 
@@ -131,6 +197,17 @@ impl H3Server {
         f: impl Fn(&Request<()>) -> Result<(), (StatusCode, String)> + Send + Sync + 'static,
     ) -> Self {
         self.route = Some(Arc::new(f));
+        self
+    }
+
+    /// Offer every well-formed extended CONNECT (`:scheme`, `:path`,
+    /// `:authority` present; any `:protocol`) to `f` first, before the
+    /// WebSocket checks: see [`Tunnel`].
+    pub fn tunnel(
+        mut self,
+        f: impl Fn(&Request<()>) -> Option<TunnelHandler> + Send + Sync + 'static,
+    ) -> Self {
+        self.tunnel = Some(Arc::new(f));
         self
     }
 
@@ -167,6 +244,7 @@ impl H3Server {
         let ctx = Arc::new(Ctx {
             cfg: self.cfg,
             route: self.route,
+            tunnel: self.tunnel,
             cb: Arc::new(on_websocket),
         });
         let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
@@ -609,7 +687,7 @@ async fn refuse(
     let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
 }
 
-fn to_request(head: RequestHead, peer: std::net::SocketAddr) -> Request<()> {
+fn to_request(head: &RequestHead, peer: std::net::SocketAddr) -> Request<()> {
     let uri = Uri::builder()
         .scheme(head.scheme.as_deref().unwrap_or("https"))
         .authority(head.authority.as_deref().unwrap_or("localhost"))
@@ -620,8 +698,12 @@ fn to_request(head: RequestHead, peer: std::net::SocketAddr) -> Request<()> {
     *req.method_mut() = Method::CONNECT;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_3;
-    *req.headers_mut() = head.headers;
+    *req.headers_mut() = head.headers.clone();
     req.extensions_mut().insert(peer);
+    if let Some(p) = &head.protocol {
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from(p.as_str()));
+    }
     req
 }
 
@@ -646,10 +728,24 @@ async fn handle_request(
             "request HEADERS did not arrive within Limits::handshake_timeout",
         ))),
     };
+    if let (Ok(h), Some(tunnel)) = (&head, &ctx.tunnel) {
+        let well_formed = h.method == Method::CONNECT
+            && h.protocol.is_some()
+            && h.scheme.is_some()
+            && h.path.is_some()
+            && h.authority.is_some();
+        if well_formed {
+            let req = to_request(h, conn.remote_address());
+            if let Some(handler) = tunnel(&req) {
+                handler(req, PendingStream { send, reader, keep });
+                return;
+            }
+        }
+    }
     let decision = head.and_then(|h| route(&h, cfg).map(|n| (h, n)));
     match decision {
         Ok((head, negotiation)) => {
-            let req = to_request(head, conn.remote_address());
+            let req = to_request(&head, conn.remote_address());
             if let Some(hook) = &ctx.route {
                 if let Err((status, body)) = hook(&req) {
                     let body = if body.ends_with('\n') || body.is_empty() {

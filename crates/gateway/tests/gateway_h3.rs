@@ -1,0 +1,263 @@
+//! The gateway translating HTTP/3 extended CONNECT (RFC 9220) into an
+//! HTTP/1.1 upgrade upstream, over real sockets: switchyard's own HTTP/3
+//! client (`switchyard::h3::connect_h3`) -> the gateway's QUIC listener ->
+//! an HTTP/1.1 echo backend that records each upgrade request it gets.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::Request;
+use switchyard::client::ClientBuilder;
+use switchyard::proto::deflate::DeflateConfig;
+use switchyard::server::AcceptConfig;
+use switchyard::{CloseCode, Error, Message};
+use switchyard_gateway::admin::GatewayServer;
+use switchyard_gateway::config::Config;
+use switchyard_gateway::routing::Gateway;
+
+/// A certificate for 127.0.0.1 and localhost in PEM files.
+fn cert_files(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("sy-gw-h3-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    (dir, cert, key)
+}
+
+/// An HTTP/1.1 WebSocket echo backend (any path, subprotocol `chat`,
+/// permessage-deflate) that keeps every upgrade request it received.
+async fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<Request<()>>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut cfg = AcceptConfig::default();
+                cfg.handshake.subprotocols = vec!["chat".into()];
+                cfg.handshake.deflate = Some(DeflateConfig::default());
+                let Ok((req, leftover)) =
+                    switchyard::read_request_head(&mut tcp, &cfg.limits).await
+                else {
+                    return;
+                };
+                log.lock().unwrap().push(req.clone());
+                let Ok(mut ws) = switchyard::accept_request(tcp, &req, leftover, &cfg).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_data() && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A port nothing listens on (bound, then closed).
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+struct Running {
+    gw: Arc<Gateway>,
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("gateway did not stop")
+            .unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn gateway(toml: &str) -> Running {
+    let cfg = Config::from_toml_str(toml, "gw.toml").unwrap();
+    let gw = Gateway::new(cfg, None).unwrap();
+    let server = GatewayServer::bind(gw.clone()).await.unwrap();
+    let addr = server.local_addrs()[0].0;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    Running {
+        gw,
+        addr,
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn config(cert: &std::path::Path, key: &std::path::Path, back: SocketAddr) -> String {
+    format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"h1\", \"h3\"]\n\
+         tls = {{ cert = {cert:?}, key = {key:?} }}\n\
+         [[upstream]]\nname = \"back\"\nservers = [\"ws://{back}\"]\n\
+         [[upstream]]\nname = \"dead\"\nservers = [\"ws://{dead}\"]\nretries = 0\n\
+         [[route]]\npath = \"/ws\"\nupstream = \"back\"\n\
+         [route.policy]\nallowed_origins = [\"https://good.example\"]\ndrain_timeout = \"2s\"\n\
+         [[route]]\npath = \"/down\"\nupstream = \"dead\"\n\
+         [[route]]\npath = \"/echo\"\napp = \"echo\"\n",
+        dead = closed_port(),
+    )
+}
+
+fn client(cert: &std::path::Path) -> ClientBuilder {
+    let mut limits = switchyard::Limits::default();
+    limits.handshake_timeout = Duration::from_secs(10);
+    ClientBuilder::new().add_ca_file(cert).limits(limits)
+}
+
+#[tokio::test]
+async fn h3_extended_connect_is_proxied_to_an_http11_upstream() {
+    let (dir, cert, key) = cert_files("proxy");
+    let (back, seen) = recording_backend().await;
+    let gw = gateway(&config(&cert, &key, back)).await;
+    let url = format!("wss://127.0.0.1:{}/ws/room?x=1", gw.addr.port());
+
+    let builder = client(&cert)
+        .origin("https://good.example")
+        .subprotocols(["other", "chat"]);
+    let (mut ws, resp) = switchyard::h3::connect_h3(&url, &builder)
+        .await
+        .expect("HTTP/3 WebSocket through the gateway");
+    assert_eq!(resp.status(), 200);
+    // Negotiated end to end: the backend picked `chat` and deflate.
+    assert_eq!(ws.subprotocol(), Some("chat"));
+    let ext = resp
+        .headers()
+        .get("sec-websocket-extensions")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(ext.contains("permessage-deflate"), "extensions: {ext:?}");
+
+    // Echo through the tunnel, small and large (compressed) messages.
+    ws.send(Message::text("over h3")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Message::text("over h3"));
+    let big = "0123456789abcdef".repeat(20_000);
+    ws.send(Message::text(big.clone())).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Message::text(big));
+
+    // The upstream got a real HTTP/1.1 upgrade with a key of our own.
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let req = &seen[0];
+        assert_eq!(req.method(), http::Method::GET);
+        assert_eq!(req.uri().path_and_query().unwrap().as_str(), "/ws/room?x=1");
+        let h = req.headers();
+        assert!(h["upgrade"]
+            .to_str()
+            .unwrap()
+            .eq_ignore_ascii_case("websocket"));
+        assert_eq!(h["sec-websocket-version"], "13");
+        let key = h["sec-websocket-key"].to_str().unwrap();
+        assert_eq!(key.len(), 24, "a fresh base64 16-byte key: {key}");
+        assert_eq!(h["sec-websocket-protocol"], "other, chat");
+        assert!(h.contains_key("x-forwarded-for"), "{h:?}");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    // Counted as an h3 connection on the route, listed on /status.
+    assert_eq!(
+        gw.gw.metrics().open_connections("/ws", "h3"),
+        1,
+        "{}",
+        gw.gw.metrics().render()
+    );
+    let conns = gw.gw.connections();
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    assert_eq!((conns[0].0.as_str(), conns[0].3), ("/ws", "h3"));
+
+    // A second WebSocket from a disallowed Origin: 403 over HTTP/3, and
+    // the upstream never sees it.
+    let bad = client(&cert).origin("https://evil.example");
+    match switchyard::h3::connect_h3(&url, &bad).await {
+        Err(Error::UpgradeRefused { status, .. }) => assert_eq!(status, 403),
+        other => panic!("expected 403, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    // The upstream is down: 502, like HTTP/2.
+    let down = format!("wss://127.0.0.1:{}/down", gw.addr.port());
+    match switchyard::h3::connect_h3(&down, &client(&cert)).await {
+        Err(Error::UpgradeRefused { status, .. }) => assert_eq!(status, 502),
+        other => panic!("expected 502, got {:?}", other.map(|(_, r)| r.status())),
+    }
+
+    // An echo app route of the config is served by the front itself.
+    let echo = format!("wss://127.0.0.1:{}/echo", gw.addr.port());
+    let (mut e, _) = switchyard::h3::connect_h3(&echo, &client(&cert))
+        .await
+        .expect("echo app over h3");
+    e.send(Message::text("app")).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), e.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        Message::text("app")
+    );
+    drop(e);
+
+    let metrics = gw.gw.metrics().render();
+    assert!(
+        metrics.contains("result=\"refused\",reason=\"origin\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("result=\"bad_gateway\""), "{metrics}");
+
+    // Drain: the proxied HTTP/3 WebSocket gets close 1001.
+    let running = gw;
+    let stopping = tokio::spawn(running.stop());
+    let mut code = None;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        match m {
+            Ok(Message::Close(f)) => {
+                code = f.map(|f| f.code);
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("unexpected error at drain: {e}"),
+        }
+    }
+    assert_eq!(code, Some(CloseCode::GOING_AWAY), "close 1001 at drain");
+    drop(ws);
+    stopping.await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
