@@ -127,8 +127,10 @@ fn config(cert: &std::path::Path, key: &std::path::Path, back: SocketAddr) -> St
 }
 
 fn client(cert: &std::path::Path) -> ClientBuilder {
-    let mut limits = switchyard::Limits::default();
-    limits.handshake_timeout = Duration::from_secs(10);
+    let limits = switchyard::Limits {
+        handshake_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
     ClientBuilder::new().add_ca_file(cert).limits(limits)
 }
 
