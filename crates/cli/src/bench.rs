@@ -873,6 +873,42 @@ fn parse_head(buf: &[u8]) -> Option<FrameHead> {
     })
 }
 
+/// The next complete server frame in `buf[*pos..len]`, checked to be unmasked, final and
+/// without RSV bits; advances `*pos` past it and returns its header and the payload's range
+/// in `buf`. `None` when more bytes are needed; an error for a frame larger than `buf` can
+/// hold (bigger than `largest` expected) or a malformed one.
+fn next_frame(
+    buf: &[u8],
+    pos: &mut usize,
+    len: usize,
+    largest: usize,
+) -> Result<Option<(FrameHead, std::ops::Range<usize>)>, Fail> {
+    let avail = &buf[*pos..len];
+    let Some(head) = parse_head(avail) else {
+        return Ok(None);
+    };
+    let total = head.header_len as u64 + head.payload_len;
+    if total > avail.len() as u64 {
+        if total > buf.len() as u64 {
+            return Err(Fail::Protocol(format!(
+                "the server sent a {} byte frame; the largest expected is {largest}",
+                head.payload_len
+            )));
+        }
+        return Ok(None);
+    }
+    let start = *pos + head.header_len;
+    *pos += total as usize;
+    if head.masked || head.rsv != 0 || !head.fin {
+        return Err(Fail::Protocol(format!(
+            "bad server frame: fin={} rsv={} masked={} (servers must send \
+             unmasked, unfragmented frames without extensions here)",
+            head.fin, head.rsv, head.masked
+        )));
+    }
+    Ok(Some((head, start..*pos)))
+}
+
 /// Sends the upgrade request on `stream` and checks the 101 response. Returns the bytes read
 /// after the response head (the start of the frame stream).
 async fn handshake(stream: &mut Stream, plan: &Plan, rng: &mut Rng) -> anyhow::Result<Vec<u8>> {
@@ -1241,31 +1277,12 @@ impl EchoConn {
         let mut r = report.borrow_mut();
         // Parse every complete frame in the buffer.
         loop {
-            let avail = &self.rbuf[self.rpos..self.rlen];
-            let Some(head) = parse_head(avail) else { break };
-            let total = head.header_len as u64 + head.payload_len;
-            if total > avail.len() as u64 {
-                if total > self.rbuf.len() as u64 {
-                    return Err(Fail::Protocol(format!(
-                        "the server sent a {} byte frame; the largest expected is {}",
-                        head.payload_len,
-                        plan.size.max(MAX_CONTROL)
-                    ))
-                    .into());
-                }
+            let largest = plan.size.max(MAX_CONTROL);
+            let Some((head, range)) = next_frame(&self.rbuf, &mut self.rpos, self.rlen, largest)?
+            else {
                 break;
-            }
-            let total = total as usize;
-            let payload = &avail[head.header_len..total];
-            self.rpos += total;
-            if head.masked || head.rsv != 0 || !head.fin {
-                return Err(Fail::Protocol(format!(
-                    "bad server frame: fin={} rsv={} masked={} (servers must send \
-                     unmasked, unfragmented frames without extensions here)",
-                    head.fin, head.rsv, head.masked
-                ))
-                .into());
-            }
+            };
+            let payload = &self.rbuf[range];
             match head.opcode {
                 op if op == plan.opcode() => {
                     if payload != plan.payload.as_slice() {

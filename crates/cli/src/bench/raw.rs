@@ -32,7 +32,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
 use super::{
-    parse_head, Fail, Plan, Report, Stream, Window, MAX_CONTROL, MAX_HEADER, OP_CLOSE, OP_PING,
+    next_frame, Fail, Plan, Report, Stream, Window, MAX_CONTROL, MAX_HEADER, OP_CLOSE, OP_PING,
     OP_PONG,
 };
 
@@ -536,31 +536,12 @@ impl Conn {
     ) -> anyhow::Result<usize> {
         let mut replies = 0usize;
         loop {
-            let avail = &self.rbuf[self.rpos..self.rlen];
-            let Some(head) = parse_head(avail) else { break };
-            let total = head.header_len as u64 + head.payload_len;
-            if total > avail.len() as u64 {
-                if total > self.rbuf.len() as u64 {
-                    return Err(Fail::Protocol(format!(
-                        "the server sent a {} byte frame; the largest expected is {}",
-                        head.payload_len,
-                        plan.size.max(MAX_CONTROL)
-                    ))
-                    .into());
-                }
+            let largest = plan.size.max(MAX_CONTROL);
+            let Some((head, range)) = next_frame(&self.rbuf, &mut self.rpos, self.rlen, largest)?
+            else {
                 break;
-            }
-            let total = total as usize;
-            let payload = &avail[head.header_len..total];
-            self.rpos += total;
-            if head.masked || head.rsv != 0 || !head.fin {
-                return Err(Fail::Protocol(format!(
-                    "bad server frame: fin={} rsv={} masked={} (servers must send \
-                     unmasked, unfragmented frames without extensions here)",
-                    head.fin, head.rsv, head.masked
-                ))
-                .into());
-            }
+            };
+            let payload = &self.rbuf[range];
             match head.opcode {
                 op if op == template.opcode => {
                     if !template.matches(payload, self.next_in) {
@@ -625,7 +606,7 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{apply_mask, OP_BINARY, OP_TEXT};
+    use super::super::{apply_mask, parse_head, OP_BINARY, OP_TEXT};
     use super::*;
 
     #[test]
