@@ -411,3 +411,71 @@ fn open_loop_against_a_stalled_server_keeps_memory_bounded_and_ends() {
     // 1.5 s of the schedule would take (150 million messages).
     assert!(peak < 100 * 1024, "peak RSS {peak} KiB");
 }
+
+/// Echoes every message, except that byte `at` of the third one comes back altered.
+fn corrupting_server(at: usize) -> SocketAddr {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use switchyard::Message;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let cfg = switchyard::AcceptConfig::default();
+                    let Ok(mut ws) = switchyard::accept(s, &cfg).await else {
+                        return;
+                    };
+                    let mut n = 0;
+                    while let Some(Ok(msg)) = ws.next().await {
+                        let (mut bytes, binary) = match msg {
+                            Message::Binary(b) => (b.to_vec(), true),
+                            Message::Text(t) => (t.as_str().as_bytes().to_vec(), false),
+                            _ => continue,
+                        };
+                        n += 1;
+                        if n == 3 {
+                            bytes[at] ^= 0x01; // ASCII stays ASCII: text stays valid UTF-8
+                        }
+                        let reply = if binary {
+                            Message::Binary(bytes.into())
+                        } else {
+                            Message::text(String::from_utf8(bytes).unwrap())
+                        };
+                        if ws.send(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+#[test]
+fn an_altered_echo_is_a_protocol_error() {
+    // 70000 B binary takes the load generator's zero-copy path (shared body, checked as
+    // body XOR key); 16 B text the copying one.
+    for (size, binary, at) in [("70000", true, 40_000), ("16", false, 12)] {
+        let addr = corrupting_server(at);
+        let url = format!("ws://{addr}/");
+        let mut args = vec![url.as_str(), "-c", "1", "-s", size, "-d", "1", "-w", "0"];
+        if binary {
+            args.push("--binary");
+        }
+        let (_, v) = bench_json(&args);
+        assert_eq!(v["errors_by_kind"]["protocol_error"], 1, "size {size}: {v}");
+        let first = v["first_error"].as_str().unwrap_or_default();
+        assert!(
+            first.contains("echoed payload differs") && first.contains("echo number 2"),
+            "size {size}: {first}"
+        );
+        assert_eq!(u(&v, "messages_total"), 2, "size {size}: {v}");
+    }
+}

@@ -18,11 +18,18 @@
 //! payload compared with what was sent. Each payload starts with the message's sequence number
 //! on this connection (hex digits, so text messages stay ASCII), so that a lost, duplicated or
 //! reordered echo is an error too. Pings are answered, a close frame or EOF is an error.
+//!
+//! Large binary messages (from [`ZERO_COPY_MIN`] bytes) are not copied at all on the way out:
+//! every frame's body is the same shared buffer `W` written with `writev`, after a small header
+//! chunk holding the fresh masking key `K` and the masked sequence number. The server unmasks
+//! the body to `W XOR K`, which differs per frame because `K` does, and the echo is checked
+//! against `W XOR K` in one pass. The masking rule is kept (a fresh random key per frame); what
+//! changes is only which bytes the payload is — binary payloads may be anything.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read as _, Write as _};
+use std::io::{ErrorKind, IoSlice, Read as _, Write as _};
 use std::sync::atomic::Ordering;
-use std::sync::{Barrier, OnceLock};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -32,8 +39,8 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
 use super::{
-    next_frame, Fail, Plan, Report, Stream, Window, MAX_CONTROL, MAX_HEADER, OP_CLOSE, OP_PING,
-    OP_PONG,
+    next_frame, Fail, Plan, Report, Stream, Window, MAX_CONTROL, MAX_HEADER, OP_BINARY, OP_CLOSE,
+    OP_PING, OP_PONG,
 };
 
 /// How long after the end of the run a connection may take to deliver one more read.
@@ -42,6 +49,10 @@ const GRACE: Duration = Duration::from_secs(2);
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Hex digits of the sequence number at the start of each payload (fewer if it is shorter).
 const SEQ_DIGITS: usize = 8;
+/// Binary messages from this size on are sent without copying their body (see the module doc).
+const ZERO_COPY_MIN: usize = 4096;
+/// At most this many buffers per `writev`.
+const MAX_IOV: usize = 64;
 
 /// Whether `plan` runs on this event loop (the other echo runs use the tokio path).
 pub(super) fn eligible(plan: &Plan) -> bool {
@@ -120,8 +131,8 @@ struct Conn {
     rlen: usize,
     /// Frames to send.
     out: OutBuf,
-    /// Send time of each outstanding message, oldest first.
-    sent: VecDeque<Instant>,
+    /// Send time and masking key of each outstanding message, oldest first.
+    sent: VecDeque<(Instant, [u8; 4])>,
     /// Sequence number of the next message sent and of the next echo expected.
     next_out: u64,
     next_in: u64,
@@ -135,12 +146,17 @@ struct Template {
     payload: Vec<u8>,
     seq_len: usize,
     opcode: u8,
+    /// Zero-copy mode: `payload[seq_len..]`, shared by every frame's body on the wire.
+    wire: Option<Arc<[u8]>>,
 }
 
 impl Template {
     fn new(plan: &Plan) -> Self {
-        let len = plan.payload.len();
-        let opcode = plan.opcode();
+        Self::with(plan.payload.clone(), plan.opcode())
+    }
+
+    fn with(payload: Vec<u8>, opcode: u8) -> Self {
+        let len = payload.len();
         let mut head = vec![0x80 | opcode];
         if len < 126 {
             head.push(0x80 | len as u8);
@@ -151,11 +167,15 @@ impl Template {
             head.push(0x80 | 127);
             head.extend_from_slice(&(len as u64).to_be_bytes());
         }
+        let seq_len = payload.len().min(SEQ_DIGITS);
+        let wire = (opcode == OP_BINARY && payload.len() >= ZERO_COPY_MIN)
+            .then(|| Arc::from(&payload[seq_len..]));
         Self {
             head,
-            payload: plan.payload.clone(),
-            seq_len: len.min(SEQ_DIGITS),
+            payload,
+            seq_len,
             opcode,
+            wire,
         }
     }
 
@@ -163,6 +183,19 @@ impl Template {
     /// payload copied and masked in one pass.
     fn write(&self, out: &mut OutBuf, seq: u64, mask: [u8; 4]) {
         let h = self.head.len();
+        if let Some(wire) = &self.wire {
+            // Header, key and masked sequence number here; the body is `wire` as it is.
+            let chunk = out.slot(h + 4 + self.seq_len);
+            chunk[..h].copy_from_slice(&self.head);
+            chunk[h..h + 4].copy_from_slice(&mask);
+            let mut digits = [0u8; SEQ_DIGITS];
+            write_seq(&mut digits[..self.seq_len], seq);
+            for (k, d) in digits[..self.seq_len].iter().enumerate() {
+                chunk[h + 4 + k] = d ^ mask[k % 4];
+            }
+            out.push_body(wire);
+            return;
+        }
         let frame = out.slot(h + 4 + self.payload.len());
         frame[..h].copy_from_slice(&self.head);
         frame[h..h + 4].copy_from_slice(&mask);
@@ -177,17 +210,53 @@ impl Template {
         }
     }
 
-    /// Whether `payload` is the echo of message number `seq`.
-    fn matches(&self, payload: &[u8], seq: u64) -> bool {
+    /// Whether `payload` is the echo of message number `seq`, sent masked with `mask`.
+    fn matches(&self, payload: &[u8], seq: u64, mask: [u8; 4]) -> bool {
         if payload.len() != self.payload.len() {
             return false;
         }
         let mut digits = [0u8; SEQ_DIGITS];
         let digits = &mut digits[..self.seq_len];
         write_seq(digits, seq);
-        payload[..self.seq_len] == *digits
-            && payload[self.seq_len..] == self.payload[self.seq_len..]
+        if payload[..self.seq_len] != *digits {
+            return false;
+        }
+        match &self.wire {
+            // The server unmasked the shared body: it must come back as `wire XOR mask`
+            // (the body starts at SEQ_DIGITS, a multiple of 4: key phase 0).
+            Some(wire) => eq_masked(&payload[self.seq_len..], wire, mask),
+            None => payload[self.seq_len..] == self.payload[self.seq_len..],
+        }
     }
+}
+
+/// Whether `got == wire XOR mask` (RFC 6455 masking from key phase 0), in one pass over `u64`
+/// words without an early exit, which the compiler vectorises.
+fn eq_masked(got: &[u8], wire: &[u8], mask: [u8; 4]) -> bool {
+    if got.len() != wire.len() {
+        return false;
+    }
+    let key8 = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut g = got.chunks_exact(8);
+    let mut w = wire.chunks_exact(8);
+    let mut diff = 0u64;
+    for (g, w) in (&mut g).zip(&mut w) {
+        let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+        a.copy_from_slice(g);
+        b.copy_from_slice(w);
+        diff |= u64::from_ne_bytes(a) ^ u64::from_ne_bytes(b) ^ key8;
+    }
+    for ((g, w), m) in g
+        .remainder()
+        .iter()
+        .zip(w.remainder())
+        .zip(mask.iter().cycle())
+    {
+        diff |= u64::from(g ^ w ^ m);
+    }
+    diff == 0
 }
 
 /// `dst = src` masked with `mask` (RFC 6455 §5.3), eight bytes at a time on a `u64` (the
@@ -216,19 +285,24 @@ fn copy_masked(dst: &mut [u8], src: &[u8], mask: [u8; 4]) {
 }
 
 /// Bytes waiting to be written on one connection; its buffer only grows, so that steady
-/// state writes frames into memory that is already there.
+/// state writes frames into memory that is already there. Zero-copy frame bodies (shared
+/// buffers) are spliced into that byte stream at recorded offsets and go out with `writev`.
 #[derive(Default)]
 struct OutBuf {
     buf: Vec<u8>,
     /// `buf[pos..len]` is pending.
     pos: usize,
     len: usize,
+    /// Shared bodies, in order: `(offset, body)` goes out right after `buf[..offset]`.
+    bodies: VecDeque<(usize, Arc<[u8]>)>,
+    /// Bytes of the front body already written (only while `pos` is at its offset).
+    body_written: usize,
 }
 
 impl OutBuf {
     /// `n` more bytes at the end of the pending ones, to be filled by the caller.
     fn slot(&mut self, n: usize) -> &mut [u8] {
-        if self.pos == self.len {
+        if self.is_empty() {
             self.pos = 0;
             self.len = 0;
         }
@@ -245,12 +319,68 @@ impl OutBuf {
         self.slot(bytes.len()).copy_from_slice(bytes);
     }
 
-    fn pending(&self) -> &[u8] {
-        &self.buf[self.pos..self.len]
+    /// Appends a shared body (after the bytes pushed so far).
+    fn push_body(&mut self, body: &Arc<[u8]>) {
+        self.bodies.push_back((self.len, body.clone()));
     }
 
-    fn consume(&mut self, n: usize) {
-        self.pos += n;
+    fn is_empty(&self) -> bool {
+        self.pos == self.len && self.bodies.is_empty()
+    }
+
+    /// The pending bytes when no shared body is queued (one contiguous `write`).
+    fn contiguous(&self) -> Option<&[u8]> {
+        self.bodies
+            .is_empty()
+            .then(|| &self.buf[self.pos..self.len])
+    }
+
+    /// The first pending pieces, in order, as `writev` buffers; returns how many were set.
+    fn slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut k = 0;
+        let mut at = self.pos;
+        for (n, (off, body)) in self.bodies.iter().enumerate() {
+            if k + 2 > iov.len() {
+                return k;
+            }
+            if at < *off {
+                iov[k] = IoSlice::new(&self.buf[at..*off]);
+                k += 1;
+            }
+            let skip = if n == 0 { self.body_written } else { 0 };
+            iov[k] = IoSlice::new(&body[skip..]);
+            k += 1;
+            at = *off;
+        }
+        if at < self.len && k < iov.len() {
+            iov[k] = IoSlice::new(&self.buf[at..self.len]);
+            k += 1;
+        }
+        k
+    }
+
+    /// `n` pending bytes were written.
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let next_body = self.bodies.front().map_or(self.len, |b| b.0);
+            if self.pos < next_body {
+                let k = n.min(next_body - self.pos);
+                self.pos += k;
+                n -= k;
+                continue;
+            }
+            let Some((_, body)) = self.bodies.front() else {
+                debug_assert!(false, "consumed more than was pending");
+                return;
+            };
+            let k = n.min(body.len() - self.body_written);
+            self.body_written += k;
+            n -= k;
+            if self.body_written == body.len() {
+                self.bodies.pop_front();
+                self.body_written = 0;
+            }
+        }
     }
 }
 
@@ -411,7 +541,7 @@ impl<'p> EventLoop<'p> {
             let mask: [u8; 4] = self.rng.random::<u32>().to_ne_bytes();
             self.template.write(&mut c.out, c.next_out, mask);
             c.next_out += 1;
-            c.sent.push_back(now);
+            c.sent.push_back((now, mask));
         }
     }
 
@@ -512,8 +642,16 @@ impl Conn {
         let Some(sock) = self.sock.as_mut() else {
             return Ok(());
         };
-        while !self.out.pending().is_empty() {
-            match sock.write(self.out.pending()) {
+        while !self.out.is_empty() {
+            let written = match self.out.contiguous() {
+                Some(bytes) => sock.write(bytes),
+                None => {
+                    let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                    let k = self.out.slices(&mut iov);
+                    sock.write_vectored(&iov[..k])
+                }
+            };
+            match written {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
                 Ok(n) => self.out.consume(n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
@@ -545,7 +683,13 @@ impl Conn {
             let payload = &self.rbuf[range];
             match head.opcode {
                 op if op == template.opcode => {
-                    if !template.matches(payload, self.next_in) {
+                    let Some(&(sent_at, mask)) = self.sent.front() else {
+                        return Err(Fail::Protocol(
+                            "the server echoed more messages than were sent".into(),
+                        )
+                        .into());
+                    };
+                    if !template.matches(payload, self.next_in, mask) {
                         let what = if payload.len() == plan.size {
                             format!(
                                 "echo number {} on this connection is not the message sent \
@@ -560,12 +704,7 @@ impl Conn {
                         ))
                         .into());
                     }
-                    let Some(sent_at) = self.sent.pop_front() else {
-                        return Err(Fail::Protocol(
-                            "the server echoed more messages than were sent".into(),
-                        )
-                        .into());
-                    };
+                    self.sent.pop_front();
                     self.next_in += 1;
                     report.complete(now, now.saturating_duration_since(sent_at), &window);
                     replies += 1;
@@ -607,7 +746,7 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{apply_mask, parse_head, OP_BINARY, OP_TEXT};
+    use super::super::{apply_mask, parse_head, OP_TEXT};
     use super::*;
 
     #[test]
@@ -641,34 +780,89 @@ mod tests {
 
     fn template(size: usize, binary: bool) -> Template {
         let payload: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
-        let opcode = if binary { OP_BINARY } else { OP_TEXT };
-        let mut head = vec![0x80 | opcode];
-        if size < 126 {
-            head.push(0x80 | size as u8);
-        } else if size <= usize::from(u16::MAX) {
-            head.push(0x80 | 126);
-            head.extend_from_slice(&(size as u16).to_be_bytes());
-        } else {
-            head.push(0x80 | 127);
-            head.extend_from_slice(&(size as u64).to_be_bytes());
+        Template::with(payload, if binary { OP_BINARY } else { OP_TEXT })
+    }
+
+    /// Everything `out` would write, written in pieces of `step` bytes.
+    fn drain(out: &mut OutBuf, step: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while !out.is_empty() {
+            let mut iov = [IoSlice::new(&[]); 3];
+            let k = out.slices(&mut iov);
+            let all: Vec<u8> = iov[..k].iter().flat_map(|s| s.iter().copied()).collect();
+            let n = step.min(all.len());
+            got.extend_from_slice(&all[..n]);
+            out.consume(n);
         }
-        Template {
-            head,
-            seq_len: size.min(SEQ_DIGITS),
-            payload,
-            opcode,
+        got
+    }
+
+    #[test]
+    fn shared_bodies_keep_the_stream_order_through_partial_writes() {
+        let body: Arc<[u8]> = Arc::from(&b"BODY-BODY"[..]);
+        for step in [1usize, 2, 3, 5, 8, 13, 100] {
+            let mut out = OutBuf::default();
+            out.push(b"h1");
+            out.push_body(&body);
+            out.push_body(&body);
+            out.push(b"h2");
+            out.push_body(&body);
+            out.push(b"tail");
+            assert_eq!(
+                drain(&mut out, step),
+                b"h1BODY-BODYBODY-BODYh2BODY-BODYtail",
+                "step {step}"
+            );
+            // Empty again: the buffer is reused from the start.
+            out.push(b"x");
+            assert_eq!(out.contiguous(), Some(&b"x"[..]));
+        }
+    }
+
+    #[test]
+    fn eq_masked_is_the_rfc_mask() {
+        let mask = [0x3c, 0x91, 0x00, 0xfe];
+        for len in [0usize, 1, 4, 7, 8, 9, 63, 64, 65, 4096, 65528] {
+            let wire: Vec<u8> = (0..len).map(|i| (i * 31 + 3) as u8).collect();
+            let got: Vec<u8> = wire
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            assert!(eq_masked(&got, &wire, mask), "len {len}");
+            for at in [0, len / 2, len.saturating_sub(1)] {
+                if len > 0 {
+                    let mut bad = got.clone();
+                    bad[at] ^= 0x40;
+                    assert!(!eq_masked(&bad, &wire, mask), "len {len} at {at}");
+                }
+            }
+            assert!(len < 4 || !eq_masked(&got, &wire, [0x3c, 0x91, 0x00, 0xff]));
+            assert!(len == 0 || !eq_masked(&got[1..], &wire, mask));
         }
     }
 
     #[test]
     fn frames_are_masked_numbered_and_checked() {
-        for size in [0usize, 5, 16, 125, 126, 70000] {
-            let t = template(size, size > 100);
+        let cases = [
+            (0usize, false),
+            (5, false),
+            (16, false),
+            (125, true),
+            (126, true),
+            (ZERO_COPY_MIN - 1, true),
+            (ZERO_COPY_MIN, true),
+            (70000, true),
+            (70000, false),
+        ];
+        for (size, binary) in cases {
+            let t = template(size, binary);
+            assert_eq!(t.wire.is_some(), binary && size >= ZERO_COPY_MIN);
             let mut out = OutBuf::default();
             let masks = [[1, 2, 3, 4], [0xde, 0xad, 0xbe, 0xef]];
             t.write(&mut out, 0x2a, masks[0]);
             t.write(&mut out, 0x2b, masks[1]);
-            let mut buf = out.pending().to_vec();
+            let mut buf = drain(&mut out, 1000);
             let mut bodies = Vec::new();
             for mask in masks {
                 let h = parse_head(&buf).expect("header");
@@ -683,19 +877,26 @@ mod tests {
                 buf.drain(..end);
             }
             assert!(buf.is_empty());
-            // Each echo matches its own number only; text stays ASCII.
-            assert!(t.matches(&bodies[0], 0x2a) && t.matches(&bodies[1], 0x2b));
+            // Each echo matches its own number (and key) only; text stays ASCII.
+            let [m0, m1] = masks;
+            assert!(t.matches(&bodies[0], 0x2a, m0) && t.matches(&bodies[1], 0x2b, m1));
             if size > 0 {
-                assert!(!t.matches(&bodies[0], 0x2b), "size {size}");
-                assert!(bodies[0].is_ascii());
+                assert!(!t.matches(&bodies[0], 0x2b, m0), "size {size}");
+                assert!(t.wire.is_some() || bodies[0].is_ascii(), "size {size}");
             }
             if size > SEQ_DIGITS {
                 assert_eq!(&bodies[1][..8], b"0000002b");
                 let mut altered = bodies[1].clone();
                 *altered.last_mut().expect("non-empty") ^= 1;
-                assert!(!t.matches(&altered, 0x2b));
+                assert!(!t.matches(&altered, 0x2b, m1));
+                // A shared body differs per frame (it is `wire XOR key`); the check needs the
+                // frame's own key.
+                if t.wire.is_some() {
+                    assert_ne!(bodies[0][8..], bodies[1][8..]);
+                    assert!(!t.matches(&bodies[1], 0x2b, m0));
+                }
             }
-            assert!(!t.matches(&bodies[0][..size.saturating_sub(1)], 0x2a) || size == 0);
+            assert!(!t.matches(&bodies[0][..size.saturating_sub(1)], 0x2a, m0) || size == 0);
         }
     }
 }
