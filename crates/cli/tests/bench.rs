@@ -9,25 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn echo_server() -> SocketAddr {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let cfg = switchyard_gateway::ServeConfig {
-                listen: vec!["127.0.0.1:0".parse().unwrap()],
-                ..Default::default()
-            };
-            let server = switchyard_gateway::Server::bind(cfg).await.unwrap();
-            tx.send(server.local_addrs()[0]).unwrap();
-            server.run(std::future::pending()).await;
-        });
-    });
-    rx.recv().unwrap()
-}
+mod common;
+use common::echo_server;
 
 /// Answers every request with `status` (e.g. "403 Forbidden") and closes.
 fn refusing_server(status: &'static str) -> SocketAddr {

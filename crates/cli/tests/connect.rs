@@ -13,6 +13,9 @@ use switchyard::{CloseCode, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod common;
+use common::echo_server;
+
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Run `fut(listener)` on a background runtime; return the listener's address.
@@ -31,27 +34,6 @@ where
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(l.local_addr().unwrap()).unwrap();
             f(l).await;
-        });
-    });
-    rx.recv().unwrap()
-}
-
-/// Our own echo server (the gateway's), on a free port.
-fn echo_server() -> SocketAddr {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let cfg = switchyard_gateway::ServeConfig {
-                listen: vec!["127.0.0.1:0".parse().unwrap()],
-                ..Default::default()
-            };
-            let server = switchyard_gateway::Server::bind(cfg).await.unwrap();
-            tx.send(server.local_addrs()[0]).unwrap();
-            server.run(std::future::pending()).await;
         });
     });
     rx.recv().unwrap()

@@ -12,27 +12,10 @@ use switchyard::server::AcceptConfig;
 use switchyard::CloseCode;
 use tokio::net::TcpListener;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
+use common::echo_server;
 
-fn echo_server() -> SocketAddr {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let cfg = switchyard_gateway::ServeConfig {
-                listen: vec!["127.0.0.1:0".parse().unwrap()],
-                ..Default::default()
-            };
-            let server = switchyard_gateway::Server::bind(cfg).await.unwrap();
-            tx.send(server.local_addrs()[0]).unwrap();
-            server.run(std::future::pending()).await;
-        });
-    });
-    rx.recv().unwrap()
-}
+const WAIT: Duration = Duration::from_secs(20);
 
 /// A WebSocket server that closes every connection with 1011 right away.
 fn closing_1011_server() -> SocketAddr {

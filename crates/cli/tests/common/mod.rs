@@ -348,3 +348,26 @@ impl Nginx {
         std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }
 }
+
+/// Our own echo server (the gateway's built-in default: `/echo`), in-process
+/// on its own thread and runtime, on a free loopback port. Lives as long as
+/// the test process.
+pub fn echo_server() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let cfg = switchyard_gateway::ServeConfig {
+                listen: vec!["127.0.0.1:0".parse().unwrap()],
+                ..Default::default()
+            };
+            let server = switchyard_gateway::Server::bind(cfg).await.unwrap();
+            tx.send(server.local_addrs()[0]).unwrap();
+            server.run(std::future::pending()).await;
+        });
+    });
+    rx.recv().unwrap()
+}
