@@ -51,11 +51,9 @@ pub(crate) fn take(min: usize) -> Option<BytesMut> {
     POOL.try_with(|p| {
         let mut p = p.borrow_mut();
         while let Some(mut buf) = p.pop() {
-            if buf.try_reclaim(min) {
-                if buf.capacity() <= MAX_POOLED_CAPACITY {
-                    return Some(buf);
-                }
-                // Too large to keep around: drop it (frees it).
+            // A buffer too large to keep around is dropped (freed).
+            if buf.try_reclaim(min) && buf.capacity() <= MAX_POOLED_CAPACITY {
+                return Some(buf);
             }
         }
         None
