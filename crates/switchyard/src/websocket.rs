@@ -30,6 +30,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// (the rest of the frame is reserved at once, up to this, so a 64 KiB
 /// message is read in one or two calls into a buffer that grows once).
 const MAX_READ_AHEAD: usize = 256 * 1024;
+/// Room reserved past the end of a large frame. The read that completes the
+/// frame is then offered more than it returns, and a short read tells the
+/// runtime that the socket is drained (tokio then waits for readiness
+/// instead of calling `recv` again only to get `WouldBlock`): one system
+/// call less per large message.
+const READ_SLACK: usize = 1024;
 /// Bytes of automatic replies (pongs, close reply) that may wait unwritten
 /// before reading pauses: a peer that sends pings but never reads cannot
 /// make the output grow without bound.
@@ -87,6 +93,15 @@ static NOTHING_NEGOTIATED: Negotiated = Negotiated {
 
 /// Most `IoSlice`s passed to one vectored write.
 const MAX_IOV: usize = 16;
+
+/// Replace the (empty) receive buffer `buf` by `pooled`, keeping the old
+/// one's memory in the pool if it has any.
+fn recycle(buf: &mut BytesMut, pooled: BytesMut) {
+    let old = std::mem::replace(buf, pooled);
+    if old.capacity() > 0 {
+        crate::recv_pool::put(old);
+    }
+}
 
 fn lost_buffer() -> std::io::Error {
     std::io::Error::other("AsyncRead implementation replaced the read buffer")
@@ -199,42 +214,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// `Ok(0)` is end of input.
     ///
     /// An idle connection holds no receive buffer: it is released when a read
-    /// finds nothing and no partial frame is buffered. The next read then goes
-    /// to a stack buffer and only the bytes that arrived are copied (a small
+    /// finds nothing and no partial frame is buffered. The released buffer is
+    /// kept in a small per-thread pool ([`crate::recv_pool`]) and the next read
+    /// of any connection on the thread takes it back once no message refers to
+    /// its memory, reading straight into it. Without one, the read goes to a
+    /// stack buffer and only the bytes that arrived are copied (a small
     /// allocation for a small message, instead of a fresh 16 KiB buffer).
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         let missing = self.conn.frame_bytes_missing().min(MAX_READ_AHEAD);
         let buf = self.conn.read_buf();
         if buf.capacity() - buf.len() < MIN_READ_SPACE && buf.is_empty() && missing == 0 {
-            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
-            let mut rb = ReadBuf::uninit(&mut stack);
-            if Pin::new(&mut self.stream)
-                .poll_read(cx, &mut rb)?
-                .is_pending()
-            {
-                if buf.capacity() > 0 {
-                    *buf = BytesMut::new();
-                }
-                return Poll::Pending;
+            match crate::recv_pool::take(READ_CHUNK) {
+                Some(pooled) => recycle(buf, pooled),
+                None => return self.poll_read_via_stack(cx),
             }
-            let filled = rb.filled();
-            let n = filled.len();
-            if n == READ_CHUNK {
-                // The start of a large transfer: make room for the whole
-                // frame now (bounded) rather than growing the buffer again
-                // (and copying these bytes once more) right after.
-                if let Ok(Some((h, hlen))) = FrameHeader::parse(filled) {
-                    let max = self.conn.limits().max_frame_size.min(MAX_READ_AHEAD) as u64;
-                    let want = h.payload_len.min(max) as usize + hlen;
-                    self.conn.read_buf().reserve(want.max(n));
-                }
-            }
-            self.conn.receive(filled);
-            return Poll::Ready(Ok(n));
         }
+        let buf = self.conn.read_buf();
         let spare = buf.capacity() - buf.len();
         if spare < MIN_READ_SPACE || spare < missing {
-            buf.reserve(missing.max(READ_CHUNK));
+            buf.reserve(missing.max(READ_CHUNK) + READ_SLACK);
         }
         let spare = buf.spare_capacity_mut();
         let spare_ptr = spare.as_ptr() as *const u8;
@@ -244,7 +242,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             .is_pending()
         {
             if buf.is_empty() {
-                *buf = BytesMut::new();
+                crate::recv_pool::put(std::mem::take(buf));
             }
             return Poll::Pending;
         }
@@ -257,6 +255,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         // above) and `ReadBuf` guarantees its `n` bytes were initialized by the
         // reader, so the first `n` spare bytes are initialized and in bounds.
         unsafe { buf.set_len(buf.len() + n) };
+        Poll::Ready(Ok(n))
+    }
+
+    /// [`Inner::poll_read_some`] for an empty receive buffer without room:
+    /// read into a stack buffer, then copy what arrived.
+    fn poll_read_via_stack(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut rb = ReadBuf::uninit(&mut stack);
+        if Pin::new(&mut self.stream)
+            .poll_read(cx, &mut rb)?
+            .is_pending()
+        {
+            let buf = self.conn.read_buf();
+            if buf.capacity() > 0 {
+                crate::recv_pool::put(std::mem::take(buf));
+            }
+            return Poll::Pending;
+        }
+        let filled = rb.filled();
+        let n = filled.len();
+        if n == READ_CHUNK {
+            // The start of a large transfer: make room for the whole frame
+            // now (bounded) rather than growing the buffer again (and copying
+            // these bytes once more) right after.
+            if let Ok(Some((h, hlen))) = FrameHeader::parse(filled) {
+                let max = self.conn.limits().max_frame_size.min(MAX_READ_AHEAD) as u64;
+                let want = h.payload_len.min(max) as usize + hlen;
+                self.conn.read_buf().reserve(want.max(n) + READ_SLACK);
+            }
+        }
+        self.conn.receive(filled);
         Poll::Ready(Ok(n))
     }
 
@@ -985,6 +1014,165 @@ mod tests {
             .unwrap();
         assert_eq!(&got[..8], b"\x81\x06queued");
         assert_eq!(&got[8..], b"\x8a\x02hb");
+    }
+
+    /// A stream that records, for every read that returned data, how much
+    /// room it was offered and how much it filled.
+    struct RecordReads {
+        inner: tokio::io::DuplexStream,
+        reads: Vec<(usize, usize)>,
+    }
+
+    impl AsyncRead for RecordReads {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let offered = buf.remaining();
+            let before = buf.filled().len();
+            let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+            let got = buf.filled().len() - before;
+            if got > 0 {
+                self.reads.push((offered, got));
+            }
+            r
+        }
+    }
+
+    impl AsyncWrite for RecordReads {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    fn large(i: u8) -> Vec<u8> {
+        (0..65536u32).map(|j| (j as u8) ^ i).collect()
+    }
+
+    /// Poll once more: nothing to read, so the receive buffer is released.
+    async fn read_until_idle<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocket<S>) {
+        use futures_util::FutureExt;
+        assert!(ws.next().now_or_never().is_none(), "unexpected message");
+        assert_eq!(ws.inner.conn.read_buf().capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn large_messages_reuse_the_released_receive_buffer() {
+        crate::recv_pool::clear();
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let stream = RecordReads {
+            inner: a,
+            reads: Vec::new(),
+        };
+        let mut ws = WebSocket::from_raw(
+            stream,
+            Connection::new(Role::Server, Limits::default()),
+            &[],
+        );
+        // First message: the start through the stack buffer (16 KiB, full),
+        // the rest straight into a buffer sized for the frame plus slack, so
+        // the read that completes it is short (no WouldBlock read after it).
+        b.write_all(&client_frame(Message::binary(large(1))))
+            .await
+            .unwrap();
+        let m1 = ws.next().await.unwrap().unwrap();
+        assert_eq!(m1, Message::binary(large(1)));
+        let reads = std::mem::take(&mut ws.get_mut().reads);
+        assert_eq!(reads.len(), 2, "{reads:?}");
+        assert_eq!(reads[0], (READ_CHUNK, READ_CHUNK));
+        assert!(
+            reads[1].0 > reads[1].1,
+            "completing read not short: {reads:?}"
+        );
+        read_until_idle(&mut ws).await;
+        assert_eq!(crate::recv_pool::len(), 1, "released buffer kept");
+
+        // Second message while the first is still held: its memory is not
+        // reused (the pooled buffer is still shared), and m1 stays intact.
+        b.write_all(&client_frame(Message::binary(large(2))))
+            .await
+            .unwrap();
+        let m2 = ws.next().await.unwrap().unwrap();
+        assert_eq!(m2, Message::binary(large(2)));
+        assert_eq!(m1, Message::binary(large(1)));
+        let Message::Binary(p2) = &m2 else {
+            unreachable!()
+        };
+        let p2_ptr = p2.as_ptr();
+        ws.get_mut().reads.clear();
+        drop(m1);
+        drop(m2);
+        read_until_idle(&mut ws).await;
+
+        // Third message, nothing refers to the second's memory any more: one
+        // read, straight into that memory, and short.
+        b.write_all(&client_frame(Message::binary(large(3))))
+            .await
+            .unwrap();
+        let m3 = ws.next().await.unwrap().unwrap();
+        assert_eq!(m3, Message::binary(large(3)));
+        let reads = std::mem::take(&mut ws.get_mut().reads);
+        assert_eq!(reads.len(), 1, "{reads:?}");
+        assert!(reads[0].0 > reads[0].1, "{reads:?}");
+        let Message::Binary(p3) = &m3 else {
+            unreachable!()
+        };
+        assert_eq!(p3.as_ptr(), p2_ptr, "buffer reused");
+
+        // Small messages still work through a pooled buffer.
+        drop(m3);
+        read_until_idle(&mut ws).await;
+        b.write_all(&client_frame(Message::text("small")))
+            .await
+            .unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("small"));
+    }
+
+    #[tokio::test]
+    async fn two_connections_share_the_pool_without_mixing_payloads() {
+        crate::recv_pool::clear();
+        let (a1, mut b1) = tokio::io::duplex(1 << 20);
+        let (a2, mut b2) = tokio::io::duplex(1 << 20);
+        let server = || Connection::new(Role::Server, Limits::default());
+        let mut ws1 = WebSocket::from_raw(a1, server(), &[]);
+        let mut ws2 = WebSocket::from_raw(a2, server(), &[]);
+        let mut held = Vec::new();
+        for round in 0..6u8 {
+            b1.write_all(&client_frame(Message::binary(large(round))))
+                .await
+                .unwrap();
+            b2.write_all(&client_frame(Message::binary(large(round ^ 0x80))))
+                .await
+                .unwrap();
+            let m1 = ws1.next().await.unwrap().unwrap();
+            read_until_idle(&mut ws1).await;
+            let m2 = ws2.next().await.unwrap().unwrap();
+            read_until_idle(&mut ws2).await;
+            assert_eq!(m1, Message::binary(large(round)));
+            assert_eq!(m2, Message::binary(large(round ^ 0x80)));
+            // Keep every other round's messages alive.
+            if round % 2 == 0 {
+                held.push((round, m1, m2));
+            }
+        }
+        for (round, m1, m2) in held {
+            assert_eq!(m1, Message::binary(large(round)), "round {round}");
+            assert_eq!(m2, Message::binary(large(round ^ 0x80)), "round {round}");
+        }
     }
 
     #[test]
