@@ -327,7 +327,12 @@ async fn nginx_without_upgrade_headers_as_upstream_gets_its_answer_relayed_and_l
         lower.contains("\r\nserver: nginx"),
         "nginx's answer: {answer}"
     );
-    assert!(lower.contains("\r\nconnection: close\r\n"), "{answer}");
+    // The 426 keeps the upstream's Upgrade (RFC 9110 15.5.22), for this hop.
+    assert!(lower.contains("\r\nupgrade: websocket\r\n"), "{answer}");
+    assert!(
+        lower.contains("\r\nconnection: upgrade, close\r\n"),
+        "{answer}"
+    );
     assert!(!lower.contains("sec-websocket-accept"), "{answer}");
     let line = attempt_line(&gw, "");
     assert!(line.contains("result=\"relayed\""), "{line}");

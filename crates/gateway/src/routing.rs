@@ -351,6 +351,78 @@ impl Gateway {
         .await
     }
 
+    /// Like [`Gateway::proxy_h1`] for the HTTP/1.1 front: the handshake
+    /// runs here (in the connection's task), and a switched connection's
+    /// tunnel gets a task of its own ([`tunnel_h1`]) holding only the
+    /// tunnel's state, so that nothing of the front (its loop, buffers,
+    /// request, this future) lives as long as the tunnel.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn proxy_h1_spawn(
+        self: &Arc<Self>,
+        live: Arc<Live>,
+        index: usize,
+        client: crate::io::ServerIo,
+        req: Request<()>,
+        leftover: BytesMut,
+        client_info: ClientInfo,
+        ctx: &crate::server::ConnCtx,
+    ) {
+        let index = index.min(live.config.routes.len().saturating_sub(1));
+        let (tracked, client) = self.track_h1(&live, index, client_info.addr, client);
+        let start = {
+            let route = &live.config.routes[index];
+            let label = &live.labels[index.min(live.labels.len().saturating_sub(1))];
+            proxy::start_h1(client, req, leftover, client_info, route, label, &live.ctx).await
+        };
+        let proxy::H1Start::Tunnel(tunnel) = start else {
+            return;
+        };
+        let (stop, alive) = (ctx.stop.clone(), ctx.alive.clone());
+        // One task type per mode, each sized for its own tunnel.
+        match tunnel.mode() {
+            proxy::TunnelMode::Transparent => spawn_in_span(tunnel_h1_transparent(
+                tunnel, live, index, tracked, stop, alive,
+            )),
+            proxy::TunnelMode::FrameAware => spawn_in_span(tunnel_h1_frame_aware(
+                tunnel, live, index, tracked, stop, alive,
+            )),
+        }
+    }
+
+    /// Register a proxied HTTP/1.1 connection for `/status` (until the
+    /// guard is dropped) and count its bytes.
+    fn track_h1<C>(
+        self: &Arc<Self>,
+        live: &Live,
+        index: usize,
+        client_addr: SocketAddr,
+        client: C,
+    ) -> (TrackedConn, Counting<C>) {
+        let route = &live.config.routes[index];
+        let label = &live.labels[index.min(live.labels.len().saturating_sub(1))];
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let bytes_out = Arc::new(AtomicU64::new(0));
+        self.track(
+            id,
+            ConnEntry {
+                client: client_addr,
+                route: label.clone(),
+                upstream: route.upstream.clone().unwrap_or_default(),
+                protocol: "h1",
+                since: Instant::now(),
+                bytes_in: bytes_in.clone(),
+                bytes_out: bytes_out.clone(),
+            },
+        );
+        let client = Counting {
+            inner: client,
+            read: bytes_in,
+            written: bytes_out,
+        };
+        (TrackedConn(self.clone(), id), client)
+    }
+
     fn track(&self, id: u64, e: ConnEntry) {
         if let Ok(mut m) = self.conns.lock() {
             m.insert(id, e);
@@ -402,6 +474,65 @@ impl Drop for Untrack<'_> {
     }
 }
 
+/// Removes a connection from `/status` when dropped (owned: it moves into
+/// the tunnel's task).
+struct TrackedConn(Arc<Gateway>, u64);
+impl Drop for TrackedConn {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.conns.lock() {
+            m.remove(&self.1);
+        }
+    }
+}
+
+/// Spawn `task` in the current tracing span (if any).
+fn spawn_in_span<F>(task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        tokio::spawn(task);
+    } else {
+        tokio::spawn(task.instrument(span));
+    }
+}
+
+/// The task of one proxied HTTP/1.1 transparent tunnel: the streams and
+/// slots ([`proxy::H1Tunnel`]), the route's generation, the `/status` entry,
+/// the shutdown signal and the server's liveness token. Everything is
+/// stored once: the tunnel runs by reference and the shutdown future is
+/// pinned here, not moved down the call chain.
+async fn tunnel_h1_transparent(
+    mut tunnel: proxy::H1Tunnel<Counting<crate::io::ServerIo>>,
+    live: Arc<Live>,
+    index: usize,
+    _tracked: TrackedConn,
+    stop: watch::Receiver<bool>,
+    _alive: tokio::sync::mpsc::Sender<()>,
+) {
+    let route = &live.config.routes[index];
+    let label = &live.labels[index.min(live.labels.len().saturating_sub(1))];
+    let shutdown = std::pin::pin!(stopped(stop));
+    tunnel
+        .run_transparent(route, label, &live.ctx, shutdown)
+        .await;
+}
+
+/// [`tunnel_h1_transparent`] for a frame-aware tunnel.
+async fn tunnel_h1_frame_aware(
+    mut tunnel: proxy::H1Tunnel<Counting<crate::io::ServerIo>>,
+    live: Arc<Live>,
+    index: usize,
+    _tracked: TrackedConn,
+    stop: watch::Receiver<bool>,
+    _alive: tokio::sync::mpsc::Sender<()>,
+) {
+    let label = &live.labels[index.min(live.labels.len().saturating_sub(1))];
+    let shutdown = std::pin::pin!(stopped(stop));
+    tunnel.run_frame_aware(label, &live.ctx, shutdown).await;
+}
+
 /// What [`route_h1`] decided. Not boxed: it lives on the stack for one
 /// request and the connection moves through it without a copy on the heap.
 #[allow(clippy::large_enum_variant)]
@@ -419,7 +550,7 @@ pub(crate) enum H1Route {
 /// The HTTP/1.1 front's hook: route `req` with the gateway; proxy it, or
 /// hand it back with the built-in path that serves its app.
 pub(crate) async fn route_h1(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     _shared: &crate::server::Shared,
     conn: crate::io::Prefixed<crate::io::ServerIo>,
     req: Request<()>,
@@ -432,7 +563,7 @@ pub(crate) async fn route_h1(
             let addr = peer_addr(conn.get_ref());
             let (leftover, io) = conn.into_parts();
             let info = ClientInfo { addr, tls };
-            gw.proxy_h1(&live, i, io, req, leftover, info, ctx.stop.clone())
+            gw.proxy_h1_spawn(live, i, io, req, leftover, info, ctx)
                 .await;
             H1Route::Done
         }
@@ -820,5 +951,23 @@ mod tests {
         )));
         assert_eq!(c.routes[1].policy.tunnel, TunnelSetting::Transparent);
         assert_eq!(c.routes[0].policy.tunnel, TunnelSetting::Frames);
+    }
+
+    #[test]
+    fn proxied_h1_tunnel_task_is_small() {
+        // The task of every proxied HTTP/1.1 connection after its 101, for
+        // the tunnel's whole life (idle memory per connection): before it had
+        // a task of its own, the front's loop and the proxy call chain made
+        // it 3280 + 4968 bytes. Measured: 224, 1352 (transparent) and 2440
+        // (frame-aware; each mode has its own task type).
+        fn future_size<A, B, C, D, E, G, F>(_: fn(A, B, C, D, E, G) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let state = std::mem::size_of::<proxy::H1Tunnel<Counting<crate::io::ServerIo>>>();
+        assert!(state <= 240, "H1Tunnel is {state} bytes");
+        let task = future_size(tunnel_h1_transparent as fn(_, _, _, _, _, _) -> _);
+        assert!(task <= 1408, "the transparent tunnel task is {task} bytes");
+        let task = future_size(tunnel_h1_frame_aware as fn(_, _, _, _, _, _) -> _);
+        assert!(task <= 2496, "the frame-aware tunnel task is {task} bytes");
     }
 }

@@ -433,7 +433,8 @@ async fn client_bytes_after_the_head_reach_the_upstream_after_the_101() {
 // Smuggling: a pipelined request must never reach the upstream
 // ---------------------------------------------------------------------------
 
-async fn smuggling_case(answer: &'static str, expect_status: &str, expect_reason: &str) {
+/// Returns what the client received.
+async fn smuggling_case(answer: &'static str, expect_status: &str, expect_reason: &str) -> String {
     let (up, rec) = fake_upstream(move |_| answer.as_bytes().to_vec()).await;
     let mut p = proxy(
         group(&[up], Balance::RoundRobin, 0, 3),
@@ -459,16 +460,54 @@ async fn smuggling_case(answer: &'static str, expect_status: &str, expect_reason
         1,
         "upstream connection reused or retried"
     );
+    resp
 }
 
 #[tokio::test]
 async fn smuggling_426_is_relayed() {
-    smuggling_case(
+    let resp = smuggling_case(
         "HTTP/1.1 426 Upgrade Required\r\nContent-Length: 4\r\nUpgrade: foo\r\n\r\nnope",
         "HTTP/1.1 426 ",
         "upstream_status",
     )
     .await;
+    // RFC 9110 15.5.22: the relayed 426 still says what to upgrade to.
+    let head = resp.to_ascii_lowercase();
+    assert!(head.contains("\r\nupgrade: foo\r\n"), "{resp}");
+    assert!(
+        head.contains("\r\nconnection: upgrade, close\r\n"),
+        "{resp}"
+    );
+    assert!(resp.ends_with("\r\n\r\nnope"), "{resp}");
+}
+
+#[tokio::test]
+async fn relayed_426_never_advertises_h2c() {
+    let resp = smuggling_case(
+        "HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\nUpgrade: h2c, websocket\r\n\
+         Upgrade: H2C/2\r\nConnection: upgrade\r\n\r\n",
+        "HTTP/1.1 426 ",
+        "upstream_status",
+    )
+    .await;
+    let head = resp.to_ascii_lowercase();
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{resp}");
+    assert!(
+        head.contains("\r\nconnection: upgrade, close\r\n"),
+        "{resp}"
+    );
+    assert!(!head.contains("h2c"), "{resp}");
+    // Nothing left after h2c: no Upgrade at all, Connection: close alone.
+    let resp = smuggling_case(
+        "HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\nUpgrade: h2c\r\n\r\n",
+        "HTTP/1.1 426 ",
+        "upstream_status",
+    )
+    .await;
+    let head = resp.to_ascii_lowercase();
+    assert!(!head.contains("upgrade:"), "{resp}");
+    assert!(!head.contains("h2c"), "{resp}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{resp}");
 }
 
 #[tokio::test]

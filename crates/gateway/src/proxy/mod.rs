@@ -13,7 +13,11 @@
 //!   Answers the client itself (101 + tunnel, the relayed upstream answer,
 //!   or an error status) and returns a [`ProxyOutcome`] for the log line
 //!   and metrics. The client connection is finished afterwards (never
-//!   reused for another request).
+//!   reused for another request). [`start_h1`] (the handshake phase) and
+//!   [`H1Tunnel::run`] are the two halves of it: the gateway's HTTP/1.1
+//!   front runs the first in the connection's task and the tunnel in a task
+//!   of its own, so that an idle proxied connection holds only the tunnel's
+//!   state (idle memory per connection, issue 4's 4 KiB target).
 //! * [`proxy_extended_connect`]: HTTP/2 and HTTP/3 extended CONNECT
 //!   (RFC 8441 / 9220) to an HTTP/1.1 upstream. The front passes the request
 //!   (`:authority` and `:path` in its URI), the `:protocol` value, and a
@@ -787,8 +791,78 @@ impl tunnel::TunnelObserver for MetricsObserver {
 /// tunnel, the relayed answer, or 502 / 504. `leftover` (bytes the client
 /// sent after its head) reaches the upstream only after a verified 101.
 /// `route_name` labels metrics (e.g. the route's path).
+///
+/// [`start_h1`] and [`H1Tunnel::run`] in one call; a front that wants the
+/// tunnel in a task of its own (without the front's state) calls them apart.
 #[allow(clippy::too_many_arguments)]
 pub async fn proxy_h1<C>(
+    client: C,
+    req: Request<()>,
+    leftover: BytesMut,
+    client_info: ClientInfo,
+    route: &Route,
+    route_name: &str,
+    ctx: &ProxyContext,
+    shutdown: impl Future<Output = ()>,
+) -> ProxyOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    match start_h1(client, req, leftover, client_info, route, route_name, ctx).await {
+        H1Start::Done(outcome) => outcome,
+        H1Start::Tunnel(mut t) => t.run(route, route_name, ctx, shutdown).await,
+    }
+}
+
+/// The handshake phase of an HTTP/1.1 proxy attempt ([`start_h1`]): the
+/// attempt ended (refused, relayed, 502; already logged and counted), or the
+/// client got its 101 and the tunnel is ready to run.
+#[allow(clippy::large_enum_variant)]
+pub enum H1Start<C> {
+    /// The client got its answer; the connection is finished.
+    Done(ProxyOutcome),
+    /// Switched: run [`H1Tunnel::run`].
+    Tunnel(H1Tunnel<C>),
+}
+
+/// A switched HTTP/1.1 connection: only what the tunnel needs, so that an
+/// idle tunnel holds no request head, response head, parser or read buffer.
+pub struct H1Tunnel<C> {
+    client: C,
+    upstream: MaybeTlsStream,
+    /// Frame-aware only (boxed: a transparent tunnel does not carry it).
+    frame_aware: Option<Box<FrameAwareStart>>,
+    /// Holds the backend's least-connections slot for the tunnel's life.
+    _lease: BackendLease,
+    /// Holds the route / client IP connection slot for the tunnel's life.
+    _slot: ConnectionGuard,
+    backend: String,
+    client_addr: std::net::SocketAddr,
+}
+
+impl<C> std::fmt::Debug for H1Tunnel<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Tunnel")
+            .field("backend", &self.backend)
+            .field("client", &self.client_addr)
+            .field("frame_aware", &self.frame_aware.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What only a frame-aware tunnel needs.
+struct FrameAwareStart {
+    cfg: FrameAwareConfig,
+    /// Bytes the client sent after its head (frames).
+    client_leftover: BytesMut,
+    /// Bytes the upstream sent after its 101.
+    upstream_leftover: BytesMut,
+}
+
+/// The handshake phase of [`proxy_h1`]: everything before the tunnel. The
+/// attempt's log line and counter come now when it ends here, or at the
+/// end of [`H1Tunnel::run`].
+pub async fn start_h1<C>(
     mut client: C,
     req: Request<()>,
     leftover: BytesMut,
@@ -796,78 +870,14 @@ pub async fn proxy_h1<C>(
     route: &Route,
     route_name: &str,
     ctx: &ProxyContext,
-    shutdown: impl Future<Output = ()>,
-) -> ProxyOutcome
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    let outcome = proxy_h1_inner(
-        &mut client,
-        req,
-        leftover,
-        client_info,
-        route,
-        route_name,
-        ctx,
-        shutdown,
-    )
-    .await;
-    let (result, reason) = outcome.labels();
-    ctx.metrics.upgrade_attempt(result, reason);
-    tracing::info!(
-        client = %client_info.addr,
-        route = route_name,
-        upstream = outcome.backend.as_deref().unwrap_or("-"),
-        result,
-        reason,
-        detail = %outcome.detail,
-        "upgrade attempt"
-    );
-    outcome
-}
-
-/// What the handshake phase of an HTTP/1.1 proxy attempt left for the
-/// tunnel: only what the tunnel needs, so that an idle tunnel holds no
-/// request head, response head, parser or read buffer.
-struct H1Tunnel {
-    upstream: MaybeTlsStream,
-    mode: TunnelMode,
-    /// Frame-aware only (boxed: a transparent tunnel does not carry it).
-    frame_aware: Option<Box<FrameAwareConfig>>,
-    /// Frame-aware only: bytes the client sent after its head (frames).
-    client_leftover: BytesMut,
-    /// Frame-aware only: bytes the upstream sent after its 101.
-    upstream_leftover: BytesMut,
-    lease: BackendLease,
-    /// Holds the route / client IP connection slot for the tunnel's life.
-    slot: ConnectionGuard,
-    backend: String,
-}
-
-enum H1Start {
-    Done(ProxyOutcome),
-    Tunnel(H1Tunnel),
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn proxy_h1_inner<C>(
-    client: &mut C,
-    req: Request<()>,
-    leftover: BytesMut,
-    client_info: ClientInfo,
-    route: &Route,
-    route_name: &str,
-    ctx: &ProxyContext,
-    shutdown: impl Future<Output = ()>,
-) -> ProxyOutcome
+) -> H1Start<C>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     // Boxed: the handshake phase (request, upstream exchange, parsers,
-    // heads) is much larger than a tunnel and over before it starts; inline
-    // it would stay part of every proxied connection's memory.
+    // heads) is large and over before the tunnel starts.
     let start = Box::pin(h1_handshake(
-        client,
+        &mut client,
         req,
         leftover,
         client_info,
@@ -876,42 +886,153 @@ where
         ctx,
     ))
     .await;
-    let t = match start {
-        H1Start::Done(outcome) => return outcome,
-        H1Start::Tunnel(t) => t,
-    };
-    let H1Tunnel {
-        mut upstream,
-        mode,
-        frame_aware,
-        client_leftover,
-        upstream_leftover,
-        lease,
-        slot,
-        backend,
-    } = t;
-    let _open = ctx.metrics.open_connection(route_name, "h1");
-    let report = match frame_aware {
-        None => {
-            tunnel::transparent(client, &mut upstream, route.policy.idle_timeout, shutdown).await
+    match start {
+        Handshake::Done(outcome) => {
+            report_h1(ctx, client_info.addr, route_name, &outcome);
+            H1Start::Done(outcome)
         }
-        Some(cfg) => {
-            let observer = MetricsObserver(ctx.metrics.clone());
-            tunnel::frame_aware(
-                client,
-                client_leftover,
-                &mut upstream,
-                upstream_leftover,
-                &cfg,
-                &observer,
-                shutdown,
-            )
-            .await
+        Handshake::Switched(s) => H1Start::Tunnel(H1Tunnel {
+            client,
+            upstream: s.upstream,
+            frame_aware: s.frame_aware,
+            _lease: s.lease,
+            _slot: s.slot,
+            backend: s.backend,
+            client_addr: client_info.addr,
+        }),
+    }
+}
+
+impl<C> H1Tunnel<C>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Whether the tunnel relays frames (else bytes).
+    pub fn mode(&self) -> TunnelMode {
+        match self.frame_aware {
+            Some(_) => TunnelMode::FrameAware,
+            None => TunnelMode::Transparent,
         }
-    };
-    drop(lease);
-    drop(slot);
-    finish_tunnel(ctx, route_name, mode, report, backend)
+    }
+
+    /// Run the tunnel until it ends (or `shutdown`), then count and log the
+    /// attempt. `&mut self`: the streams stay where they are (in the
+    /// caller's task) instead of being copied into this future; drop the
+    /// tunnel afterwards to release its connection slots.
+    ///
+    /// A front that runs tunnels in tasks of their own calls
+    /// [`H1Tunnel::run_transparent`] or [`H1Tunnel::run_frame_aware`] (after
+    /// [`H1Tunnel::mode`]) instead: each task is then sized for its mode.
+    pub async fn run(
+        &mut self,
+        route: &Route,
+        route_name: &str,
+        ctx: &ProxyContext,
+        shutdown: impl Future<Output = ()>,
+    ) -> ProxyOutcome {
+        match self.mode() {
+            TunnelMode::Transparent => self.run_transparent(route, route_name, ctx, shutdown).await,
+            // Boxed: the frame-aware state is larger than the transparent one.
+            TunnelMode::FrameAware => {
+                Box::pin(self.run_frame_aware(route_name, ctx, shutdown)).await
+            }
+        }
+    }
+
+    /// [`H1Tunnel::run`] for a transparent tunnel.
+    pub async fn run_transparent(
+        &mut self,
+        route: &Route,
+        route_name: &str,
+        ctx: &ProxyContext,
+        shutdown: impl Future<Output = ()>,
+    ) -> ProxyOutcome {
+        let _open = ctx.metrics.open_connection(route_name, "h1");
+        let report = tunnel::transparent(
+            &mut self.client,
+            &mut self.upstream,
+            route.policy.idle_timeout,
+            shutdown,
+        )
+        .await;
+        self.finish(ctx, route_name, TunnelMode::Transparent, report)
+    }
+
+    /// [`H1Tunnel::run`] for a frame-aware tunnel (a transparent one when
+    /// the tunnel has no frame-aware settings).
+    pub async fn run_frame_aware(
+        &mut self,
+        route_name: &str,
+        ctx: &ProxyContext,
+        shutdown: impl Future<Output = ()>,
+    ) -> ProxyOutcome {
+        let _open = ctx.metrics.open_connection(route_name, "h1");
+        let observer = MetricsObserver(ctx.metrics.clone());
+        let Some(fa) = self.frame_aware.as_mut() else {
+            let idle = Duration::MAX;
+            let report =
+                tunnel::transparent(&mut self.client, &mut self.upstream, idle, shutdown).await;
+            return self.finish(ctx, route_name, TunnelMode::Transparent, report);
+        };
+        let report = tunnel::frame_aware(
+            &mut self.client,
+            std::mem::take(&mut fa.client_leftover),
+            &mut self.upstream,
+            std::mem::take(&mut fa.upstream_leftover),
+            &fa.cfg,
+            &observer,
+            shutdown,
+        )
+        .await;
+        self.finish(ctx, route_name, TunnelMode::FrameAware, report)
+    }
+
+    fn finish(
+        &mut self,
+        ctx: &ProxyContext,
+        route_name: &str,
+        mode: TunnelMode,
+        report: TunnelReport,
+    ) -> ProxyOutcome {
+        let backend = std::mem::take(&mut self.backend);
+        let outcome = finish_tunnel(ctx, route_name, mode, report, backend);
+        report_h1(ctx, self.client_addr, route_name, &outcome);
+        outcome
+    }
+}
+
+/// The attempt's counter and log line.
+fn report_h1(
+    ctx: &ProxyContext,
+    client: std::net::SocketAddr,
+    route_name: &str,
+    outcome: &ProxyOutcome,
+) {
+    let (result, reason) = outcome.labels();
+    ctx.metrics.upgrade_attempt(result, reason);
+    tracing::info!(
+        client = %client,
+        route = route_name,
+        upstream = outcome.backend.as_deref().unwrap_or("-"),
+        result,
+        reason,
+        detail = %outcome.detail,
+        "upgrade attempt"
+    );
+}
+
+/// What the handshake phase left for the tunnel.
+struct Switched {
+    upstream: MaybeTlsStream,
+    frame_aware: Option<Box<FrameAwareStart>>,
+    lease: BackendLease,
+    slot: ConnectionGuard,
+    backend: String,
+}
+
+enum Handshake {
+    Done(ProxyOutcome),
+    Switched(Switched),
 }
 
 /// Everything before the tunnel: Origin, caps, the upstream attempt loop,
@@ -924,7 +1045,7 @@ async fn h1_handshake<C>(
     route: &Route,
     route_name: &str,
     ctx: &ProxyContext,
-) -> H1Start
+) -> Handshake
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -938,12 +1059,12 @@ where
                 "this route serves a built-in app, not an upstream",
             );
             answer(client, &r).await;
-            return H1Start::Done(ProxyOutcome::refused(&r));
+            return Handshake::Done(ProxyOutcome::refused(&r));
         }
     };
     if let Err(r) = limits::check_origin(req.headers(), policy) {
         answer(client, &r).await;
-        return H1Start::Done(ProxyOutcome::refused(&r));
+        return Handshake::Done(ProxyOutcome::refused(&r));
     }
     let slot = match ctx
         .limiter
@@ -952,7 +1073,7 @@ where
         Ok(g) => g,
         Err(r) => {
             answer(client, &r).await;
-            return H1Start::Done(ProxyOutcome::refused(&r));
+            return Handshake::Done(ProxyOutcome::refused(&r));
         }
     };
     let Some(group) = ctx.upstreams.get(group_name) else {
@@ -962,7 +1083,7 @@ where
             format!("upstream group {group_name} is not configured"),
         );
         answer(client, &r).await;
-        return H1Start::Done(ProxyOutcome::refused(&r));
+        return Handshake::Done(ProxyOutcome::refused(&r));
     };
     let head_request = req.method() == http::Method::HEAD;
     let opts = ForwardOptions {
@@ -977,7 +1098,7 @@ where
         Ok(a) => a,
         Err(r) => {
             answer(client, &r).await;
-            return H1Start::Done(ProxyOutcome::refused(&r));
+            return Handshake::Done(ProxyOutcome::refused(&r));
         }
     };
     match attempt {
@@ -989,7 +1110,7 @@ where
         } => {
             let r = Refusal::new(status, reason, format!("bad gateway: {detail}"));
             answer(client, &r).await;
-            H1Start::Done(ProxyOutcome {
+            Handshake::Done(ProxyOutcome {
                 kind: OutcomeKind::BadGateway(status),
                 reason,
                 detail,
@@ -1003,7 +1124,7 @@ where
         } => {
             let _ = relay::write_relayed_response(client, &response, &body, head_request).await;
             let _ = client.shutdown().await;
-            H1Start::Done(ProxyOutcome {
+            Handshake::Done(ProxyOutcome {
                 kind: OutcomeKind::Relayed(response.status()),
                 reason: "upstream_status",
                 detail: format!("the upstream answered {}", response.status()),
@@ -1026,7 +1147,7 @@ async fn switch_h1<C>(
     slot: ConnectionGuard,
     route: &Route,
     ctx: &ProxyContext,
-) -> H1Start
+) -> Handshake
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -1047,7 +1168,7 @@ where
             Err(why) => {
                 let r = Refusal::new(StatusCode::BAD_GATEWAY, "bad_extensions", why);
                 answer(client, &r).await;
-                return H1Start::Done(ProxyOutcome {
+                return Handshake::Done(ProxyOutcome {
                     kind: OutcomeKind::BadGateway(r.status),
                     reason: r.reason,
                     detail: r.detail,
@@ -1055,7 +1176,7 @@ where
                 });
             }
         }
-        frame_aware = Some(Box::new(cfg));
+        frame_aware = Some(cfg);
     }
     let resp = forward::client_switch_response(&response, &token);
     drop(response);
@@ -1077,7 +1198,7 @@ where
     }
     .await;
     if let Err(e) = written {
-        return H1Start::Done(ProxyOutcome {
+        return Handshake::Done(ProxyOutcome {
             kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::Io(e.to_string()))),
             reason: "switched",
             detail: format!("writing the 101 failed: {e}"),
@@ -1087,18 +1208,22 @@ where
     // The tunnel keeps only the leftovers a frame-aware tunnel still parses;
     // the (possibly large) read buffers they were split from go now.
     let keep = |b: BytesMut| {
-        if transparent || b.is_empty() {
+        if b.is_empty() {
             BytesMut::new()
         } else {
             BytesMut::from(&b[..])
         }
     };
-    H1Start::Tunnel(H1Tunnel {
+    let frame_aware = frame_aware.map(|cfg| {
+        Box::new(FrameAwareStart {
+            cfg,
+            client_leftover: keep(leftover),
+            upstream_leftover: keep(up_leftover),
+        })
+    });
+    Handshake::Switched(Switched {
         upstream,
-        mode,
         frame_aware,
-        client_leftover: keep(leftover),
-        upstream_leftover: keep(up_leftover),
         lease,
         slot,
         backend,

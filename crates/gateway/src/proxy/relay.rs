@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderValue, Response, StatusCode};
 use switchyard_proto::head::{self, HeadError, ResponseParser};
 use switchyard_proto::upgrade::header_tokens;
@@ -351,8 +351,30 @@ pub fn decode_chunked(raw: &[u8], max: usize) -> Result<Option<Bytes>, ExchangeE
     }
 }
 
+/// The `Upgrade` value a relayed 426 keeps: the upstream's tokens (every
+/// line, in order) without `h2c` (never advertised through the gateway: the
+/// gateway does not serve it, and a client following it would try to switch
+/// the connection to cleartext HTTP/2). `None` when no token remains.
+///
+/// RFC 9110 §15.5.22: a 426 MUST send `Upgrade`; the field is hop-by-hop,
+/// so it is stripped like the others and rebuilt here for this hop.
+pub fn relayed_upgrade(response: &Response<()>) -> Option<HeaderValue> {
+    let tokens: Vec<&str> = header_tokens(response.headers(), UPGRADE.as_str())
+        .filter(|t| {
+            let name = t.split('/').next().unwrap_or(t);
+            !name.trim().eq_ignore_ascii_case("h2c")
+        })
+        .collect();
+    if tokens.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&tokens.join(", ")).ok()
+}
+
 /// Write a relayed answer to the client: hop-by-hop fields removed, the
-/// body framed with `Content-Length`, `Connection: close`.
+/// body framed with `Content-Length`, `Connection: close`. A 426 keeps the
+/// upstream's `Upgrade` tokens ([`relayed_upgrade`]) with
+/// `Connection: upgrade, close`.
 pub async fn write_relayed_response<C: AsyncWrite + Unpin>(
     client: &mut C,
     response: &Response<()>,
@@ -361,6 +383,11 @@ pub async fn write_relayed_response<C: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut headers = response.headers().clone();
     strip_hop_by_hop(&mut headers);
+    let upgrade = if response.status() == StatusCode::UPGRADE_REQUIRED {
+        relayed_upgrade(response)
+    } else {
+        None
+    };
     headers.remove(CONTENT_LENGTH);
     let status = response.status();
     if !(status.is_informational()
@@ -369,7 +396,15 @@ pub async fn write_relayed_response<C: AsyncWrite + Unpin>(
     {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
-    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    match upgrade {
+        Some(u) => {
+            headers.insert(UPGRADE, u);
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade, close"));
+        }
+        None => {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
@@ -545,11 +580,41 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("content-length: 4\r\n"), "{text}");
-        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(text.contains("connection: upgrade, close\r\n"), "{text}");
+        assert!(text.contains("upgrade: websocket\r\n"), "{text}");
         assert!(text.contains("x-end: 2\r\n"), "{text}");
         assert!(!text.contains("x-hop"), "{text}");
-        assert!(!text.contains("upgrade:"), "{text}");
         assert!(!text.contains("transfer-encoding"), "{text}");
         assert!(text.ends_with("\r\n\r\nnope"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn relayed_426_keeps_upgrade_without_h2c() {
+        let relay = |status: u16, upgrades: &[&str]| {
+            let mut b = Response::builder().status(status);
+            for u in upgrades {
+                b = b.header("upgrade", *u);
+            }
+            let resp = b.body(()).unwrap();
+            async move {
+                let mut out = Vec::new();
+                write_relayed_response(&mut out, &resp, &Bytes::new(), false)
+                    .await
+                    .unwrap();
+                String::from_utf8(out).unwrap()
+            }
+        };
+        let text = relay(426, &["h2c, websocket", "H2C, TLS/1.3"]).await;
+        assert!(text.contains("upgrade: websocket, TLS/1.3\r\n"), "{text}");
+        assert!(text.contains("connection: upgrade, close\r\n"), "{text}");
+        assert!(!text.to_ascii_lowercase().contains("h2c"), "{text}");
+        // Only h2c: no Upgrade, and Connection names nothing but close.
+        let text = relay(426, &["h2c"]).await;
+        assert!(!text.contains("upgrade"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        // Other statuses do not advertise upgrades.
+        let text = relay(200, &["websocket"]).await;
+        assert!(!text.contains("upgrade"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
     }
 }
