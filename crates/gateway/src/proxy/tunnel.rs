@@ -473,6 +473,15 @@ async fn send_close<W: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Read (and drop) messages until the peer's close frame or the end.
+async fn until_closed<R: AsyncRead + AsyncWrite + Unpin>(reader: &mut WsReader<R>) {
+    while let Some(Ok(m)) = reader.next().await {
+        if matches!(m, Message::Close(_)) {
+            return;
+        }
+    }
+}
+
 /// Relay WebSocket messages between the client and the upstream (both
 /// handshakes done; `*_leftover` are the bytes read past each head, which
 /// are frames; they are parsed at once and their buffers freed). See the
@@ -557,6 +566,12 @@ where
             send_close(&mut cw, frame.clone()),
             send_close(&mut uw, frame)
         );
+        // The close handshakes: wait (up to the grace) for both replies. Over
+        // HTTP/2 and HTTP/3 the connection may be torn down as soon as the
+        // last tunnel on it ends, which would lose a close frame still in
+        // flight (the QUIC endpoint is closed once every tunnel ended).
+        let replies = async { tokio::join!(until_closed(&mut cr), until_closed(&mut ur)) };
+        let _ = Box::pin(tokio::time::timeout(grace, replies)).await;
     }
     TunnelReport {
         end,
