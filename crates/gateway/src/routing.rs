@@ -317,21 +317,7 @@ impl Gateway {
     {
         let route = &live.config.routes[index.min(live.config.routes.len().saturating_sub(1))];
         let label = &live.labels[index.min(live.labels.len().saturating_sub(1))];
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let bytes_in = Arc::new(AtomicU64::new(0));
-        let bytes_out = Arc::new(AtomicU64::new(0));
-        self.track(
-            id,
-            ConnEntry {
-                client: client_info.addr,
-                route: label.clone(),
-                upstream: route.upstream.clone().unwrap_or_default(),
-                protocol: "h1",
-                since: Instant::now(),
-                bytes_in: bytes_in.clone(),
-                bytes_out: bytes_out.clone(),
-            },
-        );
+        let (id, bytes_in, bytes_out) = self.register(live, index, client_info.addr, "h1");
         let _untrack = Untrack(self, id);
         let client = Counting {
             inner: client,
@@ -398,7 +384,26 @@ impl Gateway {
         client_addr: SocketAddr,
         client: C,
     ) -> (TrackedConn, Counting<C>) {
-        let route = &live.config.routes[index];
+        let (id, bytes_in, bytes_out) = self.register(live, index, client_addr, "h1");
+        let client = Counting {
+            inner: client,
+            read: bytes_in,
+            written: bytes_out,
+        };
+        (TrackedConn(self.clone(), id), client)
+    }
+
+    /// List a proxied connection on route `index` for `/status` (until it
+    /// is untracked): its id and its byte counters (client to upstream, and
+    /// back).
+    fn register(
+        &self,
+        live: &Live,
+        index: usize,
+        client: SocketAddr,
+        protocol: &'static str,
+    ) -> (u64, Arc<AtomicU64>, Arc<AtomicU64>) {
+        let route = &live.config.routes[index.min(live.config.routes.len().saturating_sub(1))];
         let label = &live.labels[index.min(live.labels.len().saturating_sub(1))];
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let bytes_in = Arc::new(AtomicU64::new(0));
@@ -406,21 +411,16 @@ impl Gateway {
         self.track(
             id,
             ConnEntry {
-                client: client_addr,
+                client,
                 route: label.clone(),
                 upstream: route.upstream.clone().unwrap_or_default(),
-                protocol: "h1",
+                protocol,
                 since: Instant::now(),
                 bytes_in: bytes_in.clone(),
                 bytes_out: bytes_out.clone(),
             },
         );
-        let client = Counting {
-            inner: client,
-            read: bytes_in,
-            written: bytes_out,
-        };
-        (TrackedConn(self.clone(), id), client)
+        (id, bytes_in, bytes_out)
     }
 
     fn track(&self, id: u64, e: ConnEntry) {
@@ -700,21 +700,7 @@ pub(crate) async fn extended_connect_task<S, F, Fut>(
 {
     let route = &live.config.routes[index.min(live.config.routes.len().saturating_sub(1))];
     let label = &live.labels[index.min(live.labels.len().saturating_sub(1))];
-    let id = gw.next_conn.fetch_add(1, Ordering::Relaxed);
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    let bytes_out = Arc::new(AtomicU64::new(0));
-    gw.track(
-        id,
-        ConnEntry {
-            client: client.addr,
-            route: label.clone(),
-            upstream: route.upstream.clone().unwrap_or_default(),
-            protocol,
-            since: Instant::now(),
-            bytes_in: bytes_in.clone(),
-            bytes_out: bytes_out.clone(),
-        },
-    );
+    let (id, bytes_in, bytes_out) = gw.register(&live, index, client.addr, protocol);
     let _untrack = Untrack(&gw, id);
     let respond = move |resp: http::Response<()>| async move {
         respond(resp).await.map(|inner| Counting {
