@@ -4,13 +4,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod common;
-use common::echo_server;
+use common::{echo_server, spawn_server};
 
 /// Answers every request with `status` (e.g. "403 Forbidden") and closes.
 fn refusing_server(status: &'static str) -> SocketAddr {
@@ -399,46 +398,36 @@ fn open_loop_against_a_stalled_server_keeps_memory_bounded_and_ends() {
 fn corrupting_server(at: usize) -> SocketAddr {
     use futures_util::{SinkExt as _, StreamExt as _};
     use switchyard::Message;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let cfg = switchyard::AcceptConfig::default();
-                    let Ok(mut ws) = switchyard::accept(s, &cfg).await else {
-                        return;
+    spawn_server(move |listener| async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let cfg = switchyard::AcceptConfig::default();
+                let Ok(mut ws) = switchyard::accept(s, &cfg).await else {
+                    return;
+                };
+                let mut n = 0;
+                while let Some(Ok(msg)) = ws.next().await {
+                    let (mut bytes, binary) = match msg {
+                        Message::Binary(b) => (b.to_vec(), true),
+                        Message::Text(t) => (t.as_str().as_bytes().to_vec(), false),
+                        _ => continue,
                     };
-                    let mut n = 0;
-                    while let Some(Ok(msg)) = ws.next().await {
-                        let (mut bytes, binary) = match msg {
-                            Message::Binary(b) => (b.to_vec(), true),
-                            Message::Text(t) => (t.as_str().as_bytes().to_vec(), false),
-                            _ => continue,
-                        };
-                        n += 1;
-                        if n == 3 {
-                            bytes[at] ^= 0x01; // ASCII stays ASCII: text stays valid UTF-8
-                        }
-                        let reply = if binary {
-                            Message::Binary(bytes.into())
-                        } else {
-                            Message::text(String::from_utf8(bytes).unwrap())
-                        };
-                        if ws.send(reply).await.is_err() {
-                            return;
-                        }
+                    n += 1;
+                    if n == 3 {
+                        bytes[at] ^= 0x01; // ASCII stays ASCII: text stays valid UTF-8
                     }
-                });
-            }
-        });
-    });
-    rx.recv().unwrap()
+                    let reply = if binary {
+                        Message::Binary(bytes.into())
+                    } else {
+                        Message::text(String::from_utf8(bytes).unwrap())
+                    };
+                    if ws.send(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    })
 }
 
 #[test]

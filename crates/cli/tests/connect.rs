@@ -11,33 +11,12 @@ use futures_util::{SinkExt, StreamExt};
 use switchyard::server::{accept_request, read_request_head, AcceptConfig};
 use switchyard::{CloseCode, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 mod common;
-use common::echo_server;
+use common::{echo_server, spawn_server};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Run `fut(listener)` on a background runtime; return the listener's address.
-fn spawn_server<F, Fut>(f: F) -> SocketAddr
-where
-    F: FnOnce(TcpListener) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(l.local_addr().unwrap()).unwrap();
-            f(l).await;
-        });
-    });
-    rx.recv().unwrap()
-}
 
 struct Client {
     child: Child,

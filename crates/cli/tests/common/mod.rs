@@ -371,3 +371,24 @@ pub fn echo_server() -> SocketAddr {
     });
     rx.recv().unwrap()
 }
+
+/// Run `fut(listener)` on a background runtime; return the listener's address.
+pub fn spawn_server<F, Fut>(f: F) -> SocketAddr
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            f(l).await;
+        });
+    });
+    rx.recv().unwrap()
+}
