@@ -17,8 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use futures_util::future::Either;
-use futures_util::FutureExt;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, StatusCode, Version};
 use switchyard::proto::head;
@@ -26,7 +24,7 @@ use switchyard::proto::upgrade::connection_has;
 use switchyard::server::read_request_head;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info};
 
 use crate::io::{Prefixed, ServerIo};
 use crate::registry::{select, BoxFuture, Registry, Selection, SessionCtx, SessionEnd};
@@ -37,9 +35,20 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 type Conn = Prefixed<ServerIo>;
 
+/// A connection that switched protocols: the session to run in the
+/// connection's task, and the context it holds (the liveness token).
+pub(crate) struct Upgraded {
+    session: BoxFuture<SessionEnd>,
+    ctx: ConnCtx,
+}
+
 /// A cleartext connection: HTTP/2 with prior knowledge if it starts with
 /// the preface, HTTP/1.1 otherwise.
-pub(crate) async fn serve_cleartext(stream: TcpStream, shared: &Arc<Shared>, ctx: ConnCtx) {
+pub(crate) async fn serve_cleartext(
+    stream: TcpStream,
+    shared: &Arc<Shared>,
+    ctx: ConnCtx,
+) -> Option<Upgraded> {
     let io = ServerIo::Plain(stream);
     if !shared.http2.enabled {
         return serve(io, BytesMut::new(), shared, ctx).await;
@@ -53,13 +62,14 @@ pub(crate) async fn serve_cleartext(stream: TcpStream, shared: &Arc<Shared>, ctx
                 let msg = format!(
                     "the request head did not arrive within {limit:?}; send the whole head at once\n"
                 );
-                return respond_close(
+                respond_close(
                     &mut conn,
                     StatusCode::REQUEST_TIMEOUT,
                     &HeaderMap::new(),
                     &msg,
                 )
                 .await;
+                return None;
             }
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(_)) => {}
@@ -69,66 +79,129 @@ pub(crate) async fn serve_cleartext(stream: TcpStream, shared: &Arc<Shared>, ctx
     if buf.starts_with(H2_PREFACE) {
         debug!("HTTP/2 prior knowledge");
         // Boxed: see server::connection (idle memory of HTTP/1.1 connections).
-        Box::pin(crate::h2::serve(io, buf, shared.clone(), ctx)).await
+        Box::pin(crate::h2::serve(io, buf, shared.clone(), ctx)).await;
+        None
     } else {
         serve(io, buf, shared, ctx).await
     }
 }
 
-/// Serve HTTP/1.1 requests on `io` until the connection ends; `buf` holds
-/// bytes already read from it.
+/// Serve HTTP/1.1 requests on `io` until the connection ends or switches
+/// protocols; `buf` holds bytes already read from it.
 ///
-/// An upgraded connection's session runs in a task of its own, and this one
-/// ends: the HTTP/1.1 state (this future is KiBs: head parsing, routing,
-/// responses) is freed at the switch instead of living as long as the
-/// session (idle memory per WebSocket).
-pub(crate) async fn serve(io: ServerIo, buf: BytesMut, shared: &Arc<Shared>, ctx: ConnCtx) {
+/// A switch returns the session instead of running it: [`ConnectionTask`]
+/// runs it after dropping this future, so the HTTP/1.1 state
+/// (KiBs: head parsing, routing, responses) is freed at the switch instead
+/// of living as long as the session (idle memory per WebSocket), without a
+/// second task per connection (handshake rate).
+pub(crate) async fn serve(
+    io: ServerIo,
+    buf: BytesMut,
+    shared: &Arc<Shared>,
+    ctx: ConnCtx,
+) -> Option<Upgraded> {
     serve_from(Prefixed::new(buf, io), None, true, shared, ctx).await
 }
 
-/// The HTTP/1.1 loop, boxed with an explicit `Send` type so that a session
-/// task can come back to it (after an RFC 2817 switch) without a recursive
-/// future type.
+/// The future of one connection's task: first the boxed handshake part
+/// (TLS, HTTP/2, the HTTP/1.1 loop: KiBs), then, once that switched
+/// protocols and was freed, the session in the same task, and so on if the
+/// session hands the connection back to HTTP/1.1 (RFC 2817).
+///
+/// Written by hand: an `async fn` doing the same keeps argument and
+/// match slots alive across its awaits (776 bytes measured) where this is
+/// the session's box and context (idle memory per WebSocket); and one task
+/// per connection instead of a second one spawned at the switch (handshake
+/// rate).
+pub(crate) struct ConnectionTask {
+    shared: Arc<Shared>,
+    state: TaskState,
+}
+
+type HttpPart = Pin<Box<dyn Future<Output = Option<Upgraded>> + Send>>;
+
+enum TaskState {
+    Http(HttpPart),
+    Session(Upgraded),
+    Done,
+}
+
+impl ConnectionTask {
+    pub(crate) fn new(http: HttpPart, shared: Arc<Shared>) -> Self {
+        ConnectionTask {
+            shared,
+            state: TaskState::Http(http),
+        }
+    }
+}
+
+impl Future for ConnectionTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                TaskState::Http(http) => match http.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(upgraded)) => this.state = TaskState::Session(upgraded),
+                    Poll::Ready(None) => this.state = TaskState::Done,
+                },
+                TaskState::Session(upgraded) => {
+                    let Poll::Ready(end) = upgraded.session.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
+                    let TaskState::Session(Upgraded { ctx, .. }) =
+                        std::mem::replace(&mut this.state, TaskState::Done)
+                    else {
+                        return Poll::Ready(());
+                    };
+                    if let SessionEnd::ContinueHttp { io, pending } = end {
+                        this.state =
+                            TaskState::Http(serve_boxed(io, pending, this.shared.clone(), ctx));
+                    }
+                }
+                TaskState::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// The HTTP/1.1 loop after an RFC 2817 switch, boxed with an explicit
+/// `Send` type, for [`ConnectionTask`].
 fn serve_boxed(
     io: ServerIo,
     pending: Option<Request<()>>,
     shared: Arc<Shared>,
     ctx: ConnCtx,
-) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+) -> HttpPart {
     Box::pin(async move {
         let conn = Prefixed::new(BytesMut::new(), io);
         serve_from(conn, pending, false, &shared, ctx).await
     })
 }
 
-/// Run `session` as a task of its own (in the connection's tracing span),
-/// holding the connection's liveness token; if it hands the connection back
-/// to HTTP/1.1, serve that in the same task.
-///
-/// Combinators, not an `async` block, so the task stays small: a block would
-/// store the session's future twice and room for a `SessionEnd`.
-fn spawn_session(session: BoxFuture<SessionEnd>, shared: &Arc<Shared>, ctx: ConnCtx) {
-    let shared = shared.clone();
-    let task = session.then(move |end| match end {
-        SessionEnd::Done => Either::Left(std::future::ready(())),
-        SessionEnd::ContinueHttp { io, pending } => {
-            Either::Right(serve_boxed(io, pending, shared, ctx))
-        }
-    });
-    let span = tracing::Span::current();
-    if span.is_disabled() {
-        tokio::spawn(task);
-    } else {
-        tokio::spawn(task.instrument(span));
-    }
+async fn serve_from(
+    conn: Conn,
+    pending: Option<Request<()>>,
+    first: bool,
+    shared: &Arc<Shared>,
+    ctx: ConnCtx,
+) -> Option<Upgraded> {
+    let mut upgraded = None;
+    serve_loop(conn, pending, first, shared, ctx, &mut upgraded).await;
+    upgraded
 }
 
-async fn serve_from(
+/// [`serve_from`]'s loop; a switch leaves its session in `upgraded`.
+async fn serve_loop(
     mut conn: Conn,
     mut pending: Option<Request<()>>,
     mut first: bool,
     shared: &Arc<Shared>,
     mut ctx: ConnCtx,
+    upgraded: &mut Option<Upgraded>,
 ) {
     let limits = &shared.accept.limits;
     let mut out = Vec::with_capacity(512);
@@ -274,7 +347,8 @@ async fn serve_from(
                             grace: shared.grace,
                         };
                         let session = switch.session.run(io, leftover, sctx);
-                        return spawn_session(session, shared, ctx);
+                        *upgraded = Some(Upgraded { session, ctx });
+                        return;
                     }
                 }
             }
