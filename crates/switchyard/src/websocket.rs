@@ -637,6 +637,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         &self.inner.stream
     }
 
+    /// The capacity of the receive buffer: 0 on an idle connection (the
+    /// buffer is released when a read finds nothing and no partial frame
+    /// is buffered), for callers that check their idle memory.
+    pub fn read_buffer_capacity(&mut self) -> usize {
+        self.inner.conn.read_buf().capacity()
+    }
+
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner.stream
     }

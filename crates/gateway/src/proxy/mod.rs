@@ -350,6 +350,8 @@ pub fn frame_aware_config(policy: &Policy, limits: &Limits) -> FrameAwareConfig 
     }
     l.ping_interval = policy.ping_interval;
     l.pong_timeout = policy.pong_timeout;
+    // One allocation shared by both sides and by the route's other tunnels.
+    let l = tunnel::shared_limits(l);
     FrameAwareConfig {
         client_limits: l.clone(),
         upstream_limits: l,
@@ -725,8 +727,8 @@ where
                 &mut upstream,
                 up_leftover,
                 &fa_cfg,
-                &observer,
-                shutdown,
+                observer,
+                std::pin::pin!(shutdown),
             )
             .await
         }
@@ -934,6 +936,7 @@ where
             TunnelMode::Transparent => self.run_transparent(route, route_name, ctx, shutdown).await,
             // Boxed: the frame-aware state is larger than the transparent one.
             TunnelMode::FrameAware => {
+                let shutdown = std::pin::pin!(shutdown);
                 Box::pin(self.run_frame_aware(route_name, ctx, shutdown)).await
             }
         }
@@ -964,26 +967,34 @@ where
         &mut self,
         route_name: &str,
         ctx: &ProxyContext,
-        shutdown: impl Future<Output = ()>,
+        shutdown: impl Future<Output = ()> + Unpin,
     ) -> ProxyOutcome {
         let _open = ctx.metrics.open_connection(route_name, "h1");
-        let observer = MetricsObserver(ctx.metrics.clone());
-        let Some(fa) = self.frame_aware.as_mut() else {
-            let idle = Duration::MAX;
-            let report =
-                tunnel::transparent(&mut self.client, &mut self.upstream, idle, shutdown).await;
-            return self.finish(ctx, route_name, TunnelMode::Transparent, report);
+        // The settings and leftovers are used (and freed, with their box)
+        // before the tunnel runs: an idle tunnel does not hold them.
+        let (cfg, client_leftover, upstream_leftover) = match self.frame_aware.take() {
+            Some(fa) => {
+                let fa = *fa;
+                (fa.cfg, fa.client_leftover, fa.upstream_leftover)
+            }
+            None => {
+                let idle = Duration::MAX;
+                let report =
+                    tunnel::transparent(&mut self.client, &mut self.upstream, idle, shutdown).await;
+                return self.finish(ctx, route_name, TunnelMode::Transparent, report);
+            }
         };
-        let report = tunnel::frame_aware(
+        let tunnel = tunnel::frame_aware(
             &mut self.client,
-            std::mem::take(&mut fa.client_leftover),
+            client_leftover,
             &mut self.upstream,
-            std::mem::take(&mut fa.upstream_leftover),
-            &fa.cfg,
-            &observer,
+            upstream_leftover,
+            &cfg,
+            MetricsObserver(ctx.metrics.clone()),
             shutdown,
-        )
-        .await;
+        );
+        drop(cfg);
+        let report = tunnel.await;
         self.finish(ctx, route_name, TunnelMode::FrameAware, report)
     }
 
