@@ -60,6 +60,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::copy::{copy_both_ways, Half};
+use super::splice::{AsPlainTcp, SpliceMode, TcpHalf};
 
 /// How the tunnel ended (a fixed label each, for metrics and logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,6 +253,71 @@ where
         messages_to_client: 0,
         duration: activity.start.elapsed(),
     }
+}
+
+/// Bytes a transparent tunnel moved with `splice(2)`, per direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spliced {
+    /// From the client to the upstream.
+    pub to_upstream: u64,
+    /// From the upstream to the client.
+    pub to_client: u64,
+}
+
+/// [`transparent`], bypassing the streams when both are plain TCP sockets
+/// ([`AsPlainTcp`]): the copy then runs on the sockets themselves, bursts
+/// through `splice(2)` on Linux as `mode` says ([`super::splice`]). The
+/// streams' byte counters are kept up to date either way.
+pub async fn transparent_tcp<A, B>(
+    mut client: A,
+    mut upstream: B,
+    idle: Duration,
+    mode: SpliceMode,
+    shutdown: impl Future<Output = ()>,
+) -> (TunnelReport, Spliced)
+where
+    A: AsyncRead + AsyncWrite + Unpin + AsPlainTcp,
+    B: AsyncRead + AsyncWrite + Unpin + AsPlainTcp,
+{
+    let (Some(mut a), Some(mut b)) = (client.as_plain_tcp(), upstream.as_plain_tcp()) else {
+        let report = transparent(client, upstream, idle, shutdown).await;
+        return (report, Spliced::default());
+    };
+    let mode = mode.available();
+    let activity = Activity::new();
+    let touch = || activity.touch();
+    let mut to_upstream = TcpHalf::default();
+    let mut to_client = TcpHalf::default();
+    let copy = std::future::poll_fn(|cx| {
+        let up = to_upstream.poll_copy(cx, &mut a, &mut b, mode, &touch)?;
+        let down = to_client.poll_copy(cx, &mut b, &mut a, mode, &touch)?;
+        if up.is_ready() && down.is_ready() {
+            Poll::Ready(std::io::Result::Ok(()))
+        } else {
+            Poll::Pending
+        }
+    });
+    let end = tokio::select! {
+        r = copy => match r {
+            Ok(()) => TunnelEnd::Finished,
+            Err(e) => TunnelEnd::Io(e.to_string()),
+        },
+        _ = activity.idle(idle) => TunnelEnd::Idle,
+        _ = shutdown => TunnelEnd::Shutdown,
+    };
+    let report = TunnelReport {
+        end,
+        bytes_to_upstream: to_upstream.read(),
+        bytes_to_client: to_client.read(),
+        messages_to_upstream: 0,
+        messages_to_client: 0,
+        duration: activity.start.elapsed(),
+    };
+    let spliced = Spliced {
+        to_upstream: to_upstream.spliced(),
+        to_client: to_client.spliced(),
+    };
+    (report, spliced)
 }
 
 /// The permessage-deflate parameters of an upstream's 101, to use on both
