@@ -12,8 +12,9 @@
 //! plus the pipe's own bookkeeping, so for small messages it only adds
 //! work. Each direction therefore starts in user space, and switches to
 //! splice after a read returned at least [`SPLICE_FROM`] bytes (a burst);
-//! it switches back after a splice moved less than that. See the measured
-//! figures in bench/README.md ("splice").
+//! it switches back after [`BURST_END`] splices in a row moved less than
+//! that. See the measured
+//! figures in bench/README.md ("splice(2) in the transparent tunnel").
 //!
 //! Idle memory: the pipe (two file descriptors, and the kernel's pipe
 //! buffer pages while bytes are inside) is taken from a small per-thread
@@ -128,6 +129,13 @@ impl SpliceMode {
 /// splice. 16 KiB (see the module doc and bench/README.md).
 pub const SPLICE_FROM: usize = 16 * 1024;
 
+/// A burst ends after this many splices in a row moved less than
+/// [`SPLICE_FROM`]. Not 1: a 64 KiB WebSocket message crosses loopback as
+/// a large segment and a small tail; ending the burst on the tail sent
+/// every large part through user space (bench/proxy.sh case (c) gained
+/// nothing).
+const BURST_END: u8 = 4;
+
 /// Bytes one user-space read may take (on the stack of the poll call, as
 /// in [`super::copy`]).
 const READ_CHUNK: usize = 64 * 1024;
@@ -148,8 +156,10 @@ pub struct TcpHalf {
     pipe: Option<pipe::Pipe>,
     /// Bytes in `pipe` not yet spliced out.
     in_pipe: usize,
-    /// The last read was large: read with splice.
+    /// A burst runs: read with splice.
     burst: bool,
+    /// Small splices in a row during a burst.
+    small: u8,
     /// The reader reached EOF.
     eof: bool,
     /// The writer's write half is shut down: this direction is over.
@@ -273,9 +283,16 @@ impl TcpHalf {
                         self.read += n as u64;
                         src.count_read(n);
                         touch();
-                        if n < SPLICE_FROM && mode == SpliceMode::Bursts {
-                            // The burst is over: small reads go through user space.
-                            self.burst = false;
+                        if n >= SPLICE_FROM {
+                            self.small = 0;
+                        } else if mode == SpliceMode::Bursts {
+                            // A message's tail, or the burst is over: after
+                            // a few small splices in a row, back to user space.
+                            self.small += 1;
+                            if self.small >= BURST_END {
+                                self.burst = false;
+                                self.small = 0;
+                            }
                         }
                         continue;
                     }
@@ -302,6 +319,7 @@ impl TcpHalf {
             touch();
             if filled.len() >= SPLICE_FROM {
                 self.burst = true;
+                self.small = 0;
             }
             let mut at = 0;
             while at < filled.len() {
