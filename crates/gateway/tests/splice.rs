@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use switchyard_gateway::admin::GatewayServer;
 use switchyard_gateway::config::Config;
 use switchyard_gateway::proxy::tunnel::{transparent_tcp, Spliced};
-use switchyard_gateway::proxy::{Direction, SpliceMode, TunnelEnd, TunnelReport};
+use switchyard_gateway::proxy::{Direction, PlainTcp, SpliceMode, TunnelEnd, TunnelReport};
 use switchyard_gateway::routing::Gateway;
 use switchyard_proto::handshake::accept_key;
 use switchyard_proto::head::RequestParser;
@@ -48,8 +48,8 @@ async fn tunnel(
     let (upstream, mut proxy_b) = pair().await;
     let t = tokio::spawn(async move {
         transparent_tcp(
-            &mut proxy_a,
-            &mut proxy_b,
+            PlainTcp::bare(&mut proxy_a),
+            PlainTcp::bare(&mut proxy_b),
             idle,
             mode,
             std::future::pending(),

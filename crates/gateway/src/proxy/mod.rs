@@ -950,14 +950,19 @@ where
         shutdown: impl Future<Output = ()>,
     ) -> ProxyOutcome {
         let _open = ctx.metrics.open_connection(route_name, "h1");
-        let (report, spliced) = tunnel::transparent_tcp(
-            &mut self.client,
-            &mut self.upstream,
-            route.policy.idle_timeout,
-            SpliceMode::default(),
-            shutdown,
-        )
-        .await;
+        let idle = route.policy.idle_timeout;
+        // Plain TCP on both sides: the copy bypasses the streams (and may
+        // splice); else (TLS) through them.
+        let (report, spliced) = match (self.client.as_plain_tcp(), self.upstream.as_plain_tcp()) {
+            (Some(a), Some(b)) => {
+                tunnel::transparent_tcp(a, b, idle, SpliceMode::default(), shutdown).await
+            }
+            _ => {
+                let report =
+                    tunnel::transparent(&mut self.client, &mut self.upstream, idle, shutdown).await;
+                (report, Spliced::default())
+            }
+        };
         let m = &ctx.metrics;
         m.add_spliced(route_name, Direction::ClientToUpstream, spliced.to_upstream);
         m.add_spliced(route_name, Direction::UpstreamToClient, spliced.to_client);

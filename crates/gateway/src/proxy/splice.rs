@@ -166,18 +166,11 @@ pub struct TcpHalf {
     done: bool,
     /// Bytes read from the source.
     read: u64,
-    /// Bytes written to the destination.
-    total: u64,
-    /// Of those, bytes moved with splice.
+    /// Bytes written to the destination with splice.
     spliced: u64,
 }
 
 impl TcpHalf {
-    /// Bytes written to the destination.
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-
     /// Bytes read from the source.
     pub fn read(&self) -> u64 {
         self.read
@@ -233,7 +226,6 @@ impl TcpHalf {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.in_pipe -= n;
-                self.total += n as u64;
                 self.spliced += n as u64;
                 dst.count_written(n);
             }
@@ -245,7 +237,6 @@ impl TcpHalf {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.written += n;
-                self.total += n as u64;
                 dst.count_written(n);
             }
             if !self.pending.is_empty() {
@@ -328,7 +319,6 @@ impl TcpHalf {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
                         at += n;
-                        self.total += n as u64;
                         dst.count_written(n);
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),

@@ -68,7 +68,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::copy::{copy_both_ways, Half};
-use super::splice::{AsPlainTcp, SpliceMode, TcpHalf};
+use super::splice::{PlainTcp, SpliceMode, TcpHalf};
 
 /// How the tunnel ended (a fixed label each, for metrics and logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,25 +272,17 @@ pub struct Spliced {
     pub to_client: u64,
 }
 
-/// [`transparent`], bypassing the streams when both are plain TCP sockets
-/// ([`AsPlainTcp`]): the copy then runs on the sockets themselves, bursts
-/// through `splice(2)` on Linux as `mode` says ([`super::splice`]). The
-/// streams' byte counters are kept up to date either way.
-pub async fn transparent_tcp<A, B>(
-    mut client: A,
-    mut upstream: B,
+/// [`transparent`] on the plain TCP sockets under both streams (from
+/// [`super::splice::AsPlainTcp`]; the caller takes [`transparent`] when a side has none):
+/// bursts through `splice(2)` on Linux as `mode` says ([`super::splice`]).
+/// The streams' byte counters ([`PlainTcp`]) are kept up to date.
+pub async fn transparent_tcp(
+    mut a: PlainTcp<'_>,
+    mut b: PlainTcp<'_>,
     idle: Duration,
     mode: SpliceMode,
     shutdown: impl Future<Output = ()>,
-) -> (TunnelReport, Spliced)
-where
-    A: AsyncRead + AsyncWrite + Unpin + AsPlainTcp,
-    B: AsyncRead + AsyncWrite + Unpin + AsPlainTcp,
-{
-    let (Some(mut a), Some(mut b)) = (client.as_plain_tcp(), upstream.as_plain_tcp()) else {
-        let report = transparent(client, upstream, idle, shutdown).await;
-        return (report, Spliced::default());
-    };
+) -> (TunnelReport, Spliced) {
     let mode = mode.available();
     let activity = Activity::new();
     let touch = || activity.touch();
