@@ -35,6 +35,15 @@ impl ServerIo {
     }
 }
 
+impl crate::proxy::AsPlainTcp for ServerIo {
+    fn as_plain_tcp(&mut self) -> Option<crate::proxy::PlainTcp<'_>> {
+        match self {
+            ServerIo::Plain(s) => Some(crate::proxy::PlainTcp::bare(s)),
+            ServerIo::Tls(_) => None,
+        }
+    }
+}
+
 impl AsyncRead for ServerIo {
     #[inline]
     fn poll_read(
@@ -148,6 +157,17 @@ impl<S> Prefixed<S> {
     /// The wrapped stream.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+}
+
+impl<S: crate::proxy::AsPlainTcp> crate::proxy::AsPlainTcp for Prefixed<S> {
+    /// Only once every replayed byte is read.
+    fn as_plain_tcp(&mut self) -> Option<crate::proxy::PlainTcp<'_>> {
+        if self.prefix.is_empty() {
+            self.inner.as_plain_tcp()
+        } else {
+            None
+        }
     }
 }
 

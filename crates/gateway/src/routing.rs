@@ -313,7 +313,7 @@ impl Gateway {
         stop: watch::Receiver<bool>,
     ) -> proxy::ProxyOutcome
     where
-        C: AsyncRead + AsyncWrite + Unpin,
+        C: AsyncRead + AsyncWrite + Unpin + proxy::AsPlainTcp,
     {
         let route = &live.config.routes[index.min(live.config.routes.len().saturating_sub(1))];
         let label = &live.labels[index.min(live.labels.len().saturating_sub(1))];
@@ -824,6 +824,18 @@ impl<C: AsyncRead + Unpin> AsyncRead for Counting<C> {
             self.read.fetch_add(n as u64, Ordering::Relaxed);
         }
         r
+    }
+}
+
+/// The socket under the counter, with the counters (a transparent tunnel
+/// that bypasses the stream updates them).
+impl<C: proxy::AsPlainTcp> proxy::AsPlainTcp for Counting<C> {
+    fn as_plain_tcp(&mut self) -> Option<proxy::PlainTcp<'_>> {
+        let (read, written) = (&*self.read, &*self.written);
+        let mut plain = self.inner.as_plain_tcp()?;
+        plain.read = Some(read);
+        plain.written = Some(written);
+        Some(plain)
     }
 }
 

@@ -13,6 +13,7 @@
 //! | `switchyard_upgrade_attempts_total` | counter | `result`, `reason` |
 //! | `switchyard_tunnel_bytes_total` | counter | `route`, `direction` |
 //! | `switchyard_tunnel_messages_total` | counter | `route`, `direction` |
+//! | `switchyard_tunnel_spliced_bytes_total` | counter | `route`, `direction` |
 //! | `switchyard_ping_rtt_seconds` | histogram | `side` |
 //! | `switchyard_tunnel_duration_seconds` | histogram | `route` |
 //! | `switchyard_upstream_healthy` | gauge | `upstream`, `backend` |
@@ -144,6 +145,7 @@ pub struct Metrics {
     upgrades: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     bytes: Mutex<BTreeMap<(String, Direction), u64>>,
     messages: Mutex<BTreeMap<(String, Direction), u64>>,
+    spliced: Mutex<BTreeMap<(String, Direction), u64>>,
     ping_rtt: [Histogram; 2],
     durations: Mutex<BTreeMap<String, Arc<Histogram>>>,
     health: Mutex<BTreeMap<(String, String), bool>>,
@@ -180,6 +182,7 @@ impl Metrics {
             upgrades: Mutex::default(),
             bytes: Mutex::default(),
             messages: Mutex::default(),
+            spliced: Mutex::default(),
             ping_rtt: [Histogram::new(RTT_BOUNDS), Histogram::new(RTT_BOUNDS)],
             durations: Mutex::default(),
             health: Mutex::default(),
@@ -238,6 +241,24 @@ impl Metrics {
                 .entry((route.to_string(), dir))
                 .or_insert(0) += n;
         }
+    }
+
+    /// Add bytes a transparent tunnel moved with splice(2) (a part of
+    /// [`Metrics::add_bytes`]'s).
+    pub fn add_spliced(&self, route: &str, dir: Direction, n: u64) {
+        if n > 0 {
+            *lock(&self.spliced)
+                .entry((route.to_string(), dir))
+                .or_insert(0) += n;
+        }
+    }
+
+    /// Spliced bytes counted for `route` in `dir`.
+    pub fn spliced(&self, route: &str, dir: Direction) -> u64 {
+        lock(&self.spliced)
+            .get(&(route.to_string(), dir))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Bytes counted for `route` in `dir`.
@@ -313,6 +334,11 @@ impl Metrics {
                 "switchyard_tunnel_messages_total",
                 "WebSocket messages relayed by frame-aware tunnels.",
                 &self.messages,
+            ),
+            (
+                "switchyard_tunnel_spliced_bytes_total",
+                "Bytes of switchyard_tunnel_bytes_total that transparent tunnels moved with splice(2).",
+                &self.spliced,
             ),
         ] {
             let _ = writeln!(out, "# HELP {family} {help}");

@@ -46,6 +46,7 @@ pub mod forward;
 pub mod limits;
 pub mod metrics;
 pub mod relay;
+pub mod splice;
 pub mod tunnel;
 pub mod upstream;
 
@@ -66,7 +67,8 @@ pub use forward::{ClientInfo, ForwardOptions, UpstreamRequest};
 pub use limits::{ConnectionGuard, ConnectionLimiter};
 pub use metrics::{Direction, Metrics};
 pub use relay::{ExchangeError, UpstreamAnswer};
-pub use tunnel::{FrameAwareConfig, TunnelEnd, TunnelReport};
+pub use splice::{AsPlainTcp, PlainTcp, SpliceMode};
+pub use tunnel::{FrameAwareConfig, Spliced, TunnelEnd, TunnelReport};
 pub use upstream::{BackendLease, Group, Upstreams};
 
 /// An answer the gateway gives itself (not the upstream's): status, a
@@ -808,7 +810,7 @@ pub async fn proxy_h1<C>(
     shutdown: impl Future<Output = ()>,
 ) -> ProxyOutcome
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + AsPlainTcp,
 {
     match start_h1(client, req, leftover, client_info, route, route_name, ctx).await {
         H1Start::Done(outcome) => outcome,
@@ -907,7 +909,7 @@ where
 
 impl<C> H1Tunnel<C>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + AsPlainTcp,
 {
     /// Whether the tunnel relays frames (else bytes).
     pub fn mode(&self) -> TunnelMode {
@@ -951,13 +953,22 @@ where
         shutdown: impl Future<Output = ()>,
     ) -> ProxyOutcome {
         let _open = ctx.metrics.open_connection(route_name, "h1");
-        let report = tunnel::transparent(
-            &mut self.client,
-            &mut self.upstream,
-            route.policy.idle_timeout,
-            shutdown,
-        )
-        .await;
+        let idle = route.policy.idle_timeout;
+        // Plain TCP on both sides: the copy bypasses the streams (and may
+        // splice); else (TLS) through them.
+        let (report, spliced) = match (self.client.as_plain_tcp(), self.upstream.as_plain_tcp()) {
+            (Some(a), Some(b)) => {
+                tunnel::transparent_tcp(a, b, idle, SpliceMode::default(), shutdown).await
+            }
+            _ => {
+                let report =
+                    tunnel::transparent(&mut self.client, &mut self.upstream, idle, shutdown).await;
+                (report, Spliced::default())
+            }
+        };
+        let m = &ctx.metrics;
+        m.add_spliced(route_name, Direction::ClientToUpstream, spliced.to_upstream);
+        m.add_spliced(route_name, Direction::UpstreamToClient, spliced.to_client);
         self.finish(ctx, route_name, TunnelMode::Transparent, report)
     }
 
