@@ -465,14 +465,25 @@ impl Report {
     /// Counts one echoed message or completed handshake that took `latency`, finished `at`.
     fn complete(&mut self, at: Instant, latency: Duration, window: &Window) {
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        self.total += 1;
+        self.complete_all(at, &[ns], window);
+    }
+
+    /// Counts several messages that all finished `at`, with these latencies in nanoseconds:
+    /// the window test and the per-second bucket are looked up once for the whole batch.
+    fn complete_all(&mut self, at: Instant, latencies_ns: &[u64], window: &Window) {
+        let n = latencies_ns.len() as u64;
+        self.total += n;
         if at >= window.measure_from && at < window.end {
-            self.completed += 1;
-            let _ = self.latency.record(ns);
+            self.completed += n;
+            for &ns in latencies_ns {
+                let _ = self.latency.record(ns);
+            }
         }
         if let Some(b) = self.bucket(at) {
-            b.completed += 1;
-            let _ = b.latency.record(ns);
+            b.completed += n;
+            for &ns in latencies_ns {
+                let _ = b.latency.record(ns);
+            }
         }
     }
 
