@@ -426,39 +426,60 @@ mod pipe {
     }
 
     /// Socket -> pipe (which must be empty): bytes moved, 0 at EOF.
+    /// EAGAIN means the socket has nothing (the pipe is empty, so it is not
+    /// full).
     pub fn poll_splice_in(
         cx: &mut Context<'_>,
         src: &TcpStream,
         p: &Pipe,
         len: usize,
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(src.poll_read_ready(cx))?;
-            // EAGAIN: the socket has nothing (the pipe is empty, so it is
-            // not full); try_io clears the readiness and the loop waits.
-            match src.try_io(Interest::READABLE, || {
-                splice(src.as_raw_fd(), p.w.as_raw_fd(), len)
-            }) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        poll_splice(
+            cx,
+            src,
+            Interest::READABLE,
+            src.as_raw_fd(),
+            p.w.as_raw_fd(),
+            len,
+        )
     }
 
-    /// Pipe -> socket, at most `len` (the bytes in the pipe).
+    /// Pipe -> socket, at most `len` (the bytes in the pipe). EAGAIN means
+    /// the socket's send buffer is full (the pipe holds `len` bytes, so it
+    /// is not empty).
     pub fn poll_splice_out(
         cx: &mut Context<'_>,
         dst: &TcpStream,
         p: &Pipe,
         len: usize,
     ) -> Poll<io::Result<usize>> {
+        poll_splice(
+            cx,
+            dst,
+            Interest::WRITABLE,
+            p.r.as_raw_fd(),
+            dst.as_raw_fd(),
+            len,
+        )
+    }
+
+    /// Splice `from` -> `to` once `sock` is ready for `interest`; on EAGAIN
+    /// `try_io` clears the readiness and the loop waits for the next.
+    fn poll_splice(
+        cx: &mut Context<'_>,
+        sock: &TcpStream,
+        interest: Interest,
+        from: std::os::fd::RawFd,
+        to: std::os::fd::RawFd,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(dst.poll_write_ready(cx))?;
-            // EAGAIN: the socket's send buffer is full (the pipe holds
-            // `len` bytes, so it is not empty).
-            match dst.try_io(Interest::WRITABLE, || {
-                splice(p.r.as_raw_fd(), dst.as_raw_fd(), len)
-            }) {
+            if interest.is_readable() {
+                ready!(sock.poll_read_ready(cx))?;
+            } else {
+                ready!(sock.poll_write_ready(cx))?;
+            }
+            match sock.try_io(interest, || splice(from, to, len)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return Poll::Ready(r),
             }
