@@ -53,7 +53,7 @@ pub(crate) fn without_upgrade(req: &Request<()>) -> Request<()> {
     *out.uri_mut() = req.uri().clone();
     *out.version_mut() = req.version();
     let mut headers = req.headers().clone();
-    let rest: Vec<&str> = header_tokens(req.headers(), CONNECTION.as_str())
+    let rest: Vec<&str> = header_tokens(req.headers(), &CONNECTION)
         .filter(|t| !t.eq_ignore_ascii_case("upgrade"))
         .collect();
     headers.remove(UPGRADE);

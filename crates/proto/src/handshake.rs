@@ -48,17 +48,25 @@ use sha1::{Digest, Sha1};
 
 use crate::deflate::{client_accept, client_offer, negotiate_server, DeflateConfig, DeflateParams};
 use crate::extensions::parse_extensions;
-use crate::upgrade::{connection_has, header_tokens, switching_protocols, upgrade_required};
+use crate::upgrade::{connection_has, header_tokens, upgrade_required};
 
 /// RFC 6455 §1.3.
 pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// `base64(sha1(key + GUID))`.
 pub fn accept_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(&accept_key_bytes(key)).into_owned()
+}
+
+/// [`accept_key`] without allocating: base64 of a SHA-1 digest is 28 bytes.
+fn accept_key_bytes(key: &[u8]) -> [u8; 28] {
     let mut h = Sha1::new();
     h.update(key);
     h.update(GUID.as_bytes());
-    STANDARD.encode(h.finalize())
+    let mut out = [0u8; 28];
+    // 20 bytes always encode to exactly 28 base64 characters.
+    let _ = STANDARD.encode_slice(h.finalize(), &mut out);
+    out
 }
 
 /// A fresh `Sec-WebSocket-Key`: base64 of 16 bytes from a CSPRNG
@@ -284,7 +292,7 @@ pub fn server_negotiate(
     .map_err(|e| HandshakeError::Extensions(e.to_string()))?;
 
     let mut out = ServerNegotiation::default();
-    let subprotocol = header_tokens(headers, SEC_WEBSOCKET_PROTOCOL.as_str())
+    let subprotocol = header_tokens(headers, &SEC_WEBSOCKET_PROTOCOL)
         .find(|p| cfg.subprotocols.iter().any(|ours| ours == p));
     if let Some(p) = subprotocol {
         // It equals one of our configured names and is a client token, so
@@ -314,14 +322,16 @@ fn check_key(headers: &HeaderMap) -> Result<&HeaderValue, HandshakeError> {
     if keys.next().is_some() || key.len() != 24 {
         return Err(bad());
     }
-    match STANDARD.decode(key.as_bytes()) {
-        Ok(raw) if raw.len() == 16 => Ok(key),
+    // 24 base64 characters decode to at most 18 bytes: no allocation.
+    let mut raw = [0u8; 18];
+    match STANDARD.decode_slice(key.as_bytes(), &mut raw) {
+        Ok(16) => Ok(key),
         _ => Err(bad()),
     }
 }
 
 fn has_websocket_token(headers: &HeaderMap) -> bool {
-    header_tokens(headers, UPGRADE.as_str()).any(|t| t.eq_ignore_ascii_case("websocket"))
+    header_tokens(headers, &UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket"))
 }
 
 fn check_request(req: &Request<()>) -> Result<&HeaderValue, HandshakeError> {
@@ -365,13 +375,17 @@ fn check_request(req: &Request<()>) -> Result<&HeaderValue, HandshakeError> {
 pub fn server_accept(req: &Request<()>, cfg: &ServerConfig) -> Result<Accepted, Rejection> {
     let key = check_request(req)?;
     let negotiation = server_negotiate(req.headers(), cfg)?;
-    let mut response = switching_protocols("websocket");
-    let accept = accept_key(key.as_bytes());
+    let mut response = http::Response::new(());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.reserve(3 + negotiation.headers.len());
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     // Base64 is always a valid header value.
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        response.headers_mut().insert(SEC_WEBSOCKET_ACCEPT, v);
+    if let Ok(v) = HeaderValue::from_bytes(&accept_key_bytes(key.as_bytes())) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, v);
     }
-    response.headers_mut().extend(negotiation.headers);
+    headers.extend(negotiation.headers);
     Ok(Accepted {
         response,
         subprotocol: negotiation.negotiated.subprotocol,

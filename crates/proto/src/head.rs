@@ -506,7 +506,7 @@ fn check_framing(headers: &HeaderMap, version: Version) -> Result<(), HeadError>
                 "Transfer-Encoding is not defined for HTTP/1.0",
             ));
         }
-        let last = crate::upgrade::header_tokens(headers, TRANSFER_ENCODING.as_str()).last();
+        let last = crate::upgrade::header_tokens(headers, &TRANSFER_ENCODING).last();
         if !last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
             return Err(HeadError::Framing(
                 "the last Transfer-Encoding must be `chunked`",

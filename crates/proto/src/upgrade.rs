@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use http::header::{CONNECTION, UPGRADE};
+use http::header::{AsHeaderName, CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderValue, StatusCode, Version};
 
 /// Most elements [`upgrade_offer`] accepts in the `Upgrade` header (all lines
@@ -57,7 +57,10 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 
 /// The raw comma-separated elements of every line of header `name`, trimmed of
 /// OWS, empty elements skipped. Works on bytes, so opaque values are fine.
-fn header_elements<'a>(headers: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a [u8]> + 'a {
+fn header_elements<'a, K: AsHeaderName>(
+    headers: &'a HeaderMap,
+    name: K,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
         .get_all(name)
         .into_iter()
@@ -73,14 +76,17 @@ fn header_elements<'a>(headers: &'a HeaderMap, name: &str) -> impl Iterator<Item
 /// `Upgrade`; quoted strings are not understood). An element that is not
 /// valid UTF-8 (obs-text bytes) is skipped, never a panic; use
 /// [`upgrade_offer`] when such an element must be an error instead.
-pub fn header_tokens<'a>(headers: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a str> + 'a {
+pub fn header_tokens<'a, K: AsHeaderName>(
+    headers: &'a HeaderMap,
+    name: K,
+) -> impl Iterator<Item = &'a str> + 'a {
     header_elements(headers, name).filter_map(|e| std::str::from_utf8(e).ok())
 }
 
 /// Whether `Connection` (any line, any position, any case) holds `token`.
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     let token = token.as_bytes();
-    header_elements(headers, CONNECTION.as_str()).any(|e| e.eq_ignore_ascii_case(token))
+    header_elements(headers, &CONNECTION).any(|e| e.eq_ignore_ascii_case(token))
 }
 
 /// Whether `name` is a hop-by-hop field a proxy or gateway must not forward
@@ -219,7 +225,7 @@ pub fn upgrade_offer(req: &http::Request<()>) -> Result<Option<Vec<ProtocolToken
         return Ok(None);
     }
     let mut out = Vec::new();
-    for element in header_elements(req.headers(), UPGRADE.as_str()) {
+    for element in header_elements(req.headers(), &UPGRADE) {
         if out.len() == MAX_UPGRADE_TOKENS {
             return Err(UpgradeError::TooManyTokens {
                 limit: MAX_UPGRADE_TOKENS,

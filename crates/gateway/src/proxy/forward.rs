@@ -100,7 +100,7 @@ fn has_body(headers: &HeaderMap) -> bool {
 
 /// The fields named in `Connection` (lowercase).
 fn connection_named(headers: &HeaderMap) -> Vec<String> {
-    header_tokens(headers, CONNECTION.as_str())
+    header_tokens(headers, &CONNECTION)
         .map(|t| t.to_ascii_lowercase())
         .collect()
 }
@@ -471,7 +471,7 @@ pub fn verify_switch(resp: &Response<()>, sent: &UpstreamRequest) -> Result<Stri
         return Err(SwitchError::Unrequested);
     }
     let h = resp.headers();
-    let tokens: Vec<&str> = header_tokens(h, UPGRADE.as_str()).collect();
+    let tokens: Vec<&str> = header_tokens(h, &UPGRADE).collect();
     let got = tokens.join(", ");
     let token = match tokens.as_slice() {
         [one] => one.to_ascii_lowercase(),

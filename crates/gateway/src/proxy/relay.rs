@@ -237,7 +237,7 @@ async fn read_body<U: AsyncRead + Unpin>(
     }
     let h = resp.headers();
     if h.contains_key(TRANSFER_ENCODING) {
-        let chunked = header_tokens(h, TRANSFER_ENCODING.as_str())
+        let chunked = header_tokens(h, &TRANSFER_ENCODING)
             .last()
             .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
         if chunked {
@@ -359,7 +359,7 @@ pub fn decode_chunked(raw: &[u8], max: usize) -> Result<Option<Bytes>, ExchangeE
 /// RFC 9110 §15.5.22: a 426 MUST send `Upgrade`; the field is hop-by-hop,
 /// so it is stripped like the others and rebuilt here for this hop.
 pub fn relayed_upgrade(response: &Response<()>) -> Option<HeaderValue> {
-    let tokens: Vec<&str> = header_tokens(response.headers(), UPGRADE.as_str())
+    let tokens: Vec<&str> = header_tokens(response.headers(), &UPGRADE)
         .filter(|t| {
             let name = t.split('/').next().unwrap_or(t);
             !name.trim().eq_ignore_ascii_case("h2c")
