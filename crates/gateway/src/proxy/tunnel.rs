@@ -674,6 +674,22 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
     O: TunnelObserver,
 {
+    /// Both sides from `now`, nothing armed yet.
+    fn new(client: WebSocket<A>, upstream: WebSocket<B>, idle: Duration, observer: O) -> Self {
+        let now = Instant::now();
+        Relay {
+            client: Side::new(client, now),
+            upstream: Side::new(upstream, now),
+            clock: Clock {
+                start: now,
+                last_ms: 0,
+                idle,
+            },
+            armed: false,
+            observer,
+        }
+    }
+
     fn next_wake(&self) -> Option<Instant> {
         let idle = self.clock.idle_deadline();
         [idle, self.client.probe, self.upstream.probe]
@@ -872,21 +888,12 @@ where
         cconn = cconn.with_deflate(PerMessageDeflate::new(Role::Server, p, &dcfg));
         uconn = uconn.with_deflate(PerMessageDeflate::new(Role::Client, p, &dcfg));
     }
-    let now = Instant::now();
-    let mut relay = Relay {
-        client: Side::new(WebSocket::from_raw(client, cconn, &client_leftover), now),
-        upstream: Side::new(
-            WebSocket::from_raw(upstream, uconn, &upstream_leftover),
-            now,
-        ),
-        clock: Clock {
-            start: now,
-            last_ms: 0,
-            idle: cfg.idle_timeout,
-        },
-        armed: false,
+    let mut relay = Relay::new(
+        WebSocket::from_raw(client, cconn, &client_leftover),
+        WebSocket::from_raw(upstream, uconn, &upstream_leftover),
+        cfg.idle_timeout,
         observer,
-    };
+    );
     drop((client_leftover, upstream_leftover));
     async move { relay.run(shutdown).await }
 }
@@ -1053,32 +1060,20 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             deflate: None,
         };
-        let now = Instant::now();
-        let mut relay = Relay {
-            client: Side::new(
-                WebSocket::from_raw(
-                    &mut client,
-                    Connection::new(Role::Server, cfg.client_limits.clone()),
-                    &[],
-                ),
-                now,
+        let mut relay = Relay::new(
+            WebSocket::from_raw(
+                &mut client,
+                Connection::new(Role::Server, cfg.client_limits.clone()),
+                &[],
             ),
-            upstream: Side::new(
-                WebSocket::from_raw(
-                    &mut upstream,
-                    Connection::new(Role::Client, cfg.upstream_limits.clone()),
-                    &[],
-                ),
-                now,
+            WebSocket::from_raw(
+                &mut upstream,
+                Connection::new(Role::Client, cfg.upstream_limits.clone()),
+                &[],
             ),
-            clock: Clock {
-                start: now,
-                last_ms: 0,
-                idle: cfg.idle_timeout,
-            },
-            armed: false,
-            observer: NoObserver,
-        };
+            cfg.idle_timeout,
+            NoObserver,
+        );
         // A large message from the client, a small one from the upstream.
         let big = vec![7u8; 100_000];
         client_peer
