@@ -48,7 +48,7 @@ use sha1::{Digest, Sha1};
 
 use crate::deflate::{client_accept, client_offer, negotiate_server, DeflateConfig, DeflateParams};
 use crate::extensions::parse_extensions;
-use crate::upgrade::{connection_has, header_tokens, upgrade_required};
+use crate::upgrade::{connection_has, header_tokens, switching_protocols, upgrade_required};
 
 /// RFC 6455 §1.3.
 pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -375,12 +375,8 @@ fn check_request(req: &Request<()>) -> Result<&HeaderValue, HandshakeError> {
 pub fn server_accept(req: &Request<()>, cfg: &ServerConfig) -> Result<Accepted, Rejection> {
     let key = check_request(req)?;
     let negotiation = server_negotiate(req.headers(), cfg)?;
-    let mut response = http::Response::new(());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut response = switching_protocols("websocket");
     let headers = response.headers_mut();
-    headers.reserve(3 + negotiation.headers.len());
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     // Base64 is always a valid header value.
     if let Ok(v) = HeaderValue::from_bytes(&accept_key_bytes(key.as_bytes())) {
         headers.insert(SEC_WEBSOCKET_ACCEPT, v);

@@ -256,13 +256,18 @@ pub fn upgrade_offer(req: &http::Request<()>) -> Result<Option<Vec<ProtocolToken
 pub fn switching_protocols(token: &str) -> http::Response<()> {
     let mut resp = http::Response::new(());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    if ProtocolToken::parse(token).is_some() {
+    let headers = resp.headers_mut();
+    // Room for the fields a WebSocket 101 adds (accept, subprotocol, extensions).
+    headers.reserve(5);
+    if token == "websocket" {
+        // The common case, without copying the token.
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    } else if ProtocolToken::parse(token).is_some() {
         if let Ok(v) = HeaderValue::from_str(token) {
-            resp.headers_mut().insert(UPGRADE, v);
+            headers.insert(UPGRADE, v);
         }
     }
-    resp.headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     resp
 }
 
