@@ -1,9 +1,11 @@
 //! Client for the Autobahn TestSuite fuzzingserver (e.g. `kosoku -m fuzzingserver`).
 //!
-//! Usage: `autobahn_client ws://127.0.0.1:9001 [agent]`
+//! Usage: `autobahn_client ws://127.0.0.1:9001 [agent] [parallel]`
 //!
 //! Asks the server for the number of cases, runs each one (echoing every text
 //! and binary message until the close), then asks it to write the reports.
+//! `parallel` (default 1) cases run at once, each on its own connection: the
+//! suite's time is mostly the fuzzing server's, waiting on one case at a time.
 
 use futures_util::{SinkExt, StreamExt};
 use switchyard::{ClientBuilder, Error, Limits, Message};
@@ -60,11 +62,19 @@ async fn update_reports(base: &str, agent: &str) -> Result<(), Error> {
 async fn main() {
     let mut args = std::env::args().skip(1);
     let Some(base) = args.next() else {
-        eprintln!("usage: autobahn_client ws://127.0.0.1:9001 [agent]");
+        eprintln!("usage: autobahn_client ws://127.0.0.1:9001 [agent] [parallel]");
         std::process::exit(2);
     };
     let base = base.trim_end_matches('/').to_owned();
     let agent = args.next().unwrap_or_else(|| "switchyard".to_owned());
+    let parallel = match args.next().map(|p| p.parse::<usize>()) {
+        None => 1,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            eprintln!("parallel must be a positive number");
+            std::process::exit(2);
+        }
+    };
 
     let count = match case_count(&base).await {
         Ok(n) => n,
@@ -73,14 +83,19 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    eprintln!("running {count} cases as agent {agent:?}");
-    for case in 1..=count {
-        match run_case(&base, case, &agent).await {
-            Ok(()) => eprintln!("case {case}/{count}: done"),
-            // Many cases end with a protocol error on purpose.
-            Err(e) => eprintln!("case {case}/{count}: ended with: {e}"),
-        }
-    }
+    eprintln!("running {count} cases as agent {agent:?}, {parallel} at a time");
+    let (base_ref, agent_ref) = (&base, &agent);
+    futures_util::stream::iter(1..=count)
+        .map(|case| async move { (case, run_case(base_ref, case, agent_ref).await) })
+        .buffer_unordered(parallel)
+        .for_each(|(case, result)| async move {
+            match result {
+                Ok(()) => eprintln!("case {case}/{count}: done"),
+                // Many cases end with a protocol error on purpose.
+                Err(e) => eprintln!("case {case}/{count}: ended with: {e}"),
+            }
+        })
+        .await;
     if let Err(e) = update_reports(&base, &agent).await {
         eprintln!("updateReports failed: {e}");
         std::process::exit(1);
