@@ -27,8 +27,10 @@ use http::header::{
     SEC_WEBSOCKET_VERSION, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
-use switchyard_proto::handshake::{accept_key, generate_key};
-use switchyard_proto::upgrade::{header_tokens, is_hop_by_hop, upgrade_offer, upgrade_required};
+use switchyard_proto::handshake::{accept_key_bytes, generate_key};
+use switchyard_proto::upgrade::{
+    header_tokens, is_hop_by_hop, upgrade_offer, upgrade_required, ProtocolToken,
+};
 
 use crate::config::{Backend, Policy};
 
@@ -123,85 +125,121 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The `Forwarded` node for an address: IPv4 bare, IPv6 quoted and
+/// Appends the `Forwarded` node for an address: IPv4 bare, IPv6 quoted and
 /// bracketed (RFC 7239 §6).
-pub fn forwarded_node(ip: IpAddr) -> String {
+fn push_forwarded_node(out: &mut String, ip: IpAddr) {
     match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => format!("\"[{v6}]\""),
-        },
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            out.push_str("\"[");
+            push_ip(out, ip);
+            out.push_str("]\"");
+        }
+        ip => push_ip(out, ip),
     }
 }
 
-fn client_ip(client: &ClientInfo) -> IpAddr {
-    match client.addr.ip() {
+/// Appends `ip` as text, an IPv4-mapped IPv6 address as IPv4. IPv4 is
+/// written by hand: it is written twice on every proxied request, and
+/// `Display` goes through the formatting machinery (~2k instructions).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
-/// A `Forwarded` parameter value: a token as is, anything else quoted.
-fn forwarded_value(v: &str) -> String {
+/// Appends a `Forwarded` parameter value: a token as is, anything else
+/// quoted (with `"` and `\\` escaped).
+fn push_forwarded_value(out: &mut String, v: &str) {
     if !v.is_empty() && switchyard_proto::extensions::is_token(v) {
-        v.to_string()
-    } else {
-        let escaped: String = v
-            .chars()
-            .flat_map(|c| match c {
-                '"' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        format!("\"{escaped}\"")
+        out.push_str(v);
+        return;
     }
+    out.push('"');
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 /// Add `X-Forwarded-For` (appended), `X-Forwarded-Proto`,
 /// `X-Forwarded-Host` and `Forwarded` (appended element).
+///
+/// On every proxied request, so built without `format!` or intermediate
+/// collections: each value is one `String` that becomes the header's bytes.
 fn add_forwarding_headers(headers: &mut HeaderMap, client: &ClientInfo, host: Option<&str>) {
-    let ip = client_ip(client);
+    let ip = client.addr.ip();
     let proto = if client.tls { "https" } else { "http" };
-    let previous: Vec<String> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    let xff = if previous.is_empty() {
-        ip.to_string()
-    } else {
-        format!("{}, {ip}", previous.join(", "))
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = appended(headers, &X_FORWARDED_FOR, |out| push_ip(out, ip)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
         headers.insert(X_FORWARDED_HOST, h);
     }
-    let mut element = format!("for={}", forwarded_node(ip));
-    if let Some(h) = host {
-        element.push_str(";host=");
-        element.push_str(&forwarded_value(h));
-    }
-    element.push_str(";proto=");
-    element.push_str(proto);
-    let previous: Vec<String> = headers
-        .get_all(FORWARDED)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    let value = if previous.is_empty() {
-        element
-    } else {
-        format!("{}, {element}", previous.join(", "))
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = appended(headers, &FORWARDED, |out| {
+        out.push_str("for=");
+        push_forwarded_node(out, ip);
+        if let Some(h) = host {
+            out.push_str(";host=");
+            push_forwarded_value(out, h);
+        }
+        out.push_str(";proto=");
+        out.push_str(proto);
+    }) {
         headers.insert(FORWARDED, v);
     }
+}
+
+/// One value for the list field `name`: its present lines (valid text
+/// only), then the element `push` writes, comma-separated.
+fn appended(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    push: impl FnOnce(&mut String),
+) -> Option<HeaderValue> {
+    let mut out = String::with_capacity(64);
+    for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        out.push_str(v);
+        out.push_str(", ");
+    }
+    push(&mut out);
+    // The String's buffer becomes the value's bytes (no copy).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+}
+
+/// `name[/version]` in lowercase, as forwarded and matched against the
+/// policy (one allocation, no formatting machinery).
+fn lowercase_token(t: &ProtocolToken) -> String {
+    let mut s = t.name.to_ascii_lowercase();
+    if let Some(v) = &t.version {
+        s.push('/');
+        s.extend(v.chars().map(|c| c.to_ascii_lowercase()));
+    }
+    s
 }
 
 /// The backend's authority as a `Host` value (default port omitted).
@@ -234,7 +272,7 @@ pub fn forward_request(
     let tokens: Vec<String> = if is_get {
         offered
             .iter()
-            .map(|t| t.to_string().to_ascii_lowercase())
+            .map(lowercase_token)
             .filter(|t| t != "h2c" && !t.starts_with("h2c/") && policy.upgrade_allowed(t))
             .collect()
     } else {
@@ -500,13 +538,13 @@ pub fn verify_switch(resp: &Response<()>, sent: &UpstreamRequest) -> Result<Stri
 /// Whether `headers` hold exactly one `Sec-WebSocket-Accept` equal to the
 /// accept value of `key`.
 pub fn verify_accept(headers: &HeaderMap, key: &str) -> Result<(), SwitchError> {
-    let expected = accept_key(key.as_bytes());
+    let expected = accept_key_bytes(key.as_bytes());
     let mut accepts = headers.get_all(SEC_WEBSOCKET_ACCEPT).iter();
     match (accepts.next(), accepts.next()) {
         (None, _) => Err(SwitchError::NoAccept),
-        (Some(v), None) if v.as_bytes() == expected.as_bytes() => Ok(()),
+        (Some(v), None) if v.as_bytes() == expected => Ok(()),
         (Some(v), _) => Err(SwitchError::BadAccept {
-            expected,
+            expected: String::from_utf8_lossy(&expected).into_owned(),
             got: String::from_utf8_lossy(v.as_bytes()).into_owned(),
         }),
     }
@@ -547,6 +585,7 @@ pub fn extended_connect_response(upstream: &Response<()>) -> Response<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_proto::handshake::accept_key;
 
     fn backend() -> Backend {
         Backend {
@@ -597,6 +636,29 @@ mod tests {
         assert_eq!(up.upgrade_tokens, vec!["websocket"]);
         assert_eq!(up.head.uri(), "/chat?room=1");
         assert_eq!(up.head.method(), Method::GET);
+    }
+
+    #[test]
+    fn allowed_tokens_are_forwarded_in_lowercase_with_their_version() {
+        let mut req = ws_request(&[]);
+        req.headers_mut().insert(
+            UPGRADE,
+            HeaderValue::from_static("WebSocket, Chat/V2, h2c, Other"),
+        );
+        let policy = Policy {
+            allowed_upgrades: vec!["websocket".into(), "chat/v2".into()],
+            ..Policy::default()
+        };
+        let up = forward_request(
+            &req,
+            &client(),
+            &policy,
+            &backend(),
+            &ForwardOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(up.upgrade_tokens, vec!["websocket", "chat/v2"]);
+        assert_eq!(up.head.headers()["upgrade"], "websocket, chat/v2");
     }
 
     #[test]
@@ -763,11 +825,17 @@ mod tests {
     fn forwarding_headers_are_set_and_appended() {
         let up = fwd(&ws_request(&[
             ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2, 198.51.100.3"),
             ("forwarded", "for=203.0.113.1"),
         ]))
         .unwrap();
         let h = up.head.headers();
-        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 192.0.2.7");
+        // Every present line, in order, then the client: one field line.
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.1, 198.51.100.2, 198.51.100.3, 192.0.2.7"
+        );
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "chat.example");
         assert_eq!(
@@ -795,11 +863,31 @@ mod tests {
             "for=\"[2001:db8::1]\";host=chat.example;proto=https"
         );
         // IPv4-mapped addresses are written as IPv4.
-        assert_eq!(
-            forwarded_node("::ffff:10.1.2.3".parse().unwrap()),
-            "10.1.2.3"
-        );
-        assert_eq!(forwarded_value("a b"), "\"a b\"");
+        let written = |f: fn(&mut String, IpAddr), ip: &str| {
+            let mut out = String::new();
+            f(&mut out, ip.parse().unwrap());
+            out
+        };
+        assert_eq!(written(push_forwarded_node, "::ffff:10.1.2.3"), "10.1.2.3");
+        assert_eq!(written(push_ip, "::ffff:10.1.2.3"), "10.1.2.3");
+        let mut value = String::new();
+        push_forwarded_value(&mut value, "a \"b\\");
+        assert_eq!(value, r#""a \"b\\""#);
+    }
+
+    #[test]
+    fn ipv4_text_matches_display_for_every_octet() {
+        for octet in 0..=255u8 {
+            for ip in [
+                std::net::Ipv4Addr::new(octet, 0, 9, 10),
+                std::net::Ipv4Addr::new(99, octet, 100, 255),
+                std::net::Ipv4Addr::new(1, 22, octet, octet),
+            ] {
+                let mut out = String::new();
+                push_ip(&mut out, IpAddr::V4(ip));
+                assert_eq!(out, ip.to_string());
+            }
+        }
     }
 
     #[test]
