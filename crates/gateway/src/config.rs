@@ -401,14 +401,29 @@ impl Backend {
         self.url.scheme_str() == Some("wss")
     }
 
+    /// The port to connect to, defaulting to 80 / 443.
+    fn port(&self) -> u16 {
+        self.url
+            .port_u16()
+            .unwrap_or(if self.is_tls() { 443 } else { 80 })
+    }
+
     /// `host:port` to connect to, the port defaulting to 80 / 443.
     pub fn authority(&self) -> String {
         let host = self.url.host().unwrap_or_default();
-        let port = self
-            .url
-            .port_u16()
-            .unwrap_or(if self.is_tls() { 443 } else { 80 });
-        format!("{host}:{port}")
+        format!("{host}:{}", self.port())
+    }
+
+    /// The address to connect to when the host is an IP literal (no name
+    /// to resolve, nothing to format on every connection).
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        let host = self.url.host()?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let ip: std::net::IpAddr = host.parse().ok()?;
+        Some(std::net::SocketAddr::new(ip, self.port()))
     }
 }
 
@@ -2314,6 +2329,16 @@ mod tests {
         assert!(!b.is_tls());
         assert_eq!(b.authority(), "10.0.0.1:9000");
         assert_eq!(parse_backend("ws://h").unwrap().authority(), "h:80");
+        // IP literals are connected to without resolving; names are not.
+        assert_eq!(
+            parse_backend("ws://10.0.0.1:9000").unwrap().socket_addr(),
+            Some("10.0.0.1:9000".parse().unwrap())
+        );
+        assert_eq!(
+            parse_backend("wss://[::1]").unwrap().socket_addr(),
+            Some("[::1]:443".parse().unwrap())
+        );
+        assert_eq!(parse_backend("ws://h:9000").unwrap().socket_addr(), None);
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub fn accept_key(key: &[u8]) -> String {
 }
 
 /// [`accept_key`] without allocating: base64 of a SHA-1 digest is 28 bytes.
-fn accept_key_bytes(key: &[u8]) -> [u8; 28] {
+pub fn accept_key_bytes(key: &[u8]) -> [u8; 28] {
     let mut h = Sha1::new();
     h.update(key);
     h.update(GUID.as_bytes());

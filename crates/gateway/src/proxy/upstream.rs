@@ -286,12 +286,14 @@ pub async fn connect_backend(
 ) -> Result<MaybeTlsStream, ConnectError> {
     let name = backend.url.to_string();
     let fut = async {
-        let tcp = TcpStream::connect(backend.authority())
-            .await
-            .map_err(|source| ConnectError::Tcp {
-                backend: name.clone(),
-                source,
-            })?;
+        let tcp = match backend.socket_addr() {
+            Some(addr) => TcpStream::connect(addr).await,
+            None => TcpStream::connect(backend.authority()).await,
+        }
+        .map_err(|source| ConnectError::Tcp {
+            backend: name.clone(),
+            source,
+        })?;
         let _ = tcp.set_nodelay(true);
         if !backend.is_tls() {
             return Ok(MaybeTlsStream::Plain(tcp));
