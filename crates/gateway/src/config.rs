@@ -414,15 +414,19 @@ impl Backend {
         format!("{host}:{}", self.port())
     }
 
+    /// The host without the brackets of an IPv6 literal (what a TLS
+    /// server name or an address parse takes).
+    pub fn bare_host(&self) -> &str {
+        let host = self.url.host().unwrap_or_default();
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+
     /// The address to connect to when the host is an IP literal (no name
     /// to resolve, nothing to format on every connection).
     pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
-        let host = self.url.host()?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let ip: std::net::IpAddr = host.parse().ok()?;
+        let ip: std::net::IpAddr = self.bare_host().parse().ok()?;
         Some(std::net::SocketAddr::new(ip, self.port()))
     }
 }
@@ -2339,6 +2343,10 @@ mod tests {
             Some("[::1]:443".parse().unwrap())
         );
         assert_eq!(parse_backend("ws://h:9000").unwrap().socket_addr(), None);
+        assert_eq!(
+            parse_backend("wss://[::1]:8443").unwrap().bare_host(),
+            "::1"
+        );
     }
 
     #[test]

@@ -284,34 +284,31 @@ pub async fn connect_backend(
     tls: &Arc<rustls::ClientConfig>,
     timeout: Duration,
 ) -> Result<MaybeTlsStream, ConnectError> {
-    let name = backend.url.to_string();
+    // Only errors name the backend: nothing formatted on a good connect.
+    let name = || backend.url.to_string();
     let fut = async {
         let tcp = match backend.socket_addr() {
             Some(addr) => TcpStream::connect(addr).await,
             None => TcpStream::connect(backend.authority()).await,
         }
         .map_err(|source| ConnectError::Tcp {
-            backend: name.clone(),
+            backend: name(),
             source,
         })?;
         let _ = tcp.set_nodelay(true);
         if !backend.is_tls() {
             return Ok(MaybeTlsStream::Plain(tcp));
         }
-        let host = backend.url.host().unwrap_or_default();
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let host = backend.bare_host().to_string();
         let server_name = ServerName::try_from(host).map_err(|e| ConnectError::Tls {
-            backend: name.clone(),
+            backend: name(),
             why: e.to_string(),
         })?;
         let s = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(server_name, tcp)
             .await
             .map_err(|e| ConnectError::Tls {
-                backend: name.clone(),
+                backend: name(),
                 why: e.to_string(),
             })?;
         Ok(MaybeTlsStream::Tls(Box::new(s)))
@@ -319,7 +316,7 @@ pub async fn connect_backend(
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(ConnectError::Timeout {
-            backend: name,
+            backend: name(),
             timeout,
         }),
     }
