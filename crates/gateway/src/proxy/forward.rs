@@ -616,10 +616,14 @@ mod tests {
     }
 
     fn fwd(req: &Request<()>) -> Result<UpstreamRequest, Refusal> {
+        fwd_with(req, &Policy::default())
+    }
+
+    fn fwd_with(req: &Request<()>, policy: &Policy) -> Result<UpstreamRequest, Refusal> {
         forward_request(
             req,
             &client(),
-            &Policy::default(),
+            policy,
             &backend(),
             &ForwardOptions::default(),
         )
@@ -649,14 +653,7 @@ mod tests {
             allowed_upgrades: vec!["websocket".into(), "chat/v2".into()],
             ..Policy::default()
         };
-        let up = forward_request(
-            &req,
-            &client(),
-            &policy,
-            &backend(),
-            &ForwardOptions::default(),
-        )
-        .unwrap();
+        let up = fwd_with(&req, &policy).unwrap();
         assert_eq!(up.upgrade_tokens, vec!["websocket", "chat/v2"]);
         assert_eq!(up.head.headers()["upgrade"], "websocket, chat/v2");
     }
@@ -732,14 +729,7 @@ mod tests {
             .header("connection", "upgrade")
             .body(())
             .unwrap();
-        let up = forward_request(
-            &req,
-            &client(),
-            &policy,
-            &backend(),
-            &ForwardOptions::default(),
-        )
-        .unwrap();
+        let up = fwd_with(&req, &policy).unwrap();
         assert_eq!(up.upgrade_tokens, vec!["foo"]);
         assert_eq!(up.head.headers()["upgrade"], "foo");
     }
@@ -773,14 +763,7 @@ mod tests {
             .header("host", "h")
             .body(())
             .unwrap();
-        let err = forward_request(
-            &req,
-            &client(),
-            &policy,
-            &backend(),
-            &ForwardOptions::default(),
-        )
-        .unwrap_err();
+        let err = fwd_with(&req, &policy).unwrap_err();
         assert_eq!(err.status, StatusCode::UPGRADE_REQUIRED);
         assert_eq!(err.upgrade.as_deref(), Some("websocket"));
         let bytes = String::from_utf8(err.to_bytes()).unwrap();
