@@ -169,7 +169,7 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 }
 
 /// Appends a `Forwarded` parameter value: a token as is, anything else
-/// quoted (with `"` and `\\` escaped).
+/// quoted (with `"` and `\` escaped).
 fn push_forwarded_value(out: &mut String, v: &str) {
     if !v.is_empty() && switchyard_proto::extensions::is_token(v) {
         out.push_str(v);
