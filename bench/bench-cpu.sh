@@ -14,14 +14,16 @@
 # Usage: bench/bench-cpu.sh [--rounds N] [--duration S] [--warmup S] [--cases "a b c"]
 #                           [--server-cpu N] [--load-cpu N] [--no-build]
 #   cases: a = 100 connections x 16 B, 1 in flight; b = 100 x 16 B, 16 in flight;
-#          c = 10 connections x 64 KiB binary, 1 in flight
+#          c = 10 connections x 64 KiB binary, 1 in flight; s = 100 x 16 B, 64 in flight
+#          (enough work queued that the server's core is saturated: the case that shows
+#          whether the load generator can drive the server to its limit)
 #   SWITCHYARD=path/to/switchyard overrides the binary (default: target/release/switchyard).
 set -euo pipefail
 
 ROUNDS=3
 DURATION=4
 WARMUP=1
-CASES="a b c"
+CASES="a b c s"
 SERVER_CPU=1
 LOAD_CPU=0
 BUILD=1
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
         --server-cpu) SERVER_CPU=$2; shift 2 ;;
         --load-cpu) LOAD_CPU=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-cpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -67,6 +69,7 @@ case_args() {
         a) echo "--connections 100 --in-flight 1 --size 16" ;;
         b) echo "--connections 100 --in-flight 16 --size 16" ;;
         c) echo "--connections 10 --in-flight 1 --size 65536 --binary" ;;
+        s) echo "--connections 100 --in-flight 64 --size 16" ;;
         *) echo "bench-cpu.sh: unknown case $1" >&2; return 1 ;;
     esac
 }
@@ -129,6 +132,7 @@ for case in $CASES; do
 done
 
 echo
+verdicts=""
 echo "case  setup                                   msgs/s  server core  bench core  bench/server  errors"
 for case in $CASES; do
     rate=$(median < "$TMP/$case.rate")
@@ -140,7 +144,14 @@ for case in $CASES; do
         a) setup="100 conns x 16 B, 1 in flight" ;;
         b) setup="100 conns x 16 B, 16 in flight" ;;
         c) setup="10 conns x 64 KiB binary, 1 in flight" ;;
+        s) setup="100 conns x 16 B, 64 in flight" ;;
     esac
     printf "(%s)   %-36s %9.0f  %10.1f%%  %9.1f%%  %12.2f  %6d\n" "$case" "$setup" "$rate" "$su" "$lu" "$ratio" "$errs"
+    verdicts="$verdicts$(awk -v c="$case" -v su="$su" -v r="$ratio" 'BEGIN {
+        if (su >= 95 && r < 1) printf "(%s) the server is saturated (%.1f%% of its core) and the load generator spends %.2f of its CPU: not the bottleneck\n", c, su, r
+        else if (su >= 95) printf "(%s) the server is saturated, but the load generator spends more CPU than it (%.2f)\n", c, r
+        else printf "(%s) the server is not saturated (%.1f%% of its core): the pair is bound by latency or by the load generator\n", c, su }')
+"
 done
+printf "%s" "$verdicts"
 echo "(medians of $ROUNDS rounds; load after the run: $(cut -d' ' -f1-3 /proc/loadavg))"
