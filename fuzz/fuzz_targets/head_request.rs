@@ -1,5 +1,6 @@
-//! The HTTP/1.1 head parsers fed the same bytes in one piece and split at
-//! fuzzer-chosen positions: the outcome must not depend on the split.
+//! The HTTP/1.1 head parsers, and the chunked body decoder, fed the same bytes
+//! in one piece and split at fuzzer-chosen positions: the outcome must not
+//! depend on the split.
 //!
 //! Input: `[n, cut_1..cut_n, head...]` with `n = input[0] % 8` cut bytes;
 //! bit 3 of `input[0]` selects tiny caps (200 bytes, 8 fields) so the 431
@@ -7,10 +8,47 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use switchyard_proto::chunked::{ChunkedDecoder, ChunkedError};
 use switchyard_proto::head::{
     write_request_head, write_response_head, HeadError, RequestParser, ResponseParser,
 };
 use switchyard_proto::Limits;
+
+/// A chunked body fed in `pieces`: the data, the bytes consumed and whether it
+/// ended, or the error. The decoder never consumes past the end of the body,
+/// never more than it is given, and its data lies inside what it consumed.
+fn chunked(
+    pieces: &[&[u8]],
+    max_body: u64,
+    max_trailer: usize,
+) -> Result<(Vec<u8>, usize, bool), ChunkedError> {
+    let mut d = ChunkedDecoder::new(max_body, max_trailer);
+    let (mut data, mut consumed) = (Vec::new(), 0);
+    for piece in pieces {
+        let p = d.feed(piece)?;
+        assert!(p.consumed <= piece.len());
+        for r in &p.data {
+            assert!(
+                r.start <= r.end && r.end <= p.consumed,
+                "data {r:?} outside {}",
+                p.consumed
+            );
+            data.extend_from_slice(&piece[r.clone()]);
+        }
+        consumed += p.consumed;
+        assert!(d.data_len() <= max_body, "over the body limit");
+        if p.done {
+            assert!(d.is_done());
+            return Ok((data, consumed, true));
+        }
+        assert_eq!(
+            p.consumed,
+            piece.len(),
+            "stopped before the end of the body"
+        );
+    }
+    Ok((data, consumed, false))
+}
 
 /// What a parser made of the input: still incomplete, an error, or a head and
 /// the number of input bytes it took (counted from the start of the input).
@@ -179,6 +217,18 @@ fuzz_target!(|data: &[u8]| {
             "bytes_seen {} > {}",
             p.bytes_seen(),
             input.len()
+        );
+    }
+
+    // The same bytes as a chunked body.
+    let (max_body, max_trailer) = if tiny { (64, 32) } else { (1 << 16, 4096) };
+    let whole = chunked(&[input], max_body, max_trailer);
+    let split = chunked(&pieces, max_body, max_trailer);
+    assert_eq!(whole, split, "chunked: split changed the outcome");
+    if let Ok((_, used, true)) = &whole {
+        assert!(
+            input[..*used].ends_with(b"\r\n"),
+            "body does not end with CRLF"
         );
     }
 

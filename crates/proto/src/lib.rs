@@ -5,6 +5,7 @@
 //! machine serves HTTP/1.1, HTTP/2 and HTTP/3 streams in both roles.
 //!
 //! * [`head`]: incremental HTTP/1.1 request/response head parser with hard caps.
+//! * [`chunked`]: the chunked transfer coding of a body, decoded in constant memory.
 //! * [`upgrade`]: `Connection` / `Upgrade` token handling, 101 and 426 builders.
 //! * [`handshake`]: the WebSocket opening handshake, server and client.
 //! * [`extensions`]: linear parser for `Sec-WebSocket-Extensions`.
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod chunked;
 pub mod close;
 pub mod connection;
 pub mod deflate;
