@@ -2,8 +2,8 @@
 //! the generic Upgrade dispatch of [`crate::registry`].
 //!
 //! Per request: read the head (caps: 431, deadline: 408, malformed: 400),
-//! read and discard a `Content-Length` body (over the limit: 413; a
-//! `Transfer-Encoding` body: 411), choose an Upgrade protocol (the first of
+//! read and discard the body, `Content-Length` or chunked (over the limit:
+//! 413; malformed chunked framing: 400), choose an Upgrade protocol (the first of
 //! the client's tokens that the route or the connection supports), else
 //! answer the route. Bytes read past a head stay buffered for the next
 //! request or for the new protocol. `Connection: close`, HTTP/1.0 without
@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, StatusCode, Version};
+use switchyard::proto::chunked::{ChunkedDecoder, ChunkedError};
 use switchyard::proto::head;
 use switchyard::proto::upgrade::connection_has;
 use switchyard::server::read_request_head;
@@ -255,8 +256,8 @@ async fn serve_loop(
         let keep_alive = wants_keep_alive(&req);
         if !body_read {
             match body_length(&req, shared.http1.max_request_body) {
-                Ok(0) => {}
-                Ok(n) => {
+                Ok(BodyLen::Length(0)) => {}
+                Ok(body) => {
                     // RFC 9110 §10.1.1: the client waits for this before sending the body.
                     if expects_continue(&req) && conn.prefix().is_empty() {
                         if conn
@@ -268,8 +269,21 @@ async fn serve_loop(
                         }
                         let _ = conn.flush().await;
                     }
-                    if let Err(e) = discard_body(&mut conn, n, limits.handshake_timeout).await {
-                        return info!("request body not received: {e}");
+                    let caps = BodyCaps {
+                        max_body: shared.http1.max_request_body as u64,
+                        max_trailer: limits.max_head_bytes,
+                        deadline: limits.handshake_timeout,
+                    };
+                    match discard_body(&mut conn, body, caps).await {
+                        Ok(()) => {}
+                        Err(BodyError::Io(e)) => {
+                            return info!("request body not received: {e}");
+                        }
+                        Err(BodyError::Refused(status, why)) => {
+                            info!(%status, "request body refused: {why}");
+                            let msg = format!("{why}\n");
+                            return respond_close(&mut conn, status, &HeaderMap::new(), &msg).await;
+                        }
                     }
                 }
                 Err((status, msg)) => {
@@ -397,14 +411,20 @@ fn expects_continue(req: &Request<()>) -> bool {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-/// The body length to discard, or the status refusing it.
-fn body_length(req: &Request<()>, max: usize) -> Result<u64, (StatusCode, &'static str)> {
+/// How the request's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyLen {
+    /// `Content-Length` bytes (0: no body).
+    Length(u64),
+    /// The chunked coding (the head parser already refused every other
+    /// `Transfer-Encoding` framing, and `Content-Length` with it: RFC 9112 §6.1).
+    Chunked,
+}
+
+/// The body to discard, or the status refusing it.
+fn body_length(req: &Request<()>, max: usize) -> Result<BodyLen, (StatusCode, &'static str)> {
     if req.headers().contains_key(TRANSFER_ENCODING) {
-        return Err((
-            StatusCode::LENGTH_REQUIRED,
-            "this server reads request bodies with a Content-Length only; \
-             send the body with Content-Length instead of Transfer-Encoding\n",
-        ));
+        return Ok(BodyLen::Chunked);
     }
     let mut len: Option<u64> = None;
     for v in req.headers().get_all(CONTENT_LENGTH) {
@@ -433,39 +453,104 @@ fn body_length(req: &Request<()>, max: usize) -> Result<u64, (StatusCode, &'stat
     }
     let n = len.unwrap_or(0);
     if n > max as u64 {
-        return Err((
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the request body is larger than this server accepts\n",
-        ));
+        return Err(too_large());
     }
-    Ok(n)
+    Ok(BodyLen::Length(n))
 }
 
-/// Read and drop `n` body bytes (buffered ones first), within `limit`.
-async fn discard_body(conn: &mut Conn, mut n: u64, limit: Duration) -> std::io::Result<()> {
-    let buffered = conn
-        .prefix()
-        .len()
-        .min(usize::try_from(n).unwrap_or(usize::MAX));
-    conn.prefix_mut().advance(buffered);
-    n -= buffered as u64;
+fn too_large() -> (StatusCode, &'static str) {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the request body is larger than this server accepts\n",
+    )
+}
+
+/// Why a request body could not be discarded.
+enum BodyError {
+    /// The connection failed, ended or timed out: nothing to answer.
+    Io(std::io::Error),
+    /// Malformed chunked framing (400) or over the limit (413).
+    Refused(StatusCode, String),
+}
+
+/// The bounds of [`discard_body`].
+struct BodyCaps {
+    /// Data bytes of a chunked body.
+    max_body: u64,
+    /// Bytes of a chunked body's trailer fields (the head's cap).
+    max_trailer: usize,
+    /// For the whole body.
+    deadline: Duration,
+}
+
+/// Read and drop the body (buffered bytes first) within `caps.deadline`:
+/// exactly `n` bytes, or a chunked body up to its end. Bytes after the body
+/// stay buffered for the next request.
+async fn discard_body(conn: &mut Conn, body: BodyLen, caps: BodyCaps) -> Result<(), BodyError> {
     let read = async {
         // On the heap, only when a body comes: an array would be part of
         // every connection's future (idle memory per connection).
-        let mut scratch = vec![0u8; 8192];
-        while n > 0 {
-            let want = scratch.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-            let got = conn.get_mut().read(&mut scratch[..want]).await?;
-            if got == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+        let mut scratch = Vec::new();
+        match body {
+            BodyLen::Length(mut n) => {
+                let buffered = conn
+                    .prefix()
+                    .len()
+                    .min(usize::try_from(n).unwrap_or(usize::MAX));
+                conn.prefix_mut().advance(buffered);
+                n -= buffered as u64;
+                while n > 0 {
+                    scratch.resize(8192, 0);
+                    let want = scratch.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                    let got = conn.get_mut().read(&mut scratch[..want]).await?;
+                    if got == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    n -= got as u64;
+                }
+                Ok(Ok(()))
             }
-            n -= got as u64;
+            BodyLen::Chunked => {
+                let mut dec = ChunkedDecoder::new(caps.max_body, caps.max_trailer);
+                let done = match dec.feed(conn.prefix()) {
+                    Ok(p) => {
+                        conn.prefix_mut().advance(p.consumed);
+                        p.done
+                    }
+                    Err(e) => return Ok(Err(e)),
+                };
+                if !done {
+                    scratch.resize(8192, 0);
+                }
+                while !dec.is_done() {
+                    let got = conn.get_mut().read(&mut scratch).await?;
+                    if got == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    match dec.feed(&scratch[..got]) {
+                        // What follows the body is the next request's.
+                        Ok(p) => conn
+                            .prefix_mut()
+                            .extend_from_slice(&scratch[p.consumed..got]),
+                        Err(e) => return Ok(Err(e)),
+                    }
+                }
+                Ok(Ok(()))
+            }
         }
-        Ok(())
     };
-    match tokio::time::timeout(limit, read).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    match tokio::time::timeout(caps.deadline, read).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(ChunkedError::TooLarge { .. }))) => {
+            let (status, msg) = too_large();
+            Err(BodyError::Refused(status, msg.trim_end().to_owned()))
+        }
+        Ok(Ok(Err(e))) => Err(BodyError::Refused(
+            StatusCode::BAD_REQUEST,
+            format!("malformed chunked request body: {e}"),
+        )),
+        Ok(Err(e)) => Err(BodyError::Io(e)),
+        Err(_) => Err(BodyError::Io(std::io::ErrorKind::TimedOut.into())),
     }
 }
 
@@ -663,19 +748,22 @@ mod tests {
     #[test]
     fn body_length_rules() {
         let max = 1 << 20;
-        assert_eq!(body_length(&req_with(&[], Version::HTTP_11), max), Ok(0));
+        assert_eq!(
+            body_length(&req_with(&[], Version::HTTP_11), max),
+            Ok(BodyLen::Length(0))
+        );
         assert_eq!(
             body_length(
                 &req_with(&[("content-length", "12")], Version::HTTP_11),
                 max
             ),
-            Ok(12)
+            Ok(BodyLen::Length(12))
         );
         let same = req_with(
             &[("content-length", "3"), ("content-length", "3")],
             Version::HTTP_11,
         );
-        assert_eq!(body_length(&same, max), Ok(3));
+        assert_eq!(body_length(&same, max), Ok(BodyLen::Length(3)));
         let status = |h: &[(&str, &str)]| {
             body_length(&req_with(h, Version::HTTP_11), max)
                 .unwrap_err()
@@ -699,15 +787,18 @@ mod tests {
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(
-            status(&[("transfer-encoding", "chunked")]),
-            StatusCode::LENGTH_REQUIRED
+            body_length(
+                &req_with(&[("transfer-encoding", "chunked")], Version::HTTP_11),
+                max
+            ),
+            Ok(BodyLen::Chunked)
         );
         assert_eq!(
             body_length(
                 &req_with(&[("content-length", "1048576")], Version::HTTP_11),
                 max
             ),
-            Ok(1 << 20)
+            Ok(BodyLen::Length(1 << 20))
         );
     }
 
