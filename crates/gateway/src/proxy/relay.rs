@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderValue, Response, StatusCode};
+use switchyard_proto::chunked::{ChunkedDecoder, ChunkedError};
 use switchyard_proto::head::{self, HeadError, ResponseParser};
 use switchyard_proto::upgrade::header_tokens;
 use switchyard_proto::Limits;
@@ -241,13 +242,19 @@ async fn read_body<U: AsyncRead + Unpin>(
             .last()
             .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
         if chunked {
-            // Slack for chunk framing around `max` bytes of data.
-            let raw_max = max.saturating_mul(2).saturating_add(1024);
+            // Incremental: each byte read is decoded once, whatever the reads.
+            let mut dec = ChunkedDecoder::new(max as u64, MAX_TRAILER);
+            let mut body = BytesMut::new();
             loop {
-                if let Some(body) = decode_chunked(&buf, max)? {
-                    return Ok(body);
+                let p = dec.feed(&buf).map_err(chunked_error)?;
+                for r in p.data {
+                    body.extend_from_slice(&buf[r]);
                 }
-                if read_more(upstream, &mut buf, raw_max).await? == 0 {
+                if p.done {
+                    return Ok(body.freeze());
+                }
+                buf.clear();
+                if upstream.read_buf(&mut buf).await? == 0 {
                     return Err(ExchangeError::Body(
                         "the connection closed inside a chunked body",
                     ));
@@ -293,60 +300,21 @@ async fn read_to_close<U: AsyncRead + Unpin>(
     }
 }
 
-/// Decode a complete chunked body from `raw`: `Ok(None)` when more bytes
-/// are needed, the data when the last chunk and the trailers are in.
-pub fn decode_chunked(raw: &[u8], max: usize) -> Result<Option<Bytes>, ExchangeError> {
-    let mut out = BytesMut::new();
-    let mut at = 0usize;
-    let line_end = |from: usize| -> Option<usize> {
-        raw.get(from..)?
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map(|p| from + p)
-    };
-    loop {
-        let Some(end) = line_end(at) else {
-            return if raw.len().saturating_sub(at) > 1024 {
-                Err(ExchangeError::Body("chunk size line too long"))
-            } else {
-                Ok(None)
-            };
-        };
-        let line = raw.get(at..end).unwrap_or_default();
-        let size_part = line.split(|&b| b == b';').next().unwrap_or_default();
-        let size_text = std::str::from_utf8(size_part)
-            .map_err(|_| ExchangeError::Body("chunk size is not hexadecimal"))?
-            .trim_matches([' ', '\t']);
-        if size_text.is_empty() || size_text.len() > 16 {
-            return Err(ExchangeError::Body("chunk size is not hexadecimal"));
-        }
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| ExchangeError::Body("chunk size is not hexadecimal"))?;
-        at = end + 2;
-        if size == 0 {
-            // Trailers until an empty line.
-            loop {
-                let Some(end) = line_end(at) else {
-                    return Ok(None);
-                };
-                if end == at {
-                    return Ok(Some(out.freeze()));
-                }
-                at = end + 2;
-            }
-        }
-        if out.len().saturating_add(size) > max {
-            return Err(ExchangeError::BodyTooLarge { limit: max });
-        }
-        let data_end = at.saturating_add(size);
-        let Some(data) = raw.get(at..data_end) else {
-            return Ok(None);
-        };
-        out.extend_from_slice(data);
-        match raw.get(data_end..data_end + 2) {
-            None => return Ok(None),
-            Some(b"\r\n") => at = data_end + 2,
-            Some(_) => return Err(ExchangeError::Body("chunk data not followed by CRLF")),
+/// Bytes of trailer fields accepted after a chunked response body.
+const MAX_TRAILER: usize = 16 * 1024;
+
+fn chunked_error(e: ChunkedError) -> ExchangeError {
+    match e {
+        ChunkedError::TooLarge { limit } => ExchangeError::BodyTooLarge {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        },
+        ChunkedError::Size => ExchangeError::Body("chunk size is not hexadecimal"),
+        ChunkedError::LineEnding => ExchangeError::Body("a chunked body line does not end in CRLF"),
+        ChunkedError::DataEnd => ExchangeError::Body("chunk data not followed by CRLF"),
+        ChunkedError::Invalid(why) => ExchangeError::Body(why),
+        ChunkedError::LineTooLong => ExchangeError::Body("chunk size line too long"),
+        ChunkedError::TrailerTooLarge { .. } => {
+            ExchangeError::Body("chunked trailer fields too large")
         }
     }
 }
@@ -421,39 +389,78 @@ pub async fn write_relayed_response<C: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn chunked_decoding() {
-        let raw = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-T: 1\r\n\r\n";
-        assert_eq!(
-            decode_chunked(raw, 100).unwrap().unwrap(),
-            Bytes::from_static(b"Wikipedia")
-        );
+    /// A chunked response body whose bytes arrive in `pieces` (the first one
+    /// already read with the head), decoded with a limit of `max`.
+    async fn chunked_body(pieces: &[&'static [u8]], max: usize) -> Result<Bytes, ExchangeError> {
+        let mut resp = Response::new(());
+        resp.headers_mut()
+            .insert(TRANSFER_ENCODING, HeaderValue::from_static("gzip, chunked"));
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let rest: Vec<&'static [u8]> = pieces[1..].to_vec();
+        let writer = tokio::spawn(async move {
+            for p in rest {
+                if theirs.write_all(p).await.is_err() {
+                    return;
+                }
+                theirs.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        let first = BytesMut::from(pieces[0]);
+        let r = read_body(&mut ours, &resp, first, false, max).await;
+        drop(ours);
+        writer.await.unwrap();
+        r
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_decoded_across_reads() {
+        let raw: &[u8] = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-T: 1\r\n\r\n";
+        assert_eq!(chunked_body(&[raw], 100).await.unwrap(), "Wikipedia");
+        // Split anywhere, one piece in the head's read and the rest later.
         for cut in 0..raw.len() {
-            assert!(
-                decode_chunked(&raw[..cut], 100).unwrap().is_none(),
-                "cut at {cut}"
+            let (a, b) = raw.split_at(cut);
+            let (a, b): (&'static [u8], &'static [u8]) = (a, b);
+            assert_eq!(
+                chunked_body(&[a, b], 100).await.unwrap(),
+                "Wikipedia",
+                "cut {cut}"
             );
         }
+        let bytes: Vec<&'static [u8]> = raw.chunks(1).collect();
+        assert_eq!(chunked_body(&bytes, 100).await.unwrap(), "Wikipedia");
+        // Bytes after the body are not part of it.
+        let r = chunked_body(&[b"2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n"], 100).await;
+        assert_eq!(r.unwrap(), "ok");
+    }
+
+    #[tokio::test]
+    async fn bad_chunked_bodies_are_errors() {
+        let raw: &'static [u8] = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n";
         assert!(matches!(
-            decode_chunked(raw, 5),
+            chunked_body(&[raw], 5).await,
             Err(ExchangeError::BodyTooLarge { limit: 5 })
         ));
-        assert!(matches!(
-            decode_chunked(b"zz\r\n", 100),
-            Err(ExchangeError::Body(_))
-        ));
-        assert!(matches!(
-            decode_chunked(b"2\r\nabXY", 100),
-            Err(ExchangeError::Body(_))
-        ));
-        assert!(matches!(
-            decode_chunked(b"ffffffffffffffffff\r\n", 100),
-            Err(ExchangeError::Body(_))
-        ));
-        assert!(matches!(
-            decode_chunked(&[b'1'; 2000], 100),
-            Err(ExchangeError::Body(_))
-        ));
+        for (bad, why) in [
+            (&b"zz\r\n"[..], "chunk size is not hexadecimal"),
+            (b"+5\r\nhello\r\n0\r\n\r\n", "chunk size is not hexadecimal"),
+            (b"2\r\nabXY", "chunk data not followed by CRLF"),
+            (b"ffffffffffffffffff\r\n", "chunk size is not hexadecimal"),
+            (b"2\nab\r\n", "a chunked body line does not end in CRLF"),
+            (
+                [&b"1;"[..], &[b'e'; 5000]].concat().leak(),
+                "chunk size line too long",
+            ),
+            (
+                b"2\r\nab\r\n",
+                "the connection closed inside a chunked body",
+            ),
+        ] {
+            match chunked_body(&[bad], 100).await {
+                Err(ExchangeError::Body(w)) => assert_eq!(w, why),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bad)),
+            }
+        }
     }
 
     async fn answer(
