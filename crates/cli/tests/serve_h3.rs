@@ -216,10 +216,13 @@ async fn no_alt_svc_without_http3() {
 async fn sigterm_closes_http3_websockets_with_1001() {
     let (cert, key) = cert_files("term");
     let (mut srv, _tcp, udp) = serve_h3(&cert, &key);
-    let (mut ws, _) =
-        switchyard::h3::connect_h3(&format!("wss://127.0.0.1:{udp}/echo"), &h3_client(&cert))
-            .await
-            .unwrap();
+    let conn = switchyard::h3::H3Connection::connect(
+        &format!("wss://127.0.0.1:{udp}/echo"),
+        &h3_client(&cert),
+    )
+    .await
+    .unwrap();
+    let (mut ws, _) = conn.websocket("/echo").await.unwrap();
     ws.send(Message::text("hi")).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await
@@ -242,6 +245,14 @@ async fn sigterm_closes_http3_websockets_with_1001() {
         Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::GOING_AWAY),
         other => panic!("expected close 1001, got {other:?}"),
     }
+    // The drain also told the connection: GOAWAY after the one request
+    // stream (ID 0) it served, so no new WebSocket is opened on it. (Another
+    // QUIC stream than the close frame's: it may arrive a little later.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while conn.going_away().is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(conn.going_away(), Some(4));
     while let Some(Ok(_)) = ws.next().await {}
     let start = std::time::Instant::now();
     loop {

@@ -16,9 +16,11 @@
 //! The TCP responses of those listeners carry `Alt-Svc: h3=":PORT"; ma=86400`
 //! (see [`alt_svc_for`]).
 //!
-//! Shutdown: every HTTP/3 WebSocket is closed with 1001 by the echo app (the
-//! same watch as the others); only when they are all closed (or the grace
-//! period is over) is the QUIC endpoint closed with H3_NO_ERROR.
+//! Shutdown: the stop signal starts the drain (new QUIC connections refused,
+//! a GOAWAY on every connection so that clients open no new request there);
+//! every HTTP/3 WebSocket is closed with 1001 by the echo app (the same
+//! watch as the others); only when they are all closed (or the grace period
+//! is over) is the QUIC endpoint closed with H3_NO_ERROR.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -123,8 +125,11 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, ctx: C
     let (count_tx, mut count_rx) = watch::channel(0usize);
     let count_tx = Arc::new(count_tx);
     let route_shared = shared.clone();
-    let mut server =
-        H3Server::new((*shared.accept).clone()).route(move |req| check_route(&route_shared, req));
+    // Draining starts with the stop signal: GOAWAY on every connection, no
+    // new ones; what is open is closed with 1001 below.
+    let mut server = H3Server::new((*shared.accept).clone())
+        .route(move |req| check_route(&route_shared, req))
+        .drain_on(ctx.stop.clone());
     if let Some(gw) = shared.gateway.clone() {
         // serve --config: an extended CONNECT on a proxied route goes
         // upstream (a real HTTP/1.1 upgrade, 200 back, then the tunnel).

@@ -95,6 +95,11 @@ pub enum H3Error {
     NoExtendedConnect,
     #[error("the server did not send its HTTP/3 SETTINGS in time")]
     NoSettings,
+    #[error(
+        "the server sent GOAWAY (stream {0}): it is shutting down and takes no new request on \
+         this connection; open a new connection"
+    )]
+    GoingAway(u64),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -143,6 +148,8 @@ pub struct H3Connection {
     conn: quinn::Connection,
     guts: Arc<ClientGuts>,
     settings: watch::Receiver<Option<PeerSettings>>,
+    /// The stream ID of the server's last GOAWAY.
+    goaway: watch::Receiver<Option<u64>>,
     builder: ClientBuilder,
     authority: String,
     scheme_https: bool,
@@ -273,9 +280,19 @@ impl H3Connection {
             *slot = Some(control);
         }
         let (tx, mut settings) = watch::channel(None);
-        tokio::spawn(server::run_uni_streams(conn.clone(), true, move |s| {
-            let _ = tx.send(Some(s));
-        }));
+        let (goaway_tx, goaway) = watch::channel(None);
+        tokio::spawn(server::run_uni_streams(
+            conn.clone(),
+            true,
+            move |e| match e {
+                server::ControlEvent::Settings(s) => {
+                    let _ = tx.send(Some(s));
+                }
+                server::ControlEvent::GoAway(id) => {
+                    let _ = goaway_tx.send(Some(id));
+                }
+            },
+        ));
         if settings.wait_for(Option::is_some).await.is_err() {
             // The reader ended first: the connection failed.
             let reason = conn.close_reason();
@@ -288,10 +305,18 @@ impl H3Connection {
             conn,
             guts,
             settings,
+            goaway,
             builder: builder.clone(),
             authority: target.authority.clone(),
             scheme_https: true,
         })
+    }
+
+    /// The stream ID of the server's GOAWAY (RFC 9114 §5.2), once it sent
+    /// one: the server is shutting down, and no new WebSocket can be opened
+    /// on this connection (open a new connection to get another).
+    pub fn going_away(&self) -> Option<u64> {
+        *self.goaway.borrow()
     }
 
     /// The server's SETTINGS, once received.
@@ -390,6 +415,9 @@ impl H3Connection {
         };
         if !settings.enable_connect_protocol {
             return Err(H3Error::NoExtendedConnect.into());
+        }
+        if let Some(id) = self.going_away() {
+            return Err(H3Error::GoingAway(id).into());
         }
         let authority = authority.unwrap_or(&self.authority);
         let path = if path.is_empty() { "/" } else { path };

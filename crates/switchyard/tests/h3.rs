@@ -493,3 +493,87 @@ async fn route_hook_refuses_before_the_200() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     let _ = std::fs::remove_file(&ca);
 }
+
+#[tokio::test]
+async fn drain_sends_goaway_rejects_new_requests_and_keeps_open_ones() {
+    let (tls, pem) = tls_config();
+    let endpoint = h3::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
+    let port = endpoint.local_addr().unwrap().port();
+    let ca = std::env::temp_dir().join(format!("switchyard-h3-drain-{port}.pem"));
+    std::fs::write(&ca, pem).unwrap();
+    let (drain, drain_rx) = tokio::sync::watch::channel(false);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(
+        h3::H3Server::new(AcceptConfig::default())
+            .drain_on(drain_rx)
+            .serve(
+                endpoint,
+                |_req, mut ws| {
+                    tokio::spawn(async move {
+                        while let Some(Ok(m)) = ws.next().await {
+                            if m.is_data() && ws.send(m).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                },
+                async move {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let builder = ClientBuilder::new()
+        .roots(RootSource::None)
+        .add_ca_file(&ca)
+        .limits(Limits {
+            handshake_timeout: Duration::from_millis(800),
+            ..Limits::default()
+        });
+    let url = format!("wss://127.0.0.1:{port}/");
+    let conn = H3Connection::connect(&url, &builder).await.unwrap();
+    let (mut first, _) = conn.websocket("/a").await.unwrap();
+    let (mut second, _) = conn.websocket("/b").await.unwrap();
+    assert_eq!(conn.going_away(), None);
+
+    drain.send(true).unwrap();
+    // The GOAWAY names the first request stream not accepted: streams 0 and 4
+    // were, so 8.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while conn.going_away().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no GOAWAY");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(conn.going_away(), Some(8));
+    // Our client opens nothing new on that connection, and says why.
+    let e = conn.websocket("/c").await.unwrap_err().to_string();
+    assert!(e.contains("GOAWAY"), "{e}");
+    // A request sent anyway (a client that ignores GOAWAY) is reset with
+    // H3_REQUEST_REJECTED: not processed, safe to retry elsewhere.
+    let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
+    send.write_all(b"\x01\x00").await.unwrap();
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(Duration::from_secs(5), recv.read(&mut buf))
+        .await
+        .unwrap()
+    {
+        Err(quinn::ReadError::Reset(code)) => assert_eq!(code, quinn::VarInt::from_u32(0x10b)),
+        other => panic!("expected H3_REQUEST_REJECTED, got {other:?}"),
+    }
+    // What was open before the drain goes on.
+    for ws in [&mut first, &mut second] {
+        ws.send(Message::text("still here")).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text("still here")
+        );
+    }
+    // No new QUIC connection is accepted while draining.
+    assert!(H3Connection::connect(&url, &builder).await.is_err());
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("serve did not return after shutdown")
+        .unwrap();
+    let _ = std::fs::remove_file(&ca);
+}

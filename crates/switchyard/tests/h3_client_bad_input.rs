@@ -251,3 +251,68 @@ async fn dropping_the_connection_and_its_websockets_closes_quic() {
         other => panic!("expected H3_NO_ERROR, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn bad_goaway_closes_with_id_or_frame_error() {
+    // After SETTINGS (ENABLE_CONNECT_PROTOCOL = 1): the GOAWAY frames sent,
+    // and the error code the client must close with (RFC 9114 §5.2, §7.2.6).
+    let cases: [(&'static [u8], u32); 3] = [
+        // Stream ID 2 is not a client-initiated bidirectional stream.
+        (&[0x07, 0x01, 0x02], 0x108),
+        // 8, then 12: a GOAWAY may not raise the ID.
+        (&[0x07, 0x01, 0x08, 0x07, 0x01, 0x0c], 0x108),
+        // Two varints where one belongs.
+        (&[0x07, 0x02, 0x00, 0x00], 0x106),
+    ];
+    for (frames, code) in cases {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<quinn::ConnectionError>();
+        let (port, ca) = raw_server(move |conn| {
+            let tx = tx.clone();
+            async move {
+                let mut control = send_settings(&conn, &[0x08, 0x01]).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                control.write_all(frames).await.unwrap();
+                let _ = tx.send(conn.closed().await);
+            }
+        })
+        .await;
+        let url = format!("wss://127.0.0.1:{port}/");
+        let _conn = H3Connection::connect(&url, &builder(&ca)).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(quinn::ConnectionError::ApplicationClosed(c))) => {
+                assert_eq!(c.error_code, quinn::VarInt::from_u32(code), "{frames:?}")
+            }
+            other => panic!("{frames:?}: expected error {code:#x} from the client, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn after_goaway_the_client_opens_no_request() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let (port, ca) = raw_server(move |conn| {
+        let tx = tx.clone();
+        async move {
+            let mut control = send_settings(&conn, &[0x08, 0x01]).await;
+            control.write_all(&[0x07, 0x01, 0x00]).await.unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(2), conn.accept_bi()).await;
+            let _ = tx.send(matches!(got, Ok(Ok(_))));
+        }
+    })
+    .await;
+    let url = format!("wss://127.0.0.1:{port}/");
+    let conn = H3Connection::connect(&url, &builder(&ca)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while conn.going_away().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "GOAWAY not seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(conn.going_away(), Some(0));
+    let err = conn.websocket("/").await.unwrap_err();
+    assert!(err.to_string().contains("GOAWAY"), "{err}");
+    assert_eq!(
+        rx.recv().await,
+        Some(false),
+        "the client sent a request anyway"
+    );
+}

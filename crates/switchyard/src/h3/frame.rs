@@ -33,8 +33,10 @@ pub(crate) const H3_CLOSED_CRITICAL_STREAM: u32 = 0x104;
 pub(crate) const H3_FRAME_UNEXPECTED: u32 = 0x105;
 pub(crate) const H3_FRAME_ERROR: u32 = 0x106;
 pub(crate) const H3_EXCESSIVE_LOAD: u32 = 0x107;
+pub(crate) const H3_ID_ERROR: u32 = 0x108;
 pub(crate) const H3_SETTINGS_ERROR: u32 = 0x109;
 pub(crate) const H3_MISSING_SETTINGS: u32 = 0x10a;
+pub(crate) const H3_REQUEST_REJECTED: u32 = 0x10b;
 pub(crate) const H3_REQUEST_INCOMPLETE: u32 = 0x10d;
 pub(crate) const H3_MESSAGE_ERROR: u32 = 0x10e;
 pub(crate) const QPACK_DECOMPRESSION_FAILED: u32 = 0x200;
@@ -129,6 +131,24 @@ pub(crate) fn parse_settings(payload: &[u8]) -> Result<PeerSettings, &'static st
 
 /// Our SETTINGS payload: no dynamic table, the header size limit, and
 /// extended CONNECT enabled.
+/// The stream ID a GOAWAY frame carries (RFC 9114 §7.2.6): exactly one
+/// varint.
+pub(crate) fn parse_goaway(payload: &[u8]) -> Option<u64> {
+    match decode_varint(payload) {
+        Some((id, n)) if n == payload.len() => Some(id),
+        _ => None,
+    }
+}
+
+/// A GOAWAY frame carrying `id`.
+pub(crate) fn goaway(id: u64) -> Vec<u8> {
+    let mut payload = Vec::new();
+    encode_varint(&mut payload, id);
+    let mut out = Vec::new();
+    encode_frame(&mut out, GOAWAY, &payload);
+    out
+}
+
 pub(crate) fn our_settings(max_field_section_size: usize, enable_connect: bool) -> Vec<u8> {
     let mut p = Vec::new();
     for (id, v) in [

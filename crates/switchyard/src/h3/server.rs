@@ -18,6 +18,8 @@ use super::frame::{self, FrameReader, H3ProtocolError, ReadFrame};
 use super::head::{parse_request, RequestHead};
 use super::stream::H3Stream;
 use super::{encode_headers, H3Error};
+use tokio::sync::watch;
+
 use crate::server::AcceptConfig;
 use crate::websocket::WebSocket;
 
@@ -154,6 +156,7 @@ pub struct H3Server {
     max_connections: usize,
     route: Option<Route>,
     tunnel: Option<Tunnel>,
+    drain: Option<watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for H3Server {
@@ -163,6 +166,7 @@ impl std::fmt::Debug for H3Server {
             .field("max_connections", &self.max_connections)
             .field("route", &self.route.is_some())
             .field("tunnel", &self.tunnel.is_some())
+            .field("drain", &self.drain.is_some())
             .finish()
     }
 }
@@ -172,6 +176,7 @@ struct Ctx {
     route: Option<Route>,
     tunnel: Option<Tunnel>,
     cb: OnWebSocket,
+    drain: Option<watch::Receiver<bool>>,
 }
 
 impl H3Server {
@@ -182,7 +187,19 @@ impl H3Server {
             max_connections: MAX_CONNECTIONS,
             route: None,
             tunnel: None,
+            drain: None,
         }
+    }
+
+    /// Start draining when `drain` turns true (before `shutdown` resolves):
+    /// new QUIC connections are refused, and every connection gets a GOAWAY
+    /// (RFC 9114 §5.2) naming the first request stream it will not serve;
+    /// requests on later streams are reset with H3_REQUEST_REJECTED, so the
+    /// client knows they were not processed and may retry elsewhere. What is
+    /// already open goes on until `shutdown`.
+    pub fn drain_on(mut self, drain: watch::Receiver<bool>) -> Self {
+        self.drain = Some(drain);
+        self
     }
 
     /// Cap on simultaneous QUIC connections; more are refused.
@@ -241,16 +258,34 @@ impl H3Server {
     {
         let max_connections = self.max_connections;
         let close_timeout = self.cfg.limits.close_timeout;
+        let mut drain = self.drain.clone();
         let ctx = Arc::new(Ctx {
             cfg: self.cfg,
             route: self.route,
             tunnel: self.tunnel,
             cb: Arc::new(on_websocket),
+            drain: self.drain,
         });
         let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
         tokio::pin!(shutdown);
         loop {
+            let draining = async {
+                match drain.as_mut() {
+                    Some(d) => {
+                        if d.wait_for(|v| *v).await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
+                () = draining => {
+                    // No new connections: the ones open drain until `shutdown`.
+                    endpoint.set_server_config(None);
+                    shutdown.as_mut().await;
+                    break;
+                }
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -344,20 +379,30 @@ pub(crate) async fn open_control(
     Ok(control)
 }
 
+/// What the peer's control stream said.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ControlEvent {
+    /// Its SETTINGS (the first frame).
+    Settings(frame::PeerSettings),
+    /// A server's GOAWAY (RFC 9114 §5.2): requests on client-initiated
+    /// bidirectional streams with this ID or more will not be processed.
+    GoAway(u64),
+}
+
 /// Read the peer's unidirectional streams: its control stream (SETTINGS
-/// first, reported through `on_settings`), QPACK streams (drained: with no
+/// first, then GOAWAY, reported through `on_control`), QPACK streams (drained: with no
 /// dynamic table they carry nothing we use), others refused. Protocol
 /// errors close the connection.
 pub(crate) async fn run_uni_streams(
     conn: quinn::Connection,
     is_client: bool,
-    on_settings: impl Fn(frame::PeerSettings) + Send + Sync + 'static,
+    on_control: impl Fn(ControlEvent) + Send + Sync + 'static,
 ) {
-    let on_settings = Arc::new(on_settings);
+    let on_control = Arc::new(on_control);
     let control_seen = Arc::new(AtomicBool::new(false));
     while let Ok(recv) = conn.accept_uni().await {
         let conn = conn.clone();
-        let on_settings = on_settings.clone();
+        let on_control = on_control.clone();
         let control_seen = control_seen.clone();
         tokio::spawn(async move {
             let mut reader = FrameReader::new(recv);
@@ -377,7 +422,7 @@ pub(crate) async fn run_uni_streams(
                         );
                         return;
                     }
-                    if let Err(e) = read_control(&mut reader, is_client, &*on_settings).await {
+                    if let Err(e) = read_control(&mut reader, is_client, &*on_control).await {
                         // A read that failed because the connection is gone
                         // must not replace the peer's close reason.
                         if conn.close_reason().is_none() {
@@ -415,7 +460,7 @@ pub(crate) async fn run_uni_streams(
 async fn read_control(
     reader: &mut FrameReader<quinn::RecvStream>,
     is_client: bool,
-    on_settings: &(dyn Fn(frame::PeerSettings) + Send + Sync),
+    on_control: &(dyn Fn(ControlEvent) + Send + Sync),
 ) -> Result<(), H3ProtocolError> {
     let control_known = |t: u64| {
         matches!(
@@ -430,6 +475,7 @@ async fn read_control(
         ) || frame::is_reserved_h2_type(t)
     };
     let mut first = true;
+    let mut last_goaway: Option<u64> = None;
     loop {
         match reader.next_frame(4096, control_known).await? {
             ReadFrame::End => {
@@ -448,11 +494,27 @@ async fn read_control(
                     }
                     let s = frame::parse_settings(&payload)
                         .map_err(|e| H3ProtocolError::new(frame::H3_SETTINGS_ERROR, e))?;
-                    on_settings(s);
+                    on_control(ControlEvent::Settings(s));
                     first = false;
                     continue;
                 }
                 match ty {
+                    frame::GOAWAY if is_client => {
+                        // RFC 9114 §5.2: a client-initiated bidirectional
+                        // stream ID, never larger than a previous one.
+                        let id = frame::parse_goaway(&payload).ok_or_else(|| {
+                            H3ProtocolError::new(frame::H3_FRAME_ERROR, "malformed GOAWAY")
+                        })?;
+                        if id % 4 != 0 || last_goaway.is_some_and(|l| id > l) {
+                            return Err(H3ProtocolError::new(
+                                frame::H3_ID_ERROR,
+                                format!("GOAWAY with stream ID {id}"),
+                            ));
+                        }
+                        last_goaway = Some(id);
+                        on_control(ControlEvent::GoAway(id));
+                    }
+                    // A client's GOAWAY carries a push ID; we never push.
                     frame::GOAWAY | frame::CANCEL_PUSH => {}
                     frame::MAX_PUSH_ID if !is_client => {}
                     _ => {
@@ -469,16 +531,54 @@ async fn read_control(
 
 async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) -> Result<(), H3Error> {
     let control = open_control(&conn, ctx.cfg.limits.max_head_bytes, true).await?;
+    let control = Arc::new(tokio::sync::Mutex::new(control));
     // Shared by every stream: dropping the last one closes our control stream.
-    let keep: Arc<dyn std::any::Any + Send + Sync> = Arc::new(tokio::sync::Mutex::new(control));
+    let keep: Arc<dyn std::any::Any + Send + Sync> = control.clone();
     tokio::spawn(run_uni_streams(conn.clone(), false, |_| {}));
+    let mut drain = ctx.drain.clone();
+    // The first request stream ID not accepted yet, and the GOAWAY sent.
+    let mut next_id = 0u64;
+    let mut goaway: Option<u64> = None;
     loop {
-        let (send, recv) = match conn.accept_bi().await {
+        let draining = async {
+            match drain.as_mut() {
+                Some(d) if goaway.is_none() => {
+                    if d.wait_for(|v| *v).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        let accepted = tokio::select! {
+            a = conn.accept_bi() => a,
+            () = draining => {
+                // RFC 9114 §5.2: no request from this ID on will be served;
+                // those below it (already accepted or in flight) still are.
+                let id = next_id;
+                goaway = Some(id);
+                let mut c = control.lock().await;
+                if c.write_all(&frame::goaway(id)).await.is_err() {
+                    return Ok(());
+                }
+                tracing::debug!("HTTP/3 GOAWAY {id} sent: draining");
+                continue;
+            }
+        };
+        let (mut send, mut recv) = match accepted {
             Ok(s) => s,
             Err(quinn::ConnectionError::ApplicationClosed(_))
             | Err(quinn::ConnectionError::LocallyClosed) => return Ok(()),
             Err(e) => return Err(H3Error::Connection(e)),
         };
+        let id = stream_id(&send);
+        next_id = next_id.max(id + 4);
+        if goaway.is_some_and(|g| id >= g) {
+            let code = quinn::VarInt::from_u32(frame::H3_REQUEST_REJECTED);
+            let _ = send.reset(code);
+            let _ = recv.stop(code);
+            continue;
+        }
         let ctx = ctx.clone();
         let keep = keep.clone();
         let conn = conn.clone();
@@ -486,6 +586,11 @@ async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) -> Result<(), 
             handle_request(conn, send, recv, ctx, keep).await;
         });
     }
+}
+
+/// The QUIC stream ID of a client-initiated bidirectional stream.
+fn stream_id(send: &quinn::SendStream) -> u64 {
+    u64::from(quinn::VarInt::from(send.id()))
 }
 
 /// Why a request stream is answered the way it is.
