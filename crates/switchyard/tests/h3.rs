@@ -1,6 +1,8 @@
 //! WebSocket over HTTP/3 (RFC 9220) over loopback UDP: our client against
 //! our server.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,18 +63,12 @@ async fn echo_server(cfg: AcceptConfig) -> Server {
     tokio::spawn(h3::serve(
         endpoint,
         cfg,
-        move |req, mut ws| {
+        move |req, ws| {
             assert_eq!(req.method(), http::Method::CONNECT);
             let peer = req.extensions().get::<SocketAddr>().copied();
             assert!(peer.is_some_and(|p| p.ip().is_loopback()), "{peer:?}");
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_data() && ws.send(m).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(common::echo_data(ws));
         },
         async move {
             let _ = stopped.await;
@@ -84,6 +80,17 @@ async fn echo_server(cfg: AcceptConfig) -> Server {
         accepted,
         _stop: stop,
     }
+}
+
+/// A QUIC endpoint on 127.0.0.1 with a fresh self-signed certificate, its
+/// port, and the certificate written to a CA file named after `tag`.
+fn bind_with_ca(tag: &str) -> (quinn::Endpoint, u16, PathBuf) {
+    let (tls, pem) = tls_config();
+    let endpoint = h3::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
+    let port = endpoint.local_addr().unwrap().port();
+    let ca = std::env::temp_dir().join(format!("switchyard-h3-{tag}-{port}.pem"));
+    std::fs::write(&ca, pem).unwrap();
+    (endpoint, port, ca)
 }
 
 fn client(server: &Server) -> ClientBuilder {
@@ -340,23 +347,13 @@ async fn ws_scheme_is_refused_for_h3() {
 
 #[tokio::test]
 async fn shutdown_stops_serving_and_closes_connections() {
-    let (tls, pem) = tls_config();
-    let endpoint = h3::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
-    let port = endpoint.local_addr().unwrap().port();
-    let ca = std::env::temp_dir().join(format!("switchyard-h3-shutdown-{port}.pem"));
-    std::fs::write(&ca, pem).unwrap();
+    let (endpoint, port, ca) = bind_with_ca("shutdown");
     let (stop, stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(h3::serve(
         endpoint,
         AcceptConfig::default(),
-        |_req, mut ws| {
-            tokio::spawn(async move {
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_data() && ws.send(m).await.is_err() {
-                        return;
-                    }
-                }
-            });
+        |_req, ws| {
+            tokio::spawn(common::echo_data(ws));
         },
         async move {
             let _ = stopped.await;
@@ -394,11 +391,7 @@ async fn shutdown_stops_serving_and_closes_connections() {
 
 #[tokio::test]
 async fn connections_over_the_cap_are_refused_until_one_closes() {
-    let (tls, pem) = tls_config();
-    let endpoint = h3::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
-    let port = endpoint.local_addr().unwrap().port();
-    let ca = std::env::temp_dir().join(format!("switchyard-h3-cap-{port}.pem"));
-    std::fs::write(&ca, pem).unwrap();
+    let (endpoint, port, ca) = bind_with_ca("cap");
     let (_stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(h3::serve_with_max_connections(
         endpoint,
@@ -443,11 +436,7 @@ async fn connections_over_the_cap_are_refused_until_one_closes() {
 
 #[tokio::test]
 async fn route_hook_refuses_before_the_200() {
-    let (tls, pem) = tls_config();
-    let endpoint = h3::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
-    let port = endpoint.local_addr().unwrap().port();
-    let ca = std::env::temp_dir().join(format!("switchyard-h3-route-{port}.pem"));
-    std::fs::write(&ca, pem).unwrap();
+    let (endpoint, port, ca) = bind_with_ca("route");
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     let (_stop, stopped) = oneshot::channel::<()>();
@@ -496,11 +485,7 @@ async fn route_hook_refuses_before_the_200() {
 
 #[tokio::test]
 async fn drain_sends_goaway_rejects_new_requests_and_keeps_open_ones() {
-    let (tls, pem) = tls_config();
-    let endpoint = h3::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
-    let port = endpoint.local_addr().unwrap().port();
-    let ca = std::env::temp_dir().join(format!("switchyard-h3-drain-{port}.pem"));
-    std::fs::write(&ca, pem).unwrap();
+    let (endpoint, port, ca) = bind_with_ca("drain");
     let (drain, drain_rx) = tokio::sync::watch::channel(false);
     let (stop, stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(
@@ -508,14 +493,8 @@ async fn drain_sends_goaway_rejects_new_requests_and_keeps_open_ones() {
             .drain_on(drain_rx)
             .serve(
                 endpoint,
-                |_req, mut ws| {
-                    tokio::spawn(async move {
-                        while let Some(Ok(m)) = ws.next().await {
-                            if m.is_data() && ws.send(m).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
+                |_req, ws| {
+                    tokio::spawn(common::echo_data(ws));
                 },
                 async move {
                     let _ = stopped.await;

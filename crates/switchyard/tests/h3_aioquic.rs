@@ -6,6 +6,8 @@
 //! interpreter or package fails the test: it is a test dependency, not an
 //! option.
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -60,16 +62,10 @@ async fn aioquic_client_echoes_through_our_h3_server() {
     let server = tokio::spawn(h3::serve(
         endpoint,
         AcceptConfig::default(),
-        move |req, mut ws| {
+        move |req, ws| {
             assert_eq!(req.uri().path(), "/interop");
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_data() && ws.send(m).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(common::echo_data(ws));
         },
         async move {
             let _ = stopped.await;

@@ -2,6 +2,8 @@
 //! QUIC streams of a connection opened with `H3Connection` (which has
 //! already exchanged SETTINGS).
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,15 +44,9 @@ async fn server(cfg: AcceptConfig) -> Server {
     tokio::spawn(h3::serve(
         endpoint,
         cfg,
-        move |_req, mut ws| {
+        move |_req, ws| {
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_data() && ws.send(m).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(common::echo_data(ws));
         },
         async move {
             let _ = stopped.await;

@@ -1,5 +1,7 @@
 //! Server accept and client connect over real sockets on 127.0.0.1.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -23,14 +25,10 @@ async fn echo_server(cfg: AcceptConfig) -> SocketAddr {
             };
             let cfg = cfg.clone();
             tokio::spawn(async move {
-                let Ok(mut ws) = accept(tcp, &cfg).await else {
+                let Ok(ws) = accept(tcp, &cfg).await else {
                     return;
                 };
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_data() && ws.send(m).await.is_err() {
-                        return;
-                    }
-                }
+                common::echo_data(ws).await;
             });
         }
     });

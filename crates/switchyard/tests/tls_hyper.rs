@@ -1,5 +1,7 @@
 //! wss with a self-signed certificate, and the hyper 1 upgrade path.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,14 +42,10 @@ async fn wss_echo_server() -> (SocketAddr, String) {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let Ok(mut ws) = accept(tls, &AcceptConfig::default()).await else {
+                let Ok(ws) = accept(tls, &AcceptConfig::default()).await else {
                     return;
                 };
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_data() && ws.send(m).await.is_err() {
-                        return;
-                    }
-                }
+                common::echo_data(ws).await;
             });
         }
     });
@@ -133,12 +131,8 @@ async fn hyper_echo_server() -> SocketAddr {
                         let resp: hyper::Response<Body> = match upgrade(&mut req, &cfg) {
                             Ok((resp, fut)) => {
                                 tokio::spawn(async move {
-                                    let Ok(mut ws) = fut.await else { return };
-                                    while let Some(Ok(m)) = ws.next().await {
-                                        if m.is_data() && ws.send(m).await.is_err() {
-                                            return;
-                                        }
-                                    }
+                                    let Ok(ws) = fut.await else { return };
+                                    common::echo_data(ws).await;
                                 });
                                 resp.map(Either::Left)
                             }

@@ -96,3 +96,17 @@ pub fn pair(role: Role, limits: Limits, cap: usize) -> (WebSocket<DuplexStream>,
         },
     )
 }
+
+/// The echo the servers of these tests run: every data message sent back,
+/// until the WebSocket ends or a send fails.
+pub async fn echo_data<S>(mut ws: WebSocket<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt as _, StreamExt as _};
+    while let Some(Ok(m)) = ws.next().await {
+        if m.is_data() && ws.send(m).await.is_err() {
+            return;
+        }
+    }
+}
