@@ -93,6 +93,17 @@ fn bind_with_ca(tag: &str) -> (quinn::Endpoint, u16, PathBuf) {
     (endpoint, port, ca)
 }
 
+/// A client trusting only `ca`, with `handshake` as its handshake timeout.
+fn ca_client(ca: &std::path::Path, handshake: Duration) -> ClientBuilder {
+    ClientBuilder::new()
+        .roots(RootSource::None)
+        .add_ca_file(ca)
+        .limits(Limits {
+            handshake_timeout: handshake,
+            ..Limits::default()
+        })
+}
+
 fn client(server: &Server) -> ClientBuilder {
     ClientBuilder::new()
         .roots(RootSource::None)
@@ -378,13 +389,7 @@ async fn shutdown_stops_serving_and_closes_connections() {
         .expect("the client did not see the shutdown");
     assert!(matches!(next, Some(Err(_)) | None), "{next:?}");
     // And nothing answers any more.
-    let quick = ClientBuilder::new()
-        .roots(RootSource::None)
-        .add_ca_file(&ca)
-        .limits(Limits {
-            handshake_timeout: Duration::from_millis(500),
-            ..Limits::default()
-        });
+    let quick = ca_client(&ca, Duration::from_millis(500));
     assert!(h3::connect_h3(&url, &quick).await.is_err());
     let _ = std::fs::remove_file(&ca);
 }
@@ -402,13 +407,7 @@ async fn connections_over_the_cap_are_refused_until_one_closes() {
             let _ = stopped.await;
         },
     ));
-    let builder = ClientBuilder::new()
-        .roots(RootSource::None)
-        .add_ca_file(&ca)
-        .limits(Limits {
-            handshake_timeout: Duration::from_secs(3),
-            ..Limits::default()
-        });
+    let builder = ca_client(&ca, Duration::from_secs(3));
     let url = format!("wss://127.0.0.1:{port}/");
     let first = H3Connection::connect(&url, &builder).await.unwrap();
     let refused = H3Connection::connect(&url, &builder).await.unwrap_err();
@@ -501,13 +500,7 @@ async fn drain_sends_goaway_rejects_new_requests_and_keeps_open_ones() {
                 },
             ),
     );
-    let builder = ClientBuilder::new()
-        .roots(RootSource::None)
-        .add_ca_file(&ca)
-        .limits(Limits {
-            handshake_timeout: Duration::from_millis(800),
-            ..Limits::default()
-        });
+    let builder = ca_client(&ca, Duration::from_millis(800));
     let url = format!("wss://127.0.0.1:{port}/");
     let conn = H3Connection::connect(&url, &builder).await.unwrap();
     let (mut first, _) = conn.websocket("/a").await.unwrap();
