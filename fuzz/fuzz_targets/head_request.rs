@@ -72,6 +72,7 @@ struct Req {
 struct Resp {
     status: http::StatusCode,
     version: http::Version,
+    reason: Option<Vec<u8>>,
     headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -94,6 +95,10 @@ fn resp(r: &http::Response<()>) -> Resp {
     Resp {
         status: r.status(),
         version: r.version(),
+        reason: r
+            .extensions()
+            .get::<switchyard_proto::head::ReasonPhrase>()
+            .map(|p| p.as_bytes().to_vec()),
         headers: headers(r.headers()),
     }
 }

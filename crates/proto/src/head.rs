@@ -620,7 +620,33 @@ impl RequestParser {
     }
 }
 
-fn parse_status_line(line: &[u8]) -> Result<(Version, StatusCode), HeadError> {
+/// A response's reason phrase when it is not the status code's canonical
+/// one (e.g. `403 Origin not allowed`): [`ResponseParser`] puts it in the
+/// response's extensions and [`write_response_head`] writes it back, so a
+/// relayed answer keeps the words its origin chose. Only visible ASCII, SP,
+/// HTAB and obs-text; never CR or LF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReasonPhrase(bytes::Bytes);
+
+impl ReasonPhrase {
+    /// `None` when `reason` holds a byte a reason phrase may not
+    /// (RFC 9112 §4: HTAB, SP, VCHAR, obs-text).
+    pub fn new(reason: &[u8]) -> Option<Self> {
+        reason
+            .iter()
+            .all(|&b| b == b'\t' || b >= 0x20 && b != 0x7f)
+            .then(|| ReasonPhrase(bytes::Bytes::copy_from_slice(reason)))
+    }
+
+    /// The phrase.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn parse_status_line(
+    line: &[u8],
+) -> Result<(Version, StatusCode, Option<ReasonPhrase>), HeadError> {
     let (version, rest) = match line.iter().position(|&b| b == b' ') {
         Some(i) => (
             line.get(..i).unwrap_or_default(),
@@ -639,18 +665,26 @@ fn parse_status_line(line: &[u8]) -> Result<(Version, StatusCode), HeadError> {
     }
     let status =
         StatusCode::from_bytes(&code).map_err(|_| start_err("status code out of range"))?;
-    if !reason.iter().all(|&b| b == b'\t' || b >= 0x20 && b != 0x7f) {
-        return Err(start_err("control byte in the reason phrase"));
-    }
-    Ok((version, status))
+    // Kept only when it differs from the canonical one: no allocation for
+    // the usual `101 Switching Protocols`.
+    let reason = if status.canonical_reason().map(str::as_bytes) == Some(reason) {
+        None
+    } else {
+        Some(
+            ReasonPhrase::new(reason)
+                .ok_or_else(|| start_err("control byte in the reason phrase"))?,
+        )
+    };
+    Ok((version, status, reason))
 }
 
 /// Same for a response head (client side). Same completion and error
-/// behaviour as [`RequestParser`]; the reason phrase is checked and dropped.
+/// behaviour as [`RequestParser`]; a reason phrase other than the canonical
+/// one is kept as a [`ReasonPhrase`] extension.
 #[derive(Debug)]
 pub struct ResponseParser {
     scanner: HeadScanner,
-    start: Option<(Version, StatusCode)>,
+    start: Option<(Version, StatusCode, Option<ReasonPhrase>)>,
 }
 
 impl ResponseParser {
@@ -681,7 +715,7 @@ impl ResponseParser {
     }
 
     fn finish(&mut self) -> Result<http::Response<()>, HeadError> {
-        let Some((version, status)) = self.start.take() else {
+        let Some((version, status, reason)) = self.start.take() else {
             return Err(start_err("no status line"));
         };
         let (_, headers) = self.scanner.take_head()?;
@@ -690,6 +724,9 @@ impl ResponseParser {
         *resp.status_mut() = status;
         *resp.version_mut() = version;
         *resp.headers_mut() = headers;
+        if let Some(r) = reason {
+            resp.extensions_mut().insert(r);
+        }
         Ok(resp)
     }
 
@@ -740,18 +777,27 @@ pub fn write_request_head(req: &http::Request<()>, out: &mut Vec<u8>) {
 }
 
 fn write_status_line(status: StatusCode, version: Version, out: &mut Vec<u8>) {
+    let reason = status.canonical_reason().unwrap_or("").as_bytes();
+    write_status_line_with(status, version, reason, out);
+}
+
+fn write_status_line_with(status: StatusCode, version: Version, reason: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(version_str(version));
     out.push(b' ');
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(reason);
     out.extend_from_slice(b"\r\n");
 }
 
 /// Serialize a response head (status line, headers, blank line). The reason
-/// phrase is [`StatusCode::canonical_reason`] (empty when there is none).
+/// phrase is the response's [`ReasonPhrase`] extension if it has one, else
+/// [`StatusCode::canonical_reason`] (empty when there is none).
 pub fn write_response_head(resp: &http::Response<()>, out: &mut Vec<u8>) {
-    write_status_line(resp.status(), resp.version(), out);
+    match resp.extensions().get::<ReasonPhrase>() {
+        Some(r) => write_status_line_with(resp.status(), resp.version(), r.as_bytes(), out),
+        None => write_status_line(resp.status(), resp.version(), out),
+    }
     write_headers(resp.headers(), out);
     out.extend_from_slice(b"\r\n");
 }
@@ -1512,6 +1558,49 @@ Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi";
         let mut out = Vec::new();
         write_response_head(&resp, &mut out);
         assert_eq!(out, b"HTTP/1.1 599 \r\n\r\n");
+    }
+
+    #[test]
+    fn reason_phrases_other_than_the_canonical_one_are_kept() {
+        let parse = |d: &[u8]| {
+            ResponseParser::new(&Limits::default())
+                .feed(d)
+                .unwrap()
+                .unwrap()
+                .0
+        };
+        let reason = |r: &http::Response<()>| {
+            r.extensions()
+                .get::<ReasonPhrase>()
+                .map(|p| p.as_bytes().to_vec())
+        };
+        let custom = parse(b"HTTP/1.1 403 Origin not allowed\t(see docs) \xe9\r\n\r\n");
+        assert_eq!(
+            reason(&custom).as_deref(),
+            Some(&b"Origin not allowed\t(see docs) \xe9"[..])
+        );
+        let mut out = Vec::new();
+        write_response_head(&custom, &mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 403 Origin not allowed\t(see docs) \xe9\r\n\r\n"
+        );
+        // The canonical phrase, and none at all, are not stored.
+        assert_eq!(
+            reason(&parse(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")),
+            None
+        );
+        let empty = parse(b"HTTP/1.1 200 \r\n\r\n");
+        assert_eq!(reason(&empty).as_deref(), Some(&b""[..]));
+        assert_eq!(
+            reason(&parse(b"HTTP/1.1 404\r\n\r\n")).as_deref(),
+            Some(&b""[..])
+        );
+        // What a reason phrase may not hold.
+        assert!(ReasonPhrase::new(b"ok\r\nx: y").is_none());
+        assert!(ReasonPhrase::new(b"a\x00").is_none());
+        assert!(ReasonPhrase::new(b"a\x7f").is_none());
+        assert!(ReasonPhrase::new(b"fine, thanks").is_some());
     }
 
     #[test]

@@ -376,6 +376,10 @@ pub async fn write_relayed_response<C: AsyncWrite + Unpin>(
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
+    // The upstream's own words (`403 Origin not allowed`), not ours.
+    if let Some(r) = response.extensions().get::<head::ReasonPhrase>() {
+        resp.extensions_mut().insert(r.clone());
+    }
     let mut out = Vec::with_capacity(256 + body.len());
     head::write_response_head(&resp, &mut out);
     if !head_request {
@@ -593,6 +597,28 @@ mod tests {
         assert!(!text.contains("x-hop"), "{text}");
         assert!(!text.contains("transfer-encoding"), "{text}");
         assert!(text.ends_with("\r\n\r\nnope"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn relayed_response_keeps_the_upstreams_reason_phrase() {
+        let r = answer(
+            b"HTTP/1.1 403 Origin not allowed here\r\ncontent-length: 2\r\n\r\nno",
+            &plain(),
+        )
+        .await
+        .unwrap();
+        let UpstreamAnswer::Response { response, body } = r else {
+            panic!("expected a response");
+        };
+        let mut out = Vec::new();
+        write_relayed_response(&mut out, &response, &body, false)
+            .await
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 403 Origin not allowed here\r\n"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
