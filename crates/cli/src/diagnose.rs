@@ -99,7 +99,7 @@ pub fn diagnose_ws(err: &Error, url: &str) -> Diagnosis {
             body_preview,
             hint,
         } => {
-            let reason = status.canonical_reason().unwrap_or("");
+            let reason = switchyard::proto::head::reason_of(response);
             let mut evidence = Vec::new();
             if let Some(v) = header(response, SERVER) {
                 evidence.push(format!("Server: {v}"));

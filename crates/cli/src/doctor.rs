@@ -581,7 +581,7 @@ fn upgrade_failed(err: &DialError, url: &str, origin: Option<&str>, received: &s
             status, response, ..
         }) => {
             let code = status.as_u16();
-            let reason = status.canonical_reason().unwrap_or("");
+            let reason = switchyard::proto::head::reason_of(response);
             let server = header_text(response, "server");
             let via = header_text(response, "via");
             let proxy = proxy_on_path(server.as_deref(), via.as_deref());

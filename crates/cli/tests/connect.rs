@@ -198,6 +198,20 @@ fn show_handshake_prints_both_heads_even_on_failure() {
     assert!(err.contains("> upgrade: websocket"), "{err}");
     assert!(err.contains("< HTTP/1.1 403 Forbidden"), "{err}");
     assert!(err.contains("403 Forbidden instead of 101"), "{err}");
+    // The server's own reason phrase is what the user sees, in both places.
+    let addr =
+        fixed_answer_server(b"HTTP/1.1 403 Origin not on the list\r\nContent-Length: 0\r\n\r\n");
+    let c = connect(&[&format!("ws://{addr}/ws"), "--show-handshake"]);
+    let (code, err) = c.finish();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("< HTTP/1.1 403 Origin not on the list"),
+        "{err}"
+    );
+    assert!(
+        err.contains("403 Origin not on the list instead of 101"),
+        "{err}"
+    );
 }
 
 #[test]

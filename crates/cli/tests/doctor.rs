@@ -770,14 +770,15 @@ async fn refusals_are_classified() {
     );
 
     // 403 with an Origin: the Origin policy, and the switchyard fix names it.
-    let addr = canned_server("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n").await;
+    // (With the server's own reason phrase, as it wrote it.)
+    let addr = canned_server("HTTP/1.1 403 Origin denied\r\nContent-Length: 0\r\n\r\n").await;
     let (code, doc) =
         doctor_json(&[&format!("ws://{addr}/"), "--origin", "http://evil.example"]).await;
     assert_eq!(code, 2, "{doc:#}");
     let up = step(&doc, "http/1.1 upgrade");
     let summary = up["summary"].as_str().unwrap();
     assert!(
-        summary.contains("403 Forbidden: the server rejected the upgrade — is the Origin http://evil.example allowed?"),
+        summary.contains("403 Origin denied: the server rejected the upgrade — is the Origin http://evil.example allowed?"),
         "{summary}"
     );
     assert!(up["fix"]["switchyard"]

@@ -644,6 +644,15 @@ impl ReasonPhrase {
     }
 }
 
+/// The reason phrase of `resp` as its sender wrote it ([`ReasonPhrase`],
+/// lossy UTF-8), else the canonical one of its status (empty if none).
+pub fn reason_of(resp: &http::Response<()>) -> std::borrow::Cow<'_, str> {
+    match resp.extensions().get::<ReasonPhrase>() {
+        Some(r) => String::from_utf8_lossy(r.as_bytes()),
+        None => resp.status().canonical_reason().unwrap_or("").into(),
+    }
+}
+
 fn parse_status_line(
     line: &[u8],
 ) -> Result<(Version, StatusCode, Option<ReasonPhrase>), HeadError> {
@@ -1601,6 +1610,11 @@ Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi";
         assert!(ReasonPhrase::new(b"a\x00").is_none());
         assert!(ReasonPhrase::new(b"a\x7f").is_none());
         assert!(ReasonPhrase::new(b"fine, thanks").is_some());
+        assert_eq!(
+            reason_of(&custom),
+            "Origin not allowed\t(see docs) \u{fffd}"
+        );
+        assert_eq!(reason_of(&http::Response::new(())), "OK");
     }
 
     #[test]
