@@ -266,6 +266,24 @@ impl HeadScanner {
     }
 }
 
+/// The common end of the parsers' `feed`: once the scanner has the whole
+/// head (`used` bytes of the last input), build the message with `finish`;
+/// its error is sticky like the scanner's.
+fn completed<T>(
+    scanner: &mut HeadScanner,
+    used: Option<usize>,
+    finish: impl FnOnce(&mut HeadScanner) -> Result<T, HeadError>,
+) -> Result<Option<(T, usize)>, HeadError> {
+    let Some(used) = used else {
+        return Ok(None);
+    };
+    let r = finish(scanner);
+    if let Err(e) = &r {
+        scanner.phase = Phase::Failed(e.clone());
+    }
+    r.map(|m| Some((m, used)))
+}
+
 /// One field line (no CRLF) starting at head offset `at`: its name and the
 /// range of its OWS-trimmed value in the head.
 fn parse_field(line: &[u8], at: usize) -> Result<(HeaderName, usize, usize), HeadError> {
@@ -585,21 +603,19 @@ impl RequestParser {
             *start = Some((method, (at + from, at + to), version));
             Ok(StartLine::Parsed)
         };
-        let Some(used) = self.scanner.feed(data, &mut on_start)? else {
-            return Ok(None);
-        };
-        let r = self.finish();
-        if let Err(e) = &r {
-            self.scanner.phase = Phase::Failed(e.clone());
-        }
-        r.map(|req| Some((req, used)))
+        let used = self.scanner.feed(data, &mut on_start)?;
+        let start = &mut self.start;
+        completed(&mut self.scanner, used, |sc| Self::finish(start.take(), sc))
     }
 
-    fn finish(&mut self) -> Result<http::Request<()>, HeadError> {
-        let Some((method, (from, to), version)) = self.start.take() else {
+    fn finish(
+        start: Option<(Method, (usize, usize), Version)>,
+        scanner: &mut HeadScanner,
+    ) -> Result<http::Request<()>, HeadError> {
+        let Some((method, (from, to), version)) = start else {
             return Err(start_err("no request line"));
         };
-        let (bytes, headers) = self.scanner.take_head()?;
+        let (bytes, headers) = scanner.take_head()?;
         let target = bytes.get(from..to).unwrap_or_default();
         let uri = Uri::from_maybe_shared(bytes.slice_ref(target))
             .map_err(|_| start_err("the request-target is not a valid URI"))?;
@@ -713,21 +729,19 @@ impl ResponseParser {
             *start = Some(parse_status_line(line)?);
             Ok(StartLine::Parsed)
         };
-        let Some(used) = self.scanner.feed(data, &mut on_start)? else {
-            return Ok(None);
-        };
-        let r = self.finish();
-        if let Err(e) = &r {
-            self.scanner.phase = Phase::Failed(e.clone());
-        }
-        r.map(|resp| Some((resp, used)))
+        let used = self.scanner.feed(data, &mut on_start)?;
+        let start = &mut self.start;
+        completed(&mut self.scanner, used, |sc| Self::finish(start.take(), sc))
     }
 
-    fn finish(&mut self) -> Result<http::Response<()>, HeadError> {
-        let Some((version, status, reason)) = self.start.take() else {
+    fn finish(
+        start: Option<(Version, StatusCode, Option<ReasonPhrase>)>,
+        scanner: &mut HeadScanner,
+    ) -> Result<http::Response<()>, HeadError> {
+        let Some((version, status, reason)) = start else {
             return Err(start_err("no status line"));
         };
-        let (_, headers) = self.scanner.take_head()?;
+        let (_, headers) = scanner.take_head()?;
         check_framing(&headers, Version::HTTP_11)?;
         let mut resp = http::Response::new(());
         *resp.status_mut() = status;
