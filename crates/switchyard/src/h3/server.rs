@@ -269,18 +269,8 @@ impl H3Server {
         let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
         tokio::pin!(shutdown);
         loop {
-            let draining = async {
-                match drain.as_mut() {
-                    Some(d) => {
-                        if d.wait_for(|v| *v).await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
             tokio::select! {
-                () = draining => {
+                () = drain_started(drain.as_mut()) => {
                     // No new connections: the ones open drain until `shutdown`.
                     endpoint.set_server_config(None);
                     shutdown.as_mut().await;
@@ -540,19 +530,11 @@ async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) -> Result<(), 
     let mut next_id = 0u64;
     let mut goaway: Option<u64> = None;
     loop {
-        let draining = async {
-            match drain.as_mut() {
-                Some(d) if goaway.is_none() => {
-                    if d.wait_for(|v| *v).await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                _ => std::future::pending::<()>().await,
-            }
-        };
+        // Once the GOAWAY is out, only requests are awaited.
+        let watch = drain.as_mut().filter(|_| goaway.is_none());
         let accepted = tokio::select! {
             a = conn.accept_bi() => a,
-            () = draining => {
+            () = drain_started(watch) => {
                 // RFC 9114 §5.2: no request from this ID on will be served;
                 // those below it (already accepted or in flight) still are.
                 let id = next_id;
@@ -586,6 +568,17 @@ async fn serve_connection(conn: quinn::Connection, ctx: Arc<Ctx>) -> Result<(), 
             handle_request(conn, send, recv, ctx, keep).await;
         });
     }
+}
+
+/// Resolves when `drain` turns true; never without one (or once its sender
+/// is gone without draining).
+async fn drain_started(drain: Option<&mut watch::Receiver<bool>>) {
+    if let Some(d) = drain {
+        if d.wait_for(|v| *v).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// The QUIC stream ID of a client-initiated bidirectional stream.
