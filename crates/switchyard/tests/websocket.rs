@@ -245,6 +245,39 @@ async fn close_completes_when_peer_answers() {
     assert_eq!(state, State::Closed);
 }
 
+/// Autobahn 7.1.6, without its 1 s deadline: a 256 KiB text message, a short one, a close
+/// and a ping arrive back to back. Both messages are echoed in order, then the close reply;
+/// the ping after the close is not answered, and the transport is closed.
+#[tokio::test]
+async fn messages_close_and_ping_back_to_back_are_echoed_then_closed_in_order() {
+    let (ws, mut peer) = pair(Role::Server, Limits::default(), 1 << 20);
+    let server = tokio::spawn(common::echo_data(ws));
+    let big = "BAsd7&jh23".repeat(256 * 1024 / 10);
+    let mut burst = peer.encode(Message::Text(big.clone().into()));
+    burst.extend(peer.encode(Message::Text("Hello World!".into())));
+    burst.extend(peer.encode(Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))));
+    // Encoded by hand: the peer's own connection refuses to send after its close.
+    burst.extend([0x89, 0x80, 1, 2, 3, 4]);
+    peer.write_raw(&burst).await;
+    assert_eq!(peer.recv().await, Some(Message::Text(big.into())));
+    assert_eq!(
+        peer.recv().await,
+        Some(Message::Text("Hello World!".into()))
+    );
+    match peer.recv().await {
+        Some(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::NORMAL),
+        other => panic!("expected the close reply, got {other:?}"),
+    }
+    assert!(
+        matches!(peer.conn.poll_message(), Ok(None)),
+        "nothing after the close reply"
+    );
+    let mut rest = Vec::new();
+    peer.io.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "bytes after the close reply: {rest:?}");
+    server.await.unwrap();
+}
+
 #[tokio::test]
 async fn client_waits_for_server_eof_after_close() {
     let (mut ws, mut peer) = pair(Role::Client, Limits::default(), 4096);
