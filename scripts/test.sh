@@ -23,6 +23,7 @@ step "cargo test"
 cargo test --profile ci --locked --workspace
 
 step "autobahn (kosoku) both roles"
+.venv/bin/python conformance/test_check.py
 SWITCHYARD=target/ci/switchyard CLIENT=target/ci/examples/autobahn_client scripts/autobahn.sh all
 
 step "interop with third-party peers (Python websockets, Node ws and http2, Chromium, aioquic)"
