@@ -63,6 +63,15 @@ pub struct ServeConfig {
     /// its routes (host + path prefix) decide first; app routes fall back to
     /// the built-in `/echo` and `/` handlers.
     pub gateway: Option<Arc<crate::routing::Gateway>>,
+    /// Let the response carry the ACK of the request (Linux: `TCP_QUICKACK` off on the
+    /// listeners, inherited by every accepted socket). Without it the kernel acknowledges
+    /// a new connection's first request with a bare ACK at once, one packet for nothing
+    /// since the answer (101, 426, the TLS ServerHello...) follows within microseconds.
+    /// When the answer takes longer the kernel sends the ACK anyway after its delayed-ACK
+    /// time (40 ms): a client that splits its request head into two writes without
+    /// `TCP_NODELAY` waits that long once. HAProxy's `tcp-smart-accept`, also on by
+    /// default. Default on.
+    pub ack_with_response: bool,
 }
 
 impl Default for ServeConfig {
@@ -78,6 +87,7 @@ impl Default for ServeConfig {
             extra_routes: Vec::new(),
             http3: false,
             gateway: None,
+            ack_with_response: true,
         }
     }
 }
@@ -417,6 +427,11 @@ impl Server {
                 // std's bind sets SO_REUSEADDR like tokio's; non-blocking for tokio.
                 let l = std::net::TcpListener::bind(addr)?;
                 l.set_nonblocking(true)?;
+                if cfg.ack_with_response {
+                    if let Err(e) = delay_first_ack(&l) {
+                        warn!("{addr}: TCP_QUICKACK off failed ({e}); requests get a bare ACK");
+                    }
+                }
                 TcpListener::from_std(l)
             };
             let l = bind(addr).map_err(|source| ServeError::Bind {
@@ -580,6 +595,33 @@ async fn accept_loop(
             Ok(()) = closed.changed() => {}
         }
     }
+}
+
+/// `TCP_QUICKACK` off on a listener ([`ServeConfig::ack_with_response`]).
+#[cfg(target_os = "linux")]
+fn delay_first_ack(l: &std::net::TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let off: libc::c_int = 0;
+    // SAFETY: a valid socket descriptor, and a pointer to an int with its size.
+    let r = unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&off as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn delay_first_ack(_: &std::net::TcpListener) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// One accepted connection up to its switch of protocols (or its end),

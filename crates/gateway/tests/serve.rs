@@ -216,3 +216,62 @@ async fn shutdown_closes_open_websockets_with_1001() {
     }
     stopping.await.unwrap();
 }
+
+/// Segments `s` has received so far (`TCP_INFO`).
+#[cfg(target_os = "linux")]
+fn segments_received(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_segs_in
+}
+
+/// `ack_with_response`: the 101 carries the ACK of the upgrade request, so the client
+/// receives two segments (SYN-ACK, 101) instead of three (SYN-ACK, a bare ACK, 101).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_answer_carries_the_ack_of_the_request() {
+    const UPGRADE: &[u8] = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    for (ack_with_response, expected) in [(true, 2), (false, 3)] {
+        let srv = common::start(ServeConfig {
+            ack_with_response,
+            ..ServeConfig::default()
+        })
+        .await;
+        // The kernel sends the delayed ACK anyway after 40 ms: a measurement where the 101
+        // took that long (a loaded host) says nothing, and is taken again.
+        let mut measured = None;
+        for _ in 0..20 {
+            let mut s = TcpStream::connect(srv.addr).await.unwrap();
+            let sent = std::time::Instant::now();
+            s.write_all(UPGRADE).await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                assert_eq!(s.read(&mut b).await.unwrap(), 1, "EOF before the 101");
+                head.push(b[0]);
+            }
+            assert!(head.starts_with(b"HTTP/1.1 101 "));
+            if sent.elapsed() < Duration::from_millis(30) {
+                measured = Some(segments_received(&s));
+                break;
+            }
+        }
+        let got = measured.expect("no 101 within 30 ms of its request in 20 tries");
+        assert_eq!(
+            got, expected,
+            "segments received with ack_with_response = {ack_with_response}"
+        );
+    }
+}
