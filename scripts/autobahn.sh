@@ -3,7 +3,8 @@
 #   server role: kosoku -m fuzzingclient drives `switchyard serve` (/echo)
 #   client role: kosoku -m fuzzingserver is driven by our client (examples/autobahn_client.rs)
 # Each run is compared with conformance/expected-{server,client}.json; any case that
-# changes, or is not OK/INFORMATIONAL, fails.
+# changes, or is not OK/INFORMATIONAL, fails (an INFORMATIONAL case that changed is first
+# run once more alone: see run() below).
 # usage: scripts/autobahn.sh [server|client|all] [--write]   (needs .venv with kosoku)
 set -euo pipefail
 cd "$(dirname "$0")/.."
