@@ -662,9 +662,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.inner
             .queue_close(Some(CloseFrame::new(code, reason)))?;
         std::future::poll_fn(|cx| {
-            let w = cx.waker().clone();
-            let mut wcx = Context::from_waker(&w);
-            self.inner.poll_close_full(cx, &mut wcx)
+            let (mut rcx, mut wcx) = two_contexts(cx);
+            self.inner.poll_close_full(&mut rcx, &mut wcx)
         })
         .await
     }
@@ -686,14 +685,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 }
 
+/// The read and the write context of an unsplit WebSocket: both wake the
+/// same task. Two `Context`s over the one borrowed waker, not a clone of it:
+/// cloning a tokio waker is an atomic increment (and its drop a decrement)
+/// on every poll of the message loop.
+fn two_contexts<'a>(cx: &Context<'a>) -> (Context<'a>, Context<'a>) {
+    (
+        Context::from_waker(cx.waker()),
+        Context::from_waker(cx.waker()),
+    )
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
     type Item = Result<Message, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let w = cx.waker().clone();
-        let mut wcx = Context::from_waker(&w);
-        this.inner.poll_next_msg(cx, &mut wcx)
+        let (mut rcx, mut wcx) = two_contexts(cx);
+        self.get_mut().inner.poll_next_msg(&mut rcx, &mut wcx)
     }
 }
 
@@ -724,9 +732,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        let w = cx.waker().clone();
-        let mut wcx = Context::from_waker(&w);
-        self.get_mut().inner.poll_close_full(cx, &mut wcx)
+        let (mut rcx, mut wcx) = two_contexts(cx);
+        self.get_mut().inner.poll_close_full(&mut rcx, &mut wcx)
     }
 }
 
