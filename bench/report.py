@@ -43,6 +43,7 @@ def main(path, lg_cores=1):
     cases = [c for c in CASES if any(r["case"] == c for r in rows)]
     # metric[case][server] = list of per-round values; extra detail lists too.
     metric, mbps, cpu_us, lg_us, util, p50, p99, lg_cpu, errors, failures = ({} for _ in range(10))
+    srv_busy, lg_busy = {}, {}
     for r in rows:
         key = (r["case"], r["server"])
         if "error" in r:
@@ -72,6 +73,11 @@ def main(path, lg_cores=1):
         p99.setdefault(key, []).append(j["p99_us"])
         if j.get("client_cpu") is not None:
             lg_cpu.setdefault(key, []).append(j["client_cpu"])
+        # Busy time of the cores themselves (older results files do not have it).
+        for dest, field in ((srv_busy, "server_cpu"), (lg_busy, "load_cpu")):
+            b = cores_busy(j.get("cpu_busy"), r.get(field))
+            if b is not None:
+                dest.setdefault(key, []).append(b)
 
     def med(d, key):
         v = d.get(key)
@@ -135,10 +141,12 @@ def main(path, lg_cores=1):
 
     print()
     print("Details (medians): server and load-generator CPU per message (us; per handshake in (d)),")
-    print("server CPU use, latency p50/p99 (us), load-generator CPU use, errors summed over rounds.")
+    print("server CPU use, latency p50/p99 (us), load-generator CPU use, errors summed over rounds;")
+    print("'core' columns: how busy the server's core and the load generator's cores were, counting")
+    print("what the kernel did there for other processes' packets (softirq), which 'cpu' does not.")
     head = (
         f"{'case':5} {'server':18} {'srv us/msg':>11} {'lg us/msg':>10} {'srv cpu':>8} "
-        f"{'p50 us':>10} {'p99 us':>10} {'lg cpu':>7} {'errors':>7}"
+        f"{'p50 us':>10} {'p99 us':>10} {'lg cpu':>7} {'srv core':>9} {'lg core':>8} {'errors':>7}"
     )
     print(head)
     print("-" * len(head))
@@ -153,14 +161,18 @@ def main(path, lg_cores=1):
                 f"({c})   {s:18} {fmt(med(cpu_us, key), 2):>11} {fmt(med(lg_us, key), 2):>10} "
                 f"{pct(med(util, key)):>8} "
                 f"{fmt(med(p50, key), 1):>10} {fmt(med(p99, key), 1):>10} {pct(med(lg_cpu, key)):>7} "
+                f"{pct(med(srv_busy, key)):>9} {pct(med(lg_busy, key)):>8} "
                 f"{errors.get(key, 0):>7}" + (f"  FAILED x{len(fail)}: {fail[0]}" if fail else "")
             )
     saturated = [
-        f"({c}) {s}" for c in cases for s in servers if (med(lg_cpu, (c, s)) or 0) >= 0.9
+        f"({c}) {s}"
+        for c in cases
+        for s in servers
+        if max(med(lg_cpu, (c, s)) or 0, med(lg_busy, (c, s)) or 0) >= 0.9
     ]
     if saturated:
         print()
-        print("WARNING: the load generator used >= 90% of its core for " + ", ".join(saturated))
+        print("WARNING: the load generator or its cores were >= 90% busy for " + ", ".join(saturated))
         print("         those numbers are lower bounds for the server, not its capacity.")
     # With one core each, the side that needs more CPU per message sets the rate.
     heavy = [
@@ -176,6 +188,19 @@ def main(path, lg_cores=1):
         print("NOTE: the load generator needs >= 80% of the server's CPU per message for " + ", ".join(heavy) + ";")
         print("      on loopback both sides pay mostly kernel TCP time, so with as many load cores as")
         print("      server cores these msgs/s are bounded by the pair: compare 'srv us/msg' there.")
+
+
+def cores_busy(busy, spec):
+    """Mean busy fraction of the CPUs in the taskset list `spec` ("1", "1-3", "0,2"),
+    from the load generator's `cpu_busy` (CPU number as a string -> fraction)."""
+    if not busy or not spec:
+        return None
+    cpus = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    vals = [busy[str(c)] for c in sorted(cpus) if str(c) in busy]
+    return sum(vals) / len(vals) if vals else None
 
 
 def target(case, ours, peers):

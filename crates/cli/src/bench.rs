@@ -403,6 +403,10 @@ struct Report {
     client_cpu: Option<f64>,
     /// CPU seconds this process used over the whole run (all threads).
     client_cpu_seconds: Option<f64>,
+    /// How busy each CPU of the machine was during the measured window (0..1), from
+    /// `/proc/stat`: everything but idle and iowait, so the kernel's work for other
+    /// processes' packets (softirq) counts too.
+    cpu_busy: Option<BTreeMap<usize, f64>>,
     /// Errors counted by kind (see [`Fail::kind`] and [`error_kind`]).
     errors_by_kind: BTreeMap<String, u64>,
     /// One bucket per second since the start of the run (ramp-up and warm-up included).
@@ -444,6 +448,7 @@ impl Report {
             measured: Duration::ZERO,
             client_cpu: None,
             client_cpu_seconds: None,
+            cpu_busy: None,
             errors_by_kind: BTreeMap::new(),
             series: Vec::new(),
             origin: None,
@@ -637,11 +642,95 @@ fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Busy and total clock ticks of each CPU (`/proc/stat`; busy is all but idle and iowait).
+fn cpu_ticks() -> Option<BTreeMap<usize, (u64, u64)>> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    Some(parse_cpu_ticks(&stat))
+}
+
+fn parse_cpu_ticks(stat: &str) -> BTreeMap<usize, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    for line in stat.lines() {
+        let mut f = line.split_ascii_whitespace();
+        let Some(cpu) = f.next().and_then(|n| n.strip_prefix("cpu")) else {
+            continue;
+        };
+        let Ok(cpu) = cpu.parse::<usize>() else {
+            continue; // the "cpu" line sums all of them
+        };
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let v: Vec<u64> = f.take(8).filter_map(|x| x.parse().ok()).collect();
+        if v.len() == 8 {
+            let total: u64 = v.iter().sum();
+            out.insert(cpu, (total - v[3] - v[4], total));
+        }
+    }
+    out
+}
+
+/// Per CPU, the busy fraction between two `cpu_ticks` readings.
+fn cpu_busy_between(
+    a: &BTreeMap<usize, (u64, u64)>,
+    b: &BTreeMap<usize, (u64, u64)>,
+) -> BTreeMap<usize, f64> {
+    b.iter()
+        .filter_map(|(cpu, &(busy1, total1))| {
+            let &(busy0, total0) = a.get(cpu)?;
+            let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
+            Some((*cpu, busy1.saturating_sub(busy0) as f64 / total as f64))
+        })
+        .collect()
+}
+
+/// Reads `/proc/stat` when the measured window opens and when it closes (the window is
+/// known once the first thread sets `start`). Gives up, with `None`, as soon as `done`
+/// is dropped: a run that ends early is not held up.
+fn sample_cpu_busy(
+    plan: Arc<Plan>,
+    start: Arc<OnceLock<Instant>>,
+    done: std::sync::mpsc::Receiver<()>,
+) -> Option<BTreeMap<usize, f64>> {
+    let wait_until = |at: Instant| -> bool {
+        // false: the run is over (the sender was dropped) before `at`.
+        let left = at.saturating_duration_since(Instant::now());
+        left.is_zero()
+            || matches!(
+                done.recv_timeout(left),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            )
+    };
+    let t0 = loop {
+        if let Some(t0) = start.get() {
+            break *t0;
+        }
+        if !wait_until(Instant::now() + Duration::from_millis(5)) {
+            return None;
+        }
+    };
+    let window = window_from(&plan, t0);
+    if !wait_until(window.measure_from) {
+        return None;
+    }
+    let a = cpu_ticks()?;
+    if !wait_until(window.end) {
+        return None;
+    }
+    Some(cpu_busy_between(&a, &cpu_ticks()?))
+}
+
 async fn run_threads(plan: Arc<Plan>, mode: Mode) -> anyhow::Result<Report> {
     let wall = Instant::now();
     let cpu0 = process_cpu_seconds();
     let barrier = Arc::new(Barrier::new(plan.threads));
     let start: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let (done, done_rx) = std::sync::mpsc::channel::<()>();
+    let sampler = {
+        let (plan, start) = (plan.clone(), start.clone());
+        std::thread::Builder::new()
+            .name("bench-cpu".into())
+            .spawn(move || sample_cpu_busy(plan, start, done_rx))
+            .context("cannot start the CPU sampling thread")?
+    };
     let mut handles = Vec::with_capacity(plan.threads);
     for t in 0..plan.threads {
         let plan = plan.clone();
@@ -658,7 +747,10 @@ async fn run_threads(plan: Arc<Plan>, mode: Mode) -> anyhow::Result<Report> {
     })
     .await
     .context("the load-generator threads could not be joined")?;
+    drop(done);
+    let cpu_busy = sampler.join().ok().flatten();
     let mut total = Report::new();
+    total.cpu_busy = cpu_busy;
     for r in joined {
         match r {
             Ok(Ok(rep)) => total.merge(rep),
@@ -1612,6 +1704,7 @@ fn summary_json(plan: &Plan, mode: Mode, r: &Report) -> serde_json::Value {
         "seconds": secs,
         "client_cpu": r.client_cpu,
         "client_cpu_seconds": r.client_cpu_seconds,
+        "cpu_busy": r.cpu_busy,
         "p50_us": quantile_us(&r.latency, 0.5),
         "p90_us": quantile_us(&r.latency, 0.9),
         "p99_us": quantile_us(&r.latency, 0.99),
@@ -1699,6 +1792,19 @@ fn summary_text(s: &serde_json::Value) -> String {
             .map(|c| format!(" at {:.0}% CPU", c * 100.0))
             .unwrap_or_default()
     );
+    if let Some(cpus) = s["cpu_busy"].as_object().filter(|m| !m.is_empty()) {
+        // Loopback runs: the kernel's receive work for each packet lands on the sender's
+        // CPU, so a CPU can be full while no process there shows 100%.
+        let busy: Vec<String> = cpus
+            .iter()
+            .map(|(cpu, b)| format!("cpu{cpu} {:.0}%", b.as_f64().unwrap_or(0.0) * 100.0))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  CPUs busy  {} (all processes and the kernel)",
+            busy.join(", ")
+        );
+    }
     if echo {
         let _ = writeln!(
             out,
@@ -1763,6 +1869,32 @@ fn us(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_busy_counts_all_but_idle_and_iowait_per_cpu() {
+        let before = "cpu  300 0 300 900 10 0 100 0 0 0\n\
+                      cpu0 100 0 100 500 10 0 50 0 0 0\n\
+                      cpu1 200 0 200 400 0 0 50 0 0 0\n\
+                      intr 12345\n";
+        let after = "cpu  999 0 999 999 99 0 999 0 0 0\n\
+                     cpu0 110 0 150 500 50 0 90 0 0 0\n\
+                     cpu1 200 0 200 500 0 0 50 0 0 0\n\
+                     cpu2 1 2 3 4 5 6 7 8 0 0\n";
+        let a = parse_cpu_ticks(before);
+        let b = parse_cpu_ticks(after);
+        // The "cpu" total line and other lines are not CPUs.
+        assert_eq!(a.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(a[&0], (250, 760));
+        let busy = cpu_busy_between(&a, &b);
+        // cpu0: +10 user +50 system +40 softirq busy, +40 iowait idle: 100 of 140.
+        assert!((busy[&0] - 100.0 / 140.0).abs() < 1e-9, "{busy:?}");
+        // cpu1: only idle time went by.
+        assert_eq!(busy[&1], 0.0);
+        // cpu2 appeared in the second reading only: no figure for it.
+        assert!(!busy.contains_key(&2));
+        // No time went by: no figure rather than a division by zero.
+        assert!(cpu_busy_between(&a, &a).is_empty());
+    }
 
     #[test]
     fn accept_value_matches_rfc_6455_example() {

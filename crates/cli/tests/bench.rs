@@ -105,6 +105,17 @@ fn closed_loop_results_are_sane_and_consistent() {
         "{sum} vs {msgs}"
     );
     assert!(f(&v, "client_cpu_seconds") >= 0.0);
+    // Every CPU's busy fraction over the measured window; the echo kept some CPU busy.
+    let busy = v["cpu_busy"].as_object().expect("cpu_busy per CPU");
+    let cpus = std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count();
+    assert_eq!(busy.len(), cpus, "{busy:?}");
+    let vals: Vec<f64> = busy.values().map(|b| b.as_f64().unwrap()).collect();
+    assert!(vals.iter().all(|b| (0.0..=1.0).contains(b)), "{vals:?}");
+    assert!(vals.iter().any(|&b| b > 0.0), "{vals:?}");
 }
 
 #[test]
@@ -122,6 +133,7 @@ fn binary_messages_and_the_text_summary() {
     );
     assert!(text.contains("2 connections, closed loop, 1 in flight each, 70000 B binary"));
     assert!(text.contains("  latency    p50 "), "{text}");
+    assert!(text.contains("  CPUs busy  cpu0 "), "{text}");
     assert!(text.contains("\n  errors     0\n"), "{text}");
     // Not a terminal: no progress bar on stderr.
     assert!(!String::from_utf8_lossy(&out.stderr).contains('\r'));
