@@ -44,6 +44,7 @@ def main(path, lg_cores=1):
     # metric[case][server] = list of per-round values; extra detail lists too.
     metric, mbps, cpu_us, lg_us, util, p50, p99, lg_cpu, errors, failures = ({} for _ in range(10))
     srv_busy, lg_busy = {}, {}
+    by_round = {}  # (case, round) -> {server: rate}
     for r in rows:
         key = (r["case"], r["server"])
         if "error" in r:
@@ -58,6 +59,7 @@ def main(path, lg_cores=1):
             continue
         rate = j.get("msgs_per_s", j.get("handshakes_per_s", 0.0))
         metric.setdefault(key, []).append(rate)
+        by_round.setdefault((r["case"], r["round"]), {})[r["server"]] = rate
         if "mb_per_s" in j:
             mbps.setdefault(key, []).append(j["mb_per_s"])
         total = j.get("messages_total", j.get("handshakes_total", 0))
@@ -122,6 +124,27 @@ def main(path, lg_cores=1):
                 line += f" {fmt(ratio, 2):>22}"
             line += "  " + target(c, ours, {p: med(metric, (c, p)) for p in peers})
             print(line)
+
+        # Rounds are interleaved, so each round's ratio to the best peer of that same round
+        # shows how much of a median difference is noise.
+        spread = []
+        for c in ("a", "c", "d"):
+            ratios = sorted(
+                v[OURS] / max(p for n, p in v.items() if n != OURS)
+                for (rc, _), v in by_round.items()
+                if rc == c and OURS in v and any(n != OURS and p for n, p in v.items())
+            )
+            if ratios:
+                ahead = sum(x >= 1 for x in ratios)
+                spread.append(
+                    f"({c}) min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  "
+                    f"max {ratios[-1]:.3f}  rounds at or above: {ahead}/{len(ratios)}"
+                )
+        if spread:
+            print()
+            print(f"Per round, {OURS} / the fastest peer of that round:")
+            for line in spread:
+                print("  " + line)
 
         print()
         print(f"Server CPU per message, peer / {OURS} (medians; > 1: {OURS} needs less CPU per")
