@@ -113,6 +113,8 @@ server_cmd() {
         fastwebsockets) echo "$PEER_BIN/echo-fastwebsockets --listen 127.0.0.1:$2" ;;
         tokio-tungstenite) echo "$PEER_BIN/echo-tungstenite --listen 127.0.0.1:$2" ;;
         tokio-websockets) echo "$PEER_BIN/echo-tokio-websockets --listen 127.0.0.1:$2" ;;
+        # Not a peer: a measurement of the io_uring I/O path (see the binary's doc); only by name.
+        io-uring-sketch) echo "$PEER_BIN/io-uring-sketch --listen 127.0.0.1:$2" ;;
         *) echo "run.sh: unknown server $1" >&2; return 1 ;;
     esac
 }
@@ -288,6 +290,8 @@ for round in $(seq 1 "$ROUNDS"); do
         echo "-- round $round/$ROUNDS, case ($case)"
         for name in "${order[@]}"; do
             if tls_case "$case" && [ "$name" != switchyard ]; then continue; fi
+            # The sketch keeps every connection it ever accepted: echo cases only.
+            if [ "$name" = io-uring-sketch ] && [[ "$case" != [abc] ]]; then continue; fi
             if [ "$case" = e ]; then measure_idle "$round" "$name"; else measure_load "$round" "$case" "$name"; fi
         done
     done
