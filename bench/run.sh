@@ -209,22 +209,17 @@ measure_load() { # ROUND CASE SERVER
     record round "$round" case "$case" server "$name" load "$json" \
         server_ticks "$((t1 - t0))" wall0 "$w0" wall1 "$w1" \
         server_cpu "$SERVER_CPU" load_cpu "$LOAD_CPU"
-    python3 - "$name" "$json" "$SERVER_CPU" "$LOAD_CPU" <<'PY'
+    python3 - "$name" "$json" "$SERVER_CPU" "$LOAD_CPU" "$BENCH_DIR" <<'PY'
 import json, sys
+sys.path.insert(0, sys.argv[5])
+from report import cores_busy
 name, j = sys.argv[1], json.loads(sys.argv[2])
 rate = j.get("msgs_per_s", j.get("handshakes_per_s", 0))
 line = (f"   {name:18} {rate:12.0f}/s  p50 {j['p50_us']:8.1f} us  p99 {j['p99_us']:9.1f} us  "
         f"errors {j['errors']}  load-gen CPU {100 * (j.get('client_cpu') or 0):.0f}%")
-busy = j.get("cpu_busy") or {}
-def cores(spec):
-    out = set()
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return [busy[str(c)] for c in sorted(out) if str(c) in busy]
-srv, lg = cores(sys.argv[3]), cores(sys.argv[4])
-if srv and lg:
-    line += f"  cores busy: server {100 * sum(srv) / len(srv):.0f}%, load {100 * sum(lg) / len(lg):.0f}%"
+srv, lg = (cores_busy(j.get("cpu_busy"), spec) for spec in sys.argv[3:5])
+if srv is not None and lg is not None:
+    line += f"  cores busy: server {100 * srv:.0f}%, load {100 * lg:.0f}%"
 print(line)
 PY
 }
