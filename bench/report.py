@@ -112,6 +112,7 @@ def main(path, lg_cores=1):
 
     if OURS in servers:
         peers = [s for s in servers if s != OURS]
+        real_peers = [p for p in peers if p not in NOT_PEERS]  # the ones the targets count
         print()
         print(f"Ratio {OURS} / peer (medians; > 1 is better for (a)-(d), < 1 is better for (e)).")
         head = f"{'case':{w0}}" + "".join(f" {'vs ' + p:>22}" for p in peers) + "  target -> met?"
@@ -124,18 +125,16 @@ def main(path, lg_cores=1):
                 peer = med(metric, (c, p))
                 ratio = ours / peer if ours is not None and peer else None
                 line += f" {fmt(ratio, 2):>22}"
-            line += "  " + target(
-                c, ours, {p: med(metric, (c, p)) for p in peers if p not in NOT_PEERS}
-            )
+            line += "  " + target(c, ours, {p: med(metric, (c, p)) for p in real_peers})
             print(line)
 
         # Rounds are interleaved, so each round's ratio to the best peer of that same round
         # shows how much of a median difference is noise.
+        def best_peer(v):
+            return max((rate for n, rate in v.items() if n in real_peers), default=0)
+
         spread = []
         for c in ("a", "c", "d"):
-            def best_peer(v):
-                return max((p for n, p in v.items() if n != OURS and n not in NOT_PEERS), default=0)
-
             ratios = sorted(
                 v[OURS] / best_peer(v)
                 for (rc, _), v in by_round.items()
