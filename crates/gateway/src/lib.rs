@@ -28,6 +28,8 @@ pub mod routing;
 pub mod server;
 pub mod tls;
 pub mod tls_upgrade;
+#[cfg(target_os = "linux")]
+pub mod uring;
 pub mod websocket;
 
 pub use server::{
