@@ -105,10 +105,16 @@ struct ServeArgs {
     /// `Alt-Svc: h3=":PORT"; ma=86400`. Needs --tls.
     #[arg(long)]
     http3: bool,
+    /// Drive the cleartext connections with io_uring instead of epoll (Linux):
+    /// one `io_uring_enter` per batch of ready connections instead of a `recv`
+    /// and a `send` per message. Needs --threads 1 (one ring per thread); not
+    /// with TLS (--tls, --tls-upgrade), which keeps epoll.
+    #[arg(long, conflicts_with_all = ["tls", "tls_cert", "tls_upgrade"])]
+    io_uring: bool,
     /// Run the reverse proxy described by this TOML file (listeners, routes,
     /// upstream groups, policies, [admin]); see docs/configuration.md.
     /// Without it, `serve` runs the embedded default (echo + index page).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "tls", "tls_cert", "tls_upgrade", "lineecho", "no_http2", "http3"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "tls", "tls_cert", "tls_upgrade", "lineecho", "no_http2", "http3", "io_uring"])]
     config: Option<std::path::PathBuf>,
     /// Validate the configuration (--config FILE, or the embedded default),
     /// print the result and exit: 0 valid, 1 invalid (the error names the
@@ -122,8 +128,17 @@ struct ServeArgs {
 }
 
 /// Usage errors clap cannot express: `--http3` needs TLS listeners.
-fn check_serve_args(args: &ServeArgs) {
+fn check_serve_args(args: &ServeArgs, threads: Option<usize>) {
     use clap::CommandFactory;
+    if args.io_uring && threads != Some(1) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--io-uring needs --threads 1: a ring belongs to one thread, and the tasks of \
+                 a multi-thread runtime move between threads",
+            )
+            .exit();
+    }
     if args.http3 && (args.tls_upgrade || !(args.tls || args.tls_cert.is_some())) {
         Cli::command()
             .error(
@@ -156,7 +171,7 @@ struct ReloadArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Serve(args) = &cli.command {
-        check_serve_args(args);
+        check_serve_args(args, cli.threads);
     }
     let cli = match cli.command {
         Command::Bench(mut args) => {
@@ -238,6 +253,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     cfg.http2.enabled = !args.no_http2;
     cfg.http3 = args.http3;
+    cfg.io_uring = args.io_uring;
     if args.lineecho {
         cfg.extra_routes
             .push(switchyard_gateway::Route::upgrade_only(

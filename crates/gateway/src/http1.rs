@@ -24,7 +24,6 @@ use switchyard::proto::head;
 use switchyard::proto::upgrade::connection_has;
 use switchyard::server::read_request_head;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use crate::io::{Prefixed, ServerIo};
@@ -46,11 +45,10 @@ pub(crate) struct Upgraded {
 /// A cleartext connection: HTTP/2 with prior knowledge if it starts with
 /// the preface, HTTP/1.1 otherwise.
 pub(crate) async fn serve_cleartext(
-    stream: TcpStream,
+    io: ServerIo,
     shared: &Arc<Shared>,
     ctx: ConnCtx,
 ) -> Option<Upgraded> {
-    let io = ServerIo::Plain(stream);
     if !shared.http2.enabled {
         return serve(io, BytesMut::new(), shared, ctx).await;
     }

@@ -18,6 +18,9 @@ pub enum ServerIo {
     Plain(TcpStream),
     /// TLS (from the listener, or after an RFC 2817 upgrade).
     Tls(Box<TlsStream<TcpStream>>),
+    /// Cleartext TCP driven by io_uring ([`ServeConfig::io_uring`](crate::ServeConfig::io_uring)).
+    #[cfg(target_os = "linux")]
+    Uring(crate::uring::UringStream),
 }
 
 impl ServerIo {
@@ -29,8 +32,8 @@ impl ServerIo {
     /// The ALPN protocol the TLS handshake agreed on, if any.
     pub fn alpn(&self) -> Option<&[u8]> {
         match self {
-            ServerIo::Plain(_) => None,
             ServerIo::Tls(t) => t.get_ref().1.alpn_protocol(),
+            _ => None,
         }
     }
 }
@@ -39,7 +42,7 @@ impl crate::proxy::AsPlainTcp for ServerIo {
     fn as_plain_tcp(&mut self) -> Option<crate::proxy::PlainTcp<'_>> {
         match self {
             ServerIo::Plain(s) => Some(crate::proxy::PlainTcp::bare(s)),
-            ServerIo::Tls(_) => None,
+            _ => None,
         }
     }
 }
@@ -54,6 +57,8 @@ impl AsyncRead for ServerIo {
         match self.get_mut() {
             ServerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(target_os = "linux")]
+            ServerIo::Uring(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -68,6 +73,8 @@ impl AsyncWrite for ServerIo {
         match self.get_mut() {
             ServerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(target_os = "linux")]
+            ServerIo::Uring(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -80,6 +87,8 @@ impl AsyncWrite for ServerIo {
         match self.get_mut() {
             ServerIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            #[cfg(target_os = "linux")]
+            ServerIo::Uring(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -87,6 +96,8 @@ impl AsyncWrite for ServerIo {
         match self {
             ServerIo::Plain(s) => s.is_write_vectored(),
             ServerIo::Tls(s) => s.is_write_vectored(),
+            #[cfg(target_os = "linux")]
+            ServerIo::Uring(s) => s.is_write_vectored(),
         }
     }
 
@@ -95,6 +106,8 @@ impl AsyncWrite for ServerIo {
         match self.get_mut() {
             ServerIo::Plain(s) => Pin::new(s).poll_flush(cx),
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(target_os = "linux")]
+            ServerIo::Uring(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -102,6 +115,8 @@ impl AsyncWrite for ServerIo {
         match self.get_mut() {
             ServerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(target_os = "linux")]
+            ServerIo::Uring(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

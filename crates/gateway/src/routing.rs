@@ -577,6 +577,8 @@ pub(crate) fn peer_addr(io: &crate::io::ServerIo) -> SocketAddr {
     let tcp = match io {
         crate::io::ServerIo::Plain(t) => t,
         crate::io::ServerIo::Tls(t) => t.get_ref().0,
+        #[cfg(target_os = "linux")]
+        crate::io::ServerIo::Uring(u) => return u.peer_addr(),
     };
     tcp.peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))

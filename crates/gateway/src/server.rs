@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn, Instrument};
 
+use crate::io::ServerIo;
 use crate::registry::{ConnInfo, Registry, UpgradeProtocol};
 use crate::tls::{self, TlsError};
 use crate::tls_upgrade::TlsUpgrade;
@@ -72,6 +73,13 @@ pub struct ServeConfig {
     /// `TCP_NODELAY` waits that long once. HAProxy's `tcp-smart-accept`, also on by
     /// default. Default on.
     pub ack_with_response: bool,
+    /// Drive cleartext connections with io_uring instead of epoll (Linux;
+    /// [`crate::uring`]): fewer system calls per message. Used only where it can
+    /// be: a current-thread runtime (one ring per thread), a kernel that allows
+    /// io_uring, no certificate (TLS listeners and RFC 2817 upgrades keep epoll);
+    /// elsewhere the server logs why and uses epoll. The transparent proxy tunnel's
+    /// `splice` needs a plain socket, so proxied connections copy instead. Default off.
+    pub io_uring: bool,
 }
 
 impl Default for ServeConfig {
@@ -88,6 +96,7 @@ impl Default for ServeConfig {
             http3: false,
             gateway: None,
             ack_with_response: true,
+            io_uring: false,
         }
     }
 }
@@ -334,6 +343,8 @@ pub(crate) struct Shared {
     pub(crate) http1: Http1Settings,
     pub(crate) http2: Http2Settings,
     pub(crate) gateway: Option<Arc<crate::routing::Gateway>>,
+    /// [`ServeConfig::io_uring`], where it applies (no certificate).
+    pub(crate) io_uring: bool,
 }
 
 impl Shared {
@@ -476,6 +487,7 @@ impl Server {
                 http1: cfg.http1,
                 http2,
                 gateway: cfg.gateway,
+                io_uring: cfg.io_uring && cfg.tls.is_none(),
             }),
         })
     }
@@ -565,7 +577,17 @@ async fn accept_loop(
     mut closed: watch::Receiver<bool>,
 ) {
     let local = listener.local_addr().ok();
-    info!(?local, "listening");
+    let listener = match Acceptor::new(listener, &shared) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(
+                ?local,
+                "cannot take the listener off epoll for io_uring: {e}"
+            );
+            return;
+        }
+    };
+    info!(?local, io_uring = listener.is_uring(), "listening");
     let mut stop = ctx.stop.clone();
     loop {
         if *closed.borrow_and_update() {
@@ -576,12 +598,12 @@ async fn accept_loop(
         }
         tokio::select! {
             res = listener.accept() => match res {
-                Ok((stream, peer)) => {
+                Ok((io, peer)) => {
                     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("conn", id, %peer);
                     let shared = shared.clone();
                     let ctx = ctx.clone();
-                    let http = Box::pin(connection(stream, shared.clone(), ctx));
+                    let http = Box::pin(connection(io, shared.clone(), ctx));
                     let task = crate::http1::ConnectionTask::new(http, shared);
                     tokio::spawn(task.instrument(span));
                 }
@@ -593,6 +615,73 @@ async fn accept_loop(
             },
             _ = stop.changed() => return,
             Ok(()) = closed.changed() => {}
+        }
+    }
+}
+
+/// A listener: tokio's, or (with [`ServeConfig::io_uring`]) one whose
+/// connections go to this thread's io_uring without ever joining epoll.
+enum Acceptor {
+    Tokio(TcpListener),
+    #[cfg(target_os = "linux")]
+    Uring(tokio::io::unix::AsyncFd<std::net::TcpListener>),
+}
+
+impl Acceptor {
+    fn new(listener: TcpListener, shared: &Shared) -> std::io::Result<Acceptor> {
+        #[cfg(target_os = "linux")]
+        if shared.io_uring {
+            let current_thread = tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::CurrentThread;
+            if !current_thread {
+                warn!("io_uring needs a current-thread runtime (--threads 1); using epoll");
+            } else if crate::uring::available() {
+                let std = listener.into_std()?;
+                // SAFETY: the AsyncFd owns the listener, whose descriptor stays open
+                // and the same until the AsyncFd is dropped.
+                return match unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        std,
+                        tokio::io::Interest::READABLE,
+                    )
+                } {
+                    Ok(fd) => Ok(Acceptor::Uring(fd)),
+                    Err(e) => {
+                        let (l, e) = e.into_parts();
+                        warn!("io_uring listener: {e}; using epoll");
+                        Ok(Acceptor::Tokio(TcpListener::from_std(l)?))
+                    }
+                };
+            }
+        }
+        let _ = shared;
+        Ok(Acceptor::Tokio(listener))
+    }
+
+    fn is_uring(&self) -> bool {
+        !matches!(self, Acceptor::Tokio(_))
+    }
+
+    async fn accept(&self) -> std::io::Result<(ServerIo, SocketAddr)> {
+        match self {
+            Acceptor::Tokio(l) => l.accept().await.map(|(s, p)| (ServerIo::Plain(s), p)),
+            #[cfg(target_os = "linux")]
+            Acceptor::Uring(l) => {
+                let (s, peer) = loop {
+                    let mut ready = l.readable().await?;
+                    if let Ok(r) = ready.try_io(|l| l.get_ref().accept()) {
+                        break r?;
+                    }
+                };
+                let _ = s.set_nodelay(true);
+                match crate::uring::UringStream::new(s, peer) {
+                    Ok(u) => Ok((ServerIo::Uring(u), peer)),
+                    Err(s) => {
+                        s.set_nonblocking(true)?;
+                        Ok((ServerIo::Plain(TcpStream::from_std(s)?), peer))
+                    }
+                }
+            }
         }
     }
 }
@@ -631,15 +720,20 @@ fn delay_first_ack(_: &std::net::TcpListener) -> std::io::Result<()> {
 /// The TLS path is boxed again: a cleartext HTTP/1.1 connection should not
 /// carry a rustls handshake inline.
 async fn connection(
-    stream: TcpStream,
+    io: ServerIo,
     shared: Arc<Shared>,
     ctx: ConnCtx,
 ) -> Option<crate::http1::Upgraded> {
-    let _ = stream.set_nodelay(true);
-    if shared.tls_listener.is_some() {
-        Box::pin(tls_connection(stream, &shared, ctx)).await
-    } else {
-        crate::http1::serve_cleartext(stream, &shared, ctx).await
+    match io {
+        ServerIo::Plain(stream) => {
+            let _ = stream.set_nodelay(true);
+            if shared.tls_listener.is_some() {
+                Box::pin(tls_connection(stream, &shared, ctx)).await
+            } else {
+                crate::http1::serve_cleartext(ServerIo::Plain(stream), &shared, ctx).await
+            }
+        }
+        io => crate::http1::serve_cleartext(io, &shared, ctx).await,
     }
 }
 
@@ -651,7 +745,7 @@ async fn tls_connection(
     let acceptor = shared.tls_listener.as_ref()?;
     let limit = shared.accept.limits.handshake_timeout;
     let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => crate::io::ServerIo::Tls(Box::new(tls)),
+        Ok(Ok(tls)) => ServerIo::Tls(Box::new(tls)),
         Ok(Err(e)) => {
             info!("TLS handshake failed: {e}");
             return None;

@@ -1,0 +1,154 @@
+//! `switchyard serve --io-uring`: the built-in echo with its connections on io_uring
+//! (Linux), the argument rules, and the graceful shutdown.
+#![cfg(target_os = "linux")]
+
+use std::process::Command;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use switchyard::{CloseCode, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+
+/// Whether the kernel lets this machine use io_uring (`kernel.io_uring_disabled`, Linux
+/// 6.6+). Without it the server uses epoll and says so; these tests say they did not run.
+fn skip() -> bool {
+    let off = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .is_ok_and(|v| v.trim() != "0");
+    if off {
+        eprintln!("io_uring is disabled by kernel.io_uring_disabled: not tested here");
+    }
+    off
+}
+
+fn serve_uring() -> (common::Proc, std::net::SocketAddr) {
+    let (p, addrs) = common::switchyard(
+        &[
+            "--threads",
+            "1",
+            "serve",
+            "--io-uring",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        1,
+    );
+    (p, addrs[0])
+}
+
+#[tokio::test]
+async fn the_echo_runs_on_io_uring() {
+    if skip() {
+        return;
+    }
+    let (srv, addr) = serve_uring();
+    // The listener says which I/O path it took (a kernel without io_uring: epoll).
+    let log = common::strip_ansi(&srv.wait_log("listening"));
+    assert!(log.contains("io_uring=true"), "{log}");
+
+    let url = format!("ws://{addr}/echo");
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        conns.push(switchyard::client::connect(&url).await.unwrap().0);
+    }
+    for round in 0..50 {
+        for (i, ws) in conns.iter_mut().enumerate() {
+            let text = format!("conn {i} round {round}");
+            ws.send(Message::text(text.clone())).await.unwrap();
+            match ws.next().await.unwrap().unwrap() {
+                Message::Text(t) => assert_eq!(t.as_str(), text),
+                other => panic!("expected the text back, got {other:?}"),
+            }
+        }
+    }
+    // A 4 MiB binary message: bulk reads and large writes.
+    let big: Vec<u8> = (0..4 << 20)
+        .map(|i: u32| (i * 31 + i / 4093) as u8)
+        .collect();
+    let ws = &mut conns[0];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    match ws.next().await.unwrap().unwrap() {
+        Message::Binary(b) => assert!(b[..] == big[..], "the 4 MiB echo differs"),
+        other => panic!("expected the binary back, got {other:?}"),
+    }
+    // The closing handshakes complete (the server answers each close frame).
+    for mut ws in conns {
+        tokio::time::timeout(Duration::from_secs(5), ws.close(CloseCode::NORMAL, "bye"))
+            .await
+            .expect("the server answered the close")
+            .unwrap();
+    }
+    drop(srv);
+}
+
+/// The HTTP/1.1 side on io_uring: 426 for a plain GET /echo, and a head split over
+/// many small writes is parsed once it is whole.
+#[tokio::test]
+async fn http_on_io_uring() {
+    if skip() {
+        return;
+    }
+    let (_srv, addr) = serve_uring();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let req = "GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for b in req.as_bytes().chunks(3) {
+        s.write_all(b).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut resp = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut resp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 426 "), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{resp}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_io_uring_websockets_with_1001() {
+    if skip() {
+        return;
+    }
+    let (mut srv, addr) = serve_uring();
+    let (mut ws, _) = switchyard::client::connect(&format!("ws://{addr}/echo"))
+        .await
+        .unwrap();
+    srv.signal("TERM");
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match msg {
+        Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::GOING_AWAY),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    while let Some(Ok(_)) = ws.next().await {}
+    let st = srv.wait_exit(Duration::from_secs(5));
+    assert!(st.success(), "{st:?}");
+}
+
+#[test]
+fn io_uring_needs_one_thread_and_cleartext() {
+    for (args, needle) in [
+        (&["serve", "--io-uring"][..], "--threads 1"),
+        (
+            &["--threads", "2", "serve", "--io-uring"][..],
+            "--threads 1",
+        ),
+        (
+            &["--threads", "1", "serve", "--io-uring", "--tls"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = Command::new(common::BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
