@@ -2,10 +2,12 @@
 # Autobahn TestSuite conformance (the PyPI package kosoku) in both roles:
 #   server role: kosoku -m fuzzingclient drives `switchyard serve` (/echo)
 #   client role: kosoku -m fuzzingserver is driven by our client (examples/autobahn_client.rs)
+#   server-uring: the server role again, with `serve --threads 1 --io-uring` (its connections on
+#                 io_uring instead of epoll), against the same expected results
 # Each run is compared with conformance/expected-{server,client}.json; any case that
 # changes, or is not OK/INFORMATIONAL, fails (an INFORMATIONAL case that changed is first
 # run once more alone: see run() below).
-# usage: scripts/autobahn.sh [server|client|all] [--write]   (needs .venv with kosoku)
+# usage: scripts/autobahn.sh [server|client|server-uring|all] [--write]   (needs .venv with kosoku)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 role=${1:-all}
@@ -29,7 +31,8 @@ drive_server() (
   dir=$1 parallel=$2
   shift 2
   port=$(free_port)
-  "$SWITCHYARD" serve --listen "127.0.0.1:$port" >"$dir.log" 2>&1 &
+  # shellcheck disable=SC2086 # SERVE_ARGS: several arguments
+  "$SWITCHYARD" serve --listen "127.0.0.1:$port" ${SERVE_ARGS:-} >"$dir.log" 2>&1 &
   spid=$!
   trap 'kill $spid 2>/dev/null || true' EXIT
   wait_port "$port"
@@ -57,11 +60,12 @@ drive_client() (
   exit $status
 )
 
-# run ROLE PARALLEL: the whole suite in one role, compared with conformance/expected-ROLE.json.
+# run ROLE PARALLEL [NAME]: the whole suite in one role, compared with
+# conformance/expected-ROLE.json; reports in reports/autobahn/NAME (default ROLE).
 # INFORMATIONAL cases that differ (timing-dependent by design, see check.py) are run once
 # more, alone, and must then match; any other difference fails at once.
 run() (
-  role=$1 dir=$out/$1
+  role=$1 dir=$out/${3:-$1}
   expected=conformance/expected-$role.json
   "drive_$role" "$dir" "$2" || exit 1
   if [ -n "$write" ]; then
@@ -83,6 +87,7 @@ status=0
 case "$role" in
   server) run server "$SERVER_PARALLEL" || status=1 ;;
   client) run client "$CLIENT_PARALLEL" || status=1 ;;
+  server-uring) SERVE_ARGS="--threads 1 --io-uring" run server "$SERVER_PARALLEL" server-uring || status=1 ;;
   # Both roles at once, 3 cases at a time in each: a case mostly waits on one
   # side at a time (kosoku, then us), so one role alone keeps ~1 of 2 cores busy.
   # On this 2-core VM: sequential (server -p 2, client 1 at a time) ~1050 s,
@@ -91,6 +96,10 @@ case "$role" in
     run server "$SERVER_PARALLEL" & spid=$!
     run client "$CLIENT_PARALLEL" || status=1
     wait "$spid" || status=1
+    # Then the io_uring transport (~150 s alone on this VM).
+    if [ "$(uname -s)" = Linux ]; then
+      SERVE_ARGS="--threads 1 --io-uring" run server "$SERVER_PARALLEL" server-uring || status=1
+    fi
     ;;
   *) echo "usage: $0 [server|client|all] [--write]" >&2; exit 2 ;;
 esac
