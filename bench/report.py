@@ -11,7 +11,7 @@ CLK_TCK = 100  # USER_HZ on Linux
 OURS = "switchyard"
 SERVER_ORDER = ["switchyard", "fastwebsockets", "tokio-tungstenite", "tokio-websockets"]
 # Shown with the others, but not a peer: not counted in the targets (see its source).
-NOT_PEERS = {"io-uring-sketch"}
+NOT_PEERS = {"io-uring-sketch", "switchyard-epoll"}
 CASES = {
     "a": "(a) 100 conns x 16 B text, 1 in flight",
     "b": "(b) 100 conns x 16 B text, 16 in flight",

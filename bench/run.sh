@@ -104,12 +104,20 @@ if ! "$SWITCHYARD" serve --help >/dev/null 2>&1; then
 elif "$SWITCHYARD" serve --help 2>&1 | grep -q -- '--threads'; then
     OURS_ARGS="--threads 1"
 fi
+# Cleartext cases run our server on io_uring when it has the option (and the kernel allows it:
+# otherwise the server says so and uses epoll); `switchyard-epoll` is the same binary without it.
+URING_ARG=""
+if "$SWITCHYARD" serve --help 2>&1 | grep -q -- '--io-uring'; then
+    URING_ARG=" --io-uring"
+fi
 
 # server_cmd NAME PORT -> the command line (path of the echo endpoint is printed by server_path)
 server_cmd() {
     case "$1" in
         # RUST_LOG=warn: switchyard logs every connection at info level; the peers log nothing.
-        switchyard) echo "env RUST_LOG=warn $SWITCHYARD serve --listen 127.0.0.1:$2 $OURS_ARGS$([ "$CASE_TLS" = 1 ] && echo " --tls")" ;;
+        switchyard) echo "env RUST_LOG=warn $SWITCHYARD serve --listen 127.0.0.1:$2 $OURS_ARGS$([ "$CASE_TLS" = 1 ] && echo " --tls" || echo "$URING_ARG")" ;;
+        # Not a peer: our server on epoll, to show what io_uring changes; only by name.
+        switchyard-epoll) echo "env RUST_LOG=warn $SWITCHYARD serve --listen 127.0.0.1:$2 $OURS_ARGS$([ "$CASE_TLS" = 1 ] && echo " --tls")" ;;
         fastwebsockets) echo "$PEER_BIN/echo-fastwebsockets --listen 127.0.0.1:$2" ;;
         tokio-tungstenite) echo "$PEER_BIN/echo-tungstenite --listen 127.0.0.1:$2" ;;
         tokio-websockets) echo "$PEER_BIN/echo-tokio-websockets --listen 127.0.0.1:$2" ;;
