@@ -234,6 +234,7 @@ PY
 
 measure_idle() { # ROUND SERVER
     local round=$1 name=$2 url rss0 rss1 ready load_alive server_alive
+    CASE_TLS=0 # a cleartext case, whatever ran before it
     start_server "$name" || { record round "$round" case e server "$name" error "server did not start"; return; }
     url="ws://127.0.0.1:$PORT$(server_path "$name")"
     sleep 0.3
