@@ -578,7 +578,11 @@ pub(crate) fn peer_addr(io: &crate::io::ServerIo) -> SocketAddr {
         crate::io::ServerIo::Plain(t) => t,
         crate::io::ServerIo::Tls(t) => t.get_ref().0,
         #[cfg(target_os = "linux")]
-        crate::io::ServerIo::Uring(u) => return u.peer_addr(),
+        crate::io::ServerIo::Uring(u) => {
+            return u
+                .peer_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        }
     };
     tcp.peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))

@@ -674,7 +674,7 @@ impl Acceptor {
                     }
                 };
                 let _ = s.set_nodelay(true);
-                match crate::uring::UringStream::new(s, peer) {
+                match crate::uring::UringStream::new(s) {
                     Ok(u) => Ok((ServerIo::Uring(u), peer)),
                     Err(s) => {
                         s.set_nonblocking(true)?;

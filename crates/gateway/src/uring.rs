@@ -41,7 +41,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -238,7 +238,7 @@ impl BufRing {
 /// A thread's ring, its buffers and its connections.
 struct Ring {
     /// Unique per ring: a stream checks that it is polled on its own ring.
-    id: u64,
+    id: u32,
     ring: IoUring,
     bufs: BufRing,
     eventfd: OwnedFd,
@@ -276,7 +276,7 @@ impl Ring {
                 0,
             )?;
         }
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        static NEXT_ID: AtomicU32 = AtomicU32::new(1);
         Ok(Ring {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             ring,
@@ -709,18 +709,15 @@ fn ensure_driver() -> io::Result<()> {
 #[derive(Debug)]
 pub struct UringStream {
     slot: u32,
-    ring: u64,
-    peer: SocketAddr,
+    /// [`Ring::id`] of its ring. Two `u32`s: every connection's future holds this.
+    ring: u32,
 }
 
 impl UringStream {
     /// Move `stream` onto this thread's ring. Gives it back when io_uring is not
     /// available or the runtime is not a current-thread one (tasks would move
     /// between threads, and a ring belongs to one).
-    pub fn new(
-        stream: std::net::TcpStream,
-        peer: SocketAddr,
-    ) -> Result<UringStream, std::net::TcpStream> {
+    pub fn new(stream: std::net::TcpStream) -> Result<UringStream, std::net::TcpStream> {
         let current_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         if !current_thread || !available() {
@@ -737,12 +734,19 @@ impl UringStream {
         let fd = stream.into_raw_fd();
         let (slot, ring) =
             with_ring(|r, _| (r.insert(fd), r.id)).expect("the ring was just checked");
-        Ok(UringStream { slot, ring, peer })
+        Ok(UringStream { slot, ring })
     }
 
-    /// The peer's address.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
+    /// The peer's address (`getpeername`).
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        let fd = self.as_raw_fd();
+        if fd < 0 {
+            return Err(other_thread());
+        }
+        // SAFETY: the slot's descriptor is open while this stream exists; ManuallyDrop
+        // keeps the borrowed std stream from closing it.
+        let tcp = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        tcp.peer_addr()
     }
 
     fn on_ring<R>(
@@ -1074,9 +1078,9 @@ mod tests {
     async fn pair_std() -> (UringStream, std::net::TcpStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, peer) = l.accept().unwrap();
-        let s = UringStream::new(s, peer).expect("io_uring on a current-thread runtime");
-        assert_eq!(s.peer_addr(), client.local_addr().unwrap());
+        let (s, _) = l.accept().unwrap();
+        let s = UringStream::new(s).expect("io_uring on a current-thread runtime");
+        assert_eq!(s.peer_addr().unwrap(), client.local_addr().unwrap());
         (s, client)
     }
 
@@ -1388,8 +1392,8 @@ mod tests {
         rt.block_on(async {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (s, peer) = l.accept().unwrap();
-            assert!(UringStream::new(s, peer).is_err());
+            let (s, _) = l.accept().unwrap();
+            assert!(UringStream::new(s).is_err());
         });
     }
 
@@ -1408,8 +1412,8 @@ mod tests {
         };
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (accepted, peer) = l.accept().unwrap();
-        let s = rt().block_on(async { UringStream::new(accepted, peer).unwrap() });
+        let (accepted, _) = l.accept().unwrap();
+        let s = rt().block_on(async { UringStream::new(accepted).unwrap() });
         let s = std::thread::spawn(move || {
             rt().block_on(async move {
                 let mut s = s;
