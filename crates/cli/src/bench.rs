@@ -1023,8 +1023,14 @@ async fn handshake(stream: &mut Stream, plan: &Plan, rng: &mut Rng) -> anyhow::R
     req.push_str(&plan.request_head);
     req.push_str(&key);
     req.push_str("\r\n\r\n");
+    // Flushed: a TLS stream keeps what the socket did not take at once until a flush
+    // (or the next write, which would never come: the server waits for the request).
     stream
         .write_all(req.as_bytes())
+        .await
+        .context("cannot send the upgrade request")?;
+    stream
+        .flush()
         .await
         .context("cannot send the upgrade request")?;
     let mut buf = Vec::with_capacity(512);
@@ -1475,6 +1481,11 @@ impl EchoConn {
                 wbuf.clear();
                 *wpos = 0;
             }
+            // What a TLS stream buffered goes out now, not with the next batch (which
+            // waits for these replies). Nothing to do on TCP.
+            if let Poll::Ready(Err(e)) = Pin::new(&mut *stream).poll_flush(cx) {
+                return Poll::Ready(Err(e));
+            }
             if let Some(t) = timer.as_mut() {
                 if t.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Ok(None));
@@ -1499,6 +1510,7 @@ impl EchoConn {
         push_frame(&mut frame, OP_CLOSE, &1000u16.to_be_bytes(), mask);
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
             self.stream.write_all(&frame).await?;
+            self.stream.flush().await?;
             let mut sink = [0u8; 4096];
             while self.stream.read(&mut sink).await? > 0 {}
             Ok::<_, std::io::Error>(())
@@ -1541,6 +1553,10 @@ async fn handshake_cycle(plan: &Plan, rng: &mut Rng) -> anyhow::Result<()> {
     push_frame(&mut frame, OP_CLOSE, &1000u16.to_be_bytes(), mask);
     stream
         .write_all(&frame)
+        .await
+        .context("cannot send the close frame")?;
+    stream
+        .flush()
         .await
         .context("cannot send the close frame")?;
     // Wait for the server's close frame (or its FIN).
@@ -2285,6 +2301,124 @@ mod tests {
                 .is_some_and(|e| e.contains("TLS handshake")),
             "{:?}",
             r.first_error
+        );
+    }
+
+    /// A stream that sends only when flushed, like TLS with what the socket did not take
+    /// at once (rare on loopback, so a TLS test would not show it).
+    struct SendsOnFlush {
+        inner: TcpStream,
+        out: Vec<u8>,
+    }
+
+    impl AsyncRead for SendsOnFlush {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for SendsOnFlush {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.out.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let Self { inner, out } = &mut *self;
+            while !out.is_empty() {
+                let n = std::task::ready!(Pin::new(&mut *inner).poll_write(cx, out))?;
+                out.drain(..n);
+            }
+            Pin::new(inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            std::task::ready!(self.as_mut().poll_flush(cx))?;
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// The upgrade request, the messages and the close frame reach a server through a
+    /// stream that sends only on flush (`switchyard bench` over wss once waited 10 s for
+    /// a 408 that way: its request sat in rustls).
+    #[tokio::test]
+    async fn writes_are_flushed_for_streams_that_buffer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(test_echo_server(s));
+            }
+        });
+        let url = format!("ws://{addr}/echo");
+        let args = BenchArgs {
+            url: url.clone(),
+            connections: 1,
+            in_flight: 1,
+            size: 300,
+            binary: true,
+            duration: Some(0.3),
+            warmup: 0.0,
+            handshakes: false,
+            idle: None,
+            threads: Some(1),
+            json: true,
+            rate: None,
+            ramp_up: 0.0,
+            html: None,
+            ca: None,
+            insecure: false,
+            http2: false,
+            streams: 1,
+        };
+        let plan = Plan::from_args(&args, Target::parse(&url).expect("url"))
+            .await
+            .expect("plan");
+        let inner = TcpStream::connect(addr).await.expect("connect");
+        let mut stream = Stream::Other(Box::new(SendsOnFlush {
+            inner,
+            out: Vec::new(),
+        }));
+        let mut rng = Rng::new();
+        let early = tokio::time::timeout(
+            Duration::from_secs(2),
+            handshake(&mut stream, &plan, &mut rng),
+        )
+        .await
+        .expect("no 101: the upgrade request was never sent")
+        .expect("handshake");
+        let mut conn = EchoConn::on(stream, early, &plan, rng);
+        conn.queue_messages(&plan, 1, Instant::now());
+        let mut got = 0;
+        while got < 300 + 4 {
+            let n = tokio::time::timeout(Duration::from_secs(2), conn.io(None))
+                .await
+                .expect("no echo: the message was never sent")
+                .expect("io")
+                .expect("no timer");
+            assert!(n > 0, "the server closed the connection");
+            got += n;
+        }
+        // The close frame goes out too: the test server echoes it and ends.
+        let start = Instant::now();
+        conn.close().await;
+        assert!(
+            start.elapsed() < Duration::from_millis(400),
+            "no close reply"
         );
     }
 
