@@ -2011,26 +2011,16 @@ mod tests {
     }
 
     /// End to end against a tiny in-test echo server speaking just enough WebSocket.
-    #[tokio::test]
-    async fn echo_and_handshake_modes_against_a_local_server() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(test_echo_server(s));
-            }
-        });
-        let url = format!("ws://{addr}/echo");
-        let base = BenchArgs {
-            url: url.clone(),
+    /// A short echo run over `ws://`: 4 connections, 3 binary messages of 300 bytes in flight.
+    fn echo_args(url: &str) -> BenchArgs {
+        BenchArgs {
+            url: url.to_owned(),
             connections: 4,
             in_flight: 3,
             size: 300,
             binary: true,
             duration: Some(0.3),
-            warmup: 0.05,
+            warmup: 0.0,
             handshakes: false,
             idle: None,
             threads: Some(2),
@@ -2042,6 +2032,16 @@ mod tests {
             insecure: false,
             http2: false,
             streams: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn echo_and_handshake_modes_against_a_local_server() {
+        let addr = spawn_test_echo_server().await;
+        let url = format!("ws://{addr}/echo");
+        let base = BenchArgs {
+            warmup: 0.05,
+            ..echo_args(&url)
         };
         let plan = Arc::new(
             Plan::from_args(&base, Target::parse(&url).expect("url"))
@@ -2355,35 +2355,13 @@ mod tests {
     /// a 408 that way: its request sat in rustls).
     #[tokio::test]
     async fn writes_are_flushed_for_streams_that_buffer() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(test_echo_server(s));
-            }
-        });
+        let addr = spawn_test_echo_server().await;
         let url = format!("ws://{addr}/echo");
         let args = BenchArgs {
-            url: url.clone(),
             connections: 1,
             in_flight: 1,
-            size: 300,
-            binary: true,
-            duration: Some(0.3),
-            warmup: 0.0,
-            handshakes: false,
-            idle: None,
             threads: Some(1),
-            json: true,
-            rate: None,
-            ramp_up: 0.0,
-            html: None,
-            ca: None,
-            insecure: false,
-            http2: false,
-            streams: 1,
+            ..echo_args(&url)
         };
         let plan = Plan::from_args(&args, Target::parse(&url).expect("url"))
             .await
@@ -2446,6 +2424,20 @@ mod tests {
         );
         s.write_all(resp.as_bytes()).await.ok()?;
         Some(buf.split_off(end))
+    }
+
+    /// [`test_echo_server`] on a local port, for the rest of the test.
+    async fn spawn_test_echo_server() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(test_echo_server(s));
+            }
+        });
+        addr
     }
 
     async fn test_echo_server(mut s: TcpStream) {

@@ -14,8 +14,7 @@ mod common;
 /// Whether the kernel lets this machine use io_uring (`kernel.io_uring_disabled`, Linux
 /// 6.6+). Without it the server uses epoll and says so; these tests say they did not run.
 fn skip() -> bool {
-    let off = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-        .is_ok_and(|v| v.trim() != "0");
+    let off = !switchyard_gateway::uring::kernel_allows();
     if off {
         eprintln!("io_uring is disabled by kernel.io_uring_disabled: not tested here");
     }

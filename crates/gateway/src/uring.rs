@@ -627,6 +627,13 @@ fn with_ring<R>(f: impl FnOnce(&mut Ring, &mut Vec<Waker>) -> R) -> Option<R> {
     r
 }
 
+/// Whether the kernel's setting lets processes use io_uring
+/// (`kernel.io_uring_disabled` is 0, or absent before Linux 6.6). Seccomp or an old
+/// kernel can still refuse it: [`available`] tries.
+pub fn kernel_allows() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").map_or(true, |v| v.trim() == "0")
+}
+
 /// Whether this thread can use io_uring (it sets the ring up on first use). `false`
 /// where the kernel refuses (`kernel.io_uring_disabled`, seccomp, old kernels).
 pub fn available() -> bool {
@@ -1063,11 +1070,9 @@ mod tests {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// Whether the kernel lets this machine use io_uring (`kernel.io_uring_disabled`,
-    /// Linux 6.6+); the tests below need it and say so when it is off.
+    /// The tests below need io_uring, and say so when the kernel refuses it.
     fn skip() -> bool {
-        let off = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-            .is_ok_and(|v| v.trim() != "0");
+        let off = !kernel_allows();
         if off {
             eprintln!("io_uring is disabled by kernel.io_uring_disabled: not tested here");
         }
