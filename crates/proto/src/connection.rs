@@ -54,6 +54,7 @@ use crate::frame::{encode_header, write_frame, FrameHeader, OpCode, MAX_HEADER_L
 use crate::limits::Limits;
 use crate::mask::apply_mask;
 use crate::message::{Message, Utf8Bytes};
+use crate::role::Role;
 use crate::utf8::Utf8Validator;
 
 /// Empty buffers holding more than this are released (idle memory).
@@ -63,14 +64,6 @@ const RELEASE_ABOVE: usize = 64 * 1024;
 /// bytes are queued as they are (a reference to the message's `Bytes`)
 /// instead of being copied into the output buffer.
 pub const ZERO_COPY_MIN: usize = 2048;
-
-/// Which end of the connection we are. Clients mask, servers must not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Role {
-    Client,
-    Server,
-}
 
 /// Where the connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,8 +35,8 @@
 use bytes::BytesMut;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
-use crate::connection::Role;
 use crate::extensions::ExtensionOffer;
+use crate::role::Role;
 
 /// The extension token.
 pub const EXTENSION_NAME: &str = "permessage-deflate";

@@ -11,7 +11,7 @@
 //! * [`extensions`]: linear parser for `Sec-WebSocket-Extensions`.
 //! * [`deflate`]: permessage-deflate (RFC 7692) negotiation and codec.
 //! * [`frame`], [`mask`], [`utf8`], [`close`]: the RFC 6455 wire pieces.
-//! * [`connection`]: the WebSocket connection state machine.
+//! * [`connection`]: the WebSocket connection state machine; [`role`]: client or server.
 //! * [`limits`]: every limit, with its safe default.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
@@ -27,10 +27,12 @@ pub mod head;
 pub mod limits;
 pub mod mask;
 pub mod message;
+pub mod role;
 pub mod upgrade;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
-pub use connection::{Connection, ProtocolError, Role, SendError, State};
+pub use connection::{Connection, ProtocolError, SendError, State};
 pub use limits::Limits;
 pub use message::Message;
+pub use role::Role;
