@@ -130,7 +130,7 @@ pub fn diagnose_ws(err: &Error, url: &str) -> Diagnosis {
                 next_step: Some(doctor(url)),
             }
         }
-        Error::H2(switchyard::h2::H2Error::Refused {
+        Error::H2(switchyard::H2Error::Refused {
             status,
             response,
             hint,
@@ -343,7 +343,7 @@ mod tests {
         let mut resp = http::Response::new(());
         *resp.status_mut() = StatusCode::FORBIDDEN;
         resp.headers_mut().insert(VIA, "2 edge".parse().unwrap());
-        let e = Error::H2(switchyard::h2::H2Error::Refused {
+        let e = Error::H2(switchyard::H2Error::Refused {
             uri: "https://h/x".into(),
             status: StatusCode::FORBIDDEN,
             hint: "it refused this client (Origin or access policy)",

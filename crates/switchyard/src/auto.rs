@@ -22,7 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::client::{tls_error, ClientBuilder, MaybeTlsStream, Target};
-use crate::h2::{H2Connection, H2Error, H2WebSocket};
+use crate::error::H2Error;
+use crate::h2::{H2Connection, H2WebSocket};
 use crate::h3::H3Stream;
 use crate::{Error, WebSocket};
 

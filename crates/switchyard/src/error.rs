@@ -1,8 +1,11 @@
-//! The one error type of the async layer.
+//! The errors of the async layer: [`Error`], and the HTTP/2 and HTTP/3
+//! errors it carries. Every module of the crate reports through these; this
+//! module depends on none of them.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Response, StatusCode};
 use switchyard_proto::handshake::HandshakeError;
 use switchyard_proto::head::HeadError;
 use switchyard_proto::{ProtocolError, SendError};
@@ -84,9 +87,9 @@ pub enum Error {
     #[error("invalid WebSocket URL {url:?}: {why}")]
     Url { url: String, why: &'static str },
 
-    /// WebSocket over HTTP/2 (RFC 8441) failed: see [`crate::h2::H2Error`].
+    /// WebSocket over HTTP/2 (RFC 8441) failed: see [`H2Error`].
     #[error("WebSocket over HTTP/2: {0}")]
-    H2(#[from] crate::h2::H2Error),
+    H2(#[from] H2Error),
 }
 
 impl Error {
@@ -116,6 +119,114 @@ impl From<SendError> for Error {
         match e {
             SendError::Closed => Error::Closed,
             other => Error::Send(other),
+        }
+    }
+}
+
+/// Why WebSocket over HTTP/2 failed. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum H2Error {
+    /// The TLS server did not choose `h2` by ALPN.
+    #[error(
+        "the TLS server at {host} did not select HTTP/2 by ALPN (it chose {chosen}); it does \
+         not speak HTTP/2 on this port, so connect over HTTP/1.1 instead"
+    )]
+    NoAlpnH2 { host: String, chosen: String },
+
+    /// The server's SETTINGS did not enable extended CONNECT.
+    #[error(
+        "the server at {authority} speaks HTTP/2 but did not send \
+         SETTINGS_ENABLE_CONNECT_PROTOCOL = 1, so it does not accept WebSockets over HTTP/2 \
+         (RFC 8441); connect over HTTP/1.1, or enable extended CONNECT on the server \
+         (hyper: http2::Builder::enable_connect_protocol)"
+    )]
+    NoConnectProtocol { authority: String },
+
+    /// The HTTP/2 connection could not be set up or was lost.
+    #[error("the HTTP/2 connection to {authority} failed: {source}")]
+    Connection {
+        authority: String,
+        source: hyper::Error,
+    },
+
+    /// The connection closed before the server's SETTINGS arrived.
+    #[error("the server at {authority} closed the HTTP/2 connection before sending its SETTINGS; it is probably not an HTTP/2 server (for ws:// the server must accept HTTP/2 with prior knowledge)")]
+    ClosedBeforeSettings { authority: String },
+
+    /// The extended CONNECT was not answered (stream reset, connection lost).
+    #[error("the extended CONNECT to {uri} failed: {source}")]
+    Request { uri: String, source: hyper::Error },
+
+    /// The server answered something else than 200.
+    #[error(
+        "the server answered {status} to the extended CONNECT for {uri} instead of 200 — {hint}"
+    )]
+    Refused {
+        uri: String,
+        status: StatusCode,
+        hint: &'static str,
+        response: Box<Response<()>>,
+    },
+
+    /// The server answered 200 but hyper did not hand over the stream.
+    #[error(
+        "the server accepted the WebSocket but the HTTP/2 stream could not be taken over: {0}"
+    )]
+    Upgrade(hyper::Error),
+}
+
+/// Errors of the HTTP/3 layer. They reach [`crate::h3::connect_h3`] callers as
+/// [`Error::Io`] with this as the inner error.
+#[derive(Debug, thiserror::Error)]
+pub enum H3Error {
+    #[error("cannot bind UDP {addr} for HTTP/3: {source}; is the port free (UDP)?")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP/3 configuration: {0}")]
+    Config(String),
+    #[error("QUIC connection failed: {0}; is an HTTP/3 server listening on that UDP port?")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("QUIC connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error(transparent)]
+    Protocol(#[from] H3ProtocolError),
+    #[error(
+        "the server does not allow extended CONNECT (no SETTINGS_ENABLE_CONNECT_PROTOCOL = 1): \
+         it cannot carry WebSocket over HTTP/3; use HTTP/2 or HTTP/1.1"
+    )]
+    NoExtendedConnect,
+    #[error("the server did not send its HTTP/3 SETTINGS in time")]
+    NoSettings,
+    #[error(
+        "the server sent GOAWAY (stream {0}): it is shutting down and takes no new request on \
+         this connection; open a new connection"
+    )]
+    GoingAway(u64),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<H3Error> for Error {
+    fn from(e: H3Error) -> Self {
+        Error::Io(std::io::Error::other(e))
+    }
+}
+
+/// An HTTP/3 error to close a connection or reset a stream with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("HTTP/3 error 0x{code:x}: {reason}")]
+pub struct H3ProtocolError {
+    pub code: u32,
+    pub reason: String,
+}
+
+impl H3ProtocolError {
+    pub(crate) fn new(code: u32, reason: impl Into<String>) -> Self {
+        H3ProtocolError {
+            code,
+            reason: reason.into(),
         }
     }
 }

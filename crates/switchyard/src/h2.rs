@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::client::{tls_error, ClientBuilder, MaybeTlsStream, Target};
-use crate::error::Error;
+use crate::error::{Error, H2Error};
 use crate::server::{AcceptConfig, UpgradeFut};
 use crate::websocket::WebSocket;
 
@@ -64,58 +64,6 @@ pub type H2WebSocket = WebSocket<TokioIo<Upgraded>>;
 
 /// Resolves to the server's [`WebSocket`] once hyper hands over the stream.
 pub type H2UpgradeFut = UpgradeFut;
-
-/// Why WebSocket over HTTP/2 failed. Messages say what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum H2Error {
-    /// The TLS server did not choose `h2` by ALPN.
-    #[error(
-        "the TLS server at {host} did not select HTTP/2 by ALPN (it chose {chosen}); it does \
-         not speak HTTP/2 on this port, so connect over HTTP/1.1 instead"
-    )]
-    NoAlpnH2 { host: String, chosen: String },
-
-    /// The server's SETTINGS did not enable extended CONNECT.
-    #[error(
-        "the server at {authority} speaks HTTP/2 but did not send \
-         SETTINGS_ENABLE_CONNECT_PROTOCOL = 1, so it does not accept WebSockets over HTTP/2 \
-         (RFC 8441); connect over HTTP/1.1, or enable extended CONNECT on the server \
-         (hyper: http2::Builder::enable_connect_protocol)"
-    )]
-    NoConnectProtocol { authority: String },
-
-    /// The HTTP/2 connection could not be set up or was lost.
-    #[error("the HTTP/2 connection to {authority} failed: {source}")]
-    Connection {
-        authority: String,
-        source: hyper::Error,
-    },
-
-    /// The connection closed before the server's SETTINGS arrived.
-    #[error("the server at {authority} closed the HTTP/2 connection before sending its SETTINGS; it is probably not an HTTP/2 server (for ws:// the server must accept HTTP/2 with prior knowledge)")]
-    ClosedBeforeSettings { authority: String },
-
-    /// The extended CONNECT was not answered (stream reset, connection lost).
-    #[error("the extended CONNECT to {uri} failed: {source}")]
-    Request { uri: String, source: hyper::Error },
-
-    /// The server answered something else than 200.
-    #[error(
-        "the server answered {status} to the extended CONNECT for {uri} instead of 200 — {hint}"
-    )]
-    Refused {
-        uri: String,
-        status: StatusCode,
-        hint: &'static str,
-        response: Box<Response<()>>,
-    },
-
-    /// The server answered 200 but hyper did not hand over the stream.
-    #[error(
-        "the server accepted the WebSocket but the HTTP/2 stream could not be taken over: {0}"
-    )]
-    Upgrade(hyper::Error),
-}
 
 fn refusal_hint(status: StatusCode) -> &'static str {
     match status.as_u16() {

@@ -84,6 +84,6 @@ pub mod websocket;
 
 pub use auto::{connect_auto, AnyWebSocket, Choice, Protocol};
 pub use client::{connect, ClientBuilder, MaybeTlsStream};
-pub use error::Error;
+pub use error::{Error, H2Error, H3Error};
 pub use server::{accept, accept_request, read_request_head, AcceptConfig};
 pub use websocket::{WebSocket, WsReader, WsWriter};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
-use switchyard::h2::H2Error;
+use switchyard::H2Error;
 use switchyard::{ClientBuilder, Message, WebSocket};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;

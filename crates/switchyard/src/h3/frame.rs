@@ -5,6 +5,8 @@
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::error::H3ProtocolError;
+
 /// Frame types (RFC 9114 §7.2).
 pub(crate) const DATA: u64 = 0x00;
 pub(crate) const HEADERS: u64 = 0x01;
@@ -167,23 +169,6 @@ pub(crate) fn our_settings(max_field_section_size: usize, enable_connect: bool) 
         encode_varint(&mut p, 1);
     }
     p
-}
-
-/// An HTTP/3 error to close a connection or reset a stream with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("HTTP/3 error 0x{code:x}: {reason}")]
-pub struct H3ProtocolError {
-    pub code: u32,
-    pub reason: String,
-}
-
-impl H3ProtocolError {
-    pub(crate) fn new(code: u32, reason: impl Into<String>) -> Self {
-        H3ProtocolError {
-            code,
-            reason: reason.into(),
-        }
-    }
 }
 
 /// What [`FrameReader::next_frame`] returns.

@@ -132,7 +132,7 @@ impl Drop for H3Stream {
 fn unexpected(ty: u64) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        frame::H3ProtocolError::new(
+        crate::error::H3ProtocolError::new(
             frame::H3_FRAME_UNEXPECTED,
             format!("frame type 0x{ty:x} is not allowed on a WebSocket request stream"),
         ),
