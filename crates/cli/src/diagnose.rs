@@ -7,7 +7,7 @@ use std::io;
 
 use http::header::{HeaderName, LOCATION, SERVER, VIA};
 use switchyard::proto::handshake::HandshakeError;
-use switchyard::{CloseCode, Error};
+use switchyard::{CloseCode, Deadline, Error};
 
 use crate::dial::DialError;
 
@@ -279,10 +279,12 @@ pub fn diagnose_drop(err: &Error) -> String {
             close_code_name(p.code.0),
             p.reason
         ),
-        Error::Timeout("pong") => "no pong within the pong timeout: the server or the path is \
+        Error::Timeout(Deadline::Pong) => {
+            "no pong within the pong timeout: the server or the path is \
                                    gone (closed with 1011)"
-            .to_owned(),
-        Error::Timeout("closing handshake") => {
+                .to_owned()
+        }
+        Error::Timeout(Deadline::ClosingHandshake) => {
             "the server did not answer our close frame in time".to_owned()
         }
         other => other.to_string(),

@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::client::{tls_error, ClientBuilder, MaybeTlsStream, Target};
-use crate::error::H2Error;
+use crate::error::{Deadline, H2Error};
 use crate::h2::{H2Connection, H2WebSocket};
 use crate::h3::H3Stream;
 use crate::{Error, WebSocket};
@@ -193,7 +193,7 @@ pub async fn connect_auto(
     };
     let first = match tokio::time::timeout(limit, first).await {
         Ok(r) => r,
-        Err(_) => Err(Error::Timeout("opening handshake")),
+        Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
     };
     match first {
         Err(e) if is_no_connect_protocol(&e) => {

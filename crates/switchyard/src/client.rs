@@ -22,7 +22,7 @@ use switchyard_proto::{Connection, Limits, Role};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::error::Error;
+use crate::error::{Deadline, Error};
 use crate::websocket::WebSocket;
 
 /// A TCP stream, with or without TLS.
@@ -261,7 +261,7 @@ impl ClientBuilder {
         };
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout("opening handshake")),
+            Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
         }
     }
 
@@ -285,7 +285,7 @@ impl ClientBuilder {
         .await
         {
             Ok(r) => r?,
-            Err(_) => return Err(Error::Timeout("opening handshake")),
+            Err(_) => return Err(Error::Timeout(Deadline::OpeningHandshake)),
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let preview_len = leftover.len().min(512);

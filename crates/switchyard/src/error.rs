@@ -65,11 +65,13 @@ pub enum Error {
     #[error("cannot send: {0}")]
     Send(SendError),
 
-    /// A deadline passed: "pong" (the peer did not answer a ping within
-    /// `Limits::pong_timeout`), "closing handshake" (`Limits::close_timeout`),
-    /// "opening handshake" (`Limits::handshake_timeout`).
-    #[error("timed out waiting for the {0}; the peer is gone or too slow (see Limits)")]
-    Timeout(&'static str),
+    /// A deadline of [`Limits`](switchyard_proto::Limits) passed: which one
+    /// is the [`Deadline`].
+    #[error(
+        "timed out waiting for the {0} (Limits::{limit}); the peer is gone or too slow",
+        limit = .0.limit()
+    )]
+    Timeout(Deadline),
 
     /// TLS failed (certificate verification, protocol).
     #[error(
@@ -108,9 +110,45 @@ impl Error {
     pub fn close_code(&self) -> Option<switchyard_proto::CloseCode> {
         match self {
             Error::Protocol(e) => Some(e.code),
-            Error::Timeout("pong") => Some(switchyard_proto::CloseCode::INTERNAL_ERROR),
+            Error::Timeout(Deadline::Pong) => Some(switchyard_proto::CloseCode::INTERNAL_ERROR),
             _ => None,
         }
+    }
+}
+
+/// Which deadline passed, in [`Error::Timeout`]. `Display` names what was
+/// awaited ("pong", "opening handshake", "closing handshake").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Deadline {
+    /// The connection and the opening handshake (client), within
+    /// `Limits::handshake_timeout`.
+    OpeningHandshake,
+    /// The peer's pong to our heartbeat ping, within `Limits::pong_timeout`.
+    /// The connection was closed with 1011.
+    Pong,
+    /// The peer's close frame after ours, within `Limits::close_timeout`.
+    ClosingHandshake,
+}
+
+impl Deadline {
+    /// The [`Limits`](switchyard_proto::Limits) field that sets it.
+    pub fn limit(self) -> &'static str {
+        match self {
+            Deadline::OpeningHandshake => "handshake_timeout",
+            Deadline::Pong => "pong_timeout",
+            Deadline::ClosingHandshake => "close_timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for Deadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Deadline::OpeningHandshake => "opening handshake",
+            Deadline::Pong => "pong",
+            Deadline::ClosingHandshake => "closing handshake",
+        })
     }
 }
 
@@ -246,6 +284,29 @@ mod tests {
         );
         assert_eq!(Error::Closed.http_status(), None);
         assert_eq!(Error::HeadEof { got: 3 }.http_status(), None);
+    }
+
+    #[test]
+    fn only_the_pong_deadline_has_a_close_code() {
+        assert_eq!(
+            Error::Timeout(Deadline::Pong).close_code(),
+            Some(switchyard_proto::CloseCode::INTERNAL_ERROR)
+        );
+        for d in [Deadline::OpeningHandshake, Deadline::ClosingHandshake] {
+            assert_eq!(Error::Timeout(d).close_code(), None, "{d}");
+        }
+    }
+
+    #[test]
+    fn timeout_messages_name_what_was_awaited() {
+        assert_eq!(
+            Error::Timeout(Deadline::Pong).to_string(),
+            "timed out waiting for the pong (Limits::pong_timeout); the peer is gone or too slow"
+        );
+        assert_eq!(Deadline::OpeningHandshake.to_string(), "opening handshake");
+        assert!(Error::Timeout(Deadline::ClosingHandshake)
+            .to_string()
+            .contains("closing handshake (Limits::close_timeout)"));
     }
 
     #[test]

@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::client::{tls_error, ClientBuilder, MaybeTlsStream, Target};
-use crate::error::{Error, H2Error};
+use crate::error::{Deadline, Error, H2Error};
 use crate::server::{AcceptConfig, UpgradeFut};
 use crate::websocket::WebSocket;
 
@@ -277,7 +277,7 @@ impl H2Connection {
         let timeout = builder.get_limits().handshake_timeout;
         match tokio::time::timeout(timeout, Self::connect_inner(url, &target, builder)).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout("opening handshake")),
+            Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
         }
     }
 
@@ -363,7 +363,7 @@ impl H2Connection {
         let timeout = builder.get_limits().handshake_timeout;
         match tokio::time::timeout(timeout, Self::start(io, scheme, authority, builder)).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout("opening handshake")),
+            Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
         }
     }
 
@@ -487,7 +487,7 @@ impl H2Connection {
         let timeout = builder.get_limits().handshake_timeout;
         match tokio::time::timeout(timeout, self.websocket_inner(path_and_query, builder)).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout("opening handshake")),
+            Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
         }
     }
 

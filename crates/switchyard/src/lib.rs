@@ -65,7 +65,7 @@
 //! All from [`Limits`]: `handshake_timeout` bounds the request head (server,
 //! answered with 408) and the whole connect + TLS + handshake (client);
 //! `ping_interval` / `pong_timeout` run the heartbeat (a silent peer is closed
-//! with 1011 and the stream yields `Error::Timeout("pong")`); `close_timeout`
+//! with 1011 and the stream yields `Error::Timeout(Deadline::Pong)`); `close_timeout`
 //! bounds the closing handshake; `max_write_buffer` is the `Sink`
 //! backpressure threshold.
 
@@ -84,6 +84,6 @@ pub mod websocket;
 
 pub use auto::{connect_auto, AnyWebSocket, Choice, Protocol};
 pub use client::{connect, ClientBuilder, MaybeTlsStream};
-pub use error::{Error, H2Error, H3Error};
+pub use error::{Deadline, Error, H2Error, H3Error};
 pub use server::{accept, accept_request, read_request_head, AcceptConfig};
 pub use websocket::{WebSocket, WsReader, WsWriter};

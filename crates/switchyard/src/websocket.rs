@@ -20,7 +20,7 @@ use switchyard_proto::{CloseCode, CloseFrame, Connection, Limits, Message, Role,
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::error::Error;
+use crate::error::{Deadline, Error};
 
 /// Spare capacity below which the receive buffer grows before a read.
 const MIN_READ_SPACE: usize = 4 * 1024;
@@ -469,7 +469,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 if self.close_deadline_passed(cx) {
                     tracing::debug!("websocket closing handshake timed out; closing the transport");
                     self.phase = Phase::Shutdown;
-                    self.set_pending(Error::Timeout("closing handshake"));
+                    self.set_pending(Error::Timeout(Deadline::ClosingHandshake));
                     continue;
                 }
             }
@@ -478,7 +478,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             if self.poll_heartbeat(cx) {
                 tracing::debug!("websocket peer did not answer a ping in time; closing with 1011");
                 self.conn.close(CloseCode::INTERNAL_ERROR, "pong timeout");
-                self.begin_ending(Some(Error::Timeout("pong")));
+                self.begin_ending(Some(Error::Timeout(Deadline::Pong)));
                 continue;
             }
             // A ping the heartbeat just queued.

@@ -759,7 +759,7 @@ async fn unanswered_connect_times_out_with_the_handshake_timeout() {
     let conn = H2Connection::connect(&url, &builder).await.unwrap();
     let started = std::time::Instant::now();
     match conn.websocket("/", &builder).await {
-        Err(Error::Timeout(what)) => assert_eq!(what, "opening handshake"),
+        Err(Error::Timeout(what)) => assert_eq!(what, switchyard::Deadline::OpeningHandshake),
         other => panic!("expected a timeout, got {:?}", other.map(|r| r.1)),
     }
     assert!(started.elapsed() < Duration::from_secs(3));

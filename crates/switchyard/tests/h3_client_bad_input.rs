@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use switchyard::client::RootSource;
 use switchyard::h3::{self, H3Connection};
-use switchyard::{ClientBuilder, Error, Limits};
+use switchyard::{ClientBuilder, Deadline, Error, Limits};
 
 /// A QUIC server speaking ALPN h3 whose connections are handed to `script`.
 async fn raw_server<F, Fut>(script: F) -> (u16, std::path::PathBuf)
@@ -119,7 +119,7 @@ async fn server_that_never_sends_settings_times_out() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Timeout("opening handshake")),
+        matches!(err, Error::Timeout(Deadline::OpeningHandshake)),
         "{err:?}"
     );
 }

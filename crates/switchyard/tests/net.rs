@@ -10,7 +10,7 @@ use switchyard::proto::deflate::DeflateConfig;
 use switchyard::proto::handshake::HandshakeError;
 use switchyard::proto::{Connection, Role};
 use switchyard::server::{accept, AcceptConfig};
-use switchyard::{ClientBuilder, CloseCode, Error, Limits, Message};
+use switchyard::{ClientBuilder, CloseCode, Deadline, Error, Limits, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -434,7 +434,7 @@ async fn client_handshake_timeout() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Timeout("opening handshake")),
+        matches!(err, Error::Timeout(Deadline::OpeningHandshake)),
         "{err:?}"
     );
 }

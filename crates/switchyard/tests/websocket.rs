@@ -8,7 +8,7 @@ use bytes::Bytes;
 use common::{pair, server_ws};
 use futures_util::{SinkExt, StreamExt};
 use switchyard::proto::{Connection, State};
-use switchyard::{CloseCode, CloseFrame, Error, Limits, Message, Role};
+use switchyard::{CloseCode, CloseFrame, Deadline, Error, Limits, Message, Role};
 use tokio::io::AsyncReadExt;
 
 #[tokio::test]
@@ -146,7 +146,7 @@ async fn heartbeat_pings_then_closes_silent_peer_with_1011() {
     }
     assert!(started.elapsed() >= Duration::from_secs(15));
     match reader.await.unwrap() {
-        Some(Err(Error::Timeout("pong"))) => {}
+        Some(Err(Error::Timeout(Deadline::Pong))) => {}
         other => panic!("expected pong timeout, got {other:?}"),
     }
 }
@@ -224,7 +224,7 @@ async fn close_times_out_when_peer_never_answers() {
     }
     let r = closer.await.unwrap();
     assert!(
-        matches!(r, Err(Error::Timeout("closing handshake"))),
+        matches!(r, Err(Error::Timeout(Deadline::ClosingHandshake))),
         "{r:?}"
     );
     assert!(started.elapsed() >= Duration::from_secs(3));

@@ -598,7 +598,7 @@ fn classify<S>(
         }
         Some(Ok(Message::Ping(_))) => Ok(None),
         Some(Ok(Message::Close(frame))) => Err(PumpEnd::Closed(frame)),
-        Some(Err(WsError::Timeout("pong"))) => Err(PumpEnd::PongTimeout),
+        Some(Err(WsError::Timeout(switchyard::Deadline::Pong))) => Err(PumpEnd::PongTimeout),
         Some(Err(WsError::Protocol(e))) if e.code != CloseCode::ABNORMAL => {
             Err(PumpEnd::Violation(e.code.0))
         }

@@ -18,7 +18,7 @@ use super::frame::{self, FrameReader, PeerSettings, ReadFrame};
 use super::stream::H3Stream;
 use super::{head, qpack};
 use crate::client::ClientBuilder;
-use crate::error::{Error, H3Error, H3ProtocolError};
+use crate::error::{Deadline, Error, H3Error, H3ProtocolError};
 use crate::websocket::WebSocket;
 
 /// What keeps a client connection's HTTP/3 machinery alive: the endpoint
@@ -114,7 +114,7 @@ impl H3Connection {
         let timeout = builder.get_limits().handshake_timeout;
         match tokio::time::timeout(timeout, Self::connect_inner(url, &target, builder)).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout("opening handshake")),
+            Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
         }
     }
 
@@ -249,7 +249,7 @@ impl H3Connection {
         let timeout = self.builder.get_limits().handshake_timeout;
         match tokio::time::timeout(timeout, self.websocket_inner(path)).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout("opening handshake")),
+            Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
         }
     }
 
@@ -292,7 +292,7 @@ impl H3Connection {
         .await
         {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout("opening handshake")),
+            Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
         }
     }
 
