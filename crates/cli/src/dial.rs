@@ -457,7 +457,7 @@ impl Dialer {
             response,
             timings,
             choice: switchyard::Choice {
-                protocol: switchyard::Protocol::Http1,
+                version: switchyard::HttpVersion::Http1,
                 reason,
             },
         })
@@ -488,7 +488,7 @@ impl Dialer {
             other => {
                 return Err(DialError::Unsupported(format!(
                     "unexpected {} WebSocket after ALPN h2",
-                    other.protocol()
+                    other.version()
                 )))
             }
         };
@@ -545,9 +545,9 @@ impl Dialer {
         };
         let total = start.elapsed();
         let choice = switchyard::Choice {
-            protocol: match ws {
-                AnyWs::H3(_) => switchyard::Protocol::Http3,
-                _ => switchyard::Protocol::Http2,
+            version: match ws {
+                AnyWs::H3(_) => switchyard::HttpVersion::Http3,
+                _ => switchyard::HttpVersion::Http2,
             },
             reason: "asked for",
         };
@@ -581,10 +581,10 @@ fn record_h2(
     let _ = write!(
         sent,
         "CONNECT {url} {} (extended CONNECT, :protocol websocket; {})\r\n\r\n",
-        choice.protocol, choice.reason
+        choice.version, choice.reason
     );
     let mut received = String::new();
-    let _ = write!(received, "{} {}\r\n", choice.protocol, response.status());
+    let _ = write!(received, "{} {}\r\n", choice.version, response.status());
     for (name, value) in response.headers() {
         let _ = write!(
             received,

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use switchyard::{AnyWebSocket, ClientBuilder, Message, Protocol};
+use switchyard::{AnyWebSocket, ClientBuilder, HttpVersion, Message};
 use switchyard_gateway::{ServeConfig, Server, TlsMode, TlsSettings};
 
 /// A certificate for localhost and 127.0.0.1: the PEM file (for `--ca`) and
@@ -65,13 +65,13 @@ fn server(tls: TlsSettings, kind: Kind) -> SocketAddr {
     rx.recv().unwrap()
 }
 
-async fn round_trip(kind: Kind, name: &str) -> (Protocol, &'static str) {
+async fn round_trip(kind: Kind, name: &str) -> (HttpVersion, &'static str) {
     let (pem, tls) = cert(name);
     let addr = server(tls, kind);
     let url = format!("wss://127.0.0.1:{}/echo", addr.port());
     let builder = ClientBuilder::new().add_ca_file(&pem);
     let (ws, resp, choice) = switchyard::connect_auto(&url, &builder).await.unwrap();
-    assert_eq!(ws.protocol(), choice.protocol);
+    assert_eq!(ws.version(), choice.version);
     let text = Message::text(format!("hello {name}"));
     match ws {
         AnyWebSocket::Http1(mut ws) => {
@@ -87,14 +87,14 @@ async fn round_trip(kind: Kind, name: &str) -> (Protocol, &'static str) {
         }
         AnyWebSocket::Http3(_) => panic!("connect_auto never picks HTTP/3"),
     }
-    (choice.protocol, choice.reason)
+    (choice.version, choice.reason)
 }
 
 #[tokio::test]
 async fn h2_with_extended_connect_is_used() {
     assert_eq!(
         round_trip(Kind::H2WithConnect, "h2").await,
-        (Protocol::Http2, "ALPN h2, extended CONNECT")
+        (HttpVersion::Http2, "ALPN h2, extended CONNECT")
     );
 }
 
@@ -102,7 +102,7 @@ async fn h2_with_extended_connect_is_used() {
 async fn http1_only_server_gets_http1() {
     assert_eq!(
         round_trip(Kind::Http1Only, "h1").await,
-        (Protocol::Http1, "ALPN http/1.1")
+        (HttpVersion::Http1, "ALPN http/1.1")
     );
 }
 
@@ -111,7 +111,7 @@ async fn h2_without_extended_connect_falls_back_to_http1() {
     assert_eq!(
         round_trip(Kind::H2WithoutConnect, "noconnect").await,
         (
-            Protocol::Http1,
+            HttpVersion::Http1,
             "ALPN h2 without extended CONNECT; HTTP/1.1 on a new connection"
         )
     );
@@ -142,7 +142,7 @@ async fn ws_urls_stay_on_http1() {
         switchyard::connect_auto(&format!("ws://{addr}/echo"), &ClientBuilder::new())
             .await
             .unwrap();
-    assert_eq!(ws.protocol(), Protocol::Http1);
+    assert_eq!(ws.version(), HttpVersion::Http1);
     assert_eq!(choice.reason, "cleartext");
 }
 

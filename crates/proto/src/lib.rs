@@ -12,6 +12,7 @@
 //! * [`deflate`]: permessage-deflate (RFC 7692) negotiation and codec.
 //! * [`frame`], [`mask`], [`utf8`], [`close`]: the RFC 6455 wire pieces.
 //! * [`connection`]: the WebSocket connection state machine; [`role`]: client or server.
+//! * [`http_version`]: which HTTP version carries a WebSocket.
 //! * [`limits`]: every limit, with its safe default.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
@@ -24,6 +25,7 @@ pub mod extensions;
 pub mod frame;
 pub mod handshake;
 pub mod head;
+pub mod http_version;
 pub mod limits;
 pub mod mask;
 pub mod message;
@@ -33,6 +35,7 @@ pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
 pub use connection::{Connection, ProtocolError, SendError, State};
+pub use http_version::HttpVersion;
 pub use limits::Limits;
 pub use message::Message;
 pub use role::Role;

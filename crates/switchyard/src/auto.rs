@@ -18,6 +18,7 @@
 
 use http::Response;
 use rustls::pki_types::ServerName;
+use switchyard_proto::HttpVersion;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -30,38 +31,11 @@ use crate::{Error, WebSocket};
 /// The ALPN list offered by [`connect_auto`], in order of preference.
 pub const AUTO_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
-/// Which HTTP version carries a WebSocket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// HTTP/1.1 Upgrade (RFC 6455).
-    Http1,
-    /// Extended CONNECT on an HTTP/2 stream (RFC 8441).
-    Http2,
-    /// Extended CONNECT on an HTTP/3 stream (RFC 9220).
-    Http3,
-}
-
-impl Protocol {
-    /// "HTTP/1.1", "HTTP/2" or "HTTP/3".
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http1 => "HTTP/1.1",
-            Protocol::Http2 => "HTTP/2",
-            Protocol::Http3 => "HTTP/3",
-        }
-    }
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// What was chosen and why, e.g. `HTTP/2 (ALPN h2, extended CONNECT)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Choice {
-    pub protocol: Protocol,
+    /// The HTTP version that carries the WebSocket.
+    pub version: HttpVersion,
     /// Why: `"ALPN h2, extended CONNECT"`, `"ALPN http/1.1"`, `"no ALPN"`,
     /// `"ALPN h2 without extended CONNECT; HTTP/1.1 on a new connection"`,
     /// `"cleartext"`, `"asked for"`.
@@ -70,7 +44,7 @@ pub struct Choice {
 
 impl std::fmt::Display for Choice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.protocol, self.reason)
+        write!(f, "{} ({})", self.version, self.reason)
     }
 }
 
@@ -84,18 +58,18 @@ pub enum AnyWebSocket<S = MaybeTlsStream> {
 
 impl<S> AnyWebSocket<S> {
     /// The HTTP version carrying it.
-    pub fn protocol(&self) -> Protocol {
+    pub fn version(&self) -> HttpVersion {
         match self {
-            AnyWebSocket::Http1(_) => Protocol::Http1,
-            AnyWebSocket::Http2(_) => Protocol::Http2,
-            AnyWebSocket::Http3(_) => Protocol::Http3,
+            AnyWebSocket::Http1(_) => HttpVersion::Http1,
+            AnyWebSocket::Http2(_) => HttpVersion::Http2,
+            AnyWebSocket::Http3(_) => HttpVersion::Http3,
         }
     }
 }
 
 impl<S> std::fmt::Debug for AnyWebSocket<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AnyWebSocket({})", self.protocol())
+        write!(f, "AnyWebSocket({})", self.version())
     }
 }
 
@@ -128,7 +102,7 @@ where
             .to_owned();
         let (ws, resp) = conn.websocket(&pq, builder).await?;
         let choice = Choice {
-            protocol: Protocol::Http2,
+            version: HttpVersion::Http2,
             reason: "ALPN h2, extended CONNECT",
         };
         return Ok((AnyWebSocket::Http2(ws), resp, choice));
@@ -141,7 +115,7 @@ where
         None => "cleartext",
     };
     let choice = Choice {
-        protocol: Protocol::Http1,
+        version: HttpVersion::Http1,
         reason,
     };
     Ok((AnyWebSocket::Http1(ws), resp, choice))
@@ -169,7 +143,7 @@ pub async fn connect_auto(
     if !target.tls {
         let (ws, resp) = builder.connect(url).await?;
         let choice = Choice {
-            protocol: Protocol::Http1,
+            version: HttpVersion::Http1,
             reason: "cleartext",
         };
         return Ok((AnyWebSocket::Http1(ws), resp, choice));
@@ -200,7 +174,7 @@ pub async fn connect_auto(
             // `builder.connect` offers ALPN http/1.1 only.
             let (ws, resp) = builder.connect(url).await?;
             let choice = Choice {
-                protocol: Protocol::Http1,
+                version: HttpVersion::Http1,
                 reason: "ALPN h2 without extended CONNECT; HTTP/1.1 on a new connection",
             };
             Ok((AnyWebSocket::Http1(ws), resp, choice))
@@ -216,11 +190,11 @@ mod tests {
     #[test]
     fn choice_reads_like_the_cli_line() {
         let c = Choice {
-            protocol: Protocol::Http2,
+            version: HttpVersion::Http2,
             reason: "ALPN h2, extended CONNECT",
         };
         assert_eq!(c.to_string(), "HTTP/2 (ALPN h2, extended CONNECT)");
-        assert_eq!(Protocol::Http1.to_string(), "HTTP/1.1");
+        assert_eq!(HttpVersion::Http1.to_string(), "HTTP/1.1");
     }
 
     #[test]

@@ -71,7 +71,7 @@
 
 pub use switchyard_proto as proto;
 pub use switchyard_proto::message::Utf8Bytes;
-pub use switchyard_proto::{CloseCode, CloseFrame, Limits, Message, Role};
+pub use switchyard_proto::{CloseCode, CloseFrame, HttpVersion, Limits, Message, Role};
 
 pub mod auto;
 pub mod client;
@@ -82,7 +82,7 @@ mod recv_pool;
 pub mod server;
 pub mod websocket;
 
-pub use auto::{connect_auto, AnyWebSocket, Choice, Protocol};
+pub use auto::{connect_auto, AnyWebSocket, Choice};
 pub use client::{connect, ClientBuilder, MaybeTlsStream};
 pub use error::{Deadline, Error, H2Error, H3Error};
 pub use server::{accept, accept_request, read_request_head, AcceptConfig};
