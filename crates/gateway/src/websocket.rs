@@ -69,20 +69,14 @@ impl UpgradeProtocol for WebSocketEcho {
         _conn: &ConnInfo,
     ) -> Result<Switch, Refusal> {
         match handshake::server_accept(req, &self.cfg.handshake) {
-            Ok(accepted) => {
-                let negotiated = Negotiated {
-                    subprotocol: accepted.subprotocol,
-                    deflate: accepted.deflate,
-                };
-                Ok(Switch {
-                    response: accepted.response,
-                    session: Box::new(EchoSession {
-                        negotiated,
-                        cfg: self.cfg.clone(),
-                        limits: self.limits.clone(),
-                    }),
-                })
-            }
+            Ok(accepted) => Ok(Switch {
+                response: accepted.response,
+                session: Box::new(EchoSession {
+                    negotiated: accepted.negotiated,
+                    cfg: self.cfg.clone(),
+                    limits: self.limits.clone(),
+                }),
+            }),
             Err(rej) => {
                 let mut headers = rej.response.headers().clone();
                 for h in [CONTENT_LENGTH, CONTENT_TYPE, CONNECTION] {

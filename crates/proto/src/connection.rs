@@ -49,8 +49,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use rand::Rng;
 
 use crate::close::{CloseCode, CloseFrame, ClosePayloadError};
-use crate::deflate::{DeflateError, PerMessageDeflate};
+use crate::deflate::{DeflateConfig, DeflateError, PerMessageDeflate};
 use crate::frame::{encode_header, write_frame, FrameHeader, OpCode, MAX_HEADER_LEN};
+use crate::handshake::Negotiated;
 use crate::limits::Limits;
 use crate::mask::apply_mask;
 use crate::message::{Message, Utf8Bytes};
@@ -214,6 +215,24 @@ impl Connection {
             sending_fragmented: false,
             vectored: false,
         }
+    }
+
+    /// A connection for a completed opening handshake, in any HTTP version:
+    /// permessage-deflate on when `negotiated` says so, with the local
+    /// settings (level, minimum size) of `deflate`, the configuration the
+    /// handshake negotiated with (its defaults when `None`).
+    pub fn negotiated(
+        role: Role,
+        limits: impl Into<Arc<Limits>>,
+        negotiated: &Negotiated,
+        deflate: Option<&DeflateConfig>,
+    ) -> Self {
+        let conn = Connection::new(role, limits);
+        let Some(params) = negotiated.deflate else {
+            return conn;
+        };
+        let cfg = deflate.cloned().unwrap_or_default();
+        conn.with_deflate(PerMessageDeflate::new(role, params, &cfg))
     }
 
     /// Enable permessage-deflate with the negotiated codec.
@@ -1710,6 +1729,38 @@ mod tests {
 
     fn dclient() -> Connection {
         Connection::new(Role::Client, Limits::default()).with_deflate(pmd(Role::Client, false))
+    }
+
+    #[test]
+    fn negotiated_connection_has_the_agreed_deflate_with_local_settings() {
+        let agreed = Negotiated {
+            subprotocol: None,
+            deflate: Some(DeflateParams {
+                server_no_context_takeover: false,
+                client_no_context_takeover: false,
+                server_max_window_bits: 15,
+                client_max_window_bits: 15,
+            }),
+        };
+        let compressed = |conn: &mut Connection| {
+            conn.send(Message::text("x".repeat(100))).unwrap();
+            conn.output()[0] & 0x40 != 0
+        };
+        let limits = Limits::default;
+        let mut c = Connection::negotiated(Role::Server, limits(), &agreed, None);
+        assert!(compressed(&mut c));
+        let dcfg = DeflateConfig::default();
+        let none = Negotiated::default();
+        let mut c = Connection::negotiated(Role::Client, limits(), &none, Some(&dcfg));
+        assert!(!compressed(&mut c));
+        // `min_size` is a local setting: it comes from the configuration.
+        let large_only = DeflateConfig {
+            min_size: 1000,
+            ..DeflateConfig::default()
+        };
+        let mut c = Connection::negotiated(Role::Server, limits(), &agreed, Some(&large_only));
+        assert!(!compressed(&mut c));
+        assert_eq!(c.role(), Role::Server);
     }
 
     /// Compressed frame payload of `data` as a client would produce it.

@@ -118,8 +118,8 @@ pub struct ServerConfig {
 pub struct Accepted {
     /// The complete 101 response to send.
     pub response: Response<()>,
-    pub subprotocol: Option<String>,
-    pub deflate: Option<DeflateParams>,
+    /// The subprotocol and permessage-deflate parameters it says.
+    pub negotiated: Negotiated,
 }
 
 /// Why a handshake failed, in either role. Messages say what happened and what to do.
@@ -384,8 +384,7 @@ pub fn server_accept(req: &Request<()>, cfg: &ServerConfig) -> Result<Accepted, 
     headers.extend(negotiation.headers);
     Ok(Accepted {
         response,
-        subprotocol: negotiation.negotiated.subprotocol,
-        deflate: negotiation.negotiated.deflate,
+        negotiated: negotiation.negotiated,
     })
 }
 
@@ -699,7 +698,7 @@ mod tests {
         );
         assert!(r.headers().get("sec-websocket-protocol").is_none());
         assert!(r.headers().get("sec-websocket-extensions").is_none());
-        assert_eq!((acc.subprotocol, acc.deflate), (None, None));
+        assert_eq!(acc.negotiated, Negotiated::default());
     }
 
     #[test]
@@ -914,11 +913,11 @@ mod tests {
                 .header("sec-websocket-protocol", "chat"),
         );
         let acc = server_accept(&r, &cfg).unwrap();
-        assert_eq!(acc.subprotocol.as_deref(), Some("superchat"));
+        assert_eq!(acc.negotiated.subprotocol.as_deref(), Some("superchat"));
         assert_eq!(hdr(&acc.response, "sec-websocket-protocol"), ["superchat"]);
         let r = build(req().header("sec-websocket-protocol", "other"));
         let acc = server_accept(&r, &cfg).unwrap();
-        assert_eq!(acc.subprotocol, None);
+        assert_eq!(acc.negotiated.subprotocol, None);
         assert!(acc
             .response
             .headers()
@@ -941,7 +940,10 @@ mod tests {
             hdr(&acc.response, "sec-websocket-extensions"),
             ["permessage-deflate; client_max_window_bits=15"]
         );
-        assert_eq!(acc.deflate.map(|p| p.client_max_window_bits), Some(15));
+        assert_eq!(
+            acc.negotiated.deflate.map(|p| p.client_max_window_bits),
+            Some(15)
+        );
         // Without deflate configured: ignored.
         let acc = server_accept(&r, &ServerConfig::default()).unwrap();
         assert!(acc
@@ -949,7 +951,7 @@ mod tests {
             .headers()
             .get("sec-websocket-extensions")
             .is_none());
-        assert_eq!(acc.deflate, None);
+        assert_eq!(acc.negotiated.deflate, None);
         // Malformed: 400 even when we would not use it.
         let bad = build(req().header("sec-websocket-extensions", "permessage-deflate; =1"));
         for c in [&cfg, &ServerConfig::default()] {
@@ -1046,7 +1048,7 @@ mod tests {
         let acc = server_accept(r, &cfg).unwrap();
         let n = c.verify(&acc.response).unwrap();
         assert_eq!(n.subprotocol.as_deref(), Some("v2"));
-        assert_eq!(n.deflate, acc.deflate);
+        assert_eq!(n.deflate, acc.negotiated.deflate);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use switchyard_proto::deflate::{DeflateConfig, PerMessageDeflate};
+use switchyard_proto::deflate::DeflateConfig;
 use switchyard_proto::handshake::{ClientConfig, ClientHandshake};
 use switchyard_proto::head::{self, ResponseParser};
 use switchyard_proto::{Connection, Limits, Role};
@@ -298,11 +298,12 @@ impl ClientBuilder {
             });
         }
         let negotiated = hs.verify(&resp)?;
-        let mut conn = Connection::new(Role::Client, self.limits.clone());
-        if let Some(params) = negotiated.deflate {
-            let dcfg = self.handshake.deflate.clone().unwrap_or_default();
-            conn = conn.with_deflate(PerMessageDeflate::new(Role::Client, params, &dcfg));
-        }
+        let conn = Connection::negotiated(
+            Role::Client,
+            self.limits.clone(),
+            &negotiated,
+            self.handshake.deflate.as_ref(),
+        );
         let ws = WebSocket::from_raw(stream, conn, &leftover).with_negotiated(negotiated);
         Ok((ws, resp))
     }

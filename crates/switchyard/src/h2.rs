@@ -34,8 +34,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
-use switchyard_proto::deflate::PerMessageDeflate;
-use switchyard_proto::handshake::{self, HandshakeError, Negotiated, Rejection};
+use switchyard_proto::handshake::{self, HandshakeError, Rejection};
 use switchyard_proto::{Connection, Limits, Role};
 
 use tokio::net::TcpStream;
@@ -43,7 +42,7 @@ use tokio::sync::watch;
 
 use crate::client::{tls_error, ClientBuilder, MaybeTlsStream, Target};
 use crate::error::{Deadline, Error, H2Error};
-use crate::server::{AcceptConfig, UpgradeFut};
+use crate::server::{server_connection, AcceptConfig, UpgradeFut};
 use crate::websocket::WebSocket;
 
 /// Initial flow-control window of each stream (both roles).
@@ -210,30 +209,11 @@ pub fn accept<B>(
     }
     let negotiation = handshake::server_negotiate(headers, &cfg.handshake).map_err(reject)?;
 
-    let conn = websocket_connection(
-        Role::Server,
-        &cfg.limits,
-        &negotiation.negotiated,
-        cfg.handshake.deflate.as_ref(),
-    );
+    let conn = server_connection(&negotiation.negotiated, cfg);
     let mut response = hyper::Response::new(Empty::new());
     *response.headers_mut() = negotiation.headers;
     let fut = UpgradeFut::new(hyper::upgrade::on(req), conn, negotiation.negotiated);
     Ok((response, fut))
-}
-
-fn websocket_connection(
-    role: Role,
-    limits: &Limits,
-    negotiated: &Negotiated,
-    deflate: Option<&switchyard_proto::deflate::DeflateConfig>,
-) -> Connection {
-    let mut conn = Connection::new(role, limits.clone());
-    if let Some(params) = negotiated.deflate {
-        let dcfg = deflate.cloned().unwrap_or_default();
-        conn = conn.with_deflate(PerMessageDeflate::new(role, params, &dcfg));
-    }
-    conn
 }
 
 // ---------------------------------------------------------------- client
@@ -559,9 +539,9 @@ impl H2Connection {
             .await
             .map_err(H2Error::Upgrade)?;
         let (parts, _body) = resp.into_parts();
-        let conn = websocket_connection(
+        let conn = Connection::negotiated(
             Role::Client,
-            builder.get_limits(),
+            builder.get_limits().clone(),
             &negotiated,
             hs_cfg.deflate.as_ref(),
         );

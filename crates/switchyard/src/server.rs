@@ -9,8 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{Empty, Full};
 use hyper_util::rt::TokioIo;
-use switchyard_proto::deflate::PerMessageDeflate;
-use switchyard_proto::handshake::{self, Accepted, Negotiated, Rejection, ServerConfig};
+use switchyard_proto::handshake::{self, Negotiated, Rejection, ServerConfig};
 use switchyard_proto::head::{self, RequestParser};
 use switchyard_proto::{Connection, Limits, Role};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -92,18 +91,14 @@ fn rejection_extra_headers(resp: &http::Response<()>) -> HeaderMap {
     extra
 }
 
-/// Build the connection for an accepted handshake.
-fn server_connection(accepted: &Accepted, cfg: &AcceptConfig) -> (Connection, Negotiated) {
-    let mut conn = Connection::new(Role::Server, cfg.limits.clone());
-    if let Some(params) = accepted.deflate {
-        let dcfg = cfg.handshake.deflate.clone().unwrap_or_default();
-        conn = conn.with_deflate(PerMessageDeflate::new(Role::Server, params, &dcfg));
-    }
-    let negotiated = Negotiated {
-        subprotocol: accepted.subprotocol.clone(),
-        deflate: accepted.deflate,
-    };
-    (conn, negotiated)
+/// The server's connection for what a handshake agreed to.
+pub(crate) fn server_connection(negotiated: &Negotiated, cfg: &AcceptConfig) -> Connection {
+    Connection::negotiated(
+        Role::Server,
+        cfg.limits.clone(),
+        negotiated,
+        cfg.handshake.deflate.as_ref(),
+    )
 }
 
 /// Answer an upgrade request already read: 101 and a [`WebSocket`], or the
@@ -121,8 +116,8 @@ pub async fn accept_request<S: AsyncRead + AsyncWrite + Unpin>(
             head::write_response_head(&accepted.response, &mut out);
             stream.write_all(&out).await?;
             stream.flush().await?;
-            let (conn, negotiated) = server_connection(&accepted, cfg);
-            Ok(WebSocket::from_raw(stream, conn, &leftover).with_negotiated(negotiated))
+            let conn = server_connection(&accepted.negotiated, cfg);
+            Ok(WebSocket::from_raw(stream, conn, &leftover).with_negotiated(accepted.negotiated))
         }
         Err(rej) => {
             tracing::debug!(status = rej.response.status().as_u16(), error = %rej.error, "websocket upgrade refused");
@@ -185,13 +180,10 @@ pub fn upgrade<B>(
     *head_req.version_mut() = req.version();
     *head_req.headers_mut() = req.headers().clone();
     let accepted = handshake::server_accept(&head_req, &cfg.handshake)?;
-    let (conn, negotiated) = server_connection(&accepted, cfg);
+    let conn = server_connection(&accepted.negotiated, cfg);
     let (parts, ()) = accepted.response.into_parts();
     let response = hyper::Response::from_parts(parts, Empty::new());
-    let fut = UpgradeFut {
-        on_upgrade: hyper::upgrade::on(req),
-        conn: Some((conn, negotiated)),
-    };
+    let fut = UpgradeFut::new(hyper::upgrade::on(req), conn, accepted.negotiated);
     Ok((response, fut))
 }
 

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::{Response, StatusCode};
-use switchyard_proto::deflate::PerMessageDeflate;
 use switchyard_proto::handshake::{client_negotiate, extended_connect_headers};
 use switchyard_proto::{Connection, Role};
 use tokio::sync::watch;
@@ -264,11 +263,12 @@ impl H3Connection {
             .extended_connect_inner("websocket", authority.as_deref(), path, &headers)
             .await?;
         let negotiated = client_negotiate(response.headers(), cfg)?;
-        let mut conn = Connection::new(Role::Client, self.builder.get_limits().clone());
-        if let Some(params) = negotiated.deflate {
-            let dcfg = cfg.deflate.clone().unwrap_or_default();
-            conn = conn.with_deflate(PerMessageDeflate::new(Role::Client, params, &dcfg));
-        }
+        let conn = Connection::negotiated(
+            Role::Client,
+            self.builder.get_limits().clone(),
+            &negotiated,
+            cfg.deflate.as_ref(),
+        );
         let ws = WebSocket::from_raw(stream, conn, &[]).with_negotiated(negotiated);
         Ok((ws, response))
     }

@@ -9,9 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::header::{HeaderValue, SEC_WEBSOCKET_VERSION};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
-use switchyard_proto::deflate::PerMessageDeflate;
 use switchyard_proto::handshake;
-use switchyard_proto::{Connection, Role};
 
 use tokio::sync::watch;
 
@@ -21,7 +19,7 @@ use super::head::{parse_request, RequestHead};
 use super::qpack;
 use super::stream::H3Stream;
 use crate::error::{H3Error, H3ProtocolError};
-use crate::server::AcceptConfig;
+use crate::server::{server_connection, AcceptConfig};
 use crate::websocket::WebSocket;
 
 /// QUIC connections one [`serve`] call keeps at once; more are refused
@@ -671,11 +669,7 @@ async fn handle_request(
             {
                 return;
             }
-            let mut wsconn = Connection::new(Role::Server, cfg.limits.clone());
-            if let Some(params) = negotiation.negotiated.deflate {
-                let dcfg = cfg.handshake.deflate.clone().unwrap_or_default();
-                wsconn = wsconn.with_deflate(PerMessageDeflate::new(Role::Server, params, &dcfg));
-            }
+            let wsconn = server_connection(&negotiation.negotiated, cfg);
             let leftover = std::mem::replace(&mut reader.buf, BytesMut::new());
             let stream = H3Stream::new(send, reader.inner, leftover, Some(keep));
             let ws =
