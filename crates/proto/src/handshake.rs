@@ -26,12 +26,10 @@
 //! body naming the error ([`HandshakeError`]'s `Display`), then closes.
 //!
 //! The origin, subprotocol and extension part is shared with HTTP/2 and
-//! HTTP/3 (RFC 8441 / RFC 9220 extended CONNECT) through [`server_negotiate`].
-//! An extended CONNECT refused before that gets `ExtendedConnect` (400:
-//! not CONNECT, no `:protocol`, missing `:scheme`/`:path`/`:authority`, bad
-//! version) or `UnsupportedProtocol` (501: `:protocol` other than
-//! `websocket`). Clients on HTTP/2 and HTTP/3 build their headers with
-//! [`extended_connect_headers`] and check the 200 with [`client_negotiate`].
+//! HTTP/3 (RFC 8441 / RFC 9220 extended CONNECT) through [`server_negotiate`];
+//! the checks before it are in [`crate::extended_connect`]. Clients on
+//! HTTP/2 and HTTP/3 build their headers with [`extended_connect_headers`]
+//! and check the 200 with [`client_negotiate`].
 
 use std::sync::Arc;
 
@@ -160,12 +158,14 @@ pub enum HandshakeError {
     #[error("invalid client handshake setting: {0}")]
     Config(String),
     /// An HTTP/2 or HTTP/3 extended CONNECT (RFC 8441 / RFC 9220) that is
-    /// malformed: not CONNECT, no `:protocol`, a missing pseudo-header. 400.
-    #[error("malformed extended CONNECT (RFC 8441): {0}")]
+    /// malformed: not CONNECT, no `:protocol`, a missing pseudo-header. 400
+    /// (see [`crate::extended_connect`]).
+    #[error("malformed extended CONNECT (RFC 8441 / RFC 9220): {0}")]
     ExtendedConnect(String),
     /// An extended CONNECT for a protocol other than `websocket`. 501.
     #[error(
-        "extended CONNECT for protocol {0:?}: only \"websocket\" is served here (RFC 8441 §4)"
+        "extended CONNECT for protocol {0:?}: only \"websocket\" is served here \
+         (RFC 8441 / RFC 9220)"
     )]
     UnsupportedProtocol(String),
 }
@@ -233,7 +233,7 @@ pub struct ServerNegotiation {
 }
 
 /// Every line of `name` joined with ", " (for error messages).
-fn joined(headers: &HeaderMap, name: &HeaderName) -> String {
+pub(crate) fn joined(headers: &HeaderMap, name: &HeaderName) -> String {
     headers
         .get_all(name)
         .iter()

@@ -8,6 +8,8 @@
 //! * [`chunked`]: the chunked transfer coding of a body, decoded in constant memory.
 //! * [`upgrade`]: `Connection` / `Upgrade` token handling, 101 and 426 builders.
 //! * [`handshake`]: the WebSocket opening handshake, server and client.
+//! * [`extended_connect`]: a server's checks of an HTTP/2 or HTTP/3
+//!   extended CONNECT (RFC 8441 / RFC 9220).
 //! * [`extensions`]: linear parser for `Sec-WebSocket-Extensions`.
 //! * [`deflate`]: permessage-deflate (RFC 7692) negotiation and codec.
 //! * [`frame`], [`mask`], [`utf8`], [`close`]: the RFC 6455 wire pieces.
@@ -21,6 +23,7 @@ pub mod chunked;
 pub mod close;
 pub mod connection;
 pub mod deflate;
+pub mod extended_connect;
 pub mod extensions;
 pub mod frame;
 pub mod handshake;

@@ -27,13 +27,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::SEC_WEBSOCKET_VERSION;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
+use switchyard_proto::extended_connect::ExtendedConnect;
 use switchyard_proto::handshake::{self, HandshakeError, Rejection};
 use switchyard_proto::{Connection, Limits, Role};
 
@@ -110,26 +110,17 @@ fn header_list_limit(limits: &Limits) -> u32 {
     u32::try_from(limits.max_head_bytes.max(1024)).unwrap_or(u32::MAX)
 }
 
-fn reject(error: HandshakeError) -> Rejection {
-    Rejection::from(error)
-}
-
 /// Accept a WebSocket over an HTTP/2 extended CONNECT (RFC 8441) inside a
 /// hyper service served by [`server_builder`]`(true, ..)`.
 ///
 /// Returns the 200 response to give back to hyper and a future that resolves
-/// to the WebSocket on the stream. Refusals (answer them with
-/// [`crate::server::rejection_response`]):
-///
-/// | request                                        | status | error |
-/// |------------------------------------------------|--------|-------|
-/// | not HTTP/2                                     | 400    | `ExtendedConnect` (use `server::upgrade`) |
-/// | method other than CONNECT                      | 400    | `ExtendedConnect` |
-/// | CONNECT without `:protocol`                    | 400    | `ExtendedConnect` |
-/// | `:protocol` other than `websocket` (any case)  | 501    | `UnsupportedProtocol` |
-/// | missing `:scheme`, `:authority` or `:path`     | 400    | `ExtendedConnect` |
-/// | `sec-websocket-version` not exactly `13`       | 400 + `sec-websocket-version: 13` | `BadVersion` |
-/// | origin, extensions ([`handshake::server_negotiate`]) | 403 / 400 | `Origin` / `Extensions` |
+/// to the WebSocket on the stream. The request is checked by
+/// [`ExtendedConnect::accept_websocket`] (its module has the table of
+/// refusals: 400 for a malformed extended CONNECT or a bad
+/// `Sec-WebSocket-Version`, 501 for another `:protocol`, 403 / 400 for the
+/// origin and extensions); answer a refusal with
+/// [`crate::server::rejection_response`]. An HTTP/1.1 request is refused
+/// too: its WebSocket is opened with [`crate::server::upgrade`].
 ///
 /// `Upgrade`/`Connection` headers make an HTTP/2 request malformed; hyper
 /// (h2) resets such streams before the service sees them.
@@ -138,77 +129,9 @@ pub fn accept<B>(
     req: &mut hyper::Request<B>,
     cfg: &AcceptConfig,
 ) -> Result<(hyper::Response<Empty<Bytes>>, H2UpgradeFut), Rejection> {
-    if req.version() != Version::HTTP_2 {
-        return Err(reject(HandshakeError::ExtendedConnect(format!(
-            "the request is {:?}; h2::accept serves HTTP/2 only (use server::upgrade for HTTP/1.1)",
-            req.version()
-        ))));
-    }
-    let protocol = req
-        .extensions()
-        .get::<hyper::ext::Protocol>()
-        .map(|p| p.as_str().to_owned());
-    if req.method() != Method::CONNECT {
-        return Err(reject(HandshakeError::ExtendedConnect(format!(
-            "method {}: a WebSocket over HTTP/2 is opened with CONNECT and :protocol = websocket",
-            req.method()
-        ))));
-    }
-    let Some(protocol) = protocol else {
-        return Err(reject(HandshakeError::ExtendedConnect(
-            "CONNECT without :protocol on a WebSocket resource; send :protocol = websocket \
-             (after the server's SETTINGS_ENABLE_CONNECT_PROTOCOL = 1)"
-                .into(),
-        )));
-    };
-    if !protocol.eq_ignore_ascii_case("websocket") {
-        return Err(reject(HandshakeError::UnsupportedProtocol(protocol)));
-    }
-    let uri = req.uri();
-    if uri.scheme().is_none() {
-        return Err(reject(HandshakeError::ExtendedConnect(
-            "missing :scheme".into(),
-        )));
-    }
-    if uri.authority().is_none() {
-        return Err(reject(HandshakeError::ExtendedConnect(
-            "missing :authority".into(),
-        )));
-    }
-    let has_path = match uri.path_and_query() {
-        Some(pq) => !pq.as_str().is_empty(),
-        None => false,
-    };
-    if !has_path {
-        return Err(reject(HandshakeError::ExtendedConnect(
-            "missing :path".into(),
-        )));
-    }
-    let headers = req.headers();
-    let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
-    match (versions.next(), versions.next()) {
-        (Some(v), None) if v.as_bytes() == b"13" => {}
-        _ => {
-            let got = headers
-                .get_all(SEC_WEBSOCKET_VERSION)
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect::<Vec<_>>()
-                .join(", ");
-            // Over HTTP/2 there is no Upgrade: a plain 400 naming the version.
-            let mut response = Response::new(());
-            *response.status_mut() = StatusCode::BAD_REQUEST;
-            response
-                .headers_mut()
-                .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-            return Err(Rejection {
-                response,
-                error: HandshakeError::BadVersion(got),
-            });
-        }
-    }
-    let negotiation = handshake::server_negotiate(headers, &cfg.handshake).map_err(reject)?;
-
+    let protocol = req.extensions().get::<hyper::ext::Protocol>();
+    let negotiation = ExtendedConnect::from_request(req, protocol.map(|p| p.as_str()))
+        .accept_websocket(&cfg.handshake)?;
     let conn = server_connection(&negotiation.negotiated, cfg);
     let mut response = hyper::Response::new(Empty::new());
     *response.headers_mut() = negotiation.headers;
@@ -570,6 +493,8 @@ pub async fn connect_h2(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::SEC_WEBSOCKET_VERSION;
+    use http::HeaderValue;
 
     fn h2_request(method: Method, protocol: Option<&'static str>) -> hyper::Request<()> {
         let mut req = hyper::Request::new(());
@@ -639,35 +564,6 @@ mod tests {
     }
 
     #[test]
-    fn missing_pseudo_headers_are_400() {
-        for uri in ["/chat", "//example.com"] {
-            let mut req = h2_request(Method::CONNECT, Some("websocket"));
-            *req.uri_mut() = uri.parse().unwrap();
-            let mut r = req;
-            let rej = accept(&mut r, &AcceptConfig::default()).unwrap_err();
-            assert_eq!(rej.response.status(), StatusCode::BAD_REQUEST, "{uri}");
-            assert!(matches!(rej.error, HandshakeError::ExtendedConnect(_)));
-        }
-    }
-
-    #[test]
-    fn bad_version_is_400_naming_13() {
-        for v in [None, Some("8"), Some("13, 13")] {
-            let mut req = h2_request(Method::CONNECT, Some("websocket"));
-            req.headers_mut().remove(SEC_WEBSOCKET_VERSION);
-            if let Some(v) = v {
-                req.headers_mut()
-                    .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static(v));
-            }
-            let rej = accept(&mut req, &AcceptConfig::default()).unwrap_err();
-            assert_eq!(rej.response.status(), StatusCode::BAD_REQUEST);
-            assert_eq!(rej.response.headers()[SEC_WEBSOCKET_VERSION], "13");
-            assert!(rej.response.headers().get("upgrade").is_none());
-            assert!(matches!(rej.error, HandshakeError::BadVersion(_)));
-        }
-    }
-
-    #[test]
     fn negotiation_headers_are_in_the_200() {
         let mut cfg = AcceptConfig::default();
         cfg.handshake.subprotocols = vec!["chat".into()];
@@ -689,18 +585,6 @@ mod tests {
             .unwrap()
             .starts_with("permessage-deflate"));
         assert!(resp.headers().get("sec-websocket-accept").is_none());
-    }
-
-    #[test]
-    fn origin_policy_applies_over_h2() {
-        let mut cfg = AcceptConfig::default();
-        cfg.handshake.origin =
-            handshake::OriginPolicy::AllowList(vec!["https://good.example".into()]);
-        let mut req = h2_request(Method::CONNECT, Some("websocket"));
-        req.headers_mut()
-            .insert("origin", HeaderValue::from_static("https://evil.example"));
-        let rej = accept(&mut req, &cfg).unwrap_err();
-        assert_eq!(rej.response.status(), StatusCode::FORBIDDEN);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! * Server: [`bind_endpoint`] makes a UDP endpoint with the TCP listener's
 //!   rustls config (ALPN `h3`), [`serve`] answers extended CONNECT
-//!   `:protocol websocket` with 200 and hands each [`WebSocket`] to a
+//!   `:protocol websocket` with 200 and hands each [`WebSocket`](crate::WebSocket) to a
 //!   callback, until a shutdown future resolves.
 //! * Client: [`connect_h3`] for one WebSocket, or [`H3Connection`] to open
 //!   many WebSockets on one QUIC connection ([`H3Connection::websocket`]).

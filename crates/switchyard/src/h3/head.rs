@@ -2,7 +2,8 @@
 //! RFC 9114 §4.2-4.3 rules (a violation makes the message malformed:
 //! H3_MESSAGE_ERROR).
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use switchyard_proto::extended_connect::ExtendedConnect;
 
 use super::qpack::Field;
 
@@ -15,6 +16,21 @@ pub(crate) struct RequestHead {
     pub path: Option<String>,
     pub protocol: Option<String>,
     pub headers: HeaderMap,
+}
+
+impl RequestHead {
+    /// The head as the extended CONNECT checks see it.
+    pub(crate) fn extended_connect(&self) -> ExtendedConnect<'_> {
+        ExtendedConnect {
+            version: Version::HTTP_3,
+            method: &self.method,
+            protocol: self.protocol.as_deref(),
+            scheme: self.scheme.as_deref(),
+            authority: self.authority.as_deref(),
+            path: self.path.as_deref(),
+            headers: &self.headers,
+        }
+    }
 }
 
 /// Header fields that are connection-specific in HTTP/1.1 and make an

@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::header::{HeaderValue, SEC_WEBSOCKET_VERSION};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
-use switchyard_proto::handshake;
-
+use switchyard_proto::handshake::{HandshakeError, ServerNegotiation};
 use tokio::sync::watch;
 
 use super::connection::{self, close_with, open_control, run_uni_streams};
@@ -470,73 +468,57 @@ async fn read_request_head(
 }
 
 /// Decide what to do with a request head: a WebSocket (the negotiation to
-/// apply) or an answer.
-fn route(head: &RequestHead, cfg: &AcceptConfig) -> Result<handshake::ServerNegotiation, Outcome> {
+/// apply) or an answer. A request with `:protocol` is an extended CONNECT,
+/// checked by [`accept_websocket`]; one it finds malformed
+/// is reset (RFC 9114 §4.1.2). Other requests are not served here.
+///
+/// [`accept_websocket`]: switchyard_proto::extended_connect::ExtendedConnect::accept_websocket
+fn route(head: &RequestHead, cfg: &AcceptConfig) -> Result<ServerNegotiation, Outcome> {
     let malformed = |why: &str| Outcome::Reset(H3ProtocolError::new(frame::H3_MESSAGE_ERROR, why));
-    match (&head.method, &head.protocol) {
-        (&Method::CONNECT, Some(p)) => {
-            if head.scheme.is_none() || head.path.is_none() || head.authority.is_none() {
-                return Err(malformed(
-                    "extended CONNECT needs :scheme, :path and :authority (RFC 9220 / RFC 8441 §4)",
-                ));
-            }
-            if p != "websocket" {
-                return Err(respond(
-                    StatusCode::NOT_IMPLEMENTED,
-                    format!(
-                        "protocol {p:?} is not supported here; only \"websocket\" (RFC 9220)\n"
-                    ),
-                ));
-            }
-        }
-        (_, Some(_)) => return Err(malformed(":protocol is only allowed with CONNECT")),
-        (&Method::CONNECT, None) => {
+    if head.protocol.is_some() {
+        return head
+            .extended_connect()
+            .accept_websocket(&cfg.handshake)
+            .map_err(|rej| match rej.error {
+                HandshakeError::ExtendedConnect(_) => malformed(&rej.error.to_string()),
+                error => {
+                    let (parts, ()) = rej.response.into_parts();
+                    Outcome::Respond {
+                        status: parts.status,
+                        headers: parts.headers,
+                        body: format!("{error}\n"),
+                    }
+                }
+            });
+    }
+    match head.method {
+        Method::CONNECT => {
             if head.scheme.is_some() || head.path.is_some() {
                 return Err(malformed(
                     "CONNECT without :protocol must not have :scheme or :path",
                 ));
             }
-            return Err(respond(
+            Err(respond(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "CONNECT tunnels are not served here; a WebSocket needs extended CONNECT \
                  with :protocol websocket (RFC 9220)\n",
-            ));
+            ))
         }
-        (&Method::GET, None) | (&Method::HEAD, None) => {
+        Method::GET | Method::HEAD => {
             if head.scheme.is_none() || head.path.is_none() {
                 return Err(malformed("request without :scheme or :path"));
             }
-            return Err(respond(
+            Err(respond(
                 StatusCode::NOT_FOUND,
                 "this HTTP/3 listener only serves WebSockets (extended CONNECT with \
                  :protocol websocket, RFC 9220)\n",
-            ));
-        }
-        _ => {
-            return Err(respond(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "only extended CONNECT (WebSocket, RFC 9220) is served here\n",
             ))
         }
+        _ => Err(respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only extended CONNECT (WebSocket, RFC 9220) is served here\n",
+        )),
     }
-    let mut versions = head.headers.get_all(SEC_WEBSOCKET_VERSION).iter();
-    match (versions.next(), versions.next()) {
-        (Some(v), None) if v.as_bytes() == b"13" => {}
-        _ => {
-            let mut headers = HeaderMap::new();
-            headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-            return Err(Outcome::Respond {
-                status: StatusCode::BAD_REQUEST,
-                headers,
-                body: "Sec-WebSocket-Version must be 13\n".into(),
-            });
-        }
-    }
-    handshake::server_negotiate(&head.headers, &cfg.handshake).map_err(|e| Outcome::Respond {
-        status: e.status(),
-        headers: HeaderMap::new(),
-        body: format!("{e}\n"),
-    })
 }
 
 async fn send_response(
@@ -628,12 +610,7 @@ async fn handle_request(
         ))),
     };
     if let (Ok(h), Some(tunnel)) = (&head, &ctx.tunnel) {
-        let well_formed = h.method == Method::CONNECT
-            && h.protocol.is_some()
-            && h.scheme.is_some()
-            && h.path.is_some()
-            && h.authority.is_some();
-        if well_formed {
+        if h.extended_connect().check().is_ok() {
             let req = to_request(h, conn.remote_address());
             if let Some(handler) = tunnel(&req) {
                 handler(req, PendingStream { send, reader, keep });
