@@ -30,28 +30,24 @@ fn server_config(cfg: u8) -> ServerConfig {
     let deflate = match (cfg >> 2) & 3 {
         0 => None,
         1 => Some(DeflateConfig::default()),
-        2 => Some(DeflateConfig {
-            server_no_context_takeover: true,
-            client_no_context_takeover: true,
-            server_max_window_bits: Some(10),
-            client_max_window_bits: Some(12),
-            ..DeflateConfig::default()
-        }),
-        _ => Some(DeflateConfig {
-            server_max_window_bits: Some(8),
-            ..DeflateConfig::default()
-        }),
+        2 => Some(
+            DeflateConfig::default()
+                .server_no_context_takeover(true)
+                .client_no_context_takeover(true)
+                .server_max_window_bits(Some(10))
+                .client_max_window_bits(Some(12)),
+        ),
+        _ => Some(DeflateConfig::default().server_max_window_bits(Some(8))),
     };
     let origin = if cfg & 0x10 != 0 {
         OriginPolicy::AllowList(vec!["https://example.com".to_owned()])
     } else {
         OriginPolicy::Any
     };
-    ServerConfig {
-        subprotocols,
-        deflate,
-        origin,
-    }
+    ServerConfig::default()
+        .subprotocols(subprotocols)
+        .deflate(deflate)
+        .origin(origin)
 }
 
 fn check(req: &http::Request<()>, cfg: &ServerConfig) {
@@ -80,7 +76,7 @@ fn check(req: &http::Request<()>, cfg: &ServerConfig) {
                 Some(accept_key(key).into_bytes()),
                 "wrong Sec-WebSocket-Accept"
             );
-            if let Some(p) = &acc.subprotocol {
+            if let Some(p) = &acc.negotiated.subprotocol {
                 assert!(
                     cfg.subprotocols.contains(p),
                     "chose {p:?}, which the server does not speak"
@@ -93,7 +89,7 @@ fn check(req: &http::Request<()>, cfg: &ServerConfig) {
                     .any(|t| t.trim_ascii() == p.as_bytes());
                 assert!(offered, "chose {p:?}, which the client did not offer");
             }
-            if acc.deflate.is_some() {
+            if acc.negotiated.deflate.is_some() {
                 assert!(cfg.deflate.is_some(), "deflate accepted but not configured");
                 let v = acc.response.headers().get("sec-websocket-extensions");
                 let v = v.map(|v| v.as_bytes()).unwrap_or_default();
@@ -119,13 +115,11 @@ fn check(req: &http::Request<()>, cfg: &ServerConfig) {
 /// window sizes (a nibble under 8 means "not set").
 fn deflate_config(a: u8, b: u8) -> DeflateConfig {
     let window = |v: u8| (v & 0x0f >= 8).then_some(v & 0x0f);
-    DeflateConfig {
-        server_no_context_takeover: a & 0x10 != 0,
-        client_no_context_takeover: a & 0x20 != 0,
-        server_max_window_bits: window(a),
-        client_max_window_bits: window(b),
-        ..DeflateConfig::default()
-    }
+    DeflateConfig::default()
+        .server_no_context_takeover(a & 0x10 != 0)
+        .client_no_context_takeover(a & 0x20 != 0)
+        .server_max_window_bits(window(a))
+        .client_max_window_bits(window(b))
 }
 
 /// Negotiation round trip: our client's offer parses; what our server picks
@@ -187,15 +181,13 @@ fn check_negotiation(client: &DeflateConfig, server: &DeflateConfig) {
 const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 fn check_client(resp: &http::Response<()>, cfg: u8) {
-    let client_cfg = ClientConfig {
-        subprotocols: if cfg & 0x20 != 0 {
+    let client_cfg = ClientConfig::default()
+        .subprotocols(if cfg & 0x20 != 0 {
             vec!["chat".to_owned(), "superchat".to_owned()]
         } else {
             vec![]
-        },
-        deflate: (cfg & 0x40 != 0).then(DeflateConfig::default),
-        ..ClientConfig::default()
-    };
+        })
+        .deflate((cfg & 0x40 != 0).then(DeflateConfig::default));
     let uri: http::Uri = "ws://example.com/chat".parse().expect("static URI");
     let Ok(mut hs) = ClientHandshake::new(&uri, client_cfg.clone()) else {
         panic!("client handshake for a static URI failed");

@@ -173,11 +173,9 @@ fuzz_target!(|data: &[u8]| {
     let tiny = n & 0x08 != 0;
     let n = usize::from(n % 8).min(rest.len());
     let (cuts, input) = rest.split_at(n);
-    let limits = Limits {
-        max_head_bytes: if tiny { 200 } else { 4096 },
-        max_headers: if tiny { 8 } else { 32 },
-        ..Limits::default()
-    };
+    let limits = Limits::default()
+        .max_head_bytes(if tiny { 200 } else { 4096 })
+        .max_headers(if tiny { 8 } else { 32 });
     let pieces = switchyard_fuzz::split_at_cuts(cuts, input);
 
     // Requests.

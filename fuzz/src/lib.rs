@@ -85,27 +85,24 @@ pub fn deflate_setup(cfg: u8) -> (DeflateParams, DeflateConfig) {
         server_max_window_bits: 8 + v,
         client_max_window_bits: 15 - v,
     };
-    let config = DeflateConfig {
-        server_no_context_takeover: params.server_no_context_takeover,
-        client_no_context_takeover: params.client_no_context_takeover,
-        server_max_window_bits: Some(params.server_max_window_bits),
-        client_max_window_bits: Some(params.client_max_window_bits),
-        level: 1,
-        min_size: if cfg & 0x80 != 0 { 8 } else { 0 },
-    };
+    let config = DeflateConfig::default()
+        .server_no_context_takeover(params.server_no_context_takeover)
+        .client_no_context_takeover(params.client_no_context_takeover)
+        .server_max_window_bits(Some(params.server_max_window_bits))
+        .client_max_window_bits(Some(params.client_max_window_bits))
+        .level(1)
+        .min_size(if cfg & 0x80 != 0 { 8 } else { 0 });
     (params, config)
 }
 
 /// Default limits, or (bit 1 of `cfg`) tiny ones so the limit paths are hit.
 pub fn limits_for(cfg: u8) -> Limits {
     if cfg & 0x02 != 0 {
-        Limits {
-            max_frame_size: 100,
-            max_message_size: 300,
-            max_fragments: 8,
-            max_write_buffer: 512,
-            ..Limits::default()
-        }
+        Limits::default()
+            .max_frame_size(100)
+            .max_message_size(300)
+            .max_fragments(8)
+            .max_write_buffer(512)
     } else {
         Limits::default()
     }

@@ -257,11 +257,9 @@ fn make_dialer(args: &DoctorArgs, target: &Target, trust: &tls::Trust) -> Result
         connect_timeout: args.timeout,
         ..ConnOpts::default()
     };
-    let limits = switchyard::Limits {
-        handshake_timeout: args.timeout,
-        ping_interval: None,
-        ..switchyard::Limits::default()
-    };
+    let limits = switchyard::Limits::default()
+        .handshake_timeout(args.timeout)
+        .ping_interval(None);
     let mut dialer = opts.dialer(&args.url, limits).map_err(|e| e.to_string())?;
     if target.tls {
         let (cfg, _) = trust
@@ -277,11 +275,11 @@ fn make_dialer(args: &DoctorArgs, target: &Target, trust: &tls::Trust) -> Result
 fn probe_builder(args: &DoctorArgs, cert_ok: bool) -> switchyard::ClientBuilder {
     let mut b = switchyard::ClientBuilder::new()
         .subprotocols(args.subprotocols.iter().cloned())
-        .limits(switchyard::Limits {
-            handshake_timeout: args.timeout.min(Duration::from_secs(3)),
-            ping_interval: None,
-            ..switchyard::Limits::default()
-        });
+        .limits(
+            switchyard::Limits::default()
+                .handshake_timeout(args.timeout.min(Duration::from_secs(3)))
+                .ping_interval(None),
+        );
     if let Some(o) = &args.origin {
         b = b.origin(o.clone());
     }

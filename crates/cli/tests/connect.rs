@@ -244,13 +244,10 @@ where
     Fut: std::future::Future<Output = ()> + 'static,
 {
     spawn_server(move |l| async move {
-        let cfg = AcceptConfig {
-            handshake: switchyard::proto::handshake::ServerConfig {
-                subprotocols: subprotocols.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            },
-            limits: Default::default(),
-        };
+        let cfg = AcceptConfig::default().handshake(
+            switchyard::proto::handshake::ServerConfig::default()
+                .subprotocols(subprotocols.iter().map(|s| s.to_string())),
+        );
         let mut n = 0;
         loop {
             let Ok((mut s, _)) = l.accept().await else {
@@ -592,10 +589,7 @@ fn h2_echo_server() -> SocketAddr {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     |mut req: hyper::Request<hyper::body::Incoming>| async move {
-                        let cfg = AcceptConfig {
-                            handshake: Default::default(),
-                            limits: Default::default(),
-                        };
+                        let cfg = AcceptConfig::default();
                         let resp = match switchyard::h2::accept(&mut req, &cfg) {
                             Ok((resp, fut)) => {
                                 tokio::spawn(async move {
@@ -694,10 +688,7 @@ fn http3_round_trip() {
             let endpoint =
                 switchyard::h3::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
             tx.send(endpoint.local_addr().unwrap()).unwrap();
-            let cfg = AcceptConfig {
-                handshake: Default::default(),
-                limits: Default::default(),
-            };
+            let cfg = AcceptConfig::default();
             switchyard::h3::serve(
                 endpoint,
                 cfg,
@@ -724,10 +715,7 @@ fn http3_round_trip() {
 fn wss_server(server: std::sync::Arc<rustls::ServerConfig>) -> SocketAddr {
     spawn_server(move |l| async move {
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
-        let cfg = AcceptConfig {
-            handshake: Default::default(),
-            limits: Default::default(),
-        };
+        let cfg = AcceptConfig::default();
         loop {
             let Ok((tcp, _)) = l.accept().await else {
                 return;

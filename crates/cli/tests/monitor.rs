@@ -28,10 +28,7 @@ fn closing_1011_server() -> SocketAddr {
         rt.block_on(async move {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(l.local_addr().unwrap()).unwrap();
-            let cfg = AcceptConfig {
-                handshake: Default::default(),
-                limits: Default::default(),
-            };
+            let cfg = AcceptConfig::default();
             loop {
                 let Ok((s, _)) = l.accept().await else { return };
                 if let Ok(mut ws) = switchyard::accept(s, &cfg).await {

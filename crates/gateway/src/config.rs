@@ -2208,29 +2208,22 @@ mod tests {
         let l = parse(&text).unwrap().limits;
         assert_eq!(
             l,
-            Limits {
-                max_head_bytes: 8192,
-                max_headers: 50,
-                handshake_timeout: Duration::from_secs(3),
-                max_frame_size: 1 << 20,
-                max_message_size: 2_000_000,
-                max_fragments: 64,
-                max_write_buffer: 64 * 1024,
-                ping_interval: Some(Duration::from_secs(25)),
-                pong_timeout: Duration::from_secs(5),
-                close_timeout: Duration::from_secs(1),
-            }
+            Limits::default()
+                .max_head_bytes(8192)
+                .max_headers(50)
+                .handshake_timeout(Duration::from_secs(3))
+                .max_frame_size(1 << 20)
+                .max_message_size(2_000_000)
+                .max_fragments(64)
+                .max_write_buffer(64 * 1024)
+                .ping_interval(Some(Duration::from_secs(25)))
+                .pong_timeout(Duration::from_secs(5))
+                .close_timeout(Duration::from_secs(1))
         );
         let partial = parse(&format!("{MINIMAL}[limits]\nmax_headers = 7\n"))
             .unwrap()
             .limits;
-        assert_eq!(
-            partial,
-            Limits {
-                max_headers: 7,
-                ..Limits::default()
-            }
-        );
+        assert_eq!(partial, Limits::default().max_headers(7));
     }
 
     #[test]

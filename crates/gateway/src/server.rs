@@ -382,13 +382,14 @@ impl Server {
         if cfg.listen.is_empty() {
             return Err(ServeError::NoListener);
         }
-        let accept = Arc::new(AcceptConfig {
-            limits: cfg.limits.clone(),
-            handshake: switchyard::proto::handshake::ServerConfig {
-                deflate: cfg.deflate.clone(),
-                ..Default::default()
-            },
-        });
+        let accept = Arc::new(
+            AcceptConfig::default()
+                .limits(cfg.limits.clone())
+                .handshake(
+                    switchyard::proto::handshake::ServerConfig::default()
+                        .deflate(cfg.deflate.clone()),
+                ),
+        );
         let mut conn_protocols = Registry::new();
         let mut tls_listener = None;
         let mut cert = None;

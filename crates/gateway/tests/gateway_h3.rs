@@ -127,10 +127,7 @@ fn config(cert: &std::path::Path, key: &std::path::Path, back: SocketAddr) -> St
 }
 
 fn client(cert: &std::path::Path) -> ClientBuilder {
-    let limits = switchyard::Limits {
-        handshake_timeout: Duration::from_secs(10),
-        ..Default::default()
-    };
+    let limits = switchyard::Limits::default().handshake_timeout(Duration::from_secs(10));
     ClientBuilder::new().add_ca_file(cert).limits(limits)
 }
 

@@ -133,10 +133,7 @@ async fn proxy_with(
 ) -> Proxy {
     let metrics = Arc::new(Metrics::new());
     let ups = Upstreams::from_config_with_tls(&[upstream], tls, Some(metrics.clone()));
-    let limits = Limits {
-        close_timeout: Duration::from_secs(1),
-        ..Limits::default()
-    };
+    let limits = Limits::default().close_timeout(Duration::from_secs(1));
     let ctx = Arc::new(ProxyContext::new(Arc::new(ups), metrics, limits));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

@@ -34,6 +34,7 @@ pub const MAX_SIZE_LINE: usize = 4096;
 /// Why a chunked body is malformed or refused. Sticky: feeding after an
 /// error returns it again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ChunkedError {
     /// The chunk-size is not a hexadecimal number that fits 64 bits.
     #[error("invalid chunk size")]

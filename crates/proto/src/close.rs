@@ -7,21 +7,35 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub struct CloseCode(pub u16);
 
 impl CloseCode {
+    /// 1000: the purpose of the connection was fulfilled.
     pub const NORMAL: CloseCode = CloseCode(1000);
+    /// 1001: the endpoint is going away (server shutdown, page left).
     pub const GOING_AWAY: CloseCode = CloseCode(1001);
+    /// 1002: the peer violated the protocol.
     pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
+    /// 1003: a kind of data the endpoint cannot accept (e.g. binary only).
     pub const UNSUPPORTED_DATA: CloseCode = CloseCode(1003);
     /// Never on the wire: "no status code was present".
     pub const NO_STATUS: CloseCode = CloseCode(1005);
     /// Never on the wire: "closed abnormally, without a close frame".
     pub const ABNORMAL: CloseCode = CloseCode(1006);
+    /// 1007: data inconsistent with the message type (text that is not
+    /// UTF-8, corrupt compressed data).
     pub const INVALID_PAYLOAD: CloseCode = CloseCode(1007);
+    /// 1008: a message that violates the endpoint's policy.
     pub const POLICY_VIOLATION: CloseCode = CloseCode(1008);
+    /// 1009: a message too big to process.
     pub const MESSAGE_TOO_BIG: CloseCode = CloseCode(1009);
+    /// 1010 (client): the server did not negotiate an extension it needs.
     pub const MANDATORY_EXTENSION: CloseCode = CloseCode(1010);
+    /// 1011: an unexpected condition on the sender's side (also our code for
+    /// a peer that stopped answering pings).
     pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
+    /// 1012: the service is restarting.
     pub const SERVICE_RESTART: CloseCode = CloseCode(1012);
+    /// 1013: temporary overload; try again later.
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
+    /// 1014: a gateway got an invalid response from upstream.
     pub const BAD_GATEWAY: CloseCode = CloseCode(1014);
 
     /// Whether this code may appear in a close frame on the wire (§7.4.1 and
@@ -63,12 +77,15 @@ impl std::fmt::Display for CloseCode {
 /// The payload of a close frame: a code and a UTF-8 reason of at most 123 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseFrame {
+    /// The status code.
     pub code: CloseCode,
+    /// Why, for people; may be empty.
     pub reason: String,
 }
 
 /// Why a received close payload is invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClosePayloadError {
     /// One byte: a code needs two (1002).
     Truncated,
@@ -79,6 +96,7 @@ pub enum ClosePayloadError {
 }
 
 impl CloseFrame {
+    /// A close frame with `code` and `reason`.
     pub fn new(code: CloseCode, reason: impl Into<String>) -> Self {
         CloseFrame {
             code,

@@ -86,23 +86,32 @@ pub enum State {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{code}: {reason}")]
 pub struct ProtocolError {
+    /// The close code we sent (1006 when the peer closed without one).
     pub code: CloseCode,
+    /// What the peer did wrong.
     pub reason: &'static str,
 }
 
 /// Why a message could not be queued.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
+    /// We sent or received a close frame, or failed the connection.
     #[error("the connection is closing or closed; no more messages can be sent")]
     Closed,
+    /// A ping, pong or close payload over 125 bytes (RFC 6455 §5.5).
     #[error("control frame payload of {0} bytes exceeds 125")]
     ControlTooLong(usize),
+    /// A close code that may not be sent (see [`CloseCode::is_sendable`]).
     #[error("close code {0} may not be sent")]
     BadCloseCode(u16),
+    /// A data message while a fragmented one is still being sent.
     #[error("a fragmented message is being sent; finish it with send_fragment(Continuation, .., fin = true) before sending another data message")]
     FragmentInProgress,
+    /// A continuation fragment without a fragmented message started.
     #[error("no fragmented message is being sent; start one with send_fragment(Text or Binary, ..) before sending a continuation")]
     NoFragmentInProgress,
+    /// `send_fragment` with a control or reserved opcode.
     #[error("opcode {0} cannot be sent with send_fragment; use Text, Binary or Continuation (control frames go through send)")]
     NotADataOpcode(u8),
 }
@@ -141,7 +150,7 @@ enum Step {
 ///
 /// Kept small (one lives per open connection): the hot state is inline, the
 /// rest (permessage-deflate, fragment reassembly, the peer's close frame) is
-/// in [`Cold`], allocated on first use, and the limits are shared.
+/// in a box allocated on first use, and the limits are shared.
 pub struct Connection {
     read: BytesMut,
     out: BytesMut,
@@ -260,14 +269,17 @@ impl Connection {
         self.cold.as_ref().map_or(0, |c| c.msg_buf.len())
     }
 
+    /// Which end we are.
     pub fn role(&self) -> Role {
         self.role
     }
 
+    /// The limits this connection enforces.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
+    /// Where the connection is in its life.
     pub fn state(&self) -> State {
         self.state
     }

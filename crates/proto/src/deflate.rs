@@ -48,8 +48,11 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// Largest step by which `decompress` grows its output.
 const INFLATE_CHUNK: usize = 16 * 1024;
 
-/// What this endpoint asks for / accepts. Used by both roles.
+/// What this endpoint asks for / accepts. Used by both roles. Build with
+/// [`DeflateConfig::default`] and the setters:
+/// `DeflateConfig::default().level(6)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeflateConfig {
     /// Ask that the server resets its compression context after each message.
     pub server_no_context_takeover: bool,
@@ -59,11 +62,22 @@ pub struct DeflateConfig {
     pub server_max_window_bits: Option<u8>,
     /// Largest LZ77 window the client may use (8..=15). `None`: 15.
     pub client_max_window_bits: Option<u8>,
-    /// zlib compression level (0..=9). Default 6... set by Default.
+    /// zlib compression level (0..=9; more is capped at 9). Default 1, the
+    /// fastest.
     pub level: u32,
     /// Messages shorter than this are sent uncompressed (RSV1 clear).
+    /// Default 0.
     pub min_size: usize,
 }
+
+crate::setters!(DeflateConfig {
+    server_no_context_takeover: bool,
+    client_no_context_takeover: bool,
+    server_max_window_bits: Option<u8>,
+    client_max_window_bits: Option<u8>,
+    level: u32,
+    min_size: usize,
+});
 
 impl Default for DeflateConfig {
     fn default() -> Self {
@@ -81,7 +95,9 @@ impl Default for DeflateConfig {
 /// The parameters both sides agreed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeflateParams {
+    /// The server resets its compression context after each message.
     pub server_no_context_takeover: bool,
+    /// The client resets its compression context after each message.
     pub client_no_context_takeover: bool,
     /// 8..=15
     pub server_max_window_bits: u8,
@@ -89,10 +105,17 @@ pub struct DeflateParams {
     pub client_max_window_bits: u8,
 }
 
+/// Why a compressed message cannot be inflated.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeflateError {
+    /// It inflates past the limit (the connection closes with 1009).
     #[error("compressed message inflates past the message size limit of {limit} bytes")]
-    TooBig { limit: usize },
+    TooBig {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// It is not a valid deflate stream (the connection closes with 1007).
     #[error("invalid compressed data: {0}")]
     Corrupt(String),
 }
@@ -349,6 +372,8 @@ impl std::fmt::Debug for PerMessageDeflate {
 }
 
 impl PerMessageDeflate {
+    /// The codec of `role` for the negotiated `params`, with the local
+    /// settings of `cfg` (level, minimum size). Allocates nothing yet.
     pub fn new(role: Role, params: DeflateParams, cfg: &DeflateConfig) -> Self {
         let (our_bits, our_nct, peer_nct) = match role {
             Role::Server => (

@@ -25,11 +25,15 @@ pub const MAX_PARAMS: usize = 64;
 /// One extension in an offer or response: `name; p1; p2=v`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtensionOffer {
+    /// The extension token, e.g. `permessage-deflate`.
     pub name: String,
     /// Parameters in order; a quoted value is unquoted.
     pub params: Vec<(String, Option<String>)>,
 }
 
+/// A `Sec-WebSocket-Extensions` header that does not follow the grammar of
+/// RFC 6455 §9.1 (or exceeds [`MAX_EXTENSIONS`] / [`MAX_PARAMS`]): what is
+/// wrong and where.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("malformed Sec-WebSocket-Extensions header: {0}")]
 pub struct ExtensionParseError(pub String);

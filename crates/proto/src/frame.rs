@@ -8,11 +8,17 @@ use crate::mask::apply_mask;
 /// error can say which one arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpCode {
+    /// 0: a later fragment of a message.
     Continuation,
+    /// 1: the first frame of a text message.
     Text,
+    /// 2: the first frame of a binary message.
     Binary,
+    /// 8: close.
     Close,
+    /// 9: ping.
     Ping,
+    /// 10: pong.
     Pong,
     /// A reserved opcode (3-7 or 0xB-0xF).
     Reserved(u8),
@@ -50,6 +56,7 @@ impl OpCode {
         self.as_u8() & 0x08 != 0
     }
 
+    /// Whether the opcode is reserved (a peer sending one fails with 1002).
     pub fn is_reserved(self) -> bool {
         matches!(self, OpCode::Reserved(_))
     }
@@ -57,6 +64,7 @@ impl OpCode {
 
 /// Why a frame header cannot be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
     #[error("frame length has its most significant bit set (length field {0:#x}); the peer is not speaking WebSocket correctly")]
@@ -66,12 +74,19 @@ pub enum FrameError {
 /// A parsed frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// The last frame of its message.
     pub fin: bool,
+    /// RSV1: set on the first frame of a permessage-deflate message.
     pub rsv1: bool,
+    /// RSV2: no extension here uses it.
     pub rsv2: bool,
+    /// RSV3: no extension here uses it.
     pub rsv3: bool,
+    /// The opcode.
     pub opcode: OpCode,
+    /// The masking key (every client frame has one, no server frame does).
     pub mask: Option<[u8; 4]>,
+    /// Payload length as declared (never trusted for allocation).
     pub payload_len: u64,
 }
 

@@ -100,15 +100,46 @@ impl std::fmt::Debug for OriginPolicy {
     }
 }
 
-/// Server handshake settings.
+/// Server handshake settings. Build with [`ServerConfig::default`] and the
+/// setters: `ServerConfig::default().subprotocols(["chat"])`.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ServerConfig {
-    /// Subprotocols we speak, in our order of preference... the server picks the
-    /// first of the *client's* list that is in this list.
+    /// Subprotocols we speak. The server picks the first of the *client's*
+    /// list that is in this one: the client's order of preference wins.
     pub subprotocols: Vec<String>,
-    /// Accept permessage-deflate when offered.
+    /// Accept permessage-deflate when offered, with these settings. Default:
+    /// `None` (never compress).
     pub deflate: Option<DeflateConfig>,
+    /// Who may connect, by `Origin`. Default: anyone.
     pub origin: OriginPolicy,
+}
+
+impl ServerConfig {
+    /// Set [`ServerConfig::subprotocols`].
+    #[must_use]
+    pub fn subprotocols<I, T>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.subprotocols = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Set [`ServerConfig::deflate`].
+    #[must_use]
+    pub fn deflate(mut self, deflate: Option<DeflateConfig>) -> Self {
+        self.deflate = deflate;
+        self
+    }
+
+    /// Set [`ServerConfig::origin`].
+    #[must_use]
+    pub fn origin(mut self, origin: OriginPolicy) -> Self {
+        self.origin = origin;
+        self
+    }
 }
 
 /// What the server agreed to.
@@ -122,39 +153,66 @@ pub struct Accepted {
 
 /// Why a handshake failed, in either role. Messages say what happened and what to do.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HandshakeError {
+    /// Server: the request is not a GET.
     #[error("method {0} cannot open a WebSocket; the handshake must be a GET (RFC 6455 §4.1)")]
     Method(String),
+    /// Server: the request is not HTTP/1.1.
     #[error("HTTP version {0:?} cannot upgrade; HTTP/1.1 is required")]
     Version(http::Version),
+    /// Server: the request has a body.
     #[error(
         "request has a body (Content-Length or Transfer-Encoding); a WebSocket handshake must not"
     )]
     Body,
+    /// Either role: no `websocket` token in `Upgrade`.
     #[error("missing `Upgrade: websocket`: this is not a WebSocket handshake (a proxy may have dropped the hop-by-hop Upgrade header)")]
     NoUpgrade,
+    /// Either role: no `upgrade` token in `Connection`.
     #[error("`Connection` does not contain the `upgrade` token (a proxy may have rewritten it; Upgrade is hop-by-hop)")]
     NoConnectionUpgrade,
+    /// Server: no `Sec-WebSocket-Key`.
     #[error("missing Sec-WebSocket-Key; a WebSocket client must send 16 random bytes in base64")]
     NoKey,
+    /// Server: a key that is not base64 of 16 bytes, or several keys.
     #[error("Sec-WebSocket-Key {0:?} is not base64 of exactly 16 bytes")]
     BadKey(String),
+    /// Server: `Sec-WebSocket-Version` is not exactly one `13`.
     #[error("unsupported Sec-WebSocket-Version {0:?}; only 13 is supported")]
     BadVersion(String),
+    /// Server: the [`OriginPolicy`] refused the `Origin`.
     #[error("Origin {0:?} is not allowed")]
     Origin(String),
+    /// Either role: a malformed `Sec-WebSocket-Extensions`, or (client) an
+    /// extension answer we did not offer or cannot accept.
     #[error("{0}")]
     Extensions(String),
+    /// Client: the server answered something else than 101.
     #[error("server answered {status} instead of 101 Switching Protocols")]
-    Status { status: StatusCode },
+    Status {
+        /// The status it answered.
+        status: StatusCode,
+    },
+    /// Client: `Sec-WebSocket-Accept` does not match our key.
     #[error("Sec-WebSocket-Accept is {got:?}, expected {expected:?} (computed from our key)")]
-    BadAccept { expected: String, got: String },
+    BadAccept {
+        /// The value computed from our key.
+        expected: String,
+        /// The value the server sent.
+        got: String,
+    },
+    /// Client: the server chose a subprotocol we did not offer (or several).
     #[error("server chose subprotocol {0:?}, which we did not offer")]
     BadSubprotocol(String),
+    /// Client: the 101 has no `Sec-WebSocket-Accept`.
     #[error("server's 101 response has no Sec-WebSocket-Accept; it is not a WebSocket server (or a proxy answered)")]
     NoAccept,
+    /// Client: the URI is not `ws://` or `wss://` with a host.
     #[error("cannot open a WebSocket to {0}; use a ws:// or wss:// URI with a host")]
     BadUri(String),
+    /// Client: a setting cannot be sent (a subprotocol that is not a token,
+    /// an origin that is not a header value).
     #[error("invalid client handshake setting: {0}")]
     Config(String),
     /// An HTTP/2 or HTTP/3 extended CONNECT (RFC 8441 / RFC 9220) that is
@@ -210,7 +268,9 @@ impl HandshakeError {
 /// `text/plain` body naming `error` when it serializes it.
 #[derive(Debug, Clone)]
 pub struct Rejection {
+    /// The status and headers to answer with.
     pub response: Response<()>,
+    /// Why.
     pub error: HandshakeError,
 }
 
@@ -226,6 +286,7 @@ impl From<HandshakeError> for Rejection {
 /// What [`server_negotiate`] agreed to, with the response headers that say so.
 #[derive(Debug, Clone, Default)]
 pub struct ServerNegotiation {
+    /// The subprotocol and permessage-deflate parameters agreed to.
     pub negotiated: Negotiated,
     /// `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` to add to the
     /// success response (101 for HTTP/1.1, 200 for HTTP/2 and HTTP/3).
@@ -388,11 +449,16 @@ pub fn server_accept(req: &Request<()>, cfg: &ServerConfig) -> Result<Accepted, 
     })
 }
 
-/// Client handshake settings.
+/// Client handshake settings. Build with [`ClientConfig::default`] and the
+/// setters, like [`ServerConfig`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ClientConfig {
+    /// Subprotocols to offer, in our order of preference.
     pub subprotocols: Vec<String>,
+    /// Offer permessage-deflate with these settings.
     pub deflate: Option<DeflateConfig>,
+    /// The `Origin` to send.
     pub origin: Option<String>,
     /// Extra headers sent as they are (e.g. Authorization). A `Host` here
     /// replaces the one taken from the URI; the headers the handshake itself
@@ -400,10 +466,47 @@ pub struct ClientConfig {
     pub headers: HeaderMap,
 }
 
+impl ClientConfig {
+    /// Set [`ClientConfig::subprotocols`].
+    #[must_use]
+    pub fn subprotocols<I, T>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.subprotocols = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Set [`ClientConfig::deflate`].
+    #[must_use]
+    pub fn deflate(mut self, deflate: Option<DeflateConfig>) -> Self {
+        self.deflate = deflate;
+        self
+    }
+
+    /// Set [`ClientConfig::origin`].
+    #[must_use]
+    pub fn origin(mut self, origin: Option<String>) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Set [`ClientConfig::headers`].
+    #[must_use]
+    pub fn headers(mut self, headers: HeaderMap) -> Self {
+        self.headers = headers;
+        self
+    }
+}
+
 /// A client handshake in flight.
 #[derive(Debug, Clone)]
 pub struct ClientHandshake {
+    /// The GET request to send.
     pub request: Request<()>,
+    /// Our `Sec-WebSocket-Key` (the answer's `Sec-WebSocket-Accept` is
+    /// computed from it).
     pub key: String,
     cfg: ClientConfig,
 }
@@ -411,7 +514,9 @@ pub struct ClientHandshake {
 /// What the client and server agreed on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Negotiated {
+    /// The subprotocol chosen by the server, if any.
     pub subprotocol: Option<String>,
+    /// The permessage-deflate parameters, if the extension is on.
     pub deflate: Option<DeflateParams>,
 }
 

@@ -28,34 +28,81 @@ use crate::limits::Limits;
 use crate::upgrade::is_tchar;
 
 /// Why a head was refused. [`HeadError::status`] gives the HTTP status to answer.
+///
+/// Positions (`at`) are byte offsets from the start of the head.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HeadError {
+    /// The head is longer than `Limits::max_head_bytes` (431).
     #[error(
         "HTTP head exceeds {limit} bytes; send fewer or shorter headers (or raise max_head_bytes)"
     )]
-    TooLarge { limit: usize },
+    TooLarge {
+        /// `Limits::max_head_bytes`.
+        limit: usize,
+    },
+    /// More header fields than `Limits::max_headers` (431).
     #[error("more than {limit} header fields; send fewer headers (or raise max_headers)")]
-    TooManyHeaders { limit: usize },
+    TooManyHeaders {
+        /// `Limits::max_headers`.
+        limit: usize,
+    },
+    /// A line ends with LF alone.
     #[error("bare LF line ending at byte {at}: lines must end with CRLF")]
-    BareLf { at: usize },
+    BareLf {
+        /// Where the LF is.
+        at: usize,
+    },
+    /// A CR that does not start a CRLF.
     #[error("CR not followed by LF at byte {at}: CR may only appear in the CRLF line ending")]
-    BareCr { at: usize },
+    BareCr {
+        /// Where the CR is.
+        at: usize,
+    },
+    /// A field value continued on the next line (obs-fold, RFC 9112 §5.2).
     #[error("obsolete line folding (obs-fold) at byte {at}: put each field on one line")]
-    ObsFold { at: usize },
+    ObsFold {
+        /// Where the folded line starts.
+        at: usize,
+    },
+    /// NUL or another control byte.
     #[error("NUL or control byte 0x{byte:02x} at byte {at}; control bytes are not allowed in an HTTP head")]
-    ControlByte { byte: u8, at: usize },
+    ControlByte {
+        /// The byte.
+        byte: u8,
+        /// Where it is.
+        at: usize,
+    },
+    /// A header name with a character that is not a token character.
     #[error("invalid character in header name at byte {at}; names are RFC 9110 tokens")]
-    InvalidHeaderName { at: usize },
+    InvalidHeaderName {
+        /// Where the character is.
+        at: usize,
+    },
+    /// The request or status line cannot be parsed.
     #[error("malformed start line: {0}")]
     StartLine(String),
+    /// An `HTTP/d.d` other than 1.0 and 1.1 (505).
     #[error("HTTP version {0} is not supported; use HTTP/1.1 (or HTTP/1.0)")]
     UnsupportedVersion(String),
+    /// A header line without a colon or a name, with whitespace in or after
+    /// the name, or with an invalid value.
     #[error("malformed header line at byte {at}: {why}")]
-    HeaderLine { at: usize, why: &'static str },
+    HeaderLine {
+        /// Where the problem is.
+        at: usize,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// No `Host` on an HTTP/1.1 request, several, or one that is not
+    /// `host[:port]`.
     #[error("bad Host header: {0}")]
     Host(&'static str),
+    /// `Content-Length` and `Transfer-Encoding` that do not say one length
+    /// (request smuggling vectors, RFC 9112 §6.3).
     #[error("ambiguous message framing: {0}")]
     Framing(&'static str),
+    /// `feed` after the head was complete: a caller bug.
     #[error(
         "the parser already returned a complete head; start a new parser for the next message"
     )]
@@ -583,6 +630,7 @@ pub struct RequestParser {
 }
 
 impl RequestParser {
+    /// A parser enforcing `limits.max_head_bytes` and `limits.max_headers`.
     pub fn new(limits: &Limits) -> Self {
         RequestParser {
             scanner: HeadScanner::new(limits),
@@ -713,6 +761,7 @@ pub struct ResponseParser {
 }
 
 impl ResponseParser {
+    /// A parser enforcing `limits.max_head_bytes` and `limits.max_headers`.
     pub fn new(limits: &Limits) -> Self {
         ResponseParser {
             scanner: HeadScanner::new(limits),

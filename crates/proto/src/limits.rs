@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 /// Limits applied to one connection. `Limits::default()` is safe to expose to
-/// the internet; raise a value only when you know why.
+/// the internet; raise a value only when you know why, with the setters:
+/// `Limits::default().max_message_size(64 << 20)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Bytes of an HTTP/1.1 request or response head (request line + headers +
     /// blank line). Exceeding it answers 431. Default 16 KiB.
@@ -39,6 +41,19 @@ pub struct Limits {
     pub close_timeout: Duration,
 }
 
+crate::setters!(Limits {
+    max_head_bytes: usize,
+    max_headers: usize,
+    handshake_timeout: Duration,
+    max_frame_size: usize,
+    max_message_size: usize,
+    max_fragments: usize,
+    max_write_buffer: usize,
+    ping_interval: Option<Duration>,
+    pong_timeout: Duration,
+    close_timeout: Duration,
+});
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -53,5 +68,23 @@ impl Default for Limits {
             pong_timeout: Duration::from_secs(20),
             close_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_setter_sets_its_own_field() {
+        let l = Limits::default()
+            .max_frame_size(5)
+            .ping_interval(Some(Duration::from_secs(1)))
+            .close_timeout(Duration::from_millis(7));
+        let mut expected = Limits::default();
+        expected.max_frame_size = 5;
+        expected.ping_interval = Some(Duration::from_secs(1));
+        expected.close_timeout = Duration::from_millis(7);
+        assert_eq!(l, expected);
     }
 }

@@ -22,6 +22,7 @@ impl Utf8Bytes {
         Utf8Bytes(b)
     }
 
+    /// The text.
     pub fn as_str(&self) -> &str {
         // SAFETY: every constructor guarantees the bytes are valid UTF-8
         // (`try_from_bytes` and `From<String>/<&str>` by checking or by type,
@@ -31,18 +32,22 @@ impl Utf8Bytes {
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 
+    /// The UTF-8 bytes.
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
     }
 
+    /// The UTF-8 bytes, without a copy.
     pub fn into_bytes(self) -> Bytes {
         self.0
     }
 
+    /// Length in bytes.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether the text is empty.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -82,10 +87,14 @@ impl std::ops::Deref for Utf8Bytes {
 /// A WebSocket message or control frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
+    /// A text message (validated UTF-8).
     Text(Utf8Bytes),
+    /// A binary message.
     Binary(Bytes),
     /// Received: the connection already queued the pong. Sent: a ping.
     Ping(Bytes),
+    /// Received: the answer to a ping. Sent: an unsolicited pong (a
+    /// one-way heartbeat).
     Pong(Bytes),
     /// Received: the peer's close (the reply is already queued). Sent: start
     /// the closing handshake.
@@ -93,12 +102,15 @@ pub enum Message {
 }
 
 impl Message {
+    /// A text message.
     pub fn text(s: impl Into<Utf8Bytes>) -> Self {
         Message::Text(s.into())
     }
+    /// A binary message.
     pub fn binary(b: impl Into<Bytes>) -> Self {
         Message::Binary(b.into())
     }
+    /// Whether this is a text or binary message (not a control frame).
     pub fn is_data(&self) -> bool {
         matches!(self, Message::Text(_) | Message::Binary(_))
     }
@@ -111,6 +123,7 @@ impl Message {
             Message::Close(None) => 0,
         }
     }
+    /// Whether the payload is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

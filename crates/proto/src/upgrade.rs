@@ -117,7 +117,9 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 /// A protocol token from `Upgrade`: `name[/version]`, compared case-insensitively.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolToken {
+    /// The protocol name, e.g. `websocket` or `TLS`.
     pub name: String,
+    /// The version after `/`, e.g. `1.3` in `TLS/1.3`.
     pub version: Option<String>,
 }
 
@@ -178,22 +180,35 @@ impl fmt::Display for ProtocolToken {
 
 /// Why an `Upgrade` header was refused. Answer with [`UpgradeError::status`] (400).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum UpgradeError {
+    /// More than [`MAX_UPGRADE_TOKENS`] protocols offered.
     #[error(
         "the Upgrade header lists more than {limit} protocols; \
          send only the protocols you can actually speak"
     )]
-    TooManyTokens { limit: usize },
+    TooManyTokens {
+        /// [`MAX_UPGRADE_TOKENS`].
+        limit: usize,
+    },
+    /// A protocol token longer than [`MAX_PROTOCOL_TOKEN_LEN`].
     #[error(
         "a protocol in the Upgrade header is longer than {limit} bytes; \
          protocol tokens are short names like `websocket`"
     )]
-    TokenTooLong { limit: usize },
+    TokenTooLong {
+        /// [`MAX_PROTOCOL_TOKEN_LEN`].
+        limit: usize,
+    },
+    /// Something that is not `name[/version]` made of token characters.
     #[error(
         "`{token}` in the Upgrade header is not a protocol token (`name` or `name/version`, \
          RFC 9110 token characters only); fix the client's Upgrade header"
     )]
-    InvalidToken { token: String },
+    InvalidToken {
+        /// The offending element, as sent.
+        token: String,
+    },
 }
 
 impl UpgradeError {

@@ -7,6 +7,7 @@
 
 /// The text is not valid UTF-8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Utf8Error {
     /// A byte that no valid UTF-8 text can contain at this position.
     #[error("invalid UTF-8 in a text message; the peer must send text frames as UTF-8 (use binary frames for other data)")]
@@ -27,6 +28,7 @@ pub struct Utf8Validator {
 }
 
 impl Utf8Validator {
+    /// A validator at the start of a text.
     pub fn new() -> Self {
         Self::default()
     }

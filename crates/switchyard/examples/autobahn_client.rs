@@ -11,11 +11,9 @@ use futures_util::{SinkExt, StreamExt};
 use switchyard::{ClientBuilder, Error, Limits, Message};
 
 fn builder() -> ClientBuilder {
-    let limits = Limits {
-        max_message_size: 64 << 20,
-        max_frame_size: 64 << 20,
-        ..Limits::default()
-    };
+    let limits = Limits::default()
+        .max_message_size(64 << 20)
+        .max_frame_size(64 << 20);
     // permessage-deflate is offered by default.
     ClientBuilder::new().limits(limits)
 }

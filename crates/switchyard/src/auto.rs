@@ -51,8 +51,11 @@ impl std::fmt::Display for Choice {
 /// A WebSocket over any of the three HTTP versions. `S` is the HTTP/1.1
 /// stream type.
 pub enum AnyWebSocket<S = MaybeTlsStream> {
+    /// Over HTTP/1.1 `Upgrade`.
     Http1(WebSocket<S>),
+    /// On an HTTP/2 stream (extended CONNECT).
     Http2(H2WebSocket),
+    /// On an HTTP/3 stream (extended CONNECT).
     Http3(WebSocket<H3Stream>),
 }
 

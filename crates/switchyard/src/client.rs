@@ -28,7 +28,9 @@ use crate::websocket::WebSocket;
 /// A TCP stream, with or without TLS.
 #[derive(Debug)]
 pub enum MaybeTlsStream {
+    /// `ws://`: plain TCP.
     Plain(TcpStream),
+    /// `wss://`: TLS over TCP.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
@@ -140,10 +142,7 @@ impl ClientBuilder {
     /// system roots with the webpki fallback.
     pub fn new() -> Self {
         ClientBuilder {
-            handshake: ClientConfig {
-                deflate: Some(DeflateConfig::default()),
-                ..Default::default()
-            },
+            handshake: ClientConfig::default().deflate(Some(DeflateConfig::default())),
             limits: Limits::default(),
             roots: RootSource::default(),
             ca_files: Vec::new(),
@@ -191,11 +190,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Use these limits (sizes, handshake deadline, heartbeat).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
     }
 
+    /// The limits in use.
     pub fn get_limits(&self) -> &Limits {
         &self.limits
     }

@@ -14,6 +14,7 @@ use switchyard_proto::{ProtocolError, SendError};
 ///
 /// Messages say what happened, why, and what to try next.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The transport failed (connection reset, broken pipe, DNS, refused...).
     #[error("I/O error: {0}")]
@@ -37,23 +38,31 @@ pub enum Error {
         "the request head did not arrive within {limit:?} (Limits::handshake_timeout); \
          the client is too slow or is not speaking HTTP"
     )]
-    HeadTimeout { limit: Duration },
+    HeadTimeout {
+        /// `Limits::handshake_timeout`.
+        limit: Duration,
+    },
 
     /// The peer closed the transport in the middle of the HTTP head.
     #[error(
         "the peer closed the connection after {got} bytes, before the end of the HTTP head; \
          it is probably not an HTTP/WebSocket peer, or something in between cut the connection"
     )]
-    HeadEof { got: usize },
+    HeadEof {
+        /// Bytes of the head that arrived.
+        got: usize,
+    },
 
     /// The server answered the upgrade request with something other than 101.
     #[error("server answered {status} instead of 101 Switching Protocols — {hint}")]
     UpgradeRefused {
+        /// The status it answered.
         status: StatusCode,
         /// The full response head, for diagnostics.
         response: Box<http::Response<()>>,
         /// The first bytes of the body that arrived with the head (lossy UTF-8).
         body_preview: String,
+        /// What the status usually means and what to do.
         hint: &'static str,
     },
 
@@ -79,7 +88,12 @@ pub enum Error {
          certificate, add the CA with ClientBuilder::add_ca_file; \
          danger_accept_invalid_certs() is for tests only"
     )]
-    Tls { host: String, source: rustls::Error },
+    Tls {
+        /// The server name we verified against.
+        host: String,
+        /// What rustls reported.
+        source: rustls::Error,
+    },
 
     /// The TLS configuration could not be built (CA file unreadable, no roots).
     #[error("TLS configuration: {0}")]
@@ -87,7 +101,12 @@ pub enum Error {
 
     /// The URL cannot be used for a WebSocket.
     #[error("invalid WebSocket URL {url:?}: {why}")]
-    Url { url: String, why: &'static str },
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 
     /// WebSocket over HTTP/2 (RFC 8441) failed: see [`H2Error`].
     #[error("WebSocket over HTTP/2: {0}")]
@@ -163,13 +182,19 @@ impl From<SendError> for Error {
 
 /// Why WebSocket over HTTP/2 failed. Messages say what to do.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum H2Error {
     /// The TLS server did not choose `h2` by ALPN.
     #[error(
         "the TLS server at {host} did not select HTTP/2 by ALPN (it chose {chosen}); it does \
          not speak HTTP/2 on this port, so connect over HTTP/1.1 instead"
     )]
-    NoAlpnH2 { host: String, chosen: String },
+    NoAlpnH2 {
+        /// The server's host.
+        host: String,
+        /// What it chose instead (or "no ALPN").
+        chosen: String,
+    },
 
     /// The server's SETTINGS did not enable extended CONNECT.
     #[error(
@@ -178,31 +203,48 @@ pub enum H2Error {
          (RFC 8441); connect over HTTP/1.1, or enable extended CONNECT on the server \
          (hyper: http2::Builder::enable_connect_protocol)"
     )]
-    NoConnectProtocol { authority: String },
+    NoConnectProtocol {
+        /// The server's `host:port`.
+        authority: String,
+    },
 
     /// The HTTP/2 connection could not be set up or was lost.
     #[error("the HTTP/2 connection to {authority} failed: {source}")]
     Connection {
+        /// The server's `host:port`.
         authority: String,
+        /// What hyper reported.
         source: hyper::Error,
     },
 
     /// The connection closed before the server's SETTINGS arrived.
     #[error("the server at {authority} closed the HTTP/2 connection before sending its SETTINGS; it is probably not an HTTP/2 server (for ws:// the server must accept HTTP/2 with prior knowledge)")]
-    ClosedBeforeSettings { authority: String },
+    ClosedBeforeSettings {
+        /// The server's `host:port`.
+        authority: String,
+    },
 
     /// The extended CONNECT was not answered (stream reset, connection lost).
     #[error("the extended CONNECT to {uri} failed: {source}")]
-    Request { uri: String, source: hyper::Error },
+    Request {
+        /// The request's URI.
+        uri: String,
+        /// What hyper reported.
+        source: hyper::Error,
+    },
 
     /// The server answered something else than 200.
     #[error(
         "the server answered {status} to the extended CONNECT for {uri} instead of 200 — {hint}"
     )]
     Refused {
+        /// The request's URI.
         uri: String,
+        /// The status it answered.
         status: StatusCode,
+        /// What the status usually means and what to do.
         hint: &'static str,
+        /// The full response head, for diagnostics.
         response: Box<Response<()>>,
     },
 
@@ -216,32 +258,44 @@ pub enum H2Error {
 /// Errors of the HTTP/3 layer. They reach [`crate::h3::connect_h3`] callers as
 /// [`Error::Io`] with this as the inner error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum H3Error {
+    /// The UDP socket could not be bound.
     #[error("cannot bind UDP {addr} for HTTP/3: {source}; is the port free (UDP)?")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why the system refused.
         source: std::io::Error,
     },
+    /// The TLS configuration cannot be used for QUIC.
     #[error("HTTP/3 configuration: {0}")]
     Config(String),
+    /// The QUIC connection failed or was closed.
     #[error("QUIC connection failed: {0}; is an HTTP/3 server listening on that UDP port?")]
     Connection(#[from] quinn::ConnectionError),
+    /// The QUIC connection could not be started.
     #[error("QUIC connect: {0}")]
     Connect(#[from] quinn::ConnectError),
+    /// The peer broke an HTTP/3 rule.
     #[error(transparent)]
     Protocol(#[from] H3ProtocolError),
+    /// The server's SETTINGS do not enable extended CONNECT.
     #[error(
         "the server does not allow extended CONNECT (no SETTINGS_ENABLE_CONNECT_PROTOCOL = 1): \
          it cannot carry WebSocket over HTTP/3; use HTTP/2 or HTTP/1.1"
     )]
     NoExtendedConnect,
+    /// The connection ended before the server's SETTINGS.
     #[error("the server did not send its HTTP/3 SETTINGS in time")]
     NoSettings,
+    /// The server is shutting down (GOAWAY with this stream ID).
     #[error(
         "the server sent GOAWAY (stream {0}): it is shutting down and takes no new request on \
          this connection; open a new connection"
     )]
     GoingAway(u64),
+    /// A stream failed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -256,7 +310,9 @@ impl From<H3Error> for Error {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("HTTP/3 error 0x{code:x}: {reason}")]
 pub struct H3ProtocolError {
+    /// The HTTP/3 (RFC 9114 §8.1) or QPACK error code.
     pub code: u32,
+    /// What happened.
     pub reason: String,
 }
 

@@ -589,15 +589,9 @@ mod tests {
 
     #[test]
     fn header_list_limit_follows_head_limit() {
-        let l = Limits {
-            max_head_bytes: 8192,
-            ..Limits::default()
-        };
+        let l = Limits::default().max_head_bytes(8192);
         assert_eq!(header_list_limit(&l), 8192);
-        let tiny = Limits {
-            max_head_bytes: 10,
-            ..Limits::default()
-        };
+        let tiny = Limits::default().max_head_bytes(10);
         assert_eq!(header_list_limit(&tiny), 1024);
     }
 }

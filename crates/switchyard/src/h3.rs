@@ -14,10 +14,9 @@
 //!
 //! ## Why not the `h3` crate
 //!
-//! `h3` 0.0.8 (the latest release) parses `:protocol` into a closed enum
-//! (`webtransport`, `connect-udp`): a request with `:protocol websocket` is
-//! malformed there, and a client cannot send one (hyperium/h3 pull request
-//! 236 is still open). So this module speaks the small part of HTTP/3 a
+//! `h3` (0.0.8) parses `:protocol` into a closed enum (`webtransport`,
+//! `connect-udp`): a request with `:protocol websocket` is malformed there,
+//! and a client cannot send one. So this module speaks the small part of HTTP/3 a
 //! WebSocket needs, on quinn: control streams with SETTINGS
 //! (`SETTINGS_ENABLE_CONNECT_PROTOCOL = 1`, no QPACK dynamic table),
 //! HEADERS / DATA frames, QPACK with the static table and literals

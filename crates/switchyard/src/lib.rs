@@ -1,10 +1,22 @@
 //! switchyard: async (tokio) WebSocket client and server on the sans-IO core
-//! [`switchyard_proto`].
+//! [`switchyard_proto`] (re-exported as [`proto`]).
+//!
+//! # At the top level
 //!
 //! * [`WebSocket`]: a `Stream` of received [`Message`]s and a `Sink` of messages
 //!   to send, over any `AsyncRead + AsyncWrite` stream; [`WebSocket::split`]
-//!   gives two halves for two tasks. Heartbeat and close deadlines from
-//!   [`Limits`].
+//!   gives two halves for two tasks ([`WsReader`], [`WsWriter`]).
+//! * Server: [`accept`] on a raw stream (or [`read_request_head`] then
+//!   [`accept_request`]), with an [`AcceptConfig`].
+//! * Client: [`connect`], or a [`ClientBuilder`] for subprotocols,
+//!   [`DeflateConfig`], headers, TLS roots and [`Limits`];
+//!   [`connect_auto`] picks HTTP/1.1 or HTTP/2 by ALPN and says which
+//!   ([`Choice`], [`HttpVersion`]) in an [`AnyWebSocket`].
+//! * [`Error`] for everything, with [`Deadline`], [`H2Error`], [`H3Error`];
+//!   [`CloseCode`] and [`CloseFrame`] for the closing handshake.
+//!
+//! # Modules
+//!
 //! * [`server`]: read the request head, accept on a raw stream, or upgrade
 //!   inside a hyper 1 service.
 //! * [`h2`]: WebSocket over HTTP/2 (RFC 8441 extended CONNECT), server
@@ -14,7 +26,9 @@
 //!   the multiplexing [`h3::H3Connection`].
 //! * [`client`]: `connect("ws://..."/"wss://...")` with rustls, or the
 //!   handshake over any stream.
-//!
+//! * [`auto`]: the choice between HTTP/1.1 and HTTP/2.
+//! * [`websocket`]: the [`WebSocket`] itself; [`error`]: the error types.
+
 //! # Server
 //!
 //! ```no_run
@@ -69,9 +83,13 @@
 //! bounds the closing handshake; `max_write_buffer` is the `Sink`
 //! backpressure threshold.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub use switchyard_proto as proto;
 pub use switchyard_proto::message::Utf8Bytes;
-pub use switchyard_proto::{CloseCode, CloseFrame, HttpVersion, Limits, Message, Role};
+pub use switchyard_proto::{
+    CloseCode, CloseFrame, DeflateConfig, HttpVersion, Limits, Message, Role,
+};
 
 pub mod auto;
 pub mod client;

@@ -21,10 +21,36 @@ use crate::websocket::WebSocket;
 const HEAD_READ_CHUNK: usize = 4096;
 
 /// Server settings: the handshake policy and the connection limits.
+/// `AcceptConfig::default()` accepts any origin, no subprotocol, no
+/// compression, with [`Limits::default`]; change it with the setters.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct AcceptConfig {
+    /// Subprotocols, permessage-deflate and origin policy.
     pub handshake: ServerConfig,
+    /// Sizes and deadlines of each connection.
     pub limits: Limits,
+}
+
+impl AcceptConfig {
+    /// Settings with this handshake policy and these limits.
+    pub fn new(handshake: ServerConfig, limits: Limits) -> Self {
+        AcceptConfig { handshake, limits }
+    }
+
+    /// Set [`AcceptConfig::handshake`].
+    #[must_use]
+    pub fn handshake(mut self, handshake: ServerConfig) -> Self {
+        self.handshake = handshake;
+        self
+    }
+
+    /// Set [`AcceptConfig::limits`].
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
 }
 
 /// Read an HTTP/1.1 request head, within `limits.handshake_timeout` for the

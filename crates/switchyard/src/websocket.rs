@@ -604,6 +604,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self
     }
 
+    /// What the handshake negotiated (subprotocol, permessage-deflate).
     pub fn negotiated(&self) -> &Negotiated {
         self.inner
             .negotiated
@@ -611,14 +612,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             .unwrap_or(&NOTHING_NEGOTIATED)
     }
 
+    /// The subprotocol the handshake agreed to, if any.
     pub fn subprotocol(&self) -> Option<&str> {
         self.negotiated().subprotocol.as_deref()
     }
 
+    /// Which end we are.
     pub fn role(&self) -> Role {
         self.inner.conn.role()
     }
 
+    /// The limits this connection enforces.
     pub fn limits(&self) -> &Limits {
         self.inner.conn.limits()
     }
@@ -633,6 +637,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.inner.conn.peer_close()
     }
 
+    /// The underlying stream.
     pub fn get_ref(&self) -> &S {
         &self.inner.stream
     }
@@ -644,6 +649,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.inner.conn.read_buf().capacity()
     }
 
+    /// The underlying stream, mutably. Reading or writing it directly
+    /// corrupts the WebSocket; use it for socket options.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner.stream
     }

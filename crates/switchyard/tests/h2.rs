@@ -243,13 +243,7 @@ async fn forbidden_origin_is_403_over_h2() {
 #[tokio::test]
 async fn message_over_the_limit_is_closed_with_1009_as_over_http1() {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let cfg = AcceptConfig {
-        limits: Limits {
-            max_message_size: 1024,
-            ..Limits::default()
-        },
-        ..Default::default()
-    };
+    let cfg = AcceptConfig::default().limits(Limits::default().max_message_size(1024));
     let addr = h2_server(cfg, true, Some(tx)).await;
     let url = format!("ws://127.0.0.1:{}/", addr.port());
     let (mut ws, _) = connect_h2(&url, &plain_builder()).await.unwrap();
@@ -752,10 +746,8 @@ async fn unanswered_connect_times_out_with_the_handshake_timeout() {
     })
     .await;
     let url = format!("ws://127.0.0.1:{}/", addr.port());
-    let builder = plain_builder().limits(Limits {
-        handshake_timeout: Duration::from_millis(300),
-        ..Limits::default()
-    });
+    let builder =
+        plain_builder().limits(Limits::default().handshake_timeout(Duration::from_millis(300)));
     let conn = H2Connection::connect(&url, &builder).await.unwrap();
     let started = std::time::Instant::now();
     match conn.websocket("/", &builder).await {

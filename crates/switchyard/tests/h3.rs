@@ -98,10 +98,7 @@ fn ca_client(ca: &std::path::Path, handshake: Duration) -> ClientBuilder {
     ClientBuilder::new()
         .roots(RootSource::None)
         .add_ca_file(ca)
-        .limits(Limits {
-            handshake_timeout: handshake,
-            ..Limits::default()
-        })
+        .limits(Limits::default().handshake_timeout(handshake))
 }
 
 fn client(server: &Server) -> ClientBuilder {
@@ -158,13 +155,7 @@ async fn permessage_deflate_and_subprotocol_are_negotiated() {
 
 #[tokio::test]
 async fn message_over_the_server_limit_closes_with_1009() {
-    let cfg = AcceptConfig {
-        limits: Limits {
-            max_message_size: 1024,
-            ..Limits::default()
-        },
-        ..AcceptConfig::default()
-    };
+    let cfg = AcceptConfig::default().limits(Limits::default().max_message_size(1024));
     let server = echo_server(cfg).await;
     let (mut ws, _) = h3::connect_h3(&url(&server, "/"), &client(&server).no_deflate())
         .await

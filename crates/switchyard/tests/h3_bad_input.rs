@@ -240,13 +240,7 @@ async fn plain_get_is_404_and_connect_without_protocol_is_405() {
 
 #[tokio::test]
 async fn oversized_header_section_gets_431() {
-    let cfg = AcceptConfig {
-        limits: Limits {
-            max_head_bytes: 512,
-            ..Limits::default()
-        },
-        ..AcceptConfig::default()
-    };
+    let cfg = AcceptConfig::default().limits(Limits::default().max_head_bytes(512));
     let s = server(cfg).await;
     let conn = connect(&s).await;
     // Many fields, each small, over 512 bytes in total (RFC 9114 size).
@@ -321,13 +315,8 @@ async fn settings_frame_inside_a_websocket_stream_fails_it() {
 
 #[tokio::test]
 async fn request_headers_must_arrive_within_the_handshake_timeout() {
-    let cfg = AcceptConfig {
-        limits: Limits {
-            handshake_timeout: Duration::from_millis(300),
-            ..Limits::default()
-        },
-        ..AcceptConfig::default()
-    };
+    let cfg = AcceptConfig::default()
+        .limits(Limits::default().handshake_timeout(Duration::from_millis(300)));
     let s = server(cfg).await;
     let conn = connect(&s).await;
     let (mut send, recv) = conn.quic().open_bi().await.unwrap();

@@ -49,10 +49,7 @@ fn builder(ca: &std::path::Path) -> ClientBuilder {
     ClientBuilder::new()
         .roots(RootSource::None)
         .add_ca_file(ca)
-        .limits(Limits {
-            handshake_timeout: Duration::from_secs(3),
-            ..Limits::default()
-        })
+        .limits(Limits::default().handshake_timeout(Duration::from_secs(3)))
 }
 
 /// Open the control stream and send SETTINGS with these raw pairs.

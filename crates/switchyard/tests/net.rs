@@ -126,10 +126,7 @@ async fn first_frame_in_same_write_as_handshake_is_not_lost() {
 async fn answer_to(raw: &[u8], limits: Limits, keep_open: bool) -> (String, Error) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let cfg = AcceptConfig {
-        limits,
-        ..AcceptConfig::default()
-    };
+    let cfg = AcceptConfig::default().limits(limits);
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         accept(tcp, &cfg).await.map(|_| ())
@@ -150,10 +147,7 @@ async fn answer_to(raw: &[u8], limits: Limits, keep_open: bool) -> (String, Erro
 
 #[tokio::test]
 async fn slow_head_gets_408() {
-    let limits = Limits {
-        handshake_timeout: Duration::from_millis(200),
-        ..Limits::default()
-    };
+    let limits = Limits::default().handshake_timeout(Duration::from_millis(200));
     let (resp, err) = answer_to(b"GET / HTTP/1.1\r\nHost: x\r\n", limits, true).await;
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(matches!(err, Error::HeadTimeout { .. }), "{err:?}");
@@ -162,10 +156,7 @@ async fn slow_head_gets_408() {
 
 #[tokio::test]
 async fn huge_head_gets_431() {
-    let limits = Limits {
-        max_head_bytes: 1024,
-        ..Limits::default()
-    };
+    let limits = Limits::default().max_head_bytes(1024);
     let raw = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(2000)
@@ -424,10 +415,7 @@ async fn client_handshake_timeout() {
         tokio::time::sleep(Duration::from_secs(30)).await;
         drop(tcp);
     });
-    let limits = Limits {
-        handshake_timeout: Duration::from_millis(200),
-        ..Limits::default()
-    };
+    let limits = Limits::default().handshake_timeout(Duration::from_millis(200));
     let err = ClientBuilder::new()
         .limits(limits)
         .connect(&format!("ws://{addr}/"))

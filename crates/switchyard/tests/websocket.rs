@@ -126,11 +126,9 @@ async fn eof_without_close_is_abnormal_1006() {
 
 #[tokio::test(start_paused = true)]
 async fn heartbeat_pings_then_closes_silent_peer_with_1011() {
-    let limits = Limits {
-        ping_interval: Some(Duration::from_secs(10)),
-        pong_timeout: Duration::from_secs(5),
-        ..Limits::default()
-    };
+    let limits = Limits::default()
+        .ping_interval(Some(Duration::from_secs(10)))
+        .pong_timeout(Duration::from_secs(5));
     let (mut ws, mut peer) = server_ws(limits);
     let started = tokio::time::Instant::now();
     let reader = tokio::spawn(async move { ws.next().await });
@@ -153,11 +151,9 @@ async fn heartbeat_pings_then_closes_silent_peer_with_1011() {
 
 #[tokio::test(start_paused = true)]
 async fn heartbeat_keeps_answering_peer_alive() {
-    let limits = Limits {
-        ping_interval: Some(Duration::from_secs(10)),
-        pong_timeout: Duration::from_secs(5),
-        ..Limits::default()
-    };
+    let limits = Limits::default()
+        .ping_interval(Some(Duration::from_secs(10)))
+        .pong_timeout(Duration::from_secs(5));
     let (mut ws, mut peer) = server_ws(limits);
     let reader = tokio::spawn(async move {
         let mut pongs = 0;
@@ -186,11 +182,9 @@ async fn heartbeat_keeps_answering_peer_alive() {
 
 #[tokio::test(start_paused = true)]
 async fn heartbeat_pings_every_interval_when_pong_timeout_is_longer() {
-    let limits = Limits {
-        ping_interval: Some(Duration::from_secs(1)),
-        pong_timeout: Duration::from_secs(20),
-        ..Limits::default()
-    };
+    let limits = Limits::default()
+        .ping_interval(Some(Duration::from_secs(1)))
+        .pong_timeout(Duration::from_secs(20));
     let (mut ws, mut peer) = server_ws(limits);
     let reader = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
     let started = tokio::time::Instant::now();
@@ -211,10 +205,7 @@ async fn heartbeat_pings_every_interval_when_pong_timeout_is_longer() {
 
 #[tokio::test(start_paused = true)]
 async fn close_times_out_when_peer_never_answers() {
-    let limits = Limits {
-        close_timeout: Duration::from_secs(3),
-        ..Limits::default()
-    };
+    let limits = Limits::default().close_timeout(Duration::from_secs(3));
     let (mut ws, mut peer) = server_ws(limits);
     let started = tokio::time::Instant::now();
     let closer = tokio::spawn(async move { ws.close(CloseCode::GOING_AWAY, "shutdown").await });
@@ -310,10 +301,7 @@ async fn several_feeds_go_out_in_one_flush() {
 
 #[tokio::test]
 async fn backpressure_when_peer_does_not_read() {
-    let limits = Limits {
-        max_write_buffer: 4096,
-        ..Limits::default()
-    };
+    let limits = Limits::default().max_write_buffer(4096);
     // 1 KiB pipe that the peer never reads.
     let (mut ws, _peer) = pair(Role::Server, limits, 1024);
     let msg = Message::binary(vec![7u8; 1000]);

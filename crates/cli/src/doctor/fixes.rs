@@ -348,8 +348,8 @@ impl Problem {
                  `header_up -Sec-WebSocket-Protocol`)",
                 "(HAProxy forwards Sec-WebSocket-Protocol as is: no `http-request del-header \
                  Sec-WebSocket-Protocol`)",
-                "AcceptConfig { handshake: ServerConfig { subprotocols: vec![\"chat\".into()], \
-                 .. }, .. }   # switchyard::server, in preference order",
+                "AcceptConfig::default().handshake(ServerConfig::default().subprotocols([\"chat\"])) \
+                   # switchyard::server; the client's order of preference wins",
             ),
         };
         Fix {

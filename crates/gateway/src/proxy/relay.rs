@@ -316,6 +316,7 @@ fn chunked_error(e: ChunkedError) -> ExchangeError {
         ChunkedError::TrailerTooLarge { .. } => {
             ExchangeError::Body("chunked trailer fields too large")
         }
+        _ => ExchangeError::Body("malformed chunked body"),
     }
 }
 

@@ -1030,10 +1030,7 @@ mod tests {
         let a = shared_limits(Limits::default());
         let b = shared_limits(Limits::default());
         assert!(Arc::ptr_eq(&a, &b), "one allocation for equal limits");
-        let other = Limits {
-            max_message_size: 1234,
-            ..Limits::default()
-        };
+        let other = Limits::default().max_message_size(1234);
         let c = shared_limits(other.clone());
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(*c, other);

@@ -29,7 +29,7 @@ const MAX_LEN: usize = 30;
 
 /// Why a Huffman string was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HuffmanError {
+pub(crate) enum HuffmanError {
     #[error("Huffman string contains the EOS symbol (RFC 7541 §5.2 forbids it)")]
     Eos,
     #[error("Huffman string ends with invalid padding (more than 7 bits, or not all ones)")]
@@ -67,7 +67,7 @@ fn table() -> &'static Table {
 }
 
 /// Decode a Huffman-coded string of at most `max` decoded bytes.
-pub fn decode(src: &[u8], max: usize) -> Result<Vec<u8>, HuffmanError> {
+pub(crate) fn decode(src: &[u8], max: usize) -> Result<Vec<u8>, HuffmanError> {
     let t = table();
     let mut out = Vec::with_capacity((src.len() * 8 / 5).min(max));
     // Canonical decoding, one bit at a time: `code` is the bits read for the

@@ -123,7 +123,7 @@ pub(crate) const STATIC_TABLE: [(&str, &str); 99] = [
 
 /// Why a field section could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QpackError {
+pub(crate) enum QpackError {
     #[error("QPACK field section is truncated or has an integer overflow")]
     Truncated,
     #[error("QPACK field section references the dynamic table, but we advertised a capacity of 0")]
