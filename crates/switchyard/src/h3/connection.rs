@@ -147,22 +147,10 @@ async fn read_control(
     is_client: bool,
     on_control: &(dyn Fn(ControlEvent) + Send + Sync),
 ) -> Result<(), H3ProtocolError> {
-    let control_known = |t: u64| {
-        matches!(
-            t,
-            frame::DATA
-                | frame::HEADERS
-                | frame::CANCEL_PUSH
-                | frame::SETTINGS
-                | frame::PUSH_PROMISE
-                | frame::GOAWAY
-                | frame::MAX_PUSH_ID
-        ) || frame::is_reserved_h2_type(t)
-    };
     let mut first = true;
     let mut last_goaway: Option<u64> = None;
     loop {
-        match reader.next_frame(4096, control_known).await? {
+        match reader.next_frame(4096, frame::is_defined_type).await? {
             ReadFrame::End => {
                 return Err(H3ProtocolError::new(
                     frame::H3_CLOSED_CRITICAL_STREAM,

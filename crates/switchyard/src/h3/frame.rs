@@ -49,6 +49,16 @@ pub(crate) fn is_reserved_h2_type(t: u64) -> bool {
     matches!(t, 0x02 | 0x06 | 0x08 | 0x09)
 }
 
+/// Every frame type RFC 9114 defines or reserves: a reader that expects a
+/// particular frame must see these (to accept it, or to fail on an
+/// unexpected one) and may skip only the others (§9).
+pub(crate) fn is_defined_type(t: u64) -> bool {
+    matches!(
+        t,
+        DATA | HEADERS | CANCEL_PUSH | SETTINGS | PUSH_PROMISE | GOAWAY | MAX_PUSH_ID
+    ) || is_reserved_h2_type(t)
+}
+
 /// Decode a QUIC variable-length integer (RFC 9000 §16). `None` when `buf`
 /// does not hold all of it yet.
 pub(crate) fn decode_varint(buf: &[u8]) -> Option<(u64, usize)> {

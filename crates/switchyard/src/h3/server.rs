@@ -409,20 +409,8 @@ async fn read_request_head(
     reader: &mut FrameReader<quinn::RecvStream>,
     cfg: &AcceptConfig,
 ) -> Result<RequestHead, Outcome> {
-    let known = |t: u64| {
-        matches!(
-            t,
-            frame::DATA
-                | frame::HEADERS
-                | frame::CANCEL_PUSH
-                | frame::SETTINGS
-                | frame::PUSH_PROMISE
-                | frame::GOAWAY
-                | frame::MAX_PUSH_ID
-        ) || frame::is_reserved_h2_type(t)
-    };
     let max = cfg.limits.max_head_bytes;
-    let block = match reader.next_frame(max, known).await {
+    let block = match reader.next_frame(max, frame::is_defined_type).await {
         Ok(ReadFrame::Frame {
             ty: frame::HEADERS,
             payload,
