@@ -126,21 +126,12 @@ impl ServerConfig {
         self.subprotocols = protocols.into_iter().map(Into::into).collect();
         self
     }
-
-    /// Set [`ServerConfig::deflate`].
-    #[must_use]
-    pub fn deflate(mut self, deflate: Option<DeflateConfig>) -> Self {
-        self.deflate = deflate;
-        self
-    }
-
-    /// Set [`ServerConfig::origin`].
-    #[must_use]
-    pub fn origin(mut self, origin: OriginPolicy) -> Self {
-        self.origin = origin;
-        self
-    }
 }
+
+crate::setters!(ServerConfig {
+    deflate: Option<DeflateConfig>,
+    origin: OriginPolicy,
+});
 
 /// What the server agreed to.
 #[derive(Debug, Clone)]
@@ -477,28 +468,13 @@ impl ClientConfig {
         self.subprotocols = protocols.into_iter().map(Into::into).collect();
         self
     }
-
-    /// Set [`ClientConfig::deflate`].
-    #[must_use]
-    pub fn deflate(mut self, deflate: Option<DeflateConfig>) -> Self {
-        self.deflate = deflate;
-        self
-    }
-
-    /// Set [`ClientConfig::origin`].
-    #[must_use]
-    pub fn origin(mut self, origin: Option<String>) -> Self {
-        self.origin = origin;
-        self
-    }
-
-    /// Set [`ClientConfig::headers`].
-    #[must_use]
-    pub fn headers(mut self, headers: HeaderMap) -> Self {
-        self.headers = headers;
-        self
-    }
 }
+
+crate::setters!(ClientConfig {
+    deflate: Option<DeflateConfig>,
+    origin: Option<String>,
+    headers: HeaderMap,
+});
 
 /// A client handshake in flight.
 #[derive(Debug, Clone)]

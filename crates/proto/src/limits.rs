@@ -81,10 +81,12 @@ mod tests {
             .max_frame_size(5)
             .ping_interval(Some(Duration::from_secs(1)))
             .close_timeout(Duration::from_millis(7));
-        let mut expected = Limits::default();
-        expected.max_frame_size = 5;
-        expected.ping_interval = Some(Duration::from_secs(1));
-        expected.close_timeout = Duration::from_millis(7);
+        let expected = Limits {
+            max_frame_size: 5,
+            ping_interval: Some(Duration::from_secs(1)),
+            close_timeout: Duration::from_millis(7),
+            ..Limits::default()
+        };
         assert_eq!(l, expected);
     }
 }

@@ -168,10 +168,7 @@ pub async fn connect_auto(
         let alpn = io.alpn_protocol().map(<[u8]>::to_vec);
         websocket_on(io, alpn.as_deref(), &target.uri.to_string(), builder).await
     };
-    let first = match tokio::time::timeout(limit, first).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
-    };
+    let first = Deadline::OpeningHandshake.bound(limit, first).await;
     match first {
         Err(e) if is_no_connect_protocol(&e) => {
             // `builder.connect` offers ALPN http/1.1 only.

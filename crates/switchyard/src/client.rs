@@ -260,10 +260,7 @@ impl ClientBuilder {
             };
             self.handshake_on(stream, &target.uri).await
         };
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
-        }
+        Deadline::OpeningHandshake.bound(timeout, fut).await
     }
 
     /// Run the client handshake over an already connected stream (TCP, TLS,
@@ -279,15 +276,12 @@ impl ClientBuilder {
         stream.write_all(&out).await?;
         stream.flush().await?;
 
-        let (resp, leftover) = match tokio::time::timeout(
-            self.limits.handshake_timeout,
-            read_response_head(&mut stream, &self.limits),
-        )
-        .await
-        {
-            Ok(r) => r?,
-            Err(_) => return Err(Error::Timeout(Deadline::OpeningHandshake)),
-        };
+        let (resp, leftover) = Deadline::OpeningHandshake
+            .bound(
+                self.limits.handshake_timeout,
+                read_response_head(&mut stream, &self.limits),
+            )
+            .await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let preview_len = leftover.len().min(512);
             let body_preview = String::from_utf8_lossy(&leftover[..preview_len]).into_owned();

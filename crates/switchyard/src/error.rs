@@ -151,6 +151,18 @@ pub enum Deadline {
 }
 
 impl Deadline {
+    /// `fut`'s result, or `Error::Timeout(self)` when it takes longer than
+    /// `limit`.
+    pub(crate) async fn bound<T>(
+        self,
+        limit: Duration,
+        fut: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(limit, fut)
+            .await
+            .unwrap_or(Err(Error::Timeout(self)))
+    }
+
     /// The [`Limits`](switchyard_proto::Limits) field that sets it.
     pub fn limit(self) -> &'static str {
         match self {

@@ -111,10 +111,9 @@ impl H3Connection {
     pub async fn connect(url: &str, builder: &ClientBuilder) -> Result<H3Connection, Error> {
         let target = parse_url(url)?;
         let timeout = builder.get_limits().handshake_timeout;
-        match tokio::time::timeout(timeout, Self::connect_inner(url, &target, builder)).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
-        }
+        Deadline::OpeningHandshake
+            .bound(timeout, Self::connect_inner(url, &target, builder))
+            .await
     }
 
     async fn connect_inner(
@@ -246,10 +245,9 @@ impl H3Connection {
         path: &str,
     ) -> Result<(WebSocket<H3Stream>, Response<()>), Error> {
         let timeout = self.builder.get_limits().handshake_timeout;
-        match tokio::time::timeout(timeout, self.websocket_inner(path)).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
-        }
+        Deadline::OpeningHandshake
+            .bound(timeout, self.websocket_inner(path))
+            .await
     }
 
     async fn websocket_inner(
@@ -285,15 +283,12 @@ impl H3Connection {
         headers: &http::HeaderMap,
     ) -> Result<(H3Stream, Response<()>), Error> {
         let timeout = self.builder.get_limits().handshake_timeout;
-        match tokio::time::timeout(
-            timeout,
-            self.extended_connect_inner(protocol, None, path, headers),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(Deadline::OpeningHandshake)),
-        }
+        Deadline::OpeningHandshake
+            .bound(
+                timeout,
+                self.extended_connect_inner(protocol, None, path, headers),
+            )
+            .await
     }
 
     async fn extended_connect_inner(
