@@ -1,0 +1,202 @@
+//! The configuration written back as TOML (`serve --print-config`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::model::*;
+use super::units::{format_duration, format_size};
+use super::Config;
+
+impl Config {
+    /// The effective configuration as TOML, every default written out (what
+    /// `--check-config` can show). Parsing it gives back an equal `Config`.
+    pub fn to_toml_string(&self) -> String {
+        use toml::{Table, Value};
+        fn table(entries: Vec<(&str, Value)>) -> Value {
+            Value::Table(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            )
+        }
+        fn string(s: &str) -> Value {
+            Value::String(s.to_string())
+        }
+        fn strings<'a>(items: impl IntoIterator<Item = &'a str>) -> Value {
+            Value::Array(items.into_iter().map(string).collect())
+        }
+        fn duration(d: Duration) -> Value {
+            Value::String(format_duration(d))
+        }
+        fn size(n: usize) -> Value {
+            format_size(n)
+        }
+        fn count(n: usize) -> Value {
+            Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+        }
+        fn path(p: &Path) -> Value {
+            Value::String(p.display().to_string())
+        }
+
+        let mut root = Table::new();
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|l| {
+                let mut entries = vec![
+                    ("address", Value::String(l.address.to_string())),
+                    (
+                        "protocols",
+                        strings(l.protocols.iter().map(|p| match p {
+                            Protocol::H1 => "h1",
+                            Protocol::H2 => "h2",
+                            Protocol::H3 => "h3",
+                        })),
+                    ),
+                ];
+                if let Some(tls) = &l.tls {
+                    entries.push((
+                        "tls",
+                        table(vec![("cert", path(&tls.cert)), ("key", path(&tls.key))]),
+                    ));
+                }
+                table(entries)
+            })
+            .collect();
+        root.insert("listener".into(), Value::Array(listeners));
+        if let Some(admin) = &self.admin {
+            root.insert(
+                "admin".into(),
+                table(vec![("address", Value::String(admin.address.to_string()))]),
+            );
+        }
+        let l = &self.limits;
+        root.insert(
+            "limits".into(),
+            table(vec![
+                ("max_head_bytes", size(l.max_head_bytes)),
+                ("max_headers", count(l.max_headers)),
+                ("handshake_timeout", duration(l.handshake_timeout)),
+                ("max_frame_size", size(l.max_frame_size)),
+                ("max_message_size", size(l.max_message_size)),
+                ("max_fragments", count(l.max_fragments)),
+                ("max_write_buffer", size(l.max_write_buffer)),
+                (
+                    "ping_interval",
+                    l.ping_interval.map_or_else(|| string("off"), duration),
+                ),
+                ("pong_timeout", duration(l.pong_timeout)),
+                ("close_timeout", duration(l.close_timeout)),
+            ]),
+        );
+        let upstreams: Vec<Value> = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                let mut health = vec![(
+                    "passive",
+                    table(vec![
+                        (
+                            "max_fails",
+                            Value::Integer(i64::from(u.health.passive.max_fails)),
+                        ),
+                        ("fail_timeout", duration(u.health.passive.fail_timeout)),
+                    ]),
+                )];
+                if let Some(a) = &u.health.active {
+                    health.push((
+                        "active",
+                        table(vec![
+                            ("interval", duration(a.interval)),
+                            ("timeout", duration(a.timeout)),
+                            ("path", string(&a.path)),
+                        ]),
+                    ));
+                }
+                table(vec![
+                    ("name", string(&u.name)),
+                    (
+                        "servers",
+                        Value::Array(
+                            u.servers
+                                .iter()
+                                .map(|b| Value::String(b.url.to_string()))
+                                .collect(),
+                        ),
+                    ),
+                    (
+                        "balance",
+                        string(match u.balance {
+                            Balance::RoundRobin => "round_robin",
+                            Balance::LeastConnections => "least_connections",
+                        }),
+                    ),
+                    ("connect_timeout", duration(u.connect_timeout)),
+                    ("retries", Value::Integer(i64::from(u.retries))),
+                    ("health", table(health)),
+                ])
+            })
+            .collect();
+        if !upstreams.is_empty() {
+            root.insert("upstream".into(), Value::Array(upstreams));
+        }
+        let routes = self
+            .routes
+            .iter()
+            .map(|r| {
+                let mut entries = vec![("path", string(&r.path))];
+                if let Some(host) = &r.host {
+                    entries.push(("host", string(host)));
+                }
+                match r.target() {
+                    RouteTarget::Upstream(name) => entries.push(("upstream", string(name))),
+                    RouteTarget::App(app) => entries.push((
+                        "app",
+                        string(match app {
+                            App::Echo => "echo",
+                            App::Index => "index",
+                        }),
+                    )),
+                }
+                let p = &r.policy;
+                let mut policy = vec![
+                    (
+                        "allowed_upgrades",
+                        strings(p.allowed_upgrades.iter().map(String::as_str)),
+                    ),
+                    ("require_upgrade", Value::Boolean(p.require_upgrade)),
+                    ("idle_timeout", duration(p.idle_timeout)),
+                    (
+                        "ping_interval",
+                        p.ping_interval.map_or_else(|| string("off"), duration),
+                    ),
+                    ("pong_timeout", duration(p.pong_timeout)),
+                    ("drain_timeout", duration(p.drain_timeout)),
+                    ("preserve_host", Value::Boolean(p.preserve_host)),
+                    ("tunnel", string(p.tunnel.as_str())),
+                ];
+                if let Some(origins) = &p.allowed_origins {
+                    policy.push((
+                        "allowed_origins",
+                        strings(origins.iter().map(String::as_str)),
+                    ));
+                }
+                if let Some(n) = p.max_connections {
+                    policy.push(("max_connections", Value::Integer(i64::from(n))));
+                }
+                if let Some(n) = p.max_connections_per_ip {
+                    policy.push(("max_connections_per_ip", Value::Integer(i64::from(n))));
+                }
+                if let Some(n) = p.max_message_size {
+                    policy.push(("max_message_size", size(n)));
+                }
+                entries.push(("policy", table(policy)));
+                table(entries)
+            })
+            .collect();
+        root.insert("route".into(), Value::Array(routes));
+        // Serializing a table of strings, integers and booleans cannot fail.
+        toml::to_string(&root).unwrap_or_default()
+    }
+}

@@ -1,0 +1,480 @@
+//! The schema: every table and key of the configuration, with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use switchyard_proto::Limits;
+
+use super::units::{
+    de_duration, de_duration_or_off, de_opt_duration, de_opt_duration_or_off, de_opt_size,
+    de_socket_addr,
+};
+
+// ---------------------------------------------------------------------------
+// The schema
+// ---------------------------------------------------------------------------
+
+/// The whole configuration of `switchyard serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[[listener]]`: where to accept connections. At least one.
+    #[serde(rename = "listener", default)]
+    pub listeners: Vec<Listener>,
+    /// `[[route]]`: which requests go where. At least one.
+    #[serde(rename = "route", default)]
+    pub routes: Vec<Route>,
+    /// `[[upstream]]`: named groups of backends routes can point to.
+    #[serde(rename = "upstream", default)]
+    pub upstreams: Vec<Upstream>,
+    /// `[admin]`: an optional listener for `/metrics` (Prometheus text) and
+    /// `/status`. Keep it on loopback or a private network.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// `[limits]`: per-connection limits of the protocol layer; each key is
+    /// optional and defaults to [`Limits::default()`].
+    #[serde(default, deserialize_with = "de_limits")]
+    pub limits: Limits,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// IP and port, like `"0.0.0.0:8080"` or `"[::]:443"`.
+    #[serde(deserialize_with = "de_socket_addr")]
+    pub address: SocketAddr,
+    /// Certificate chain and key in PEM; without it the listener is
+    /// cleartext.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Protocols served. Default `["h1"]`, or `["h1", "h2"]` with `tls`.
+    /// `h2` without TLS is HTTP/2 with prior knowledge (h2c); `h3` needs TLS.
+    #[serde(default)]
+    pub protocols: Vec<Protocol>,
+}
+
+/// `tls = { cert = "...", key = "..." }` of a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// An HTTP version a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 (`Upgrade`, RFC 9110 §7.8).
+    H1,
+    /// HTTP/2 (extended CONNECT, RFC 8441).
+    H2,
+    /// HTTP/3 over QUIC (extended CONNECT, RFC 9220).
+    H3,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// IP and port of the metrics / status listener.
+    #[serde(deserialize_with = "de_socket_addr")]
+    pub address: SocketAddr,
+}
+
+/// One `[[route]]`. Exactly one of `upstream` and `app` is set in a
+/// validated [`Config`]; [`Route::target`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Host to match (exact, case-insensitive, port ignored). None: any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix, segment-aware: `/ws` matches `/ws` and `/ws/x`, not `/wsx`.
+    pub path: String,
+    /// Name of the `[[upstream]]` to proxy to.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Built-in application to serve.
+    #[serde(default)]
+    pub app: Option<App>,
+    /// `[route.policy]`: what the route accepts.
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// A built-in application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum App {
+    /// WebSocket echo: every message back to its sender.
+    Echo,
+    /// The index page (HTML) describing the server.
+    Index,
+}
+
+/// What a route sends its requests to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTarget<'a> {
+    /// The upstream group of that name.
+    Upstream(&'a str),
+    /// A built-in application.
+    App(App),
+}
+
+impl Route {
+    /// The route's target. A validated config always has exactly one; a
+    /// hand-built `Route` with neither falls back to the index app.
+    pub fn target(&self) -> RouteTarget<'_> {
+        match (&self.upstream, self.app) {
+            (Some(name), _) => RouteTarget::Upstream(name),
+            (None, Some(app)) => RouteTarget::App(app),
+            (None, None) => RouteTarget::App(App::Index),
+        }
+    }
+}
+
+/// `[route.policy]`: what a route accepts and how long connections live.
+///
+/// | key | default | meaning |
+/// |---|---|---|
+/// | `allowed_origins` | any | `Origin` values accepted (`"https://host[:port]"` or `"null"`), compared case-insensitively; a request without `Origin` (not a browser) is accepted. Others get 403. |
+/// | `allowed_upgrades` | `["websocket"]` | `Upgrade` tokens the route may switch to; `h2c` is never allowed. |
+/// | `max_connections` | no cap | open upgraded connections on this route; beyond it 503. |
+/// | `max_connections_per_ip` | no cap | the same, per client IP; beyond it 429. |
+/// | `max_message_size` | `[limits].max_message_size` | largest message accepted on this route, after decompression; beyond it close 1009. |
+/// | `require_upgrade` | `false` | answer 426 Upgrade Required to requests that do not ask for an allowed upgrade. |
+/// | `idle_timeout` | `"5m"` | close a tunnel when neither side sent anything for this long. Long enough for applications that heartbeat every 30-60 s, short enough to reclaim half-open connections. |
+/// | `ping_interval` | `"off"` | ping each side after this long without a frame from it. |
+/// | `pong_timeout` | `"20s"` | close a side that did not answer a ping within this. |
+/// | `drain_timeout` | `"10s"` | on shutdown, how long connections get after the 1001 close before they are cut. |
+/// | `preserve_host` | `true` | send the client's `Host` upstream; `false` sends the backend's host and port. |
+/// | `tunnel` | `"auto"` | `"transparent"` (bytes copied), `"frames"` (WebSocket messages relayed: heartbeats, limits, message metrics) or `"auto"`: frames when `ping_interval` or `max_message_size` is set, else transparent. Tokens other than websocket are always transparent. |
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// See the table on [`Policy`].
+    pub allowed_origins: Option<Vec<String>>,
+    /// See the table on [`Policy`]. Lowercase after validation.
+    pub allowed_upgrades: Vec<String>,
+    /// See the table on [`Policy`].
+    pub max_connections: Option<u32>,
+    /// See the table on [`Policy`].
+    pub max_connections_per_ip: Option<u32>,
+    /// See the table on [`Policy`].
+    #[serde(deserialize_with = "de_opt_size")]
+    pub max_message_size: Option<usize>,
+    /// See the table on [`Policy`].
+    pub require_upgrade: bool,
+    /// See the table on [`Policy`].
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// See the table on [`Policy`].
+    #[serde(deserialize_with = "de_duration_or_off")]
+    pub ping_interval: Option<Duration>,
+    /// See the table on [`Policy`].
+    #[serde(deserialize_with = "de_duration")]
+    pub pong_timeout: Duration,
+    /// See the table on [`Policy`].
+    #[serde(deserialize_with = "de_duration")]
+    pub drain_timeout: Duration,
+    /// See the table on [`Policy`].
+    pub preserve_host: bool,
+    /// See the table on [`Policy`].
+    pub tunnel: TunnelSetting,
+}
+
+/// `tunnel` of a route policy: how a proxied WebSocket is relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelSetting {
+    /// Frames when the policy needs them (heartbeat, message limit).
+    #[default]
+    Auto,
+    /// Bytes copied both ways.
+    Transparent,
+    /// WebSocket messages relayed.
+    Frames,
+}
+
+impl TunnelSetting {
+    /// The TOML value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelSetting::Auto => "auto",
+            TunnelSetting::Transparent => "transparent",
+            TunnelSetting::Frames => "frames",
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allowed_origins: None,
+            allowed_upgrades: vec!["websocket".to_string()],
+            max_connections: None,
+            max_connections_per_ip: None,
+            max_message_size: None,
+            require_upgrade: false,
+            idle_timeout: Duration::from_secs(300),
+            ping_interval: None,
+            pong_timeout: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs(10),
+            preserve_host: true,
+            tunnel: TunnelSetting::Auto,
+        }
+    }
+}
+
+impl Policy {
+    /// Whether a request with this `Origin` header value (None: no header)
+    /// may upgrade on this route.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match (&self.allowed_origins, origin) {
+            (None, _) | (Some(_), None) => true,
+            (Some(list), Some(origin)) => {
+                let origin = origin.trim();
+                list.iter().any(|o| o.eq_ignore_ascii_case(origin))
+            }
+        }
+    }
+
+    /// Whether this `Upgrade` token (case-insensitive) is allowed here.
+    pub fn upgrade_allowed(&self, token: &str) -> bool {
+        self.allowed_upgrades
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(token))
+    }
+}
+
+/// One `[[upstream]]`: a named group of backends.
+///
+/// | key | default | meaning |
+/// |---|---|---|
+/// | `name` | required | what routes refer to |
+/// | `servers` | required | `ws://` or `wss://` URLs, at least one |
+/// | `balance` | `"round_robin"` | or `"least_connections"` |
+/// | `connect_timeout` | `"5s"` | TCP + TLS + upgrade handshake to one backend |
+/// | `retries` | `2` | further backends tried when one fails, as long as nothing was sent to the client |
+/// | `health.passive` | 3 fails, `"30s"` | see [`PassiveHealth`] |
+/// | `health.active` | off | see [`ActiveHealth`] |
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Unique name.
+    pub name: String,
+    /// The backends.
+    pub servers: Vec<Backend>,
+    /// How a backend is chosen.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Deadline for reaching one backend (TCP, TLS, 101).
+    #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Further backends tried after a failed attempt.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// `[upstream.health]`.
+    #[serde(default)]
+    pub health: Health,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+/// One backend: a `ws://` or `wss://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// The URL as given, parsed.
+    pub url: http::Uri,
+}
+
+impl Backend {
+    /// Whether the backend is reached over TLS (`wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.url.scheme_str() == Some("wss")
+    }
+
+    /// The port to connect to, defaulting to 80 / 443.
+    fn port(&self) -> u16 {
+        self.url
+            .port_u16()
+            .unwrap_or(if self.is_tls() { 443 } else { 80 })
+    }
+
+    /// `host:port` to connect to, the port defaulting to 80 / 443.
+    pub fn authority(&self) -> String {
+        let host = self.url.host().unwrap_or_default();
+        format!("{host}:{}", self.port())
+    }
+
+    /// The host without the brackets of an IPv6 literal (what a TLS
+    /// server name or an address parse takes).
+    pub fn bare_host(&self) -> &str {
+        let host = self.url.host().unwrap_or_default();
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+
+    /// The address to connect to when the host is an IP literal (no name
+    /// to resolve, nothing to format on every connection).
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        let ip: std::net::IpAddr = self.bare_host().parse().ok()?;
+        Some(std::net::SocketAddr::new(ip, self.port()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Backend {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_backend(&text).map_err(de::Error::custom)
+    }
+}
+
+pub(crate) fn parse_backend(text: &str) -> Result<Backend, String> {
+    let expected = "expected a ws:// or wss:// URL like \"ws://10.0.0.5:9000\"";
+    let url: http::Uri = text
+        .parse()
+        .map_err(|e| format!("{expected}, found \"{text}\" ({e})"))?;
+    match url.scheme_str() {
+        Some("ws") | Some("wss") => {}
+        Some(other) => {
+            return Err(format!(
+                "{expected}, found scheme \"{other}\" in \"{text}\""
+            ))
+        }
+        None => return Err(format!("{expected}, found \"{text}\" (no scheme)")),
+    }
+    match url.host() {
+        Some(h) if !h.is_empty() => {}
+        _ => return Err(format!("{expected}, found \"{text}\" (no host)")),
+    }
+    Ok(Backend { url })
+}
+
+/// How an upstream picks a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each backend in turn.
+    #[default]
+    RoundRobin,
+    /// The backend with the fewest open tunnels.
+    LeastConnections,
+}
+
+/// `[upstream.health]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// `[upstream.health.passive]`, always on unless `max_fails = 0`.
+    pub passive: PassiveHealth,
+    /// `[upstream.health.active]`, off unless the table is present.
+    pub active: Option<ActiveHealth>,
+}
+
+/// Passive health: a backend that failed `max_fails` attempts in a row
+/// (connect error, timeout, no valid 101) is skipped for `fail_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealth {
+    /// Consecutive failures before the backend is skipped; 0 disables. Default 3.
+    pub max_fails: u32,
+    /// How long it is skipped. Default 30 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub fail_timeout: Duration,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Active health: every `interval`, a WebSocket handshake to `path` on each
+/// backend; no 101 within `timeout` marks it down until one succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveHealth {
+    /// Between two checks of a backend. Default 10 s, at least 100 ms.
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// Deadline of one check. Default 2 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Request path of the check. Default `/`.
+    pub path: String,
+}
+
+impl Default for ActiveHealth {
+    fn default() -> Self {
+        ActiveHealth {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            path: "/".to_string(),
+        }
+    }
+}
+
+/// `[limits]` as written: every key optional, over [`Limits::default()`].
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsToml {
+    #[serde(default, deserialize_with = "de_opt_size")]
+    max_head_bytes: Option<usize>,
+    #[serde(default)]
+    max_headers: Option<usize>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    handshake_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_size")]
+    max_frame_size: Option<usize>,
+    #[serde(default, deserialize_with = "de_opt_size")]
+    max_message_size: Option<usize>,
+    #[serde(default)]
+    max_fragments: Option<usize>,
+    #[serde(default, deserialize_with = "de_opt_size")]
+    max_write_buffer: Option<usize>,
+    #[serde(default, deserialize_with = "de_opt_duration_or_off")]
+    ping_interval: Option<Option<Duration>>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pong_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    close_timeout: Option<Duration>,
+}
+
+fn de_limits<'de, D: Deserializer<'de>>(d: D) -> Result<Limits, D::Error> {
+    let t = LimitsToml::deserialize(d)?;
+    let mut l = Limits::default();
+    macro_rules! apply {
+        ($($f:ident),*) => { $( if let Some(v) = t.$f { l.$f = v; } )* };
+    }
+    apply!(
+        max_head_bytes,
+        max_headers,
+        handshake_timeout,
+        max_frame_size,
+        max_message_size,
+        max_fragments,
+        max_write_buffer,
+        ping_interval,
+        pong_timeout,
+        close_timeout
+    );
+    Ok(l)
+}

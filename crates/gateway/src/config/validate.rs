@@ -1,0 +1,447 @@
+//! The checks a parsed configuration must pass before it runs: ranges,
+//! references between tables, listener conflicts, TLS files that load.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use switchyard_proto::Limits;
+use toml::de::DeValue;
+
+use super::diagnostics::{at, key, ConfigError, Reporter, Seg};
+use super::model::*;
+use super::{Config, MAX_SIZE};
+
+impl Config {
+    pub(super) fn validate(&mut self, r: &Reporter<'_>, base: &Path) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(r.err(
+                &[key("listener")],
+                "no [[listener]]: add one with an address, like address = \"127.0.0.1:8080\"",
+            ));
+        }
+        if self.routes.is_empty() {
+            return Err(r.err(
+                &[key("route")],
+                "no [[route]]: every request would get 404; add one with a path and an \
+                 upstream or app",
+            ));
+        }
+        for (i, listener) in self.listeners.iter_mut().enumerate() {
+            validate_listener(listener, &[key("listener"), Seg::Index(i)], r, base)?;
+        }
+        for (i, a) in self.listeners.iter().enumerate() {
+            if let Some(j) = self.listeners[..i]
+                .iter()
+                .position(|b| addresses_conflict(b.address, a.address))
+            {
+                return Err(r.err(
+                    &[key("listener"), Seg::Index(i), key("address")],
+                    format!(
+                        "address {} overlaps listener[{j}] ({}); each listener needs its own \
+                         port, or distinct IPs none of which is 0.0.0.0 / [::]",
+                        a.address, self.listeners[j].address
+                    ),
+                ));
+            }
+        }
+        if let Some(admin) = &self.admin {
+            if let Some(j) = self
+                .listeners
+                .iter()
+                .position(|l| addresses_conflict(l.address, admin.address))
+            {
+                return Err(r.err(
+                    &[key("admin"), key("address")],
+                    format!(
+                        "address {} overlaps listener[{j}] ({}); give the admin listener \
+                         its own port",
+                        admin.address, self.listeners[j].address
+                    ),
+                ));
+            }
+        }
+        validate_limits(&self.limits, r)?;
+
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let base_path = [key("upstream"), Seg::Index(i)];
+            if u.name.is_empty() {
+                return Err(r.err(
+                    &at(&base_path, &[key("name")]),
+                    "an upstream name cannot be empty",
+                ));
+            }
+            if let Some(j) = self.upstreams[..i].iter().position(|o| o.name == u.name) {
+                return Err(r.err(
+                    &at(&base_path, &[key("name")]),
+                    format!(
+                        "upstream name \"{}\" is already used by upstream[{j}]",
+                        u.name
+                    ),
+                ));
+            }
+            if u.servers.is_empty() {
+                return Err(r.err(
+                    &at(&base_path, &[key("servers")]),
+                    "expected at least one server, like servers = [\"ws://10.0.0.5:9000\"]",
+                ));
+            }
+            nonzero(
+                u.connect_timeout,
+                &at(&base_path, &[key("connect_timeout")]),
+                r,
+            )?;
+            nonzero(
+                u.health.passive.fail_timeout,
+                &at(
+                    &base_path,
+                    &[key("health"), key("passive"), key("fail_timeout")],
+                ),
+                r,
+            )?;
+            if let Some(active) = &u.health.active {
+                let p = at(&base_path, &[key("health"), key("active")]);
+                if active.interval < Duration::from_millis(100) {
+                    return Err(r.err(
+                        &at(&p, &[key("interval")]),
+                        format!(
+                            "expected at least \"100ms\", found {:?}; checks that often would \
+                             load the backends",
+                            active.interval
+                        ),
+                    ));
+                }
+                nonzero(active.timeout, &at(&p, &[key("timeout")]), r)?;
+                if !active.path.starts_with('/') {
+                    return Err(r.err(
+                        &at(&p, &[key("path")]),
+                        format!(
+                            "expected a path starting with '/', found \"{}\"",
+                            active.path
+                        ),
+                    ));
+                }
+            }
+        }
+
+        for (i, route) in self.routes.iter_mut().enumerate() {
+            let p = [key("route"), Seg::Index(i)];
+            validate_route(route, &p, r)?;
+            if let Some(name) = &route.upstream {
+                if !self.upstreams.iter().any(|u| &u.name == name) {
+                    let known: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+                    return Err(r.err(
+                        &at(&p, &[key("upstream")]),
+                        format!(
+                            "no [[upstream]] is named \"{name}\" (known: {}); define it or fix \
+                             the name",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, a) in self.routes.iter().enumerate() {
+            if let Some(j) = self.routes[..i]
+                .iter()
+                .position(|b| b.host == a.host && b.path == a.path)
+            {
+                return Err(r.err(
+                    &[key("route"), Seg::Index(i), key("path")],
+                    format!(
+                        "route[{j}] already matches this host and path \"{}\"; the second one \
+                         would never be used",
+                        a.path
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether two listeners could not both bind: same port (not 0, which picks
+/// a free one) and the same IP, or one of them the wildcard of the family.
+fn addresses_conflict(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+pub(super) fn check_backend_urls(r: &Reporter<'_>) -> Result<(), ConfigError> {
+    let Some(DeValue::Array(upstreams)) = r.doc.get("upstream").map(|v| v.get_ref()) else {
+        return Ok(());
+    };
+    for (i, upstream) in upstreams.iter().enumerate() {
+        let Some(DeValue::Array(servers)) = upstream.get_ref().get("servers").map(|v| v.get_ref())
+        else {
+            continue;
+        };
+        for (j, server) in servers.iter().enumerate() {
+            if let Some(text) = server.get_ref().as_str() {
+                if let Err(message) = parse_backend(text) {
+                    return Err(r.err(
+                        &[
+                            key("upstream"),
+                            Seg::Index(i),
+                            key("servers"),
+                            Seg::Index(j),
+                        ],
+                        message,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn nonzero(d: Duration, path: &[Seg], r: &Reporter<'_>) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(r.err(path, "expected a duration above zero, like \"5s\""));
+    }
+    Ok(())
+}
+
+fn size_in(
+    v: usize,
+    min: usize,
+    max: usize,
+    path: &[Seg],
+    r: &Reporter<'_>,
+) -> Result<(), ConfigError> {
+    if v < min || v > max {
+        return Err(r.err(
+            path,
+            format!("expected a size from {min} to {max} bytes, found {v}"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_limits(l: &Limits, r: &Reporter<'_>) -> Result<(), ConfigError> {
+    let p = |k: &str| vec![key("limits"), key(k)];
+    size_in(l.max_head_bytes, 1024, 1 << 20, &p("max_head_bytes"), r)?;
+    if l.max_headers == 0 || l.max_headers > 10_000 {
+        return Err(r.err(
+            &p("max_headers"),
+            format!("expected a count from 1 to 10000, found {}", l.max_headers),
+        ));
+    }
+    nonzero(l.handshake_timeout, &p("handshake_timeout"), r)?;
+    // Below 125 bytes valid control frames (ping, close) would be refused.
+    size_in(l.max_frame_size, 125, MAX_SIZE, &p("max_frame_size"), r)?;
+    size_in(l.max_message_size, 1, MAX_SIZE, &p("max_message_size"), r)?;
+    if l.max_fragments == 0 {
+        return Err(r.err(
+            &p("max_fragments"),
+            "expected a count of at least 1, found 0",
+        ));
+    }
+    size_in(
+        l.max_write_buffer,
+        1024,
+        MAX_SIZE,
+        &p("max_write_buffer"),
+        r,
+    )?;
+    if let Some(d) = l.ping_interval {
+        nonzero(d, &p("ping_interval"), r)?;
+    }
+    nonzero(l.pong_timeout, &p("pong_timeout"), r)?;
+    nonzero(l.close_timeout, &p("close_timeout"), r)?;
+    Ok(())
+}
+
+fn validate_listener(
+    l: &mut Listener,
+    p: &[Seg],
+    r: &Reporter<'_>,
+    base: &Path,
+) -> Result<(), ConfigError> {
+    if l.protocols.is_empty() {
+        if r.has(&at(p, &[key("protocols")])) {
+            return Err(r.err(
+                &at(p, &[key("protocols")]),
+                "expected at least one of \"h1\", \"h2\", \"h3\"",
+            ));
+        }
+        l.protocols = if l.tls.is_some() {
+            vec![Protocol::H1, Protocol::H2]
+        } else {
+            vec![Protocol::H1]
+        };
+    }
+    for (i, proto) in l.protocols.iter().enumerate() {
+        if l.protocols[..i].contains(proto) {
+            return Err(r.err(
+                &at(p, &[key("protocols"), Seg::Index(i)]),
+                "this protocol is listed twice",
+            ));
+        }
+    }
+    if l.protocols.contains(&Protocol::H3) && l.tls.is_none() {
+        let i = l
+            .protocols
+            .iter()
+            .position(|x| *x == Protocol::H3)
+            .unwrap_or(0);
+        return Err(r.err(
+            &at(p, &[key("protocols"), Seg::Index(i)]),
+            "h3 runs over QUIC, which always uses TLS: add tls = { cert = ..., key = ... } to \
+             this listener or remove \"h3\"",
+        ));
+    }
+    if let Some(tls) = &mut l.tls {
+        tls.cert = base.join(&tls.cert);
+        tls.key = base.join(&tls.key);
+        let tls_path = at(p, &[key("tls")]);
+        let (certs, key_der) = crate::tls::load_pem(&tls.cert, &tls.key).map_err(|e| {
+            let which = match &e {
+                crate::tls::TlsError::Unreadable { what, .. }
+                | crate::tls::TlsError::MalformedPem { what, .. }
+                    if *what == "certificate" =>
+                {
+                    "cert"
+                }
+                crate::tls::TlsError::NoCertificate { .. } => "cert",
+                _ => "key",
+            };
+            r.err(&at(&tls_path, &[key(which)]), e.to_string())
+        })?;
+        crate::tls::server_config(certs, key_der, crate::tls::ALPN_H2_HTTP11)
+            .map_err(|e| r.err(&at(&tls_path, &[key("key")]), e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn validate_route(route: &mut Route, p: &[Seg], r: &Reporter<'_>) -> Result<(), ConfigError> {
+    match (&route.upstream, &route.app) {
+        (Some(_), Some(_)) => {
+            return Err(r.err(
+                &at(p, &[key("app")]),
+                "a route has either upstream or app, not both; remove one",
+            ))
+        }
+        (None, None) => {
+            return Err(r.err(
+                p,
+                "a route needs a target: add upstream = \"<name>\" or app = \"echo\" / \"index\"",
+            ))
+        }
+        _ => {}
+    }
+    if !route.path.starts_with('/') {
+        return Err(r.err(
+            &at(p, &[key("path")]),
+            format!(
+                "expected a path prefix starting with '/', found \"{}\"",
+                route.path
+            ),
+        ));
+    }
+    if route.path.contains(['?', '#']) {
+        return Err(r.err(
+            &at(p, &[key("path")]),
+            format!(
+                "a path prefix cannot contain '?' or '#' (the query is not matched), found \"{}\"",
+                route.path
+            ),
+        ));
+    }
+    if let Some(host) = &mut route.host {
+        let bad = host.is_empty()
+            || host.contains(['/', ' ', '@'])
+            || (!host.starts_with('[') && host.contains(':') && host.matches(':').count() == 1);
+        if bad {
+            return Err(r.err(
+                &at(p, &[key("host")]),
+                format!(
+                    "expected a host name without scheme, port or path, like \"example.com\", \
+                     found \"{host}\""
+                ),
+            ));
+        }
+        *host = host.to_ascii_lowercase();
+    }
+    let pp = at(p, &[key("policy")]);
+    let pol = &mut route.policy;
+    if let Some(origins) = &mut pol.allowed_origins {
+        for (i, o) in origins.iter_mut().enumerate() {
+            let ok = o == "null"
+                || o.split_once("://").is_some_and(|(scheme, rest)| {
+                    !scheme.is_empty()
+                        && scheme
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                        && !rest.is_empty()
+                        && !rest.contains(['/', '?', '#', ' '])
+                });
+            if !ok {
+                return Err(r.err(
+                    &at(&pp, &[key("allowed_origins"), Seg::Index(i)]),
+                    format!(
+                        "expected an origin like \"https://example.com\" or \
+                         \"http://localhost:3000\" (scheme, host, optional port, no path), \
+                         found \"{o}\""
+                    ),
+                ));
+            }
+            *o = o.to_ascii_lowercase();
+        }
+    }
+    if pol.allowed_upgrades.is_empty() {
+        return Err(r.err(
+            &at(&pp, &[key("allowed_upgrades")]),
+            "expected at least one Upgrade token, like [\"websocket\"]; to serve no upgrades, \
+             remove the route",
+        ));
+    }
+    for (i, t) in pol.allowed_upgrades.iter_mut().enumerate() {
+        let kp = at(&pp, &[key("allowed_upgrades"), Seg::Index(i)]);
+        let token = t.split('/').next().unwrap_or(t);
+        if t.is_empty() || !t.bytes().all(|b| is_tchar(b) || b == b'/') || token.is_empty() {
+            return Err(r.err(
+                &kp,
+                format!("expected an Upgrade token like \"websocket\", found \"{t}\""),
+            ));
+        }
+        if token.eq_ignore_ascii_case("h2c") {
+            return Err(r.err(
+                &kp,
+                "h2c is never selected by switchyard (RFC 9113 deprecated the h2c upgrade); \
+                 serve HTTP/2 with protocols = [\"h2\"] on a listener instead",
+            ));
+        }
+        *t = t.to_ascii_lowercase();
+    }
+    for (name, v) in [
+        ("max_connections", pol.max_connections),
+        ("max_connections_per_ip", pol.max_connections_per_ip),
+    ] {
+        if v == Some(0) {
+            return Err(r.err(
+                &at(&pp, &[key(name)]),
+                "expected at least 1, found 0; remove the key for no cap",
+            ));
+        }
+    }
+    if let Some(size) = pol.max_message_size {
+        size_in(size, 1, MAX_SIZE, &at(&pp, &[key("max_message_size")]), r)?;
+    }
+    nonzero(pol.idle_timeout, &at(&pp, &[key("idle_timeout")]), r)?;
+    if let Some(d) = pol.ping_interval {
+        nonzero(d, &at(&pp, &[key("ping_interval")]), r)?;
+    }
+    nonzero(pol.pong_timeout, &at(&pp, &[key("pong_timeout")]), r)?;
+    Ok(())
+}
