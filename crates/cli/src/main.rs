@@ -1,4 +1,4 @@
-//! `switchyard`: serve | connect | monitor | bench (doctor comes next).
+//! `switchyard`: serve | connect | doctor | monitor | bench | reload.
 
 mod bench;
 mod connect;
@@ -17,7 +17,10 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use switchyard_gateway::{ServeConfig, Server};
+use switchyard_gateway::config::{
+    App, CertificateSource, Config, ConfigError, ConfigSource, Overrides, TlsOverride,
+};
+use switchyard_gateway::{Gateway, Server};
 use tracing::info;
 
 #[derive(Parser)]
@@ -55,7 +58,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the built-in apps: a WebSocket echo on /echo and a page on /.
+    /// Serve a configuration: the embedded default (a WebSocket echo on /echo
+    /// and a page on /), or a file; flags override its keys.
     Serve(ServeArgs),
     /// Load-test a WebSocket echo endpoint (echo, handshake-rate and idle-memory modes).
     Bench(bench::BenchArgs),
@@ -72,82 +76,102 @@ enum Command {
     Reload(ReloadArgs),
 }
 
+/// `switchyard serve`: every flag is a shorthand for a config key, applied on
+/// top of the embedded default or of `--config FILE`.
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on (repeatable). Default 127.0.0.1:8080.
+    /// Address to listen on (repeatable): `[[listener]] address`, each like
+    /// the configuration's first listener. Default 127.0.0.1:8080.
     #[arg(long = "listen", value_name = "ADDR:PORT")]
     listen: Vec<SocketAddr>,
     /// Listen with TLS (ALPN h2 and http/1.1): https:// and wss://. Without
     /// --tls-cert/--tls-key, a self-signed certificate for localhost is
-    /// generated at start and its SHA-256 fingerprint printed.
+    /// generated at start and its SHA-256 fingerprint printed
+    /// (`tls = { self_signed = true }`).
     #[arg(long)]
     tls: bool,
-    /// Certificate chain (PEM, leaf first). Implies --tls unless --tls-upgrade.
+    /// Certificate chain (PEM, leaf first). Implies --tls unless --tls-upgrade
+    /// (`tls = { cert = ..., key = ... }`).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
     /// Private key of the certificate (PEM: PKCS#8, RSA or EC).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
     /// Listen in cleartext but let clients switch a connection to TLS in
-    /// place with `Upgrade: TLS/1.3` (RFC 2817). Uses --tls-cert/--tls-key
-    /// or a self-signed certificate.
+    /// place with `Upgrade: TLS/1.3` (RFC 2817): `tls = { ..., mode =
+    /// "upgrade" }`. Uses --tls-cert/--tls-key or a self-signed certificate.
     #[arg(long, conflicts_with = "tls")]
     tls_upgrade: bool,
-    /// Also serve the line-echo protocol (`Upgrade: lineecho/1`) on /lineecho.
+    /// Also serve the line-echo protocol (`Upgrade: lineecho/1`) on
+    /// /lineecho (a route with `app = "lineecho"`).
     #[arg(long)]
     lineecho: bool,
-    /// Do not speak HTTP/2: TLS offers ALPN http/1.1 only and the cleartext
-    /// HTTP/2 preface is not recognized (WebSocket only via HTTP/1.1 Upgrade).
+    /// Do not speak HTTP/2 (`h2` left out of every listener's `protocols`):
+    /// TLS offers ALPN http/1.1 only and the cleartext HTTP/2 preface is not
+    /// recognized.
     #[arg(long)]
     no_http2: bool,
     /// Also serve WebSocket over HTTP/3 (RFC 9220) on UDP, same port and
-    /// certificate as each TLS listener; TCP responses advertise it with
-    /// `Alt-Svc: h3=":PORT"; ma=86400`. Needs --tls.
+    /// certificate as each TLS listener (`h3` in `protocols`); TCP responses
+    /// advertise it with `Alt-Svc: h3=":PORT"; ma=86400`. Needs TLS.
     #[arg(long)]
     http3: bool,
-    /// Drive the cleartext connections with io_uring instead of epoll (Linux):
-    /// one `io_uring_enter` per batch of ready connections instead of a `recv`
-    /// and a `send` per message. Needs --threads 1 (one ring per thread); not
-    /// with TLS (--tls, --tls-upgrade), which keeps epoll.
-    #[arg(long, conflicts_with_all = ["tls", "tls_cert", "tls_upgrade"])]
-    io_uring: bool,
-    /// Run the reverse proxy described by this TOML file (listeners, routes,
-    /// upstream groups, policies, [admin]); see docs/configuration.md.
-    /// Without it, `serve` runs the embedded default (echo + index page).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "tls", "tls_cert", "tls_upgrade", "lineecho", "no_http2", "http3", "io_uring"])]
-    config: Option<std::path::PathBuf>,
-    /// Validate the configuration (--config FILE, or the embedded default),
-    /// print the result and exit: 0 valid, 1 invalid (the error names the
-    /// line and the key).
+    /// Drive the cleartext connections with io_uring instead of epoll
+    /// (Linux; `[runtime] io_uring = true`): one `io_uring_enter` per batch
+    /// of ready connections instead of a `recv` and a `send` per message.
+    /// Needs --threads 1 (one ring per thread); TLS connections keep epoll.
     #[arg(long)]
+    io_uring: bool,
+    /// The configuration file (listeners, routes, upstream groups, policies,
+    /// [admin]; see docs/configuration.md). Without it, the embedded
+    /// default (`serve --print-config` shows it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Validate the effective configuration (the file or the embedded
+    /// default, with the flags), print the result and exit: 0 valid, 1
+    /// invalid (the error names the line and the key), 2 when a flag is the
+    /// cause.
+    #[arg(long, conflicts_with = "print_config")]
     check_config: bool,
+    /// Print the effective configuration as TOML, every default written out,
+    /// and exit. Given back with --config, it runs the same server.
+    #[arg(long)]
+    print_config: bool,
     /// Write the process id here (for `switchyard reload --pid-file`);
     /// removed at exit.
-    #[arg(long, value_name = "FILE", requires = "config")]
+    #[arg(long, value_name = "FILE")]
     pid_file: Option<std::path::PathBuf>,
 }
 
-/// Usage errors clap cannot express: `--http3` needs TLS listeners.
-fn check_serve_args(args: &ServeArgs, threads: Option<usize>) {
-    use clap::CommandFactory;
-    if args.io_uring && threads != Some(1) {
-        Cli::command()
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "--io-uring needs --threads 1: a ring belongs to one thread, and the tasks of \
-                 a multi-thread runtime move between threads",
-            )
-            .exit();
-    }
-    if args.http3 && (args.tls_upgrade || !(args.tls || args.tls_cert.is_some())) {
-        Cli::command()
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "--http3 needs --tls: HTTP/3 runs over QUIC, which is always TLS, with the \
-                 certificate of the TLS listeners (add --tls, optionally with --tls-cert/--tls-key; \
-                 --tls-upgrade listeners are cleartext)",
-            )
-            .exit();
+impl ServeArgs {
+    /// The configuration these flags describe.
+    fn source(&self, threads: Option<usize>) -> ConfigSource {
+        let certificate = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => CertificateSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => CertificateSource::SelfSigned,
+        };
+        let tls = if self.tls_upgrade {
+            Some(TlsOverride::Upgrade(certificate))
+        } else if self.tls || self.tls_cert.is_some() {
+            Some(TlsOverride::Listener(certificate))
+        } else {
+            None
+        };
+        let mut overrides = Overrides::new();
+        overrides.listen = self.listen.clone();
+        overrides.tls = tls;
+        overrides.no_http2 = self.no_http2;
+        overrides.http3 = self.http3;
+        overrides.lineecho = self.lineecho;
+        overrides.io_uring = self.io_uring;
+        overrides.threads = threads;
+        ConfigSource {
+            file: self.config.clone(),
+            overrides,
+        }
     }
 }
 
@@ -170,9 +194,6 @@ struct ReloadArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Serve(args) = &cli.command {
-        check_serve_args(args, cli.threads);
-    }
     let cli = match cli.command {
         Command::Bench(mut args) => {
             // The load generator runs its connections on its own threads (one current-thread
@@ -184,20 +205,41 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             return runtime.block_on(bench::run(args));
         }
+        Command::Serve(args) => return serve_command(args, cli.threads, cli.log_format),
         command => Cli { command, ..cli },
     };
+    init_logs(cli.log_format);
+    let runtime = runtime(cli.threads).context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(_) | Command::Bench(_) => Ok(()),
+            Command::Reload(args) => std::process::exit(reload(args).await),
+            // The exit status says how the connection ended (see connect.rs).
+            Command::Connect(args) => std::process::exit(connect::run(*args).await),
+            Command::Monitor(args) => std::process::exit(monitor::run(*args).await),
+            // Exit status: 0 ok, 1 warnings, 2 failure.
+            Command::Doctor(args) => std::process::exit(doctor::run(args).await),
+        }
+    })
+}
+
+fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match cli.log_format {
+    match format {
         LogFormat::Text => logs.init(),
         // One object per line, the event's fields beside "message" (not
         // nested under "fields"), so `jq .route` works.
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
-    let runtime = match cli.threads {
+}
+
+/// The async runtime: one thread, `n` worker threads, or one per core.
+fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
@@ -209,119 +251,53 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build(),
     }
-    .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) if args.check_config => std::process::exit(check_config(&args)),
-            Command::Serve(args) if args.config.is_some() => serve_config(args).await,
-            Command::Serve(args) => serve(args).await,
-            Command::Reload(args) => std::process::exit(reload(args).await),
-            Command::Bench(args) => bench::run(args).await,
-            // The exit status says how the connection ended (see connect.rs).
-            Command::Connect(args) => std::process::exit(connect::run(*args).await),
-            Command::Monitor(args) => std::process::exit(monitor::run(*args).await),
-            // Exit status: 0 ok, 1 warnings, 2 failure.
-            Command::Doctor(args) => std::process::exit(doctor::run(args).await),
-        }
-    })
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    use switchyard_gateway::{tls, TlsMode, TlsSettings};
-    let mut cfg = ServeConfig::default();
-    if !args.listen.is_empty() {
-        cfg.listen = args.listen;
-    }
-    let mut fingerprint = None;
-    if args.tls || args.tls_upgrade || args.tls_cert.is_some() {
-        let (certs, key) = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => tls::load_pem(cert, key)?,
-            _ => {
-                let (certs, key) = tls::self_signed(&[])?;
-                if let Some(c) = certs.first() {
-                    fingerprint = Some(tls::fingerprint_sha256(c));
-                }
-                (certs, key)
-            }
-        };
-        let mode = if args.tls_upgrade {
-            TlsMode::Upgrade
-        } else {
-            TlsMode::Listener
-        };
-        cfg.tls = Some(TlsSettings { certs, key, mode });
-    }
-    cfg.http2.enabled = !args.no_http2;
-    cfg.http3 = args.http3;
-    cfg.io_uring = args.io_uring;
-    if args.lineecho {
-        cfg.extra_routes
-            .push(switchyard_gateway::Route::upgrade_only(
-                "/lineecho",
-                switchyard_gateway::registry::Registry::new().with(std::sync::Arc::new(
-                    switchyard_gateway::lineecho::LineEcho::new(),
-                )),
-            ));
-    }
-    let shutdown = shutdown_signal();
-    let server = Server::bind(cfg).await?;
-    for addr in server.local_addrs() {
-        // Machine-readable lines on stdout for scripts and tests.
-        if server.is_tls() {
-            println!("listening on https://{addr} (WebSocket echo at wss://{addr}/echo; ALPN h2, http/1.1)");
-        } else {
-            println!("listening on http://{addr} (WebSocket echo at ws://{addr}/echo)");
-        }
-    }
-    for addr in server.http3_addrs() {
-        println!("HTTP/3 on udp://{addr} (WebSocket echo at wss://{addr}/echo over RFC 9220; advertised with Alt-Svc)");
-    }
-    if let Some(fp) = fingerprint {
-        println!(
-            "self-signed certificate for {}; SHA-256 fingerprint {fp}",
-            tls::DEFAULT_SELF_SIGNED_NAMES.join(", ")
-        );
-    }
-    server.run(shutdown).await;
-    info!("bye");
-    Ok(())
-}
-
-/// `serve --check-config`: 0 valid, 1 invalid.
-fn check_config(args: &ServeArgs) -> i32 {
-    use switchyard_gateway::config::Config;
-    let result = match &args.config {
-        Some(path) => Config::load(path).map(|c| (path.display().to_string(), c)),
-        None => Ok((
-            "the embedded default".to_string(),
-            Config::embedded_default(),
-        )),
-    };
-    match result {
-        Ok((name, c)) => {
-            println!(
-                "{name}: configuration OK ({} listener(s), {} route(s), {} upstream group(s))",
-                c.listeners.len(),
-                c.routes.len(),
-                c.upstreams.len()
-            );
-            0
-        }
+/// `switchyard serve`: `--check-config` and `--print-config` answer and exit;
+/// otherwise the server runs until SIGTERM / SIGINT. A configuration error
+/// caused by a flag is a usage error (exit 2), one in the file exit 1.
+fn serve_command(
+    args: ServeArgs,
+    threads: Option<usize>,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
+    let source = args.source(threads);
+    let cfg = match source.load() {
+        Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("error: {e}");
-            1
+            let usage = matches!(e, ConfigError::Flags { .. });
+            std::process::exit(if usage { 2 } else { 1 });
         }
+    };
+    if args.check_config {
+        println!(
+            "{}: configuration OK ({} listener(s), {} route(s), {} upstream group(s))",
+            source.name(),
+            cfg.listeners.len(),
+            cfg.routes.len(),
+            cfg.upstreams.len()
+        );
+        return Ok(());
     }
+    if args.print_config {
+        print!("{}", cfg.to_toml_string());
+        return Ok(());
+    }
+    init_logs(log_format);
+    let runtime = runtime(cfg.runtime.threads).context("cannot start the async runtime")?;
+    runtime.block_on(serve(args, source, cfg))
 }
 
-/// `serve --config FILE`: the reverse proxy. SIGHUP reloads, SIGTERM and
-/// SIGINT drain.
-async fn serve_config(args: ServeArgs) -> anyhow::Result<()> {
-    use switchyard_gateway::admin::GatewayServer;
-    use switchyard_gateway::routing::Gateway;
-    let path = args.config.clone().context("--config is required here")?;
-    let gateway = Gateway::load(path)?;
-    let server = GatewayServer::bind(gateway.clone()).await?;
+/// Run `cfg` until SIGTERM / SIGINT (drain); SIGHUP reloads it.
+async fn serve(args: ServeArgs, source: ConfigSource, cfg: Config) -> anyhow::Result<()> {
+    let echo_path = cfg
+        .routes
+        .iter()
+        .find(|r| r.host.is_none() && r.app == Some(App::Echo))
+        .map(|r| r.path.clone());
+    let gateway = Gateway::new(cfg, Some(source))?;
+    let server = Server::bind(gateway.clone()).await?;
     let shutdown = shutdown_signal();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(mut hup) => {
@@ -340,12 +316,44 @@ async fn serve_config(args: ServeArgs) -> anyhow::Result<()> {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .with_context(|| format!("cannot write the pid file {}", p.display()))?;
     }
-    for (addr, tls) in server.local_addrs() {
-        if tls {
-            println!("listening on https://{addr}");
+    // Machine-readable lines on stdout for scripts and tests.
+    let addresses = server.addresses();
+    for a in &addresses {
+        let (http, ws) = if a.tls {
+            ("https", "wss")
         } else {
-            println!("listening on http://{addr}");
+            ("http", "ws")
+        };
+        let mut notes: Vec<String> = Vec::new();
+        if let Some(p) = &echo_path {
+            notes.push(format!("WebSocket echo at {ws}://{}{p}", a.tcp));
         }
+        if a.tls {
+            notes.push("ALPN h2, http/1.1".into());
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join("; "))
+        };
+        println!("listening on {http}://{}{notes}", a.tcp);
+    }
+    for udp in addresses.iter().filter_map(|a| a.http3) {
+        let echo = echo_path
+            .as_ref()
+            .map(|p| {
+                format!(
+                    " (WebSocket echo at wss://{udp}{p} over RFC 9220; advertised with Alt-Svc)"
+                )
+            })
+            .unwrap_or_default();
+        println!("HTTP/3 on udp://{udp}{echo}");
+    }
+    if let Some(fp) = server.self_signed_fingerprint() {
+        println!(
+            "self-signed certificate for {}; SHA-256 fingerprint {fp}",
+            switchyard_gateway::tls::DEFAULT_SELF_SIGNED_NAMES.join(", ")
+        );
     }
     if let Some(a) = server.admin_addr() {
         println!("admin on http://{a} (/metrics, /status, POST /reload)");

@@ -1,37 +1,46 @@
 //! switchyard-gateway: the server behind `switchyard serve`.
 //!
-//! * [`server`]: listeners, routes, connection tracking and the graceful
-//!   shutdown that closes every WebSocket with 1001.
-//! * [`http1`]: the HTTP/1.1 connection loop (keep-alive, pipelining, bodies)
-//!   and the Upgrade dispatch; [`h2`]: the HTTP/2 server (RFC 8441);
-//!   [`h3`]: WebSocket over HTTP/3 (RFC 9220) with `Alt-Svc`.
-//! * [`registry`]: the generic Upgrade mechanism (RFC 9110 §7.8), with the
-//!   handlers [`websocket`], [`lineecho`] and [`tls_upgrade`] (RFC 2817).
-//! * [`io`]: the connection stream types.
-//! * [`apps`]: the built-in applications (WebSocket echo, the index page).
-//! * [`proxy`]: the reverse proxy core (forwarding rules, upstream groups,
-//!   verified upgrades, transparent and frame-aware tunnels, caps, metrics).
-//! * [`config`]: the TOML configuration of `switchyard serve --config`.
-//! * [`tls`]: certificates, keys and the rustls server configuration.
+//! One [`Config`] (the embedded default, a TOML file, command-line flags on
+//! top) describes everything; [`Gateway`] holds it live (reload swaps it
+//! whole) and [`Server`] binds and runs its listeners. The path of a
+//! request:
+//!
+//! * [`runtime`]: listeners accept TCP (and QUIC) connections, TLS, drain,
+//!   reload of the listener list, the admin listener;
+//! * [`front`]: HTTP/1.1, HTTP/2 (RFC 8441) and HTTP/3 (RFC 9220) turn each
+//!   request into one protocol-neutral [`RequestHead`];
+//! * [`dispatch`]: the one [`Dispatcher`] picks the route, applies its
+//!   policy (Origin, caps, 426, TLS-only) and decides: a built-in app, the
+//!   proxy, a refusal, or 404;
+//! * [`apps`] (echo, index page, lineecho) run on the switched connection
+//!   through the Upgrade handlers of [`upgrade`]; [`proxy`] verifies an
+//!   upstream upgrade and runs the tunnel.
+//!
+//! Supporting modules: [`config`], [`live`] (generations and reload),
+//! [`admission`] (Origin and caps), [`outcome`] (reasons and refusals),
+//! [`tracking`] (live connections for `/status`), [`io`] (the connection
+//! streams, io_uring), [`tls`] (certificates).
+//!
+//! See docs/architecture.md for where to add a route policy, a protocol
+//! token or a check.
 
-pub mod admin;
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod admission;
 pub mod apps;
 pub mod config;
-pub mod h2;
-pub mod h3;
-pub mod http1;
+pub mod dispatch;
+pub mod front;
 pub mod io;
-pub mod lineecho;
+pub mod live;
+pub mod outcome;
 pub mod proxy;
-pub mod registry;
-pub mod routing;
-pub mod server;
+pub mod runtime;
 pub mod tls;
-pub mod tls_upgrade;
-#[cfg(target_os = "linux")]
-pub mod uring;
-pub mod websocket;
+pub mod tracking;
+pub mod upgrade;
 
-pub use server::{
-    Http1Settings, Http2Settings, Page, Route, ServeConfig, Server, TlsMode, TlsSettings,
-};
+pub use config::{Config, ConfigError};
+pub use dispatch::{Decision, Dispatcher, RequestHead};
+pub use live::{Gateway, GatewayError};
+pub use runtime::{BoundAddress, ServeError, Server};

@@ -9,36 +9,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_gateway::lineecho::LineEcho;
-use switchyard_gateway::registry::Registry;
-use switchyard_gateway::server::index_page;
-use switchyard_gateway::{Route, ServeConfig, TlsMode, TlsSettings};
+use switchyard_gateway::config::{Config, Overrides};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The default routes plus `/lineecho` (requires lineecho/1) and `/secure`
 /// (a TLS-only page).
-fn test_config() -> ServeConfig {
-    let mut cfg = ServeConfig::default();
-    cfg.extra_routes.push(Route::upgrade_only(
-        "/lineecho",
-        Registry::new().with(Arc::new(LineEcho::new())),
-    ));
-    cfg.extra_routes
-        .push(Route::page("/secure", index_page()).tls_only());
-    cfg
+fn test_config() -> Config {
+    common::with_lineecho_and_secure(Overrides::new())
 }
 
 /// A certificate for localhost and a config whose cleartext listener offers RFC 2817.
-fn tls_upgrade_config() -> (ServeConfig, rustls_pki_types::CertificateDer<'static>) {
-    let (certs, key) = switchyard_gateway::tls::self_signed(&[]).unwrap();
-    let cert = certs[0].clone();
-    let mut cfg = test_config();
-    cfg.tls = Some(TlsSettings {
-        certs,
-        key,
-        mode: TlsMode::Upgrade,
-    });
+fn tls_upgrade_config() -> (Config, common::TestCert) {
+    let cert = common::TestCert::new();
+    let cfg = common::with_lineecho_and_secure(common::tls_flags(cert.upgrade()));
     (cfg, cert)
 }
 
@@ -213,7 +197,7 @@ async fn http10_closes_unless_keep_alive() {
 async fn idle_keep_alive_connection_is_closed() {
     let mut cfg = test_config();
     cfg.http1.idle_timeout = Duration::from_millis(200);
-    let srv = start(cfg).await;
+    let srv = start(common::revalidate(cfg)).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -563,7 +547,7 @@ async fn rfc2817_upgrade_end_to_end() {
     assert_eq!(r.status(), "HTTP/1.1 101 Switching Protocols");
     assert_eq!(r.header("upgrade").as_deref(), Some("TLS/1.3, HTTP/1.1"));
     assert!(buf.is_empty());
-    let mut tls = tls_over(&cert, s).await;
+    let mut tls = tls_over(&cert.der, s).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     // RFC 2817 §3.3: the original request is answered over TLS...
     let r = read_resp(&mut tls, &mut buf, false).await;
@@ -604,7 +588,7 @@ async fn rfc2817_options_star_then_websocket_over_tls() {
     let r = read_resp(&mut s, &mut buf, true).await;
     assert_eq!(r.status(), "HTTP/1.1 101 Switching Protocols");
     assert_eq!(r.header("upgrade").as_deref(), Some("TLS/1.2, HTTP/1.1"));
-    let mut tls = tls_over(&cert, s).await;
+    let mut tls = tls_over(&cert.der, s).await;
     let r = read_resp(&mut tls, &mut buf, false).await;
     assert_eq!(r.status(), "HTTP/1.1 200 OK");
     assert_eq!(r.header("allow").as_deref(), Some("GET, HEAD, OPTIONS"));
@@ -686,7 +670,7 @@ async fn head_deadline_applies_to_later_requests_once_bytes_start() {
     let mut cfg = test_config();
     cfg.limits.handshake_timeout = Duration::from_millis(300);
     cfg.http1.idle_timeout = Duration::from_secs(30);
-    let srv = start(cfg).await;
+    let srv = start(common::revalidate(cfg)).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     let mut buf = Vec::new();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -8,9 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, StatusCode};
-use switchyard_gateway::admin::GatewayServer;
 use switchyard_gateway::config::Config;
-use switchyard_gateway::routing::Gateway;
+use switchyard_gateway::{Gateway, Server};
 use tokio::net::TcpStream;
 
 async fn any_path_backend() -> SocketAddr {
@@ -81,8 +80,8 @@ async fn extended_connect_is_proxied_to_an_http11_upstream_and_drained_with_1001
     )
     .unwrap();
     let gw = Gateway::new(cfg, None).unwrap();
-    let server = GatewayServer::bind(gw.clone()).await.unwrap();
-    let addr = server.local_addrs()[0].0;
+    let server = Server::bind(gw.clone()).await.unwrap();
+    let addr = server.addresses()[0].tcp;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(server.run(async move {
         let _ = stop_rx.await;
@@ -112,12 +111,12 @@ async fn extended_connect_is_proxied_to_an_http11_upstream_and_drained_with_1001
         "{}",
         gw.metrics().render()
     );
-    let conns = gw.connections();
+    let conns = gw.connections().snapshot();
     assert_eq!(conns.len(), 1, "{conns:?}");
-    assert_eq!(conns[0].0, "/ws");
-    assert_eq!(conns[0].3, "h2");
+    assert_eq!(conns[0].info.route, "/ws");
+    assert_eq!(conns[0].info.protocol.label(), "h2");
     assert!(
-        conns[0].5 >= 13 && conns[0].6 >= 9,
+        conns[0].bytes_in >= 13 && conns[0].bytes_out >= 9,
         "bytes counted: {conns:?}"
     );
     // An unrouted path over h2 is not proxied.

@@ -14,9 +14,8 @@ use switchyard::client::ClientBuilder;
 use switchyard::proto::deflate::DeflateConfig;
 use switchyard::server::AcceptConfig;
 use switchyard::{CloseCode, Error, Message};
-use switchyard_gateway::admin::GatewayServer;
 use switchyard_gateway::config::Config;
-use switchyard_gateway::routing::Gateway;
+use switchyard_gateway::{Gateway, Server};
 
 /// A certificate for 127.0.0.1 and localhost in PEM files.
 fn cert_files(name: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -98,8 +97,8 @@ impl Drop for Running {
 async fn gateway(toml: &str) -> Running {
     let cfg = Config::from_toml_str(toml, "gw.toml").unwrap();
     let gw = Gateway::new(cfg, None).unwrap();
-    let server = GatewayServer::bind(gw.clone()).await.unwrap();
-    let addr = server.local_addrs()[0].0;
+    let server = Server::bind(gw.clone()).await.unwrap();
+    let addr = server.addresses()[0].tcp;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
         let _ = rx.await;
@@ -198,9 +197,12 @@ async fn h3_extended_connect_is_proxied_to_an_http11_upstream() {
         "{}",
         gw.gw.metrics().render()
     );
-    let conns = gw.gw.connections();
+    let conns = gw.gw.connections().snapshot();
     assert_eq!(conns.len(), 1, "{conns:?}");
-    assert_eq!((conns[0].0.as_str(), conns[0].3), ("/ws", "h3"));
+    assert_eq!(
+        (conns[0].info.route.as_str(), conns[0].info.protocol.label()),
+        ("/ws", "h3")
+    );
 
     // A second WebSocket from a disallowed Origin: 403 over HTTP/3, and
     // the upstream never sees it.

@@ -1,6 +1,6 @@
 //! The gateway (config + proxy + front) through the library, over real
-//! sockets on 127.0.0.1: our own `Server` as the echo backend, a
-//! `GatewayServer` built from TOML in front of it, the admin listener.
+//! sockets on 127.0.0.1: our own server as the echo backend, a gateway
+//! built from TOML in front of it, the admin listener.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,23 +9,21 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use switchyard::{ClientBuilder, CloseCode, Error, Message};
-use switchyard_gateway::admin::GatewayServer;
-use switchyard_gateway::config::Config;
-use switchyard_gateway::routing::Gateway;
-use switchyard_gateway::{ServeConfig, Server};
+use switchyard_gateway::config::{Config, Overrides};
+use switchyard_gateway::{Gateway, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 /// Our own server (echo at /echo) on a free port.
 async fn echo_backend() -> SocketAddr {
-    let server = Server::bind(ServeConfig {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        ..ServeConfig::default()
-    })
-    .await
-    .unwrap();
-    let addr = server.local_addrs()[0];
+    let mut flags = Overrides::new();
+    flags.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let cfg = flags.apply(Config::embedded_default()).unwrap();
+    let server = Server::bind(Gateway::new(cfg, None).unwrap())
+        .await
+        .unwrap();
+    let addr = server.addresses()[0].tcp;
     tokio::spawn(server.run(std::future::pending()));
     addr
 }
@@ -84,8 +82,8 @@ impl Running {
 }
 
 async fn start(gateway: Arc<Gateway>) -> Running {
-    let server = GatewayServer::bind(gateway.clone()).await.unwrap();
-    let addr = server.local_addrs()[0].0;
+    let server = Server::bind(gateway.clone()).await.unwrap();
+    let addr = server.addresses()[0].tcp;
     let admin = server.admin_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let done = tokio::spawn(server.run(async move {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use switchyard_gateway::{ServeConfig, TlsMode, TlsSettings};
+use switchyard_gateway::config::{App, Config, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -96,7 +96,7 @@ async fn read_at_least(body: &mut h2::RecvStream, n: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn prior_knowledge_serves_pages_and_advertises_connect_protocol() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let mut send = h2_prior_knowledge(srv.addr).await;
     let (status, headers, body) = get(&mut send, Method::GET, "/").await;
     assert_eq!(status, StatusCode::OK);
@@ -128,7 +128,7 @@ async fn prior_knowledge_serves_pages_and_advertises_connect_protocol() {
 
 #[tokio::test]
 async fn websocket_over_extended_connect_echoes_and_closes_1001_on_shutdown() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let mut send = h2_prior_knowledge(srv.addr).await;
     let _ = get(&mut send, Method::GET, "/").await;
     let mut streams = Vec::new();
@@ -169,7 +169,7 @@ async fn websocket_over_extended_connect_echoes_and_closes_1001_on_shutdown() {
 
 #[tokio::test]
 async fn websocket_negotiates_deflate_and_subprotocol_headers_over_h2() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let mut send = h2_prior_knowledge(srv.addr).await;
     let _ = get(&mut send, Method::GET, "/").await;
     let mut req = connect_request("/echo", Some("websocket"));
@@ -198,7 +198,7 @@ async fn websocket_negotiates_deflate_and_subprotocol_headers_over_h2() {
 
 #[tokio::test]
 async fn other_protocols_get_501() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let mut send = h2_prior_knowledge(srv.addr).await;
     let _ = get(&mut send, Method::GET, "/").await;
     let (resp, _tx) = send
@@ -320,7 +320,7 @@ const PROTOCOL_ERROR: u32 = 0x1;
 
 #[tokio::test]
 async fn connect_without_protocol_is_refused() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     // With :path /echo and no :protocol the request is malformed: stream error.
     let verdict = raw_h2_request(
         srv.addr,
@@ -347,7 +347,7 @@ async fn connect_without_protocol_is_refused() {
 
 #[tokio::test]
 async fn upgrade_and_connection_headers_over_h2_are_malformed() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let base = [
         (":method", "GET"),
         (":scheme", "http"),
@@ -384,9 +384,9 @@ async fn upgrade_and_connection_headers_over_h2_are_malformed() {
 
 #[tokio::test]
 async fn connect_protocol_setting_is_sent_only_when_enabled() {
-    let mut cfg = ServeConfig::default();
+    let mut cfg = common::default_config();
     cfg.http2.enable_connect_protocol = false;
-    let srv = start(cfg).await;
+    let srv = start(common::revalidate(cfg)).await;
     let mut send = h2_prior_knowledge(srv.addr).await;
     let _ = get(&mut send, Method::GET, "/").await;
     assert!(!send.is_extended_connect_protocol_enabled());
@@ -414,23 +414,16 @@ async fn connect_protocol_setting_is_sent_only_when_enabled() {
     );
     srv.stop().await;
     // The control: with the setting sent, the same frames get 200 (HPACK 0x88).
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let v = raw_h2_request(srv.addr, &ws).await;
     assert!(v.starts_with("HEADERS 88 "), "{v}");
     srv.stop().await;
 }
 
-fn tls_cfg() -> (ServeConfig, rustls_pki_types::CertificateDer<'static>) {
-    let (certs, key) = switchyard_gateway::tls::self_signed(&[]).unwrap();
-    let cert = certs[0].clone();
-    let cfg = ServeConfig {
-        tls: Some(TlsSettings {
-            certs,
-            key,
-            mode: TlsMode::Listener,
-        }),
-        ..ServeConfig::default()
-    };
+/// A TLS listener (ALPN h2, http/1.1) with a certificate for localhost.
+fn tls_cfg() -> (Config, common::TestCert) {
+    let cert = common::TestCert::new();
+    let cfg = common::with(common::tls_flags(cert.listener()));
     (cfg, cert)
 }
 
@@ -461,7 +454,7 @@ async fn tls_listener_alpn_h2_and_http11() {
     let (cfg, cert) = tls_cfg();
     let srv = start(cfg).await;
     // ALPN h2: WebSocket over extended CONNECT.
-    let tls = tls_connect(srv.addr, &cert, &[b"h2", b"http/1.1"]).await;
+    let tls = tls_connect(srv.addr, &cert.der, &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let mut send = h2_over(tls).await;
     let _ = get(&mut send, Method::GET, "/").await;
@@ -475,7 +468,7 @@ async fn tls_listener_alpn_h2_and_http11() {
     let got = read_at_least(&mut rx, 8).await;
     assert_eq!(&got[..8], b"\x81\x06wss h2");
     // ALPN http/1.1: the HTTP/1.1 loop, keep-alive included.
-    let mut tls = tls_connect(srv.addr, &cert, &[b"http/1.1"]).await;
+    let mut tls = tls_connect(srv.addr, &cert.der, &[b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     tls.write_all(b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
@@ -484,7 +477,7 @@ async fn tls_listener_alpn_h2_and_http11() {
     let n = tls.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 404 Not Found\r\n"));
     // No ALPN at all: HTTP/1.1 too.
-    let mut tls = tls_connect(srv.addr, &cert, &[]).await;
+    let mut tls = tls_connect(srv.addr, &cert.der, &[]).await;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -497,10 +490,10 @@ async fn tls_listener_alpn_h2_and_http11() {
 #[tokio::test]
 async fn http2_disabled_offers_only_http11() {
     let (mut cfg, cert) = tls_cfg();
-    cfg.http2.enabled = false;
-    let srv = start(cfg).await;
+    cfg.listeners[0].protocols = vec![Protocol::H1];
+    let srv = start(common::revalidate(cfg)).await;
     // A client offering h2 first gets http/1.1 (what `serve --no-http2` does).
-    let mut tls = tls_connect(srv.addr, &cert, &[b"h2", b"http/1.1"]).await;
+    let mut tls = tls_connect(srv.addr, &cert.der, &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
@@ -516,7 +509,7 @@ const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 #[tokio::test]
 async fn rapid_reset_gets_goaway() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let mut s = raw_h2(srv.addr).await;
     let block = hpack(&[
         (":method", "GET"),
@@ -539,7 +532,7 @@ async fn rapid_reset_gets_goaway() {
 
 #[tokio::test]
 async fn continuation_flood_is_cut_off() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let mut s = raw_h2(srv.addr).await;
     let mut block = hpack(&[
         (":method", "GET"),
@@ -581,7 +574,7 @@ async fn switchyard_h2_client_multiplexes_websockets_with_deflate() {
     use switchyard::Message;
     let (cfg, _cert) = tls_cfg();
     let tls_srv = start(cfg).await;
-    let plain_srv = start(ServeConfig::default()).await;
+    let plain_srv = start(common::default_config()).await;
     let insecure = switchyard::ClientBuilder::new().danger_accept_invalid_certs();
     for url in [
         format!("ws://{}/echo", plain_srv.addr),
@@ -619,13 +612,13 @@ async fn switchyard_h2_client_multiplexes_websockets_with_deflate() {
 
 #[tokio::test]
 async fn connect_protocol_is_not_sent_when_no_route_serves_websocket() {
-    let mut cfg = ServeConfig::default();
+    let mut cfg = common::default_config();
     // Replace the WebSocket echo with a page: nothing serves WebSocket any more.
-    cfg.extra_routes.push(switchyard_gateway::Route::page(
-        "/echo",
-        switchyard_gateway::server::index_page(),
-    ));
-    let srv = start(cfg).await;
+    cfg.routes.retain(|r| r.app != Some(App::Echo));
+    let mut page = cfg.routes[0].clone();
+    page.path = "/echo".into();
+    cfg.routes.push(page);
+    let srv = start(common::revalidate(cfg)).await;
     let mut send = h2_prior_knowledge(srv.addr).await;
     assert_eq!(get(&mut send, Method::GET, "/echo").await.0, StatusCode::OK);
     assert!(!send.is_extended_connect_protocol_enabled());
@@ -634,7 +627,7 @@ async fn connect_protocol_is_not_sent_when_no_route_serves_websocket() {
 
 #[tokio::test]
 async fn header_list_over_16_kib_is_refused_over_h2() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let big = "b".repeat(20 * 1024);
     let fields = [
         (":method", "GET"),

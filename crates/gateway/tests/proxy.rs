@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use switchyard::server::AcceptConfig;
 use switchyard::{ClientBuilder, CloseCode, Error, Message};
+use switchyard_gateway::admission::{ConnectionGuard, ConnectionLimiter};
+use switchyard_gateway::config::Protocol;
 use switchyard_gateway::config::{
-    Backend, Balance, Health, PassiveHealth, Policy, Route, Upstream,
+    Backend, Balance, Health, PassiveHealth, PathMatch, Policy, Route, Upstream,
 };
+use switchyard_gateway::outcome::Reason;
 use switchyard_gateway::proxy::{
-    proxy_extended_connect, proxy_h1, ClientInfo, Direction, Metrics, OutcomeKind, ProxyContext,
-    ProxyOutcome, TunnelEnd, Upstreams,
+    proxy_extended_connect, proxy_h1, ClientInfo, Direction, ExtendedConnect, Metrics, OutcomeKind,
+    ProxyContext, ProxyOutcome, ProxyRoute, TunnelEnd, Upstreams,
 };
 use switchyard_proto::handshake::accept_key;
 use switchyard_proto::head::RequestParser;
@@ -90,6 +93,7 @@ fn route(policy: Policy) -> Route {
     Route {
         host: None,
         path: "/".into(),
+        path_match: PathMatch::Prefix,
         upstream: Some("g".into()),
         app: None,
         policy,
@@ -109,6 +113,13 @@ impl Proxy {
             .expect("no outcome")
             .expect("proxy gone")
     }
+}
+
+/// The slot of a route without caps (admission is the dispatcher's).
+fn no_cap() -> ConnectionGuard {
+    ConnectionLimiter::new()
+        .try_acquire("r", "127.0.0.1".parse().unwrap(), &Policy::default())
+        .unwrap()
 }
 
 /// The test front: accept, read the head, call `proxy_h1`.
@@ -157,7 +168,13 @@ async fn proxy_with(
                     addr: peer,
                     tls: false,
                 };
-                let out = proxy_h1(tcp, req, leftover, info, &route, "r", &ctx, async move {
+                let route = ProxyRoute {
+                    config: &route,
+                    label: "r",
+                    ctx: &ctx,
+                };
+                let slot = no_cap();
+                let out = proxy_h1(tcp, req, leftover, info, route, slot, async move {
                     let _ = shutdown.wait_for(|v| *v).await;
                 })
                 .await;
@@ -310,7 +327,7 @@ async fn echo_through_transparent_tunnel() {
     ws.close(CloseCode::NORMAL, "bye").await.unwrap();
     drop(ws);
     let out = p.outcome().await;
-    assert_eq!(out.reason, "switched");
+    assert_eq!(out.reason.label(), "switched");
     let OutcomeKind::Tunneled(report) = out.kind else {
         panic!("{out:?}")
     };
@@ -443,7 +460,7 @@ async fn smuggling_case(answer: &'static str, expect_status: &str, expect_reason
     let resp = raw_exchange(p.addr, &bytes).await;
     assert!(resp.starts_with(expect_status), "{answer:?} -> {resp}");
     let out = p.outcome().await;
-    assert_eq!(out.reason, expect_reason, "{out:?}");
+    assert_eq!(out.reason.label(), expect_reason, "{out:?}");
     rec.wait_closed(1).await;
     let seen = rec.text();
     assert_eq!(seen.matches("GET ").count(), 1, "{seen}");
@@ -571,7 +588,7 @@ async fn h2c_upgrade_is_stripped_and_an_unrequested_101_refused() {
     let req = "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let resp = raw_exchange(p.addr, req.as_bytes()).await;
     assert!(resp.starts_with("HTTP/1.1 502 "), "{resp}");
-    assert_eq!(p.outcome().await.reason, "unrequested_101");
+    assert_eq!(p.outcome().await.reason.label(), "unrequested_101");
     rec.wait_closed(1).await;
     let seen = rec.text().to_ascii_lowercase();
     assert!(!seen.contains("upgrade:"), "{seen}");
@@ -629,65 +646,6 @@ async fn upstream_sees_no_hop_by_hop_and_forwarding_headers() {
         )),
         "{head}"
     );
-}
-
-// ---------------------------------------------------------------------------
-// Admission: Origin, per-IP cap
-// ---------------------------------------------------------------------------
-
-#[tokio::test]
-async fn origin_not_allowed_is_403() {
-    let echo = echo_upstream().await;
-    let policy = Policy {
-        allowed_origins: Some(vec!["https://app.example".into()]),
-        ..Policy::default()
-    };
-    let mut p = proxy(group(&[echo], Balance::RoundRobin, 0, 3), route(policy)).await;
-    let err = ClientBuilder::new()
-        .origin("https://evil.example")
-        .connect(&format!("ws://{}/ws", p.addr))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::UpgradeRefused { status, .. } if status == 403),
-        "{err}"
-    );
-    assert_eq!(p.outcome().await.reason, "origin");
-    let (ws, _) = ClientBuilder::new()
-        .origin("https://app.example")
-        .connect(&format!("ws://{}/ws", p.addr))
-        .await
-        .unwrap();
-    drop(ws);
-}
-
-#[tokio::test]
-async fn per_ip_cap_is_429_with_retry_after() {
-    let echo = echo_upstream().await;
-    let policy = Policy {
-        max_connections_per_ip: Some(1),
-        ..Policy::default()
-    };
-    let mut p = proxy(group(&[echo], Balance::RoundRobin, 0, 3), route(policy)).await;
-    let url = format!("ws://{}/ws", p.addr);
-    let (mut first, _) = switchyard::connect(&url).await.unwrap();
-    let err = switchyard::connect(&url).await.unwrap_err();
-    match err {
-        Error::UpgradeRefused {
-            status, response, ..
-        } => {
-            assert_eq!(status, 429);
-            assert_eq!(response.headers()["retry-after"], "5");
-        }
-        e => panic!("{e}"),
-    }
-    assert_eq!(p.outcome().await.reason, "ip_full");
-    first.close(CloseCode::NORMAL, "").await.unwrap();
-    drop(first);
-    let _ = p.outcome().await;
-    // The slot is free again.
-    let (ws, _) = switchyard::connect(&url).await.unwrap();
-    drop(ws);
 }
 
 // ---------------------------------------------------------------------------
@@ -985,7 +943,7 @@ async fn all_backends_down_is_502() {
     let resp = raw_exchange(p.addr, upgrade_request("").as_bytes()).await;
     assert!(resp.starts_with("HTTP/1.1 502 "), "{resp}");
     let out = p.outcome().await;
-    assert_eq!(out.reason, "connect_failed");
+    assert_eq!(out.reason.label(), "connect_failed");
     assert_eq!(
         p.ctx
             .metrics
@@ -1078,7 +1036,7 @@ async fn wss_backend_through_rustls() {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over tls"));
     ws.close(CloseCode::NORMAL, "").await.unwrap();
     drop(ws);
-    assert_eq!(p.outcome().await.reason, "switched");
+    assert_eq!(p.outcome().await.reason.label(), "switched");
 
     // Without the CA, the TLS handshake fails and the client gets 502.
     let (_tx, rx) = watch::channel(false);
@@ -1098,7 +1056,7 @@ async fn wss_backend_through_rustls() {
     let mut p = proxy_with(up, route(Policy::default()), empty, rx).await;
     let resp = raw_exchange(p.addr, upgrade_request("").as_bytes()).await;
     assert!(resp.starts_with("HTTP/1.1 502 "), "{resp}");
-    assert_eq!(p.outcome().await.reason, "connect_failed");
+    assert_eq!(p.outcome().await.reason.label(), "connect_failed");
 }
 
 #[tokio::test]
@@ -1300,18 +1258,24 @@ async fn extended_connect(
         .body(())
         .unwrap();
     let task = tokio::spawn(async move {
-        let info = ClientInfo {
-            addr: "127.0.0.1:40000".parse().unwrap(),
-            tls: true,
+        let request = ExtendedConnect {
+            head: req,
+            connect_protocol: protocol.into(),
+            client: ClientInfo {
+                addr: "127.0.0.1:40000".parse().unwrap(),
+                tls: true,
+            },
+            protocol: Protocol::H2,
+        };
+        let route = ProxyRoute {
+            config: &route,
+            label: "r",
+            ctx: &ctx,
         };
         proxy_extended_connect(
-            req,
-            protocol,
-            info,
-            "h2",
-            &route,
-            "r",
-            &ctx,
+            request,
+            route,
+            no_cap(),
             move |resp| async move {
                 *cap.lock().unwrap() = Some(resp);
                 Ok(proxy_end)
@@ -1350,7 +1314,7 @@ async fn extended_connect_reaches_an_h1_echo_with_a_fresh_key() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(out.reason, "switched", "{out:?}");
+    assert_eq!(out.reason, Reason::Switched, "{out:?}");
     assert_eq!(p.ctx.metrics.upgrade_attempts("switched", "switched"), 1);
 }
 
@@ -1399,12 +1363,12 @@ async fn extended_connect_sends_a_real_h1_upgrade_and_verifies_the_accept() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(out.reason, "bad_accept");
+    assert_eq!(out.reason.label(), "bad_accept");
     assert_eq!(captured.lock().unwrap().as_ref().unwrap().status(), 502);
 }
 
 #[tokio::test]
-async fn extended_connect_refusals_reach_respond() {
+async fn extended_connect_of_another_protocol_is_400() {
     let echo = echo_upstream().await;
     let p = proxy(
         group(&[echo], Balance::RoundRobin, 0, 3),
@@ -1413,15 +1377,8 @@ async fn extended_connect_refusals_reach_respond() {
     .await;
     let (_c, captured, task) = extended_connect(&p, route(Policy::default()), "h2c").await;
     let out = task.await.unwrap();
-    assert_eq!(out.reason, "bad_protocol");
+    assert_eq!(out.reason, Reason::UnsupportedProtocol);
     assert_eq!(captured.lock().unwrap().as_ref().unwrap().status(), 400);
-    let policy = Policy {
-        allowed_origins: Some(vec!["https://other.example".into()]),
-        ..Policy::default()
-    };
-    let (_c, captured, task) = extended_connect(&p, route(policy), "websocket").await;
-    assert_eq!(task.await.unwrap().reason, "origin");
-    assert_eq!(captured.lock().unwrap().as_ref().unwrap().status(), 403);
 }
 
 #[tokio::test]
@@ -1492,27 +1449,4 @@ async fn silent_upstream_gives_the_client_1014() {
         panic!("{out:?}")
     };
     assert_eq!(report.end, TunnelEnd::UpstreamPongTimeout);
-}
-
-#[tokio::test]
-async fn route_cap_is_503_with_retry_after() {
-    let echo = echo_upstream().await;
-    let policy = Policy {
-        max_connections: Some(1),
-        ..Policy::default()
-    };
-    let mut p = proxy(group(&[echo], Balance::RoundRobin, 0, 3), route(policy)).await;
-    let url = format!("ws://{}/ws", p.addr);
-    let (first, _) = switchyard::connect(&url).await.unwrap();
-    match switchyard::connect(&url).await.unwrap_err() {
-        Error::UpgradeRefused {
-            status, response, ..
-        } => {
-            assert_eq!(status, 503);
-            assert_eq!(response.headers()["retry-after"], "5");
-        }
-        e => panic!("{e}"),
-    }
-    assert_eq!(p.outcome().await.reason, "route_full");
-    drop(first);
 }

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::{CertificateDer, ServerName};
 use switchyard::Message;
-use switchyard_gateway::admin::GatewayServer;
-use switchyard_gateway::routing::Gateway;
+use switchyard_gateway::{Gateway, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -71,8 +70,8 @@ impl Drop for Running {
 
 async fn start(file: &Path) -> Running {
     let gw = Gateway::load(file.to_path_buf()).unwrap();
-    let server = GatewayServer::bind(gw.clone()).await.unwrap();
-    let addrs = server.local_addrs().into_iter().map(|a| a.0).collect();
+    let server = Server::bind(gw.clone()).await.unwrap();
+    let addrs = server.addresses().into_iter().map(|a| a.tcp).collect();
     let admin = server.admin_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {

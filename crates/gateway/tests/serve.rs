@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use switchyard::{CloseCode, Message};
-use switchyard_gateway::ServeConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -52,7 +51,7 @@ fn status_line(resp: &str) -> &str {
 
 #[tokio::test]
 async fn plain_get_echo_gets_426_with_upgrade_headers() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let resp = raw(srv.addr, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status_line(&resp), "HTTP/1.1 426 Upgrade Required");
     let lower = resp.to_ascii_lowercase();
@@ -70,7 +69,7 @@ async fn plain_get_echo_gets_426_with_upgrade_headers() {
 
 #[tokio::test]
 async fn index_page_404_and_405() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let resp = raw(srv.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status_line(&resp), "HTTP/1.1 200 OK");
     assert!(resp.contains("text/html"), "{resp}");
@@ -91,7 +90,7 @@ async fn index_page_404_and_405() {
 
 #[tokio::test]
 async fn bad_heads_get_precise_statuses() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     // Bare LF line endings.
     let resp = raw(srv.addr, b"GET /echo HTTP/1.1\nHost: x\n\n").await;
     assert_eq!(status_line(&resp), "HTTP/1.1 400 Bad Request", "bare LF");
@@ -155,9 +154,9 @@ async fn bad_heads_get_precise_statuses() {
 
 #[tokio::test]
 async fn slow_head_gets_408_and_close() {
-    let mut cfg = ServeConfig::default();
+    let mut cfg = common::default_config();
     cfg.limits.handshake_timeout = Duration::from_millis(300);
-    let srv = start(cfg).await;
+    let srv = start(common::revalidate(cfg)).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -174,7 +173,7 @@ async fn slow_head_gets_408_and_close() {
 
 #[tokio::test]
 async fn echo_text_and_binary_with_and_without_deflate() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let url = format!("ws://{}/echo", srv.addr);
     for deflate in [true, false] {
         let mut b = switchyard::client::ClientBuilder::new();
@@ -195,7 +194,7 @@ async fn echo_text_and_binary_with_and_without_deflate() {
 
 #[tokio::test]
 async fn shutdown_closes_open_websockets_with_1001() {
-    let srv = start(ServeConfig::default()).await;
+    let srv = start(common::default_config()).await;
     let url = format!("ws://{}/echo", srv.addr);
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -244,11 +243,9 @@ fn segments_received(s: &TcpStream) -> u32 {
 async fn the_answer_carries_the_ack_of_the_request() {
     const UPGRADE: &[u8] = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     for (ack_with_response, expected) in [(true, 2), (false, 3)] {
-        let srv = common::start(ServeConfig {
-            ack_with_response,
-            ..ServeConfig::default()
-        })
-        .await;
+        let mut cfg = common::default_config();
+        cfg.listeners[0].ack_with_response = ack_with_response;
+        let srv = common::start(common::revalidate(cfg)).await;
         // The kernel sends the delayed ACK anyway after 40 ms: a measurement where the 101
         // took that long (a loaded host) says nothing, and is taken again.
         let mut measured = None;

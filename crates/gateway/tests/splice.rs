@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use switchyard_gateway::admin::GatewayServer;
 use switchyard_gateway::config::Config;
+use switchyard_gateway::io::PlainTcp;
 use switchyard_gateway::proxy::tunnel::{transparent_tcp, Spliced};
-use switchyard_gateway::proxy::{Direction, PlainTcp, SpliceMode, TunnelEnd, TunnelReport};
-use switchyard_gateway::routing::Gateway;
+use switchyard_gateway::proxy::{Direction, SpliceMode, TunnelEnd, TunnelReport};
+use switchyard_gateway::{Gateway, Server};
 use switchyard_proto::handshake::accept_key;
 use switchyard_proto::head::RequestParser;
 use switchyard_proto::Limits;
@@ -331,8 +331,8 @@ async fn gateway_splices_a_large_transfer_and_counts_every_byte() {
          [route.policy]\ntunnel = \"transparent\"\n"
     );
     let gateway = Gateway::new(Config::from_toml_str(&text, "gw.toml").unwrap(), None).unwrap();
-    let server = GatewayServer::bind(gateway.clone()).await.unwrap();
-    let addr = server.local_addrs()[0].0;
+    let server = Server::bind(gateway.clone()).await.unwrap();
+    let addr = server.addresses()[0].tcp;
     let (stop, stopped) = oneshot::channel::<()>();
     let done = tokio::spawn(server.run(async move {
         let _ = stopped.await;
@@ -369,9 +369,9 @@ async fn gateway_splices_a_large_transfer_and_counts_every_byte() {
     let mut w = writer.await.unwrap();
     let mut counted = false;
     for _ in 0..100 {
-        let conns = gateway.connections();
+        let conns = gateway.connections().snapshot();
         assert_eq!(conns.len(), 1);
-        let (.., bytes_in, bytes_out) = conns[0];
+        let (bytes_in, bytes_out) = (conns[0].bytes_in, conns[0].bytes_out);
         // In: what the client sent after its head; out: the 101 and more.
         if bytes_in == up.len() as u64 && bytes_out >= (head.len() + (4 << 20)) as u64 {
             counted = true;
@@ -379,7 +379,11 @@ async fn gateway_splices_a_large_transfer_and_counts_every_byte() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(counted, "/status counters: {:?}", gateway.connections());
+    assert!(
+        counted,
+        "/status counters: {:?}",
+        gateway.connections().snapshot()
+    );
     w.shutdown().await.unwrap();
     r.read_to_end(&mut got).await.unwrap();
     assert!(

@@ -32,6 +32,15 @@ pub enum ConfigError {
         /// What the TOML parser expected.
         message: String,
     },
+    /// A command-line flag sets a key to a value the configuration cannot
+    /// take (with the rest of the configuration).
+    #[error("the command line: {key}: {message}")]
+    Flags {
+        /// The key path the flag sets, like `listener[0].protocols[2]`.
+        key: String,
+        /// Why the value cannot be used.
+        message: String,
+    },
     /// The TOML is valid but a key is unknown, of the wrong type or has a
     /// value the gateway cannot use.
     #[error("{origin}:{line}: {key}: {message}")]
@@ -51,7 +60,7 @@ impl ConfigError {
     /// The 1-based line of the error, when it comes from the text.
     pub fn line(&self) -> Option<usize> {
         match self {
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Flags { .. } => None,
             ConfigError::Syntax { line, .. } | ConfigError::Invalid { line, .. } => Some(*line),
         }
     }
@@ -59,7 +68,7 @@ impl ConfigError {
     /// The key path of the error, when there is one.
     pub fn key(&self) -> Option<&str> {
         match self {
-            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Invalid { key, .. } | ConfigError::Flags { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -196,6 +205,11 @@ impl Reporter<'_> {
     }
 
     pub(crate) fn has(&self, path: &[Seg]) -> bool {
+        self.get(path).is_some()
+    }
+
+    /// The value written at `path`, if any.
+    pub(crate) fn get(&self, path: &[Seg]) -> Option<&DeValue<'_>> {
         let mut current: Option<&DeValue<'_>> = None;
         for seg in path {
             let next = match (seg, current) {
@@ -204,12 +218,9 @@ impl Reporter<'_> {
                 (Seg::Index(i), Some(DeValue::Array(a))) => a.get(*i),
                 _ => None,
             };
-            match next {
-                Some(v) => current = Some(v.get_ref()),
-                None => return false,
-            }
+            current = Some(next?.get_ref());
         }
-        true
+        current
     }
 }
 

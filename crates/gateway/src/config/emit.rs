@@ -46,20 +46,20 @@ impl Config {
             .map(|l| {
                 let mut entries = vec![
                     ("address", Value::String(l.address.to_string())),
-                    (
-                        "protocols",
-                        strings(l.protocols.iter().map(|p| match p {
-                            Protocol::H1 => "h1",
-                            Protocol::H2 => "h2",
-                            Protocol::H3 => "h3",
-                        })),
-                    ),
+                    ("protocols", strings(l.protocols.iter().map(|p| p.label()))),
+                    ("ack_with_response", Value::Boolean(l.ack_with_response)),
                 ];
                 if let Some(tls) = &l.tls {
-                    entries.push((
-                        "tls",
-                        table(vec![("cert", path(&tls.cert)), ("key", path(&tls.key))]),
-                    ));
+                    let mut t = match &tls.certificate {
+                        CertificateSource::Files { cert, key } => {
+                            vec![("cert", path(cert)), ("key", path(key))]
+                        }
+                        CertificateSource::SelfSigned => {
+                            vec![("self_signed", Value::Boolean(true))]
+                        }
+                    };
+                    t.push(("mode", string(tls.mode.as_str())));
+                    entries.push(("tls", table(t)));
                 }
                 table(entries)
             })
@@ -71,6 +71,25 @@ impl Config {
                 table(vec![("address", Value::String(admin.address.to_string()))]),
             );
         }
+        let mut runtime = vec![("io_uring", Value::Boolean(self.runtime.io_uring))];
+        if let Some(n) = self.runtime.threads {
+            runtime.push(("threads", count(n)));
+        }
+        root.insert("runtime".into(), table(runtime));
+        root.insert(
+            "http1".into(),
+            table(vec![
+                ("idle_timeout", duration(self.http1.idle_timeout)),
+                ("max_request_body", size(self.http1.max_request_body)),
+            ]),
+        );
+        root.insert(
+            "http2".into(),
+            table(vec![(
+                "enable_connect_protocol",
+                Value::Boolean(self.http2.enable_connect_protocol),
+            )]),
+        );
         let l = &self.limits;
         root.insert(
             "limits".into(),
@@ -145,19 +164,16 @@ impl Config {
             .routes
             .iter()
             .map(|r| {
-                let mut entries = vec![("path", string(&r.path))];
+                let mut entries = vec![
+                    ("path", string(&r.path)),
+                    ("match", string(r.path_match.as_str())),
+                ];
                 if let Some(host) = &r.host {
                     entries.push(("host", string(host)));
                 }
                 match r.target() {
                     RouteTarget::Upstream(name) => entries.push(("upstream", string(name))),
-                    RouteTarget::App(app) => entries.push((
-                        "app",
-                        string(match app {
-                            App::Echo => "echo",
-                            App::Index => "index",
-                        }),
-                    )),
+                    RouteTarget::App(app) => entries.push(("app", string(app.as_str()))),
                 }
                 let p = &r.policy;
                 let mut policy = vec![
@@ -166,6 +182,7 @@ impl Config {
                         strings(p.allowed_upgrades.iter().map(String::as_str)),
                     ),
                     ("require_upgrade", Value::Boolean(p.require_upgrade)),
+                    ("require_tls", Value::Boolean(p.require_tls)),
                     ("idle_timeout", duration(p.idle_timeout)),
                     (
                         "ping_interval",
@@ -190,6 +207,12 @@ impl Config {
                 }
                 if let Some(n) = p.max_message_size {
                     policy.push(("max_message_size", size(n)));
+                }
+                if let RouteTarget::App(app) = r.target() {
+                    // An app's route takes only the keys the app honours;
+                    // whether it requires an upgrade is the app's own.
+                    policy
+                        .retain(|(k, _)| app.policy_keys().contains(k) && *k != "require_upgrade");
                 }
                 entries.push(("policy", table(policy)));
                 table(entries)

@@ -42,20 +42,20 @@
 //! addresses), [`diagnostics`] (errors with line and key path), validation
 //! and the TOML writer.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
-use switchyard_proto::Limits;
 use toml::de::DeTable;
 
 mod diagnostics;
 mod emit;
 mod model;
+mod overrides;
 pub mod units;
 mod validate;
 
 pub use diagnostics::ConfigError;
 pub use model::*;
+pub use overrides::{ConfigSource, Overrides, TlsOverride};
 pub use units::{format_duration, parse_duration, parse_size};
 
 use diagnostics::{line_of, path_at, path_string, Reporter};
@@ -64,45 +64,42 @@ use validate::check_backend_urls;
 /// Largest size any size key accepts: larger messages should be streamed.
 pub const MAX_SIZE: usize = 1 << 30;
 
-/// [`Config::embedded_default`] written as a config file, for
-/// `switchyard serve` users who want to start from it.
+/// What `switchyard serve` runs without `--config`
+/// ([`Config::embedded_default`]); `switchyard serve --print-config` shows it
+/// with every default written out.
 pub const EMBEDDED_DEFAULT_TOML: &str = r#"# What `switchyard serve` runs without --config.
 [[listener]]
 address = "127.0.0.1:8080"
-protocols = ["h1"]
+protocols = ["h1", "h2"]
 
+# The WebSocket echo: 101 then every message back; 426 without an upgrade.
 [[route]]
 path = "/echo"
+match = "exact"
 app = "echo"
+[route.policy]
+drain_timeout = "2s"
 
+# A page that talks to /echo from the browser.
 [[route]]
 path = "/"
+match = "exact"
+app = "index"
+
+[[route]]
+path = "/index.html"
+match = "exact"
 app = "index"
 "#;
 
 impl Config {
-    /// What `switchyard serve` runs without `--config`: one cleartext
-    /// HTTP/1.1 listener on 127.0.0.1:8080, `/echo` to the echo app and
-    /// everything else to the index page, default policy and limits.
+    /// [`EMBEDDED_DEFAULT_TOML`]: one cleartext listener on 127.0.0.1:8080
+    /// (HTTP/1.1, and HTTP/2 with prior knowledge), the echo app at `/echo`,
+    /// the index page at `/` and `/index.html`, 404 elsewhere.
     pub fn embedded_default() -> Config {
-        let route = |path: &str, app: App| Route {
-            host: None,
-            path: path.to_string(),
-            upstream: None,
-            app: Some(app),
-            policy: Policy::default(),
-        };
-        Config {
-            listeners: vec![Listener {
-                address: SocketAddr::from(([127, 0, 0, 1], 8080)),
-                tls: None,
-                protocols: vec![Protocol::H1],
-            }],
-            routes: vec![route("/echo", App::Echo), route("/", App::Index)],
-            upstreams: Vec::new(),
-            admin: None,
-            limits: Limits::default(),
-        }
+        // A constant of this crate, parsed by a test on every build.
+        Self::from_toml_str(EMBEDDED_DEFAULT_TOML, "the embedded default")
+            .expect("the embedded default configuration is valid")
     }
 
     /// Reads and validates a config file. Relative TLS paths are resolved
@@ -160,32 +157,34 @@ impl Config {
     /// The route for a request: among the routes whose host matches (exact,
     /// case-insensitive, port and trailing dot ignored; a route without host
     /// matches any), a route naming the host wins over one that does not,
-    /// then the longest matching path prefix wins, then the first in the
-    /// file. Prefixes match whole segments: `/ws` matches `/ws`, `/ws/x` and
-    /// `/ws?q`, not `/wsx`. The query string is ignored.
+    /// then the longest matching path wins (an exact match over a prefix of
+    /// the same length), then the first in the file. Prefixes match whole
+    /// segments: `/ws` matches `/ws`, `/ws/x` and `/ws?q`, not `/wsx`. The
+    /// query string is ignored.
     pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         let path = path.split(['?', '#']).next().unwrap_or(path);
         let host = host.map(strip_port);
-        let mut best: Option<(bool, usize, &Route)> = None;
+        let mut best: Option<((bool, usize, bool), &Route)> = None;
         for route in &self.routes {
             let host_specific = match (&route.host, host) {
                 (None, _) => false,
                 (Some(want), Some(have)) if host_eq(want, have) => true,
                 (Some(_), _) => continue,
             };
-            if !prefix_matches(&route.path, path) {
+            let matches = match route.path_match {
+                PathMatch::Prefix => prefix_matches(&route.path, path),
+                PathMatch::Exact => route.path == path,
+            };
+            if !matches {
                 continue;
             }
-            let score = (host_specific, route.path.len());
-            let better = match best {
-                None => true,
-                Some((h, l, _)) => score > (h, l),
-            };
-            if better {
-                best = Some((score.0, score.1, route));
+            let exact = route.path_match == PathMatch::Exact;
+            let score = (host_specific, route.path.len(), exact);
+            if best.map_or(true, |(b, _)| score > b) {
+                best = Some((score, route));
             }
         }
-        best.map(|(_, _, r)| r)
+        best.map(|(_, r)| r)
     }
 
     /// The upstream group of that name.
@@ -226,6 +225,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use switchyard_proto::Limits;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, "switchyard.toml")
@@ -248,6 +248,11 @@ mod tests {
 
     const MINIMAL: &str =
         "[[listener]]\naddress = \"127.0.0.1:8080\"\n\n[[route]]\npath = \"/\"\napp = \"index\"\n";
+
+    /// One listener, one route to an upstream group.
+    const PROXIED: &str = "[[listener]]\naddress = \"127.0.0.1:8080\"\n\n\
+        [[upstream]]\nname = \"u\"\nservers = [\"ws://127.0.0.1:9\"]\n\n\
+        [[route]]\npath = \"/\"\nupstream = \"u\"\n";
 
     #[test]
     fn minimal_config_gets_defaults() {
@@ -303,7 +308,7 @@ mod tests {
     fn ping_interval_accepts_off() {
         let text = MINIMAL.replace(
             "app = \"index\"",
-            "app = \"index\"\npolicy = { ping_interval = \"off\" }",
+            "app = \"echo\"\npolicy = { ping_interval = \"off\" }",
         );
         assert_eq!(parse(&text).unwrap().routes[0].policy.ping_interval, None);
         let text = text.replace("\"off\"", "\"15s\"");
@@ -386,7 +391,7 @@ mod tests {
             &MINIMAL.replace("app = \"index\"", "app = \"chat\""),
             6,
             "route[0].app",
-            "unknown variant `chat`, expected `echo` or `index`",
+            "unknown variant `chat`, expected one of `echo`, `index`, `lineecho`",
         );
         expect_err(
             &MINIMAL.replace("\"127.0.0.1:8080\"", "\"localhost:8080\""),
@@ -709,14 +714,16 @@ mod tests {
     fn embedded_default_is_valid_and_routes() {
         let c = Config::embedded_default();
         assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.listeners[0].protocols, vec![Protocol::H1]);
+        assert_eq!(c.listeners[0].protocols, vec![Protocol::H1, Protocol::H2]);
         assert!(c.listeners[0].tls.is_none());
         let target = |p: &str| c.route_for(Some("localhost:8080"), p).map(Route::target);
         assert_eq!(target("/echo"), Some(RouteTarget::App(App::Echo)));
-        assert_eq!(target("/echo/"), Some(RouteTarget::App(App::Echo)));
-        assert_eq!(target("/echoes"), Some(RouteTarget::App(App::Index)));
+        assert_eq!(target("/echo?x=1"), Some(RouteTarget::App(App::Echo)));
+        assert_eq!(target("/echo/"), None, "exact paths");
+        assert_eq!(target("/echoes"), None);
         assert_eq!(target("/"), Some(RouteTarget::App(App::Index)));
-        assert_eq!(target("/anything"), Some(RouteTarget::App(App::Index)));
+        assert_eq!(target("/index.html"), Some(RouteTarget::App(App::Index)));
+        assert_eq!(target("/anything"), None);
         // Written out as TOML, it passes validation and gives the same config.
         assert_eq!(parse(EMBEDDED_DEFAULT_TOML).unwrap(), c);
     }
@@ -779,7 +786,7 @@ mod tests {
     #[test]
     fn policy_helpers() {
         let text = format!(
-            "{MINIMAL}[route.policy]\nallowed_origins = [\"https://App.example\", \"null\"]\n\
+            "{PROXIED}[route.policy]\nallowed_origins = [\"https://App.example\", \"null\"]\n\
              allowed_upgrades = [\"WebSocket\", \"TLS/1.3\"]\n"
         );
         let c = parse(&text).unwrap();
@@ -838,8 +845,13 @@ mod tests {
         assert_eq!(c.listeners[0].address, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.listeners[0].protocols, vec![Protocol::H1]);
         let tls = c.listeners[1].tls.as_ref().unwrap();
-        assert_eq!(tls.cert, dir.join("cert.pem"));
-        assert_eq!(tls.key, dir.join("key.pem"));
+        assert_eq!(
+            tls.certificate,
+            CertificateSource::Files {
+                cert: dir.join("cert.pem"),
+                key: dir.join("key.pem")
+            }
+        );
         assert_eq!(c.listeners[1].protocols, vec![Protocol::H1, Protocol::H2]);
         assert_eq!(
             c.admin.as_ref().unwrap().address,
@@ -934,13 +946,13 @@ mod tests {
     #[test]
     fn preserve_host_and_tunnel_parse_and_round_trip() {
         let c = parse(&format!(
-            "{MINIMAL}[route.policy]\npreserve_host = false\ntunnel = \"frames\"\n"
+            "{PROXIED}[route.policy]\npreserve_host = false\ntunnel = \"frames\"\n"
         ))
         .unwrap();
         assert!(!c.routes[0].policy.preserve_host);
         assert_eq!(c.routes[0].policy.tunnel, TunnelSetting::Frames);
         assert_eq!(parse(&c.to_toml_string()).unwrap(), c);
-        let d = parse(MINIMAL).unwrap();
+        let d = parse(PROXIED).unwrap();
         assert!(d.routes[0].policy.preserve_host);
         assert_eq!(d.routes[0].policy.tunnel, TunnelSetting::Auto);
         expect_err(

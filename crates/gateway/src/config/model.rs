@@ -9,7 +9,7 @@ use serde::Deserialize;
 use switchyard_proto::Limits;
 
 use super::units::{
-    de_duration, de_duration_or_off, de_opt_duration, de_opt_duration_or_off, de_opt_size,
+    de_duration, de_duration_or_off, de_opt_duration, de_opt_duration_or_off, de_opt_size, de_size,
     de_socket_addr,
 };
 
@@ -38,6 +38,73 @@ pub struct Config {
     /// optional and defaults to [`Limits::default()`].
     #[serde(default, deserialize_with = "de_limits")]
     pub limits: Limits,
+    /// `[runtime]`: threads and the I/O driver.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// `[http1]`: HTTP/1.1 keep-alive and request bodies.
+    #[serde(default)]
+    pub http1: Http1,
+    /// `[http2]`: the HTTP/2 server (TLS with ALPN `h2`, or prior knowledge).
+    #[serde(default)]
+    pub http2: Http2,
+}
+
+/// `[runtime]`: how the process runs its connections.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Worker threads of the async runtime; 1 runs everything on one thread.
+    /// None: one per core.
+    pub threads: Option<usize>,
+    /// Drive cleartext connections with io_uring instead of epoll (Linux):
+    /// one `io_uring_enter` per batch of ready connections instead of a
+    /// `recv` and a `send` per message. Needs `threads = 1` (a ring belongs
+    /// to one thread). Where the kernel refuses io_uring the server logs why
+    /// and uses epoll. TLS connections keep epoll.
+    pub io_uring: bool,
+}
+
+/// `[http1]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http1 {
+    /// How long an idle keep-alive connection waits for its next request
+    /// before it is closed. Once a byte arrives, `[limits].handshake_timeout`
+    /// applies. Default 60 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// Largest request body read and discarded (`Content-Length` or
+    /// chunked); larger gets 413 and the connection is closed. Default 1 MiB.
+    #[serde(deserialize_with = "de_size")]
+    pub max_request_body: usize,
+}
+
+impl Default for Http1 {
+    fn default() -> Self {
+        Http1 {
+            idle_timeout: Duration::from_secs(60),
+            max_request_body: 1 << 20,
+        }
+    }
+}
+
+/// `[http2]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2 {
+    /// Send `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1` (RFC 8441), so that
+    /// clients open WebSockets over HTTP/2; sent only when a route serves
+    /// WebSocket. Off: HTTP/2 clients open their WebSockets over HTTP/1.1.
+    /// Default on.
+    pub enable_connect_protocol: bool,
+}
+
+impl Default for Http2 {
+    fn default() -> Self {
+        Http2 {
+            enable_connect_protocol: true,
+        }
+    }
 }
 
 /// One `[[listener]]`.
@@ -51,20 +118,113 @@ pub struct Listener {
     /// cleartext.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
-    /// Protocols served. Default `["h1"]`, or `["h1", "h2"]` with `tls`.
-    /// `h2` without TLS is HTTP/2 with prior knowledge (h2c); `h3` needs TLS.
+    /// Protocols served. Default `["h1"]`, or `["h1", "h2"]` with a TLS
+    /// listener. `h2` without TLS is HTTP/2 with prior knowledge; `h3` needs
+    /// a TLS listener.
     #[serde(default)]
     pub protocols: Vec<Protocol>,
+    /// Let the response carry the ACK of the request (Linux: `TCP_QUICKACK`
+    /// off on the listening socket, inherited by every accepted one), like
+    /// HAProxy's `tcp-smart-accept`: one packet fewer per new connection.
+    /// A client that writes its request head in two pieces without
+    /// `TCP_NODELAY` waits the kernel's delayed-ACK time (40 ms) once.
+    /// Default on.
+    #[serde(default = "yes")]
+    pub ack_with_response: bool,
 }
 
-/// `tls = { cert = "...", key = "..." }` of a listener.
+fn yes() -> bool {
+    true
+}
+
+/// `tls = { ... }` of a listener: the certificate and how it is used.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ListenerTlsToml")]
 pub struct ListenerTls {
-    /// PEM file with the certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
+    /// Where the certificate comes from.
+    pub certificate: CertificateSource,
+    /// TLS from the first byte, or on request (RFC 2817).
+    pub mode: TlsMode,
+}
+
+/// A listener's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateSource {
+    /// `cert = "..."`, `key = "..."`: PEM files (chain leaf first; key in
+    /// PKCS#8, PKCS#1 or SEC1), read at start and again on every reload.
+    Files {
+        /// The certificate chain.
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+    },
+    /// `self_signed = true`: a certificate for `localhost`, `127.0.0.1` and
+    /// `::1` generated at start (its SHA-256 fingerprint is printed), kept
+    /// across reloads. For development.
+    SelfSigned,
+}
+
+/// How a listener uses its certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Every connection speaks TLS from the first byte (`https://`,
+    /// `wss://`), ALPN `h2` and `http/1.1`.
+    #[default]
+    Listener,
+    /// Connections start in cleartext; `Upgrade: TLS/1.3` (RFC 2817)
+    /// switches one to TLS in place.
+    Upgrade,
+}
+
+/// `tls` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerTlsToml {
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    self_signed: bool,
+    #[serde(default)]
+    mode: TlsMode,
+}
+
+impl TryFrom<ListenerTlsToml> for ListenerTls {
+    type Error = String;
+
+    fn try_from(t: ListenerTlsToml) -> Result<Self, String> {
+        let certificate = match (t.cert, t.key, t.self_signed) {
+            (Some(cert), Some(key), false) => CertificateSource::Files { cert, key },
+            (None, None, true) => CertificateSource::SelfSigned,
+            (Some(_), Some(_), true) => {
+                return Err("give either cert and key, or self_signed = true, not both".into())
+            }
+            (Some(_), None, _) => return Err("cert without key: add key = \"key.pem\"".into()),
+            (None, Some(_), _) => return Err("key without cert: add cert = \"cert.pem\"".into()),
+            (None, None, false) => {
+                return Err(
+                    "expected cert = \"cert.pem\" and key = \"key.pem\", or self_signed = true"
+                        .into(),
+                )
+            }
+        };
+        Ok(ListenerTls {
+            certificate,
+            mode: t.mode,
+        })
+    }
+}
+
+impl TlsMode {
+    /// The TOML value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Listener => "listener",
+            TlsMode::Upgrade => "upgrade",
+        }
+    }
 }
 
 /// An HTTP version a listener serves.
@@ -77,6 +237,17 @@ pub enum Protocol {
     H2,
     /// HTTP/3 over QUIC (extended CONNECT, RFC 9220).
     H3,
+}
+
+impl Protocol {
+    /// `"h1"`, `"h2"`, `"h3"`: the TOML value, and the label in logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::H1 => "h1",
+            Protocol::H2 => "h2",
+            Protocol::H3 => "h3",
+        }
+    }
 }
 
 /// `[admin]`.
@@ -96,8 +267,12 @@ pub struct Route {
     /// Host to match (exact, case-insensitive, port ignored). None: any host.
     #[serde(default)]
     pub host: Option<String>,
-    /// Path prefix, segment-aware: `/ws` matches `/ws` and `/ws/x`, not `/wsx`.
+    /// Path prefix, segment-aware: `/ws` matches `/ws` and `/ws/x`, not
+    /// `/wsx`; with `match = "exact"` the path itself only.
     pub path: String,
+    /// How `path` matches. Default `"prefix"`.
+    #[serde(rename = "match", default)]
+    pub path_match: PathMatch,
     /// Name of the `[[upstream]]` to proxy to.
     #[serde(default)]
     pub upstream: Option<String>,
@@ -109,6 +284,27 @@ pub struct Route {
     pub policy: Policy,
 }
 
+/// How a route's `path` matches the request path (the query is ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathMatch {
+    /// The path and everything below it, by whole segments.
+    #[default]
+    Prefix,
+    /// The path itself only.
+    Exact,
+}
+
+impl PathMatch {
+    /// The TOML value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathMatch::Prefix => "prefix",
+            PathMatch::Exact => "exact",
+        }
+    }
+}
+
 /// A built-in application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,6 +313,58 @@ pub enum App {
     Echo,
     /// The index page (HTML) describing the server.
     Index,
+    /// `lineecho/1`, the smallest Upgrade protocol: every line back.
+    LineEcho,
+}
+
+impl App {
+    /// The TOML value (and the name in logs and metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            App::Echo => "echo",
+            App::Index => "index",
+            App::LineEcho => "lineecho",
+        }
+    }
+
+    /// The `[route.policy]` keys the app honours; its route refuses any other
+    /// (a key that is accepted always has an effect).
+    pub fn policy_keys(self) -> &'static [&'static str] {
+        match self {
+            App::Echo => &[
+                "allowed_origins",
+                "allowed_upgrades",
+                "max_connections",
+                "max_connections_per_ip",
+                "require_upgrade",
+                "require_tls",
+                "max_message_size",
+                "idle_timeout",
+                "ping_interval",
+                "pong_timeout",
+                "drain_timeout",
+            ],
+            App::LineEcho => &[
+                "allowed_origins",
+                "allowed_upgrades",
+                "max_connections",
+                "max_connections_per_ip",
+                "require_upgrade",
+                "require_tls",
+                "idle_timeout",
+            ],
+            App::Index => &["allowed_origins", "require_tls"],
+        }
+    }
+
+    /// The Upgrade tokens the app switches to (none: it answers pages).
+    pub fn upgrade_tokens(self) -> &'static [&'static str] {
+        match self {
+            App::Echo => &["websocket"],
+            App::Index => &[],
+            App::LineEcho => &["lineecho/1"],
+        }
+    }
 }
 
 /// What a route sends its requests to.
@@ -150,6 +398,7 @@ impl Route {
 /// | `max_connections_per_ip` | no cap | the same, per client IP; beyond it 429. |
 /// | `max_message_size` | `[limits].max_message_size` | largest message accepted on this route, after decompression; beyond it close 1009. |
 /// | `require_upgrade` | `false` | answer 426 Upgrade Required to requests that do not ask for an allowed upgrade. |
+/// | `require_tls` | `false` | serve only over TLS: a cleartext request gets 426 `Upgrade: TLS/1.3, HTTP/1.1` where the listener offers RFC 2817, 403 elsewhere. |
 /// | `idle_timeout` | `"5m"` | close a tunnel when neither side sent anything for this long. Long enough for applications that heartbeat every 30-60 s, short enough to reclaim half-open connections. |
 /// | `ping_interval` | `"off"` | ping each side after this long without a frame from it. |
 /// | `pong_timeout` | `"20s"` | close a side that did not answer a ping within this. |
@@ -172,6 +421,8 @@ pub struct Policy {
     pub max_message_size: Option<usize>,
     /// See the table on [`Policy`].
     pub require_upgrade: bool,
+    /// See the table on [`Policy`].
+    pub require_tls: bool,
     /// See the table on [`Policy`].
     #[serde(deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
@@ -223,6 +474,7 @@ impl Default for Policy {
             max_connections_per_ip: None,
             max_message_size: None,
             require_upgrade: false,
+            require_tls: false,
             idle_timeout: Duration::from_secs(300),
             ping_interval: None,
             pong_timeout: Duration::from_secs(20),

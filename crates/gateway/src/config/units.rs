@@ -159,6 +159,10 @@ impl<'de> Visitor<'de> for SizeVisitor {
     }
 }
 
+pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    d.deserialize_any(SizeVisitor)
+}
+
 pub(crate) fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     d.deserialize_any(SizeVisitor).map(Some)
 }

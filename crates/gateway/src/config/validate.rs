@@ -62,6 +62,19 @@ impl Config {
             }
         }
         validate_limits(&self.limits, r)?;
+        self.validate_runtime(r)?;
+        nonzero(
+            self.http1.idle_timeout,
+            &[key("http1"), key("idle_timeout")],
+            r,
+        )?;
+        size_in(
+            self.http1.max_request_body,
+            0,
+            MAX_SIZE,
+            &[key("http1"), key("max_request_body")],
+            r,
+        )?;
 
         for (i, u) in self.upstreams.iter().enumerate() {
             let base_path = [key("upstream"), Seg::Index(i)];
@@ -148,7 +161,7 @@ impl Config {
         for (i, a) in self.routes.iter().enumerate() {
             if let Some(j) = self.routes[..i]
                 .iter()
-                .position(|b| b.host == a.host && b.path == a.path)
+                .position(|b| b.host == a.host && b.path == a.path && b.path_match == a.path_match)
             {
                 return Err(r.err(
                     &[key("route"), Seg::Index(i), key("path")],
@@ -159,6 +172,27 @@ impl Config {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_runtime(&self, r: &Reporter<'_>) -> Result<(), ConfigError> {
+        let rt = &self.runtime;
+        if rt.threads == Some(0) {
+            return Err(r.err(
+                &[key("runtime"), key("threads")],
+                "expected at least 1 thread; remove the key for one per core",
+            ));
+        }
+        if rt.io_uring && rt.threads != Some(1) {
+            return Err(r.err(
+                &[key("runtime"), key("io_uring")],
+                "io_uring needs threads = 1: a ring belongs to one thread, and the tasks of a \
+                 multi-thread runtime move between threads (add threads = 1 to [runtime], or \
+                 --threads 1)",
+            ));
         }
         Ok(())
     }
@@ -271,7 +305,7 @@ fn validate_listener(
                 "expected at least one of \"h1\", \"h2\", \"h3\"",
             ));
         }
-        l.protocols = if l.tls.is_some() {
+        l.protocols = if l.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Listener) {
             vec![Protocol::H1, Protocol::H2]
         } else {
             vec![Protocol::H1]
@@ -285,7 +319,8 @@ fn validate_listener(
             ));
         }
     }
-    if l.protocols.contains(&Protocol::H3) && l.tls.is_none() {
+    let tls_listener = l.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Listener);
+    if l.protocols.contains(&Protocol::H3) && !tls_listener {
         let i = l
             .protocols
             .iter()
@@ -293,29 +328,35 @@ fn validate_listener(
             .unwrap_or(0);
         return Err(r.err(
             &at(p, &[key("protocols"), Seg::Index(i)]),
-            "h3 runs over QUIC, which always uses TLS: add tls = { cert = ..., key = ... } to \
-             this listener or remove \"h3\"",
+            "h3 runs over QUIC, which always uses TLS: add tls = { cert = ..., key = ... } \
+             (TLS from the first byte, not mode = \"upgrade\") to this listener or remove \"h3\"",
         ));
     }
     if let Some(tls) = &mut l.tls {
-        tls.cert = base.join(&tls.cert);
-        tls.key = base.join(&tls.key);
         let tls_path = at(p, &[key("tls")]);
-        let (certs, key_der) = crate::tls::load_pem(&tls.cert, &tls.key).map_err(|e| {
-            let which = match &e {
-                crate::tls::TlsError::Unreadable { what, .. }
-                | crate::tls::TlsError::MalformedPem { what, .. }
-                    if *what == "certificate" =>
-                {
-                    "cert"
-                }
-                crate::tls::TlsError::NoCertificate { .. } => "cert",
-                _ => "key",
-            };
-            r.err(&at(&tls_path, &[key(which)]), e.to_string())
-        })?;
-        crate::tls::server_config(certs, key_der, crate::tls::ALPN_H2_HTTP11)
-            .map_err(|e| r.err(&at(&tls_path, &[key("key")]), e.to_string()))?;
+        if let CertificateSource::Files {
+            cert,
+            key: key_file,
+        } = &mut tls.certificate
+        {
+            *cert = base.join(&*cert);
+            *key_file = base.join(&*key_file);
+            let (certs, key_der) = crate::tls::load_pem(cert, key_file).map_err(|e| {
+                let which = match &e {
+                    crate::tls::TlsError::Unreadable { what, .. }
+                    | crate::tls::TlsError::MalformedPem { what, .. }
+                        if *what == "certificate" =>
+                    {
+                        "cert"
+                    }
+                    crate::tls::TlsError::NoCertificate { .. } => "cert",
+                    _ => "key",
+                };
+                r.err(&at(&tls_path, &[key(which)]), e.to_string())
+            })?;
+            crate::tls::server_config(certs, key_der, crate::tls::ALPN_H2_HTTP11)
+                .map_err(|e| r.err(&at(&tls_path, &[key("key")]), e.to_string()))?;
+        }
     }
     Ok(())
 }
@@ -443,5 +484,81 @@ fn validate_route(route: &mut Route, p: &[Seg], r: &Reporter<'_>) -> Result<(), 
         nonzero(d, &at(&pp, &[key("ping_interval")]), r)?;
     }
     nonzero(pol.pong_timeout, &at(&pp, &[key("pong_timeout")]), r)?;
+    if let Some(app) = route.app {
+        validate_app_policy(&mut route.policy, app, &pp, r)?;
+    }
+    Ok(())
+}
+
+/// Why `policy_key` cannot apply to `app` (see [`App::policy_keys`]).
+fn why_not_for_app(app: App, policy_key: &str) -> String {
+    let name = app.as_str();
+    match policy_key {
+        "preserve_host" | "tunnel" => format!(
+            "{policy_key} applies to proxied routes only; app \"{name}\" is served by the \
+             gateway itself: remove the key"
+        ),
+        _ if app == App::Index => format!(
+            "app \"index\" serves a page, not upgraded connections: {policy_key} cannot apply \
+             to it; remove the key (only allowed_origins and require_tls apply)"
+        ),
+        "max_message_size" | "ping_interval" | "pong_timeout" => format!(
+            "app \"{name}\" speaks lines, not WebSocket messages: {policy_key} cannot apply to \
+             it; remove the key"
+        ),
+        "drain_timeout" => format!(
+            "app \"{name}\" has no closing handshake: its connections are closed at once on \
+             shutdown, so drain_timeout cannot apply; remove the key"
+        ),
+        _ => format!("{policy_key} cannot apply to app \"{name}\"; remove the key"),
+    }
+}
+
+fn validate_app_policy(
+    pol: &mut Policy,
+    app: App,
+    pp: &[Seg],
+    r: &Reporter<'_>,
+) -> Result<(), ConfigError> {
+    if let Some(DeValue::Table(written)) = r.get(pp) {
+        for (k, _) in written.iter() {
+            let k = k.get_ref();
+            if !app.policy_keys().contains(&k.as_ref()) {
+                return Err(r.err(&at(pp, &[key(k)]), why_not_for_app(app, k)));
+            }
+        }
+    }
+    let tokens = app.upgrade_tokens();
+    let name = app.as_str();
+    if r.has(&at(pp, &[key("require_upgrade")])) && !pol.require_upgrade {
+        return Err(r.err(
+            &at(pp, &[key("require_upgrade")]),
+            format!(
+                "app \"{name}\" answers only upgrades (426 to anything else): \
+                 require_upgrade = false cannot apply; remove the key"
+            ),
+        ));
+    }
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    // An app that only switches requires an upgrade (426 otherwise).
+    pol.require_upgrade = true;
+    if !r.has(&at(pp, &[key("allowed_upgrades")])) {
+        pol.allowed_upgrades = tokens.iter().map(|t| t.to_string()).collect();
+        return Ok(());
+    }
+    for (i, t) in pol.allowed_upgrades.iter().enumerate() {
+        if !tokens.iter().any(|a| a.eq_ignore_ascii_case(t)) {
+            return Err(r.err(
+                &at(pp, &[key("allowed_upgrades"), Seg::Index(i)]),
+                format!(
+                    "app \"{name}\" speaks only {}; \"{t}\" would never be switched to: \
+                     remove it",
+                    tokens.join(", ")
+                ),
+            ));
+        }
+    }
     Ok(())
 }

@@ -28,13 +28,11 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use switchyard_proto::handshake::{accept_key_bytes, generate_key};
-use switchyard_proto::upgrade::{
-    header_tokens, is_hop_by_hop, upgrade_offer, upgrade_required, ProtocolToken,
-};
+use switchyard_proto::upgrade::{header_tokens, is_hop_by_hop, upgrade_offer, ProtocolToken};
 
 use crate::config::{Backend, Policy};
 
-use super::Refusal;
+use crate::outcome::{Reason, Refusal};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -86,7 +84,7 @@ impl UpstreamRequest {
     }
 }
 
-fn bad_request(reason: &'static str, detail: impl Into<String>) -> Refusal {
+fn bad_request(reason: Reason, detail: impl Into<String>) -> Refusal {
     Refusal::new(StatusCode::BAD_REQUEST, reason, detail)
 }
 
@@ -255,9 +253,9 @@ fn backend_host(backend: &Backend) -> String {
 /// Build the upstream request for an HTTP/1.1 client request.
 ///
 /// Refusals: 400 for a malformed `Upgrade` or a request with a body that
-/// asks for an upgrade, 426 (listing the allowed tokens) when the route
-/// requires an upgrade and none allowed is offered, 501 for a plain request
-/// with a body (the proxy forwards no request bodies).
+/// asks for an upgrade, 501 for a plain request with a body (the proxy
+/// forwards no request bodies). The route's admission (Origin, caps, 426)
+/// is the dispatcher's, before this.
 pub fn forward_request(
     req: &Request<()>,
     client: &ClientInfo,
@@ -266,7 +264,7 @@ pub fn forward_request(
     opts: &ForwardOptions,
 ) -> Result<UpstreamRequest, Refusal> {
     let offered = upgrade_offer(req)
-        .map_err(|e| bad_request("bad_upgrade", format!("malformed Upgrade header: {e}")))?
+        .map_err(|e| bad_request(Reason::BadUpgrade, format!("malformed Upgrade header: {e}")))?
         .unwrap_or_default();
     let is_get = req.method() == Method::GET;
     let tokens: Vec<String> = if is_get {
@@ -278,32 +276,18 @@ pub fn forward_request(
     } else {
         Vec::new()
     };
-    if tokens.is_empty() && policy.require_upgrade {
-        let allowed: Vec<&str> = policy.allowed_upgrades.iter().map(String::as_str).collect();
-        let mut r = Refusal::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
-            format!(
-                "this route only accepts a GET with Upgrade: {}",
-                allowed.join(", ")
-            ),
-        );
-        r.upgrade = upgrade_required(&allowed)
-            .headers()
-            .get(UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        return Err(r);
-    }
     if has_body(req.headers()) {
         return Err(if tokens.is_empty() {
             Refusal::new(
                 StatusCode::NOT_IMPLEMENTED,
-                "request_body",
+                Reason::RequestBody,
                 "this proxy forwards no request bodies",
             )
         } else {
-            bad_request("request_body", "an upgrade request must not have a body")
+            bad_request(
+                Reason::RequestBody,
+                "an upgrade request must not have a body",
+            )
         });
     }
 
@@ -341,7 +325,7 @@ pub fn forward_request(
                 (Some(k), None) => ws_key = k.to_str().ok().map(str::to_string),
                 _ => {
                     return Err(bad_request(
-                        "bad_key",
+                        Reason::BadKey,
                         "a websocket upgrade needs exactly one Sec-WebSocket-Key",
                     ))
                 }
@@ -360,7 +344,7 @@ pub fn forward_request(
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .parse()
-        .map_err(|_| bad_request("bad_target", "the request target cannot be forwarded"))?;
+        .map_err(|_| bad_request(Reason::BadTarget, "the request target cannot be forwarded"))?;
     *head.uri_mut() = target;
     *head.headers_mut() = headers;
     Ok(UpstreamRequest {
@@ -379,38 +363,25 @@ pub fn forward_request(
 /// through, so subprotocol and extensions are negotiated end to end.
 ///
 /// Refusals: 400 when the method is not CONNECT or `:protocol` is not
-/// `websocket` (the only protocol translated), 403 is the caller's
-/// ([`super::limits::check_origin`]), 426 when the route does not allow
-/// `websocket`.
+/// `websocket` (the only protocol translated). The route's admission
+/// (Origin, caps, allowed upgrades) is the dispatcher's, before this.
 pub fn translate_extended_connect(
     req: &Request<()>,
     protocol: &str,
     client: &ClientInfo,
-    policy: &Policy,
     backend: &Backend,
     opts: &ForwardOptions,
 ) -> Result<UpstreamRequest, Refusal> {
     if req.method() != Method::CONNECT {
         return Err(bad_request(
-            "bad_method",
+            Reason::UnsupportedProtocol,
             "extended CONNECT translation needs a CONNECT request",
         ));
     }
     if !protocol.eq_ignore_ascii_case("websocket") {
         return Err(bad_request(
-            "bad_protocol",
+            Reason::UnsupportedProtocol,
             format!(":protocol {protocol:?} cannot be translated to HTTP/1.1; only websocket is"),
-        ));
-    }
-    if !policy.upgrade_allowed("websocket") {
-        let allowed: Vec<&str> = policy.allowed_upgrades.iter().map(String::as_str).collect();
-        return Err(Refusal::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_not_allowed",
-            format!(
-                "websocket is not allowed on this route (allowed: {})",
-                allowed.join(", ")
-            ),
         ));
     }
     let mut headers = req.headers().clone();
@@ -448,7 +419,7 @@ pub fn translate_extended_connect(
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .parse()
-        .map_err(|_| bad_request("bad_target", "the :path cannot be forwarded"))?;
+        .map_err(|_| bad_request(Reason::BadTarget, "the :path cannot be forwarded"))?;
     *head.headers_mut() = headers;
     Ok(UpstreamRequest {
         head,
@@ -488,14 +459,14 @@ pub enum SwitchError {
 }
 
 impl SwitchError {
-    /// A fixed label for metrics.
-    pub fn label(&self) -> &'static str {
+    /// Why, for metrics and logs.
+    pub fn reason(&self) -> Reason {
         match self {
-            SwitchError::Unrequested => "unrequested_101",
-            SwitchError::WrongToken { .. } => "wrong_token",
-            SwitchError::NoConnectionUpgrade => "no_connection_upgrade",
-            SwitchError::NoAccept => "no_accept",
-            SwitchError::BadAccept { .. } => "bad_accept",
+            SwitchError::Unrequested => Reason::Unrequested101,
+            SwitchError::WrongToken { .. } => Reason::WrongToken,
+            SwitchError::NoConnectionUpgrade => Reason::NoConnectionUpgrade,
+            SwitchError::NoAccept => Reason::NoAccept,
+            SwitchError::BadAccept { .. } => Reason::BadAccept,
         }
     }
 }
@@ -753,25 +724,6 @@ mod tests {
     }
 
     #[test]
-    fn require_upgrade_answers_426_with_the_allowed_tokens() {
-        let policy = Policy {
-            require_upgrade: true,
-            ..Policy::default()
-        };
-        let req = Request::builder()
-            .uri("/")
-            .header("host", "h")
-            .body(())
-            .unwrap();
-        let err = fwd_with(&req, &policy).unwrap_err();
-        assert_eq!(err.status, StatusCode::UPGRADE_REQUIRED);
-        assert_eq!(err.upgrade.as_deref(), Some("websocket"));
-        let bytes = String::from_utf8(err.to_bytes()).unwrap();
-        assert!(bytes.starts_with("HTTP/1.1 426 "), "{bytes}");
-        assert!(bytes.contains("upgrade: websocket\r\n"), "{bytes}");
-    }
-
-    #[test]
     fn bodies_are_refused() {
         let err = fwd(&ws_request(&[("content-length", "5")])).unwrap_err();
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
@@ -994,7 +946,6 @@ mod tests {
             &req,
             "websocket",
             &c,
-            &Policy::default(),
             &backend(),
             &ForwardOptions::default(),
         )
@@ -1003,7 +954,6 @@ mod tests {
             &req,
             "websocket",
             &c,
-            &Policy::default(),
             &backend(),
             &ForwardOptions::default(),
         )
@@ -1052,7 +1002,6 @@ mod tests {
             &req,
             "h2c",
             &client(),
-            &Policy::default(),
             &backend(),
             &ForwardOptions::default(),
         )
@@ -1063,25 +1012,10 @@ mod tests {
             &get,
             "websocket",
             &client(),
-            &Policy::default(),
             &backend(),
             &ForwardOptions::default(),
         )
         .unwrap_err();
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
-        let policy = Policy {
-            allowed_upgrades: vec!["foo".into()],
-            ..Policy::default()
-        };
-        let err = translate_extended_connect(
-            &req,
-            "websocket",
-            &client(),
-            &policy,
-            &backend(),
-            &ForwardOptions::default(),
-        )
-        .unwrap_err();
-        assert_eq!(err.status, StatusCode::UPGRADE_REQUIRED);
     }
 }

@@ -1,10 +1,10 @@
 //! The reverse proxy core: from a parsed client request to a verified
 //! upstream upgrade and a tunnel.
 //!
-//! The connection front (listeners, TLS, HTTP/1.1 keep-alive, HTTP/2 and
-//! HTTP/3) reads the request head, routes it, and for a route whose target
-//! is an upstream group hands the connection to one entry point per client
-//! protocol:
+//! The fronts (HTTP/1.1, HTTP/2, HTTP/3) read the request head and ask the
+//! dispatcher, which applies the route's admission policy (Origin, caps,
+//! 426) and hands a proxied request over with the connection's slot in the
+//! caps. There is one entry point per client protocol:
 //!
 //! * [`proxy_h1`]: HTTP/1.1 clients. Takes the client stream, the parsed
 //!   request, the bytes the front read past the head (`leftover`, held
@@ -32,8 +32,8 @@
 //! Modules: [`forward`] (request rules), [`relay`] (one upstream attempt and
 //! the relay of non-101 answers), [`upstream`] (groups, balancing, health,
 //! connect), [`tunnel`] (transparent and frame-aware), [`copy`] (the
-//! transparent byte copy, no buffer while idle), [`limits`] (caps and
-//! Origin), [`metrics`] (Prometheus text).
+//! transparent byte copy, no buffer while idle), [`splice`] (the same
+//! through `splice(2)`), [`metrics`] (Prometheus text).
 //!
 //! Mode choice ([`tunnel_mode`], from the route's `tunnel` setting): with
 //! `auto`, frame-aware for websocket when the route sets `ping_interval` or
@@ -43,7 +43,6 @@
 
 pub mod copy;
 pub mod forward;
-pub mod limits;
 pub mod metrics;
 pub mod relay;
 pub mod splice;
@@ -55,75 +54,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use switchyard::client::MaybeTlsStream;
 use switchyard_proto::head;
 use switchyard_proto::Limits;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::config::{Policy, Route, RouteTarget, TunnelSetting};
+use crate::io::AsPlainTcp;
+
+use crate::admission::ConnectionGuard;
+use crate::config::{Policy, Protocol, Route, TunnelSetting};
+use crate::outcome::{Reason, Refusal};
 
 pub use forward::{ClientInfo, ForwardOptions, UpstreamRequest};
-pub use limits::{ConnectionGuard, ConnectionLimiter};
 pub use metrics::{Direction, Metrics};
 pub use relay::{ExchangeError, UpstreamAnswer};
-pub use splice::{AsPlainTcp, PlainTcp, SpliceMode};
+pub use splice::SpliceMode;
 pub use tunnel::{FrameAwareConfig, Spliced, TunnelEnd, TunnelReport};
 pub use upstream::{BackendLease, Group, Upstreams};
-
-/// An answer the gateway gives itself (not the upstream's): status, a
-/// fixed reason label, a human detail for the body and the log, extra
-/// headers (`Retry-After`, `Upgrade` for 426).
-///
-/// Kept small (no `HeaderMap`): it is the error type of every check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// The status.
-    pub status: StatusCode,
-    /// A fixed label for metrics.
-    pub reason: &'static str,
-    /// What happened and what to do, for the body.
-    pub detail: String,
-    /// Seconds for `Retry-After`.
-    pub retry_after: Option<u32>,
-    /// `Upgrade` header value (426 lists the allowed tokens).
-    pub upgrade: Option<String>,
-}
-
-impl Refusal {
-    /// A refusal without extra headers.
-    pub fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Self {
-        Refusal {
-            status,
-            reason,
-            detail: detail.into(),
-            retry_after: None,
-            upgrade: None,
-        }
-    }
-
-    /// With `Retry-After: secs`.
-    pub fn retry_after(mut self, secs: u32) -> Self {
-        self.retry_after = Some(secs);
-        self
-    }
-
-    /// The whole response (`Connection: close`, text body).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut extra = HeaderMap::new();
-        if let Some(u) = self
-            .upgrade
-            .as_deref()
-            .and_then(|u| HeaderValue::from_str(u).ok())
-        {
-            extra.insert(http::header::UPGRADE, u);
-        }
-        if let Some(s) = self.retry_after {
-            extra.insert(http::header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        head::simple_response(self.status, &extra, &format!("{}\n", self.detail))
-    }
-}
 
 /// How an attempt ended, for the one log line per upgrade attempt and the
 /// `upgrade_attempts_total{result, reason}` counter.
@@ -145,9 +93,8 @@ pub enum OutcomeKind {
 pub struct ProxyOutcome {
     /// The result.
     pub kind: OutcomeKind,
-    /// A fixed reason label (`origin`, `ip_full`, `upstream_status`,
-    /// `bad_accept`, `wrong_token`, `no_backend`, `switched`...).
-    pub reason: &'static str,
+    /// Why.
+    pub reason: Reason,
     /// Details for the log.
     pub detail: String,
     /// The backend used last, if any.
@@ -205,7 +152,7 @@ mod tests {
     }
 
     #[test]
-    fn context_from_config_keeps_metrics_and_limiter() {
+    fn context_from_config_keeps_the_metrics() {
         let cfg = crate::config::Config::from_toml_str(
             "[[listener]]\naddress = \"127.0.0.1:1\"\n\
              [[upstream]]\nname = \"chat\"\nservers = [\"ws://127.0.0.1:9\"]\n\
@@ -215,27 +162,12 @@ mod tests {
         )
         .unwrap();
         let metrics = Arc::new(Metrics::new());
-        let limiter = ConnectionLimiter::new();
-        let guard = limiter
-            .try_acquire("r", "10.0.0.1".parse().unwrap(), &Policy::default())
-            .unwrap();
-        let ctx = ProxyContext::from_config(&cfg, metrics.clone(), limiter.clone()).unwrap();
+        let ctx = ProxyContext::from_config(&cfg, metrics.clone()).unwrap();
         assert!(ctx.upstreams.get("chat").is_some());
         assert!(ctx.upstreams.get("other").is_none());
         assert_eq!(ctx.limits.max_headers, 7);
-        assert_eq!(ctx.limiter.route_count("r"), 1, "the same limiter");
         assert!(Arc::ptr_eq(&ctx.metrics, &metrics));
-        drop(guard);
         assert_eq!(route_label(&cfg.routes[0]), "a.example/ws");
-    }
-
-    #[test]
-    fn refusal_bytes() {
-        let r = Refusal::new(StatusCode::FORBIDDEN, "origin", "no").retry_after(3);
-        let text = String::from_utf8(r.to_bytes()).unwrap();
-        assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");
-        assert!(text.contains("retry-after: 3\r\n"), "{text}");
-        assert!(text.ends_with("\r\n\r\nno\n"), "{text}");
     }
 }
 
@@ -248,7 +180,7 @@ impl ProxyOutcome {
             OutcomeKind::BadGateway(_) => "bad_gateway",
             OutcomeKind::Tunneled(_) => "switched",
         };
-        (result, self.reason)
+        (result, self.reason.label())
     }
 
     fn refused(r: &Refusal) -> Self {
@@ -261,16 +193,14 @@ impl ProxyOutcome {
     }
 }
 
-/// Shared state of the proxy: upstream groups, metrics, connection caps,
-/// the protocol limits (`[limits]`).
+/// Shared state of the proxy: upstream groups, metrics, the protocol limits
+/// (`[limits]`).
 #[derive(Debug)]
 pub struct ProxyContext {
     /// The upstream groups.
     pub upstreams: Arc<Upstreams>,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
-    /// Per-route and per-IP caps (keep one across reloads).
-    pub limiter: ConnectionLimiter,
     /// `[limits]` of the configuration.
     pub limits: Limits,
     /// Largest relayed (non-101) upstream body.
@@ -283,7 +213,6 @@ impl ProxyContext {
         ProxyContext {
             upstreams,
             metrics,
-            limiter: ConnectionLimiter::new(),
             limits,
             max_relayed_body: relay::DEFAULT_MAX_BODY,
         }
@@ -293,20 +222,18 @@ impl ProxyContext {
 impl ProxyContext {
     /// The context for a configuration: its upstream groups (TLS with the
     /// system roots, webpki as fallback) and `[limits]`, reporting to
-    /// `metrics` and counting connections in `limiter`. On reload, build a
-    /// new context with the SAME `metrics` and `limiter` so that open
-    /// tunnels keep counting against the caps; existing tunnels keep their
-    /// old context (`Arc`) until they end.
+    /// `metrics`. On reload, build a new context with the SAME `metrics`;
+    /// existing tunnels keep their old context (`Arc`) until they end.
     pub fn from_config(
         cfg: &crate::config::Config,
         metrics: Arc<Metrics>,
-        limiter: ConnectionLimiter,
     ) -> Result<Self, switchyard::Error> {
         let upstreams = Upstreams::from_config(&cfg.upstreams, Some(metrics.clone()))?;
-        Ok(ProxyContext {
-            limiter,
-            ..ProxyContext::new(Arc::new(upstreams), metrics, cfg.limits.clone())
-        })
+        Ok(ProxyContext::new(
+            Arc::new(upstreams),
+            metrics,
+            cfg.limits.clone(),
+        ))
     }
 }
 
@@ -317,6 +244,18 @@ pub fn route_label(route: &Route) -> String {
         Some(h) => format!("{h}{}", route.path),
         None => route.path.clone(),
     }
+}
+
+/// The route a request is proxied on: its configuration, its metrics
+/// label, and its generation's upstream groups and metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyRoute<'a> {
+    /// The route (policy, upstream group name).
+    pub config: &'a Route,
+    /// The metrics label.
+    pub label: &'a str,
+    /// Upstream groups, metrics, `[limits]`.
+    pub ctx: &'a ProxyContext,
 }
 
 /// The two tunnel modes.
@@ -396,8 +335,8 @@ pub enum AttemptResult {
     Failed {
         /// 502 or 504.
         status: StatusCode,
-        /// The label.
-        reason: &'static str,
+        /// Why.
+        reason: Reason,
         /// Details.
         detail: String,
         /// The last backend tried.
@@ -417,7 +356,7 @@ pub async fn upstream_upgrade(
     max_body: usize,
     mut build: impl FnMut(&crate::config::Backend) -> Result<UpstreamRequest, Refusal>,
 ) -> Result<AttemptResult, Refusal> {
-    let mut last: Option<(StatusCode, &'static str, String, String)> = None;
+    let mut last: Option<(StatusCode, Reason, String, String)> = None;
     for state in group.attempt_order() {
         let name = state.backend.url.to_string();
         let sent = build(&state.backend)?;
@@ -428,7 +367,7 @@ pub async fn upstream_upgrade(
                 group.record_failure(&state);
                 last = Some((
                     StatusCode::BAD_GATEWAY,
-                    "connect_failed",
+                    Reason::ConnectFailed,
                     e.to_string(),
                     name,
                 ));
@@ -474,7 +413,7 @@ pub async fn upstream_upgrade(
             Err(e) => {
                 group.record_failure(&state);
                 let retry = e.retryable();
-                last = Some((e.status(), e.label(), e.to_string(), name));
+                last = Some((e.status(), e.reason(), e.to_string(), name));
                 if !retry {
                     break;
                 }
@@ -490,7 +429,7 @@ pub async fn upstream_upgrade(
         },
         None => AttemptResult::Failed {
             status: StatusCode::BAD_GATEWAY,
-            reason: "no_backend",
+            reason: Reason::NoBackend,
             detail: "the upstream group has no backend".into(),
             backend: None,
         },
@@ -505,13 +444,9 @@ pub async fn upstream_upgrade(
 /// status, whose body is not relayed) its `Ok` value is dropped.
 #[allow(clippy::too_many_arguments)]
 pub async fn proxy_extended_connect<S, F, Fut>(
-    req: Request<()>,
-    connect_protocol: &str,
-    client_info: ClientInfo,
-    protocol: &'static str,
-    route: &Route,
-    route_name: &str,
-    ctx: &ProxyContext,
+    req: ExtendedConnect,
+    route: ProxyRoute<'_>,
+    slot: ConnectionGuard,
     respond: F,
     shutdown: impl Future<Output = ()>,
 ) -> ProxyOutcome
@@ -520,27 +455,17 @@ where
     F: FnOnce(Response<()>) -> Fut,
     Fut: Future<Output = std::io::Result<S>>,
 {
-    let (outcome, error_response) = extended_connect_inner(
-        &req,
-        connect_protocol,
-        client_info,
-        protocol,
-        route,
-        route_name,
-        ctx,
-        respond,
-        shutdown,
-    )
-    .await;
+    let (outcome, error_response) =
+        extended_connect_inner(&req, route, slot, respond, shutdown).await;
     if let Some((respond, resp)) = error_response {
         let _ = respond(resp).await;
     }
     let (result, reason) = outcome.labels();
-    ctx.metrics.upgrade_attempt(result, reason);
+    route.ctx.metrics.upgrade_attempt(result, reason);
     tracing::info!(
-        client = %client_info.addr,
-        route = route_name,
-        protocol,
+        client = %req.client.addr,
+        route = route.label,
+        protocol = req.protocol.label(),
         upstream = outcome.backend.as_deref().unwrap_or("-"),
         result,
         reason,
@@ -550,14 +475,23 @@ where
     outcome
 }
 
-fn status_response(status: StatusCode, retry_after: Option<u32>) -> Response<()> {
+fn status_response(status: StatusCode) -> Response<()> {
     let mut resp = Response::new(());
     *resp.status_mut() = status;
-    if let Some(s) = retry_after {
-        resp.headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(s));
-    }
     resp
+}
+
+/// An HTTP/2 or HTTP/3 extended CONNECT to proxy.
+#[derive(Debug)]
+pub struct ExtendedConnect {
+    /// The request: `:authority` and `:path` in its URI.
+    pub head: Request<()>,
+    /// Its `:protocol`.
+    pub connect_protocol: String,
+    /// Where it came from.
+    pub client: ClientInfo,
+    /// HTTP/2 or HTTP/3.
+    pub protocol: Protocol,
 }
 
 fn empty_report(end: TunnelEnd) -> TunnelReport {
@@ -575,13 +509,9 @@ fn empty_report(end: TunnelEnd) -> TunnelReport {
 /// the client must get an error status, `respond` with that response.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 async fn extended_connect_inner<S, F, Fut>(
-    req: &Request<()>,
-    connect_protocol: &str,
-    client_info: ClientInfo,
-    protocol: &'static str,
-    route: &Route,
-    route_name: &str,
-    ctx: &ProxyContext,
+    req: &ExtendedConnect,
+    route: ProxyRoute<'_>,
+    slot: ConnectionGuard,
     respond: F,
     shutdown: impl Future<Output = ()>,
 ) -> (ProxyOutcome, Option<(F, Response<()>)>)
@@ -590,36 +520,15 @@ where
     F: FnOnce(Response<()>) -> Fut,
     Fut: Future<Output = std::io::Result<S>>,
 {
-    let policy = &route.policy;
-    let refuse = |r: Refusal, respond: F| {
-        let resp = status_response(r.status, r.retry_after);
-        (ProxyOutcome::refused(&r), Some((respond, resp)))
-    };
-    let group_name = match route.target() {
-        RouteTarget::Upstream(name) => name,
-        RouteTarget::App(_) => {
-            let r = Refusal::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "not_proxied",
-                "this route serves a built-in app, not an upstream",
-            );
-            return refuse(r, respond);
-        }
-    };
-    if let Err(r) = limits::check_origin(req.headers(), policy) {
-        return refuse(r, respond);
-    }
-    let _slot = match ctx
-        .limiter
-        .try_acquire(route_name, client_info.addr.ip(), policy)
-    {
-        Ok(g) => g,
-        Err(r) => return refuse(r, respond),
-    };
+    let ctx = route.ctx;
+    let policy = &route.config.policy;
+    let refuse =
+        |r: Refusal, respond: F| (ProxyOutcome::refused(&r), Some((respond, r.to_response())));
+    let group_name = route.config.upstream.as_deref().unwrap_or_default();
     let Some(group) = ctx.upstreams.get(group_name) else {
         let r = Refusal::new(
             StatusCode::BAD_GATEWAY,
-            "unknown_upstream",
+            Reason::UnknownUpstream,
             format!("upstream group {group_name} is not configured"),
         );
         return refuse(r, respond);
@@ -629,10 +538,9 @@ where
     };
     let attempt = upstream_upgrade(group, &ctx.limits, ctx.max_relayed_body, |backend| {
         forward::translate_extended_connect(
-            req,
-            connect_protocol,
-            &client_info,
-            policy,
+            &req.head,
+            &req.connect_protocol,
+            &req.client,
             backend,
             &opts,
         )
@@ -647,11 +555,11 @@ where
             let status = response.status();
             let outcome = ProxyOutcome {
                 kind: OutcomeKind::Relayed(status),
-                reason: "upstream_status",
+                reason: Reason::UpstreamStatus,
                 detail: format!("the upstream answered {status}"),
                 backend: Some(backend),
             };
-            return (outcome, Some((respond, status_response(status, None))));
+            return (outcome, Some((respond, status_response(status))));
         }
         Ok(AttemptResult::Failed {
             status,
@@ -665,7 +573,7 @@ where
                 detail,
                 backend,
             };
-            return (outcome, Some((respond, status_response(status, None))));
+            return (outcome, Some((respond, status_response(status))));
         }
     };
     let mode = tunnel_mode(policy, &up.token);
@@ -676,11 +584,11 @@ where
             Err(why) => {
                 let outcome = ProxyOutcome {
                     kind: OutcomeKind::BadGateway(StatusCode::BAD_GATEWAY),
-                    reason: "bad_extensions",
+                    reason: Reason::BadExtensions,
                     detail: why,
                     backend: Some(backend),
                 };
-                let resp = status_response(StatusCode::BAD_GATEWAY, None);
+                let resp = status_response(StatusCode::BAD_GATEWAY);
                 return (outcome, Some((respond, resp)));
             }
         }
@@ -699,20 +607,22 @@ where
         Err(e) => {
             let outcome = ProxyOutcome {
                 kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::Io(e.to_string()))),
-                reason: "switched",
+                reason: Reason::Switched,
                 detail: format!("sending the 200 failed: {e}"),
                 backend: Some(backend),
             };
             return (outcome, None);
         }
     };
-    let _open = ctx.metrics.open_connection(route_name, protocol);
+    let _open = ctx
+        .metrics
+        .open_connection(route.label, req.protocol.label());
     let report = match mode {
         TunnelMode::Transparent => {
             if !up_leftover.is_empty() && stream.write_all(&up_leftover).await.is_err() {
                 let outcome = ProxyOutcome {
                     kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::ClientGone)),
-                    reason: "switched",
+                    reason: Reason::Switched,
                     detail: "the client stream closed".into(),
                     backend: Some(backend),
                 };
@@ -735,18 +645,18 @@ where
             .await
         }
     };
-    drop(lease);
-    (finish_tunnel(ctx, route_name, mode, report, backend), None)
+    drop((lease, slot));
+    (finish_tunnel(route, mode, report, backend), None)
 }
 
 fn finish_tunnel(
-    ctx: &ProxyContext,
-    route_name: &str,
+    route: ProxyRoute<'_>,
     mode: TunnelMode,
     report: TunnelReport,
     backend: String,
 ) -> ProxyOutcome {
-    let m = &ctx.metrics;
+    let m = &route.ctx.metrics;
+    let route_name = route.label;
     m.add_bytes(
         route_name,
         Direction::ClientToUpstream,
@@ -771,7 +681,7 @@ fn finish_tunnel(
     ProxyOutcome {
         detail: format!("tunnel ({mode:?}) ended: {}", report.end.label()),
         kind: OutcomeKind::Tunneled(report),
-        reason: "switched",
+        reason: Reason::Switched,
         backend: Some(backend),
     }
 }
@@ -789,32 +699,29 @@ impl tunnel::TunnelObserver for MetricsObserver {
     }
 }
 
-/// Proxy one HTTP/1.1 request on `route` (whose target must be an
-/// upstream group): Origin policy (403), caps (429 / 503 with
-/// Retry-After), forwarding rules, the attempt loop, then the 101 and the
-/// tunnel, the relayed answer, or 502 / 504. `leftover` (bytes the client
-/// sent after its head) reaches the upstream only after a verified 101.
-/// `route_name` labels metrics (e.g. the route's path).
+/// Proxy one admitted HTTP/1.1 request on `route` (its `slot` in the
+/// route's caps held until the connection ends): forwarding rules, the
+/// attempt loop, then the 101 and the tunnel, the relayed answer, or 502 /
+/// 504. `leftover` (bytes the client sent after its head) reaches the
+/// upstream only after a verified 101.
 ///
 /// [`start_h1`] and [`H1Tunnel::run`] in one call; a front that wants the
 /// tunnel in a task of its own (without the front's state) calls them apart.
-#[allow(clippy::too_many_arguments)]
 pub async fn proxy_h1<C>(
     client: C,
     req: Request<()>,
     leftover: BytesMut,
     client_info: ClientInfo,
-    route: &Route,
-    route_name: &str,
-    ctx: &ProxyContext,
+    route: ProxyRoute<'_>,
+    slot: ConnectionGuard,
     shutdown: impl Future<Output = ()>,
 ) -> ProxyOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin + AsPlainTcp,
 {
-    match start_h1(client, req, leftover, client_info, route, route_name, ctx).await {
+    match start_h1(client, req, leftover, client_info, route, slot).await {
         H1Start::Done(outcome) => outcome,
-        H1Start::Tunnel(mut t) => t.run(route, route_name, ctx, shutdown).await,
+        H1Start::Tunnel(mut t) => t.run(route, shutdown).await,
     }
 }
 
@@ -871,9 +778,8 @@ pub async fn start_h1<C>(
     req: Request<()>,
     leftover: BytesMut,
     client_info: ClientInfo,
-    route: &Route,
-    route_name: &str,
-    ctx: &ProxyContext,
+    route: ProxyRoute<'_>,
+    slot: ConnectionGuard,
 ) -> H1Start<C>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -886,13 +792,12 @@ where
         leftover,
         client_info,
         route,
-        route_name,
-        ctx,
+        slot,
     ))
     .await;
     match start {
         Handshake::Done(outcome) => {
-            report_h1(ctx, client_info.addr, route_name, &outcome);
+            report_h1(route, client_info.addr, &outcome);
             H1Start::Done(outcome)
         }
         Handshake::Switched(s) => H1Start::Tunnel(H1Tunnel {
@@ -929,17 +834,15 @@ where
     /// [`H1Tunnel::mode`]) instead: each task is then sized for its mode.
     pub async fn run(
         &mut self,
-        route: &Route,
-        route_name: &str,
-        ctx: &ProxyContext,
+        route: ProxyRoute<'_>,
         shutdown: impl Future<Output = ()>,
     ) -> ProxyOutcome {
         match self.mode() {
-            TunnelMode::Transparent => self.run_transparent(route, route_name, ctx, shutdown).await,
+            TunnelMode::Transparent => self.run_transparent(route, shutdown).await,
             // Boxed: the frame-aware state is larger than the transparent one.
             TunnelMode::FrameAware => {
                 let shutdown = std::pin::pin!(shutdown);
-                Box::pin(self.run_frame_aware(route_name, ctx, shutdown)).await
+                Box::pin(self.run_frame_aware(route, shutdown)).await
             }
         }
     }
@@ -947,13 +850,14 @@ where
     /// [`H1Tunnel::run`] for a transparent tunnel.
     pub async fn run_transparent(
         &mut self,
-        route: &Route,
-        route_name: &str,
-        ctx: &ProxyContext,
+        route: ProxyRoute<'_>,
         shutdown: impl Future<Output = ()>,
     ) -> ProxyOutcome {
-        let _open = ctx.metrics.open_connection(route_name, "h1");
-        let idle = route.policy.idle_timeout;
+        let ctx = route.ctx;
+        let _open = ctx
+            .metrics
+            .open_connection(route.label, Protocol::H1.label());
+        let idle = route.config.policy.idle_timeout;
         // Plain TCP on both sides: the copy bypasses the streams (and may
         // splice); else (TLS) through them.
         let (report, spliced) = match (self.client.as_plain_tcp(), self.upstream.as_plain_tcp()) {
@@ -967,20 +871,26 @@ where
             }
         };
         let m = &ctx.metrics;
-        m.add_spliced(route_name, Direction::ClientToUpstream, spliced.to_upstream);
-        m.add_spliced(route_name, Direction::UpstreamToClient, spliced.to_client);
-        self.finish(ctx, route_name, TunnelMode::Transparent, report)
+        m.add_spliced(
+            route.label,
+            Direction::ClientToUpstream,
+            spliced.to_upstream,
+        );
+        m.add_spliced(route.label, Direction::UpstreamToClient, spliced.to_client);
+        self.finish(route, TunnelMode::Transparent, report)
     }
 
     /// [`H1Tunnel::run`] for a frame-aware tunnel (a transparent one when
     /// the tunnel has no frame-aware settings).
     pub async fn run_frame_aware(
         &mut self,
-        route_name: &str,
-        ctx: &ProxyContext,
+        route: ProxyRoute<'_>,
         shutdown: impl Future<Output = ()> + Unpin,
     ) -> ProxyOutcome {
-        let _open = ctx.metrics.open_connection(route_name, "h1");
+        let ctx = route.ctx;
+        let _open = ctx
+            .metrics
+            .open_connection(route.label, Protocol::H1.label());
         // The settings and leftovers are used (and freed, with their box)
         // before the tunnel runs: an idle tunnel does not hold them.
         let (cfg, client_leftover, upstream_leftover) = match self.frame_aware.take() {
@@ -992,7 +902,7 @@ where
                 let idle = Duration::MAX;
                 let report =
                     tunnel::transparent(&mut self.client, &mut self.upstream, idle, shutdown).await;
-                return self.finish(ctx, route_name, TunnelMode::Transparent, report);
+                return self.finish(route, TunnelMode::Transparent, report);
             }
         };
         let tunnel = tunnel::frame_aware(
@@ -1006,35 +916,29 @@ where
         );
         drop(cfg);
         let report = tunnel.await;
-        self.finish(ctx, route_name, TunnelMode::FrameAware, report)
+        self.finish(route, TunnelMode::FrameAware, report)
     }
 
     fn finish(
         &mut self,
-        ctx: &ProxyContext,
-        route_name: &str,
+        route: ProxyRoute<'_>,
         mode: TunnelMode,
         report: TunnelReport,
     ) -> ProxyOutcome {
         let backend = std::mem::take(&mut self.backend);
-        let outcome = finish_tunnel(ctx, route_name, mode, report, backend);
-        report_h1(ctx, self.client_addr, route_name, &outcome);
+        let outcome = finish_tunnel(route, mode, report, backend);
+        report_h1(route, self.client_addr, &outcome);
         outcome
     }
 }
 
 /// The attempt's counter and log line.
-fn report_h1(
-    ctx: &ProxyContext,
-    client: std::net::SocketAddr,
-    route_name: &str,
-    outcome: &ProxyOutcome,
-) {
+fn report_h1(route: ProxyRoute<'_>, client: std::net::SocketAddr, outcome: &ProxyOutcome) {
     let (result, reason) = outcome.labels();
-    ctx.metrics.upgrade_attempt(result, reason);
+    route.ctx.metrics.upgrade_attempt(result, reason);
     tracing::info!(
         client = %client,
-        route = route_name,
+        route = route.label,
         upstream = outcome.backend.as_deref().unwrap_or("-"),
         result,
         reason,
@@ -1057,51 +961,26 @@ enum Handshake {
     Switched(Switched),
 }
 
-/// Everything before the tunnel: Origin, caps, the upstream attempt loop,
-/// the 101 (or the refusal / relayed answer) to the client.
+/// Everything before the tunnel: the upstream attempt loop, the 101 (or the
+/// refusal / relayed answer) to the client.
 async fn h1_handshake<C>(
     client: &mut C,
     req: Request<()>,
     leftover: BytesMut,
     client_info: ClientInfo,
-    route: &Route,
-    route_name: &str,
-    ctx: &ProxyContext,
+    route: ProxyRoute<'_>,
+    slot: ConnectionGuard,
 ) -> Handshake
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let policy = &route.policy;
-    let group_name = match route.target() {
-        RouteTarget::Upstream(name) => name,
-        RouteTarget::App(_) => {
-            let r = Refusal::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "not_proxied",
-                "this route serves a built-in app, not an upstream",
-            );
-            answer(client, &r).await;
-            return Handshake::Done(ProxyOutcome::refused(&r));
-        }
-    };
-    if let Err(r) = limits::check_origin(req.headers(), policy) {
-        answer(client, &r).await;
-        return Handshake::Done(ProxyOutcome::refused(&r));
-    }
-    let slot = match ctx
-        .limiter
-        .try_acquire(route_name, client_info.addr.ip(), policy)
-    {
-        Ok(g) => g,
-        Err(r) => {
-            answer(client, &r).await;
-            return Handshake::Done(ProxyOutcome::refused(&r));
-        }
-    };
+    let ctx = route.ctx;
+    let policy = &route.config.policy;
+    let group_name = route.config.upstream.as_deref().unwrap_or_default();
     let Some(group) = ctx.upstreams.get(group_name) else {
         let r = Refusal::new(
             StatusCode::BAD_GATEWAY,
-            "unknown_upstream",
+            Reason::UnknownUpstream,
             format!("upstream group {group_name} is not configured"),
         );
         answer(client, &r).await;
@@ -1148,13 +1027,13 @@ where
             let _ = client.shutdown().await;
             Handshake::Done(ProxyOutcome {
                 kind: OutcomeKind::Relayed(response.status()),
-                reason: "upstream_status",
+                reason: Reason::UpstreamStatus,
                 detail: format!("the upstream answered {}", response.status()),
                 backend: Some(backend),
             })
         }
         AttemptResult::Upgraded(up, backend) => {
-            switch_h1(client, up, backend, leftover, slot, route, ctx).await
+            switch_h1(client, up, backend, leftover, slot, route).await
         }
     }
 }
@@ -1167,13 +1046,13 @@ async fn switch_h1<C>(
     backend: String,
     leftover: BytesMut,
     slot: ConnectionGuard,
-    route: &Route,
-    ctx: &ProxyContext,
+    route: ProxyRoute<'_>,
 ) -> Handshake
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let policy = &route.policy;
+    let ctx = route.ctx;
+    let policy = &route.config.policy;
     let Upgraded {
         stream: mut upstream,
         response,
@@ -1188,7 +1067,7 @@ where
         match tunnel::deflate_params(&response) {
             Ok(p) => cfg.deflate = p,
             Err(why) => {
-                let r = Refusal::new(StatusCode::BAD_GATEWAY, "bad_extensions", why);
+                let r = Refusal::new(StatusCode::BAD_GATEWAY, Reason::BadExtensions, why);
                 answer(client, &r).await;
                 return Handshake::Done(ProxyOutcome {
                     kind: OutcomeKind::BadGateway(r.status),
@@ -1222,7 +1101,7 @@ where
     if let Err(e) = written {
         return Handshake::Done(ProxyOutcome {
             kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::Io(e.to_string()))),
-            reason: "switched",
+            reason: Reason::Switched,
             detail: format!("writing the 101 failed: {e}"),
             backend: Some(backend),
         });

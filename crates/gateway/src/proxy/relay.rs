@@ -30,6 +30,7 @@ use switchyard_proto::Limits;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::forward::{strip_hop_by_hop, verify_switch, SwitchError, UpstreamRequest};
+use crate::outcome::Reason;
 
 /// Default cap of a relayed (non-101) response body.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -95,17 +96,17 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
-    /// A fixed label for metrics and logs.
-    pub fn label(&self) -> &'static str {
+    /// Why, for metrics and logs.
+    pub fn reason(&self) -> Reason {
         match self {
-            ExchangeError::Io(_) => "upstream_io",
-            ExchangeError::Eof { .. } => "upstream_eof",
-            ExchangeError::Timeout(_) => "upstream_timeout",
-            ExchangeError::Head(_) => "upstream_garbage",
-            ExchangeError::Switch(e) => e.label(),
-            ExchangeError::BodyTooLarge { .. } => "upstream_body_too_large",
-            ExchangeError::Body(_) => "upstream_bad_body",
-            ExchangeError::TooManyInterim => "upstream_interim",
+            ExchangeError::Io(_) => Reason::UpstreamIo,
+            ExchangeError::Eof { .. } => Reason::UpstreamEof,
+            ExchangeError::Timeout(_) => Reason::UpstreamTimeout,
+            ExchangeError::Head(_) => Reason::UpstreamGarbage,
+            ExchangeError::Switch(e) => e.reason(),
+            ExchangeError::BodyTooLarge { .. } => Reason::UpstreamBodyTooLarge,
+            ExchangeError::Body(_) => Reason::UpstreamBadBody,
+            ExchangeError::TooManyInterim => Reason::UpstreamInterim,
         }
     }
 
@@ -539,7 +540,7 @@ mod tests {
         let e = answer(b"SSH-2.0-OpenSSH\r\n\r\n", &plain())
             .await
             .unwrap_err();
-        assert_eq!(e.label(), "upstream_garbage");
+        assert_eq!(e.reason(), Reason::UpstreamGarbage);
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
         let e = answer(
             b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
@@ -549,7 +550,7 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, ExchangeError::Body(_)));
         let e = answer(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n", &plain()).await.unwrap_err();
-        assert_eq!(e.label(), "unrequested_101");
+        assert_eq!(e.reason(), Reason::Unrequested101);
         let e = answer(b"HTTP/1.1 200", &plain()).await.unwrap_err();
         assert!(matches!(e, ExchangeError::Eof { .. }));
     }

@@ -31,76 +31,13 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 
+use std::sync::atomic::Ordering;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
-/// A stream that may be bypassed: its bytes are a plain TCP socket's.
-pub trait AsPlainTcp {
-    /// The socket, when reading and writing it directly is the same as
-    /// reading and writing `self` (no TLS, no framing, nothing buffered
-    /// above it), with the byte counters `self` keeps, which whoever
-    /// bypasses it must update. `None`: use `self`'s `AsyncRead` and
-    /// `AsyncWrite`.
-    fn as_plain_tcp(&mut self) -> Option<PlainTcp<'_>>;
-}
-
-/// A plain TCP socket under a stream, and that stream's byte counters.
-#[derive(Debug)]
-pub struct PlainTcp<'a> {
-    /// The socket.
-    pub tcp: &'a mut TcpStream,
-    /// Counts the bytes read from the stream, if it does.
-    pub read: Option<&'a AtomicU64>,
-    /// Counts the bytes written to the stream, if it does.
-    pub written: Option<&'a AtomicU64>,
-}
-
-impl PlainTcp<'_> {
-    /// The socket alone, no counters.
-    pub fn bare(tcp: &mut TcpStream) -> PlainTcp<'_> {
-        PlainTcp {
-            tcp,
-            read: None,
-            written: None,
-        }
-    }
-
-    fn count_read(&self, n: usize) {
-        if let Some(c) = self.read {
-            c.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    }
-
-    fn count_written(&self, n: usize) {
-        if let Some(c) = self.written {
-            c.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-impl AsPlainTcp for TcpStream {
-    fn as_plain_tcp(&mut self) -> Option<PlainTcp<'_>> {
-        Some(PlainTcp::bare(self))
-    }
-}
-
-impl AsPlainTcp for switchyard::MaybeTlsStream {
-    fn as_plain_tcp(&mut self) -> Option<PlainTcp<'_>> {
-        match self {
-            switchyard::MaybeTlsStream::Plain(s) => Some(PlainTcp::bare(s)),
-            _ => None,
-        }
-    }
-}
-
-impl<T: AsPlainTcp + ?Sized> AsPlainTcp for &mut T {
-    fn as_plain_tcp(&mut self) -> Option<PlainTcp<'_>> {
-        (**self).as_plain_tcp()
-    }
-}
+use crate::io::PlainTcp;
 
 /// When a direction between two plain TCP sockets splices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -361,7 +298,7 @@ mod pipe {
 
     /// A pipe: read end, write end.
     #[derive(Debug)]
-    pub struct Pipe {
+    pub(super) struct Pipe {
         r: OwnedFd,
         w: OwnedFd,
     }
@@ -371,7 +308,7 @@ mod pipe {
     }
 
     /// An empty pipe: from this thread's pool, or a new one.
-    pub fn take() -> io::Result<Pipe> {
+    pub(super) fn take() -> io::Result<Pipe> {
         if let Some(p) = EMPTY.with(|e| e.borrow_mut().pop()) {
             return Ok(p);
         }
@@ -390,12 +327,12 @@ mod pipe {
 
     /// Pipes in this thread's pool.
     #[cfg(test)]
-    pub fn pooled() -> usize {
+    pub(super) fn pooled() -> usize {
         EMPTY.with(|e| e.borrow().len())
     }
 
     /// Give an empty pipe back (closed when the pool is full).
-    pub fn give_back(p: Pipe) {
+    pub(super) fn give_back(p: Pipe) {
         // `try_with`: during thread teardown the pool may be gone; the
         // pipe is then closed.
         let _ = EMPTY.try_with(|e| {
@@ -428,7 +365,7 @@ mod pipe {
     /// Socket -> pipe (which must be empty): bytes moved, 0 at EOF.
     /// EAGAIN means the socket has nothing (the pipe is empty, so it is not
     /// full).
-    pub fn poll_splice_in(
+    pub(super) fn poll_splice_in(
         cx: &mut Context<'_>,
         src: &TcpStream,
         p: &Pipe,
@@ -447,7 +384,7 @@ mod pipe {
     /// Pipe -> socket, at most `len` (the bytes in the pipe). EAGAIN means
     /// the socket's send buffer is full (the pipe holds `len` bytes, so it
     /// is not empty).
-    pub fn poll_splice_out(
+    pub(super) fn poll_splice_out(
         cx: &mut Context<'_>,
         dst: &TcpStream,
         p: &Pipe,
@@ -502,13 +439,13 @@ mod pipe {
     #[derive(Debug)]
     pub enum Pipe {}
 
-    pub fn take() -> io::Result<Pipe> {
+    pub(super) fn take() -> io::Result<Pipe> {
         Err(io::ErrorKind::Unsupported.into())
     }
-    pub fn give_back(p: Pipe) {
+    pub(super) fn give_back(p: Pipe) {
         match p {}
     }
-    pub fn poll_splice_in(
+    pub(super) fn poll_splice_in(
         _: &mut Context<'_>,
         _: &TcpStream,
         p: &Pipe,
@@ -516,7 +453,7 @@ mod pipe {
     ) -> Poll<io::Result<usize>> {
         match *p {}
     }
-    pub fn poll_splice_out(
+    pub(super) fn poll_splice_out(
         _: &mut Context<'_>,
         _: &TcpStream,
         p: &Pipe,
@@ -544,6 +481,7 @@ mod tests {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use tokio::net::TcpStream;
 
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

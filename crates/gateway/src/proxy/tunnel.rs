@@ -73,7 +73,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::copy::{copy_both_ways, Half};
-use super::splice::{PlainTcp, SpliceMode, TcpHalf};
+use super::splice::{SpliceMode, TcpHalf};
+use crate::io::PlainTcp;
 
 /// How the tunnel ended (a fixed label each, for metrics and logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,7 +276,7 @@ pub struct Spliced {
 }
 
 /// [`transparent`] on the plain TCP sockets under both streams (from
-/// [`super::splice::AsPlainTcp`]; the caller takes [`transparent`] when a side has none):
+/// [`crate::io::AsPlainTcp`]; the caller takes [`transparent`] when a side has none):
 /// bursts through `splice(2)` on Linux as `mode` says ([`super::splice`]).
 /// The streams' byte counters ([`PlainTcp`]) are kept up to date.
 pub async fn transparent_tcp(

@@ -1,6 +1,7 @@
-//! Admission control before any upstream is contacted: the `Origin` policy
-//! (403), the per-route connection cap (503) and the per-client-IP cap (429),
-//! both with `Retry-After`.
+//! Admission of a request on a route, before an app or an upstream sees it:
+//! the `Origin` policy (403), the per-route connection cap (503) and the
+//! per-client-IP cap (429), both with `Retry-After`. Applied by the
+//! dispatcher, once, for every kind of route.
 //!
 //! A [`ConnectionGuard`] holds one slot and gives it back when dropped, so a
 //! tunnel that ends by any path (error, panic, cancellation) frees its slot.
@@ -14,8 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use http::{HeaderMap, StatusCode};
 
 use crate::config::Policy;
-
-use super::Refusal;
+use crate::outcome::{Reason, Refusal};
 
 /// Seconds advertised in `Retry-After` when a cap is reached.
 pub const RETRY_AFTER_SECS: u32 = 5;
@@ -39,9 +39,15 @@ pub struct ConnectionLimiter {
     counts: Arc<Mutex<Counts>>,
 }
 
-/// One admitted connection; dropping it frees the slot.
+/// One admitted connection; dropping it frees the slot. On a route without
+/// caps it holds nothing (nothing is counted, nothing is locked).
 #[derive(Debug)]
 pub struct ConnectionGuard {
+    _slot: Option<Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
     counts: Arc<Mutex<Counts>>,
     route: String,
     ip: IpAddr,
@@ -66,13 +72,16 @@ impl ConnectionLimiter {
         ip: IpAddr,
         policy: &Policy,
     ) -> Result<ConnectionGuard, Refusal> {
+        if policy.max_connections.is_none() && policy.max_connections_per_ip.is_none() {
+            return Ok(ConnectionGuard { _slot: None });
+        }
         let mut counts = lock(&self.counts);
         let entry = counts.routes.entry(route.to_string()).or_default();
         if let Some(max) = policy.max_connections {
             if entry.total >= max {
                 let refusal = Refusal::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "route_full",
+                    Reason::RouteFull,
                     format!(
                         "route {route} has its maximum of {max} connections open; try again later"
                     ),
@@ -87,7 +96,7 @@ impl ConnectionLimiter {
             if per_ip >= max {
                 return Err(Refusal::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "ip_full",
+                    Reason::IpFull,
                     format!("{ip} already has {max} connections open on route {route}, the most allowed per client; close one or try again later"),
                 )
                 .retry_after(RETRY_AFTER_SECS));
@@ -96,13 +105,15 @@ impl ConnectionLimiter {
         entry.total += 1;
         *entry.per_ip.entry(ip).or_insert(0) += 1;
         Ok(ConnectionGuard {
-            counts: self.counts.clone(),
-            route: route.to_string(),
-            ip,
+            _slot: Some(Slot {
+                counts: self.counts.clone(),
+                route: route.to_string(),
+                ip,
+            }),
         })
     }
 
-    /// Connections open on `route` now.
+    /// Connections open on `route` now (counted on routes with a cap).
     pub fn route_count(&self, route: &str) -> u32 {
         lock(&self.counts).routes.get(route).map_or(0, |r| r.total)
     }
@@ -128,7 +139,7 @@ fn drop_if_empty(counts: &mut Counts, route: &str) {
     }
 }
 
-impl Drop for ConnectionGuard {
+impl Drop for Slot {
     fn drop(&mut self) {
         let mut counts = lock(&self.counts);
         if let Some(r) = counts.routes.get_mut(&self.route) {
@@ -157,7 +168,7 @@ pub fn check_origin(headers: &HeaderMap, policy: &Policy) -> Result<(), Refusal>
     let forbidden = |shown: &str| {
         Refusal::new(
             StatusCode::FORBIDDEN,
-            "origin",
+            Reason::Origin,
             format!("Origin {shown} is not allowed on this route (see allowed_origins)"),
         )
     };
@@ -196,7 +207,10 @@ mod tests {
         let _g2 = l.try_acquire("r", a, &p).unwrap();
         let err = l.try_acquire("r", a, &p).unwrap_err();
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(err.retry_after, Some(RETRY_AFTER_SECS));
+        assert_eq!(
+            err.headers[http::header::RETRY_AFTER],
+            RETRY_AFTER_SECS.to_string()
+        );
         // Another IP is not affected, another route neither.
         let _g3 = l.try_acquire("r", b, &p).unwrap();
         let _g4 = l.try_acquire("other", a, &p).unwrap();
@@ -223,15 +237,15 @@ mod tests {
     }
 
     #[test]
-    fn no_caps_admit_everything() {
+    fn no_caps_admit_everything_and_count_nothing() {
         let l = ConnectionLimiter::new();
         let p = Policy::default();
         let guards: Vec<_> = (0..100)
             .map(|_| l.try_acquire("r", "10.0.0.1".parse().unwrap(), &p).unwrap())
             .collect();
-        assert_eq!(l.route_count("r"), 100);
-        drop(guards);
+        assert_eq!(l.route_count("r"), 0);
         assert_eq!(l.tracked_routes(), 0);
+        drop(guards);
     }
 
     #[test]

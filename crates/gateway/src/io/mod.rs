@@ -11,6 +11,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+mod plain;
+#[cfg(target_os = "linux")]
+pub mod uring;
+
+pub use plain::{AsPlainTcp, PlainTcp};
+
 /// A server-side connection: cleartext TCP or TLS over TCP.
 #[derive(Debug)]
 pub enum ServerIo {
@@ -18,12 +24,28 @@ pub enum ServerIo {
     Plain(TcpStream),
     /// TLS (from the listener, or after an RFC 2817 upgrade).
     Tls(Box<TlsStream<TcpStream>>),
-    /// Cleartext TCP driven by io_uring ([`ServeConfig::io_uring`](crate::ServeConfig::io_uring)).
+    /// Cleartext TCP driven by io_uring (`[runtime] io_uring`).
     #[cfg(target_os = "linux")]
-    Uring(crate::uring::UringStream),
+    Uring(uring::UringStream),
 }
 
 impl ServerIo {
+    /// The peer's address (`0.0.0.0:0` when the socket cannot tell).
+    pub fn peer_addr(&self) -> std::net::SocketAddr {
+        let tcp = match self {
+            ServerIo::Plain(t) => t,
+            ServerIo::Tls(t) => t.get_ref().0,
+            #[cfg(target_os = "linux")]
+            ServerIo::Uring(u) => {
+                return u
+                    .peer_addr()
+                    .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+            }
+        };
+        tcp.peer_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
     /// Whether the bytes are encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self, ServerIo::Tls(_))
@@ -38,10 +60,10 @@ impl ServerIo {
     }
 }
 
-impl crate::proxy::AsPlainTcp for ServerIo {
-    fn as_plain_tcp(&mut self) -> Option<crate::proxy::PlainTcp<'_>> {
+impl AsPlainTcp for ServerIo {
+    fn as_plain_tcp(&mut self) -> Option<PlainTcp<'_>> {
         match self {
-            ServerIo::Plain(s) => Some(crate::proxy::PlainTcp::bare(s)),
+            ServerIo::Plain(s) => Some(PlainTcp::bare(s)),
             _ => None,
         }
     }
@@ -175,9 +197,9 @@ impl<S> Prefixed<S> {
     }
 }
 
-impl<S: crate::proxy::AsPlainTcp> crate::proxy::AsPlainTcp for Prefixed<S> {
+impl<S: AsPlainTcp> AsPlainTcp for Prefixed<S> {
     /// Only once every replayed byte is read.
-    fn as_plain_tcp(&mut self) -> Option<crate::proxy::PlainTcp<'_>> {
+    fn as_plain_tcp(&mut self) -> Option<PlainTcp<'_>> {
         if self.prefix.is_empty() {
             self.inner.as_plain_tcp()
         } else {

@@ -8,6 +8,10 @@
 //! loop goes on. Plaintext bytes pipelined after the upgrade request could be
 //! injected by anyone on the path, so they are never served: the request is
 //! refused with 400 and the connection closed ([`UpgradeProtocol::accepts_early_data`]).
+//!
+//! A listener with `tls = { ..., mode = "upgrade" }` offers it on every
+//! path; a route with `require_tls` answers cleartext requests with 426
+//! naming it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,16 +23,23 @@ use switchyard::proto::upgrade::{header_tokens, ProtocolToken};
 use tokio_rustls::TlsAcceptor;
 use tracing::info;
 
+use super::{BoxFuture, ConnInfo, Session, SessionCtx, SessionEnd, Switch, UpgradeProtocol};
 use crate::io::ServerIo;
-use crate::registry::{
-    BoxFuture, ConnInfo, Refusal, Session, SessionCtx, SessionEnd, Switch, UpgradeProtocol,
-};
+use crate::outcome::Refusal;
 
 /// The `TLS/1.3` and `TLS/1.2` tokens.
 pub struct TlsUpgrade {
     tokens: [ProtocolToken; 2],
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for TlsUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsUpgrade")
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TlsUpgrade {

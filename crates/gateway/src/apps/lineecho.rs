@@ -1,85 +1,19 @@
-//! `lineecho/1`: the smallest complete Upgrade protocol, and the worked
-//! example of adding one to the registry (see the README, "Adding an Upgrade
-//! protocol").
-//!
-//! After `101 Switching Protocols` with `Upgrade: lineecho/1`, every line the
+//! `lineecho/1`: the smallest complete Upgrade protocol. After
+//! `101 Switching Protocols` with `Upgrade: lineecho/1`, every line the
 //! client sends (bytes up to and including `\n`) is sent back unchanged. A
 //! line longer than [`MAX_LINE`] bytes gets `error: line too long` and the
-//! connection is closed, so memory stays bounded whatever the peer sends.
-//! On server shutdown the connection is closed.
+//! connection is closed, so memory stays bounded whatever the peer sends; a
+//! connection silent for the route's `idle_timeout` gets `error: idle
+//! timeout` and is closed. On server shutdown the connection is closed.
+
+use std::time::Duration;
 
 use bytes::BytesMut;
-use http::Request;
-use switchyard::proto::upgrade::{switching_protocols, ProtocolToken};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::io::ServerIo;
-use crate::registry::{
-    BoxFuture, ConnInfo, Refusal, Session, SessionCtx, SessionEnd, Switch, UpgradeProtocol,
-};
-
 /// Longest line, `\n` included.
 pub const MAX_LINE: usize = 8 * 1024;
-
-/// The `lineecho/1` handler.
-pub struct LineEcho {
-    tokens: [ProtocolToken; 1],
-}
-
-impl LineEcho {
-    pub const TOKEN: &'static str = "lineecho/1";
-
-    pub fn new() -> Self {
-        LineEcho {
-            tokens: [ProtocolToken {
-                name: "lineecho".into(),
-                version: Some("1".into()),
-            }],
-        }
-    }
-}
-
-impl Default for LineEcho {
-    fn default() -> Self {
-        LineEcho::new()
-    }
-}
-
-impl UpgradeProtocol for LineEcho {
-    fn tokens(&self) -> &[ProtocolToken] {
-        &self.tokens
-    }
-
-    fn prepare(
-        &self,
-        _req: &Request<()>,
-        _token: &ProtocolToken,
-        _conn: &ConnInfo,
-    ) -> Result<Switch, Refusal> {
-        Ok(Switch {
-            response: switching_protocols(Self::TOKEN),
-            session: Box::new(LineEchoSession),
-        })
-    }
-}
-
-struct LineEchoSession;
-
-impl Session for LineEchoSession {
-    fn run(
-        self: Box<Self>,
-        io: ServerIo,
-        leftover: BytesMut,
-        ctx: SessionCtx,
-    ) -> BoxFuture<SessionEnd> {
-        Box::pin(async move {
-            let end = line_echo(io, leftover, ctx.shutdown).await;
-            tracing::info!(?end, "lineecho session ended");
-            SessionEnd::Done
-        })
-    }
-}
 
 /// Why a line-echo session ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -90,15 +24,19 @@ pub enum LineEchoEnd {
     LineTooLong,
     /// The server is shutting down.
     Shutdown,
+    /// Nothing arrived for the route's idle timeout.
+    Idle,
     /// Reading or writing failed.
     Io(std::io::ErrorKind),
 }
 
 /// Echo `\n`-terminated lines from `buf` (bytes already received) and then
-/// from `io`, until the peer closes, a line is too long or `shutdown` fires.
+/// from `io`, until the peer closes, a line is too long, nothing arrives for
+/// `idle`, or `shutdown` fires.
 pub async fn line_echo<S>(
     mut io: S,
     mut buf: BytesMut,
+    idle: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> LineEchoEnd
 where
@@ -124,13 +62,18 @@ where
         // At most one line plus one read chunk is ever buffered.
         buf.reserve(4096);
         tokio::select! {
-            r = io.read_buf(&mut buf) => match r {
-                Ok(0) => {
+            r = tokio::time::timeout(idle, io.read_buf(&mut buf)) => match r {
+                Ok(Ok(0)) => {
                     let _ = io.shutdown().await;
                     return LineEchoEnd::PeerClosed;
                 }
-                Ok(_) => {}
-                Err(e) => return LineEchoEnd::Io(e.kind()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return LineEchoEnd::Io(e.kind()),
+                Err(_) => {
+                    let _ = io.write_all(b"error: idle timeout\n").await;
+                    let _ = io.shutdown().await;
+                    return LineEchoEnd::Idle;
+                }
             },
             _ = shutdown.changed() => {}
         }
@@ -141,11 +84,31 @@ where
 mod tests {
     use super::*;
 
+    const IDLE: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_silent_client_is_closed_after_the_idle_timeout() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (_tx, rx) = watch::channel(false);
+        let idle = Duration::from_millis(50);
+        let task = tokio::spawn(line_echo(server, BytesMut::new(), idle, rx));
+        client.write_all(b"hi\n").await.unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"hi\nerror: idle timeout\n");
+        assert_eq!(task.await.unwrap(), LineEchoEnd::Idle);
+    }
+
     #[tokio::test]
     async fn echoes_lines_including_leftover_and_split_ones() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (_tx, rx) = watch::channel(false);
-        let task = tokio::spawn(line_echo(server, BytesMut::from(&b"first\nsec"[..]), rx));
+        let task = tokio::spawn(line_echo(
+            server,
+            BytesMut::from(&b"first\nsec"[..]),
+            IDLE,
+            rx,
+        ));
         client.write_all(b"ond\nthird").await.unwrap();
         client.write_all(b"\n").await.unwrap();
         client.shutdown().await.unwrap();
@@ -159,7 +122,7 @@ mod tests {
     async fn a_line_over_8_kib_closes() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (_tx, rx) = watch::channel(false);
-        let task = tokio::spawn(line_echo(server, BytesMut::new(), rx));
+        let task = tokio::spawn(line_echo(server, BytesMut::new(), IDLE, rx));
         client.write_all(b"ok\n").await.unwrap();
         client.write_all(&vec![b'a'; MAX_LINE + 1]).await.unwrap();
         let mut out = Vec::new();
@@ -172,7 +135,7 @@ mod tests {
     async fn a_line_of_exactly_8_kib_is_echoed() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (_tx, rx) = watch::channel(false);
-        let task = tokio::spawn(line_echo(server, BytesMut::new(), rx));
+        let task = tokio::spawn(line_echo(server, BytesMut::new(), IDLE, rx));
         let mut line = vec![b'b'; MAX_LINE - 1];
         line.push(b'\n');
         client.write_all(&line).await.unwrap();
@@ -187,7 +150,7 @@ mod tests {
     async fn shutdown_closes() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(line_echo(server, BytesMut::new(), rx));
+        let task = tokio::spawn(line_echo(server, BytesMut::new(), IDLE, rx));
         tx.send(true).unwrap();
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();

@@ -1,5 +1,6 @@
 //! WebSocket (RFC 6455) as one [`UpgradeProtocol`] among others: the
-//! handshake checks of `switchyard::proto::handshake`, then the echo app.
+//! handshake checks of `switchyard::proto::handshake` with the route's
+//! limits, then the echo app.
 
 use std::sync::Arc;
 
@@ -7,7 +8,6 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::Request;
-use switchyard::proto::deflate::PerMessageDeflate;
 use switchyard::proto::handshake::{self, Negotiated};
 use switchyard::proto::upgrade::ProtocolToken;
 use switchyard::proto::{Connection, Role};
@@ -15,23 +15,26 @@ use switchyard::server::AcceptConfig;
 use switchyard::{Limits, WebSocket};
 use tracing::info;
 
-use crate::apps::{self, EchoEnd};
+use super::{BoxFuture, ConnInfo, Session, SessionCtx, SessionEnd, Switch, UpgradeProtocol};
+use crate::apps::echo::{self, log_end};
+use crate::apps::AppSettings;
 use crate::io::ServerIo;
-use crate::registry::{
-    BoxFuture, ConnInfo, Refusal, Session, SessionCtx, SessionEnd, Switch, UpgradeProtocol,
-};
+use crate::outcome::{Reason, Refusal};
 
 /// The `websocket` token running the echo app.
+#[derive(Debug)]
 pub struct WebSocketEcho {
     tokens: [ProtocolToken; 1],
     cfg: Arc<AcceptConfig>,
     /// `cfg.limits`, shared by every connection instead of copied into each.
     limits: Arc<Limits>,
+    settings: AppSettings,
 }
 
 impl WebSocketEcho {
-    /// The handler, with the handshake policy and limits of `cfg`.
-    pub fn new(cfg: Arc<AcceptConfig>) -> Self {
+    /// The handler, with the handshake policy and limits of `cfg` and the
+    /// route's idle timeout and drain grace.
+    pub fn new(cfg: Arc<AcceptConfig>, settings: AppSettings) -> Self {
         WebSocketEcho {
             tokens: [ProtocolToken {
                 name: "websocket".into(),
@@ -39,22 +42,9 @@ impl WebSocketEcho {
             }],
             limits: Arc::new(cfg.limits.clone()),
             cfg,
+            settings,
         }
     }
-}
-
-/// Build the proto connection for what the handshake agreed to.
-pub(crate) fn server_connection(
-    negotiated: &Negotiated,
-    cfg: &AcceptConfig,
-    limits: Arc<Limits>,
-) -> Connection {
-    let mut conn = Connection::new(Role::Server, limits);
-    if let Some(params) = negotiated.deflate {
-        let dcfg = cfg.handshake.deflate.clone().unwrap_or_default();
-        conn = conn.with_deflate(PerMessageDeflate::new(Role::Server, params, &dcfg));
-    }
-    conn
 }
 
 impl UpgradeProtocol for WebSocketEcho {
@@ -75,28 +65,36 @@ impl UpgradeProtocol for WebSocketEcho {
                     negotiated: accepted.negotiated,
                     cfg: self.cfg.clone(),
                     limits: self.limits.clone(),
+                    settings: self.settings.clone(),
                 }),
             }),
-            Err(rej) => {
-                let mut headers = rej.response.headers().clone();
-                for h in [CONTENT_LENGTH, CONTENT_TYPE, CONNECTION] {
-                    headers.remove(h);
-                }
-                info!(status = %rej.response.status(), "websocket handshake refused: {}", rej.error);
-                Err(Refusal {
-                    status: rej.response.status(),
-                    headers,
-                    body: format!("{}\n", rej.error),
-                })
-            }
+            Err(rej) => Err(handshake_refusal(&rej)),
         }
     }
+}
+
+/// A refused WebSocket handshake as the gateway's refusal (the status and
+/// headers the handshake chose, `Sec-WebSocket-Version: 13` on a 426...).
+pub(crate) fn handshake_refusal(rej: &handshake::Rejection) -> Refusal {
+    let mut r = Refusal::new(
+        rej.response.status(),
+        Reason::Handshake,
+        rej.error.to_string(),
+    );
+    for (name, value) in rej.response.headers() {
+        if name != CONTENT_LENGTH && name != CONTENT_TYPE && name != CONNECTION {
+            r.headers.append(name, value.clone());
+        }
+    }
+    info!(status = %r.status, "websocket handshake refused: {}", r.detail);
+    r
 }
 
 struct EchoSession {
     negotiated: Negotiated,
     cfg: Arc<AcceptConfig>,
     limits: Arc<Limits>,
+    settings: AppSettings,
 }
 
 impl Session for EchoSession {
@@ -113,29 +111,29 @@ impl Session for EchoSession {
             negotiated,
             cfg,
             limits,
+            settings,
         } = *self;
-        let conn = server_connection(&negotiated, &cfg, limits);
+        let conn = Connection::negotiated(
+            Role::Server,
+            limits,
+            &negotiated,
+            cfg.handshake.deflate.as_ref(),
+        );
         drop(cfg);
         let ws = WebSocket::from_raw(io, conn, &leftover).with_negotiated(negotiated);
         // The bytes are copied; the buffer they came in (the head's read
         // buffer, KiBs of capacity) must not live as long as the session.
         drop(leftover);
         info!(subprotocol = ?ws.subprotocol(), "upgraded to websocket");
-        let echo = apps::echo(ws, ctx.shutdown, ctx.grace);
+        let SessionCtx { shutdown, hold } = ctx;
+        let echo = echo::echo(ws, shutdown, settings);
         // `map`, not an `async` block: a block would store the echo future
         // twice (once captured, once being awaited).
-        Box::pin(echo.map(|end| {
+        Box::pin(echo.map(move |end| {
+            drop(hold);
             log_end(end);
             SessionEnd::Done
         }))
-    }
-}
-
-pub(crate) fn log_end(end: EchoEnd) {
-    match end {
-        EchoEnd::PeerClosed(frame) => info!(?frame, "websocket closed by peer"),
-        EchoEnd::Shutdown => info!("websocket closed with 1001 (shutdown)"),
-        EchoEnd::Failed(e) => info!("websocket failed: {e}"),
     }
 }
 
@@ -156,14 +154,15 @@ mod tests {
             negotiated: Negotiated::default(),
             limits: Arc::new(cfg.limits.clone()),
             cfg,
+            settings: AppSettings::default(),
         });
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
         let ctx = SessionCtx {
             shutdown,
-            grace: std::time::Duration::from_secs(1),
+            hold: None,
         };
         let fut = session.run(ServerIo::Plain(server), BytesMut::new(), ctx);
         let size = std::mem::size_of_val(&*fut);
-        assert!(size <= 512, "echo session future is {size} bytes");
+        assert!(size <= 704, "echo session future is {size} bytes");
     }
 }

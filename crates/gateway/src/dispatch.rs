@@ -1,0 +1,422 @@
+//! The one dispatch point: every request of every front (HTTP/1.1, HTTP/2,
+//! HTTP/3) arrives here as a protocol-neutral [`RequestHead`] and leaves as
+//! a [`Decision`]: serve a built-in app, proxy to an upstream group, switch
+//! the connection itself (RFC 2817), refuse with a status, or not found.
+//!
+//! The route's policy is applied here, once, for every kind of route:
+//!
+//! 1. the route: host, then the longest path ([`crate::config::Config::route_for`]);
+//! 2. the protocol: the first token of the client's offer (HTTP/1.1
+//!    `Upgrade`, or the `:protocol` of an HTTP/2 or HTTP/3 extended
+//!    CONNECT) that the route allows (`allowed_upgrades`) and its target
+//!    speaks, else one the connection itself speaks (RFC 2817 TLS); a
+//!    malformed offer is 400;
+//! 3. `require_tls`: 426 with `Upgrade: TLS/1.3, HTTP/1.1` where the
+//!    listener offers RFC 2817, 403 elsewhere;
+//! 4. `allowed_origins`: 403;
+//! 5. no protocol selected: 426 where the route requires one
+//!    (`require_upgrade`, or an app that only switches), 501 for an
+//!    extended CONNECT of a protocol the route does not switch to;
+//! 6. the caps (`max_connections` 503, `max_connections_per_ip` 429, both
+//!    with `Retry-After`) for every switch and every proxied request: the
+//!    decision carries the slot for as long as the connection lives.
+//!
+//! Refusals are logged with their reason and counted in
+//! `switchyard_upgrade_attempts_total{result="refused"}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{ALLOW, CONNECTION, HOST, UPGRADE};
+use http::{HeaderValue, Method, Request, StatusCode};
+use switchyard::proto::upgrade::{upgrade_offer, ProtocolToken};
+use tracing::info;
+
+use crate::admission::{check_origin, ConnectionGuard};
+use crate::config::Protocol;
+use crate::live::{Gateway, RouteEntry, Target};
+use crate::outcome::{Reason, Refusal};
+use crate::upgrade::{ConnInfo, Registry, UpgradeProtocol};
+
+/// A request as every front sees it, whatever its HTTP version.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// Method, target and fields. For HTTP/2 and HTTP/3 the URI carries
+    /// `:authority` and `:path`, and `Host` is set from `:authority` when
+    /// the request has none.
+    pub request: Request<()>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the client's connection is TLS.
+    pub tls: bool,
+    /// The HTTP version of the client's connection.
+    pub protocol: Protocol,
+    /// The `:protocol` of an HTTP/2 or HTTP/3 extended CONNECT (RFC 8441,
+    /// RFC 9220).
+    pub connect_protocol: Option<String>,
+}
+
+impl RequestHead {
+    /// An HTTP/1.1 request.
+    pub fn h1(request: Request<()>, peer: SocketAddr, tls: bool) -> Self {
+        RequestHead {
+            request,
+            peer,
+            tls,
+            protocol: Protocol::H1,
+            connect_protocol: None,
+        }
+    }
+
+    /// An HTTP/2 or HTTP/3 request: `Host` is filled from `:authority`.
+    pub fn multiplexed(
+        mut request: Request<()>,
+        peer: SocketAddr,
+        tls: bool,
+        protocol: Protocol,
+        connect_protocol: Option<String>,
+    ) -> Self {
+        if let Some(v) = request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().entry(HOST).or_insert(v);
+        }
+        RequestHead {
+            request,
+            peer,
+            tls,
+            protocol,
+            connect_protocol,
+        }
+    }
+
+    /// The host the request names (`Host`, or the URI's authority).
+    pub fn authority(&self) -> Option<&str> {
+        self.request
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| self.request.uri().host())
+    }
+
+    /// The request path (no query).
+    pub fn path(&self) -> &str {
+        self.request.uri().path()
+    }
+
+    /// The protocols offered, in the client's order: HTTP/1.1 `Upgrade`
+    /// (when `Connection` names it), or the `:protocol` of an extended
+    /// CONNECT.
+    fn offers(&self) -> Result<Vec<ProtocolToken>, Refusal> {
+        if self.protocol != Protocol::H1 {
+            return Ok(match &self.connect_protocol {
+                Some(p) if self.request.method() == Method::CONNECT => {
+                    ProtocolToken::parse(p).into_iter().collect()
+                }
+                _ => Vec::new(),
+            });
+        }
+        upgrade_offer(&self.request)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| Refusal::new(e.status(), Reason::BadUpgrade, e.to_string()))
+    }
+}
+
+/// The protocol selected for a switch: its handler and the client's token.
+pub struct Selection {
+    /// The protocol's handler (HTTP/1.1 `101`).
+    pub handler: Arc<dyn UpgradeProtocol>,
+    /// The token selected from the client's offer.
+    pub token: ProtocolToken,
+}
+
+impl std::fmt::Debug for Selection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Selection")
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A built-in app serves the request.
+#[derive(Debug)]
+pub struct AppTicket {
+    /// The route (its app, handlers and settings).
+    pub route: Arc<RouteEntry>,
+    /// The protocol to switch to; `None`: the app answers a page.
+    pub switch: Option<Selection>,
+    /// The connection's slot in the route's caps (switches only).
+    pub permit: Option<ConnectionGuard>,
+}
+
+/// The route's upstream group serves the request.
+#[derive(Debug)]
+pub struct ProxyTicket {
+    /// The route (its policy and generation).
+    pub route: Arc<RouteEntry>,
+    /// The request's slot in the route's caps.
+    pub permit: ConnectionGuard,
+}
+
+/// What the front does with a request.
+#[derive(Debug)]
+pub enum Decision {
+    /// Serve it with a built-in app.
+    App(AppTicket),
+    /// Proxy it.
+    Proxy(ProxyTicket),
+    /// Switch the connection itself (RFC 2817 TLS), then serve the request
+    /// again on it.
+    SwitchConnection(Selection),
+    /// Answer this refusal (already logged and counted).
+    Refuse(Refusal),
+    /// No route matches: 404.
+    NotFound,
+}
+
+/// The connection a request arrived on, as far as the dispatcher cares.
+#[derive(Clone, Copy)]
+pub struct Connection<'a> {
+    /// Protocols the connection itself can switch to (RFC 2817 TLS).
+    pub upgrades: &'a Registry,
+    /// Whether it is TLS, whether the listener has a certificate.
+    pub info: ConnInfo,
+}
+
+/// Decides for every front of a gateway.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    gateway: Arc<Gateway>,
+}
+
+enum Selected {
+    /// A protocol of the route's target.
+    Route(ProtocolToken),
+    /// A protocol of the connection itself.
+    Connection(Arc<dyn UpgradeProtocol>, ProtocolToken),
+}
+
+impl Dispatcher {
+    /// The dispatcher of `gateway`'s live configuration.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Dispatcher { gateway }
+    }
+
+    /// The gateway it routes with.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// The decision for `head` (see the module docs).
+    pub fn decide(&self, head: &RequestHead, conn: Connection<'_>) -> Decision {
+        let live = self.gateway.live();
+        let entry = live
+            .config
+            .route_for(head.authority(), head.path())
+            .and_then(|r| live.entry_of(r))
+            .cloned();
+        let label = entry.as_ref().map_or("-", |e| e.label.as_str());
+        let offers = match head.offers() {
+            Ok(o) => o,
+            Err(r) => {
+                self.record_refusal(head, label, &r);
+                return Decision::Refuse(r);
+            }
+        };
+        // The first of the client's tokens that the route or the connection
+        // itself speaks (RFC 9110 §7.8: the client's order).
+        let mut selected = None;
+        for token in offers {
+            if token.is("h2c") {
+                continue;
+            }
+            if entry
+                .as_ref()
+                .is_some_and(|e| route_switches(e, &token, head.protocol))
+            {
+                selected = Some(Selected::Route(token));
+                break;
+            }
+            if head.protocol == Protocol::H1 {
+                if let Some(h) = conn.upgrades.find(&token, &conn.info) {
+                    selected = Some(Selected::Connection(h.clone(), token));
+                    break;
+                }
+            }
+        }
+        if let Some(Selected::Connection(handler, token)) = selected {
+            return Decision::SwitchConnection(Selection { handler, token });
+        }
+        let Some(entry) = entry else {
+            return Decision::NotFound;
+        };
+        let token = match selected {
+            Some(Selected::Route(t)) => Some(t),
+            _ => None,
+        };
+        match self.admit(head, conn, entry, token) {
+            Ok(d) => d,
+            Err((route, r)) => {
+                self.record_refusal(head, &route, &r);
+                Decision::Refuse(r)
+            }
+        }
+    }
+
+    /// The route's policy for a request whose protocol is `token` (`None`:
+    /// a plain request).
+    fn admit(
+        &self,
+        head: &RequestHead,
+        conn: Connection<'_>,
+        entry: Arc<RouteEntry>,
+        token: Option<ProtocolToken>,
+    ) -> Result<Decision, (String, Refusal)> {
+        let refuse = |r: Refusal| (entry.label.clone(), r);
+        let policy = &entry.config.policy;
+        if policy.require_tls && !head.tls {
+            return Err(refuse(tls_required(head)));
+        }
+        check_origin(head.request.headers(), policy).map_err(refuse)?;
+        if token.is_none() {
+            if let Some(p) = &head.connect_protocol {
+                return Err(refuse(Refusal::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    Reason::UnsupportedProtocol,
+                    format!(
+                        "this route does not switch to {p:?} over extended CONNECT; it speaks {}",
+                        speaks(&entry).join(", ")
+                    ),
+                )));
+            }
+        }
+        match &entry.target {
+            Target::Upstream => {
+                if token.is_none() && policy.require_upgrade {
+                    return Err(refuse(upgrade_required(&entry, head)));
+                }
+                let permit = self.permit(head, &entry).map_err(refuse)?;
+                Ok(Decision::Proxy(ProxyTicket {
+                    route: entry,
+                    permit,
+                }))
+            }
+            Target::App(app) => match token {
+                Some(token) => {
+                    let Some(handler) = app.handlers.find(&token, &conn.info).cloned() else {
+                        return Err(refuse(upgrade_required(&entry, head)));
+                    };
+                    let permit = self.permit(head, &entry).map_err(refuse)?;
+                    Ok(Decision::App(AppTicket {
+                        route: entry,
+                        switch: Some(Selection { handler, token }),
+                        permit: Some(permit),
+                    }))
+                }
+                None if app.app.upgrade_tokens().is_empty() => Ok(Decision::App(AppTicket {
+                    route: entry,
+                    switch: None,
+                    permit: None,
+                })),
+                None => Err(refuse(upgrade_required(&entry, head))),
+            },
+        }
+    }
+
+    fn permit(&self, head: &RequestHead, entry: &RouteEntry) -> Result<ConnectionGuard, Refusal> {
+        self.gateway
+            .limiter()
+            .try_acquire(&entry.label, head.peer.ip(), &entry.config.policy)
+    }
+
+    fn record_refusal(&self, head: &RequestHead, route: &str, r: &Refusal) {
+        let reason = r.reason.label();
+        self.gateway.metrics().upgrade_attempt("refused", reason);
+        info!(
+            client = %head.peer,
+            route,
+            protocol = head.protocol.label(),
+            status = r.status.as_u16(),
+            reason,
+            detail = %r.detail,
+            "request refused"
+        );
+    }
+}
+
+/// Whether the route's target switches to `token` (and its policy allows
+/// it). Over HTTP/2 and HTTP/3 only WebSocket is carried (RFC 8441, 9220).
+fn route_switches(entry: &RouteEntry, token: &ProtocolToken, protocol: Protocol) -> bool {
+    let name = token.to_string();
+    if !entry.config.policy.upgrade_allowed(&name) {
+        return false;
+    }
+    if protocol != Protocol::H1 && !token.is("websocket") {
+        return false;
+    }
+    match &entry.target {
+        Target::Upstream => true,
+        Target::App(app) => app.handlers.speaks(&token.name),
+    }
+}
+
+/// What the route switches to, for messages and `Upgrade` on a 426.
+fn speaks(entry: &RouteEntry) -> Vec<String> {
+    match &entry.target {
+        Target::Upstream => entry.config.policy.allowed_upgrades.clone(),
+        Target::App(app) => app.handlers.advertised(),
+    }
+}
+
+/// 426 listing the route's tokens, or 405 for a method that can never
+/// switch (only GET upgrades over HTTP/1.1).
+fn upgrade_required(entry: &RouteEntry, head: &RequestHead) -> Refusal {
+    let tokens = speaks(entry);
+    if head.protocol == Protocol::H1 && head.request.method() != Method::GET {
+        return Refusal::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Reason::UpgradeRequired,
+            format!(
+                "this resource is opened with GET and Upgrade: {}",
+                tokens.join(", ")
+            ),
+        )
+        .with_header(ALLOW, HeaderValue::from_static("GET"));
+    }
+    let mut r = Refusal::new(
+        StatusCode::UPGRADE_REQUIRED,
+        Reason::UpgradeRequired,
+        format!(
+            "this resource speaks {} only: send Upgrade: {} and Connection: Upgrade",
+            tokens.join(" or "),
+            tokens.first().map(String::as_str).unwrap_or("")
+        ),
+    );
+    if let Ok(v) = HeaderValue::from_str(&tokens.join(", ")) {
+        r = r.with_header(UPGRADE, v);
+    }
+    r.with_header(CONNECTION, HeaderValue::from_static("Upgrade"))
+}
+
+/// A cleartext request on a TLS-only route: over HTTP/1.1 a 426 naming
+/// RFC 2817's token (the client may switch this connection where the
+/// listener offers it, or come back over `https://`), 403 over HTTP/2.
+fn tls_required(head: &RequestHead) -> Refusal {
+    if head.protocol == Protocol::H1 {
+        return Refusal::new(
+            StatusCode::UPGRADE_REQUIRED,
+            Reason::TlsRequired,
+            "this resource is served over TLS only: send Upgrade: TLS/1.3 with \
+             Connection: Upgrade (RFC 2817), or use https://",
+        )
+        .with_header(UPGRADE, HeaderValue::from_static("TLS/1.3, HTTP/1.1"))
+        .with_header(CONNECTION, HeaderValue::from_static("Upgrade"));
+    }
+    Refusal::new(
+        StatusCode::FORBIDDEN,
+        Reason::TlsRequired,
+        "this resource is served over TLS only: use https:// or wss://",
+    )
+}

@@ -1,0 +1,369 @@
+//! The HTTP/2 front (hyper 1), WebSocket over extended CONNECT (RFC 8441).
+//!
+//! Reached by ALPN `h2` on TLS listeners, or by the prior-knowledge preface
+//! on cleartext ones. Every limit of [`Http2Settings`] is set explicitly;
+//! SETTINGS_ENABLE_CONNECT_PROTOCOL is sent only when
+//! `[http2] enable_connect_protocol` is on and a route serves WebSocket.
+//!
+//! | request                                              | answer                 |
+//! |------------------------------------------------------|------------------------|
+//! | CONNECT `:protocol websocket` on an echo route        | 200, then the echo app (handshake refusals: bad version 400 + `sec-websocket-version: 13`, extensions 400) |
+//! | CONNECT `:protocol websocket` on a proxied route      | a real HTTP/1.1 upgrade upstream, 200, then the tunnel |
+//! | CONNECT with a `:protocol` the route does not switch to | 501                  |
+//! | CONNECT without `:protocol` (a proxy CONNECT)         | 405                    |
+//! | GET / HEAD of a page                                 | 200                    |
+//! | another request on a route that only switches        | 400 (use extended CONNECT) |
+//! | a plain request on a proxied route                   | 501 (only WebSockets are proxied over HTTP/2) |
+//! | a refusal of the route's policy                      | its status (403, 429, 503...) |
+//! | unknown path                                         | 404                    |
+//!
+//! `Upgrade`, `Connection` and the other connection-specific fields make an
+//! HTTP/2 request malformed; the h2 codec refuses such a stream
+//! (RST_STREAM PROTOCOL_ERROR) before it reaches this service. The codec
+//! also refuses a CONNECT that carries `:path` without `:protocol` (RFC
+//! 9113 §8.5).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tracing::{info, Instrument};
+
+use super::{h1_proxy, not_found_body, stopped, ConnCtx, Front, RequestHead};
+use crate::apps::echo;
+use crate::apps::index::{self, PageAnswer};
+use crate::config::{App, Protocol};
+use crate::dispatch::{AppTicket, Decision, ProxyTicket};
+use crate::io::{Prefixed, ServerIo};
+use crate::outcome::{Reason, Refusal};
+use crate::proxy::{self, ClientInfo, ExtendedConnect};
+use crate::tracking::Counting;
+use crate::upgrade::websocket::handshake_refusal;
+
+type Body = Full<Bytes>;
+
+/// The HTTP/2 server's limits.
+#[derive(Debug, Clone)]
+pub struct Http2Settings {
+    /// Send SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441).
+    pub enable_connect_protocol: bool,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE; also bounds CONTINUATION floods.
+    pub max_header_list_size: u32,
+    /// Streams reset by the client before we answered, kept at once (rapid
+    /// reset, CVE-2023-44487); more is a GOAWAY.
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams we reset because of client errors before the connection gets
+    /// a GOAWAY.
+    pub max_local_error_reset_streams: usize,
+    /// HTTP/2 PING interval on an idle connection.
+    pub keep_alive_interval: Duration,
+    /// How long to wait for the PING ack before closing.
+    pub keep_alive_timeout: Duration,
+    /// Bytes buffered per stream for sending.
+    pub max_send_buf_size: usize,
+}
+
+impl Http2Settings {
+    /// The server's limits: 256 streams, 16 KiB of header list (the
+    /// HTTP/1.1 head cap), rapid-reset and error-reset caps, a PING every
+    /// 30 s on an idle connection (20 s to answer), 1 MiB send buffer per
+    /// stream.
+    pub fn new(enable_connect_protocol: bool) -> Self {
+        Http2Settings {
+            enable_connect_protocol,
+            max_concurrent_streams: 256,
+            max_header_list_size: 16 * 1024,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            keep_alive_interval: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(20),
+            max_send_buf_size: 1 << 20,
+        }
+    }
+
+    /// The hyper builder with every limit set.
+    pub fn builder(&self) -> http2::Builder<TokioExecutor> {
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_header_list_size(self.max_header_list_size)
+            .max_pending_accept_reset_streams(self.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(self.max_local_error_reset_streams)
+            .keep_alive_interval(self.keep_alive_interval)
+            .keep_alive_timeout(self.keep_alive_timeout)
+            .max_send_buf_size(self.max_send_buf_size);
+        if self.enable_connect_protocol {
+            b.enable_connect_protocol();
+        }
+        b
+    }
+}
+
+/// Serve HTTP/2 on `io`; `buf` holds bytes already read (the preface).
+pub(crate) async fn serve(
+    io: ServerIo,
+    buf: BytesMut,
+    peer: SocketAddr,
+    front: Arc<Front>,
+    ctx: ConnCtx,
+) {
+    let Some(settings) = front.http2.clone() else {
+        return;
+    };
+    let tls = io.is_tls();
+    let svc_front = front.clone();
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let resp = respond(req, peer, tls, &svc_front, &svc_ctx);
+        let alt_svc = svc_front.alt_svc.clone();
+        async move {
+            let mut resp = match resp {
+                Answer::Now(r) => r,
+                Answer::Later(rx) => match rx.await {
+                    Ok(r) => r.map(|_| Body::new(Bytes::new())),
+                    Err(_) => text(
+                        StatusCode::BAD_GATEWAY,
+                        "the proxy ended before answering\n",
+                    ),
+                },
+            };
+            if let Some(v) = alt_svc {
+                resp.headers_mut().insert(http::header::ALT_SVC, v);
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = settings
+        .builder()
+        .serve_connection(TokioIo::new(Prefixed::new(buf, io)), svc);
+    tokio::pin!(conn);
+    let mut stop = ctx.stop.clone();
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                info!("HTTP/2 connection ended: {e}");
+            }
+            return;
+        }
+        _ = stop.changed() => {}
+    }
+    // GOAWAY, then let open streams (WebSockets closing with 1001) finish.
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(front.grace + Duration::from_secs(1), conn).await;
+}
+
+/// A response now, or once the proxy has heard from the upstream.
+enum Answer {
+    Now(Response<Body>),
+    Later(tokio::sync::oneshot::Receiver<Response<()>>),
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// A refusal as an HTTP/2 response (connection-specific fields removed).
+fn refusal(r: &Refusal) -> Response<Body> {
+    let (head, ()) = r.to_response().into_parts();
+    let mut resp = text(r.status, format!("{}\n", r.detail));
+    for (name, value) in &head.headers {
+        resp.headers_mut().insert(name, value.clone());
+    }
+    resp
+}
+
+/// The head of `req`, without its body.
+fn head_of(req: &Request<Incoming>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    head
+}
+
+fn respond(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+    front: &Arc<Front>,
+    ctx: &ConnCtx,
+) -> Answer {
+    let connect_protocol = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_owned());
+    if req.method() == Method::CONNECT && connect_protocol.is_none() {
+        // A classic CONNECT (authority-form, no :path): we are not a proxy.
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this server is not a forward proxy: CONNECT is only for WebSocket, with \
+             :protocol websocket (RFC 8441)\n",
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Answer::Now(r);
+    }
+    let head = RequestHead::multiplexed(head_of(&req), peer, tls, Protocol::H2, connect_protocol);
+    let decision = front.dispatcher.decide(&head, front.connection(tls));
+    Answer::Now(match decision {
+        Decision::NotFound => text(StatusCode::NOT_FOUND, not_found_body(head.path())),
+        Decision::Refuse(r) if r.reason == Reason::UpgradeRequired => text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{}; over HTTP/2 that is an extended CONNECT (:method CONNECT, :protocol \
+                 websocket, RFC 8441)\n",
+                r.detail
+            ),
+        ),
+        Decision::Refuse(r) => refusal(&r),
+        Decision::App(ticket) => app(&mut req, ticket, ctx),
+        Decision::Proxy(ticket) => {
+            let Some(connect_protocol) = head.connect_protocol else {
+                return Answer::Now(text(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "only WebSockets are proxied over HTTP/2 (extended CONNECT with \
+                     :protocol websocket, RFC 8441)\n",
+                ));
+            };
+            let request = ExtendedConnect {
+                head: head.request,
+                connect_protocol,
+                client: ClientInfo { addr: peer, tls },
+                protocol: Protocol::H2,
+            };
+            return proxy(&mut req, request, ticket, front, ctx);
+        }
+        Decision::SwitchConnection(_) => text(
+            StatusCode::BAD_REQUEST,
+            "HTTP/2 connections do not switch protocols\n",
+        ),
+    })
+}
+
+/// A built-in app: the page, or a WebSocket on the stream.
+fn app(req: &mut Request<Incoming>, ticket: AppTicket, ctx: &ConnCtx) -> Response<Body> {
+    let AppTicket {
+        route,
+        switch,
+        permit,
+    } = ticket;
+    let Some(app) = route.app() else {
+        return text(StatusCode::NOT_FOUND, not_found_body(req.uri().path()));
+    };
+    let Some(accept) = app.websocket.as_ref().filter(|_| switch.is_some()) else {
+        if app.app != App::Index {
+            return text(StatusCode::NOT_FOUND, not_found_body(req.uri().path()));
+        }
+        return page(req.method());
+    };
+    match switchyard::h2::accept(req, accept) {
+        Ok((response, upgrade)) => {
+            let stop = ctx.stop.clone();
+            let alive = ctx.alive.clone();
+            let settings = app.settings.clone();
+            tokio::spawn(
+                async move {
+                    let _alive = alive;
+                    let _permit = permit;
+                    match upgrade.await {
+                        Ok(ws) => {
+                            info!(subprotocol = ?ws.subprotocol(), "websocket over HTTP/2 (RFC 8441)");
+                            echo::log_end(echo::echo(ws, stop, settings).await);
+                        }
+                        Err(e) => info!("HTTP/2 stream not handed over: {e}"),
+                    }
+                }
+                .in_current_span(),
+            );
+            response.map(|_| Full::new(Bytes::new()))
+        }
+        Err(rej) => refusal(&handshake_refusal(&rej)),
+    }
+}
+
+/// The index page (or its 405).
+fn page(method: &Method) -> Response<Body> {
+    match PageAnswer::for_method(method) {
+        PageAnswer::Page => {
+            let body = if method == Method::HEAD {
+                Bytes::new()
+            } else {
+                Bytes::from_static(index::INDEX_HTML.as_bytes())
+            };
+            let mut r = Response::new(Full::new(body));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(index::CONTENT_TYPE));
+            r.headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(index::INDEX_HTML.len()));
+            r
+        }
+        PageAnswer::MethodNotAllowed => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+    }
+}
+
+/// An extended CONNECT on a proxied route: a real HTTP/1.1 upgrade upstream
+/// in a task of its own; the stream's answer once the upstream has spoken.
+fn proxy(
+    req: &mut Request<Incoming>,
+    request: ExtendedConnect,
+    ticket: ProxyTicket,
+    front: &Front,
+    ctx: &ConnCtx,
+) -> Answer {
+    let ProxyTicket { route, permit } = ticket;
+    let on_upgrade = hyper::upgrade::on(req);
+    let (tx, rx) = tokio::sync::oneshot::channel::<Response<()>>();
+    let tracked = h1_proxy::track(
+        front.dispatcher.gateway().connections(),
+        &route,
+        request.client.addr,
+        Protocol::H2,
+    );
+    let counters = tracked.counters().clone();
+    let respond = move |resp: Response<()>| async move {
+        let ok = resp.status().is_success();
+        let _ = tx.send(resp);
+        if !ok {
+            return Err(std::io::Error::other("refused"));
+        }
+        on_upgrade
+            .await
+            .map(|u| Counting::new(TokioIo::new(u), counters))
+            .map_err(std::io::Error::other)
+    };
+    let stop = ctx.stop.clone();
+    let alive = ctx.alive.clone();
+    tokio::spawn(
+        async move {
+            let _alive = alive;
+            let _tracked = tracked;
+            proxy::proxy_extended_connect(request, route.proxy(), permit, respond, stopped(stop))
+                .await;
+        }
+        .in_current_span(),
+    );
+    Answer::Later(rx)
+}

@@ -1,0 +1,261 @@
+//! The HTTP/3 front: WebSocket over extended CONNECT (RFC 9220) on the QUIC
+//! endpoint of a TLS listener (same port, UDP, same certificate, ALPN `h3`).
+//!
+//! Every extended CONNECT goes to the dispatcher: an echo route gets a 200
+//! and the same echo app as HTTP/1.1 and HTTP/2 (same handshake checks,
+//! permessage-deflate, the route's limits); a proxied route gets a real
+//! HTTP/1.1 upgrade upstream, 200 back, then the tunnel between the QUIC
+//! stream and the upstream connection; a refusal gets its status (403,
+//! 429, 503, 404, 501...). Other requests get what `switchyard::h3`
+//! answers (404 for GET/HEAD: this listener serves only WebSockets, 405,
+//! a reset for malformed ones).
+//!
+//! Shutdown: the stop signal starts the drain (new QUIC connections refused,
+//! a GOAWAY on every connection so that clients open no new request there);
+//! every HTTP/3 WebSocket is closed with 1001 by the echo app or the tunnel
+//! (the same watch as the others); only when they are all closed (or the
+//! grace period is over) is the QUIC endpoint closed with H3_NO_ERROR.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::SEC_WEBSOCKET_VERSION;
+use http::{HeaderValue, Request, Response, StatusCode};
+use switchyard::h3::{H3Server, H3Stream, PendingStream, TunnelHandler};
+use switchyard::proto::deflate::PerMessageDeflate;
+use switchyard::proto::handshake::{self, HandshakeError, Rejection};
+use switchyard::proto::{Connection, Role};
+use switchyard::server::AcceptConfig;
+use switchyard::WebSocket;
+use tokio::sync::watch;
+use tracing::{info, Instrument};
+
+use super::{h1_proxy, stopped, ConnCtx, Front, RequestHead};
+use crate::apps::echo;
+use crate::config::Protocol;
+use crate::dispatch::{AppTicket, Decision, ProxyTicket};
+use crate::outcome::{Reason, Refusal};
+use crate::proxy::{self, ClientInfo, ExtendedConnect};
+use crate::tracking::Counting;
+use crate::upgrade::websocket::handshake_refusal;
+
+/// Counts the open HTTP/3 WebSockets (echoes and tunnels), so that shutdown
+/// closes the QUIC endpoint only after their closing handshakes.
+struct Open(Arc<watch::Sender<usize>>);
+
+impl Open {
+    fn new(count: &Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Serve HTTP/3 on `endpoint` until the server stops (see the module docs).
+pub(crate) async fn serve(endpoint: quinn::Endpoint, front: Arc<Front>, ctx: ConnCtx) {
+    let local = endpoint.local_addr().ok();
+    info!(?local, "listening (HTTP/3, UDP)");
+    let (count_tx, mut count_rx) = watch::channel(0usize);
+    let count = Arc::new(count_tx);
+    let mut accept = AcceptConfig::default();
+    accept.limits = front.limits.clone();
+    let hook_front = front.clone();
+    let hook_ctx = ctx.clone();
+    // Every extended CONNECT is decided by the dispatcher (the tunnel hook
+    // takes them all); the server's own WebSocket handling never runs.
+    let server = H3Server::new(accept)
+        .drain_on(ctx.stop.clone())
+        .route(|_| {
+            Err((
+                StatusCode::NOT_FOUND,
+                "no route serves this request\n".into(),
+            ))
+        })
+        .tunnel(move |req| Some(take(req, &hook_front, &hook_ctx, &count)));
+    let mut stop = ctx.stop.clone();
+    let grace = front.grace;
+    let shutdown = async move {
+        if !*stop.borrow() {
+            let _ = stop.changed().await;
+        }
+        // The echo tasks and proxied tunnels send 1001 and wait up to
+        // `grace` for the replies; close the QUIC connections only after that.
+        let limit = grace + Duration::from_secs(1);
+        let _ = tokio::time::timeout(limit, count_rx.wait_for(|n| *n == 0)).await;
+    };
+    server.serve(endpoint, |_, _| {}, shutdown).await;
+}
+
+/// The handler of one extended CONNECT: decided now, answered in a task of
+/// its own.
+fn take(
+    req: &Request<()>,
+    front: &Arc<Front>,
+    ctx: &ConnCtx,
+    count: &Arc<watch::Sender<usize>>,
+) -> TunnelHandler {
+    let peer = req
+        .extensions()
+        .get::<SocketAddr>()
+        .copied()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let connect_protocol = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_owned());
+    let mut head_req = Request::new(());
+    *head_req.method_mut() = req.method().clone();
+    *head_req.uri_mut() = req.uri().clone();
+    *head_req.headers_mut() = req.headers().clone();
+    let head = RequestHead::multiplexed(head_req, peer, true, Protocol::H3, connect_protocol);
+    let decision = front.dispatcher.decide(&head, front.connection(true));
+    let front = front.clone();
+    let ctx = ctx.clone();
+    let count = count.clone();
+    let span = tracing::info_span!("h3", %peer, path = head.path());
+    Box::new(move |_req: Request<()>, pending: PendingStream| {
+        let task = async move {
+            let _alive = ctx.alive.clone();
+            match decision {
+                Decision::NotFound => refuse(pending, StatusCode::NOT_FOUND).await,
+                Decision::Refuse(r) if r.reason == Reason::UpgradeRequired => {
+                    refuse(pending, StatusCode::BAD_REQUEST).await
+                }
+                Decision::Refuse(r) => {
+                    let _ = pending.respond(r.to_response()).await;
+                }
+                Decision::SwitchConnection(_) => refuse(pending, StatusCode::BAD_REQUEST).await,
+                Decision::App(ticket) => {
+                    let _open = Open::new(&count);
+                    app(head, pending, ticket, ctx.stop.clone()).await
+                }
+                Decision::Proxy(ticket) => {
+                    let _open = Open::new(&count);
+                    let Some(connect_protocol) = head.connect_protocol else {
+                        return refuse(pending, StatusCode::NOT_IMPLEMENTED).await;
+                    };
+                    let request = ExtendedConnect {
+                        head: head.request,
+                        connect_protocol,
+                        client: ClientInfo {
+                            addr: peer,
+                            tls: true,
+                        },
+                        protocol: Protocol::H3,
+                    };
+                    proxy(request, pending, ticket, &front, ctx.stop.clone()).await
+                }
+            }
+        };
+        tokio::spawn(task.instrument(span));
+    })
+}
+
+async fn refuse(pending: PendingStream, status: StatusCode) {
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    let _ = pending.respond(resp).await;
+}
+
+/// The WebSocket checks of an extended CONNECT (RFC 9220 uses RFC 8441's):
+/// `Sec-WebSocket-Version: 13`, then the negotiation of `accept`. The 200
+/// to send and the connection for what was agreed.
+fn accept_websocket(
+    req: &Request<()>,
+    accept: &AcceptConfig,
+) -> Result<(Response<()>, Connection, handshake::Negotiated), Refusal> {
+    let headers = req.headers();
+    let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes() == b"13" => {}
+        _ => {
+            let got = headers
+                .get_all(SEC_WEBSOCKET_VERSION)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut response = Response::new(());
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            response
+                .headers_mut()
+                .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            return Err(handshake_refusal(&Rejection {
+                response,
+                error: HandshakeError::BadVersion(got),
+            }));
+        }
+    }
+    let negotiation = handshake::server_negotiate(headers, &accept.handshake)
+        .map_err(|e| handshake_refusal(&Rejection::from(e)))?;
+    let mut conn = Connection::new(Role::Server, accept.limits.clone());
+    if let Some(params) = negotiation.negotiated.deflate {
+        let dcfg = accept.handshake.deflate.clone().unwrap_or_default();
+        conn = conn.with_deflate(PerMessageDeflate::new(Role::Server, params, &dcfg));
+    }
+    let mut response = Response::new(());
+    *response.headers_mut() = negotiation.headers;
+    Ok((response, conn, negotiation.negotiated))
+}
+
+/// The echo on an HTTP/3 stream.
+async fn app(
+    head: RequestHead,
+    pending: PendingStream,
+    ticket: AppTicket,
+    stop: watch::Receiver<bool>,
+) {
+    let AppTicket { route, permit, .. } = ticket;
+    let Some((app, accept)) = route
+        .app()
+        .and_then(|a| a.websocket.as_ref().map(|w| (a, w)))
+    else {
+        return refuse(pending, StatusCode::NOT_IMPLEMENTED).await;
+    };
+    let (response, conn, negotiated) = match accept_websocket(&head.request, accept) {
+        Ok(a) => a,
+        Err(r) => {
+            let _ = pending.respond(r.to_response()).await;
+            return;
+        }
+    };
+    let stream: H3Stream = match pending.respond(response).await {
+        Ok(s) => s,
+        Err(e) => return info!("HTTP/3 stream not handed over: {e}"),
+    };
+    let ws = WebSocket::from_raw(stream, conn, &[]).with_negotiated(negotiated);
+    let _permit = permit;
+    info!("websocket over HTTP/3 (RFC 9220)");
+    echo::log_end(echo::echo(ws, stop, app.settings.clone()).await);
+}
+
+/// A proxied extended CONNECT on an HTTP/3 stream.
+async fn proxy(
+    request: ExtendedConnect,
+    pending: PendingStream,
+    ticket: ProxyTicket,
+    front: &Front,
+    stop: watch::Receiver<bool>,
+) {
+    let ProxyTicket { route, permit } = ticket;
+    let tracked = h1_proxy::track(
+        front.dispatcher.gateway().connections(),
+        &route,
+        request.client.addr,
+        Protocol::H3,
+    );
+    let counters = tracked.counters().clone();
+    let respond = move |resp: Response<()>| async move {
+        pending
+            .respond(resp)
+            .await
+            .map(|s| Counting::new(s, counters))
+    };
+    proxy::proxy_extended_connect(request, route.proxy(), permit, respond, stopped(stop)).await;
+}

@@ -1,0 +1,212 @@
+//! The admin listener: `/metrics`, `/status` and `POST /reload`.
+//!
+//! | admin request  | answer |
+//! |----------------|--------|
+//! | `GET /metrics` | 200, Prometheus text ([`crate::proxy::metrics`]) |
+//! | `GET /status`  | 200, HTML: live proxied connections per route (client, upstream, protocol, age, bytes) |
+//! | `POST /reload` | 200 `reloaded: generation N`, or 422 with the reason (the old config stays) |
+//! | other paths    | 404; other methods on those paths 405 |
+//!
+//! It speaks HTTP/1.1, one request per connection (`Connection: close`).
+//! Keep it on loopback or a private network: it has no authentication.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use switchyard::server::read_request_head;
+use switchyard::Limits;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+use crate::live::Gateway;
+
+pub(crate) async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
+    info!(local = ?listener.local_addr().ok(), "admin listening (/metrics, /status, POST /reload)");
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                tokio::spawn(admin_conn(s, gw.clone()));
+            }
+            Err(e) => {
+                warn!("admin accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn admin_conn(mut s: TcpStream, gw: Arc<Gateway>) {
+    let limits = Limits::default();
+    let Ok((req, _)) = read_request_head(&mut s, &limits).await else {
+        return;
+    };
+    let (status, ctype, body) = admin_answer(req.method(), req.uri().path(), &gw);
+    let mut out = Vec::with_capacity(body.len() + 160);
+    let _ = write!(
+        ByteWriter(&mut out),
+        "HTTP/1.1 {} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if req.method() != Method::HEAD {
+        out.extend_from_slice(body.as_bytes());
+    }
+    let _ = s.write_all(&out).await;
+    let _ = s.shutdown().await;
+}
+
+struct ByteWriter<'a>(&'a mut Vec<u8>);
+impl std::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// The admin answer for a method and path: (status, content type, body).
+pub(crate) fn admin_answer(
+    method: &Method,
+    path: &str,
+    gw: &Gateway,
+) -> (StatusCode, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let get = method == Method::GET || method == Method::HEAD;
+    match path {
+        "/metrics" if get => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            gw.metrics().render(),
+        ),
+        "/status" if get => (StatusCode::OK, "text/html; charset=utf-8", status_page(gw)),
+        "/reload" if method == Method::POST => match gw.reload() {
+            Ok(g) => (StatusCode::OK, TEXT, format!("reloaded: generation {g}\n")),
+            Err(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                TEXT,
+                format!("reload rejected, the previous configuration stays in force: {e}\n"),
+            ),
+        },
+        "/metrics" | "/status" | "/reload" => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "method not allowed: GET /metrics, GET /status, POST /reload\n".into(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: /metrics, /status, POST /reload\n".into(),
+        ),
+    }
+}
+
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '&' => o.push_str("&amp;"),
+            '"' => o.push_str("&quot;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// The `/status` page.
+pub(crate) fn status_page(gw: &Gateway) -> String {
+    let live = gw.live();
+    let conns = gw.connections().snapshot();
+    let mut h = String::with_capacity(1024 + conns.len() * 160);
+    h.push_str("<!doctype html><meta charset=utf-8><title>switchyard status</title>\n");
+    let _ = writeln!(
+        h,
+        "<h1>switchyard gateway</h1><p>config generation {}, {} reload(s), {} live proxied connection(s)</p>",
+        live.generation,
+        gw.reload_count(),
+        conns.len()
+    );
+    for entry in &live.routes {
+        let label = &entry.label;
+        let target = match entry.config.target() {
+            crate::config::RouteTarget::Upstream(u) => format!("upstream {u}"),
+            crate::config::RouteTarget::App(a) => format!("app {}", a.as_str()),
+        };
+        let here: Vec<_> = conns.iter().filter(|c| &c.info.route == label).collect();
+        let _ = writeln!(
+            h,
+            "<h2>{} &rarr; {}</h2><p>{} live</p>",
+            esc(label),
+            esc(&target),
+            here.len()
+        );
+        if here.is_empty() {
+            continue;
+        }
+        h.push_str("<table border=1><tr><th>client</th><th>upstream</th><th>protocol</th><th>age (s)</th><th>bytes in</th><th>bytes out</th></tr>\n");
+        for c in here {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
+                c.info.client,
+                esc(&c.info.target),
+                c.info.protocol.label(),
+                c.age.as_secs_f64(),
+                c.bytes_in,
+                c.bytes_out
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn gw() -> Arc<Gateway> {
+        let cfg = Config::from_toml_str(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             [[upstream]]\nname = \"a\"\nservers = [\"ws://127.0.0.1:9\"]\n\
+             [[route]]\nhost = \"x.example\"\npath = \"/ws\"\nupstream = \"a\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        Gateway::new(cfg, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn admin_routes() {
+        let g = gw();
+        let (s, t, body) = admin_answer(&Method::GET, "/metrics", &g);
+        assert_eq!(s, StatusCode::OK);
+        assert!(t.starts_with("text/plain; version=0.0.4"));
+        assert_eq!(body, g.metrics().render());
+        let (s, t, body) = admin_answer(&Method::GET, "/status", &g);
+        assert_eq!(s, StatusCode::OK);
+        assert!(t.starts_with("text/html"));
+        assert!(body.contains("x.example/ws &rarr; upstream a"), "{body}");
+        assert!(body.contains("0 live proxied connection(s)"), "{body}");
+        assert_eq!(
+            admin_answer(&Method::POST, "/metrics", &g).0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            admin_answer(&Method::GET, "/x", &g).0,
+            StatusCode::NOT_FOUND
+        );
+        let (s, _, body) = admin_answer(&Method::POST, "/reload", &g);
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(body.contains("no config file"), "{body}");
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(esc("<a href=\"x\">&"), "&lt;a href=&quot;x&quot;&gt;&amp;");
+    }
+}

@@ -1,0 +1,244 @@
+//! The live connections, for `/status`: every switched connection (a
+//! proxied tunnel or a built-in app) is registered while it lives, with
+//! byte counters its stream updates ([`Counting`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::config::Protocol;
+use crate::io::{AsPlainTcp, PlainTcp};
+
+/// What one live connection is, at registration.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The route label.
+    pub route: String,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// What serves it: `upstream NAME` or `app NAME`.
+    pub target: String,
+    /// The HTTP version the client connected with.
+    pub protocol: Protocol,
+}
+
+/// A snapshot of one live connection.
+#[derive(Debug, Clone)]
+pub struct LiveConnection {
+    /// What it is.
+    pub info: ConnectionInfo,
+    /// How long it has been open.
+    pub age: Duration,
+    /// Bytes from the client so far.
+    pub bytes_in: u64,
+    /// Bytes to the client so far.
+    pub bytes_out: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    info: ConnectionInfo,
+    since: Instant,
+    counters: Arc<Counters>,
+}
+
+/// Bytes through a client stream, both ways.
+#[derive(Debug, Default)]
+pub struct Counters {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+type Entries = Arc<Mutex<HashMap<u64, Entry>>>;
+
+/// The table of live connections (one per gateway).
+#[derive(Debug, Default)]
+pub struct ConnTable {
+    next: AtomicU64,
+    entries: Entries,
+}
+
+fn lock(entries: &Entries) -> MutexGuard<'_, HashMap<u64, Entry>> {
+    entries.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Keeps a connection in the table; dropping it removes the entry.
+#[derive(Debug)]
+pub struct Tracked {
+    entries: Entries,
+    id: u64,
+    counters: Arc<Counters>,
+}
+
+impl Tracked {
+    /// The connection's byte counters, for [`Counting`].
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        lock(&self.entries).remove(&self.id);
+    }
+}
+
+impl ConnTable {
+    /// Register a connection until the returned guard is dropped.
+    pub fn track(&self, info: ConnectionInfo) -> Tracked {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let counters = Arc::new(Counters::default());
+        lock(&self.entries).insert(
+            id,
+            Entry {
+                info,
+                since: Instant::now(),
+                counters: counters.clone(),
+            },
+        );
+        Tracked {
+            entries: self.entries.clone(),
+            id,
+            counters,
+        }
+    }
+
+    /// Every live connection, sorted by route, then client.
+    pub fn snapshot(&self) -> Vec<LiveConnection> {
+        let mut v: Vec<LiveConnection> = lock(&self.entries)
+            .values()
+            .map(|e| LiveConnection {
+                info: e.info.clone(),
+                age: e.since.elapsed(),
+                bytes_in: e.counters.read.load(Ordering::Relaxed),
+                bytes_out: e.counters.written.load(Ordering::Relaxed),
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            a.info
+                .route
+                .cmp(&b.info.route)
+                .then(a.info.client.cmp(&b.info.client))
+        });
+        v
+    }
+
+    /// How many connections are live.
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Counts bytes through a client stream (one relaxed atomic add per I/O
+/// call, no allocation).
+#[derive(Debug)]
+pub struct Counting<C> {
+    inner: C,
+    counters: Arc<Counters>,
+}
+
+impl<C> Counting<C> {
+    /// `inner`, counted into `counters`.
+    pub fn new(inner: C, counters: Arc<Counters>) -> Self {
+        Counting { inner, counters }
+    }
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Counting<C> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.counters.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// The socket under the counter, with the counters (a transparent tunnel
+/// that bypasses the stream updates them).
+impl<C: AsPlainTcp> AsPlainTcp for Counting<C> {
+    fn as_plain_tcp(&mut self) -> Option<PlainTcp<'_>> {
+        let counters = &*self.counters;
+        let mut plain = self.inner.as_plain_tcp()?;
+        plain.read = Some(&counters.read);
+        plain.written = Some(&counters.written);
+        Some(plain)
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Counting<C> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counters
+                .written
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn info(route: &str) -> ConnectionInfo {
+        ConnectionInfo {
+            route: route.into(),
+            client: "127.0.0.1:1".parse().unwrap(),
+            target: "app echo".into(),
+            protocol: Protocol::H1,
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_live_as_long_as_their_guard_and_count_bytes() {
+        let table = ConnTable::default();
+        let a = table.track(info("/b"));
+        let b = table.track(info("/a"));
+        assert_eq!(table.len(), 2);
+        let (x, mut y) = tokio::io::duplex(64);
+        let mut counted = Counting::new(x, a.counters().clone());
+        counted.write_all(b"hello").await.unwrap();
+        y.write_all(b"hi!").await.unwrap();
+        let mut buf = [0u8; 3];
+        counted.read_exact(&mut buf).await.unwrap();
+        let snap = table.snapshot();
+        assert_eq!(snap[0].info.route, "/a", "sorted by route");
+        assert_eq!((snap[1].bytes_in, snap[1].bytes_out), (3, 5));
+        drop(b);
+        assert_eq!(table.len(), 1);
+        drop(a);
+        assert!(table.is_empty());
+    }
+}
