@@ -2223,18 +2223,16 @@ mod tests {
 
     /// The gateway (TLS, HTTP/2 with extended CONNECT) on a free port.
     async fn gateway_tls() -> SocketAddr {
-        let (certs, key) = switchyard_gateway::tls::self_signed(&[]).expect("cert");
-        let cfg = switchyard_gateway::ServeConfig {
-            listen: vec!["127.0.0.1:0".parse().expect("addr")],
-            tls: Some(switchyard_gateway::TlsSettings {
-                certs,
-                key,
-                mode: switchyard_gateway::TlsMode::Listener,
-            }),
-            ..Default::default()
-        };
-        let server = switchyard_gateway::Server::bind(cfg).await.expect("bind");
-        let addr = server.local_addrs()[0];
+        use switchyard_gateway::config::{CertificateSource, Config, Overrides, TlsOverride};
+        let mut flags = Overrides::new();
+        flags.listen = vec!["127.0.0.1:0".parse().expect("addr")];
+        flags.tls = Some(TlsOverride::Listener(CertificateSource::SelfSigned));
+        let cfg = flags.apply(Config::embedded_default()).expect("config");
+        let gateway = switchyard_gateway::Gateway::new(cfg, None).expect("gateway");
+        let server = switchyard_gateway::Server::bind(gateway)
+            .await
+            .expect("bind");
+        let addr = server.addresses()[0].tcp;
         tokio::spawn(server.run(std::future::pending()));
         addr
     }

@@ -12,23 +12,26 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use switchyard::{AnyWebSocket, ClientBuilder, HttpVersion, Message};
-use switchyard_gateway::{ServeConfig, Server, TlsMode, TlsSettings};
+use switchyard_gateway::config::{CertificateSource, Overrides, TlsOverride};
 
-/// A certificate for localhost and 127.0.0.1: the PEM file (for `--ca`) and
-/// the DER chain and key for the server.
-fn cert(name: &str) -> (PathBuf, TlsSettings) {
+mod common;
+
+/// A certificate for localhost and 127.0.0.1 in PEM files: the certificate
+/// (also for `--ca`) and the key.
+fn cert(name: &str) -> (PathBuf, CertificateSource) {
     let dir = std::env::temp_dir().join(format!("switchyard-auto-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let ck =
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let path = dir.join("cert.pem");
+    let key = dir.join("key.pem");
     std::fs::write(&path, ck.cert.pem()).unwrap();
-    let tls = TlsSettings {
-        certs: vec![ck.cert.der().clone()],
-        key: rustls_pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into()),
-        mode: TlsMode::Listener,
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let source = CertificateSource::Files {
+        cert: path.clone(),
+        key,
     };
-    (path, tls)
+    (path, source)
 }
 
 #[derive(Clone, Copy)]
@@ -39,30 +42,19 @@ enum Kind {
 }
 
 /// The gateway over TLS on a free port, on its own runtime.
-fn server(tls: TlsSettings, kind: Kind) -> SocketAddr {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut cfg = ServeConfig {
-                listen: vec!["127.0.0.1:0".parse().unwrap()],
-                tls: Some(tls),
-                ..Default::default()
-            };
-            match kind {
-                Kind::H2WithConnect => {}
-                Kind::H2WithoutConnect => cfg.http2.enable_connect_protocol = false,
-                Kind::Http1Only => cfg.http2.enabled = false,
-            }
-            let server = Server::bind(cfg).await.unwrap();
-            tx.send(server.local_addrs()[0]).unwrap();
-            server.run(std::future::pending()).await;
-        });
-    });
-    rx.recv().unwrap()
+fn server(tls: CertificateSource, kind: Kind) -> SocketAddr {
+    let mut flags = Overrides::new();
+    flags.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    flags.tls = Some(TlsOverride::Listener(tls));
+    let mut cfg = flags
+        .apply(switchyard_gateway::Config::embedded_default())
+        .unwrap();
+    match kind {
+        Kind::H2WithConnect => {}
+        Kind::H2WithoutConnect => cfg.http2.enable_connect_protocol = false,
+        Kind::Http1Only => cfg.listeners[0].protocols = vec![HttpVersion::Http1],
+    }
+    common::gateway_with(cfg)
 }
 
 async fn round_trip(kind: Kind, name: &str) -> (HttpVersion, &'static str) {
@@ -121,23 +113,7 @@ async fn h2_without_extended_connect_falls_back_to_http1() {
 async fn ws_urls_stay_on_http1() {
     // A cleartext gateway (it would speak h2 with prior knowledge, but a
     // client cannot assume that).
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let cfg = ServeConfig {
-                listen: vec!["127.0.0.1:0".parse().unwrap()],
-                ..Default::default()
-            };
-            let server = Server::bind(cfg).await.unwrap();
-            tx.send(server.local_addrs()[0]).unwrap();
-            server.run(std::future::pending()).await;
-        });
-    });
-    let addr: SocketAddr = rx.recv().unwrap();
+    let addr = common::echo_server();
     let (ws, _, choice) =
         switchyard::connect_auto(&format!("ws://{addr}/echo"), &ClientBuilder::new())
             .await

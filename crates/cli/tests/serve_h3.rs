@@ -280,6 +280,6 @@ fn http3_without_tls_is_a_usage_error() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("--http3 needs --tls"), "{err}");
+        assert!(err.contains("h3 runs over QUIC"), "{err}");
     }
 }

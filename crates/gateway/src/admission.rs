@@ -208,8 +208,8 @@ mod tests {
         let err = l.try_acquire("r", a, &p).unwrap_err();
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(
-            err.headers[http::header::RETRY_AFTER],
-            RETRY_AFTER_SECS.to_string()
+            err.header(http::header::RETRY_AFTER).unwrap(),
+            &RETRY_AFTER_SECS.to_string()
         );
         // Another IP is not affected, another route neither.
         let _g3 = l.try_acquire("r", b, &p).unwrap();

@@ -33,10 +33,10 @@ use switchyard::proto::upgrade::{upgrade_offer, ProtocolToken};
 use tracing::info;
 
 use crate::admission::{check_origin, ConnectionGuard};
-use crate::config::Protocol;
 use crate::live::{Gateway, RouteEntry, Target};
 use crate::outcome::{Reason, Refusal};
 use crate::upgrade::{ConnInfo, Registry, UpgradeProtocol};
+use switchyard::proto::HttpVersion;
 
 /// A request as every front sees it, whatever its HTTP version.
 #[derive(Debug)]
@@ -50,7 +50,7 @@ pub struct RequestHead {
     /// Whether the client's connection is TLS.
     pub tls: bool,
     /// The HTTP version of the client's connection.
-    pub protocol: Protocol,
+    pub protocol: HttpVersion,
     /// The `:protocol` of an HTTP/2 or HTTP/3 extended CONNECT (RFC 8441,
     /// RFC 9220).
     pub connect_protocol: Option<String>,
@@ -63,7 +63,7 @@ impl RequestHead {
             request,
             peer,
             tls,
-            protocol: Protocol::H1,
+            protocol: HttpVersion::Http1,
             connect_protocol: None,
         }
     }
@@ -73,7 +73,7 @@ impl RequestHead {
         mut request: Request<()>,
         peer: SocketAddr,
         tls: bool,
-        protocol: Protocol,
+        protocol: HttpVersion,
         connect_protocol: Option<String>,
     ) -> Self {
         if let Some(v) = request
@@ -110,7 +110,7 @@ impl RequestHead {
     /// (when `Connection` names it), or the `:protocol` of an extended
     /// CONNECT.
     fn offers(&self) -> Result<Vec<ProtocolToken>, Refusal> {
-        if self.protocol != Protocol::H1 {
+        if self.protocol != HttpVersion::Http1 {
             return Ok(match &self.connect_protocol {
                 Some(p) if self.request.method() == Method::CONNECT => {
                     ProtocolToken::parse(p).into_iter().collect()
@@ -239,7 +239,7 @@ impl Dispatcher {
                 selected = Some(Selected::Route(token));
                 break;
             }
-            if head.protocol == Protocol::H1 {
+            if head.protocol == HttpVersion::Http1 {
                 if let Some(h) = conn.upgrades.find(&token, &conn.info) {
                     selected = Some(Selected::Connection(h.clone(), token));
                     break;
@@ -256,10 +256,10 @@ impl Dispatcher {
             Some(Selected::Route(t)) => Some(t),
             _ => None,
         };
-        match self.admit(head, conn, entry, token) {
+        match self.admit(head, conn, &entry, token) {
             Ok(d) => d,
-            Err((route, r)) => {
-                self.record_refusal(head, &route, &r);
+            Err(r) => {
+                self.record_refusal(head, &entry.label, &r);
                 Decision::Refuse(r)
             }
         }
@@ -271,56 +271,55 @@ impl Dispatcher {
         &self,
         head: &RequestHead,
         conn: Connection<'_>,
-        entry: Arc<RouteEntry>,
+        entry: &Arc<RouteEntry>,
         token: Option<ProtocolToken>,
-    ) -> Result<Decision, (String, Refusal)> {
-        let refuse = |r: Refusal| (entry.label.clone(), r);
+    ) -> Result<Decision, Refusal> {
         let policy = &entry.config.policy;
         if policy.require_tls && !head.tls {
-            return Err(refuse(tls_required(head)));
+            return Err(tls_required(head));
         }
-        check_origin(head.request.headers(), policy).map_err(refuse)?;
+        check_origin(head.request.headers(), policy)?;
         if token.is_none() {
             if let Some(p) = &head.connect_protocol {
-                return Err(refuse(Refusal::new(
+                return Err(Refusal::new(
                     StatusCode::NOT_IMPLEMENTED,
                     Reason::UnsupportedProtocol,
                     format!(
                         "this route does not switch to {p:?} over extended CONNECT; it speaks {}",
-                        speaks(&entry).join(", ")
+                        speaks(entry).join(", ")
                     ),
-                )));
+                ));
             }
         }
         match &entry.target {
             Target::Upstream => {
                 if token.is_none() && policy.require_upgrade {
-                    return Err(refuse(upgrade_required(&entry, head)));
+                    return Err(upgrade_required(entry, head));
                 }
-                let permit = self.permit(head, &entry).map_err(refuse)?;
+                let permit = self.permit(head, entry)?;
                 Ok(Decision::Proxy(ProxyTicket {
-                    route: entry,
+                    route: entry.clone(),
                     permit,
                 }))
             }
             Target::App(app) => match token {
                 Some(token) => {
                     let Some(handler) = app.handlers.find(&token, &conn.info).cloned() else {
-                        return Err(refuse(upgrade_required(&entry, head)));
+                        return Err(upgrade_required(entry, head));
                     };
-                    let permit = self.permit(head, &entry).map_err(refuse)?;
+                    let permit = self.permit(head, entry)?;
                     Ok(Decision::App(AppTicket {
-                        route: entry,
+                        route: entry.clone(),
                         switch: Some(Selection { handler, token }),
                         permit: Some(permit),
                     }))
                 }
                 None if app.app.upgrade_tokens().is_empty() => Ok(Decision::App(AppTicket {
-                    route: entry,
+                    route: entry.clone(),
                     switch: None,
                     permit: None,
                 })),
-                None => Err(refuse(upgrade_required(&entry, head))),
+                None => Err(upgrade_required(entry, head)),
             },
         }
     }
@@ -348,12 +347,12 @@ impl Dispatcher {
 
 /// Whether the route's target switches to `token` (and its policy allows
 /// it). Over HTTP/2 and HTTP/3 only WebSocket is carried (RFC 8441, 9220).
-fn route_switches(entry: &RouteEntry, token: &ProtocolToken, protocol: Protocol) -> bool {
+fn route_switches(entry: &RouteEntry, token: &ProtocolToken, protocol: HttpVersion) -> bool {
     let name = token.to_string();
     if !entry.config.policy.upgrade_allowed(&name) {
         return false;
     }
-    if protocol != Protocol::H1 && !token.is("websocket") {
+    if protocol != HttpVersion::Http1 && !token.is("websocket") {
         return false;
     }
     match &entry.target {
@@ -374,7 +373,7 @@ fn speaks(entry: &RouteEntry) -> Vec<String> {
 /// switch (only GET upgrades over HTTP/1.1).
 fn upgrade_required(entry: &RouteEntry, head: &RequestHead) -> Refusal {
     let tokens = speaks(entry);
-    if head.protocol == Protocol::H1 && head.request.method() != Method::GET {
+    if head.protocol == HttpVersion::Http1 && head.request.method() != Method::GET {
         return Refusal::new(
             StatusCode::METHOD_NOT_ALLOWED,
             Reason::UpgradeRequired,
@@ -404,7 +403,7 @@ fn upgrade_required(entry: &RouteEntry, head: &RequestHead) -> Refusal {
 /// RFC 2817's token (the client may switch this connection where the
 /// listener offers it, or come back over `https://`), 403 over HTTP/2.
 fn tls_required(head: &RequestHead) -> Refusal {
-    if head.protocol == Protocol::H1 {
+    if head.protocol == HttpVersion::Http1 {
         return Refusal::new(
             StatusCode::UPGRADE_REQUIRED,
             Reason::TlsRequired,

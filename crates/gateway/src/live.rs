@@ -333,20 +333,10 @@ impl Gateway {
         Ok(generation)
     }
 
-    /// The longest drain timeout of the routes whose connections have a
-    /// closing handshake (what shutdown waits); 2 s without any.
+    /// What shutdown waits with the current configuration
+    /// ([`Config::drain_timeout`]).
     pub fn drain_timeout(&self) -> Duration {
-        self.live()
-            .config
-            .routes
-            .iter()
-            .filter(|r| match r.target() {
-                RouteTarget::Upstream(_) => true,
-                RouteTarget::App(app) => app.policy_keys().contains(&"drain_timeout"),
-            })
-            .map(|r| r.policy.drain_timeout)
-            .max()
-            .unwrap_or(Duration::from_secs(2))
+        self.live().config.drain_timeout()
     }
 }
 

@@ -177,6 +177,9 @@ impl std::fmt::Display for Reason {
 /// status, why (for metrics), what happened and what to do (the body and
 /// the log line), and the headers that go with the status (`Retry-After`,
 /// `Upgrade` on a 426, `Allow` on a 405, `Sec-WebSocket-Version`...).
+///
+/// Small (the headers are boxed, absent when there are none): it is the
+/// error type of every check on the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// The status.
@@ -185,8 +188,7 @@ pub struct Refusal {
     pub reason: Reason,
     /// What happened and what to do, for the body and the log.
     pub detail: String,
-    /// Headers that go with the status.
-    pub headers: HeaderMap,
+    headers: Option<Box<HeaderMap>>,
 }
 
 impl Refusal {
@@ -196,7 +198,7 @@ impl Refusal {
             status,
             reason,
             detail: detail.into(),
-            headers: HeaderMap::new(),
+            headers: None,
         }
     }
 
@@ -207,13 +209,25 @@ impl Refusal {
 
     /// With one more header.
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.append(name, value);
+        self.headers
+            .get_or_insert_with(Box::default)
+            .append(name, value);
         self
+    }
+
+    /// The headers that go with the status.
+    pub fn headers(&self) -> HeaderMap {
+        self.headers.as_deref().cloned().unwrap_or_default()
+    }
+
+    /// The value of one of them.
+    pub fn header(&self, name: HeaderName) -> Option<&HeaderValue> {
+        self.headers.as_ref()?.get(name)
     }
 
     /// The whole HTTP/1.1 response with `Connection: close` and a text body.
     pub fn to_bytes(&self) -> Vec<u8> {
-        head::simple_response(self.status, &self.headers, &format!("{}\n", self.detail))
+        head::simple_response(self.status, &self.headers(), &format!("{}\n", self.detail))
     }
 
     /// The response head for HTTP/2 and HTTP/3: connection-specific fields
@@ -221,7 +235,7 @@ impl Refusal {
     pub fn to_response(&self) -> Response<()> {
         let mut resp = Response::new(());
         *resp.status_mut() = self.status;
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers.iter().flat_map(|h| h.iter()) {
             if name != http::header::CONNECTION && name != http::header::UPGRADE {
                 resp.headers_mut().append(name, value.clone());
             }

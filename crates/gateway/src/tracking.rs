@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::config::Protocol;
 use crate::io::{AsPlainTcp, PlainTcp};
+use switchyard::proto::HttpVersion;
 
 /// What one live connection is, at registration.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct ConnectionInfo {
     /// What serves it: `upstream NAME` or `app NAME`.
     pub target: String,
     /// The HTTP version the client connected with.
-    pub protocol: Protocol,
+    pub protocol: HttpVersion,
 }
 
 /// A snapshot of one live connection.
@@ -217,7 +217,7 @@ mod tests {
             route: route.into(),
             client: "127.0.0.1:1".parse().unwrap(),
             target: "app echo".into(),
-            protocol: Protocol::H1,
+            protocol: HttpVersion::Http1,
         }
     }
 

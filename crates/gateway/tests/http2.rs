@@ -13,7 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use switchyard_gateway::config::{App, Config, Protocol};
+use switchyard::proto::HttpVersion;
+use switchyard_gateway::config::{App, Config};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -490,7 +491,7 @@ async fn tls_listener_alpn_h2_and_http11() {
 #[tokio::test]
 async fn http2_disabled_offers_only_http11() {
     let (mut cfg, cert) = tls_cfg();
-    cfg.listeners[0].protocols = vec![Protocol::H1];
+    cfg.listeners[0].protocols = vec![HttpVersion::Http1];
     let srv = start(common::revalidate(cfg)).await;
     // A client offering h2 first gets http/1.1 (what `serve --no-http2` does).
     let mut tls = tls_connect(srv.addr, &cert.der, &[b"h2", b"http/1.1"]).await;

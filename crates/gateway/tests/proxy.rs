@@ -7,16 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use switchyard::proto::HttpVersion;
 use switchyard::server::AcceptConfig;
 use switchyard::{ClientBuilder, CloseCode, Error, Message};
 use switchyard_gateway::admission::{ConnectionGuard, ConnectionLimiter};
-use switchyard_gateway::config::Protocol;
 use switchyard_gateway::config::{
     Backend, Balance, Health, PassiveHealth, PathMatch, Policy, Route, Upstream,
 };
 use switchyard_gateway::outcome::Reason;
 use switchyard_gateway::proxy::{
-    proxy_extended_connect, proxy_h1, ClientInfo, Direction, ExtendedConnect, Metrics, OutcomeKind,
+    proxy_extended_connect, proxy_h1, ClientInfo, Direction, Metrics, OutcomeKind, ProxiedConnect,
     ProxyContext, ProxyOutcome, ProxyRoute, TunnelEnd, Upstreams,
 };
 use switchyard_proto::handshake::accept_key;
@@ -1258,14 +1258,14 @@ async fn extended_connect(
         .body(())
         .unwrap();
     let task = tokio::spawn(async move {
-        let request = ExtendedConnect {
+        let request = ProxiedConnect {
             head: req,
             connect_protocol: protocol.into(),
             client: ClientInfo {
                 addr: "127.0.0.1:40000".parse().unwrap(),
                 tls: true,
             },
-            protocol: Protocol::H2,
+            protocol: HttpVersion::Http2,
         };
         let route = ProxyRoute {
             config: &route,

@@ -353,6 +353,21 @@ impl Nginx {
 /// on its own thread and runtime, on a free loopback port. Lives as long as
 /// the test process.
 pub fn echo_server() -> SocketAddr {
+    gateway(switchyard_gateway::config::Overrides::new())
+}
+
+/// The embedded default with these flags, listening on a free loopback
+/// port, in-process on its own thread and runtime. Lives as long as the
+/// test process.
+pub fn gateway(mut flags: switchyard_gateway::config::Overrides) -> SocketAddr {
+    use switchyard_gateway::config::Config;
+    flags.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let cfg = flags.apply(Config::embedded_default()).unwrap();
+    gateway_with(cfg)
+}
+
+/// [`gateway`] for a whole configuration (its listeners as configured).
+pub fn gateway_with(cfg: switchyard_gateway::config::Config) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -360,12 +375,9 @@ pub fn echo_server() -> SocketAddr {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let cfg = switchyard_gateway::ServeConfig {
-                listen: vec!["127.0.0.1:0".parse().unwrap()],
-                ..Default::default()
-            };
-            let server = switchyard_gateway::Server::bind(cfg).await.unwrap();
-            tx.send(server.local_addrs()[0]).unwrap();
+            let gw = switchyard_gateway::Gateway::new(cfg, None).unwrap();
+            let server = switchyard_gateway::Server::bind(gw).await.unwrap();
+            tx.send(server.addresses()[0].tcp).unwrap();
             server.run(std::future::pending()).await;
         });
     });

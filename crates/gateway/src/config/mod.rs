@@ -180,11 +180,30 @@ impl Config {
             }
             let exact = route.path_match == PathMatch::Exact;
             let score = (host_specific, route.path.len(), exact);
-            if best.map_or(true, |(b, _)| score > b) {
+            let better = match best {
+                None => true,
+                Some((b, _)) => score > b,
+            };
+            if better {
                 best = Some((score, route));
             }
         }
         best.map(|(_, r)| r)
+    }
+
+    /// What shutdown waits for the closing handshakes: the longest
+    /// `drain_timeout` of the routes whose connections have one (proxied
+    /// routes, the echo app); 2 s without any.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        self.routes
+            .iter()
+            .filter(|r| match r.target() {
+                RouteTarget::Upstream(_) => true,
+                RouteTarget::App(app) => app.policy_keys().contains(&"drain_timeout"),
+            })
+            .map(|r| r.policy.drain_timeout)
+            .max()
+            .unwrap_or(std::time::Duration::from_secs(2))
     }
 
     /// The upstream group of that name.
@@ -225,7 +244,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 mod tests {
     use super::*;
     use std::time::Duration;
-    use switchyard_proto::Limits;
+    use switchyard_proto::{HttpVersion, Limits};
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, "switchyard.toml")
@@ -258,7 +277,7 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.listeners.len(), 1);
-        assert_eq!(c.listeners[0].protocols, vec![Protocol::H1]);
+        assert_eq!(c.listeners[0].protocols, vec![HttpVersion::Http1]);
         assert_eq!(c.routes[0].policy, Policy::default());
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.admin, None);
@@ -564,7 +583,10 @@ mod tests {
             .replace("missing-cert.pem", "c.pem")
             .replace("missing-key.pem", "k.pem");
         let c = parse(&good).unwrap();
-        assert_eq!(c.listeners[0].protocols, vec![Protocol::H1, Protocol::H2]);
+        assert_eq!(
+            c.listeners[0].protocols,
+            vec![HttpVersion::Http1, HttpVersion::Http2]
+        );
 
         // The certificate given as the key: no private key in it.
         let swapped = good.replace("k.pem", "c.pem");
@@ -685,36 +707,32 @@ mod tests {
         let l = parse(&text).unwrap().limits;
         assert_eq!(
             l,
-            Limits {
-                max_head_bytes: 8192,
-                max_headers: 50,
-                handshake_timeout: Duration::from_secs(3),
-                max_frame_size: 1 << 20,
-                max_message_size: 2_000_000,
-                max_fragments: 64,
-                max_write_buffer: 64 * 1024,
-                ping_interval: Some(Duration::from_secs(25)),
-                pong_timeout: Duration::from_secs(5),
-                close_timeout: Duration::from_secs(1),
-            }
+            Limits::default()
+                .max_head_bytes(8192)
+                .max_headers(50)
+                .handshake_timeout(Duration::from_secs(3))
+                .max_frame_size(1 << 20)
+                .max_message_size(2_000_000)
+                .max_fragments(64)
+                .max_write_buffer(64 * 1024)
+                .ping_interval(Some(Duration::from_secs(25)))
+                .pong_timeout(Duration::from_secs(5))
+                .close_timeout(Duration::from_secs(1))
         );
         let partial = parse(&format!("{MINIMAL}[limits]\nmax_headers = 7\n"))
             .unwrap()
             .limits;
-        assert_eq!(
-            partial,
-            Limits {
-                max_headers: 7,
-                ..Limits::default()
-            }
-        );
+        assert_eq!(partial, Limits::default().max_headers(7));
     }
 
     #[test]
     fn embedded_default_is_valid_and_routes() {
         let c = Config::embedded_default();
         assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.listeners[0].protocols, vec![Protocol::H1, Protocol::H2]);
+        assert_eq!(
+            c.listeners[0].protocols,
+            vec![HttpVersion::Http1, HttpVersion::Http2]
+        );
         assert!(c.listeners[0].tls.is_none());
         let target = |p: &str| c.route_for(Some("localhost:8080"), p).map(Route::target);
         assert_eq!(target("/echo"), Some(RouteTarget::App(App::Echo)));
@@ -843,7 +861,7 @@ mod tests {
 
         assert_eq!(c.listeners.len(), 2);
         assert_eq!(c.listeners[0].address, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(c.listeners[0].protocols, vec![Protocol::H1]);
+        assert_eq!(c.listeners[0].protocols, vec![HttpVersion::Http1]);
         let tls = c.listeners[1].tls.as_ref().unwrap();
         assert_eq!(
             tls.certificate,
@@ -852,7 +870,10 @@ mod tests {
                 key: dir.join("key.pem")
             }
         );
-        assert_eq!(c.listeners[1].protocols, vec![Protocol::H1, Protocol::H2]);
+        assert_eq!(
+            c.listeners[1].protocols,
+            vec![HttpVersion::Http1, HttpVersion::Http2]
+        );
         assert_eq!(
             c.admin.as_ref().unwrap().address,
             "127.0.0.1:9090".parse().unwrap()

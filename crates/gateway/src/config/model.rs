@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
-use switchyard_proto::Limits;
+use switchyard_proto::{HttpVersion, Limits};
 
 use super::units::{
     de_duration, de_duration_or_off, de_opt_duration, de_opt_duration_or_off, de_opt_size, de_size,
@@ -121,8 +121,8 @@ pub struct Listener {
     /// Protocols served. Default `["h1"]`, or `["h1", "h2"]` with a TLS
     /// listener. `h2` without TLS is HTTP/2 with prior knowledge; `h3` needs
     /// a TLS listener.
-    #[serde(default)]
-    pub protocols: Vec<Protocol>,
+    #[serde(default, deserialize_with = "de_protocols")]
+    pub protocols: Vec<HttpVersion>,
     /// Let the response carry the ACK of the request (Linux: `TCP_QUICKACK`
     /// off on the listening socket, inherited by every accepted one), like
     /// HAProxy's `tcp-smart-accept`: one packet fewer per new connection.
@@ -135,6 +135,14 @@ pub struct Listener {
 
 fn yes() -> bool {
     true
+}
+
+/// `protocols = ["h1", "h2", "h3"]`: [`HttpVersion`] labels.
+fn de_protocols<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HttpVersion>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.parse().map_err(de::Error::custom))
+        .collect()
 }
 
 /// `tls = { ... }` of a listener: the certificate and how it is used.
@@ -223,29 +231,6 @@ impl TlsMode {
         match self {
             TlsMode::Listener => "listener",
             TlsMode::Upgrade => "upgrade",
-        }
-    }
-}
-
-/// An HTTP version a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// HTTP/1.1 (`Upgrade`, RFC 9110 §7.8).
-    H1,
-    /// HTTP/2 (extended CONNECT, RFC 8441).
-    H2,
-    /// HTTP/3 over QUIC (extended CONNECT, RFC 9220).
-    H3,
-}
-
-impl Protocol {
-    /// `"h1"`, `"h2"`, `"h3"`: the TOML value, and the label in logs and metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Protocol::H1 => "h1",
-            Protocol::H2 => "h2",
-            Protocol::H3 => "h3",
         }
     }
 }

@@ -6,9 +6,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use switchyard_proto::HttpVersion;
+
 use super::{
-    App, CertificateSource, Config, ConfigError, ListenerTls, PathMatch, Policy, Protocol, Route,
-    TlsMode, EMBEDDED_DEFAULT_TOML,
+    App, CertificateSource, Config, ConfigError, ListenerTls, PathMatch, Policy, Route, TlsMode,
+    EMBEDDED_DEFAULT_TOML,
 };
 
 /// Where the listeners' certificate comes from, on the command line.
@@ -86,10 +88,10 @@ impl Overrides {
                 l.tls = Some(ListenerTls { certificate, mode });
             }
             if self.no_http2 {
-                l.protocols.retain(|p| *p != Protocol::H2);
+                l.protocols.retain(|p| *p != HttpVersion::Http2);
             }
-            if self.http3 && !l.protocols.contains(&Protocol::H3) {
-                l.protocols.push(Protocol::H3);
+            if self.http3 && !l.protocols.contains(&HttpVersion::Http3) {
+                l.protocols.push(HttpVersion::Http3);
             }
         }
         if self.lineecho && !cfg.routes.iter().any(|r| r.path == "/lineecho") {
@@ -188,7 +190,10 @@ mod tests {
         let c = embedded_with(o).unwrap();
         assert_eq!(c.listeners.len(), 2);
         for l in &c.listeners {
-            assert_eq!(l.protocols, [Protocol::H1, Protocol::H2, Protocol::H3]);
+            assert_eq!(
+                l.protocols,
+                [HttpVersion::Http1, HttpVersion::Http2, HttpVersion::Http3]
+            );
             assert_eq!(
                 l.tls.as_ref().unwrap().certificate,
                 CertificateSource::SelfSigned
@@ -204,7 +209,7 @@ mod tests {
             ..Overrides::default()
         })
         .unwrap();
-        assert_eq!(c.listeners[0].protocols, [Protocol::H1]);
+        assert_eq!(c.listeners[0].protocols, [HttpVersion::Http1]);
         assert!(c.runtime.io_uring);
         assert_eq!(c.runtime.threads, Some(1));
     }

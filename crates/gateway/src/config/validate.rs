@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use switchyard_proto::Limits;
+use switchyard_proto::{HttpVersion, Limits};
 use toml::de::DeValue;
 
 use super::diagnostics::{at, key, ConfigError, Reporter, Seg};
@@ -306,9 +306,9 @@ fn validate_listener(
             ));
         }
         l.protocols = if l.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Listener) {
-            vec![Protocol::H1, Protocol::H2]
+            vec![HttpVersion::Http1, HttpVersion::Http2]
         } else {
-            vec![Protocol::H1]
+            vec![HttpVersion::Http1]
         };
     }
     for (i, proto) in l.protocols.iter().enumerate() {
@@ -320,11 +320,11 @@ fn validate_listener(
         }
     }
     let tls_listener = l.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Listener);
-    if l.protocols.contains(&Protocol::H3) && !tls_listener {
+    if l.protocols.contains(&HttpVersion::Http3) && !tls_listener {
         let i = l
             .protocols
             .iter()
-            .position(|x| *x == Protocol::H3)
+            .position(|x| *x == HttpVersion::Http3)
             .unwrap_or(0);
         return Err(r.err(
             &at(p, &[key("protocols"), Seg::Index(i)]),

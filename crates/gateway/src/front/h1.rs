@@ -411,7 +411,7 @@ impl Answer {
     fn refusal(r: &Refusal) -> Self {
         Answer {
             status: r.status,
-            headers: r.headers.clone(),
+            headers: r.headers(),
             content_type: "text/plain; charset=utf-8",
             body: Cow::Owned(format!("{}\n", r.detail)),
         }

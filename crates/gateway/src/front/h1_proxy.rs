@@ -11,12 +11,12 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::{stopped, ConnCtx};
-use crate::config::Protocol;
 use crate::dispatch::ProxyTicket;
 use crate::io::{Prefixed, ServerIo};
 use crate::live::RouteEntry;
 use crate::proxy::{self, ClientInfo};
 use crate::tracking::{ConnTable, ConnectionInfo, Counting, Tracked};
+use switchyard::proto::HttpVersion;
 
 /// Proxy `req` on the ticket's route: the upstream handshake here, then
 /// (on a verified 101) the tunnel in a task of its own.
@@ -32,7 +32,7 @@ pub(crate) async fn proxy(
     let tls = conn.get_ref().is_tls();
     let (leftover, io) = conn.into_parts();
     let client_info = ClientInfo { addr: peer, tls };
-    let tracked = track(conns, &route, peer, Protocol::H1);
+    let tracked = track(conns, &route, peer, HttpVersion::Http1);
     let client = Counting::new(io, tracked.counters().clone());
     let start = proxy::start_h1(client, req, leftover, client_info, route.proxy(), permit).await;
     let proxy::H1Start::Tunnel(tunnel) = start else {
@@ -55,7 +55,7 @@ pub(crate) fn track(
     conns: &ConnTable,
     route: &RouteEntry,
     client: SocketAddr,
-    protocol: Protocol,
+    protocol: HttpVersion,
 ) -> Tracked {
     conns.track(ConnectionInfo {
         route: route.label.clone(),

@@ -41,13 +41,14 @@ use tracing::{info, Instrument};
 use super::{h1_proxy, not_found_body, stopped, ConnCtx, Front, RequestHead};
 use crate::apps::echo;
 use crate::apps::index::{self, PageAnswer};
-use crate::config::{App, Protocol};
+use crate::config::App;
 use crate::dispatch::{AppTicket, Decision, ProxyTicket};
 use crate::io::{Prefixed, ServerIo};
 use crate::outcome::{Reason, Refusal};
-use crate::proxy::{self, ClientInfo, ExtendedConnect};
+use crate::proxy::{self, ClientInfo, ProxiedConnect};
 use crate::tracking::Counting;
 use crate::upgrade::websocket::handshake_refusal;
+use switchyard::proto::HttpVersion;
 
 type Body = Full<Bytes>;
 
@@ -221,7 +222,13 @@ fn respond(
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return Answer::Now(r);
     }
-    let head = RequestHead::multiplexed(head_of(&req), peer, tls, Protocol::H2, connect_protocol);
+    let head = RequestHead::multiplexed(
+        head_of(&req),
+        peer,
+        tls,
+        HttpVersion::Http2,
+        connect_protocol,
+    );
     let decision = front.dispatcher.decide(&head, front.connection(tls));
     Answer::Now(match decision {
         Decision::NotFound => text(StatusCode::NOT_FOUND, not_found_body(head.path())),
@@ -243,11 +250,11 @@ fn respond(
                      :protocol websocket, RFC 8441)\n",
                 ));
             };
-            let request = ExtendedConnect {
+            let request = ProxiedConnect {
                 head: head.request,
                 connect_protocol,
                 client: ClientInfo { addr: peer, tls },
-                protocol: Protocol::H2,
+                protocol: HttpVersion::Http2,
             };
             return proxy(&mut req, request, ticket, front, ctx);
         }
@@ -328,7 +335,7 @@ fn page(method: &Method) -> Response<Body> {
 /// in a task of its own; the stream's answer once the upstream has spoken.
 fn proxy(
     req: &mut Request<Incoming>,
-    request: ExtendedConnect,
+    request: ProxiedConnect,
     ticket: ProxyTicket,
     front: &Front,
     ctx: &ConnCtx,
@@ -340,7 +347,7 @@ fn proxy(
         front.dispatcher.gateway().connections(),
         &route,
         request.client.addr,
-        Protocol::H2,
+        HttpVersion::Http2,
     );
     let counters = tracked.counters().clone();
     let respond = move |resp: Response<()>| async move {

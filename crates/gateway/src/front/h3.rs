@@ -20,11 +20,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::SEC_WEBSOCKET_VERSION;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use switchyard::h3::{H3Server, H3Stream, PendingStream, TunnelHandler};
-use switchyard::proto::deflate::PerMessageDeflate;
-use switchyard::proto::handshake::{self, HandshakeError, Rejection};
+use switchyard::proto::extended_connect::ExtendedConnect;
+use switchyard::proto::handshake::Negotiated;
 use switchyard::proto::{Connection, Role};
 use switchyard::server::AcceptConfig;
 use switchyard::WebSocket;
@@ -33,12 +32,12 @@ use tracing::{info, Instrument};
 
 use super::{h1_proxy, stopped, ConnCtx, Front, RequestHead};
 use crate::apps::echo;
-use crate::config::Protocol;
 use crate::dispatch::{AppTicket, Decision, ProxyTicket};
 use crate::outcome::{Reason, Refusal};
-use crate::proxy::{self, ClientInfo, ExtendedConnect};
+use crate::proxy::{self, ClientInfo, ProxiedConnect};
 use crate::tracking::Counting;
 use crate::upgrade::websocket::handshake_refusal;
+use switchyard::proto::HttpVersion;
 
 /// Counts the open HTTP/3 WebSockets (echoes and tunnels), so that shutdown
 /// closes the QUIC endpoint only after their closing handshakes.
@@ -110,10 +109,11 @@ fn take(
         .get::<hyper::ext::Protocol>()
         .map(|p| p.as_str().to_owned());
     let mut head_req = Request::new(());
+    *head_req.version_mut() = Version::HTTP_3;
     *head_req.method_mut() = req.method().clone();
     *head_req.uri_mut() = req.uri().clone();
     *head_req.headers_mut() = req.headers().clone();
-    let head = RequestHead::multiplexed(head_req, peer, true, Protocol::H3, connect_protocol);
+    let head = RequestHead::multiplexed(head_req, peer, true, HttpVersion::Http3, connect_protocol);
     let decision = front.dispatcher.decide(&head, front.connection(true));
     let front = front.clone();
     let ctx = ctx.clone();
@@ -140,14 +140,14 @@ fn take(
                     let Some(connect_protocol) = head.connect_protocol else {
                         return refuse(pending, StatusCode::NOT_IMPLEMENTED).await;
                     };
-                    let request = ExtendedConnect {
+                    let request = ProxiedConnect {
                         head: head.request,
                         connect_protocol,
                         client: ClientInfo {
                             addr: peer,
                             tls: true,
                         },
-                        protocol: Protocol::H3,
+                        protocol: HttpVersion::Http3,
                     };
                     proxy(request, pending, ticket, &front, ctx.stop.clone()).await
                 }
@@ -163,42 +163,23 @@ async fn refuse(pending: PendingStream, status: StatusCode) {
     let _ = pending.respond(resp).await;
 }
 
-/// The WebSocket checks of an extended CONNECT (RFC 9220 uses RFC 8441's):
-/// `Sec-WebSocket-Version: 13`, then the negotiation of `accept`. The 200
-/// to send and the connection for what was agreed.
+/// The WebSocket checks of an extended CONNECT (RFC 9220 uses RFC 8441's)
+/// with the route's handshake settings: the 200 to send and the connection
+/// for what was agreed.
 fn accept_websocket(
-    req: &Request<()>,
+    head: &RequestHead,
     accept: &AcceptConfig,
-) -> Result<(Response<()>, Connection, handshake::Negotiated), Refusal> {
-    let headers = req.headers();
-    let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
-    match (versions.next(), versions.next()) {
-        (Some(v), None) if v.as_bytes() == b"13" => {}
-        _ => {
-            let got = headers
-                .get_all(SEC_WEBSOCKET_VERSION)
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut response = Response::new(());
-            *response.status_mut() = StatusCode::BAD_REQUEST;
-            response
-                .headers_mut()
-                .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-            return Err(handshake_refusal(&Rejection {
-                response,
-                error: HandshakeError::BadVersion(got),
-            }));
-        }
-    }
-    let negotiation = handshake::server_negotiate(headers, &accept.handshake)
-        .map_err(|e| handshake_refusal(&Rejection::from(e)))?;
-    let mut conn = Connection::new(Role::Server, accept.limits.clone());
-    if let Some(params) = negotiation.negotiated.deflate {
-        let dcfg = accept.handshake.deflate.clone().unwrap_or_default();
-        conn = conn.with_deflate(PerMessageDeflate::new(Role::Server, params, &dcfg));
-    }
+) -> Result<(Response<()>, Connection, Negotiated), Refusal> {
+    let negotiation =
+        ExtendedConnect::from_request(&head.request, head.connect_protocol.as_deref())
+            .accept_websocket(&accept.handshake)
+            .map_err(|rej| handshake_refusal(&rej))?;
+    let conn = Connection::negotiated(
+        Role::Server,
+        accept.limits.clone(),
+        &negotiation.negotiated,
+        accept.handshake.deflate.as_ref(),
+    );
     let mut response = Response::new(());
     *response.headers_mut() = negotiation.headers;
     Ok((response, conn, negotiation.negotiated))
@@ -218,7 +199,7 @@ async fn app(
     else {
         return refuse(pending, StatusCode::NOT_IMPLEMENTED).await;
     };
-    let (response, conn, negotiated) = match accept_websocket(&head.request, accept) {
+    let (response, conn, negotiated) = match accept_websocket(&head, accept) {
         Ok(a) => a,
         Err(r) => {
             let _ = pending.respond(r.to_response()).await;
@@ -237,7 +218,7 @@ async fn app(
 
 /// A proxied extended CONNECT on an HTTP/3 stream.
 async fn proxy(
-    request: ExtendedConnect,
+    request: ProxiedConnect,
     pending: PendingStream,
     ticket: ProxyTicket,
     front: &Front,
@@ -248,7 +229,7 @@ async fn proxy(
         front.dispatcher.gateway().connections(),
         &route,
         request.client.addr,
-        Protocol::H3,
+        HttpVersion::Http3,
     );
     let counters = tracked.counters().clone();
     let respond = move |resp: Response<()>| async move {

@@ -63,8 +63,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::io::AsPlainTcp;
 
 use crate::admission::ConnectionGuard;
-use crate::config::{Policy, Protocol, Route, TunnelSetting};
+use crate::config::{Policy, Route, TunnelSetting};
 use crate::outcome::{Reason, Refusal};
+use switchyard::proto::HttpVersion;
 
 pub use forward::{ClientInfo, ForwardOptions, UpstreamRequest};
 pub use metrics::{Direction, Metrics};
@@ -444,7 +445,7 @@ pub async fn upstream_upgrade(
 /// status, whose body is not relayed) its `Ok` value is dropped.
 #[allow(clippy::too_many_arguments)]
 pub async fn proxy_extended_connect<S, F, Fut>(
-    req: ExtendedConnect,
+    req: ProxiedConnect,
     route: ProxyRoute<'_>,
     slot: ConnectionGuard,
     respond: F,
@@ -483,7 +484,7 @@ fn status_response(status: StatusCode) -> Response<()> {
 
 /// An HTTP/2 or HTTP/3 extended CONNECT to proxy.
 #[derive(Debug)]
-pub struct ExtendedConnect {
+pub struct ProxiedConnect {
     /// The request: `:authority` and `:path` in its URI.
     pub head: Request<()>,
     /// Its `:protocol`.
@@ -491,7 +492,7 @@ pub struct ExtendedConnect {
     /// Where it came from.
     pub client: ClientInfo,
     /// HTTP/2 or HTTP/3.
-    pub protocol: Protocol,
+    pub protocol: HttpVersion,
 }
 
 fn empty_report(end: TunnelEnd) -> TunnelReport {
@@ -509,7 +510,7 @@ fn empty_report(end: TunnelEnd) -> TunnelReport {
 /// the client must get an error status, `respond` with that response.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 async fn extended_connect_inner<S, F, Fut>(
-    req: &ExtendedConnect,
+    req: &ProxiedConnect,
     route: ProxyRoute<'_>,
     slot: ConnectionGuard,
     respond: F,
@@ -856,7 +857,7 @@ where
         let ctx = route.ctx;
         let _open = ctx
             .metrics
-            .open_connection(route.label, Protocol::H1.label());
+            .open_connection(route.label, HttpVersion::Http1.label());
         let idle = route.config.policy.idle_timeout;
         // Plain TCP on both sides: the copy bypasses the streams (and may
         // splice); else (TLS) through them.
@@ -890,7 +891,7 @@ where
         let ctx = route.ctx;
         let _open = ctx
             .metrics
-            .open_connection(route.label, Protocol::H1.label());
+            .open_connection(route.label, HttpVersion::Http1.label());
         // The settings and leftovers are used (and freed, with their box)
         // before the tunnel runs: an idle tunnel does not hold them.
         let (cfg, client_leftover, upstream_leftover) = match self.frame_aware.take() {

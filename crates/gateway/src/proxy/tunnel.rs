@@ -66,8 +66,9 @@ use bytes::BytesMut;
 use futures_util::{Sink, StreamExt};
 use http::Response;
 use switchyard::{Error as WsError, WebSocket};
-use switchyard_proto::deflate::{client_accept, DeflateConfig, DeflateParams, PerMessageDeflate};
+use switchyard_proto::deflate::{client_accept, DeflateConfig, DeflateParams};
 use switchyard_proto::extensions::parse_extensions;
+use switchyard_proto::handshake::Negotiated;
 use switchyard_proto::{CloseCode, CloseFrame, Connection, Limits, Message, Role, State};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -882,13 +883,15 @@ where
     O: TunnelObserver,
     F: Future<Output = ()> + Unpin,
 {
-    let dcfg = DeflateConfig::default();
-    let mut cconn = Connection::new(Role::Server, cfg.client_limits.clone());
-    let mut uconn = Connection::new(Role::Client, cfg.upstream_limits.clone());
-    if let Some(p) = cfg.deflate {
-        cconn = cconn.with_deflate(PerMessageDeflate::new(Role::Server, p, &dcfg));
-        uconn = uconn.with_deflate(PerMessageDeflate::new(Role::Client, p, &dcfg));
-    }
+    // Both sides run what the upstream agreed to (the client's 101 or 200
+    // carries the upstream's extensions).
+    let negotiated = Negotiated {
+        subprotocol: None,
+        deflate: cfg.deflate,
+    };
+    let cconn = Connection::negotiated(Role::Server, cfg.client_limits.clone(), &negotiated, None);
+    let uconn =
+        Connection::negotiated(Role::Client, cfg.upstream_limits.clone(), &negotiated, None);
     let mut relay = Relay::new(
         WebSocket::from_raw(client, cconn, &client_leftover),
         WebSocket::from_raw(upstream, uconn, &upstream_leftover),

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn, Instrument};
 
-use crate::config::{Config, Listener, Protocol, TlsMode};
+use crate::config::{Config, Listener, RouteTarget, TlsMode};
 use crate::dispatch::Dispatcher;
 use crate::front::h2::Http2Settings;
 use crate::front::task::{ConnectionTask, Upgraded};
@@ -26,6 +26,7 @@ use crate::io::ServerIo;
 use crate::tls::{self, ReloadableCert, TlsError};
 use crate::upgrade::tls::TlsUpgrade;
 use crate::upgrade::{Registry, UpgradeProtocol};
+use switchyard::proto::HttpVersion;
 
 use super::{Certificates, ServeError};
 
@@ -79,7 +80,7 @@ impl BoundListener {
         certs: &Certificates,
     ) -> Result<BoundListener, ServeError> {
         let addr = listener.address;
-        let h2_enabled = listener.protocols.contains(&Protocol::H2);
+        let h2_enabled = listener.protocols.contains(&HttpVersion::Http2);
         let mut conn_protocols = Registry::new();
         let mut tls_acceptor = None;
         let mut cert = None;
@@ -114,16 +115,18 @@ impl BoundListener {
         let tcp = bind_tcp(addr, listener.ack_with_response)
             .map_err(|source| ServeError::Bind { addr, source })?;
         let bound = tcp.local_addr().unwrap_or(addr);
-        let quic = match (&cert, listener.protocols.contains(&Protocol::H3)) {
+        let quic = match (&cert, listener.protocols.contains(&HttpVersion::Http3)) {
             (Some(c), true) => Some(bind_quic(bound, c.clone())?),
             (None, true) => return Err(ServeError::Http3NeedsTls { addr }),
             (_, false) => None,
         };
         // SETTINGS_ENABLE_CONNECT_PROTOCOL only where WebSocket is served.
-        let serves_websocket = dispatcher.gateway().live().config.routes.iter().any(|r| {
+        let serves_websocket = cfg.routes.iter().any(|r| {
             r.policy.upgrade_allowed("websocket")
-                && r.app
-                    .map_or(true, |a| a.upgrade_tokens().contains(&"websocket"))
+                && match r.target() {
+                    RouteTarget::Upstream(_) => true,
+                    RouteTarget::App(a) => a.upgrade_tokens().contains(&"websocket"),
+                }
         });
         let http2 = h2_enabled
             .then(|| Http2Settings::new(cfg.http2.enable_connect_protocol && serves_websocket));
@@ -135,7 +138,7 @@ impl BoundListener {
             http2,
             conn_protocols,
             has_certificate: listener.tls.is_some(),
-            grace: dispatcher.gateway().drain_timeout(),
+            grace: cfg.drain_timeout(),
             alt_svc,
             next_id: AtomicU64::new(1),
         });

@@ -23,10 +23,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::config::{CertificateSource, Config, Listener, Protocol};
+use crate::config::{CertificateSource, Config, Listener};
 use crate::dispatch::Dispatcher;
 use crate::live::{Gateway, GatewayError, ListenerControl};
 use crate::tls::{self, TlsError};
+use switchyard::proto::HttpVersion;
 
 pub(crate) mod admin;
 mod listener;
@@ -257,8 +258,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn shape(l: &Listener) -> (Option<crate::config::TlsMode>, bool, bool) {
     (
         l.tls.as_ref().map(|t| t.mode),
-        l.protocols.contains(&Protocol::H2),
-        l.protocols.contains(&Protocol::H3),
+        l.protocols.contains(&HttpVersion::Http2),
+        l.protocols.contains(&HttpVersion::Http3),
     )
 }
 

@@ -83,7 +83,7 @@ pub(crate) fn handshake_refusal(rej: &handshake::Rejection) -> Refusal {
     );
     for (name, value) in rej.response.headers() {
         if name != CONTENT_LENGTH && name != CONTENT_TYPE && name != CONNECTION {
-            r.headers.append(name, value.clone());
+            r = r.with_header(name.clone(), value.clone());
         }
     }
     info!(status = %r.status, "websocket handshake refused: {}", r.detail);
