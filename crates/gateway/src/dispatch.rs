@@ -419,3 +419,356 @@ fn tls_required(head: &RequestHead) -> Refusal {
         "this resource is served over TLS only: use https:// or wss://",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::upgrade::{Switch, UpgradeProtocol};
+
+    /// Routes of every kind: an upstream, the echo app, the line-echo app,
+    /// a page, and policies that refuse.
+    const CONFIG: &str = r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[[upstream]]
+name = "u"
+servers = ["ws://127.0.0.1:9"]
+
+[[route]]
+path = "/proxied"
+upstream = "u"
+[route.policy]
+allowed_upgrades = ["websocket", "lineecho/1"]
+
+[[route]]
+path = "/echo"
+app = "echo"
+
+[[route]]
+path = "/line"
+app = "lineecho"
+
+[[route]]
+path = "/page"
+app = "index"
+
+[[route]]
+path = "/guarded"
+app = "echo"
+[route.policy]
+allowed_origins = ["https://good.example"]
+max_connections = 1
+
+[[route]]
+path = "/tls-only"
+upstream = "u"
+[route.policy]
+require_tls = true
+"#;
+
+    /// The connection's own protocol (RFC 2817 TLS stands for any): only
+    /// on cleartext connections of a listener with a certificate.
+    struct ConnectionProtocol(Vec<ProtocolToken>);
+
+    impl UpgradeProtocol for ConnectionProtocol {
+        fn tokens(&self) -> &[ProtocolToken] {
+            &self.0
+        }
+        fn available(&self, conn: &ConnInfo) -> bool {
+            conn.has_certificate && !conn.tls
+        }
+        fn prepare(
+            &self,
+            _: &Request<()>,
+            _: &ProtocolToken,
+            _: &ConnInfo,
+        ) -> Result<Switch, Refusal> {
+            unreachable!("the dispatcher selects, it never prepares")
+        }
+    }
+
+    fn dispatcher() -> Dispatcher {
+        let cfg = Config::from_toml_str(CONFIG, "test").unwrap();
+        Dispatcher::new(Gateway::new(cfg, None).unwrap())
+    }
+
+    fn tls_registry() -> Registry {
+        Registry::new().with(Arc::new(ConnectionProtocol(vec![ProtocolToken::parse(
+            "TLS/1.3",
+        )
+        .unwrap()])))
+    }
+
+    fn h1(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHead {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, "localhost");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        RequestHead::h1(
+            b.body(()).unwrap(),
+            "127.0.0.1:5000".parse().unwrap(),
+            false,
+        )
+    }
+
+    fn upgrade(path: &str, offer: &str) -> RequestHead {
+        h1(
+            "GET",
+            path,
+            &[("connection", "Upgrade"), ("upgrade", offer)],
+        )
+    }
+
+    fn extended_connect(path: &str, protocol: HttpVersion, token: &str) -> RequestHead {
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("https://localhost{path}"))
+            .body(())
+            .unwrap();
+        RequestHead::multiplexed(
+            req,
+            "127.0.0.1:5000".parse().unwrap(),
+            true,
+            protocol,
+            Some(token.to_string()),
+        )
+    }
+
+    fn decide(
+        d: &Dispatcher,
+        head: &RequestHead,
+        upgrades: &Registry,
+        certificate: bool,
+    ) -> Decision {
+        let info = ConnInfo {
+            tls: head.tls,
+            has_certificate: certificate,
+        };
+        d.decide(head, Connection { upgrades, info })
+    }
+
+    fn refusal(decision: Decision) -> Refusal {
+        match decision {
+            Decision::Refuse(r) => r,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn app_token(decision: &Decision) -> Option<String> {
+        match decision {
+            Decision::App(t) => t.switch.as_ref().map(|s| s.token.to_string()),
+            other => panic!("expected an app, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_offered_token_the_route_speaks_wins() {
+        let d = dispatcher();
+        let none = Registry::new();
+        // The client's order, not the route's.
+        let got = decide(
+            &d,
+            &upgrade("/line", "foo, lineecho/1, websocket"),
+            &none,
+            false,
+        );
+        assert_eq!(app_token(&got).as_deref(), Some("lineecho/1"));
+        let got = decide(&d, &upgrade("/echo", "websocket, lineecho/1"), &none, false);
+        assert_eq!(app_token(&got).as_deref(), Some("websocket"));
+        // A version must match when the handler names one.
+        let r = refusal(decide(&d, &upgrade("/line", "lineecho/2"), &none, false));
+        assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(r.header(UPGRADE).unwrap(), "lineecho/1");
+    }
+
+    #[test]
+    fn h2c_is_never_selected() {
+        let d = dispatcher();
+        let r = refusal(decide(
+            &d,
+            &upgrade("/echo", "h2c"),
+            &Registry::new(),
+            false,
+        ));
+        assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
+        // A proxied route gets it as a plain request: the upgrade is not forwarded.
+        assert!(matches!(
+            decide(&d, &upgrade("/proxied", "h2c"), &Registry::new(), false),
+            Decision::Proxy(_)
+        ));
+    }
+
+    #[test]
+    fn upgrade_without_connection_upgrade_is_a_plain_request() {
+        let d = dispatcher();
+        let head = h1("GET", "/echo", &[("upgrade", "websocket")]);
+        let r = refusal(decide(&d, &head, &Registry::new(), false));
+        assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(r.reason, Reason::UpgradeRequired);
+        let head = h1("POST", "/echo", &[]);
+        let r = refusal(decide(&d, &head, &Registry::new(), false));
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.header(ALLOW).unwrap(), "GET");
+    }
+
+    #[test]
+    fn a_hostile_offer_is_400() {
+        let d = dispatcher();
+        for offer in ["websocket, , /1", "web socket", "a/b/c"] {
+            let r = refusal(decide(
+                &d,
+                &upgrade("/echo", offer),
+                &Registry::new(),
+                false,
+            ));
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{offer:?}");
+            assert_eq!(r.reason, Reason::BadUpgrade, "{offer:?}");
+        }
+        assert_eq!(
+            d.gateway()
+                .metrics()
+                .upgrade_attempts("refused", "bad_upgrade"),
+            3
+        );
+    }
+
+    #[test]
+    fn the_connection_protocol_needs_a_certificate_and_cleartext() {
+        let d = dispatcher();
+        let tls = tls_registry();
+        let got = decide(&d, &upgrade("/page", "TLS/1.3"), &tls, true);
+        assert!(matches!(got, Decision::SwitchConnection(s) if s.token.to_string() == "TLS/1.3"));
+        // No certificate: the handler is unavailable and skipped; the page is served.
+        let got = decide(&d, &upgrade("/page", "TLS/1.3"), &tls, false);
+        assert!(matches!(got, Decision::App(AppTicket { switch: None, .. })));
+        // Even where no route matches, the connection itself can switch.
+        let got = decide(&d, &upgrade("/nowhere", "TLS/1.3"), &tls, true);
+        assert!(matches!(got, Decision::SwitchConnection(_)));
+        assert!(matches!(
+            decide(&d, &h1("GET", "/nowhere", &[]), &tls, true),
+            Decision::NotFound
+        ));
+    }
+
+    #[test]
+    fn policy_applies_to_app_routes() {
+        let d = dispatcher();
+        let none = Registry::new();
+        let evil = h1(
+            "GET",
+            "/guarded",
+            &[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("origin", "https://evil.example"),
+            ],
+        );
+        let r = refusal(decide(&d, &evil, &none, false));
+        assert_eq!(
+            (r.status, r.reason),
+            (StatusCode::FORBIDDEN, Reason::Origin)
+        );
+
+        let good = h1(
+            "GET",
+            "/guarded",
+            &[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("origin", "https://good.example"),
+            ],
+        );
+        let first = decide(&d, &good, &none, false);
+        assert_eq!(app_token(&first).as_deref(), Some("websocket"));
+        // The slot is held by the decision: a second one is over the cap.
+        let r = refusal(decide(&d, &good, &none, false));
+        assert_eq!(
+            (r.status, r.reason),
+            (StatusCode::SERVICE_UNAVAILABLE, Reason::RouteFull)
+        );
+        assert!(r.header(http::header::RETRY_AFTER).is_some());
+        drop(first);
+        assert!(matches!(decide(&d, &good, &none, false), Decision::App(_)));
+        let m = d.gateway().metrics();
+        assert_eq!(m.upgrade_attempts("refused", "origin"), 1);
+        assert_eq!(m.upgrade_attempts("refused", "route_full"), 1);
+    }
+
+    #[test]
+    fn require_tls_asks_for_rfc2817_over_h1_and_refuses_elsewhere() {
+        let d = dispatcher();
+        let r = refusal(decide(
+            &d,
+            &h1("GET", "/tls-only", &[]),
+            &Registry::new(),
+            false,
+        ));
+        assert_eq!(
+            (r.status, r.reason),
+            (StatusCode::UPGRADE_REQUIRED, Reason::TlsRequired)
+        );
+        assert_eq!(r.header(UPGRADE).unwrap(), "TLS/1.3, HTTP/1.1");
+        let mut head = extended_connect("/tls-only", HttpVersion::Http2, "websocket");
+        head.tls = false;
+        let r = refusal(decide(&d, &head, &Registry::new(), false));
+        assert_eq!(
+            (r.status, r.reason),
+            (StatusCode::FORBIDDEN, Reason::TlsRequired)
+        );
+        let head = extended_connect("/tls-only", HttpVersion::Http2, "websocket");
+        assert!(matches!(
+            decide(&d, &head, &Registry::new(), true),
+            Decision::Proxy(_)
+        ));
+    }
+
+    #[test]
+    fn extended_connect_switches_only_to_websocket() {
+        let d = dispatcher();
+        let none = Registry::new();
+        for version in [HttpVersion::Http2, HttpVersion::Http3] {
+            let got = decide(
+                &d,
+                &extended_connect("/echo", version, "websocket"),
+                &none,
+                true,
+            );
+            assert_eq!(app_token(&got).as_deref(), Some("websocket"), "{version}");
+            let got = decide(
+                &d,
+                &extended_connect("/proxied", version, "websocket"),
+                &none,
+                true,
+            );
+            assert!(matches!(got, Decision::Proxy(_)), "{version}");
+            // The route allows lineecho/1 but it is not carried over HTTP/2 or HTTP/3.
+            let r = refusal(decide(
+                &d,
+                &extended_connect("/proxied", version, "lineecho/1"),
+                &none,
+                true,
+            ));
+            assert_eq!(
+                (r.status, r.reason),
+                (StatusCode::NOT_IMPLEMENTED, Reason::UnsupportedProtocol),
+                "{version}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_route_decision_carries_its_live_entry() {
+        let d = dispatcher();
+        let Decision::Proxy(t) = decide(&d, &h1("GET", "/proxied/x", &[]), &Registry::new(), false)
+        else {
+            panic!("expected a proxy decision");
+        };
+        assert_eq!(t.route.config.path, "/proxied");
+        assert!(matches!(t.route.target, Target::Upstream));
+    }
+}
