@@ -47,6 +47,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
+use switchyard_gateway::config::parse_flag_duration;
 
 use anyhow::{bail, Context};
 use base64::Engine as _;
@@ -89,12 +90,13 @@ pub struct BenchArgs {
     /// Send binary messages instead of text (text payloads are ASCII).
     #[arg(long)]
     pub binary: bool,
-    /// Measured time in seconds, after the warm-up (default 3; in --idle mode: hold forever).
-    #[arg(short = 'd', long)]
-    pub duration: Option<f64>,
-    /// Warm-up time in seconds before measuring.
-    #[arg(short = 'w', long, default_value_t = 1.0)]
-    pub warmup: f64,
+    /// Measured time after the warm-up, e.g. "10s" or seconds (default 3s; in --idle
+    /// mode: hold forever).
+    #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_flag_duration)]
+    pub duration: Option<Duration>,
+    /// Warm-up time before measuring ("500ms", "2s", or seconds).
+    #[arg(short = 'w', long, value_name = "DURATION", default_value = "1s", value_parser = parse_flag_duration)]
+    pub warmup: Duration,
     /// Handshake-rate mode: connect, handshake, close, repeat.
     #[arg(long, conflicts_with = "idle")]
     pub handshakes: bool,
@@ -113,10 +115,10 @@ pub struct BenchArgs {
     /// stalled server is not hidden (no coordinated omission). --in-flight is then unused.
     #[arg(long, value_name = "MSGS_PER_S", conflicts_with_all = ["handshakes", "idle"])]
     pub rate: Option<f64>,
-    /// Open the connections gradually over this many seconds (the warm-up and the measured
-    /// window start once they are all open).
-    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
-    pub ramp_up: f64,
+    /// Open the connections gradually over this time ("5s", or seconds; the warm-up and the
+    /// measured window start once they are all open).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_flag_duration)]
+    pub ramp_up: Duration,
     /// Also write a self-contained HTML report (throughput and latency over time, summary).
     #[arg(long, value_name = "FILE")]
     pub html: Option<std::path::PathBuf>,
@@ -288,21 +290,15 @@ impl Plan {
         if args.in_flight == 0 {
             bail!("--in-flight must be at least 1");
         }
-        let secs = |name: &str, v: f64| -> anyhow::Result<Duration> {
-            if !(v.is_finite() && v >= 0.0) {
-                bail!("--{name} must be a number of seconds >= 0, got {v}");
-            }
-            Ok(Duration::from_secs_f64(v))
-        };
-        let warmup = secs("warmup", args.warmup)?;
-        let ramp_up = secs("ramp-up", args.ramp_up)?;
+        let warmup = args.warmup;
+        let ramp_up = args.ramp_up;
         if let Some(r) = args.rate {
             if !(r.is_finite() && r > 0.0) {
                 bail!("--rate must be a number of messages per second > 0, got {r}");
             }
         }
         let duration = match (args.duration, args.idle) {
-            (Some(d), _) => Some(secs("duration", d)?),
+            (Some(d), _) => Some(d),
             (None, Some(_)) => None,
             (None, None) => Some(Duration::from_secs(3)),
         };
@@ -2019,14 +2015,14 @@ mod tests {
             in_flight: 3,
             size: 300,
             binary: true,
-            duration: Some(0.3),
-            warmup: 0.0,
+            duration: Some(Duration::from_millis(300)),
+            warmup: Duration::ZERO,
             handshakes: false,
             idle: None,
             threads: Some(2),
             json: true,
             rate: None,
-            ramp_up: 0.0,
+            ramp_up: Duration::ZERO,
             html: None,
             ca: None,
             insecure: false,
@@ -2098,14 +2094,14 @@ mod tests {
             in_flight: 1,
             size: 16,
             binary: false,
-            duration: Some(0.2),
-            warmup: 0.0,
+            duration: Some(Duration::from_millis(200)),
+            warmup: Duration::ZERO,
             handshakes: false,
             idle: None,
             threads: Some(1),
             json: false,
             rate: None,
-            ramp_up: 0.0,
+            ramp_up: Duration::ZERO,
             html: None,
             ca: None,
             insecure: false,
@@ -2155,13 +2151,13 @@ mod tests {
             size: 16,
             binary: false,
             duration: Some(0.1),
-            warmup: 0.0,
+            warmup: Duration::ZERO,
             handshakes: true,
             idle: None,
             threads: Some(1),
             json: false,
             rate: None,
-            ramp_up: 0.0,
+            ramp_up: Duration::ZERO,
             html: None,
             ca: None,
             insecure: false,
@@ -2204,13 +2200,13 @@ mod tests {
             size: 16,
             binary: false,
             duration: Some(0.05),
-            warmup: 0.0,
+            warmup: Duration::ZERO,
             handshakes: false,
             idle: Some(20),
             threads: None,
             json: true,
             rate: None,
-            ramp_up: 0.0,
+            ramp_up: Duration::ZERO,
             html: None,
             ca: None,
             insecure: false,
@@ -2248,14 +2244,14 @@ mod tests {
             in_flight: 2,
             size: 100,
             binary: false,
-            duration: Some(0.3),
+            duration: Some(Duration::from_millis(300)),
             warmup: 0.05,
             handshakes: false,
             idle: None,
             threads: Some(1),
             json: true,
             rate: None,
-            ramp_up: 0.0,
+            ramp_up: Duration::ZERO,
             html: None,
         }
     }

@@ -32,6 +32,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchyard_gateway::config::parse_flag_duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -41,7 +42,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use crate::diagnose::{close_code_name, diagnose_dial, diagnose_drop};
-use crate::dial::{parse_duration, ConnOpts, Transcript};
+use crate::dial::{ConnOpts, Transcript};
 
 /// Exit statuses (see the module table).
 pub mod exit {
@@ -92,16 +93,16 @@ pub struct ConnectArgs {
     /// Send a ping this often (the first one after one interval); the
     /// connection counts as lost (exit 4) if a pong does not come within
     /// --ping-timeout.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_flag_duration)]
     pub ping_interval: Option<Duration>,
     /// With --ping-interval: how long to wait for each pong.
-    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_flag_duration)]
     pub ping_timeout: Duration,
     /// Reconnect when the connection cannot be opened, is lost, or is closed by the server.
     #[arg(long)]
     pub reconnect: bool,
     /// Longest delay between reconnect attempts.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_flag_duration)]
     pub reconnect_max_delay: Duration,
     /// With --reconnect: give up after this many failed attempts in a row.
     #[arg(long, value_name = "N")]

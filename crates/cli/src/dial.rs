@@ -19,6 +19,8 @@ use switchyard::{ClientBuilder, WebSocket};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use switchyard_gateway::config::parse_flag_duration;
+
 use crate::proxy::{Proxy, ProxyError};
 
 /// Any byte stream the WebSocket can run on (TCP, TLS, a proxy tunnel).
@@ -609,29 +611,6 @@ pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
     Ok((name, value))
 }
 
-/// A duration: `250ms`, `5s`, `2m`, `1h`, or plain seconds (`1.5`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; write e.g. 500ms, 5s, 2m"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        u => return Err(format!("unknown unit {u:?} in {s:?}; use ms, s, m or h")),
-    };
-    if !secs.is_finite() || !(0.0..=31_536_000.0).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// The connection options `connect` and `monitor` share.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ConnOpts {
@@ -675,7 +654,7 @@ pub struct ConnOpts {
     #[arg(long)]
     pub no_deflate: bool,
     /// Give up opening the connection after this long (TCP, proxy, TLS and upgrade).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_flag_duration)]
     pub connect_timeout: Duration,
 }
 
@@ -746,16 +725,11 @@ mod tests {
     }
 
     #[test]
-    fn header_and_duration_parsing() {
+    fn header_parsing() {
         let (n, v) = parse_header("X-Token:  abc ").unwrap();
         assert_eq!((n.as_str(), v.to_str().unwrap()), ("x-token", "abc"));
         assert!(parse_header("no colon").is_err());
         assert!(parse_header("bad name: x").is_err());
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
     }
 
     #[test]

@@ -42,10 +42,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use switchyard_gateway::config::parse_flag_duration;
 
 use http::{HeaderName, HeaderValue, Response};
 
-use crate::dial::{parse_duration, parse_header, ConnOpts, DialError, Dialer, Target, Transcript};
+use crate::dial::{parse_header, ConnOpts, DialError, Dialer, Target, Transcript};
 use fixes::Problem;
 use report::{Report, Status, Step};
 
@@ -60,7 +61,7 @@ pub struct DoctorArgs {
     pub origin: Option<String>,
     /// After the other steps, keep a connection silent this long (e.g. 75s)
     /// and report whether something on the path closes it.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_flag_duration)]
     pub idle_probe: Option<Duration>,
     /// Print one JSON document instead of lines.
     #[arg(long)]
@@ -75,7 +76,7 @@ pub struct DoctorArgs {
     #[arg(long = "subprotocol", value_name = "NAME")]
     pub subprotocols: Vec<String>,
     /// Give up each step after this long.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_flag_duration)]
     pub timeout: Duration,
 }
 

@@ -30,6 +30,7 @@ use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
+use switchyard_gateway::config::parse_flag_duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -40,7 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::connect::rfc3339;
 use crate::diagnose::diagnose_dial;
-use crate::dial::{parse_duration, ConnOpts, Dialer};
+use crate::dial::{ConnOpts, Dialer};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -55,13 +56,13 @@ pub struct MonitorArgs {
     #[arg(required = true, value_name = "URL")]
     pub urls: Vec<String>,
     /// Send a ping this often on each connection.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_flag_duration)]
     pub interval: Duration,
     /// A pong that does not come within this ends the connection.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_flag_duration)]
     pub ping_timeout: Duration,
     /// Longest delay between reconnect attempts.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_flag_duration)]
     pub max_backoff: Duration,
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -70,7 +71,7 @@ pub struct MonitorArgs {
     #[arg(long)]
     pub json: bool,
     /// Stop after this long (default: run until interrupted).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_flag_duration)]
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub conn: ConnOpts,

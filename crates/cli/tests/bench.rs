@@ -143,7 +143,7 @@ fn binary_messages_and_the_text_summary() {
 fn fixed_rate_holds_within_20_percent() {
     let addr = echo_server();
     let url = format!("ws://{addr}/echo");
-    let (out, v) = bench_json(&[&url, "--rate", "500", "-c", "5", "-d", "2", "-w", "0.5"]);
+    let (out, v) = bench_json(&[&url, "--rate", "500", "-c", "5", "-d", "2s", "-w", "0.5s"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(v["loop"], "open");
     assert_eq!(f(&v, "rate"), 500.0);
@@ -216,9 +216,20 @@ fn html_report_is_self_contained_with_the_plot_data() {
 fn handshake_mode_counts_handshakes() {
     let addr = echo_server();
     let url = format!("ws://{addr}/echo");
-    let (out, v) = bench_json(&[&url, "--handshakes", "-c", "2", "-d", "0.5", "-w", "0.1"]);
+    // Durations in the config's grammar ("500ms", "1.5s") and as bare seconds.
+    let (out, v) = bench_json(&[
+        &url,
+        "--handshakes",
+        "-c",
+        "2",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "0.1",
+    ]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(v["mode"], "handshakes");
+    assert_eq!(f(&v, "warmup"), 0.1);
     assert_eq!(u(&v, "errors"), 0, "{v}");
     let n = u(&v, "handshakes");
     assert!(n > 0);
@@ -461,5 +472,15 @@ fn an_altered_echo_is_a_protocol_error() {
             "size {size}: {first}"
         );
         assert_eq!(u(&v, "messages_total"), 2, "size {size}: {v}");
+    }
+}
+
+#[test]
+fn a_malformed_duration_is_a_usage_error_that_says_the_grammar() {
+    for bad in ["5 parsecs", "1.5d", "1.s"] {
+        let out = bench(&["ws://127.0.0.1:9/", "--duration", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("expected a duration like"), "{bad}: {err}");
     }
 }

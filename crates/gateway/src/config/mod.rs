@@ -26,8 +26,9 @@
 //! idle_timeout = "10m"
 //! ```
 //!
-//! Durations are strings: a whole number and a unit, `ms`, `s`, `m` or `h`
-//! (`"500ms"`, `"30s"`, `"2m"`, `"1h"`). Sizes are a number of bytes or a
+//! Durations are strings: a number and a unit, `ms`, `s`, `m` or `h`
+//! (`"500ms"`, `"30s"`, `"1.5s"`, `"2m"`, `"1h"`); the command line's flags
+//! take the same grammar, and there a bare number means seconds. Sizes are a number of bytes or a
 //! string with a unit, `B`, `KiB`, `MiB`, `GiB` (binary) or `KB`, `MB`, `GB`
 //! (decimal): `1000`, `"16KiB"`, `"1MiB"`.
 //!
@@ -56,7 +57,7 @@ mod validate;
 pub use diagnostics::ConfigError;
 pub use model::*;
 pub use overrides::{ConfigSource, Overrides, TlsOverride};
-pub use units::{format_duration, parse_duration, parse_size};
+pub use units::{format_duration, parse_duration, parse_flag_duration, parse_size};
 
 use diagnostics::{line_of, path_at, path_string, Reporter};
 use validate::check_backend_urls;

@@ -13,31 +13,70 @@ use serde::Deserialize;
 // Durations, sizes, addresses
 // ---------------------------------------------------------------------------
 
-const DURATION_EXPECTED: &str = "expected a duration like \"30s\" or \"500ms\"";
-const DURATION_HINT: &str = "(a whole number followed by ms, s, m or h)";
+const DURATION_EXPECTED: &str = "expected a duration like \"30s\", \"1.5s\" or \"500ms\"";
+const DURATION_HINT: &str = "(a number followed by ms, s, m or h)";
 const SIZE_EXPECTED: &str = "expected a size like \"16KiB\", \"1MiB\" or 1000";
 const SIZE_HINT: &str = "(bytes, or a whole number followed by B, KiB, MiB, GiB, KB, MB or GB)";
 
-/// Parses `"500ms"`, `"30s"`, `"2m"`, `"1h"`. The message of the error is
-/// ready to show: what was expected and what was found.
+/// Parses `"500ms"`, `"30s"`, `"1.5s"`, `"2m"`, `"1h"`: a number (with an
+/// optional decimal fraction) and a unit, to the millisecond. The message of
+/// the error is ready to show: what was expected and what was found.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let fail = || format!("{DURATION_EXPECTED}, found \"{text}\" {DURATION_HINT}");
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = text.split_at(digits);
-    if number.is_empty() {
-        return Err(fail());
-    }
-    let n: u64 = number.parse().map_err(|_| fail())?;
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
     let millis_per_unit: u64 = match unit {
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
-        _ => return Err(fail()),
+        _ => {
+            return Err(format!(
+                "{DURATION_EXPECTED}, found \"{text}\" {DURATION_HINT}"
+            ))
+        }
     };
-    n.checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration \"{text}\" is too large"))
+    duration_of(text, number, millis_per_unit)
+}
+
+/// The command line's form of [`parse_duration`]: the same grammar, and a
+/// bare number (`"2"`, `"0.5"`) means seconds.
+pub fn parse_flag_duration(text: &str) -> Result<Duration, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return duration_of(text, text, 1_000);
+    }
+    parse_duration(text)
+}
+
+/// `number` (digits, optionally `.` and more digits) times a unit of
+/// `millis_per_unit` milliseconds, exact to the millisecond.
+fn duration_of(text: &str, number: &str, millis_per_unit: u64) -> Result<Duration, String> {
+    let fail = || format!("{DURATION_EXPECTED}, found \"{text}\" {DURATION_HINT}");
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(fraction) || number.ends_with('.') {
+        return Err(fail());
+    }
+    let too_large = || format!("duration \"{text}\" is too large");
+    let whole: u64 = whole.parse().map_err(|_| too_large())?;
+    let mut millis = whole.checked_mul(millis_per_unit).ok_or_else(too_large)?;
+    // The fraction, digit by digit, in units of millis_per_unit / 10^k.
+    let mut scale = millis_per_unit;
+    for (i, d) in fraction.bytes().enumerate() {
+        let d = u64::from(d - b'0');
+        if scale % 10 != 0 {
+            if d != 0 || fraction.bytes().skip(i + 1).any(|b| b != b'0') {
+                return Err(format!(
+                    "duration \"{text}\" is finer than a millisecond, the smallest step"
+                ));
+            }
+            break;
+        }
+        scale /= 10;
+        millis = millis.checked_add(d * scale).ok_or_else(too_large)?;
+    }
+    Ok(Duration::from_millis(millis))
 }
 
 /// Parses `"1000"`, `"16KiB"`, `"1MiB"`, `"2GB"` (an optional space between
@@ -219,8 +258,25 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.25m"), Ok(Duration::from_secs(15)));
+        assert_eq!(
+            parse_duration("2.5ms").unwrap_err(),
+            "duration \"2.5ms\" is finer than a millisecond, the smallest step"
+        );
+        assert_eq!(
+            parse_duration("2.50ms"),
+            Err(parse_duration("2.5ms")
+                .unwrap_err()
+                .replace("2.5ms", "2.50ms"))
+        );
+        assert_eq!(parse_duration("2.000ms"), Ok(Duration::from_millis(2)));
+        assert_eq!(
+            parse_duration("0.0015s").unwrap_err(),
+            "duration \"0.0015s\" is finer than a millisecond, the smallest step"
+        );
         for bad in [
-            "30 sec", "30", "s", "", "-1s", "1.5s", "30S", "1d", "30s ", "１s",
+            "30 sec", "30", "s", "", "-1s", "1.s", ".5s", "1..5s", "30S", "1d", "30s ", "１s",
         ] {
             let e = parse_duration(bad).unwrap_err();
             assert!(e.contains(&format!("found \"{bad}\"")), "{e}");
@@ -230,6 +286,18 @@ mod tests {
         assert!(parse_duration("18446744073709551615h")
             .unwrap_err()
             .contains("too large"));
+    }
+
+    #[test]
+    fn flags_take_bare_seconds() {
+        assert_eq!(parse_flag_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_flag_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_flag_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_flag_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", ".", "1.", "two", "-1", "5 parsecs"] {
+            let e = parse_flag_duration(bad).unwrap_err();
+            assert!(e.starts_with(DURATION_EXPECTED), "{bad:?}: {e}");
+        }
     }
 
     #[test]
