@@ -48,6 +48,7 @@ use std::path::Path;
 use toml::de::DeTable;
 
 mod diagnostics;
+mod embedded;
 mod emit;
 mod model;
 mod overrides;
@@ -55,43 +56,13 @@ pub mod units;
 mod validate;
 
 pub use diagnostics::ConfigError;
+pub use embedded::EMBEDDED_DEFAULT_TOML;
 pub use model::*;
 pub use overrides::{ConfigSource, Overrides, TlsOverride};
-pub use units::{format_duration, parse_duration, parse_flag_duration, parse_size};
+pub use units::{format_duration, parse_duration, parse_flag_duration, parse_size, MAX_SIZE};
 
 use diagnostics::{line_of, path_at, path_string, Reporter};
 use validate::check_backend_urls;
-
-/// Largest size any size key accepts: larger messages should be streamed.
-pub const MAX_SIZE: usize = 1 << 30;
-
-/// What `switchyard serve` runs without `--config`
-/// ([`Config::embedded_default`]); `switchyard serve --print-config` shows it
-/// with every default written out.
-pub const EMBEDDED_DEFAULT_TOML: &str = r#"# What `switchyard serve` runs without --config.
-[[listener]]
-address = "127.0.0.1:8080"
-protocols = ["h1", "h2"]
-
-# The WebSocket echo: 101 then every message back; 426 without an upgrade.
-[[route]]
-path = "/echo"
-match = "exact"
-app = "echo"
-[route.policy]
-drain_timeout = "2s"
-
-# A page that talks to /echo from the browser.
-[[route]]
-path = "/"
-match = "exact"
-app = "index"
-
-[[route]]
-path = "/index.html"
-match = "exact"
-app = "index"
-"#;
 
 impl Config {
     /// [`EMBEDDED_DEFAULT_TOML`]: one cleartext listener on 127.0.0.1:8080
@@ -308,7 +279,7 @@ mod tests {
         let msg = expect_err(&text, 12, "route[1].policy.idle_timeout", "");
         assert!(
             msg.ends_with(
-                "expected a duration like \"30s\" or \"500ms\", found \"30 sec\" (a whole number \
+                "expected a duration like \"30s\", \"1.5s\" or \"500ms\", found \"30 sec\" (a number \
                  followed by ms, s, m or h)"
             ),
             "{msg}"
@@ -426,7 +397,7 @@ mod tests {
             ),
             3,
             "listener[0].protocols[1]",
-            "unknown variant `h4`",
+            "unknown HTTP version \"h4\"; use h1, h2 or h3",
         );
         expect_err(
             &MINIMAL.replace(

@@ -138,11 +138,29 @@ fn yes() -> bool {
 }
 
 /// `protocols = ["h1", "h2", "h3"]`: [`HttpVersion`] labels.
+/// Each label is parsed inside its own deserializer call, so that an error
+/// carries the element's position (`protocols[1]`).
 fn de_protocols<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HttpVersion>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|s| s.parse().map_err(de::Error::custom))
-        .collect()
+    struct Label(HttpVersion);
+    struct LabelVisitor;
+    impl de::Visitor<'_> for LabelVisitor {
+        type Value = Label;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an HTTP version: \"h1\", \"h2\" or \"h3\"")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Label, E> {
+            v.parse().map(Label).map_err(E::custom)
+        }
+    }
+    impl<'de> Deserialize<'de> for Label {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_str(LabelVisitor)
+        }
+    }
+    Ok(Vec::<Label>::deserialize(d)?
+        .into_iter()
+        .map(|l| l.0)
+        .collect())
 }
 
 /// `tls = { ... }` of a listener: the certificate and how it is used.
