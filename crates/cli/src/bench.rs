@@ -2036,7 +2036,7 @@ mod tests {
         let addr = spawn_test_echo_server().await;
         let url = format!("ws://{addr}/echo");
         let base = BenchArgs {
-            warmup: 0.05,
+            warmup: Duration::from_millis(50),
             ..echo_args(&url)
         };
         let plan = Arc::new(
@@ -2150,7 +2150,7 @@ mod tests {
             in_flight: 1,
             size: 16,
             binary: false,
-            duration: Some(0.1),
+            duration: Some(Duration::from_millis(100)),
             warmup: Duration::ZERO,
             handshakes: true,
             idle: None,
@@ -2199,7 +2199,7 @@ mod tests {
             in_flight: 1,
             size: 16,
             binary: false,
-            duration: Some(0.05),
+            duration: Some(Duration::from_millis(50)),
             warmup: Duration::ZERO,
             handshakes: false,
             idle: Some(20),
@@ -2245,7 +2245,7 @@ mod tests {
             size: 100,
             binary: false,
             duration: Some(Duration::from_millis(300)),
-            warmup: 0.05,
+            warmup: Duration::from_millis(50),
             handshakes: false,
             idle: None,
             threads: Some(1),

@@ -48,7 +48,7 @@ use http::{HeaderName, HeaderValue, Response};
 
 use crate::dial::{parse_header, ConnOpts, DialError, Dialer, Target, Transcript};
 use fixes::Problem;
-use report::{Report, Status, Step};
+use report::{ms, Report, Status, Step};
 
 /// `switchyard doctor` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -99,16 +99,6 @@ pub async fn run(args: DoctorArgs) -> i32 {
         print!("{}", report.human());
     }
     report.status().exit_code()
-}
-
-/// Milliseconds with a useful precision.
-fn ms(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1000.0;
-    if ms < 10.0 {
-        format!("{ms:.2} ms")
-    } else {
-        format!("{ms:.0} ms")
-    }
 }
 
 /// All the steps, in order; stops early when nothing further can be reached.

@@ -13,8 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::fixes::Problem;
-use super::ms;
-use super::report::Step;
+use super::report::{ms, Step};
 use super::tls::{self, Trust};
 use crate::dial::{Dialer, Target};
 

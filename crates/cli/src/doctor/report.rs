@@ -2,6 +2,7 @@
 //! people (one line per step, evidence indented) or as one JSON document.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -183,6 +184,16 @@ impl Report {
             "steps": steps,
             "notes": self.notes,
         })
+    }
+}
+
+/// Milliseconds with a useful precision.
+pub fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.0} ms")
     }
 }
 

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 
 use switchyard_proto::HttpVersion;
 
-use super::{
-    App, CertificateSource, Config, ConfigError, ListenerTls, PathMatch, Policy, Route, TlsMode,
-    EMBEDDED_DEFAULT_TOML,
+use super::diagnostics::ConfigError;
+use super::embedded::EMBEDDED_DEFAULT_TOML;
+use super::model::{
+    App, CertificateSource, Config, ListenerTls, PathMatch, Policy, Route, TlsMode,
 };
 
 /// Where the listeners' certificate comes from, on the command line.

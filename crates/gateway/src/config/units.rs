@@ -13,6 +13,9 @@ use serde::Deserialize;
 // Durations, sizes, addresses
 // ---------------------------------------------------------------------------
 
+/// Largest size any size key accepts: larger messages should be streamed.
+pub const MAX_SIZE: usize = 1 << 30;
+
 const DURATION_EXPECTED: &str = "expected a duration like \"30s\", \"1.5s\" or \"500ms\"";
 const DURATION_HINT: &str = "(a number followed by ms, s, m or h)";
 const SIZE_EXPECTED: &str = "expected a size like \"16KiB\", \"1MiB\" or 1000";
@@ -65,7 +68,7 @@ fn duration_of(text: &str, number: &str, millis_per_unit: u64) -> Result<Duratio
     let mut scale = millis_per_unit;
     for (i, d) in fraction.bytes().enumerate() {
         let d = u64::from(d - b'0');
-        if scale % 10 != 0 {
+        if !scale.is_multiple_of(10) {
             if d != 0 || fraction.bytes().skip(i + 1).any(|b| b != b'0') {
                 return Err(format!(
                     "duration \"{text}\" is finer than a millisecond, the smallest step"

@@ -10,7 +10,7 @@ use toml::de::DeValue;
 
 use super::diagnostics::{at, key, ConfigError, Reporter, Seg};
 use super::model::*;
-use super::{Config, MAX_SIZE};
+use super::units::MAX_SIZE;
 
 impl Config {
     pub(super) fn validate(&mut self, r: &Reporter<'_>, base: &Path) -> Result<(), ConfigError> {

@@ -24,12 +24,13 @@ use switchyard::server::read_request_head;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
+use super::context::{not_found_body, ConnCtx, Front, Upgraded};
 use super::h1_body::{
     body_length, discard_body, expects_continue, wants_keep_alive, BodyCaps, BodyError, BodyLen,
 };
-use super::task::Upgraded;
-use super::{h1_proxy, not_found_body, ConnCtx, Front, RequestHead};
+use super::h1_proxy;
 use crate::apps::index::{self, PageAnswer};
+use crate::dispatch::RequestHead;
 use crate::dispatch::{AppTicket, Decision, Selection};
 use crate::io::{Prefixed, ServerIo};
 use crate::outcome::Refusal;

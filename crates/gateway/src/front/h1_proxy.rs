@@ -10,7 +10,7 @@ use http::Request;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::{stopped, ConnCtx};
+use super::context::{stopped, ConnCtx};
 use crate::dispatch::ProxyTicket;
 use crate::io::{Prefixed, ServerIo};
 use crate::live::RouteEntry;

@@ -1,7 +1,7 @@
 //! The HTTP/2 front (hyper 1), WebSocket over extended CONNECT (RFC 8441).
 //!
 //! Reached by ALPN `h2` on TLS listeners, or by the prior-knowledge preface
-//! on cleartext ones. Every limit of [`Http2Settings`] is set explicitly;
+//! on cleartext ones. Every limit of [`super::Http2Settings`] is set explicitly;
 //! SETTINGS_ENABLE_CONNECT_PROTOCOL is sent only when
 //! `[http2] enable_connect_protocol` is on and a route serves WebSocket.
 //!
@@ -33,15 +33,16 @@ use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tracing::{info, Instrument};
 
-use super::{h1_proxy, not_found_body, stopped, ConnCtx, Front, RequestHead};
+use super::context::{not_found_body, stopped, ConnCtx, Front};
+use super::h1_proxy;
 use crate::apps::echo;
 use crate::apps::index::{self, PageAnswer};
 use crate::config::App;
+use crate::dispatch::RequestHead;
 use crate::dispatch::{AppTicket, Decision, ProxyTicket};
 use crate::io::{Prefixed, ServerIo};
 use crate::outcome::{Reason, Refusal};
@@ -51,65 +52,6 @@ use crate::upgrade::websocket::handshake_refusal;
 use switchyard::proto::HttpVersion;
 
 type Body = Full<Bytes>;
-
-/// The HTTP/2 server's limits.
-#[derive(Debug, Clone)]
-pub struct Http2Settings {
-    /// Send SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441).
-    pub enable_connect_protocol: bool,
-    /// SETTINGS_MAX_CONCURRENT_STREAMS.
-    pub max_concurrent_streams: u32,
-    /// SETTINGS_MAX_HEADER_LIST_SIZE; also bounds CONTINUATION floods.
-    pub max_header_list_size: u32,
-    /// Streams reset by the client before we answered, kept at once (rapid
-    /// reset, CVE-2023-44487); more is a GOAWAY.
-    pub max_pending_accept_reset_streams: usize,
-    /// Streams we reset because of client errors before the connection gets
-    /// a GOAWAY.
-    pub max_local_error_reset_streams: usize,
-    /// HTTP/2 PING interval on an idle connection.
-    pub keep_alive_interval: Duration,
-    /// How long to wait for the PING ack before closing.
-    pub keep_alive_timeout: Duration,
-    /// Bytes buffered per stream for sending.
-    pub max_send_buf_size: usize,
-}
-
-impl Http2Settings {
-    /// The server's limits: 256 streams, 16 KiB of header list (the
-    /// HTTP/1.1 head cap), rapid-reset and error-reset caps, a PING every
-    /// 30 s on an idle connection (20 s to answer), 1 MiB send buffer per
-    /// stream.
-    pub fn new(enable_connect_protocol: bool) -> Self {
-        Http2Settings {
-            enable_connect_protocol,
-            max_concurrent_streams: 256,
-            max_header_list_size: 16 * 1024,
-            max_pending_accept_reset_streams: 20,
-            max_local_error_reset_streams: 1024,
-            keep_alive_interval: Duration::from_secs(30),
-            keep_alive_timeout: Duration::from_secs(20),
-            max_send_buf_size: 1 << 20,
-        }
-    }
-
-    /// The hyper builder with every limit set.
-    pub fn builder(&self) -> http2::Builder<TokioExecutor> {
-        let mut b = http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .max_concurrent_streams(self.max_concurrent_streams)
-            .max_header_list_size(self.max_header_list_size)
-            .max_pending_accept_reset_streams(self.max_pending_accept_reset_streams)
-            .max_local_error_reset_streams(self.max_local_error_reset_streams)
-            .keep_alive_interval(self.keep_alive_interval)
-            .keep_alive_timeout(self.keep_alive_timeout)
-            .max_send_buf_size(self.max_send_buf_size);
-        if self.enable_connect_protocol {
-            b.enable_connect_protocol();
-        }
-        b
-    }
-}
 
 /// Serve HTTP/2 on `io`; `buf` holds bytes already read (the preface).
 pub(crate) async fn serve(

@@ -30,8 +30,10 @@ use switchyard::WebSocket;
 use tokio::sync::watch;
 use tracing::{info, Instrument};
 
-use super::{h1_proxy, stopped, ConnCtx, Front, RequestHead};
+use super::context::{stopped, ConnCtx, Front};
+use super::h1_proxy;
 use crate::apps::echo;
+use crate::dispatch::RequestHead;
 use crate::dispatch::{AppTicket, Decision, ProxyTicket};
 use crate::outcome::{Reason, Refusal};
 use crate::proxy::{self, ClientInfo, ProxiedConnect};

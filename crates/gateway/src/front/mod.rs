@@ -1,6 +1,7 @@
 //! The fronts: HTTP/1.1 ([`h1`]), HTTP/2 ([`h2`], RFC 8441) and HTTP/3
 //! ([`h3`], RFC 9220). Each speaks its wire format and nothing else: it
-//! turns a request into a [`RequestHead`], asks the [`Dispatcher`] for a
+//! turns a request into a [`crate::dispatch::RequestHead`], asks the
+//! [`crate::dispatch::Dispatcher`] for a
 //! [`crate::dispatch::Decision`], and carries it out with its own glue (a
 //! `101` and a session on HTTP/1.1, a `200` and a stream on HTTP/2 and
 //! HTTP/3). Routes, policies, apps and the proxy are never decided here.
@@ -8,87 +9,14 @@
 //! [`task`] is the task of one accepted connection: the front's handshake
 //! part, then the switched session in the same task.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-use switchyard::Limits;
-use tokio::sync::{mpsc, watch};
-
-use crate::config::Http1;
-use crate::dispatch::{Connection, Dispatcher};
-use crate::upgrade::{ConnInfo, Registry};
-
+mod context;
 pub mod h1;
 mod h1_body;
 mod h1_proxy;
 pub mod h2;
+mod h2_settings;
 pub mod h3;
 pub mod task;
 
-pub use crate::dispatch::RequestHead;
-
-/// What every connection of one listener shares (read-only).
-#[derive(Debug)]
-pub struct Front {
-    /// Decides every request.
-    pub dispatcher: Dispatcher,
-    /// `[limits]`: head caps and the head deadline.
-    pub limits: Limits,
-    /// `[http1]`.
-    pub http1: Http1,
-    /// The HTTP/2 server, when the listener serves it.
-    pub http2: Option<h2::Http2Settings>,
-    /// Protocols the connections themselves switch to (RFC 2817 TLS).
-    pub conn_protocols: Registry,
-    /// Whether the listener has a certificate.
-    pub has_certificate: bool,
-    /// How long shutdown waits for connections to finish their closing
-    /// handshakes.
-    pub grace: Duration,
-    /// `Alt-Svc` for the TCP responses when the listener also serves HTTP/3.
-    pub alt_svc: Option<http::HeaderValue>,
-    /// Connection ids, for the tracing spans.
-    pub next_id: AtomicU64,
-}
-
-impl Front {
-    /// The next connection id (for the connection's tracing span).
-    pub fn connection_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// What the dispatcher needs to know of a connection.
-    pub fn connection(&self, tls: bool) -> Connection<'_> {
-        Connection {
-            upgrades: &self.conn_protocols,
-            info: ConnInfo {
-                tls,
-                has_certificate: self.has_certificate,
-            },
-        }
-    }
-}
-
-/// Per-connection handles: the shutdown signal and the liveness token that
-/// the runtime waits for at shutdown.
-#[derive(Debug, Clone)]
-pub struct ConnCtx {
-    /// Turns true when the server shuts down.
-    pub stop: watch::Receiver<bool>,
-    /// Held by every task of the connection.
-    pub alive: mpsc::Sender<()>,
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-pub async fn stopped(mut stop: watch::Receiver<bool>) {
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// The body of a 404.
-pub(crate) fn not_found_body(path: &str) -> String {
-    format!("not found: no route for {path}\n")
-}
+pub use context::{ConnCtx, Front, Upgraded};
+pub use h2_settings::Http2Settings;

@@ -8,16 +8,10 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use http::Request;
 
-use super::{h1, ConnCtx, Front};
+use super::context::{ConnCtx, Front, Upgraded};
+use super::h1;
 use crate::io::{Prefixed, ServerIo};
-use crate::upgrade::{BoxFuture, SessionEnd};
-
-/// A connection that switched protocols: the session to run in the
-/// connection's task, and the context it holds (the liveness token).
-pub struct Upgraded {
-    pub(crate) session: BoxFuture<SessionEnd>,
-    pub(crate) ctx: ConnCtx,
-}
+use crate::upgrade::SessionEnd;
 
 /// The future of one connection's task: first the boxed handshake part
 /// (TLS, HTTP/2, the HTTP/1.1 loop: KiBs), then, once that switched

@@ -19,16 +19,16 @@ use tracing::{info, warn, Instrument};
 
 use crate::config::{Config, Listener, RouteTarget, TlsMode};
 use crate::dispatch::Dispatcher;
-use crate::front::h2::Http2Settings;
-use crate::front::task::{ConnectionTask, Upgraded};
-use crate::front::{h1, h2, h3, ConnCtx, Front};
+use crate::front::task::ConnectionTask;
+use crate::front::{h1, h2, h3, ConnCtx, Front, Http2Settings, Upgraded};
 use crate::io::ServerIo;
 use crate::tls::{self, ReloadableCert, TlsError};
 use crate::upgrade::tls::TlsUpgrade;
 use crate::upgrade::{Registry, UpgradeProtocol};
 use switchyard::proto::HttpVersion;
 
-use super::{Certificates, ServeError};
+use super::certificates::Certificates;
+use super::error::ServeError;
 
 /// A bound listener, ready to run.
 pub(crate) struct BoundListener {

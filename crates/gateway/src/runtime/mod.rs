@@ -16,74 +16,27 @@
 //! is generated once per process and kept across reloads.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::config::{CertificateSource, Config, Listener};
+use crate::config::{Config, Listener};
 use crate::dispatch::Dispatcher;
-use crate::live::{Gateway, GatewayError, ListenerControl};
-use crate::tls::{self, TlsError};
+use crate::live::{Gateway, ListenerControl};
+use crate::tls;
 use switchyard::proto::HttpVersion;
 
 pub(crate) mod admin;
+mod certificates;
+mod error;
 mod listener;
 
-use listener::{BoundListener, ListenerHandle};
+use certificates::Certificates;
+pub use error::ServeError;
 
-/// Why the server could not start (or a listener could not be added).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServeError {
-    /// Config or upstream setup.
-    #[error(transparent)]
-    Gateway(#[from] GatewayError),
-    /// A TCP port that cannot be bound.
-    #[error("cannot listen on {addr}: {source} (is another process using the port? try --listen 127.0.0.1:0)")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A listener's certificate or key.
-    #[error("listener {addr}: {source}")]
-    Tls {
-        /// The listener.
-        addr: SocketAddr,
-        /// Why.
-        source: TlsError,
-    },
-    /// `h3` on a listener without TLS from the first byte.
-    #[error("listener {addr}: HTTP/3 needs a TLS listener (QUIC is always TLS)")]
-    Http3NeedsTls {
-        /// The listener.
-        addr: SocketAddr,
-    },
-    /// The UDP port of HTTP/3.
-    #[error(
-        "cannot serve HTTP/3 on UDP {addr}: {reason} (is another process using the UDP port?)"
-    )]
-    Http3 {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        reason: String,
-    },
-    /// The admin listener.
-    #[error(
-        "cannot listen on the admin address {addr}: {source} (is another process using the port?)"
-    )]
-    Admin {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-}
+use listener::{BoundListener, ListenerHandle};
 
 /// A bound listener, as the caller sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,42 +47,6 @@ pub struct BoundAddress {
     pub tls: bool,
     /// The UDP address serving HTTP/3, if any.
     pub http3: Option<SocketAddr>,
-}
-
-/// Where listener certificates come from: files (read on every call, so a
-/// reload reads them again) or the process's self-signed certificate
-/// (generated once).
-#[derive(Debug, Default)]
-pub(crate) struct Certificates {
-    self_signed: OnceLock<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-}
-
-impl Certificates {
-    /// The chain and key of `source`.
-    pub(crate) fn load(
-        &self,
-        source: &CertificateSource,
-    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-        match source {
-            CertificateSource::Files { cert, key } => tls::load_pem(cert, key),
-            CertificateSource::SelfSigned => {
-                let (chain, key) = match self.self_signed.get() {
-                    Some(pair) => pair,
-                    None => {
-                        let generated = tls::self_signed(&[])?;
-                        self.self_signed.get_or_init(|| generated)
-                    }
-                };
-                Ok((chain.clone(), key.clone_key()))
-            }
-        }
-    }
-
-    /// The SHA-256 fingerprint of the self-signed certificate, once generated.
-    fn self_signed_fingerprint(&self) -> Option<String> {
-        let (chain, _) = self.self_signed.get()?;
-        chain.first().map(tls::fingerprint_sha256)
-    }
 }
 
 /// Bound listeners of a gateway, ready to run.

@@ -7,7 +7,9 @@ use bytes::BytesMut;
 use http::Request;
 use switchyard::proto::upgrade::{switching_protocols, ProtocolToken};
 
-use super::{BoxFuture, ConnInfo, Session, SessionCtx, SessionEnd, Switch, UpgradeProtocol};
+use super::protocol::{
+    BoxFuture, ConnInfo, Session, SessionCtx, SessionEnd, Switch, UpgradeProtocol,
+};
 use crate::apps::lineecho::line_echo;
 use crate::io::ServerIo;
 use crate::outcome::Refusal;

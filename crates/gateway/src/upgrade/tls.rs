@@ -23,7 +23,9 @@ use switchyard::proto::upgrade::{header_tokens, ProtocolToken};
 use tokio_rustls::TlsAcceptor;
 use tracing::info;
 
-use super::{BoxFuture, ConnInfo, Session, SessionCtx, SessionEnd, Switch, UpgradeProtocol};
+use super::protocol::{
+    BoxFuture, ConnInfo, Session, SessionCtx, SessionEnd, Switch, UpgradeProtocol,
+};
 use crate::io::ServerIo;
 use crate::outcome::Refusal;
 

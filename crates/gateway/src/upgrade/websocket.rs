@@ -15,7 +15,9 @@ use switchyard::server::AcceptConfig;
 use switchyard::{Limits, WebSocket};
 use tracing::info;
 
-use super::{BoxFuture, ConnInfo, Session, SessionCtx, SessionEnd, Switch, UpgradeProtocol};
+use super::protocol::{
+    BoxFuture, ConnInfo, Session, SessionCtx, SessionEnd, Switch, UpgradeProtocol,
+};
 use crate::apps::echo::{self, log_end};
 use crate::apps::AppSettings;
 use crate::io::ServerIo;
