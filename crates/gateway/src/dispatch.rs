@@ -250,6 +250,12 @@ impl Dispatcher {
             return Decision::SwitchConnection(Selection { handler, token });
         }
         let Some(entry) = entry else {
+            info!(
+                client = %head.peer,
+                protocol = head.protocol.label(),
+                path = head.path(),
+                "no route: 404"
+            );
             return Decision::NotFound;
         };
         let token = match selected {

@@ -19,7 +19,7 @@ use crate::upgrade::SessionEnd;
 /// session hands the connection back to HTTP/1.1 (RFC 2817).
 ///
 /// Written by hand: an `async fn` doing the same keeps argument and
-/// match slots alive across its awaits (776 bytes measured) where this is
+/// match slots alive across its awaits where this is
 /// the session's box and context (idle memory per WebSocket); and one task
 /// per connection instead of a second one spawned at the switch (handshake
 /// rate).

@@ -1,5 +1,5 @@
 //! Cleartext TCP connections driven by io_uring instead of epoll (Linux, opt-in:
-//! `ServeConfig::io_uring`, `switchyard serve --io-uring`).
+//! `[runtime] io_uring`, `switchyard serve --io-uring`).
 //!
 //! On the epoll path every message costs a `recv` and a `send` system call, and the
 //! kernel's epoll bookkeeping on both sides of the wake-up. Here every connection keeps

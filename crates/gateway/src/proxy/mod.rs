@@ -17,7 +17,7 @@
 //!   [`H1Tunnel::run`] are the two halves of it: the gateway's HTTP/1.1
 //!   front runs the first in the connection's task and the tunnel in a task
 //!   of its own, so that an idle proxied connection holds only the tunnel's
-//!   state (idle memory per connection, issue 4's 4 KiB target).
+//!   state (idle memory per connection).
 //! * [`proxy_extended_connect`]: HTTP/2 and HTTP/3 extended CONNECT
 //!   (RFC 8441 / 9220) to an HTTP/1.1 upstream. The front passes the request
 //!   (`:authority` and `:path` in its URI), the `:protocol` value, and a

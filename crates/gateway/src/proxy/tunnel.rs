@@ -990,11 +990,9 @@ mod tests {
     #[tokio::test]
     async fn idle_tunnel_futures_are_small() {
         // Each lives as long as its proxied connection (idle memory per
-        // connection; issue 4's target is 4 KiB in all, with the task, the
-        // two sockets and the `/status` entry). Measured: 512 (transparent)
-        // and 760 (frame-aware: the relay's 544 bytes, with both WebSockets
-        // inline, and one timer). It was 1992 with split WebSockets, a
-        // future per direction and a timer per probe and for the idle check.
+        // connection, with the task, the two sockets and the `/status`
+        // entry): the bounds below keep a split WebSocket, a future per
+        // direction or a timer per probe from coming back unnoticed.
         let (_a, mut client) = tokio::io::duplex(64);
         let (mut upstream, _b) = tokio::io::duplex(64);
         let mut shutdown = std::pin::pin!(std::future::pending::<()>());
