@@ -2,6 +2,7 @@
 # Run every cargo-fuzz target in fuzz/ for SECONDS each (default 30).
 #
 #   scripts/fuzz.sh [SECONDS]
+#   scripts/fuzz.sh --build-only   # install cargo-fuzz if needed and build the targets
 #
 # Installs cargo-fuzz if missing, builds all targets, then runs each one on a
 # temporary copy of its seed corpus plus fuzz/regressions/<target>/ (the
@@ -18,6 +19,11 @@
 # FUZZ_SANITIZER=none|address|... if a toolchain lacks it.
 set -euo pipefail
 
+build_only=false
+if [ "${1:-}" = "--build-only" ]; then
+    build_only=true
+    shift
+fi
 secs="${1:-30}"
 case "$secs" in
 '' | *[!0-9]*)
@@ -62,6 +68,9 @@ echo "fuzz: toolchain mode: $mode, sanitizer: $sanitizer, ${secs}s per target, $
 start=$(date +%s)
 "${fuzz[@]}" build --sanitizer "$sanitizer"
 echo "fuzz: built in $(($(date +%s) - start))s"
+if $build_only; then
+    exit 0
+fi
 
 mapfile -t targets < <("${fuzz[@]}" list)
 if [ "${#targets[@]}" -eq 0 ]; then

@@ -22,6 +22,19 @@ cargo build --profile ci --locked --workspace --bins --examples
 step "cargo test"
 cargo test --profile ci --locked --workspace
 
+# The fuzz targets (and cargo-fuzz itself on a fresh machine) build while the
+# conformance and interop runs, which mostly wait on the network, take their time.
+step "fuzz build (in the background)"
+fuzz_log=target/fuzz-build.log
+scripts/fuzz.sh --build-only >"$fuzz_log" 2>&1 &
+fuzz_build=$!
+kill_tree() { # kill_tree PID: the process and everything it started
+    local child
+    for child in $(pgrep -P "$1" || true); do kill_tree "$child"; done
+    kill "$1" 2>/dev/null || true
+}
+trap 'kill_tree "$fuzz_build"' EXIT
+
 step "autobahn (kosoku) both roles"
 .venv/bin/python conformance/test_check.py
 SWITCHYARD=target/ci/switchyard CLIENT=target/ci/examples/autobahn_client scripts/autobahn.sh all
@@ -30,6 +43,12 @@ step "interop with third-party peers (Python websockets, Node ws and http2, Chro
 SWITCHYARD=target/ci/switchyard scripts/interop.sh
 
 step "fuzz (30 s per target)"
+if ! wait "$fuzz_build"; then
+    cat "$fuzz_log"
+    echo "fuzz: the build failed" >&2
+    exit 1
+fi
+cat "$fuzz_log"
 scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 
 step "all tests passed"
