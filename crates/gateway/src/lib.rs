@@ -7,18 +7,18 @@
 //!
 //! * [`runtime`]: listeners accept TCP (and QUIC) connections, TLS, drain,
 //!   reload of the listener list, the admin listener;
-//! * [`front`]: HTTP/1.1, HTTP/2 (RFC 8441) and HTTP/3 (RFC 9220) turn each
+//! * `front`: HTTP/1.1, HTTP/2 (RFC 8441) and HTTP/3 (RFC 9220) turn each
 //!   request into one protocol-neutral [`RequestHead`];
 //! * [`dispatch`]: the one [`Dispatcher`] picks the route, applies its
 //!   policy (Origin, caps, 426, TLS-only) and decides: a built-in app, the
 //!   proxy, a refusal, or 404;
-//! * [`apps`] (echo, index page, lineecho) run on the switched connection
+//! * `apps` (echo, index page, lineecho) run on the switched connection
 //!   through the Upgrade handlers of [`upgrade`]; [`proxy`] verifies an
 //!   upstream upgrade and runs the tunnel.
 //!
 //! Supporting modules: [`config`], [`live`] (generations and reload),
 //! [`admission`] (Origin and caps), [`outcome`] (reasons and refusals),
-//! [`tracking`] (live connections for `/status`), [`io`] (the connection
+//! `tracking` (live connections for `/status`), [`io`] (the connection
 //! streams, io_uring), [`tls`] (certificates).
 //!
 //! See docs/architecture.md for where to add a route policy, a protocol
@@ -26,18 +26,22 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+// The fronts, the built-in apps and the connection table are internals:
+// a library user configures them through `config` and runs them with
+// `Server`.
+
 pub mod admission;
-pub mod apps;
+mod apps;
 pub mod config;
 pub mod dispatch;
-pub mod front;
+mod front;
 pub mod io;
 pub mod live;
 pub mod outcome;
 pub mod proxy;
 pub mod runtime;
 pub mod tls;
-pub mod tracking;
+mod tracking;
 pub mod upgrade;
 
 pub use config::{Config, ConfigError};

@@ -143,14 +143,14 @@ impl ConnTable {
 /// Counts bytes through a client stream (one relaxed atomic add per I/O
 /// call, no allocation).
 #[derive(Debug)]
-pub struct Counting<C> {
+pub(crate) struct Counting<C> {
     inner: C,
     counters: Arc<Counters>,
 }
 
 impl<C> Counting<C> {
     /// `inner`, counted into `counters`.
-    pub fn new(inner: C, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(inner: C, counters: Arc<Counters>) -> Self {
         Counting { inner, counters }
     }
 }

@@ -12,7 +12,7 @@ use super::AppSettings;
 
 /// How an echo session ended, for the log line.
 #[derive(Debug)]
-pub enum EchoEnd {
+pub(crate) enum EchoEnd {
     /// The peer closed (its close frame, if any).
     PeerClosed(Option<switchyard::CloseFrame>),
     /// We closed with 1001 because the server is shutting down.
@@ -34,7 +34,7 @@ pub enum EchoEnd {
 /// loop is one `poll_fn` over the socket, and the rarely used closing path
 /// is boxed.
 #[allow(clippy::manual_async_fn)] // see the comment in the body
-pub fn echo<S>(
+pub(crate) fn echo<S>(
     mut ws: WebSocket<S>,
     mut shutdown: watch::Receiver<bool>,
     settings: AppSettings,
@@ -212,7 +212,7 @@ where
 }
 
 /// The log line of an ended echo.
-pub fn log_end(end: EchoEnd) {
+pub(crate) fn log_end(end: EchoEnd) {
     match end {
         EchoEnd::PeerClosed(frame) => tracing::info!(?frame, "websocket closed by peer"),
         EchoEnd::Shutdown => tracing::info!("websocket closed with 1001 (shutdown)"),

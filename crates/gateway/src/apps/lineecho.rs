@@ -13,11 +13,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// Longest line, `\n` included.
-pub const MAX_LINE: usize = 8 * 1024;
+pub(crate) const MAX_LINE: usize = 8 * 1024;
 
 /// Why a line-echo session ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum LineEchoEnd {
+pub(crate) enum LineEchoEnd {
     /// The client closed its side.
     PeerClosed,
     /// A line exceeded [`MAX_LINE`].
@@ -33,7 +33,7 @@ pub enum LineEchoEnd {
 /// Echo `\n`-terminated lines from `buf` (bytes already received) and then
 /// from `io`, until the peer closes, a line is too long, nothing arrives for
 /// `idle`, or `shutdown` fires.
-pub async fn line_echo<S>(
+pub(crate) async fn line_echo<S>(
     mut io: S,
     mut buf: BytesMut,
     idle: Duration,

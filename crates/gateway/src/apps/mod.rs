@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-pub mod echo;
-pub mod index;
-pub mod lineecho;
+pub(crate) mod echo;
+pub(crate) mod index;
+pub(crate) mod lineecho;
 
 /// A route's policy as an app applies it to its connections.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -39,9 +39,9 @@
 //! Relative TLS paths are resolved against the directory of the config file
 //! ([`Config::load`]) or the current directory ([`Config::from_toml_str`]).
 //!
-//! Modules: [`model`] (the schema), [`units`] (durations, sizes,
-//! addresses), [`diagnostics`] (errors with line and key path), validation
-//! and the TOML writer.
+//! Modules: `model` (the schema), [`units`] (durations, sizes,
+//! addresses), `diagnostics` (errors with line and key path), `validate`,
+//! `emit` (the TOML writer), `overrides` (the flags), `embedded` (the default).
 
 use std::path::Path;
 

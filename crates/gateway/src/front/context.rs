@@ -16,7 +16,7 @@ use super::h2_settings::Http2Settings;
 
 /// What every connection of one listener shares (read-only).
 #[derive(Debug)]
-pub struct Front {
+pub(crate) struct Front {
     /// Decides every request.
     pub dispatcher: Dispatcher,
     /// `[limits]`: head caps and the head deadline.
@@ -40,12 +40,12 @@ pub struct Front {
 
 impl Front {
     /// The next connection id (for the connection's tracing span).
-    pub fn connection_id(&self) -> u64 {
+    pub(crate) fn connection_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// What the dispatcher needs to know of a connection.
-    pub fn connection(&self, tls: bool) -> Connection<'_> {
+    pub(crate) fn connection(&self, tls: bool) -> Connection<'_> {
         Connection {
             upgrades: &self.conn_protocols,
             info: ConnInfo {
@@ -59,7 +59,7 @@ impl Front {
 /// Per-connection handles: the shutdown signal and the liveness token that
 /// the runtime waits for at shutdown.
 #[derive(Debug, Clone)]
-pub struct ConnCtx {
+pub(crate) struct ConnCtx {
     /// Turns true when the server shuts down.
     pub stop: watch::Receiver<bool>,
     /// Held by every task of the connection.
@@ -82,7 +82,7 @@ pub(crate) fn not_found_body(path: &str) -> String {
 
 /// A connection that switched protocols: the session to run in the
 /// connection's task, and the context it holds (the liveness token).
-pub struct Upgraded {
+pub(crate) struct Upgraded {
     pub(crate) session: BoxFuture<SessionEnd>,
     pub(crate) ctx: ConnCtx,
 }

@@ -37,7 +37,7 @@ use crate::outcome::Refusal;
 use crate::upgrade::SessionCtx;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
-pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 type Conn = Prefixed<ServerIo>;
 

@@ -7,7 +7,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 /// The HTTP/2 server's limits.
 #[derive(Debug, Clone)]
-pub struct Http2Settings {
+pub(crate) struct Http2Settings {
     /// Send SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441).
     pub enable_connect_protocol: bool,
     /// SETTINGS_MAX_CONCURRENT_STREAMS.
@@ -33,7 +33,7 @@ impl Http2Settings {
     /// HTTP/1.1 head cap), rapid-reset and error-reset caps, a PING every
     /// 30 s on an idle connection (20 s to answer), 1 MiB send buffer per
     /// stream.
-    pub fn new(enable_connect_protocol: bool) -> Self {
+    pub(crate) fn new(enable_connect_protocol: bool) -> Self {
         Http2Settings {
             enable_connect_protocol,
             max_concurrent_streams: 256,
@@ -47,7 +47,7 @@ impl Http2Settings {
     }
 
     /// The hyper builder with every limit set.
-    pub fn builder(&self) -> http2::Builder<TokioExecutor> {
+    pub(crate) fn builder(&self) -> http2::Builder<TokioExecutor> {
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(self.max_concurrent_streams)

@@ -10,13 +10,13 @@
 //! part, then the switched session in the same task.
 
 mod context;
-pub mod h1;
+pub(crate) mod h1;
 mod h1_body;
 mod h1_proxy;
-pub mod h2;
+pub(crate) mod h2;
 mod h2_settings;
-pub mod h3;
-pub mod task;
+pub(crate) mod h3;
+pub(crate) mod task;
 
-pub use context::{ConnCtx, Front, Upgraded};
-pub use h2_settings::Http2Settings;
+pub(crate) use context::{ConnCtx, Front, Upgraded};
+pub(crate) use h2_settings::Http2Settings;

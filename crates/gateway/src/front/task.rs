@@ -23,13 +23,13 @@ use crate::upgrade::SessionEnd;
 /// the session's box and context (idle memory per WebSocket); and one task
 /// per connection instead of a second one spawned at the switch (handshake
 /// rate).
-pub struct ConnectionTask {
+pub(crate) struct ConnectionTask {
     front: Arc<Front>,
     state: TaskState,
 }
 
 /// The boxed handshake part of a connection (TLS, HTTP/2, the HTTP/1.1 loop).
-pub type HttpPart = Pin<Box<dyn Future<Output = Option<Upgraded>> + Send>>;
+pub(crate) type HttpPart = Pin<Box<dyn Future<Output = Option<Upgraded>> + Send>>;
 
 enum TaskState {
     Http(HttpPart),
@@ -39,7 +39,7 @@ enum TaskState {
 
 impl ConnectionTask {
     /// The task of a connection whose handshake part is `http`.
-    pub fn new(http: HttpPart, front: Arc<Front>) -> Self {
+    pub(crate) fn new(http: HttpPart, front: Arc<Front>) -> Self {
         ConnectionTask {
             front,
             state: TaskState::Http(http),

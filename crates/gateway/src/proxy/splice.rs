@@ -12,7 +12,7 @@
 //! plus the pipe's own bookkeeping, so for small messages it only adds
 //! work. Each direction therefore starts in user space, and switches to
 //! splice after a read returned at least [`SPLICE_FROM`] bytes (a burst);
-//! it switches back after [`BURST_END`] splices in a row moved less than
+//! it switches back after `BURST_END` splices in a row moved less than
 //! that. See the measured
 //! figures in bench/README.md ("splice(2) in the transparent tunnel").
 //!

@@ -362,7 +362,7 @@ const MAX_SHARED_LIMITS: usize = 64;
 
 /// An `Arc` of `limits` shared with the live tunnels that use the same
 /// values (in practice one per route policy), so that a tunnel's two
-/// connections do not each allocate a copy. Beyond [`MAX_SHARED_LIMITS`]
+/// connections do not each allocate a copy. Beyond `MAX_SHARED_LIMITS`
 /// distinct live values, a fresh `Arc`.
 pub fn shared_limits(limits: Limits) -> Arc<Limits> {
     static SHARED: Mutex<Vec<Weak<Limits>>> = Mutex::new(Vec::new());

@@ -1,5 +1,5 @@
 //! The process side of a gateway: every `[[listener]]` bound and run
-//! ([`listener`]), the `[admin]` listener ([`admin`]), reload of the
+//! (`listener`), the `[admin]` listener (`admin`), reload of the
 //! listener list, and the drain at shutdown.
 //!
 //! [`Server::bind`] binds everything a [`Gateway`]'s configuration names;

@@ -1,4 +1,4 @@
-//! The `lineecho/1` handler: the 101, then [`crate::apps::lineecho`] on
+//! The `lineecho/1` handler: the 101, then the line-echo app on
 //! the connection.
 
 use std::time::Duration;
