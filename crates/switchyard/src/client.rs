@@ -287,7 +287,7 @@ impl ClientBuilder {
             let body_preview = String::from_utf8_lossy(&leftover[..preview_len]).into_owned();
             return Err(Error::UpgradeRefused {
                 status: resp.status(),
-                hint: refusal_hint(resp.status()),
+                hint: crate::refusal::hint(resp.status(), switchyard_proto::HttpVersion::Http1),
                 response: Box::new(resp),
                 body_preview,
             });
@@ -318,23 +318,6 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(WebSocket<S>, Response<()>), Error> {
     let target = Target::parse(url)?;
     builder.handshake_on(stream, &target.uri).await
-}
-
-fn refusal_hint(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        200..=299 => {
-            "it ignored the Upgrade header; a proxy in front of it may be dropping \
-             Upgrade/Connection, or the URL is not a WebSocket endpoint"
-        }
-        300..=399 => "it redirects (see Location in the response); connect to that URL instead",
-        400 => "it found the upgrade request malformed (see the response body)",
-        401 | 407 => "it requires authentication; add an Authorization header",
-        403 => "it refused this client (Origin or access policy)",
-        404 => "no WebSocket endpoint at this path; check the URL",
-        426 => "it requires another protocol or WebSocket version (see Upgrade / Sec-WebSocket-Version)",
-        500..=599 => "the server (or a proxy) failed; check its logs",
-        _ => "see the response for the reason",
-    }
 }
 
 async fn read_response_head<S: AsyncRead + Unpin>(
@@ -556,12 +539,6 @@ mod tests {
             Target::parse("example.com"),
             Err(Error::Url { .. })
         ));
-    }
-
-    #[test]
-    fn refusal_hint_for_200_mentions_proxies() {
-        assert!(refusal_hint(StatusCode::OK).contains("proxy"));
-        assert!(refusal_hint(StatusCode::NOT_FOUND).contains("path"));
     }
 
     #[test]

@@ -64,20 +64,6 @@ pub type H2WebSocket = WebSocket<TokioIo<Upgraded>>;
 /// Resolves to the server's [`WebSocket`] once hyper hands over the stream.
 pub type H2UpgradeFut = UpgradeFut;
 
-fn refusal_hint(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        400 => "it found the request malformed (see the response body)",
-        401 | 407 => "it requires authentication; add an Authorization header",
-        403 => "it refused this client (Origin or access policy)",
-        404 => "no WebSocket endpoint at this path; check the URL",
-        405 => "this resource does not accept CONNECT; it is not a WebSocket endpoint",
-        426 => "it requires another protocol or WebSocket version",
-        501 => "it does not support this protocol over extended CONNECT",
-        500..=599 => "the server (or a proxy) failed; check its logs",
-        _ => "see the response for the reason",
-    }
-}
-
 // ---------------------------------------------------------------- server
 
 /// The hardened hyper HTTP/2 server builder (see the module's limit table).
@@ -449,7 +435,7 @@ impl H2Connection {
             return Err(H2Error::Refused {
                 uri: uri_text,
                 status,
-                hint: refusal_hint(status),
+                hint: crate::refusal::hint(status, switchyard_proto::HttpVersion::Http2),
                 response: Box::new(Response::from_parts(parts, ())),
             }
             .into());

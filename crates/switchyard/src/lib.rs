@@ -97,6 +97,7 @@ pub mod error;
 pub mod h2;
 pub mod h3;
 mod recv_pool;
+mod refusal;
 pub mod server;
 pub mod websocket;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::{Response, StatusCode};
+use http::Response;
 use switchyard_proto::handshake::{client_negotiate, extended_connect_headers};
 use switchyard_proto::{Connection, Role};
 use tokio::sync::watch;
@@ -383,7 +383,7 @@ impl H3Connection {
             let body_preview = read_preview(&mut reader, 512).await;
             return Err(Error::UpgradeRefused {
                 status,
-                hint: refusal_hint(status),
+                hint: crate::refusal::hint(status, switchyard_proto::HttpVersion::Http3),
                 response: Box::new(response),
                 body_preview,
             });
@@ -413,19 +413,6 @@ async fn read_preview(reader: &mut FrameReader<quinn::RecvStream>, max: usize) -
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), fut).await;
     String::from_utf8_lossy(&body).into_owned()
-}
-
-fn refusal_hint(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        400 => "it found the extended CONNECT malformed (see the response body)",
-        401 | 407 => "it requires authentication; add an Authorization header",
-        403 => "it refused this client (Origin or access policy)",
-        404 => "no WebSocket endpoint at this path; check the URL",
-        405 | 501 => "it does not serve WebSocket over HTTP/3 at this path (RFC 9220)",
-        431 => "the request headers are too large for it",
-        500..=599 => "the server (or a proxy) failed; check its logs",
-        _ => "see the response for the reason",
-    }
 }
 
 /// Open a WebSocket over HTTP/3 to a `wss://` URL: one QUIC connection, one
