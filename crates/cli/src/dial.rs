@@ -353,8 +353,7 @@ impl Dialer {
             HttpVersion::Auto => match self.dial_tcp(transcript, self.target.tls).await {
                 Err(DialError::Ws(e)) if switchyard::auto::is_no_connect_protocol(&e) => {
                     let mut d = self.dial_tcp(transcript, false).await?;
-                    d.choice.reason =
-                        "ALPN h2 without extended CONNECT; HTTP/1.1 on a new connection";
+                    d.choice.reason = switchyard::ChoiceReason::H2WithoutExtendedConnect;
                     Ok(d)
                 }
                 r => r,
@@ -450,9 +449,9 @@ impl Dialer {
         timings.upgrade = t0.elapsed();
         timings.total = start.elapsed();
         let reason = match (offer_h2, self.target.tls) {
-            (_, false) => "cleartext",
-            (true, true) => "ALPN http/1.1",
-            (false, true) => "asked for",
+            (_, false) => switchyard::ChoiceReason::Cleartext,
+            (true, true) => switchyard::ChoiceReason::AlpnHttp1,
+            (false, true) => switchyard::ChoiceReason::AskedFor,
         };
         Ok(Dialed {
             ws: AnyWs::H1(ws),
@@ -551,7 +550,7 @@ impl Dialer {
                 AnyWs::H3(_) => switchyard::HttpVersion::Http3,
                 _ => switchyard::HttpVersion::Http2,
             },
-            reason: "asked for",
+            reason: switchyard::ChoiceReason::AskedFor,
         };
         if let Some(t) = transcript {
             record_h2(t, &url, &response, choice);

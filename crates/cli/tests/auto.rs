@@ -57,7 +57,7 @@ fn server(tls: CertificateSource, kind: Kind) -> SocketAddr {
     common::gateway_with(cfg)
 }
 
-async fn round_trip(kind: Kind, name: &str) -> (HttpVersion, &'static str) {
+async fn round_trip(kind: Kind, name: &str) -> (HttpVersion, String) {
     let (pem, tls) = cert(name);
     let addr = server(tls, kind);
     let url = format!("wss://127.0.0.1:{}/echo", addr.port());
@@ -79,14 +79,14 @@ async fn round_trip(kind: Kind, name: &str) -> (HttpVersion, &'static str) {
         }
         AnyWebSocket::Http3(_) => panic!("connect_auto never picks HTTP/3"),
     }
-    (choice.version, choice.reason)
+    (choice.version, choice.reason.to_string())
 }
 
 #[tokio::test]
 async fn h2_with_extended_connect_is_used() {
     assert_eq!(
         round_trip(Kind::H2WithConnect, "h2").await,
-        (HttpVersion::Http2, "ALPN h2, extended CONNECT")
+        (HttpVersion::Http2, "ALPN h2, extended CONNECT".to_string())
     );
 }
 
@@ -94,7 +94,7 @@ async fn h2_with_extended_connect_is_used() {
 async fn http1_only_server_gets_http1() {
     assert_eq!(
         round_trip(Kind::Http1Only, "h1").await,
-        (HttpVersion::Http1, "ALPN http/1.1")
+        (HttpVersion::Http1, "ALPN http/1.1".to_string())
     );
 }
 
@@ -104,7 +104,7 @@ async fn h2_without_extended_connect_falls_back_to_http1() {
         round_trip(Kind::H2WithoutConnect, "noconnect").await,
         (
             HttpVersion::Http1,
-            "ALPN h2 without extended CONNECT; HTTP/1.1 on a new connection"
+            "ALPN h2 without extended CONNECT; HTTP/1.1 on a new connection".to_string()
         )
     );
 }
@@ -119,7 +119,7 @@ async fn ws_urls_stay_on_http1() {
             .await
             .unwrap();
     assert_eq!(ws.version(), HttpVersion::Http1);
-    assert_eq!(choice.reason, "cleartext");
+    assert_eq!(choice.reason, switchyard::ChoiceReason::Cleartext);
 }
 
 /// `switchyard connect URL --ca PEM ARGS` with one line on stdin; returns

@@ -36,10 +36,45 @@ pub const AUTO_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 pub struct Choice {
     /// The HTTP version that carries the WebSocket.
     pub version: HttpVersion,
-    /// Why: `"ALPN h2, extended CONNECT"`, `"ALPN http/1.1"`, `"no ALPN"`,
-    /// `"ALPN h2 without extended CONNECT; HTTP/1.1 on a new connection"`,
-    /// `"cleartext"`, `"asked for"`.
-    pub reason: &'static str,
+    /// Why.
+    pub reason: ChoiceReason,
+}
+
+/// Why a version was chosen; shown as `ALPN h2, extended CONNECT` and so on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChoiceReason {
+    /// The server picked `h2` and enables extended CONNECT (RFC 8441).
+    AlpnH2ExtendedConnect,
+    /// The server picked `http/1.1`.
+    AlpnHttp1,
+    /// The server answered ALPN with something else than `h2`.
+    AlpnNotH2,
+    /// A TLS server without ALPN.
+    NoAlpn,
+    /// The server picked `h2` without extended CONNECT: HTTP/1.1 on a new
+    /// connection.
+    H2WithoutExtendedConnect,
+    /// `ws://`: HTTP/1.1 (cleartext HTTP/2 needs prior knowledge).
+    Cleartext,
+    /// The caller asked for this version.
+    AskedFor,
+}
+
+impl std::fmt::Display for ChoiceReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChoiceReason::AlpnH2ExtendedConnect => "ALPN h2, extended CONNECT",
+            ChoiceReason::AlpnHttp1 => "ALPN http/1.1",
+            ChoiceReason::AlpnNotH2 => "ALPN answer not h2",
+            ChoiceReason::NoAlpn => "no ALPN",
+            ChoiceReason::H2WithoutExtendedConnect => {
+                "ALPN h2 without extended CONNECT; HTTP/1.1 on a new connection"
+            }
+            ChoiceReason::Cleartext => "cleartext",
+            ChoiceReason::AskedFor => "asked for",
+        })
+    }
 }
 
 impl std::fmt::Display for Choice {
@@ -106,16 +141,16 @@ where
         let (ws, resp) = conn.websocket(&pq, builder).await?;
         let choice = Choice {
             version: HttpVersion::Http2,
-            reason: "ALPN h2, extended CONNECT",
+            reason: ChoiceReason::AlpnH2ExtendedConnect,
         };
         return Ok((AnyWebSocket::Http2(ws), resp, choice));
     }
     let (ws, resp) = builder.handshake_on(io, &target.uri).await?;
     let reason = match alpn {
-        Some(b"http/1.1") => "ALPN http/1.1",
-        Some(_) => "ALPN answer not h2",
-        None if target.tls => "no ALPN",
-        None => "cleartext",
+        Some(b"http/1.1") => ChoiceReason::AlpnHttp1,
+        Some(_) => ChoiceReason::AlpnNotH2,
+        None if target.tls => ChoiceReason::NoAlpn,
+        None => ChoiceReason::Cleartext,
     };
     let choice = Choice {
         version: HttpVersion::Http1,
@@ -147,7 +182,7 @@ pub async fn connect_auto(
         let (ws, resp) = builder.connect(url).await?;
         let choice = Choice {
             version: HttpVersion::Http1,
-            reason: "cleartext",
+            reason: ChoiceReason::Cleartext,
         };
         return Ok((AnyWebSocket::Http1(ws), resp, choice));
     }
@@ -175,7 +210,7 @@ pub async fn connect_auto(
             let (ws, resp) = builder.connect(url).await?;
             let choice = Choice {
                 version: HttpVersion::Http1,
-                reason: "ALPN h2 without extended CONNECT; HTTP/1.1 on a new connection",
+                reason: ChoiceReason::H2WithoutExtendedConnect,
             };
             Ok((AnyWebSocket::Http1(ws), resp, choice))
         }
@@ -191,7 +226,7 @@ mod tests {
     fn choice_reads_like_the_cli_line() {
         let c = Choice {
             version: HttpVersion::Http2,
-            reason: "ALPN h2, extended CONNECT",
+            reason: ChoiceReason::AlpnH2ExtendedConnect,
         };
         assert_eq!(c.to_string(), "HTTP/2 (ALPN h2, extended CONNECT)");
         assert_eq!(HttpVersion::Http1.to_string(), "HTTP/1.1");

@@ -101,7 +101,7 @@ mod refusal;
 pub mod server;
 pub mod websocket;
 
-pub use auto::{connect_auto, AnyWebSocket, Choice};
+pub use auto::{connect_auto, AnyWebSocket, Choice, ChoiceReason};
 pub use client::{connect, ClientBuilder, MaybeTlsStream};
 pub use error::{Deadline, Error, H2Error, H3Error};
 pub use server::{accept, accept_request, read_request_head, AcceptConfig};
