@@ -161,6 +161,14 @@ pub fn diagnose_ws(err: &Error, url: &str) -> Diagnosis {
                 doctor(url)
             )),
         },
+        Error::H3(e) => Diagnosis {
+            summary: e.to_string(),
+            evidence: vec![],
+            next_step: Some(format!(
+                "try without --http3 to see whether the endpoint works over TCP; {}",
+                doctor(url)
+            )),
+        },
         Error::Handshake(HandshakeError::BadAccept { expected, got }) => Diagnosis {
             summary: "server answered 101 but its Sec-WebSocket-Accept is wrong — something on \
                       the path rewrote the handshake, or the server computes it wrongly"

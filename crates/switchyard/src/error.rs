@@ -111,6 +111,10 @@ pub enum Error {
     /// WebSocket over HTTP/2 (RFC 8441) failed: see [`H2Error`].
     #[error("WebSocket over HTTP/2: {0}")]
     H2(#[from] H2Error),
+
+    /// WebSocket over HTTP/3 (RFC 9220) failed: see [`H3Error`].
+    #[error("WebSocket over HTTP/3: {0}")]
+    H3(#[from] H3Error),
 }
 
 impl Error {
@@ -310,12 +314,6 @@ pub enum H3Error {
     /// A stream failed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-}
-
-impl From<H3Error> for Error {
-    fn from(e: H3Error) -> Self {
-        Error::Io(std::io::Error::other(e))
-    }
 }
 
 /// An HTTP/3 error to close a connection or reset a stream with.
