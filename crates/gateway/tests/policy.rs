@@ -709,6 +709,43 @@ async fn drain_timeout_cuts_clients_that_do_not_answer_the_1001() {
 }
 
 // ---------------------------------------------------------------------------
+// [limits]: the protocol limits of every route without its own
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn limits_apply_to_app_and_proxied_routes_on_every_protocol() {
+    let limits = "[limits]\nmax_message_size = \"1KiB\"\nmax_headers = 20\n";
+    let gw = Gw::start_with(&[("plain", "")], limits).await;
+    for kind in KINDS {
+        for proto in PROTOS {
+            let p = path(kind, "plain", proto);
+            let mut ws = gw.open(proto, &p, None).await.unwrap();
+            ws.roundtrip(&"a".repeat(1000)).await;
+            ws.send(Message::text("b".repeat(2048))).await.unwrap();
+            assert_eq!(
+                ws.close_code().await,
+                Some(CloseCode::MESSAGE_TOO_BIG),
+                "{p}"
+            );
+        }
+        // The head caps: more fields than max_headers is 431.
+        let p = path(kind, "plain", Proto::H1);
+        let mut s = TcpStream::connect(gw.run.addrs[1].tcp).await.unwrap();
+        let fields: String = (0..30).map(|i| format!("X-F{i}: v\r\n")).collect();
+        let req = format!("GET {p} HTTP/1.1\r\nHost: localhost\r\n{fields}\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(GUARD, s.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 431 "), "{p}: {text}");
+    }
+    gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------
 // --check-config: what cannot apply is refused with the reason
 // ---------------------------------------------------------------------------
 
