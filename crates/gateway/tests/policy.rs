@@ -745,6 +745,23 @@ async fn limits_apply_to_app_and_proxied_routes_on_every_protocol() {
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn the_limits_heartbeat_applies_to_app_and_proxied_routes() {
+    // No heartbeat in the route policies: the one of [limits] applies.
+    let limits = "[limits]\nping_interval = \"200ms\"\npong_timeout = \"300ms\"\n";
+    let gw = Gw::start_with(&[("plain", "")], limits).await;
+    for kind in KINDS {
+        for proto in PROTOS {
+            let p = path(kind, "plain", proto);
+            let got = frames(&deaf_client(&gw, proto, &p).await);
+            let close = got.iter().find(|(op, _)| *op == 0x8);
+            let code = close.map(|(_, payload)| u16::from_be_bytes([payload[0], payload[1]]));
+            assert_eq!(code, Some(1011), "{p}: {got:?}");
+        }
+    }
+    gw.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // --check-config: what cannot apply is refused with the reason
 // ---------------------------------------------------------------------------
