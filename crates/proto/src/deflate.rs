@@ -30,12 +30,15 @@
 //! Both zlib streams are created on first use, so an idle connection that never
 //! sends or receives a compressed message holds no zlib memory. Buffers are
 //! reused: `compress` and `decompress` write straight into the caller's
-//! `BytesMut`, which is grown in bounded steps.
+//! `BytesMut`. The inflater writes 16 KiB at a time into an output that is
+//! never given room past the message size limit
+//! ([`crate::message::reserve_message`]), so a bomb costs at most the limit.
 
 use bytes::BytesMut;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use crate::extensions::ExtensionOffer;
+use crate::message::reserve_message;
 use crate::role::Role;
 
 /// The extension token.
@@ -480,8 +483,9 @@ impl PerMessageDeflate {
     }
 }
 
-/// Inflate `input` into `out` in steps of at most [`INFLATE_CHUNK`] bytes,
-/// never letting `out` hold more than `limit + 1` bytes.
+/// Inflate `input` into `out` in steps of at most [`INFLATE_CHUNK`] bytes.
+/// `out` never holds more than `limit` bytes: once it is full, the inflater
+/// writes into a one-byte probe instead, and any byte there means too big.
 fn inflate_into(
     d: &mut Decompress,
     input: &[u8],
@@ -490,24 +494,39 @@ fn inflate_into(
     ended: &mut bool,
 ) -> Result<(), DeflateError> {
     let mut consumed = 0usize;
+    let mut inflated = 0usize;
+    let mut probe = [0u8; 1];
     loop {
-        let room = limit.saturating_sub(out.len());
-        // One byte past the limit is enough to know the message is too big.
-        let chunk = room.saturating_add(1).min(INFLATE_CHUNK);
+        let chunk = limit.saturating_sub(out.len()).min(INFLATE_CHUNK);
+        if out.capacity() - out.len() < chunk {
+            // Room for what the rest of this frame inflates to at the ratio
+            // seen so far: a bomb gets its whole bound at once instead of
+            // growing through every size on the way (each a fresh allocation
+            // the allocator keeps a while after the copy), a message of known
+            // ratio about its size.
+            let ratio = inflated.div_ceil(consumed.max(1));
+            let expected = (input.len() - consumed).saturating_mul(ratio);
+            reserve_message(out, chunk.max(expected), limit);
+        }
         let pos = out.len();
         out.resize(pos + chunk, 0);
+        let dst = if chunk == 0 {
+            &mut probe[..]
+        } else {
+            &mut out[pos..]
+        };
+        let space = dst.len();
         let in_before = d.total_in();
         let out_before = d.total_out();
-        let res = d.decompress(&input[consumed..], &mut out[pos..], FlushDecompress::None);
+        let res = d.decompress(&input[consumed..], dst, FlushDecompress::None);
         let took = (d.total_in() - in_before) as usize;
         let produced = (d.total_out() - out_before) as usize;
         consumed += took;
-        out.truncate(pos + produced);
-        // The limit holds on every path out, errors included.
-        if out.len() > limit {
-            out.truncate(limit);
+        inflated += produced;
+        if chunk == 0 && produced > 0 {
             return Err(DeflateError::TooBig { limit });
         }
+        out.truncate(pos + produced);
         let status = res.map_err(|e| {
             DeflateError::Corrupt(e.message().unwrap_or("inflate failed").to_string())
         })?;
@@ -518,7 +537,7 @@ fn inflate_into(
             *ended = true;
             return Ok(());
         }
-        if consumed >= input.len() && produced < chunk {
+        if consumed >= input.len() && produced < space {
             return Ok(());
         }
         if took == 0 && produced == 0 {
@@ -1126,6 +1145,27 @@ mod tests {
         assert_eq!(err, DeflateError::TooBig { limit });
         assert!(out.len() <= limit);
         assert!(out.capacity() < 2_000_000, "capacity {}", out.capacity());
+    }
+
+    #[test]
+    fn a_bomb_fills_exactly_its_limit_allocated_once() {
+        let mut c = Compress::new(Compression::new(9), false);
+        let mut wire = Vec::with_capacity(64 * 1024);
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..40 {
+            c.compress_vec(&zeros, &mut wire, FlushCompress::None)
+                .unwrap();
+        }
+        c.compress_vec(&[], &mut wire, FlushCompress::Sync).unwrap();
+        wire.truncate(wire.len() - 4);
+        let limit = 3 << 20;
+        let mut r = codec(Role::Server, params(false, false, 15, 15));
+        let mut out = BytesMut::new();
+        let err = r.decompress(&wire, true, limit, &mut out).unwrap_err();
+        assert_eq!(err, DeflateError::TooBig { limit });
+        // The output reached the limit, never past it, in one allocation of
+        // the limit (the ratio of the first 16 KiB foretold the rest).
+        assert_eq!((out.len(), out.capacity()), (limit, limit));
     }
 
     #[test]

@@ -1,8 +1,43 @@
-//! Messages as the application sees them.
+//! Messages as the application sees them, and the buffer a received message
+//! is assembled in ([`reserve_message`]).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::close::CloseFrame;
+
+/// A message buffer below this capacity grows by doubling; past it, it gets
+/// its whole bound at once (see [`reserve_message`]).
+const RESERVE_BOUND_FROM: usize = 1 << 20;
+
+/// Make room in `buf` for `additional` more bytes (at most up to `bound`) of a
+/// message that can never hold more than `bound` bytes (its size limit).
+///
+/// Below [`RESERVE_BOUND_FROM`] the buffer doubles as a `Vec` does (a copy of
+/// at most 1 MiB). Past it, it is given all of `bound` in one allocation and
+/// never grows again. Doubling all the way would hold the old buffer and its
+/// copy at the last step and could end with twice the bound: a 32 MiB limit
+/// cost about 96 MiB of resident memory under a deflate bomb. With one
+/// allocation nothing is copied past the first MiB, and the kernel backs its
+/// pages only as they are written, so resident memory follows the bytes
+/// actually received; the address space reserved is the bound. When the
+/// system refuses that much (a bound near or above the memory it will
+/// promise, e.g. an unlimited `max_message_size`), the buffer keeps doubling.
+pub(crate) fn reserve_message(buf: &mut BytesMut, additional: usize, bound: usize) {
+    let need = buf.len().saturating_add(additional).min(bound);
+    if need <= buf.capacity() {
+        return;
+    }
+    if need > RESERVE_BOUND_FROM {
+        let mut whole = Vec::new();
+        if whole.try_reserve_exact(bound).is_ok() {
+            whole.extend_from_slice(buf);
+            // Vec -> Bytes -> BytesMut keeps the allocation (no copy).
+            *buf = BytesMut::from(Bytes::from(whole));
+            return;
+        }
+    }
+    buf.reserve(need.saturating_sub(buf.len()));
+}
 
 /// UTF-8 text held in `Bytes` (cheap to clone, no copy from the wire).
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -139,5 +174,58 @@ mod tests {
         let t = Utf8Bytes::try_from_bytes(Bytes::from_static("héllo".as_bytes())).unwrap();
         assert_eq!(t.as_str(), "héllo");
         assert_eq!(Utf8Bytes::from("x").as_str(), "x");
+    }
+
+    /// Grows `buf` by `step` bytes at a time up to `total`, as a receiver
+    /// does; returns every capacity it had on the way.
+    fn grow(total: usize, step: usize, bound: usize) -> (BytesMut, Vec<usize>) {
+        let mut buf = BytesMut::new();
+        let mut caps = Vec::new();
+        while buf.len() < total {
+            let n = step.min(total - buf.len());
+            reserve_message(&mut buf, n, bound);
+            buf.extend_from_slice(&vec![7u8; n]);
+            if caps.last() != Some(&buf.capacity()) {
+                caps.push(buf.capacity());
+            }
+        }
+        (buf, caps)
+    }
+
+    #[test]
+    fn a_message_past_1_mib_gets_its_bound_in_one_allocation() {
+        let bound = 32 << 20;
+        let (buf, caps) = grow(3 << 20, 16 << 10, bound);
+        assert_eq!(buf.len(), 3 << 20);
+        // Doubling up to 1 MiB, then the bound, and nothing after it.
+        assert_eq!(caps.last(), Some(&bound), "{caps:?}");
+        assert!(
+            caps.iter().rev().nth(1).is_some_and(|c| *c <= 2 << 20),
+            "{caps:?}"
+        );
+        assert!(caps.iter().all(|c| *c <= bound), "{caps:?}");
+    }
+
+    #[test]
+    fn a_small_message_grows_as_a_vec() {
+        let (buf, caps) = grow(100_000, 4096, 32 << 20);
+        assert_eq!(buf.len(), 100_000);
+        assert!(buf.capacity() < 200_000, "{caps:?}");
+    }
+
+    #[test]
+    fn room_past_the_bound_is_never_given() {
+        let mut buf = BytesMut::new();
+        reserve_message(&mut buf, usize::MAX, 5 << 20);
+        assert_eq!(buf.capacity(), 5 << 20);
+    }
+
+    #[test]
+    fn a_bound_the_system_refuses_falls_back_to_doubling() {
+        // No limit at all (usize::MAX): the one-allocation reservation fails
+        // and the buffer doubles, without a panic or an abort.
+        let (buf, caps) = grow(3 << 20, 64 << 10, usize::MAX);
+        assert_eq!(buf.len(), 3 << 20);
+        assert!(buf.capacity() < 8 << 20, "{caps:?}");
     }
 }
