@@ -58,7 +58,7 @@ use tokio::net::TcpStream;
 
 mod progress;
 mod raw;
-mod report;
+pub(crate) mod report;
 
 /// Arguments of `switchyard bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -1868,7 +1868,7 @@ fn summary_text(s: &serde_json::Value) -> String {
 }
 
 /// Microseconds, readable: "85 us", "1.25 ms", "2.10 s".
-fn us(v: f64) -> String {
+pub(crate) fn us(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.2} s", v / 1e6)
     } else if v >= 1e3 {

@@ -17,12 +17,7 @@ pub(super) fn html(s: &Value) -> String {
         .iter()
         .map(|b| b["t"].as_f64().unwrap_or(0.0) + b["span"].as_f64().unwrap_or(1.0) / 2.0)
         .collect();
-    let col = |name: &str| -> Vec<f64> {
-        series
-            .iter()
-            .map(|b| b[name].as_f64().unwrap_or(0.0))
-            .collect()
-    };
+    let col = |name: &str| column(&series, name);
     let from = s["ramp_up"].as_f64().unwrap_or(0.0) + s["warmup"].as_f64().unwrap_or(0.0);
     let window = Some((from, from + s["seconds"].as_f64().unwrap_or(0.0)));
     let throughput = chart(
@@ -40,37 +35,69 @@ pub(super) fn html(s: &Value) -> String {
         ],
         window,
     );
+    document(
+        "switchyard bench",
+        s["url"].as_str().unwrap_or(""),
+        "One point per second of the run; the shaded band is the measured window \
+         (after ramp-up and warm-up), the only part the summary counts.",
+        &[throughput, latency],
+        &summary_rows(s, &["series"]),
+        s,
+    )
+}
+
+/// The field `name` of every point of a series (0 where it is missing).
+pub(crate) fn column(series: &[Value], name: &str) -> Vec<f64> {
+    series
+        .iter()
+        .map(|b| b[name].as_f64().unwrap_or(0.0))
+        .collect()
+}
+
+/// The table rows of the fields of the object `s` (but `skip`), nested values as JSON.
+pub(crate) fn summary_rows(s: &Value, skip: &[&str]) -> String {
     let mut rows = String::new();
-    if let Some(obj) = s.as_object() {
-        for (k, v) in obj {
-            if k == "series" {
-                continue;
-            }
-            let shown = match v {
-                Value::Null => "-".to_string(),
-                Value::String(t) => t.clone(),
-                Value::Number(n) => match n.as_f64() {
-                    Some(f) if n.is_f64() => format!("{f:.2}"),
-                    _ => n.to_string(),
-                },
-                other => other.to_string(),
-            };
-            let _ = writeln!(
-                rows,
-                "<tr><th>{}</th><td>{}</td></tr>",
-                escape(k),
-                escape(&shown)
-            );
+    for (k, v) in s.as_object().into_iter().flatten() {
+        if skip.contains(&k.as_str()) {
+            continue;
         }
+        let shown = match v {
+            Value::Null => "-".to_string(),
+            Value::String(t) => t.clone(),
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if n.is_f64() => format!("{f:.2}"),
+                _ => n.to_string(),
+            },
+            other => other.to_string(),
+        };
+        let _ = writeln!(
+            rows,
+            "<tr><th>{}</th><td>{}</td></tr>",
+            escape(k),
+            escape(&shown)
+        );
     }
+    rows
+}
+
+/// A self-contained HTML page: `heading`, the `title` line, a note, the
+/// charts, a summary table of `rows`, and `data` embedded as JSON.
+pub(crate) fn document(
+    heading: &str,
+    title: &str,
+    note: &str,
+    charts: &[String],
+    rows: &str,
+    data: &Value,
+) -> String {
     // The data again, machine-readable; `<` escaped so no string can end the script element.
-    let data = serde_json::to_string(s)
+    let data = serde_json::to_string(data)
         .unwrap_or_default()
         .replace('<', "\\u003c");
     format!(
         r#"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>switchyard bench: {title}</title>
+<title>{heading}: {title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; }}
@@ -80,24 +107,26 @@ svg {{ display: block; margin: 1em 0; }}
 .note {{ color: #666; font-size: 13px; }}
 </style></head>
 <body>
-<h1>switchyard bench</h1>
+<h1>{heading}</h1>
 <p>{title}</p>
-<p class="note">One point per second of the run; the shaded band is the measured window
-(after ramp-up and warm-up), the only part the summary counts.</p>
-{throughput}
-{latency}
+<p class="note">{note}</p>
+{charts}
 <h2>Summary</h2>
 <table>
 {rows}</table>
 <script type="application/json" id="bench-data">{data}</script>
 </body></html>
 "#,
-        title = escape(s["url"].as_str().unwrap_or("")),
+        heading = escape(heading),
+        title = escape(title),
+        note = escape(note),
+        charts = charts.join("\n"),
     )
 }
 
-/// An SVG line chart of `lines` over `xs` (seconds), with `window` shaded.
-fn chart(
+/// An SVG line chart of `lines` over `xs` (seconds), with `window` shaded. A
+/// value that is not finite (NaN) is a gap in its line.
+pub(crate) fn chart(
     title: &str,
     xs: &[f64],
     lines: &[(&str, &str, Vec<f64>)],
@@ -168,16 +197,23 @@ fn chart(
         H - 6.0
     );
     for (k, (name, color, ys)) in lines.iter().enumerate() {
-        let mut pts = String::new();
-        for (x, y) in xs.iter().zip(ys) {
-            let _ = write!(pts, "{:.1},{:.1} ", px(*x), py(*y));
+        let pairs: Vec<(f64, f64)> = xs.iter().copied().zip(ys.iter().copied()).collect();
+        for run in pairs.split(|(_, y)| !y.is_finite()) {
+            if run.is_empty() {
+                continue;
+            }
+            let mut pts = String::new();
+            for (x, y) in run {
+                let _ = write!(pts, "{:.1},{:.1} ", px(*x), py(*y));
+            }
+            let _ = write!(
+                svg,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                pts.trim_end()
+            );
         }
-        let _ = write!(
-            svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            pts.trim_end()
-        );
-        let lx = W - R - 150.0 + 75.0 * k as f64;
+        // Legends from the right edge, 75 px each.
+        let lx = W - R - 75.0 * lines.len() as f64 + 75.0 * k as f64;
         let _ = write!(
             svg,
             r#"<rect x="{lx:.1}" y="8" width="12" height="12" fill="{color}"/><text x="{:.1}" y="18" font-size="12">{}</text>"#,
@@ -215,7 +251,7 @@ fn compact(v: f64) -> String {
     }
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -267,5 +303,14 @@ mod tests {
         // 300 -> axis up to 500; 30 us -> up to 50.
         assert!(h.contains(">500<") && h.contains(">50<"), "{h}");
         assert!(!h.contains("http://") && !h.contains("https://"));
+    }
+
+    #[test]
+    fn a_missing_value_splits_the_line() {
+        let xs = [0.0, 1.0, 2.0, 3.0, 4.0];
+        let ys = vec![1.0, 2.0, f64::NAN, 3.0, 4.0];
+        let svg = chart("t", &xs, &[("a", "#000", ys)], None);
+        assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+        assert!(!svg.contains("NaN"));
     }
 }
