@@ -1,4 +1,4 @@
-//! `switchyard`: serve | connect | doctor | monitor | bench | reload.
+//! `switchyard`: serve | connect | doctor | monitor | bench | soak | reload.
 
 mod bench;
 mod connect;
@@ -7,6 +7,7 @@ mod dial;
 mod doctor;
 mod monitor;
 mod proxy;
+mod soak;
 
 /// mimalloc: fewer instructions per allocation than glibc on the handshake and message
 /// paths, and less memory per idle connection (bench/README.md).
@@ -71,6 +72,10 @@ enum Command {
     /// Walk the path to a WebSocket endpoint (DNS, TCP, TLS, upgrade, HTTP/2,
     /// HTTP/3, ping, idle timeout) and say what is wrong and how to fix it.
     Doctor(doctor::DoctorArgs),
+    /// Many WebSockets through an echo endpoint for a long time, every echo
+    /// checked (loss, duplicates, order, corruption), with churn, redeploys
+    /// followed, and the memory and descriptors of other processes watched.
+    Soak(Box<soak::SoakArgs>),
     /// Make a running `switchyard serve --config` re-read its config file
     /// (new connections follow it; open tunnels stay as they are).
     Reload(ReloadArgs),
@@ -219,6 +224,8 @@ fn main() -> anyhow::Result<()> {
             Command::Monitor(args) => std::process::exit(monitor::run(*args).await),
             // Exit status: 0 ok, 1 warnings, 2 failure.
             Command::Doctor(args) => std::process::exit(doctor::run(args).await),
+            // Exit status: 0 the verdict passed, 1 it failed.
+            Command::Soak(args) => std::process::exit(soak::run(*args).await?),
         }
     })
 }
