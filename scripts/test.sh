@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need, then
-# format, lint, unit + integration tests, Autobahn conformance in both roles, and a
-# short fuzz run of every target. `.ci/run` runs exactly this.
+# format, lint, unit + integration tests, Autobahn conformance in both roles, a
+# one-minute soak of the gateway, and a short fuzz run of every target. `.ci/run`
+# runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -41,6 +42,10 @@ SWITCHYARD=target/ci/switchyard CLIENT=target/ci/examples/autobahn_client script
 
 step "interop with third-party peers (Python websockets, Node ws and http2, Chromium, aioquic)"
 SWITCHYARD=target/ci/switchyard scripts/interop.sh
+
+step "soak (1 minute, 1000 connections through the gateway, hostile peers)"
+SWITCHYARD=target/ci/switchyard HOSTILE=target/ci/examples/hostile \
+  bench/soak.sh --ci --out target/soak-ci
 
 step "fuzz (30 s per target)"
 if ! wait "$fuzz_build"; then
