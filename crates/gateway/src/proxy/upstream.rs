@@ -198,8 +198,15 @@ impl Group {
     /// Passive health: an attempt on `state` succeeded.
     pub fn record_success(&self, state: &BackendState) {
         state.fails.store(0, Ordering::Relaxed);
-        let mut down = state.down_until.lock().unwrap_or_else(|p| p.into_inner());
-        if down.take().is_some() {
+        // The guard ends with this statement: `report` locks `down_until`
+        // again (through `is_healthy`), and std's Mutex is not reentrant.
+        let was_down = state
+            .down_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some();
+        if was_down {
             self.report(state);
         }
     }
@@ -493,6 +500,39 @@ mod tests {
         assert_eq!(g.attempt_order().len(), 2);
         g.record_success(&b[0]);
         assert!(b[0].is_healthy());
+    }
+
+    #[test]
+    fn a_backend_back_from_passive_health_is_reported_healthy() {
+        let metrics = Arc::new(Metrics::new());
+        let g = Arc::new(
+            Group::with_tls(upstream(1, Balance::RoundRobin, 0), tls())
+                .with_metrics(metrics.clone()),
+        );
+        let b = g.backends()[0].clone();
+        let gauge = |m: &Metrics| {
+            m.render()
+                .lines()
+                .find(|l| l.starts_with("switchyard_upstream_healthy{"))
+                .map(|l| l.ends_with(" 1"))
+        };
+        g.record_failure(&b);
+        g.record_failure(&b);
+        assert_eq!(gauge(&metrics), Some(false));
+        // On its own thread: a success that deadlocks (a lock held across
+        // the report) fails here instead of hanging the test.
+        let (done, finished) = std::sync::mpsc::channel();
+        let (g2, b2) = (g.clone(), b.clone());
+        std::thread::spawn(move || {
+            g2.record_success(&b2);
+            let _ = done.send(());
+        });
+        assert!(
+            finished.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "record_success did not return"
+        );
+        assert!(b.is_healthy());
+        assert_eq!(gauge(&metrics), Some(true));
     }
 
     #[tokio::test]
