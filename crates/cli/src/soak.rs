@@ -15,7 +15,7 @@
 //!
 //! | how a connection ended | its messages still in flight count as |
 //! |---|---|
-//! | our close (churn, end of the run), after every echo came back | - (none left; past a 10 s wait: lost) |
+//! | our close (churn, end of the run), after every echo came back | - (none left; past `--drain-wait`: lost) |
 //! | the server's close 1001 | `drained`: reported, not lost |
 //! | cut without a close frame, and its instance then refused a new connection | `cut_at_stop`: reported, not lost (a transparent tunnel at drain) |
 //! | anything else | `lost` |
@@ -64,7 +64,7 @@ mod report;
 mod summary;
 
 use payload::{Sequence, SplitMix};
-use procs::{Processes, Watch};
+use procs::{Processes, Tolerance, Watch};
 use recorder::{Fate, Recorder};
 use summary::{summary_json, summary_text};
 
@@ -125,6 +125,10 @@ pub struct SoakArgs {
     /// after the load, percent.
     #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
     pub tolerance: f64,
+    /// Memory above the baseline that passes whatever --tolerance says, MiB
+    /// (for small baselines, whose few percent are allocator noise).
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    pub rss_slack: u64,
     /// After the load and the settle, run the same load twice more for this
     /// long (ramp-up included): each process must come back after the second
     /// within --tolerance of its level after the first (see above).
@@ -134,6 +138,11 @@ pub struct SoakArgs {
     /// label this file holds (read every second).
     #[arg(long, value_name = "FILE")]
     pub label_file: Option<PathBuf>,
+    /// How long a client that is about to close waits for the echoes still
+    /// in flight; what has not come back by then counts as lost. A hang
+    /// guard, far above any latency of a working but loaded server.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_flag_duration)]
+    pub drain_wait: Duration,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -142,8 +151,6 @@ pub struct SoakArgs {
     pub html: Option<PathBuf>,
 }
 
-/// Longest wait for the echoes still in flight before a clean close.
-const DRAIN_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait for the end of a connection after the server's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Pause after every instance failed, before trying them all again; doubled
@@ -271,7 +278,8 @@ struct Plan {
     start: Instant,
     ramp_up: Duration,
     settle: Duration,
-    tolerance: f64,
+    drain_wait: Duration,
+    tolerance: Tolerance,
     label_file: Option<PathBuf>,
     with_deflate: ClientBuilder,
     without_deflate: ClientBuilder,
@@ -337,7 +345,11 @@ impl Plan {
             start,
             ramp_up: a.ramp_up,
             settle: a.settle,
-            tolerance: a.tolerance / 100.0,
+            drain_wait: a.drain_wait,
+            tolerance: Tolerance {
+                fraction: a.tolerance / 100.0,
+                rss_slack_kib: a.rss_slack.saturating_mul(1024),
+            },
             label_file: a.label_file.clone(),
             with_deflate: ClientBuilder::new().subprotocols(a.subprotocols.clone()),
             without_deflate: ClientBuilder::new()
@@ -582,7 +594,7 @@ async fn drive(
                 due += plan.interval;
                 send_at.as_mut().reset(due.into());
             }
-            Event::Stop => drain_timeout = Some(Box::pin(tokio::time::sleep(DRAIN_WAIT))),
+            Event::Stop => drain_timeout = Some(Box::pin(tokio::time::sleep(plan.drain_wait))),
             Event::Drained | Event::DrainTimeout => {
                 let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(CloseCode::NORMAL, "soak")).await;
                 return Ended::Ours;

@@ -72,10 +72,16 @@ pub(super) fn summary_json(plan: &Plan, procs: &Processes, load_end: f64) -> Val
         if !i.back_to_baseline(plan.tolerance) {
             let base = i.baseline();
             reasons.push(format!(
-                "{} (pid {}) did not come back within {:.0}% of its baseline ({} KiB and {} descriptors {}): {} KiB and {} at the end",
+                "{} (pid {}) did not come back within {} of its baseline ({} KiB and {} descriptors {}): {} KiB and {} at the end",
                 i.name,
                 i.pid,
-                plan.tolerance * 100.0,
+                match plan.tolerance.rss_slack_kib {
+                    0 => format!("{:.0}%", plan.tolerance.fraction * 100.0),
+                    slack => format!(
+                        "{:.0}% (memory: or {slack} KiB)",
+                        plan.tolerance.fraction * 100.0
+                    ),
+                },
                 base.rss_kib,
                 base.fds,
                 if i.idle.is_some() { "after the first leak-check load" } else { "at the start" },
@@ -136,7 +142,8 @@ pub(super) fn summary_json(plan: &Plan, procs: &Processes, load_end: f64) -> Val
         "latency": quantiles(&r.latency),
         "latency_by_label": r.by_label.iter().map(|(k, h)| (k.clone(), quantiles(h))).collect::<BTreeMap<_, _>>(),
         "processes": processes,
-        "tolerance_percent": plan.tolerance * 100.0,
+        "tolerance_percent": plan.tolerance.fraction * 100.0,
+        "rss_slack_kib": plan.tolerance.rss_slack_kib,
         "series": series,
         "verdict": {"pass": reasons.is_empty(), "reasons": reasons},
     })
