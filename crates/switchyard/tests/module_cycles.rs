@@ -411,3 +411,8 @@ fn cycles_through_use_super_reexports_and_children_are_found() {
 fn gateway_has_no_module_cycle() {
     assert_no_cycle("gateway");
 }
+
+#[test]
+fn cli_has_no_module_cycle() {
+    assert_no_cycle("cli");
+}

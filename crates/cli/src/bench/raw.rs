@@ -44,10 +44,10 @@ use mio::{Events, Interest, Poll, Token};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
-use super::{
-    next_frame, Fail, Plan, Report, Stream, Window, MAX_CONTROL, MAX_HEADER, OP_BINARY, OP_CLOSE,
-    OP_PING, OP_PONG,
-};
+use super::frame::{push_frame, MAX_CONTROL, MAX_HEADER, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG};
+use super::plan::{window_from, Plan, Window};
+use super::tally::{Fail, Report};
+use super::wire::{connect, handshake, next_frame, Rng, Stream};
 
 /// How long after the end of the run a connection may take to deliver one more read.
 const GRACE: Duration = Duration::from_secs(2);
@@ -96,7 +96,7 @@ pub(super) fn worker(
         }
     }
     barrier.wait();
-    let window = super::window_from(plan, *start.get_or_init(Instant::now));
+    let window = window_from(plan, *start.get_or_init(Instant::now));
     report.origin = Some(window.t0);
     let _ = plan.live.started.set(window.t0);
     EventLoop::new(plan, socks)?.run(window, &mut report)?;
@@ -107,9 +107,9 @@ pub(super) fn worker(
 
 /// Connects and upgrades (tokio), then hands the socket over to the event loop.
 async fn open(plan: &Plan) -> anyhow::Result<(std::net::TcpStream, Vec<u8>)> {
-    let mut rng = super::Rng::new();
-    let mut stream = super::connect(plan).await?;
-    let early = super::handshake(&mut stream, plan, &mut rng).await?;
+    let mut rng = Rng::new();
+    let mut stream = connect(plan).await?;
+    let early = handshake(&mut stream, plan, &mut rng).await?;
     let Stream::Tcp(tcp) = stream else {
         anyhow::bail!("internal error: a ws:// connection that is not plain TCP");
     };
@@ -712,7 +712,7 @@ impl<'p> EventLoop<'p> {
             return;
         }
         let mut frame = Vec::with_capacity(8);
-        super::push_frame(&mut frame, OP_CLOSE, &1000u16.to_be_bytes(), mask);
+        push_frame(&mut frame, OP_CLOSE, &1000u16.to_be_bytes(), mask);
         c.out.push(&frame);
         c.state = State::Closing;
         if c.flush_quiet().is_err() {
@@ -803,7 +803,7 @@ impl Conn {
                 OP_PING => {
                     let mask: [u8; 4] = rng.random::<u32>().to_ne_bytes();
                     let mut pong = Vec::with_capacity(payload.len() + 6);
-                    super::push_frame(&mut pong, OP_PONG, payload, mask);
+                    push_frame(&mut pong, OP_PONG, payload, mask);
                     self.out.push(&pong);
                 }
                 OP_PONG => {}
@@ -837,7 +837,7 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{apply_mask, parse_head, OP_TEXT};
+    use super::super::frame::{apply_mask, parse_head, OP_TEXT};
     use super::*;
 
     #[test]

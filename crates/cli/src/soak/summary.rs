@@ -207,10 +207,10 @@ pub(super) fn summary_text(s: &Value) -> String {
     let lat = |l: &Value| {
         format!(
             "p50 {} | p99 {} | p99.9 {} | max {}",
-            crate::bench::us(l["p50_us"].as_f64().unwrap_or(0.0)),
-            crate::bench::us(l["p99_us"].as_f64().unwrap_or(0.0)),
-            crate::bench::us(l["p999_us"].as_f64().unwrap_or(0.0)),
-            crate::bench::us(l["max_us"].as_f64().unwrap_or(0.0))
+            crate::bench::summary::us(l["p50_us"].as_f64().unwrap_or(0.0)),
+            crate::bench::summary::us(l["p99_us"].as_f64().unwrap_or(0.0)),
+            crate::bench::summary::us(l["p999_us"].as_f64().unwrap_or(0.0)),
+            crate::bench::summary::us(l["max_us"].as_f64().unwrap_or(0.0))
         )
     };
     let _ = writeln!(out, "  latency    {}", lat(&s["latency"]));
