@@ -43,113 +43,33 @@
 //! descriptors).
 
 use std::future::{poll_fn, Future};
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use futures_util::{Sink, StreamExt};
 use switchyard::{ClientBuilder, CloseCode, Error as WsError, Message};
 use tokio::time::{sleep_until, Sleep};
 
-use switchyard_gateway::config::parse_flag_duration;
-
+mod args;
 mod payload;
+mod plan;
 mod procs;
 mod recorder;
 mod report;
 mod summary;
 
+pub use args::SoakArgs;
 use payload::{Sequence, SplitMix};
-use procs::{Processes, Tolerance, Watch};
-use recorder::{Fate, Recorder};
+use plan::{lock, Load, Plan, MIN_SIZE};
+use procs::{Processes, Watch};
+use recorder::{broken_kind, Fate};
 use summary::{summary_json, summary_text};
 
 type Ws = switchyard::WebSocket<switchyard::client::MaybeTlsStream>;
-
-/// Arguments of `switchyard soak`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct SoakArgs {
-    /// An instance to connect to, ws://HOST:PORT[/PATH] (repeatable: the
-    /// instances a redeploy moves between, tried in turn).
-    #[arg(long = "url", required = true, value_name = "URL")]
-    pub urls: Vec<String>,
-    /// Request path (repeatable): client i uses the i-th modulo their count.
-    /// Default: the path of the URL.
-    #[arg(long = "path", value_name = "PATH")]
-    pub paths: Vec<String>,
-    /// Concurrent connections (clients).
-    #[arg(short = 'c', long, default_value_t = 100)]
-    pub connections: usize,
-    /// How long the load runs.
-    #[arg(short = 'd', long, value_name = "DURATION", default_value = "60s", value_parser = parse_flag_duration)]
-    pub duration: Duration,
-    /// Open the connections gradually over this long.
-    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_flag_duration)]
-    pub ramp_up: Duration,
-    /// Messages per second over all connections (each client at an even
-    /// pace; latency counts from when a message was due).
-    #[arg(long, value_name = "MSGS_PER_S", default_value_t = 1000.0)]
-    pub rate: f64,
-    /// Largest message in bytes; sizes are log-uniform from 64 B up to it.
-    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024)]
-    pub max_size: usize,
-    /// Messages a connection may have unanswered before its sending waits.
-    #[arg(long, default_value_t = 16)]
-    pub in_flight: usize,
-    /// Share of the messages sent as binary, percent (the rest is text).
-    #[arg(long, value_name = "PERCENT", default_value_t = 50)]
-    pub binary: u8,
-    /// Offer this subprotocol (repeatable, in preference order).
-    #[arg(long = "subprotocol", value_name = "NAME")]
-    pub subprotocols: Vec<String>,
-    /// Share of the connections that offer permessage-deflate, percent.
-    #[arg(long, value_name = "PERCENT", default_value_t = 0)]
-    pub deflate: u8,
-    /// Connections closed cleanly and reopened per second, percent of all
-    /// (each lives an exponentially distributed time of mean 100/CHURN s).
-    #[arg(long, value_name = "PERCENT_PER_S", default_value_t = 0.0)]
-    pub churn: f64,
-    /// Processes to watch: NAME=PID or NAME=@PIDFILE (re-read every sample),
-    /// comma-separated.
-    #[arg(long, value_name = "LIST")]
-    pub pids: Option<String>,
-    /// After the load, how long the watched processes get to come back to
-    /// their baseline.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_flag_duration)]
-    pub settle: Duration,
-    /// How far above its baseline a process's memory and descriptors may stay
-    /// after the load, percent.
-    #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
-    pub tolerance: f64,
-    /// Memory above the baseline that passes whatever --tolerance says, MiB
-    /// (for small baselines, whose few percent are allocator noise).
-    #[arg(long, value_name = "MIB", default_value_t = 0)]
-    pub rss_slack: u64,
-    /// After the load and the settle, run the same load twice more for this
-    /// long (ramp-up included): each process must come back after the second
-    /// within --tolerance of its level after the first (see above).
-    #[arg(long, value_name = "DURATION", value_parser = parse_flag_duration)]
-    pub leak_check: Option<Duration>,
-    /// Count latencies of the load (not of the leak check) also under the
-    /// label this file holds (read every second).
-    #[arg(long, value_name = "FILE")]
-    pub label_file: Option<PathBuf>,
-    /// How long a client that is about to close waits for the echoes still
-    /// in flight; what has not come back by then counts as lost. A hang
-    /// guard, far above any latency of a working but loaded server.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_flag_duration)]
-    pub drain_wait: Duration,
-    /// Print the result as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write a self-contained HTML report.
-    #[arg(long, value_name = "FILE")]
-    pub html: Option<PathBuf>,
-}
 
 /// Longest wait for the end of a connection after the server's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -161,8 +81,6 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Between two progress lines on stderr.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-/// Smallest message (the header and a body).
-const MIN_SIZE: usize = 64;
 
 /// Runs the soak; returns the exit status (0 pass, 1 verdict failed).
 pub async fn run(args: SoakArgs) -> anyhow::Result<i32> {
@@ -218,10 +136,6 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<i32> {
     })
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Every client, from `start` (plus the ramp-up) for `duration`; returns
 /// once they all closed.
 async fn run_load(plan: &Arc<Plan>, start: Instant, duration: Duration) {
@@ -247,135 +161,6 @@ async fn settle(plan: &Plan, procs: &Mutex<Processes>) {
         if p.alive_at(at).all(|i| i.back_to_baseline(plan.tolerance)) {
             return;
         }
-    }
-}
-
-/// One run of the load: clients open from `start` (over the ramp-up) and
-/// close at `end`.
-#[derive(Clone, Copy)]
-struct Load {
-    start: Instant,
-    end: Instant,
-}
-
-/// What every client shares.
-struct Plan {
-    /// `ws://host:port` of each instance, without a path.
-    instances: Vec<String>,
-    paths: Vec<String>,
-    connections: usize,
-    /// Between two messages of one client.
-    interval: Duration,
-    rate: f64,
-    max_size: usize,
-    in_flight: usize,
-    binary: u8,
-    deflate: u8,
-    /// Mean lifetime of a connection (`None`: no churn).
-    lifetime: Option<Duration>,
-    churn: f64,
-    /// Second 0 of the report.
-    start: Instant,
-    ramp_up: Duration,
-    settle: Duration,
-    drain_wait: Duration,
-    tolerance: Tolerance,
-    label_file: Option<PathBuf>,
-    with_deflate: ClientBuilder,
-    without_deflate: ClientBuilder,
-    /// The instance clients try first (the last one that worked).
-    preferred: AtomicUsize,
-    /// Open connections now.
-    open: AtomicUsize,
-    /// The label file applies (the load, not the leak check).
-    labelling: AtomicBool,
-    rec: Mutex<Recorder>,
-}
-
-impl Plan {
-    fn new(a: &SoakArgs) -> anyhow::Result<Self> {
-        let mut instances = Vec::new();
-        let mut url_paths = Vec::new();
-        for u in &a.urls {
-            let uri: http::Uri = u.parse().with_context(|| format!("--url {u:?}"))?;
-            match uri.scheme_str() {
-                Some("ws") | Some("wss") => {}
-                _ => bail!("--url {u:?}: the scheme must be ws:// or wss://"),
-            }
-            let (Some(scheme), Some(auth)) = (uri.scheme_str(), uri.authority()) else {
-                bail!("--url {u:?}: no host");
-            };
-            instances.push(format!("{scheme}://{auth}"));
-            url_paths.push(
-                uri.path_and_query()
-                    .map_or("/".to_string(), |p| p.to_string()),
-            );
-        }
-        let paths = if a.paths.is_empty() {
-            url_paths[..1].to_vec()
-        } else {
-            a.paths.clone()
-        };
-        if let Some(p) = paths.iter().find(|p| !p.starts_with('/')) {
-            bail!("--path {p:?} must start with /");
-        }
-        if a.connections == 0 || !(a.rate > 0.0 && a.rate.is_finite()) {
-            bail!("--connections and --rate must be above 0");
-        }
-        if a.max_size < MIN_SIZE || a.binary > 100 || a.deflate > 100 {
-            bail!("--max-size is at least {MIN_SIZE}; --binary and --deflate are percentages");
-        }
-        if !(0.0..=100.0).contains(&a.churn) || a.tolerance.is_nan() || a.tolerance < 0.0 {
-            bail!("--churn is a percentage per second; --tolerance at least 0");
-        }
-        let start = Instant::now();
-        let rec = Recorder::new(start);
-        Ok(Plan {
-            instances,
-            paths,
-            connections: a.connections,
-            interval: Duration::from_secs_f64(a.connections as f64 / a.rate),
-            rate: a.rate,
-            max_size: a.max_size,
-            in_flight: a.in_flight.max(1),
-            binary: a.binary,
-            deflate: a.deflate,
-            lifetime: (a.churn > 0.0).then(|| Duration::from_secs_f64(100.0 / a.churn)),
-            churn: a.churn,
-            start,
-            ramp_up: a.ramp_up,
-            settle: a.settle,
-            drain_wait: a.drain_wait,
-            tolerance: Tolerance {
-                fraction: a.tolerance / 100.0,
-                rss_slack_kib: a.rss_slack.saturating_mul(1024),
-            },
-            label_file: a.label_file.clone(),
-            with_deflate: ClientBuilder::new().subprotocols(a.subprotocols.clone()),
-            without_deflate: ClientBuilder::new()
-                .subprotocols(a.subprotocols.clone())
-                .no_deflate(),
-            preferred: AtomicUsize::new(0),
-            open: AtomicUsize::new(0),
-            labelling: AtomicBool::new(true),
-            rec: Mutex::new(rec),
-        })
-    }
-
-    fn rec(&self) -> MutexGuard<'_, Recorder> {
-        lock(&self.rec)
-    }
-
-    fn seconds(&self, at: Instant) -> f64 {
-        at.saturating_duration_since(self.start).as_secs_f64()
-    }
-
-    /// Move the clients off instance `i` (it refused, or went away).
-    fn leave(&self, i: usize) {
-        let next = (i + 1) % self.instances.len();
-        let _ = self
-            .preferred
-            .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
@@ -625,17 +410,6 @@ fn log_uniform(rng: &mut SplitMix, lo: usize, hi: usize) -> usize {
     let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
     let (a, b) = ((lo as f64).ln(), (hi as f64).ln());
     ((a + u * (b - a)).exp() as usize).clamp(lo, hi)
-}
-
-/// The label of a connection that broke: the close code our side used
-/// (1006 for a dropped transport), or the I/O error's kind.
-fn broken_kind(e: &WsError) -> String {
-    match e {
-        WsError::Protocol(p) => p.code.0.to_string(),
-        WsError::Io(io) => format!("io: {:?}", io.kind()),
-        WsError::Timeout(what) => format!("timeout: {what}"),
-        other => format!("error: {other}"),
-    }
 }
 
 /// Every second until `done`: sample the processes, read the label file,

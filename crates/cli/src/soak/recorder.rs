@@ -8,7 +8,6 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use switchyard::{Error as WsError, Message};
 
-use super::broken_kind;
 use super::payload::{self, Echo};
 
 /// Problems described one by one in the report (the rest are counted).
@@ -199,5 +198,16 @@ impl Recorder {
             other => broken_kind(other),
         };
         *self.connect_failures.entry(kind).or_insert(0) += 1;
+    }
+}
+
+/// The label of a connection that broke: the close code our side used
+/// (1006 for a dropped transport), or the I/O error's kind.
+pub(super) fn broken_kind(e: &WsError) -> String {
+    match e {
+        WsError::Protocol(p) => p.code.0.to_string(),
+        WsError::Io(io) => format!("io: {:?}", io.kind()),
+        WsError::Timeout(what) => format!("timeout: {what}"),
+        other => format!("error: {other}"),
     }
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use super::plan::Plan;
 use super::procs::Processes;
-use super::Plan;
 
 fn quantiles(h: &Histogram<u64>) -> Value {
     let q = |q: f64| {
