@@ -24,6 +24,8 @@
 //! | max send buffer per stream                | [`MAX_SEND_BUF`] (256 KiB) | bounded queued output per stream |
 //! | keep-alive PING (server)                  | every 30 s, 20 s timeout   | dead peers are dropped |
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,6 +39,7 @@ use switchyard_proto::extended_connect::ExtendedConnect;
 use switchyard_proto::handshake::{self, HandshakeError, Rejection};
 use switchyard_proto::{Connection, Limits, Role};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -58,8 +61,8 @@ pub const MAX_LOCAL_ERROR_RESETS: usize = 256;
 /// Output queued per stream before the writer waits.
 pub const MAX_SEND_BUF: usize = 256 * 1024;
 
-/// The WebSocket on an HTTP/2 stream.
-pub type H2WebSocket = WebSocket<TokioIo<Upgraded>>;
+/// The client's WebSocket on an HTTP/2 stream.
+pub type H2WebSocket = WebSocket<H2Stream>;
 
 /// Resolves to the server's [`WebSocket`] once hyper hands over the stream.
 pub type H2UpgradeFut = UpgradeFut;
@@ -451,8 +454,88 @@ impl H2Connection {
             &negotiated,
             hs_cfg.deflate.as_ref(),
         );
-        let ws = WebSocket::from_raw(TokioIo::new(upgraded), conn, &[]).with_negotiated(negotiated);
+        let stream = H2Stream {
+            io: TokioIo::new(upgraded),
+        };
+        let ws = WebSocket::from_raw(stream, conn, &[]).with_negotiated(negotiated);
         Ok((ws, Response::from_parts(parts, ())))
+    }
+}
+
+/// The client's end of a WebSocket's HTTP/2 stream: hyper's upgraded stream,
+/// except that a reset without error is not a failure.
+///
+/// A server that has sent its whole response (for a WebSocket: its close
+/// frame, then END_STREAM) may reset the stream with NO_ERROR to stop the
+/// rest of the request, and the client must not take that as a failure
+/// (RFC 9113 §8.1). Servers do so when they drop a closed WebSocket before
+/// the client's END_STREAM arrived (the switchyard server does). hyper
+/// reports that reset as the error of the next write, flush or shutdown, even
+/// when all that was written before it had gone out: the flush of our close
+/// frame, if still waiting, would fail a clean close. Here the reset ends our
+/// sending without error: flush and shutdown succeed (a write still fails),
+/// and reading yields all the server sent, then the end.
+#[derive(Debug)]
+pub struct H2Stream {
+    io: TokioIo<Upgraded>,
+}
+
+/// Whether a write error of hyper's upgraded stream is the peer's
+/// RST_STREAM with NO_ERROR.
+fn is_reset_without_error(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<hyper::Error>())
+        .and_then(std::error::Error::source)
+        .and_then(|e| e.downcast_ref::<::h2::Error>())
+        .and_then(::h2::Error::reason)
+        == Some(::h2::Reason::NO_ERROR)
+}
+
+/// `Ok` for the server's reset without error, any other error as it is.
+fn finished_unless_failed(r: Poll<std::io::Result<()>>) -> Poll<std::io::Result<()>> {
+    match r {
+        Poll::Ready(Err(e)) if is_reset_without_error(&e) => Poll::Ready(Ok(())),
+        other => other,
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        finished_unless_failed(Pin::new(&mut self.io).poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        finished_unless_failed(Pin::new(&mut self.io).poll_shutdown(cx))
     }
 }
 

@@ -1,6 +1,8 @@
 //! WebSocket over HTTP/2 (RFC 8441): a real hyper HTTP/2 server whose service
 //! calls `switchyard::h2::accept` and echoes, and the `H2Connection` client.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use switchyard::h2::{accept, connect_h2, server_builder, H2Connection};
 use switchyard::proto::handshake::OriginPolicy;
 use switchyard::server::{rejection_response, AcceptConfig};
 use switchyard::H2Error;
-use switchyard::{ClientBuilder, CloseCode, Error, Limits, Message};
+use switchyard::{ClientBuilder, CloseCode, CloseFrame, Error, Limits, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -776,4 +778,74 @@ async fn refusal_names_the_status() {
     );
     let msg = err.to_string();
     assert!(msg.contains("404") && msg.contains("/nowhere"), "{msg}");
+}
+
+/// RFC 9113 §8.1: once the server has sent its whole response (here its close
+/// frame and END_STREAM) it may reset the stream with NO_ERROR, and the client
+/// must not count the response as failed. The switchyard server does exactly
+/// that when it drops the WebSocket before the client's END_STREAM came. Our
+/// close frame sits in hyper's send queue while that happens (we sent a text
+/// just before, so the queue is full): its flush must still succeed, and the
+/// stream must end cleanly with the echo and the server's close.
+#[tokio::test]
+async fn server_reset_with_no_error_after_its_close_is_a_clean_close() {
+    let (done_tx, mut done) = mpsc::unbounded_channel::<()>();
+    let addr = custom_h2_server(move |mut req| {
+        let done_tx = done_tx.clone();
+        async move {
+            if req.uri().path() == "/barrier" {
+                let mut r = hyper::Response::new(Empty::new());
+                *r.status_mut() = StatusCode::NOT_FOUND;
+                return r;
+            }
+            let (resp, fut) = accept(&mut req, &AcceptConfig::default()).unwrap();
+            tokio::spawn(async move {
+                if let Ok(ws) = fut.await {
+                    common::echo_data(ws).await;
+                }
+                // The WebSocket is dropped: hyper resets the stream (NO_ERROR).
+                let _ = done_tx.send(());
+            });
+            resp
+        }
+    })
+    .await;
+    let url = format!("ws://127.0.0.1:{}/", addr.port());
+    let builder = plain_builder();
+    let conn = H2Connection::connect(&url, &builder).await.unwrap();
+    for round in 0..10 {
+        let (mut ws, _) = conn.websocket("/echo", &builder).await.unwrap();
+        ws.send(Message::text("over h2")).await.unwrap();
+        ws.feed(Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, ""))))
+            .await
+            .unwrap();
+        // Hand the close frame to hyper; the flush now waits for hyper's
+        // send task, and this task does not look at it again until the
+        // server's reset has reached the client.
+        let _ = std::future::poll_fn(|cx| std::task::Poll::Ready(ws.poll_flush_unpin(cx))).await;
+        done.recv().await.unwrap();
+        // A request answered after the reset: its answer comes behind the
+        // RST_STREAM on the connection, so the client has read the reset.
+        let barrier = conn.websocket("/barrier", &builder).await;
+        assert!(
+            matches!(&barrier, Err(Error::H2(H2Error::Refused { .. }))),
+            "round {round}: {:?}",
+            barrier.map(|r| r.1)
+        );
+        ws.flush()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: flushing our close failed: {e}"));
+        let mut got = Vec::new();
+        while let Some(m) = ws.next().await {
+            got.push(m.unwrap_or_else(|e| panic!("round {round}: the stream failed: {e}")));
+        }
+        assert_eq!(
+            got,
+            [
+                Message::text("over h2"),
+                Message::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))
+            ],
+            "round {round}"
+        );
+    }
 }
