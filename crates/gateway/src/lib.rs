@@ -17,6 +17,7 @@
 //!   upstream upgrade and runs the tunnel.
 //!
 //! Supporting modules: [`config`], [`live`] (generations and reload),
+//! [`metrics`] (the Prometheus registry),
 //! [`admission`] (Origin and caps), [`outcome`] (reasons and refusals),
 //! `tracking` (live connections for `/status`), [`io`] (the connection
 //! streams, io_uring), [`tls`] (certificates).
@@ -37,6 +38,7 @@ pub mod dispatch;
 mod front;
 pub mod io;
 pub mod live;
+pub mod metrics;
 pub mod outcome;
 pub mod proxy;
 pub mod runtime;

@@ -38,7 +38,8 @@ use tracing::{info, warn};
 use crate::admission::ConnectionLimiter;
 use crate::apps::AppSettings;
 use crate::config::{App, Config, ConfigError, ConfigSource, Route, RouteTarget, TunnelSetting};
-use crate::proxy::{self, Metrics, ProxyContext};
+use crate::metrics::Metrics;
+use crate::proxy::{self, ProxyContext};
 use crate::tracking::ConnTable;
 use crate::upgrade::Registry;
 

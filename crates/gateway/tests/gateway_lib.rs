@@ -163,7 +163,7 @@ async fn echo_is_proxied_and_shows_in_metrics_and_status() {
         if m.upgrade_attempts("switched", "switched") == 1
             && m.messages(
                 "/echo",
-                switchyard_gateway::proxy::Direction::ClientToUpstream,
+                switchyard_gateway::metrics::Direction::ClientToUpstream,
             ) >= 10
         {
             ok = true;

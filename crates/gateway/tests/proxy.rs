@@ -14,10 +14,11 @@ use switchyard_gateway::admission::{ConnectionGuard, ConnectionLimiter};
 use switchyard_gateway::config::{
     Backend, Balance, Health, PassiveHealth, PathMatch, Policy, Route, Upstream,
 };
+use switchyard_gateway::metrics::{Direction, Metrics};
 use switchyard_gateway::outcome::Reason;
 use switchyard_gateway::proxy::{
-    proxy_extended_connect, proxy_h1, ClientInfo, Direction, Metrics, OutcomeKind, ProxiedConnect,
-    ProxyContext, ProxyOutcome, ProxyRoute, TunnelEnd, Upstreams,
+    proxy_extended_connect, proxy_h1, ClientInfo, OutcomeKind, ProxiedConnect, ProxyContext,
+    ProxyOutcome, ProxyRoute, TunnelEnd, Upstreams,
 };
 use switchyard_proto::handshake::accept_key;
 use switchyard_proto::head::RequestParser;

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use switchyard_gateway::config::Config;
 use switchyard_gateway::io::PlainTcp;
+use switchyard_gateway::metrics::Direction;
 use switchyard_gateway::proxy::tunnel::{transparent_tcp, Spliced};
-use switchyard_gateway::proxy::{Direction, SpliceMode, TunnelEnd, TunnelReport};
+use switchyard_gateway::proxy::{SpliceMode, TunnelEnd, TunnelReport};
 use switchyard_gateway::{Gateway, Server};
 use switchyard_proto::handshake::accept_key;
 use switchyard_proto::head::RequestParser;

@@ -43,7 +43,6 @@
 
 pub mod copy;
 pub mod forward;
-pub mod metrics;
 pub mod relay;
 pub mod splice;
 pub mod tunnel;
@@ -67,8 +66,8 @@ use crate::config::{Policy, Route, TunnelSetting};
 use crate::outcome::{Reason, Refusal};
 use switchyard::proto::HttpVersion;
 
+use crate::metrics::{Direction, Metrics};
 pub use forward::{ClientInfo, ForwardOptions, UpstreamRequest};
-pub use metrics::{Direction, Metrics};
 pub use relay::{ExchangeError, UpstreamAnswer};
 pub use splice::SpliceMode;
 pub use tunnel::{FrameAwareConfig, Spliced, TunnelEnd, TunnelReport};

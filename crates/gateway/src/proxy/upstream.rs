@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::{ActiveHealth, Backend, Balance, Upstream};
 
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Why a backend could not be reached.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //!
 //! | admin request  | answer |
 //! |----------------|--------|
-//! | `GET /metrics` | 200, Prometheus text ([`crate::proxy::metrics`]) |
+//! | `GET /metrics` | 200, Prometheus text ([`crate::metrics`]) |
 //! | `GET /status`  | 200, HTML: live proxied connections per route (client, upstream, protocol, age, bytes) |
 //! | `POST /reload` | 200 `reloaded: generation N`, or 422 with the reason (the old config stays) |
 //! | other paths    | 404; other methods on those paths 405 |

@@ -1,4 +1,4 @@
-//! A small Prometheus text registry for the proxy: counters, gauges and
+//! The gateway's Prometheus text registry: counters, gauges and
 //! histograms kept with atomics and short-lived locks, rendered by
 //! [`Metrics::render`] in the text exposition format (version 0.0.4).
 //!
@@ -211,7 +211,7 @@ impl Metrics {
     }
 
     /// Count one upgrade attempt. `result` and `reason` are fixed strings
-    /// (see [`super::ProxyOutcome::labels`]).
+    /// (see [`crate::proxy::ProxyOutcome::labels`]).
     pub fn upgrade_attempt(&self, result: &'static str, reason: &'static str) {
         *lock(&self.upgrades).entry((result, reason)).or_insert(0) += 1;
     }
