@@ -9,8 +9,9 @@
 //!
 //! | family | type | labels |
 //! |---|---|---|
-//! | `switchyard_open_connections` | gauge | `route`, `protocol` (h1/h2/h3) |
+//! | `switchyard_open_connections` | gauge | `route`, `protocol` (h1/h2/h3), `transport` |
 //! | `switchyard_upgrade_attempts_total` | counter | `result`, `reason` |
+//! | `switchyard_closes_total` | counter | `route`, `by`, `why`, `code` |
 //! | `switchyard_tunnel_bytes_total` | counter | `route`, `direction` |
 //! | `switchyard_tunnel_messages_total` | counter | `route`, `direction` |
 //! | `switchyard_tunnel_spliced_bytes_total` | counter | `route`, `direction` |
@@ -23,6 +24,118 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use crate::outcome::Blame;
+use switchyard::proto::HttpVersion;
+
+/// What a switched connection carries: the `transport` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transport {
+    /// A WebSocket (HTTP/1.1 upgrade, or extended CONNECT over HTTP/2 or
+    /// HTTP/3).
+    WebSocket,
+    /// Any other upgrade token the route allows (`lineecho/1`...).
+    Upgrade,
+}
+
+impl Transport {
+    /// The transport of a connection switched to `token`.
+    pub fn of_token(token: &str) -> Self {
+        if token.eq_ignore_ascii_case("websocket") {
+            Transport::WebSocket
+        } else {
+            Transport::Upgrade
+        }
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Upgrade => "upgrade",
+        }
+    }
+}
+
+/// Why a switched connection ended: the `why` label of
+/// `switchyard_closes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CloseWhy {
+    /// A close frame (its code is the `code` label).
+    CloseFrame,
+    /// The transport ended without a close frame (EOF, reset), or a
+    /// protocol without close frames ended.
+    Eof,
+    /// Nothing arrived for the route's idle timeout.
+    Idle,
+    /// The peer did not answer a ping in time.
+    PongTimeout,
+    /// The gateway shut down (drain).
+    Drain,
+    /// The peer exceeded a limit (message or line size).
+    Limit,
+    /// The peer broke its protocol.
+    ProtocolError,
+    /// Reading or writing failed.
+    IoError,
+}
+
+impl CloseWhy {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseWhy::CloseFrame => "close_frame",
+            CloseWhy::Eof => "eof",
+            CloseWhy::Idle => "idle",
+            CloseWhy::PongTimeout => "pong_timeout",
+            CloseWhy::Drain => "drain",
+            CloseWhy::Limit => "limit",
+            CloseWhy::ProtocolError => "protocol_error",
+            CloseWhy::IoError => "io_error",
+        }
+    }
+}
+
+/// Why the gateway closed a peer that broke a rule, from the close code it
+/// sent: 1009 (message too big) is a limit, anything else the protocol.
+pub fn violation(code: u16) -> CloseWhy {
+    if code == 1009 {
+        CloseWhy::Limit
+    } else {
+        CloseWhy::ProtocolError
+    }
+}
+
+/// How one switched connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    /// Who ended it: the client, the upstream, or the gateway (idle,
+    /// drain, a peer's violation).
+    pub by: Blame,
+    /// Why.
+    pub why: CloseWhy,
+    /// The WebSocket close code sent or received, if any.
+    pub code: Option<u16>,
+}
+
+impl Close {
+    /// The `code` label: the registered codes as themselves, the
+    /// application ranges as `3xxx` / `4xxx` (bounded: a peer picks any
+    /// number), `none` without a close frame.
+    pub fn code_label(&self) -> &'static str {
+        const KNOWN: [&str; 16] = [
+            "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
+            "1011", "1012", "1013", "1014", "1015",
+        ];
+        match self.code {
+            None => "none",
+            Some(c @ 1000..=1015) => KNOWN[usize::from(c - 1000)],
+            Some(3000..=3999) => "3xxx",
+            Some(4000..=4999) => "4xxx",
+            Some(_) => "invalid",
+        }
+    }
+}
 
 /// Direction of tunnel traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -141,8 +254,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The proxy's metrics. Cheap to share: wrap it in an `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
-    open: Mutex<BTreeMap<(String, &'static str), i64>>,
+    open: Mutex<BTreeMap<OpenKey, i64>>,
     upgrades: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    closes: Mutex<BTreeMap<CloseKey, u64>>,
     bytes: Mutex<BTreeMap<(String, Direction), u64>>,
     messages: Mutex<BTreeMap<(String, Direction), u64>>,
     spliced: Mutex<BTreeMap<(String, Direction), u64>>,
@@ -157,18 +271,29 @@ impl Default for Metrics {
     }
 }
 
+/// route, protocol, transport.
+type OpenKey = (String, HttpVersion, Transport);
+/// route, by, why, code.
+type CloseKey = (String, &'static str, CloseWhy, &'static str);
+
 /// Decrements the open-connection gauge it incremented when dropped.
 #[derive(Debug)]
 pub struct OpenGuard {
     metrics: Arc<Metrics>,
-    route: String,
-    protocol: &'static str,
+    key: OpenKey,
+}
+
+impl OpenGuard {
+    /// The connection ended this way: count it in
+    /// `switchyard_closes_total` (and leave the gauge).
+    pub fn closed(self, close: Close) {
+        self.metrics.count_close(&self.key.0, close);
+    }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        let mut open = lock(&self.metrics.open);
-        if let Some(v) = open.get_mut(&(self.route.clone(), self.protocol)) {
+        if let Some(v) = lock(&self.metrics.open).get_mut(&self.key) {
             *v -= 1;
         }
     }
@@ -180,6 +305,7 @@ impl Metrics {
         Metrics {
             open: Mutex::default(),
             upgrades: Mutex::default(),
+            closes: Mutex::default(),
             bytes: Mutex::default(),
             messages: Mutex::default(),
             spliced: Mutex::default(),
@@ -189,25 +315,49 @@ impl Metrics {
         }
     }
 
-    /// Count an open connection on `route` over `protocol` ("h1", "h2", "h3")
-    /// until the guard is dropped.
-    pub fn open_connection(self: &Arc<Self>, route: &str, protocol: &'static str) -> OpenGuard {
-        *lock(&self.open)
-            .entry((route.to_string(), protocol))
-            .or_insert(0) += 1;
+    /// Count an open connection on `route` over `protocol` carrying
+    /// `transport` until the guard is dropped.
+    pub fn open_connection(
+        self: &Arc<Self>,
+        route: &str,
+        protocol: HttpVersion,
+        transport: Transport,
+    ) -> OpenGuard {
+        let key = (route.to_string(), protocol, transport);
+        *lock(&self.open).entry(key.clone()).or_insert(0) += 1;
         OpenGuard {
             metrics: self.clone(),
-            route: route.to_string(),
-            protocol,
+            key,
         }
     }
 
-    /// Open connections now on `route` over `protocol`.
-    pub fn open_connections(&self, route: &str, protocol: &'static str) -> i64 {
+    /// Open connections now on `route` over `protocol` ("h1", "h2", "h3"),
+    /// every transport.
+    pub fn open_connections(&self, route: &str, protocol: &str) -> i64 {
         lock(&self.open)
-            .get(&(route.to_string(), protocol))
-            .copied()
-            .unwrap_or(0)
+            .iter()
+            .filter(|((r, p, _), _)| r == route && p.label() == protocol)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    fn count_close(&self, route: &str, close: Close) {
+        let key = (
+            route.to_string(),
+            close.by.label(),
+            close.why,
+            close.code_label(),
+        );
+        *lock(&self.closes).entry(key).or_insert(0) += 1;
+    }
+
+    /// Closes counted on `route` by `by` for `why`.
+    pub fn closes(&self, route: &str, by: Blame, why: CloseWhy) -> u64 {
+        lock(&self.closes)
+            .iter()
+            .filter(|((r, b, w, _), _)| r == route && *b == by.label() && *w == why)
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     /// Count one upgrade attempt. `result` and `reason` are fixed strings
@@ -305,13 +455,29 @@ impl Metrics {
     /// The Prometheus text exposition of every family.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        out.push_str("# HELP switchyard_open_connections Open proxied connections.\n");
+        out.push_str(
+            "# HELP switchyard_open_connections Open switched connections (apps and proxied).\n",
+        );
         out.push_str("# TYPE switchyard_open_connections gauge\n");
-        for ((route, proto), v) in lock(&self.open).iter() {
+        for ((route, proto, transport), v) in lock(&self.open).iter() {
             let _ = writeln!(
                 out,
-                "switchyard_open_connections{{route=\"{}\",protocol=\"{proto}\"}} {v}",
-                escape(route)
+                "switchyard_open_connections{{route=\"{}\",protocol=\"{}\",transport=\"{}\"}} {v}",
+                escape(route),
+                proto.label(),
+                transport.as_str()
+            );
+        }
+        out.push_str(
+            "# HELP switchyard_closes_total Switched connections ended, by who ended them, why and the close code.\n",
+        );
+        out.push_str("# TYPE switchyard_closes_total counter\n");
+        for ((route, by, why, code), v) in lock(&self.closes).iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_closes_total{{route=\"{}\",by=\"{by}\",why=\"{}\",code=\"{code}\"}} {v}",
+                escape(route),
+                why.as_str()
             );
         }
         out.push_str(
@@ -396,23 +562,51 @@ mod tests {
     #[test]
     fn open_gauge_follows_guards() {
         let m = Arc::new(Metrics::new());
-        let a = m.open_connection("chat", "h1");
-        let b = m.open_connection("chat", "h1");
-        let c = m.open_connection("chat", "h2");
+        let a = m.open_connection("chat", HttpVersion::Http1, Transport::WebSocket);
+        let b = m.open_connection("chat", HttpVersion::Http1, Transport::Upgrade);
+        let c = m.open_connection("chat", HttpVersion::Http2, Transport::WebSocket);
         assert_eq!(m.open_connections("chat", "h1"), 2);
-        drop(a);
+        a.closed(Close {
+            by: Blame::Client,
+            why: CloseWhy::CloseFrame,
+            code: Some(4321),
+        });
         assert_eq!(m.open_connections("chat", "h1"), 1);
         let text = m.render();
         assert!(
-            text.contains("switchyard_open_connections{route=\"chat\",protocol=\"h1\"} 1"),
+            text.contains("switchyard_open_connections{route=\"chat\",protocol=\"h1\",transport=\"websocket\"} 0"),
             "{text}"
         );
         assert!(
-            text.contains("switchyard_open_connections{route=\"chat\",protocol=\"h2\"} 1"),
+            text.contains("switchyard_open_connections{route=\"chat\",protocol=\"h1\",transport=\"upgrade\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchyard_closes_total{route=\"chat\",by=\"client\",why=\"close_frame\",code=\"4xxx\"} 1"),
             "{text}"
         );
         drop((b, c));
         assert_eq!(m.open_connections("chat", "h2"), 0);
+        assert_eq!(m.closes("chat", Blame::Client, CloseWhy::CloseFrame), 1);
+    }
+
+    #[test]
+    fn close_codes_are_bounded_labels() {
+        let label = |code| {
+            Close {
+                by: Blame::Gateway,
+                why: CloseWhy::Idle,
+                code,
+            }
+            .code_label()
+        };
+        assert_eq!(label(Some(1000)), "1000");
+        assert_eq!(label(Some(1015)), "1015");
+        assert_eq!(label(Some(3999)), "3xxx");
+        assert_eq!(label(Some(4000)), "4xxx");
+        assert_eq!(label(Some(2000)), "invalid");
+        assert_eq!(label(Some(999)), "invalid");
+        assert_eq!(label(None), "none");
     }
 
     #[test]

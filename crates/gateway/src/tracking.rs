@@ -1,6 +1,8 @@
 //! The live connections, for `/status`: every switched connection (a
 //! proxied tunnel or a built-in app) is registered while it lives, with
-//! byte counters its stream updates ([`Counting`]).
+//! byte counters its stream updates ([`Counting`]). A built-in app's
+//! connection is a [`LiveApp`]: its entry here, its open-connections gauge
+//! and its slot in the route's caps, released together.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::admission::ConnectionGuard;
 use crate::io::{AsPlainTcp, PlainTcp};
+use crate::metrics::{Close, Metrics, OpenGuard, Transport};
 use switchyard::proto::HttpVersion;
 
 /// What one live connection is, at registration.
@@ -137,6 +141,40 @@ impl ConnTable {
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A built-in app's switched connection while it lives: its `/status`
+/// entry, its `switchyard_open_connections` gauge and its slot in the
+/// route's caps. [`LiveApp::closed`] counts how it ended.
+#[derive(Debug)]
+pub struct LiveApp {
+    _tracked: Tracked,
+    open: OpenGuard,
+    _permit: Option<ConnectionGuard>,
+}
+
+impl LiveApp {
+    /// Register the connection `info` carrying `transport`, holding
+    /// `permit` until it ends.
+    pub fn new(
+        conns: &ConnTable,
+        metrics: &Arc<Metrics>,
+        info: ConnectionInfo,
+        transport: Transport,
+        permit: Option<ConnectionGuard>,
+    ) -> Self {
+        let open = metrics.open_connection(&info.route, info.protocol, transport);
+        LiveApp {
+            _tracked: conns.track(info),
+            open,
+            _permit: permit,
+        }
+    }
+
+    /// The connection ended this way (counted in `switchyard_closes_total`).
+    pub fn closed(self, close: Close) {
+        self.open.closed(close);
     }
 }
 

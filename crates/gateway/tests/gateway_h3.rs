@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::Request;
 use switchyard::client::ClientBuilder;
 use switchyard::proto::deflate::DeflateConfig;
@@ -260,5 +260,98 @@ async fn h3_extended_connect_is_proxied_to_an_http11_upstream() {
     assert_eq!(code, Some(CloseCode::GOING_AWAY), "close 1001 at drain");
     drop(ws);
     stopping.await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One message there and back on an echo WebSocket.
+async fn echo_once<S>(ws: &mut switchyard::WebSocket<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::text(text)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Message::text(text));
+}
+
+#[tokio::test]
+async fn echo_app_websockets_over_h1_h2_h3_appear_in_metrics_and_status_while_open() {
+    let (dir, cert, key) = cert_files("app-metrics");
+    let gw = gateway(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"h1\", \"h2\", \"h3\"]\n\
+         tls = {{ cert = {cert:?}, key = {key:?} }}\n\
+         [[route]]\npath = \"/echo\"\napp = \"echo\"\n"
+    ))
+    .await;
+    let url = format!("wss://127.0.0.1:{}/echo", gw.addr.port());
+    let (mut h1, _) = client(&cert).connect(&url).await.expect("echo over h1");
+    let (mut h2, _) = switchyard::h2::connect_h2(&url, &client(&cert))
+        .await
+        .expect("echo over h2");
+    let (mut h3, _) = switchyard::h3::connect_h3(&url, &client(&cert))
+        .await
+        .expect("echo over h3");
+    echo_once(&mut h1, "one").await;
+    echo_once(&mut h2, "two").await;
+    echo_once(&mut h3, "three").await;
+
+    let metrics = gw.gw.metrics().render();
+    for proto in ["h1", "h2", "h3"] {
+        let series = format!(
+            "switchyard_open_connections{{route=\"/echo\",protocol=\"{proto}\",transport=\"websocket\"}} 1"
+        );
+        assert!(metrics.contains(&series), "{series} in\n{metrics}");
+    }
+    let conns = gw.gw.connections().snapshot();
+    let mut seen: Vec<_> = conns
+        .iter()
+        .map(|c| (c.info.target.as_str(), c.info.protocol.label()))
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        [("app echo", "h1"), ("app echo", "h2"), ("app echo", "h3")]
+    );
+
+    // Closed by the client with 1000: gone from the gauge and the table,
+    // counted as the client's close.
+    for ws_close in [
+        h1.close(CloseCode::NORMAL, "bye").boxed(),
+        h2.close(CloseCode::NORMAL, "bye").boxed(),
+        h3.close(CloseCode::NORMAL, "bye").boxed(),
+    ] {
+        ws_close.await.unwrap();
+    }
+    let m = gw.gw.metrics();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while m.closes(
+        "/echo",
+        switchyard_gateway::outcome::Blame::Client,
+        switchyard_gateway::metrics::CloseWhy::CloseFrame,
+    ) < 3
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "three closes counted: {}",
+            m.render()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = m.render();
+    for proto in ["h1", "h2", "h3"] {
+        assert_eq!(m.open_connections("/echo", proto), 0, "{metrics}");
+    }
+    assert!(
+        metrics.contains(
+            "switchyard_closes_total{route=\"/echo\",by=\"client\",why=\"close_frame\",code=\"1000\"} 3"
+        ),
+        "{metrics}"
+    );
+    assert!(gw.gw.connections().is_empty());
+    drop((h1, h2, h3));
+    gw.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -147,11 +147,13 @@ async fn echo_is_proxied_and_shows_in_metrics_and_status() {
     let status = get(gw.admin, "/status").await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert!(status.contains("/echo &rarr; upstream back"), "{status}");
-    assert!(status.contains("1 live proxied connection(s)"), "{status}");
+    assert!(status.contains("1 live connection(s)"), "{status}");
     assert!(status.contains("<td>h1</td>"), "{status}");
     let metrics = get(gw.admin, "/metrics").await;
     assert!(
-        metrics.contains("switchyard_open_connections{route=\"/echo\",protocol=\"h1\"} 1"),
+        metrics.contains(
+            "switchyard_open_connections{route=\"/echo\",protocol=\"h1\",transport=\"websocket\"} 1"
+        ),
         "{metrics}"
     );
     ws.close(CloseCode::NORMAL, "bye").await.unwrap();
@@ -181,7 +183,7 @@ async fn echo_is_proxied_and_shows_in_metrics_and_status() {
     );
     assert!(get(gw.admin, "/status")
         .await
-        .contains("0 live proxied connection(s)"));
+        .contains("0 live connection(s)"));
     // The built-in app route still answers, unknown paths are 404.
     assert!(get(gw.addr, "/").await.starts_with("HTTP/1.1 200"));
     gw.shutdown().await;

@@ -9,6 +9,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::AppSettings;
+use crate::metrics::{violation, Close, CloseWhy};
+use crate::outcome::Blame;
+use crate::tracking::LiveApp;
 
 /// How an echo session ended, for the log line.
 #[derive(Debug)]
@@ -211,8 +214,32 @@ where
     }
 }
 
-/// The log line of an ended echo.
-pub(crate) fn log_end(end: EchoEnd) {
+impl EchoEnd {
+    /// Who ended the session and why, for `switchyard_closes_total`.
+    pub(crate) fn close(&self) -> Close {
+        let (by, why, code) = match self {
+            EchoEnd::PeerClosed(Some(f)) => (Blame::Client, CloseWhy::CloseFrame, Some(f.code.0)),
+            EchoEnd::PeerClosed(None) => (Blame::Client, CloseWhy::Eof, None),
+            EchoEnd::Shutdown => (Blame::Gateway, CloseWhy::Drain, Some(1001)),
+            EchoEnd::Idle => (Blame::Gateway, CloseWhy::Idle, Some(1001)),
+            EchoEnd::Failed(switchyard::Error::Timeout(switchyard::Deadline::Pong)) => {
+                (Blame::Gateway, CloseWhy::PongTimeout, Some(1011))
+            }
+            EchoEnd::Failed(e) => match e.close_code() {
+                Some(c) => (Blame::Gateway, violation(c.0), Some(c.0)),
+                None => (Blame::Client, CloseWhy::IoError, None),
+            },
+        };
+        Close { by, why, code }
+    }
+}
+
+/// An ended echo: counted for its connection (`live`, when the route
+/// registered one), and its log line.
+pub(crate) fn record_end(end: EchoEnd, live: Option<Box<LiveApp>>) {
+    if let Some(live) = live {
+        live.closed(end.close());
+    }
     match end {
         EchoEnd::PeerClosed(frame) => tracing::info!(?frame, "websocket closed by peer"),
         EchoEnd::Shutdown => tracing::info!("websocket closed with 1001 (shutdown)"),

@@ -12,6 +12,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::metrics::{Close, CloseWhy};
+use crate::outcome::Blame;
+
 /// Longest line, `\n` included.
 pub(crate) const MAX_LINE: usize = 8 * 1024;
 
@@ -28,6 +31,25 @@ pub(crate) enum LineEchoEnd {
     Idle,
     /// Reading or writing failed.
     Io(std::io::ErrorKind),
+}
+
+impl LineEchoEnd {
+    /// Who ended the session and why, for `switchyard_closes_total` (no
+    /// close codes: the protocol has none).
+    pub(crate) fn close(&self) -> Close {
+        let (by, why) = match self {
+            LineEchoEnd::PeerClosed => (Blame::Client, CloseWhy::Eof),
+            LineEchoEnd::LineTooLong => (Blame::Gateway, CloseWhy::Limit),
+            LineEchoEnd::Shutdown => (Blame::Gateway, CloseWhy::Drain),
+            LineEchoEnd::Idle => (Blame::Gateway, CloseWhy::Idle),
+            LineEchoEnd::Io(_) => (Blame::Client, CloseWhy::IoError),
+        };
+        Close {
+            by,
+            why,
+            code: None,
+        }
+    }
 }
 
 /// Echo `\n`-terminated lines from `buf` (bytes already received) and then

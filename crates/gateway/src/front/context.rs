@@ -2,14 +2,20 @@
 //! connection's ([`ConnCtx`]), and what a switched HTTP/1.1 connection
 //! hands to its task ([`Upgraded`]).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use switchyard::proto::HttpVersion;
 use switchyard::Limits;
 use tokio::sync::{mpsc, watch};
 
+use crate::admission::ConnectionGuard;
 use crate::config::Http1;
 use crate::dispatch::{Connection, Dispatcher};
+use crate::live::RouteEntry;
+use crate::metrics::Transport;
+use crate::tracking::{ConnectionInfo, LiveApp};
 use crate::upgrade::{BoxFuture, ConnInfo, Registry, SessionEnd};
 
 use super::h2_settings::Http2Settings;
@@ -42,6 +48,32 @@ impl Front {
     /// The next connection id (for the connection's tracing span).
     pub(crate) fn connection_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Register a built-in app's switched connection on `route` for
+    /// `/status` and the metrics, holding its `permit` (see [`LiveApp`]).
+    pub(crate) fn live_app(
+        &self,
+        route: &RouteEntry,
+        client: SocketAddr,
+        protocol: HttpVersion,
+        transport: Transport,
+        permit: Option<ConnectionGuard>,
+    ) -> Box<LiveApp> {
+        let gateway = self.dispatcher.gateway();
+        let info = ConnectionInfo {
+            route: route.label.clone(),
+            client,
+            target: format!("app {}", route.app().map_or("-", |a| a.app.as_str())),
+            protocol,
+        };
+        Box::new(LiveApp::new(
+            gateway.connections(),
+            gateway.metrics(),
+            info,
+            transport,
+            permit,
+        ))
     }
 
     /// What the dispatcher needs to know of a connection.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version};
-use switchyard::proto::head;
+use switchyard::proto::{head, HttpVersion};
 use switchyard::server::read_request_head;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
@@ -33,7 +33,9 @@ use crate::apps::index::{self, PageAnswer};
 use crate::dispatch::RequestHead;
 use crate::dispatch::{AppTicket, Decision, Selection};
 use crate::io::{Prefixed, ServerIo};
+use crate::metrics::Transport;
 use crate::outcome::Refusal;
+use crate::tracking::LiveApp;
 use crate::upgrade::SessionCtx;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -253,10 +255,13 @@ async fn serve_loop(
             Decision::App(AppTicket {
                 switch: Some(selection),
                 permit,
-                ..
+                route,
             }) => {
-                let hold = permit.map(|p| Box::new(p) as Box<dyn std::any::Any + Send>);
-                let Some(u) = switch(conn, &req, selection, hold, front, ctx, tls).await else {
+                let transport = Transport::of_token(&selection.token.name);
+                let live = front.live_app(&route, peer, HttpVersion::Http1, transport, permit);
+                drop(route);
+                let Some(u) = switch(conn, &req, selection, Some(live), front, ctx, tls).await
+                else {
                     return;
                 };
                 *upgraded = Some(u);
@@ -286,13 +291,13 @@ async fn serve_loop(
 
 /// Switch protocols: the handler's checks, the `101`, then the session
 /// (returned for the connection's task to run; `None` when the switch was
-/// refused or the connection failed). `hold` lives as long as the session
+/// refused or the connection failed). `live` lives as long as the session
 /// (the route's connection slot).
 async fn switch(
     mut conn: Conn,
     req: &Request<()>,
     selection: Selection,
-    hold: Option<Box<dyn std::any::Any + Send>>,
+    live: Option<Box<LiveApp>>,
     front: &Front,
     ctx: ConnCtx,
     tls: bool,
@@ -330,7 +335,7 @@ async fn switch(
     let (leftover, io) = conn.into_parts();
     let sctx = SessionCtx {
         shutdown: ctx.stop.clone(),
-        hold,
+        live,
     };
     let session = accepted.session.run(io, leftover, sctx);
     Some(Upgraded { session, ctx })

@@ -45,6 +45,7 @@ use crate::config::App;
 use crate::dispatch::RequestHead;
 use crate::dispatch::{AppTicket, Decision, ProxyTicket};
 use crate::io::{Prefixed, ServerIo};
+use crate::metrics::Transport;
 use crate::outcome::{Reason, Refusal};
 use crate::proxy::{self, ClientInfo, ProxiedConnect};
 use crate::tracking::Counting;
@@ -183,7 +184,7 @@ fn respond(
             ),
         ),
         Decision::Refuse(r) => refusal(&r),
-        Decision::App(ticket) => app(&mut req, ticket, ctx),
+        Decision::App(ticket) => app(&mut req, ticket, front, peer, ctx),
         Decision::Proxy(ticket) => {
             let Some(connect_protocol) = head.connect_protocol else {
                 return Answer::Now(text(
@@ -208,7 +209,13 @@ fn respond(
 }
 
 /// A built-in app: the page, or a WebSocket on the stream.
-fn app(req: &mut Request<Incoming>, ticket: AppTicket, ctx: &ConnCtx) -> Response<Body> {
+fn app(
+    req: &mut Request<Incoming>,
+    ticket: AppTicket,
+    front: &Front,
+    peer: SocketAddr,
+    ctx: &ConnCtx,
+) -> Response<Body> {
     let AppTicket {
         route,
         switch,
@@ -228,14 +235,20 @@ fn app(req: &mut Request<Incoming>, ticket: AppTicket, ctx: &ConnCtx) -> Respons
             let stop = ctx.stop.clone();
             let alive = ctx.alive.clone();
             let settings = app.settings.clone();
+            let live = front.live_app(
+                &route,
+                peer,
+                HttpVersion::Http2,
+                Transport::WebSocket,
+                permit,
+            );
             tokio::spawn(
                 async move {
                     let _alive = alive;
-                    let _permit = permit;
                     match upgrade.await {
                         Ok(ws) => {
                             info!(subprotocol = ?ws.subprotocol(), "websocket over HTTP/2 (RFC 8441)");
-                            echo::log_end(echo::echo(ws, stop, settings).await);
+                            echo::record_end(echo::echo(ws, stop, settings).await, Some(live));
                         }
                         Err(e) => info!("HTTP/2 stream not handed over: {e}"),
                     }

@@ -35,6 +35,7 @@ use super::h1_proxy;
 use crate::apps::echo;
 use crate::dispatch::RequestHead;
 use crate::dispatch::{AppTicket, Decision, ProxyTicket};
+use crate::metrics::Transport;
 use crate::outcome::{Reason, Refusal};
 use crate::proxy::{self, ClientInfo, ProxiedConnect};
 use crate::tracking::Counting;
@@ -135,7 +136,7 @@ fn take(
                 Decision::SwitchConnection(_) => refuse(pending, StatusCode::BAD_REQUEST).await,
                 Decision::App(ticket) => {
                     let _open = Open::new(&count);
-                    app(head, pending, ticket, ctx.stop.clone()).await
+                    app(head, pending, ticket, &front, ctx.stop.clone()).await
                 }
                 Decision::Proxy(ticket) => {
                     let _open = Open::new(&count);
@@ -192,6 +193,7 @@ async fn app(
     head: RequestHead,
     pending: PendingStream,
     ticket: AppTicket,
+    front: &Front,
     stop: watch::Receiver<bool>,
 ) {
     let AppTicket { route, permit, .. } = ticket;
@@ -213,9 +215,15 @@ async fn app(
         Err(e) => return info!("HTTP/3 stream not handed over: {e}"),
     };
     let ws = WebSocket::from_raw(stream, conn, &[]).with_negotiated(negotiated);
-    let _permit = permit;
+    let live = front.live_app(
+        &route,
+        head.peer,
+        HttpVersion::Http3,
+        Transport::WebSocket,
+        permit,
+    );
     info!("websocket over HTTP/3 (RFC 9220)");
-    echo::log_end(echo::echo(ws, stop, app.settings.clone()).await);
+    echo::record_end(echo::echo(ws, stop, app.settings.clone()).await, Some(live));
 }
 
 /// A proxied extended CONNECT on an HTTP/3 stream.

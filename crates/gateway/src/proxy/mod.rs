@@ -66,7 +66,7 @@ use crate::config::{Policy, Route, TunnelSetting};
 use crate::outcome::{Reason, Refusal};
 use switchyard::proto::HttpVersion;
 
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, Metrics, OpenGuard, Transport};
 pub use forward::{ClientInfo, ForwardOptions, UpstreamRequest};
 pub use relay::{ExchangeError, UpstreamAnswer};
 pub use splice::SpliceMode;
@@ -625,9 +625,10 @@ where
             return (outcome, None);
         }
     };
-    let _open = ctx
+    // Extended CONNECT carries WebSocket only (RFC 8441, RFC 9220).
+    let open = ctx
         .metrics
-        .open_connection(route.label, req.protocol.label());
+        .open_connection(route.label, req.protocol, Transport::WebSocket);
     let report = match mode {
         TunnelMode::Transparent => {
             if !up_leftover.is_empty() && stream.write_all(&up_leftover).await.is_err() {
@@ -657,7 +658,7 @@ where
         }
     };
     drop((lease, slot));
-    (finish_tunnel(route, mode, report, backend), None)
+    (finish_tunnel(route, mode, report, backend, open), None)
 }
 
 fn finish_tunnel(
@@ -665,7 +666,9 @@ fn finish_tunnel(
     mode: TunnelMode,
     report: TunnelReport,
     backend: String,
+    open: OpenGuard,
 ) -> ProxyOutcome {
+    open.closed(report.end.close());
     let m = &route.ctx.metrics;
     let route_name = route.label;
     m.add_bytes(
@@ -760,6 +763,7 @@ pub struct H1Tunnel<C> {
     _slot: ConnectionGuard,
     backend: String,
     client_addr: std::net::SocketAddr,
+    transport: Transport,
 }
 
 impl<C> std::fmt::Debug for H1Tunnel<C> {
@@ -819,6 +823,7 @@ where
             _slot: s.slot,
             backend: s.backend,
             client_addr: client_info.addr,
+            transport: s.transport,
         }),
     }
 }
@@ -865,9 +870,9 @@ where
         shutdown: impl Future<Output = ()>,
     ) -> ProxyOutcome {
         let ctx = route.ctx;
-        let _open = ctx
+        let open = ctx
             .metrics
-            .open_connection(route.label, HttpVersion::Http1.label());
+            .open_connection(route.label, HttpVersion::Http1, self.transport);
         let idle = route.config.policy.idle_timeout;
         // Plain TCP on both sides: the copy bypasses the streams (and may
         // splice); else (TLS) through them.
@@ -888,7 +893,7 @@ where
             spliced.to_upstream,
         );
         m.add_spliced(route.label, Direction::UpstreamToClient, spliced.to_client);
-        self.finish(route, TunnelMode::Transparent, report)
+        self.finish(route, TunnelMode::Transparent, report, open)
     }
 
     /// [`H1Tunnel::run`] for a frame-aware tunnel (a transparent one when
@@ -899,9 +904,9 @@ where
         shutdown: impl Future<Output = ()> + Unpin,
     ) -> ProxyOutcome {
         let ctx = route.ctx;
-        let _open = ctx
+        let open = ctx
             .metrics
-            .open_connection(route.label, HttpVersion::Http1.label());
+            .open_connection(route.label, HttpVersion::Http1, self.transport);
         // The settings and leftovers are used (and freed, with their box)
         // before the tunnel runs: an idle tunnel does not hold them.
         let (cfg, client_leftover, upstream_leftover) = match self.frame_aware.take() {
@@ -913,7 +918,7 @@ where
                 let idle = Duration::MAX;
                 let report =
                     tunnel::transparent(&mut self.client, &mut self.upstream, idle, shutdown).await;
-                return self.finish(route, TunnelMode::Transparent, report);
+                return self.finish(route, TunnelMode::Transparent, report, open);
             }
         };
         let tunnel = tunnel::frame_aware(
@@ -927,7 +932,7 @@ where
         );
         drop(cfg);
         let report = tunnel.await;
-        self.finish(route, TunnelMode::FrameAware, report)
+        self.finish(route, TunnelMode::FrameAware, report, open)
     }
 
     fn finish(
@@ -935,9 +940,10 @@ where
         route: ProxyRoute<'_>,
         mode: TunnelMode,
         report: TunnelReport,
+        open: OpenGuard,
     ) -> ProxyOutcome {
         let backend = std::mem::take(&mut self.backend);
-        let outcome = finish_tunnel(route, mode, report, backend);
+        let outcome = finish_tunnel(route, mode, report, backend, open);
         report_h1(route, self.client_addr, &outcome);
         outcome
     }
@@ -965,6 +971,7 @@ struct Switched {
     lease: BackendLease,
     slot: ConnectionGuard,
     backend: String,
+    transport: Transport,
 }
 
 enum Handshake {
@@ -1072,6 +1079,7 @@ where
         lease,
     } = up;
     let mode = tunnel_mode(policy, &token);
+    let transport = Transport::of_token(&token);
     let mut frame_aware = None;
     if mode == TunnelMode::FrameAware {
         let mut cfg = frame_aware_config(policy, &ctx.limits);
@@ -1139,5 +1147,6 @@ where
         lease,
         slot,
         backend,
+        transport,
     })
 }

@@ -76,6 +76,8 @@ use tokio::time::{Instant, Sleep};
 use super::copy::{copy_both_ways, Half};
 use super::splice::{SpliceMode, TcpHalf};
 use crate::io::PlainTcp;
+use crate::metrics::{violation, Close, CloseWhy};
+use crate::outcome::Blame;
 
 /// How the tunnel ended (a fixed label each, for metrics and logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +109,28 @@ pub enum TunnelEnd {
 }
 
 impl TunnelEnd {
+    /// Who ended the tunnel and why, for `switchyard_closes_total`. A
+    /// transparent tunnel sees no close frames: both directions at EOF
+    /// count as the client's EOF (who went first is not known).
+    pub fn close(&self) -> Close {
+        let (by, why, code) = match *self {
+            TunnelEnd::Finished | TunnelEnd::ClientGone => (Blame::Client, CloseWhy::Eof, None),
+            TunnelEnd::ClientClosed(code) => (Blame::Client, CloseWhy::CloseFrame, code),
+            TunnelEnd::UpstreamClosed(code) => (Blame::Upstream, CloseWhy::CloseFrame, code),
+            TunnelEnd::UpstreamGone => (Blame::Upstream, CloseWhy::Eof, None),
+            TunnelEnd::ClientPongTimeout | TunnelEnd::UpstreamPongTimeout => {
+                (Blame::Gateway, CloseWhy::PongTimeout, None)
+            }
+            TunnelEnd::ClientViolation(code) | TunnelEnd::UpstreamViolation(code) => {
+                (Blame::Gateway, violation(code), Some(code))
+            }
+            TunnelEnd::Io(_) => (Blame::Gateway, CloseWhy::IoError, None),
+            TunnelEnd::Idle => (Blame::Gateway, CloseWhy::Idle, None),
+            TunnelEnd::Shutdown => (Blame::Gateway, CloseWhy::Drain, None),
+        };
+        Close { by, why, code }
+    }
+
     /// A fixed label.
     pub fn label(&self) -> &'static str {
         match self {

@@ -3,7 +3,7 @@
 //! | admin request  | answer |
 //! |----------------|--------|
 //! | `GET /metrics` | 200, Prometheus text ([`crate::metrics`]) |
-//! | `GET /status`  | 200, HTML: live proxied connections per route (client, upstream, protocol, age, bytes) |
+//! | `GET /status`  | 200, HTML: live connections per route, proxied and apps (client, served by, protocol, age, bytes) |
 //! | `POST /reload` | 200 `reloaded: generation N`, or 422 with the reason (the old config stays) |
 //! | other paths    | 404; other methods on those paths 405 |
 //!
@@ -124,7 +124,7 @@ pub(crate) fn status_page(gw: &Gateway) -> String {
     h.push_str("<!doctype html><meta charset=utf-8><title>switchyard status</title>\n");
     let _ = writeln!(
         h,
-        "<h1>switchyard gateway</h1><p>config generation {}, {} reload(s), {} live proxied connection(s)</p>",
+        "<h1>switchyard gateway</h1><p>config generation {}, {} reload(s), {} live connection(s)</p>",
         live.generation,
         gw.reload_count(),
         conns.len()
@@ -146,7 +146,7 @@ pub(crate) fn status_page(gw: &Gateway) -> String {
         if here.is_empty() {
             continue;
         }
-        h.push_str("<table border=1><tr><th>client</th><th>upstream</th><th>protocol</th><th>age (s)</th><th>bytes in</th><th>bytes out</th></tr>\n");
+        h.push_str("<table border=1><tr><th>client</th><th>served by</th><th>protocol</th><th>age (s)</th><th>bytes in</th><th>bytes out</th></tr>\n");
         for c in here {
             let _ = writeln!(
                 h,
@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(s, StatusCode::OK);
         assert!(t.starts_with("text/html"));
         assert!(body.contains("x.example/ws &rarr; upstream a"), "{body}");
-        assert!(body.contains("0 live proxied connection(s)"), "{body}");
+        assert!(body.contains("0 live connection(s)"), "{body}");
         assert_eq!(
             admin_answer(&Method::POST, "/metrics", &g).0,
             StatusCode::METHOD_NOT_ALLOWED

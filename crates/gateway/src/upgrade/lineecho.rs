@@ -67,7 +67,11 @@ impl Session for LineEchoSession {
         ctx: SessionCtx,
     ) -> BoxFuture<SessionEnd> {
         Box::pin(async move {
-            let end = line_echo(io, leftover, self.idle, ctx.shutdown).await;
+            let SessionCtx { shutdown, live } = ctx;
+            let end = line_echo(io, leftover, self.idle, shutdown).await;
+            if let Some(live) = live {
+                live.closed(end.close());
+            }
             tracing::info!(?end, "lineecho session ended");
             SessionEnd::Done
         })

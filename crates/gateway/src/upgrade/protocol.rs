@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::io::ServerIo;
 use crate::outcome::Refusal;
+use crate::tracking::LiveApp;
 
 /// A boxed future; one per upgraded connection, never per message.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -91,8 +92,10 @@ pub struct ConnInfo {
 pub struct SessionCtx {
     /// Turns true when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
-    /// Held as long as the session runs (the route's connection slot).
-    pub hold: Option<Box<dyn std::any::Any + Send>>,
+    /// A built-in app's registration (slot, `/status` entry, gauge): held
+    /// as long as the session runs, told how it ended. `None` for a switch
+    /// of the connection itself (RFC 2817).
+    pub live: Option<Box<LiveApp>>,
 }
 
 /// How a session ended.

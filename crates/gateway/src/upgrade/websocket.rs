@@ -18,7 +18,7 @@ use tracing::info;
 use super::protocol::{
     BoxFuture, ConnInfo, Session, SessionCtx, SessionEnd, Switch, UpgradeProtocol,
 };
-use crate::apps::echo::{self, log_end};
+use crate::apps::echo::{self, record_end};
 use crate::apps::AppSettings;
 use crate::io::ServerIo;
 use crate::outcome::{Reason, Refusal};
@@ -127,13 +127,12 @@ impl Session for EchoSession {
         // buffer, KiBs of capacity) must not live as long as the session.
         drop(leftover);
         info!(subprotocol = ?ws.subprotocol(), "upgraded to websocket");
-        let SessionCtx { shutdown, hold } = ctx;
+        let SessionCtx { shutdown, live } = ctx;
         let echo = echo::echo(ws, shutdown, settings);
         // `map`, not an `async` block: a block would store the echo future
         // twice (once captured, once being awaited).
         Box::pin(echo.map(move |end| {
-            drop(hold);
-            log_end(end);
+            record_end(end, live);
             SessionEnd::Done
         }))
     }
@@ -161,7 +160,7 @@ mod tests {
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
         let ctx = SessionCtx {
             shutdown,
-            hold: None,
+            live: None,
         };
         let fut = session.run(ServerIo::Plain(server), BytesMut::new(), ctx);
         let size = std::mem::size_of_val(&*fut);
