@@ -33,6 +33,7 @@ use switchyard::proto::upgrade::{upgrade_offer, ProtocolToken};
 use tracing::info;
 
 use crate::admission::{check_origin, ConnectionGuard};
+use crate::failures::UpgradeFields;
 use crate::live::{Gateway, RouteEntry, Target};
 use crate::outcome::{Reason, Refusal};
 use crate::upgrade::{ConnInfo, Registry, UpgradeProtocol};
@@ -337,12 +338,36 @@ impl Dispatcher {
     }
 
     fn record_refusal(&self, head: &RequestHead, route: &str, r: &Refusal) {
+        self.refused(head.peer, route, head.protocol, head.request.headers(), r);
+    }
+
+    /// Count, keep (the failures ring) and log a refusal of the request
+    /// with `headers` from `client` on `route` (`-`: none): the
+    /// dispatcher's own, and a front's when a handshake is refused after
+    /// the decision.
+    pub fn refused(
+        &self,
+        client: SocketAddr,
+        route: &str,
+        protocol: HttpVersion,
+        headers: &http::HeaderMap,
+        r: &Refusal,
+    ) {
         let reason = r.reason.label();
-        self.gateway.metrics().upgrade_attempt("refused", reason);
-        info!(
-            client = %head.peer,
+        let metrics = self.gateway.metrics();
+        metrics.upgrade_attempt("refused", reason);
+        metrics.failures().record(
+            client,
             route,
-            protocol = head.protocol.label(),
+            protocol,
+            UpgradeFields::of(headers),
+            r.reason,
+            &r.detail,
+        );
+        info!(
+            client = %client,
+            route,
+            protocol = protocol.label(),
             status = r.status.as_u16(),
             reason,
             detail = %r.detail,

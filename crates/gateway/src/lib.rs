@@ -19,7 +19,8 @@
 //! Supporting modules: [`config`], [`live`] (generations and reload),
 //! [`metrics`] (the Prometheus registry),
 //! [`admission`] (Origin and caps), [`outcome`] (reasons and refusals),
-//! `tracking` (live connections for `/status`), [`io`] (the connection
+//! `tracking` (live connections for `/status`), [`failures`] (refused
+//! and failed upgrade attempts, explained), [`io`] (the connection
 //! streams, io_uring), [`tls`] (certificates).
 //!
 //! See docs/architecture.md for where to add a route policy, a protocol
@@ -35,6 +36,7 @@ pub mod admission;
 mod apps;
 pub mod config;
 pub mod dispatch;
+pub mod failures;
 mod front;
 pub mod io;
 pub mod live;

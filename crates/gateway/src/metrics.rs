@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::failures::FailureLog;
 use crate::outcome::Blame;
 use switchyard::proto::HttpVersion;
 
@@ -257,6 +258,7 @@ pub struct Metrics {
     open: Mutex<BTreeMap<OpenKey, i64>>,
     upgrades: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     closes: Mutex<BTreeMap<CloseKey, u64>>,
+    failures: FailureLog,
     bytes: Mutex<BTreeMap<(String, Direction), u64>>,
     messages: Mutex<BTreeMap<(String, Direction), u64>>,
     spliced: Mutex<BTreeMap<(String, Direction), u64>>,
@@ -306,6 +308,7 @@ impl Metrics {
             open: Mutex::default(),
             upgrades: Mutex::default(),
             closes: Mutex::default(),
+            failures: FailureLog::default(),
             bytes: Mutex::default(),
             messages: Mutex::default(),
             spliced: Mutex::default(),
@@ -358,6 +361,11 @@ impl Metrics {
             .filter(|((r, b, w, _), _)| r == route && *b == by.label() && *w == why)
             .map(|(_, n)| *n)
             .sum()
+    }
+
+    /// The recent refused and failed attempts, explained.
+    pub fn failures(&self) -> &FailureLog {
+        &self.failures
     }
 
     /// Count one upgrade attempt. `result` and `reason` are fixed strings

@@ -437,3 +437,130 @@ async fn explicit_transparent_tunnels_are_cut_at_drain_without_a_close_frame() {
     );
     drain.await.unwrap();
 }
+
+/// A backend that answers every request 200, ignoring `Upgrade`.
+async fn ignores_upgrade_backend() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tcp.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = tcp
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The head of the answer to `req` (the connection may stay open).
+async fn response_head(addr: SocketAddr, req: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn failed_upgrades_are_explained_in_status_failures() {
+    let plain = ignores_upgrade_backend().await;
+    let gw = start_text(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\
+         [[upstream]]\nname = \"plain\"\nservers = [\"ws://{plain}\"]\n\
+         [[route]]\npath = \"/ignores\"\nupstream = \"plain\"\n\
+         [[route]]\npath = \"/echo\"\napp = \"echo\"\n\
+         [route.policy]\nallowed_origins = [\"https://good.example\"]\n"
+    ))
+    .await;
+    let upgrade = |path: &str, connection: &str, origin: &str, version: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: {connection}\r\n\
+             origin: {origin}\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             sec-websocket-version: {version}\r\n\r\n"
+        )
+    };
+    let good = "https://good.example";
+    // (request, status, reason, words of the explanation)
+    let cases = [
+        (
+            upgrade("/echo", "Upgrade", "https://x.example", "13"),
+            "HTTP/1.1 403",
+            "origin",
+            "Origin https://x.example is not allowed",
+        ),
+        (
+            upgrade("/ignores", "Upgrade", good, "13"),
+            "HTTP/1.1 200",
+            "upstream_status",
+            "backend answered 200 OK: it ignored Upgrade",
+        ),
+        (
+            upgrade("/echo", "keep-alive", good, "13"),
+            "HTTP/1.1 426",
+            "upgrade_required",
+            "Connection header without upgrade (\"keep-alive\"): a proxy in front is stripping it",
+        ),
+        (
+            upgrade("/echo", "Upgrade", good, "8"),
+            "HTTP/1.1 426",
+            "handshake",
+            "version 8: client too old",
+        ),
+    ];
+    for (req, status, _, _) in &cases {
+        let answer = response_head(gw.addr, req).await;
+        assert!(answer.starts_with(status), "{req}\n->\n{answer}");
+    }
+    let answer = get(gw.admin, "/status/failures").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("content-type: application/json"),
+        "{answer}"
+    );
+    let body = answer.split("\r\n\r\n").nth(1).unwrap();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    let recent = json["recent"].as_array().unwrap();
+    assert_eq!(recent.len(), cases.len(), "{json:#}");
+    // Newest first.
+    for ((_, _, reason, words), failure) in cases.iter().rev().zip(recent) {
+        assert_eq!(failure["reason"], *reason, "{failure:#}");
+        assert_eq!(json["counts"][reason], 1, "{json:#}");
+        let explanation = failure["explanation"].as_str().unwrap();
+        assert!(explanation.contains(words), "{explanation}");
+        assert_eq!(failure["request"]["upgrade"], "websocket");
+        assert_eq!(failure["protocol"], "h1");
+        assert!(failure["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"));
+    }
+    assert_eq!(recent[0]["request"]["sec_websocket_version"], "8");
+    assert_eq!(recent[3]["route"], "/echo");
+    assert_eq!(recent[2]["route"], "/ignores");
+    gw.shutdown().await;
+}

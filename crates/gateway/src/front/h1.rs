@@ -259,8 +259,12 @@ async fn serve_loop(
             }) => {
                 let transport = Transport::of_token(&selection.token.name);
                 let live = front.live_app(&route, peer, HttpVersion::Http1, transport, permit);
-                drop(route);
-                let Some(u) = switch(conn, &req, selection, Some(live), front, ctx, tls).await
+                let attempt = Attempt {
+                    peer,
+                    route: &route.label,
+                    tls,
+                };
+                let Some(u) = switch(conn, &req, selection, Some(live), front, ctx, attempt).await
                 else {
                     return;
                 };
@@ -268,7 +272,12 @@ async fn serve_loop(
                 return;
             }
             Decision::SwitchConnection(selection) => {
-                let Some(u) = switch(conn, &req, selection, None, front, ctx, tls).await else {
+                let attempt = Attempt {
+                    peer,
+                    route: "-",
+                    tls,
+                };
+                let Some(u) = switch(conn, &req, selection, None, front, ctx, attempt).await else {
                     return;
                 };
                 *upgraded = Some(u);
@@ -289,6 +298,14 @@ async fn serve_loop(
     }
 }
 
+/// Who asks to switch, where: for the failures ring when the handler
+/// refuses.
+struct Attempt<'a> {
+    peer: SocketAddr,
+    route: &'a str,
+    tls: bool,
+}
+
 /// Switch protocols: the handler's checks, the `101`, then the session
 /// (returned for the connection's task to run; `None` when the switch was
 /// refused or the connection failed). `live` lives as long as the session
@@ -300,8 +317,9 @@ async fn switch(
     live: Option<Box<LiveApp>>,
     front: &Front,
     ctx: ConnCtx,
-    tls: bool,
+    attempt: Attempt<'_>,
 ) -> Option<Upgraded> {
+    let tls = attempt.tls;
     let Selection { handler, token } = selection;
     if !handler.accepts_early_data() && !conn.prefix().is_empty() {
         info!(%token, "bytes pipelined after an upgrade request that forbids them: refused");
@@ -316,9 +334,13 @@ async fn switch(
     let accepted = match handler.prepare(req, &token, &info) {
         Ok(a) => a,
         Err(refusal) => {
-            let reason = refusal.reason.label();
-            let metrics = front.dispatcher.gateway().metrics();
-            metrics.upgrade_attempt("refused", reason);
+            front.dispatcher.refused(
+                attempt.peer,
+                attempt.route,
+                HttpVersion::Http1,
+                req.headers(),
+                &refusal,
+            );
             respond_refusal(&mut conn, &refusal).await;
             return None;
         }

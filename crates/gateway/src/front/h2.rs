@@ -257,7 +257,13 @@ fn app(
             );
             response.map(|_| Full::new(Bytes::new()))
         }
-        Err(rej) => refusal(&handshake_refusal(&rej)),
+        Err(rej) => {
+            let r = handshake_refusal(&rej);
+            front
+                .dispatcher
+                .refused(peer, &route.label, HttpVersion::Http2, req.headers(), &r);
+            refusal(&r)
+        }
     }
 }
 

@@ -206,6 +206,13 @@ async fn app(
     let (response, conn, negotiated) = match accept_websocket(&head, accept) {
         Ok(a) => a,
         Err(r) => {
+            front.dispatcher.refused(
+                head.peer,
+                &route.label,
+                HttpVersion::Http3,
+                head.request.headers(),
+                &r,
+            );
             let _ = pending.respond(r.to_response()).await;
             return;
         }

@@ -63,6 +63,7 @@ use crate::io::AsPlainTcp;
 
 use crate::admission::ConnectionGuard;
 use crate::config::{Policy, Route, TunnelSetting};
+use crate::failures::UpgradeFields;
 use crate::outcome::{Reason, Refusal};
 use switchyard::proto::HttpVersion;
 
@@ -799,6 +800,12 @@ pub async fn start_h1<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    // An upgrade request that fails is kept in the failures ring with its
+    // fields (taken now: the handshake consumes the request).
+    let fields = req
+        .headers()
+        .contains_key(http::header::UPGRADE)
+        .then(|| UpgradeFields::of(req.headers()));
     // Boxed: the handshake phase (request, upstream exchange, parsers,
     // heads) is large and over before the tunnel starts.
     let start = Box::pin(h1_handshake(
@@ -813,6 +820,16 @@ where
     match start {
         Handshake::Done(outcome) => {
             report_h1(route, client_info.addr, &outcome);
+            if let Some(fields) = fields {
+                route.ctx.metrics.failures().record(
+                    client_info.addr,
+                    route.label,
+                    HttpVersion::Http1,
+                    fields,
+                    outcome.reason,
+                    &outcome.detail,
+                );
+            }
             H1Start::Done(outcome)
         }
         Handshake::Switched(s) => H1Start::Tunnel(H1Tunnel {

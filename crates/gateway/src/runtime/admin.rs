@@ -4,6 +4,7 @@
 //! |----------------|--------|
 //! | `GET /metrics` | 200, Prometheus text ([`crate::metrics`]) |
 //! | `GET /status`  | 200, HTML: live connections per route, proxied and apps (client, served by, protocol, age, bytes) |
+//! | `GET /status/failures` | 200, JSON: `{"counts": {reason: n}, "recent": [...]}`, the last refused or failed upgrade attempts, newest first, explained ([`crate::failures`]) |
 //! | `POST /reload` | 200 `reloaded: generation N`, or 422 with the reason (the old config stays) |
 //! | other paths    | 404; other methods on those paths 405 |
 //!
@@ -81,6 +82,11 @@ pub(crate) fn admin_answer(
             gw.metrics().render(),
         ),
         "/status" if get => (StatusCode::OK, "text/html; charset=utf-8", status_page(gw)),
+        "/status/failures" if get => (
+            StatusCode::OK,
+            "application/json",
+            gw.metrics().failures().to_json(),
+        ),
         "/reload" if method == Method::POST => match gw.reload() {
             Ok(g) => (StatusCode::OK, TEXT, format!("reloaded: generation {g}\n")),
             Err(e) => (
@@ -89,15 +95,16 @@ pub(crate) fn admin_answer(
                 format!("reload rejected, the previous configuration stays in force: {e}\n"),
             ),
         },
-        "/metrics" | "/status" | "/reload" => (
+        "/metrics" | "/status" | "/status/failures" | "/reload" => (
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
-            "method not allowed: GET /metrics, GET /status, POST /reload\n".into(),
+            "method not allowed: GET /metrics, GET /status, GET /status/failures, POST /reload\n"
+                .into(),
         ),
         _ => (
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found: /metrics, /status, POST /reload\n".into(),
+            "not found: /metrics, /status, /status/failures, POST /reload\n".into(),
         ),
     }
 }
