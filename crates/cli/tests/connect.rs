@@ -599,11 +599,7 @@ fn h2_echo_server() -> SocketAddr {
                                 });
                                 resp
                             }
-                            Err(rej) => {
-                                let mut r = hyper::Response::new(http_body_util::Empty::new());
-                                *r.status_mut() = rej.response.status();
-                                r
-                            }
+                            Err(rej) => switchyard::server::rejection_response(&rej),
                         };
                         Ok::<_, std::convert::Infallible>(resp)
                     },

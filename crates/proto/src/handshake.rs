@@ -386,7 +386,7 @@ fn has_websocket_token(headers: &HeaderMap) -> bool {
     header_tokens(headers, &UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket"))
 }
 
-fn check_request(req: &Request<()>) -> Result<&HeaderValue, HandshakeError> {
+fn check_request<B>(req: &Request<B>) -> Result<&HeaderValue, HandshakeError> {
     if req.method() != Method::GET {
         return Err(HandshakeError::Method(req.method().to_string()));
     }
@@ -422,9 +422,10 @@ fn check_request(req: &Request<()>) -> Result<&HeaderValue, HandshakeError> {
 }
 
 /// Validate an upgrade request and build the 101. Every refusal, with its
-/// status and headers, is in the module table.
+/// status and headers, is in the module table. Only the head of `req` is
+/// read (a hyper request with its body works as well as a `Request<()>`).
 #[allow(clippy::result_large_err)]
-pub fn server_accept(req: &Request<()>, cfg: &ServerConfig) -> Result<Accepted, Rejection> {
+pub fn server_accept<B>(req: &Request<B>, cfg: &ServerConfig) -> Result<Accepted, Rejection> {
     let key = check_request(req)?;
     let negotiation = server_negotiate(req.headers(), cfg)?;
     let mut response = switching_protocols("websocket");

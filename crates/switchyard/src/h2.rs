@@ -3,7 +3,7 @@
 //! * Server: [`server_builder`] is the hardened hyper HTTP/2 builder (it
 //!   sends `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1` when asked, and sets the
 //!   flood limits explicitly); [`accept`] answers an extended CONNECT inside
-//!   the hyper service, like [`crate::server::upgrade`] does for HTTP/1.1.
+//!   the hyper service ([`crate::server::upgrade`] covers HTTP/1.1 and HTTP/2).
 //! * Client: [`H2Connection`] is one HTTP/2 connection (TLS with ALPN `h2`,
 //!   or cleartext with prior knowledge) that carries many WebSockets, one per
 //!   stream; [`connect_h2`] opens one WebSocket on a fresh connection.
@@ -35,7 +35,6 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
-use switchyard_proto::extended_connect::ExtendedConnect;
 use switchyard_proto::handshake::{self, HandshakeError, Rejection};
 use switchyard_proto::{Connection, Limits, Role};
 
@@ -45,7 +44,7 @@ use tokio::sync::watch;
 
 use crate::client::{tls_error, ClientBuilder, MaybeTlsStream, Target};
 use crate::error::{Deadline, Error, H2Error};
-use crate::server::{server_connection, AcceptConfig, UpgradeFut};
+use crate::server::{accept_extended_connect, AcceptConfig, UpgradeBody, UpgradeFut};
 use crate::websocket::WebSocket;
 
 /// Initial flow-control window of each stream (both roles).
@@ -100,16 +99,17 @@ fn header_list_limit(limits: &Limits) -> u32 {
 }
 
 /// Accept a WebSocket over an HTTP/2 extended CONNECT (RFC 8441) inside a
-/// hyper service served by [`server_builder`]`(true, ..)`.
+/// hyper service served by [`server_builder`]`(true, ..)`: the HTTP/2 half
+/// of [`crate::server::upgrade`], for a service that serves HTTP/2 only and
+/// refuses anything else (an HTTP/1.1 request included) with a 400.
 ///
 /// Returns the 200 response to give back to hyper and a future that resolves
 /// to the WebSocket on the stream. The request is checked by
-/// [`ExtendedConnect::accept_websocket`] (its module has the table of
+/// [`ExtendedConnect::accept_websocket`](switchyard_proto::extended_connect::ExtendedConnect::accept_websocket) (its module has the table of
 /// refusals: 400 for a malformed extended CONNECT or a bad
 /// `Sec-WebSocket-Version`, 501 for another `:protocol`, 403 / 400 for the
 /// origin and extensions); answer a refusal with
-/// [`crate::server::rejection_response`]. An HTTP/1.1 request is refused
-/// too: its WebSocket is opened with [`crate::server::upgrade`].
+/// [`crate::server::rejection_response`].
 ///
 /// `Upgrade`/`Connection` headers make an HTTP/2 request malformed; hyper
 /// (h2) resets such streams before the service sees them.
@@ -117,15 +117,8 @@ fn header_list_limit(limits: &Limits) -> u32 {
 pub fn accept<B>(
     req: &mut hyper::Request<B>,
     cfg: &AcceptConfig,
-) -> Result<(hyper::Response<Empty<Bytes>>, H2UpgradeFut), Rejection> {
-    let protocol = req.extensions().get::<hyper::ext::Protocol>();
-    let negotiation = ExtendedConnect::from_request(req, protocol.map(|p| p.as_str()))
-        .accept_websocket(&cfg.handshake)?;
-    let conn = server_connection(&negotiation.negotiated, cfg);
-    let mut response = hyper::Response::new(Empty::new());
-    *response.headers_mut() = negotiation.headers;
-    let fut = UpgradeFut::new(hyper::upgrade::on(req), conn, negotiation.negotiated);
-    Ok((response, fut))
+) -> Result<(hyper::Response<UpgradeBody>, H2UpgradeFut), Rejection> {
+    accept_extended_connect(req, cfg)
 }
 
 // ---------------------------------------------------------------- client

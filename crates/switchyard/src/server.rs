@@ -1,5 +1,6 @@
 //! Server side: read the upgrade request, answer 101 (or the refusal), and
-//! hand over a [`WebSocket`]. Raw streams and hyper 1 upgrades.
+//! hand over a [`WebSocket`]. Raw streams ([`accept`]) and hyper 1 services
+//! over HTTP/1.1 or HTTP/2 ([`upgrade`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,8 +8,9 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{Empty, Full};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
+use switchyard_proto::extended_connect::ExtendedConnect;
 use switchyard_proto::handshake::{self, Negotiated, Rejection, ServerConfig};
 use switchyard_proto::head::{self, RequestParser};
 use switchyard_proto::{Connection, Limits, Role};
@@ -176,8 +178,14 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// The response to send for a refused upgrade in a hyper service.
-pub fn rejection_response(rej: &Rejection) -> hyper::Response<Full<Bytes>> {
+/// The body of every response [`upgrade`] and [`rejection_response`] give
+/// to hyper: empty for the 101 (HTTP/1.1) or 200 (HTTP/2), the reason in
+/// plain text for a refusal. One type, so a service needs no `Either`.
+pub type UpgradeBody = Full<Bytes>;
+
+/// The response to send for a refused upgrade in a hyper service: the
+/// status and headers of the [`Rejection`] and its reason as the body.
+pub fn rejection_response(rej: &Rejection) -> hyper::Response<UpgradeBody> {
     let mut resp = hyper::Response::new(Full::new(Bytes::from(format!("{}\n", rej.error))));
     *resp.status_mut() = rej.response.status();
     *resp.headers_mut() = rejection_extra_headers(&rej.response);
@@ -188,28 +196,74 @@ pub fn rejection_response(rej: &Rejection) -> hyper::Response<Full<Bytes>> {
     resp
 }
 
-/// Accept a WebSocket upgrade inside a hyper 1 (HTTP/1.1) service.
+/// Accept a WebSocket inside a hyper 1 service, over HTTP/1.1 (a `GET` with
+/// `Upgrade: websocket`, answered 101) or HTTP/2 (an RFC 8441 extended
+/// CONNECT, answered 200), by the request's version.
 ///
-/// Returns the 101 response to give back to hyper, and a future that resolves
-/// to the WebSocket once hyper has sent it and handed over the connection.
-/// On a refused request, answer with [`rejection_response`].
+/// Returns the response to give back to hyper, and a future that resolves
+/// to the WebSocket once hyper has sent it and handed over the connection
+/// (or the stream). On a refused request, answer with
+/// [`rejection_response`]: the [`Rejection`] has the status (400, 403, 426,
+/// 501...) and the reason.
 ///
-/// The hyper connection must be served `with_upgrades()`.
+/// hyper must hand the connection over: serve HTTP/1.1 connections
+/// `with_upgrades()`, and HTTP/2 ones with `enable_connect_protocol()`
+/// ([`crate::h2::server_builder`] does).
+///
+/// ```no_run
+/// use futures_util::{SinkExt, StreamExt};
+/// use switchyard::server::{rejection_response, upgrade, AcceptConfig, UpgradeBody};
+///
+/// async fn service(
+///     mut req: hyper::Request<hyper::body::Incoming>,
+/// ) -> Result<hyper::Response<UpgradeBody>, std::convert::Infallible> {
+///     Ok(match upgrade(&mut req, &AcceptConfig::default()) {
+///         Ok((response, websocket)) => {
+///             tokio::spawn(async move {
+///                 let Ok(mut ws) = websocket.await else { return };
+///                 while let Some(Ok(msg)) = ws.next().await {
+///                     if msg.is_data() && ws.send(msg).await.is_err() {
+///                         break;
+///                     }
+///                 }
+///             });
+///             response
+///         }
+///         Err(refusal) => rejection_response(&refusal),
+///     })
+/// }
+/// ```
 #[allow(clippy::result_large_err)]
 pub fn upgrade<B>(
     req: &mut hyper::Request<B>,
     cfg: &AcceptConfig,
-) -> Result<(hyper::Response<Empty<Bytes>>, UpgradeFut), Rejection> {
-    let mut head_req = Request::new(());
-    *head_req.method_mut() = req.method().clone();
-    *head_req.uri_mut() = req.uri().clone();
-    *head_req.version_mut() = req.version();
-    *head_req.headers_mut() = req.headers().clone();
-    let accepted = handshake::server_accept(&head_req, &cfg.handshake)?;
+) -> Result<(hyper::Response<UpgradeBody>, UpgradeFut), Rejection> {
+    if req.version() == http::Version::HTTP_2 {
+        return accept_extended_connect(req, cfg);
+    }
+    let accepted = handshake::server_accept(req, &cfg.handshake)?;
     let conn = server_connection(&accepted.negotiated, cfg);
     let (parts, ()) = accepted.response.into_parts();
-    let response = hyper::Response::from_parts(parts, Empty::new());
+    let response = hyper::Response::from_parts(parts, Full::default());
     let fut = UpgradeFut::new(hyper::upgrade::on(req), conn, accepted.negotiated);
+    Ok((response, fut))
+}
+
+/// Accept an RFC 8441 extended CONNECT (the checks of
+/// [`ExtendedConnect::accept_websocket`]): the 200 and the future of the
+/// WebSocket on the stream. Any other request, HTTP/1.1 included, is refused.
+#[allow(clippy::result_large_err)]
+pub(crate) fn accept_extended_connect<B>(
+    req: &mut hyper::Request<B>,
+    cfg: &AcceptConfig,
+) -> Result<(hyper::Response<UpgradeBody>, UpgradeFut), Rejection> {
+    let protocol = req.extensions().get::<hyper::ext::Protocol>();
+    let negotiation = ExtendedConnect::from_request(req, protocol.map(|p| p.as_str()))
+        .accept_websocket(&cfg.handshake)?;
+    let conn = server_connection(&negotiation.negotiated, cfg);
+    let mut response = hyper::Response::new(Full::default());
+    *response.headers_mut() = negotiation.headers;
+    let fut = UpgradeFut::new(hyper::upgrade::on(req), conn, negotiation.negotiated);
     Ok((response, fut))
 }
 

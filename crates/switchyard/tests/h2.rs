@@ -11,18 +11,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, StatusCode, Version};
-use http_body_util::{Either, Empty, Full};
+use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchyard::h2::{accept, connect_h2, server_builder, H2Connection};
 use switchyard::proto::handshake::OriginPolicy;
-use switchyard::server::{rejection_response, AcceptConfig};
+use switchyard::server::{rejection_response, AcceptConfig, UpgradeBody};
 use switchyard::H2Error;
 use switchyard::{ClientBuilder, CloseCode, CloseFrame, Error, Limits, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-type Body = Either<Empty<Bytes>, Full<Bytes>>;
+type Body = UpgradeBody;
 
 /// What the server saw: the close code of each WebSocket that ended in error.
 type Events = mpsc::UnboundedSender<Option<CloseCode>>;
@@ -54,9 +54,9 @@ async fn service(
                     }
                 }
             });
-            Ok(resp.map(Either::Left))
+            Ok(resp)
         }
-        Err(rej) => Ok(rejection_response(&rej).map(Either::Right)),
+        Err(rej) => Ok(rejection_response(&rej)),
     }
 }
 

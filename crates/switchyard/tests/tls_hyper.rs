@@ -6,12 +6,10 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{Either, Empty, Full};
 use hyper_util::rt::TokioIo;
 use switchyard::client::RootSource;
-use switchyard::server::{accept, rejection_response, upgrade, AcceptConfig};
+use switchyard::server::{accept, rejection_response, upgrade, AcceptConfig, UpgradeBody};
 use switchyard::{ClientBuilder, CloseCode, Error, Message};
 use tokio::net::TcpListener;
 
@@ -114,8 +112,6 @@ async fn wss_works_with_danger_accept_invalid_certs() {
     );
 }
 
-type Body = Either<Empty<Bytes>, Full<Bytes>>;
-
 async fn hyper_echo_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -128,15 +124,15 @@ async fn hyper_echo_server() -> SocketAddr {
                 let svc = hyper::service::service_fn(
                     |mut req: hyper::Request<hyper::body::Incoming>| async move {
                         let cfg = AcceptConfig::default();
-                        let resp: hyper::Response<Body> = match upgrade(&mut req, &cfg) {
+                        let resp: hyper::Response<UpgradeBody> = match upgrade(&mut req, &cfg) {
                             Ok((resp, fut)) => {
                                 tokio::spawn(async move {
                                     let Ok(ws) = fut.await else { return };
                                     common::echo_data(ws).await;
                                 });
-                                resp.map(Either::Left)
+                                resp
                             }
-                            Err(rej) => rejection_response(&rej).map(Either::Right),
+                            Err(rej) => rejection_response(&rej),
                         };
                         Ok::<_, Infallible>(resp)
                     },
