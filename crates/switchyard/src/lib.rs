@@ -92,6 +92,8 @@ pub use switchyard_proto::{
 };
 
 pub mod auto;
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod client;
 pub mod error;
 pub mod h2;
