@@ -58,6 +58,11 @@ macro_rules! setters {
 }
 pub(crate) use setters;
 
+/// The README's examples, compiled and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod chunked;
 pub mod close;
 pub mod connection;

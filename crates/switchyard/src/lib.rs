@@ -91,6 +91,12 @@ pub use switchyard_proto::{
     CloseCode, CloseFrame, DeflateConfig, HttpVersion, Limits, Message, Role,
 };
 
+/// The README's examples, compiled and run as doc-tests (one of them needs
+/// the feature `axum`).
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod auto;
 #[cfg(feature = "axum")]
 pub mod axum;
