@@ -24,10 +24,19 @@ use switchyard_gateway::config::{
 use switchyard_gateway::{Gateway, Server};
 use tracing::info;
 
+/// `switchyard --version`: the package version and the git revision built
+/// (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SWITCHYARD_GIT_REVISION"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "switchyard",
-    version,
+    version = VERSION,
     about = "The HTTP protocol-upgrade mechanism done right: WebSocket server, client and tools"
 )]
 struct Cli {
@@ -79,6 +88,12 @@ enum Command {
     /// Make a running `switchyard serve --config` re-read its config file
     /// (new connections follow it; open tunnels stay as they are).
     Reload(ReloadArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell)
+    /// on stdout, e.g. `switchyard completions bash > /etc/bash_completion.d/switchyard`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `switchyard serve`: every flag is a shorthand for a config key, applied on
@@ -211,13 +226,14 @@ fn main() -> anyhow::Result<()> {
             return runtime.block_on(bench::run(args));
         }
         Command::Serve(args) => return serve_command(args, cli.threads, cli.log_format),
+        Command::Completions { shell } => return print_completions(shell),
         command => Cli { command, ..cli },
     };
     init_logs(cli.log_format);
     let runtime = runtime(cli.threads).context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(_) | Command::Bench(_) => Ok(()),
+            Command::Serve(_) | Command::Bench(_) | Command::Completions { .. } => Ok(()),
             Command::Reload(args) => std::process::exit(reload(args).await),
             // The exit status says how the connection ended (see connect.rs).
             Command::Connect(args) => std::process::exit(connect::run(*args).await),
@@ -228,6 +244,16 @@ fn main() -> anyhow::Result<()> {
             Command::Soak(args) => std::process::exit(soak::run(*args).await?),
         }
     })
+}
+
+/// `switchyard completions SHELL`: the script on stdout. Built in memory
+/// first: `clap_complete::generate` panics on a write error (a closed pipe).
+fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "switchyard", &mut script);
+    std::io::Write::write_all(&mut std::io::stdout(), &script)
+        .context("cannot write the completion script to stdout")
 }
 
 fn init_logs(format: LogFormat) {

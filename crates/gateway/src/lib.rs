@@ -28,6 +28,11 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+/// The README's example, compiled as a doc-test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 // The fronts, the built-in apps and the connection table are internals:
 // a library user configures them through `config` and runs them with
 // `Server`.
