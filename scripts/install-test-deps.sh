@@ -56,3 +56,10 @@ if ! cmp -s tests/interop/package-lock.json tests/interop/node_modules/.interop-
   (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error >/dev/null &&
     cp package-lock.json node_modules/.interop-lock.json)
 fi
+
+# The toolchain of the library crates' declared rust-version, for scripts/msrv.sh
+# (rustup skips it when it is there).
+msrv=$(sed -n 's/^rust-version = "\([0-9.]*\)"$/\1/p' Cargo.toml)
+if ! rustup run "$msrv" rustc --version >/dev/null 2>&1; then
+  rustup toolchain install "$msrv" --profile minimal >/dev/null
+fi

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need, then
-# format, lint, unit + integration tests, Autobahn conformance in both roles, a
-# one-minute soak of the gateway, and a short fuzz run of every target. `.ci/run`
-# runs exactly this.
+# format, lint, unit + integration tests (doc-tests and the examples' own tests
+# included), the library crates' docs, public API snapshot, minimum Rust version
+# and packaging, Autobahn conformance in both roles, a one-minute soak of the
+# gateway, and a short fuzz run of every target. `.ci/run` runs exactly this. `--all-features` everywhere: the
+# feature `axum` of switchyard-ws is built, linted and tested too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -15,13 +17,22 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 step "build (profile ci: release speed, debug assertions)"
-cargo build --profile ci --locked --workspace --bins --examples
+cargo build --profile ci --locked --workspace --all-features --bins --examples
 
 step "cargo test"
-cargo test --profile ci --locked --workspace
+cargo test --profile ci --locked --workspace --all-features
+
+step "library crates: docs (-D warnings), public API snapshot, rust-version, packaging"
+RUSTDOCFLAGS="-D warnings" cargo doc --profile ci --no-deps --locked --all-features \
+  -p switchyard-proto -p switchyard-ws
+scripts/public-api.sh
+scripts/msrv.sh
+# Every crate packages with its metadata and versioned dependencies (the build
+# of the packaged sources is what `cargo test` above already did).
+cargo publish --workspace --dry-run --locked --no-verify
 
 # The fuzz targets (and cargo-fuzz itself on a fresh machine) build while the
 # conformance and interop runs, which mostly wait on the network, take their time.
