@@ -4,12 +4,15 @@
 Usage: python3 bench/report.py RESULTS.jsonl
 """
 import json
+import os
 import statistics
 import sys
 
 CLK_TCK = 100  # USER_HZ on Linux
-OURS = "switchyard"
-SERVER_ORDER = ["switchyard", "fastwebsockets", "tokio-tungstenite", "tokio-websockets"]
+# The server the ratios are for: run.sh --ours NAME sets it (the axum comparison).
+OURS = os.environ.get("BENCH_OURS", "switchyard")
+SERVER_ORDER = ["switchyard", "fastwebsockets", "tokio-tungstenite", "tokio-websockets",
+                "axum-switchyard", "axum-fastwebsockets", "axum-tungstenite"]
 # Shown with the others, but not a peer: not counted in the targets (see its source).
 NOT_PEERS = {"io-uring-sketch", "switchyard-epoll"}
 CASES = {
@@ -235,7 +238,7 @@ def cores_busy(busy, spec):
 def target(case, ours, peers):
     known = {p: v for p, v in peers.items() if v is not None}
     if ours is None:
-        return "(no result for switchyard)"
+        return f"(no result for {OURS})"
     if case in ("a", "c", "d"):
         if not known:
             return ">= fastest peer -> (no peer result)"

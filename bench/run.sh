@@ -19,8 +19,11 @@
 #
 # Usage: bench/run.sh [--rounds N] [--duration S] [--warmup S] [--idle N] [--cases "a b c d e f g h"]
 #                     [--servers "switchyard fastwebsockets tokio-tungstenite tokio-websockets"]
-#                     [--server-cpu N] [--load-cpu LIST] [--no-build] [--out DIR]
+#                     [--server-cpu N] [--load-cpu LIST] [--no-build] [--out DIR] [--ours NAME]
 #        (default: server on CPU 0, load generator on all other CPUs, one thread per CPU)
+#        --ours: the server the ratios are computed for (default switchyard). The axum
+#        comparison: --ours axum-switchyard --servers "axum-switchyard axum-tungstenite
+#        axum-fastwebsockets" --cases "a c d".
 set -euo pipefail
 
 ROUNDS=5
@@ -47,7 +50,8 @@ while [ $# -gt 0 ]; do
         --load-cpu) LOAD_CPU=$2; shift 2 ;; # a taskset list, e.g. 1 or 1-3
         --no-build) BUILD=0; shift ;;
         --out) OUT=$2; shift 2 ;;
-        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --ours) export BENCH_OURS=$2; shift 2 ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -121,6 +125,10 @@ server_cmd() {
         fastwebsockets) echo "$PEER_BIN/echo-fastwebsockets --listen 127.0.0.1:$2" ;;
         tokio-tungstenite) echo "$PEER_BIN/echo-tungstenite --listen 127.0.0.1:$2" ;;
         tokio-websockets) echo "$PEER_BIN/echo-tokio-websockets --listen 127.0.0.1:$2" ;;
+        # The axum comparison (--ours axum-switchyard): the same handler shape on axum::serve.
+        axum-switchyard) echo "$PEER_BIN/echo-axum-switchyard --listen 127.0.0.1:$2" ;;
+        axum-tungstenite) echo "$PEER_BIN/echo-axum-tungstenite --listen 127.0.0.1:$2" ;;
+        axum-fastwebsockets) echo "$PEER_BIN/echo-axum-fastwebsockets --listen 127.0.0.1:$2" ;;
         # Not a peer: a measurement of the io_uring I/O path (see the binary's doc); only by name.
         io-uring-sketch) echo "$PEER_BIN/io-uring-sketch --listen 127.0.0.1:$2" ;;
         *) echo "run.sh: unknown server $1" >&2; return 1 ;;

@@ -36,6 +36,7 @@ fn usage(msg: &str) -> ! {
     std::process::exit(if msg.is_empty() { 0 } else { 2 });
 }
 
+#[allow(dead_code)]
 pub fn runtime() -> tokio::runtime::Runtime {
     match tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -58,6 +59,23 @@ pub async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
         }
         Err(e) => {
             eprintln!("error: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The runtime of the axum echo servers: one thread, I/O and timers, as
+/// `#[tokio::main(flavor = "current_thread")]` builds it for an axum app
+/// (switchyard's WebSocket arms its close and ping deadlines on tokio's timer).
+#[allow(dead_code)]
+pub fn runtime_with_time() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
             std::process::exit(1);
         }
     }
