@@ -64,12 +64,15 @@ pub async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
     }
 }
 
-/// The runtime of the axum echo servers: one thread, I/O and timers, as
-/// `#[tokio::main(flavor = "current_thread")]` builds it for an axum app
-/// (switchyard's WebSocket arms its close and ping deadlines on tokio's timer).
+/// Serve an axum echo app on every path: `axum::serve` on one thread with
+/// I/O and timers, as `#[tokio::main(flavor = "current_thread")]` builds it
+/// for an axum app (switchyard's WebSocket arms its close and ping deadlines
+/// on tokio's timer), TCP_NODELAY like the other peers.
 #[allow(dead_code)]
-pub fn runtime_with_time() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_current_thread()
+pub fn serve_axum(app: axum::Router) {
+    use axum::serve::ListenerExt;
+    let addr = listen_addr();
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -78,5 +81,13 @@ pub fn runtime_with_time() -> tokio::runtime::Runtime {
             eprintln!("error: cannot start the tokio runtime: {e}");
             std::process::exit(1);
         }
-    }
+    };
+    rt.block_on(async move {
+        let listener = bind(addr).await.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("error: {e}");
+        }
+    });
 }

@@ -1,13 +1,12 @@
 //! Echo server on fastwebsockets' axum integration (feature `with_axum`), written as its
 //! `examples/axum.rs`: `IncomingUpgrade::upgrade`, a `FragmentCollector`, frames written back
-//! as read. Under `axum::serve` on one current-thread runtime, TCP_NODELAY like the others.
+//! as read. Under `axum::serve` on one current-thread runtime, through `common::serve_axum`.
 
 #[path = "../common.rs"]
 mod common;
 
 use axum::response::IntoResponse;
 use axum::routing::any;
-use axum::serve::ListenerExt;
 use axum::Router;
 use fastwebsockets::{upgrade, OpCode, WebSocketError};
 
@@ -33,12 +32,5 @@ async fn ws_handler(ws: upgrade::IncomingUpgrade) -> impl IntoResponse {
 }
 
 fn main() {
-    let addr = common::listen_addr();
-    common::runtime_with_time().block_on(async move {
-        let listener = common::bind(addr).await.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let app = Router::new().fallback(any(ws_handler));
-        let _ = axum::serve(listener, app).await;
-    });
+    common::serve_axum(Router::new().fallback(any(ws_handler)));
 }

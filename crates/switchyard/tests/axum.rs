@@ -327,18 +327,9 @@ async fn index() -> axum::response::Html<&'static str> {
 /// Chromium (tests/interop/chromium.mjs) against an axum server over TLS
 /// whose ALPN offers `alpn`; returns the HTTP versions the WebSockets came in.
 async fn chromium_against_axum(alpn: &[&[u8]], want_protocol: &str) -> Vec<http::Version> {
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (tls, cert) = common::self_signed_tls(&["127.0.0.1"], alpn);
     let spki = ring::digest::digest(&ring::digest::SHA256, &cert.key_pair.public_key_der());
     let spki = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, spki);
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
 
     let versions = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = versions.clone();

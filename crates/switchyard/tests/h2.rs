@@ -361,18 +361,8 @@ async fn http1_only_server_is_a_clear_error_for_prior_knowledge() {
 // ------------------------------------------------------------------ TLS
 
 fn tls_server_config(alpn: &[&[u8]]) -> (Arc<rustls::ServerConfig>, String) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let pem = cert.cert.pem();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    (Arc::new(cfg), pem)
+    let (cfg, cert) = common::self_signed_tls(&["localhost"], alpn);
+    (Arc::new(cfg), cert.cert.pem())
 }
 
 async fn tls_h2_server(alpn: &[&[u8]]) -> (SocketAddr, tempfile_path::Path) {

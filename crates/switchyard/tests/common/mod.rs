@@ -110,3 +110,24 @@ where
         }
     }
 }
+
+/// A rustls server configuration with a fresh self-signed certificate for
+/// `names`, offering `alpn`, and the certificate with its key pair (its PEM
+/// for a client's trust store, its public key for an SPKI pin).
+pub fn self_signed_tls(
+    names: &[&str],
+    alpn: &[&[u8]],
+) -> (rustls::ServerConfig, rcgen::CertifiedKey) {
+    let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let cert = rcgen::generate_simple_self_signed(names).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (cfg, cert)
+}
