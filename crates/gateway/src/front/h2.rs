@@ -255,7 +255,7 @@ fn app(
                 }
                 .in_current_span(),
             );
-            response.map(|_| Full::new(Bytes::new()))
+            response
         }
         Err(rej) => {
             let r = handshake_refusal(&rej);
