@@ -3,8 +3,9 @@
 # format, lint, unit + integration tests (doc-tests and the examples' own tests
 # included), the library crates' docs, public API snapshot, minimum Rust version
 # and packaging, Autobahn conformance in both roles, a one-minute soak of the
-# gateway, and a short fuzz run of every target. `.ci/run` runs exactly this. `--all-features` everywhere: the
-# feature `axum` of switchyard-ws is built, linted and tested too.
+# gateway, and a short fuzz run of every target. `.ci/run` runs exactly this.
+# `--all-features` everywhere: the feature `axum` of switchyard-ws is built,
+# linted and tested too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never

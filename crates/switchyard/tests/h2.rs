@@ -796,7 +796,8 @@ async fn server_reset_with_no_error_after_its_close_is_a_clean_close() {
                 // The WebSocket is dropped: hyper resets the stream (NO_ERROR).
                 let _ = done_tx.send(());
             });
-            resp
+            // The acceptance has no body.
+            resp.map(|_| Empty::new())
         }
     })
     .await;
