@@ -102,6 +102,7 @@ pub mod auto;
 pub mod axum;
 pub mod client;
 pub mod error;
+pub mod fallback;
 pub mod h2;
 pub mod h3;
 mod recv_pool;
