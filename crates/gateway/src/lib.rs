@@ -49,6 +49,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod proxy;
 pub mod runtime;
+pub mod session;
 pub mod tls;
 mod tracking;
 pub mod upgrade;

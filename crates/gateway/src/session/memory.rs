@@ -1,0 +1,853 @@
+//! [`MemoryStore`]: the session state in this process, for a gateway that
+//! runs alone. Waits are `tokio::sync::Notify`s, one per kind of waiter.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use switchyard::fallback::wire::{Entry, Payload, Seq, SessionId};
+use switchyard::CloseFrame;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::store::{
+    Aborted, Accepted, Inbound, Pushed, ReadOutcome, ReadStart, ReaderTicket, SessionRecord,
+    SessionStore, StoreError, StoreFuture,
+};
+
+/// What one entry costs besides its payload: an empty message still takes
+/// memory, so the byte bounds also bound the number of entries.
+const ENTRY_COST: usize = 64;
+
+fn cost(p: &Payload) -> usize {
+    p.len() + ENTRY_COST
+}
+
+/// Fallback sessions in memory, bounded by a number of sessions (ended
+/// ones included until they are forgotten) and, per session, by its
+/// settings' byte bounds.
+#[derive(Debug)]
+pub struct MemoryStore {
+    sessions: Mutex<HashMap<SessionId, Arc<Slot>>>,
+    capacity: usize,
+    /// When ended sessions were last forgotten (at most once a second, on
+    /// `create`): their logs do not wait for the store to fill up.
+    swept: Mutex<Instant>,
+}
+
+/// How often `create` forgets the ended sessions whose time is over.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Slot {
+    record: SessionRecord,
+    state: Mutex<State>,
+    /// New entries, a new reader, the end.
+    to_reader: Notify,
+    /// Client messages and closes.
+    to_owner: Notify,
+    /// Entries given to a reader (room in the window), the end.
+    room: Notify,
+}
+
+#[derive(Debug)]
+struct State {
+    log: VecDeque<Entry>,
+    log_bytes: usize,
+    /// Bytes of the entries after `delivered`.
+    unread_bytes: usize,
+    last: Seq,
+    delivered: Seq,
+    /// The close entry's number and when it was appended.
+    ended: Option<(Seq, Instant)>,
+    reader: u64,
+    reader_seen: Instant,
+    inbound: VecDeque<(Seq, Payload)>,
+    inbound_bytes: usize,
+    client_seq: Seq,
+    closing: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Default for MemoryStore {
+    /// Room for 20 000 sessions.
+    fn default() -> Self {
+        MemoryStore::new(20_000)
+    }
+}
+
+impl MemoryStore {
+    /// A store for at most `capacity` sessions, ended ones included until
+    /// they are forgotten (their idle timeout after the end).
+    pub fn new(capacity: usize) -> Self {
+        MemoryStore {
+            sessions: Mutex::new(HashMap::new()),
+            capacity,
+            swept: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Sessions held now (ended ones not yet forgotten included).
+    pub fn len(&self) -> usize {
+        let mut map = lock(&self.sessions);
+        sweep(&mut map);
+        map.len()
+    }
+
+    /// Whether the store holds no session.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn slot(&self, id: SessionId) -> Result<Arc<Slot>, StoreError> {
+        let mut map = lock(&self.sessions);
+        match map.get(&id) {
+            Some(s) if s.expired(Instant::now()) => {
+                map.remove(&id);
+                Err(StoreError::Unknown)
+            }
+            Some(s) => Ok(s.clone()),
+            None => Err(StoreError::Unknown),
+        }
+    }
+}
+
+/// Forget the ended sessions whose linger is over.
+fn sweep(map: &mut HashMap<SessionId, Arc<Slot>>) {
+    let now = Instant::now();
+    map.retain(|_, s| !s.expired(now));
+}
+
+impl Slot {
+    fn expired(&self, now: Instant) -> bool {
+        let st = lock(&self.state);
+        st.ended
+            .is_some_and(|(_, at)| now.duration_since(at) > self.record.settings.idle_timeout)
+    }
+
+    fn replay_bytes(&self) -> usize {
+        self.record.settings.replay_bytes
+    }
+
+    /// Wait until `check` gives an answer or `wait` passes (then
+    /// `on_timeout`). `notify` must be the one the state change that
+    /// `check` looks for signals.
+    async fn wait_for<T>(
+        &self,
+        notify: &Notify,
+        wait: Duration,
+        mut check: impl FnMut(&mut State) -> Option<T>,
+        on_timeout: impl FnOnce(&mut State) -> T,
+    ) -> T {
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(v) = check(&mut lock(&self.state)) {
+                return v;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return on_timeout(&mut lock(&self.state));
+            }
+        }
+    }
+}
+
+impl State {
+    fn new() -> Self {
+        State {
+            log: VecDeque::new(),
+            log_bytes: 0,
+            unread_bytes: 0,
+            last: Seq::ZERO,
+            delivered: Seq::ZERO,
+            ended: None,
+            reader: 0,
+            reader_seen: Instant::now(),
+            inbound: VecDeque::new(),
+            inbound_bytes: 0,
+            client_seq: Seq::ZERO,
+            closing: false,
+        }
+    }
+
+    fn append(&mut self, payload: Payload) {
+        self.last = self.last.next();
+        let c = cost(&payload);
+        self.log_bytes += c;
+        self.unread_bytes += c;
+        if matches!(payload, Payload::Close(_)) {
+            self.ended = Some((self.last, Instant::now()));
+        }
+        self.log.push_back(Entry {
+            seq: self.last,
+            payload,
+        });
+    }
+
+    /// Drop delivered entries from the front while the log is over the
+    /// window; the close entry stays.
+    fn trim(&mut self, window: usize) {
+        while self.log_bytes > window {
+            match self.log.front() {
+                Some(e) if e.seq <= self.delivered && !matches!(e.payload, Payload::Close(_)) => {
+                    self.log_bytes -= cost(&e.payload);
+                    self.log.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Mark everything up to `seq` as given to a reader.
+    fn deliver(&mut self, seq: Seq) {
+        if seq <= self.delivered {
+            return;
+        }
+        let given: usize = self
+            .log
+            .iter()
+            .filter(|e| e.seq > self.delivered && e.seq <= seq)
+            .map(|e| cost(&e.payload))
+            .sum();
+        self.unread_bytes = self.unread_bytes.saturating_sub(given);
+        self.delivered = seq;
+    }
+
+    fn close_item(&mut self, frame: CloseFrame) {
+        self.closing = true;
+        let seq = self.client_seq.next();
+        self.inbound.push_back((seq, Payload::Close(frame)));
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn create(&self, id: SessionId, record: SessionRecord) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let mut map = lock(&self.sessions);
+            let due = {
+                let mut swept = lock(&self.swept);
+                let due = swept.elapsed() >= SWEEP_EVERY;
+                if due {
+                    *swept = Instant::now();
+                }
+                due
+            };
+            if due || map.len() >= self.capacity {
+                sweep(&mut map);
+            }
+            if map.len() >= self.capacity {
+                return Err(StoreError::Full(self.capacity));
+            }
+            map.insert(
+                id,
+                Arc::new(Slot {
+                    record,
+                    state: Mutex::new(State::new()),
+                    to_reader: Notify::new(),
+                    to_owner: Notify::new(),
+                    room: Notify::new(),
+                }),
+            );
+            Ok(())
+        })
+    }
+
+    fn record(&self, id: SessionId) -> StoreFuture<'_, Option<SessionRecord>> {
+        Box::pin(async move {
+            match self.slot(id) {
+                Ok(s) => Ok(Some(s.record.clone())),
+                Err(StoreError::Unknown) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn push(&self, id: SessionId, payloads: Vec<Payload>) -> StoreFuture<'_, Pushed> {
+        Box::pin(async move {
+            let slot = self.slot(id)?;
+            let pushed = {
+                let mut st = lock(&slot.state);
+                if st.ended.is_some() {
+                    Pushed::Ended
+                } else {
+                    for p in payloads {
+                        st.append(p);
+                        if st.ended.is_some() {
+                            break;
+                        }
+                    }
+                    st.trim(slot.replay_bytes());
+                    Pushed::Appended(st.last)
+                }
+            };
+            slot.to_reader.notify_waiters();
+            Ok(pushed)
+        })
+    }
+
+    fn wait_room(&self, id: SessionId, wait: Duration) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let slot = self.slot(id)?;
+            let window = slot.replay_bytes();
+            let room = slot
+                .wait_for(
+                    &slot.room,
+                    wait,
+                    |st| (st.ended.is_some() || st.unread_bytes < window).then_some(true),
+                    |_| false,
+                )
+                .await;
+            Ok(room)
+        })
+    }
+
+    fn take_inbound(&self, id: SessionId, after: Seq, wait: Duration) -> StoreFuture<'_, Inbound> {
+        Box::pin(async move {
+            let slot = self.slot(id)?;
+            let collect = |st: &mut State| {
+                while st.inbound.front().is_some_and(|(s, _)| *s <= after) {
+                    if let Some((_, p)) = st.inbound.pop_front() {
+                        st.inbound_bytes = st.inbound_bytes.saturating_sub(cost(&p));
+                    }
+                }
+                Inbound {
+                    items: st.inbound.iter().cloned().collect(),
+                    idle: st.reader_seen.elapsed(),
+                }
+            };
+            let inbound = slot
+                .wait_for(
+                    &slot.to_owner,
+                    wait,
+                    |st| Some(collect(st)).filter(|i| !i.items.is_empty()),
+                    collect,
+                )
+                .await;
+            Ok(inbound)
+        })
+    }
+
+    fn begin_read(&self, id: SessionId, after: Seq) -> StoreFuture<'_, ReadStart> {
+        Box::pin(async move {
+            let slot = self.slot(id)?;
+            let start = {
+                let mut st = lock(&slot.state);
+                st.reader += 1;
+                st.reader_seen = Instant::now();
+                ReadStart {
+                    ticket: ReaderTicket(st.reader),
+                    replays: after < st.delivered,
+                }
+            };
+            slot.to_reader.notify_waiters();
+            Ok(start)
+        })
+    }
+
+    fn read(
+        &self,
+        id: SessionId,
+        ticket: ReaderTicket,
+        after: Seq,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> StoreFuture<'_, ReadOutcome> {
+        Box::pin(async move {
+            let slot = self.slot(id)?;
+            let window = slot.replay_bytes();
+            let mut gave = false;
+            let outcome = slot
+                .wait_for(
+                    &slot.to_reader,
+                    wait,
+                    |st| {
+                        st.reader_seen = Instant::now();
+                        let out = read_now(st, ticket, after, max_bytes)?;
+                        if let ReadOutcome::Entries(e) = &out {
+                            if let Some(last) = e.last() {
+                                st.deliver(last.seq);
+                                st.trim(window);
+                                gave = true;
+                            }
+                        }
+                        Some(out)
+                    },
+                    |st| {
+                        st.reader_seen = Instant::now();
+                        ReadOutcome::Entries(Vec::new())
+                    },
+                )
+                .await;
+            if gave {
+                slot.room.notify_waiters();
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn accept(
+        &self,
+        id: SessionId,
+        first: Seq,
+        payloads: Vec<Payload>,
+    ) -> StoreFuture<'_, Accepted> {
+        Box::pin(async move {
+            let slot = self.slot(id)?;
+            let max = slot.record.settings.max_body;
+            let accepted = {
+                let mut st = lock(&slot.state);
+                accept_now(&mut st, first, payloads, max)
+            };
+            slot.to_owner.notify_waiters();
+            Ok(accepted)
+        })
+    }
+
+    fn request_close(&self, id: SessionId, frame: CloseFrame) -> StoreFuture<'_, Accepted> {
+        Box::pin(async move {
+            let slot = self.slot(id)?;
+            let acked = {
+                let mut st = lock(&slot.state);
+                if !st.closing && st.ended.is_none() {
+                    st.close_item(frame);
+                }
+                Accepted::Acked(st.client_seq)
+            };
+            slot.to_owner.notify_waiters();
+            Ok(acked)
+        })
+    }
+
+    fn abort(
+        &self,
+        id: SessionId,
+        to_client: CloseFrame,
+        to_backend: CloseFrame,
+    ) -> StoreFuture<'_, Aborted> {
+        Box::pin(async move {
+            let slot = self.slot(id)?;
+            let aborted = {
+                let mut st = lock(&slot.state);
+                let now = st.ended.is_none();
+                if now {
+                    st.append(Payload::Close(to_client));
+                }
+                if !st.closing {
+                    st.close_item(to_backend);
+                }
+                Aborted {
+                    seq: st.ended.map_or(st.last, |(s, _)| s),
+                    now,
+                }
+            };
+            slot.to_reader.notify_waiters();
+            slot.to_owner.notify_waiters();
+            slot.room.notify_waiters();
+            Ok(aborted)
+        })
+    }
+}
+
+/// The reader's answer now, or `None` to wait.
+fn read_now(st: &State, ticket: ReaderTicket, after: Seq, max_bytes: usize) -> Option<ReadOutcome> {
+    if ticket.0 != st.reader {
+        return Some(ReadOutcome::Replaced);
+    }
+    if after > st.last {
+        return Some(ReadOutcome::Ahead { last: st.last });
+    }
+    let first_kept = st.log.front().map_or(st.last.next(), |e| e.seq);
+    if after.next() < first_kept {
+        return Some(ReadOutcome::WindowExceeded);
+    }
+    if let Some((end, _)) = st.ended {
+        if after >= end {
+            // The reader has the close already: it gets it again (a
+            // request after the end must still learn the end).
+            let close = st.log.back().filter(|e| e.seq == end).cloned()?;
+            return Some(ReadOutcome::Entries(vec![close]));
+        }
+    }
+    let mut bytes = 0usize;
+    let mut out = Vec::new();
+    for e in st.log.iter().filter(|e| e.seq > after) {
+        if !out.is_empty() && bytes + e.payload.len() > max_bytes {
+            break;
+        }
+        bytes += e.payload.len();
+        out.push(e.clone());
+    }
+    (!out.is_empty()).then_some(ReadOutcome::Entries(out))
+}
+
+/// The exactly-once rule of client messages.
+fn accept_now(st: &mut State, first: Seq, payloads: Vec<Payload>, max_bytes: usize) -> Accepted {
+    let count = payloads.len() as u64;
+    if count == 0 {
+        return Accepted::Acked(st.client_seq);
+    }
+    let last = Seq(first.0.saturating_add(count - 1));
+    if last <= st.client_seq {
+        return Accepted::Acked(st.client_seq);
+    }
+    if first > st.client_seq.next() {
+        return Accepted::Gap {
+            expected: st.client_seq.next(),
+        };
+    }
+    if st.closing || st.ended.is_some() {
+        return Accepted::Closed;
+    }
+    // The part already taken by an earlier copy of this request.
+    let skip = usize::try_from(st.client_seq.0 + 1 - first.0).unwrap_or(usize::MAX);
+    let fresh: Vec<Payload> = payloads.into_iter().skip(skip).collect();
+    let bytes: usize = fresh.iter().map(cost).sum();
+    if st.inbound_bytes > 0 && st.inbound_bytes + bytes > max_bytes {
+        return Accepted::Full;
+    }
+    for p in fresh {
+        st.client_seq = st.client_seq.next();
+        st.inbound_bytes += cost(&p);
+        let seq = st.client_seq;
+        st.inbound.push_back((seq, p));
+    }
+    Accepted::Acked(st.client_seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::settings::FallbackSettings;
+    use crate::session::store::TokenDigest;
+    use switchyard::fallback::wire::Token;
+    use switchyard::CloseCode;
+
+    fn record(replay_bytes: usize, max_body: usize) -> SessionRecord {
+        SessionRecord {
+            route: "/r".into(),
+            token: TokenDigest::of(&Token::from_bytes([1; 16])),
+            subprotocol: None,
+            settings: FallbackSettings {
+                replay_bytes,
+                max_body,
+                idle_timeout: Duration::from_secs(30),
+                ..FallbackSettings::default()
+            },
+            receive_only: false,
+            transport: None,
+        }
+    }
+
+    fn text(s: &str) -> Payload {
+        Payload::Text(s.into())
+    }
+
+    const ID: SessionId = SessionId::from_bytes([7; 16]);
+    const NOW: Duration = Duration::ZERO;
+
+    async fn store(replay_bytes: usize, max_body: usize) -> MemoryStore {
+        let s = MemoryStore::new(10);
+        s.create(ID, record(replay_bytes, max_body)).await.unwrap();
+        s
+    }
+
+    fn seqs(o: &ReadOutcome) -> Vec<u64> {
+        match o {
+            ReadOutcome::Entries(e) => e.iter().map(|e| e.seq.0).collect(),
+            other => panic!("expected entries, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn log_numbers_entries_and_a_close_ends_it() {
+        let s = store(1 << 20, 1 << 20).await;
+        assert_eq!(
+            s.push(ID, vec![text("a"), text("b")]).await,
+            Ok(Pushed::Appended(Seq(2)))
+        );
+        let r = s.begin_read(ID, Seq(0)).await.unwrap();
+        assert!(!r.replays);
+        let got = s.read(ID, r.ticket, Seq(0), 1 << 20, NOW).await.unwrap();
+        assert_eq!(seqs(&got), [1, 2]);
+        let close = Payload::Close(CloseFrame::new(CloseCode::NORMAL, ""));
+        assert_eq!(
+            s.push(ID, vec![close, text("late")]).await,
+            Ok(Pushed::Appended(Seq(3)))
+        );
+        assert_eq!(s.push(ID, vec![text("later")]).await, Ok(Pushed::Ended));
+        assert_eq!(
+            seqs(&s.read(ID, r.ticket, Seq(2), 1 << 20, NOW).await.unwrap()),
+            [3]
+        );
+        // After the close, the close again.
+        assert_eq!(
+            seqs(&s.read(ID, r.ticket, Seq(3), 1 << 20, NOW).await.unwrap()),
+            [3]
+        );
+        assert_eq!(
+            s.read(ID, r.ticket, Seq(4), 1 << 20, NOW).await.unwrap(),
+            ReadOutcome::Ahead { last: Seq(3) }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_reader_replaces_the_old_one_and_wakes_it() {
+        let s = Arc::new(store(1 << 20, 1 << 20).await);
+        let old = s.begin_read(ID, Seq(0)).await.unwrap();
+        let waiting = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.read(ID, old.ticket, Seq(0), 1000, Duration::from_secs(60))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        let new = s.begin_read(ID, Seq(0)).await.unwrap();
+        assert_ne!(new.ticket, old.ticket);
+        let r = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r, Ok(ReadOutcome::Replaced));
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_for_entries() {
+        let s = Arc::new(store(1 << 20, 1 << 20).await);
+        let r = s.begin_read(ID, Seq(0)).await.unwrap();
+        let waiting = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.read(ID, r.ticket, Seq(0), 1000, Duration::from_secs(60))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        s.push(ID, vec![text("x")]).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seqs(&got.unwrap()), [1]);
+        // A wait that passes answers an empty list.
+        let empty = s
+            .read(ID, r.ticket, Seq(1), 1000, Duration::from_millis(1))
+            .await
+            .unwrap();
+        assert_eq!(empty, ReadOutcome::Entries(vec![]));
+    }
+
+    #[tokio::test]
+    async fn the_window_keeps_undelivered_entries_and_trims_delivered_ones() {
+        // Room for two entries of 100 bytes.
+        let window = 2 * (100 + ENTRY_COST);
+        let s = store(window, 1 << 20).await;
+        let hundred = || Payload::Binary(vec![0u8; 100].into());
+        for _ in 0..3 {
+            s.push(ID, vec![hundred()]).await.unwrap();
+        }
+        // Nothing delivered: nothing dropped, and no room for the owner.
+        assert!(!s.wait_room(ID, NOW).await.unwrap());
+        let r = s.begin_read(ID, Seq(0)).await.unwrap();
+        assert_eq!(
+            seqs(&s.read(ID, r.ticket, Seq(0), 150, NOW).await.unwrap()),
+            [1]
+        );
+        assert!(
+            !s.wait_room(ID, NOW).await.unwrap(),
+            "two undelivered fill the window"
+        );
+        assert_eq!(
+            seqs(&s.read(ID, r.ticket, Seq(1), 1 << 20, NOW).await.unwrap()),
+            [2, 3]
+        );
+        assert!(s.wait_room(ID, NOW).await.unwrap(), "all delivered");
+        // Delivered 1..3, window of two: 1 is gone; a resume from 0 cannot be served.
+        let again = s.begin_read(ID, Seq(0)).await.unwrap();
+        assert!(again.replays);
+        assert_eq!(
+            s.read(ID, again.ticket, Seq(0), 1 << 20, NOW)
+                .await
+                .unwrap(),
+            ReadOutcome::WindowExceeded
+        );
+        assert_eq!(
+            seqs(
+                &s.read(ID, again.ticket, Seq(1), 1 << 20, NOW)
+                    .await
+                    .unwrap()
+            ),
+            [2, 3]
+        );
+        // The abort ends the log with the client's close and queues the backend's.
+        let w = |c| CloseFrame::new(CloseCode(c), "w");
+        let a = s.abort(ID, w(4410), w(1011)).await.unwrap();
+        assert_eq!(
+            a,
+            Aborted {
+                seq: Seq(4),
+                now: true
+            }
+        );
+        let again = s.abort(ID, w(4410), w(1011)).await.unwrap();
+        assert_eq!(
+            again,
+            Aborted {
+                seq: Seq(4),
+                now: false
+            }
+        );
+        let inbound = s.take_inbound(ID, Seq(0), NOW).await.unwrap();
+        assert_eq!(
+            inbound.items,
+            [(
+                Seq(1),
+                Payload::Close(CloseFrame::new(CloseCode(1011), "w"))
+            )]
+        );
+        assert_eq!(s.push(ID, vec![hundred()]).await, Ok(Pushed::Ended));
+        assert!(
+            s.wait_room(ID, NOW).await.unwrap(),
+            "an ended log never blocks the owner"
+        );
+    }
+
+    #[tokio::test]
+    async fn client_messages_are_taken_once_in_order() {
+        let s = store(1 << 20, 1 << 20).await;
+        assert_eq!(
+            s.accept(ID, Seq(1), vec![text("1"), text("2")]).await,
+            Ok(Accepted::Acked(Seq(2)))
+        );
+        // The same request again: acknowledged, not taken twice.
+        assert_eq!(
+            s.accept(ID, Seq(1), vec![text("1"), text("2")]).await,
+            Ok(Accepted::Acked(Seq(2)))
+        );
+        // Overlapping: only 3 is new.
+        assert_eq!(
+            s.accept(ID, Seq(2), vec![text("2"), text("3")]).await,
+            Ok(Accepted::Acked(Seq(3)))
+        );
+        assert_eq!(
+            s.accept(ID, Seq(5), vec![text("5")]).await,
+            Ok(Accepted::Gap { expected: Seq(4) })
+        );
+        let got = s.take_inbound(ID, Seq(0), NOW).await.unwrap();
+        let texts: Vec<(u64, Payload)> = got.items.into_iter().map(|(s, p)| (s.0, p)).collect();
+        assert_eq!(texts, [(1, text("1")), (2, text("2")), (3, text("3"))]);
+        // The owner's cursor drops what it handled.
+        assert!(s
+            .take_inbound(ID, Seq(3), NOW)
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+        // A close comes after the messages; later sends are refused, a
+        // repeat of an old one is still acknowledged.
+        assert_eq!(
+            s.request_close(ID, CloseFrame::new(CloseCode::NORMAL, ""))
+                .await,
+            Ok(Accepted::Acked(Seq(3)))
+        );
+        assert_eq!(
+            s.accept(ID, Seq(4), vec![text("4")]).await,
+            Ok(Accepted::Closed)
+        );
+        assert_eq!(
+            s.accept(ID, Seq(3), vec![text("3")]).await,
+            Ok(Accepted::Acked(Seq(3)))
+        );
+        let got = s.take_inbound(ID, Seq(3), NOW).await.unwrap();
+        assert_eq!(
+            got.items,
+            [(
+                Seq(4),
+                Payload::Close(CloseFrame::new(CloseCode::NORMAL, ""))
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_queue_for_the_backend_is_bounded() {
+        let max = 2 * (10 + ENTRY_COST);
+        let s = store(1 << 20, max).await;
+        let ten = || Payload::Binary(vec![1u8; 10].into());
+        assert_eq!(
+            s.accept(ID, Seq(1), vec![ten(), ten()]).await,
+            Ok(Accepted::Acked(Seq(2)))
+        );
+        assert_eq!(s.accept(ID, Seq(3), vec![ten()]).await, Ok(Accepted::Full));
+        s.take_inbound(ID, Seq(2), NOW).await.unwrap();
+        assert_eq!(
+            s.accept(ID, Seq(3), vec![ten()]).await,
+            Ok(Accepted::Acked(Seq(3)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_sessions_are_forgotten_after_their_idle_timeout_and_capacity_holds() {
+        let s = MemoryStore::new(2);
+        let a = SessionId::from_bytes([1; 16]);
+        let b = SessionId::from_bytes([2; 16]);
+        s.create(a, record(1000, 1000)).await.unwrap();
+        s.create(b, record(1000, 1000)).await.unwrap();
+        assert_eq!(
+            s.create(SessionId::from_bytes([3; 16]), record(1000, 1000))
+                .await,
+            Err(StoreError::Full(2))
+        );
+        s.push(
+            a,
+            vec![Payload::Close(CloseFrame::new(CloseCode::NORMAL, ""))],
+        )
+        .await
+        .unwrap();
+        assert!(
+            s.record(a).await.unwrap().is_some(),
+            "readable after the end"
+        );
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(s.record(a).await, Ok(None));
+        assert_eq!(s.len(), 1);
+        s.create(SessionId::from_bytes([3; 16]), record(1000, 1000))
+            .await
+            .unwrap();
+        assert_eq!(s.push(a, vec![]).await, Err(StoreError::Unknown));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_forget_ended_sessions_before_the_store_is_full() {
+        let s = MemoryStore::new(100);
+        let a = SessionId::from_bytes([1; 16]);
+        s.create(a, record(1000, 1000)).await.unwrap();
+        let close = Payload::Close(CloseFrame::new(CloseCode::NORMAL, ""));
+        s.push(a, vec![close]).await.unwrap();
+        tokio::time::advance(Duration::from_secs(31)).await;
+        s.create(SessionId::from_bytes([2; 16]), record(1000, 1000))
+            .await
+            .unwrap();
+        assert_eq!(
+            lock(&s.sessions).len(),
+            1,
+            "the ended session (and its log) is gone"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_owner_learns_how_long_no_reader_came() {
+        let s = store(1000, 1000).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let idle = s.take_inbound(ID, Seq(0), NOW).await.unwrap().idle;
+        assert!(idle >= Duration::from_secs(5), "{idle:?}");
+        let r = s.begin_read(ID, Seq(0)).await.unwrap();
+        s.read(ID, r.ticket, Seq(0), 10, NOW).await.unwrap();
+        let idle = s.take_inbound(ID, Seq(0), NOW).await.unwrap().idle;
+        assert!(idle < Duration::from_secs(1), "{idle:?}");
+    }
+}
