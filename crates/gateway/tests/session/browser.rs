@@ -1,0 +1,61 @@
+//! `SwitchyardSocket` (crates/gateway/src/client.js) and a bare
+//! `EventSource` in Chromium headless, driven by
+//! tests/interop/fallback_chromium.mjs (playwright-core over the system
+//! Chromium). The page and all its requests go through a [`Cutter`] that
+//! the script triggers mid-stream; WebSocket upgrades on the session routes
+//! are answered 426 as behind a proxy that drops `Upgrade`. The scenarios
+//! are listed in the script; it prints one `ok:` line per check.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::harness::*;
+
+const PAGE: &str = "<!doctype html><meta charset=\"utf-8\"><title>fallback sessions</title>\n\
+    <script type=\"module\">import { SwitchyardSocket } from '/client.js'; \
+    window.SwitchyardSocket = SwitchyardSocket;</script>\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchyard_socket_falls_back_resumes_and_event_source_reads_in_chromium() {
+    let py = PyBackend::start();
+    let mut setup = Setup::with_routes(&format!(
+        "[[route]]\npath = \"/echo\"\napp = \"echo\"\n{}",
+        py.route("/py", "")
+    ));
+    setup.page = PAGE;
+    // Small responses: the event streams end and are resumed many times.
+    setup.settings.response_max_bytes = 4 << 10;
+    let gw = Gateway::start(setup).await;
+    let cutter = Arc::new(Cutter::start(gw.addr).await);
+    gw.control(cutter.clone());
+
+    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
+    assert!(
+        interop.join("node_modules/playwright-core").is_dir(),
+        "tests/interop/node_modules lacks playwright-core: run scripts/install-test-deps.sh"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(interop.join("fallback_chromium.mjs"))
+        .arg(format!("http://{}", cutter.addr))
+        .arg(format!("http://{}", gw.addr))
+        .current_dir(&interop);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "the browser checks failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    // The checks, for the test's log.
+    println!("{stdout}");
+    assert!(
+        cutter.cuts.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "{stdout}"
+    );
+    assert!(gw.ws_attempts() >= 1);
+}

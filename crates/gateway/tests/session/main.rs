@@ -1,0 +1,16 @@
+//! Fallback sessions over real sockets on 127.0.0.1: the session engine
+//! behind a small hyper server that calls `Sessions::serve` as the
+//! dispatcher will, with real backends (the echo app over an in-memory
+//! WebSocket, Python `websockets` through the proxy's verified upgrade) and
+//! real clients (raw HTTP, the library's `FallbackSocket`, `SwitchyardSocket`
+//! in Chromium).
+//!
+//! The venv (Python `websockets`), Node with playwright-core and Chromium
+//! come from scripts/install-test-deps.sh; the tests fail, never skip,
+//! without them.
+
+mod browser;
+mod client;
+mod engine;
+mod harness;
+mod python;

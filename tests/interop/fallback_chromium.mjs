@@ -1,0 +1,134 @@
+// Chromium headless (the Debian package, driven by playwright-core over its
+// DevTools pipe) runs `SwitchyardSocket` (crates/gateway/src/client.js) and a
+// bare `EventSource` against the fallback session test gateway of
+// crates/gateway/tests/session/browser.rs.
+//
+// usage: node fallback_chromium.mjs PAGE_ORIGIN CONTROL_ORIGIN
+//   PAGE_ORIGIN: where the page and every request of the page go (a TCP
+//   forwarder whose connections CONTROL_ORIGIN/__cut kills); the gateway
+//   answers WebSocket upgrades on /echo and /py with 426, as behind a proxy
+//   that drops Upgrade; /ws is a working WebSocket echo.
+//
+// Prints `ok: ...` per check and `all checks passed`, or `FAILED: ...` and
+// exits 1.
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+const [origin, control] = process.argv.slice(2);
+const fail = (msg) => { console.log(`FAILED: ${msg}`); process.exit(1); };
+const ok = (msg) => console.log(`ok: ${msg}`);
+setTimeout(() => fail('timed out after 100 s'), 100000).unref();
+
+// In the page: open a socket, send `n` messages (text and binary in turn)
+// while receiving their echoes, optionally cut every connection once after
+// `cutAt` echoes, check order and content, close with 4000.
+async function exchange({ url, protocols, options, n, cutAt, control }) {
+  const s = new SwitchyardSocket(url, protocols, options);
+  s.binaryType = 'arraybuffer';
+  await new Promise((resolve, reject) => {
+    s.onopen = resolve;
+    s.onclose = (e) => reject(new Error(`closed before open: ${e.code} ${e.reason}`));
+  });
+  const got = [];
+  const want = [];
+  const all = new Promise((resolve, reject) => {
+    s.onmessage = (e) => {
+      got.push(typeof e.data === 'string' ? e.data : `bin:${new Uint8Array(e.data).join(',')}`);
+      if (got.length === cutAt) fetch(`${control}/__cut`, { mode: 'no-cors' });
+      if (got.length === n) resolve();
+    };
+    s.onclose = (e) => reject(new Error(`closed after ${got.length} messages: ${e.code} ${e.reason}`));
+  });
+  for (let i = 0; i < n; i++) {
+    if (i % 2) {
+      const b = new Uint8Array([i % 256, (i * 7) % 256, 0, 255]);
+      s.send(b);
+      want.push(`bin:${b.join(',')}`);
+    } else {
+      const t = `message ${i} ✓ ${'x'.repeat(i % 40)}`;
+      s.send(t);
+      want.push(t);
+    }
+  }
+  await all;
+  const closed = new Promise((resolve) => { s.onclose = (e) => resolve(`${e.code}:${e.wasClean}`); });
+  s.close(4000, 'bye');
+  return {
+    transport: s.transport,
+    protocol: s.protocol,
+    received: got.length,
+    firstWrong: got.findIndex((g, i) => g !== want[i]),
+    close: await closed,
+  };
+}
+
+const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
+const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'fallback-chromium-'));
+let browser;
+try {
+  browser = await chromium.launchPersistentContext(profile, {
+    executablePath,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+  });
+  const page = browser.pages()[0] ?? await browser.newPage();
+  page.on('console', (m) => console.log(`page console: ${m.text()}`));
+  await page.goto(`${origin}/`, { waitUntil: 'load' });
+  await page.waitForFunction(() => window.SwitchyardSocket !== undefined);
+  await page.evaluate(`window.exchange = ${exchange.toString()}`);
+  const stats = async () => (await (await fetch(`${control}/__stats`)).json()).ws_attempts;
+  const check = (name, got, want) => {
+    for (const [k, v] of Object.entries(want)) {
+      if (got[k] !== v) fail(`${name}: ${k} is ${JSON.stringify(got[k])}, want ${JSON.stringify(v)} (${JSON.stringify(got)})`);
+    }
+    ok(`${name}: ${JSON.stringify(got)}`);
+  };
+  const run = (arg) => page.evaluate((a) => window.exchange(a), { protocols: [], options: {}, cutAt: -1, control, ...arg })
+    .catch((e) => fail(`${arg.url}: ${e.message}`));
+  const clean = { received: 1000, firstWrong: -1, close: '4000:true' };
+
+  // 1. WebSocket refused on the path: SSE, 1000 messages each way.
+  const before = await stats();
+  check('websocket refused, sse', await run({ url: '/echo', n: 1000 }), { transport: 'sse', ...clean });
+  if ((await stats()) !== before + 1) fail('the WebSocket was not tried first');
+  ok('the WebSocket was tried first');
+  // 2. What worked is remembered for the URL: no WebSocket attempt now.
+  check('remembered', await run({ url: '/echo', n: 10 }), { transport: 'sse', received: 10, firstWrong: -1 });
+  if ((await stats()) !== before + 1) fail('the remembered transport was not tried first');
+  ok('the remembered transport went first');
+  // 3. Long polling only.
+  check('poll', await run({ url: '/echo', n: 1000, options: { transports: ['poll'] } }), { transport: 'poll', ...clean });
+  // 4. Every connection killed mid-stream, once per transport: resumed, nothing lost or repeated.
+  for (const t of ['sse', 'poll']) {
+    check(`${t} cut mid-stream`, await run({ url: '/echo', n: 1000, cutAt: 300, options: { transports: [t] } }),
+      { transport: t, ...clean });
+  }
+  // 5. A real WebSocket where the path allows it.
+  check('websocket', await run({ url: '/ws', n: 20 }), { transport: 'websocket', received: 20, firstWrong: -1, close: '4000:true' });
+  // 6. Subprotocol negotiated with the Python backend through the gateway.
+  check('subprotocol', await run({ url: '/py', protocols: ['chat.v1', 'chat.v2'], n: 10, options: { transports: ['sse'] } }),
+    { transport: 'sse', protocol: 'chat.v2', received: 10, firstWrong: -1 });
+  // 7. A bare EventSource: a receive-only session, resumed by the browser
+  //    itself (Last-Event-ID) each time a response ends at its budget.
+  const greetings = await page.evaluate(() => new Promise((resolve, reject) => {
+    const es = new EventSource('/py?greet=200&sw=sse');
+    const got = [];
+    es.onmessage = (e) => {
+      got.push(e.data);
+      if (got.length === 200) { es.close(); resolve({ got, lastId: e.lastEventId }); }
+    };
+    setTimeout(() => reject(new Error(`only ${got.length} greetings`)), 30000);
+  })).catch((e) => fail(`EventSource: ${e.message}`));
+  const wrong = greetings.got.findIndex((g, i) => g !== `greeting ${i + 1}`);
+  if (wrong !== -1) fail(`EventSource: greeting ${wrong}: ${greetings.got[wrong]}`);
+  if (greetings.lastId.split('.').length !== 3) fail(`EventSource ids carry the session: ${greetings.lastId}`);
+  ok(`EventSource received 200 greetings in order (last id ${greetings.lastId.replace(/\.[0-9a-f]{32}\./, '.<token>.')})`);
+  console.log('all checks passed');
+} finally {
+  if (browser) await browser.close().catch(() => {});
+  fs.rmSync(profile, { recursive: true, force: true });
+}
+process.exit(0);
