@@ -21,6 +21,14 @@
 //!    with `Retry-After`) for every switch and every proxied request: the
 //!    decision carries the slot for as long as the connection lives.
 //!
+//! A request without an upgrade whose query has `sw` on a route that serves
+//! WebSocket and offers `fallback` transports is a fallback session request
+//! ([`Decision::Session`], docs/fallback.md): steps 3 and 4 apply to it,
+//! and a request that opens a session takes a slot of the caps (step 6),
+//! which the session holds until it ends. `GET /.switchyard/client.js` is
+//! the browser client of those sessions on every host
+//! ([`Decision::ClientScript`]).
+//!
 //! Refusals are logged with their reason and counted in
 //! `switchyard_upgrade_attempts_total{result="refused"}`.
 
@@ -36,7 +44,9 @@ use crate::admission::{check_origin, ConnectionGuard};
 use crate::failures::UpgradeFields;
 use crate::live::{Gateway, RouteEntry, Target};
 use crate::outcome::{Reason, Refusal};
+use crate::session::CLIENT_JS_PATH;
 use crate::upgrade::{ConnInfo, Registry, UpgradeProtocol};
+use switchyard::fallback::wire::{is_session_query, Action, SessionQuery};
 use switchyard::proto::HttpVersion;
 
 /// A request as every front sees it, whatever its HTTP version.
@@ -161,6 +171,16 @@ pub struct ProxyTicket {
     pub permit: ConnectionGuard,
 }
 
+/// A fallback session request (`?sw=`) on a route that serves WebSocket.
+#[derive(Debug)]
+pub struct SessionTicket {
+    /// The route (its backend and `fallback*` settings).
+    pub route: Arc<RouteEntry>,
+    /// For a request that opens a session: its slot in the route's caps,
+    /// held by the session for its whole life.
+    pub permit: Option<ConnectionGuard>,
+}
+
 /// What the front does with a request.
 #[derive(Debug)]
 pub enum Decision {
@@ -168,6 +188,11 @@ pub enum Decision {
     App(AppTicket),
     /// Proxy it.
     Proxy(ProxyTicket),
+    /// Serve a fallback session request.
+    Session(SessionTicket),
+    /// Answer the browser client of fallback sessions
+    /// ([`crate::session::CLIENT_JS`]).
+    ClientScript,
     /// Switch the connection itself (RFC 2817 TLS), then serve the request
     /// again on it.
     SwitchConnection(Selection),
@@ -212,6 +237,10 @@ impl Dispatcher {
 
     /// The decision for `head` (see the module docs).
     pub fn decide(&self, head: &RequestHead, conn: Connection<'_>) -> Decision {
+        let method = head.request.method();
+        if head.path() == CLIENT_JS_PATH && (method == Method::GET || method == Method::HEAD) {
+            return Decision::ClientScript;
+        }
         let live = self.gateway.live();
         let entry = live
             .config
@@ -286,6 +315,17 @@ impl Dispatcher {
             return Err(tls_required(head));
         }
         check_origin(head.request.headers(), policy)?;
+        if token.is_none() && head.connect_protocol.is_none() && offers_sessions(entry, head) {
+            let permit = if opens_session(head) {
+                Some(self.permit(head, entry)?)
+            } else {
+                None
+            };
+            return Ok(Decision::Session(SessionTicket {
+                route: entry.clone(),
+                permit,
+            }));
+        }
         if token.is_none() {
             if let Some(p) = &head.connect_protocol {
                 return Err(Refusal::new(
@@ -389,6 +429,38 @@ fn route_switches(entry: &RouteEntry, token: &ProtocolToken, protocol: HttpVersi
     match &entry.target {
         Target::Upstream => true,
         Target::App(app) => app.handlers.speaks(&token.name),
+    }
+}
+
+/// Whether `head` is a fallback session request on a route that serves
+/// them: `sw` in the query, a route that serves WebSocket and offers at
+/// least one fallback transport.
+fn offers_sessions(entry: &RouteEntry, head: &RequestHead) -> bool {
+    let policy = &entry.config.policy;
+    is_session_query(head.request.uri().query())
+        && !policy.fallback.is_empty()
+        && policy.upgrade_allowed("websocket")
+        && match &entry.target {
+            Target::Upstream => true,
+            Target::App(app) => app.handlers.speaks("websocket"),
+        }
+}
+
+/// Whether a session request opens a session: `sw=open`, or a bare
+/// `sw=sse` (an `EventSource` without a session, not resuming one with
+/// `Last-Event-ID`). A malformed query opens nothing (the session side
+/// answers it 400).
+fn opens_session(head: &RequestHead) -> bool {
+    let query = head.request.uri().query().unwrap_or_default();
+    match SessionQuery::parse(query) {
+        Ok(q) => match q.action {
+            Action::Open => true,
+            Action::Sse => {
+                q.session.is_none() && !head.request.headers().contains_key("last-event-id")
+            }
+            Action::Poll | Action::Send | Action::Close => false,
+        },
+        Err(_) => false,
     }
 }
 

@@ -40,6 +40,7 @@ use crate::apps::AppSettings;
 use crate::config::{App, Config, ConfigError, ConfigSource, Route, RouteTarget, TunnelSetting};
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyContext};
+use crate::session::Sessions;
 use crate::tracking::ConnTable;
 use crate::upgrade::Registry;
 
@@ -182,7 +183,14 @@ pub struct Gateway {
     listeners: Mutex<Option<Arc<dyn ListenerControl>>>,
     /// One reload at a time (SIGHUP and POST /reload may race).
     reloading: Mutex<()>,
+    /// Fallback sessions, kept across reloads (each keeps the settings it
+    /// was opened with).
+    sessions: Sessions,
 }
+
+/// Fallback sessions one gateway holds at once; more opens get 503 with
+/// `Retry-After`.
+pub const MAX_FALLBACK_SESSIONS: usize = 10_000;
 
 /// The gateway's reading of `tunnel = "auto"`: frames for WebSocket, so a
 /// drain can close every proxied WebSocket with 1001 (see the module docs).
@@ -211,6 +219,7 @@ impl Gateway {
             reloads: AtomicU64::new(0),
             listeners: Mutex::new(None),
             reloading: Mutex::new(()),
+            sessions: Sessions::in_memory(MAX_FALLBACK_SESSIONS),
         }))
     }
 
@@ -245,6 +254,11 @@ impl Gateway {
             generation,
             health_tasks,
         })
+    }
+
+    /// The fallback sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// The current generation (one `Arc` clone).

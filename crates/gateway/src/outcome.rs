@@ -93,6 +93,8 @@ pub enum Reason {
     BadAccept,
     /// The upstream negotiated extensions the gateway cannot relay.
     BadExtensions,
+    /// The upstream chose a subprotocol the client did not offer, or several.
+    BadSubprotocol,
 }
 
 impl Reason {
@@ -129,6 +131,7 @@ impl Reason {
             Reason::NoAccept => "no_accept",
             Reason::BadAccept => "bad_accept",
             Reason::BadExtensions => "bad_extensions",
+            Reason::BadSubprotocol => "bad_subprotocol",
         }
     }
 
@@ -162,7 +165,8 @@ impl Reason {
             | Reason::NoConnectionUpgrade
             | Reason::NoAccept
             | Reason::BadAccept
-            | Reason::BadExtensions => Blame::Upstream,
+            | Reason::BadExtensions
+            | Reason::BadSubprotocol => Blame::Upstream,
         }
     }
 }
@@ -306,6 +310,7 @@ mod tests {
             Reason::NoAccept,
             Reason::BadAccept,
             Reason::BadExtensions,
+            Reason::BadSubprotocol,
         ];
         let mut labels: Vec<_> = all.iter().map(|r| r.label()).collect();
         labels.sort_unstable();

@@ -192,6 +192,17 @@ impl Config {
                     ("drain_timeout", duration(p.drain_timeout)),
                     ("preserve_host", Value::Boolean(p.preserve_host)),
                     ("tunnel", string(p.tunnel.as_str())),
+                    ("fallback", strings(p.fallback.iter().map(|t| t.as_str()))),
+                    ("fallback_idle_timeout", duration(p.fallback_idle_timeout)),
+                    ("fallback_poll_timeout", duration(p.fallback_poll_timeout)),
+                    ("fallback_heartbeat", duration(p.fallback_heartbeat)),
+                    (
+                        "fallback_stream_duration",
+                        duration(p.fallback_stream_duration),
+                    ),
+                    ("fallback_stream_bytes", size(p.fallback_stream_bytes)),
+                    ("fallback_max_body", size(p.fallback_max_body)),
+                    ("fallback_replay_bytes", size(p.fallback_replay_bytes)),
                 ];
                 if let Some(origins) = &p.allowed_origins {
                     policy.push((
@@ -207,6 +218,10 @@ impl Config {
                 }
                 if let Some(n) = p.max_message_size {
                     policy.push(("max_message_size", size(n)));
+                }
+                if !p.upgrade_allowed("websocket") {
+                    // Fallback sessions need a route that serves WebSocket.
+                    policy.retain(|(k, _)| !k.starts_with("fallback"));
                 }
                 if let RouteTarget::App(app) = r.target() {
                     // An app's route takes only the keys the app honours;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use switchyard::fallback::Transport;
 use switchyard_proto::{HttpVersion, Limits};
 
 use super::units::{
@@ -346,6 +347,14 @@ impl App {
                 "ping_interval",
                 "pong_timeout",
                 "drain_timeout",
+                "fallback",
+                "fallback_idle_timeout",
+                "fallback_poll_timeout",
+                "fallback_heartbeat",
+                "fallback_stream_duration",
+                "fallback_stream_bytes",
+                "fallback_max_body",
+                "fallback_replay_bytes",
             ],
             App::LineEcho => &[
                 "allowed_origins",
@@ -408,6 +417,14 @@ impl Route {
 /// | `drain_timeout` | `"10s"` | on shutdown, how long connections get after the 1001 close before they are cut. |
 /// | `preserve_host` | `true` | send the client's `Host` upstream; `false` sends the backend's host and port. |
 /// | `tunnel` | `"auto"` | `"transparent"` (bytes copied), `"frames"` (WebSocket messages relayed: heartbeats, limits, message metrics) or `"auto"`: frames when `ping_interval` or `max_message_size` is set, else transparent. Tokens other than websocket are always transparent. |
+/// | `fallback` | `["sse", "poll"]` | fallback sessions (`?sw=`, docs/fallback.md) offered on a route that serves WebSocket, for clients that cannot upgrade; `[]` turns them off. |
+/// | `fallback_idle_timeout` | `"30s"` | close a fallback session that had no reader this long (the backend gets 1001). |
+/// | `fallback_poll_timeout` | `"25s"` | longest hold of a long poll; below nginx's 60 s `proxy_read_timeout`. |
+/// | `fallback_heartbeat` | `"15s"` | SSE comment sent when nothing else was, below common proxy read timeouts. |
+/// | `fallback_stream_duration` | `"30s"` | an SSE response ends after this long (the client resumes at once), so a buffering proxy releases it. |
+/// | `fallback_stream_bytes` | `"256KiB"` | an SSE response ends after this many bytes; a poll answer carries at most this. |
+/// | `fallback_max_body` | `"1MiB"` | largest body of an open, send or close request (413 beyond); also bounds what a session queues for the backend. |
+/// | `fallback_replay_bytes` | `"1MiB"` | server-to-client bytes a session keeps for resumes; a resume beyond it ends the session with close 4410. |
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
@@ -442,6 +459,29 @@ pub struct Policy {
     pub preserve_host: bool,
     /// See the table on [`Policy`].
     pub tunnel: TunnelSetting,
+    /// See the table on [`Policy`].
+    pub fallback: Vec<Transport>,
+    /// See the table on [`Policy`].
+    #[serde(deserialize_with = "de_duration")]
+    pub fallback_idle_timeout: Duration,
+    /// See the table on [`Policy`].
+    #[serde(deserialize_with = "de_duration")]
+    pub fallback_poll_timeout: Duration,
+    /// See the table on [`Policy`].
+    #[serde(deserialize_with = "de_duration")]
+    pub fallback_heartbeat: Duration,
+    /// See the table on [`Policy`].
+    #[serde(deserialize_with = "de_duration")]
+    pub fallback_stream_duration: Duration,
+    /// See the table on [`Policy`].
+    #[serde(deserialize_with = "de_size")]
+    pub fallback_stream_bytes: usize,
+    /// See the table on [`Policy`].
+    #[serde(deserialize_with = "de_size")]
+    pub fallback_max_body: usize,
+    /// See the table on [`Policy`].
+    #[serde(deserialize_with = "de_size")]
+    pub fallback_replay_bytes: usize,
 }
 
 /// `tunnel` of a route policy: how a proxied WebSocket is relayed.
@@ -484,6 +524,14 @@ impl Default for Policy {
             drain_timeout: Duration::from_secs(10),
             preserve_host: true,
             tunnel: TunnelSetting::Auto,
+            fallback: vec![Transport::Sse, Transport::Poll],
+            fallback_idle_timeout: Duration::from_secs(30),
+            fallback_poll_timeout: Duration::from_secs(25),
+            fallback_heartbeat: Duration::from_secs(15),
+            fallback_stream_duration: Duration::from_secs(30),
+            fallback_stream_bytes: 256 << 10,
+            fallback_max_body: 1 << 20,
+            fallback_replay_bytes: 1 << 20,
         }
     }
 }

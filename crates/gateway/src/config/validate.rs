@@ -484,8 +484,57 @@ fn validate_route(route: &mut Route, p: &[Seg], r: &Reporter<'_>) -> Result<(), 
         nonzero(d, &at(&pp, &[key("ping_interval")]), r)?;
     }
     nonzero(pol.pong_timeout, &at(&pp, &[key("pong_timeout")]), r)?;
+    validate_fallback(pol, &pp, r)?;
     if let Some(app) = route.app {
         validate_app_policy(&mut route.policy, app, &pp, r)?;
+    }
+    Ok(())
+}
+
+/// The fallback session keys: no transport twice, no zero duration or
+/// size, and on an upstream route only when it may switch to WebSocket
+/// (the sessions are WebSockets seen from the backend).
+fn validate_fallback(pol: &Policy, pp: &[Seg], r: &Reporter<'_>) -> Result<(), ConfigError> {
+    for (i, t) in pol.fallback.iter().enumerate() {
+        if pol.fallback[..i].contains(t) {
+            return Err(r.err(
+                &at(pp, &[key("fallback"), Seg::Index(i)]),
+                format!("\"{t}\" is listed twice; list each transport once"),
+            ));
+        }
+    }
+    for (name, d) in [
+        ("fallback_idle_timeout", pol.fallback_idle_timeout),
+        ("fallback_poll_timeout", pol.fallback_poll_timeout),
+        ("fallback_heartbeat", pol.fallback_heartbeat),
+        ("fallback_stream_duration", pol.fallback_stream_duration),
+    ] {
+        nonzero(d, &at(pp, &[key(name)]), r)?;
+    }
+    for (name, n) in [
+        ("fallback_stream_bytes", pol.fallback_stream_bytes),
+        ("fallback_max_body", pol.fallback_max_body),
+        ("fallback_replay_bytes", pol.fallback_replay_bytes),
+    ] {
+        size_in(n, 1, MAX_SIZE, &at(pp, &[key(name)]), r)?;
+    }
+    if !pol.upgrade_allowed("websocket") {
+        if let Some(DeValue::Table(written)) = r.get(pp) {
+            if let Some((k, _)) = written
+                .iter()
+                .find(|(k, _)| k.get_ref().starts_with("fallback"))
+            {
+                return Err(r.err(
+                    &at(pp, &[key(k.get_ref())]),
+                    format!(
+                        "{} applies to routes that serve WebSocket (fallback sessions are \
+                         WebSockets seen from the backend); this route's allowed_upgrades has \
+                         no \"websocket\": remove the key",
+                        k.get_ref()
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
 }

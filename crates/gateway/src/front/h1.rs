@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version};
 use switchyard::proto::{head, HttpVersion};
@@ -25,18 +25,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
 use super::context::{not_found_body, ConnCtx, Front, Upgraded};
+use super::h1_body::read_body;
 use super::h1_body::{
     body_length, discard_body, expects_continue, wants_keep_alive, BodyCaps, BodyError, BodyLen,
 };
 use super::h1_proxy;
+use super::h1_stream::{write_streamed, Streamed};
+use super::session as front_session;
 use crate::apps::index::{self, PageAnswer};
 use crate::dispatch::RequestHead;
-use crate::dispatch::{AppTicket, Decision, Selection};
+use crate::dispatch::{AppTicket, Decision, Selection, SessionTicket};
 use crate::io::{Prefixed, ServerIo};
 use crate::metrics::Transport;
 use crate::outcome::Refusal;
+use crate::proxy::ClientInfo;
+use crate::session;
 use crate::tracking::LiveApp;
 use crate::upgrade::SessionCtx;
+use http_body_util::Full;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -189,6 +195,13 @@ async fn serve_loop(
             }
         };
         let keep_alive = wants_keep_alive(&req);
+        let tls = conn.get_ref().is_tls();
+        let head = RequestHead::h1(req, peer, tls);
+        let decision = front.dispatcher.decide(&head, front.connection(tls));
+        let req = head.request;
+        // A session request's body is its message (`None`: over the route's
+        // limit, left unread); any other body is discarded.
+        let mut session_body = Some(Bytes::new());
         if !body_read {
             match body_length(&req, front.http1.max_request_body) {
                 Ok(BodyLen::Length(0)) => {}
@@ -209,7 +222,23 @@ async fn serve_loop(
                         max_trailer: limits.max_head_bytes,
                         deadline: limits.handshake_timeout,
                     };
-                    match discard_body(&mut conn, body, caps).await {
+                    let read = match (&decision, body) {
+                        (Decision::Session(t), BodyLen::Length(n)) => {
+                            match session_read(&mut conn, t, n, caps.deadline).await {
+                                Ok(b) => {
+                                    session_body = b;
+                                    Ok(())
+                                }
+                                Err(e) => Err(BodyError::Io(e)),
+                            }
+                        }
+                        (Decision::Session(_), BodyLen::Chunked) => Err(BodyError::Refused(
+                            StatusCode::LENGTH_REQUIRED,
+                            "send fallback session requests with a Content-Length".into(),
+                        )),
+                        _ => discard_body(&mut conn, body, caps).await,
+                    };
+                    match read {
                         Ok(()) => {}
                         Err(BodyError::Io(e)) => {
                             return info!("request body not received: {e}");
@@ -228,10 +257,6 @@ async fn serve_loop(
             }
         }
 
-        let tls = conn.get_ref().is_tls();
-        let head = RequestHead::h1(req, peer, tls);
-        let decision = front.dispatcher.decide(&head, front.connection(tls));
-        let req = head.request;
         let answer = match decision {
             Decision::NotFound if req.method() == Method::OPTIONS && req.uri() == "*" => {
                 Answer::text(StatusCode::OK, "").with(ALLOW, "GET, HEAD, OPTIONS")
@@ -283,6 +308,32 @@ async fn serve_loop(
                 *upgraded = Some(u);
                 return;
             }
+            Decision::ClientScript => Answer {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                content_type: session::CLIENT_JS_TYPE,
+                body: Cow::Borrowed(session::CLIENT_JS),
+            },
+            Decision::Session(ticket) => {
+                // A body over the route's limit was not read: the answer is
+                // 413 and the connection closes.
+                let (body, keep) = match session_body.take() {
+                    Some(b) => (b, keep_alive),
+                    None => (Bytes::new(), false),
+                };
+                let client = ClientInfo { addr: peer, tls };
+                let sessions = front.dispatcher.gateway().sessions();
+                let req = req.map(|()| Full::new(body));
+                let version = req.version();
+                let resp = front_session::serve(sessions, req, ticket, client, ctx.stop.clone());
+                let resp = resp.await;
+                let keep = keep && !*ctx.stop.borrow();
+                let alt_svc = front.alt_svc.as_ref();
+                match write_streamed(&mut conn, resp, alt_svc, version, keep).await {
+                    Streamed::Complete => continue,
+                    Streamed::Close => return close_gracefully(&mut conn).await,
+                }
+            }
             Decision::Proxy(ticket) => {
                 // Boxed: the proxy's future is large and must not sit in every
                 // connection's future (idle memory per connection).
@@ -304,6 +355,21 @@ struct Attempt<'a> {
     peer: SocketAddr,
     route: &'a str,
     tls: bool,
+}
+
+/// The body of a session request: read when within the route's
+/// `fallback_max_body`, `None` when over it (not read: the session side
+/// answers 413 from the declared length).
+async fn session_read(
+    conn: &mut Conn,
+    ticket: &SessionTicket,
+    n: u64,
+    deadline: Duration,
+) -> std::io::Result<Option<Bytes>> {
+    if n > ticket.route.config.policy.fallback_max_body as u64 {
+        return Ok(None);
+    }
+    read_body(conn, n, deadline).await.map(Some)
 }
 
 /// Switch protocols: the handler's checks, the `101`, then the session

@@ -181,6 +181,37 @@ pub(super) async fn discard_body<S: AsyncRead + Unpin>(
     }
 }
 
+/// Read a body of exactly `n` bytes (buffered bytes first) within
+/// `deadline`; bytes after it stay buffered for the next request.
+pub(super) async fn read_body<S: AsyncRead + Unpin>(
+    conn: &mut Prefixed<S>,
+    n: u64,
+    deadline: Duration,
+) -> std::io::Result<bytes::Bytes> {
+    let n =
+        usize::try_from(n).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    let read = async {
+        let buffered = conn.prefix().len().min(n);
+        let mut body = bytes::BytesMut::with_capacity(n);
+        body.extend_from_slice(&conn.prefix()[..buffered]);
+        conn.prefix_mut().advance(buffered);
+        while body.len() < n {
+            // Never past the body: what follows is the next request's.
+            let rest = (n - body.len()) as u64;
+            let got = AsyncReadExt::take(conn.get_mut(), rest)
+                .read_buf(&mut body)
+                .await?;
+            if got == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

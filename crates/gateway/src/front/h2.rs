@@ -24,14 +24,16 @@
 //! 9113 §8.5).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -39,6 +41,7 @@ use tracing::{info, Instrument};
 
 use super::context::{not_found_body, stopped, ConnCtx, Front};
 use super::h1_proxy;
+use super::session as front_session;
 use crate::apps::echo;
 use crate::apps::index::{self, PageAnswer};
 use crate::config::App;
@@ -48,6 +51,7 @@ use crate::io::{Prefixed, ServerIo};
 use crate::metrics::Transport;
 use crate::outcome::{Reason, Refusal};
 use crate::proxy::{self, ClientInfo, ProxiedConnect};
+use crate::session::{self, SessionBody};
 use crate::tracking::Counting;
 use crate::upgrade::websocket::handshake_refusal;
 use switchyard::proto::HttpVersion;
@@ -73,14 +77,17 @@ pub(crate) async fn serve(
         let alt_svc = svc_front.alt_svc.clone();
         async move {
             let mut resp = match resp {
-                Answer::Now(r) => r,
+                Answer::Now(r) => r.map(Either::Left),
                 Answer::Later(rx) => match rx.await {
                     Ok(r) => r.map(|_| Body::new(Bytes::new())),
                     Err(_) => text(
                         StatusCode::BAD_GATEWAY,
                         "the proxy ended before answering\n",
                     ),
-                },
+                }
+                .map(Either::Left),
+                // Its event stream is one more stream of the connection.
+                Answer::Session(r) => r.await.map(Either::Right),
             };
             if let Some(v) = alt_svc {
                 resp.headers_mut().insert(http::header::ALT_SVC, v);
@@ -107,10 +114,12 @@ pub(crate) async fn serve(
     let _ = tokio::time::timeout(front.grace + Duration::from_secs(1), conn).await;
 }
 
-/// A response now, or once the proxy has heard from the upstream.
+/// A response now, once the proxy has heard from the upstream, or a
+/// fallback session's answer.
 enum Answer {
     Now(Response<Body>),
     Later(tokio::sync::oneshot::Receiver<Response<()>>),
+    Session(Pin<Box<dyn Future<Output = Response<SessionBody>> + Send>>),
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -173,6 +182,14 @@ fn respond(
         connect_protocol,
     );
     let decision = front.dispatcher.decide(&head, front.connection(tls));
+    if let Decision::Session(ticket) = decision {
+        let sessions = front.dispatcher.gateway().sessions().clone();
+        let client = ClientInfo { addr: peer, tls };
+        let stop = ctx.stop.clone();
+        return Answer::Session(Box::pin(async move {
+            front_session::serve(&sessions, req, ticket, client, stop).await
+        }));
+    }
     Answer::Now(match decision {
         Decision::NotFound => text(StatusCode::NOT_FOUND, not_found_body(head.path())),
         Decision::Refuse(r) if r.reason == Reason::UpgradeRequired => text(
@@ -205,6 +222,9 @@ fn respond(
             StatusCode::BAD_REQUEST,
             "HTTP/2 connections do not switch protocols\n",
         ),
+        Decision::ClientScript => client_script(head.request.method()),
+        // Answered above.
+        Decision::Session(_) => text(StatusCode::INTERNAL_SERVER_ERROR, ""),
     })
 }
 
@@ -265,6 +285,23 @@ fn app(
             refusal(&r)
         }
     }
+}
+
+/// The fallback sessions' browser client.
+fn client_script(method: &Method) -> Response<Body> {
+    let body = if method == Method::HEAD {
+        Bytes::new()
+    } else {
+        Bytes::from_static(session::CLIENT_JS.as_bytes())
+    };
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(session::CLIENT_JS_TYPE),
+    );
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(session::CLIENT_JS.len()));
+    r
 }
 
 /// The index page (or its 405).

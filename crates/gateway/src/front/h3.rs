@@ -134,6 +134,11 @@ fn take(
                     let _ = pending.respond(r.to_response()).await;
                 }
                 Decision::SwitchConnection(_) => refuse(pending, StatusCode::BAD_REQUEST).await,
+                // Only extended CONNECTs reach this front, and they are
+                // never session requests nor a GET of the client script.
+                Decision::Session(_) | Decision::ClientScript => {
+                    refuse(pending, StatusCode::NOT_IMPLEMENTED).await
+                }
                 Decision::App(ticket) => {
                     let _open = Open::new(&count);
                     app(head, pending, ticket, &front, ctx.stop.clone()).await

@@ -13,9 +13,11 @@ mod context;
 pub(crate) mod h1;
 mod h1_body;
 mod h1_proxy;
+mod h1_stream;
 pub(crate) mod h2;
 mod h2_settings;
 pub(crate) mod h3;
+mod session;
 pub(crate) mod task;
 
 pub(crate) use context::{ConnCtx, Front, Upgraded};

@@ -79,7 +79,7 @@ pub(crate) fn admin_answer(
         "/metrics" if get => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            gw.metrics().render(),
+            gw.metrics().render() + &gw.sessions().metrics().render(),
         ),
         "/status" if get => (StatusCode::OK, "text/html; charset=utf-8", status_page(gw)),
         "/status/failures" if get => (
@@ -193,7 +193,8 @@ mod tests {
         let (s, t, body) = admin_answer(&Method::GET, "/metrics", &g);
         assert_eq!(s, StatusCode::OK);
         assert!(t.starts_with("text/plain; version=0.0.4"));
-        assert_eq!(body, g.metrics().render());
+        assert!(body.starts_with(&g.metrics().render()), "{body}");
+        assert!(body.contains("# TYPE switchyard_fallback_sessions_open gauge"));
         let (s, t, body) = admin_answer(&Method::GET, "/status", &g);
         assert_eq!(s, StatusCode::OK);
         assert!(t.starts_with("text/html"));

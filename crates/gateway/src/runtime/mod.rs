@@ -5,7 +5,7 @@
 //! [`Server::bind`] binds everything a [`Gateway`]'s configuration names;
 //! [`Server::run`] serves until its shutdown future completes, then stops
 //! accepting, closes every WebSocket with 1001 (apps and proxied tunnels,
-//! over HTTP/1.1, HTTP/2 and HTTP/3) and waits up to the longest
+//! over HTTP/1.1, HTTP/2 and HTTP/3, and fallback sessions) and waits up to the longest
 //! `drain_timeout` of the routes for the closing handshakes.
 //!
 //! While it runs, a reload (SIGHUP, `POST /reload`) also applies the
@@ -155,10 +155,16 @@ impl Server {
         info!("shutting down: closing open WebSockets with 1001");
         self.gateway.set_listener_control(None);
         let _ = stop_tx.send(true);
+        // Fallback sessions get close 1001 like the WebSockets (the client
+        // as `event: close`, the backend as a close frame).
+        let sessions = self.gateway.sessions().clone();
+        let grace = self.gateway.drain_timeout();
+        let sessions_drained = tokio::spawn(async move { sessions.drain(grace).await });
         let tasks = std::mem::take(&mut lock(&set.state).tasks);
         for t in tasks {
             let _ = t.await;
         }
+        let _ = sessions_drained.await;
         if let Some(a) = admin {
             a.abort();
         }

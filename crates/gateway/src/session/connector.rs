@@ -15,7 +15,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
@@ -31,11 +30,13 @@ use switchyard::{Limits, WebSocket};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
+use crate::apps::AppSettings;
 use crate::config::{Route, RouteTarget};
+use crate::outcome::{Reason, Refusal};
 use crate::proxy::forward::{strip_hop_by_hop, translate_extended_connect};
 use crate::proxy::{
     frame_aware_config, upstream_upgrade, AttemptResult, BackendLease, ClientInfo, ForwardOptions,
-    ProxyContext, Refusal, Upgraded,
+    ProxyContext, Upgraded,
 };
 
 /// A byte stream a backend WebSocket runs over (TCP, TLS, an in-memory
@@ -101,10 +102,7 @@ pub struct BackendRefusal {
 
 impl From<Refusal> for BackendRefusal {
     fn from(r: Refusal) -> Self {
-        let mut headers = HeaderMap::new();
-        if let Some(s) = r.retry_after {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(s));
-        }
+        let mut headers = r.headers();
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -113,7 +111,7 @@ impl From<Refusal> for BackendRefusal {
             status: r.status,
             headers,
             body: Bytes::from(format!("{}\n", r.detail)),
-            reason: r.reason,
+            reason: r.reason.label(),
             detail: r.detail,
         }
     }
@@ -133,7 +131,7 @@ pub trait BackendConnector: Send + Sync {
 /// one of `offered`.
 fn chosen_subprotocol(headers: &HeaderMap, offered: &[String]) -> Result<Option<String>, Refusal> {
     let mut values = headers.get_all(SEC_WEBSOCKET_PROTOCOL).iter();
-    let bad = |why: String| Refusal::new(StatusCode::BAD_GATEWAY, "bad_subprotocol", why);
+    let bad = |why: String| Refusal::new(StatusCode::BAD_GATEWAY, Reason::BadSubprotocol, why);
     match (values.next(), values.next()) {
         (None, _) => Ok(None),
         (Some(v), None) => match v.to_str() {
@@ -189,7 +187,7 @@ fn as_extended_connect(open: &BackendOpen<'_>) -> Result<Request<()>, Refusal> {
         .ok_or_else(|| {
             Refusal::new(
                 StatusCode::BAD_REQUEST,
-                "no_host",
+                Reason::BadTarget,
                 "the request names no host",
             )
         })?;
@@ -199,7 +197,7 @@ fn as_extended_connect(open: &BackendOpen<'_>) -> Result<Request<()>, Refusal> {
         .map_err(|_| {
             Refusal::new(
                 StatusCode::BAD_REQUEST,
-                "bad_target",
+                Reason::BadTarget,
                 "the request target cannot be forwarded",
             )
         })?;
@@ -229,7 +227,7 @@ impl BackendConnector for ProxiedBackend<'_> {
                 RouteTarget::App(_) => {
                     return Err(Refusal::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        "not_proxied",
+                        Reason::UnknownUpstream,
                         "this route serves a built-in app, not an upstream",
                     )
                     .into())
@@ -238,7 +236,7 @@ impl BackendConnector for ProxiedBackend<'_> {
             let Some(group) = self.ctx.upstreams.get(group_name) else {
                 return Err(Refusal::new(
                     StatusCode::BAD_GATEWAY,
-                    "unknown_upstream",
+                    Reason::UnknownUpstream,
                     format!("upstream group {group_name} is not configured"),
                 )
                 .into());
@@ -252,14 +250,7 @@ impl BackendConnector for ProxiedBackend<'_> {
                 &self.ctx.limits,
                 self.ctx.max_relayed_body,
                 |backend| {
-                    translate_extended_connect(
-                        &req,
-                        "websocket",
-                        &open.client,
-                        policy,
-                        backend,
-                        &opts,
-                    )
+                    translate_extended_connect(&req, "websocket", &open.client, backend, &opts)
                 },
             )
             .await?;
@@ -277,7 +268,7 @@ impl BackendConnector for ProxiedBackend<'_> {
                         status: response.status(),
                         headers,
                         body,
-                        reason: "upstream_status",
+                        reason: Reason::UpstreamStatus.label(),
                         detail: format!("the upstream {backend} answered {}", response.status()),
                     });
                 }
@@ -303,7 +294,7 @@ impl BackendConnector for ProxiedBackend<'_> {
             if response.headers().contains_key(SEC_WEBSOCKET_EXTENSIONS) {
                 return Err(Refusal::new(
                     StatusCode::BAD_GATEWAY,
-                    "bad_extensions",
+                    Reason::BadExtensions,
                     "the backend answered with an extension that was not offered",
                 )
                 .into());
@@ -337,25 +328,25 @@ pub struct EchoBackend {
     accept: Arc<AcceptConfig>,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
-    grace: Duration,
+    settings: AppSettings,
 }
 
 impl EchoBackend {
     /// The echo with the server's handshake settings `accept` (as for its
-    /// WebSocket clients), stopping on `shutdown` with `grace` for its
-    /// closing handshake; the session's side of the pipe uses `limits`
+    /// WebSocket clients) and the route's idle timeout and drain grace
+    /// (`settings`), stopping on `shutdown`; the session's side of the pipe uses `limits`
     /// (the route's heartbeat and sizes).
     pub fn new(
         accept: Arc<AcceptConfig>,
         limits: Limits,
         shutdown: watch::Receiver<bool>,
-        grace: Duration,
+        settings: AppSettings,
     ) -> Self {
         EchoBackend {
             accept,
             limits,
             shutdown,
-            grace,
+            settings,
         }
     }
 }
@@ -366,10 +357,12 @@ impl BackendConnector for EchoBackend {
             let (ours, theirs) = tokio::io::duplex(ECHO_PIPE_BYTES);
             let accept = self.accept.clone();
             let shutdown = self.shutdown.clone();
-            let grace = self.grace;
+            let settings = self.settings.clone();
             tokio::spawn(async move {
                 if let Ok(ws) = switchyard::server::accept(theirs, &accept).await {
-                    crate::websocket::log_end(crate::apps::echo(ws, shutdown, grace).await);
+                    crate::apps::echo::log_end(
+                        crate::apps::echo::echo(ws, shutdown, settings).await,
+                    );
                 }
             });
             let uri: Uri = format!("ws://echo{}", open.target())
@@ -389,7 +382,7 @@ impl BackendConnector for EchoBackend {
                 }),
                 Err(e) => Err(Refusal::new(
                     StatusCode::BAD_GATEWAY,
-                    "echo_handshake",
+                    Reason::Handshake,
                     format!("the echo app refused the handshake: {e}"),
                 )
                 .into()),
@@ -496,7 +489,7 @@ mod tests {
         h.append(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("a"));
         assert_eq!(
             chosen_subprotocol(&h, &offered).unwrap_err().reason,
-            "bad_subprotocol"
+            Reason::BadSubprotocol
         );
     }
 }

@@ -62,11 +62,18 @@ pub use metrics::SessionMetrics;
 pub use settings::FallbackSettings;
 pub use store::{SessionRecord, SessionStore, StoreError};
 
-use crate::proxy::{ClientInfo, Refusal};
+use crate::outcome::Refusal;
+use crate::proxy::ClientInfo;
 
 /// The browser client, `SwitchyardSocket` (an ES module, served as
-/// `text/javascript`).
+/// `text/javascript` at [`CLIENT_JS_PATH`]).
 pub const CLIENT_JS: &str = include_str!("../client.js");
+
+/// Where every host of the gateway serves [`CLIENT_JS`].
+pub const CLIENT_JS_PATH: &str = "/.switchyard/client.js";
+
+/// The content type of [`CLIENT_JS`].
+pub const CLIENT_JS_TYPE: &str = "text/javascript; charset=utf-8";
 
 /// The response body of every session request: JSON, or an event stream.
 pub type SessionBody = UnsyncBoxBody<bytes::Bytes, std::convert::Infallible>;

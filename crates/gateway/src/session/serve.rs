@@ -23,7 +23,7 @@ use super::store::{Accepted, ReadOutcome, SessionRecord, StoreError, TokenDigest
 use super::stream::{self, EventIds};
 use super::{SessionBody, SessionCall, Sessions};
 // No session can be opened now: the caps' `Retry-After`.
-use crate::proxy::limits::RETRY_AFTER_SECS;
+use crate::admission::RETRY_AFTER_SECS;
 
 /// Seconds in `Retry-After` when a session's queue is full or the store
 /// failed: the condition is short-lived.

@@ -2,6 +2,9 @@
 //! A session keeps the settings it was opened with (they travel in its
 //! record), so a configuration reload changes only new sessions.
 //!
+//! They come from the route's `[route.policy]` `fallback*` keys
+//! ([`FallbackSettings::of`]).
+//!
 //! | setting | default | why |
 //! |---|---|---|
 //! | `transports` | `sse`, `poll` | what the route offers; empty: no fallback |
@@ -19,6 +22,8 @@
 use std::time::Duration;
 
 use switchyard::fallback::Transport;
+
+use crate::config::Policy;
 
 /// The settings of a route's fallback sessions (see the module table).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +62,20 @@ impl Default for FallbackSettings {
 }
 
 impl FallbackSettings {
+    /// The settings a route's policy gives its sessions.
+    pub fn of(policy: &Policy) -> Self {
+        FallbackSettings {
+            transports: policy.fallback.clone(),
+            idle_timeout: policy.fallback_idle_timeout,
+            heartbeat_interval: policy.fallback_heartbeat,
+            poll_timeout: policy.fallback_poll_timeout,
+            response_max_bytes: policy.fallback_stream_bytes,
+            sse_max_duration: policy.fallback_stream_duration,
+            max_body: policy.fallback_max_body,
+            replay_bytes: policy.fallback_replay_bytes,
+        }
+    }
+
     /// How long a reader may wait in one store call: it shows activity to
     /// the idle check at least this often (half the idle timeout at most),
     /// and an SSE stream sends a heartbeat when it waited this long.
@@ -91,5 +110,23 @@ mod tests {
             ..d
         };
         assert!(!none.offers(Transport::Sse));
+    }
+
+    #[test]
+    fn the_policy_defaults_are_the_settings_defaults() {
+        assert_eq!(
+            FallbackSettings::of(&Policy::default()),
+            FallbackSettings::default()
+        );
+        let p = Policy {
+            fallback: vec![Transport::Poll],
+            fallback_replay_bytes: 4096,
+            ..Policy::default()
+        };
+        let s = FallbackSettings::of(&p);
+        assert_eq!(
+            (s.transports, s.replay_bytes),
+            (vec![Transport::Poll], 4096)
+        );
     }
 }

@@ -24,9 +24,11 @@ use hyper_util::rt::TokioIo;
 use switchyard::fallback::sse::{SseEvent, SseParser};
 use switchyard::fallback::wire::{Entry, ErrorBody, OpenResponse, PollResponse};
 use switchyard::server::AcceptConfig;
+use switchyard_gateway::admission::{check_origin, ConnectionLimiter};
+use switchyard_gateway::apps::AppSettings;
 use switchyard_gateway::config::{Config, Route, RouteTarget};
-use switchyard_gateway::proxy::limits::check_origin;
-use switchyard_gateway::proxy::{ClientInfo, ConnectionLimiter, Metrics, ProxyContext};
+use switchyard_gateway::outcome::Refusal;
+use switchyard_gateway::proxy::{ClientInfo, Metrics, ProxyContext};
 use switchyard_gateway::session::{
     Admission, BackendConnector, EchoBackend, FallbackSettings, ProxiedBackend, SessionBody,
     SessionCall, Sessions, CLIENT_JS,
@@ -111,15 +113,17 @@ impl Gateway {
     pub async fn start(setup: Setup) -> Gateway {
         let cfg = Config::from_toml_str(&setup.toml, "test.toml").unwrap();
         let limiter = ConnectionLimiter::new();
-        let ctx =
-            ProxyContext::from_config(&cfg, Arc::new(Metrics::new()), limiter.clone()).unwrap();
+        let ctx = ProxyContext::from_config(&cfg, Arc::new(Metrics::new())).unwrap();
         let (stop, stopped) = watch::channel(false);
         let accept = Arc::new(AcceptConfig::default());
         let echo = EchoBackend::new(
             accept.clone(),
             cfg.limits.clone(),
             stopped,
-            Duration::from_secs(1),
+            AppSettings {
+                drain_timeout: Duration::from_secs(1),
+                ..AppSettings::default()
+            },
         );
         let sessions = Sessions::in_memory(setup.max_sessions);
         let shared = Arc::new(Shared {
@@ -299,7 +303,7 @@ fn admit(
     route: &Route,
     head: &http::request::Parts,
     ip: IpAddr,
-) -> Result<Admission, switchyard_gateway::proxy::Refusal> {
+) -> Result<Admission, Refusal> {
     check_origin(&head.headers, &route.policy)?;
     let guard = limiter.try_acquire(&route.path, ip, &route.policy)?;
     Ok(Box::new(guard))

@@ -1,6 +1,7 @@
-//! Fallback sessions over real sockets on 127.0.0.1: the session engine
-//! behind a small hyper server that calls `Sessions::serve` as the
-//! dispatcher will, with real backends (the echo app over an in-memory
+//! Fallback sessions over real sockets on 127.0.0.1: through the real
+//! gateway (`gateway`), and the session engine behind a small hyper server
+//! that calls `Sessions::serve` directly (the rest; it counts and cuts
+//! requests where the tests need it), with real backends (the echo app over an in-memory
 //! WebSocket, Python `websockets` through the proxy's verified upgrade) and
 //! real clients (raw HTTP, the library's `FallbackSocket`, `SwitchyardSocket`
 //! in Chromium).
@@ -12,5 +13,6 @@
 mod browser;
 mod client;
 mod engine;
+mod gateway;
 mod harness;
 mod python;

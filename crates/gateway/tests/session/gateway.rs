@@ -1,0 +1,272 @@
+//! Fallback sessions served by the real gateway (`Server`): the dispatcher's
+//! `Session` decision on HTTP/1.1 and HTTP/2 (SSE multiplexed with the
+//! POSTs on one connection), the route policy on opens, `fallback = []`,
+//! the body limit through the front, the browser client's path, drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, Request, StatusCode};
+use switchyard::fallback::sse::SseParser;
+use switchyard::fallback::{FallbackBuilder, Transport};
+use switchyard::{CloseCode, Message};
+use switchyard_gateway::config::Config;
+use switchyard_gateway::proxy::Direction;
+use switchyard_gateway::{Gateway, Server};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::harness::*;
+
+/// A gateway `Server` on 127.0.0.1 port 0, stopped (drained) by `stop`.
+struct Running {
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(routes: &str) -> Running {
+        let toml = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"h1\", \"h2\"]\n{routes}"
+        );
+        let cfg = Config::from_toml_str(&toml, "gw.toml").unwrap();
+        let gateway = Gateway::new(cfg, None).unwrap();
+        let server = Server::bind(gateway.clone()).await.unwrap();
+        let addr = server.addresses()[0].tcp;
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Running {
+            addr,
+            gateway,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        within("the drain", self.task).await.unwrap();
+    }
+}
+
+const ECHO: &str =
+    "[[route]]\npath = \"/echo\"\napp = \"echo\"\n[route.policy]\ndrain_timeout = \"2s\"\n";
+
+#[tokio::test]
+async fn the_echo_route_serves_both_transports_through_the_dispatcher() {
+    let gw = Running::start(ECHO).await;
+    let url = format!("http://{}/echo", gw.addr);
+    for transport in [Transport::Sse, Transport::Poll] {
+        let s = within("open", FallbackBuilder::new(transport).connect(&url))
+            .await
+            .unwrap();
+        let (mut tx, mut rx) = s.split();
+        let n = 200;
+        let sending = async {
+            for i in 0..n {
+                tx.feed(Message::text(format!("m{i}"))).await.unwrap();
+            }
+            tx.flush().await.unwrap();
+        };
+        let receiving = async {
+            for i in 0..n {
+                match within("an echo", rx.next()).await {
+                    Some(Ok(m)) => assert_eq!(m, Message::text(format!("m{i}")), "{transport}"),
+                    other => panic!("{transport}: echo {i}: {other:?}"),
+                }
+            }
+        };
+        tokio::join!(sending, receiving);
+        let sessions = gw.gateway.sessions().metrics();
+        assert_eq!(sessions.open_sessions("/echo", transport.as_str()), 1);
+        let mut s = tx.reunite(rx).unwrap();
+        within("the close", s.close(CloseCode::NORMAL, "done"))
+            .await
+            .unwrap();
+        match within("the close reply", s.next()).await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::NORMAL),
+            other => panic!("{transport}: expected the close reply, got {other:?}"),
+        }
+        eventually("the session ends", || {
+            sessions.open_sessions("/echo", transport.as_str()) == 0
+        })
+        .await;
+    }
+    // Counted when a session ends, per direction, for both sessions.
+    let m = gw.gateway.sessions().metrics();
+    assert_eq!(m.messages("/echo", Direction::ClientToUpstream), 400);
+    assert_eq!(m.messages("/echo", Direction::UpstreamToClient), 400);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn over_http2_the_event_stream_is_one_stream_among_the_posts() {
+    let gw = Running::start(ECHO).await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut h2 = within("h2 ready", h2.ready()).await.unwrap();
+    let req = |method: Method, target: &str, ct: &str| {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://localhost{target}"))
+            .header("content-type", ct)
+            .body(())
+            .unwrap()
+    };
+    async fn whole(r: h2::client::ResponseFuture) -> (StatusCode, Bytes) {
+        let resp = within("an h2 answer", r).await.unwrap();
+        let status = resp.status();
+        let mut body = resp.into_body();
+        let mut out = Vec::new();
+        while let Some(chunk) = within("an h2 body", body.data()).await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            out.extend_from_slice(&chunk);
+        }
+        (status, out.into())
+    }
+    let (r, mut body) = h2
+        .send_request(
+            req(Method::POST, "/echo?sw=open", "application/json"),
+            false,
+        )
+        .unwrap();
+    body.send_data(Bytes::from_static(b"{}"), true).unwrap();
+    let (status, open) = whole(r).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&open));
+    let s: switchyard::fallback::wire::OpenResponse = serde_json::from_slice(&open).unwrap();
+
+    // The event stream stays open while the messages are sent on the same
+    // connection: each echo arrives on it as an event.
+    let (sse, _) = h2
+        .send_request(req(Method::GET, &q("/echo", "sse", &s, ""), ""), true)
+        .unwrap();
+    let sse = within("the SSE head", sse).await.unwrap();
+    assert_eq!(sse.status(), 200);
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    let mut events = sse.into_body();
+    let mut parser = SseParser::new(1 << 20);
+    for i in 1..=3u64 {
+        let target = q("/echo", "send", &s, &format!("&seq={i}"));
+        let (r, mut body) = h2
+            .send_request(req(Method::POST, &target, "text/plain"), false)
+            .unwrap();
+        body.send_data(Bytes::from(format!("hello {i}")), true)
+            .unwrap();
+        let (status, ack) = whole(r).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&ack));
+        let mut got = Vec::new();
+        while got.is_empty() {
+            let chunk = within("an event", events.data()).await.unwrap().unwrap();
+            let _ = events.flow_control().release_capacity(chunk.len());
+            parser.feed(&chunk, &mut got).unwrap();
+        }
+        assert_eq!(got[0].id.as_deref(), Some(i.to_string().as_str()));
+        assert_eq!(got[0].data, format!("hello {i}"));
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_route_policy_applies_to_opens_and_fallback_off_leaves_the_route_as_it_was() {
+    let gw = Running::start(
+        "[[route]]\npath = \"/capped\"\napp = \"echo\"\n[route.policy]\n\
+         allowed_origins = [\"https://good.example\"]\nmax_connections = 1\n\
+         [[route]]\npath = \"/off\"\napp = \"echo\"\n[route.policy]\nfallback = []\n\
+         [[route]]\npath = \"/small\"\napp = \"echo\"\n[route.policy]\nfallback_max_body = \"1KiB\"\n",
+    )
+    .await;
+    let addr = gw.addr;
+    let json = ("content-type", "application/json");
+    let evil = request(
+        addr,
+        Method::POST,
+        "/capped?sw=open",
+        &[json, ("origin", "https://evil.example")],
+        "{}",
+    )
+    .await;
+    assert_eq!(evil.status, StatusCode::FORBIDDEN);
+    let good = [json, ("origin", "https://good.example")];
+    let first = request(addr, Method::POST, "/capped?sw=open", &good, "{}").await;
+    assert_eq!(first.status, 200);
+    let first: switchyard::fallback::wire::OpenResponse = first.json();
+    // The session holds the route's only slot; requests of the open
+    // session take none.
+    let full = request(addr, Method::POST, "/capped?sw=open", &good, "{}").await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(full.headers.contains_key("retry-after"));
+    let r = send_text(addr, "/capped", &first, 1, "still here").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = request(
+        addr,
+        Method::POST,
+        &q("/capped", "close", &first, ""),
+        &[json],
+        r#"{"code":1000}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    eventually("the slot is given back when the session ends", || {
+        gw.gateway.limiter().route_count("/capped") == 0
+    })
+    .await;
+    let again = request(addr, Method::POST, "/capped?sw=open", &good, "{}").await;
+    assert_eq!(again.status, 200);
+
+    // fallback = []: the echo answers as it always did (426).
+    let off = request(addr, Method::POST, "/off?sw=open", &[json], "{}").await;
+    assert_eq!(off.status, StatusCode::METHOD_NOT_ALLOWED);
+    let off = request(addr, Method::GET, "/off?sw=sse", &[], "").await;
+    assert_eq!(off.status, StatusCode::UPGRADE_REQUIRED);
+
+    // The route's body limit, through the HTTP/1.1 front.
+    let small = open(addr, "/small", "{}").await;
+    let big = "x".repeat(2000);
+    let r = send_text(addr, "/small", &small, 1, &big).await;
+    assert_eq!(r.error(413).error, "body_too_large");
+    let r = send_text(addr, "/small", &small, 1, "fits").await;
+    assert_eq!(r.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_client_script_is_served_on_every_host() {
+    let gw = Running::start(ECHO).await;
+    let r = request(gw.addr, Method::GET, "/.switchyard/client.js", &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "text/javascript; charset=utf-8");
+    let body = String::from_utf8(r.body.to_vec()).unwrap();
+    assert!(body.contains("export class SwitchyardSocket"), "{body}");
+    let r = request(gw.addr, Method::POST, "/.switchyard/client.js", &[], "").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn drain_closes_open_sessions_with_1001() {
+    let gw = Running::start(ECHO).await;
+    let s = open(gw.addr, "/echo", "{}").await;
+    let resp = send(gw.addr, Method::GET, &q("/echo", "sse", &s, ""), &[], "").await;
+    assert_eq!(resp.status(), 200);
+    let mut sse = SseReader::new(resp);
+    // The stream is open (its first bytes arrived) before the drain starts.
+    sse.until("the stream's start", |raw| !raw.is_empty()).await;
+    let addr = gw.addr;
+    let stopping = tokio::spawn(gw.stop());
+    let events = sse.rest().await;
+    let close = events
+        .iter()
+        .find(|e| e.event == "close")
+        .unwrap_or_else(|| panic!("no close event: {}", sse.raw));
+    assert!(close.data.contains("1001"), "{}", close.data);
+    within("the stop", stopping).await.unwrap();
+    assert!(TcpStream::connect(addr).await.is_err());
+}
