@@ -569,6 +569,12 @@ path = "/tls-only"
 upstream = "u"
 [route.policy]
 require_tls = true
+
+[[route]]
+path = "/no-fallback"
+app = "echo"
+[route.policy]
+fallback = []
 "#;
 
     /// The connection's own protocol (RFC 2817 TLS stands for any): only
@@ -862,6 +868,111 @@ require_tls = true
                 "{version}"
             );
         }
+    }
+
+    fn session(decision: Decision) -> SessionTicket {
+        match decision {
+            Decision::Session(t) => t,
+            other => panic!("expected a session, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn session_requests_are_decided_on_routes_that_serve_websocket() {
+        let d = dispatcher();
+        let none = Registry::new();
+        // Opening takes a slot of the caps; the other requests do not.
+        for (method, target, opens) in [
+            ("POST", "/echo?sw=open", true),
+            ("GET", "/echo?sw=sse", true),
+            ("GET", "/proxied?room=1&sw=open", true),
+            ("GET", "/echo?sw=poll&sid=00&after=0", false),
+            ("POST", "/echo?sw=send&sid=00&seq=1", false),
+            ("GET", "/echo?sw=bogus", false),
+        ] {
+            let t = session(decide(&d, &h1(method, target, &[]), &none, false));
+            assert_eq!(t.permit.is_some(), opens, "{method} {target}");
+        }
+        // An EventSource reconnecting resumes its session: no new slot.
+        let resume = h1("GET", "/echo?sw=sse", &[("last-event-id", "x.y.3")]);
+        assert!(session(decide(&d, &resume, &none, false)).permit.is_none());
+        // The session transports over HTTP/2 too; an extended CONNECT with
+        // `sw` is still a WebSocket.
+        let mut head = extended_connect("/echo?sw=open", HttpVersion::Http2, "websocket");
+        assert!(app_token(&decide(&d, &head, &none, true)).is_some());
+        head.request = Request::builder()
+            .method(Method::POST)
+            .uri("https://localhost/echo?sw=open")
+            .body(())
+            .unwrap();
+        head.connect_protocol = None;
+        assert!(session(decide(&d, &head, &none, true)).permit.is_some());
+        // No WebSocket, or fallback off: the route answers as without `sw`.
+        let r = refusal(decide(&d, &h1("GET", "/line?sw=sse", &[]), &none, false));
+        assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
+        let r = refusal(decide(
+            &d,
+            &h1("GET", "/no-fallback?sw=sse", &[]),
+            &none,
+            false,
+        ));
+        assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
+        assert!(matches!(
+            decide(&d, &h1("GET", "/page?sw=sse", &[]), &none, false),
+            Decision::App(_)
+        ));
+    }
+
+    #[test]
+    fn session_opens_follow_the_route_policy() {
+        let d = dispatcher();
+        let none = Registry::new();
+        let open = |origin: &str| h1("POST", "/guarded?sw=open", &[("origin", origin)]);
+        let r = refusal(decide(&d, &open("https://evil.example"), &none, false));
+        assert_eq!(
+            (r.status, r.reason),
+            (StatusCode::FORBIDDEN, Reason::Origin)
+        );
+        // The origin applies to every request of a session, not only opens.
+        let send = h1(
+            "POST",
+            "/guarded?sw=send&sid=00&seq=1",
+            &[("origin", "https://evil.example")],
+        );
+        assert_eq!(
+            refusal(decide(&d, &send, &none, false)).reason,
+            Reason::Origin
+        );
+        let first = session(decide(&d, &open("https://good.example"), &none, false));
+        let r = refusal(decide(&d, &open("https://good.example"), &none, false));
+        assert_eq!(r.reason, Reason::RouteFull);
+        drop(first);
+        assert!(
+            session(decide(&d, &open("https://good.example"), &none, false))
+                .permit
+                .is_some()
+        );
+        let r = refusal(decide(
+            &d,
+            &h1("POST", "/tls-only?sw=open", &[]),
+            &none,
+            false,
+        ));
+        assert_eq!(r.reason, Reason::TlsRequired);
+    }
+
+    #[test]
+    fn the_client_script_is_served_on_every_host() {
+        let d = dispatcher();
+        let none = Registry::new();
+        for m in ["GET", "HEAD"] {
+            let got = decide(&d, &h1(m, "/.switchyard/client.js", &[]), &none, false);
+            assert!(matches!(got, Decision::ClientScript), "{m}");
+        }
+        assert!(matches!(
+            decide(&d, &h1("POST", "/.switchyard/client.js", &[]), &none, false),
+            Decision::NotFound
+        ));
     }
 
     #[test]

@@ -552,7 +552,7 @@ async fn rfc2817_upgrade_end_to_end() {
     // RFC 2817 §3.3: the original request is answered over TLS...
     let r = read_resp(&mut tls, &mut buf, false).await;
     assert_eq!(r.status(), "HTTP/1.1 200 OK");
-    assert!(String::from_utf8_lossy(&r.body).contains("new WebSocket("));
+    assert!(String::from_utf8_lossy(&r.body).contains("new SwitchyardSocket("));
     // ...then HTTP/1.1 goes on over TLS.
     tls.write_all(b"GET /secure HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
@@ -627,7 +627,7 @@ async fn plaintext_pipelined_after_a_tls_upgrade_request_is_never_served() {
         "nothing else answered: {all}"
     );
     assert!(
-        !all.contains("new WebSocket("),
+        !all.contains("new SwitchyardSocket("),
         "the pipelined request was served: {all}"
     );
     srv.stop().await;

@@ -101,7 +101,7 @@ async fn prior_knowledge_serves_pages_and_advertises_connect_protocol() {
     let mut send = h2_prior_knowledge(srv.addr).await;
     let (status, headers, body) = get(&mut send, Method::GET, "/").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(String::from_utf8_lossy(&body).contains("new WebSocket("));
+    assert!(String::from_utf8_lossy(&body).contains("new SwitchyardSocket("));
     assert_eq!(headers["content-length"], body.len().to_string().as_str());
     let (status, headers, head_body) = get(&mut send, Method::HEAD, "/").await;
     assert_eq!(status, StatusCode::OK);

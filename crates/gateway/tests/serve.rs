@@ -74,7 +74,7 @@ async fn index_page_404_and_405() {
     assert_eq!(status_line(&resp), "HTTP/1.1 200 OK");
     assert!(resp.contains("text/html"), "{resp}");
     assert!(
-        resp.contains("new WebSocket("),
+        resp.contains("new SwitchyardSocket("),
         "the page talks to /echo: {resp}"
     );
     let resp = raw(srv.addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;

@@ -957,6 +957,78 @@ mod tests {
     }
 
     #[test]
+    fn fallback_keys_parse_round_trip_and_are_checked() {
+        let c = parse(&format!(
+            "{PROXIED}[route.policy]\nfallback = [\"poll\"]\nfallback_idle_timeout = \"1m\"\n\
+             fallback_poll_timeout = \"20s\"\nfallback_heartbeat = \"5s\"\n\
+             fallback_stream_duration = \"10s\"\nfallback_stream_bytes = \"64KiB\"\n\
+             fallback_max_body = \"2MiB\"\nfallback_replay_bytes = \"4MiB\"\n"
+        ))
+        .unwrap();
+        let p = &c.routes[0].policy;
+        assert_eq!(p.fallback, vec![switchyard::fallback::Transport::Poll]);
+        assert_eq!(p.fallback_idle_timeout, Duration::from_secs(60));
+        assert_eq!(p.fallback_poll_timeout, Duration::from_secs(20));
+        assert_eq!(p.fallback_heartbeat, Duration::from_secs(5));
+        assert_eq!(p.fallback_stream_duration, Duration::from_secs(10));
+        assert_eq!(p.fallback_stream_bytes, 64 << 10);
+        assert_eq!(p.fallback_max_body, 2 << 20);
+        assert_eq!(p.fallback_replay_bytes, 4 << 20);
+        let written = c.to_toml_string();
+        assert!(written.contains("fallback = [\"poll\"]"), "{written}");
+        assert_eq!(parse(&written).unwrap(), c, "{written}");
+        // Off, and the echo app takes the keys too.
+        let off = parse(&format!("{PROXIED}[route.policy]\nfallback = []\n")).unwrap();
+        assert!(off.routes[0].policy.fallback.is_empty());
+        assert_eq!(parse(&off.to_toml_string()).unwrap(), off);
+        let echo = "[[listener]]\naddress = \"127.0.0.1:8080\"\n[[route]]\npath = \"/e\"\n\
+                    app = \"echo\"\n[route.policy]\nfallback_replay_bytes = \"2MiB\"\n";
+        let echo = parse(echo).unwrap();
+        assert_eq!(echo.routes[0].policy.fallback_replay_bytes, 2 << 20);
+        assert_eq!(parse(&echo.to_toml_string()).unwrap(), echo);
+
+        expect_err(
+            &format!("{PROXIED}[route.policy]\nfallback = [\"sse\", \"sse\"]\n"),
+            12,
+            "route[0].policy.fallback[1]",
+            "listed twice",
+        );
+        expect_err(
+            &format!("{PROXIED}[route.policy]\nfallback = [\"websocket\"]\n"),
+            12,
+            "route[0].policy.fallback[0]",
+            "expected `sse` or `poll`",
+        );
+        expect_err(
+            &format!("{PROXIED}[route.policy]\nfallback_poll_timeout = \"0s\"\n"),
+            12,
+            "route[0].policy.fallback_poll_timeout",
+            "above zero",
+        );
+        expect_err(
+            &format!("{PROXIED}[route.policy]\nfallback_max_body = 0\n"),
+            12,
+            "route[0].policy.fallback_max_body",
+            "from 1",
+        );
+        expect_err(
+            &format!(
+                "{PROXIED}[route.policy]\nallowed_upgrades = [\"lineecho/1\"]\n\
+                 fallback = [\"sse\"]\n"
+            ),
+            13,
+            "route[0].policy.fallback",
+            "serve WebSocket",
+        );
+        expect_err(
+            &format!("{MINIMAL}[route.policy]\nfallback = []\n"),
+            8,
+            "route[0].policy.fallback",
+            "index",
+        );
+    }
+
+    #[test]
     fn load_missing_file() {
         let err = Config::load(Path::new("/nonexistent/switchyard.toml")).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));
