@@ -6,6 +6,7 @@
 //! are answered 426 as behind a proxy that drops `Upgrade`. The scenarios
 //! are listed in the script; it prints one `ok:` line per check.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -30,6 +31,18 @@ async fn switchyard_socket_falls_back_resumes_and_event_source_reads_in_chromium
     let cutter = Arc::new(Cutter::start(gw.addr).await);
     gw.control(cutter.clone());
 
+    let stdout = run_script(cutter.addr, gw.addr, None).await;
+    assert!(
+        cutter.cuts.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "{stdout}"
+    );
+    assert!(gw.ws_attempts() >= 1);
+}
+
+/// Run tests/interop/fallback_chromium.mjs with the page at `page`, the
+/// control endpoints at `control`, in `mode`; its output (the checks), or
+/// the test fails with it.
+pub async fn run_script(page: SocketAddr, control: SocketAddr, mode: Option<&str>) -> String {
     let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
     assert!(
         interop.join("node_modules/playwright-core").is_dir(),
@@ -37,14 +50,15 @@ async fn switchyard_socket_falls_back_resumes_and_event_source_reads_in_chromium
     );
     let mut cmd = Command::new("node");
     cmd.arg(interop.join("fallback_chromium.mjs"))
-        .arg(format!("http://{}", cutter.addr))
-        .arg(format!("http://{}", gw.addr))
+        .arg(format!("http://{page}"))
+        .arg(format!("http://{control}"))
+        .args(mode)
         .current_dir(&interop);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stdout.contains("all checks passed"),
@@ -53,9 +67,5 @@ async fn switchyard_socket_falls_back_resumes_and_event_source_reads_in_chromium
     );
     // The checks, for the test's log.
     println!("{stdout}");
-    assert!(
-        cutter.cuts.load(std::sync::atomic::Ordering::SeqCst) >= 2,
-        "{stdout}"
-    );
-    assert!(gw.ws_attempts() >= 1);
+    stdout
 }

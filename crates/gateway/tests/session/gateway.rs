@@ -21,15 +21,15 @@ use tokio::sync::oneshot;
 use crate::harness::*;
 
 /// A gateway `Server` on 127.0.0.1 port 0, stopped (drained) by `stop`.
-struct Running {
-    addr: SocketAddr,
-    gateway: Arc<Gateway>,
+pub struct Running {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    async fn start(routes: &str) -> Running {
+    pub async fn start(routes: &str) -> Running {
         let toml = format!(
             "[[listener]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"h1\", \"h2\"]\n{routes}"
         );
@@ -49,7 +49,7 @@ impl Running {
         }
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         let _ = self.stop.send(());
         within("the drain", self.task).await.unwrap();
     }

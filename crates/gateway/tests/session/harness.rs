@@ -692,3 +692,71 @@ impl Cutter {
         self.swallow.store(on, Ordering::SeqCst);
     }
 }
+
+// ------------------------------------------------------------- nginx
+
+/// nginx (the Debian package) in the foreground as a reverse proxy to
+/// `backend` WITHOUT the Upgrade headers (the CLI's doctor fixture: it
+/// forwards a WebSocket handshake as a plain HTTP/1.0 GET); killed and its
+/// directory removed on drop. Fails, never skips, without nginx
+/// (scripts/install-test-deps.sh installs it).
+pub struct NginxNoUpgrade {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for NginxNoUpgrade {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl NginxNoUpgrade {
+    pub async fn start(backend: SocketAddr) -> NginxNoUpgrade {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../cli/tests/fixtures/doctor/nginx-no-upgrade.conf");
+        let template = std::fs::read_to_string(fixture).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-session-nginx-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = template
+            .replace("@DIR@", dir.to_str().unwrap())
+            .replace("@PORT@", &port.to_string())
+            .replace("@BACKEND@", &backend.to_string());
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .env("PATH", "/usr/sbin:/usr/local/sbin:/usr/bin:/bin")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("cannot start nginx: run scripts/install-test-deps.sh");
+        let n = NginxNoUpgrade {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+            dir,
+        };
+        within("nginx listening", async {
+            while TcpStream::connect(n.addr).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        n
+    }
+}

@@ -15,4 +15,5 @@ mod client;
 mod engine;
 mod gateway;
 mod harness;
+mod nginx;
 mod python;
