@@ -50,7 +50,8 @@ where
                 return r;
             };
             let limits = accept.limits.clone();
-            echo = EchoBackend::new(accept, limits, stop, app.settings.clone());
+            let s = &app.settings;
+            echo = EchoBackend::new(accept, limits, stop, s.idle_timeout, s.drain_timeout);
             &echo
         }
     };

@@ -15,6 +15,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
@@ -333,15 +334,20 @@ pub struct EchoBackend {
 
 impl EchoBackend {
     /// The echo with the server's handshake settings `accept` (as for its
-    /// WebSocket clients) and the route's idle timeout and drain grace
-    /// (`settings`), stopping on `shutdown`; the session's side of the pipe uses `limits`
+    /// WebSocket clients) and the route's `idle_timeout` and
+    /// `drain_timeout`, stopping on `shutdown`; the session's side of the pipe uses `limits`
     /// (the route's heartbeat and sizes).
     pub fn new(
         accept: Arc<AcceptConfig>,
         limits: Limits,
         shutdown: watch::Receiver<bool>,
-        settings: AppSettings,
+        idle_timeout: Duration,
+        drain_timeout: Duration,
     ) -> Self {
+        let settings = AppSettings {
+            idle_timeout,
+            drain_timeout,
+        };
         EchoBackend {
             accept,
             limits,

@@ -25,7 +25,6 @@ use switchyard::fallback::sse::{SseEvent, SseParser};
 use switchyard::fallback::wire::{Entry, ErrorBody, OpenResponse, PollResponse};
 use switchyard::server::AcceptConfig;
 use switchyard_gateway::admission::{check_origin, ConnectionLimiter};
-use switchyard_gateway::apps::AppSettings;
 use switchyard_gateway::config::{Config, Route, RouteTarget};
 use switchyard_gateway::outcome::Refusal;
 use switchyard_gateway::proxy::{ClientInfo, Metrics, ProxyContext};
@@ -120,10 +119,8 @@ impl Gateway {
             accept.clone(),
             cfg.limits.clone(),
             stopped,
-            AppSettings {
-                drain_timeout: Duration::from_secs(1),
-                ..AppSettings::default()
-            },
+            Duration::from_secs(300),
+            Duration::from_secs(1),
         );
         let sessions = Sessions::in_memory(setup.max_sessions);
         let shared = Arc::new(Shared {
