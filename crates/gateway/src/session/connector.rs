@@ -366,8 +366,11 @@ impl BackendConnector for EchoBackend {
             let settings = self.settings.clone();
             tokio::spawn(async move {
                 if let Ok(ws) = switchyard::server::accept(theirs, &accept).await {
-                    crate::apps::echo::log_end(
+                    // Counted as the session it serves, not as an app
+                    // connection of its own: no `LiveApp`.
+                    crate::apps::echo::record_end(
                         crate::apps::echo::echo(ws, shutdown, settings).await,
+                        None,
                     );
                 }
             });

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::proxy::Direction;
+use crate::metrics::Direction;
 
 type Counter<K> = Mutex<BTreeMap<K, u64>>;
 

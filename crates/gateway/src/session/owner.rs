@@ -24,7 +24,7 @@ use super::connector::BackendStream;
 use super::metrics::SessionMetrics;
 use super::settings::FallbackSettings;
 use super::store::{Pushed, SessionStore, StoreError};
-use crate::proxy::Direction;
+use crate::metrics::Direction;
 
 /// Backend messages ready at once are appended together up to this many
 /// bytes (one store call for a burst).

@@ -78,7 +78,7 @@ async fn the_library_client_exchanges_1000_messages_each_way_over_sse_and_poll()
         close(s).await;
     }
     let m = gw.sessions.metrics();
-    use switchyard_gateway::proxy::Direction;
+    use switchyard_gateway::metrics::Direction;
     eventually("both sessions ended", || {
         m.session_ends("/echo", "client_closed") == 2
     })

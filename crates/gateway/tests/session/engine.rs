@@ -629,7 +629,10 @@ async fn a_client_close_reaches_the_backend_and_its_reply_ends_the_session() {
     })
     .await;
     assert_eq!(
-        m.messages(ECHO, switchyard_gateway::proxy::Direction::ClientToUpstream),
+        m.messages(
+            ECHO,
+            switchyard_gateway::metrics::Direction::ClientToUpstream
+        ),
         1
     );
 }

@@ -13,7 +13,7 @@ use switchyard::fallback::sse::SseParser;
 use switchyard::fallback::{FallbackBuilder, Transport};
 use switchyard::{CloseCode, Message};
 use switchyard_gateway::config::Config;
-use switchyard_gateway::proxy::Direction;
+use switchyard_gateway::metrics::Direction;
 use switchyard_gateway::{Gateway, Server};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;

@@ -26,8 +26,9 @@ use switchyard::fallback::wire::{Entry, ErrorBody, OpenResponse, PollResponse};
 use switchyard::server::AcceptConfig;
 use switchyard_gateway::admission::{check_origin, ConnectionLimiter};
 use switchyard_gateway::config::{Config, Route, RouteTarget};
+use switchyard_gateway::metrics::Metrics;
 use switchyard_gateway::outcome::Refusal;
-use switchyard_gateway::proxy::{ClientInfo, Metrics, ProxyContext};
+use switchyard_gateway::proxy::{ClientInfo, ProxyContext};
 use switchyard_gateway::session::{
     Admission, BackendConnector, EchoBackend, FallbackSettings, ProxiedBackend, SessionBody,
     SessionCall, Sessions, CLIENT_JS,
