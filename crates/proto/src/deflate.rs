@@ -32,7 +32,7 @@
 //! reused: `compress` and `decompress` write straight into the caller's
 //! `BytesMut`. The inflater writes 16 KiB at a time into an output that is
 //! never given room past the message size limit
-//! ([`crate::message::reserve_message`]), so a bomb costs at most the limit.
+//! (`message::reserve_message`), so a bomb costs at most the limit.
 
 use bytes::BytesMut;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};

@@ -1,5 +1,5 @@
 //! Messages as the application sees them, and the buffer a received message
-//! is assembled in ([`reserve_message`]).
+//! is assembled in (`reserve_message`).
 
 use bytes::{Bytes, BytesMut};
 
