@@ -371,10 +371,8 @@ fn route_entry(route: &Route, cfg: &Config, ctx: &Arc<ProxyContext>) -> RouteEnt
                     limits.max_message_size = m;
                     limits.max_frame_size = limits.max_frame_size.min(m.max(125));
                 }
-                if policy.ping_interval.is_some() {
-                    limits.ping_interval = policy.ping_interval;
-                    limits.pong_timeout = policy.pong_timeout;
-                }
+                limits.ping_interval = policy.ping_interval;
+                limits.pong_timeout = policy.pong_timeout;
                 let mut accept = AcceptConfig::default();
                 accept.limits = limits;
                 accept.handshake.deflate = Some(Default::default());
@@ -432,7 +430,8 @@ mod tests {
     async fn app_routes_carry_their_policy() {
         let gw = Gateway::new(
             cfg(&format!(
-                "{BASE}[route.policy]\nmax_message_size = \"1KiB\"\nping_interval = \"3s\"\n\
+                "[limits]\nmax_write_buffer = \"64KiB\"\nclose_timeout = \"2s\"\n\
+                 {BASE}[route.policy]\nmax_message_size = \"1KiB\"\nping_interval = \"3s\"\n\
                  pong_timeout = \"2s\"\nidle_timeout = \"9s\"\ndrain_timeout = \"4s\"\n"
             )),
             None,
@@ -445,6 +444,9 @@ mod tests {
         assert_eq!(ws.limits.max_frame_size, 1024);
         assert_eq!(ws.limits.ping_interval, Some(Duration::from_secs(3)));
         assert_eq!(ws.limits.pong_timeout, Duration::from_secs(2));
+        // What the policy does not set comes from [limits].
+        assert_eq!(ws.limits.max_write_buffer, 64 << 10);
+        assert_eq!(ws.limits.close_timeout, Duration::from_secs(2));
         assert_eq!(app.settings.idle_timeout, Duration::from_secs(9));
         assert_eq!(app.settings.drain_timeout, Duration::from_secs(4));
         assert!(app.handlers.speaks("websocket"));

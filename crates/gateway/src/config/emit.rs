@@ -188,7 +188,6 @@ impl Config {
                         "ping_interval",
                         p.ping_interval.map_or_else(|| string("off"), duration),
                     ),
-                    ("pong_timeout", duration(p.pong_timeout)),
                     ("drain_timeout", duration(p.drain_timeout)),
                     ("preserve_host", Value::Boolean(p.preserve_host)),
                     ("tunnel", string(p.tunnel.as_str())),
@@ -218,6 +217,10 @@ impl Config {
                 }
                 if let Some(n) = p.max_message_size {
                     policy.push(("max_message_size", size(n)));
+                }
+                if p.ping_interval.is_some() {
+                    // Without a heartbeat the key would have no effect.
+                    policy.push(("pong_timeout", duration(p.pong_timeout)));
                 }
                 if !p.upgrade_allowed("websocket") {
                     // Fallback sessions need a route that serves WebSocket.

@@ -317,6 +317,75 @@ mod tests {
     }
 
     #[test]
+    fn route_heartbeat_inherits_limits_key_by_key() {
+        let route = |policy: &str| {
+            format!(
+                "[limits]\nping_interval = \"40s\"\npong_timeout = \"7s\"\n\n{}",
+                PROXIED.replace("upstream = \"u\"", &format!("upstream = \"u\"\n{policy}"))
+            )
+        };
+        let p = parse(&route("")).unwrap().routes[0].policy.clone();
+        assert_eq!(p.ping_interval, Some(Duration::from_secs(40)));
+        assert_eq!(p.pong_timeout, Duration::from_secs(7));
+        let p = parse(&route("policy = { pong_timeout = \"3s\" }"))
+            .unwrap()
+            .routes[0]
+            .policy
+            .clone();
+        assert_eq!(p.ping_interval, Some(Duration::from_secs(40)));
+        assert_eq!(p.pong_timeout, Duration::from_secs(3));
+        let p = parse(&route("policy = { ping_interval = \"9s\" }"))
+            .unwrap()
+            .routes[0]
+            .policy
+            .clone();
+        assert_eq!(p.ping_interval, Some(Duration::from_secs(9)));
+        assert_eq!(p.pong_timeout, Duration::from_secs(7));
+        // "off" on the route turns the heartbeat of [limits] off.
+        let p = parse(&route("policy = { ping_interval = \"off\" }"))
+            .unwrap()
+            .routes[0]
+            .policy
+            .clone();
+        assert_eq!(p.ping_interval, None);
+    }
+
+    #[test]
+    fn pong_timeout_without_a_heartbeat_is_refused() {
+        let text = PROXIED.replace(
+            "upstream = \"u\"",
+            "upstream = \"u\"\npolicy = { pong_timeout = \"5s\" }",
+        );
+        expect_err(
+            &text,
+            11,
+            "route[0].policy.pong_timeout",
+            "applies only with a heartbeat, and this route has none",
+        );
+        let off = PROXIED.replace(
+            "upstream = \"u\"",
+            "upstream = \"u\"\npolicy = { ping_interval = \"off\", pong_timeout = \"5s\" }",
+        );
+        let text = format!("[limits]\nping_interval = \"30s\"\n\n{off}");
+        expect_err(
+            &text,
+            14,
+            "route[0].policy.pong_timeout",
+            "set ping_interval on the route or in [limits]",
+        );
+        // The same route with a heartbeat in [limits] is accepted.
+        let text = format!(
+            "[limits]\nping_interval = \"30s\"\n\n{}",
+            text.split("\n\n").skip(1).collect::<Vec<_>>().join("\n\n")
+        )
+        .replace("ping_interval = \"off\", ", "");
+        assert_eq!(
+            parse(&text).unwrap().routes[0].policy.pong_timeout,
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
     fn unknown_keys_at_every_level() {
         expect_err(
             &format!("colour = 1\n{MINIMAL}"),

@@ -412,8 +412,8 @@ impl Route {
 /// | `require_upgrade` | `false` | answer 426 Upgrade Required to requests that do not ask for an allowed upgrade. |
 /// | `require_tls` | `false` | serve only over TLS: a cleartext request gets 426 `Upgrade: TLS/1.3, HTTP/1.1` where the listener offers RFC 2817, 403 elsewhere. |
 /// | `idle_timeout` | `"5m"` | close a tunnel when neither side sent anything for this long. Long enough for applications that heartbeat every 30-60 s, short enough to reclaim half-open connections. |
-/// | `ping_interval` | `[limits].ping_interval` | ping each side after this long without a frame from it. |
-/// | `pong_timeout` | `[limits].pong_timeout` | close a side that did not answer a ping within this (with `ping_interval`). |
+/// | `ping_interval` | `[limits].ping_interval` | ping each side after this long without a frame from it; `"off"` turns a `[limits]` heartbeat off for the route. |
+/// | `pong_timeout` | `[limits].pong_timeout` | close a side that did not answer a ping within this; refused on a route without a heartbeat (neither its own `ping_interval` nor one in `[limits]`). |
 /// | `drain_timeout` | `"10s"` | on shutdown, how long connections get after the 1001 close before they are cut. |
 /// | `preserve_host` | `true` | send the client's `Host` upstream; `false` sends the backend's host and port. |
 /// | `tunnel` | `"auto"` | `"transparent"` (bytes copied), `"frames"` (WebSocket messages relayed: heartbeats, limits, message metrics) or `"auto"`: frames when `ping_interval` or `max_message_size` is set, else transparent. Tokens other than websocket are always transparent. |

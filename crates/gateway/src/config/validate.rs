@@ -139,7 +139,7 @@ impl Config {
 
         for (i, route) in self.routes.iter_mut().enumerate() {
             let p = [key("route"), Seg::Index(i)];
-            validate_route(route, &p, r)?;
+            validate_route(route, &self.limits, &p, r)?;
             if let Some(name) = &route.upstream {
                 if !self.upstreams.iter().any(|u| &u.name == name) {
                     let known: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
@@ -365,7 +365,12 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn validate_route(route: &mut Route, p: &[Seg], r: &Reporter<'_>) -> Result<(), ConfigError> {
+fn validate_route(
+    route: &mut Route,
+    limits: &Limits,
+    p: &[Seg],
+    r: &Reporter<'_>,
+) -> Result<(), ConfigError> {
     match (&route.upstream, &route.app) {
         (Some(_), Some(_)) => {
             return Err(r.err(
@@ -487,6 +492,33 @@ fn validate_route(route: &mut Route, p: &[Seg], r: &Reporter<'_>) -> Result<(), 
     validate_fallback(pol, &pp, r)?;
     if let Some(app) = route.app {
         validate_app_policy(&mut route.policy, app, &pp, r)?;
+    }
+    inherit_heartbeat(&mut route.policy, limits, &pp, r)
+}
+
+/// The route's heartbeat is the one of `[limits]` for each key the route
+/// does not set, so that the policy holds what runs (`ping_interval =
+/// "off"` on a route turns a `[limits]` heartbeat off). A route's
+/// `pong_timeout` without any heartbeat would be accepted and ignored:
+/// refused.
+fn inherit_heartbeat(
+    pol: &mut Policy,
+    limits: &Limits,
+    pp: &[Seg],
+    r: &Reporter<'_>,
+) -> Result<(), ConfigError> {
+    let pong = at(pp, &[key("pong_timeout")]);
+    if !r.has(&at(pp, &[key("ping_interval")])) {
+        pol.ping_interval = limits.ping_interval;
+    }
+    if !r.has(&pong) {
+        pol.pong_timeout = limits.pong_timeout;
+    } else if pol.ping_interval.is_none() {
+        return Err(r.err(
+            &pong,
+            "pong_timeout applies only with a heartbeat, and this route has none: set \
+             ping_interval on the route or in [limits], or remove the key",
+        ));
     }
     Ok(())
 }

@@ -150,13 +150,11 @@ mod tests {
             assert_eq!(l.pong_timeout, Duration::from_secs(2));
         }
         assert_eq!(c.idle_timeout, Duration::from_secs(9));
-        // Without a heartbeat of its own the route keeps the one of [limits].
-        let limits = Limits::default()
-            .ping_interval(Some(Duration::from_secs(7)))
-            .pong_timeout(Duration::from_secs(4));
+        // A route without a heartbeat has none, even when [limits] has one
+        // (validation copies [limits] into routes that do not set theirs).
+        let limits = Limits::default().ping_interval(Some(Duration::from_secs(7)));
         let c = frame_aware_config(&Policy::default(), &limits);
-        assert_eq!(c.client_limits.ping_interval, Some(Duration::from_secs(7)));
-        assert_eq!(c.client_limits.pong_timeout, Duration::from_secs(4));
+        assert_eq!(c.client_limits.ping_interval, None);
     }
 
     #[test]
@@ -297,12 +295,10 @@ pub fn frame_aware_config(policy: &Policy, limits: &Limits) -> FrameAwareConfig 
         l.max_message_size = m;
         l.max_frame_size = l.max_frame_size.min(m.max(125));
     }
-    // The route's heartbeat replaces the one of `[limits]`; without one,
-    // `[limits]` applies, as it does on app routes.
-    if policy.ping_interval.is_some() {
-        l.ping_interval = policy.ping_interval;
-        l.pong_timeout = policy.pong_timeout;
-    }
+    // Validation gave the policy the heartbeat of `[limits]` where the
+    // route sets none.
+    l.ping_interval = policy.ping_interval;
+    l.pong_timeout = policy.pong_timeout;
     // One allocation shared by both sides and by the route's other tunnels.
     let l = tunnel::shared_limits(l);
     FrameAwareConfig {
