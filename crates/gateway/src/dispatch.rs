@@ -473,10 +473,29 @@ fn speaks(entry: &RouteEntry) -> Vec<String> {
 }
 
 /// 426 listing the route's tokens, or 405 for a method that can never
-/// switch (only GET upgrades over HTTP/1.1).
+/// switch (only GET upgrades over HTTP/1.1). HTTP/2 and HTTP/3 have no
+/// `Upgrade` (RFC 9113 8.2.2) and so no 426: 400 naming the extended
+/// CONNECT that opens a WebSocket there.
 fn upgrade_required(entry: &RouteEntry, head: &RequestHead) -> Refusal {
     let tokens = speaks(entry);
-    if head.protocol == HttpVersion::Http1 && head.request.method() != Method::GET {
+    if head.protocol != HttpVersion::Http1 {
+        let rfc = if head.protocol == HttpVersion::Http2 {
+            "RFC 8441"
+        } else {
+            "RFC 9220"
+        };
+        return Refusal::new(
+            StatusCode::BAD_REQUEST,
+            Reason::UpgradeRequired,
+            format!(
+                "this resource speaks {} only; over {} that is an extended CONNECT \
+                 (:method CONNECT, :protocol websocket, {rfc})",
+                tokens.join(" or "),
+                head.protocol
+            ),
+        );
+    }
+    if head.request.method() != Method::GET {
         return Refusal::new(
             StatusCode::METHOD_NOT_ALLOWED,
             Reason::UpgradeRequired,

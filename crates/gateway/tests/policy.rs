@@ -496,7 +496,7 @@ async fn require_upgrade_refuses_plain_requests_and_upgrades_work() {
             let p = path(kind, "upgrade", proto);
             if proto != Proto::H3 {
                 // Over HTTP/2 there is no Upgrade header to name in a 426:
-                // 400 says to use an extended CONNECT (see front/h2.rs).
+                // 400 says to use an extended CONNECT (see dispatch.rs).
                 let want = match proto {
                     Proto::H1 => StatusCode::UPGRADE_REQUIRED,
                     _ => StatusCode::BAD_REQUEST,
@@ -504,6 +504,10 @@ async fn require_upgrade_refuses_plain_requests_and_upgrades_work() {
                 let before = gw.refused("upgrade_required");
                 assert_eq!(plain_get(&gw, proto, &p).await, want, "{p}");
                 gw.assert_recorded(&p, "upgrade_required", proto, before);
+                // The log says what was sent.
+                let status = format!("status={}", want.as_u16());
+                let logged = gw.logs.refusals(&p);
+                assert!(logged.iter().any(|l| l.contains(&status)), "{logged:#?}");
             }
             let mut ws = gw.open(proto, &p, None).await.unwrap();
             ws.roundtrip("upgraded").await;
@@ -586,6 +590,13 @@ async fn idle_timeout_closes_a_quiet_connection_with_1001() {
 /// Open a WebSocket on `path` and never answer anything (no pong, no
 /// close reply): every byte the gateway sends until it ends the stream.
 async fn deaf_client(gw: &Gw, proto: Proto, path: &str) -> Vec<u8> {
+    raw_client(gw, proto, path, &[]).await
+}
+
+/// A client that opens a WebSocket on `path`, writes `frames` (already
+/// masked) as they are, never answers anything and returns what the
+/// gateway sent after the handshake until it closed the connection.
+async fn raw_client(gw: &Gw, proto: Proto, path: &str, frames: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let read_all = async {
         match proto {
@@ -597,6 +608,7 @@ async fn deaf_client(gw: &Gw, proto: Proto, path: &str) -> Vec<u8> {
                      Sec-WebSocket-Version: 13\r\n\r\n"
                 );
                 s.write_all(req.as_bytes()).await.unwrap();
+                s.write_all(frames).await.unwrap();
                 let _ = s.read_to_end(&mut out).await;
                 let head = out
                     .windows(4)
@@ -617,9 +629,14 @@ async fn deaf_client(gw: &Gw, proto: Proto, path: &str) -> Vec<u8> {
                     .extension(h2::ext::Protocol::from("websocket"))
                     .body(())
                     .unwrap();
-                let (resp, _keep_open) = h2.send_request(req, false).unwrap();
+                let (resp, mut keep_open) = h2.send_request(req, false).unwrap();
                 let resp = resp.await.unwrap();
                 assert_eq!(resp.status(), StatusCode::OK, "{path}");
+                if !frames.is_empty() {
+                    keep_open
+                        .send_data(bytes::Bytes::copy_from_slice(frames), false)
+                        .unwrap();
+                }
                 let mut body = resp.into_body();
                 while let Some(Ok(chunk)) = body.data().await {
                     let _ = body.flow_control().release_capacity(chunk.len());
@@ -637,6 +654,7 @@ async fn deaf_client(gw: &Gw, proto: Proto, path: &str) -> Vec<u8> {
                     .extended_connect("websocket", path, &headers)
                     .await
                     .unwrap();
+                stream.write_all(frames).await.unwrap();
                 let _ = stream.read_to_end(&mut out).await;
             }
         }
@@ -757,6 +775,60 @@ async fn the_limits_heartbeat_applies_to_app_and_proxied_routes() {
             let close = got.iter().find(|(op, _)| *op == 0x8);
             let code = close.map(|(_, payload)| u16::from_be_bytes([payload[0], payload[1]]));
             assert_eq!(code, Some(1011), "{p}: {got:?}");
+        }
+    }
+    gw.stop().await;
+}
+
+/// A masked client frame (the mask is zeros, so the payload reads as is).
+fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n @ 0..=125 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The close code of the gateway's close frame in `bytes`.
+fn close_code_in(bytes: &[u8]) -> Option<u16> {
+    frames(bytes)
+        .into_iter()
+        .find(|(op, _)| *op == 0x8)
+        .map(|(_, payload)| u16::from_be_bytes([payload[0], payload[1]]))
+}
+
+#[tokio::test]
+async fn limits_frame_keys_apply_where_the_gateway_reads_frames() {
+    // App routes and frame-aware tunnels read the client's frames, so
+    // [limits] applies there (a transparent tunnel leaves them to the
+    // backend). close_timeout: the clients never answer the gateway's
+    // close, so each connection ends only when the gateway gives up
+    // waiting: far sooner than the default 5 s would allow within the
+    // guard below.
+    let extra = "[limits]\nmax_frame_size = \"1KiB\"\nmax_fragments = 3\n\
+                 close_timeout = \"200ms\"\n\
+                 [[route]]\npath = \"/proxy/frames\"\nupstream = \"back\"\n\
+                 [route.policy]\ntunnel = \"frames\"\n";
+    let gw = Gw::start_with(&[("plain", "")], extra).await;
+    let big = client_frame(true, 0x2, &[7; 2000]);
+    let mut fragmented = client_frame(false, 0x1, b"a");
+    for fin in [false, false, true] {
+        fragmented.extend(client_frame(fin, 0x0, b"b"));
+    }
+    for proto in PROTOS {
+        for p in [path(Kind::App, "plain", proto), "/proxy/frames".into()] {
+            for (frames, code) in [(&big, 1009), (&fragmented, 1008)] {
+                let got = tokio::time::timeout(GUARD / 4, raw_client(&gw, proto, &p, frames))
+                    .await
+                    .unwrap_or_else(|_| panic!("{p}: the gateway waited past close_timeout"));
+                assert_eq!(close_code_in(&got), Some(code), "{p} {proto:?}: {got:?}");
+            }
         }
     }
     gw.stop().await;

@@ -49,7 +49,7 @@ use crate::dispatch::RequestHead;
 use crate::dispatch::{AppTicket, Decision, ProxyTicket};
 use crate::io::{Prefixed, ServerIo};
 use crate::metrics::Transport;
-use crate::outcome::{Reason, Refusal};
+use crate::outcome::Refusal;
 use crate::proxy::{self, ClientInfo, ProxiedConnect};
 use crate::session::{self, SessionBody};
 use crate::tracking::Counting;
@@ -192,14 +192,6 @@ fn respond(
     }
     Answer::Now(match decision {
         Decision::NotFound => text(StatusCode::NOT_FOUND, not_found_body(head.path())),
-        Decision::Refuse(r) if r.reason == Reason::UpgradeRequired => text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{}; over HTTP/2 that is an extended CONNECT (:method CONNECT, :protocol \
-                 websocket, RFC 8441)\n",
-                r.detail
-            ),
-        ),
         Decision::Refuse(r) => refusal(&r),
         Decision::App(ticket) => app(&mut req, ticket, front, peer, ctx),
         Decision::Proxy(ticket) => {

@@ -36,7 +36,7 @@ use crate::apps::echo;
 use crate::dispatch::RequestHead;
 use crate::dispatch::{AppTicket, Decision, ProxyTicket};
 use crate::metrics::Transport;
-use crate::outcome::{Reason, Refusal};
+use crate::outcome::Refusal;
 use crate::proxy::{self, ClientInfo, ProxiedConnect};
 use crate::tracking::Counting;
 use crate::upgrade::websocket::handshake_refusal;
@@ -127,9 +127,6 @@ fn take(
             let _alive = ctx.alive.clone();
             match decision {
                 Decision::NotFound => refuse(pending, StatusCode::NOT_FOUND).await,
-                Decision::Refuse(r) if r.reason == Reason::UpgradeRequired => {
-                    refuse(pending, StatusCode::BAD_REQUEST).await
-                }
                 Decision::Refuse(r) => {
                     let _ = pending.respond(r.to_response()).await;
                 }
