@@ -375,6 +375,63 @@ async fn echo_through_frame_aware_tunnel_with_deflate() {
     assert_eq!(p.ctx.metrics.messages("r", Direction::ClientToUpstream), 10);
 }
 
+/// Messages and a close frame in one write, before any echo came back:
+/// every echo reaches the client, in order, before the close reply, which
+/// carries the client's code (nothing in flight is dropped by the close).
+async fn in_flight_echoes_arrive_before_the_close_reply(policy: Policy) -> TunnelEnd {
+    let echo = echo_upstream().await;
+    let mut p = proxy(group(&[echo], Balance::RoundRobin, 0, 3), route(policy)).await;
+    let mut bytes = upgrade_request("").into_bytes();
+    const N: usize = 200;
+    for i in 0..N {
+        bytes.extend(client_frame(Message::text(format!("message {i}"))));
+    }
+    bytes.extend(client_frame(Message::Close(Some(
+        switchyard::CloseFrame::new(CloseCode(4000), "done"),
+    ))));
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("proxy did not close")
+        .unwrap();
+    let head = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(out.starts_with(b"HTTP/1.1 101 "));
+    drop(s);
+    let mut c = Connection::new(Role::Client, Limits::default());
+    c.receive(&out[head..]);
+    let mut got = Vec::new();
+    while let Some(m) = c.poll_message().unwrap() {
+        got.push(m);
+    }
+    let mut want: Vec<Message> = (0..N)
+        .map(|i| Message::text(format!("message {i}")))
+        .collect();
+    want.push(Message::Close(Some(switchyard::CloseFrame::new(
+        CloseCode(4000),
+        "",
+    ))));
+    assert_eq!(got, want);
+    let out = p.outcome().await;
+    let OutcomeKind::Tunneled(report) = out.kind else {
+        panic!("{out:?}")
+    };
+    report.end
+}
+
+#[tokio::test]
+async fn frame_aware_tunnel_delivers_in_flight_echoes_before_the_close_reply() {
+    let end = in_flight_echoes_arrive_before_the_close_reply(frame_policy()).await;
+    assert_eq!(end, TunnelEnd::ClientClosed(Some(4000)));
+}
+
+#[tokio::test]
+async fn transparent_tunnel_delivers_in_flight_echoes_before_the_close_reply() {
+    let end = in_flight_echoes_arrive_before_the_close_reply(Policy::default()).await;
+    assert_eq!(end, TunnelEnd::Finished);
+}
+
 #[tokio::test]
 async fn frame_aware_message_limit_closes_with_1009() {
     let echo = echo_upstream().await;

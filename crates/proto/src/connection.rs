@@ -6,7 +6,8 @@
 //! [`Connection::output`] to the transport and report progress with
 //! [`Connection::advance_output`].
 //!
-//! Pongs and the closing reply are queued automatically. A protocol violation
+//! Pongs and the closing reply are queued automatically (an intermediary may
+//! defer the reply: [`Connection::defer_close_reply`]). A protocol violation
 //! returns [`ProtocolError`] once, after queueing a close frame with its code;
 //! the caller then flushes the output and closes the transport.
 //!
@@ -74,6 +75,10 @@ pub enum State {
     Open,
     /// We sent a close frame and wait for the peer's.
     CloseSent,
+    /// The peer's close frame arrived and our reply waits for the
+    /// application (see [`Connection::defer_close_reply`]): data may still be
+    /// sent; our close frame completes the handshake.
+    CloseReceived,
     /// Both close frames were exchanged (the handshake is complete). A server
     /// now closes the transport; a client waits for the server to do so.
     Closed,
@@ -167,6 +172,8 @@ pub struct Connection {
     /// We started a fragmented message with `send_fragment`.
     sending_fragmented: bool,
     vectored: bool,
+    /// See [`Connection::defer_close_reply`].
+    defer_close_reply: bool,
 }
 
 /// State that most connections never need.
@@ -223,6 +230,7 @@ impl Connection {
             state: State::Open,
             sending_fragmented: false,
             vectored: false,
+            defer_close_reply: false,
         }
     }
 
@@ -261,6 +269,30 @@ impl Connection {
         self.vectored = true;
     }
 
+    /// Do not answer the peer's close frame automatically: when it arrives
+    /// the state becomes [`State::CloseReceived`], data messages may still be
+    /// sent, and our own close ([`Connection::send`] of a `Message::Close`,
+    /// or [`Connection::close`]) completes the handshake. For intermediaries
+    /// that pass the close on and answer with the other peer's reply, so
+    /// that messages still on their way to this peer are delivered before
+    /// it.
+    pub fn defer_close_reply(&mut self) {
+        self.defer_close_reply = true;
+    }
+
+    /// Whether input is over: the peer's close arrived or we failed.
+    fn input_ended(&self) -> bool {
+        matches!(
+            self.state,
+            State::Closed | State::Failed | State::CloseReceived
+        )
+    }
+
+    /// Whether data and control frames may still be queued.
+    fn may_send(&self) -> bool {
+        matches!(self.state, State::Open | State::CloseReceived)
+    }
+
     fn has_deflate(&self) -> bool {
         self.cold.as_ref().is_some_and(|c| c.deflate.is_some())
     }
@@ -288,11 +320,11 @@ impl Connection {
     /// capacity (e.g. `tokio::io::AsyncReadExt::read_buf`). Bytes already in it
     /// are kept across calls (this is what makes reads cancel-safe).
     ///
-    /// Once the connection is `Closed` or `Failed`, whatever is in it is
-    /// garbage and is dropped here, so a peer that keeps sending cannot make
-    /// it grow.
+    /// Once the peer's close arrived or the connection failed, whatever is in
+    /// it is garbage and is dropped here, so a peer that keeps sending cannot
+    /// make it grow.
     pub fn read_buf(&mut self) -> &mut BytesMut {
-        if matches!(self.state, State::Closed | State::Failed) {
+        if self.input_ended() {
             self.read.clear();
         }
         &mut self.read
@@ -313,9 +345,9 @@ impl Connection {
     }
 
     /// Append received bytes (for callers that do not read into `read_buf`).
-    /// Ignored once the connection is `Closed` or `Failed`.
+    /// Ignored once the peer's close arrived or the connection failed.
     pub fn receive(&mut self, data: &[u8]) {
-        if matches!(self.state, State::Closed | State::Failed) {
+        if self.input_ended() {
             return;
         }
         self.read_buf().extend_from_slice(data);
@@ -324,7 +356,7 @@ impl Connection {
     /// The next received message, `Ok(None)` when more bytes are needed.
     /// After a `Close` or an error, it returns `Ok(None)` forever.
     pub fn poll_message(&mut self) -> Result<Option<Message>, ProtocolError> {
-        if matches!(self.state, State::Closed | State::Failed) {
+        if self.input_ended() {
             self.discard_input();
             return Ok(None);
         }
@@ -352,6 +384,11 @@ impl Connection {
     pub fn receive_eof(&mut self) -> Result<(), ProtocolError> {
         match self.state {
             State::Closed | State::Failed => Ok(()),
+            // The peer closed cleanly and left before our reply.
+            State::CloseReceived => {
+                self.state = State::Closed;
+                Ok(())
+            }
             State::Open | State::CloseSent => {
                 self.state = State::Failed;
                 self.discard_input();
@@ -386,7 +423,7 @@ impl Connection {
         payload: &[u8],
         fin: bool,
     ) -> Result<(), SendError> {
-        if self.state != State::Open {
+        if !self.may_send() {
             return Err(SendError::Closed);
         }
         match opcode {
@@ -475,7 +512,7 @@ impl Connection {
         match self.state {
             State::Failed => true,
             State::Closed => self.role == Role::Server,
-            State::Open | State::CloseSent => false,
+            State::Open | State::CloseSent | State::CloseReceived => false,
         }
     }
 
@@ -485,12 +522,21 @@ impl Connection {
     /// A code that may not be sent (e.g. 1005, 1006) sends a close frame
     /// without a payload.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
-        if self.state != State::Open {
+        if !self.may_send() {
             return;
         }
         let frame = code.is_sendable().then(|| CloseFrame::new(code, reason));
         self.queue_close(frame.as_ref());
-        self.state = State::CloseSent;
+        self.state = self.after_our_close();
+    }
+
+    /// The state once our close frame is queued.
+    fn after_our_close(&self) -> State {
+        if self.state == State::CloseReceived {
+            State::Closed
+        } else {
+            State::CloseSent
+        }
     }
 
     /// Feed bytes that arrived but are not yet parsed (e.g. leftovers after the
@@ -693,12 +739,16 @@ impl Connection {
                 ))
             }
         };
-        if self.state == State::Open {
-            // Echo the status code (RFC 6455 §5.5.1), without the reason.
-            let echo = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
-            self.queue_close(echo.as_ref());
+        if self.state == State::Open && self.defer_close_reply {
+            self.state = State::CloseReceived;
+        } else {
+            if self.state == State::Open {
+                // Echo the status code (RFC 6455 §5.5.1), without the reason.
+                let echo = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
+                self.queue_close(echo.as_ref());
+            }
+            self.state = State::Closed;
         }
-        self.state = State::Closed;
         if frame.is_some() || self.cold.is_some() {
             cold(&mut self.cold).peer_close = frame.clone();
         }
@@ -876,7 +926,7 @@ impl Connection {
     }
 
     fn send_data(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), SendError> {
-        if self.state != State::Open {
+        if !self.may_send() {
             return Err(SendError::Closed);
         }
         if self.sending_fragmented {
@@ -932,7 +982,7 @@ impl Connection {
     }
 
     fn send_control(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
-        if self.state != State::Open {
+        if !self.may_send() {
             return Err(SendError::Closed);
         }
         if payload.len() > 125 {
@@ -949,9 +999,9 @@ impl Connection {
                 return Err(SendError::BadCloseCode(f.code.0));
             }
         }
-        if self.state == State::Open {
+        if self.may_send() {
             self.queue_close(frame.as_ref());
-            self.state = State::CloseSent;
+            self.state = self.after_our_close();
         }
         // CloseSent / Failed: ours is already queued. Closed: the reply to
         // the peer's close was queued automatically.
@@ -1393,6 +1443,53 @@ mod tests {
             &cf(0x88, &[0x03, 0xe8, 0xce, 0xba, 0xff]),
             CloseCode::INVALID_PAYLOAD,
         );
+    }
+
+    #[test]
+    fn a_deferred_close_reply_lets_data_out_before_it() {
+        let mut c = server();
+        c.defer_close_reply();
+        let mut b = cf(0x88, &[0x0b, 0xb8, b'b', b'y', b'e']); // 3000 "bye"
+        b.extend(cf(0x81, b"ignored"));
+        c.receive(&b);
+        assert_eq!(
+            c.poll_message().unwrap(),
+            Some(Message::Close(Some(CloseFrame::new(
+                CloseCode(3000),
+                "bye"
+            ))))
+        );
+        assert_eq!(c.state(), State::CloseReceived);
+        // No automatic reply; input after the close is dropped.
+        assert_eq!(c.output(), b"");
+        assert_eq!(c.poll_message(), Ok(None));
+        assert!(!c.wants_close_transport());
+        // Data still goes out, then our close completes the handshake.
+        c.send(Message::text("late")).unwrap();
+        c.send(Message::Close(Some(CloseFrame::new(CloseCode(4000), ""))))
+            .unwrap();
+        assert_eq!(c.state(), State::Closed);
+        assert!(c.wants_close_transport());
+        let mut want = vec![0x81, 0x04];
+        want.extend_from_slice(b"late");
+        want.extend_from_slice(&[0x88, 0x02, 0x0f, 0xa0]);
+        assert_eq!(c.output(), &want[..]);
+        assert_eq!(c.send(Message::text("after")), Err(SendError::Closed));
+
+        // close() answers too; a peer that leaves before our reply closed
+        // cleanly.
+        let mut c = server();
+        c.defer_close_reply();
+        c.receive(&cf(0x88, &[0x03, 0xe8]));
+        c.poll_message().unwrap();
+        c.close(CloseCode::GOING_AWAY, "");
+        assert_eq!(c.state(), State::Closed);
+        let mut c = server();
+        c.defer_close_reply();
+        c.receive(&cf(0x88, b""));
+        c.poll_message().unwrap();
+        assert_eq!(c.receive_eof(), Ok(()));
+        assert_eq!(c.state(), State::Closed);
     }
 
     #[test]

@@ -441,8 +441,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     if let Message::Close(_) = msg {
                         // The reply is queued (or the handshake completed).
                         // Send it now, without waiting, in case the caller
-                        // stops polling after the close.
-                        self.begin_ending(None);
+                        // stops polling after the close. A deferred reply
+                        // is the caller's to send.
+                        if self.conn.state() != State::CloseReceived {
+                            self.begin_ending(None);
+                        }
                         let _ = self.poll_ending(cx, wcx);
                     } else if matches!(msg, Message::Ping(_)) && self.conn.output_len() > 0 {
                         if let Poll::Ready(Err(e)) = self.poll_flush_output(wcx) {
@@ -537,17 +540,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         let closing = matches!(msg, Message::Close(_));
         self.conn.send(msg)?;
         if closing {
-            self.arm_close_deadline();
+            self.closing_sent();
         }
         Ok(())
     }
 
-    /// Queue our close frame (if the connection is still open).
+    /// Our close frame was queued: wait for the peer's, or, when it was the
+    /// deferred reply to the peer's, end the connection.
+    fn closing_sent(&mut self) {
+        if self.conn.state() == State::Closed {
+            self.begin_ending(None);
+        } else {
+            self.arm_close_deadline();
+        }
+    }
+
+    /// Queue our close frame (if the connection is still open, or waits
+    /// for our deferred reply).
     pub(crate) fn queue_close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
-        if self.phase == Phase::Open && self.conn.state() == State::Open {
+        let open = matches!(self.conn.state(), State::Open | State::CloseReceived);
+        if self.phase == Phase::Open && open {
             let frame = frame.or(Some(CloseFrame::new(CloseCode::NORMAL, "")));
             self.conn.send(Message::Close(frame))?;
-            self.arm_close_deadline();
+            self.closing_sent();
         }
         Ok(())
     }

@@ -29,7 +29,7 @@
 //!
 //! | what happened | that side gets | the other side gets |
 //! |---|---|---|
-//! | a side sent a close frame | the reply (same code) | the same code and reason |
+//! | a side sent a close frame | the other side's reply, after the messages the other side sent before it (the same code when it does not answer within the close timeout) | the same code and reason |
 //! | the client vanished (EOF, reset, 1006) | - | 1001 "client went away" |
 //! | the client missed the pong timeout | 1011 | 1001 "client did not answer ping" |
 //! | the client broke a limit or the protocol | 1009 / 1002 / 1007... | 1001 naming the code |
@@ -503,7 +503,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Side<S> {
         let Some(f) = frame else {
             return;
         };
-        if self.ws.state() == State::Open {
+        if matches!(self.ws.state(), State::Open | State::CloseReceived) {
             let _ = Pin::new(&mut self.ws).start_send(Message::Close(Some(f)));
         }
         self.dirty = true;
@@ -824,6 +824,22 @@ where
                     self.poll_one_ended(cx, &mut other_done, from_upstream)
                 })
                 .await;
+                if !other_done {
+                    // The other side never answered: the first side's close
+                    // gets our reply, as far as it can be written now.
+                    let frame = close_for(&e, from_upstream);
+                    std::future::poll_fn(|cx| {
+                        if from_upstream {
+                            self.upstream.queue_close(frame.clone());
+                            self.upstream.poll_flush_queued(cx);
+                        } else {
+                            self.client.queue_close(frame.clone());
+                            self.client.poll_flush_queued(cx);
+                        }
+                        Poll::Ready(())
+                    })
+                    .await;
+                }
                 return tunnel_end(&e, from_upstream);
             }
             Stop::Idle => (TunnelEnd::Idle, "idle timeout"),
@@ -913,9 +929,14 @@ where
         subprotocol: None,
         deflate: cfg.deflate,
     };
-    let cconn = Connection::negotiated(Role::Server, cfg.client_limits.clone(), &negotiated, None);
-    let uconn =
+    let mut cconn =
+        Connection::negotiated(Role::Server, cfg.client_limits.clone(), &negotiated, None);
+    let mut uconn =
         Connection::negotiated(Role::Client, cfg.upstream_limits.clone(), &negotiated, None);
+    // A side's close is answered with the other side's reply, after the
+    // messages the other side sent before it (module docs).
+    cconn.defer_close_reply();
+    uconn.defer_close_reply();
     let mut relay = Relay::new(
         WebSocket::from_raw(client, cconn, &client_leftover),
         WebSocket::from_raw(upstream, uconn, &upstream_leftover),
