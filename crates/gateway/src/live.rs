@@ -14,9 +14,10 @@
 //! runtime installs: added listeners start, removed ones stop accepting
 //! (their open connections go on), and TLS certificate and key files are
 //! read again for the listeners that stay. What a reload does NOT change:
-//! the admin listener, `[runtime]`, `[http1]`, `[http2]` and the head limits
+//! the admin listener's address, `[runtime]`, `[http1]`, `[http2]` and the head limits
 //! of listeners that stay (restart to change them; a reload that changes
-//! `[admin]` logs a warning and applies the rest).
+//! `[admin] address` logs a warning and applies the rest). The admin token is
+//! read again: a reload rotates it.
 //!
 //! Drain and transparent tunnels: a transparent tunnel copies bytes without
 //! knowing frame boundaries, so it cannot inject a close frame. On a
@@ -324,8 +325,8 @@ impl Gateway {
     pub fn apply(&self, cfg: Config) -> Result<u64, GatewayError> {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.live();
-        if cfg.admin != old.config.admin {
-            warn!("[admin] is bound at start: restart switchyard to change it; applying the rest");
+        if cfg.admin.as_ref().map(|a| a.address) != old.config.admin.as_ref().map(|a| a.address) {
+            warn!("[admin] address is bound at start: restart switchyard to change it; applying the rest");
         }
         let live = Self::build(cfg, &self.metrics, old.generation + 1)?;
         let control = match self.listeners.lock() {

@@ -66,10 +66,11 @@ impl Config {
             .collect();
         root.insert("listener".into(), Value::Array(listeners));
         if let Some(admin) = &self.admin {
-            root.insert(
-                "admin".into(),
-                table(vec![("address", Value::String(admin.address.to_string()))]),
-            );
+            let mut entries = vec![("address", Value::String(admin.address.to_string()))];
+            if let Some(f) = &admin.token_file {
+                entries.push(("token_file", path(f)));
+            }
+            root.insert("admin".into(), table(entries));
         }
         let mut runtime = vec![("io_uring", Value::Boolean(self.runtime.io_uring))];
         if let Some(n) = self.runtime.threads {

@@ -8,6 +8,7 @@
 //!
 //! [admin]                               # optional: /metrics and /status
 //! address = "127.0.0.1:9090"
+//! token_file = "admin.token"            # optional: Authorization: Bearer
 //!
 //! [limits]                              # optional: switchyard_proto::Limits
 //! max_message_size = "1MiB"
@@ -598,6 +599,60 @@ mod tests {
             "route",
             "no [[route]]",
         );
+    }
+
+    #[test]
+    fn admin_token_file_is_read_checked_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("sy-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, "abc-DEF_123~+/=\n").unwrap();
+        let text = format!(
+            "{MINIMAL}[admin]\naddress = \"0.0.0.0:9090\"\ntoken_file = \"{}\"\n",
+            good.display()
+        );
+        let c = Config::from_toml_str(&text, "t.toml").unwrap();
+        let admin = c.admin.as_ref().unwrap();
+        assert!(admin.token.as_ref().unwrap().matches(b"abc-DEF_123~+/="));
+        assert!(!admin.token.as_ref().unwrap().matches(b"abc-DEF_123~+/"));
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        assert!(!format!("{c:?}").contains("abc-DEF"));
+        let printed = c.to_toml_string();
+        assert!(!printed.contains("abc-DEF"), "{printed}");
+        assert_eq!(Config::from_toml_str(&printed, "again").unwrap(), c);
+
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "two words\n").unwrap();
+        let text = format!(
+            "{MINIMAL}[admin]\naddress = \"127.0.0.1:9090\"\ntoken_file = \"{}\"\n",
+            bad.display()
+        );
+        expect_err(&text, 9, "admin.token_file", "may only hold letters");
+        std::fs::write(&bad, " \n").unwrap();
+        expect_err(&text, 9, "admin.token_file", "the token file is empty");
+        let text = format!(
+            "{MINIMAL}[admin]\naddress = \"127.0.0.1:9090\"\ntoken_file = \"{}\"\n",
+            dir.join("missing").display()
+        );
+        expect_err(&text, 9, "admin.token_file", "cannot read the admin token");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn non_loopback_admin_without_token_is_warned_about() {
+        let open = format!("{MINIMAL}[admin]\naddress = \"0.0.0.0:9090\"\n");
+        let w = Config::from_toml_str(&open, "t.toml").unwrap().warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("0.0.0.0:9090 is not a loopback address"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("token_file"), "{w:?}");
+        for quiet in ["127.0.0.1:9090", "[::1]:9090"] {
+            let text = format!("{MINIMAL}[admin]\naddress = \"{quiet}\"\n");
+            let c = Config::from_toml_str(&text, "t.toml").unwrap();
+            assert!(c.warnings().is_empty(), "{quiet}");
+        }
     }
 
     #[test]

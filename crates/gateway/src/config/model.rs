@@ -261,6 +261,64 @@ pub struct Admin {
     /// IP and port of the metrics / status listener.
     #[serde(deserialize_with = "de_socket_addr")]
     pub address: SocketAddr,
+    /// A file holding the bearer token every admin request must present
+    /// (`Authorization: Bearer TOKEN`); relative to the config file. A file
+    /// rather than the token itself keeps the secret out of the config
+    /// (which `--print-config` prints and people commit) and out of the
+    /// environment children inherit; a reload reads it again (rotation).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The token read from `token_file` by validation.
+    #[serde(skip)]
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token. Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// The token of a token file's text: surrounding whitespace (the final
+    /// newline of an editor) is not part of it; what remains must be a
+    /// non-empty RFC 6750 `b64token` (letters, digits, `-._~+/`, trailing `=`).
+    pub fn parse(text: &str) -> Result<AdminToken, &'static str> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err("the token file is empty");
+        }
+        let body = t.trim_end_matches('=');
+        let ok = !body.is_empty()
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+        if !ok {
+            return Err(
+                "the token may only hold letters, digits and - . _ ~ + / (then = \
+                        padding), as RFC 6750 bearer tokens do",
+            );
+        }
+        Ok(AdminToken(t.to_string()))
+    }
+
+    /// Whether `presented` is this token. Both sides are hashed first, so the
+    /// time taken says nothing about how much of the token was right, nor
+    /// its length.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use ring::digest::{digest, SHA256};
+        let a = digest(&SHA256, self.0.as_bytes());
+        let b = digest(&SHA256, presented);
+        a.as_ref()
+            .iter()
+            .zip(b.as_ref())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 /// One `[[route]]`. Exactly one of `upstream` and `app` is set in a

@@ -13,6 +13,23 @@ use super::model::*;
 use super::units::MAX_SIZE;
 
 impl Config {
+    /// What is valid but probably not meant: `--check-config` prints these
+    /// and `serve` logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(a) = &self.admin {
+            if a.token.is_none() && !a.address.ip().is_loopback() {
+                out.push(format!(
+                    "admin.address {} is not a loopback address and [admin] has no token_file: \
+                     anyone who reaches it can read /status and /metrics and POST /reload; \
+                     add token_file = \"FILE\" or listen on 127.0.0.1",
+                    a.address
+                ));
+            }
+        }
+        out
+    }
+
     pub(super) fn validate(&mut self, r: &Reporter<'_>, base: &Path) -> Result<(), ConfigError> {
         if self.listeners.is_empty() {
             return Err(r.err(
@@ -44,6 +61,15 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if let Some(admin) = &mut self.admin {
+            admin.token = match &mut admin.token_file {
+                None => None,
+                Some(file) => {
+                    *file = base.join(&*file);
+                    Some(read_admin_token(file, r)?)
+                }
+            };
         }
         if let Some(admin) = &self.admin {
             if let Some(j) = self
@@ -290,6 +316,21 @@ fn validate_limits(l: &Limits, r: &Reporter<'_>) -> Result<(), ConfigError> {
     nonzero(l.pong_timeout, &p("pong_timeout"), r)?;
     nonzero(l.close_timeout, &p("close_timeout"), r)?;
     Ok(())
+}
+
+/// The token in `[admin] token_file`.
+fn read_admin_token(file: &Path, r: &Reporter<'_>) -> Result<AdminToken, ConfigError> {
+    let p = [key("admin"), key("token_file")];
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        r.err(
+            &p,
+            format!(
+                "cannot read the admin token from {}: {e}; write the token (one line) there",
+                file.display()
+            ),
+        )
+    })?;
+    AdminToken::parse(&text).map_err(|why| r.err(&p, format!("{}: {why}", file.display())))
 }
 
 fn validate_listener(

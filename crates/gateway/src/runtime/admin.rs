@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/status` and `POST /reload`.
+//! The admin listener: `/metrics`, `/status` and `POST /reload`, behind an
+//! optional bearer token.
 //!
 //! | admin request  | answer |
 //! |----------------|--------|
@@ -9,26 +10,38 @@
 //! | other paths    | 404; other methods on those paths 405 |
 //!
 //! It speaks HTTP/1.1, one request per connection (`Connection: close`).
-//! Keep it on loopback or a private network: it has no authentication.
+//!
+//! With `[admin] token_file`, every request must carry `Authorization: Bearer
+//! TOKEN`; one that does not gets 401 with `WWW-Authenticate: Bearer` (and
+//! `error="invalid_token"` when a wrong token was presented), nothing else,
+//! and a log line that says why. Without a token, keep the listener on
+//! loopback or a private network (`--check-config` warns otherwise).
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::{header, HeaderMap, Method, StatusCode};
 use switchyard::server::read_request_head;
 use switchyard::Limits;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
+use crate::config::AdminToken;
 use crate::live::Gateway;
+
+const TEXT: &str = "text/plain; charset=utf-8";
 
 pub(crate) async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
     info!(local = ?listener.local_addr().ok(), "admin listening (/metrics, /status, POST /reload)");
+    for w in gw.live().config.warnings() {
+        warn!("{w}");
+    }
     loop {
         match listener.accept().await {
-            Ok((s, _)) => {
-                tokio::spawn(admin_conn(s, gw.clone()));
+            Ok((s, peer)) => {
+                tokio::spawn(admin_conn(s, peer, gw.clone()));
             }
             Err(e) => {
                 warn!("admin accept failed: {e}");
@@ -38,20 +51,99 @@ pub(crate) async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
     }
 }
 
-async fn admin_conn(mut s: TcpStream, gw: Arc<Gateway>) {
+/// Why an admin request was refused before it was looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthRefusal {
+    /// No `Authorization: Bearer ...` header.
+    Missing,
+    /// A bearer token that is not the configured one.
+    WrongToken,
+}
+
+impl AuthRefusal {
+    /// The `WWW-Authenticate` challenge (RFC 6750 §3).
+    fn challenge(self) -> &'static str {
+        match self {
+            AuthRefusal::Missing => "Bearer realm=\"switchyard admin\"",
+            AuthRefusal::WrongToken => "Bearer realm=\"switchyard admin\", error=\"invalid_token\"",
+        }
+    }
+
+    fn explain(self) -> &'static str {
+        match self {
+            AuthRefusal::Missing => {
+                "no bearer token: send Authorization: Bearer TOKEN with the token of [admin] token_file"
+            }
+            AuthRefusal::WrongToken => {
+                "wrong bearer token: send the token of [admin] token_file (a reload reads it again)"
+            }
+        }
+    }
+}
+
+/// Whether `headers` carry `token` (always, when none is configured).
+pub(crate) fn authorize(
+    headers: &HeaderMap,
+    token: Option<&AdminToken>,
+) -> Result<(), AuthRefusal> {
+    let Some(token) = token else {
+        return Ok(());
+    };
+    let presented = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .find_map(|v| {
+            let v = v.as_bytes();
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii())
+        })
+        .ok_or(AuthRefusal::Missing)?;
+    if token.matches(presented) {
+        Ok(())
+    } else {
+        Err(AuthRefusal::WrongToken)
+    }
+}
+
+async fn admin_conn(mut s: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
     let limits = Limits::default();
     let Ok((req, _)) = read_request_head(&mut s, &limits).await else {
         return;
     };
-    let (status, ctype, body) = admin_answer(req.method(), req.uri().path(), &gw);
-    let mut out = Vec::with_capacity(body.len() + 160);
+    let token = gw
+        .live()
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.clone());
+    let (status, ctype, body, challenge) = match authorize(req.headers(), token.as_ref()) {
+        Ok(()) => {
+            let (status, ctype, body) = admin_answer(req.method(), req.uri().path(), &gw);
+            (status, ctype, body, None)
+        }
+        Err(refusal) => {
+            warn!(client = %peer, path = req.uri().path(), "admin request refused: {}", refusal.explain());
+            let body = format!("401 unauthorized: {}\n", refusal.explain());
+            (
+                StatusCode::UNAUTHORIZED,
+                TEXT,
+                body,
+                Some(refusal.challenge()),
+            )
+        }
+    };
+    let mut out = Vec::with_capacity(body.len() + 200);
     let _ = write!(
         ByteWriter(&mut out),
-        "HTTP/1.1 {} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
+    if let Some(c) = challenge {
+        let _ = write!(ByteWriter(&mut out), "www-authenticate: {c}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
     if req.method() != Method::HEAD {
         out.extend_from_slice(body.as_bytes());
     }
@@ -73,7 +165,6 @@ pub(crate) fn admin_answer(
     path: &str,
     gw: &Gateway,
 ) -> (StatusCode, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
     let get = method == Method::GET || method == Method::HEAD;
     match path {
         "/metrics" if get => (
@@ -211,6 +302,46 @@ mod tests {
         let (s, _, body) = admin_answer(&Method::POST, "/reload", &g);
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(body.contains("no config file"), "{body}");
+    }
+
+    #[test]
+    fn bearer_token_is_required_when_configured() {
+        let token = AdminToken::parse("s3cr3t-T0ken\n").unwrap();
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        assert_eq!(authorize(&HeaderMap::new(), None), Ok(()));
+        assert_eq!(authorize(&with("Bearer nope"), None), Ok(()));
+        assert_eq!(
+            authorize(&HeaderMap::new(), Some(&token)),
+            Err(AuthRefusal::Missing)
+        );
+        assert_eq!(
+            authorize(&with("Basic czNjcjN0LVQwa2Vu"), Some(&token)),
+            Err(AuthRefusal::Missing)
+        );
+        assert_eq!(
+            authorize(&with("Bearer s3cr3t-T0ke"), Some(&token)),
+            Err(AuthRefusal::WrongToken)
+        );
+        assert_eq!(
+            authorize(&with("Bearer s3cr3t-T0kenX"), Some(&token)),
+            Err(AuthRefusal::WrongToken)
+        );
+        assert_eq!(
+            authorize(&with("Bearer s3cr3t-T0ken"), Some(&token)),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&with("bearer  s3cr3t-T0ken "), Some(&token)),
+            Ok(())
+        );
+        assert!(AuthRefusal::WrongToken
+            .challenge()
+            .contains("error=\"invalid_token\""));
+        assert!(AuthRefusal::Missing.challenge().starts_with("Bearer "));
     }
 
     #[test]
