@@ -1,5 +1,6 @@
 //! `switchyard`: serve | connect | doctor | monitor | bench | soak | reload.
 
+mod admin;
 mod bench;
 mod connect;
 mod diagnose;
@@ -150,7 +151,8 @@ struct ServeArgs {
     /// Validate the effective configuration (the file or the embedded
     /// default, with the flags), print the result and exit: 0 valid, 1
     /// invalid (the error names the line and the key), 2 when a flag is the
-    /// cause.
+    /// cause. Warnings (an admin listener beyond loopback without a token)
+    /// go to stderr and do not change the exit status.
     #[arg(long, conflicts_with = "print_config")]
     check_config: bool,
     /// Print the effective configuration as TOML, every default written out,
@@ -210,6 +212,10 @@ struct ReloadArgs {
     /// prints the answer and exits 1 when the new config was rejected.
     #[arg(long, value_name = "ADDR:PORT")]
     admin: Option<SocketAddr>,
+    /// With --admin: the file holding the admin bearer token (the server's
+    /// `[admin] token_file`).
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -304,6 +310,9 @@ fn serve_command(
         }
     };
     if args.check_config {
+        for w in cfg.warnings() {
+            eprintln!("warning: {w}");
+        }
         println!(
             "{}: configuration OK ({} listener(s), {} route(s), {} upstream group(s))",
             source.name(),
@@ -402,13 +411,17 @@ async fn serve(args: ServeArgs, source: ConfigSource, cfg: Config) -> anyhow::Re
 /// `switchyard reload`: 0 reloaded (or signal sent), 1 rejected or failed.
 async fn reload(args: ReloadArgs) -> i32 {
     if let Some(addr) = args.admin {
-        return match admin_reload(addr).await {
-            Ok((ok, text)) => {
-                print!("{text}");
-                i32::from(!ok)
+        let answer = match admin::AdminClient::new(addr, args.token_file.as_deref()) {
+            Ok(client) => client.request("POST", "/reload").await,
+            Err(e) => Err(e),
+        };
+        return match answer {
+            Ok(a) => {
+                print!("{}", a.body);
+                i32::from(a.status != 200)
             }
             Err(e) => {
-                eprintln!("error: cannot reach the admin listener at {addr}: {e}");
+                eprintln!("error: {e:#}");
                 1
             }
         };
@@ -445,29 +458,6 @@ async fn reload(args: ReloadArgs) -> i32 {
             1
         }
     }
-}
-
-async fn admin_reload(addr: SocketAddr) -> std::io::Result<(bool, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        b"POST /reload HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-    )
-    .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 10 s")
-        })??;
-    let text = String::from_utf8_lossy(&buf);
-    let ok = text.starts_with("HTTP/1.1 200");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
-    Ok((ok, body))
 }
 
 /// Completes on the first SIGINT or SIGTERM. The handlers are installed

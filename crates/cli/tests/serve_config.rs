@@ -111,6 +111,7 @@ fn check_config_accepts_a_good_file_and_the_default() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no warning");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("configuration OK"), "{text}");
     assert!(text.contains("2 route(s)"), "{text}");
@@ -120,6 +121,116 @@ fn check_config_accepts_a_good_file_and_the_default() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("embedded default"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_config_warns_about_an_open_admin_listener_without_a_token() {
+    let dir = temp_dir("check-admin");
+    let file = dir.join("open.toml");
+    let open = config("127.0.0.1:9".parse().unwrap(), "/ws").replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        "[admin]\naddress = \"0.0.0.0:0\"",
+    );
+    write(&file, &open);
+    let check = |file: &Path| {
+        Command::new(BIN)
+            .args(["serve", "--check-config", "--config"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: admin.address 0.0.0.0:0 is not a loopback address"),
+        "{err}"
+    );
+    assert!(err.contains("token_file"), "{err}");
+    // With a token (a path relative to the config file) it is quiet.
+    write(&dir.join("admin.token"), "t0ken\n");
+    write(
+        &file,
+        &open.replace("[admin]\n", "[admin]\ntoken_file = \"admin.token\"\n"),
+    );
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn admin_token_is_enforced_on_every_endpoint_and_rotated_by_reload() {
+    let dir = temp_dir("admin-token");
+    let file = dir.join("gw.toml");
+    let token = dir.join("admin.token");
+    write(&token, "first-T0KEN\n");
+    write(
+        &file,
+        &config("127.0.0.1:9".parse().unwrap(), "/ws")
+            .replace("[admin]\n", "[admin]\ntoken_file = \"admin.token\"\n"),
+    );
+    let (gw, _addr, admin) = gateway(&file, &[]);
+    let ask = |method: &str, path: &str, auth: Option<&str>| {
+        let auth = auth
+            .map(|a| format!("authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!("{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n")
+    };
+    for (method, path) in [
+        ("GET", "/metrics"),
+        ("GET", "/status"),
+        ("GET", "/status/failures"),
+        ("POST", "/reload"),
+        ("GET", "/nothing"),
+    ] {
+        let none = http(admin, &ask(method, path, None)).await;
+        assert!(none.starts_with("HTTP/1.1 401 "), "{path}: {none}");
+        assert!(
+            none.contains("www-authenticate: Bearer realm=\"switchyard admin\"\r\n"),
+            "{none}"
+        );
+        assert!(!none.contains("switchyard_"), "{none}");
+        let wrong = http(admin, &ask(method, path, Some("Bearer first-T0KE"))).await;
+        assert!(wrong.starts_with("HTTP/1.1 401 "), "{path}: {wrong}");
+        assert!(wrong.contains("error=\"invalid_token\""), "{wrong}");
+    }
+    let log = gw.wait_log("admin request refused: wrong bearer token");
+    assert!(log.contains("127.0.0.1"), "{log}");
+    let ok = http(admin, &ask("GET", "/metrics", Some("Bearer first-T0KEN"))).await;
+    assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
+    assert!(ok.contains("switchyard_"), "{ok}");
+
+    // `switchyard reload --admin` without the token is refused, with it
+    // reloads; the reload reads the rotated token file.
+    let reload = |token_file: Option<&Path>| {
+        let mut c = Command::new(BIN);
+        c.args(["reload", "--admin", &admin.to_string()]);
+        if let Some(f) = token_file {
+            c.arg("--token-file").arg(f);
+        }
+        c.output().unwrap()
+    };
+    let out = reload(None);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
+    let old = dir.join("old.token");
+    std::fs::copy(&token, &old).unwrap();
+    write(&token, "second-T0KEN\n");
+    let out = reload(Some(&old));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reloaded: generation 2"),
+        "{out:?}"
+    );
+    let stale = http(admin, &ask("GET", "/status", Some("Bearer first-T0KEN"))).await;
+    assert!(stale.starts_with("HTTP/1.1 401 "), "{stale}");
+    let out = reload(Some(&token));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
