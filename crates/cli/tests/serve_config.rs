@@ -294,6 +294,12 @@ async fn proxies_to_our_own_serve_and_reports_metrics_and_status() {
         ),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(
+            "switchyard_handshake_duration_seconds_count{route=\"/echo\",protocol=\"h1\"} 1\n"
+        ),
+        "{metrics}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

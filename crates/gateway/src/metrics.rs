@@ -15,6 +15,7 @@
 //! | `switchyard_tunnel_bytes_total` | counter | `route`, `direction` |
 //! | `switchyard_tunnel_messages_total` | counter | `route`, `direction` |
 //! | `switchyard_tunnel_spliced_bytes_total` | counter | `route`, `direction` |
+//! | `switchyard_handshake_duration_seconds` | histogram | `route`, `protocol` |
 //! | `switchyard_ping_rtt_seconds` | histogram | `side` |
 //! | `switchyard_tunnel_duration_seconds` | histogram | `route` |
 //! | `switchyard_upstream_healthy` | gauge | `upstream`, `backend` |
@@ -172,6 +173,11 @@ pub struct Histogram {
 pub const RTT_BOUNDS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+/// Bounds of the handshake duration histogram, seconds: an app answers in
+/// microseconds, a proxied route waits for its upstream's connect and 101.
+pub const HANDSHAKE_BOUNDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 /// Bounds of the tunnel duration histogram, seconds.
 pub const DURATION_BOUNDS: &[f64] = &[
     0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
@@ -263,6 +269,7 @@ pub struct Metrics {
     messages: Mutex<BTreeMap<(String, Direction), u64>>,
     spliced: Mutex<BTreeMap<(String, Direction), u64>>,
     ping_rtt: [Histogram; 2],
+    handshakes: Mutex<BTreeMap<(String, HttpVersion), Arc<Histogram>>>,
     durations: Mutex<BTreeMap<String, Arc<Histogram>>>,
     health: Mutex<BTreeMap<(String, String), bool>>,
 }
@@ -313,6 +320,7 @@ impl Metrics {
             messages: Mutex::default(),
             spliced: Mutex::default(),
             ping_rtt: [Histogram::new(RTT_BOUNDS), Histogram::new(RTT_BOUNDS)],
+            handshakes: Mutex::default(),
             durations: Mutex::default(),
             health: Mutex::default(),
         }
@@ -446,6 +454,25 @@ impl Metrics {
         self.ping_rtt[usize::from(upstream)].count()
     }
 
+    /// Record how long a switch on `route` over `protocol` took, from the
+    /// dispatcher's decision to the switch (101, or 200 for an extended
+    /// CONNECT): for a proxied route that includes the upstream's connect
+    /// and answer.
+    pub fn observe_handshake(&self, route: &str, protocol: HttpVersion, d: Duration) {
+        let h = lock(&self.handshakes)
+            .entry((route.to_string(), protocol))
+            .or_insert_with(|| Arc::new(Histogram::new(HANDSHAKE_BOUNDS)))
+            .clone();
+        h.observe(d);
+    }
+
+    /// Handshakes recorded on `route` over `protocol`.
+    pub fn handshakes(&self, route: &str, protocol: HttpVersion) -> u64 {
+        lock(&self.handshakes)
+            .get(&(route.to_string(), protocol))
+            .map_or(0, |h| h.count())
+    }
+
     /// Record how long a tunnel on `route` lasted.
     pub fn observe_tunnel(&self, route: &str, d: Duration) {
         let h = lock(&self.durations)
@@ -538,6 +565,21 @@ impl Metrics {
                     &mut out,
                 );
             }
+        }
+        out.push_str(
+            "# HELP switchyard_handshake_duration_seconds From the routing decision to the switch (101, or 200 for an extended CONNECT), upstream included.\n",
+        );
+        out.push_str("# TYPE switchyard_handshake_duration_seconds histogram\n");
+        for ((route, protocol), h) in lock(&self.handshakes).iter() {
+            h.render(
+                "switchyard_handshake_duration_seconds",
+                &format!(
+                    "route=\"{}\",protocol=\"{}\"",
+                    escape(route),
+                    protocol.label()
+                ),
+                &mut out,
+            );
         }
         out.push_str("# HELP switchyard_tunnel_duration_seconds How long tunnels lasted.\n");
         out.push_str("# TYPE switchyard_tunnel_duration_seconds histogram\n");
@@ -642,7 +684,18 @@ mod tests {
         m.set_upstream_health("chat", "ws://10.0.0.1:1", false);
         m.observe_ping_rtt(true, Duration::from_millis(2));
         m.observe_tunnel("r", Duration::from_secs(2));
+        m.observe_handshake("r", HttpVersion::Http2, Duration::from_millis(3));
         let text = m.render();
+        assert!(
+            text.contains("switchyard_handshake_duration_seconds_bucket{route=\"r\",protocol=\"h2\",le=\"0.0025\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchyard_handshake_duration_seconds_bucket{route=\"r\",protocol=\"h2\",le=\"0.005\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(m.handshakes("r", HttpVersion::Http2), 1);
+        assert_eq!(m.handshakes("r", HttpVersion::Http1), 0);
         assert!(text.contains(
             "switchyard_upgrade_attempts_total{result=\"refused\",reason=\"upstream_status\"} 2"
         ));

@@ -111,6 +111,11 @@ async fn extended_connect_is_proxied_to_an_http11_upstream_and_drained_with_1001
         "{}",
         gw.metrics().render()
     );
+    assert_eq!(
+        gw.metrics()
+            .handshakes("/ws", switchyard::proto::HttpVersion::Http2),
+        1
+    );
     let conns = gw.connections().snapshot();
     assert_eq!(conns.len(), 1, "{conns:?}");
     assert_eq!(conns[0].info.route, "/ws");

@@ -190,12 +190,19 @@ async fn h3_extended_connect_is_proxied_to_an_http11_upstream() {
         assert_eq!(h["x-forwarded-proto"], "https");
     }
 
-    // Counted as an h3 connection on the route, listed on /status.
+    // Counted as an h3 connection on the route, listed on /status, its
+    // handshake (upstream included) timed.
     assert_eq!(
         gw.gw.metrics().open_connections("/ws", "h3"),
         1,
         "{}",
         gw.gw.metrics().render()
+    );
+    assert_eq!(
+        gw.gw
+            .metrics()
+            .handshakes("/ws", switchyard::proto::HttpVersion::Http3),
+        1
     );
     let conns = gw.gw.connections().snapshot();
     assert_eq!(conns.len(), 1, "{conns:?}");
@@ -304,6 +311,10 @@ async fn echo_app_websockets_over_h1_h2_h3_appear_in_metrics_and_status_while_op
             "switchyard_open_connections{{route=\"/echo\",protocol=\"{proto}\",transport=\"websocket\"}} 1"
         );
         assert!(metrics.contains(&series), "{series} in\n{metrics}");
+        let handshakes = format!(
+            "switchyard_handshake_duration_seconds_count{{route=\"/echo\",protocol=\"{proto}\"}} 1"
+        );
+        assert!(metrics.contains(&handshakes), "{handshakes} in\n{metrics}");
     }
     let conns = gw.gw.connections().snapshot();
     let mut seen: Vec<_> = conns

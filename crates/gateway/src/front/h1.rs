@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -282,12 +282,14 @@ async fn serve_loop(
                 permit,
                 route,
             }) => {
+                let decided = Instant::now();
                 let transport = Transport::of_token(&selection.token.name);
                 let live = front.live_app(&route, peer, HttpVersion::Http1, transport, permit);
                 let attempt = Attempt {
                     peer,
                     route: &route.label,
                     tls,
+                    decided,
                 };
                 let Some(u) = switch(conn, &req, selection, Some(live), front, ctx, attempt).await
                 else {
@@ -301,6 +303,7 @@ async fn serve_loop(
                     peer,
                     route: "-",
                     tls,
+                    decided: Instant::now(),
                 };
                 let Some(u) = switch(conn, &req, selection, None, front, ctx, attempt).await else {
                     return;
@@ -355,6 +358,8 @@ struct Attempt<'a> {
     peer: SocketAddr,
     route: &'a str,
     tls: bool,
+    /// When the dispatcher decided: the start of the handshake's duration.
+    decided: Instant,
 }
 
 /// The body of a session request: read when within the route's
@@ -416,6 +421,11 @@ async fn switch(
     if conn.write_all(&out).await.is_err() || conn.flush().await.is_err() {
         return None;
     }
+    front.dispatcher.gateway().metrics().observe_handshake(
+        attempt.route,
+        HttpVersion::Http1,
+        attempt.decided.elapsed(),
+    );
     info!(%token, path = req.uri().path(), "switching protocols");
     // Nothing of the request, the response head or this loop is needed
     // while the session runs, which may be for days: the connection's task

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
@@ -228,6 +228,7 @@ fn app(
     peer: SocketAddr,
     ctx: &ConnCtx,
 ) -> Response<Body> {
+    let decided = Instant::now();
     let AppTicket {
         route,
         switch,
@@ -247,6 +248,11 @@ fn app(
             let stop = ctx.stop.clone();
             let alive = ctx.alive.clone();
             let settings = app.settings.clone();
+            front.dispatcher.gateway().metrics().observe_handshake(
+                &route.label,
+                HttpVersion::Http2,
+                decided.elapsed(),
+            );
             let live = front.live_app(
                 &route,
                 peer,

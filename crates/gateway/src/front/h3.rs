@@ -18,7 +18,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode, Version};
 use switchyard::h3::{H3Server, H3Stream, PendingStream, TunnelHandler};
@@ -198,6 +198,7 @@ async fn app(
     front: &Front,
     stop: watch::Receiver<bool>,
 ) {
+    let decided = Instant::now();
     let AppTicket { route, permit, .. } = ticket;
     let Some((app, accept)) = route
         .app()
@@ -223,6 +224,11 @@ async fn app(
         Ok(s) => s,
         Err(e) => return info!("HTTP/3 stream not handed over: {e}"),
     };
+    front.dispatcher.gateway().metrics().observe_handshake(
+        &route.label,
+        HttpVersion::Http3,
+        decided.elapsed(),
+    );
     let ws = WebSocket::from_raw(stream, conn, &[]).with_negotiated(negotiated);
     let live = front.live_app(
         &route,

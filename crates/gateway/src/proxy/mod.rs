@@ -50,7 +50,7 @@ pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
@@ -528,6 +528,7 @@ where
     F: FnOnce(Response<()>) -> Fut,
     Fut: Future<Output = std::io::Result<S>>,
 {
+    let decided = Instant::now();
     let ctx = route.ctx;
     let policy = &route.config.policy;
     let refuse =
@@ -622,6 +623,8 @@ where
             return (outcome, None);
         }
     };
+    ctx.metrics
+        .observe_handshake(route.label, req.protocol, decided.elapsed());
     // Extended CONNECT carries WebSocket only (RFC 8441, RFC 9220).
     let open = ctx
         .metrics
@@ -796,6 +799,7 @@ pub async fn start_h1<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    let decided = Instant::now();
     // An upgrade request that fails is kept in the failures ring with its
     // fields (taken now: the handshake consumes the request).
     let fields = req
@@ -828,16 +832,20 @@ where
             }
             H1Start::Done(outcome)
         }
-        Handshake::Switched(s) => H1Start::Tunnel(H1Tunnel {
-            client,
-            upstream: s.upstream,
-            frame_aware: s.frame_aware,
-            _lease: s.lease,
-            _slot: s.slot,
-            backend: s.backend,
-            client_addr: client_info.addr,
-            transport: s.transport,
-        }),
+        Handshake::Switched(s) => {
+            let m = &route.ctx.metrics;
+            m.observe_handshake(route.label, HttpVersion::Http1, decided.elapsed());
+            H1Start::Tunnel(H1Tunnel {
+                client,
+                upstream: s.upstream,
+                frame_aware: s.frame_aware,
+                _lease: s.lease,
+                _slot: s.slot,
+                backend: s.backend,
+                client_addr: client_info.addr,
+                transport: s.transport,
+            })
+        }
     }
 }
 
