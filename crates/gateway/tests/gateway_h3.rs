@@ -226,6 +226,16 @@ async fn h3_extended_connect_is_proxied_to_an_http11_upstream() {
         Err(Error::UpgradeRefused { status, .. }) => assert_eq!(status, 502),
         other => panic!("expected 502, got {:?}", other.map(|(_, r)| r.status())),
     }
+    // ... kept in the failures ring, explained, like an HTTP/1.1 attempt.
+    let failures = gw.gw.metrics().failures().recent();
+    let down = failures
+        .iter()
+        .find(|f| f.route == "/down")
+        .unwrap_or_else(|| panic!("/down in the failures ring: {failures:?}"));
+    assert_eq!(down.protocol, "h3");
+    assert_eq!(down.client.ip(), std::net::Ipv4Addr::LOCALHOST);
+    assert_ne!(down.reason, "switched", "{down:?}");
+    assert!(!down.explanation.is_empty(), "{down:?}");
 
     // An echo app route of the config is served by the front itself.
     let echo = format!("wss://127.0.0.1:{}/echo", gw.addr.port());

@@ -466,6 +466,14 @@ where
     let (outcome, error_response) =
         extended_connect_inner(&req, route, slot, respond, shutdown).await;
     if let Some((respond, resp)) = error_response {
+        route.ctx.metrics.failures().record(
+            req.client.addr,
+            route.label,
+            req.protocol,
+            UpgradeFields::of(req.head.headers()),
+            outcome.reason,
+            &outcome.detail,
+        );
         let _ = respond(resp).await;
     }
     let (result, reason) = outcome.labels();
