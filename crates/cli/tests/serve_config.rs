@@ -273,6 +273,20 @@ async fn proxies_to_our_own_serve_and_reports_metrics_and_status() {
     let status = get(admin, "/status").await;
     assert!(status.contains("1 live connection(s)"), "{status}");
     assert!(status.contains("127.0.0.1"), "{status}");
+    let json = get(admin, "/status.json").await;
+    let json = json.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(v["live_connections"], 1, "{v}");
+    let echo = v["routes"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["route"] == "/echo"))
+        .unwrap_or_else(|| panic!("/echo in {v}"));
+    assert_eq!(
+        echo["open"],
+        serde_json::json!([{"protocol": "h1", "transport": "websocket", "connections": 1}]),
+        "{v}"
+    );
+    assert_eq!(echo["handshakes"][0]["count"], 1, "{v}");
     ws.close(CloseCode::NORMAL, "").await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
     let log = gw.wait_log("upgrade attempt");

@@ -138,6 +138,12 @@ impl FailureLog {
         inner.recent.iter().cloned().collect()
     }
 
+    /// Every attempt kept or not, counted by reason label.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.counts.clone()
+    }
+
     /// `{"counts": {reason: n}, "recent": [failure, newest first]}`.
     pub fn to_json(&self) -> String {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -215,6 +215,26 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// The upper bound of the bucket holding the `q` quantile (0 to 1), in
+    /// seconds, as Prometheus' `histogram_quantile` would bound it; `None`
+    /// without observations or when it lies beyond the last bound.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        // The rank of the quantile, at least the first observation.
+        let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).max(1);
+        let mut cumulative = 0u64;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            if cumulative >= rank {
+                return self.bounds.get(i).copied();
+            }
+        }
+        None
+    }
+
     fn render(&self, name: &str, labels: &str, out: &mut String) {
         let mut cumulative = 0u64;
         let sep = if labels.is_empty() { "" } else { "," };
@@ -473,6 +493,32 @@ impl Metrics {
             .map_or(0, |h| h.count())
     }
 
+    /// The handshake histograms of `route`, one per protocol seen.
+    pub fn handshake_histograms(&self, route: &str) -> Vec<(HttpVersion, Arc<Histogram>)> {
+        lock(&self.handshakes)
+            .iter()
+            .filter(|((r, _), _)| r == route)
+            .map(|((_, p), h)| (*p, h.clone()))
+            .collect()
+    }
+
+    /// Open connections now on `route`, per protocol and transport seen.
+    pub fn open_on(&self, route: &str) -> Vec<(HttpVersion, Transport, i64)> {
+        lock(&self.open)
+            .iter()
+            .filter(|((r, _, _), _)| r == route)
+            .map(|((_, p, t), n)| (*p, *t, *n))
+            .collect()
+    }
+
+    /// Every upgrade attempt count, by result and reason.
+    pub fn upgrade_counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        lock(&self.upgrades)
+            .iter()
+            .map(|((result, reason), n)| (*result, *reason, *n))
+            .collect()
+    }
+
     /// Record how long a tunnel on `route` lasted.
     pub fn observe_tunnel(&self, route: &str, d: Duration) {
         let h = lock(&self.durations)
@@ -672,6 +718,19 @@ mod tests {
         assert!(s.contains("x_bucket{le=\"+Inf\"} 3\n"), "{s}");
         assert!(s.contains("x_count 3\n"), "{s}");
         assert!(s.contains("x_sum 3.055\n"), "{s}");
+    }
+
+    #[test]
+    fn quantile_bounds_follow_the_buckets() {
+        let h = Histogram::new(&[0.01, 0.1, 1.0]);
+        assert_eq!(h.quantile_bound(0.5), None);
+        for ms in [5, 6, 7, 50, 2000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        assert_eq!(h.quantile_bound(0.5), Some(0.01));
+        assert_eq!(h.quantile_bound(0.8), Some(0.1));
+        assert_eq!(h.quantile_bound(0.99), None, "beyond the last bound");
+        assert_eq!(h.quantile_bound(0.0), Some(0.01));
     }
 
     #[test]

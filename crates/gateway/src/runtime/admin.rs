@@ -5,6 +5,7 @@
 //! |----------------|--------|
 //! | `GET /metrics` | 200, Prometheus text ([`crate::metrics`]) |
 //! | `GET /status`  | 200, HTML: live connections per route, proxied and apps (client, served by, protocol, age, bytes) |
+//! | `GET /status.json` | 200, JSON: per route open connections by protocol and transport, handshake counts and p50/p99, upgrade attempts, top failure reasons ([`super::status`]) |
 //! | `GET /status/failures` | 200, JSON: `{"counts": {reason: n}, "recent": [...]}`, the last refused or failed upgrade attempts, newest first, explained ([`crate::failures`]) |
 //! | `POST /reload` | 200 `reloaded: generation N`, or 422 with the reason (the old config stays) |
 //! | other paths    | 404; other methods on those paths 405 |
@@ -30,6 +31,8 @@ use tracing::{info, warn};
 
 use crate::config::AdminToken;
 use crate::live::Gateway;
+
+use super::status::StatusReport;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -173,6 +176,11 @@ pub(crate) fn admin_answer(
             gw.metrics().render() + &gw.sessions().metrics().render(),
         ),
         "/status" if get => (StatusCode::OK, "text/html; charset=utf-8", status_page(gw)),
+        "/status.json" if get => (
+            StatusCode::OK,
+            "application/json",
+            StatusReport::of(gw).to_json(),
+        ),
         "/status/failures" if get => (
             StatusCode::OK,
             "application/json",
@@ -186,16 +194,17 @@ pub(crate) fn admin_answer(
                 format!("reload rejected, the previous configuration stays in force: {e}\n"),
             ),
         },
-        "/metrics" | "/status" | "/status/failures" | "/reload" => (
+        "/metrics" | "/status" | "/status.json" | "/status/failures" | "/reload" => (
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
-            "method not allowed: GET /metrics, GET /status, GET /status/failures, POST /reload\n"
+            "method not allowed: GET /metrics, GET /status, GET /status.json, \
+             GET /status/failures, POST /reload\n"
                 .into(),
         ),
         _ => (
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found: /metrics, /status, /status/failures, POST /reload\n".into(),
+            "not found: /metrics, /status, /status.json, /status/failures, POST /reload\n".into(),
         ),
     }
 }
@@ -302,6 +311,68 @@ mod tests {
         let (s, _, body) = admin_answer(&Method::POST, "/reload", &g);
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(body.contains("no config file"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn status_json_reports_routes_handshakes_and_failure_reasons() {
+        use crate::failures::UpgradeFields;
+        use crate::metrics::Transport;
+        use crate::outcome::Reason;
+        use switchyard::proto::HttpVersion;
+        let g = gw();
+        let m = g.metrics();
+        let open = m.open_connection("x.example/ws", HttpVersion::Http2, Transport::WebSocket);
+        m.observe_handshake(
+            "x.example/ws",
+            HttpVersion::Http2,
+            std::time::Duration::from_millis(3),
+        );
+        let client = "127.0.0.1:1".parse().unwrap();
+        for reason in [Reason::Origin, Reason::Origin, Reason::UpgradeRequired] {
+            m.upgrade_attempt("refused", reason.label());
+            m.failures().record(
+                client,
+                "x.example/ws",
+                HttpVersion::Http1,
+                UpgradeFields::default(),
+                reason,
+                "",
+            );
+        }
+        let (s, t, body) = admin_answer(&Method::GET, "/status.json", &g);
+        assert_eq!((s, t), (StatusCode::OK, "application/json"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["generation"], 1, "{v}");
+        let route = &v["routes"][0];
+        assert_eq!(route["route"], "x.example/ws", "{v}");
+        assert_eq!(route["target"], "upstream a", "{v}");
+        assert_eq!(
+            route["open"],
+            serde_json::json!([{"protocol": "h2", "transport": "websocket", "connections": 1}])
+        );
+        assert_eq!(
+            route["handshakes"],
+            serde_json::json!([{"protocol": "h2", "count": 1, "p50_seconds": 0.005, "p99_seconds": 0.005}])
+        );
+        assert_eq!(
+            v["top_failure_reasons"],
+            serde_json::json!([
+                {"reason": Reason::Origin.label(), "count": 2},
+                {"reason": Reason::UpgradeRequired.label(), "count": 1},
+            ])
+        );
+        assert_eq!(
+            v["upgrades"][0],
+            serde_json::json!({"result": "refused", "reason": Reason::Origin.label(), "count": 2})
+        );
+        drop(open);
+        let (_, _, body) = admin_answer(&Method::GET, "/status.json", &g);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["routes"][0]["open"][0]["connections"], 0, "{v}");
+        assert_eq!(
+            admin_answer(&Method::POST, "/status.json", &g).0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub(crate) mod admin;
 mod certificates;
 mod error;
 mod listener;
+mod status;
 
 use certificates::Certificates;
 pub use error::ServeError;
