@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
+use switchyard_gateway::config::AdminToken;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The longest an answer may take.
@@ -16,7 +17,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     addr: SocketAddr,
-    token: Option<String>,
+    token: Option<AdminToken>,
 }
 
 /// An answer: its status code and body.
@@ -35,14 +36,9 @@ impl AdminClient {
             Some(f) => {
                 let text = std::fs::read_to_string(f)
                     .with_context(|| format!("cannot read the admin token from {}", f.display()))?;
-                let t = text.trim();
-                if t.is_empty() || t.bytes().any(|b| !b.is_ascii_graphic()) {
-                    bail!(
-                        "{}: not a bearer token (one line of letters, digits and -._~+/=)",
-                        f.display()
-                    );
-                }
-                Some(t.to_string())
+                let token =
+                    AdminToken::parse(&text).map_err(|why| anyhow!("{}: {why}", f.display()))?;
+                Some(token)
             }
         };
         Ok(AdminClient { addr, token })
@@ -56,7 +52,7 @@ impl AdminClient {
             let auth = self
                 .token
                 .as_ref()
-                .map(|t| format!("authorization: Bearer {t}\r\n"))
+                .map(|t| format!("authorization: Bearer {}\r\n", t.secret()))
                 .unwrap_or_default();
             s.write_all(
                 format!(
@@ -71,9 +67,7 @@ impl AdminClient {
         };
         let buf = tokio::time::timeout(ANSWER_TIMEOUT, ask)
             .await
-            .map_err(|_| {
-                anyhow::anyhow!("the admin listener at {addr} did not answer within 10 s")
-            })?
+            .map_err(|_| anyhow!("the admin listener at {addr} did not answer within 10 s"))?
             .with_context(|| format!("cannot reach the admin listener at {addr}"))?;
         let text = String::from_utf8_lossy(&buf);
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));

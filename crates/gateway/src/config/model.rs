@@ -300,6 +300,11 @@ impl AdminToken {
         Ok(AdminToken(t.to_string()))
     }
 
+    /// The token itself, for a client to send.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
     /// Whether `presented` is this token. Both sides are hashed first, so the
     /// time taken says nothing about how much of the token was right, nor
     /// its length.
