@@ -326,6 +326,7 @@ async fn echo_app_websockets_over_h1_h2_h3_appear_in_metrics_and_status_while_op
         );
         assert!(metrics.contains(&handshakes), "{handshakes} in\n{metrics}");
     }
+    assert_eq!(gw.gw.metrics().upgrade_attempts("switched", "switched"), 3);
     let conns = gw.gw.connections().snapshot();
     let mut seen: Vec<_> = conns
         .iter()

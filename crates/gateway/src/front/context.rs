@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use switchyard::proto::HttpVersion;
 use switchyard::Limits;
@@ -15,6 +15,7 @@ use crate::config::Http1;
 use crate::dispatch::{Connection, Dispatcher};
 use crate::live::RouteEntry;
 use crate::metrics::Transport;
+use crate::outcome::Reason;
 use crate::tracking::{ConnectionInfo, LiveApp};
 use crate::upgrade::{BoxFuture, ConnInfo, Registry, SessionEnd};
 
@@ -74,6 +75,16 @@ impl Front {
             transport,
             permit,
         ))
+    }
+
+    /// A connection the front served itself (an app, or a connection-level
+    /// protocol) switched on `route` over `protocol`, `decided` being when
+    /// the dispatcher decided: counted as a switched upgrade attempt and its
+    /// handshake timed. Proxied switches are counted by the proxy.
+    pub(crate) fn switched(&self, route: &str, protocol: HttpVersion, decided: Instant) {
+        let metrics = self.dispatcher.gateway().metrics();
+        metrics.upgrade_attempt("switched", Reason::Switched.label());
+        metrics.observe_handshake(route, protocol, decided.elapsed());
     }
 
     /// What the dispatcher needs to know of a connection.

@@ -421,11 +421,7 @@ async fn switch(
     if conn.write_all(&out).await.is_err() || conn.flush().await.is_err() {
         return None;
     }
-    front.dispatcher.gateway().metrics().observe_handshake(
-        attempt.route,
-        HttpVersion::Http1,
-        attempt.decided.elapsed(),
-    );
+    front.switched(attempt.route, HttpVersion::Http1, attempt.decided);
     info!(%token, path = req.uri().path(), "switching protocols");
     // Nothing of the request, the response head or this loop is needed
     // while the session runs, which may be for days: the connection's task

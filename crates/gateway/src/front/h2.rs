@@ -248,11 +248,7 @@ fn app(
             let stop = ctx.stop.clone();
             let alive = ctx.alive.clone();
             let settings = app.settings.clone();
-            front.dispatcher.gateway().metrics().observe_handshake(
-                &route.label,
-                HttpVersion::Http2,
-                decided.elapsed(),
-            );
+            front.switched(&route.label, HttpVersion::Http2, decided);
             let live = front.live_app(
                 &route,
                 peer,

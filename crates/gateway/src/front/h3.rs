@@ -224,11 +224,7 @@ async fn app(
         Ok(s) => s,
         Err(e) => return info!("HTTP/3 stream not handed over: {e}"),
     };
-    front.dispatcher.gateway().metrics().observe_handshake(
-        &route.label,
-        HttpVersion::Http3,
-        decided.elapsed(),
-    );
+    front.switched(&route.label, HttpVersion::Http3, decided);
     let ws = WebSocket::from_raw(stream, conn, &[]).with_negotiated(negotiated);
     let live = front.live_app(
         &route,
