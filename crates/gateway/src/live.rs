@@ -210,6 +210,7 @@ impl Gateway {
     pub fn new(cfg: Config, source: Option<ConfigSource>) -> Result<Arc<Gateway>, GatewayError> {
         let metrics = Arc::new(Metrics::new());
         let limiter = ConnectionLimiter::new();
+        let sessions = Sessions::in_memory(MAX_FALLBACK_SESSIONS, cfg.fallback.memory);
         let live = Self::build(cfg, &metrics, 1)?;
         Ok(Arc::new(Gateway {
             live: RwLock::new(Arc::new(live)),
@@ -220,7 +221,7 @@ impl Gateway {
             reloads: AtomicU64::new(0),
             listeners: Mutex::new(None),
             reloading: Mutex::new(()),
-            sessions: Sessions::in_memory(MAX_FALLBACK_SESSIONS),
+            sessions,
         }))
     }
 

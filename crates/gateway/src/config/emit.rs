@@ -91,6 +91,10 @@ impl Config {
                 Value::Boolean(self.http2.enable_connect_protocol),
             )]),
         );
+        root.insert(
+            "fallback".into(),
+            table(vec![("memory", size(self.fallback.memory))]),
+        );
         let l = &self.limits;
         root.insert(
             "limits".into(),

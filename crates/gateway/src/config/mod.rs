@@ -1101,6 +1101,17 @@ mod tests {
         let written = c.to_toml_string();
         assert!(written.contains("fallback = [\"poll\"]"), "{written}");
         assert_eq!(parse(&written).unwrap(), c, "{written}");
+        // The gateway-wide budget of the sessions' buffers.
+        assert_eq!(c.fallback.memory, 256 << 20);
+        let budget = parse(&format!("[fallback]\nmemory = \"64MiB\"\n{PROXIED}")).unwrap();
+        assert_eq!(budget.fallback.memory, 64 << 20);
+        assert_eq!(parse(&budget.to_toml_string()).unwrap(), budget);
+        expect_err(
+            &format!("[fallback]\nmemory = \"64KiB\"\n{PROXIED}"),
+            2,
+            "fallback.memory",
+            "from 1048576",
+        );
         // Off, and the echo app takes the keys too.
         let off = parse(&format!("{PROXIED}[route.policy]\nfallback = []\n")).unwrap();
         assert!(off.routes[0].policy.fallback.is_empty());

@@ -48,6 +48,10 @@ pub struct Config {
     /// `[http2]`: the HTTP/2 server (TLS with ALPN `h2`, or prior knowledge).
     #[serde(default)]
     pub http2: Http2,
+    /// `[fallback]`: what the fallback sessions of the whole gateway may
+    /// hold (each route's sessions have their own `fallback_*` keys).
+    #[serde(default)]
+    pub fallback: Fallback,
 }
 
 /// `[runtime]`: how the process runs its connections.
@@ -105,6 +109,28 @@ impl Default for Http2 {
         Http2 {
             enable_connect_protocol: true,
         }
+    }
+}
+
+/// `[fallback]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fallback {
+    /// Bytes the fallback sessions of this gateway hold at once in their
+    /// buffers (replay windows and messages queued for the backends, both
+    /// directions together). Per session the route's keys bound them; this
+    /// bounds their sum, which those keys times the number of sessions
+    /// would put far above a machine's memory. Beyond it, opens and sends
+    /// get 503 with `Retry-After`, and a session whose backend sends more
+    /// is closed with 1013. Read at start (a reload keeps it). Default
+    /// 256 MiB.
+    #[serde(deserialize_with = "de_size")]
+    pub memory: usize,
+}
+
+impl Default for Fallback {
+    fn default() -> Self {
+        Fallback { memory: 256 << 20 }
     }
 }
 

@@ -101,6 +101,13 @@ impl Config {
             &[key("http1"), key("max_request_body")],
             r,
         )?;
+        size_in(
+            self.fallback.memory,
+            1 << 20,
+            usize::MAX,
+            &[key("fallback"), key("memory")],
+            r,
+        )?;
 
         for (i, u) in self.upstreams.iter().enumerate() {
             let base_path = [key("upstream"), Seg::Index(i)];

@@ -1,7 +1,18 @@
 //! [`MemoryStore`]: the session state in this process, for a gateway that
 //! runs alone. Waits are `tokio::sync::Notify`s, one per kind of waiter.
+//!
+//! Every byte a session buffers (its log and its queue for the backend) is
+//! taken from one [`MemoryStore::new`] budget shared by all sessions, so
+//! that many sessions' per-session bounds cannot add up beyond it. When a
+//! message does not fit, entries already given to a reader are dropped
+//! from every session first (their replay windows shrink: a resume that
+//! needs them ends with 4410, never a gap); then a send is refused
+//! ([`Accepted::OverBudget`], the client retries), a backend's message
+//! ends its session ([`Pushed::OverBudget`]), and past
+//! [`OPEN_REFUSED_ABOVE`] of the budget opens are refused.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,13 +34,55 @@ fn cost(p: &Payload) -> usize {
     p.len() + ENTRY_COST
 }
 
+/// Opens are refused while the sessions hold more than this part of the
+/// budget (eighths): the rest is kept for the sessions already open.
+pub const OPEN_REFUSED_ABOVE: (usize, usize) = (7, 8);
+
+/// The bytes all sessions of a store may buffer together.
+#[derive(Debug)]
+struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl Budget {
+    /// Take `n` bytes if they fit.
+    fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|t| *t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Take `n` bytes whether they fit or not (a close entry: the end of a
+    /// session must be recorded; its size is bounded).
+    fn take(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    fn opens_allowed(&self) -> bool {
+        let (num, den) = OPEN_REFUSED_ABOVE;
+        self.used() <= self.limit / den * num
+    }
+}
+
 /// Fallback sessions in memory, bounded by a number of sessions (ended
-/// ones included until they are forgotten) and, per session, by its
-/// settings' byte bounds.
+/// ones included until they are forgotten), by the bytes they buffer
+/// together, and, per session, by its settings' byte bounds.
 #[derive(Debug)]
 pub struct MemoryStore {
     sessions: Mutex<HashMap<SessionId, Arc<Slot>>>,
     capacity: usize,
+    budget: Arc<Budget>,
     /// When ended sessions were last forgotten (at most once a second, on
     /// `create`): their logs do not wait for the store to fill up.
     swept: Mutex<Instant>,
@@ -52,6 +105,9 @@ struct Slot {
 
 #[derive(Debug)]
 struct State {
+    /// Where `log_bytes` and `inbound_bytes` are taken from (given back
+    /// when the state is dropped).
+    budget: Arc<Budget>,
     log: VecDeque<Entry>,
     log_bytes: usize,
     /// Bytes of the entries after `delivered`.
@@ -73,20 +129,39 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Default for MemoryStore {
-    /// Room for 20 000 sessions.
+    /// Room for 20 000 sessions holding 256 MiB.
     fn default() -> Self {
-        MemoryStore::new(20_000)
+        MemoryStore::new(20_000, 256 << 20)
     }
 }
 
 impl MemoryStore {
     /// A store for at most `capacity` sessions, ended ones included until
-    /// they are forgotten (their idle timeout after the end).
-    pub fn new(capacity: usize) -> Self {
+    /// they are forgotten (their idle timeout after the end), buffering at
+    /// most `memory` bytes together (see the module docs).
+    pub fn new(capacity: usize, memory: usize) -> Self {
         MemoryStore {
             sessions: Mutex::new(HashMap::new()),
             capacity,
+            budget: Arc::new(Budget {
+                limit: memory,
+                used: AtomicUsize::new(0),
+            }),
             swept: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Bytes the sessions buffer now.
+    pub fn memory_used(&self) -> usize {
+        self.budget.used()
+    }
+
+    /// Drop the entries already given to a reader from every session's
+    /// log, to make room in the budget.
+    fn shed(&self) {
+        let slots: Vec<Arc<Slot>> = lock(&self.sessions).values().cloned().collect();
+        for s in slots {
+            lock(&s.state).trim(0);
         }
     }
 
@@ -157,9 +232,16 @@ impl Slot {
     }
 }
 
+impl Drop for State {
+    fn drop(&mut self) {
+        self.budget.give(self.log_bytes + self.inbound_bytes);
+    }
+}
+
 impl State {
-    fn new() -> Self {
+    fn new(budget: Arc<Budget>) -> Self {
         State {
+            budget,
             log: VecDeque::new(),
             log_bytes: 0,
             unread_bytes: 0,
@@ -175,7 +257,8 @@ impl State {
         }
     }
 
-    fn append(&mut self, payload: Payload) {
+    /// Append `payload`, whose cost was taken from the budget.
+    fn append_taken(&mut self, payload: Payload) {
         self.last = self.last.next();
         let c = cost(&payload);
         self.log_bytes += c;
@@ -189,13 +272,22 @@ impl State {
         });
     }
 
+    /// Append the close entry, taking its cost whether it fits or not.
+    fn append_close(&mut self, frame: CloseFrame) {
+        let p = Payload::Close(frame);
+        self.budget.take(cost(&p));
+        self.append_taken(p);
+    }
+
     /// Drop delivered entries from the front while the log is over the
     /// window; the close entry stays.
     fn trim(&mut self, window: usize) {
         while self.log_bytes > window {
             match self.log.front() {
                 Some(e) if e.seq <= self.delivered && !matches!(e.payload, Payload::Close(_)) => {
-                    self.log_bytes -= cost(&e.payload);
+                    let c = cost(&e.payload);
+                    self.log_bytes -= c;
+                    self.budget.give(c);
                     self.log.pop_front();
                 }
                 _ => break,
@@ -223,6 +315,20 @@ impl State {
         let seq = self.client_seq.next();
         self.inbound.push_back((seq, Payload::Close(frame)));
     }
+
+    /// Drop the client messages up to `after` (handled by the owner).
+    fn drop_inbound(&mut self, after: Seq) {
+        while self.inbound.front().is_some_and(|(s, _)| *s <= after) {
+            if let Some((_, p)) = self.inbound.pop_front() {
+                // A close item was never counted (see `accept_now`).
+                if !matches!(p, Payload::Close(_)) {
+                    let c = cost(&p);
+                    self.inbound_bytes -= c;
+                    self.budget.give(c);
+                }
+            }
+        }
+    }
 }
 
 impl SessionStore for MemoryStore {
@@ -243,11 +349,19 @@ impl SessionStore for MemoryStore {
             if map.len() >= self.capacity {
                 return Err(StoreError::Full(self.capacity));
             }
+            if !self.budget.opens_allowed() {
+                drop(map);
+                self.shed();
+                if !self.budget.opens_allowed() {
+                    return Err(StoreError::OverBudget(self.budget.limit));
+                }
+                map = lock(&self.sessions);
+            }
             map.insert(
                 id,
                 Arc::new(Slot {
                     record,
-                    state: Mutex::new(State::new()),
+                    state: Mutex::new(State::new(self.budget.clone())),
                     to_reader: Notify::new(),
                     to_owner: Notify::new(),
                     room: Notify::new(),
@@ -270,20 +384,38 @@ impl SessionStore for MemoryStore {
     fn push(&self, id: SessionId, payloads: Vec<Payload>) -> StoreFuture<'_, Pushed> {
         Box::pin(async move {
             let slot = self.slot(id)?;
-            let pushed = {
+            let mut pending = payloads.into_iter().peekable();
+            let mut shed = false;
+            let pushed = loop {
                 let mut st = lock(&slot.state);
                 if st.ended.is_some() {
-                    Pushed::Ended
-                } else {
-                    for p in payloads {
-                        st.append(p);
-                        if st.ended.is_some() {
-                            break;
-                        }
-                    }
-                    st.trim(slot.replay_bytes());
-                    Pushed::Appended(st.last)
+                    break Pushed::Ended;
                 }
+                while let Some(p) = pending.peek() {
+                    let c = cost(p);
+                    if matches!(p, Payload::Close(_)) {
+                        st.budget.take(c);
+                    } else if !st.budget.try_take(c) {
+                        break;
+                    }
+                    if let Some(p) = pending.next() {
+                        st.append_taken(p);
+                    }
+                    if st.ended.is_some() {
+                        break;
+                    }
+                }
+                st.trim(slot.replay_bytes());
+                // What follows a close is dropped.
+                if st.ended.is_some() || pending.peek().is_none() {
+                    break Pushed::Appended(st.last);
+                }
+                if shed {
+                    break Pushed::OverBudget(self.budget.limit);
+                }
+                drop(st);
+                self.shed();
+                shed = true;
             };
             slot.to_reader.notify_waiters();
             Ok(pushed)
@@ -310,11 +442,7 @@ impl SessionStore for MemoryStore {
         Box::pin(async move {
             let slot = self.slot(id)?;
             let collect = |st: &mut State| {
-                while st.inbound.front().is_some_and(|(s, _)| *s <= after) {
-                    if let Some((_, p)) = st.inbound.pop_front() {
-                        st.inbound_bytes = st.inbound_bytes.saturating_sub(cost(&p));
-                    }
-                }
+                st.drop_inbound(after);
                 Inbound {
                     items: st.inbound.iter().cloned().collect(),
                     idle: st.reader_seen.elapsed(),
@@ -399,10 +527,12 @@ impl SessionStore for MemoryStore {
         Box::pin(async move {
             let slot = self.slot(id)?;
             let max = slot.record.settings.max_body;
-            let accepted = {
-                let mut st = lock(&slot.state);
-                accept_now(&mut st, first, payloads, max)
-            };
+            let mut payloads = payloads;
+            let mut accepted = accept_now(&mut lock(&slot.state), first, &mut payloads, max);
+            if accepted == Accepted::OverBudget {
+                self.shed();
+                accepted = accept_now(&mut lock(&slot.state), first, &mut payloads, max);
+            }
             slot.to_owner.notify_waiters();
             Ok(accepted)
         })
@@ -435,7 +565,7 @@ impl SessionStore for MemoryStore {
                 let mut st = lock(&slot.state);
                 let now = st.ended.is_none();
                 if now {
-                    st.append(Payload::Close(to_client));
+                    st.append_close(to_client);
                 }
                 if !st.closing {
                     st.close_item(to_backend);
@@ -486,7 +616,13 @@ fn read_now(st: &State, ticket: ReaderTicket, after: Seq, max_bytes: usize) -> O
 }
 
 /// The exactly-once rule of client messages.
-fn accept_now(st: &mut State, first: Seq, payloads: Vec<Payload>, max_bytes: usize) -> Accepted {
+/// `payloads` is left as it was unless they are taken.
+fn accept_now(
+    st: &mut State,
+    first: Seq,
+    payloads: &mut Vec<Payload>,
+    max_bytes: usize,
+) -> Accepted {
     let count = payloads.len() as u64;
     if count == 0 {
         return Accepted::Acked(st.client_seq);
@@ -505,14 +641,17 @@ fn accept_now(st: &mut State, first: Seq, payloads: Vec<Payload>, max_bytes: usi
     }
     // The part already taken by an earlier copy of this request.
     let skip = usize::try_from(st.client_seq.0 + 1 - first.0).unwrap_or(usize::MAX);
-    let fresh: Vec<Payload> = payloads.into_iter().skip(skip).collect();
-    let bytes: usize = fresh.iter().map(cost).sum();
+    let skip = skip.min(payloads.len());
+    let bytes: usize = payloads[skip..].iter().map(cost).sum();
     if st.inbound_bytes > 0 && st.inbound_bytes + bytes > max_bytes {
         return Accepted::Full;
     }
-    for p in fresh {
+    if !st.budget.try_take(bytes) {
+        return Accepted::OverBudget;
+    }
+    st.inbound_bytes += bytes;
+    for p in payloads.drain(skip..) {
         st.client_seq = st.client_seq.next();
-        st.inbound_bytes += cost(&p);
         let seq = st.client_seq;
         st.inbound.push_back((seq, p));
     }
@@ -551,7 +690,7 @@ mod tests {
     const NOW: Duration = Duration::ZERO;
 
     async fn store(replay_bytes: usize, max_body: usize) -> MemoryStore {
-        let s = MemoryStore::new(10);
+        let s = MemoryStore::new(10, 1 << 30);
         s.create(ID, record(replay_bytes, max_body)).await.unwrap();
         s
     }
@@ -792,7 +931,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ended_sessions_are_forgotten_after_their_idle_timeout_and_capacity_holds() {
-        let s = MemoryStore::new(2);
+        let s = MemoryStore::new(2, 1 << 30);
         let a = SessionId::from_bytes([1; 16]);
         let b = SessionId::from_bytes([2; 16]);
         s.create(a, record(1000, 1000)).await.unwrap();
@@ -823,7 +962,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn opens_forget_ended_sessions_before_the_store_is_full() {
-        let s = MemoryStore::new(100);
+        let s = MemoryStore::new(100, 1 << 30);
         let a = SessionId::from_bytes([1; 16]);
         s.create(a, record(1000, 1000)).await.unwrap();
         let close = Payload::Close(CloseFrame::new(CloseCode::NORMAL, ""));
@@ -837,6 +976,82 @@ mod tests {
             1,
             "the ended session (and its log) is gone"
         );
+    }
+
+    #[tokio::test]
+    async fn the_memory_budget_bounds_every_session_together() {
+        let hundred = || Payload::Binary(vec![0u8; 100].into());
+        let c = 100 + ENTRY_COST;
+        // Room for eight entries of 100 bytes in all; opens stop above seven.
+        let s = MemoryStore::new(10, 8 * c);
+        let (a, b) = (
+            SessionId::from_bytes([1; 16]),
+            SessionId::from_bytes([2; 16]),
+        );
+        s.create(a, record(1 << 20, 1 << 20)).await.unwrap();
+        s.create(b, record(1 << 20, 1 << 20)).await.unwrap();
+        assert_eq!(
+            s.push(a, vec![hundred(), hundred(), hundred(), hundred()])
+                .await,
+            Ok(Pushed::Appended(Seq(4)))
+        );
+        assert_eq!(
+            s.accept(b, Seq(1), vec![hundred(), hundred()]).await,
+            Ok(Accepted::Acked(Seq(2)))
+        );
+        assert_eq!(s.memory_used(), 6 * c);
+        // Two entries fit, the third does not: it and what follows are
+        // refused, the session's owner is to end it.
+        assert_eq!(
+            s.push(b, vec![hundred(), hundred(), hundred(), hundred()])
+                .await,
+            Ok(Pushed::OverBudget(8 * c))
+        );
+        assert_eq!(s.memory_used(), 8 * c);
+        // A send waits for room (the client retries), an open is refused.
+        assert_eq!(
+            s.accept(a, Seq(1), vec![hundred()]).await,
+            Ok(Accepted::OverBudget)
+        );
+        let third = SessionId::from_bytes([3; 16]);
+        assert_eq!(
+            s.create(third, record(1 << 20, 1 << 20)).await,
+            Err(StoreError::OverBudget(8 * c))
+        );
+        // The owner handles b's two messages: their bytes come back.
+        s.take_inbound(b, Seq(2), NOW).await.unwrap();
+        assert_eq!(s.memory_used(), 6 * c);
+        // Entries given to a reader are dropped from every session to make
+        // room: a's four, read, leave its log at the next shortage.
+        let r = s.begin_read(a, Seq(0)).await.unwrap();
+        assert_eq!(
+            seqs(&s.read(a, r.ticket, Seq(0), 1 << 20, NOW).await.unwrap()),
+            [1, 2, 3, 4]
+        );
+        assert_eq!(
+            s.push(b, vec![hundred(), hundred(), hundred()]).await,
+            Ok(Pushed::Appended(Seq(5)))
+        );
+        assert_eq!(s.memory_used(), 5 * c);
+        // A resume of what was dropped ends with the window's close, never a gap.
+        let again = s.begin_read(a, Seq(0)).await.unwrap();
+        assert_eq!(
+            s.read(a, again.ticket, Seq(0), 1 << 20, NOW).await.unwrap(),
+            ReadOutcome::WindowExceeded
+        );
+        // A close always fits; a forgotten session gives back all it held.
+        let close = || CloseFrame::new(CloseCode::TRY_AGAIN_LATER, "full");
+        s.create(third, record(1 << 20, 1 << 20)).await.unwrap();
+        s.push(third, vec![hundred(), hundred(), hundred()])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.push(third, vec![Payload::Close(close())]).await,
+            Ok(Pushed::Appended(Seq(4)))
+        );
+        assert!(s.memory_used() > 8 * c);
+        lock(&s.sessions).clear();
+        assert_eq!(s.memory_used(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,7 +29,9 @@
 //! fallback off); 405 wrong method; 409 a gap in the client's numbers
 //! (with the expected one); 410 sending after the close; 413 body over
 //! `max_body`; 415 an unknown `Content-Type`; 503 with `Retry-After` when
-//! the sessions or a session's queue are full. A resume that asks for what
+//! the sessions, a session's queue or the gateway's memory budget for
+//! sessions are full (a backend message beyond that budget closes its
+//! session with 1013). A resume that asks for what
 //! left the replay window ends the session with close 4410.
 
 pub mod connector;
@@ -166,9 +168,9 @@ impl Sessions {
     }
 
     /// In memory: a [`MemoryStore`] for twice `max_sessions` (room for ended
-    /// sessions until they are forgotten).
-    pub fn in_memory(max_sessions: usize) -> Self {
-        let store = Arc::new(MemoryStore::new(max_sessions.saturating_mul(2)));
+    /// sessions until they are forgotten), buffering at most `memory` bytes.
+    pub fn in_memory(max_sessions: usize, memory: usize) -> Self {
+        let store = Arc::new(MemoryStore::new(max_sessions.saturating_mul(2), memory));
         Sessions::new(store, max_sessions, Arc::new(SessionMetrics::new()))
     }
 

@@ -57,6 +57,9 @@ enum End {
     Drain,
     /// The request side ended the log (an abort) while messages came.
     Aborted,
+    /// The store's memory budget (bytes) could not take the backend's
+    /// messages.
+    OverBudget(usize),
     /// The store failed.
     Store(StoreError),
 }
@@ -116,6 +119,19 @@ impl Owner {
                 let f = CloseFrame::new(CloseCode::INTERNAL_ERROR, "session aborted");
                 close_backend(&mut rx, &mut tx, f.clone()).await;
                 ("aborted", Payload::Close(f))
+            }
+            End::OverBudget(limit) => {
+                let f = CloseFrame::new(CloseCode::TRY_AGAIN_LATER, "gateway session memory full");
+                close_backend(&mut rx, &mut tx, f.clone()).await;
+                tracing::warn!(
+                    sid = %self.id,
+                    route = %self.route,
+                    limit,
+                    "fallback session closed: the sessions' buffers fill the gateway's \
+                     budget ([fallback] memory); raise it or lower the routes' \
+                     fallback_replay_bytes"
+                );
+                ("over_budget", Payload::Close(f))
             }
             End::Store(e) => {
                 let f = CloseFrame::new(CloseCode::INTERNAL_ERROR, "session state lost");
@@ -209,6 +225,7 @@ impl Owner {
                 match self.store.push(self.id, batch).await {
                     Ok(Pushed::Appended(_)) => {}
                     Ok(Pushed::Ended) => return End::Aborted,
+                    Ok(Pushed::OverBudget(limit)) => return End::OverBudget(limit),
                     Err(e) => return End::Store(e),
                 }
             }

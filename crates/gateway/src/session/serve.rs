@@ -135,6 +135,12 @@ fn store_failed(e: StoreError) -> Reject {
             Reject::new(StatusCode::SERVICE_UNAVAILABLE, "store_full", e.to_string())
                 .retry_after(RETRY_AFTER_SECS)
         }
+        StoreError::OverBudget(_) => Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "memory_full",
+            e.to_string(),
+        )
+        .retry_after(RETRY_AFTER_FULL),
         StoreError::Unavailable(_) => Reject::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
@@ -621,6 +627,13 @@ fn acked(a: Accepted) -> Result<Response<SessionBody>, Reject> {
             StatusCode::SERVICE_UNAVAILABLE,
             "queue_full",
             "the session's messages for the backend fill its queue; send again shortly",
+        )
+        .retry_after(RETRY_AFTER_FULL)),
+        Accepted::OverBudget => Err(Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "memory_full",
+            "the gateway's fallback sessions fill their memory budget ([fallback] memory); \
+             send again shortly",
         )
         .retry_after(RETRY_AFTER_FULL)),
         Accepted::Closed => Err(Reject::new(

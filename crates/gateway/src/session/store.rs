@@ -56,6 +56,12 @@ pub enum StoreError {
     /// The store holds its maximum of sessions.
     #[error("the session store holds its maximum of {0} sessions; try again later")]
     Full(usize),
+    /// The sessions' buffers fill the store's memory budget.
+    #[error(
+        "the fallback sessions' buffers fill the gateway's budget of {0} bytes \
+         ([fallback] memory); try again later"
+    )]
+    OverBudget(usize),
     /// No such session (never opened, or forgotten after it ended).
     #[error("no such session")]
     Unknown,
@@ -123,6 +129,10 @@ pub enum Pushed {
     /// The log had already ended (the request side aborted the session):
     /// nothing was appended, the owner stops.
     Ended,
+    /// The store's memory budget (this many bytes) cannot take the rest of
+    /// the messages (those before were appended): the owner ends the
+    /// session.
+    OverBudget(usize),
 }
 
 /// A reader's claim, from [`SessionStore::begin_read`].
@@ -172,6 +182,8 @@ pub enum Accepted {
     },
     /// The messages for the backend already fill the queue; retry later.
     Full,
+    /// The store's memory budget cannot take the messages; retry later.
+    OverBudget,
     /// The session is closing or ended: nothing more is taken.
     Closed,
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, StatusCode};
 use switchyard::fallback::sse::SseParser;
+use switchyard::fallback::wire::Payload;
 use switchyard::fallback::{FallbackBuilder, Transport};
 use switchyard::{CloseCode, Message};
 use switchyard_gateway::config::Config;
@@ -269,4 +270,82 @@ async fn drain_closes_open_sessions_with_1001() {
     assert!(close.data.contains("1001"), "{}", close.data);
     within("the stop", stopping).await.unwrap();
     assert!(TcpStream::connect(addr).await.is_err());
+}
+
+/// A backend that sends `count` binary messages of `size` bytes as soon as
+/// a WebSocket opens, then reads until the close; the close code it got.
+async fn flood_backend(count: usize, size: usize) -> (SocketAddr, oneshot::Receiver<Option<u16>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let cfg = switchyard::server::AcceptConfig::default();
+        let mut ws = switchyard::accept(tcp, &cfg).await.unwrap();
+        for _ in 0..count {
+            if ws
+                .send(Message::Binary(vec![7u8; size].into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let mut code = None;
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(f) = m {
+                code = f.map(|f| f.code.0);
+                break;
+            }
+        }
+        let _ = tx.send(code);
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn the_memory_budget_closes_a_session_that_outgrows_it_and_refuses_opens() {
+    // 1 MiB for every session's buffers; a window that alone would hold 4.
+    let (back, backend_close) = flood_backend(4, 300 << 10).await;
+    let gw = Running::start(&format!(
+        "[fallback]\nmemory = \"1MiB\"\n\
+         [[upstream]]\nname = \"flood\"\nservers = [\"ws://{back}\"]\n\
+         [[route]]\npath = \"/flood\"\nupstream = \"flood\"\n[route.policy]\n\
+         fallback_replay_bytes = \"4MiB\"\nfallback_stream_bytes = \"4MiB\"\n{ECHO}"
+    ))
+    .await;
+    let addr = gw.addr;
+    let s = open(addr, "/flood", "{}").await;
+    // Three messages fit, the fourth does not: the backend gets 1013.
+    let code = within("the backend's close", backend_close).await.unwrap();
+    assert_eq!(code, Some(1013));
+    // What the session holds keeps opens out (503, the reason said).
+    let refused = request(
+        addr,
+        Method::POST,
+        "/echo?sw=open",
+        &[("content-type", "application/json")],
+        "{}",
+    )
+    .await;
+    assert_eq!(refused.error(503).error, "memory_full");
+    assert!(refused.headers.contains_key("retry-after"));
+    // The client reads the three messages, then the 1013 close.
+    let resp = send(addr, Method::GET, &q("/flood", "sse", &s, ""), &[], "").await;
+    let mut sse = SseReader::new(resp);
+    let mut got = Vec::new();
+    while let Some(e) = sse.next().await {
+        let end = e.event == "close";
+        got.push((e.id.clone(), e.event.clone()));
+        if end {
+            assert!(e.data.contains("1013"), "{}", e.data);
+            break;
+        }
+    }
+    let ids: Vec<_> = got.iter().map(|(id, _)| id.clone().unwrap()).collect();
+    assert_eq!(ids, ["1", "2", "3", "4"]);
+    assert_eq!(got[3].1, "close");
+    // Once read, those messages make room: opens are served again.
+    open(addr, "/echo", "{}").await;
+    gw.stop().await;
 }

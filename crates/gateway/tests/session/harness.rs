@@ -123,7 +123,7 @@ impl Gateway {
             Duration::from_secs(300),
             Duration::from_secs(1),
         );
-        let sessions = Sessions::in_memory(setup.max_sessions);
+        let sessions = Sessions::in_memory(setup.max_sessions, cfg.fallback.memory);
         let shared = Arc::new(Shared {
             cfg,
             ctx,
