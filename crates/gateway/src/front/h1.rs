@@ -203,7 +203,14 @@ async fn serve_loop(
         // limit, left unread); any other body is discarded.
         let mut session_body = Some(Bytes::new());
         if !body_read {
-            match body_length(&req, front.http1.max_request_body) {
+            // A session request's body is bounded by its route's
+            // `fallback_max_body` alone (`session_read`), whatever
+            // `max_request_body` says of bodies that are discarded.
+            let max_body = match &decision {
+                Decision::Session(_) => usize::MAX,
+                _ => front.http1.max_request_body,
+            };
+            match body_length(&req, max_body) {
                 Ok(BodyLen::Length(0)) => {}
                 Ok(body) => {
                     // RFC 9110 §10.1.1: the client waits for this before sending the body.

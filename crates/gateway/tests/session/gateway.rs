@@ -349,3 +349,27 @@ async fn the_memory_budget_closes_a_session_that_outgrows_it_and_refuses_opens()
     open(addr, "/echo", "{}").await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_body_has_its_route_limit_whatever_the_http1_limit() {
+    let gw = Running::start(&format!(
+        "[http1]\nmax_request_body = \"1KiB\"\n\
+         [[route]]\npath = \"/big\"\napp = \"echo\"\n[route.policy]\nfallback_max_body = \"64KiB\"\n\
+         {ECHO}"
+    ))
+    .await;
+    let addr = gw.addr;
+    let s = open(addr, "/big", "{}").await;
+    let text = "y".repeat(8000);
+    let r = send_text(addr, "/big", &s, 1, &text).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let echoed = messages(&poll(addr, "/big", &s, 0).await);
+    assert_eq!(echoed[0].payload, Payload::Text(text.into()));
+    // Over the route's limit: the session's own 413.
+    let r = send_text(addr, "/big", &s, 2, &"z".repeat(70_000)).await;
+    assert_eq!(r.error(413).error, "body_too_large");
+    // Other requests keep [http1] max_request_body.
+    let r = request(addr, Method::POST, "/", &[], "w".repeat(2000)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    gw.stop().await;
+}
