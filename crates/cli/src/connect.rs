@@ -21,6 +21,13 @@
 //! | 3 | the server closed with a code other than 1000 (including 1005, no code) |
 //! | 4 | abnormal end: dropped without a close frame (1006), I/O or protocol error, ping or close timeout |
 //!
+//! `--transport sse` or `poll` opens a fallback session of a switchyard
+//! gateway at the same URL instead of a WebSocket (for a path that drops the
+//! upgrade): the same input, output and exit statuses; the session resumes
+//! by itself after network errors, so `--reconnect` and the WebSocket-only
+//! flags (`--ping-interval`, `--proxy`, `--http2`, `--http3`, client
+//! certificates) are refused with it.
+//!
 //! With `--reconnect`, a connection that could not be opened, was lost, or
 //! was closed by the server (with any code) is retried after 250 ms,
 //! doubling up to `--reconnect-max-delay` (reset after each successful
@@ -36,7 +43,8 @@ use switchyard_gateway::config::parse_flag_duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use switchyard::fallback::{FallbackBuilder, FallbackError, Transport};
 use switchyard::{CloseCode, CloseFrame, Limits, Message};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -64,6 +72,28 @@ pub enum BinaryFormat {
     #[default]
     Base64,
     Hex,
+}
+
+/// What `connect` opens.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ConnectTransport {
+    /// A WebSocket (HTTP/1.1, or HTTP/2 or HTTP/3 with their flags).
+    #[default]
+    Ws,
+    /// A switchyard gateway's fallback session, read as an event stream.
+    Sse,
+    /// A switchyard gateway's fallback session, read by long polling.
+    Poll,
+}
+
+impl ConnectTransport {
+    fn fallback(self) -> Option<Transport> {
+        match self {
+            ConnectTransport::Ws => None,
+            ConnectTransport::Sse => Some(Transport::Sse),
+            ConnectTransport::Poll => Some(Transport::Poll),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -110,6 +140,10 @@ pub struct ConnectArgs {
     /// How binary messages are printed in pipe mode.
     #[arg(long, value_enum, default_value_t = BinaryFormat::Base64)]
     pub binary_format: BinaryFormat,
+    /// ws: a WebSocket; sse or poll: a fallback session of a switchyard
+    /// gateway at the same URL, for a path that drops the upgrade.
+    #[arg(long, value_enum, default_value_t = ConnectTransport::Ws)]
+    pub transport: ConnectTransport,
 }
 
 /// A line typed in interactive mode.
@@ -386,9 +420,62 @@ fn interactive_input(
     Ok(Box::new(printer))
 }
 
+/// Start reading stdin (line editing on a terminal); where output goes.
+fn start_input(tx: mpsc::Sender<Input>) -> Result<Out, i32> {
+    let interactive = std::io::stdin().is_terminal();
+    let mut out = Out {
+        interactive,
+        printer: None,
+    };
+    if interactive {
+        match interactive_input(tx) {
+            Ok(p) => out.printer = Some(Arc::new(Mutex::new(p))),
+            Err(e) => {
+                eprintln!("error: cannot start line editing: {e}");
+                return Err(exit::USAGE);
+            }
+        }
+    } else {
+        pipe_input(tx);
+    }
+    Ok(out)
+}
+
+/// Print how a connection ended; its exit status.
+fn report_end(ending: Ending, out: &Out) -> i32 {
+    match ending {
+        Ending::Local => {
+            out.status("closed");
+            exit::OK
+        }
+        Ending::Peer(code, reason) => {
+            out.status(&format!(
+                "server closed the connection with {code} ({}){}",
+                close_code_name(code),
+                if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {reason}")
+                }
+            ));
+            if code == 1000 {
+                exit::OK
+            } else {
+                exit::PEER_CLOSED_ABNORMALLY
+            }
+        }
+        Ending::Abnormal(why) => {
+            out.status(&format!("connection lost: {why}"));
+            exit::DROPPED
+        }
+    }
+}
+
 /// Run `connect`; returns the exit status.
 pub async fn run(args: ConnectArgs) -> i32 {
-    let interactive = std::io::stdin().is_terminal();
+    if let Some(t) = args.transport.fallback() {
+        return run_fallback(&args, t).await;
+    }
     let mut dialer = match args.conn.dialer(&args.url, Limits::default()) {
         Ok(d) => d,
         Err(e) => {
@@ -406,21 +493,10 @@ pub async fn run(args: ConnectArgs) -> i32 {
         dialer.http = crate::dial::HttpVersion::Auto;
     }
     let (tx, mut rx) = mpsc::channel::<Input>(64);
-    let mut out = Out {
-        interactive,
-        printer: None,
+    let out = match start_input(tx) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
-    if interactive {
-        match interactive_input(tx) {
-            Ok(p) => out.printer = Some(Arc::new(Mutex::new(p))),
-            Err(e) => {
-                eprintln!("error: cannot start line editing: {e}");
-                return exit::USAGE;
-            }
-        }
-    } else {
-        pipe_input(tx);
-    }
     let mut backoff = FIRST_BACKOFF;
     let mut failures: u32 = 0;
     loop {
@@ -456,30 +532,12 @@ pub async fn run(args: ConnectArgs) -> i32 {
                 info.push(')');
                 out.status(&info);
                 let ending = crate::with_ws!(d.ws, ws => session(ws, &mut rx, &out, &args).await);
-                match ending {
-                    Ending::Local => {
-                        out.status("closed");
-                        return exit::OK;
-                    }
-                    Ending::Peer(code, reason) => {
-                        out.status(&format!(
-                            "server closed the connection with {code} ({}){}",
-                            close_code_name(code),
-                            if reason.is_empty() {
-                                String::new()
-                            } else {
-                                format!(": {reason}")
-                            }
-                        ));
-                        if code == 1000 && !args.reconnect {
-                            return exit::OK;
-                        }
-                        exit::PEER_CLOSED_ABNORMALLY
-                    }
-                    Ending::Abnormal(why) => {
-                        out.status(&format!("connection lost: {why}"));
-                        exit::DROPPED
-                    }
+                let local = matches!(ending, Ending::Local);
+                match report_end(ending, &out) {
+                    exit::OK if local || !args.reconnect => return exit::OK,
+                    // A server's 1000 is retried with --reconnect.
+                    exit::OK => exit::PEER_CLOSED_ABNORMALLY,
+                    code => code,
                 }
             }
         };
@@ -513,6 +571,87 @@ pub async fn run(args: ConnectArgs) -> i32 {
     }
 }
 
+/// `--transport sse|poll`: one fallback session (it resumes by itself).
+async fn run_fallback(args: &ConnectArgs, transport: Transport) -> i32 {
+    let c = &args.conn;
+    let ws_only = [
+        (args.reconnect, "--reconnect"),
+        (args.ping_interval.is_some(), "--ping-interval"),
+        (c.proxy.is_some(), "--proxy"),
+        (c.http2, "--http2"),
+        (c.http3, "--http3"),
+        (c.cert.is_some(), "--cert"),
+    ];
+    if let Some((_, flag)) = ws_only.iter().find(|(set, _)| *set) {
+        eprintln!(
+            "error: {flag} applies to --transport ws; a fallback session resumes by itself \
+             and the gateway runs the backend's heartbeat"
+        );
+        return exit::USAGE;
+    }
+    let mut tls = switchyard::ClientBuilder::new();
+    for ca in &c.ca {
+        tls = tls.add_ca_file(ca);
+    }
+    if c.insecure {
+        tls = tls.danger_accept_invalid_certs();
+    }
+    let mut b = FallbackBuilder::new(transport)
+        .subprotocols(c.subprotocols.iter().cloned())
+        .request_timeout(c.connect_timeout)
+        .tls(tls);
+    if let Some(o) = &c.origin {
+        match http::HeaderValue::from_str(o) {
+            Ok(v) => b = b.header(http::header::ORIGIN, v),
+            Err(_) => {
+                eprintln!("error: --origin {o:?} is not a valid header value");
+                return exit::USAGE;
+            }
+        }
+    }
+    for (n, v) in &c.headers {
+        b = b.header(n.clone(), v.clone());
+    }
+    let (tx, mut rx) = mpsc::channel::<Input>(64);
+    let out = match start_input(tx) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let started = Instant::now();
+    let socket = match b.connect(&args.url).await {
+        Ok(s) => s,
+        Err(e) => {
+            out.status(&format!("error: {}", fallback_refusal(&e)));
+            return exit::CONNECT_FAILED;
+        }
+    };
+    let mut info = format!(
+        "connected to {} over a fallback session ({transport}, open in {:.1} ms",
+        args.url,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    if let Some(p) = socket.subprotocol() {
+        info.push_str(&format!(", subprotocol {p}"));
+    }
+    info.push(')');
+    out.status(&info);
+    report_end(session(socket, &mut rx, &out, args).await, &out)
+}
+
+/// Why a fallback session could not be opened, and what to do.
+fn fallback_refusal(e: &FallbackError) -> String {
+    match e {
+        FallbackError::Refused { status, .. } if *status == http::StatusCode::NOT_FOUND => {
+            format!(
+                "{e} — nothing serves fallback sessions at this URL: they are served by a \
+                 switchyard gateway on a route that serves WebSocket (unless its policy \
+                 sets fallback = [])"
+            )
+        }
+        _ => e.to_string(),
+    }
+}
+
 fn print_transcript(t: &Transcript) {
     let mut err = std::io::stderr().lock();
     for l in t.request_head().lines() {
@@ -538,13 +677,44 @@ fn render_text(s: &str, json: bool) -> String {
     s.to_owned()
 }
 
-/// Drive one open connection until it ends.
-async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    mut ws: switchyard::WebSocket<S>,
+/// What [`session`] needs of a connection's errors.
+trait LinkError {
+    /// Sending failed only because the connection is closing.
+    fn is_closed(&self) -> bool;
+    /// Why the connection was lost, for a person.
+    fn why(&self) -> String;
+}
+
+impl LinkError for switchyard::Error {
+    fn is_closed(&self) -> bool {
+        matches!(self, switchyard::Error::Closed)
+    }
+    fn why(&self) -> String {
+        diagnose_drop(self)
+    }
+}
+
+impl LinkError for FallbackError {
+    fn is_closed(&self) -> bool {
+        matches!(self, FallbackError::Closed)
+    }
+    fn why(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Drive one open connection (a WebSocket or a fallback session) until it
+/// ends.
+async fn session<W, E>(
+    mut ws: W,
     rx: &mut mpsc::Receiver<Input>,
     out: &Out,
     args: &ConnectArgs,
-) -> Ending {
+) -> Ending
+where
+    W: Stream<Item = Result<Message, E>> + Sink<Message, Error = E> + Unpin,
+    E: LinkError,
+{
     let mut closing = false;
     let mut peer_close: Option<(u16, String)> = None;
     let mut pings: Vec<(Bytes, Instant)> = Vec::new();
@@ -575,13 +745,14 @@ async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             }, if !closing && keepalive_sent.is_none() => {
                 keepalive_sent = Some(Instant::now());
                 if let Err(e) = ws.send(Message::Ping(Bytes::from_static(KEEPALIVE))).await {
-                    return Ending::Abnormal(diagnose_drop(&e));
+                    return Ending::Abnormal(e.why());
                 }
             }
             _ = tokio::time::sleep_until(pong_deadline.into()), if keepalive_sent.is_some() && !closing => {
+                let close = CloseFrame::new(CloseCode::INTERNAL_ERROR, "pong timeout");
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),
-                    ws.close(CloseCode::INTERNAL_ERROR, "pong timeout"),
+                    ws.send(Message::Close(Some(close))),
                 ).await;
                 return Ending::Abnormal(format!(
                     "no pong within {:?} (--ping-timeout): the server or the path is gone; closed with 1011",
@@ -628,7 +799,7 @@ async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                         });
                     }
                 }
-                Some(Err(e)) => return Ending::Abnormal(diagnose_drop(&e)),
+                Some(Err(e)) => return Ending::Abnormal(e.why()),
                 None => {
                     return match peer_close {
                         Some((c, r)) => Ending::Peer(c, r),
@@ -659,8 +830,8 @@ async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 };
                 closing = close;
                 if let Err(e) = ws.send(msg).await {
-                    if !matches!(e, switchyard::Error::Closed) {
-                        return Ending::Abnormal(diagnose_drop(&e));
+                    if !e.is_closed() {
+                        return Ending::Abnormal(e.why());
                     }
                 }
             }

@@ -121,13 +121,29 @@ pub fn diagnose_ws(err: &Error, url: &str) -> Diagnosis {
                 let line: String = line.chars().take(120).collect();
                 evidence.push(format!("body: {line}"));
             }
+            // We sent the upgrade: a 2xx without it, a 400, or a 426 (the
+            // server wants an upgrade it did not get) mean something on the
+            // path dropped it, where a fallback session still passes.
+            let dropped = status.is_success()
+                || *status == http::StatusCode::BAD_REQUEST
+                || *status == http::StatusCode::UPGRADE_REQUIRED;
+            let next_step = if dropped {
+                format!(
+                    "a proxy on the path may drop the Upgrade header; if the server is a \
+                     switchyard gateway, try `switchyard connect --transport sse {url}` (a \
+                     fallback session through the same path), or {}",
+                    doctor(url)
+                )
+            } else {
+                doctor(url)
+            };
             Diagnosis {
                 summary: format!(
                     "server answered {} {reason} instead of 101 — {hint}",
                     status.as_u16()
                 ),
                 evidence,
-                next_step: Some(doctor(url)),
+                next_step: Some(next_step),
             }
         }
         Error::H2(switchyard::H2Error::Refused {

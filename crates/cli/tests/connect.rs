@@ -185,6 +185,55 @@ fn a_200_answer_is_diagnosed_and_exits_1() {
     assert!(err.contains("proxy"), "{err}");
     assert!(err.contains("Via: 1.1 middlebox"), "{err}");
     assert!(err.contains(&format!("switchyard doctor {url}")), "{err}");
+    assert!(
+        err.contains(&format!("try `switchyard connect --transport sse {url}`")),
+        "{err}"
+    );
+}
+
+#[test]
+fn fallback_transports_round_trip_and_close_cleanly() {
+    let addr = echo_server();
+    let url = format!("ws://{addr}/echo");
+    for t in ["sse", "poll"] {
+        let mut c = connect(&["--transport", t, &url]);
+        for l in ["hello", "ünïcode ✓", ""] {
+            c.send_line(l);
+            assert_eq!(c.line(), l, "over {t}");
+        }
+        c.close_stdin();
+        let (code, err) = c.finish();
+        assert_eq!(code, 0, "stderr: {err}");
+        assert!(
+            err.contains(&format!("over a fallback session ({t}, open in")),
+            "{err}"
+        );
+        assert!(err.contains("closed"), "{err}");
+    }
+}
+
+#[test]
+fn fallback_refusals_say_why() {
+    let addr = echo_server();
+    // Nothing serves sessions there.
+    let c = connect(&["--transport", "sse", &format!("ws://{addr}/nowhere")]);
+    let (code, err) = c.finish();
+    assert_eq!(code, 1, "stderr: {err}");
+    assert!(err.contains("404"), "{err}");
+    assert!(err.contains("nothing serves fallback sessions"), "{err}");
+    // WebSocket-only flags are usage errors.
+    let c = connect(&[
+        "--transport",
+        "poll",
+        "--reconnect",
+        &format!("ws://{addr}/echo"),
+    ]);
+    let (code, err) = c.finish();
+    assert_eq!(code, 2, "stderr: {err}");
+    assert!(
+        err.contains("--reconnect applies to --transport ws"),
+        "{err}"
+    );
 }
 
 #[test]
