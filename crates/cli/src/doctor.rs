@@ -1,7 +1,8 @@
 //! `switchyard doctor URL`: walk the path to a WebSocket endpoint — DNS,
 //! TCP, TLS, the HTTP/1.1 upgrade, extensions and subprotocol, HTTP/2
 //! extended CONNECT, HTTP/3 through Alt-Svc, a ping, mixed content and an
-//! optional idle probe — and report each step as pass, warn or fail with the
+//! optional idle probe (and, when the upgrade failed, whether a switchyard
+//! gateway's fallback session works through the same path) — and report each step as pass, warn or fail with the
 //! evidence and the fix for nginx, Apache, Caddy, HAProxy and switchyard.
 //!
 //! Exit status: 0 every step passed, 1 warnings, 2 a failure. `--json` prints
@@ -25,7 +26,9 @@
 //!       nginx       location /echo { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade"; }
 //!       Apache      a2enmod proxy proxy_http proxy_wstunnel; ProxyPass /echo ws://backend:8080/echo upgrade=websocket
 //!       ...
-//! result: failure (6 passed, 0 warnings, 1 failures)
+//! ✓ fallback session: a fallback session (SSE + POST) opened through the same path in 0.95 ms: clients that fall back (SwitchyardSocket, `switchyard connect --transport sse ws://127.0.0.1:46147/echo`) work here
+//! ...
+//! result: failure (7 passed, 0 warnings, 1 failures)
 //! ```
 //!
 //! The upgrade itself goes through [`crate::dial`] (the same code path as
@@ -213,6 +216,11 @@ pub async fn examine(args: &DoctorArgs) -> Report {
                 args.origin.as_deref(),
                 &received,
             ));
+            let builder = probe_builder(args, cert_ok);
+            let origin = args.origin.as_deref();
+            let step =
+                probe::fallback_step(&args.url, &builder, origin, &args.headers, args.timeout);
+            report.push(step.await);
         }
     }
 

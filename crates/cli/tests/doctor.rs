@@ -242,6 +242,11 @@ async fn server_that_ignores_upgrade_is_diagnosed() {
     );
     assert!(text.contains("no Upgrade header in the answer"), "{text}");
     assert!(text.contains("body: <html>hi</html>"), "{text}");
+    // What answers 200 to everything does not speak the fallback protocol.
+    assert!(
+        text.contains("✗ fallback session: a fallback session did not open either"),
+        "{text}"
+    );
     assert!(
         text.contains("proxy_set_header Upgrade $http_upgrade"),
         "{text}"
@@ -373,6 +378,13 @@ async fn nginx_without_upgrade_headers_is_diagnosed() {
     // DNS and TCP were fine: the path is broken only at the proxy.
     assert!(
         text.contains("✓ tcp: 1 of 1 address accepted a connection"),
+        "{text}"
+    );
+    // The gateway's fallback session goes through that same nginx.
+    assert!(
+        text.contains(
+            "✓ fallback session: a fallback session (SSE + POST) opened through the same path"
+        ),
         "{text}"
     );
 }

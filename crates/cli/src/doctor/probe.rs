@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
+use switchyard::fallback::{FallbackBuilder, FallbackError, Transport};
 use switchyard::H2Error;
-use switchyard::{ClientBuilder, Message, WebSocket};
+use switchyard::{ClientBuilder, CloseCode, Message, WebSocket};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -465,6 +466,61 @@ fn idle_culprit(secs: u64) -> &'static str {
             "typical of nginx proxy_read_timeout (default 60 s), HAProxy timeout tunnel, or a \
               load balancer's idle timeout"
         }
+    }
+}
+
+/// After a failed upgrade: whether a fallback session of a switchyard
+/// gateway (SSE + POST) opens and closes through the same path, with the
+/// same Origin and headers (`builder` gives the TLS trust).
+pub async fn fallback_step(
+    url: &str,
+    builder: &ClientBuilder,
+    origin: Option<&str>,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+    limit: Duration,
+) -> Step {
+    const NAME: &str = "fallback session";
+    let mut b = FallbackBuilder::new(Transport::Sse)
+        .tls(builder.clone())
+        .request_timeout(limit);
+    if let Some(v) = origin.and_then(|o| http::HeaderValue::from_str(o).ok()) {
+        b = b.header(http::header::ORIGIN, v);
+    }
+    for (n, v) in headers {
+        b = b.header(n.clone(), v.clone());
+    }
+    let started = Instant::now();
+    match b.connect(url).await {
+        Ok(mut s) => {
+            let opened = started.elapsed();
+            let closed = tokio::time::timeout(limit, s.close(CloseCode::NORMAL, "doctor done"))
+                .await
+                .map_err(|_| format!("no answer within {limit:?}"))
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            match closed {
+                Ok(()) => Step::pass(
+                    NAME,
+                    format!(
+                        "a fallback session (SSE + POST) opened through the same path in {}: \
+                         clients that fall back (SwitchyardSocket, `switchyard connect \
+                         --transport sse {url}`) work here",
+                        ms(opened)
+                    ),
+                ),
+                Err(why) => Step::fail(
+                    NAME,
+                    format!("a fallback session opened, but its close did not go through: {why}"),
+                ),
+            }
+        }
+        Err(FallbackError::Refused { status, .. }) if status == http::StatusCode::NOT_FOUND => {
+            Step::warn(
+                NAME,
+                "no fallback sessions at this URL (404): they are served by a switchyard \
+                 gateway on a route that serves WebSocket, unless its policy sets fallback = []",
+            )
+        }
+        Err(e) => Step::fail(NAME, format!("a fallback session did not open either: {e}")),
     }
 }
 
