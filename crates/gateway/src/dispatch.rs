@@ -453,10 +453,13 @@ fn offers_sessions(entry: &RouteEntry, head: &RequestHead) -> bool {
 fn opens_session(head: &RequestHead) -> bool {
     let query = head.request.uri().query().unwrap_or_default();
     match SessionQuery::parse(query) {
+        // A preflight (OPTIONS) or a wrong method opens nothing.
         Ok(q) => match q.action {
-            Action::Open => true,
+            Action::Open => head.request.method() == Method::POST,
             Action::Sse => {
-                q.session.is_none() && !head.request.headers().contains_key("last-event-id")
+                head.request.method() == Method::GET
+                    && q.session.is_none()
+                    && !head.request.headers().contains_key("last-event-id")
             }
             Action::Poll | Action::Send | Action::Close => false,
         },
@@ -904,7 +907,11 @@ fallback = []
         for (method, target, opens) in [
             ("POST", "/echo?sw=open", true),
             ("GET", "/echo?sw=sse", true),
-            ("GET", "/proxied?room=1&sw=open", true),
+            ("POST", "/proxied?room=1&sw=open", true),
+            // A preflight, or a wrong method (answered 405), opens nothing.
+            ("OPTIONS", "/echo?sw=open", false),
+            ("GET", "/echo?sw=open", false),
+            ("POST", "/echo?sw=sse", false),
             ("GET", "/echo?sw=poll&sid=00&after=0", false),
             ("POST", "/echo?sw=send&sid=00&seq=1", false),
             ("GET", "/echo?sw=bogus", false),

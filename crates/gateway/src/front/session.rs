@@ -76,6 +76,7 @@ where
         client,
         backend,
         admit: &admit,
+        allowed_origins: route.config.policy.allowed_origins.as_deref(),
     };
     sessions.serve(req, call).await
 }

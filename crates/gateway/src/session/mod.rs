@@ -35,6 +35,7 @@
 //! left the replay window ends the session with close 4410.
 
 pub mod connector;
+mod cors;
 pub mod memory;
 pub mod metrics;
 mod owner;
@@ -102,6 +103,9 @@ pub struct SessionCall<'a> {
     pub backend: &'a dyn BackendConnector,
     /// Called once, only when the request opens a session.
     pub admit: Admit<'a>,
+    /// The route's `allowed_origins`: the pages of those origins may use
+    /// sessions across origins (CORS); `None`: same-origin pages only.
+    pub allowed_origins: Option<&'a [String]>,
 }
 
 /// The fallback sessions of a gateway: the store, the owners running on

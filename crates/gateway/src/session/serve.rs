@@ -19,6 +19,7 @@ use switchyard::{CloseCode, CloseFrame};
 use tokio::time::Instant;
 
 use super::connector::{BackendOpen, BackendRefusal};
+use super::cors::Cors;
 use super::store::{Accepted, ReadOutcome, SessionRecord, StoreError, TokenDigest};
 use super::stream::{self, EventIds};
 use super::{SessionBody, SessionCall, Sessions};
@@ -230,7 +231,11 @@ impl Sessions {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (head, body) = req.into_parts();
-        match self.handle(&head, body, &call).await {
+        let cors = Cors::of(&head.headers, call.allowed_origins);
+        if head.method == http::Method::OPTIONS {
+            return cors.preflight();
+        }
+        let mut resp = match self.handle(&head, body, &call).await {
             Ok(resp) => resp,
             Err(r) => {
                 self.inner.metrics.refused(r.reason());
@@ -244,7 +249,9 @@ impl Sessions {
                 );
                 r.into_response()
             }
-        }
+        };
+        cors.apply(resp.headers_mut());
+        resp
     }
 
     async fn handle<B>(

@@ -373,3 +373,63 @@ async fn a_session_body_has_its_route_limit_whatever_the_http1_limit() {
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn pages_of_the_allowed_origins_use_sessions_across_origins() {
+    let gw = Running::start(&format!(
+        "[[route]]\npath = \"/cors\"\napp = \"echo\"\n[route.policy]\n\
+         allowed_origins = [\"https://app.example\"]\nmax_connections = 1\n{ECHO}"
+    ))
+    .await;
+    let addr = gw.addr;
+    let app = ("origin", "https://app.example");
+    // The preflight of the open's JSON POST: allowed, and it opens nothing.
+    let pre = request(
+        addr,
+        Method::OPTIONS,
+        "/cors?sw=open",
+        &[app, ("access-control-request-method", "POST")],
+        "",
+    )
+    .await;
+    assert_eq!(pre.status, StatusCode::NO_CONTENT);
+    let h = &pre.headers;
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-allow-methods"], "GET, POST");
+    assert!(h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("content-type"));
+    assert_eq!(gw.gateway.limiter().route_count("/cors"), 0);
+    // The open and a send answer with the origin, so the page reads them.
+    let json = ("content-type", "application/json");
+    let r = request(addr, Method::POST, "/cors?sw=open", &[json, app], "{}").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let s: switchyard::fallback::wire::OpenResponse = r.json();
+    let text = ("content-type", "text/plain");
+    let target = q("/cors", "send", &s, "&seq=1");
+    let r = request(addr, Method::POST, &target, &[text, app], "hi").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    // Another origin is refused (the route's Origin policy), with no CORS headers.
+    let evil = ("origin", "https://evil.example");
+    let r = request(addr, Method::OPTIONS, "/cors?sw=open", &[evil], "").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    // A route without allowed_origins answers same-origin pages only.
+    let r = request(addr, Method::OPTIONS, "/echo?sw=open", &[app], "").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    let r = request(addr, Method::POST, "/echo?sw=open", &[json, app], "{}").await;
+    assert_eq!(r.status, 200);
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    gw.stop().await;
+}

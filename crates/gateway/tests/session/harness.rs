@@ -290,6 +290,7 @@ impl Shared {
             },
             backend,
             admit: &admit,
+            allowed_origins: route.policy.allowed_origins.as_deref(),
         };
         self.sessions.serve(req, call).await
     }
