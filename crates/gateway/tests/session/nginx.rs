@@ -38,5 +38,27 @@ async fn chromium_falls_back_through_nginx_without_upgrade_headers() {
     // Every WebSocket the page tried reached the gateway without Upgrade.
     let m = gw.gateway.metrics();
     assert!(m.upgrade_attempts("refused", "upgrade_required") >= 1);
+
+    // A send retried through nginx (its answer lost, say) reaches the
+    // backend once: the Python echo answers "once" a single time, before
+    // the next message's echo.
+    let s = open(nginx.addr, "/py", "{}").await;
+    for _ in 0..2 {
+        let r = send_text(nginx.addr, "/py", &s, 1, "once").await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let r = send_text(nginx.addr, "/py", &s, 2, "end").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mut got = Vec::new();
+    while !got.iter().any(|t| t == "end") {
+        let after = got.len() as u64;
+        for e in messages(&poll(nginx.addr, "/py", &s, after).await) {
+            match e.payload {
+                switchyard::fallback::wire::Payload::Text(t) => got.push(t.as_str().to_owned()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(got, ["once", "end"]);
     gw.stop().await;
 }
