@@ -23,12 +23,8 @@ use tokio::time::Instant;
 
 use super::store::{
     Aborted, Accepted, Inbound, Pushed, ReadOutcome, ReadStart, ReaderTicket, SessionRecord,
-    SessionStore, StoreError, StoreFuture,
+    SessionStore, StoreError, StoreFuture, ENTRY_COST,
 };
-
-/// What one entry costs besides its payload: an empty message still takes
-/// memory, so the byte bounds also bound the number of entries.
-const ENTRY_COST: usize = 64;
 
 fn cost(p: &Payload) -> usize {
     p.len() + ENTRY_COST
@@ -661,32 +657,9 @@ fn accept_now(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::settings::FallbackSettings;
-    use crate::session::store::TokenDigest;
-    use switchyard::fallback::wire::Token;
+    use crate::session::conformance::{record, ID};
     use switchyard::CloseCode;
 
-    fn record(replay_bytes: usize, max_body: usize) -> SessionRecord {
-        SessionRecord {
-            route: "/r".into(),
-            token: TokenDigest::of(&Token::from_bytes([1; 16])),
-            subprotocol: None,
-            settings: FallbackSettings {
-                replay_bytes,
-                max_body,
-                idle_timeout: Duration::from_secs(30),
-                ..FallbackSettings::default()
-            },
-            receive_only: false,
-            transport: None,
-        }
-    }
-
-    fn text(s: &str) -> Payload {
-        Payload::Text(s.into())
-    }
-
-    const ID: SessionId = SessionId::from_bytes([7; 16]);
     const NOW: Duration = Duration::ZERO;
 
     async fn store(replay_bytes: usize, max_body: usize) -> MemoryStore {
@@ -695,239 +668,10 @@ mod tests {
         s
     }
 
-    fn seqs(o: &ReadOutcome) -> Vec<u64> {
-        match o {
-            ReadOutcome::Entries(e) => e.iter().map(|e| e.seq.0).collect(),
-            other => panic!("expected entries, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn log_numbers_entries_and_a_close_ends_it() {
-        let s = store(1 << 20, 1 << 20).await;
-        assert_eq!(
-            s.push(ID, vec![text("a"), text("b")]).await,
-            Ok(Pushed::Appended(Seq(2)))
-        );
-        let r = s.begin_read(ID, Seq(0)).await.unwrap();
-        assert!(!r.replays);
-        let got = s.read(ID, r.ticket, Seq(0), 1 << 20, NOW).await.unwrap();
-        assert_eq!(seqs(&got), [1, 2]);
-        let close = Payload::Close(CloseFrame::new(CloseCode::NORMAL, ""));
-        assert_eq!(
-            s.push(ID, vec![close, text("late")]).await,
-            Ok(Pushed::Appended(Seq(3)))
-        );
-        assert_eq!(s.push(ID, vec![text("later")]).await, Ok(Pushed::Ended));
-        assert_eq!(
-            seqs(&s.read(ID, r.ticket, Seq(2), 1 << 20, NOW).await.unwrap()),
-            [3]
-        );
-        // After the close, the close again.
-        assert_eq!(
-            seqs(&s.read(ID, r.ticket, Seq(3), 1 << 20, NOW).await.unwrap()),
-            [3]
-        );
-        assert_eq!(
-            s.read(ID, r.ticket, Seq(4), 1 << 20, NOW).await.unwrap(),
-            ReadOutcome::Ahead { last: Seq(3) }
-        );
-    }
-
-    #[tokio::test]
-    async fn a_new_reader_replaces_the_old_one_and_wakes_it() {
-        let s = Arc::new(store(1 << 20, 1 << 20).await);
-        let old = s.begin_read(ID, Seq(0)).await.unwrap();
-        let waiting = {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.read(ID, old.ticket, Seq(0), 1000, Duration::from_secs(60))
-                    .await
-            })
-        };
-        tokio::task::yield_now().await;
-        let new = s.begin_read(ID, Seq(0)).await.unwrap();
-        assert_ne!(new.ticket, old.ticket);
-        let r = tokio::time::timeout(Duration::from_secs(10), waiting)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(r, Ok(ReadOutcome::Replaced));
-    }
-
-    #[tokio::test]
-    async fn a_read_waits_for_entries() {
-        let s = Arc::new(store(1 << 20, 1 << 20).await);
-        let r = s.begin_read(ID, Seq(0)).await.unwrap();
-        let waiting = {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.read(ID, r.ticket, Seq(0), 1000, Duration::from_secs(60))
-                    .await
-            })
-        };
-        tokio::task::yield_now().await;
-        s.push(ID, vec![text("x")]).await.unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(10), waiting)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(seqs(&got.unwrap()), [1]);
-        // A wait that passes answers an empty list.
-        let empty = s
-            .read(ID, r.ticket, Seq(1), 1000, Duration::from_millis(1))
-            .await
-            .unwrap();
-        assert_eq!(empty, ReadOutcome::Entries(vec![]));
-    }
-
-    #[tokio::test]
-    async fn the_window_keeps_undelivered_entries_and_trims_delivered_ones() {
-        // Room for two entries of 100 bytes.
-        let window = 2 * (100 + ENTRY_COST);
-        let s = store(window, 1 << 20).await;
-        let hundred = || Payload::Binary(vec![0u8; 100].into());
-        for _ in 0..3 {
-            s.push(ID, vec![hundred()]).await.unwrap();
-        }
-        // Nothing delivered: nothing dropped, and no room for the owner.
-        assert!(!s.wait_room(ID, NOW).await.unwrap());
-        let r = s.begin_read(ID, Seq(0)).await.unwrap();
-        assert_eq!(
-            seqs(&s.read(ID, r.ticket, Seq(0), 150, NOW).await.unwrap()),
-            [1]
-        );
-        assert!(
-            !s.wait_room(ID, NOW).await.unwrap(),
-            "two undelivered fill the window"
-        );
-        assert_eq!(
-            seqs(&s.read(ID, r.ticket, Seq(1), 1 << 20, NOW).await.unwrap()),
-            [2, 3]
-        );
-        assert!(s.wait_room(ID, NOW).await.unwrap(), "all delivered");
-        // Delivered 1..3, window of two: 1 is gone; a resume from 0 cannot be served.
-        let again = s.begin_read(ID, Seq(0)).await.unwrap();
-        assert!(again.replays);
-        assert_eq!(
-            s.read(ID, again.ticket, Seq(0), 1 << 20, NOW)
-                .await
-                .unwrap(),
-            ReadOutcome::WindowExceeded
-        );
-        assert_eq!(
-            seqs(
-                &s.read(ID, again.ticket, Seq(1), 1 << 20, NOW)
-                    .await
-                    .unwrap()
-            ),
-            [2, 3]
-        );
-        // The abort ends the log with the client's close and queues the backend's.
-        let w = |c| CloseFrame::new(CloseCode(c), "w");
-        let a = s.abort(ID, w(4410), w(1011)).await.unwrap();
-        assert_eq!(
-            a,
-            Aborted {
-                seq: Seq(4),
-                now: true
-            }
-        );
-        let again = s.abort(ID, w(4410), w(1011)).await.unwrap();
-        assert_eq!(
-            again,
-            Aborted {
-                seq: Seq(4),
-                now: false
-            }
-        );
-        let inbound = s.take_inbound(ID, Seq(0), NOW).await.unwrap();
-        assert_eq!(
-            inbound.items,
-            [(
-                Seq(1),
-                Payload::Close(CloseFrame::new(CloseCode(1011), "w"))
-            )]
-        );
-        assert_eq!(s.push(ID, vec![hundred()]).await, Ok(Pushed::Ended));
-        assert!(
-            s.wait_room(ID, NOW).await.unwrap(),
-            "an ended log never blocks the owner"
-        );
-    }
-
-    #[tokio::test]
-    async fn client_messages_are_taken_once_in_order() {
-        let s = store(1 << 20, 1 << 20).await;
-        assert_eq!(
-            s.accept(ID, Seq(1), vec![text("1"), text("2")]).await,
-            Ok(Accepted::Acked(Seq(2)))
-        );
-        // The same request again: acknowledged, not taken twice.
-        assert_eq!(
-            s.accept(ID, Seq(1), vec![text("1"), text("2")]).await,
-            Ok(Accepted::Acked(Seq(2)))
-        );
-        // Overlapping: only 3 is new.
-        assert_eq!(
-            s.accept(ID, Seq(2), vec![text("2"), text("3")]).await,
-            Ok(Accepted::Acked(Seq(3)))
-        );
-        assert_eq!(
-            s.accept(ID, Seq(5), vec![text("5")]).await,
-            Ok(Accepted::Gap { expected: Seq(4) })
-        );
-        let got = s.take_inbound(ID, Seq(0), NOW).await.unwrap();
-        let texts: Vec<(u64, Payload)> = got.items.into_iter().map(|(s, p)| (s.0, p)).collect();
-        assert_eq!(texts, [(1, text("1")), (2, text("2")), (3, text("3"))]);
-        // The owner's cursor drops what it handled.
-        assert!(s
-            .take_inbound(ID, Seq(3), NOW)
-            .await
-            .unwrap()
-            .items
-            .is_empty());
-        // A close comes after the messages; later sends are refused, a
-        // repeat of an old one is still acknowledged.
-        assert_eq!(
-            s.request_close(ID, CloseFrame::new(CloseCode::NORMAL, ""))
-                .await,
-            Ok(Accepted::Acked(Seq(3)))
-        );
-        assert_eq!(
-            s.accept(ID, Seq(4), vec![text("4")]).await,
-            Ok(Accepted::Closed)
-        );
-        assert_eq!(
-            s.accept(ID, Seq(3), vec![text("3")]).await,
-            Ok(Accepted::Acked(Seq(3)))
-        );
-        let got = s.take_inbound(ID, Seq(3), NOW).await.unwrap();
-        assert_eq!(
-            got.items,
-            [(
-                Seq(4),
-                Payload::Close(CloseFrame::new(CloseCode::NORMAL, ""))
-            )]
-        );
-    }
-
-    #[tokio::test]
-    async fn the_queue_for_the_backend_is_bounded() {
-        let max = 2 * (10 + ENTRY_COST);
-        let s = store(1 << 20, max).await;
-        let ten = || Payload::Binary(vec![1u8; 10].into());
-        assert_eq!(
-            s.accept(ID, Seq(1), vec![ten(), ten()]).await,
-            Ok(Accepted::Acked(Seq(2)))
-        );
-        assert_eq!(s.accept(ID, Seq(3), vec![ten()]).await, Ok(Accepted::Full));
-        s.take_inbound(ID, Seq(2), NOW).await.unwrap();
-        assert_eq!(
-            s.accept(ID, Seq(3), vec![ten()]).await,
-            Ok(Accepted::Acked(Seq(3)))
-        );
-    }
+    crate::session::conformance::store_conformance!(async {
+        let s: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(10));
+        (s, ())
+    });
 
     #[tokio::test(start_paused = true)]
     async fn ended_sessions_are_forgotten_after_their_idle_timeout_and_capacity_holds() {

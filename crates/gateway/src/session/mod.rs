@@ -34,11 +34,14 @@
 //! session with 1013). A resume that asks for what
 //! left the replay window ends the session with close 4410.
 
+#[cfg(test)]
+mod conformance;
 pub mod connector;
 mod cors;
 pub mod memory;
 pub mod metrics;
 mod owner;
+pub mod redis;
 mod serve;
 pub mod settings;
 pub mod store;
@@ -56,6 +59,7 @@ use switchyard::fallback::wire::{SessionId, Token};
 use switchyard::{CloseCode, CloseFrame};
 use tokio::sync::{watch, Notify};
 
+pub use self::redis::RedisStore;
 pub use connector::{
     BackendConnector, BackendOpen, BackendRefusal, BackendSocket, BackendStream, EchoBackend,
     ProxiedBackend,

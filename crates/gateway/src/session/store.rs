@@ -47,6 +47,11 @@ use switchyard::CloseFrame;
 
 use super::settings::FallbackSettings;
 
+/// What one entry costs besides its payload in the byte bounds (replay
+/// window, queue for the backend): an empty message still takes room, so
+/// the byte bounds also bound the number of entries.
+pub const ENTRY_COST: usize = 64;
+
 /// What every store method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -82,6 +87,16 @@ impl TokenDigest {
         let mut out = [0u8; 32];
         out.copy_from_slice(d.as_ref());
         TokenDigest(out)
+    }
+
+    /// A digest kept elsewhere (a shared store's copy).
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        TokenDigest(b)
+    }
+
+    /// The digest's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 
     /// Whether `token` is the session's (in time independent of where the

@@ -1,0 +1,1003 @@
+//! [`RedisStore`]: the session state in Redis, shared by every gateway
+//! instance of a cluster (`docs/cluster.md` has the key layout, the TTLs
+//! and the commands per message).
+//!
+//! Each store operation is one Lua script (one round trip, atomic on the
+//! session's keys), so the rules of [`SessionStore`] hold across instances
+//! exactly as in [`super::MemoryStore`]. Every script that changes what a
+//! waiter looks for publishes on the session's channel; waiters re-run
+//! their check when a message arrives there, and at least every
+//! [`RECHECK`] so that a notification lost while the subscriber
+//! reconnects delays a waiter but never strands it.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+use switchyard::fallback::wire::{Entry, Payload, Seq, SessionId, Transport};
+use switchyard::{CloseCode, CloseFrame, Utf8Bytes};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::settings::FallbackSettings;
+use super::store::{
+    Aborted, Accepted, Inbound, Pushed, ReadOutcome, ReadStart, ReaderTicket, SessionRecord,
+    SessionStore, StoreError, StoreFuture, TokenDigest, ENTRY_COST,
+};
+
+/// Longest a waiter goes without re-checking, whatever the notifications.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// How long the keys of a live session outlive the last activity beyond its
+/// idle timeout: the owner ends a session without reader after the idle
+/// timeout; the keys of a session whose owner died go after this.
+const LIVE_GRACE_MS: u64 = 60_000;
+
+/// Lua shared by every script. `KEYS`: the session's meta hash, its log
+/// stream, its inbound stream. The last `ARGV` is the session's channel.
+const PRELUDE: &str = r#"
+local M, LOG, IN = KEYS[1], KEYS[2], KEYS[3]
+local CH = ARGV[#ARGV]
+if redis.call('EXISTS', M) == 0 then return {'U'} end
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function get(f) return tonumber(redis.call('HGET', M, f) or '0') end
+local function touch()
+  local idle = get('idle')
+  local ttl = idle * 2 + tonumber(redis.call('HGET', M, 'grace'))
+  if get('ended') > 0 then ttl = idle end
+  for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, ttl) end
+end
+local function seq_of(id) return tonumber(string.match(id, '^(%d+)')) end
+local function field(e, name)
+  local f = e[2]
+  for i = 1, #f, 2 do if f[i] == name then return f[i + 1] end end
+  return nil
+end
+-- Drop delivered entries from the front while the log is over the window;
+-- the close entry stays.
+local function trim()
+  local window, delivered = get('window'), get('delivered')
+  local logb = get('logb')
+  while logb > window do
+    local e = redis.call('XRANGE', LOG, '-', '+', 'COUNT', 1)[1]
+    if not e then break end
+    local s = seq_of(e[1])
+    if s > delivered or field(e, 'k') == 'c' then break end
+    redis.call('XDEL', LOG, e[1])
+    logb = logb - tonumber(field(e, 'n'))
+  end
+  redis.call('HSET', M, 'logb', logb)
+end
+-- Append one entry (kind, data, cost, code) to the log.
+local function append(k, d, n, c)
+  local last = get('last') + 1
+  if k == 'c' then
+    redis.call('XADD', LOG, last .. '-1', 'k', k, 'n', n, 'd', d, 'c', c)
+    redis.call('HSET', M, 'ended', last, 'ended_at', now())
+  else
+    redis.call('XADD', LOG, last .. '-1', 'k', k, 'n', n, 'd', d)
+  end
+  redis.call('HSET', M, 'last', last)
+  redis.call('HINCRBY', M, 'logb', n)
+  redis.call('HINCRBY', M, 'unread', n)
+  return last
+end
+-- Queue a close for the owner after the client's messages.
+local function close_item(c, d, n)
+  redis.call('HSET', M, 'closing', 1)
+  redis.call('XADD', IN, (get('cseq') + 1) .. '-1', 'k', 'c', 'n', n, 'd', d, 'c', c)
+end
+"#;
+
+/// ARGV: (kind, data, cost, code) per payload.
+const PUSH: &str = r#"
+if get('ended') > 0 then return {'E'} end
+for i = 1, #ARGV - 1, 4 do
+  append(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3])
+  if ARGV[i] == 'c' then break end
+end
+trim()
+touch()
+redis.call('PUBLISH', CH, 'r')
+return {'A', get('last')}
+"#;
+
+const ROOM: &str = r#"
+if get('ended') > 0 or get('unread') < get('window') then return {'Y'} end
+return {'N'}
+"#;
+
+/// ARGV: after.
+const TAKE_INBOUND: &str = r#"
+local after = tonumber(ARGV[1])
+local gone = redis.call('XRANGE', IN, '-', after .. '-1')
+local inb = get('inb')
+for _, e in ipairs(gone) do
+  inb = inb - tonumber(field(e, 'n'))
+  redis.call('XDEL', IN, e[1])
+end
+if inb < 0 then inb = 0 end
+redis.call('HSET', M, 'inb', inb)
+touch()
+local out = {'I', now() - get('seen')}
+for _, e in ipairs(redis.call('XRANGE', IN, '(' .. after .. '-1', '+')) do
+  table.insert(out, seq_of(e[1]))
+  table.insert(out, field(e, 'k'))
+  table.insert(out, field(e, 'd'))
+  table.insert(out, field(e, 'c') or '0')
+end
+return out
+"#;
+
+/// ARGV: after.
+const BEGIN_READ: &str = r#"
+local reader = redis.call('HINCRBY', M, 'reader', 1)
+redis.call('HSET', M, 'seen', now())
+touch()
+redis.call('PUBLISH', CH, 'r')
+local replays = 0
+if tonumber(ARGV[1]) < get('delivered') then replays = 1 end
+return {'B', reader, replays}
+"#;
+
+/// ARGV: ticket, after, max_bytes.
+const READ: &str = r#"
+local ticket, after, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('HSET', M, 'seen', now())
+touch()
+if ticket ~= get('reader') then return {'R'} end
+local last = get('last')
+if after > last then return {'H', last} end
+local first = redis.call('XRANGE', LOG, '-', '+', 'COUNT', 1)[1]
+local first_kept = last + 1
+if first then first_kept = seq_of(first[1]) end
+if after + 1 < first_kept then return {'W'} end
+local out = {'E'}
+local function put(e)
+  table.insert(out, seq_of(e[1]))
+  table.insert(out, field(e, 'k'))
+  table.insert(out, field(e, 'd'))
+  table.insert(out, field(e, 'c') or '0')
+end
+local ended = get('ended')
+if ended > 0 and after >= ended then
+  put(redis.call('XRANGE', LOG, ended .. '-1', ended .. '-1')[1])
+  return out
+end
+local bytes, given, cursor = 0, 0, '(' .. after .. '-1'
+local upto = 0
+while true do
+  local batch = redis.call('XRANGE', LOG, cursor, '+', 'COUNT', 64)
+  if #batch == 0 then break end
+  local full = false
+  for _, e in ipairs(batch) do
+    local len = #field(e, 'd')
+    if field(e, 'k') == 'c' then len = len + 2 end
+    if upto > 0 and bytes + len > max then full = true break end
+    bytes = bytes + len
+    put(e)
+    upto = seq_of(e[1])
+    if upto > get('delivered') then given = given + tonumber(field(e, 'n')) end
+  end
+  if full then break end
+  cursor = '(' .. batch[#batch][1]
+end
+if upto > get('delivered') then
+  local unread = get('unread') - given
+  if unread < 0 then unread = 0 end
+  redis.call('HSET', M, 'delivered', upto, 'unread', unread)
+  trim()
+  redis.call('PUBLISH', CH, 'm')
+end
+return out
+"#;
+
+/// ARGV: first, then (kind, data, cost) per payload.
+const ACCEPT: &str = r#"
+local first = tonumber(ARGV[1])
+local count = (#ARGV - 2) / 3
+local cseq = get('cseq')
+if count == 0 then return {'K', cseq} end
+local last = first + count - 1
+if last <= cseq then return {'K', cseq} end
+if first > cseq + 1 then return {'G', cseq + 1} end
+if get('closing') > 0 or get('ended') > 0 then return {'C'} end
+local skip = cseq + 1 - first
+local bytes = 0
+for i = skip, count - 1 do bytes = bytes + tonumber(ARGV[2 + i * 3 + 2]) end
+local inb = get('inb')
+if inb > 0 and inb + bytes > get('maxbody') then return {'F'} end
+for i = skip, count - 1 do
+  cseq = cseq + 1
+  redis.call('XADD', IN, cseq .. '-1', 'k', ARGV[2 + i * 3], 'n', ARGV[2 + i * 3 + 2], 'd', ARGV[2 + i * 3 + 1])
+end
+redis.call('HSET', M, 'cseq', cseq, 'inb', inb + bytes)
+touch()
+redis.call('PUBLISH', CH, 'o')
+return {'K', cseq}
+"#;
+
+/// ARGV: code, reason, cost.
+const REQUEST_CLOSE: &str = r#"
+if get('closing') == 0 and get('ended') == 0 then
+  close_item(ARGV[1], ARGV[2], ARGV[3])
+  touch()
+  redis.call('PUBLISH', CH, 'o')
+end
+return {'K', get('cseq')}
+"#;
+
+/// ARGV: client code, reason, cost, backend code, reason, cost.
+const ABORT: &str = r#"
+local now_ = 0
+if get('ended') == 0 then
+  append('c', ARGV[2], tonumber(ARGV[3]), ARGV[1])
+  now_ = 1
+end
+if get('closing') == 0 then close_item(ARGV[4], ARGV[5], ARGV[6]) end
+touch()
+redis.call('PUBLISH', CH, 'a')
+return {'X', get('ended'), now_}
+"#;
+
+/// ARGV: the record's fields as name, value pairs.
+const CREATE: &str = r#"
+redis.call('HSET', M, unpack(ARGV, 1, #ARGV - 1))
+redis.call('HSET', M, 'seen', now())
+touch()
+return {'K', 0}
+"#;
+
+/// The scripts, hashed once.
+struct Scripts {
+    create: Script,
+    push: Script,
+    room: Script,
+    take_inbound: Script,
+    begin_read: Script,
+    read: Script,
+    accept: Script,
+    request_close: Script,
+    abort: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let s = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        Scripts {
+            create: Script::new(&format!(
+                "{}{CREATE}",
+                PRELUDE.replace(
+                    "if redis.call('EXISTS', M) == 0 then return {'U'} end",
+                    "if redis.call('EXISTS', M) == 1 then return {'D'} end"
+                )
+            )),
+            push: s(PUSH),
+            room: s(ROOM),
+            take_inbound: s(TAKE_INBOUND),
+            begin_read: s(BEGIN_READ),
+            read: s(READ),
+            accept: s(ACCEPT),
+            request_close: s(REQUEST_CLOSE),
+            abort: s(ABORT),
+        }
+    }
+}
+
+/// The key names of one session: every key carries the session id as its
+/// hash tag, so a Redis Cluster keeps them in one slot.
+struct Keys {
+    meta: String,
+    log: String,
+    inbound: String,
+    channel: String,
+}
+
+impl Keys {
+    fn of(prefix: &str, id: SessionId) -> Self {
+        Keys {
+            meta: format!("{prefix}{{{id}}}:meta"),
+            log: format!("{prefix}{{{id}}}:log"),
+            inbound: format!("{prefix}{{{id}}}:in"),
+            channel: format!("{prefix}ev:{id}"),
+        }
+    }
+}
+
+/// The local waiters of each session's channel.
+#[derive(Default)]
+struct Waiters {
+    by_channel: Mutex<HashMap<String, Weak<Notify>>>,
+}
+
+impl Waiters {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Weak<Notify>>> {
+        self.by_channel.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, channel: &str) -> Arc<Notify> {
+        let mut map = self.lock();
+        if let Some(n) = map.get(channel).and_then(Weak::upgrade) {
+            return n;
+        }
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let n = Arc::new(Notify::new());
+        map.insert(channel.to_owned(), Arc::downgrade(&n));
+        n
+    }
+
+    fn wake(&self, channel: &str) {
+        let n = self.lock().get(channel).and_then(Weak::upgrade);
+        if let Some(n) = n {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// Fallback sessions in Redis, shared by every instance that uses the same
+/// server and key prefix.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    scripts: Scripts,
+    waiters: Arc<Waiters>,
+    /// The task that feeds `waiters` from the server's notifications.
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// Connect to `client`'s server (a multiplexed connection that
+    /// reconnects by itself, plus a subscriber for the notifications); keys
+    /// start with `prefix`.
+    pub async fn connect(client: redis::Client, prefix: &str) -> Result<Self, StoreError> {
+        let conn = client.get_connection_manager().await.map_err(unavailable)?;
+        let waiters = Arc::new(Waiters::default());
+        let pattern = format!("{prefix}ev:*");
+        let first = client.get_async_pubsub().await.map_err(unavailable)?;
+        let listener = tokio::spawn(listen(client, first, pattern, waiters.clone()));
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: prefix.to_owned(),
+                scripts: Scripts::new(),
+                waiters,
+                listener,
+            }),
+        })
+    }
+
+    fn keys(&self, id: SessionId) -> Keys {
+        Keys::of(&self.inner.prefix, id)
+    }
+
+    /// Run `script` on the session's keys with `args` (the channel is added
+    /// last); [`StoreError::Unknown`] when the session does not exist.
+    async fn run(
+        &self,
+        script: &Script,
+        id: SessionId,
+        args: Vec<Vec<u8>>,
+    ) -> Result<Reply, StoreError> {
+        let k = self.keys(id);
+        let mut inv = script.key(&k.meta);
+        inv.key(&k.log).key(&k.inbound);
+        for a in args {
+            inv.arg(a);
+        }
+        inv.arg(&k.channel);
+        let mut conn = self.inner.conn.clone();
+        let v: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let reply = Reply::new(v)?;
+        if reply.tag == "U" {
+            return Err(StoreError::Unknown);
+        }
+        Ok(reply)
+    }
+
+    /// A wait on the session's channel that ends at `wait` from now.
+    fn waiter(&self, id: SessionId, wait: Duration) -> Waiter {
+        Waiter {
+            notify: self.inner.waiters.register(&self.keys(id).channel),
+            deadline: Instant::now() + wait,
+        }
+    }
+}
+
+/// A waiter's side of a session's notifications: [`Waiter::arm`] before
+/// each check, [`Waiter::sleep`] after a check that found nothing.
+struct Waiter {
+    notify: Arc<Notify>,
+    deadline: Instant,
+}
+
+impl Waiter {
+    /// Listen from now on (a notification sent during the check that
+    /// follows is not missed).
+    fn arm(&self) -> Pin<Box<Notified<'_>>> {
+        let mut n = Box::pin(self.notify.notified());
+        n.as_mut().enable();
+        n
+    }
+
+    /// Wait for a notification, at most [`RECHECK`]; `false` once the
+    /// deadline has passed (no more checks).
+    async fn sleep(&self, armed: Pin<Box<Notified<'_>>>) -> bool {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        let _ = tokio::time::timeout((self.deadline - now).min(RECHECK), armed).await;
+        true
+    }
+}
+
+/// Feed `waiters` from the notifications until the store is dropped,
+/// re-subscribing after the connection is lost.
+async fn listen(
+    client: redis::Client,
+    mut pubsub: redis::aio::PubSub,
+    pattern: String,
+    waiters: Arc<Waiters>,
+) {
+    loop {
+        if let Err(e) = pubsub.psubscribe(&pattern).await {
+            tracing::warn!(error = %e, "cannot subscribe to the session notifications in Redis; waiters re-check every second");
+        } else {
+            let mut messages = pubsub.into_on_message();
+            while let Some(m) = messages.next().await {
+                waiters.wake(m.get_channel_name());
+            }
+            tracing::warn!(
+                "lost the Redis subscription to the session notifications; reconnecting"
+            );
+        }
+        loop {
+            tokio::time::sleep(RECHECK).await;
+            match client.get_async_pubsub().await {
+                Ok(p) => {
+                    pubsub = p;
+                    break;
+                }
+                Err(e) => tracing::debug!(error = %e, "Redis subscriber still unreachable"),
+            }
+        }
+    }
+}
+
+/// A script's answer: a tag and its values.
+struct Reply {
+    tag: String,
+    rest: std::vec::IntoIter<Value>,
+}
+
+fn malformed(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("unexpected answer from Redis: {what}"))
+}
+
+impl Reply {
+    fn new(v: Vec<Value>) -> Result<Self, StoreError> {
+        let mut rest = v.into_iter();
+        let tag = match rest.next() {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+            Some(Value::SimpleString(s)) => s,
+            _ => return Err(malformed("no tag")),
+        };
+        Ok(Reply { tag, rest })
+    }
+
+    fn int(&mut self) -> Result<i64, StoreError> {
+        match self.rest.next() {
+            Some(Value::Int(i)) => Ok(i),
+            _ => Err(malformed("a number expected")),
+        }
+    }
+
+    fn seq(&mut self) -> Result<Seq, StoreError> {
+        u64::try_from(self.int()?)
+            .map(Seq)
+            .map_err(|_| malformed("negative sequence number"))
+    }
+
+    fn bytes(&mut self) -> Result<Vec<u8>, StoreError> {
+        match self.rest.next() {
+            Some(Value::BulkString(b)) => Ok(b),
+            Some(Value::SimpleString(s)) => Ok(s.into_bytes()),
+            _ => Err(malformed("a string expected")),
+        }
+    }
+
+    fn text(&mut self) -> Result<String, StoreError> {
+        String::from_utf8(self.bytes()?).map_err(|_| malformed("text is not UTF-8"))
+    }
+
+    /// The (seq, kind, data, code) items that follow.
+    fn items(mut self) -> Result<Vec<(Seq, Payload)>, StoreError> {
+        let mut out = Vec::new();
+        while self.rest.len() > 0 {
+            let seq = self.seq()?;
+            let kind = self.text()?;
+            let data = self.bytes()?;
+            let code: u16 = self.text()?.parse().map_err(|_| malformed("close code"))?;
+            out.push((seq, decode(&kind, data, code)?));
+        }
+        Ok(out)
+    }
+}
+
+/// A payload as (kind, data, cost, code) script arguments.
+fn encode(p: &Payload) -> [Vec<u8>; 4] {
+    let cost = (p.len() + ENTRY_COST).to_string().into_bytes();
+    match p {
+        Payload::Text(t) => [b"t".to_vec(), t.as_bytes().to_vec(), cost, b"0".to_vec()],
+        Payload::Binary(b) => [b"b".to_vec(), b.to_vec(), cost, b"0".to_vec()],
+        Payload::Close(f) => [
+            b"c".to_vec(),
+            f.reason.clone().into_bytes(),
+            cost,
+            f.code.0.to_string().into_bytes(),
+        ],
+    }
+}
+
+fn decode(kind: &str, data: Vec<u8>, code: u16) -> Result<Payload, StoreError> {
+    match kind {
+        "t" => Utf8Bytes::try_from_bytes(Bytes::from(data))
+            .map(Payload::Text)
+            .ok_or_else(|| malformed("text entry is not UTF-8")),
+        "b" => Ok(Payload::Binary(Bytes::from(data))),
+        "c" => Ok(Payload::Close(CloseFrame::new(
+            CloseCode(code),
+            String::from_utf8(data).map_err(|_| malformed("close reason"))?,
+        ))),
+        _ => Err(malformed("entry kind")),
+    }
+}
+
+fn ms(d: Duration) -> Vec<u8> {
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .to_string()
+        .into_bytes()
+}
+
+/// The record as the meta hash's fields (with the state's initial values).
+fn record_fields(r: &SessionRecord) -> Vec<Vec<u8>> {
+    let s = &r.settings;
+    let transports: Vec<&str> = s.transports.iter().map(|t| t.as_str()).collect();
+    let pairs: Vec<(&str, Vec<u8>)> = vec![
+        ("route", r.route.clone().into_bytes()),
+        ("token", r.token.as_bytes().to_vec()),
+        (
+            "sub",
+            r.subprotocol
+                .as_ref()
+                .map_or(Vec::new(), |p| format!("={p}").into_bytes()),
+        ),
+        ("ro", vec![b'0' + u8::from(r.receive_only)]),
+        ("tr", r.transport.map_or("", |t| t.as_str()).into()),
+        ("transports", transports.join(",").into_bytes()),
+        ("idle", ms(s.idle_timeout)),
+        ("heartbeat", ms(s.heartbeat_interval)),
+        ("poll", ms(s.poll_timeout)),
+        ("resp_max", s.response_max_bytes.to_string().into_bytes()),
+        ("sse_max", ms(s.sse_max_duration)),
+        ("maxbody", s.max_body.to_string().into_bytes()),
+        ("window", s.replay_bytes.to_string().into_bytes()),
+        ("grace", LIVE_GRACE_MS.to_string().into_bytes()),
+    ];
+    let mut out = Vec::with_capacity(pairs.len() * 2 + 20);
+    for (k, v) in pairs {
+        out.push(k.as_bytes().to_vec());
+        out.push(v);
+    }
+    for k in [
+        "last",
+        "delivered",
+        "ended",
+        "reader",
+        "cseq",
+        "closing",
+        "unread",
+        "logb",
+        "inb",
+    ] {
+        out.push(k.as_bytes().to_vec());
+        out.push(b"0".to_vec());
+    }
+    out
+}
+
+fn transport(s: &str) -> Option<Transport> {
+    [Transport::Sse, Transport::Poll]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+}
+
+/// The record from the meta hash's fields.
+fn parse_record(mut h: HashMap<String, Vec<u8>>) -> Result<SessionRecord, StoreError> {
+    let mut take = |k: &str| h.remove(k).ok_or_else(|| malformed("record field missing"));
+    let text = |v: Vec<u8>| String::from_utf8(v).map_err(|_| malformed("record text"));
+    let num = |v: Vec<u8>| -> Result<u64, StoreError> {
+        std::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| malformed("record number"))
+    };
+    let size = |v| num(v).and_then(|n| usize::try_from(n).map_err(|_| malformed("size")));
+    let dur = |v| num(v).map(Duration::from_millis);
+    let token: [u8; 32] = take("token")?
+        .try_into()
+        .map_err(|_| malformed("token digest"))?;
+    let sub = text(take("sub")?)?;
+    let transports = text(take("transports")?)?;
+    Ok(SessionRecord {
+        route: text(take("route")?)?,
+        token: TokenDigest::from_bytes(token),
+        subprotocol: sub.strip_prefix('=').map(str::to_owned),
+        receive_only: take("ro")? == b"1",
+        transport: transport(&text(take("tr")?)?),
+        settings: FallbackSettings {
+            transports: transports.split(',').filter_map(transport).collect(),
+            idle_timeout: dur(take("idle")?)?,
+            heartbeat_interval: dur(take("heartbeat")?)?,
+            poll_timeout: dur(take("poll")?)?,
+            response_max_bytes: size(take("resp_max")?)?,
+            sse_max_duration: dur(take("sse_max")?)?,
+            max_body: size(take("maxbody")?)?,
+            replay_bytes: size(take("window")?)?,
+        },
+    })
+}
+
+impl SessionStore for RedisStore {
+    fn create(&self, id: SessionId, record: SessionRecord) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let reply = self
+                .run(&self.inner.scripts.create, id, record_fields(&record))
+                .await?;
+            match reply.tag.as_str() {
+                "K" => Ok(()),
+                // 128 random bits do not collide; a duplicate is a bug.
+                _ => Err(malformed("the session exists already")),
+            }
+        })
+    }
+
+    fn record(&self, id: SessionId) -> StoreFuture<'_, Option<SessionRecord>> {
+        Box::pin(async move {
+            let mut conn = self.inner.conn.clone();
+            let h: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+                .arg(self.keys(id).meta)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if h.is_empty() {
+                return Ok(None);
+            }
+            parse_record(h).map(Some)
+        })
+    }
+
+    fn push(&self, id: SessionId, payloads: Vec<Payload>) -> StoreFuture<'_, Pushed> {
+        Box::pin(async move {
+            let args = payloads.iter().flat_map(encode).collect();
+            let mut r = self.run(&self.inner.scripts.push, id, args).await?;
+            match r.tag.as_str() {
+                "A" => Ok(Pushed::Appended(r.seq()?)),
+                "E" => Ok(Pushed::Ended),
+                _ => Err(malformed("push")),
+            }
+        })
+    }
+
+    fn wait_room(&self, id: SessionId, wait: Duration) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let w = self.waiter(id, wait);
+            loop {
+                let armed = w.arm();
+                let r = self.run(&self.inner.scripts.room, id, Vec::new()).await?;
+                if r.tag == "Y" {
+                    return Ok(true);
+                }
+                if !w.sleep(armed).await {
+                    return Ok(false);
+                }
+            }
+        })
+    }
+
+    fn take_inbound(&self, id: SessionId, after: Seq, wait: Duration) -> StoreFuture<'_, Inbound> {
+        Box::pin(async move {
+            let args = vec![after.0.to_string().into_bytes()];
+            let w = self.waiter(id, wait);
+            loop {
+                let armed = w.arm();
+                let mut r = self
+                    .run(&self.inner.scripts.take_inbound, id, args.clone())
+                    .await?;
+                let idle = Duration::from_millis(u64::try_from(r.int()?).unwrap_or(0));
+                let inbound = Inbound {
+                    items: r.items()?,
+                    idle,
+                };
+                if !inbound.items.is_empty() || !w.sleep(armed).await {
+                    return Ok(inbound);
+                }
+            }
+        })
+    }
+
+    fn begin_read(&self, id: SessionId, after: Seq) -> StoreFuture<'_, ReadStart> {
+        Box::pin(async move {
+            let args = vec![after.0.to_string().into_bytes()];
+            let mut r = self.run(&self.inner.scripts.begin_read, id, args).await?;
+            let reader = u64::try_from(r.int()?).map_err(|_| malformed("reader"))?;
+            Ok(ReadStart {
+                ticket: ReaderTicket(reader),
+                replays: r.int()? == 1,
+            })
+        })
+    }
+
+    fn read(
+        &self,
+        id: SessionId,
+        ticket: ReaderTicket,
+        after: Seq,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> StoreFuture<'_, ReadOutcome> {
+        Box::pin(async move {
+            let args = vec![
+                ticket.0.to_string().into_bytes(),
+                after.0.to_string().into_bytes(),
+                max_bytes.to_string().into_bytes(),
+            ];
+            let w = self.waiter(id, wait);
+            loop {
+                let armed = w.arm();
+                let mut r = self.run(&self.inner.scripts.read, id, args.clone()).await?;
+                let out = match r.tag.as_str() {
+                    "R" => ReadOutcome::Replaced,
+                    "W" => ReadOutcome::WindowExceeded,
+                    "H" => ReadOutcome::Ahead { last: r.seq()? },
+                    "E" => ReadOutcome::Entries(
+                        r.items()?
+                            .into_iter()
+                            .map(|(seq, payload)| Entry { seq, payload })
+                            .collect(),
+                    ),
+                    _ => return Err(malformed("read")),
+                };
+                let empty = matches!(&out, ReadOutcome::Entries(e) if e.is_empty());
+                if !empty || !w.sleep(armed).await {
+                    return Ok(out);
+                }
+            }
+        })
+    }
+
+    fn accept(
+        &self,
+        id: SessionId,
+        first: Seq,
+        payloads: Vec<Payload>,
+    ) -> StoreFuture<'_, Accepted> {
+        Box::pin(async move {
+            let mut args = vec![first.0.to_string().into_bytes()];
+            for p in &payloads {
+                let [k, d, n, _] = encode(p);
+                args.extend([k, d, n]);
+            }
+            let mut r = self.run(&self.inner.scripts.accept, id, args).await?;
+            match r.tag.as_str() {
+                "K" => Ok(Accepted::Acked(r.seq()?)),
+                "G" => Ok(Accepted::Gap { expected: r.seq()? }),
+                "F" => Ok(Accepted::Full),
+                "C" => Ok(Accepted::Closed),
+                _ => Err(malformed("accept")),
+            }
+        })
+    }
+
+    fn request_close(&self, id: SessionId, frame: CloseFrame) -> StoreFuture<'_, Accepted> {
+        Box::pin(async move {
+            let [_, d, n, c] = encode(&Payload::Close(frame));
+            let mut r = self
+                .run(&self.inner.scripts.request_close, id, vec![c, d, n])
+                .await?;
+            Ok(Accepted::Acked(r.seq()?))
+        })
+    }
+
+    fn abort(
+        &self,
+        id: SessionId,
+        to_client: CloseFrame,
+        to_backend: CloseFrame,
+    ) -> StoreFuture<'_, Aborted> {
+        Box::pin(async move {
+            let [_, cd, cn, cc] = encode(&Payload::Close(to_client));
+            let [_, bd, bn, bc] = encode(&Payload::Close(to_backend));
+            let mut r = self
+                .run(&self.inner.scripts.abort, id, vec![cc, cd, cn, bc, bd, bn])
+                .await?;
+            Ok(Aborted {
+                seq: r.seq()?,
+                now: r.int()? == 1,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::session::conformance::{record, ID};
+
+    /// A `redis-server` of the test's own on a free loopback port, without
+    /// persistence, killed when dropped.
+    pub(crate) struct RedisServer {
+        child: std::process::Child,
+        pub url: String,
+    }
+
+    impl RedisServer {
+        pub(crate) async fn start() -> RedisServer {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free loopback port")
+                .port();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (scripts/install-test-deps.sh installs it)");
+            let server = RedisServer {
+                child,
+                url: format!("redis://127.0.0.1:{port}/"),
+            };
+            let client = server.client();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    let pong: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
+                    if pong.is_ok() {
+                        return server;
+                    }
+                }
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        pub(crate) fn client(&self) -> redis::Client {
+            redis::Client::open(self.url.as_str()).expect("a valid URL")
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    async fn fresh() -> (Arc<dyn SessionStore>, RedisServer) {
+        let server = RedisServer::start().await;
+        let store = RedisStore::connect(server.client(), "sy:")
+            .await
+            .expect("connects");
+        (Arc::new(store), server)
+    }
+
+    crate::session::conformance::store_conformance!(fresh());
+
+    #[tokio::test]
+    async fn the_record_round_trips_and_every_key_shares_the_session_tag() {
+        let (s, server) = fresh().await;
+        let mut r = record(1000, 2000);
+        r.subprotocol = Some("chat".into());
+        r.receive_only = true;
+        r.transport = Some(Transport::Poll);
+        s.create(ID, r.clone()).await.unwrap();
+        s.push(ID, vec![Payload::Text("x".into())]).await.unwrap();
+        s.accept(ID, Seq(1), vec![Payload::Text("y".into())])
+            .await
+            .unwrap();
+        assert_eq!(s.record(ID).await, Ok(Some(r)));
+        assert_eq!(s.record(SessionId::from_bytes([1; 16])).await, Ok(None));
+        let mut c = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        keys.sort();
+        let tag = format!("{{{ID}}}");
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert!(
+            keys.iter()
+                .all(|k| k.starts_with("sy:") && k.contains(&tag)),
+            "{keys:?}"
+        );
+        // Every key expires (a session whose owner died goes away).
+        for k in keys {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&k)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert!(ttl > 0, "{k} has no TTL");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_on_another_instance_is_woken_by_a_push() {
+        let (a, server) = fresh().await;
+        let b = RedisStore::connect(server.client(), "sy:").await.unwrap();
+        a.create(ID, record(1 << 20, 1 << 20)).await.unwrap();
+        let r = b.begin_read(ID, Seq(0)).await.unwrap();
+        let waiting = tokio::spawn(async move {
+            b.read(ID, r.ticket, Seq(0), 1000, Duration::from_secs(60))
+                .await
+        });
+        tokio::task::yield_now().await;
+        a.push(ID, vec![Payload::Text("x".into())]).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("woken")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(got, ReadOutcome::Entries(e) if e.len() == 1 && e[0].seq == Seq(1)));
+    }
+
+    #[tokio::test]
+    async fn a_lost_server_is_an_error_not_a_hang() {
+        let (s, server) = fresh().await;
+        drop(server);
+        let r = tokio::time::timeout(Duration::from_secs(30), s.record(ID))
+            .await
+            .expect("answers");
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    }
+}
