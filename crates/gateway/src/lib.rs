@@ -17,6 +17,7 @@
 //!   upstream upgrade and runs the tunnel.
 //!
 //! Supporting modules: [`config`], [`live`] (generations and reload),
+//! [`cluster`] (several instances sharing fallback sessions through Redis),
 //! [`metrics`] (the Prometheus registry),
 //! [`admission`] (Origin and caps), [`outcome`] (reasons and refusals),
 //! `tracking` (live connections for `/status`), [`failures`] (refused
@@ -39,6 +40,7 @@ struct ReadmeDoctests;
 
 pub mod admission;
 mod apps;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod failures;

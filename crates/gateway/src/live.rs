@@ -14,7 +14,7 @@
 //! runtime installs: added listeners start, removed ones stop accepting
 //! (their open connections go on), and TLS certificate and key files are
 //! read again for the listeners that stay. What a reload does NOT change:
-//! the admin listener's address, `[runtime]`, `[http1]`, `[http2]` and the head limits
+//! the admin listener's address, `[cluster]`, `[runtime]`, `[http1]`, `[http2]` and the head limits
 //! of listeners that stay (restart to change them; a reload that changes
 //! `[admin] address` logs a warning and applies the rest). The admin token is
 //! read again: a reload rotates it.
@@ -38,10 +38,11 @@ use tracing::{info, warn};
 
 use crate::admission::ConnectionLimiter;
 use crate::apps::AppSettings;
+use crate::cluster::ClusterNode;
 use crate::config::{App, Config, ConfigError, ConfigSource, Route, RouteTarget, TunnelSetting};
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyContext};
-use crate::session::Sessions;
+use crate::session::{SessionMetrics, Sessions};
 use crate::tracking::ConnTable;
 use crate::upgrade::Registry;
 
@@ -52,6 +53,9 @@ pub enum GatewayError {
     /// The config file is invalid (the message names the line and key).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `[cluster]` could not be set up.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The upstream groups could not be built (TLS roots...).
     #[error("cannot set up the upstream groups: {0}")]
     Upstreams(#[from] switchyard::Error),
@@ -187,6 +191,8 @@ pub struct Gateway {
     /// Fallback sessions, kept across reloads (each keeps the settings it
     /// was opened with).
     sessions: Sessions,
+    /// This instance in its `[cluster]`, set up at start.
+    cluster: Option<ClusterNode>,
 }
 
 /// Fallback sessions one gateway holds at once; more opens get 503 with
@@ -210,8 +216,21 @@ impl Gateway {
     pub fn new(cfg: Config, source: Option<ConfigSource>) -> Result<Arc<Gateway>, GatewayError> {
         let metrics = Arc::new(Metrics::new());
         let limiter = ConnectionLimiter::new();
-        let sessions = Sessions::in_memory(MAX_FALLBACK_SESSIONS, cfg.fallback.memory);
         let live = Self::build(cfg, &metrics, 1)?;
+        let cluster = live
+            .config
+            .cluster
+            .as_ref()
+            .map(ClusterNode::start)
+            .transpose()?;
+        let sessions = match &cluster {
+            None => Sessions::in_memory(MAX_FALLBACK_SESSIONS, live.config.fallback.memory),
+            Some(node) => Sessions::new(
+                node.session_store(),
+                MAX_FALLBACK_SESSIONS,
+                Arc::new(SessionMetrics::new()),
+            ),
+        };
         Ok(Arc::new(Gateway {
             live: RwLock::new(Arc::new(live)),
             source,
@@ -222,6 +241,7 @@ impl Gateway {
             listeners: Mutex::new(None),
             reloading: Mutex::new(()),
             sessions,
+            cluster,
         }))
     }
 
@@ -261,6 +281,11 @@ impl Gateway {
     /// The fallback sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
+    }
+
+    /// This instance in its cluster (None without `[cluster]`).
+    pub fn cluster(&self) -> Option<&ClusterNode> {
+        self.cluster.as_ref()
     }
 
     /// The current generation (one `Arc` clone).
@@ -328,6 +353,11 @@ impl Gateway {
         let old = self.live();
         if cfg.admin.as_ref().map(|a| a.address) != old.config.admin.as_ref().map(|a| a.address) {
             warn!("[admin] address is bound at start: restart switchyard to change it; applying the rest");
+        }
+        if cfg.cluster != old.config.cluster {
+            warn!(
+                "[cluster] is set up at start: restart switchyard to change it; applying the rest"
+            );
         }
         let live = Self::build(cfg, &self.metrics, old.generation + 1)?;
         let control = match self.listeners.lock() {

@@ -25,7 +25,7 @@ pub enum TlsError {
     /// The file could not be read at all.
     #[error("cannot read {what} file {}: {source}; check the path and its permissions", path.display())]
     Unreadable {
-        /// "certificate" or "private key".
+        /// "certificate", "private key" or "CA certificate".
         what: &'static str,
         /// The file named in the configuration or on the command line.
         path: PathBuf,
@@ -93,6 +93,15 @@ pub fn load_pem(
     let certs = certs_from_pem(&cert_pem, cert_path)?;
     let key = key_from_pem(&key_pem, key_path)?;
     Ok((certs, key))
+}
+
+/// Loads CA certificates from a PEM file and gives the file's bytes back
+/// (what a client that takes PEM roots wants), once at least one
+/// certificate in it parses.
+pub fn load_ca_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let pem = read_file("CA certificate", path)?;
+    certs_from_pem(&pem, path)?;
+    Ok(pem)
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -72,6 +72,19 @@ impl Config {
             }
             root.insert("admin".into(), table(entries));
         }
+        if let Some(c) = &self.cluster {
+            let mut cluster = vec![
+                ("redis", string(c.redis.as_str())),
+                ("key_prefix", string(&c.key_prefix)),
+            ];
+            if let Some(id) = &c.node_id {
+                cluster.push(("node_id", string(id)));
+            }
+            if let Some(ca) = &c.ca_file {
+                cluster.push(("ca_file", path(ca)));
+            }
+            root.insert("cluster".into(), table(cluster));
+        }
         let mut runtime = vec![("io_uring", Value::Boolean(self.runtime.io_uring))];
         if let Some(n) = self.runtime.threads {
             runtime.push(("threads", count(n)));

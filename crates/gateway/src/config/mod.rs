@@ -1164,6 +1164,112 @@ mod tests {
     }
 
     #[test]
+    fn cluster_parses_round_trips_and_is_checked() {
+        assert_eq!(parse(MINIMAL).unwrap().cluster, None);
+        let c = parse(&format!(
+            "{MINIMAL}[cluster]\nredis = \"redis://app:s3cret@10.0.0.7:6380/2\"\n"
+        ))
+        .unwrap();
+        let cl = c.cluster.as_ref().unwrap();
+        assert_eq!(cl.redis.as_str(), "redis://app:s3cret@10.0.0.7:6380/2");
+        assert!(!cl.redis.is_tls());
+        assert_eq!(cl.redis.redacted(), "redis://10.0.0.7:6380/2");
+        assert!(!format!("{cl:?}").contains("s3cret"));
+        assert_eq!(cl.node_id, None);
+        assert_eq!(cl.key_prefix, "switchyard:");
+        let written = c.to_toml_string();
+        assert!(written.contains("[cluster]"), "{written}");
+        assert_eq!(parse(&written).unwrap(), c, "{written}");
+
+        let full = parse(&format!(
+            "{MINIMAL}[cluster]\nredis = \"rediss://redis.internal:6380\"\nnode_id = \"gw-1\"\n\
+             key_prefix = \"chat:\"\n"
+        ))
+        .unwrap();
+        let cl = full.cluster.as_ref().unwrap();
+        assert!(cl.redis.is_tls());
+        assert_eq!(cl.node_id.as_deref(), Some("gw-1"));
+        assert_eq!(cl.key_prefix, "chat:");
+        assert_eq!(parse(&full.to_toml_string()).unwrap(), full);
+
+        // A CA file resolves against the file's directory and must hold a
+        // certificate.
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-config-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.cert.pem()).unwrap();
+        std::fs::write(dir.join("not-a-cert.pem"), "hello").unwrap();
+        let file = dir.join("sw.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "{MINIMAL}[cluster]\nredis = \"rediss://localhost:6380\"\nca_file = \"ca.pem\"\n"
+            ),
+        )
+        .unwrap();
+        let loaded = Config::load(&file).unwrap();
+        assert_eq!(
+            loaded.cluster.as_ref().unwrap().ca_file.as_deref(),
+            Some(dir.join("ca.pem").as_path())
+        );
+        assert_eq!(parse(&loaded.to_toml_string()).unwrap(), loaded);
+        std::fs::write(
+            &file,
+            format!(
+                "{MINIMAL}[cluster]\nredis = \"rediss://localhost:6380\"\nca_file = \"not-a-cert.pem\"\n"
+            ),
+        )
+        .unwrap();
+        let msg = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            msg.contains("cluster.ca_file") && msg.contains("no certificate"),
+            "{msg}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        for (value, fragment) in [
+            ("http://10.0.0.7:6379", "found scheme \"http\""),
+            ("10.0.0.7:6379", "no scheme"),
+            ("redis://", "no host"),
+            ("redis://10.0.0.7:6379/db", "database \"db\""),
+            ("redis://10.0.0.7:notaport", "not a URL"),
+        ] {
+            expect_err(
+                &format!("{MINIMAL}[cluster]\nredis = \"{value}\"\n"),
+                8,
+                "cluster.redis",
+                fragment,
+            );
+        }
+        expect_err(&format!("{MINIMAL}[cluster]\n"), 7, "cluster", "redis");
+        expect_err(
+            &format!("{MINIMAL}[cluster]\nredis = \"redis://h\"\nnode_id = \"a b\"\n"),
+            9,
+            "cluster.node_id",
+            "letters, digits",
+        );
+        expect_err(
+            &format!("{MINIMAL}[cluster]\nredis = \"redis://h\"\nkey_prefix = \"{{x}}\"\n"),
+            9,
+            "cluster.key_prefix",
+            "hash tag",
+        );
+        expect_err(
+            &format!("{MINIMAL}[cluster]\nredis = \"redis://h\"\nca_file = \"ca.pem\"\n"),
+            9,
+            "cluster.ca_file",
+            "rediss://",
+        );
+        expect_err(
+            &format!("{MINIMAL}[cluster]\nredis = \"redis://h\"\nport = 1\n"),
+            9,
+            "cluster.port",
+            "unknown field",
+        );
+    }
+
+    #[test]
     fn load_missing_file() {
         let err = Config::load(Path::new("/nonexistent/switchyard.toml")).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));

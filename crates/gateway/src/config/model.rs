@@ -52,6 +52,108 @@ pub struct Config {
     /// hold (each route's sessions have their own `fallback_*` keys).
     #[serde(default)]
     pub fallback: Fallback,
+    /// `[cluster]`: several gateways sharing fallback sessions through
+    /// Redis (`docs/cluster.md`). Without it, everything stays in process.
+    #[serde(default)]
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: the Redis server several gateways share.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// `redis://[user:pass@]host:port/db`, or `rediss://` for TLS.
+    pub redis: RedisUrl,
+    /// This instance's name in the cluster (logs, session owners). None:
+    /// generated at start.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// What every key and channel of the gateway starts with, so that
+    /// several clusters can share one Redis. Default `"switchyard:"`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// With `rediss://`: the CA certificates (PEM) that sign the server's
+    /// certificate, instead of the system's roots. Relative to the config
+    /// file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_key_prefix() -> String {
+    "switchyard:".to_string()
+}
+
+/// A Redis URL, checked: scheme `redis` or `rediss`, a host, an optional
+/// user and password, an optional database number.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The URL as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the connection uses TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("rediss://")
+    }
+
+    /// Where it points, without the credentials (for logs).
+    pub fn redacted(&self) -> String {
+        match self.0.split_once("://") {
+            Some((scheme, rest)) => {
+                let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                format!("{scheme}://{host}")
+            }
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted())
+    }
+}
+
+impl std::str::FromStr for RedisUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let expected = "expected a Redis URL like \"redis://127.0.0.1:6379/0\" or \
+                        \"rediss://user:pass@redis.internal:6380/0\"";
+        let scheme = text.split_once("://").map(|(s, _)| s);
+        match scheme {
+            Some("redis" | "rediss") => {}
+            Some(other) => {
+                return Err(format!(
+                    "{expected}, found scheme \"{other}\" (redis:// or rediss:// for TLS)"
+                ))
+            }
+            None => return Err(format!("{expected}, found \"{text}\" (no scheme)")),
+        }
+        let url = redis::parse_redis_url(text)
+            .ok_or_else(|| format!("{expected}, found \"{text}\" (not a URL)"))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{expected}, found \"{text}\" (no host)"));
+        }
+        let db = url.path().trim_start_matches('/');
+        if !db.is_empty() && db.parse::<u32>().is_err() {
+            return Err(format!(
+                "{expected}, found database \"{db}\" (a number, like /0)"
+            ));
+        }
+        Ok(RedisUrl(text.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(de::Error::custom)
+    }
 }
 
 /// `[runtime]`: how the process runs its connections.

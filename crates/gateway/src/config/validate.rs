@@ -89,6 +89,9 @@ impl Config {
         }
         validate_limits(&self.limits, r)?;
         self.validate_runtime(r)?;
+        if let Some(cluster) = &mut self.cluster {
+            validate_cluster(cluster, r, base)?;
+        }
         nonzero(
             self.http1.idle_timeout,
             &[key("http1"), key("idle_timeout")],
@@ -229,6 +232,53 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `[cluster]`: names that keep the keys and logs readable, and a CA file
+/// that loads (only with `rediss://`).
+fn validate_cluster(c: &mut Cluster, r: &Reporter<'_>, base: &Path) -> Result<(), ConfigError> {
+    let p = |k: &str| vec![key("cluster"), key(k)];
+    if let Some(id) = &c.node_id {
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            return Err(r.err(
+                &p("node_id"),
+                format!(
+                    "expected 1 to 64 letters, digits, '.', '_' or '-', like \"gw-1\", found \
+                     \"{id}\"; remove the key to have one generated"
+                ),
+            ));
+        }
+    }
+    if c.key_prefix.len() > 64
+        || c.key_prefix
+            .bytes()
+            .any(|b| b == b'{' || b == b'}' || !b.is_ascii_graphic())
+    {
+        return Err(r.err(
+            &p("key_prefix"),
+            format!(
+                "expected at most 64 printable characters without spaces, '{{' or '}}' (the \
+                 session keys carry their own hash tag), found \"{}\"",
+                c.key_prefix
+            ),
+        ));
+    }
+    if let Some(ca) = &mut c.ca_file {
+        if !c.redis.is_tls() {
+            return Err(r.err(
+                &p("ca_file"),
+                "ca_file applies to TLS connections only: use a rediss:// URL, or remove the key",
+            ));
+        }
+        *ca = base.join(&*ca);
+        crate::tls::load_ca_pem(ca).map_err(|e| r.err(&p("ca_file"), e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Whether two listeners could not both bind: same port (not 0, which picks

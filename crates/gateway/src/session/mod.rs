@@ -42,6 +42,9 @@ pub mod memory;
 pub mod metrics;
 mod owner;
 pub mod redis;
+#[cfg(test)]
+#[path = "../../tests/session/redis_server.rs"]
+pub(crate) mod redis_server;
 mod serve;
 pub mod settings;
 pub mod store;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use switchyard::fallback::wire::{Entry, Payload, Seq, SessionId, Transport};
 use switchyard::{CloseCode, CloseFrame, Utf8Bytes};
@@ -33,6 +33,13 @@ use super::store::{
 
 /// Longest a waiter goes without re-checking, whatever the notifications.
 pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// Longest wait for a connection to the server (per attempt).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest wait for the answer to one command: every script is short, so
+/// a server that does not answer within this is treated as unreachable.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the keys of a live session outlive the last activity beyond its
 /// idle timeout: the owner ends a session without reader after the idle
@@ -380,15 +387,23 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 }
 
 impl RedisStore {
-    /// Connect to `client`'s server (a multiplexed connection that
-    /// reconnects by itself, plus a subscriber for the notifications); keys
-    /// start with `prefix`.
-    pub async fn connect(client: redis::Client, prefix: &str) -> Result<Self, StoreError> {
-        let conn = client.get_connection_manager().await.map_err(unavailable)?;
+    /// A store on `client`'s server, keys starting with `prefix`. It
+    /// connects on first use and again whenever the connection is lost (a
+    /// multiplexed connection, plus a subscriber for the notifications);
+    /// while the server cannot be reached every operation answers
+    /// [`StoreError::Unavailable`] within [`CONNECT_TIMEOUT`] or so, and the
+    /// subscriber logs when it is lost and when it is back. Needs a tokio
+    /// runtime.
+    pub fn new(client: redis::Client, prefix: &str) -> Result<Self, StoreError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1);
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
         let waiters = Arc::new(Waiters::default());
         let pattern = format!("{prefix}ev:*");
-        let first = client.get_async_pubsub().await.map_err(unavailable)?;
-        let listener = tokio::spawn(listen(client, first, pattern, waiters.clone()));
+        let listener = tokio::spawn(listen(client, pattern, waiters.clone()));
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
@@ -398,6 +413,23 @@ impl RedisStore {
                 listener,
             }),
         })
+    }
+
+    /// [`RedisStore::new`], then one round trip: an error when the server
+    /// cannot be reached now.
+    pub async fn connect(client: redis::Client, prefix: &str) -> Result<Self, StoreError> {
+        let store = Self::new(client, prefix)?;
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// One round trip to the server.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.inner.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
     }
 
     fn keys(&self, id: SessionId) -> Keys {
@@ -466,35 +498,42 @@ impl Waiter {
 }
 
 /// Feed `waiters` from the notifications until the store is dropped,
-/// re-subscribing after the connection is lost.
-async fn listen(
-    client: redis::Client,
-    mut pubsub: redis::aio::PubSub,
-    pattern: String,
-    waiters: Arc<Waiters>,
-) {
+/// subscribing again after the connection is lost. The subscriber is the
+/// one connection always open, so it is what logs the server's
+/// reachability: once when it is lost (with the reason), once when it is
+/// back.
+async fn listen(client: redis::Client, pattern: String, waiters: Arc<Waiters>) {
+    let server = client.get_connection_info().addr().to_string();
+    let mut reachable = None;
     loop {
-        if let Err(e) = pubsub.psubscribe(&pattern).await {
-            tracing::warn!(error = %e, "cannot subscribe to the session notifications in Redis; waiters re-check every second");
-        } else {
-            let mut messages = pubsub.into_on_message();
-            while let Some(m) = messages.next().await {
-                waiters.wake(m.get_channel_name());
-            }
-            tracing::warn!(
-                "lost the Redis subscription to the session notifications; reconnecting"
-            );
-        }
-        loop {
-            tokio::time::sleep(RECHECK).await;
-            match client.get_async_pubsub().await {
-                Ok(p) => {
-                    pubsub = p;
-                    break;
+        let subscribe = async {
+            let mut p = client.get_async_pubsub().await?;
+            p.psubscribe(&pattern).await.map(|()| p)
+        };
+        let subscribed = tokio::time::timeout(CONNECT_TIMEOUT, subscribe)
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                )))
+            });
+        match subscribed {
+            Ok(pubsub) => {
+                tracing::info!(%server, "connected to Redis: fallback sessions are shared through it");
+                reachable = Some(true);
+                let mut messages = pubsub.into_on_message();
+                while let Some(m) = messages.next().await {
+                    waiters.wake(m.get_channel_name());
                 }
-                Err(e) => tracing::debug!(error = %e, "Redis subscriber still unreachable"),
+                tracing::warn!(%server, "lost the connection to Redis; reconnecting (new fallback sessions get 503 meanwhile)");
             }
+            Err(e) if reachable != Some(false) => {
+                tracing::warn!(%server, error = %e, "cannot reach Redis: new fallback sessions get 503 until it is reachable (WebSocket tunnels are not affected); retrying every second");
+                reachable = Some(false);
+            }
+            Err(e) => tracing::debug!(%server, error = %e, "Redis still unreachable"),
         }
+        tokio::time::sleep(RECHECK).await;
     }
 }
 
@@ -868,55 +907,7 @@ impl SessionStore for RedisStore {
 pub(crate) mod tests {
     use super::*;
     use crate::session::conformance::{record, ID};
-
-    /// A `redis-server` of the test's own on a free loopback port, without
-    /// persistence, killed when dropped.
-    pub(crate) struct RedisServer {
-        child: std::process::Child,
-        pub url: String,
-    }
-
-    impl RedisServer {
-        pub(crate) async fn start() -> RedisServer {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free loopback port")
-                .port();
-            let child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server (scripts/install-test-deps.sh installs it)");
-            let server = RedisServer {
-                child,
-                url: format!("redis://127.0.0.1:{port}/"),
-            };
-            let client = server.client();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    let pong: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
-                    if pong.is_ok() {
-                        return server;
-                    }
-                }
-                assert!(Instant::now() < deadline, "redis-server did not start");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-
-        pub(crate) fn client(&self) -> redis::Client {
-            redis::Client::open(self.url.as_str()).expect("a valid URL")
-        }
-    }
-
-    impl Drop for RedisServer {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    use crate::session::redis_server::RedisServer;
 
     async fn fresh() -> (Arc<dyn SessionStore>, RedisServer) {
         let server = RedisServer::start().await;

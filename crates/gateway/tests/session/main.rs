@@ -12,8 +12,10 @@
 
 mod browser;
 mod client;
+mod cluster;
 mod engine;
 mod gateway;
 mod harness;
 mod nginx;
 mod python;
+mod redis_server;

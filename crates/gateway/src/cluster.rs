@@ -1,0 +1,122 @@
+//! `[cluster]` at run time: the Redis client several gateways share and
+//! this instance's name among them (`docs/cluster.md`).
+
+use std::sync::Arc;
+
+use crate::config::Cluster;
+use crate::session::{RedisStore, SessionStore};
+
+/// Why the cluster's store could not be set up (a Redis server that cannot
+/// be reached is not one of them: the gateway starts and retries).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The CA file of a `rediss://` URL no longer loads.
+    #[error(transparent)]
+    Ca(#[from] crate::tls::TlsError),
+    /// redis-rs refused the URL or the TLS settings.
+    #[error("cannot use the Redis URL {url}: {source}; check [cluster] redis")]
+    Client {
+        /// The URL without its credentials.
+        url: String,
+        /// redis-rs's reason.
+        source: redis::RedisError,
+    },
+    /// The store needs a tokio runtime (its connection tasks).
+    #[error("[cluster] needs a tokio runtime: create the Gateway inside one")]
+    NoRuntime,
+    /// The store refused to start.
+    #[error(transparent)]
+    Store(#[from] crate::session::StoreError),
+}
+
+/// This instance in the cluster: the store it shares and its name.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    /// `node_id`, or the one generated at start.
+    pub node_id: String,
+    /// The session store in Redis.
+    pub store: Arc<RedisStore>,
+}
+
+impl ClusterNode {
+    /// The store on `c`'s server (connecting lazily: an unreachable server
+    /// is logged and retried, not an error) and this instance's name.
+    pub fn start(c: &Cluster) -> Result<ClusterNode, ClusterError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ClusterError::NoRuntime);
+        }
+        let client = client(c)?;
+        let store = Arc::new(RedisStore::new(client, &c.key_prefix)?);
+        let node_id = c.node_id.clone().unwrap_or_else(generated_node_id);
+        tracing::info!(
+            node_id,
+            redis = %c.redis.redacted(),
+            key_prefix = c.key_prefix,
+            "cluster member: fallback sessions live in Redis"
+        );
+        Ok(ClusterNode { node_id, store })
+    }
+
+    /// The store as the sessions take it.
+    pub fn session_store(&self) -> Arc<dyn SessionStore> {
+        self.store.clone()
+    }
+}
+
+/// The redis-rs client for `c`: the URL, with `ca_file` as the only roots
+/// when given (else the system's for `rediss://`).
+fn client(c: &Cluster) -> Result<redis::Client, ClusterError> {
+    let refused = |source| ClusterError::Client {
+        url: c.redis.redacted(),
+        source,
+    };
+    match &c.ca_file {
+        None => redis::Client::open(c.redis.as_str()).map_err(refused),
+        Some(ca) => {
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(crate::tls::load_ca_pem(ca)?),
+            };
+            redis::Client::build_with_tls(c.redis.as_str(), certs).map_err(refused)
+        }
+    }
+}
+
+/// `<hostname>-<8 random hex digits>`: readable in logs, unique across
+/// restarts on the same host.
+fn generated_node_id() -> String {
+    use ring::rand::SecureRandom;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+                .take(40)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gw".to_string());
+    let mut b = [0u8; 4];
+    // The system's CSPRNG does not fail on Linux; zeros would still be a name.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    format!("{host}-{:08x}", u32::from_be_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_node_id_is_a_valid_one_and_differs_each_time() {
+        let a = generated_node_id();
+        let b = generated_node_id();
+        assert_ne!(a, b);
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\npath = \"/\"\napp = \"index\"\n\
+             [cluster]\nredis = \"redis://127.0.0.1:6379\"\nnode_id = \"{a}\"\n"
+        );
+        let c = crate::Config::from_toml_str(&text, "t.toml").unwrap();
+        assert_eq!(c.cluster.unwrap().node_id.as_deref(), Some(a.as_str()));
+    }
+}

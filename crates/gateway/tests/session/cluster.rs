@@ -1,0 +1,234 @@
+//! Several gateways sharing fallback sessions through one real
+//! `redis-server` (`[cluster]`, docs/cluster.md): any instance serves any
+//! request of a session; Redis unreachable at start.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, StatusCode};
+use switchyard::fallback::wire::{ErrorBody, OpenResponse, Payload, Seq};
+use switchyard::{CloseCode, Message};
+
+use crate::gateway::Running;
+use crate::harness::*;
+use crate::redis_server::{free_port, RedisServer};
+
+/// The echo app (its fallback sessions bridged to the built-in echo) on a
+/// gateway that is a member of the cluster on `port`.
+async fn member(port: u16, node: &str) -> Running {
+    Running::start(&format!(
+        "[[route]]\npath = \"/echo\"\napp = \"echo\"\n[route.policy]\ndrain_timeout = \"2s\"\n\
+         fallback_poll_timeout = \"1s\"\n[cluster]\nredis = \"redis://127.0.0.1:{port}/0\"\nnode_id = \"{node}\"\n\
+         key_prefix = \"t:\"\n"
+    ))
+    .await
+}
+
+/// Everything the process logs from the first call on: a global
+/// subscriber, since the tests of this binary run on several threads and
+/// tracing caches per call site whether anyone listens. Tests pick their
+/// lines by what is unique to them (a port).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Logs::default();
+            let writer = logs.clone();
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .init();
+            logs
+        })
+        .clone()
+    }
+
+    /// The lines that contain every one of `parts`.
+    fn lines_with(&self, parts: &[&str]) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// Poll on `addr` until `n` messages after `after` arrived; their texts.
+async fn poll_texts(addr: std::net::SocketAddr, s: &OpenResponse, n: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    within("the echoes", async {
+        while got.len() < n {
+            let after = got.last().map_or(0, |(seq, _)| *seq);
+            for e in messages(&poll(addr, "/echo", s, after).await) {
+                match e.payload {
+                    Payload::Text(t) => got.push((e.seq.0, t.to_string())),
+                    other => panic!("expected an echo, got {other:?}"),
+                }
+            }
+        }
+    })
+    .await;
+    got
+}
+
+#[tokio::test]
+async fn without_redis_at_start_tunnels_work_and_sessions_wait_for_it() {
+    let logs = Logs::capture();
+    let port = free_port();
+    let server = format!("server=127.0.0.1:{port}");
+    let gw = member(port, "a").await;
+
+    // WebSocket tunnels need nothing shared.
+    let (mut ws, _) = switchyard::client::connect(&format!("ws://{}/echo", gw.addr))
+        .await
+        .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(
+        within("the echo", ws.next()).await.unwrap().unwrap(),
+        Message::text("hi")
+    );
+
+    // New fallback sessions: 503 with Retry-After, and the reason logged.
+    let r = request(
+        gw.addr,
+        Method::POST,
+        "/echo?sw=open",
+        &[("content-type", "application/json")],
+        "{}",
+    )
+    .await;
+    let e: ErrorBody = r.error(503);
+    assert_eq!(e.error, "store_unavailable", "{}", e.detail);
+    assert_eq!(r.headers["retry-after"], "1");
+    eventually("the log lines", || {
+        !logs.lines_with(&["cannot reach Redis", &server]).is_empty()
+            && !logs
+                .lines_with(&[
+                    "fallback request refused",
+                    "store_unavailable",
+                    "Connection refused",
+                ])
+                .is_empty()
+    })
+    .await;
+
+    // Redis comes up: sessions work without a restart.
+    let _redis = RedisServer::start_on(port).await;
+    let s = within("a session once Redis is up", async {
+        loop {
+            let r = request(
+                gw.addr,
+                Method::POST,
+                "/echo?sw=open",
+                &[("content-type", "application/json")],
+                "{}",
+            )
+            .await;
+            if r.status == StatusCode::OK {
+                break r.json::<OpenResponse>();
+            }
+            assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(send_text(gw.addr, "/echo", &s, 1, "back").await.status, 200);
+    assert_eq!(
+        poll_texts(gw.addr, &s, 1).await,
+        vec![(1, "back".to_string())]
+    );
+    eventually("the reconnect logged", || {
+        !logs.lines_with(&["connected to Redis", &server]).is_empty()
+    })
+    .await;
+    drop(ws);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn any_instance_serves_any_request_of_a_session() {
+    let redis = RedisServer::start().await;
+    let a = member(redis.port, "a").await;
+    let b = member(redis.port, "b").await;
+
+    // Opened on A (A owns the backend WebSocket), used through B.
+    let s = open(a.addr, "/echo", "{}").await;
+    let n = 40;
+    for i in 1..=n {
+        let r = send_text(b.addr, "/echo", &s, i, &format!("m{i}")).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // A send retried on the other instance is acknowledged, not delivered
+    // twice.
+    let r = send_text(a.addr, "/echo", &s, 3, "m3").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let want: Vec<(u64, String)> = (1..=n).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(poll_texts(b.addr, &s, n as usize).await, want);
+    let next = send_text(a.addr, "/echo", &s, n + 1, "last").await;
+    assert_eq!(next.status, 200);
+    assert_eq!(
+        poll_texts(a.addr, &s, 1)
+            .await
+            .first()
+            .map(|(_, t)| t.clone()),
+        Some("m1".to_string()),
+        "a poll from the start replays the log on any instance"
+    );
+
+    // An event stream on A is replaced by a newer reader on B.
+    let sse = send(a.addr, Method::GET, &q("/echo", "sse", &s, ""), &[], "").await;
+    assert_eq!(sse.status(), 200);
+    let mut sse = SseReader::new(sse);
+    sse.until("the replayed echoes on A", |t| t.contains("data: last"))
+        .await;
+    let polled = messages(&poll(b.addr, "/echo", &s, n + 1).await);
+    assert!(polled.is_empty(), "{polled:?}");
+    sse.rest().await;
+    assert!(
+        sse.raw.contains(":replaced by a newer reader"),
+        "{}",
+        sse.raw
+    );
+
+    // Closed through B: the backend (on A) sees the close and answers it.
+    let r = request(
+        b.addr,
+        Method::POST,
+        &q("/echo", "close", &s, ""),
+        &[("content-type", "application/json")],
+        r#"{"code":4000,"reason":"bye"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let end = within("the close", async {
+        loop {
+            let m = messages(&poll(b.addr, "/echo", &s, n + 1).await);
+            if let Some(e) = m.into_iter().last() {
+                break e;
+            }
+        }
+    })
+    .await;
+    assert_eq!(end.seq, Seq(n + 2));
+    match end.payload {
+        Payload::Close(f) => assert_eq!(f.code, CloseCode(4000)),
+        other => panic!("expected the close, got {other:?}"),
+    }
+    a.stop().await;
+    b.stop().await;
+}
