@@ -46,6 +46,14 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// timeout; the keys of a session whose owner died go after this.
 const LIVE_GRACE_MS: u64 = 60_000;
 
+/// How long the owner of a session may go without polling the store
+/// before a reader ends the session with close 1011 "session owner lost":
+/// twice the heartbeat interval the client was promised, and at least
+/// three of the owner's one-second re-checks.
+pub fn owner_limit(s: &FallbackSettings) -> Duration {
+    (s.heartbeat_interval * 2).max(RECHECK * 3)
+}
+
 /// Lua shared by every script. `KEYS`: the session's meta hash, its log
 /// stream, its inbound stream. The last `ARGV` is the session's channel.
 const PRELUDE: &str = r#"
@@ -108,6 +116,7 @@ end
 /// ARGV: (kind, data, cost, code) per payload.
 const PUSH: &str = r#"
 if get('ended') > 0 then return {'E'} end
+redis.call('HSET', M, 'owner_at', now())
 for i = 1, #ARGV - 1, 4 do
   append(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3])
   if ARGV[i] == 'c' then break end
@@ -133,7 +142,7 @@ for _, e in ipairs(gone) do
   redis.call('XDEL', IN, e[1])
 end
 if inb < 0 then inb = 0 end
-redis.call('HSET', M, 'inb', inb)
+redis.call('HSET', M, 'inb', inb, 'owner_at', now())
 touch()
 local out = {'I', now() - get('seen')}
 for _, e in ipairs(redis.call('XRANGE', IN, '(' .. after .. '-1', '+')) do
@@ -156,12 +165,22 @@ if tonumber(ARGV[1]) < get('delivered') then replays = 1 end
 return {'B', reader, replays}
 "#;
 
-/// ARGV: ticket, after, max_bytes.
+/// ARGV: ticket, after, max_bytes, the cost of an entry besides its payload.
 const READ: &str = r#"
 local ticket, after, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('HSET', M, 'seen', now())
 touch()
 if ticket ~= get('reader') then return {'R'} end
+-- The owner polls its inbound stream at least every second while it lives:
+-- silence past the limit means its instance died. End the log so that the
+-- reader learns it, whichever instance it is on.
+if get('ended') == 0 and now() - get('owner_at') > get('owner_limit') then
+  local why = 'session owner lost'
+  append('c', why, #why + 2 + tonumber(ARGV[4]), 1011)
+  redis.call('HSET', M, 'closing', 1)
+  touch()
+  redis.call('PUBLISH', CH, 'a')
+end
 local last = get('last')
 if after > last then return {'H', last} end
 local first = redis.call('XRANGE', LOG, '-', '+', 'COUNT', 1)[1]
@@ -259,7 +278,7 @@ return {'X', get('ended'), now_}
 /// ARGV: the record's fields as name, value pairs.
 const CREATE: &str = r#"
 redis.call('HSET', M, unpack(ARGV, 1, #ARGV - 1))
-redis.call('HSET', M, 'seen', now())
+redis.call('HSET', M, 'seen', now(), 'owner_at', now())
 touch()
 return {'K', 0}
 "#;
@@ -657,6 +676,7 @@ fn record_fields(r: &SessionRecord) -> Vec<Vec<u8>> {
         ("maxbody", s.max_body.to_string().into_bytes()),
         ("window", s.replay_bytes.to_string().into_bytes()),
         ("grace", LIVE_GRACE_MS.to_string().into_bytes()),
+        ("owner_limit", ms(owner_limit(s))),
     ];
     let mut out = Vec::with_capacity(pairs.len() * 2 + 20);
     for (k, v) in pairs {
@@ -825,6 +845,7 @@ impl SessionStore for RedisStore {
                 ticket.0.to_string().into_bytes(),
                 after.0.to_string().into_bytes(),
                 max_bytes.to_string().into_bytes(),
+                ENTRY_COST.to_string().into_bytes(),
             ];
             let w = self.waiter(id, wait);
             loop {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, StatusCode};
-use switchyard::fallback::wire::{ErrorBody, OpenResponse, Payload, Seq};
+use switchyard::fallback::wire::{Entry, ErrorBody, OpenResponse, Payload, Seq};
 use switchyard::{CloseCode, Message};
 
 use crate::gateway::Running;
@@ -20,10 +20,71 @@ use crate::redis_server::{free_port, RedisServer};
 async fn member(port: u16, node: &str) -> Running {
     Running::start(&format!(
         "[[route]]\npath = \"/echo\"\napp = \"echo\"\n[route.policy]\ndrain_timeout = \"2s\"\n\
-         fallback_poll_timeout = \"1s\"\n[cluster]\nredis = \"redis://127.0.0.1:{port}/0\"\nnode_id = \"{node}\"\n\
+         fallback_poll_timeout = \"1s\"\nfallback_heartbeat = \"1s\"\n[cluster]\nredis = \"redis://127.0.0.1:{port}/0\"\nnode_id = \"{node}\"\n\
          key_prefix = \"t:\"\n"
     ))
     .await
+}
+
+/// A member on a runtime of its own, killed by dropping that runtime: its
+/// tasks stop where they are and its sockets close, as when the process is
+/// killed with SIGKILL (no drain, nothing written to Redis).
+struct Doomed {
+    addr: std::net::SocketAddr,
+    kill: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Doomed {
+    fn start(port: u16, node: &'static str) -> Doomed {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (kill, kill_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let gw = rt.block_on(member(port, node));
+            addr_tx.send(gw.addr).unwrap();
+            let _ = kill_rx.recv();
+            rt.shutdown_background();
+            // Only now: dropping it earlier would start a drain.
+            drop(gw);
+        });
+        let addr = addr_rx
+            .recv_timeout(STEP)
+            .expect("the doomed member started");
+        Doomed { addr, kill, thread }
+    }
+
+    fn kill(self) {
+        let _ = self.kill.send(());
+        self.thread.join().unwrap();
+    }
+}
+
+/// Poll on `addr` after `after` until something comes; the first entry.
+async fn next_entry(addr: std::net::SocketAddr, s: &OpenResponse, after: u64) -> Entry {
+    within("the next entry", async {
+        loop {
+            if let Some(e) = messages(&poll(addr, "/echo", s, after).await)
+                .into_iter()
+                .next()
+            {
+                break e;
+            }
+        }
+    })
+    .await
+}
+
+/// The close frame of `e`.
+fn close_of(e: Entry) -> (CloseCode, String) {
+    match e.payload {
+        Payload::Close(f) => (f.code, f.reason.to_string()),
+        other => panic!("expected a close, got {other:?}"),
+    }
 }
 
 /// Everything the process logs from the first call on: a global
@@ -230,5 +291,67 @@ async fn any_instance_serves_any_request_of_a_session() {
         other => panic!("expected the close, got {other:?}"),
     }
     a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn the_owner_killed_ends_its_sessions_with_1011_seen_on_the_others() {
+    let redis = RedisServer::start().await;
+    let a = Doomed::start(redis.port, "doomed");
+    let b = member(redis.port, "b").await;
+    let s = open(a.addr, "/echo", "{}").await;
+    assert_eq!(
+        send_text(b.addr, "/echo", &s, 1, "before").await.status,
+        200
+    );
+    assert_eq!(
+        poll_texts(b.addr, &s, 1).await,
+        vec![(1, "before".to_string())]
+    );
+
+    a.kill();
+    // A reader on B learns it within the owner limit (2 heartbeats, 3 s at
+    // least): an explicit close, never a hang.
+    let end = next_entry(b.addr, &s, 1).await;
+    assert_eq!(end.seq, Seq(2));
+    assert_eq!(
+        close_of(end),
+        (CloseCode::INTERNAL_ERROR, "session owner lost".to_string())
+    );
+    // A new session opens on the survivor.
+    let fresh = open(b.addr, "/echo", "{}").await;
+    assert_eq!(
+        send_text(b.addr, "/echo", &fresh, 1, "after").await.status,
+        200
+    );
+    assert_eq!(
+        poll_texts(b.addr, &fresh, 1).await,
+        vec![(1, "after".to_string())]
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_drained_instance_closes_its_own_sessions_and_the_others_go_on() {
+    let redis = RedisServer::start().await;
+    let a = member(redis.port, "a").await;
+    let b = member(redis.port, "b").await;
+    let on_a = open(a.addr, "/echo", "{}").await;
+    let on_b = open(b.addr, "/echo", "{}").await;
+    a.stop().await;
+    // Its own session ends with 1001, read through B.
+    assert_eq!(
+        close_of(next_entry(b.addr, &on_a, 0).await),
+        (CloseCode::GOING_AWAY, "server shutting down".to_string())
+    );
+    // B's session is untouched.
+    assert_eq!(
+        send_text(b.addr, "/echo", &on_b, 1, "still").await.status,
+        200
+    );
+    assert_eq!(
+        poll_texts(b.addr, &on_b, 1).await,
+        vec![(1, "still".to_string())]
+    );
     b.stop().await;
 }
