@@ -106,6 +106,51 @@ fn generated_node_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::redis_server::RedisServer;
+
+    fn cluster(lines: &str) -> Cluster {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\n[[route]]\npath = \"/\"\napp = \"index\"\n\
+             [cluster]\n{lines}"
+        );
+        let c = crate::Config::from_toml_str(&text, "t.toml").unwrap();
+        c.cluster.unwrap()
+    }
+
+    #[tokio::test]
+    async fn rediss_with_a_ca_file_connects_and_without_it_the_certificate_is_refused() {
+        let dir = std::env::temp_dir().join(format!("switchyard-rediss-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.key_pair.serialize_pem()).unwrap();
+        let server = RedisServer::start_tls(&cert, &key).await;
+
+        let trusted = cluster(&format!(
+            "redis = \"{}\"\nca_file = \"{}\"\n",
+            server.url,
+            cert.display()
+        ));
+        let node = ClusterNode::start(&trusted).unwrap();
+        node.store.ping().await.expect("TLS with the CA file");
+
+        // The system's roots do not know this certificate.
+        let system = cluster(&format!("redis = \"{}\"\n", server.url));
+        let node = ClusterNode::start(&system).unwrap();
+        let err = node.store.ping().await.unwrap_err().to_string();
+        assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+        // Cleartext to the TLS port fails too (no silent downgrade).
+        let plain = cluster(&format!("redis = \"redis://localhost:{}/\"\n", server.port));
+        assert!(ClusterNode::start(&plain)
+            .unwrap()
+            .store
+            .ping()
+            .await
+            .is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_generated_node_id_is_a_valid_one_and_differs_each_time() {

@@ -56,6 +56,42 @@ impl RedisServer {
         }
     }
 
+    /// A server that speaks only TLS (`rediss://`) on a free port with the
+    /// certificate and key in these PEM files (clients are not asked for
+    /// certificates), once it accepts connections.
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--bind", "127.0.0.1"])
+            .args(["--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key)
+            .args(["--tls-auth-clients", "no"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/install-test-deps.sh installs it)");
+        let server = RedisServer {
+            child,
+            port,
+            url: format!("rediss://localhost:{port}/"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
     /// A client of this server.
     pub fn client(&self) -> redis::Client {
         redis::Client::open(self.url.as_str()).expect("a valid URL")
