@@ -129,12 +129,22 @@ impl Logs {
     }
 }
 
-/// Poll on `addr` until `n` messages after `after` arrived; their texts.
+/// Poll on `addr` until `n` messages arrived; their numbers and texts.
 async fn poll_texts(addr: std::net::SocketAddr, s: &OpenResponse, n: usize) -> Vec<(u64, String)> {
-    let mut got = Vec::new();
+    poll_texts_after(addr, s, 0, n).await
+}
+
+/// The same, after `after`.
+async fn poll_texts_after(
+    addr: std::net::SocketAddr,
+    s: &OpenResponse,
+    after: u64,
+    n: usize,
+) -> Vec<(u64, String)> {
+    let mut got: Vec<(u64, String)> = Vec::new();
     within("the echoes", async {
         while got.len() < n {
-            let after = got.last().map_or(0, |(seq, _)| *seq);
+            let after = got.last().map_or(after, |(seq, _)| *seq);
             for e in messages(&poll(addr, "/echo", s, after).await) {
                 match e.payload {
                     Payload::Text(t) => got.push((e.seq.0, t.to_string())),
@@ -354,4 +364,79 @@ async fn a_drained_instance_closes_its_own_sessions_and_the_others_go_on() {
         vec![(1, "still".to_string())]
     );
     b.stop().await;
+}
+
+#[tokio::test]
+async fn redis_restarted_mid_session_ends_it_explicitly_and_new_ones_open() {
+    let redis = RedisServer::start().await;
+    let port = redis.port;
+    let a = member(port, "a").await;
+    let s = open(a.addr, "/echo", "{}").await;
+    assert_eq!(send_text(a.addr, "/echo", &s, 1, "x").await.status, 200);
+    assert_eq!(poll_texts(a.addr, &s, 1).await, vec![(1, "x".to_string())]);
+
+    // Restarted without persistence: the session's state is gone.
+    drop(redis);
+    let _redis = RedisServer::start_on(port).await;
+    // Its requests answer 404 (503 while the gateway reconnects), which the
+    // client library takes as "the session is gone": never a hang, never a
+    // silent gap.
+    let gone = within("the lost session's answer", async {
+        loop {
+            let r = poll(a.addr, "/echo", &s, 1).await;
+            if r.status != StatusCode::SERVICE_UNAVAILABLE {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(gone.error(404).error, "unknown_session");
+    let fresh = open(a.addr, "/echo", "{}").await;
+    assert_eq!(send_text(a.addr, "/echo", &fresh, 1, "y").await.status, 200);
+    assert_eq!(
+        poll_texts(a.addr, &fresh, 1).await,
+        vec![(1, "y".to_string())]
+    );
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_reader_instance_killed_mid_stream_loses_nothing() {
+    let redis = RedisServer::start().await;
+    let owner = member(redis.port, "owner").await;
+    let reader = Doomed::start(redis.port, "reader");
+    let s = open(owner.addr, "/echo", "{}").await;
+    for i in 1..=10 {
+        assert_eq!(
+            send_text(reader.addr, "/echo", &s, i, &format!("m{i}"))
+                .await
+                .status,
+            200
+        );
+    }
+    let sse = send(
+        reader.addr,
+        Method::GET,
+        &q("/echo", "sse", &s, ""),
+        &[],
+        "",
+    )
+    .await;
+    let mut sse = SseReader::new(sse);
+    sse.until("m10 on the stream", |t| t.contains("data: m10\n"))
+        .await;
+    reader.kill();
+    // The client, moved to the owner's instance, resumes after what it saw.
+    for i in 11..=20 {
+        assert_eq!(
+            send_text(owner.addr, "/echo", &s, i, &format!("m{i}"))
+                .await
+                .status,
+            200
+        );
+    }
+    let want: Vec<(u64, String)> = (11..=20).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(poll_texts_after(owner.addr, &s, 10, 10).await, want);
+    owner.stop().await;
 }
