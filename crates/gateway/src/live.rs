@@ -191,8 +191,6 @@ pub struct Gateway {
     /// Fallback sessions, kept across reloads (each keeps the settings it
     /// was opened with).
     sessions: Sessions,
-    /// This instance in its `[cluster]`, set up at start.
-    cluster: Option<ClusterNode>,
 }
 
 /// Fallback sessions one gateway holds at once; more opens get 503 with
@@ -223,7 +221,7 @@ impl Gateway {
             .as_ref()
             .map(ClusterNode::start)
             .transpose()?;
-        let sessions = match &cluster {
+        let sessions = match cluster {
             None => Sessions::in_memory(MAX_FALLBACK_SESSIONS, live.config.fallback.memory),
             Some(node) => Sessions::new(
                 node.session_store(),
@@ -241,7 +239,6 @@ impl Gateway {
             listeners: Mutex::new(None),
             reloading: Mutex::new(()),
             sessions,
-            cluster,
         }))
     }
 
@@ -281,11 +278,6 @@ impl Gateway {
     /// The fallback sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
-    }
-
-    /// This instance in its cluster (None without `[cluster]`).
-    pub fn cluster(&self) -> Option<&ClusterNode> {
-        self.cluster.as_ref()
     }
 
     /// The current generation (one `Arc` clone).

@@ -50,7 +50,7 @@ const LIVE_GRACE_MS: u64 = 60_000;
 /// before a reader ends the session with close 1011 "session owner lost":
 /// twice the heartbeat interval the client was promised, and at least
 /// three of the owner's one-second re-checks.
-pub fn owner_limit(s: &FallbackSettings) -> Duration {
+fn owner_limit(s: &FallbackSettings) -> Duration {
     (s.heartbeat_interval * 2).max(RECHECK * 3)
 }
 

@@ -186,8 +186,12 @@ async fn without_redis_at_start_tunnels_work_and_sessions_wait_for_it() {
     let e: ErrorBody = r.error(503);
     assert_eq!(e.error, "store_unavailable", "{}", e.detail);
     assert_eq!(r.headers["retry-after"], "1");
+    let redis_url = format!("redis=redis://127.0.0.1:{port}/0");
     eventually("the log lines", || {
-        !logs.lines_with(&["cannot reach Redis", &server]).is_empty()
+        !logs
+            .lines_with(&["cluster member", "node_id=\"a\"", &redis_url])
+            .is_empty()
+            && !logs.lines_with(&["cannot reach Redis", &server]).is_empty()
             && !logs
                 .lines_with(&[
                     "fallback request refused",
