@@ -46,7 +46,6 @@ impl ClusterNode {
             return Err(ClusterError::NoRuntime);
         }
         let client = client(c)?;
-        let store = Arc::new(RedisStore::new(client, &c.key_prefix)?);
         let node_id = c.node_id.clone().unwrap_or_else(generated_node_id);
         tracing::info!(
             node_id,
@@ -54,6 +53,7 @@ impl ClusterNode {
             key_prefix = c.key_prefix,
             "cluster member: fallback sessions live in Redis"
         );
+        let store = Arc::new(RedisStore::new(client, &c.key_prefix)?);
         Ok(ClusterNode { node_id, store })
     }
 
