@@ -35,7 +35,7 @@ fn text(s: &str) -> Payload {
 pub(crate) const ID: SessionId = SessionId::from_bytes([7; 16]);
 const NOW: Duration = Duration::ZERO;
 
-fn seqs(o: &ReadOutcome) -> Vec<u64> {
+pub(crate) fn seqs(o: &ReadOutcome) -> Vec<u64> {
     match o {
         ReadOutcome::Entries(e) => e.iter().map(|e| e.seq.0).collect(),
         other => panic!("expected entries, got {other:?}"),

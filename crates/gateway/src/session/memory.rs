@@ -657,7 +657,7 @@ fn accept_now(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::conformance::{record, ID};
+    use crate::session::conformance::{record, seqs, ID};
     use switchyard::CloseCode;
 
     const NOW: Duration = Duration::ZERO;
@@ -669,7 +669,7 @@ mod tests {
     }
 
     crate::session::conformance::store_conformance!(async {
-        let s: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(10));
+        let s: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(10, 1 << 30));
         (s, ())
     });
 
