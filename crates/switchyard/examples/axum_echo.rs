@@ -7,19 +7,19 @@
 //! switchyard connect --http2 ws://127.0.0.1:3000/ws     # HTTP/2, prior knowledge
 //! ```
 
+use std::future::ready;
+
 use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{StreamExt, TryStreamExt};
 use switchyard::axum::WebSocketUpgrade;
 
+/// Data messages back to the sender (pings are answered by the library).
 async fn echo(ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(|mut ws| async move {
-        while let Some(Ok(msg)) = ws.next().await {
-            if msg.is_data() && ws.send(msg).await.is_err() {
-                break;
-            }
-        }
+    ws.on_upgrade(|ws| async move {
+        let (rx, tx) = ws.split();
+        let _ = rx.try_filter(|m| ready(m.is_data())).forward(tx).await;
     })
 }
 
@@ -39,6 +39,7 @@ async fn main() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::SinkExt;
     use switchyard::h2::H2Connection;
     use switchyard::{ClientBuilder, Message};
 

@@ -7,14 +7,13 @@
 //!
 //! ```no_run
 //! use axum::{routing::any, Router};
-//! use futures_util::{SinkExt, StreamExt};
+//! use futures_util::{StreamExt, TryStreamExt};
 //! use switchyard::axum::WebSocketUpgrade;
 //!
 //! async fn echo(ws: WebSocketUpgrade) -> axum::response::Response {
-//!     ws.on_upgrade(|mut ws| async move {
-//!         while let Some(Ok(msg)) = ws.next().await {
-//!             if msg.is_data() && ws.send(msg).await.is_err() { break }
-//!         }
+//!     ws.on_upgrade(|ws| async move {
+//!         let (rx, tx) = ws.split();
+//!         let _ = rx.try_filter(|m| std::future::ready(m.is_data())).forward(tx).await;
 //!     })
 //! }
 //!
