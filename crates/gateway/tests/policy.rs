@@ -449,8 +449,8 @@ async fn require_tls_is_426_over_cleartext_h1_403_over_h2_and_tls_works() {
     gw.stop().await;
 }
 
-/// A plain request (no upgrade) over HTTP/1.1 and HTTP/2 on the cleartext
-/// listener: its status.
+/// A plain request (no upgrade): over HTTP/1.1 and HTTP/2 on the cleartext
+/// listener, over HTTP/3 on the TLS one. Its status.
 async fn plain_get(gw: &Gw, proto: Proto, path: &str) -> StatusCode {
     let addr = gw.run.addrs[1].tcp;
     match proto {
@@ -484,7 +484,21 @@ async fn plain_get(gw: &Gw, proto: Proto, path: &str) -> StatusCode {
                 .unwrap()
                 .status()
         }
-        Proto::H3 => unreachable!("no plain HTTP/3 client here"),
+        Proto::H3 => {
+            let conn = switchyard::h3::H3Connection::connect(&gw.url(proto, path), &gw.client())
+                .await
+                .unwrap();
+            let req = Request::builder()
+                .method(Method::GET)
+                .uri(path)
+                .body(bytes::Bytes::new())
+                .unwrap();
+            tokio::time::timeout(GUARD, conn.send_request(req))
+                .await
+                .unwrap()
+                .unwrap()
+                .status()
+        }
     }
 }
 
@@ -494,21 +508,19 @@ async fn require_upgrade_refuses_plain_requests_and_upgrades_work() {
     for kind in KINDS {
         for proto in PROTOS {
             let p = path(kind, "upgrade", proto);
-            if proto != Proto::H3 {
-                // Over HTTP/2 there is no Upgrade header to name in a 426:
-                // 400 says to use an extended CONNECT (see dispatch.rs).
-                let want = match proto {
-                    Proto::H1 => StatusCode::UPGRADE_REQUIRED,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                let before = gw.refused("upgrade_required");
-                assert_eq!(plain_get(&gw, proto, &p).await, want, "{p}");
-                gw.assert_recorded(&p, "upgrade_required", proto, before);
-                // The log says what was sent.
-                let status = format!("status={}", want.as_u16());
-                let logged = gw.logs.refusals(&p);
-                assert!(logged.iter().any(|l| l.contains(&status)), "{logged:#?}");
-            }
+            // Over HTTP/2 and HTTP/3 there is no Upgrade header to name in a
+            // 426: 400 says to use an extended CONNECT (see dispatch.rs).
+            let want = match proto {
+                Proto::H1 => StatusCode::UPGRADE_REQUIRED,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            let before = gw.refused("upgrade_required");
+            assert_eq!(plain_get(&gw, proto, &p).await, want, "{p}");
+            gw.assert_recorded(&p, "upgrade_required", proto, before);
+            // The log says what was sent.
+            let status = format!("status={}", want.as_u16());
+            let logged = gw.logs.refusals(&p);
+            assert!(logged.iter().any(|l| l.contains(&status)), "{logged:#?}");
             let mut ws = gw.open(proto, &p, None).await.unwrap();
             ws.roundtrip("upgraded").await;
         }

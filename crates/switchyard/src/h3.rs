@@ -44,6 +44,7 @@ mod connection;
 mod frame;
 mod head;
 mod huffman;
+mod message;
 mod qpack;
 mod server;
 mod stream;
@@ -51,8 +52,9 @@ mod stream;
 pub use client::{connect_h3, H3Connection};
 pub use connection::{CLIENT_KEEP_ALIVE, IDLE_TIMEOUT, MAX_STREAMS_PER_CONNECTION};
 pub use frame::PeerSettings;
+pub use message::{H3Body, H3Responder};
 pub use server::{
     alt_svc, bind_endpoint, serve, serve_with_max_connections, H3Server, OnWebSocket,
-    PendingStream, Route, Tunnel, TunnelHandler, MAX_CONNECTIONS,
+    PendingStream, RequestHandler, RequestHook, Route, MAX_CONNECTIONS,
 };
 pub use stream::{H3Stream, MAX_DATA_FRAME};

@@ -31,32 +31,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::ALLOW;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tracing::{info, Instrument};
 
+use super::answer::{client_script, page, refusal, text, Body};
 use super::context::{not_found_body, stopped, ConnCtx, Front};
 use super::h1_proxy;
 use super::session as front_session;
 use crate::apps::echo;
-use crate::apps::index::{self, PageAnswer};
 use crate::config::App;
 use crate::dispatch::RequestHead;
 use crate::dispatch::{AppTicket, Decision, ProxyTicket};
 use crate::io::{Prefixed, ServerIo};
 use crate::metrics::Transport;
-use crate::outcome::Refusal;
 use crate::proxy::{self, ClientInfo, ProxiedConnect};
-use crate::session::{self, SessionBody};
+use crate::session::SessionBody;
 use crate::tracking::Counting;
 use crate::upgrade::websocket::handshake_refusal;
 use switchyard::proto::HttpVersion;
-
-type Body = Full<Bytes>;
 
 /// Serve HTTP/2 on `io`; `buf` holds bytes already read (the preface).
 pub(crate) async fn serve(
@@ -120,26 +117,6 @@ enum Answer {
     Now(Response<Body>),
     Later(tokio::sync::oneshot::Receiver<Response<()>>),
     Session(Pin<Box<dyn Future<Output = Response<SessionBody>> + Send>>),
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-/// A refusal as an HTTP/2 response (connection-specific fields removed).
-fn refusal(r: &Refusal) -> Response<Body> {
-    let (head, ()) = r.to_response().into_parts();
-    let mut resp = text(r.status, format!("{}\n", r.detail));
-    for (name, value) in &head.headers {
-        resp.headers_mut().insert(name, value.clone());
-    }
-    resp
 }
 
 /// The head of `req`, without its body.
@@ -277,48 +254,6 @@ fn app(
                 .dispatcher
                 .refused(peer, &route.label, HttpVersion::Http2, req.headers(), &r);
             refusal(&r)
-        }
-    }
-}
-
-/// The fallback sessions' browser client.
-fn client_script(method: &Method) -> Response<Body> {
-    let body = if method == Method::HEAD {
-        Bytes::new()
-    } else {
-        Bytes::from_static(session::CLIENT_JS.as_bytes())
-    };
-    let mut r = Response::new(Full::new(body));
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(session::CLIENT_JS_TYPE),
-    );
-    r.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(session::CLIENT_JS.len()));
-    r
-}
-
-/// The index page (or its 405).
-fn page(method: &Method) -> Response<Body> {
-    match PageAnswer::for_method(method) {
-        PageAnswer::Page => {
-            let body = if method == Method::HEAD {
-                Bytes::new()
-            } else {
-                Bytes::from_static(index::INDEX_HTML.as_bytes())
-            };
-            let mut r = Response::new(Full::new(body));
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(index::CONTENT_TYPE));
-            r.headers_mut()
-                .insert(CONTENT_LENGTH, HeaderValue::from(index::INDEX_HTML.len()));
-            r
-        }
-        PageAnswer::MethodNotAllowed => {
-            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-            r
         }
     }
 }

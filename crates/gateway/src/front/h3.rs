@@ -1,27 +1,36 @@
-//! The HTTP/3 front: WebSocket over extended CONNECT (RFC 9220) on the QUIC
-//! endpoint of a TLS listener (same port, UDP, same certificate, ALPN `h3`).
+//! The HTTP/3 front: every request on the QUIC endpoint of a TLS listener
+//! (same port, UDP, same certificate, ALPN `h3`) goes to the dispatcher.
 //!
-//! Every extended CONNECT goes to the dispatcher: an echo route gets a 200
-//! and the same echo app as HTTP/1.1 and HTTP/2 (same handshake checks,
-//! permessage-deflate, the route's limits); a proxied route gets a real
-//! HTTP/1.1 upgrade upstream, 200 back, then the tunnel between the QUIC
-//! stream and the upstream connection; a refusal gets its status (403,
-//! 429, 503, 404, 501...). Other requests get what `switchyard::h3`
-//! answers (404 for GET/HEAD: this listener serves only WebSockets, 405,
-//! a reset for malformed ones).
+//! * An extended CONNECT (RFC 9220): an echo route gets a 200 and the same
+//!   echo app as HTTP/1.1 and HTTP/2 (same handshake checks,
+//!   permessage-deflate, the route's limits); a proxied route gets a real
+//!   HTTP/1.1 upgrade upstream, 200 back, then the tunnel between the QUIC
+//!   stream and the upstream connection.
+//! * A plain request: a fallback session request is served with its body
+//!   read from the stream and its answer streamed back (an event stream is
+//!   one request stream among the POSTs); the index page and the browser
+//!   client as on HTTP/2; a route that only switches answers the
+//!   dispatcher's 400 (use extended CONNECT); a proxied route 501 (only
+//!   WebSockets are proxied).
+//! * A refusal gets its status and its reason as the body (403, 429, 503,
+//!   404, 501...); a malformed request what `switchyard::h3` answers (a
+//!   stream reset).
 //!
 //! Shutdown: the stop signal starts the drain (new QUIC connections refused,
 //! a GOAWAY on every connection so that clients open no new request there);
 //! every HTTP/3 WebSocket is closed with 1001 by the echo app or the tunnel
-//! (the same watch as the others); only when they are all closed (or the
-//! grace period is over) is the QUIC endpoint closed with H3_NO_ERROR.
+//! (the same watch as the others), every session's event stream ends with
+//! its `close` event; only when they are all done (or the grace period is
+//! over) is the QUIC endpoint closed with H3_NO_ERROR.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
-use switchyard::h3::{H3Server, H3Stream, PendingStream, TunnelHandler};
+use http_body_util::Full;
+use switchyard::h3::{H3Server, H3Stream, PendingStream, RequestHandler};
 use switchyard::proto::extended_connect::ExtendedConnect;
 use switchyard::proto::handshake::Negotiated;
 use switchyard::proto::{Connection, Role};
@@ -30,11 +39,14 @@ use switchyard::WebSocket;
 use tokio::sync::watch;
 use tracing::{info, Instrument};
 
-use super::context::{stopped, ConnCtx, Front};
+use super::answer::{self, client_script, page, refusal, text};
+use super::context::{not_found_body, stopped, ConnCtx, Front};
 use super::h1_proxy;
+use super::session as front_session;
 use crate::apps::echo;
+use crate::config::App;
 use crate::dispatch::RequestHead;
-use crate::dispatch::{AppTicket, Decision, ProxyTicket};
+use crate::dispatch::{AppTicket, Decision, ProxyTicket, SessionTicket};
 use crate::metrics::Transport;
 use crate::outcome::Refusal;
 use crate::proxy::{self, ClientInfo, ProxiedConnect};
@@ -42,8 +54,9 @@ use crate::tracking::Counting;
 use crate::upgrade::websocket::handshake_refusal;
 use switchyard::proto::HttpVersion;
 
-/// Counts the open HTTP/3 WebSockets (echoes and tunnels), so that shutdown
-/// closes the QUIC endpoint only after their closing handshakes.
+/// Counts the open HTTP/3 WebSockets (echoes and tunnels) and session
+/// requests, so that shutdown closes the QUIC endpoint only after their
+/// closing handshakes and last events.
 struct Open(Arc<watch::Sender<usize>>);
 
 impl Open {
@@ -69,8 +82,8 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, front: Arc<Front>, ctx: Con
     accept.limits = front.limits.clone();
     let hook_front = front.clone();
     let hook_ctx = ctx.clone();
-    // Every extended CONNECT is decided by the dispatcher (the tunnel hook
-    // takes them all); the server's own WebSocket handling never runs.
+    // Every request is decided by the dispatcher (the request hook takes
+    // them all); the server's own WebSocket handling never runs.
     let server = H3Server::new(accept)
         .drain_on(ctx.stop.clone())
         .route(|_| {
@@ -79,7 +92,7 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, front: Arc<Front>, ctx: Con
                 "no route serves this request\n".into(),
             ))
         })
-        .tunnel(move |req| Some(take(req, &hook_front, &hook_ctx, &count)));
+        .requests(move |req| Some(take(req, &hook_front, &hook_ctx, &count)));
     let mut stop = ctx.stop.clone();
     let grace = front.grace;
     let shutdown = async move {
@@ -94,14 +107,13 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, front: Arc<Front>, ctx: Con
     server.serve(endpoint, |_, _| {}, shutdown).await;
 }
 
-/// The handler of one extended CONNECT: decided now, answered in a task of
-/// its own.
+/// The handler of one request: decided now, answered in a task of its own.
 fn take(
     req: &Request<()>,
     front: &Arc<Front>,
     ctx: &ConnCtx,
     count: &Arc<watch::Sender<usize>>,
-) -> TunnelHandler {
+) -> RequestHandler {
     let peer = req
         .extensions()
         .get::<SocketAddr>()
@@ -126,25 +138,15 @@ fn take(
         let task = async move {
             let _alive = ctx.alive.clone();
             match decision {
-                Decision::NotFound => refuse(pending, StatusCode::NOT_FOUND).await,
-                Decision::Refuse(r) => {
-                    let _ = pending.respond(r.to_response()).await;
-                }
-                Decision::SwitchConnection(_) => refuse(pending, StatusCode::BAD_REQUEST).await,
-                // Only extended CONNECTs reach this front, and they are
-                // never session requests nor a GET of the client script.
-                Decision::Session(_) | Decision::ClientScript => {
-                    refuse(pending, StatusCode::NOT_IMPLEMENTED).await
-                }
-                Decision::App(ticket) => {
+                Decision::App(ticket) if ticket.switch.is_some() => {
                     let _open = Open::new(&count);
                     app(head, pending, ticket, &front, ctx.stop.clone()).await
                 }
                 Decision::Proxy(ticket) => {
-                    let _open = Open::new(&count);
                     let Some(connect_protocol) = head.connect_protocol else {
-                        return refuse(pending, StatusCode::NOT_IMPLEMENTED).await;
+                        return answer(pending, proxy_plain()).await;
                     };
+                    let _open = Open::new(&count);
                     let request = ProxiedConnect {
                         head: head.request,
                         connect_protocol,
@@ -156,16 +158,79 @@ fn take(
                     };
                     proxy(request, pending, ticket, &front, ctx.stop.clone()).await
                 }
+                Decision::Session(ticket) => {
+                    let _open = Open::new(&count);
+                    session(head, pending, ticket, &front, ctx.stop.clone()).await
+                }
+                other => answer(pending, plain(other, &head)).await,
             }
         };
         tokio::spawn(task.instrument(span));
     })
 }
 
-async fn refuse(pending: PendingStream, status: StatusCode) {
-    let mut resp = Response::new(());
-    *resp.status_mut() = status;
-    let _ = pending.respond(resp).await;
+/// The answer to a decision that switches nothing.
+fn plain(decision: Decision, head: &RequestHead) -> Response<answer::Body> {
+    let method = head.request.method();
+    match decision {
+        Decision::Refuse(r) => refusal(&r),
+        Decision::ClientScript => client_script(method),
+        Decision::App(ticket) if ticket.route.app().is_some_and(|a| a.app == App::Index) => {
+            page(method)
+        }
+        Decision::SwitchConnection(_) => text(
+            StatusCode::BAD_REQUEST,
+            "HTTP/3 connections do not switch protocols\n",
+        ),
+        // Not found, or an app without a page.
+        _ => text(StatusCode::NOT_FOUND, not_found_body(head.path())),
+    }
+}
+
+/// A plain request on a proxied route.
+fn proxy_plain() -> Response<answer::Body> {
+    text(
+        StatusCode::NOT_IMPLEMENTED,
+        "only WebSockets are proxied over HTTP/3 (extended CONNECT with :protocol \
+         websocket, RFC 9220)\n",
+    )
+}
+
+/// Send a whole answer on the request stream.
+async fn answer(pending: PendingStream, response: Response<Full<Bytes>>) {
+    let (_body, responder) = pending.into_exchange();
+    if let Err(e) = responder.send(response).await {
+        info!("HTTP/3 answer not sent: {e}");
+    }
+}
+
+/// A fallback session request: its body read from the stream, its answer
+/// (an event stream, a held poll) streamed back.
+async fn session(
+    head: RequestHead,
+    pending: PendingStream,
+    ticket: SessionTicket,
+    front: &Front,
+    stop: watch::Receiver<bool>,
+) {
+    let (body, responder) = pending.into_exchange();
+    let (parts, ()) = head.request.into_parts();
+    let client = ClientInfo {
+        addr: head.peer,
+        tls: true,
+    };
+    let sessions = front.dispatcher.gateway().sessions();
+    let response = front_session::serve(
+        sessions,
+        Request::from_parts(parts, body),
+        ticket,
+        client,
+        stop,
+    )
+    .await;
+    if let Err(e) = responder.send(response).await {
+        info!("HTTP/3 session answer ended early: {e}");
+    }
 }
 
 /// The WebSocket checks of an extended CONNECT (RFC 9220 uses RFC 8441's)
@@ -204,7 +269,8 @@ async fn app(
         .app()
         .and_then(|a| a.websocket.as_ref().map(|w| (a, w)))
     else {
-        return refuse(pending, StatusCode::NOT_IMPLEMENTED).await;
+        let why = "this app does not speak WebSocket\n";
+        return answer(pending, text(StatusCode::NOT_IMPLEMENTED, why)).await;
     };
     let (response, conn, negotiated) = match accept_websocket(&head, accept) {
         Ok(a) => a,
@@ -216,8 +282,7 @@ async fn app(
                 head.request.headers(),
                 &r,
             );
-            let _ = pending.respond(r.to_response()).await;
-            return;
+            return answer(pending, refusal(&r)).await;
         }
     };
     let stream: H3Stream = match pending.respond(response).await {

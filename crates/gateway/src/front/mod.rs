@@ -9,6 +9,7 @@
 //! [`task`] is the task of one accepted connection: the front's handshake
 //! part, then the switched session in the same task.
 
+mod answer;
 mod context;
 pub(crate) mod h1;
 mod h1_body;

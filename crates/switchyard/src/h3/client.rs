@@ -14,7 +14,8 @@ use tokio::sync::watch;
 
 use super::connection::{self, ControlEvent};
 use super::frame::{self, FrameReader, PeerSettings, ReadFrame};
-use super::stream::H3Stream;
+use super::message::H3Body;
+use super::stream::{DataReader, H3Stream};
 use super::{head, qpack};
 use crate::client::ClientBuilder;
 use crate::error::{Deadline, Error, H3Error, H3ProtocolError};
@@ -333,10 +334,37 @@ impl H3Connection {
         send.write_all(&out)
             .await
             .map_err(|e| Error::Io(e.into()))?;
-        let limits = self.builder.get_limits();
         let mut reader = FrameReader::new(recv);
+        let (status, resp_headers) = self.read_response_head(&mut reader).await?;
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = http::Version::HTTP_3;
+        *response.headers_mut() = resp_headers;
+
+        if !status.is_success() {
+            let body_preview = read_preview(&mut reader, 512).await;
+            return Err(Error::UpgradeRefused {
+                status,
+                hint: crate::refusal::hint(status, switchyard_proto::HttpVersion::Http3),
+                response: Box::new(response),
+                body_preview,
+            });
+        }
+        let leftover = std::mem::replace(&mut reader.buf, BytesMut::new());
+        let keep: Arc<dyn std::any::Any + Send + Sync> = self.guts.clone();
+        Ok((
+            H3Stream::new(send, reader.inner, leftover, Some(keep)),
+            response,
+        ))
+    }
+    /// Read the final response's HEADERS on a request stream (1xx skipped).
+    async fn read_response_head(
+        &self,
+        reader: &mut FrameReader<quinn::RecvStream>,
+    ) -> Result<(http::StatusCode, http::HeaderMap), Error> {
+        let limits = self.builder.get_limits();
         let known = |t: u64| t == frame::HEADERS || t == frame::DATA || t == frame::PUSH_PROMISE;
-        let (status, resp_headers) = loop {
+        loop {
             let block = match reader.next_frame(limits.max_head_bytes, known).await {
                 Ok(ReadFrame::Frame {
                     ty: frame::HEADERS,
@@ -372,28 +400,68 @@ impl H3Connection {
             if status.is_informational() {
                 continue;
             }
-            break (status, h);
-        };
-        let mut response = Response::new(());
+            return Ok((status, h));
+        }
+    }
+
+    /// Send a plain request (any method but CONNECT; the URI's path and
+    /// query are `:path`, `:authority` is the connection's) with its whole
+    /// body, and return the response as soon as its head arrives; its body
+    /// streams in as the server sends it (an event stream, say). Any status
+    /// is a response. The head within `Limits::handshake_timeout`.
+    pub async fn send_request(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<Response<H3Body>, Error> {
+        let timeout = self.builder.get_limits().handshake_timeout;
+        Deadline::OpeningHandshake
+            .bound(timeout, self.send_request_inner(request))
+            .await
+    }
+
+    async fn send_request_inner(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<Response<H3Body>, Error> {
+        if let Some(id) = self.going_away() {
+            return Err(H3Error::GoingAway(id).into());
+        }
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let scheme: &[u8] = if self.scheme_https { b"https" } else { b"http" };
+        let mut fields: Vec<(&[u8], &[u8])> = vec![
+            (b":method", parts.method.as_str().as_bytes()),
+            (b":scheme", scheme),
+            (b":authority", self.authority.as_bytes()),
+            (b":path", path.as_bytes()),
+        ];
+        fields.extend(
+            parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        );
+        let mut out = Vec::new();
+        frame::encode_frame(&mut out, frame::HEADERS, &qpack::encode(fields));
+        if !body.is_empty() {
+            frame::encode_frame(&mut out, frame::DATA, &body);
+        }
+        let (mut send, recv) = self.conn.open_bi().await.map_err(H3Error::from)?;
+        send.write_all(&out)
+            .await
+            .map_err(|e| Error::Io(e.into()))?;
+        // The request is complete; the stream stays open for the response.
+        let _ = send.finish();
+        let mut reader = FrameReader::new(recv);
+        let (status, headers) = self.read_response_head(&mut reader).await?;
+        let mut response = Response::new(H3Body::new(
+            DataReader::new(reader.inner, reader.buf),
+            Some(self.guts.clone()),
+        ));
         *response.status_mut() = status;
         *response.version_mut() = http::Version::HTTP_3;
-        *response.headers_mut() = resp_headers;
-
-        if !status.is_success() {
-            let body_preview = read_preview(&mut reader, 512).await;
-            return Err(Error::UpgradeRefused {
-                status,
-                hint: crate::refusal::hint(status, switchyard_proto::HttpVersion::Http3),
-                response: Box::new(response),
-                body_preview,
-            });
-        }
-        let leftover = std::mem::replace(&mut reader.buf, BytesMut::new());
-        let keep: Arc<dyn std::any::Any + Send + Sync> = self.guts.clone();
-        Ok((
-            H3Stream::new(send, reader.inner, leftover, Some(keep)),
-            response,
-        ))
+        *response.headers_mut() = headers;
+        Ok(response)
     }
 }
 

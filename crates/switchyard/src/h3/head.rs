@@ -35,7 +35,7 @@ impl RequestHead {
 
 /// Header fields that are connection-specific in HTTP/1.1 and make an
 /// HTTP/3 message malformed (RFC 9114 §4.2).
-const CONNECTION_SPECIFIC: [&str; 5] = [
+pub(crate) const CONNECTION_SPECIFIC: [&str; 5] = [
     "connection",
     "keep-alive",
     "proxy-connection",

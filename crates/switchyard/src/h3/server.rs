@@ -14,8 +14,9 @@ use tokio::sync::watch;
 use super::connection::{self, close_with, open_control, run_uni_streams};
 use super::frame::{self, FrameReader, ReadFrame};
 use super::head::{parse_request, RequestHead};
+use super::message::{send_head, H3Body, H3Responder};
 use super::qpack;
-use super::stream::H3Stream;
+use super::stream::{DataReader, H3Stream};
 use crate::error::{H3Error, H3ProtocolError};
 use crate::server::{server_connection, AcceptConfig};
 use crate::websocket::WebSocket;
@@ -64,19 +65,21 @@ pub type OnWebSocket = Arc<dyn Fn(Request<()>, WebSocket<H3Stream>) + Send + Syn
 /// [`Request`] the WebSocket callback would get.
 pub type Route = Arc<dyn Fn(&Request<()>) -> Result<(), (StatusCode, String)> + Send + Sync>;
 
-/// Takes an extended CONNECT (any `:protocol`) before the server's own
-/// WebSocket handling: `Some(handler)` gets the request and the
-/// [`PendingStream`] (nothing answered yet; the handler must call
-/// [`PendingStream::respond`]), `None` lets the server handle it as usual.
-/// A reverse proxy uses it to hand the stream's bytes to an upstream.
-pub type Tunnel = Arc<dyn Fn(&Request<()>) -> Option<TunnelHandler> + Send + Sync>;
+/// Takes a request before the server's own handling: every well-formed
+/// request (an extended CONNECT with any `:protocol`, or a request with
+/// `:scheme` and `:path`) is offered. `Some(handler)` gets the request and
+/// the [`PendingStream`] (nothing answered yet), `None` lets the server
+/// handle it as usual. A gateway uses it to dispatch every request itself:
+/// a reverse proxy hands an extended CONNECT's bytes to an upstream, a
+/// plain request is answered with [`PendingStream::into_exchange`].
+pub type RequestHook = Arc<dyn Fn(&Request<()>) -> Option<RequestHandler> + Send + Sync>;
 
-/// What a [`Tunnel`] hook returns to take a request: it is called once,
+/// What a [`RequestHook`] returns to take a request: it is called once,
 /// with the request and its stream.
-pub type TunnelHandler = Box<dyn FnOnce(Request<()>, PendingStream) + Send>;
+pub type RequestHandler = Box<dyn FnOnce(Request<()>, PendingStream) + Send>;
 
-/// An extended CONNECT request stream taken by a [`Tunnel`] hook, before
-/// any answer was sent.
+/// A request stream taken by a [`RequestHook`], before any answer was
+/// sent.
 pub struct PendingStream {
     send: quinn::SendStream,
     reader: FrameReader<quinn::RecvStream>,
@@ -92,7 +95,18 @@ impl std::fmt::Debug for PendingStream {
 }
 
 impl PendingStream {
-    /// Send `response` (its status and header fields, which must not be
+    /// For a request that is not an extended CONNECT: its body and the
+    /// sender of its response (any status, a streamed body).
+    pub fn into_exchange(self) -> (H3Body, H3Responder) {
+        let PendingStream { send, reader, keep } = self;
+        let body = H3Body::new(
+            DataReader::new(reader.inner, reader.buf),
+            Some(keep.clone()),
+        );
+        (body, H3Responder::new(send, Some(keep)))
+    }
+
+    /// For an extended CONNECT: send `response` (its status and header fields, which must not be
     /// connection-specific). A 2xx returns the stream's bytes (DATA frames)
     /// as an [`H3Stream`]; any other status finishes the stream and returns
     /// an error (`ConnectionRefused`) once the answer has left.
@@ -112,7 +126,7 @@ impl PendingStream {
                 format!("extended CONNECT answered {status}"),
             ));
         }
-        send_response(&mut self.send, status, response.headers(), b"")
+        send_head(&mut self.send, status, response.headers(), b"")
             .await
             .map_err(std::io::Error::from)?;
         let leftover = std::mem::replace(&mut self.reader.buf, BytesMut::new());
@@ -126,13 +140,13 @@ impl PendingStream {
 }
 
 /// An HTTP/3 WebSocket server's settings: the handshake policy and limits,
-/// the connection cap, and optional [`Route`] and [`Tunnel`] hooks.
+/// the connection cap, and optional [`Route`] and [`RequestHook`] hooks.
 #[derive(Clone)]
 pub struct H3Server {
     cfg: AcceptConfig,
     max_connections: usize,
     route: Option<Route>,
-    tunnel: Option<Tunnel>,
+    requests: Option<RequestHook>,
     drain: Option<watch::Receiver<bool>>,
 }
 
@@ -142,7 +156,7 @@ impl std::fmt::Debug for H3Server {
             .field("cfg", &self.cfg)
             .field("max_connections", &self.max_connections)
             .field("route", &self.route.is_some())
-            .field("tunnel", &self.tunnel.is_some())
+            .field("requests", &self.requests.is_some())
             .field("drain", &self.drain.is_some())
             .finish()
     }
@@ -151,7 +165,7 @@ impl std::fmt::Debug for H3Server {
 struct Ctx {
     cfg: AcceptConfig,
     route: Option<Route>,
-    tunnel: Option<Tunnel>,
+    requests: Option<RequestHook>,
     cb: OnWebSocket,
     drain: Option<watch::Receiver<bool>>,
 }
@@ -163,7 +177,7 @@ impl H3Server {
             cfg,
             max_connections: MAX_CONNECTIONS,
             route: None,
-            tunnel: None,
+            requests: None,
             drain: None,
         }
     }
@@ -194,14 +208,13 @@ impl H3Server {
         self
     }
 
-    /// Offer every well-formed extended CONNECT (`:scheme`, `:path`,
-    /// `:authority` present; any `:protocol`) to `f` first, before the
-    /// WebSocket checks: see [`Tunnel`].
-    pub fn tunnel(
+    /// Offer every well-formed request to `f` first, before the server's
+    /// own handling: see [`RequestHook`].
+    pub fn requests(
         mut self,
-        f: impl Fn(&Request<()>) -> Option<TunnelHandler> + Send + Sync + 'static,
+        f: impl Fn(&Request<()>) -> Option<RequestHandler> + Send + Sync + 'static,
     ) -> Self {
-        self.tunnel = Some(Arc::new(f));
+        self.requests = Some(Arc::new(f));
         self
     }
 
@@ -239,7 +252,7 @@ impl H3Server {
         let ctx = Arc::new(Ctx {
             cfg: self.cfg,
             route: self.route,
-            tunnel: self.tunnel,
+            requests: self.requests,
             cb: Arc::new(on_websocket),
             drain: self.drain,
         });
@@ -509,34 +522,6 @@ fn route(head: &RequestHead, cfg: &AcceptConfig) -> Result<ServerNegotiation, Ou
     }
 }
 
-async fn send_response(
-    send: &mut quinn::SendStream,
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), quinn::WriteError> {
-    let mut out = Vec::new();
-    let status_text = status.as_str().to_string();
-    let mut fields: Vec<(&[u8], &[u8])> = vec![(b":status", status_text.as_bytes())];
-    fields.extend(
-        headers
-            .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
-    );
-    let mut ct = None;
-    if !body.is_empty() {
-        ct = Some("text/plain; charset=utf-8");
-    }
-    if let Some(ct) = ct {
-        fields.push((b"content-type", ct.as_bytes()));
-    }
-    frame::encode_frame(&mut out, frame::HEADERS, &qpack::encode(fields));
-    if !body.is_empty() {
-        frame::encode_frame(&mut out, frame::DATA, body);
-    }
-    send.write_all(&out).await
-}
-
 async fn refuse(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
@@ -544,7 +529,7 @@ async fn refuse(
     headers: &HeaderMap,
     body: &str,
 ) {
-    if send_response(send, status, headers, body.as_bytes())
+    if send_head(send, status, headers, body.as_bytes())
         .await
         .is_ok()
     {
@@ -556,6 +541,17 @@ async fn refuse(
     let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
 }
 
+/// Whether a request may be offered to the [`RequestHook`]: an extended
+/// CONNECT that passes RFC 8441's checks, or a request other than CONNECT
+/// with `:scheme` and `:path` (RFC 9114 §4.3.1). Others are answered by
+/// [`route`].
+fn well_formed(head: &RequestHead) -> bool {
+    if head.protocol.is_some() {
+        return head.extended_connect().check().is_ok();
+    }
+    head.method != Method::CONNECT && head.scheme.is_some() && head.path.is_some()
+}
+
 fn to_request(head: &RequestHead, peer: std::net::SocketAddr) -> Request<()> {
     let uri = Uri::builder()
         .scheme(head.scheme.as_deref().unwrap_or("https"))
@@ -564,7 +560,7 @@ fn to_request(head: &RequestHead, peer: std::net::SocketAddr) -> Request<()> {
         .build()
         .unwrap_or_else(|_| Uri::from_static("/"));
     let mut req = Request::new(());
-    *req.method_mut() = Method::CONNECT;
+    *req.method_mut() = head.method.clone();
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_3;
     *req.headers_mut() = head.headers.clone();
@@ -597,10 +593,10 @@ async fn handle_request(
             "request HEADERS did not arrive within Limits::handshake_timeout",
         ))),
     };
-    if let (Ok(h), Some(tunnel)) = (&head, &ctx.tunnel) {
-        if h.extended_connect().check().is_ok() {
+    if let (Ok(h), Some(hook)) = (&head, &ctx.requests) {
+        if well_formed(h) {
             let req = to_request(h, conn.remote_address());
-            if let Some(handler) = tunnel(&req) {
+            if let Some(handler) = hook(&req) {
                 handler(req, PendingStream { send, reader, keep });
                 return;
             }
@@ -628,7 +624,7 @@ async fn handle_request(
                     return;
                 }
             }
-            if send_response(&mut send, StatusCode::OK, &negotiation.headers, b"")
+            if send_head(&mut send, StatusCode::OK, &negotiation.headers, b"")
                 .await
                 .is_err()
             {

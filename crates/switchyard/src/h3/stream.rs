@@ -37,12 +37,18 @@ enum ReadState {
     Eof,
 }
 
-/// A WebSocket's transport over one HTTP/3 request stream.
-pub struct H3Stream {
-    send: quinn::SendStream,
+/// The receiving side of a request stream: the payload of its DATA frames
+/// (see the module docs), shared by [`H3Stream`] and [`H3Body`].
+pub(crate) struct DataReader {
     recv: quinn::RecvStream,
     rbuf: BytesMut,
     rstate: ReadState,
+}
+
+/// A WebSocket's transport over one HTTP/3 request stream.
+pub struct H3Stream {
+    send: quinn::SendStream,
+    reader: DataReader,
     wbuf: BytesMut,
     finished: bool,
     /// Keeps the HTTP/3 connection (its control stream, the endpoint) alive
@@ -67,9 +73,7 @@ impl H3Stream {
     ) -> Self {
         H3Stream {
             send,
-            recv,
-            rbuf: leftover,
-            rstate: ReadState::Header,
+            reader: DataReader::new(recv, leftover),
             wbuf: BytesMut::new(),
             finished: false,
             _keep: keep,
@@ -85,7 +89,7 @@ impl H3Stream {
     /// H3_REQUEST_CANCELLED), without a WebSocket close.
     pub fn reset(&mut self, code: u32) {
         let _ = self.send.reset(quinn::VarInt::from_u32(code));
-        let _ = self.recv.stop(quinn::VarInt::from_u32(code));
+        let _ = self.reader.recv.stop(quinn::VarInt::from_u32(code));
     }
 
     /// Write out the buffered frame.
@@ -98,6 +102,16 @@ impl H3Stream {
             self.wbuf.advance(n);
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+impl DataReader {
+    pub(crate) fn new(recv: quinn::RecvStream, leftover: BytesMut) -> Self {
+        DataReader {
+            recv,
+            rbuf: leftover,
+            rstate: ReadState::Header,
+        }
     }
 
     /// Read more into `rbuf`; `Ok(false)` at the end of the stream. Only
@@ -120,7 +134,7 @@ impl H3Stream {
     }
 }
 
-impl Drop for H3Stream {
+impl Drop for DataReader {
     fn drop(&mut self) {
         // What the peer still sends is not needed any more: H3_NO_ERROR
         // (RFC 9114 §8.1) rather than quinn's implicit code 0. A stream
@@ -134,7 +148,7 @@ fn unexpected(ty: u64) -> io::Error {
         io::ErrorKind::InvalidData,
         crate::error::H3ProtocolError::new(
             frame::H3_FRAME_UNEXPECTED,
-            format!("frame type 0x{ty:x} is not allowed on a WebSocket request stream"),
+            format!("frame type 0x{ty:x} is not allowed in the body of a request stream"),
         ),
     )
 }
@@ -145,7 +159,17 @@ impl AsyncRead for H3Stream {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+        self.get_mut().reader.poll_read(cx, out)
+    }
+}
+
+impl DataReader {
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self;
         if out.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
