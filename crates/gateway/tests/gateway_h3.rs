@@ -377,3 +377,146 @@ async fn echo_app_websockets_over_h1_h2_h3_appear_in_metrics_and_status_while_op
     gw.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A whole HTTP/3 answer: its status and body.
+async fn whole(resp: http::Response<switchyard::h3::H3Body>) -> (http::StatusCode, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let status = resp.status();
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the answer's body did not end")
+        .unwrap();
+    (status, body.to_bytes().to_vec())
+}
+
+#[tokio::test]
+async fn a_fallback_session_runs_over_http3_with_the_event_stream_beside_the_sends() {
+    use http_body_util::BodyExt;
+    use switchyard::fallback::sse::SseParser;
+    use switchyard::fallback::wire::{OpenResponse, Payload, PollResponse, SendAck, Seq};
+
+    let (dir, cert, key) = cert_files("session");
+    let gw = gateway(&config(&cert, &key, closed_port())).await;
+    let url = format!("wss://127.0.0.1:{}/echo", gw.addr.port());
+    let conn = switchyard::h3::H3Connection::connect(&url, &client(&cert))
+        .await
+        .unwrap();
+    let request = |method: http::Method, target: &str, ct: &str, body: Vec<u8>| {
+        Request::builder()
+            .method(method)
+            .uri(target)
+            .header("content-type", ct)
+            .body(bytes::Bytes::from(body))
+            .unwrap()
+    };
+    let json = "application/json";
+    let open = conn
+        .send_request(request(
+            http::Method::POST,
+            "/echo?sw=open",
+            json,
+            b"{}".into(),
+        ))
+        .await
+        .unwrap();
+    let (status, body) = whole(open).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let s: OpenResponse = serde_json::from_slice(&body).unwrap();
+    let q = |action: &str, extra: &str| {
+        format!("/echo?sw={action}&sid={}&token={}{extra}", s.sid, s.token)
+    };
+
+    // The event stream is one request stream; every send is another.
+    let sse = conn
+        .send_request(request(http::Method::GET, &q("sse", ""), "", Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    let mut events = sse.into_body();
+    let mut parser = SseParser::new(1 << 20);
+    let mut got = Vec::new();
+    let n = 1000u64;
+    let sending = async {
+        for i in 1..=n {
+            let target = q("send", &format!("&seq={i}"));
+            let body = format!("m{i}").into_bytes();
+            let resp = conn
+                .send_request(request(http::Method::POST, &target, "text/plain", body))
+                .await
+                .unwrap();
+            let (status, body) = whole(resp).await;
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let ack: SendAck = serde_json::from_slice(&body).unwrap();
+            assert_eq!(ack.acked, Seq(i));
+        }
+    };
+    let receiving = async {
+        while (got.len() as u64) < n {
+            let frame = tokio::time::timeout(Duration::from_secs(10), events.frame())
+                .await
+                .expect("the event stream went quiet")
+                .expect("the event stream ended")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                parser.feed(&data, &mut got).unwrap();
+            }
+        }
+    };
+    tokio::join!(sending, receiving);
+    for (i, e) in got.iter().enumerate() {
+        let seq = i + 1;
+        assert_eq!(e.id.as_deref(), Some(seq.to_string().as_str()));
+        assert_eq!(e.data, format!("m{seq}"));
+    }
+
+    // A poll over HTTP/3 (another reader: it ends the event stream).
+    let (status, body) = whole(
+        conn.send_request(request(
+            http::Method::GET,
+            &q("poll", "&after=999"),
+            "",
+            Vec::new(),
+        ))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let polled: PollResponse = serde_json::from_slice(&body).unwrap();
+    assert_eq!(polled.messages.len(), 1, "{polled:?}");
+    assert_eq!(polled.messages[0].seq, Seq(1000));
+    assert!(
+        matches!(&polled.messages[0].payload, Payload::Text(t) if t.as_str() == "m1000"),
+        "{polled:?}"
+    );
+
+    // The close reaches the backend, whose reply is the session's last message.
+    let close = br#"{"code":1000,"reason":"done"}"#.to_vec();
+    let (status, body) = whole(
+        conn.send_request(request(http::Method::POST, &q("close", ""), json, close))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = whole(
+        conn.send_request(request(
+            http::Method::GET,
+            &q("poll", "&after=1000"),
+            "",
+            Vec::new(),
+        ))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let polled: PollResponse = serde_json::from_slice(&body).unwrap();
+    assert!(
+        matches!(&polled.messages[..], [e] if matches!(&e.payload, Payload::Close(f) if f.code == switchyard::CloseCode::NORMAL)),
+        "{polled:?}"
+    );
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
