@@ -12,7 +12,10 @@
 // `transport`: 'websocket', 'sse' or 'poll'. Options: `transports` (the order
 // to try, default ['websocket', 'sse', 'poll']), `timeout` (ms a transport
 // gets to open, default 5000), `remember` (try first what worked last time
-// for this URL, default true). Messages carry sequence numbers both ways:
+// for this URL, default true), `credentials` (the fetch mode for the session's
+// requests: 'include' sends cookies and Authorization to a gateway of another
+// origin, which its `allowed_origins` must list; default 'same-origin', as
+// fetch). Messages carry sequence numbers both ways:
 // after a network error the socket resumes where it was, without loss or
 // repeats, for as long as the gateway keeps the session (its idle timeout).
 
@@ -39,7 +42,7 @@ export class SwitchyardSocket extends EventTarget {
     this._wsUrl = new URL(base);
     this._wsUrl.protocol = this._http.protocol.replace(/^http/, 'ws');
     this._protocols = typeof protocols === 'string' ? [protocols] : [...protocols];
-    this._opts = { timeout: 5000, transports: TRANSPORTS, remember: true, ...options };
+    this._opts = { timeout: 5000, transports: TRANSPORTS, remember: true, credentials: 'same-origin', ...options };
     this._key = `switchyard.transport ${this._http.origin}${this._http.pathname}`;
     Object.assign(this, {
       readyState: CONNECTING, protocol: '', extensions: '', binaryType: 'blob', transport: null,
@@ -143,7 +146,7 @@ export class SwitchyardSocket extends EventTarget {
     this._live.add(ctl);
     const timer = setTimeout(() => ctl.abort(), ms);
     try {
-      const resp = await fetch(url, { ...init, cache: 'no-store', signal: ctl.signal });
+      const resp = await fetch(url, { ...init, cache: 'no-store', credentials: this._opts.credentials, signal: ctl.signal });
       const text = await resp.text();
       return { ok: resp.ok, status: resp.status, headers: resp.headers, json: () => JSON.parse(text) };
     } finally {
@@ -236,7 +239,7 @@ export class SwitchyardSocket extends EventTarget {
       const quiet = () => setTimeout(() => ctl.abort(), 2 * this._info.heartbeat_ms + this._opts.timeout);
       let timer = setTimeout(() => ctl.abort(), this._opts.timeout);
       try {
-        const resp = await fetch(this._target('sse'), { headers, cache: 'no-store', signal: ctl.signal });
+        const resp = await fetch(this._target('sse'), { headers, cache: 'no-store', credentials: this._opts.credentials, signal: ctl.signal });
         if (!resp.ok) return resp.status;
         const reader = resp.body.getReader();
         const text = new TextDecoder();
