@@ -5,8 +5,12 @@
 //!   rustls config (ALPN `h3`), [`serve`] answers extended CONNECT
 //!   `:protocol websocket` with 200 and hands each [`WebSocket`](crate::WebSocket) to a
 //!   callback, until a shutdown future resolves.
+//!   A [`RequestHook`] ([`H3Server::requests`]) takes any request first:
+//!   a gateway answers plain ones with a streamed response
+//!   ([`PendingStream::into_exchange`], [`H3Body`], [`H3Responder`]).
 //! * Client: [`connect_h3`] for one WebSocket, or [`H3Connection`] to open
-//!   many WebSockets on one QUIC connection ([`H3Connection::websocket`]).
+//!   many WebSockets on one QUIC connection ([`H3Connection::websocket`]),
+//!   and plain requests ([`H3Connection::send_request`]).
 //!
 //! The WebSocket runs on an [`H3Stream`] (DATA frames of the request
 //! stream), with the same state machine and [`Limits`](crate::Limits) as

@@ -357,6 +357,7 @@ impl H3Connection {
             response,
         ))
     }
+
     /// Read the final response's HEADERS on a request stream (1xx skipped).
     async fn read_response_head(
         &self,

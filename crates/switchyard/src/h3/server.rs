@@ -106,8 +106,8 @@ impl PendingStream {
         (body, H3Responder::new(send, Some(keep)))
     }
 
-    /// For an extended CONNECT: send `response` (its status and header fields, which must not be
-    /// connection-specific). A 2xx returns the stream's bytes (DATA frames)
+    /// For an extended CONNECT: send `response` (its status and header
+    /// fields, which must not be connection-specific). A 2xx returns the stream's bytes (DATA frames)
     /// as an [`H3Stream`]; any other status finishes the stream and returns
     /// an error (`ConnectionRefused`) once the answer has left.
     pub async fn respond(mut self, response: http::Response<()>) -> std::io::Result<H3Stream> {
