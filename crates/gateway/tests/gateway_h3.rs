@@ -120,7 +120,9 @@ fn config(cert: &std::path::Path, key: &std::path::Path, back: SocketAddr) -> St
          [[route]]\npath = \"/ws\"\nupstream = \"back\"\n\
          [route.policy]\nallowed_origins = [\"https://good.example\"]\ndrain_timeout = \"2s\"\n\
          [[route]]\npath = \"/down\"\nupstream = \"dead\"\n\
-         [[route]]\npath = \"/echo\"\napp = \"echo\"\n",
+         [[route]]\npath = \"/echo\"\napp = \"echo\"\n\
+         [[route]]\npath = \"/small\"\napp = \"echo\"\n\
+         [route.policy]\nfallback_max_body = \"1KiB\"\n",
         dead = closed_port(),
     )
 }
@@ -425,6 +427,19 @@ async fn a_fallback_session_runs_over_http3_with_the_event_stream_beside_the_sen
     let q = |action: &str, extra: &str| {
         format!("/echo?sw={action}&sid={}&token={}{extra}", s.sid, s.token)
     };
+
+    // The request body is read through the route's limit.
+    let small = conn
+        .send_request(request(
+            http::Method::POST,
+            "/small?sw=open",
+            json,
+            vec![b' '; 2048],
+        ))
+        .await
+        .unwrap();
+    let (status, body) = whole(small).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
 
     // The event stream is one request stream; every send is another.
     let sse = conn
