@@ -29,7 +29,7 @@
 //! the connection end, without a close frame).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -185,6 +185,10 @@ pub struct Gateway {
     limiter: ConnectionLimiter,
     connections: ConnTable,
     reloads: AtomicU64,
+    /// Why the last reload was rejected (`None` once one succeeds).
+    reload_error: Mutex<Option<String>>,
+    /// Set when shutdown starts: no new connections, the open ones close.
+    draining: AtomicBool,
     listeners: Mutex<Option<Arc<dyn ListenerControl>>>,
     /// One reload at a time (SIGHUP and POST /reload may race).
     reloading: Mutex<()>,
@@ -236,6 +240,8 @@ impl Gateway {
             limiter,
             connections: ConnTable::default(),
             reloads: AtomicU64::new(0),
+            reload_error: Mutex::new(None),
+            draining: AtomicBool::new(false),
             listeners: Mutex::new(None),
             reloading: Mutex::new(()),
             sessions,
@@ -323,7 +329,27 @@ impl Gateway {
             Ok(g) => info!(generation = g, "configuration reloaded"),
             Err(e) => warn!("reload rejected, the previous configuration stays in force: {e}"),
         }
+        *self.reload_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            result.as_ref().err().map(ToString::to_string);
         result
+    }
+
+    /// Why the last reload was rejected, if it was (for `/status.json`).
+    pub fn reload_error(&self) -> Option<String> {
+        self.reload_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Mark the gateway as draining (shutdown started).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether shutdown started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Set (or clear) what applies `[[listener]]` changes on reload;

@@ -31,6 +31,7 @@ use switchyard::proto::HttpVersion;
 pub(crate) mod admin;
 mod certificates;
 mod error;
+mod history;
 mod listener;
 mod status;
 
@@ -154,6 +155,7 @@ impl Server {
         self.gateway.set_listener_control(Some(set.clone()));
         shutdown.await;
         info!("shutting down: closing open WebSockets with 1001");
+        self.gateway.start_draining();
         self.gateway.set_listener_control(None);
         let _ = stop_tx.send(true);
         // Fallback sessions get close 1001 like the WebSockets (the client
