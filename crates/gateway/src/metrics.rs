@@ -474,6 +474,12 @@ impl Metrics {
         self.ping_rtt[usize::from(upstream)].count()
     }
 
+    /// The ping round-trip histogram toward the client (`upstream ==
+    /// false`) or the upstream.
+    pub fn ping_rtt(&self, upstream: bool) -> &Histogram {
+        &self.ping_rtt[usize::from(upstream)]
+    }
+
     /// Record how long a switch on `route` over `protocol` took, from the
     /// dispatcher's decision to the switch (101, or 200 for an extended
     /// CONNECT): for a proxied route that includes the upstream's connect
@@ -531,6 +537,15 @@ impl Metrics {
     /// Set the health of one backend of an upstream group.
     pub fn set_upstream_health(&self, upstream: &str, backend: &str, healthy: bool) {
         lock(&self.health).insert((upstream.to_string(), backend.to_string()), healthy);
+    }
+
+    /// The health of every backend reported so far: (upstream, backend,
+    /// healthy).
+    pub fn upstream_health(&self) -> Vec<(String, String, bool)> {
+        lock(&self.health)
+            .iter()
+            .map(|((u, b), h)| (u.clone(), b.clone(), *h))
+            .collect()
     }
 
     /// The Prometheus text exposition of every family.

@@ -114,6 +114,13 @@ async fn http(addr: SocketAddr, req: &str) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// The admin listener's `/status.json`.
+async fn status_json(admin: SocketAddr) -> serde_json::Value {
+    let answer = get(admin, "/status.json").await;
+    let body = answer.split_once("\r\n\r\n").map_or("", |x| x.1);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
 async fn get(addr: SocketAddr, path: &str) -> String {
     http(
         addr,
@@ -143,12 +150,15 @@ async fn echo_is_proxied_and_shows_in_metrics_and_status() {
     for i in 0..10 {
         roundtrip(&mut ws, &format!("hello {i}")).await;
     }
-    // /status lists the live connection with its upstream group.
-    let status = get(gw.admin, "/status").await;
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    assert!(status.contains("/echo &rarr; upstream back"), "{status}");
-    assert!(status.contains("1 live connection(s)"), "{status}");
-    assert!(status.contains("<td>h1</td>"), "{status}");
+    // /status.json lists the live connection with its upstream group.
+    let status = status_json(gw.admin).await;
+    assert_eq!(status["live_connections"], 1, "{status}");
+    assert_eq!(status["routes"][0]["target"], "upstream back", "{status}");
+    assert_eq!(
+        status["connections"][0]["target"], "upstream back",
+        "{status}"
+    );
+    assert_eq!(status["connections"][0]["protocol"], "h1", "{status}");
     let metrics = get(gw.admin, "/metrics").await;
     assert!(
         metrics.contains(
@@ -181,9 +191,7 @@ async fn echo_is_proxied_and_shows_in_metrics_and_status() {
         ),
         "{metrics}"
     );
-    assert!(get(gw.admin, "/status")
-        .await
-        .contains("0 live connection(s)"));
+    assert_eq!(status_json(gw.admin).await["live_connections"], 0);
     // The built-in app route still answers, unknown paths are 404.
     assert!(get(gw.addr, "/").await.starts_with("HTTP/1.1 200"));
     gw.shutdown().await;

@@ -1,22 +1,29 @@
-//! The admin listener: `/metrics`, `/status` and `POST /reload`, behind an
-//! optional bearer token.
+//! The admin listener: `/metrics`, the `/status` dashboard and its JSON,
+//! and `POST /reload`, behind an optional bearer token.
 //!
 //! | admin request  | answer |
 //! |----------------|--------|
 //! | `GET /metrics` | 200, Prometheus text ([`crate::metrics`]) |
-//! | `GET /status`  | 200, HTML: live connections per route, proxied and apps (client, served by, protocol, age, bytes) |
-//! | `GET /status.json` | 200, JSON: per route open connections by protocol and transport, handshake counts and p50/p99, upgrade attempts, top failure reasons ([`super::status`]) |
+//! | `GET /status`  | 200, HTML: the dashboard, a page without data whose script polls `/status.json` every 2 s |
+//! | `GET /status.json` | 200, JSON: routes, connections, latencies, failures, health, drain and reload state, the last 15 minutes of traffic ([`super::status`]) |
 //! | `GET /status/failures` | 200, JSON: `{"counts": {reason: n}, "recent": [...]}`, the last refused or failed upgrade attempts, newest first, explained ([`crate::failures`]) |
 //! | `POST /reload` | 200 `reloaded: generation N`, or 422 with the reason (the old config stays) |
 //! | other paths    | 404; other methods on those paths 405 |
 //!
 //! It speaks HTTP/1.1, one request per connection (`Connection: close`).
 //!
-//! With `[admin] token_file`, every request must carry `Authorization: Bearer
-//! TOKEN`; one that does not gets 401 with `WWW-Authenticate: Bearer` (and
-//! `error="invalid_token"` when a wrong token was presented), nothing else,
-//! and a log line that says why. Without a token, keep the listener on
-//! loopback or a private network (`--check-config` warns otherwise).
+//! With `[admin] token_file`, every request but `GET /status` must carry
+//! `Authorization: Bearer TOKEN`; one that does not gets 401 with
+//! `WWW-Authenticate: Bearer` (and `error="invalid_token"` when a wrong
+//! token was presented), nothing else, and a log line that says why. The
+//! dashboard page holds no data: open it as `/status#token=TOKEN`; its
+//! script keeps the token in the tab's `sessionStorage`, removes it from
+//! the address bar, and sends it to `/status.json`. Without a token, keep
+//! the listener on loopback or a private network (`--check-config` warns
+//! otherwise).
+//!
+//! The listener also samples every route's traffic every 10 s for the
+//! dashboard's charts ([`super::history`]).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -32,26 +39,42 @@ use tracing::{info, warn};
 use crate::config::AdminToken;
 use crate::live::Gateway;
 
-use super::status::StatusReport;
+use super::history::{TrafficHistory, SAMPLE_INTERVAL};
+use super::status::{all_route_totals, StatusReport};
 
 const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The dashboard: HTML, CSS and script, no data and no external asset.
+const DASHBOARD: &str = include_str!("status.html");
 
 pub(crate) async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
     info!(local = ?listener.local_addr().ok(), "admin listening (/metrics, /status, POST /reload)");
     for w in gw.live().config.warnings() {
         warn!("{w}");
     }
+    let history = Arc::new(TrafficHistory::default());
+    let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match listener.accept().await {
-            Ok((s, peer)) => {
-                tokio::spawn(admin_conn(s, peer, gw.clone()));
-            }
-            Err(e) => {
-                warn!("admin accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, peer)) => {
+                    tokio::spawn(admin_conn(s, peer, gw.clone(), history.clone()));
+                }
+                Err(e) => {
+                    warn!("admin accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = sample.tick() => history.record(unix_now(), all_route_totals(&gw)),
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Why an admin request was refused before it was looked at.
@@ -108,7 +131,18 @@ pub(crate) fn authorize(
     }
 }
 
-async fn admin_conn(mut s: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
+/// Whether the request is for the dashboard page, served without a token
+/// (it holds no data; its script presents the token to `/status.json`).
+fn is_dashboard(method: &Method, path: &str) -> bool {
+    path == "/status" && (method == Method::GET || method == Method::HEAD)
+}
+
+async fn admin_conn(
+    mut s: TcpStream,
+    peer: SocketAddr,
+    gw: Arc<Gateway>,
+    history: Arc<TrafficHistory>,
+) {
     let limits = Limits::default();
     let Ok((req, _)) = read_request_head(&mut s, &limits).await else {
         return;
@@ -119,9 +153,10 @@ async fn admin_conn(mut s: TcpStream, peer: SocketAddr, gw: Arc<Gateway>) {
         .admin
         .as_ref()
         .and_then(|a| a.token.clone());
+    let token = token.filter(|_| !is_dashboard(req.method(), req.uri().path()));
     let (status, ctype, body, challenge) = match authorize(req.headers(), token.as_ref()) {
         Ok(()) => {
-            let (status, ctype, body) = admin_answer(req.method(), req.uri().path(), &gw);
+            let (status, ctype, body) = admin_answer(req.method(), req.uri().path(), &gw, &history);
             (status, ctype, body, None)
         }
         Err(refusal) => {
@@ -167,6 +202,7 @@ pub(crate) fn admin_answer(
     method: &Method,
     path: &str,
     gw: &Gateway,
+    history: &TrafficHistory,
 ) -> (StatusCode, &'static str, String) {
     let get = method == Method::GET || method == Method::HEAD;
     match path {
@@ -175,11 +211,15 @@ pub(crate) fn admin_answer(
             "text/plain; version=0.0.4; charset=utf-8",
             gw.metrics().render() + &gw.sessions().metrics().render(),
         ),
-        "/status" if get => (StatusCode::OK, "text/html; charset=utf-8", status_page(gw)),
+        "/status" if get => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            DASHBOARD.to_owned(),
+        ),
         "/status.json" if get => (
             StatusCode::OK,
             "application/json",
-            StatusReport::of(gw).to_json(),
+            StatusReport::of(gw, history).to_json(),
         ),
         "/status/failures" if get => (
             StatusCode::OK,
@@ -209,72 +249,13 @@ pub(crate) fn admin_answer(
     }
 }
 
-fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            '"' => o.push_str("&quot;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
-/// The `/status` page.
-pub(crate) fn status_page(gw: &Gateway) -> String {
-    let live = gw.live();
-    let conns = gw.connections().snapshot();
-    let mut h = String::with_capacity(1024 + conns.len() * 160);
-    h.push_str("<!doctype html><meta charset=utf-8><title>switchyard status</title>\n");
-    let _ = writeln!(
-        h,
-        "<h1>switchyard gateway</h1><p>config generation {}, {} reload(s), {} live connection(s)</p>",
-        live.generation,
-        gw.reload_count(),
-        conns.len()
-    );
-    for entry in &live.routes {
-        let label = &entry.label;
-        let target = match entry.config.target() {
-            crate::config::RouteTarget::Upstream(u) => format!("upstream {u}"),
-            crate::config::RouteTarget::App(a) => format!("app {}", a.as_str()),
-        };
-        let here: Vec<_> = conns.iter().filter(|c| &c.info.route == label).collect();
-        let _ = writeln!(
-            h,
-            "<h2>{} &rarr; {}</h2><p>{} live</p>",
-            esc(label),
-            esc(&target),
-            here.len()
-        );
-        if here.is_empty() {
-            continue;
-        }
-        h.push_str("<table border=1><tr><th>client</th><th>served by</th><th>protocol</th><th>age (s)</th><th>bytes in</th><th>bytes out</th></tr>\n");
-        for c in here {
-            let _ = writeln!(
-                h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
-                c.info.client,
-                esc(&c.info.target),
-                c.info.protocol.label(),
-                c.age.as_secs_f64(),
-                c.bytes_in,
-                c.bytes_out
-            );
-        }
-        h.push_str("</table>\n");
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::metrics::Direction;
+    use crate::runtime::history::Totals;
+    use std::collections::BTreeMap;
 
     fn gw() -> Arc<Gateway> {
         let cfg = Config::from_toml_str(
@@ -290,25 +271,31 @@ mod tests {
     #[tokio::test]
     async fn admin_routes() {
         let g = gw();
-        let (s, t, body) = admin_answer(&Method::GET, "/metrics", &g);
+        let h = TrafficHistory::default();
+        let (s, t, body) = admin_answer(&Method::GET, "/metrics", &g, &h);
         assert_eq!(s, StatusCode::OK);
         assert!(t.starts_with("text/plain; version=0.0.4"));
         assert!(body.starts_with(&g.metrics().render()), "{body}");
         assert!(body.contains("# TYPE switchyard_fallback_sessions_open gauge"));
-        let (s, t, body) = admin_answer(&Method::GET, "/status", &g);
+        // The dashboard is the same page whatever the state: no data in it.
+        let (s, t, body) = admin_answer(&Method::GET, "/status", &g, &h);
         assert_eq!(s, StatusCode::OK);
         assert!(t.starts_with("text/html"));
-        assert!(body.contains("x.example/ws &rarr; upstream a"), "{body}");
-        assert!(body.contains("0 live connection(s)"), "{body}");
+        assert_eq!(body, DASHBOARD);
+        assert!(body.contains("/status.json"), "the page polls the JSON");
+        assert!(!body.contains("x.example"), "{body}");
+        assert!(is_dashboard(&Method::GET, "/status"));
+        assert!(!is_dashboard(&Method::GET, "/status.json"));
+        assert!(!is_dashboard(&Method::POST, "/status"));
         assert_eq!(
-            admin_answer(&Method::POST, "/metrics", &g).0,
+            admin_answer(&Method::POST, "/metrics", &g, &h).0,
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(
-            admin_answer(&Method::GET, "/x", &g).0,
+            admin_answer(&Method::GET, "/x", &g, &h).0,
             StatusCode::NOT_FOUND
         );
-        let (s, _, body) = admin_answer(&Method::POST, "/reload", &g);
+        let (s, _, body) = admin_answer(&Method::POST, "/reload", &g, &h);
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(body.contains("no config file"), "{body}");
     }
@@ -320,6 +307,7 @@ mod tests {
         use crate::outcome::Reason;
         use switchyard::proto::HttpVersion;
         let g = gw();
+        let h = TrafficHistory::default();
         let m = g.metrics();
         let open = m.open_connection("x.example/ws", HttpVersion::Http2, Transport::WebSocket);
         m.observe_handshake(
@@ -339,7 +327,7 @@ mod tests {
                 "",
             );
         }
-        let (s, t, body) = admin_answer(&Method::GET, "/status.json", &g);
+        let (s, t, body) = admin_answer(&Method::GET, "/status.json", &g, &h);
         assert_eq!((s, t), (StatusCode::OK, "application/json"));
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["generation"], 1, "{v}");
@@ -354,23 +342,75 @@ mod tests {
             route["handshakes"],
             serde_json::json!([{"protocol": "h2", "count": 1, "p50_seconds": 0.005, "p99_seconds": 0.005}])
         );
-        assert_eq!(
-            v["top_failure_reasons"],
-            serde_json::json!([
-                {"reason": Reason::Origin.label(), "count": 2},
-                {"reason": Reason::UpgradeRequired.label(), "count": 1},
-            ])
-        );
+        let top = &v["top_failure_reasons"];
+        assert_eq!(top[0]["reason"], Reason::Origin.label(), "{v}");
+        assert_eq!(top[0]["count"], 2, "{v}");
+        assert_eq!(top[1]["reason"], Reason::UpgradeRequired.label(), "{v}");
+        assert_eq!(top[1]["count"], 1, "{v}");
+        // With the ring's words for the latest attempt of that reason.
+        let recent = m.failures().recent();
+        assert_eq!(top[0]["explanation"], recent[1].explanation.as_str(), "{v}");
+        assert_eq!(top[1]["explanation"], recent[2].explanation.as_str(), "{v}");
         assert_eq!(
             v["upgrades"][0],
             serde_json::json!({"result": "refused", "reason": Reason::Origin.label(), "count": 2})
         );
-        drop(open);
-        let (_, _, body) = admin_answer(&Method::GET, "/status.json", &g);
+        assert_eq!(v["upgrade_success_ratio"], 0.0, "{v}");
+        m.upgrade_attempt("switched", Reason::Switched.label());
+        // Health, ping round trips, traffic and its history, fallback
+        // sessions, drain and reload state.
+        m.set_upstream_health("a", "ws://127.0.0.1:9/", false);
+        m.observe_ping_rtt(false, std::time::Duration::from_millis(20));
+        m.add_messages("x.example/ws", Direction::ClientToUpstream, 4);
+        m.add_bytes("x.example/ws", Direction::UpstreamToClient, 400);
+        g.sessions()
+            .metrics()
+            .relayed("x.example/ws", Direction::ClientToUpstream, 1, 100);
+        let session = g.sessions().metrics().open_session("x.example/ws", "sse");
+        h.record(
+            100,
+            BTreeMap::from([("x.example/ws".into(), Totals::default())]),
+        );
+        h.record(110, all_route_totals(&g));
+        assert!(g.reload().is_err());
+        g.start_draining();
+        let (_, _, body) = admin_answer(&Method::GET, "/status.json", &g, &h);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["upgrade_success_ratio"], 0.25, "{v}");
+        assert_eq!(
+            v["upstreams"],
+            serde_json::json!([{"upstream": "a", "backend": "ws://127.0.0.1:9/", "healthy": false}])
+        );
+        assert_eq!(
+            v["ping_rtt"][0],
+            serde_json::json!({"side": "client", "count": 1, "p50_seconds": 0.025, "p99_seconds": 0.025})
+        );
+        assert_eq!(v["ping_rtt"][1]["count"], 0, "{v}");
+        let route = &v["routes"][0];
+        assert_eq!(route["messages_total"], 5, "{v}");
+        assert_eq!(route["bytes_total"], 500, "{v}");
+        assert_eq!(
+            route["sessions"],
+            serde_json::json!([{"transport": "sse", "sessions": 1}])
+        );
+        assert_eq!(
+            v["history"],
+            serde_json::json!({"interval_seconds": 10, "routes": [{"route": "x.example/ws",
+                "points": [{"at_unix": 110, "messages_per_second": 0.5, "bytes_per_second": 50.0}]}]})
+        );
+        assert_eq!(v["draining"], true, "{v}");
+        assert!(
+            v["reload_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no config file")),
+            "{v}"
+        );
+        drop((open, session));
+        let (_, _, body) = admin_answer(&Method::GET, "/status.json", &g, &h);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["routes"][0]["open"][0]["connections"], 0, "{v}");
         assert_eq!(
-            admin_answer(&Method::POST, "/status.json", &g).0,
+            admin_answer(&Method::POST, "/status.json", &g, &h).0,
             StatusCode::METHOD_NOT_ALLOWED
         );
     }
@@ -413,10 +453,5 @@ mod tests {
             .challenge()
             .contains("error=\"invalid_token\""));
         assert!(AuthRefusal::Missing.challenge().starts_with("Bearer "));
-    }
-
-    #[test]
-    fn escaping() {
-        assert_eq!(esc("<a href=\"x\">&"), "&lt;a href=&quot;x&quot;&gt;&amp;");
     }
 }

@@ -86,6 +86,15 @@ impl SessionMetrics {
             .unwrap_or(0)
     }
 
+    /// Sessions open now on `route`, per transport seen.
+    pub fn open_on(&self, route: &str) -> Vec<(&'static str, i64)> {
+        lock(&self.open)
+            .iter()
+            .filter(|((r, _), _)| r == route)
+            .map(|((_, t), n)| (*t, *n))
+            .collect()
+    }
+
     /// Count messages and their payload bytes relayed in `dir`.
     pub fn relayed(&self, route: &str, dir: Direction, messages: u64, bytes: u64) {
         add(&self.messages, (route.to_string(), dir), messages);
@@ -95,6 +104,11 @@ impl SessionMetrics {
     /// Messages relayed on `route` in `dir`.
     pub fn messages(&self, route: &str, dir: Direction) -> u64 {
         get(&self.messages, &(route.to_string(), dir))
+    }
+
+    /// Payload bytes relayed on `route` in `dir`.
+    pub fn bytes(&self, route: &str, dir: Direction) -> u64 {
+        get(&self.bytes, &(route.to_string(), dir))
     }
 
     /// Count a reader that replays messages.
