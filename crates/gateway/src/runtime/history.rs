@@ -16,8 +16,8 @@ pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 /// Samples kept: 90 rates of 10 s, 15 minutes.
 pub(crate) const SAMPLES_KEPT: usize = 91;
 
-/// What a route relayed since start, both directions together: tunnels,
-/// apps and fallback sessions.
+/// What a route relayed since start, both directions together: tunnels
+/// and fallback sessions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct Totals {
     pub messages: u64,

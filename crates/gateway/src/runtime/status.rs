@@ -30,7 +30,8 @@
 //! buckets that hold them (`switchyard_handshake_duration_seconds`,
 //! `switchyard_ping_rtt_seconds`), `null` without observations or beyond
 //! the last bound. `messages_total` and `bytes_total`: both directions,
-//! tunnels, apps and fallback sessions, since start. `upgrade_success_ratio`:
+//! tunnels and fallback sessions, since start (the built-in apps' messages
+//! are not counted). `upgrade_success_ratio`:
 //! switched attempts over all attempts since start, `null` before the first.
 //! `top_failure_reasons`: at most five, most frequent first, every refused
 //! or failed attempt since start, with the explanation of the latest one
@@ -169,8 +170,8 @@ struct History {
     routes: Vec<RouteRates>,
 }
 
-/// What `route` relayed since start: tunnels and apps (the gateway's
-/// registry) and fallback sessions, both directions.
+/// What `route` relayed since start: tunnels (the gateway's registry) and
+/// fallback sessions, both directions.
 pub(crate) fn route_totals(gw: &Gateway, route: &str) -> Totals {
     let metrics = gw.metrics();
     let sessions = gw.sessions().metrics();
