@@ -9,6 +9,7 @@ mod doctor;
 mod monitor;
 mod proxy;
 mod soak;
+mod status_view;
 
 /// mimalloc: fewer instructions per allocation than glibc on the handshake and message
 /// paths, and less memory per idle connection (bench/README.md).

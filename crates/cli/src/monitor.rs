@@ -1,5 +1,6 @@
 //! `switchyard monitor URL... [--interval D] [--listen ADDR]`: keep a
-//! WebSocket open to each target and measure it.
+//! WebSocket open to each target and measure it. (`switchyard monitor
+//! --admin ADDR` shows a gateway's own view instead: [`crate::status_view`].)
 //!
 //! For each target: the handshake time of every connection (TCP, proxy, TLS
 //! and the upgrade to 101), the round trip of a ping sent every `--interval`
@@ -53,9 +54,26 @@ pub const RTT_BUCKETS: [f64; 14] = [
 #[derive(clap::Args, Debug)]
 pub struct MonitorArgs {
     /// The WebSocket URLs to watch (ws://, wss://).
-    #[arg(required = true, value_name = "URL")]
+    #[arg(
+        required_unless_present = "admin",
+        conflicts_with = "admin",
+        value_name = "URL"
+    )]
     pub urls: Vec<String>,
-    /// Send a ping this often on each connection.
+    /// Instead of URLs: show the gateway's live table from its admin
+    /// listener (`[admin] address`, GET /status.json), refreshed every
+    /// --interval.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin: Option<SocketAddr>,
+    /// With --admin: the file holding the admin bearer token (the server's
+    /// `[admin] token_file`).
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// With --admin: print the table once and exit (for scripts).
+    #[arg(long, requires = "admin")]
+    pub once: bool,
+    /// Send a ping this often on each connection (with --admin: refresh
+    /// this often).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_flag_duration)]
     pub interval: Duration,
     /// A pong that does not come within this ends the connection.
@@ -624,6 +642,10 @@ pub fn render_table(targets: &[&TargetStats], now: Instant, interval: Duration) 
 
 /// Run `monitor`; returns the exit status (0, or 2 for bad arguments).
 pub async fn run(args: MonitorArgs) -> i32 {
+    if let Some(addr) = args.admin {
+        return crate::status_view::run(addr, args.token_file.as_deref(), args.once, args.interval)
+            .await;
+    }
     let json_mode = args.json || !std::io::stdout().is_terminal();
     let limits = Limits::default();
     let mut dialers = Vec::new();

@@ -204,6 +204,27 @@ async fn admin_token_is_enforced_on_every_endpoint_and_rotated_by_reload() {
     assert!(page.starts_with("HTTP/1.1 200 "), "{page}");
     assert!(page.contains("Authorization: `Bearer ${token}`"), "{page}");
     assert!(!page.contains("/ws"), "{page}");
+    // `monitor --admin` needs the token too.
+    let monitor = |token_file: Option<&Path>| {
+        let mut c = Command::new(BIN);
+        c.args(["monitor", "--admin", &admin.to_string(), "--once"]);
+        if let Some(f) = token_file {
+            c.arg("--token-file").arg(f);
+        }
+        c.output().unwrap()
+    };
+    let out = monitor(None);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
+    let out = monitor(Some(&token));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("generation 1"),
+        "{out:?}"
+    );
     let ok = http(admin, &ask("GET", "/metrics", Some("Bearer first-T0KEN"))).await;
     assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
     assert!(ok.contains("switchyard_"), "{ok}");
@@ -295,6 +316,20 @@ async fn proxies_to_our_own_serve_and_reports_metrics_and_status() {
         "{v}"
     );
     assert_eq!(echo["handshakes"][0]["count"], 1, "{v}");
+    // `monitor --admin --once` prints the same live table.
+    let out = Command::new(BIN)
+        .args(["monitor", "--admin", &admin.to_string(), "--once"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(table.contains("1 live connection(s)"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("/echo "))
+        .unwrap_or_else(|| panic!("no /echo row in {table}"));
+    assert!(row.contains("upstream back"), "{row}");
+    assert!(row.contains("h1 websocket 1"), "{row}");
     ws.close(CloseCode::NORMAL, "").await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
     let log = gw.wait_log("upgrade attempt");
