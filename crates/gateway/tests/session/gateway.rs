@@ -24,6 +24,8 @@ use crate::harness::*;
 /// A gateway `Server` on 127.0.0.1 port 0, stopped (drained) by `stop`.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener, when `routes` has an `[admin]` table.
+    pub admin: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
@@ -38,12 +40,14 @@ impl Running {
         let gateway = Gateway::new(cfg, None).unwrap();
         let server = Server::bind(gateway.clone()).await.unwrap();
         let addr = server.addresses()[0].tcp;
+        let admin = server.admin_addr();
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
         Running {
             addr,
+            admin,
             gateway,
             stop,
             task,

@@ -13,6 +13,7 @@
 mod browser;
 mod client;
 mod cluster;
+mod dashboard;
 mod engine;
 mod gateway;
 mod harness;
