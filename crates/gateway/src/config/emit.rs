@@ -76,6 +76,7 @@ impl Config {
             let mut cluster = vec![
                 ("redis", string(c.redis.as_str())),
                 ("key_prefix", string(&c.key_prefix)),
+                ("lease_ttl", duration(c.lease_ttl)),
             ];
             if let Some(id) = &c.node_id {
                 cluster.push(("node_id", string(id)));

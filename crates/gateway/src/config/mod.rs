@@ -1177,16 +1177,18 @@ mod tests {
         assert!(!format!("{cl:?}").contains("s3cret"));
         assert_eq!(cl.node_id, None);
         assert_eq!(cl.key_prefix, "switchyard:");
+        assert_eq!(cl.lease_ttl, Duration::from_secs(15));
         let written = c.to_toml_string();
         assert!(written.contains("[cluster]"), "{written}");
         assert_eq!(parse(&written).unwrap(), c, "{written}");
 
         let full = parse(&format!(
             "{MINIMAL}[cluster]\nredis = \"rediss://redis.internal:6380\"\nnode_id = \"gw-1\"\n\
-             key_prefix = \"chat:\"\n"
+             key_prefix = \"chat:\"\nlease_ttl = \"3s\"\n"
         ))
         .unwrap();
         let cl = full.cluster.as_ref().unwrap();
+        assert_eq!(cl.lease_ttl, Duration::from_secs(3));
         assert!(cl.redis.is_tls());
         assert_eq!(cl.node_id.as_deref(), Some("gw-1"));
         assert_eq!(cl.key_prefix, "chat:");
@@ -1266,6 +1268,12 @@ mod tests {
             9,
             "cluster.port",
             "unknown field",
+        );
+        expect_err(
+            &format!("{MINIMAL}[cluster]\nredis = \"redis://h\"\nlease_ttl = \"500ms\"\n"),
+            9,
+            "cluster.lease_ttl",
+            "at least \"1s\"",
         );
     }
 

@@ -77,10 +77,19 @@ pub struct Cluster {
     /// file.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// How long a connection's lease in the shared caps outlives the last
+    /// refresh by its instance: the time a dead instance's connections
+    /// still count. Default 15 s, at least 1 s.
+    #[serde(default = "default_lease_ttl", deserialize_with = "de_duration")]
+    pub lease_ttl: Duration,
 }
 
 fn default_key_prefix() -> String {
     "switchyard:".to_string()
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(15)
 }
 
 /// A Redis URL, checked: scheme `redis` or `rediss`, a host, an optional

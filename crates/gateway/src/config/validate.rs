@@ -268,6 +268,13 @@ fn validate_cluster(c: &mut Cluster, r: &Reporter<'_>, base: &Path) -> Result<()
             ),
         ));
     }
+    if c.lease_ttl < std::time::Duration::from_secs(1) {
+        return Err(r.err(
+            &p("lease_ttl"),
+            "expected at least \"1s\": an instance refreshes its leases three times per \
+             lease_ttl, and a shorter one would cost more Redis calls than it saves",
+        ));
+    }
     if let Some(ca) = &mut c.ca_file {
         if !c.redis.is_tls() {
             return Err(r.err(
