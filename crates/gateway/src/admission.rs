@@ -7,6 +7,11 @@
 //! tunnel that ends by any path (error, panic, cancellation) frees its slot.
 //! Counters exist only for live connections: the maps cannot grow beyond the
 //! number of open connections.
+//!
+//! In a cluster the local count stays the first check (what one instance
+//! holds cannot exceed what the cluster holds); a guard admitted by it also
+//! carries a lease in the cluster's caps ([`crate::shared_caps`]), which
+//! the front takes ([`ConnectionGuard::take_shared`]) before it switches.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,6 +21,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::config::Policy;
 use crate::outcome::{Reason, Refusal};
+use crate::shared_caps::{Lease, SharedCaps, Verdict};
 
 /// Seconds advertised in `Retry-After` when a cap is reached.
 pub const RETRY_AFTER_SECS: u32 = 5;
@@ -37,13 +43,26 @@ struct Counts {
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionLimiter {
     counts: Arc<Mutex<Counts>>,
+    /// The cluster's caps, with `[cluster]`.
+    shared: Option<Arc<SharedCaps>>,
 }
 
-/// One admitted connection; dropping it frees the slot. On a route without
-/// caps it holds nothing (nothing is counted, nothing is locked).
+/// One admitted connection; dropping it frees the slot (and its lease in
+/// the cluster's caps). On a route without caps it holds nothing (nothing
+/// is counted, nothing is locked).
 #[derive(Debug)]
 pub struct ConnectionGuard {
     _slot: Option<Slot>,
+    shared: Option<SharedSlot>,
+}
+
+/// The guard's lease in the cluster's caps, and what a refusal names.
+#[derive(Debug)]
+struct SharedSlot {
+    lease: Lease,
+    route: String,
+    ip: IpAddr,
+    taken: bool,
 }
 
 #[derive(Debug)]
@@ -57,10 +76,37 @@ fn lock(m: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn route_full(route: &str, max: u32) -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Reason::RouteFull,
+        format!("route {route} has its maximum of {max} connections open; try again later"),
+    )
+    .retry_after(RETRY_AFTER_SECS)
+}
+
+fn ip_full(route: &str, ip: IpAddr, max: u32) -> Refusal {
+    Refusal::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        Reason::IpFull,
+        format!("{ip} already has {max} connections open on route {route}, the most allowed per client; close one or try again later"),
+    )
+    .retry_after(RETRY_AFTER_SECS)
+}
+
 impl ConnectionLimiter {
     /// An empty limiter.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty limiter whose guards also take a lease in the cluster's
+    /// caps.
+    pub fn shared(caps: Arc<SharedCaps>) -> Self {
+        ConnectionLimiter {
+            counts: Arc::default(),
+            shared: Some(caps),
+        }
     }
 
     /// Admit a connection from `ip` on `route` under `policy`'s caps, or say
@@ -72,45 +118,51 @@ impl ConnectionLimiter {
         ip: IpAddr,
         policy: &Policy,
     ) -> Result<ConnectionGuard, Refusal> {
-        if policy.max_connections.is_none() && policy.max_connections_per_ip.is_none() {
-            return Ok(ConnectionGuard { _slot: None });
+        let (route_max, ip_max) = (policy.max_connections, policy.max_connections_per_ip);
+        if route_max.is_none() && ip_max.is_none() {
+            return Ok(ConnectionGuard {
+                _slot: None,
+                shared: None,
+            });
         }
         let mut counts = lock(&self.counts);
         let entry = counts.routes.entry(route.to_string()).or_default();
-        if let Some(max) = policy.max_connections {
+        if let Some(max) = route_max {
             if entry.total >= max {
-                let refusal = Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Reason::RouteFull,
-                    format!(
-                        "route {route} has its maximum of {max} connections open; try again later"
-                    ),
-                )
-                .retry_after(RETRY_AFTER_SECS);
                 drop_if_empty(&mut counts, route);
-                return Err(refusal);
+                return Err(route_full(route, max));
             }
         }
         let per_ip = entry.per_ip.get(&ip).copied().unwrap_or(0);
-        if let Some(max) = policy.max_connections_per_ip {
+        if let Some(max) = ip_max {
             if per_ip >= max {
-                return Err(Refusal::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Reason::IpFull,
-                    format!("{ip} already has {max} connections open on route {route}, the most allowed per client; close one or try again later"),
-                )
-                .retry_after(RETRY_AFTER_SECS));
+                return Err(ip_full(route, ip, max));
             }
         }
         entry.total += 1;
         *entry.per_ip.entry(ip).or_insert(0) += 1;
+        drop(counts);
         Ok(ConnectionGuard {
             _slot: Some(Slot {
                 counts: self.counts.clone(),
                 route: route.to_string(),
                 ip,
             }),
+            shared: self.shared.as_ref().map(|caps| SharedSlot {
+                lease: caps.lease(route, ip, route_max, ip_max),
+                route: route.to_string(),
+                ip,
+                taken: false,
+            }),
         })
+    }
+
+    /// The cluster's caps' figures in Prometheus text (empty without a
+    /// cluster).
+    pub fn render(&self) -> String {
+        self.shared
+            .as_ref()
+            .map_or_else(String::new, |c| c.render())
     }
 
     /// Connections open on `route` now (counted on routes with a cap).
@@ -130,6 +182,29 @@ impl ConnectionLimiter {
     /// Routes with at least one connection (the maps hold nothing else).
     pub fn tracked_routes(&self) -> usize {
         lock(&self.counts).routes.len()
+    }
+}
+
+impl ConnectionGuard {
+    /// Whether the cluster's caps still have to admit this connection
+    /// ([`ConnectionGuard::take_shared`]).
+    pub fn needs_shared(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| !s.taken)
+    }
+
+    /// Take the connection's lease in the cluster's caps (one Redis call;
+    /// nothing without a cluster): the same 503 or 429 as the local count
+    /// when the cluster is full. Redis unreachable admits (logged).
+    pub async fn take_shared(&mut self) -> Result<(), Refusal> {
+        let Some(s) = self.shared.as_mut().filter(|s| !s.taken) else {
+            return Ok(());
+        };
+        s.taken = true;
+        match s.lease.take().await {
+            Verdict::Taken | Verdict::Unchecked(_) => Ok(()),
+            Verdict::RouteFull => Err(route_full(&s.route, s.lease.route_max())),
+            Verdict::IpFull => Err(ip_full(&s.route, s.ip, s.lease.ip_max())),
+        }
     }
 }
 

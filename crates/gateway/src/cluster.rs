@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Cluster;
 use crate::session::{RedisStore, SessionStore};
+use crate::shared_caps::SharedCaps;
 
 /// Why the cluster's store could not be set up (a Redis server that cannot
 /// be reached is not one of them: the gateway starts and retries).
@@ -29,13 +30,15 @@ pub enum ClusterError {
     Store(#[from] crate::session::StoreError),
 }
 
-/// This instance in the cluster: the store it shares and its name.
+/// This instance in the cluster: the store and caps it shares and its name.
 #[derive(Debug, Clone)]
 pub struct ClusterNode {
     /// `node_id`, or the one generated at start.
     pub node_id: String,
     /// The session store in Redis.
     pub store: Arc<RedisStore>,
+    /// The route caps in Redis.
+    pub caps: Arc<SharedCaps>,
 }
 
 impl ClusterNode {
@@ -51,10 +54,22 @@ impl ClusterNode {
             node_id,
             redis = %c.redis.redacted(),
             key_prefix = c.key_prefix,
-            "cluster member: fallback sessions live in Redis"
+            "cluster member: fallback sessions and route caps live in Redis"
         );
+        // A configured node_id may be reused at once by a restart (or, by
+        // mistake, by two instances): the leases carry a name of their own.
+        let leases_of = format!("{node_id}.{}", random_hex());
+        let caps = SharedCaps::start(client.clone(), &c.key_prefix, &leases_of, c.lease_ttl)
+            .map_err(|source| ClusterError::Client {
+                url: c.redis.redacted(),
+                source,
+            })?;
         let store = Arc::new(RedisStore::new(client, &c.key_prefix)?);
-        Ok(ClusterNode { node_id, store })
+        Ok(ClusterNode {
+            node_id,
+            store,
+            caps: Arc::new(caps),
+        })
     }
 
     /// The store as the sessions take it.
@@ -85,7 +100,6 @@ fn client(c: &Cluster) -> Result<redis::Client, ClusterError> {
 /// `<hostname>-<8 random hex digits>`: readable in logs, unique across
 /// restarts on the same host.
 fn generated_node_id() -> String {
-    use ring::rand::SecureRandom;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| {
@@ -97,10 +111,16 @@ fn generated_node_id() -> String {
         })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "gw".to_string());
+    format!("{host}-{}", random_hex())
+}
+
+/// 8 random hex digits.
+fn random_hex() -> String {
+    use ring::rand::SecureRandom;
     let mut b = [0u8; 4];
     // The system's CSPRNG does not fail on Linux; zeros would still be a name.
     let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    format!("{host}-{:08x}", u32::from_be_bytes(b))
+    format!("{:08x}", u32::from_be_bytes(b))
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@
 //!    extended CONNECT of a protocol the route does not switch to;
 //! 6. the caps (`max_connections` 503, `max_connections_per_ip` 429, both
 //!    with `Retry-After`) for every switch and every proxied request: the
-//!    decision carries the slot for as long as the connection lives.
+//!    decision carries the slot for as long as the connection lives. In a
+//!    cluster the slot also needs a lease in the cluster's caps, which
+//!    [`Dispatcher::confirm`] takes (the one async step, awaited by every
+//!    front before it switches or answers).
 //!
 //! A request without an upgrade whose query has `sw` on a route that serves
 //! WebSocket and offers `fallback` transports is a fallback session request
@@ -296,6 +299,29 @@ impl Dispatcher {
             Ok(d) => d,
             Err(r) => {
                 self.record_refusal(head, &entry.label, &r);
+                Decision::Refuse(r)
+            }
+        }
+    }
+
+    /// The decision once the cluster's caps admit its connection (one
+    /// Redis call; the decision itself without a cluster, or where it takes
+    /// no slot): every front awaits this before it switches or answers.
+    pub async fn confirm(&self, mut decision: Decision, head: &RequestHead) -> Decision {
+        let (permit, route) = match &mut decision {
+            Decision::App(t) => (t.permit.as_mut(), &t.route),
+            Decision::Proxy(t) => (Some(&mut t.permit), &t.route),
+            Decision::Session(t) => (t.permit.as_mut(), &t.route),
+            _ => return decision,
+        };
+        let Some(permit) = permit.filter(|p| p.needs_shared()) else {
+            return decision;
+        };
+        let route = route.clone();
+        match permit.take_shared().await {
+            Ok(()) => decision,
+            Err(r) => {
+                self.record_refusal(head, &route.label, &r);
                 Decision::Refuse(r)
             }
         }

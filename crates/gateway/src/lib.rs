@@ -52,6 +52,7 @@ pub mod outcome;
 pub mod proxy;
 pub mod runtime;
 pub mod session;
+pub mod shared_caps;
 pub mod tls;
 mod tracking;
 pub mod upgrade;

@@ -217,7 +217,6 @@ impl Gateway {
     /// file and the command line's overrides).
     pub fn new(cfg: Config, source: Option<ConfigSource>) -> Result<Arc<Gateway>, GatewayError> {
         let metrics = Arc::new(Metrics::new());
-        let limiter = ConnectionLimiter::new();
         let live = Self::build(cfg, &metrics, 1)?;
         let cluster = live
             .config
@@ -225,6 +224,10 @@ impl Gateway {
             .as_ref()
             .map(ClusterNode::start)
             .transpose()?;
+        let limiter = match &cluster {
+            None => ConnectionLimiter::new(),
+            Some(node) => ConnectionLimiter::shared(node.caps.clone()),
+        };
         let sessions = match cluster {
             None => Sessions::in_memory(MAX_FALLBACK_SESSIONS, live.config.fallback.memory),
             Some(node) => Sessions::new(

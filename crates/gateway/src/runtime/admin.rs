@@ -209,7 +209,7 @@ pub(crate) fn admin_answer(
         "/metrics" if get => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            gw.metrics().render() + &gw.sessions().metrics().render(),
+            gw.metrics().render() + &gw.sessions().metrics().render() + &gw.limiter().render(),
         ),
         "/status" if get => (
             StatusCode::OK,
