@@ -198,6 +198,7 @@ async fn serve_loop(
         let tls = conn.get_ref().is_tls();
         let head = RequestHead::h1(req, peer, tls);
         let decision = front.dispatcher.decide(&head, front.connection(tls));
+        let decision = front.dispatcher.confirm(decision, &head).await;
         let req = head.request;
         // A session request's body is its message (`None`: over the route's
         // limit, left unread); any other body is discarded.

@@ -70,10 +70,9 @@ pub(crate) async fn serve(
     let svc_front = front.clone();
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
-        let resp = respond(req, peer, tls, &svc_front, &svc_ctx);
-        let alt_svc = svc_front.alt_svc.clone();
+        let (front, ctx) = (svc_front.clone(), svc_ctx.clone());
         async move {
-            let mut resp = match resp {
+            let mut resp = match respond(req, peer, tls, &front, &ctx).await {
                 Answer::Now(r) => r.map(Either::Left),
                 Answer::Later(rx) => match rx.await {
                     Ok(r) => r.map(|_| Body::new(Bytes::new())),
@@ -86,7 +85,7 @@ pub(crate) async fn serve(
                 // Its event stream is one more stream of the connection.
                 Answer::Session(r) => r.await.map(Either::Right),
             };
-            if let Some(v) = alt_svc {
+            if let Some(v) = front.alt_svc.clone() {
                 resp.headers_mut().insert(http::header::ALT_SVC, v);
             }
             Ok::<_, Infallible>(resp)
@@ -129,7 +128,7 @@ fn head_of(req: &Request<Incoming>) -> Request<()> {
     head
 }
 
-fn respond(
+async fn respond(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
@@ -159,6 +158,7 @@ fn respond(
         connect_protocol,
     );
     let decision = front.dispatcher.decide(&head, front.connection(tls));
+    let decision = front.dispatcher.confirm(decision, &head).await;
     if let Decision::Session(ticket) = decision {
         let sessions = front.dispatcher.gateway().sessions().clone();
         let client = ClientInfo { addr: peer, tls };

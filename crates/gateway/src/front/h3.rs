@@ -137,7 +137,7 @@ fn take(
     Box::new(move |_req: Request<()>, pending: PendingStream| {
         let task = async move {
             let _alive = ctx.alive.clone();
-            match decision {
+            match front.dispatcher.confirm(decision, &head).await {
                 Decision::App(ticket) if ticket.switch.is_some() => {
                     let _open = Open::new(&count);
                     app(head, pending, ticket, &front, ctx.stop.clone()).await
