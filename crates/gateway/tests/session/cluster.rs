@@ -18,10 +18,16 @@ use crate::redis_server::{free_port, RedisServer};
 /// The echo app (its fallback sessions bridged to the built-in echo) on a
 /// gateway that is a member of the cluster on `port`.
 async fn member(port: u16, node: &str) -> Running {
+    member_with(port, node, "", "").await
+}
+
+/// [`member`] with `policy` added to the route's policy and `cluster` to
+/// `[cluster]`.
+pub(crate) async fn member_with(port: u16, node: &str, policy: &str, cluster: &str) -> Running {
     Running::start(&format!(
         "[[route]]\npath = \"/echo\"\napp = \"echo\"\n[route.policy]\ndrain_timeout = \"2s\"\n\
-         fallback_poll_timeout = \"1s\"\nfallback_heartbeat = \"1s\"\n[cluster]\nredis = \"redis://127.0.0.1:{port}/0\"\nnode_id = \"{node}\"\n\
-         key_prefix = \"t:\"\n"
+         fallback_poll_timeout = \"1s\"\nfallback_heartbeat = \"1s\"\n{policy}[cluster]\nredis = \"redis://127.0.0.1:{port}/0\"\nnode_id = \"{node}\"\n\
+         key_prefix = \"t:\"\n{cluster}"
     ))
     .await
 }
@@ -29,14 +35,24 @@ async fn member(port: u16, node: &str) -> Running {
 /// A member on a runtime of its own, killed by dropping that runtime: its
 /// tasks stop where they are and its sockets close, as when the process is
 /// killed with SIGKILL (no drain, nothing written to Redis).
-struct Doomed {
-    addr: std::net::SocketAddr,
+pub(crate) struct Doomed {
+    pub(crate) addr: std::net::SocketAddr,
     kill: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Doomed {
     fn start(port: u16, node: &'static str) -> Doomed {
+        Self::start_with(port, node, "", "")
+    }
+
+    /// A doomed [`member_with`].
+    pub(crate) fn start_with(
+        port: u16,
+        node: &'static str,
+        policy: &'static str,
+        cluster: &'static str,
+    ) -> Doomed {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (kill, kill_rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -45,7 +61,7 @@ impl Doomed {
                 .enable_all()
                 .build()
                 .unwrap();
-            let gw = rt.block_on(member(port, node));
+            let gw = rt.block_on(member_with(port, node, policy, cluster));
             addr_tx.send(gw.addr).unwrap();
             let _ = kill_rx.recv();
             rt.shutdown_background();
@@ -58,7 +74,7 @@ impl Doomed {
         Doomed { addr, kill, thread }
     }
 
-    fn kill(self) {
+    pub(crate) fn kill(self) {
         let _ = self.kill.send(());
         self.thread.join().unwrap();
     }

@@ -1,4 +1,4 @@
-//! Fallback sessions over real sockets on 127.0.0.1: through the real
+//! Fallback sessions, and the cluster's shared caps, over real sockets on 127.0.0.1: through the real
 //! gateway (`gateway`), and the session engine behind a small hyper server
 //! that calls `Sessions::serve` directly (the rest; it counts and cuts
 //! requests where the tests need it), with real backends (the echo app over an in-memory
@@ -13,6 +13,7 @@
 mod browser;
 mod client;
 mod cluster;
+mod cluster_caps;
 mod dashboard;
 mod engine;
 mod gateway;
