@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -104,6 +104,8 @@ struct Shared {
     take: Script,
     refresh: Script,
     unchecked: AtomicU64,
+    /// Whether the last take found Redis unreachable.
+    unreachable: AtomicBool,
 }
 
 impl Shared {
@@ -183,6 +185,7 @@ impl SharedCaps {
             take: Script::new(TAKE),
             refresh: Script::new(REFRESH),
             unchecked: AtomicU64::new(0),
+            unreachable: AtomicBool::new(false),
         });
         let keeper = tokio::spawn(keep(Arc::downgrade(&shared), rx));
         Ok(SharedCaps { shared, keeper })
@@ -289,13 +292,19 @@ impl Lease {
                 s.held().remove(&self.n);
             }
         }
+        // One line per outage, not per connection.
         if let Verdict::Unchecked(why) = &verdict {
             s.unchecked.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                reason = %why,
-                "cannot check the shared connection caps in Redis: admitted on this \
-                 instance's count alone; the lease is added once Redis answers"
-            );
+            if !s.unreachable.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    reason = %why,
+                    "cannot check the shared connection caps in Redis: admitting on this \
+                     instance's count alone (switchyard_cluster_caps_unchecked_total) until \
+                     Redis answers; their leases are added then"
+                );
+            }
+        } else if s.unreachable.swap(false, Ordering::Relaxed) {
+            tracing::info!("the shared connection caps are checked in Redis again");
         }
         verdict
     }
