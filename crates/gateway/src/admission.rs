@@ -53,7 +53,9 @@ pub struct ConnectionLimiter {
 #[derive(Debug)]
 pub struct ConnectionGuard {
     _slot: Option<Slot>,
-    shared: Option<SharedSlot>,
+    /// Boxed: most gateways run without a cluster, and every proxied
+    /// connection holds its guard for its whole life.
+    shared: Option<Box<SharedSlot>>,
 }
 
 /// The guard's lease in the cluster's caps, and what a refusal names.
@@ -148,11 +150,13 @@ impl ConnectionLimiter {
                 route: route.to_string(),
                 ip,
             }),
-            shared: self.shared.as_ref().map(|caps| SharedSlot {
-                lease: caps.lease(route, ip, route_max, ip_max),
-                route: route.to_string(),
-                ip,
-                taken: false,
+            shared: self.shared.as_ref().map(|caps| {
+                Box::new(SharedSlot {
+                    lease: caps.lease(route, ip, route_max, ip_max),
+                    route: route.to_string(),
+                    ip,
+                    taken: false,
+                })
             }),
         })
     }

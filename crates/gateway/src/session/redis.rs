@@ -4,7 +4,7 @@
 //!
 //! Each store operation is one Lua script (one round trip, atomic on the
 //! session's keys), so the rules of [`SessionStore`] hold across instances
-//! exactly as in [`super::MemoryStore`]. Every script that changes what a
+//! exactly as in [`super::memory::MemoryStore`]. Every script that changes what a
 //! waiter looks for publishes on the session's channel; waiters re-run
 //! their check when a message arrives there, and at least every
 //! [`RECHECK`] so that a notification lost while the subscriber
@@ -925,7 +925,7 @@ impl SessionStore for RedisStore {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::session::conformance::{record, ID};
     use crate::session::redis_server::RedisServer;
