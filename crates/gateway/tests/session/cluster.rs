@@ -145,6 +145,13 @@ impl Logs {
     }
 }
 
+/// A session's first message, `text`, is taken on `addr` and its echo is
+/// the session's first message back.
+async fn first_message_echoes(addr: std::net::SocketAddr, s: &OpenResponse, text: &str) {
+    assert_eq!(send_text(addr, "/echo", s, 1, text).await.status, 200);
+    assert_eq!(poll_texts(addr, s, 1).await, vec![(1, text.to_string())]);
+}
+
 /// Poll on `addr` until `n` messages arrived; their numbers and texts.
 async fn poll_texts(addr: std::net::SocketAddr, s: &OpenResponse, n: usize) -> Vec<(u64, String)> {
     poll_texts_after(addr, s, 0, n).await
@@ -238,11 +245,7 @@ async fn without_redis_at_start_tunnels_work_and_sessions_wait_for_it() {
         }
     })
     .await;
-    assert_eq!(send_text(gw.addr, "/echo", &s, 1, "back").await.status, 200);
-    assert_eq!(
-        poll_texts(gw.addr, &s, 1).await,
-        vec![(1, "back".to_string())]
-    );
+    first_message_echoes(gw.addr, &s, "back").await;
     eventually("the reconnect logged", || {
         !logs.lines_with(&["connected to Redis", &server]).is_empty()
     })
@@ -330,14 +333,7 @@ async fn the_owner_killed_ends_its_sessions_with_1011_seen_on_the_others() {
     let a = Doomed::start(redis.port, "doomed");
     let b = member(redis.port, "b").await;
     let s = open(a.addr, "/echo", "{}").await;
-    assert_eq!(
-        send_text(b.addr, "/echo", &s, 1, "before").await.status,
-        200
-    );
-    assert_eq!(
-        poll_texts(b.addr, &s, 1).await,
-        vec![(1, "before".to_string())]
-    );
+    first_message_echoes(b.addr, &s, "before").await;
 
     a.kill();
     // A reader on B learns it within the owner limit (2 heartbeats, 3 s at
@@ -350,14 +346,7 @@ async fn the_owner_killed_ends_its_sessions_with_1011_seen_on_the_others() {
     );
     // A new session opens on the survivor.
     let fresh = open(b.addr, "/echo", "{}").await;
-    assert_eq!(
-        send_text(b.addr, "/echo", &fresh, 1, "after").await.status,
-        200
-    );
-    assert_eq!(
-        poll_texts(b.addr, &fresh, 1).await,
-        vec![(1, "after".to_string())]
-    );
+    first_message_echoes(b.addr, &fresh, "after").await;
     b.stop().await;
 }
 
@@ -375,14 +364,7 @@ async fn a_drained_instance_closes_its_own_sessions_and_the_others_go_on() {
         (CloseCode::GOING_AWAY, "server shutting down".to_string())
     );
     // B's session is untouched.
-    assert_eq!(
-        send_text(b.addr, "/echo", &on_b, 1, "still").await.status,
-        200
-    );
-    assert_eq!(
-        poll_texts(b.addr, &on_b, 1).await,
-        vec![(1, "still".to_string())]
-    );
+    first_message_echoes(b.addr, &on_b, "still").await;
     b.stop().await;
 }
 
@@ -392,8 +374,7 @@ async fn redis_restarted_mid_session_ends_it_explicitly_and_new_ones_open() {
     let port = redis.port;
     let a = member(port, "a").await;
     let s = open(a.addr, "/echo", "{}").await;
-    assert_eq!(send_text(a.addr, "/echo", &s, 1, "x").await.status, 200);
-    assert_eq!(poll_texts(a.addr, &s, 1).await, vec![(1, "x".to_string())]);
+    first_message_echoes(a.addr, &s, "x").await;
 
     // Restarted without persistence: the session's state is gone.
     drop(redis);
@@ -413,11 +394,7 @@ async fn redis_restarted_mid_session_ends_it_explicitly_and_new_ones_open() {
     .await;
     assert_eq!(gone.error(404).error, "unknown_session");
     let fresh = open(a.addr, "/echo", "{}").await;
-    assert_eq!(send_text(a.addr, "/echo", &fresh, 1, "y").await.status, 200);
-    assert_eq!(
-        poll_texts(a.addr, &fresh, 1).await,
-        vec![(1, "y".to_string())]
-    );
+    first_message_echoes(a.addr, &fresh, "y").await;
     a.stop().await;
 }
 
