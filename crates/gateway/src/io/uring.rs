@@ -12,9 +12,14 @@
 //! What the rest of the server sees is [`UringStream`], an `AsyncRead + AsyncWrite`:
 //! the WebSocket layer, its limits and its close handshake do not change.
 //!
-//! * One ring per thread, used only by that thread (`SINGLE_ISSUER | DEFER_TASKRUN`):
-//!   the kernel runs the completions' work when this thread enters it, so receives land
-//!   in the order the thread asks for them. A stream works only on a current-thread
+//! * One ring per thread, used only by that thread (`SINGLE_ISSUER | COOP_TASKRUN`):
+//!   the kernel runs the completions' work in this thread when it next leaves a system
+//!   call (a thread asleep in `epoll_wait` is woken for it), so receives land in the
+//!   order the thread asks for them, and each posted completion signals the eventfd
+//!   at once. Not `DEFER_TASKRUN`: its work waits for an `io_uring_enter`, and on the
+//!   kernel tried (6.18) the eventfd wake-up that should announce it came many
+//!   milliseconds late, so a server with nothing else to do let each message wait
+//!   that long (`bench/README.md`). A stream works only on a current-thread
 //!   runtime ([`UringStream::new`] refuses otherwise, and the caller keeps the epoll
 //!   path); polled from another thread it fails with an error instead of touching
 //!   another thread's ring.
@@ -256,7 +261,6 @@ impl Ring {
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_coop_taskrun()
-            .setup_defer_taskrun()
             .build(RING_ENTRIES)?;
         // SAFETY: plain system call; the result is checked.
         let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -315,22 +319,20 @@ impl Ring {
         }
     }
 
-    /// Submit the queued requests, run the kernel's completion work for this thread
-    /// and handle every completion.
+    /// Submit the queued requests and handle every completion.
     ///
-    /// One `io_uring_enter` runs at most 20 items of completion work (the kernel's
-    /// `IO_LOCAL_TW_DEFAULT_MAX`); the rest waits for the next enter. The eventfd
-    /// fires again when that enter posts completions, but not for work that posts
-    /// none (a wake-up that found no data). So enter again until an enter
-    /// completes nothing, and after a few rounds let the woken tasks run first.
+    /// Handling completions queues more requests (the rest of a short send, a
+    /// cancel, a re-armed receive), and entering runs the completion work that
+    /// arrived meanwhile: enter again until an enter completes nothing, and after a
+    /// few rounds let the woken tasks run first.
     fn enter(&mut self, wake: &mut Vec<Waker>) {
         let mut cqes = std::mem::take(&mut self.cqes);
         let mut idle = false;
         for _ in 0..MAX_ENTERS {
             let to_submit = self.ring.submission().len() as u32;
             loop {
-                // SAFETY: no argument; GETEVENTS with min_complete 0 runs the
-                // deferred completion work without waiting.
+                // SAFETY: no argument; GETEVENTS with min_complete 0 runs this
+                // thread's pending completion work without waiting.
                 let r = unsafe {
                     self.ring.submitter().enter::<libc::sigset_t>(
                         to_submit,
