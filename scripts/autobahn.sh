@@ -2,8 +2,8 @@
 # Autobahn TestSuite conformance (the PyPI package kosoku) in both roles:
 #   server role: kosoku -m fuzzingclient drives `switchyard serve` (/echo)
 #   client role: kosoku -m fuzzingserver is driven by our client (examples/autobahn_client.rs)
-#   server-uring: the server role again, with `serve --threads 1 --io-uring` (its connections on
-#                 io_uring instead of epoll), against the same expected results
+#   server-uring: the server role again, with `serve --threads 2 --io-uring` (its connections on
+#                 the io_uring worker threads instead of epoll), against the same expected results
 # Each run is compared with conformance/expected-{server,client}.json; any case that
 # changes, or is not OK/INFORMATIONAL, fails (an INFORMATIONAL case that changed is first
 # run once more alone: see run() below).
@@ -87,7 +87,7 @@ status=0
 case "$role" in
   server) run server "$SERVER_PARALLEL" || status=1 ;;
   client) run client "$CLIENT_PARALLEL" || status=1 ;;
-  server-uring) SERVE_ARGS="--threads 1 --io-uring" run server "$SERVER_PARALLEL" server-uring || status=1 ;;
+  server-uring) SERVE_ARGS="--threads 2 --io-uring" run server "$SERVER_PARALLEL" server-uring || status=1 ;;
   # Both roles at once, 3 cases at a time in each: a case mostly waits on one
   # side at a time (kosoku, then us), so one role alone keeps ~1 of 2 cores busy.
   # On this 2-core VM: sequential (server -p 2, client 1 at a time) ~1050 s,
@@ -96,9 +96,9 @@ case "$role" in
     run server "$SERVER_PARALLEL" & spid=$!
     run client "$CLIENT_PARALLEL" || status=1
     wait "$spid" || status=1
-    # Then the io_uring transport (~150 s alone on this VM).
+    # Then the io_uring transport.
     if [ "$(uname -s)" = Linux ]; then
-      SERVE_ARGS="--threads 1 --io-uring" run server "$SERVER_PARALLEL" server-uring || status=1
+      SERVE_ARGS="--threads 2 --io-uring" run server "$SERVER_PARALLEL" server-uring || status=1
     fi
     ;;
   *) echo "usage: $0 [server|client|all] [--write]" >&2; exit 2 ;;

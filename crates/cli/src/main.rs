@@ -141,7 +141,8 @@ struct ServeArgs {
     /// Drive the cleartext connections with io_uring instead of epoll
     /// (Linux; `[runtime] io_uring = true`): one `io_uring_enter` per batch
     /// of ready connections instead of a `recv` and a `send` per message.
-    /// Needs --threads 1 (one ring per thread); TLS connections keep epoll.
+    /// One ring per thread (with --threads N > 1, connections run on N io_uring
+    /// worker threads); TLS connections keep epoll.
     #[arg(long)]
     io_uring: bool,
     /// The configuration file (listeners, routes, upstream groups, policies,

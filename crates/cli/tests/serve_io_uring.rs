@@ -108,41 +108,105 @@ async fn http_on_io_uring() {
     );
 }
 
+/// The drain reaches connections on this thread's ring and on the worker threads'.
 #[tokio::test]
 async fn sigterm_closes_io_uring_websockets_with_1001() {
     if skip() {
         return;
     }
-    let (mut srv, addr) = serve_uring();
-    let (mut ws, _) = switchyard::client::connect(&format!("ws://{addr}/echo"))
-        .await
-        .unwrap();
-    srv.signal("TERM");
-    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    match msg {
-        Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::GOING_AWAY),
-        other => panic!("expected close 1001, got {other:?}"),
+    for threads in ["1", "2"] {
+        let (mut srv, addrs) = common::switchyard(
+            &[
+                "--threads",
+                threads,
+                "serve",
+                "--io-uring",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            1,
+        );
+        let (mut ws, _) = switchyard::client::connect(&format!("ws://{}/echo", addrs[0]))
+            .await
+            .unwrap();
+        srv.signal("TERM");
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match msg {
+            Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::GOING_AWAY, "{threads}"),
+            other => panic!("threads {threads}: expected close 1001, got {other:?}"),
+        }
+        while let Some(Ok(_)) = ws.next().await {}
+        let st = srv.wait_exit(Duration::from_secs(5));
+        assert!(st.success(), "threads {threads}: {st:?}");
     }
-    while let Some(Ok(_)) = ws.next().await {}
-    let st = srv.wait_exit(Duration::from_secs(5));
-    assert!(st.success(), "{st:?}");
 }
 
-#[test]
-fn io_uring_needs_one_thread() {
-    for args in [
-        &["serve", "--io-uring"][..],
-        &["--threads", "2", "serve", "--io-uring"][..],
-    ] {
-        let out = Command::new(common::BIN).args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("--threads 1"), "{args:?}: {err}");
+/// With several threads the connections run on io_uring worker threads, a ring each:
+/// the threads and their rings exist, and many connections echo through them.
+#[tokio::test]
+async fn several_threads_run_connections_on_io_uring_workers() {
+    if skip() {
+        return;
     }
+    let (srv, addrs) = common::switchyard(
+        &[
+            "--threads",
+            "2",
+            "serve",
+            "--io-uring",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        1,
+    );
+    let log = common::strip_ansi(&srv.wait_log("listening"));
+    assert!(log.contains("io_uring=true"), "{log}");
+    let log = common::strip_ansi(&srv.wait_log("io_uring worker threads started"));
+    assert!(log.contains("threads=2"), "{log}");
+    let pid = srv.pid();
+    let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("uring-worker-"))
+        .count();
+    assert_eq!(workers, 2, "one io_uring worker thread per runtime thread");
+    let rings = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy() == "anon_inode:[io_uring]")
+            .count()
+    };
+    assert_eq!(rings(), 2, "each worker thread has its own ring");
+
+    let url = format!("ws://{}/echo", addrs[0]);
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        conns.push(switchyard::client::connect(&url).await.unwrap().0);
+    }
+    for round in 0..20 {
+        for (i, ws) in conns.iter_mut().enumerate() {
+            let text = format!("conn {i} round {round}");
+            ws.send(Message::text(text.clone())).await.unwrap();
+            match ws.next().await.unwrap().unwrap() {
+                Message::Text(t) => assert_eq!(t.as_str(), text),
+                other => panic!("expected the text back, got {other:?}"),
+            }
+        }
+    }
+    for mut ws in conns {
+        tokio::time::timeout(Duration::from_secs(5), ws.close(CloseCode::NORMAL, "bye"))
+            .await
+            .expect("the server answered the close")
+            .unwrap();
+    }
+    // No thread set up a ring of its own on the way (the runtime's threads
+    // accept, the workers' rings serve).
+    assert_eq!(rings(), 2);
 }
 
 /// TLS listeners keep the epoll path, so `--io-uring` combines with `--tls`: the

@@ -174,9 +174,10 @@ pub struct Runtime {
     pub threads: Option<usize>,
     /// Drive cleartext connections with io_uring instead of epoll (Linux):
     /// one `io_uring_enter` per batch of ready connections instead of a
-    /// `recv` and a `send` per message. Needs `threads = 1` (a ring belongs
-    /// to one thread). Where the kernel refuses io_uring the server logs why
-    /// and uses epoll. TLS connections keep epoll.
+    /// `recv` and a `send` per message. One ring per thread: with more than
+    /// one thread, connections run on io_uring worker threads (as many as
+    /// `threads`). Where the kernel refuses io_uring the server logs why and
+    /// uses epoll. TLS connections keep epoll.
     pub io_uring: bool,
 }
 

@@ -227,15 +227,5 @@ mod tests {
             err.starts_with("the command line: listener[0].protocols[2]: h3 runs over QUIC"),
             "{err}"
         );
-        let err = embedded_with(Overrides {
-            io_uring: true,
-            ..Overrides::default()
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("runtime.io_uring: io_uring needs threads = 1"),
-            "{err}"
-        );
     }
 }

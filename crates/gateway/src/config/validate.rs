@@ -222,14 +222,6 @@ impl Config {
                 "expected at least 1 thread; remove the key for one per core",
             ));
         }
-        if rt.io_uring && rt.threads != Some(1) {
-            return Err(r.err(
-                &[key("runtime"), key("io_uring")],
-                "io_uring needs threads = 1: a ring belongs to one thread, and the tasks of a \
-                 multi-thread runtime move between threads (add threads = 1 to [runtime], or \
-                 --threads 1)",
-            ));
-        }
         Ok(())
     }
 }

@@ -274,12 +274,20 @@ impl Accept {
             }
             tokio::select! {
                 res = listener.accept() => match res {
-                    Ok((io, peer)) => {
+                    Ok((incoming, peer)) => {
                         let id = this.front.connection_id();
                         let span = tracing::info_span!("conn", id, %peer);
-                        let http = Box::pin(connection(io, peer, this.clone()));
-                        let task = ConnectionTask::new(http, this.front.clone());
-                        tokio::spawn(task.instrument(span));
+                        match incoming {
+                            Incoming::Here(io) => spawn_connection(io, peer, this.clone(), span),
+                            #[cfg(target_os = "linux")]
+                            Incoming::Worker(stream, workers) => {
+                                let this = this.clone();
+                                workers.run(Box::new(move || match uring_io(stream) {
+                                    Ok(io) => spawn_connection(io, peer, this, span),
+                                    Err(e) => warn!(parent: &span, "cannot take the connection: {e}"),
+                                }));
+                            }
+                        }
                     }
                     // EMFILE and friends: log, back off briefly, keep serving.
                     Err(e) => {
@@ -294,23 +302,54 @@ impl Accept {
     }
 }
 
-/// A listener: tokio's, or (with `[runtime] io_uring`) one whose
-/// connections go to this thread's io_uring without ever joining epoll.
+/// The connection's task, on this thread's runtime.
+fn spawn_connection(io: ServerIo, peer: SocketAddr, accept: Arc<Accept>, span: tracing::Span) {
+    let front = accept.front.clone();
+    let http = Box::pin(connection(io, peer, accept));
+    tokio::spawn(ConnectionTask::new(http, front).instrument(span));
+}
+
+/// An accepted connection, and where its task is to run.
+enum Incoming {
+    /// On the accepting runtime.
+    Here(ServerIo),
+    /// On an io_uring worker thread (the accepting runtime has several threads).
+    #[cfg(target_os = "linux")]
+    Worker(
+        std::net::TcpStream,
+        &'static super::uring_workers::UringWorkers,
+    ),
+}
+
+/// A listener: tokio's, or (with `[runtime] io_uring`) one whose connections
+/// go to an io_uring without ever joining epoll: this thread's ring on a
+/// current-thread runtime, else the worker threads' rings.
 enum Acceptor {
     Tokio(TcpListener),
     #[cfg(target_os = "linux")]
-    Uring(tokio::io::unix::AsyncFd<std::net::TcpListener>),
+    Uring {
+        listener: tokio::io::unix::AsyncFd<std::net::TcpListener>,
+        /// None: this thread's ring.
+        workers: Option<&'static super::uring_workers::UringWorkers>,
+    },
 }
 
 impl Acceptor {
     fn new(listener: TcpListener, io_uring: bool) -> std::io::Result<Acceptor> {
         #[cfg(target_os = "linux")]
         if io_uring {
-            let current_thread = tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::CurrentThread;
-            if !current_thread {
-                warn!("io_uring needs a current-thread runtime (threads = 1); using epoll");
-            } else if crate::io::uring::available() {
+            let handle = tokio::runtime::Handle::current();
+            let workers = match handle.runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::CurrentThread => None,
+                _ => {
+                    let threads = handle.metrics().num_workers();
+                    match super::uring_workers::UringWorkers::get(threads) {
+                        Some(w) => Some(w),
+                        None => return Ok(Acceptor::Tokio(listener)),
+                    }
+                }
+            };
+            if workers.is_some() || crate::io::uring::available() {
                 let std = listener.into_std()?;
                 // SAFETY: the AsyncFd owns the listener, whose descriptor stays open
                 // and the same until the AsyncFd is dropped.
@@ -320,7 +359,7 @@ impl Acceptor {
                         tokio::io::Interest::READABLE,
                     )
                 } {
-                    Ok(fd) => Ok(Acceptor::Uring(fd)),
+                    Ok(listener) => Ok(Acceptor::Uring { listener, workers }),
                     Err(e) => {
                         let (l, e) = e.into_parts();
                         warn!("io_uring listener: {e}; using epoll");
@@ -337,26 +376,39 @@ impl Acceptor {
         !matches!(self, Acceptor::Tokio(_))
     }
 
-    async fn accept(&self) -> std::io::Result<(ServerIo, SocketAddr)> {
+    async fn accept(&self) -> std::io::Result<(Incoming, SocketAddr)> {
         match self {
-            Acceptor::Tokio(l) => l.accept().await.map(|(s, p)| (ServerIo::Plain(s), p)),
+            Acceptor::Tokio(l) => l
+                .accept()
+                .await
+                .map(|(s, p)| (Incoming::Here(ServerIo::Plain(s)), p)),
             #[cfg(target_os = "linux")]
-            Acceptor::Uring(l) => {
+            Acceptor::Uring { listener, workers } => {
                 let (s, peer) = loop {
-                    let mut ready = l.readable().await?;
+                    let mut ready = listener.readable().await?;
                     if let Ok(r) = ready.try_io(|l| l.get_ref().accept()) {
                         break r?;
                     }
                 };
                 let _ = s.set_nodelay(true);
-                match crate::io::uring::UringStream::new(s) {
-                    Ok(u) => Ok((ServerIo::Uring(u), peer)),
-                    Err(s) => {
-                        s.set_nonblocking(true)?;
-                        Ok((ServerIo::Plain(TcpStream::from_std(s)?), peer))
-                    }
+                match workers {
+                    Some(w) => Ok((Incoming::Worker(s, w), peer)),
+                    None => Ok((Incoming::Here(uring_io(s)?), peer)),
                 }
             }
+        }
+    }
+}
+
+/// An accepted socket on this thread's ring, or on epoll when the ring cannot
+/// take it.
+#[cfg(target_os = "linux")]
+fn uring_io(s: std::net::TcpStream) -> std::io::Result<ServerIo> {
+    match crate::io::uring::UringStream::new(s) {
+        Ok(u) => Ok(ServerIo::Uring(u)),
+        Err(s) => {
+            s.set_nonblocking(true)?;
+            Ok(ServerIo::Plain(TcpStream::from_std(s)?))
         }
     }
 }

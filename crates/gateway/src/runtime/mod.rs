@@ -34,6 +34,8 @@ mod error;
 mod history;
 mod listener;
 mod status;
+#[cfg(target_os = "linux")]
+mod uring_workers;
 
 use certificates::Certificates;
 pub use error::ServeError;
