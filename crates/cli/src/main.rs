@@ -142,7 +142,7 @@ struct ServeArgs {
     /// (Linux; `[runtime] io_uring = true`): one `io_uring_enter` per batch
     /// of ready connections instead of a `recv` and a `send` per message.
     /// One ring per thread (with --threads N > 1, connections run on N io_uring
-    /// worker threads); TLS connections keep epoll.
+    /// worker threads); TLS connections too.
     #[arg(long)]
     io_uring: bool,
     /// The configuration file (listeners, routes, upstream groups, policies,

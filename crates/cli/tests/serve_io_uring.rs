@@ -2,7 +2,6 @@
 //! (Linux), the argument rules, and the graceful shutdown.
 #![cfg(target_os = "linux")]
 
-use std::process::Command;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -209,19 +208,54 @@ async fn several_threads_run_connections_on_io_uring_workers() {
     assert_eq!(rings(), 2);
 }
 
-/// TLS listeners keep the epoll path, so `--io-uring` combines with `--tls`: the
-/// configuration is valid and the process accepts it.
-#[test]
-fn io_uring_accepts_tls_listeners() {
-    let args = [
-        "--threads",
-        "1",
-        "serve",
-        "--io-uring",
-        "--tls",
-        "--check-config",
-    ];
-    let out = Command::new(common::BIN).args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+/// TLS listeners run on io_uring too: HTTP/1.1 and HTTP/2 (ALPN) over rustls over
+/// the ring's stream, small and large messages, on this thread's ring and on workers'.
+#[tokio::test]
+async fn tls_connections_run_on_io_uring() {
+    if skip() {
+        return;
+    }
+    for threads in ["1", "2"] {
+        let (srv, addrs) = common::switchyard(
+            &[
+                "--threads",
+                threads,
+                "serve",
+                "--io-uring",
+                "--tls",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            1,
+        );
+        let log = common::strip_ansi(&srv.wait_log("listening"));
+        assert!(log.contains("io_uring=true"), "threads {threads}: {log}");
+        let url = format!("wss://{}/echo", addrs[0]);
+        let builder = switchyard::ClientBuilder::new().danger_accept_invalid_certs();
+        let (ws, _) = builder.connect(&url).await.unwrap();
+        echo_small_and_large(ws, &format!("threads {threads} h1")).await;
+        let (ws, _) = switchyard::h2::connect_h2(&url, &builder).await.unwrap();
+        echo_small_and_large(ws, &format!("threads {threads} h2")).await;
+    }
+}
+
+async fn echo_small_and_large<S>(mut ws: switchyard::WebSocket<S>, label: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for i in 0..20 {
+        let text = format!("{label} message {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 + i / 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    match ws.next().await.unwrap().unwrap() {
+        Message::Binary(b) => assert!(b[..] == big[..], "{label}: the 1 MiB echo differs"),
+        other => panic!("{label}: expected the binary back, got {other:?}"),
+    }
+    tokio::time::timeout(Duration::from_secs(5), ws.close(CloseCode::NORMAL, "bye"))
+        .await
+        .expect("the server answered the close")
+        .unwrap();
 }

@@ -527,9 +527,20 @@ async fn tls_over<S: AsyncRead + AsyncWrite + Unpin>(
     tls_client(cert).connect(name, s).await.unwrap()
 }
 
+/// On epoll and on io_uring (where the kernel allows it: the TLS handshake then
+/// runs over the ring's stream).
 #[tokio::test]
 async fn rfc2817_upgrade_end_to_end() {
-    let (cfg, cert) = tls_upgrade_config();
+    rfc2817_upgrade_end_to_end_on(false).await;
+    #[cfg(target_os = "linux")]
+    if switchyard_gateway::io::uring::kernel_allows() {
+        rfc2817_upgrade_end_to_end_on(true).await;
+    }
+}
+
+async fn rfc2817_upgrade_end_to_end_on(io_uring: bool) {
+    let (mut cfg, cert) = tls_upgrade_config();
+    cfg.runtime.io_uring = io_uring;
     let srv = start(cfg).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     let mut buf = Vec::new();

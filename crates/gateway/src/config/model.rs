@@ -177,7 +177,7 @@ pub struct Runtime {
     /// `recv` and a `send` per message. One ring per thread: with more than
     /// one thread, connections run on io_uring worker threads (as many as
     /// `threads`). Where the kernel refuses io_uring the server logs why and
-    /// uses epoll. TLS connections keep epoll.
+    /// uses epoll. TLS connections too (rustls over the ring's stream).
     pub io_uring: bool,
 }
 

@@ -1,5 +1,5 @@
 //! The byte streams a connection runs on: [`ServerIo`] (cleartext TCP or TLS
-//! over TCP, one concrete type so nothing is boxed per read) and [`Prefixed`],
+//! over TCP, on epoll or io_uring, one concrete type so nothing is boxed per read) and [`Prefixed`],
 //! which replays bytes already read before reading the stream again.
 
 use std::io;
@@ -17,7 +17,7 @@ pub mod uring;
 
 pub use plain::{AsPlainTcp, PlainTcp};
 
-/// A server-side connection: cleartext TCP or TLS over TCP.
+/// A server-side connection: cleartext TCP or TLS over TCP, on epoll or io_uring.
 #[derive(Debug)]
 pub enum ServerIo {
     /// Cleartext TCP.
@@ -27,6 +27,9 @@ pub enum ServerIo {
     /// Cleartext TCP driven by io_uring (`[runtime] io_uring`).
     #[cfg(target_os = "linux")]
     Uring(uring::UringStream),
+    /// TLS over TCP driven by io_uring.
+    #[cfg(target_os = "linux")]
+    UringTls(Box<TlsStream<uring::UringStream>>),
 }
 
 impl ServerIo {
@@ -41,6 +44,14 @@ impl ServerIo {
                     .peer_addr()
                     .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
             }
+            #[cfg(target_os = "linux")]
+            ServerIo::UringTls(t) => {
+                return t
+                    .get_ref()
+                    .0
+                    .peer_addr()
+                    .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+            }
         };
         tcp.peer_addr()
             .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
@@ -48,14 +59,32 @@ impl ServerIo {
 
     /// Whether the bytes are encrypted.
     pub fn is_tls(&self) -> bool {
-        matches!(self, ServerIo::Tls(_))
+        match self {
+            ServerIo::Tls(_) => true,
+            #[cfg(target_os = "linux")]
+            ServerIo::UringTls(_) => true,
+            _ => false,
+        }
     }
 
     /// The ALPN protocol the TLS handshake agreed on, if any.
     pub fn alpn(&self) -> Option<&[u8]> {
         match self {
             ServerIo::Tls(t) => t.get_ref().1.alpn_protocol(),
+            #[cfg(target_os = "linux")]
+            ServerIo::UringTls(t) => t.get_ref().1.alpn_protocol(),
             _ => None,
+        }
+    }
+
+    /// The server side of a TLS handshake over this cleartext stream, on the
+    /// same I/O path. A stream already in TLS is refused.
+    pub async fn accept_tls(self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<ServerIo> {
+        match self {
+            ServerIo::Plain(s) => Ok(ServerIo::Tls(Box::new(acceptor.accept(s).await?))),
+            #[cfg(target_os = "linux")]
+            ServerIo::Uring(s) => Ok(ServerIo::UringTls(Box::new(acceptor.accept(s).await?))),
+            _ => Err(io::Error::other("the connection is already in TLS")),
         }
     }
 }
@@ -81,6 +110,8 @@ impl AsyncRead for ServerIo {
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             #[cfg(target_os = "linux")]
             ServerIo::Uring(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(target_os = "linux")]
+            ServerIo::UringTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -97,6 +128,8 @@ impl AsyncWrite for ServerIo {
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             #[cfg(target_os = "linux")]
             ServerIo::Uring(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(target_os = "linux")]
+            ServerIo::UringTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -111,6 +144,8 @@ impl AsyncWrite for ServerIo {
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             #[cfg(target_os = "linux")]
             ServerIo::Uring(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(target_os = "linux")]
+            ServerIo::UringTls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -120,6 +155,8 @@ impl AsyncWrite for ServerIo {
             ServerIo::Tls(s) => s.is_write_vectored(),
             #[cfg(target_os = "linux")]
             ServerIo::Uring(s) => s.is_write_vectored(),
+            #[cfg(target_os = "linux")]
+            ServerIo::UringTls(s) => s.is_write_vectored(),
         }
     }
 
@@ -130,6 +167,8 @@ impl AsyncWrite for ServerIo {
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             #[cfg(target_os = "linux")]
             ServerIo::Uring(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(target_os = "linux")]
+            ServerIo::UringTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -139,6 +178,8 @@ impl AsyncWrite for ServerIo {
             ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             #[cfg(target_os = "linux")]
             ServerIo::Uring(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(target_os = "linux")]
+            ServerIo::UringTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -152,7 +152,7 @@ impl BoundListener {
             tcp,
             quic,
             front,
-            io_uring: cfg.runtime.io_uring && listener.tls.is_none(),
+            io_uring: cfg.runtime.io_uring,
             tls: tls_acceptor,
             handle,
         })
@@ -448,32 +448,25 @@ fn delay_first_ack(_: &std::net::TcpListener) -> std::io::Result<()> {
 /// carry a rustls handshake inline.
 async fn connection(io: ServerIo, peer: SocketAddr, accept: Arc<Accept>) -> Option<Upgraded> {
     let ctx = accept.ctx.clone();
-    match io {
-        ServerIo::Plain(stream) => {
-            let _ = stream.set_nodelay(true);
-            match &accept.tls {
-                Some(acceptor) => {
-                    Box::pin(tls_connection(stream, acceptor, peer, &accept.front, ctx)).await
-                }
-                None => {
-                    h1::serve_cleartext(ServerIo::Plain(stream), peer, &accept.front, ctx).await
-                }
-            }
-        }
-        io => h1::serve_cleartext(io, peer, &accept.front, ctx).await,
+    if let ServerIo::Plain(stream) = &io {
+        let _ = stream.set_nodelay(true);
+    }
+    match &accept.tls {
+        Some(acceptor) => Box::pin(tls_connection(io, acceptor, peer, &accept.front, ctx)).await,
+        None => h1::serve_cleartext(io, peer, &accept.front, ctx).await,
     }
 }
 
 async fn tls_connection(
-    stream: TcpStream,
+    stream: ServerIo,
     acceptor: &TlsAcceptor,
     peer: SocketAddr,
     front: &Arc<Front>,
     ctx: ConnCtx,
 ) -> Option<Upgraded> {
     let limit = front.limits.handshake_timeout;
-    let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => ServerIo::Tls(Box::new(tls)),
+    let tls = match tokio::time::timeout(limit, stream.accept_tls(acceptor)).await {
+        Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             info!("TLS handshake failed: {e}");
             return None;

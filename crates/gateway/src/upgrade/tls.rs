@@ -135,17 +135,14 @@ impl Session for TlsSession {
     ) -> BoxFuture<SessionEnd> {
         Box::pin(async move {
             // The HTTP layer refuses early data for this protocol; stay safe anyway.
-            let ServerIo::Plain(tcp) = io else {
-                return SessionEnd::Done;
-            };
-            if !leftover.is_empty() {
+            if !leftover.is_empty() || io.is_tls() {
                 return SessionEnd::Done;
             }
-            match tokio::time::timeout(self.timeout, self.acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
+            match tokio::time::timeout(self.timeout, io.accept_tls(&self.acceptor)).await {
+                Ok(Ok(io)) => {
                     info!("connection upgraded to TLS (RFC 2817)");
                     SessionEnd::ContinueHttp {
-                        io: ServerIo::Tls(Box::new(tls)),
+                        io,
                         pending: Some(self.pending),
                     }
                 }
