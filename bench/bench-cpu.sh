@@ -19,7 +19,9 @@
 #   cases: a = 100 connections x 16 B, 1 in flight; b = 100 x 16 B, 16 in flight;
 #          c = 10 connections x 64 KiB binary, 1 in flight; s = 100 x 16 B, 64 in flight
 #          (enough work queued that the server's core is saturated: the case that shows
-#          whether the load generator can drive the server to its limit)
+#          whether the load generator can drive the server to its limit); o = 1 connection
+#          x 16 B, 1 in flight (every wake-up is the server's own); m = 1,000 x 16 B, 1 in
+#          flight; n = 1,000 x 16 B, 16 in flight
 #   SWITCHYARD=path/to/switchyard overrides the binary (default: target/release/switchyard).
 set -euo pipefail
 
@@ -75,6 +77,9 @@ case_args() {
         b) echo "--connections 100 --in-flight 16 --size 16" ;;
         c) echo "--connections 10 --in-flight 1 --size 65536 --binary" ;;
         s) echo "--connections 100 --in-flight 64 --size 16" ;;
+        o) echo "--connections 1 --in-flight 1 --size 16" ;;
+        m) echo "--connections 1000 --in-flight 1 --size 16" ;;
+        n) echo "--connections 1000 --in-flight 16 --size 16" ;;
         *) echo "bench-cpu.sh: unknown case $1" >&2; return 1 ;;
     esac
 }
@@ -155,6 +160,9 @@ for case in $CASES; do
         b) setup="100 conns x 16 B, 16 in flight" ;;
         c) setup="10 conns x 64 KiB binary, 1 in flight" ;;
         s) setup="100 conns x 16 B, 64 in flight" ;;
+        o) setup="1 conn x 16 B, 1 in flight" ;;
+        m) setup="1000 conns x 16 B, 1 in flight" ;;
+        n) setup="1000 conns x 16 B, 16 in flight" ;;
     esac
     for io in $IO_PATHS; do
         raw="$TMP/$case.$io.raw"
