@@ -26,6 +26,12 @@ cargo build --profile ci --locked --workspace --all-features --bins --examples
 step "cargo test"
 cargo test --profile ci --locked --workspace --all-features
 
+if [ "$(uname -s)" = Linux ]; then
+  step "proxy tests again with the client side on io_uring"
+  SWITCHYARD_TEST_IO=io_uring cargo test --profile ci --locked --all-features \
+    -p switchyard-gateway --test proxy
+fi
+
 step "library crates: docs (-D warnings), public API snapshot, rust-version, packaging"
 RUSTDOCFLAGS="-D warnings" cargo doc --profile ci --no-deps --locked --all-features \
   -p switchyard-proto -p switchyard-ws

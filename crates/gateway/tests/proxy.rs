@@ -1,6 +1,9 @@
 //! The proxy core over real sockets on 127.0.0.1: a test front (read the
 //! head, call `proxy_h1`), our echo as a real upstream, and fake upstreams
 //! that misbehave and record every byte they receive.
+//!
+//! With `SWITCHYARD_TEST_IO=io_uring` (CI runs them both ways) the client's
+//! side of every proxied connection is on io_uring instead of epoll.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,6 +17,7 @@ use switchyard_gateway::admission::{ConnectionGuard, ConnectionLimiter};
 use switchyard_gateway::config::{
     Backend, Balance, Health, PassiveHealth, PathMatch, Policy, Route, Upstream,
 };
+use switchyard_gateway::io::ServerIo;
 use switchyard_gateway::metrics::{Direction, Metrics};
 use switchyard_gateway::outcome::Reason;
 use switchyard_gateway::proxy::{
@@ -175,7 +179,8 @@ async fn proxy_with(
                     ctx: &ctx,
                 };
                 let slot = no_cap();
-                let out = proxy_h1(tcp, req, leftover, info, route, slot, async move {
+                let client = client_io(tcp);
+                let out = proxy_h1(client, req, leftover, info, route, slot, async move {
                     let _ = shutdown.wait_for(|v| *v).await;
                 })
                 .await;
@@ -187,6 +192,23 @@ async fn proxy_with(
         addr,
         outcomes: rx,
         ctx,
+    }
+}
+
+/// The test front's side of a proxied connection: on epoll, or on this
+/// thread's io_uring with `SWITCHYARD_TEST_IO=io_uring`.
+fn client_io(tcp: TcpStream) -> ServerIo {
+    match std::env::var("SWITCHYARD_TEST_IO").as_deref() {
+        #[cfg(target_os = "linux")]
+        Ok("io_uring") => {
+            let std = tcp.into_std().unwrap();
+            match switchyard_gateway::io::uring::UringStream::new(std) {
+                Ok(u) => ServerIo::Uring(u),
+                Err(_) => panic!("SWITCHYARD_TEST_IO=io_uring: this thread cannot use io_uring"),
+            }
+        }
+        Ok("epoll") | Err(_) => ServerIo::Plain(tcp),
+        Ok(other) => panic!("SWITCHYARD_TEST_IO={other}: expected epoll or io_uring"),
     }
 }
 
