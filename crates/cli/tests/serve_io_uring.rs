@@ -45,21 +45,7 @@ async fn the_echo_runs_on_io_uring() {
     let log = common::strip_ansi(&srv.wait_log("listening"));
     assert!(log.contains("io_uring=true"), "{log}");
 
-    let url = format!("ws://{addr}/echo");
-    let mut conns = Vec::new();
-    for _ in 0..20 {
-        conns.push(switchyard::client::connect(&url).await.unwrap().0);
-    }
-    for round in 0..50 {
-        for (i, ws) in conns.iter_mut().enumerate() {
-            let text = format!("conn {i} round {round}");
-            ws.send(Message::text(text.clone())).await.unwrap();
-            match ws.next().await.unwrap().unwrap() {
-                Message::Text(t) => assert_eq!(t.as_str(), text),
-                other => panic!("expected the text back, got {other:?}"),
-            }
-        }
-    }
+    let mut conns = open_and_echo(&format!("ws://{addr}/echo"), 20, 50).await;
     // A 4 MiB binary message: bulk reads and large writes.
     let big: Vec<u8> = (0..4 << 20)
         .map(|i: u32| (i * 31 + i / 4093) as u8)
@@ -70,13 +56,7 @@ async fn the_echo_runs_on_io_uring() {
         Message::Binary(b) => assert!(b[..] == big[..], "the 4 MiB echo differs"),
         other => panic!("expected the binary back, got {other:?}"),
     }
-    // The closing handshakes complete (the server answers each close frame).
-    for mut ws in conns {
-        tokio::time::timeout(Duration::from_secs(5), ws.close(CloseCode::NORMAL, "bye"))
-            .await
-            .expect("the server answered the close")
-            .unwrap();
-    }
+    close_all(conns).await;
     drop(srv);
 }
 
@@ -182,27 +162,8 @@ async fn several_threads_run_connections_on_io_uring_workers() {
     };
     assert_eq!(rings(), 2, "each worker thread has its own ring");
 
-    let url = format!("ws://{}/echo", addrs[0]);
-    let mut conns = Vec::new();
-    for _ in 0..10 {
-        conns.push(switchyard::client::connect(&url).await.unwrap().0);
-    }
-    for round in 0..20 {
-        for (i, ws) in conns.iter_mut().enumerate() {
-            let text = format!("conn {i} round {round}");
-            ws.send(Message::text(text.clone())).await.unwrap();
-            match ws.next().await.unwrap().unwrap() {
-                Message::Text(t) => assert_eq!(t.as_str(), text),
-                other => panic!("expected the text back, got {other:?}"),
-            }
-        }
-    }
-    for mut ws in conns {
-        tokio::time::timeout(Duration::from_secs(5), ws.close(CloseCode::NORMAL, "bye"))
-            .await
-            .expect("the server answered the close")
-            .unwrap();
-    }
+    let conns = open_and_echo(&format!("ws://{}/echo", addrs[0]), 10, 20).await;
+    close_all(conns).await;
     // No thread set up a ring of its own on the way (the runtime's threads
     // accept, the workers' rings serve).
     assert_eq!(rings(), 2);
@@ -258,4 +219,35 @@ where
         .await
         .expect("the server answered the close")
         .unwrap();
+}
+
+type Ws = switchyard::WebSocket<switchyard::MaybeTlsStream>;
+
+/// `n` connections to `url`, each echoing `rounds` texts, the connections in turn.
+async fn open_and_echo(url: &str, n: usize, rounds: usize) -> Vec<Ws> {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        conns.push(switchyard::client::connect(url).await.unwrap().0);
+    }
+    for round in 0..rounds {
+        for (i, ws) in conns.iter_mut().enumerate() {
+            let text = format!("conn {i} round {round}");
+            ws.send(Message::text(text.clone())).await.unwrap();
+            match ws.next().await.unwrap().unwrap() {
+                Message::Text(t) => assert_eq!(t.as_str(), text),
+                other => panic!("expected the text back, got {other:?}"),
+            }
+        }
+    }
+    conns
+}
+
+/// The closing handshakes complete (the server answers each close frame).
+async fn close_all(conns: Vec<Ws>) {
+    for mut ws in conns {
+        tokio::time::timeout(Duration::from_secs(5), ws.close(CloseCode::NORMAL, "bye"))
+            .await
+            .expect("the server answered the close")
+            .unwrap();
+    }
 }
