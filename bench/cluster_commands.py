@@ -2,11 +2,18 @@
 """Redis commands per message of a fallback session in a cluster, from
 `INFO commandstats` (docs/cluster.md, bench/README.md).
 
-Starts its own redis-server and one `switchyard serve` with [cluster] on
-loopback ports, opens a long-polling session on the echo route, then sends
-N text messages, each in its own `send` and read back by its own `poll`
-(no batching: the worst case), and prints the commands Redis ran per
-message, by command, and the caps' cost per connection on a capped route.
+Starts its own redis-server, a Python `websockets` backend that discards
+what it gets (.venv, from scripts/install-test-deps.sh) and one
+`switchyard serve` with [cluster] on loopback ports. Each message is its
+own `send`, answered before the next (no batching: the worst case):
+
+* exchange, poll: the echo route, each echo read back by its own `poll`;
+* exchange, SSE: the echo route, each echo awaited on one event stream;
+* client to backend: the discarding backend, sends only.
+
+It prints the commands Redis ran per message by command, the backend to
+client share (an exchange less a client-to-backend message), and the caps'
+cost per connection on a capped route.
 
 usage: bench/cluster_commands.py [path/to/switchyard] [N]
 """
@@ -54,6 +61,18 @@ def commandstats(port):
     return stats
 
 
+SINK = """
+import asyncio, sys, websockets
+async def sink(ws):
+    async for _ in ws:
+        pass
+async def main():
+    async with websockets.serve(sink, "127.0.0.1", int(sys.argv[1])):
+        await asyncio.Future()
+asyncio.run(main())
+"""
+
+
 def http(method, url, body=None, ctype=None):
     req = urllib.request.Request(url, data=body, method=method)
     if ctype:
@@ -62,22 +81,101 @@ def http(method, url, body=None, ctype=None):
         return r.status, r.read()
 
 
+def open_session(base, path):
+    _, body = http("POST", f"{base}{path}?sw=open", b"{}", "application/json")
+    s = json.loads(body)
+    return f"{base}{path}?sid={s['sid']}&token={s['token']}"
+
+
+def send(q, i):
+    st, _ = http("POST", f"{q}&sw=send&seq={i}", f"m{i}".encode(), "text/plain; charset=utf-8")
+    assert st == 200, st
+
+
+def exchange_poll(base, count):
+    q = open_session(base, "/echo")
+    seen = 0
+    for i in range(1, count + 1):
+        send(q, i)
+        while seen < i:
+            _, got = http("GET", f"{q}&sw=poll&after={seen}")
+            for e in json.loads(got).get("messages", []):
+                seen = max(seen, e["seq"])
+
+
+def exchange_sse(base, count):
+    q = open_session(base, "/echo")
+    seen = 0
+    stream = None
+    try:
+        for i in range(1, count + 1):
+            send(q, i)
+            while seen < i:
+                if stream is None:
+                    req = urllib.request.Request(f"{q}&sw=sse")
+                    req.add_header("last-event-id", str(seen))
+                    stream = urllib.request.urlopen(req, timeout=30)
+                line = stream.readline()
+                if not line:  # the response ended (its budget): resume
+                    stream.close()
+                    stream = None
+                elif line.startswith(b"id: "):
+                    seen = int(line[4:])
+    finally:
+        if stream:
+            stream.close()
+
+
+def sends_only(base, count):
+    q = open_session(base, "/sink")
+    for i in range(1, count + 1):
+        send(q, i)
+
+
+def measure(rport, run):
+    """Commands by name while `run` runs."""
+    before = commandstats(rport)
+    run()
+    after = commandstats(rport)
+    diff = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    return {k: v for k, v in diff.items() if v > 0 and k != "info"}
+
+
+ROUND_TRIPS = ("evalsha", "hgetall")
+
+
+def report(title, diff, n):
+    print(f"\n{title}")
+    print(f"{'command':<24}{'calls':>10}{'per message':>14}")
+    for k, v in sorted(diff.items(), key=lambda kv: -kv[1]):
+        print(f"{k:<24}{v:>10}{v / n:>14.2f}")
+    total = sum(diff.values())
+    trips = sum(diff.get(k, 0) for k in ROUND_TRIPS)
+    print(f"{'total':<24}{total:>10}{total / n:>14.2f}")
+    print(f"{'round trips':<24}{trips:>10}{trips / n:>14.2f}")
+    return trips / n
+
+
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/ci/switchyard"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 500
-    rport, gport = free_port(), free_port()
+    rport, gport, sport = free_port(), free_port(), free_port()
     redis = subprocess.Popen(
         ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
     )
+    sink = subprocess.Popen([".venv/bin/python", "-c", SINK, str(sport)])
     gw = None
     try:
         wait_port(rport, "redis-server")
+        wait_port(sport, "the websockets backend")
         cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
         cfg.write(
             f'[[listener]]\naddress = "127.0.0.1:{gport}"\n'
+            f'[[upstream]]\nname = "sink"\nservers = ["ws://127.0.0.1:{sport}/"]\n'
             '[[route]]\npath = "/echo"\napp = "echo"\n'
+            '[[route]]\npath = "/sink"\nupstream = "sink"\n'
             '[[route]]\npath = "/capped"\napp = "echo"\n[route.policy]\nmax_connections = 1000\n'
             "max_connections_per_ip = 1000\n"
             f'[cluster]\nredis = "redis://127.0.0.1:{rport}/0"\nnode_id = "bench"\n'
@@ -91,43 +189,25 @@ def main():
         wait_port(gport, "switchyard")
         base = f"http://127.0.0.1:{gport}"
 
-        def exchange(path, count):
-            _, body = http("POST", f"{base}{path}?sw=open", b"{}", "application/json")
-            s = json.loads(body)
-            q = f"{base}{path}?sid={s['sid']}&token={s['token']}"
-            seen = 0
-            for i in range(1, count + 1):
-                st, _ = http("POST", f"{q}&sw=send&seq={i}", f"m{i}".encode(),
-                             "text/plain; charset=utf-8")
-                assert st == 200, st
-                while seen < i:
-                    _, got = http("GET", f"{q}&sw=poll&after={seen}")
-                    for e in json.loads(got).get("messages", []):
-                        seen = max(seen, e["seq"])
-            return q
-
         # Warm-up: scripts loaded, connections made.
-        exchange("/echo", 5)
-        before = commandstats(rport)
-        exchange("/echo", n)
-        after = commandstats(rport)
-        diff = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        diff = {k: v for k, v in diff.items() if v > 0 and k != "info"}
-        print(f"{n} messages each way, one send and one poll per message (no batching)")
-        print(f"{'command':<24}{'calls':>10}{'per message':>14}")
-        for k, v in sorted(diff.items(), key=lambda kv: -kv[1]):
-            print(f"{k:<24}{v:>10}{v / n:>14.2f}")
-        total = sum(diff.values())
-        print(f"{'total':<24}{total:>10}{total / n:>14.2f}")
+        exchange_poll(base, 5)
+        exchange_sse(base, 5)
+        sends_only(base, 5)
+        print(f"{n} messages, each in its own send, answered before the next (no batching)")
+        poll = report("exchange (one message each way), poll",
+                      measure(rport, lambda: exchange_poll(base, n)), n)
+        sse = report("exchange (one message each way), SSE",
+                     measure(rport, lambda: exchange_sse(base, n)), n)
+        up = report("client to backend only", measure(rport, lambda: sends_only(base, n)), n)
+        print("\nround trips per message:")
+        print(f"  client to backend          {up:.2f}")
+        print(f"  backend to client, poll    {poll - up:.2f}")
+        print(f"  backend to client, SSE     {sse - up:.2f}")
         print("(a script's inner commands count under their own names too;")
-        print(" round trips are the evalsha + hgetall + other top-level rows)")
+        print(" round trips are the evalsha + hgetall rows)")
 
         # The caps: one session open and end on a capped route.
-        before = commandstats(rport)
-        exchange("/capped", 0)
-        after = commandstats(rport)
-        diff = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        diff = {k: v for k, v in diff.items() if v > 0 and k != "info"}
+        diff = measure(rport, lambda: open_session(base, "/capped"))
         print("\nopening one session on a capped route (the open's own commands included):")
         for k, v in sorted(diff.items(), key=lambda kv: -kv[1]):
             print(f"{k:<24}{v:>10}")
@@ -135,6 +215,8 @@ def main():
         if gw:
             gw.terminate()
             gw.wait(timeout=30)
+        sink.terminate()
+        sink.wait(timeout=30)
         redis.terminate()
         redis.wait(timeout=30)
 

@@ -46,7 +46,10 @@ pub(crate) async fn log_numbers_entries_and_a_close_ends_it(s: Arc<dyn SessionSt
     s.create(ID, record(1 << 20, 1 << 20)).await.unwrap();
     assert_eq!(
         s.push(ID, vec![text("a"), text("b")]).await,
-        Ok(Pushed::Appended(Seq(2)))
+        Ok(Pushed::Appended {
+            last: Seq(2),
+            room: true
+        })
     );
     let r = s.begin_read(ID, Seq(0)).await.unwrap();
     assert!(!r.replays);
@@ -55,7 +58,10 @@ pub(crate) async fn log_numbers_entries_and_a_close_ends_it(s: Arc<dyn SessionSt
     let close = Payload::Close(CloseFrame::new(CloseCode::NORMAL, ""));
     assert_eq!(
         s.push(ID, vec![close, text("late")]).await,
-        Ok(Pushed::Appended(Seq(3)))
+        Ok(Pushed::Appended {
+            last: Seq(3),
+            room: true
+        })
     );
     assert_eq!(s.push(ID, vec![text("later")]).await, Ok(Pushed::Ended));
     assert_eq!(
@@ -125,9 +131,15 @@ pub(crate) async fn the_window_keeps_undelivered_entries_and_trims_delivered_one
     let window = 2 * (100 + ENTRY_COST);
     s.create(ID, record(window, 1 << 20)).await.unwrap();
     let hundred = || Payload::Binary(vec![0u8; 100].into());
+    let mut rooms = Vec::new();
     for _ in 0..3 {
-        s.push(ID, vec![hundred()]).await.unwrap();
+        match s.push(ID, vec![hundred()]).await.unwrap() {
+            Pushed::Appended { room, .. } => rooms.push(room),
+            other => panic!("{other:?}"),
+        }
     }
+    // Each push says whether the owner may go on without waiting.
+    assert_eq!(rooms, [true, false, false]);
     // Nothing delivered: nothing dropped, and no room for the owner.
     assert!(!s.wait_room(ID, NOW).await.unwrap());
     let r = s.begin_read(ID, Seq(0)).await.unwrap();

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchyard::fallback::wire::{Entry, Payload, Seq, SessionId};
@@ -21,6 +21,7 @@ use switchyard::CloseFrame;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::lock;
 use super::store::{
     Aborted, Accepted, Inbound, Pushed, ReadOutcome, ReadStart, ReaderTicket, SessionRecord,
     SessionStore, StoreError, StoreFuture, ENTRY_COST,
@@ -118,10 +119,6 @@ struct State {
     inbound_bytes: usize,
     client_seq: Seq,
     closing: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Default for MemoryStore {
@@ -235,6 +232,12 @@ impl Drop for State {
 }
 
 impl State {
+    /// The entries not yet given to a reader are below `window`, or the
+    /// log ended: the owner may append more.
+    fn has_room(&self, window: usize) -> bool {
+        self.ended.is_some() || self.unread_bytes < window
+    }
+
     fn new(budget: Arc<Budget>) -> Self {
         State {
             budget,
@@ -404,7 +407,10 @@ impl SessionStore for MemoryStore {
                 st.trim(slot.replay_bytes());
                 // What follows a close is dropped.
                 if st.ended.is_some() || pending.peek().is_none() {
-                    break Pushed::Appended(st.last);
+                    break Pushed::Appended {
+                        last: st.last,
+                        room: st.has_room(slot.replay_bytes()),
+                    };
                 }
                 if shed {
                     break Pushed::OverBudget(self.budget.limit);
@@ -426,7 +432,7 @@ impl SessionStore for MemoryStore {
                 .wait_for(
                     &slot.room,
                     wait,
-                    |st| (st.ended.is_some() || st.unread_bytes < window).then_some(true),
+                    |st| st.has_room(window).then_some(true),
                     |_| false,
                 )
                 .await;
@@ -737,7 +743,10 @@ mod tests {
         assert_eq!(
             s.push(a, vec![hundred(), hundred(), hundred(), hundred()])
                 .await,
-            Ok(Pushed::Appended(Seq(4)))
+            Ok(Pushed::Appended {
+                last: Seq(4),
+                room: true
+            })
         );
         assert_eq!(
             s.accept(b, Seq(1), vec![hundred(), hundred()]).await,
@@ -774,7 +783,10 @@ mod tests {
         );
         assert_eq!(
             s.push(b, vec![hundred(), hundred(), hundred()]).await,
-            Ok(Pushed::Appended(Seq(5)))
+            Ok(Pushed::Appended {
+                last: Seq(5),
+                room: true
+            })
         );
         assert_eq!(s.memory_used(), 5 * c);
         // A resume of what was dropped ends with the window's close, never a gap.
@@ -791,7 +803,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             s.push(third, vec![Payload::Close(close())]).await,
-            Ok(Pushed::Appended(Seq(4)))
+            Ok(Pushed::Appended {
+                last: Seq(4),
+                room: true
+            })
         );
         assert!(s.memory_used() > 8 * c);
         lock(&s.sessions).clear();

@@ -14,8 +14,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
+use super::lock;
 use crate::metrics::Direction;
 
 type Counter<K> = Mutex<BTreeMap<K, u64>>;
@@ -30,10 +31,6 @@ pub struct SessionMetrics {
     window_closes: Counter<String>,
     ends: Counter<(String, &'static str)>,
     refused: Counter<&'static str>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn add<K: Ord>(m: &Counter<K>, key: K, n: u64) {

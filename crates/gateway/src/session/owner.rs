@@ -183,15 +183,20 @@ impl Owner {
     }
 
     async fn backend_to_store(&self, rx: &mut WsReader<BackendStream>, n: &mut Counts) -> End {
+        // Whether the replay window has room; each push says so, so the
+        // store is asked only at the start and once the window has filled.
+        let mut room = false;
         loop {
-            match self
-                .store
-                .wait_room(self.id, self.settings.idle_timeout)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => return End::Store(e),
+            if !room {
+                match self
+                    .store
+                    .wait_room(self.id, self.settings.idle_timeout)
+                    .await
+                {
+                    Ok(true) => room = true,
+                    Ok(false) => continue,
+                    Err(e) => return End::Store(e),
+                }
             }
             let mut batch = Vec::new();
             let mut bytes = 0usize;
@@ -223,7 +228,7 @@ impl Owner {
                 n.messages += batch.len() as u64;
                 n.bytes += bytes as u64;
                 match self.store.push(self.id, batch).await {
-                    Ok(Pushed::Appended(_)) => {}
+                    Ok(Pushed::Appended { room: r, .. }) => room = r,
                     Ok(Pushed::Ended) => return End::Aborted,
                     Ok(Pushed::OverBudget(limit)) => return End::OverBudget(limit),
                     Err(e) => return End::Store(e),

@@ -139,8 +139,15 @@ pub struct SessionRecord {
 /// The answer to [`SessionStore::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
-    /// Appended; the number of the last entry.
-    Appended(Seq),
+    /// Appended.
+    Appended {
+        /// The number of the last entry.
+        last: Seq,
+        /// The entries not yet given to a reader are below the replay
+        /// window (or the log ended): the owner may read the backend on
+        /// without asking [`SessionStore::wait_room`].
+        room: bool,
+    },
     /// The log had already ended (the request side aborted the session):
     /// nothing was appended, the owner stops.
     Ended,
