@@ -231,3 +231,31 @@ fn the_printed_config_is_accepted_by_check_config_on_stdin() {
         "{out:?}"
     );
 }
+
+#[test]
+fn the_printed_config_does_not_show_the_redis_password() {
+    let dir = common::temp_dir("print-cluster");
+    let file = dir.join("cluster.toml");
+    std::fs::write(
+        &file,
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\napp = \"echo\"\n\
+         [cluster]\nredis = \"redis://app:hunter2-secret@10.0.0.7:6379/0\"\n",
+    )
+    .unwrap();
+    let printed = Command::new(common::BIN)
+        .args([
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--print-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        text.contains("redis = \"redis://app:***@10.0.0.7:6379/0\""),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}

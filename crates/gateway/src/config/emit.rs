@@ -74,7 +74,7 @@ impl Config {
         }
         if let Some(c) = &self.cluster {
             let mut cluster = vec![
-                ("redis", string(c.redis.as_str())),
+                ("redis", string(&c.redis.password_masked())),
                 ("key_prefix", string(&c.key_prefix)),
                 ("lease_ttl", duration(c.lease_ttl)),
             ];

@@ -1178,9 +1178,27 @@ mod tests {
         assert_eq!(cl.node_id, None);
         assert_eq!(cl.key_prefix, "switchyard:");
         assert_eq!(cl.lease_ttl, Duration::from_secs(15));
+        // The printed configuration keeps everything but the password.
         let written = c.to_toml_string();
-        assert!(written.contains("[cluster]"), "{written}");
-        assert_eq!(parse(&written).unwrap(), c, "{written}");
+        assert!(
+            written.contains("redis = \"redis://app:***@10.0.0.7:6380/2\""),
+            "{written}"
+        );
+        assert!(!written.contains("s3cret"), "{written}");
+        let mut masked = c.clone();
+        if let Some(cl) = masked.cluster.as_mut() {
+            cl.redis = "redis://app:***@10.0.0.7:6380/2".parse().unwrap();
+        }
+        assert_eq!(parse(&written).unwrap(), masked, "{written}");
+        for (url, printed) in [
+            ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+            ("rediss://u:p:w@x@h", "rediss://u:***@h"),
+            ("redis://user@h", "redis://user@h"),
+            ("redis://h:6379", "redis://h:6379"),
+        ] {
+            let u: RedisUrl = url.parse().unwrap();
+            assert_eq!(u.password_masked(), printed);
+        }
 
         let full = parse(&format!(
             "{MINIMAL}[cluster]\nredis = \"rediss://redis.internal:6380\"\nnode_id = \"gw-1\"\n\

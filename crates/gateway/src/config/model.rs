@@ -118,6 +118,22 @@ impl RedisUrl {
             None => self.0.clone(),
         }
     }
+
+    /// The URL with its password, if any, written `***`: what
+    /// `--print-config` shows, since printed configurations get shared and
+    /// committed (put the real one back before using such a copy).
+    pub fn password_masked(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        match rest.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => self.0.clone(),
+            },
+            None => self.0.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisUrl {
