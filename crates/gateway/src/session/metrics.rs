@@ -11,6 +11,7 @@
 //! | `switchyard_fallback_window_closes_total` | counter | `route` (sessions ended because a resume asked for messages out of the replay window) |
 //! | `switchyard_fallback_session_ends_total` | counter | `route`, `reason` |
 //! | `switchyard_fallback_refused_total` | counter | `reason` (every request answered with an error status) |
+//! | `switchyard_fallback_requests_total` | counter | `route`, `action` (`open`, `sse`, `poll`, `send`, `close`: the session requests this instance served, whichever instance owns the session) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,6 +31,7 @@ pub struct SessionMetrics {
     resumes: Counter<(String, &'static str)>,
     window_closes: Counter<String>,
     ends: Counter<(String, &'static str)>,
+    requests: Counter<(String, &'static str)>,
     refused: Counter<&'static str>,
 }
 
@@ -138,6 +140,16 @@ impl SessionMetrics {
         get(&self.ends, &(route.to_string(), reason))
     }
 
+    /// Count a session request (`action`) on `route` served here.
+    pub fn request(&self, route: &str, action: &'static str) {
+        add(&self.requests, (route.to_string(), action), 1);
+    }
+
+    /// Session requests with `action` served here on `route`.
+    pub fn requests(&self, route: &str, action: &'static str) -> u64 {
+        get(&self.requests, &(route.to_string(), action))
+    }
+
     /// Count a request answered with an error.
     pub fn refused(&self, reason: &'static str) {
         add(&self.refused, reason, 1);
@@ -219,6 +231,15 @@ impl SessionMetrics {
                 .collect(),
         );
         family(
+            "switchyard_fallback_requests_total",
+            "counter",
+            "Fallback session requests served by this instance, by action.",
+            lock(&self.requests)
+                .iter()
+                .map(|((r, a), v)| (route_and(r, "action", a), v.to_string()))
+                .collect(),
+        );
+        family(
             "switchyard_fallback_refused_total",
             "counter",
             "Fallback session requests answered with an error status, by reason.",
@@ -245,6 +266,9 @@ mod tests {
         m.window_close("r");
         m.session_end("r", "idle");
         m.refused("token");
+        m.request("r", "send");
+        m.request("r", "send");
+        assert_eq!(m.requests("r", "send"), 2);
         let text = m.render();
         for line in [
             "switchyard_fallback_sessions_open{route=\"a\\\"b\",transport=\"sse\"} 1",
@@ -254,6 +278,7 @@ mod tests {
             "switchyard_fallback_window_closes_total{route=\"r\"} 1",
             "switchyard_fallback_session_ends_total{route=\"r\",reason=\"idle\"} 1",
             "switchyard_fallback_refused_total{reason=\"token\"} 1",
+            "switchyard_fallback_requests_total{route=\"r\",action=\"send\"} 2",
             "# TYPE switchyard_fallback_sessions_open gauge",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

@@ -276,6 +276,7 @@ impl Sessions {
                 allow: Some(method),
             });
         }
+        self.inner.metrics.request(call.route, q.action.as_str());
         match q.action {
             Action::Open => {
                 let body = read_body(head, body, call.settings.max_body).await?;
