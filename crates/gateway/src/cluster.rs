@@ -2,9 +2,11 @@
 //! this instance's name among them (`docs/cluster.md`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::census::SessionCensus;
 use crate::config::Cluster;
-use crate::session::{RedisStore, SessionStore};
+use crate::session::{RedisStore, SessionStore, Sessions};
 use crate::shared_caps::SharedCaps;
 
 /// Why the cluster's store could not be set up (a Redis server that cannot
@@ -39,6 +41,11 @@ pub struct ClusterNode {
     pub store: Arc<RedisStore>,
     /// The route caps in Redis.
     pub caps: Arc<SharedCaps>,
+    client: redis::Client,
+    key_prefix: String,
+    /// This run of this instance (`node_id` may be reused by a restart).
+    member: String,
+    lease_ttl: Duration,
 }
 
 impl ClusterNode {
@@ -64,11 +71,32 @@ impl ClusterNode {
                 url: c.redis.redacted(),
                 source,
             })?;
-        let store = Arc::new(RedisStore::new(client, &c.key_prefix)?);
+        let store = Arc::new(RedisStore::new(client.clone(), &c.key_prefix)?);
         Ok(ClusterNode {
             node_id,
             store,
             caps: Arc::new(caps),
+            client,
+            key_prefix: c.key_prefix.clone(),
+            member: leases_of,
+            lease_ttl: c.lease_ttl,
+        })
+    }
+
+    /// Start counting the cluster's sessions, `sessions` being this
+    /// instance's.
+    pub fn census(&self, sessions: Sessions) -> Result<SessionCensus, ClusterError> {
+        SessionCensus::start(
+            self.client.clone(),
+            &self.key_prefix,
+            &self.node_id,
+            &self.member,
+            self.lease_ttl,
+            sessions,
+        )
+        .map_err(|source| ClusterError::Client {
+            url: self.client.get_connection_info().addr().to_string(),
+            source,
         })
     }
 

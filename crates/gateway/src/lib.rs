@@ -40,6 +40,7 @@ struct ReadmeDoctests;
 
 pub mod admission;
 mod apps;
+pub mod census;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;

@@ -38,6 +38,7 @@ use tracing::{info, warn};
 
 use crate::admission::ConnectionLimiter;
 use crate::apps::AppSettings;
+use crate::census::SessionCensus;
 use crate::cluster::ClusterNode;
 use crate::config::{App, Config, ConfigError, ConfigSource, Route, RouteTarget, TunnelSetting};
 use crate::metrics::Metrics;
@@ -195,6 +196,7 @@ pub struct Gateway {
     /// Fallback sessions, kept across reloads (each keeps the settings it
     /// was opened with).
     sessions: Sessions,
+    census: Option<SessionCensus>,
 }
 
 /// Fallback sessions one gateway holds at once; more opens get 503 with
@@ -228,7 +230,7 @@ impl Gateway {
             None => ConnectionLimiter::new(),
             Some(node) => ConnectionLimiter::shared(node.caps.clone()),
         };
-        let sessions = match cluster {
+        let sessions = match &cluster {
             None => Sessions::in_memory(MAX_FALLBACK_SESSIONS, live.config.fallback.memory),
             Some(node) => Sessions::new(
                 node.session_store(),
@@ -236,6 +238,9 @@ impl Gateway {
                 Arc::new(SessionMetrics::new()),
             ),
         };
+        let census = cluster
+            .map(|node| node.census(sessions.clone()))
+            .transpose()?;
         Ok(Arc::new(Gateway {
             live: RwLock::new(Arc::new(live)),
             source,
@@ -248,6 +253,7 @@ impl Gateway {
             listeners: Mutex::new(None),
             reloading: Mutex::new(()),
             sessions,
+            census,
         }))
     }
 
@@ -287,6 +293,11 @@ impl Gateway {
     /// The fallback sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
+    }
+
+    /// The cluster's session count (with `[cluster]`).
+    pub fn census(&self) -> Option<&SessionCensus> {
+        self.census.as_ref()
     }
 
     /// The current generation (one `Arc` clone).

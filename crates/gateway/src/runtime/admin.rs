@@ -209,7 +209,10 @@ pub(crate) fn admin_answer(
         "/metrics" if get => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            gw.metrics().render() + &gw.sessions().metrics().render() + &gw.limiter().render(),
+            gw.metrics().render()
+                + &gw.sessions().metrics().render()
+                + &gw.limiter().render()
+                + &gw.census().map_or_else(String::new, |c| c.render()),
         ),
         "/status" if get => (
             StatusCode::OK,

@@ -22,7 +22,8 @@
 //!   "connections": [{"route": "/echo", "client": "127.0.0.1:50312", "target": "app echo",
 //!     "protocol": "h1", "age_seconds": 3.2, "bytes_in": 320, "bytes_out": 322}],
 //!   "history": {"interval_seconds": 10, "routes": [{"route": "/echo",
-//!     "points": [{"at_unix": 1796000000, "messages_per_second": 2.0, "bytes_per_second": 64.0}]}]}
+//!     "points": [{"at_unix": 1796000000, "messages_per_second": 2.0, "bytes_per_second": 64.0}]}]},
+//!   "cluster": {"node_id": "gw-1", "fallback_sessions": 3}
 //! }
 //! ```
 //!
@@ -74,6 +75,16 @@ pub(crate) struct StatusReport {
     upstreams: Vec<BackendHealth>,
     connections: Vec<ConnectionStatus>,
     history: History,
+    cluster: Option<ClusterStatus>,
+}
+
+/// With `[cluster]`: this instance and the cluster's session count.
+#[derive(Debug, Serialize)]
+struct ClusterStatus {
+    node_id: String,
+    /// Across every instance, at the last count (`null` while unknown);
+    /// this instance's own are the routes' `sessions`.
+    fallback_sessions: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -315,6 +326,10 @@ impl StatusReport {
                 interval_seconds: SAMPLE_INTERVAL.as_secs(),
                 routes: history.rates(),
             },
+            cluster: gw.census().map(|c| ClusterStatus {
+                node_id: c.node_id().to_owned(),
+                fallback_sessions: c.sessions(),
+            }),
         }
     }
 

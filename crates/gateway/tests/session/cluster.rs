@@ -437,3 +437,62 @@ async fn a_reader_instance_killed_mid_stream_loses_nothing() {
     assert_eq!(poll_texts_after(owner.addr, &s, 10, 10).await, want);
     owner.stop().await;
 }
+
+/// The sum of the samples of `family` in a Prometheus text.
+fn samples(text: &str, family: &str) -> Vec<i64> {
+    text.lines()
+        .filter(|l| l.starts_with(family) && !l.starts_with('#'))
+        .filter(|l| l[family.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+async fn admin_get(gw: &Running, path: &str) -> String {
+    let admin = gw.admin.expect("an [admin] listener");
+    let r = request(admin, Method::GET, path, &[], "").await;
+    assert_eq!(r.status, 200, "{path}");
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// Wait until `gw`'s `/metrics` says the cluster holds `n` sessions.
+async fn cluster_count_reaches(gw: &Running, n: i64) {
+    within("the cluster's session count", async {
+        loop {
+            let m = admin_get(gw, "/metrics").await;
+            if samples(&m, "switchyard_cluster_fallback_sessions") == [n] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_instance_shows_its_own_sessions_and_the_clusters_count() {
+    let redis = RedisServer::start().await;
+    // Counted every third of lease_ttl.
+    let extra = "lease_ttl = \"1s\"\n[admin]\naddress = \"127.0.0.1:0\"\n";
+    let a = member_with(redis.port, "a", "", extra).await;
+    let b = member_with(redis.port, "b", "", extra).await;
+    open(a.addr, "/echo", "{}").await;
+    open(b.addr, "/echo", "{}").await;
+    open(b.addr, "/echo", "{}").await;
+    for (gw, node, own) in [(&a, "a", 1), (&b, "b", 2)] {
+        cluster_count_reaches(gw, 3).await;
+        let m = admin_get(gw, "/metrics").await;
+        let open: i64 = samples(&m, "switchyard_fallback_sessions_open")
+            .iter()
+            .sum();
+        assert_eq!(open, own, "{node}: {m}");
+        let status: serde_json::Value =
+            serde_json::from_str(&admin_get(gw, "/status.json").await).expect("JSON");
+        assert_eq!(status["cluster"]["node_id"], node, "{status}");
+        assert_eq!(status["cluster"]["fallback_sessions"], 3, "{status}");
+    }
+    // B gone (its sessions drained, its count no longer refreshed): A counts
+    // its own alone.
+    b.stop().await;
+    cluster_count_reaches(&a, 1).await;
+    a.stop().await;
+}
