@@ -50,9 +50,13 @@ command -v npm >/dev/null 2>&1 || apt_wanted+=(npm)
 # redis-server for the cluster tests (crates/gateway/tests/redis_store.rs), which start
 # and stop their own on a loopback port; the package's system service is not used.
 { command -v redis-server || test -x /usr/bin/redis-server; } >/dev/null 2>&1 || apt_wanted+=(redis-server)
+# HAProxy for the cluster's end-to-end test (crates/gateway/tests/session/haproxy.rs):
+# a load balancer in HTTP mode in front of three gateways; the test runs its own.
+{ command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null 2>&1 || apt_wanted+=(haproxy)
 if [ ${#apt_wanted[@]} -gt 0 ]; then
   apt_install "${apt_wanted[@]}"
   service redis-server stop >/dev/null 2>&1 || true
+  service haproxy stop >/dev/null 2>&1 || true
 fi
 # npm ci reinstalls from the lock file; skipped when node_modules was installed
 # from this very lock file (a copy of it is kept there as a stamp).

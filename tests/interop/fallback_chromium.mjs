@@ -14,10 +14,7 @@
 //
 // Prints `ok: ...` per check and `all checks passed`, or `FAILED: ...` and
 // exits 1.
-import { chromium } from 'playwright-core';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { exchange, launch } from './chromium_session.mjs';
 
 const [origin, control, mode] = process.argv.slice(2);
 const behindNginx = mode === 'behind-nginx';
@@ -25,59 +22,10 @@ const fail = (msg) => { console.log(`FAILED: ${msg}`); process.exit(1); };
 const ok = (msg) => console.log(`ok: ${msg}`);
 setTimeout(() => fail('timed out after 100 s'), 100000).unref();
 
-// In the page: open a socket, send `n` messages (text and binary in turn)
-// while receiving their echoes, optionally cut every connection once after
-// `cutAt` echoes, check order and content, close with 4000.
-async function exchange({ url, protocols, options, n, cutAt, control }) {
-  const s = new SwitchyardSocket(url, protocols, options);
-  s.binaryType = 'arraybuffer';
-  await new Promise((resolve, reject) => {
-    s.onopen = resolve;
-    s.onclose = (e) => reject(new Error(`closed before open: ${e.code} ${e.reason}`));
-  });
-  const got = [];
-  const want = [];
-  const all = new Promise((resolve, reject) => {
-    s.onmessage = (e) => {
-      got.push(typeof e.data === 'string' ? e.data : `bin:${new Uint8Array(e.data).join(',')}`);
-      if (got.length === cutAt) fetch(`${control}/__cut`, { mode: 'no-cors' });
-      if (got.length === n) resolve();
-    };
-    s.onclose = (e) => reject(new Error(`closed after ${got.length} messages: ${e.code} ${e.reason}`));
-  });
-  for (let i = 0; i < n; i++) {
-    if (i % 2) {
-      const b = new Uint8Array([i % 256, (i * 7) % 256, 0, 255]);
-      s.send(b);
-      want.push(`bin:${b.join(',')}`);
-    } else {
-      const t = `message ${i} ✓ ${'x'.repeat(i % 40)}`;
-      s.send(t);
-      want.push(t);
-    }
-  }
-  await all;
-  const closed = new Promise((resolve) => { s.onclose = (e) => resolve(`${e.code}:${e.wasClean}`); });
-  s.close(4000, 'bye');
-  return {
-    transport: s.transport,
-    protocol: s.protocol,
-    received: got.length,
-    firstWrong: got.findIndex((g, i) => g !== want[i]),
-    close: await closed,
-  };
-}
-
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'fallback-chromium-'));
-let browser;
+let chromium;
 try {
-  browser = await chromium.launchPersistentContext(profile, {
-    executablePath,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
-  });
+  chromium = await launch();
+  const browser = chromium.browser;
   const page = browser.pages()[0] ?? await browser.newPage();
   page.on('console', (m) => console.log(`page console: ${m.text()}`));
   await page.goto(`${origin}/`, { waitUntil: 'load' });
@@ -149,7 +97,6 @@ try {
   ok(`EventSource received 200 greetings in order (last id ${greetings.lastId.replace(/\.[0-9a-f]{32}\./, '.<token>.')})`);
   console.log('all checks passed');
 } finally {
-  if (browser) await browser.close().catch(() => {});
-  fs.rmSync(profile, { recursive: true, force: true });
+  if (chromium) await chromium.close();
 }
 process.exit(0);

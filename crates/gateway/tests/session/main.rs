@@ -6,8 +6,8 @@
 //! real clients (raw HTTP, the library's `FallbackSocket`, `SwitchyardSocket`
 //! in Chromium).
 //!
-//! The venv (Python `websockets`), Node with playwright-core and Chromium
-//! come from scripts/install-test-deps.sh; the tests fail, never skip,
+//! The venv (Python `websockets`), Node with playwright-core, Chromium,
+//! nginx, redis-server and HAProxy come from scripts/install-test-deps.sh; the tests fail, never skip,
 //! without them.
 
 mod browser;
@@ -17,6 +17,7 @@ mod cluster_caps;
 mod dashboard;
 mod engine;
 mod gateway;
+mod haproxy;
 mod harness;
 mod nginx;
 mod python;
