@@ -7,8 +7,6 @@
 //! are listed in the script; it prints one `ok:` line per check.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use crate::harness::*;
@@ -43,29 +41,7 @@ async fn switchyard_socket_falls_back_resumes_and_event_source_reads_in_chromium
 /// control endpoints at `control`, in `mode`; its output (the checks), or
 /// the test fails with it.
 pub async fn run_script(page: SocketAddr, control: SocketAddr, mode: Option<&str>) -> String {
-    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
-    assert!(
-        interop.join("node_modules/playwright-core").is_dir(),
-        "tests/interop/node_modules lacks playwright-core: run scripts/install-test-deps.sh"
-    );
-    let mut cmd = Command::new("node");
-    cmd.arg(interop.join("fallback_chromium.mjs"))
-        .arg(format!("http://{page}"))
-        .arg(format!("http://{control}"))
-        .args(mode)
-        .current_dir(&interop);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "the browser checks failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    // The checks, for the test's log.
-    println!("{stdout}");
-    stdout
+    let mut args = vec![format!("http://{page}"), format!("http://{control}")];
+    args.extend(mode.map(str::to_owned));
+    interop_script("fallback_chromium.mjs", &args).await
 }

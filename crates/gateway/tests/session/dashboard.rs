@@ -6,9 +6,9 @@
 //! `reports/dashboard/` (ignored by git).
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::gateway::Running;
+use crate::harness::interop_script;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_follows_a_browser_client_and_fits_a_phone() {
@@ -28,34 +28,16 @@ async fn the_dashboard_follows_a_browser_client_and_fits_a_phone() {
     .await;
     let admin = gw.admin.expect("the admin listener");
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let interop = root.join("tests/interop");
-    assert!(
-        interop.join("node_modules/playwright-core").is_dir(),
-        "tests/interop/node_modules lacks playwright-core: run scripts/install-test-deps.sh"
-    );
-    let reports = root.join("reports/dashboard");
+    let reports = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../reports/dashboard");
     // No screenshot of an earlier run can pass for this one's.
     let _ = std::fs::remove_dir_all(&reports);
-    let mut cmd = Command::new("node");
-    cmd.arg(interop.join("status_chromium.mjs"))
-        .arg(format!("http://{admin}"))
-        .arg(format!("ws://{}/chat", gw.addr))
-        .arg(token)
-        .arg(&reports)
-        .current_dir(&interop);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "the dashboard checks failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{stdout}");
+    let args = [
+        format!("http://{admin}"),
+        format!("ws://{}/chat", gw.addr),
+        token.to_string(),
+        reports.display().to_string(),
+    ];
+    interop_script("status_chromium.mjs", &args).await;
     for shot in ["status-laptop.png", "status-phone.png"] {
         let len = std::fs::metadata(reports.join(shot)).map_or(0, |m| m.len());
         assert!(len > 1000, "{shot}: {len} bytes");

@@ -7,16 +7,14 @@
 //! all three instances, as each one's `/metrics` shows.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use http::Method;
-use tokio::net::TcpStream;
 
 use crate::gateway::Running;
 use crate::harness::*;
-use crate::redis_server::RedisServer;
+use crate::redis_server::{free_port, RedisServer};
 
 /// HAProxy in the foreground balancing `servers` round robin per request,
 /// `Upgrade` removed from every request; killed and its directory removed
@@ -38,11 +36,7 @@ impl Drop for Haproxy {
 
 impl Haproxy {
     async fn start(servers: &[SocketAddr]) -> Haproxy {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!(
             "switchyard-session-haproxy-{}-{port}",
             std::process::id()
@@ -74,12 +68,7 @@ impl Haproxy {
             addr: ([127, 0, 0, 1], port).into(),
             dir,
         };
-        within("haproxy listening", async {
-            while TcpStream::connect(h.addr).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        wait_listening("haproxy", h.addr).await;
         h
     }
 }
@@ -117,24 +106,12 @@ async fn chromium_through_haproxy_spreads_one_session_over_three_instances() {
     let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.addr).collect();
     let haproxy = Haproxy::start(&addrs).await;
 
-    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
-    let mut cmd = Command::new("node");
-    cmd.arg(interop.join("cluster_chromium.mjs"))
-        .arg(format!("http://{}", haproxy.addr))
-        .args(["/py", "1000"])
-        .current_dir(&interop);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "the browser checks failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{stdout}");
+    let args = [
+        format!("http://{}", haproxy.addr),
+        "/py".into(),
+        "1000".into(),
+    ];
+    interop_script("cluster_chromium.mjs", &args).await;
 
     // One session, opened on one instance, its requests served by all three.
     let mut totals = [0u64; 3];

@@ -692,6 +692,45 @@ impl Cutter {
     }
 }
 
+/// Wait until `what` accepts connections on `addr`.
+pub async fn wait_listening(what: &str, addr: SocketAddr) {
+    within(&format!("{what} listening"), async {
+        while TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Run the Node script `script` of tests/interop (playwright-core driving
+/// Chromium) with `args`; its output (the checks), or the test fails with
+/// it unless it passed them all.
+pub async fn interop_script(script: &str, args: &[String]) -> String {
+    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
+    assert!(
+        interop.join("node_modules/playwright-core").is_dir(),
+        "tests/interop/node_modules lacks playwright-core: run scripts/install-test-deps.sh"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(interop.join(script))
+        .args(args)
+        .current_dir(&interop);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "the checks of {script} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The checks, for the test's log.
+    println!("{stdout}");
+    stdout
+}
+
 // ------------------------------------------------------------- nginx
 
 /// nginx (the Debian package) in the foreground as a reverse proxy to
@@ -750,12 +789,7 @@ impl NginxNoUpgrade {
             addr: ([127, 0, 0, 1], port).into(),
             dir,
         };
-        within("nginx listening", async {
-            while TcpStream::connect(n.addr).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        wait_listening("nginx", n.addr).await;
         n
     }
 }
