@@ -32,6 +32,8 @@
 //! hand-written framing on top; `--http2` opens the WebSockets as RFC 8441 streams with
 //! `switchyard::h2::H2Connection` (`--streams` per HTTP/2 connection; TLS with ALPN h2 for
 //! `wss://`, prior knowledge for `ws://`), then frames each stream by hand like the others.
+//! `--transport sse|poll` echoes through a switchyard gateway's fallback sessions instead,
+//! with the library's session client (`bench/session.rs`).
 //!
 //! Work runs on `--threads` OS threads (default: the CPUs this process may run on, so `taskset`
 //! decides), each with its own current-thread tokio runtime; connections are dealt round-robin.
@@ -57,6 +59,7 @@ mod plan;
 mod progress;
 mod raw;
 pub(crate) mod report;
+mod session;
 pub(crate) mod summary;
 mod tally;
 mod wire;
@@ -205,6 +208,9 @@ fn worker_thread(
         .enable_all()
         .build()
         .context("cannot start a tokio runtime for a load-generator thread")?;
+    if let Some(transport) = plan.fallback {
+        return session::worker(&plan, transport, index, &rt, &barrier, &start);
+    }
     if mode == Mode::Echo && raw::eligible(&plan) {
         // Plain ws:// closed loop: the event loop of bench/raw.rs.
         return raw::worker(&plan, index, &rt, &barrier, &start);
@@ -894,6 +900,7 @@ mod tests {
             ca: None,
             insecure: false,
             http2: false,
+            transport: crate::connect::ConnectTransport::Ws,
             streams: 1,
         }
     }
@@ -973,6 +980,7 @@ mod tests {
             ca: None,
             insecure: false,
             http2: false,
+            transport: crate::connect::ConnectTransport::Ws,
             streams: 1,
         };
         let plan = Arc::new(
@@ -1029,6 +1037,7 @@ mod tests {
             ca: None,
             insecure: false,
             http2: false,
+            transport: crate::connect::ConnectTransport::Ws,
             streams: 1,
         };
         let plan = Arc::new(
@@ -1078,6 +1087,7 @@ mod tests {
             ca: None,
             insecure: false,
             http2: false,
+            transport: crate::connect::ConnectTransport::Ws,
             streams: 1,
         };
         run(args).await.expect("idle run");
@@ -1106,6 +1116,7 @@ mod tests {
             ca: None,
             insecure: true,
             http2,
+            transport: crate::connect::ConnectTransport::Ws,
             streams,
             connections: 6,
             in_flight: 2,

@@ -87,7 +87,8 @@ pub enum ConnectTransport {
 }
 
 impl ConnectTransport {
-    fn fallback(self) -> Option<Transport> {
+    /// The fallback session's transport; `None` for a WebSocket.
+    pub(crate) fn fallback(self) -> Option<Transport> {
         match self {
             ConnectTransport::Ws => None,
             ConnectTransport::Sse => Some(Transport::Sse),

@@ -484,3 +484,94 @@ fn a_malformed_duration_is_a_usage_error_that_says_the_grammar() {
         assert!(err.contains("expected a duration like"), "{bad}: {err}");
     }
 }
+
+/// The embedded default plus a route at /off whose policy turns fallback sessions off.
+fn gateway_with_fallback_off() -> SocketAddr {
+    use switchyard_gateway::config::Config;
+    let toml = "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+                [[route]]\npath = \"/echo\"\napp = \"echo\"\n\
+                [[route]]\npath = \"/off\"\napp = \"echo\"\n[route.policy]\nfallback = []\n";
+    common::gateway_with(Config::from_toml_str(toml, "test").unwrap())
+}
+
+#[test]
+fn echo_through_fallback_sessions_reports_figures_and_needs_them() {
+    let addr = gateway_with_fallback_off();
+    for transport in ["sse", "poll"] {
+        let url = format!("ws://{addr}/echo");
+        let (out, v) = bench_json(&[
+            &url,
+            "--transport",
+            transport,
+            "-c",
+            "2",
+            "-n",
+            "2",
+            "-s",
+            "50",
+            "-d",
+            "1",
+            "-w",
+            "0.2",
+        ]);
+        assert!(out.status.success(), "{transport}: {out:?}");
+        assert_eq!(v["transport"], transport);
+        assert_eq!(u(&v, "errors"), 0, "{v}");
+        assert!(u(&v, "messages") > 0, "{v}");
+        assert!(
+            (f(&v, "msgs_per_s") - u(&v, "messages") as f64 / f(&v, "seconds")).abs() < 1e-6,
+            "{v}"
+        );
+        assert_latency_sane(&v);
+        let text = bench(&[
+            &url,
+            "--transport",
+            transport,
+            "-c",
+            "1",
+            "-d",
+            "0.3",
+            "-w",
+            "0",
+        ]);
+        let text = String::from_utf8(text.stdout).unwrap();
+        assert!(
+            text.contains(&format!("through fallback sessions ({transport})"))
+                && text.contains("\n  errors     0\n"),
+            "{text}"
+        );
+    }
+    // The same route without fallback sessions: every open is refused (the
+    // WebSocket still echoes), so the figures above did come from sessions.
+    let off = format!("ws://{addr}/off");
+    let (out, v) = bench_json(&[
+        &off,
+        "--transport",
+        "sse",
+        "-c",
+        "2",
+        "-d",
+        "0.3",
+        "-w",
+        "0",
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(u(&v, "messages"), 0, "{v}");
+    assert_eq!(v["errors_by_kind"], serde_json::json!({"session_open": 2}));
+    let why = v["first_error"].as_str().unwrap();
+    assert!(why.contains("refused to open a session: 405"), "{why}");
+    let (out, v) = bench_json(&[&off, "-c", "1", "-d", "0.3", "-w", "0"]);
+    assert!(out.status.success() && u(&v, "messages") > 0, "{v}");
+}
+
+#[test]
+fn transport_flag_conflicts_are_usage_errors() {
+    for extra in [["--http2"], ["--handshakes"], ["--rate=100"]] {
+        let out = bench(&[&["ws://127.0.0.1:1/echo", "--transport", "sse"], &extra[..]].concat());
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+            "{out:?}"
+        );
+    }
+}

@@ -1,6 +1,8 @@
 //! The arguments of `switchyard bench`.
 
 use std::time::Duration;
+
+use crate::connect::ConnectTransport;
 use switchyard_gateway::config::parse_flag_duration;
 
 /// Arguments of `switchyard bench`.
@@ -17,6 +19,16 @@ pub struct BenchArgs {
     /// WebSocket over HTTP/2 (RFC 8441 extended CONNECT), echo mode only.
     #[arg(long, conflicts_with_all = ["handshakes", "idle"])]
     pub http2: bool,
+    /// Echo over a WebSocket (ws), or through a switchyard gateway's fallback sessions
+    /// (one per connection; sse: read as an event stream, poll: by long polling; sends are
+    /// numbered POSTs), with the library's session client. Closed loop only.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = ConnectTransport::Ws,
+        conflicts_with_all = ["http2", "handshakes", "idle", "rate", "ramp_up"]
+    )]
+    pub transport: ConnectTransport,
     /// With --http2: WebSockets (streams) per HTTP/2 connection; 1 opens one HTTP/2
     /// connection per WebSocket.
     #[arg(long, default_value_t = 1, requires = "http2")]

@@ -89,6 +89,8 @@ pub(super) struct Plan {
     pub(super) tls: Option<Arc<rustls::ClientConfig>>,
     /// HTTP/2 streams per HTTP/2 connection; 0 = HTTP/1.1.
     pub(super) h2_streams: usize,
+    /// Echo through fallback sessions read with this transport instead of WebSockets.
+    pub(super) fallback: Option<switchyard::fallback::Transport>,
 }
 
 impl Plan {
@@ -164,6 +166,7 @@ impl Plan {
             client,
             tls,
             h2_streams,
+            fallback: args.transport.fallback(),
         })
     }
 

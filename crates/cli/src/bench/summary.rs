@@ -53,6 +53,7 @@ pub(super) fn summary_json(plan: &Plan, mode: Mode, r: &Report) -> serde_json::V
         "connections": plan.connections,
         "threads": plan.threads,
         "http2_streams": plan.h2_streams,
+        "transport": plan.fallback.map_or("ws", |t| t.as_str()),
         "ramp_up": plan.ramp_up.as_secs_f64(),
         "warmup": plan.warmup.as_secs_f64(),
         "seconds": secs,
@@ -106,6 +107,9 @@ pub(super) fn summary_text(s: &serde_json::Value) -> String {
     } else {
         String::new()
     };
+    if let Some(t) = s["transport"].as_str().filter(|t| *t != "ws") {
+        ramp.push_str(&format!(", through fallback sessions ({t})"));
+    }
     if u("http2_streams") > 0 {
         ramp.push_str(&format!(
             ", over HTTP/2 ({} WebSocket streams per TCP connection)",
