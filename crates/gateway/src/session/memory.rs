@@ -8,7 +8,8 @@
 //! from every session first (their replay windows shrink: a resume that
 //! needs them ends with 4410, never a gap); then a send is refused
 //! ([`Accepted::OverBudget`], the client retries), a backend's message
-//! ends its session ([`Pushed::OverBudget`]), and past
+//! waits in its owner ([`Pushed::OverBudget`]: the backend is not read
+//! until it fits), and past
 //! [`OPEN_REFUSED_ABOVE`] of the budget opens are refused.
 
 use std::collections::{HashMap, VecDeque};
@@ -384,6 +385,7 @@ impl SessionStore for MemoryStore {
         Box::pin(async move {
             let slot = self.slot(id)?;
             let mut pending = payloads.into_iter().peekable();
+            let mut taken = 0usize;
             let mut shed = false;
             let pushed = loop {
                 let mut st = lock(&slot.state);
@@ -399,6 +401,7 @@ impl SessionStore for MemoryStore {
                     }
                     if let Some(p) = pending.next() {
                         st.append_taken(p);
+                        taken += 1;
                     }
                     if st.ended.is_some() {
                         break;
@@ -413,7 +416,10 @@ impl SessionStore for MemoryStore {
                     };
                 }
                 if shed {
-                    break Pushed::OverBudget(self.budget.limit);
+                    break Pushed::OverBudget {
+                        taken,
+                        limit: self.budget.limit,
+                    };
                 }
                 drop(st);
                 self.shed();
@@ -754,11 +760,14 @@ mod tests {
         );
         assert_eq!(s.memory_used(), 6 * c);
         // Two entries fit, the third does not: it and what follows are
-        // refused, the session's owner is to end it.
+        // left to the session's owner, to push again later.
         assert_eq!(
             s.push(b, vec![hundred(), hundred(), hundred(), hundred()])
                 .await,
-            Ok(Pushed::OverBudget(8 * c))
+            Ok(Pushed::OverBudget {
+                taken: 2,
+                limit: 8 * c
+            })
         );
         assert_eq!(s.memory_used(), 8 * c);
         // A send waits for room (the client retries), an open is refused.

@@ -30,8 +30,8 @@
 //! (with the expected one); 410 sending after the close; 413 body over
 //! `max_body`; 415 an unknown `Content-Type`; 503 with `Retry-After` when
 //! the sessions, a session's queue or the gateway's memory budget for
-//! sessions are full (a backend message beyond that budget closes its
-//! session with 1013). A resume that asks for what
+//! sessions are full (a backend message beyond that budget waits, its
+//! backend unread, until it fits). A resume that asks for what
 //! left the replay window ends the session with close 4410.
 
 #[cfg(test)]

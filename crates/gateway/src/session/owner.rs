@@ -4,6 +4,8 @@
 //! * backend to client: wait for room in the replay window (the backend's
 //!   own TCP window then holds it back, as a slow WebSocket client would),
 //!   read the messages that are ready, append them to the log in one push;
+//!   what the gateway's memory budget for sessions cannot take now is held
+//!   and pushed again, the backend unread meanwhile (the same backpressure);
 //! * client to backend: take the accepted client messages in order and
 //!   write them; a close item closes the backend with its frame; no reader
 //!   for the idle timeout closes it with 1001.
@@ -31,6 +33,11 @@ use crate::metrics::Direction;
 const PUSH_BATCH_BYTES: usize = 64 << 10;
 /// Longest wait for the backend's close reply.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
+/// Messages the memory budget could not take are pushed again after this
+/// pause, doubled each time up to [`HELD_MAX_PAUSE`]: room comes back when
+/// any session's reader reads, which the store does not announce.
+const HELD_FIRST_PAUSE: Duration = Duration::from_millis(10);
+const HELD_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// What one session's owner needs.
 pub(super) struct Owner {
@@ -57,9 +64,6 @@ enum End {
     Drain,
     /// The request side ended the log (an abort) while messages came.
     Aborted,
-    /// The store's memory budget (bytes) could not take the backend's
-    /// messages.
-    OverBudget(usize),
     /// The store failed.
     Store(StoreError),
 }
@@ -119,19 +123,6 @@ impl Owner {
                 let f = CloseFrame::new(CloseCode::INTERNAL_ERROR, "session aborted");
                 close_backend(&mut rx, &mut tx, f.clone()).await;
                 ("aborted", Payload::Close(f))
-            }
-            End::OverBudget(limit) => {
-                let f = CloseFrame::new(CloseCode::TRY_AGAIN_LATER, "gateway session memory full");
-                close_backend(&mut rx, &mut tx, f.clone()).await;
-                tracing::warn!(
-                    sid = %self.id,
-                    route = %self.route,
-                    limit,
-                    "fallback session closed: the sessions' buffers fill the gateway's \
-                     budget ([fallback] memory); raise it or lower the routes' \
-                     fallback_replay_bytes"
-                );
-                ("over_budget", Payload::Close(f))
             }
             End::Store(e) => {
                 let f = CloseFrame::new(CloseCode::INTERNAL_ERROR, "session state lost");
@@ -227,15 +218,53 @@ impl Owner {
             if !batch.is_empty() {
                 n.messages += batch.len() as u64;
                 n.bytes += bytes as u64;
-                match self.store.push(self.id, batch).await {
-                    Ok(Pushed::Appended { room: r, .. }) => room = r,
-                    Ok(Pushed::Ended) => return End::Aborted,
-                    Ok(Pushed::OverBudget(limit)) => return End::OverBudget(limit),
-                    Err(e) => return End::Store(e),
+                match self.push_all(batch).await {
+                    Ok(r) => room = r,
+                    Err(e) => return e,
                 }
             }
             if let Some(e) = end {
                 return e;
+            }
+        }
+    }
+
+    /// Append `batch` to the log. While the sessions' memory budget cannot
+    /// take it, hold the rest and try again (the backend is not read
+    /// meanwhile); the session ends only as it would anyway: its reader
+    /// gone for the idle timeout, the gateway draining, the backend gone.
+    /// Whether the replay window still has room after it.
+    async fn push_all(&self, mut batch: Vec<Payload>) -> Result<bool, End> {
+        let mut pause = HELD_FIRST_PAUSE;
+        let mut held = false;
+        loop {
+            // A clone shares the payloads' bytes.
+            match self.store.push(self.id, batch.clone()).await {
+                Ok(Pushed::Appended { room, .. }) => {
+                    if held {
+                        tracing::debug!(sid = %self.id, "fallback session: the held messages fit again");
+                    }
+                    return Ok(room);
+                }
+                Ok(Pushed::Ended) => return Err(End::Aborted),
+                Ok(Pushed::OverBudget { taken, limit }) => {
+                    batch.drain(..taken.min(batch.len()));
+                    if !held {
+                        held = true;
+                        tracing::info!(
+                            sid = %self.id,
+                            route = %self.route,
+                            limit,
+                            "fallback session holds its backend back: the sessions' buffers \
+                             fill the gateway's budget ([fallback] memory) until readers \
+                             take their messages; raise it or lower the routes' \
+                             fallback_replay_bytes if this is frequent"
+                        );
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(HELD_MAX_PAUSE);
+                }
+                Err(e) => return Err(End::Store(e)),
             }
         }
     }

@@ -151,10 +151,16 @@ pub enum Pushed {
     /// The log had already ended (the request side aborted the session):
     /// nothing was appended, the owner stops.
     Ended,
-    /// The store's memory budget (this many bytes) cannot take the rest of
-    /// the messages (those before were appended): the owner ends the
-    /// session.
-    OverBudget(usize),
+    /// The store's memory budget (`limit` bytes) cannot take the rest of
+    /// the messages now: the first `taken` were appended, the others were
+    /// not. The owner holds them, reads nothing more from the backend, and
+    /// pushes them again later (backpressure, as for the replay window).
+    OverBudget {
+        /// How many of the messages were appended.
+        taken: usize,
+        /// The budget.
+        limit: usize,
+    },
 }
 
 /// A reader's claim, from [`SessionStore::begin_read`].
@@ -242,7 +248,8 @@ pub trait SessionStore: Send + Sync + 'static {
 
     // ---- owner side
 
-    /// Append the backend's messages (a `Close` last ends the log).
+    /// Append the backend's messages (a `Close` last ends the log; a close
+    /// always fits).
     fn push(&self, id: SessionId, payloads: Vec<Payload>) -> StoreFuture<'_, Pushed>;
 
     /// Wait up to `wait` until the entries not yet given to a reader are

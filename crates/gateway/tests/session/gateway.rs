@@ -307,50 +307,105 @@ async fn flood_backend(count: usize, size: usize) -> (SocketAddr, oneshot::Recei
     (addr, rx)
 }
 
-#[tokio::test]
-async fn the_memory_budget_closes_a_session_that_outgrows_it_and_refuses_opens() {
-    // 1 MiB for every session's buffers; a window that alone would hold 4.
-    let (back, backend_close) = flood_backend(4, 300 << 10).await;
-    let gw = Running::start(&format!(
+/// A gateway with 1 MiB for every session's buffers and a route /flood to
+/// `back` whose replay window alone would hold 4 MiB (`policy`: more keys).
+async fn flood_gateway(back: SocketAddr, policy: &str) -> Running {
+    Running::start(&format!(
         "[fallback]\nmemory = \"1MiB\"\n\
          [[upstream]]\nname = \"flood\"\nservers = [\"ws://{back}\"]\n\
          [[route]]\npath = \"/flood\"\nupstream = \"flood\"\n[route.policy]\n\
-         fallback_replay_bytes = \"4MiB\"\nfallback_stream_bytes = \"4MiB\"\n{ECHO}"
+         fallback_replay_bytes = \"4MiB\"\nfallback_stream_bytes = \"4MiB\"\n{policy}\n{ECHO}"
     ))
-    .await;
+    .await
+}
+
+/// Opens on /echo until one is refused for the memory budget (the budget
+/// fills as the session's owner pushes its backend's messages).
+async fn until_opens_are_refused(addr: SocketAddr) -> Reply {
+    within("an open refused for memory", async {
+        loop {
+            let r = request(
+                addr,
+                Method::POST,
+                "/echo?sw=open",
+                &[("content-type", "application/json")],
+                "{}",
+            )
+            .await;
+            if r.status == 503 {
+                return r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_backend_beyond_the_memory_budget_is_held_back_until_its_reader_catches_up() {
+    let (back, backend_close) = flood_backend(4, 300 << 10).await;
+    let gw = flood_gateway(back, "").await;
     let addr = gw.addr;
     let s = open(addr, "/flood", "{}").await;
-    // Three messages fit, the fourth does not: the backend gets 1013.
-    let code = within("the backend's close", backend_close).await.unwrap();
-    assert_eq!(code, Some(1013));
-    // What the session holds keeps opens out (503, the reason said).
-    let refused = request(
-        addr,
-        Method::POST,
-        "/echo?sw=open",
-        &[("content-type", "application/json")],
-        "{}",
-    )
-    .await;
+    // Three messages fit, the fourth waits in the gateway (the backend is
+    // not read further); what the session holds keeps opens out.
+    let refused = until_opens_are_refused(addr).await;
     assert_eq!(refused.error(503).error, "memory_full");
     assert!(refused.headers.contains_key("retry-after"));
-    // The client reads the three messages, then the 1013 close.
+    // The reader takes the three, which makes room for the fourth: all four
+    // arrive, in order, and the session is still open.
     let resp = send(addr, Method::GET, &q("/flood", "sse", &s, ""), &[], "").await;
     let mut sse = SseReader::new(resp);
     let mut got = Vec::new();
-    while let Some(e) = sse.next().await {
-        let end = e.event == "close";
-        got.push((e.id.clone(), e.event.clone()));
-        if end {
-            assert!(e.data.contains("1013"), "{}", e.data);
-            break;
-        }
+    while got.len() < 4 {
+        let e = within("an event", sse.next())
+            .await
+            .expect("the stream ended");
+        assert_eq!(e.event, "binary", "{e:?}");
+        got.push(e.id.clone().unwrap());
     }
-    let ids: Vec<_> = got.iter().map(|(id, _)| id.clone().unwrap()).collect();
-    assert_eq!(ids, ["1", "2", "3", "4"]);
-    assert_eq!(got[3].1, "close");
+    assert_eq!(got, ["1", "2", "3", "4"]);
+    // The client's close reaches the backend: it was never closed for memory.
+    let closed = request(
+        addr,
+        Method::POST,
+        &q("/flood", "close", &s, ""),
+        &[("content-type", "application/json")],
+        r#"{"code":4000,"reason":"done"}"#,
+    )
+    .await;
+    assert_eq!(closed.status, 200);
+    let code = within("the backend's close", backend_close).await.unwrap();
+    assert_eq!(code, Some(4000));
     // Once read, those messages make room: opens are served again.
     open(addr, "/echo", "{}").await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_held_back_session_without_a_reader_ends_at_its_idle_timeout() {
+    let (back, backend_close) = flood_backend(4, 300 << 10).await;
+    let gw = flood_gateway(back, "fallback_idle_timeout = \"1s\"").await;
+    let addr = gw.addr;
+    let s = open(addr, "/flood", "{}").await;
+    until_opens_are_refused(addr).await;
+    // Nobody reads: the idle timeout ends the session, the backend gets 1001.
+    let code = within("the backend's close", backend_close).await.unwrap();
+    assert_eq!(code, Some(1001));
+    // A late reader gets the three messages the log took, then the close:
+    // the held fourth is not in the log, so there is no gap.
+    let r = poll(addr, "/flood", &s, 0).await;
+    let seqs: Vec<u64> = messages(&r).iter().map(|e| e.seq.0).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    match &messages(&r)[3].payload {
+        Payload::Close(f) => {
+            assert_eq!(
+                (f.code.0, f.reason.as_str()),
+                (1001, "no reader: idle timeout")
+            )
+        }
+        other => panic!("not the close: {other:?}"),
+    }
     gw.stop().await;
 }
 
