@@ -250,8 +250,8 @@ pub struct Fallback {
     /// bounds their sum, which those keys times the number of sessions
     /// would put far above a machine's memory. Beyond it, opens and sends
     /// get 503 with `Retry-After`, and a session whose backend sends more
-    /// is closed with 1013. Read at start (a reload keeps it). Default
-    /// 256 MiB.
+    /// stops reading its backend until its messages fit. Read at start (a
+    /// reload keeps it). Default 256 MiB.
     #[serde(deserialize_with = "de_size")]
     pub memory: usize,
 }
