@@ -535,3 +535,61 @@ async fn a_fallback_session_runs_over_http3_with_the_event_stream_beside_the_sen
     gw.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn answers_to_head_over_http3_have_the_get_headers_and_no_body() {
+    let (dir, cert, key) = cert_files("head");
+    let gw = gateway(&config(&cert, &key, closed_port())).await;
+    let url = format!("wss://127.0.0.1:{}/echo", gw.addr.port());
+    let conn = switchyard::h3::H3Connection::connect(&url, &client(&cert))
+        .await
+        .unwrap();
+    let request = |method: http::Method, path: &str| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .body(bytes::Bytes::new())
+            .unwrap()
+    };
+    // Not found, a refusal (a plain request on a WebSocket route), a plain
+    // request on a proxied route, the client script: the GET's status and
+    // length, no body.
+    for path in ["/nope", "/echo", "/ws", "/.switchyard/client.js"] {
+        let get = conn.send_request(request(http::Method::GET, path)).await;
+        let (get_status, get_body) = whole(get.unwrap()).await;
+        assert!(!get_body.is_empty(), "{path}");
+        let head = conn
+            .send_request(request(http::Method::HEAD, path))
+            .await
+            .unwrap();
+        let length = head.headers()["content-length"].clone();
+        let (status, body) = whole(head).await;
+        assert_eq!(status, get_status, "{path}");
+        assert!(
+            body.is_empty(),
+            "HEAD {path} sent a body: {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(length, get_body.len().to_string().as_str(), "{path}");
+    }
+    // A session request answers HEAD 405 (`sw=close` takes POST) without its JSON.
+    let head = conn
+        .send_request(request(http::Method::HEAD, CLOSE_QUERY))
+        .await
+        .unwrap();
+    assert_eq!(
+        head.headers().get("allow").map(|v| v.as_bytes()),
+        Some(&b"POST"[..]),
+        "{head:?}"
+    );
+    let (status, body) = whole(head).await;
+    assert_eq!(status, 405);
+    assert!(body.is_empty(), "{:?}", String::from_utf8_lossy(&body));
+    drop(conn);
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A well-formed `sw=close` of a session that does not exist.
+const CLOSE_QUERY: &str =
+    "/echo?sw=close&sid=00000000000000000000000000000000&token=00000000000000000000000000000000";

@@ -656,3 +656,37 @@ async fn header_list_over_16_kib_is_refused_over_h2() {
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn answers_to_head_have_the_get_headers_and_no_body() {
+    let srv = start(common::default_config()).await;
+    let mut send = h2_prior_knowledge(srv.addr).await;
+    // Not found, a refusal (a plain GET of a WebSocket route), the client
+    // script: the same status and length as the GET, no DATA.
+    for path in ["/nope", "/echo", "/.switchyard/client.js"] {
+        let (get_status, _, get_body) = get(&mut send, Method::GET, path).await;
+        assert!(!get_body.is_empty(), "{path}");
+        let (status, headers, body) = get(&mut send, Method::HEAD, path).await;
+        assert_eq!(status, get_status, "{path}");
+        assert!(
+            body.is_empty(),
+            "HEAD {path} sent a body: {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(
+            headers["content-length"],
+            get_body.len().to_string().as_str(),
+            "{path}"
+        );
+    }
+    // A session request answers HEAD 405 (`sw=close` takes POST) without its JSON.
+    let (status, headers, body) = get(&mut send, Method::HEAD, CLOSE_QUERY).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "POST");
+    assert!(body.is_empty(), "{:?}", String::from_utf8_lossy(&body));
+    srv.stop().await;
+}
+
+/// A well-formed `sw=close` of a session that does not exist.
+const CLOSE_QUERY: &str =
+    "/echo?sw=close&sid=00000000000000000000000000000000&token=00000000000000000000000000000000";

@@ -24,6 +24,27 @@ pub(super) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body>
     r
 }
 
+/// `resp` as the answer to a request with `method`: to HEAD without its
+/// body (RFC 9110 §9.3.2) but with the GET's headers, its length included.
+/// hyper's HTTP/1.1 server leaves the body out by itself; over HTTP/2 and
+/// HTTP/3 it would go out as DATA.
+pub(super) fn for_method<B>(method: &Method, resp: Response<B>) -> Response<B>
+where
+    B: hyper::body::Body + Default,
+{
+    if method != Method::HEAD {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    if let Some(n) = body.size_hint().exact() {
+        parts
+            .headers
+            .entry(CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(n));
+    }
+    Response::from_parts(parts, B::default())
+}
+
 /// A refusal as a response with its detail as the body.
 pub(super) fn refusal(r: &Refusal) -> Response<Body> {
     let (head, ()) = r.to_response().into_parts();

@@ -39,7 +39,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tracing::{info, Instrument};
 
-use super::answer::{client_script, page, refusal, text, Body};
+use super::answer::{client_script, for_method, page, refusal, text, Body};
 use super::context::{not_found_body, stopped, ConnCtx, Front};
 use super::h1_proxy;
 use super::session as front_session;
@@ -72,8 +72,9 @@ pub(crate) async fn serve(
     let svc = service_fn(move |req: Request<Incoming>| {
         let (front, ctx) = (svc_front.clone(), svc_ctx.clone());
         async move {
+            let method = req.method().clone();
             let mut resp = match respond(req, peer, tls, &front, &ctx).await {
-                Answer::Now(r) => r.map(Either::Left),
+                Answer::Now(r) => for_method(&method, r).map(Either::Left),
                 Answer::Later(rx) => match rx.await {
                     Ok(r) => r.map(|_| Body::new(Bytes::new())),
                     Err(_) => text(
@@ -83,7 +84,7 @@ pub(crate) async fn serve(
                 }
                 .map(Either::Left),
                 // Its event stream is one more stream of the connection.
-                Answer::Session(r) => r.await.map(Either::Right),
+                Answer::Session(r) => for_method(&method, r.await).map(Either::Right),
             };
             if let Some(v) = front.alt_svc.clone() {
                 resp.headers_mut().insert(http::header::ALT_SVC, v);

@@ -39,7 +39,7 @@ use switchyard::WebSocket;
 use tokio::sync::watch;
 use tracing::{info, Instrument};
 
-use super::answer::{self, client_script, page, refusal, text};
+use super::answer::{self, client_script, for_method, page, refusal, text};
 use super::context::{not_found_body, stopped, ConnCtx, Front};
 use super::h1_proxy;
 use super::session as front_session;
@@ -144,7 +144,8 @@ fn take(
                 }
                 Decision::Proxy(ticket) => {
                     let Some(connect_protocol) = head.connect_protocol else {
-                        return answer(pending, proxy_plain()).await;
+                        let resp = for_method(head.request.method(), proxy_plain());
+                        return answer(pending, resp).await;
                     };
                     let _open = Open::new(&count);
                     let request = ProxiedConnect {
@@ -162,7 +163,10 @@ fn take(
                     let _open = Open::new(&count);
                     session(head, pending, ticket, &front, ctx.stop.clone()).await
                 }
-                other => answer(pending, plain(other, &head)).await,
+                other => {
+                    let resp = for_method(head.request.method(), plain(other, &head));
+                    answer(pending, resp).await
+                }
             }
         };
         tokio::spawn(task.instrument(span));
@@ -215,6 +219,7 @@ async fn session(
 ) {
     let (body, responder) = pending.into_exchange();
     let (parts, ()) = head.request.into_parts();
+    let method = parts.method.clone();
     let client = ClientInfo {
         addr: head.peer,
         tls: true,
@@ -228,7 +233,7 @@ async fn session(
         stop,
     )
     .await;
-    if let Err(e) = responder.send(response).await {
+    if let Err(e) = responder.send(for_method(&method, response)).await {
         info!("HTTP/3 session answer ended early: {e}");
     }
 }
