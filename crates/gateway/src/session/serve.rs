@@ -421,9 +421,16 @@ impl Sessions {
             transport,
         };
         if let Err(e) = self.inner.store.create(id, record.clone()).await {
+            // The backend learns why its connection ends, as the client does.
+            let reason = match e {
+                StoreError::Unavailable(_) => "session store unavailable",
+                StoreError::Full(_) | StoreError::OverBudget(_) | StoreError::Unknown => {
+                    "gateway full"
+                }
+            };
             let mut ws = socket.ws;
             tokio::spawn(async move {
-                let _ = ws.close(CloseCode::TRY_AGAIN_LATER, "gateway full").await;
+                let _ = ws.close(CloseCode::TRY_AGAIN_LATER, reason).await;
             });
             return Err(store_failed(e));
         }

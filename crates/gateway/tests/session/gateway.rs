@@ -409,6 +409,54 @@ async fn a_held_back_session_without_a_reader_ends_at_its_idle_timeout() {
     gw.stop().await;
 }
 
+/// A backend that accepts one WebSocket and reports the close frame it gets.
+async fn close_recording_backend() -> (SocketAddr, oneshot::Receiver<Option<(u16, String)>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let cfg = switchyard::server::AcceptConfig::default();
+        let mut ws = switchyard::accept(tcp, &cfg).await.unwrap();
+        let mut close = None;
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(f) = m {
+                close = f.map(|f| (f.code.0, f.reason.to_string()));
+                break;
+            }
+        }
+        let _ = tx.send(close);
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_session_the_store_cannot_record_closes_its_backend_saying_why() {
+    let (back, closed) = close_recording_backend().await;
+    // A cluster whose Redis does not answer.
+    let port = crate::redis_server::free_port();
+    let gw = Running::start(&format!(
+        "[[upstream]]\nname = \"back\"\nservers = [\"ws://{back}\"]\n\
+         [[route]]\npath = \"/ws\"\nupstream = \"back\"\n\
+         [cluster]\nredis = \"redis://127.0.0.1:{port}/0\"\nnode_id = \"a\"\nkey_prefix = \"t:\"\n"
+    ))
+    .await;
+    let r = request(
+        gw.addr,
+        Method::POST,
+        "/ws?sw=open",
+        &[("content-type", "application/json")],
+        "{}",
+    )
+    .await;
+    assert_eq!(r.error(503).error, "store_unavailable");
+    // The backend's handshake succeeded, then it is told why it ends: not
+    // that the gateway is full.
+    let close = within("the backend's close", closed).await.unwrap();
+    assert_eq!(close, Some((1013, "session store unavailable".to_string())));
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_session_body_has_its_route_limit_whatever_the_http1_limit() {
     let gw = Running::start(&format!(
