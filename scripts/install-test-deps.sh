@@ -59,9 +59,10 @@ if [ ${#apt_wanted[@]} -gt 0 ]; then
   service haproxy stop >/dev/null 2>&1 || true
 fi
 # npm ci reinstalls from the lock file; skipped when node_modules was installed
-# from this very lock file (a copy of it is kept there as a stamp).
+# from this very lock file (a copy of it is kept there as a stamp). The
+# devDependencies are bench/fallback.sh's peers, which it installs on demand.
 if ! cmp -s tests/interop/package-lock.json tests/interop/node_modules/.interop-lock.json; then
-  (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error >/dev/null &&
+  (cd tests/interop && npm ci --omit=dev --no-audit --no-fund --loglevel=error >/dev/null &&
     cp package-lock.json node_modules/.interop-lock.json)
 fi
 
