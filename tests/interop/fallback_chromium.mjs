@@ -11,6 +11,11 @@
 //   behind-nginx: PAGE_ORIGIN is nginx (without the Upgrade headers) in
 //   front of the real gateway, whose index page is `/`: the page must fall
 //   back to SSE and show it; there is no /ws and no attempt counter.
+//   credentials: PAGE_ORIGIN is a gateway serving its index page, and
+//   CONTROL_ORIGIN another one (same site, another port: another origin)
+//   whose /py (the Python backend) allows PAGE_ORIGIN; a cookie of the site
+//   reaches the backend through the cross-origin session only with
+//   `credentials: 'include'`.
 //
 // Prints `ok: ...` per check and `all checks passed`, or `FAILED: ...` and
 // exits 1.
@@ -18,9 +23,48 @@ import { exchange, launch } from './chromium_session.mjs';
 
 const [origin, control, mode] = process.argv.slice(2);
 const behindNginx = mode === 'behind-nginx';
+const credentials = mode === 'credentials';
 const fail = (msg) => { console.log(`FAILED: ${msg}`); process.exit(1); };
 const ok = (msg) => console.log(`ok: ${msg}`);
 setTimeout(() => fail('timed out after 100 s'), 100000).unref();
+
+// What the backend behind the other origin saw of the session's open (its
+// `info` answer), from a socket opened with `options`.
+async function infoAcross({ url, options }) {
+  const s = new SwitchyardSocket(url, [], { transports: ['sse'], remember: false, ...options });
+  await new Promise((resolve, reject) => {
+    s.onopen = resolve;
+    s.onclose = (e) => reject(new Error(`closed before open: ${e.code} ${e.reason}`));
+  });
+  const info = await new Promise((resolve) => {
+    s.onmessage = (e) => resolve(JSON.parse(e.data));
+    s.send('info');
+  });
+  s.close(1000);
+  return { transport: s.transport, ...info };
+}
+
+async function checkCredentials(browser, page) {
+  // A cookie of the site (cookies ignore the port): sent to the other
+  // origin only when the page asks for credentials.
+  await browser.addCookies([{ name: 'sw_test', value: '1', domain: 'localhost', path: '/' }]);
+  await page.evaluate(async () => {
+    window.SwitchyardSocket = (await import('/.switchyard/client.js')).SwitchyardSocket;
+  });
+  await page.evaluate(`window.infoAcross = ${infoAcross.toString()}`);
+  const across = (options) => page.evaluate((a) => window.infoAcross(a), { url: `${control}/py`, options })
+    .catch((e) => fail(`across origins: ${e.message}`));
+  const withCookies = await across({ credentials: 'include' });
+  if (withCookies.transport !== 'sse' || withCookies.cookie !== 'sw_test=1' || withCookies.origin !== origin) {
+    fail(`credentials 'include': ${JSON.stringify(withCookies)}`);
+  }
+  ok(`credentials 'include': the backend saw the cookie and the page's origin (${JSON.stringify(withCookies)})`);
+  const without = await across({});
+  if (without.transport !== 'sse' || without.cookie !== null || without.origin !== origin) {
+    fail(`default credentials: ${JSON.stringify(without)}`);
+  }
+  ok(`default credentials ('same-origin'): no cookie across origins (${JSON.stringify(without)})`);
+}
 
 let chromium;
 try {
@@ -29,6 +73,12 @@ try {
   const page = browser.pages()[0] ?? await browser.newPage();
   page.on('console', (m) => console.log(`page console: ${m.text()}`));
   await page.goto(`${origin}/`, { waitUntil: 'load' });
+  if (credentials) {
+    await checkCredentials(browser, page);
+    console.log('all checks passed');
+    await chromium.close();
+    process.exit(0);
+  }
   if (behindNginx) {
     // The gateway's index page: its socket falls back and shows the transport.
     await page.waitForFunction(() => document.getElementById('state')?.dataset.transport === 'sse',

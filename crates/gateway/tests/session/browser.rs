@@ -41,7 +41,46 @@ async fn switchyard_socket_falls_back_resumes_and_event_source_reads_in_chromium
 /// control endpoints at `control`, in `mode`; its output (the checks), or
 /// the test fails with it.
 pub async fn run_script(page: SocketAddr, control: SocketAddr, mode: Option<&str>) -> String {
-    let mut args = vec![format!("http://{page}"), format!("http://{control}")];
+    run_origins(
+        &format!("http://{page}"),
+        &format!("http://{control}"),
+        mode,
+    )
+    .await
+}
+
+/// [`run_script`] with the origins spelled out.
+async fn run_origins(page: &str, control: &str, mode: Option<&str>) -> String {
+    let mut args = vec![page.to_owned(), control.to_owned()];
     args.extend(mode.map(str::to_owned));
     interop_script("fallback_chromium.mjs", &args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchyard_socket_sends_cookies_across_origins_only_when_asked_in_chromium() {
+    use crate::gateway::Running;
+    // The page's gateway (its index page, the client script), and the
+    // sessions' gateway on another port of the same site, whose /py route
+    // allows pages of the first.
+    let page = Running::start(
+        "[[route]]\npath = \"/\"\nmatch = \"exact\"\napp = \"index\"\n\
+         [[route]]\npath = \"/echo\"\napp = \"echo\"\n",
+    )
+    .await;
+    let page_origin = format!("http://localhost:{}", page.addr.port());
+    let py = PyBackend::start();
+    let sessions = Running::start(&py.route(
+        "/py",
+        &format!("[route.policy]\nallowed_origins = [\"{page_origin}\"]\n"),
+    ))
+    .await;
+    let out = run_origins(
+        &page_origin,
+        &format!("http://localhost:{}", sessions.addr.port()),
+        Some("credentials"),
+    )
+    .await;
+    assert_eq!(out.matches("ok: ").count(), 2, "{out}");
+    sessions.stop().await;
+    page.stop().await;
 }
