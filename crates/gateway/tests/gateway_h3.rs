@@ -593,3 +593,66 @@ async fn answers_to_head_over_http3_have_the_get_headers_and_no_body() {
 /// A well-formed `sw=close` of a session that does not exist.
 const CLOSE_QUERY: &str =
     "/echo?sw=close&sid=00000000000000000000000000000000&token=00000000000000000000000000000000";
+
+#[tokio::test]
+async fn the_library_session_client_runs_over_http3() {
+    use switchyard::fallback::{FallbackBuilder, Transport};
+    let (dir, cert, key) = cert_files("fallback-h3");
+    let gw = gateway(&config(&cert, &key, closed_port())).await;
+    let url = format!("https://127.0.0.1:{}/echo", gw.addr.port());
+    for transport in [Transport::Sse, Transport::Poll] {
+        let mut s = FallbackBuilder::new(transport)
+            .http3(true)
+            .tls(client(&cert))
+            .connect(&url)
+            .await
+            .unwrap();
+        for i in 0..20 {
+            s.feed(Message::text(format!("m{i}"))).await.unwrap();
+        }
+        s.flush().await.unwrap();
+        for i in 0..20 {
+            let m = tokio::time::timeout(Duration::from_secs(10), s.next())
+                .await
+                .expect("an echo")
+                .unwrap()
+                .unwrap();
+            assert_eq!(m, Message::text(format!("m{i}")), "{transport}");
+        }
+        s.close(CloseCode::from(4000), "bye").await.unwrap();
+        let last = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("the close")
+            .unwrap()
+            .unwrap();
+        match last {
+            Message::Close(Some(f)) => assert_eq!(f.code.0, 4000),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The client speaks QUIC: a gateway serving only HTTP/1.1 on TLS does
+    // not answer it.
+    let h1_only = config(&cert, &key, closed_port()).replace("[\"h1\", \"h3\"]", "[\"h1\"]");
+    let tcp = gateway(&h1_only).await;
+    let err = FallbackBuilder::new(Transport::Sse)
+        .http3(true)
+        .tls(client(&cert))
+        .request_timeout(Duration::from_millis(500))
+        .connect(&format!("https://127.0.0.1:{}/echo", tcp.addr.port()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, switchyard::fallback::FallbackError::Timeout(_)),
+        "{err}"
+    );
+    tcp.stop().await;
+    // HTTP/3 needs TLS: a cleartext URL is refused up front.
+    let err = FallbackBuilder::new(Transport::Sse)
+        .http3(true)
+        .connect(&format!("http://127.0.0.1:{}/echo", gw.addr.port()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("HTTP/3 always uses TLS"), "{err}");
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,9 +1,11 @@
-//! The fallback session client over HTTP/1.1: `open`, then a reader task
-//! (SSE stream or long polls) and a sender task (numbered POSTs), behind a
-//! `Stream + Sink` of [`Message`]s.
+//! The fallback session client over HTTP/1.1 or HTTP/3: `open`, then a
+//! reader task (SSE stream or long polls) and a sender task (numbered
+//! POSTs), behind a `Stream + Sink` of [`Message`]s.
 //!
 //! Two connections: the reader's request is long-lived (a stream, a held
-//! poll), so the POSTs have their own. Both are re-established after a
+//! poll), so the POSTs have their own (over HTTP/3 each task has its own
+//! QUIC connection too, so that one task's reconnect leaves the other's
+//! alone). Both are re-established after a
 //! network error and the interrupted request repeated: the reader resumes
 //! after the last sequence number it delivered (`Last-Event-ID` / `after`),
 //! the sender re-sends the same numbered batch, which the gateway accepts
@@ -21,7 +23,7 @@ use futures_core::Stream;
 use futures_sink::Sink;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -39,6 +41,7 @@ use super::wire::{
     Transport,
 };
 use crate::client::{tls_error, ClientBuilder, MaybeTlsStream, Target};
+use crate::h3::{H3Body, H3Connection};
 
 /// Why a fallback session failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,7 @@ pub struct FallbackBuilder {
     request_timeout: Duration,
     max_event: usize,
     max_queue: usize,
+    http3: bool,
 }
 
 impl FallbackBuilder {
@@ -110,7 +114,15 @@ impl FallbackBuilder {
             request_timeout: Duration::from_secs(10),
             max_event: 48 << 20,
             max_queue: 1 << 20,
+            http3: false,
         }
+    }
+
+    /// Speak HTTP/3 (QUIC, `https://` or `wss://` URLs only) instead of
+    /// HTTP/1.1: the gateway serves sessions the same over both.
+    pub fn http3(mut self, on: bool) -> Self {
+        self.http3 = on;
+        self
     }
 
     /// Offer these subprotocols, in preference order.
@@ -148,7 +160,12 @@ impl FallbackBuilder {
     /// Open a session at `url` (`http://`, `https://`, or the `ws://` /
     /// `wss://` URL of the WebSocket endpoint).
     pub async fn connect(&self, url: &str) -> Result<FallbackSocket, FallbackError> {
-        let endpoint = Arc::new(Endpoint::parse(url, &self.tls, self.headers.clone())?);
+        let endpoint = Arc::new(Endpoint::parse(
+            url,
+            &self.tls,
+            self.http3,
+            self.headers.clone(),
+        )?);
         let mut conn = Conn::default();
         let body =
             serde_json::to_vec(&self.open).map_err(|e| FallbackError::Http(e.to_string()))?;
@@ -301,6 +318,8 @@ struct Endpoint {
     host: String,
     port: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Set for HTTP/3.
+    h3: Option<H3Peer>,
     authority: HeaderValue,
     path: String,
     app_query: Option<String>,
@@ -308,7 +327,12 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn parse(url: &str, tls: &ClientBuilder, headers: HeaderMap) -> Result<Self, FallbackError> {
+    fn parse(
+        url: &str,
+        tls: &ClientBuilder,
+        http3: bool,
+        headers: HeaderMap,
+    ) -> Result<Self, FallbackError> {
         // One parser for every URL the library takes: http(s) maps to ws(s).
         let as_ws = match url.split_once("://") {
             Some((s, rest)) if s.eq_ignore_ascii_case("http") => format!("ws://{rest}"),
@@ -324,8 +348,33 @@ impl Endpoint {
                 url: url.to_string(),
                 why: "missing host",
             })?;
+        let h3 = if http3 {
+            if !t.tls {
+                return Err(crate::Error::Url {
+                    url: url.to_string(),
+                    why: "HTTP/3 always uses TLS: use https:// or wss://",
+                }
+                .into());
+            }
+            // Each exchange has its own deadline, the request timeout plus
+            // a held poll's: the connection's handshake bound must not cut
+            // a poll whose answer (its head) comes only after the hold.
+            let limits = tls.get_limits().clone().handshake_timeout(H3_HEAD_WAIT);
+            let authority = authority.to_str().unwrap_or_default();
+            Some(H3Peer {
+                url: format!("wss://{authority}/"),
+                client: tls.clone().limits(limits),
+            })
+        } else {
+            None
+        };
         Ok(Endpoint {
-            tls: if t.tls { Some(tls.tls_config()?) } else { None },
+            tls: if t.tls && !http3 {
+                Some(tls.tls_config()?)
+            } else {
+                None
+            },
+            h3,
             path: t.uri.path().to_string(),
             app_query: t.uri.query().and_then(super::wire::strip_session_params),
             host: t.host,
@@ -335,7 +384,12 @@ impl Endpoint {
         })
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, FallbackError> {
+    async fn connect(&self) -> Result<Link, FallbackError> {
+        if let Some(p) = &self.h3 {
+            return Ok(Link::H3(Box::new(
+                H3Connection::connect(&p.url, &p.client).await?,
+            )));
+        }
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(crate::Error::Io)?;
@@ -361,7 +415,7 @@ impl Endpoint {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(sender)
+        Ok(Link::H1(sender))
     }
 
     fn uri(&self, q: &SessionQuery) -> Uri {
@@ -380,8 +434,8 @@ impl Endpoint {
         q: &SessionQuery,
         body: Bytes,
         content_type: Option<&'static str>,
-    ) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(body));
+    ) -> Request<Bytes> {
+        let mut req = Request::new(body);
         *req.method_mut() = q.action.method();
         *req.uri_mut() = self.uri(q);
         let h = req.headers_mut();
@@ -394,10 +448,57 @@ impl Endpoint {
     }
 }
 
-/// One HTTP/1.1 connection, re-established when it fails.
+/// Where an HTTP/3 session's connections go.
+#[derive(Debug)]
+struct H3Peer {
+    /// The `wss://` URL of the gateway's host.
+    url: String,
+    /// TLS roots and limits.
+    client: ClientBuilder,
+}
+
+/// The head of an HTTP/3 response may come only after a held poll.
+const H3_HEAD_WAIT: Duration = Duration::from_secs(3600);
+
+/// A response from either protocol.
+type Answer = Response<Either<Incoming, H3Body>>;
+
+/// A connection to the gateway.
+#[derive(Debug)]
+enum Link {
+    H1(SendRequest<Full<Bytes>>),
+    H3(Box<H3Connection>),
+}
+
+impl Link {
+    fn usable(&self) -> bool {
+        match self {
+            Link::H1(s) => !s.is_closed(),
+            Link::H3(c) => c.quic().close_reason().is_none() && c.going_away().is_none(),
+        }
+    }
+
+    async fn send(&mut self, req: Request<Bytes>) -> Result<Answer, FallbackError> {
+        match self {
+            Link::H1(s) => {
+                s.ready()
+                    .await
+                    .map_err(|e| FallbackError::Http(e.to_string()))?;
+                let resp = s
+                    .send_request(req.map(Full::new))
+                    .await
+                    .map_err(|e| FallbackError::Http(e.to_string()))?;
+                Ok(resp.map(Either::Left))
+            }
+            Link::H3(c) => Ok(c.send_request(req).await?.map(Either::Right)),
+        }
+    }
+}
+
+/// One connection, re-established when it fails.
 #[derive(Debug, Default)]
 struct Conn {
-    sender: Option<SendRequest<Full<Bytes>>>,
+    sender: Option<Link>,
 }
 
 impl Conn {
@@ -406,24 +507,17 @@ impl Conn {
     async fn exchange(
         &mut self,
         ep: &Endpoint,
-        req: Request<Full<Bytes>>,
+        req: Request<Bytes>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, FallbackError> {
+    ) -> Result<Answer, FallbackError> {
         let attempt = async {
-            if !matches!(&self.sender, Some(s) if !s.is_closed()) {
+            if !matches!(&self.sender, Some(s) if s.usable()) {
                 self.sender = Some(ep.connect().await?);
             }
             let Some(sender) = self.sender.as_mut() else {
                 return Err(FallbackError::Http("no connection".into()));
             };
-            sender
-                .ready()
-                .await
-                .map_err(|e| FallbackError::Http(e.to_string()))?;
-            sender
-                .send_request(req)
-                .await
-                .map_err(|e| FallbackError::Http(e.to_string()))
+            sender.send(req).await
         };
         let r = match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
@@ -437,11 +531,7 @@ impl Conn {
 }
 
 /// The whole body, at most `limit` bytes, within `timeout`.
-async fn read_body(
-    resp: Response<Incoming>,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, FallbackError> {
+async fn read_body(resp: Answer, limit: usize, timeout: Duration) -> Result<Bytes, FallbackError> {
     let collect = Limited::new(resp.into_body(), limit).collect();
     match tokio::time::timeout(timeout, collect).await {
         Ok(Ok(c)) => Ok(c.to_bytes()),
