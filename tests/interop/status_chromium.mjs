@@ -4,8 +4,9 @@
 //
 // usage: node status_chromium.mjs ADMIN_ORIGIN WS_URL TOKEN REPORT_DIR
 //   ADMIN_ORIGIN: the admin listener (with `[admin] token_file` = TOKEN);
-//   WS_URL: a proxied WebSocket echo route of the same gateway, labelled by
-//   its path on the dashboard; REPORT_DIR: where the screenshots go.
+//   WS_URL: a proxied WebSocket echo route of the same gateway (with a
+//   `ping_interval`), labelled by its path on the dashboard; REPORT_DIR:
+//   where the screenshots go.
 //
 // Prints `ok: ...` per check and `all checks passed`, or `FAILED: ...` and
 // exits 1.
@@ -74,6 +75,12 @@ try {
   }, wsUrl).catch((e) => fail(`the browser's WebSocket: ${e.message}`));
   await figure('live', 't === "1"', 'a client connected');
   await figure('handshake', 't.startsWith("≤")', 'a handshake timed');
+  // Counted while the connection lives, not when it ends.
+  await figure('messages', 'Number(t) >= 20', 'ten messages echoed, the client still connected');
+  await figure('bytes', 't !== "0 B"', 'their bytes');
+  await figure('success', 't === "100.0%"', 'the one upgrade switched');
+  // Chromium answers the gateway's probe pings.
+  await figure('ping', 't.startsWith("≤")', 'ping round trips measured');
   const row = await page.textContent(`section[data-route="${route}"] tbody`);
   if (!/h1\s*websocket\s*1/.test(row)) fail(`no "h1 websocket 1" row: ${row}`);
   ok('open connections by protocol and transport: h1 websocket 1');
@@ -90,12 +97,10 @@ try {
   await page.screenshot({ path: path.join(reports, 'status-phone.png'), fullPage: true });
   ok(`screenshots in ${reports}; no horizontal scroll at 390 px`);
 
-  // 5. The client leaves: back to 0, and its messages counted (a tunnel
-  //    adds its counts to the registry when it ends).
+  // 5. The client leaves: back to 0, its messages still counted.
   await client.evaluate(() => window.ws.close(1000));
   await figure('live', 't === "0"', 'the client closed');
   await figure('messages', 'Number(t) >= 20', 'ten messages echoed');
-  await figure('bytes', 't !== "0 B"', 'their bytes');
   console.log('all checks passed');
 } finally {
   if (browser) await browser.close().catch(() => {});

@@ -2,9 +2,9 @@
 //! gateway's own view in the terminal, from its admin listener's
 //! `/status.json` (the data of the `/status` dashboard): per route the open
 //! connections by protocol and transport, fallback sessions, messages,
-//! bytes and handshake latency; upgrade success, the top failure reasons in
-//! the gateway's words, ping round trips, backend health, drain and reload
-//! state. Refreshed every `--interval` (the screen redrawn when stdout is a
+//! bytes, upgrade success, handshake latency and ping round trips; the
+//! overall upgrade success, the top failure reasons in the gateway's words,
+//! backend health, drain and reload state. Refreshed every `--interval` (the screen redrawn when stdout is a
 //! terminal, one table after the other otherwise); `--once` prints one
 //! table and exits: 0, or 1 when the gateway cannot be asked.
 
@@ -68,6 +68,12 @@ async fn fetch(client: &AdminClient) -> anyhow::Result<Value> {
     serde_json::from_str(&answer.body).context("/status.json is not the gateway's status JSON")
 }
 
+/// A ratio as a percentage, `-` when there is none.
+fn percent(v: &Value) -> String {
+    v.as_f64()
+        .map_or("-".into(), |r| format!("{:.1}%", r * 100.0))
+}
+
 fn seconds(v: &Value) -> String {
     match v.as_f64() {
         None => "-".into(),
@@ -96,9 +102,7 @@ fn text(v: &Value) -> &str {
 /// The table of one status report.
 pub fn render(addr: SocketAddr, s: &Value) -> String {
     let mut o = String::with_capacity(2048);
-    let success = s["upgrade_success_ratio"]
-        .as_f64()
-        .map_or("-".into(), |r| format!("{:.1}%", r * 100.0));
+    let success = percent(&s["upgrade_success_ratio"]);
     let _ = writeln!(
         o,
         "switchyard at {addr}: generation {}, {} reload(s), {}, {} live connection(s), upgrades switched {success}",
@@ -116,9 +120,10 @@ pub fn render(addr: SocketAddr, s: &Value) -> String {
     }
     let _ = writeln!(
         o,
-        "\n{:<24} {:<20} {:>5}  {:<28} {:>9} {:>9}  HANDSHAKE p50/p99",
-        "ROUTE", "TARGET", "LIVE", "OPEN (protocol transport n)", "MESSAGES", "BYTES"
+        "\n{:<24} {:<20} {:>5}  {:<28} {:>9} {:>9} {:>8}  HANDSHAKE p50/p99",
+        "ROUTE", "TARGET", "LIVE", "OPEN (protocol transport n)", "MESSAGES", "BYTES", "SWITCHED"
     );
+    let mut pings = Vec::new();
     for r in list(&s["routes"]) {
         let mut open: Vec<String> = list(&r["open"])
             .iter()
@@ -159,9 +164,24 @@ pub fn render(addr: SocketAddr, s: &Value) -> String {
             })
             .collect::<Vec<_>>()
             .join(", ");
+        pings.extend(
+            list(&r["ping_rtt"])
+                .iter()
+                .filter(|p| p["count"].as_u64() > Some(0))
+                .map(|p| {
+                    format!(
+                        "{} {} {} pings p50 {} p99 {}",
+                        text(&r["route"]),
+                        text(&p["side"]),
+                        p["count"],
+                        seconds(&p["p50_seconds"]),
+                        seconds(&p["p99_seconds"])
+                    )
+                }),
+        );
         let _ = writeln!(
             o,
-            "{:<24} {:<20} {:>5}  {:<28} {:>9} {:>9}  {}",
+            "{:<24} {:<20} {:>5}  {:<28} {:>9} {:>9} {:>8}  {}",
             text(&r["route"]),
             text(&r["target"]),
             live,
@@ -172,6 +192,7 @@ pub fn render(addr: SocketAddr, s: &Value) -> String {
             },
             r["messages_total"].as_u64().unwrap_or(0),
             bytes(r["bytes_total"].as_u64().unwrap_or(0)),
+            percent(&r["upgrade_success_ratio"]),
             if handshakes.is_empty() {
                 "-"
             } else {
@@ -192,19 +213,6 @@ pub fn render(addr: SocketAddr, s: &Value) -> String {
             );
         }
     }
-    let pings: Vec<String> = list(&s["ping_rtt"])
-        .iter()
-        .filter(|p| p["count"].as_u64() > Some(0))
-        .map(|p| {
-            format!(
-                "{} {} pings p50 {} p99 {}",
-                text(&p["side"]),
-                p["count"],
-                seconds(&p["p50_seconds"]),
-                seconds(&p["p99_seconds"])
-            )
-        })
-        .collect();
     if !pings.is_empty() {
         let _ = writeln!(o, "\nping round trips: {}", pings.join("; "));
     }
@@ -242,11 +250,12 @@ mod tests {
                          {"protocol": "h1", "transport": "websocket", "connections": 0}],
                 "sessions": [{"transport": "sse", "sessions": 1}],
                 "handshakes": [{"protocol": "h2", "count": 1, "p50_seconds": 0.0005, "p99_seconds": 2.5}],
+                "ping_rtt": [{"side": "client", "count": 3, "p50_seconds": 0.01, "p99_seconds": null},
+                             {"side": "upstream", "count": 0, "p50_seconds": null, "p99_seconds": null}],
+                "upgrade_attempts": 3, "upgrade_success_ratio": 0.6666,
                 "messages_total": 12, "bytes_total": 3072}],
             "upgrade_success_ratio": 0.75,
             "top_failure_reasons": [{"reason": "origin", "count": 2, "explanation": "Origin x not allowed"}],
-            "ping_rtt": [{"side": "client", "count": 3, "p50_seconds": 0.01, "p99_seconds": null},
-                         {"side": "upstream", "count": 0, "p50_seconds": null, "p99_seconds": null}],
             "upstreams": [{"upstream": "chat", "backend": "ws://10.0.0.1:1/", "healthy": false}],
         });
         let t = render("127.0.0.1:9".parse().unwrap(), &s);
@@ -257,7 +266,8 @@ mod tests {
             "3.0KiB",
             "h2 ≤0.5ms/≤2.5s",
             "origin x2: Origin x not allowed",
-            "client 3 pings p50 ≤10ms p99 -",
+            "/echo client 3 pings p50 ≤10ms p99 -",
+            "66.7%",
             "chat ws://10.0.0.1:1/: OUT OF ROTATION",
         ] {
             assert!(t.contains(want), "{want:?} not in\n{t}");

@@ -339,7 +339,7 @@ async fn proxies_to_our_own_serve_and_reports_metrics_and_status() {
     for _ in 0..50 {
         metrics = get(admin, "/metrics").await;
         if metrics.contains(
-            "switchyard_upgrade_attempts_total{result=\"switched\",reason=\"switched\"} 1",
+            "switchyard_upgrade_attempts_total{route=\"/echo\",result=\"switched\",reason=\"switched\"} 1",
         ) {
             break;
         }
@@ -347,7 +347,7 @@ async fn proxies_to_our_own_serve_and_reports_metrics_and_status() {
     }
     assert!(
         metrics.contains(
-            "switchyard_upgrade_attempts_total{result=\"switched\",reason=\"switched\"} 1"
+            "switchyard_upgrade_attempts_total{route=\"/echo\",result=\"switched\",reason=\"switched\"} 1"
         ),
         "{metrics}"
     );

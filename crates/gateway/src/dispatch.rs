@@ -46,6 +46,7 @@ use tracing::info;
 use crate::admission::{check_origin, ConnectionGuard};
 use crate::failures::UpgradeFields;
 use crate::live::{Gateway, RouteEntry, Target};
+use crate::metrics::NO_ROUTE;
 use crate::outcome::{Reason, Refusal};
 use crate::session::CLIENT_JS_PATH;
 use crate::upgrade::{ConnInfo, Registry, UpgradeProtocol};
@@ -250,7 +251,7 @@ impl Dispatcher {
             .route_for(head.authority(), head.path())
             .and_then(|r| live.entry_of(r))
             .cloned();
-        let label = entry.as_ref().map_or("-", |e| e.label.as_str());
+        let label = entry.as_ref().map_or(NO_ROUTE, |e| e.label.as_str());
         let offers = match head.offers() {
             Ok(o) => o,
             Err(r) => {
@@ -421,7 +422,7 @@ impl Dispatcher {
     ) {
         let reason = r.reason.label();
         let metrics = self.gateway.metrics();
-        metrics.upgrade_attempt("refused", reason);
+        metrics.upgrade_attempt(route, "refused", reason);
         metrics.failures().record(
             client,
             route,

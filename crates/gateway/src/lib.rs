@@ -50,6 +50,7 @@ pub mod io;
 pub mod live;
 pub mod metrics;
 pub mod outcome;
+mod probe;
 pub mod proxy;
 pub mod runtime;
 pub mod session;

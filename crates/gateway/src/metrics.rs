@@ -10,13 +10,13 @@
 //! | family | type | labels |
 //! |---|---|---|
 //! | `switchyard_open_connections` | gauge | `route`, `protocol` (h1/h2/h3), `transport` |
-//! | `switchyard_upgrade_attempts_total` | counter | `result`, `reason` |
+//! | `switchyard_upgrade_attempts_total` | counter | `route`, `result`, `reason` |
 //! | `switchyard_closes_total` | counter | `route`, `by`, `why`, `code` |
 //! | `switchyard_tunnel_bytes_total` | counter | `route`, `direction` |
 //! | `switchyard_tunnel_messages_total` | counter | `route`, `direction` |
 //! | `switchyard_tunnel_spliced_bytes_total` | counter | `route`, `direction` |
 //! | `switchyard_handshake_duration_seconds` | histogram | `route`, `protocol` |
-//! | `switchyard_ping_rtt_seconds` | histogram | `side` |
+//! | `switchyard_ping_rtt_seconds` | histogram | `route`, `side` |
 //! | `switchyard_tunnel_duration_seconds` | histogram | `route` |
 //! | `switchyard_upstream_healthy` | gauge | `upstream`, `backend` |
 
@@ -149,12 +149,128 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// Both directions, in label order.
+    pub const BOTH: [Direction; 2] = [Direction::ClientToUpstream, Direction::UpstreamToClient];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::ClientToUpstream => "client_to_upstream",
             Direction::UpstreamToClient => "upstream_to_client",
         }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Direction::ClientToUpstream => 0,
+            Direction::UpstreamToClient => 1,
+        }
+    }
+}
+
+/// The `route` label of what no configured route matched (and of the
+/// connection-level switches, RFC 2817 TLS): one fixed value, so that a
+/// client picking paths cannot add series.
+pub const NO_ROUTE: &str = "-";
+
+/// Which peer a ping went to: the `side` label of
+/// `switchyard_ping_rtt_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingSide {
+    /// The client (a tunnel's client side, or a built-in app's peer).
+    Client,
+    /// A proxied route's upstream.
+    Upstream,
+}
+
+impl PingSide {
+    /// Both sides, in label order.
+    pub const BOTH: [PingSide; 2] = [PingSide::Client, PingSide::Upstream];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PingSide::Client => "client",
+            PingSide::Upstream => "upstream",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            PingSide::Client => 0,
+            PingSide::Upstream => 1,
+        }
+    }
+}
+
+/// What the connections of one route relayed, counted while they relay,
+/// and the round trips of the pings the gateway sent on them. Every switched
+/// connection of the route (a tunnel of either mode, a built-in app) holds
+/// the same `Arc` ([`Metrics::route`]) and adds to it once per batch of
+/// reads: relaxed atomics, no lock, no map lookup per message.
+///
+/// Bytes are what a transparent tunnel copied, or the payload of the
+/// messages a frame-aware tunnel or an app relayed. For a built-in app the
+/// app is the "upstream": `client_to_upstream` is what it received.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    bytes: [AtomicU64; 2],
+    messages: [AtomicU64; 2],
+    ping_rtt: [Histogram; 2],
+}
+
+impl Default for RouteMetrics {
+    fn default() -> Self {
+        RouteMetrics {
+            bytes: Default::default(),
+            messages: Default::default(),
+            ping_rtt: [Histogram::new(RTT_BOUNDS), Histogram::new(RTT_BOUNDS)],
+        }
+    }
+}
+
+impl RouteMetrics {
+    /// Count `messages` (0 for a transparent tunnel) and `bytes` relayed in
+    /// `dir`.
+    pub fn relayed(&self, dir: Direction, messages: u64, bytes: u64) {
+        let i = dir.index();
+        if messages > 0 {
+            if let Some(m) = self.messages.get(i) {
+                m.fetch_add(messages, Ordering::Relaxed);
+            }
+        }
+        if bytes > 0 {
+            if let Some(b) = self.bytes.get(i) {
+                b.fetch_add(bytes, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Bytes counted in `dir`.
+    pub fn bytes(&self, dir: Direction) -> u64 {
+        self.bytes
+            .get(dir.index())
+            .map_or(0, |b| b.load(Ordering::Relaxed))
+    }
+
+    /// Messages counted in `dir`.
+    pub fn messages(&self, dir: Direction) -> u64 {
+        self.messages
+            .get(dir.index())
+            .map_or(0, |m| m.load(Ordering::Relaxed))
+    }
+
+    /// Record the round trip of a ping the gateway sent to `side`.
+    pub fn observe_ping_rtt(&self, side: PingSide, rtt: Duration) {
+        if let Some(h) = self.ping_rtt.get(side.index()) {
+            h.observe(rtt);
+        }
+    }
+
+    /// The ping round trips toward `side`.
+    pub fn ping_rtt(&self, side: PingSide) -> &Histogram {
+        // Indexed by an enum of two: always in range.
+        &self.ping_rtt[side.index()]
     }
 }
 
@@ -282,13 +398,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct Metrics {
     open: Mutex<BTreeMap<OpenKey, i64>>,
-    upgrades: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    upgrades: Mutex<BTreeMap<UpgradeKey, u64>>,
     closes: Mutex<BTreeMap<CloseKey, u64>>,
     failures: FailureLog,
-    bytes: Mutex<BTreeMap<(String, Direction), u64>>,
-    messages: Mutex<BTreeMap<(String, Direction), u64>>,
+    routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
     spliced: Mutex<BTreeMap<(String, Direction), u64>>,
-    ping_rtt: [Histogram; 2],
     handshakes: Mutex<BTreeMap<(String, HttpVersion), Arc<Histogram>>>,
     durations: Mutex<BTreeMap<String, Arc<Histogram>>>,
     health: Mutex<BTreeMap<(String, String), bool>>,
@@ -304,6 +418,8 @@ impl Default for Metrics {
 type OpenKey = (String, HttpVersion, Transport);
 /// route, by, why, code.
 type CloseKey = (String, &'static str, CloseWhy, &'static str);
+/// route, result, reason.
+type UpgradeKey = (String, &'static str, &'static str);
 
 /// Decrements the open-connection gauge it incremented when dropped.
 #[derive(Debug)]
@@ -336,10 +452,8 @@ impl Metrics {
             upgrades: Mutex::default(),
             closes: Mutex::default(),
             failures: FailureLog::default(),
-            bytes: Mutex::default(),
-            messages: Mutex::default(),
+            routes: Mutex::default(),
             spliced: Mutex::default(),
-            ping_rtt: [Histogram::new(RTT_BOUNDS), Histogram::new(RTT_BOUNDS)],
             handshakes: Mutex::default(),
             durations: Mutex::default(),
             health: Mutex::default(),
@@ -396,37 +510,38 @@ impl Metrics {
         &self.failures
     }
 
-    /// Count one upgrade attempt. `result` and `reason` are fixed strings
-    /// (see [`crate::proxy::ProxyOutcome::labels`]).
-    pub fn upgrade_attempt(&self, result: &'static str, reason: &'static str) {
-        *lock(&self.upgrades).entry((result, reason)).or_insert(0) += 1;
+    /// Count one upgrade attempt on `route` (a configured route's label,
+    /// or [`NO_ROUTE`]). `result` and `reason` are fixed strings (see
+    /// [`crate::proxy::ProxyOutcome::labels`]).
+    pub fn upgrade_attempt(&self, route: &str, result: &'static str, reason: &'static str) {
+        *lock(&self.upgrades)
+            .entry((route.to_string(), result, reason))
+            .or_insert(0) += 1;
     }
 
-    /// Upgrade attempts counted with this result and reason.
+    /// Upgrade attempts counted with this result and reason, every route.
     pub fn upgrade_attempts(&self, result: &str, reason: &str) -> u64 {
         lock(&self.upgrades)
             .iter()
-            .filter(|((r, why), _)| *r == result && *why == reason)
+            .filter(|((_, r, why), _)| *r == result && *why == reason)
             .map(|(_, n)| *n)
             .sum()
     }
 
-    /// Add tunnel bytes.
-    pub fn add_bytes(&self, route: &str, dir: Direction, n: u64) {
-        if n > 0 {
-            *lock(&self.bytes)
-                .entry((route.to_string(), dir))
-                .or_insert(0) += n;
+    /// The live counters of `route`, created on first use: take it once per
+    /// connection and count through it ([`RouteMetrics`]).
+    pub fn route(&self, route: &str) -> Arc<RouteMetrics> {
+        let mut routes = lock(&self.routes);
+        if let Some(r) = routes.get(route) {
+            return r.clone();
         }
+        let r = Arc::new(RouteMetrics::default());
+        routes.insert(route.to_string(), r.clone());
+        r
     }
 
-    /// Add tunnel messages (frame-aware mode).
-    pub fn add_messages(&self, route: &str, dir: Direction, n: u64) {
-        if n > 0 {
-            *lock(&self.messages)
-                .entry((route.to_string(), dir))
-                .or_insert(0) += n;
-        }
+    fn route_if_seen(&self, route: &str) -> Option<Arc<RouteMetrics>> {
+        lock(&self.routes).get(route).cloned()
     }
 
     /// Add bytes a transparent tunnel moved with splice(2) (a part of
@@ -449,35 +564,18 @@ impl Metrics {
 
     /// Bytes counted for `route` in `dir`.
     pub fn bytes(&self, route: &str, dir: Direction) -> u64 {
-        lock(&self.bytes)
-            .get(&(route.to_string(), dir))
-            .copied()
-            .unwrap_or(0)
+        self.route_if_seen(route).map_or(0, |r| r.bytes(dir))
     }
 
     /// Messages counted for `route` in `dir`.
     pub fn messages(&self, route: &str, dir: Direction) -> u64 {
-        lock(&self.messages)
-            .get(&(route.to_string(), dir))
-            .copied()
-            .unwrap_or(0)
+        self.route_if_seen(route).map_or(0, |r| r.messages(dir))
     }
 
-    /// Record a ping round trip toward the client (`upstream == false`) or
-    /// the upstream.
-    pub fn observe_ping_rtt(&self, upstream: bool, rtt: Duration) {
-        self.ping_rtt[usize::from(upstream)].observe(rtt);
-    }
-
-    /// Ping round trips recorded toward one side.
-    pub fn ping_rtt_count(&self, upstream: bool) -> u64 {
-        self.ping_rtt[usize::from(upstream)].count()
-    }
-
-    /// The ping round-trip histogram toward the client (`upstream ==
-    /// false`) or the upstream.
-    pub fn ping_rtt(&self, upstream: bool) -> &Histogram {
-        &self.ping_rtt[usize::from(upstream)]
+    /// Ping round trips recorded on `route` toward `side`.
+    pub fn ping_rtt_count(&self, route: &str, side: PingSide) -> u64 {
+        self.route_if_seen(route)
+            .map_or(0, |r| r.ping_rtt(side).count())
     }
 
     /// Record how long a switch on `route` over `protocol` took, from the
@@ -517,11 +615,11 @@ impl Metrics {
             .collect()
     }
 
-    /// Every upgrade attempt count, by result and reason.
-    pub fn upgrade_counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+    /// Every upgrade attempt count, by route, result and reason.
+    pub fn upgrade_counts(&self) -> Vec<(String, &'static str, &'static str, u64)> {
         lock(&self.upgrades)
             .iter()
-            .map(|((result, reason), n)| (*result, *reason, *n))
+            .map(|((route, result, reason), n)| (route.clone(), *result, *reason, *n))
             .collect()
     }
 
@@ -577,52 +675,67 @@ impl Metrics {
             );
         }
         out.push_str(
-            "# HELP switchyard_upgrade_attempts_total Upgrade attempts by result and reason.\n",
+            "# HELP switchyard_upgrade_attempts_total Upgrade attempts by route, result and reason.\n",
         );
         out.push_str("# TYPE switchyard_upgrade_attempts_total counter\n");
-        for ((result, reason), v) in lock(&self.upgrades).iter() {
+        for ((route, result, reason), v) in lock(&self.upgrades).iter() {
             let _ = writeln!(
                 out,
-                "switchyard_upgrade_attempts_total{{result=\"{result}\",reason=\"{reason}\"}} {v}"
+                "switchyard_upgrade_attempts_total{{route=\"{}\",result=\"{result}\",reason=\"{reason}\"}} {v}",
+                escape(route)
             );
         }
-        for (family, help, map) in [
+        // A snapshot of the handles: the counters are read without the lock.
+        let routes: Vec<(String, Arc<RouteMetrics>)> = lock(&self.routes)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        type Read = fn(&RouteMetrics, Direction) -> u64;
+        for (family, help, read) in [
             (
                 "switchyard_tunnel_bytes_total",
-                "Bytes relayed by tunnels.",
-                &self.bytes,
+                "Bytes relayed by switched connections (tunnels and built-in apps), counted while they relay.",
+                RouteMetrics::bytes as Read,
             ),
             (
                 "switchyard_tunnel_messages_total",
-                "WebSocket messages relayed by frame-aware tunnels.",
-                &self.messages,
-            ),
-            (
-                "switchyard_tunnel_spliced_bytes_total",
-                "Bytes of switchyard_tunnel_bytes_total that transparent tunnels moved with splice(2).",
-                &self.spliced,
+                "WebSocket messages relayed by frame-aware tunnels and built-in apps, counted while they relay.",
+                RouteMetrics::messages as Read,
             ),
         ] {
             let _ = writeln!(out, "# HELP {family} {help}");
             let _ = writeln!(out, "# TYPE {family} counter");
-            for ((route, dir), v) in lock(map).iter() {
-                let _ = writeln!(
-                    out,
-                    "{family}{{route=\"{}\",direction=\"{}\"}} {v}",
-                    escape(route),
-                    dir.as_str()
-                );
+            for (route, r) in &routes {
+                for dir in Direction::BOTH {
+                    let _ = writeln!(
+                        out,
+                        "{family}{{route=\"{}\",direction=\"{}\"}} {}",
+                        escape(route),
+                        dir.as_str(),
+                        read(r, dir)
+                    );
+                }
             }
         }
+        out.push_str("# HELP switchyard_tunnel_spliced_bytes_total Bytes of switchyard_tunnel_bytes_total that transparent tunnels moved with splice(2).\n");
+        out.push_str("# TYPE switchyard_tunnel_spliced_bytes_total counter\n");
+        for ((route, dir), v) in lock(&self.spliced).iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_tunnel_spliced_bytes_total{{route=\"{}\",direction=\"{}\"}} {v}",
+                escape(route),
+                dir.as_str()
+            );
+        }
         out.push_str(
-            "# HELP switchyard_ping_rtt_seconds Ping round trips of frame-aware tunnels.\n",
+            "# HELP switchyard_ping_rtt_seconds Round trips of the pings the gateway sent (tunnels' probes, built-in apps' heartbeat).\n",
         );
         out.push_str("# TYPE switchyard_ping_rtt_seconds histogram\n");
-        for (i, side) in ["client", "upstream"].iter().enumerate() {
-            if let Some(h) = self.ping_rtt.get(i) {
-                h.render(
+        for (route, r) in &routes {
+            for side in PingSide::BOTH {
+                r.ping_rtt(side).render(
                     "switchyard_ping_rtt_seconds",
-                    &format!("side=\"{side}\""),
+                    &format!("route=\"{}\",side=\"{}\"", escape(route), side.as_str()),
                     &mut out,
                 );
             }
@@ -751,12 +864,14 @@ mod tests {
     #[test]
     fn counters_and_labels_render_escaped() {
         let m = Metrics::new();
-        m.upgrade_attempt("refused", "upstream_status");
-        m.upgrade_attempt("refused", "upstream_status");
-        m.add_bytes("a\"b", Direction::ClientToUpstream, 10);
-        m.add_messages("r", Direction::UpstreamToClient, 3);
+        m.upgrade_attempt("r", "refused", "upstream_status");
+        m.upgrade_attempt(NO_ROUTE, "refused", "upstream_status");
+        m.route("a\"b").relayed(Direction::ClientToUpstream, 0, 10);
+        let r = m.route("r");
+        r.relayed(Direction::UpstreamToClient, 3, 30);
+        r.relayed(Direction::UpstreamToClient, 1, 5);
         m.set_upstream_health("chat", "ws://10.0.0.1:1", false);
-        m.observe_ping_rtt(true, Duration::from_millis(2));
+        r.observe_ping_rtt(PingSide::Upstream, Duration::from_millis(2));
         m.observe_tunnel("r", Duration::from_secs(2));
         m.observe_handshake("r", HttpVersion::Http2, Duration::from_millis(3));
         let text = m.render();
@@ -771,19 +886,28 @@ mod tests {
         assert_eq!(m.handshakes("r", HttpVersion::Http2), 1);
         assert_eq!(m.handshakes("r", HttpVersion::Http1), 0);
         assert!(text.contains(
-            "switchyard_upgrade_attempts_total{result=\"refused\",reason=\"upstream_status\"} 2"
+            "switchyard_upgrade_attempts_total{route=\"r\",result=\"refused\",reason=\"upstream_status\"} 1"
+        ));
+        assert!(text.contains(
+            "switchyard_upgrade_attempts_total{route=\"-\",result=\"refused\",reason=\"upstream_status\"} 1"
         ));
         assert!(text.contains(
             "switchyard_tunnel_bytes_total{route=\"a\\\"b\",direction=\"client_to_upstream\"} 10"
         ), "{text}");
         assert!(text.contains(
-            "switchyard_tunnel_messages_total{route=\"r\",direction=\"upstream_to_client\"} 3"
+            "switchyard_tunnel_messages_total{route=\"r\",direction=\"upstream_to_client\"} 4"
         ));
+        assert!(text.contains(
+            "switchyard_tunnel_bytes_total{route=\"r\",direction=\"upstream_to_client\"} 35"
+        ));
+        assert_eq!(m.bytes("r", Direction::UpstreamToClient), 35);
+        assert_eq!(m.messages("r", Direction::ClientToUpstream), 0);
         assert!(text.contains(
             "switchyard_upstream_healthy{upstream=\"chat\",backend=\"ws://10.0.0.1:1\"} 0"
         ));
-        assert!(text.contains("switchyard_ping_rtt_seconds_count{side=\"upstream\"} 1"));
-        assert!(text.contains("switchyard_ping_rtt_seconds_count{side=\"client\"} 0"));
+        assert!(text.contains("switchyard_ping_rtt_seconds_count{route=\"r\",side=\"upstream\"} 1"));
+        assert!(text.contains("switchyard_ping_rtt_seconds_count{route=\"r\",side=\"client\"} 0"));
+        assert_eq!(m.ping_rtt_count("r", PingSide::Upstream), 1);
         assert!(
             text.contains("switchyard_tunnel_duration_seconds_bucket{route=\"r\",le=\"10\"} 1"),
             "{text}"

@@ -1,8 +1,9 @@
 //! The live connections, for `/status`: every switched connection (a
 //! proxied tunnel or a built-in app) is registered while it lives, with
 //! byte counters its stream updates ([`Counting`]). A built-in app's
-//! connection is a [`LiveApp`]: its entry here, its open-connections gauge
-//! and its slot in the route's caps, released together.
+//! connection is a [`LiveApp`]: its entry here, its open-connections gauge,
+//! its route's traffic counters and its slot in the route's caps, released
+//! together.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::admission::ConnectionGuard;
 use crate::io::{AsPlainTcp, PlainTcp};
-use crate::metrics::{Close, Metrics, OpenGuard, Transport};
+use crate::metrics::{Close, Metrics, OpenGuard, RouteMetrics, Transport};
 use switchyard::proto::HttpVersion;
 
 /// What one live connection is, at registration.
@@ -145,12 +146,14 @@ impl ConnTable {
 }
 
 /// A built-in app's switched connection while it lives: its `/status`
-/// entry, its `switchyard_open_connections` gauge and its slot in the
+/// entry, its `switchyard_open_connections` gauge, the counters its app
+/// relays into (the same as the route's tunnels) and its slot in the
 /// route's caps. [`LiveApp::closed`] counts how it ended.
 #[derive(Debug)]
 pub struct LiveApp {
     _tracked: Tracked,
     open: OpenGuard,
+    counters: Arc<RouteMetrics>,
     _permit: Option<ConnectionGuard>,
 }
 
@@ -166,10 +169,16 @@ impl LiveApp {
     ) -> Self {
         let open = metrics.open_connection(&info.route, info.protocol, transport);
         LiveApp {
+            counters: metrics.route(&info.route),
             _tracked: conns.track(info),
             open,
             _permit: permit,
         }
+    }
+
+    /// The route's counters, for the app to count what it relays.
+    pub fn counters(&self) -> &Arc<RouteMetrics> {
+        &self.counters
     }
 
     /// The connection ended this way (counted in `switchyard_closes_total`).

@@ -329,6 +329,12 @@ async fn echo_app_websockets_over_h1_h2_h3_appear_in_metrics_and_status_while_op
         assert!(metrics.contains(&handshakes), "{handshakes} in\n{metrics}");
     }
     assert_eq!(gw.gw.metrics().upgrade_attempts("switched", "switched"), 3);
+    // Each front's echo counted its message as it echoed it (the
+    // connections are still open): one each, 3 + 3 + 5 payload bytes.
+    for dir in switchyard_gateway::metrics::Direction::BOTH {
+        assert_eq!(gw.gw.metrics().messages("/echo", dir), 3, "{metrics}");
+        assert_eq!(gw.gw.metrics().bytes("/echo", dir), 11, "{metrics}");
+    }
     let conns = gw.gw.connections().snapshot();
     let mut seen: Vec<_> = conns
         .iter()

@@ -187,7 +187,7 @@ async fn echo_is_proxied_and_shows_in_metrics_and_status() {
     let metrics = get(gw.admin, "/metrics").await;
     assert!(
         metrics.contains(
-            "switchyard_upgrade_attempts_total{result=\"switched\",reason=\"switched\"} 1"
+            "switchyard_upgrade_attempts_total{route=\"/echo\",result=\"switched\",reason=\"switched\"} 1"
         ),
         "{metrics}"
     );
@@ -570,5 +570,156 @@ async fn failed_upgrades_are_explained_in_status_failures() {
     assert_eq!(recent[0]["request"]["sec_websocket_version"], "8");
     assert_eq!(recent[3]["route"], "/echo");
     assert_eq!(recent[2]["route"], "/ignores");
+    gw.shutdown().await;
+}
+
+/// Every kind of switched connection counts its messages and bytes while
+/// it relays (not when it ends), the pings the gateway sends give round
+/// trips per route, and the upgrade attempts are counted per route (the
+/// unmatched ones under `-`): in `/metrics` and `/status.json`.
+#[tokio::test]
+async fn routes_count_traffic_pings_and_upgrades_while_connections_live() {
+    let back = any_path_backend().await;
+    let gw = start_text(&format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\
+         [[upstream]]\nname = \"back\"\nservers = [\"ws://{back}\"]\n\
+         [[route]]\npath = \"/frames\"\nupstream = \"back\"\n\
+         [route.policy]\ntunnel = \"frames\"\nping_interval = \"200ms\"\n\
+         [[route]]\npath = \"/raw\"\nupstream = \"back\"\n\
+         [route.policy]\ntunnel = \"transparent\"\n\
+         [[route]]\npath = \"/app\"\napp = \"echo\"\n\
+         [route.policy]\nping_interval = \"200ms\"\n"
+    ))
+    .await;
+    let mut clients = Vec::new();
+    for route in ["/frames", "/raw", "/app"] {
+        let (mut ws, _) = ClientBuilder::new()
+            .no_deflate()
+            .connect(&format!("ws://{}{route}", gw.addr))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            roundtrip(&mut ws, "hello").await;
+        }
+        clients.push(ws);
+    }
+    let m = gw.gateway.metrics();
+    use switchyard_gateway::metrics::{Direction::*, PingSide};
+    // The probes need answers: the clients answer pings while read.
+    let pinged = |m: &switchyard_gateway::metrics::Metrics| {
+        m.ping_rtt_count("/app", PingSide::Client) >= 2
+            && m.ping_rtt_count("/frames", PingSide::Client) >= 2
+            && m.ping_rtt_count("/frames", PingSide::Upstream) >= 2
+    };
+    for _ in 0..100 {
+        if pinged(m) {
+            break;
+        }
+        for ws in &mut clients {
+            let r = tokio::time::timeout(Duration::from_millis(20), ws.next()).await;
+            assert!(
+                matches!(r, Err(_) | Ok(Some(Ok(Message::Ping(_))))),
+                "{r:?}"
+            );
+        }
+    }
+    assert!(pinged(m), "{}", m.render());
+    // Counted while the connections are open: payload bytes for messages
+    // (frame-aware, app), frame bytes for the transparent tunnel (a
+    // masked 5-byte frame is 11 bytes, the answer 7).
+    let metrics = get(gw.admin, "/metrics").await;
+    for (route, dir, messages, bytes) in [
+        ("/frames", "client_to_upstream", 3, 15),
+        ("/frames", "upstream_to_client", 3, 15),
+        ("/app", "client_to_upstream", 3, 15),
+        ("/app", "upstream_to_client", 3, 15),
+        ("/raw", "client_to_upstream", 0, 33),
+        ("/raw", "upstream_to_client", 0, 21),
+    ] {
+        let labels = format!("{{route=\"{route}\",direction=\"{dir}\"}}");
+        let line = format!("switchyard_tunnel_messages_total{labels} {messages}\n");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+        let line = format!("switchyard_tunnel_bytes_total{labels} {bytes}\n");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+    for route in ["/frames", "/raw", "/app"] {
+        let line = format!(
+            "switchyard_open_connections{{route=\"{route}\",protocol=\"h1\",transport=\"websocket\"}} 1\n"
+        );
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("switchyard_ping_rtt_seconds_count{route=\"/raw\",side=\"client\"} 0\n"),
+        "a transparent tunnel sends no ping:\n{metrics}"
+    );
+    // A refused attempt on /app, one on no route.
+    let refused = "GET /app HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+                   sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 8\r\n\r\n";
+    assert!(response_head(gw.addr, refused)
+        .await
+        .starts_with("HTTP/1.1 426"));
+    let nowhere =
+        "GET /nowhere HTTP/1.1\r\nhost: x\r\nupgrade: bad@token\r\nconnection: upgrade\r\n\r\n";
+    assert!(response_head(gw.addr, nowhere)
+        .await
+        .starts_with("HTTP/1.1 400"));
+    let metrics = get(gw.admin, "/metrics").await;
+    for line in [
+        "switchyard_upgrade_attempts_total{route=\"/app\",result=\"switched\",reason=\"switched\"} 1\n",
+        "switchyard_upgrade_attempts_total{route=\"/app\",result=\"refused\",reason=\"handshake\"} 1\n",
+        "switchyard_upgrade_attempts_total{route=\"/raw\",result=\"switched\",reason=\"switched\"} 1\n",
+        "switchyard_upgrade_attempts_total{route=\"-\",result=\"refused\",reason=\"bad_upgrade\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    let status = status_json(gw.admin).await;
+    let route = |path: &str| {
+        status["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == path)
+            .unwrap_or_else(|| panic!("{path} in {status}"))
+            .clone()
+    };
+    let app = route("/app");
+    assert_eq!(app["messages_total"], 6, "{app}");
+    assert_eq!(app["bytes_total"], 30, "{app}");
+    assert_eq!(app["upgrade_attempts"], 2, "{app}");
+    assert_eq!(app["upgrade_success_ratio"], 0.5, "{app}");
+    assert!(app["ping_rtt"][0]["count"].as_u64() >= Some(2), "{app}");
+    assert!(app["ping_rtt"][0]["p50_seconds"].is_number(), "{app}");
+    assert_eq!(route("/frames")["upgrade_success_ratio"], 1.0);
+    assert_eq!(route("/raw")["bytes_total"], 54);
+    // 3 switched of 5 attempts, the unmatched one included.
+    assert_eq!(status["upgrade_success_ratio"], 0.6, "{status}");
+    // The ends add nothing: it was all counted already.
+    for mut ws in clients {
+        ws.close(CloseCode::NORMAL, "bye").await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    for _ in 0..100 {
+        if ["/frames", "/raw", "/app"]
+            .iter()
+            .all(|r| m.open_connections(r, "h1") == 0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (route, dir, messages, bytes) in [
+        ("/frames", ClientToUpstream, 3, 15),
+        ("/frames", UpstreamToClient, 3, 15),
+        ("/app", ClientToUpstream, 3, 15),
+    ] {
+        assert_eq!(m.messages(route, dir), messages, "{route}");
+        assert_eq!(m.bytes(route, dir), bytes, "{route}");
+    }
+    // The transparent tunnel also carried both close frames (the client's:
+    // 2 + 4 bytes of header, code and "bye"; the backend's reply: 2 + its
+    // code).
+    assert_eq!(m.bytes("/raw", ClientToUpstream), 33 + 11);
+    assert_eq!(m.bytes("/raw", UpstreamToClient), 21 + 4);
     gw.shutdown().await;
 }

@@ -267,9 +267,14 @@ impl Gw {
             "{route}: {reason} counted"
         );
         let metrics = self.run.gateway.metrics().render();
-        let line =
-            format!("switchyard_upgrade_attempts_total{{result=\"refused\",reason=\"{reason}\"}}");
-        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+        let labels = format!(",result=\"refused\",reason=\"{reason}\"}}");
+        assert!(
+            metrics.lines().any(
+                |l| l.starts_with("switchyard_upgrade_attempts_total{route=")
+                    && l.contains(&labels)
+            ),
+            "{labels} in\n{metrics}"
+        );
         let logged = self.logs.refusals(route);
         assert!(
             logged

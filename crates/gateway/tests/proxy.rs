@@ -18,7 +18,7 @@ use switchyard_gateway::config::{
     Backend, Balance, Health, PassiveHealth, PathMatch, Policy, Route, Upstream,
 };
 use switchyard_gateway::io::ServerIo;
-use switchyard_gateway::metrics::{Direction, Metrics};
+use switchyard_gateway::metrics::{Direction, Metrics, PingSide};
 use switchyard_gateway::outcome::Reason;
 use switchyard_gateway::proxy::{
     proxy_extended_connect, proxy_h1, ClientInfo, OutcomeKind, ProxiedConnect, ProxyContext,
@@ -1268,16 +1268,18 @@ async fn heartbeat_round_trips_are_measured() {
     };
     assert_eq!(report.end, TunnelEnd::ClientClosed(Some(1000)));
     assert!(
-        p.ctx.metrics.ping_rtt_count(false) >= 2,
+        p.ctx.metrics.ping_rtt_count("r", PingSide::Client) >= 2,
         "client side pinged and answered"
     );
     assert!(
-        p.ctx.metrics.ping_rtt_count(true) >= 2,
+        p.ctx.metrics.ping_rtt_count("r", PingSide::Upstream) >= 2,
         "upstream side pinged and answered"
     );
     let text = p.ctx.metrics.render();
     assert!(
-        text.contains("switchyard_ping_rtt_seconds_bucket{side=\"client\",le=\"0.05\"}"),
+        text.contains(
+            "switchyard_ping_rtt_seconds_bucket{route=\"r\",side=\"client\",le=\"0.05\"}"
+        ),
         "{text}"
     );
 }

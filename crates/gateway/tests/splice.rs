@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use switchyard_gateway::config::Config;
 use switchyard_gateway::io::PlainTcp;
 use switchyard_gateway::metrics::Direction;
-use switchyard_gateway::proxy::tunnel::{transparent_tcp, Spliced};
+use switchyard_gateway::proxy::tunnel::{transparent_tcp, NoObserver, Spliced};
 use switchyard_gateway::proxy::{SpliceMode, TunnelEnd, TunnelReport};
 use switchyard_gateway::{Gateway, Server};
 use switchyard_proto::handshake::accept_key;
@@ -53,6 +53,7 @@ async fn tunnel(
             PlainTcp::bare(&mut proxy_b),
             idle,
             mode,
+            &NoObserver,
             std::future::pending(),
         )
         .await

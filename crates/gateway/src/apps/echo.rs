@@ -1,6 +1,7 @@
 //! The WebSocket echo app: every text and binary message back to its sender.
 
 use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use switchyard::{CloseCode, Message, WebSocket};
@@ -9,8 +10,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::AppSettings;
-use crate::metrics::{violation, Close, CloseWhy};
+use crate::metrics::{violation, Close, CloseWhy, Direction, PingSide, RouteMetrics};
 use crate::outcome::Blame;
+use crate::probe;
 use crate::tracking::LiveApp;
 
 /// How an echo session ended, for the log line.
@@ -33,6 +35,11 @@ pub(crate) enum EchoEnd {
 /// are answered in one batch and flushed together (one write for many
 /// frames). Pings and pongs count as traffic for the idle timeout.
 ///
+/// With a heartbeat (`ping_interval` in the WebSocket's limits) the client
+/// also gets probe pings ([`crate::probe`]) whose pongs give the round
+/// trips. The messages (both ways: each is echoed) and the round trips go
+/// to `counters`, the route's, once per wake-up.
+///
 /// The future is kept small (it lives as long as the connection): the echo
 /// loop is one `poll_fn` over the socket, and the rarely used closing path
 /// is boxed.
@@ -41,6 +48,7 @@ pub(crate) fn echo<S>(
     mut ws: WebSocket<S>,
     mut shutdown: watch::Receiver<bool>,
     settings: AppSettings,
+    counters: Option<Arc<RouteMetrics>>,
 ) -> impl std::future::Future<Output = EchoEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -49,8 +57,9 @@ where
     // (once as arguments, once as locals, rust-lang/rust#62958); the block
     // below uses the captured `ws` directly.
     async move {
-        let mut last = Instant::now();
-        let idle = tokio::time::sleep(settings.idle_timeout);
+        let mut pace = Pace::new(counters, probe::period(ws.limits().ping_interval));
+        let first = pace.wake(pace.last.checked_add(settings.idle_timeout));
+        let idle = tokio::time::sleep_until(first);
         tokio::pin!(idle);
         let closing = loop {
             if *shutdown.borrow() {
@@ -60,12 +69,14 @@ where
                 biased;
                 // Cancel-safe: the loop keeps all its state in `ws` (bytes read,
                 // replies queued), so losing the race loses nothing.
-                ended = echo_until_end(&mut ws, &mut last) => ended,
+                ended = echo_until_end(&mut ws, &mut pace) => ended,
                 _ = shutdown.changed() => continue,
                 () = &mut idle => {
-                    match last.checked_add(settings.idle_timeout) {
-                        Some(at) if at > Instant::now() => {
-                            idle.as_mut().reset(at);
+                    let now = Instant::now();
+                    pace.tick(now, probe::period(ws.limits().ping_interval));
+                    match pace.last.checked_add(settings.idle_timeout) {
+                        Some(at) if at > now => {
+                            idle.as_mut().reset(pace.wake(Some(at)));
                             continue;
                         }
                         _ => break Closing::Idle,
@@ -98,6 +109,71 @@ enum Closing {
 /// before more is read (bounds the batch, and the output buffer).
 const ECHO_BATCH_BYTES: usize = 64 * 1024;
 
+/// What the echo keeps besides its WebSocket: the time of the last frame
+/// received (for the idle timeout), its probe pings and the route's
+/// counters.
+struct Pace {
+    last: Instant,
+    /// The probes' clock ([`probe::micros_since`]).
+    start: Instant,
+    /// When the next probe is due, in microseconds since `start`
+    /// (`u64::MAX`: never, without a heartbeat).
+    next_probe: u64,
+    /// A probe is due: it goes out at the next wake-up of the echo loop.
+    probe_due: bool,
+    counters: Option<Arc<RouteMetrics>>,
+}
+
+impl Pace {
+    fn new(counters: Option<Arc<RouteMetrics>>, period: Option<Duration>) -> Self {
+        Pace {
+            last: Instant::now(),
+            start: Instant::now(),
+            next_probe: period.map_or(u64::MAX, micros),
+            probe_due: false,
+            counters,
+        }
+    }
+
+    /// The timer fired at `now`: mark a probe due if it is time, and plan
+    /// the next one a `period` later.
+    fn tick(&mut self, now: Instant, period: Option<Duration>) {
+        let at = micros(now.saturating_duration_since(self.start));
+        if let Some(p) = period.filter(|_| at >= self.next_probe) {
+            self.probe_due = true;
+            self.next_probe = at.saturating_add(micros(p));
+        }
+    }
+
+    /// The next wake-up: the idle deadline (`None`: never) or the next
+    /// probe, whichever comes first.
+    fn wake(&self, idle_at: Option<Instant>) -> Instant {
+        let probe_at = self
+            .start
+            .checked_add(Duration::from_micros(self.next_probe));
+        [idle_at, probe_at]
+            .into_iter()
+            .flatten()
+            .min()
+            // Neither is representable: far away.
+            .unwrap_or_else(|| self.start + Duration::from_secs(86400 * 365))
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// What one wake-up of the echo loop received.
+#[derive(Default)]
+struct Batch {
+    /// A frame arrived (any: pings and pongs keep the connection from idling).
+    frame: bool,
+    /// Data messages, and their payload bytes.
+    messages: u64,
+    bytes: u64,
+}
+
 enum Ended {
     PeerClosed(Option<switchyard::CloseFrame>),
     Eof,
@@ -106,37 +182,58 @@ enum Ended {
 
 /// Echo until the peer closes or the connection fails. Every message already
 /// received or readable without waiting is queued; the queued replies are
-/// flushed once nothing more is readable (one write for the batch). `last`
-/// is the time of the last frame received.
+/// flushed once nothing more is readable (one write for the batch). A due
+/// probe goes out first.
 fn echo_until_end<'a, S>(
     ws: &'a mut WebSocket<S>,
-    last: &'a mut Instant,
+    pace: &'a mut Pace,
 ) -> impl std::future::Future<Output = Ended> + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut queued = 0usize;
     std::future::poll_fn(move |cx| {
-        // One clock read per wake-up, not per message.
-        let mut received = false;
-        let poll = poll_echo(ws, &mut queued, &mut received, cx);
-        if received {
-            *last = Instant::now();
+        let mut batch = Batch::default();
+        let poll = poll_echo(ws, &mut queued, pace, &mut batch, cx);
+        // One clock read and one count per wake-up, not per message.
+        if batch.frame {
+            pace.last = Instant::now();
+        }
+        if let Some(c) = pace.counters.as_ref().filter(|_| batch.messages > 0) {
+            for dir in Direction::BOTH {
+                c.relayed(dir, batch.messages, batch.bytes);
+            }
         }
         poll
     })
 }
 
-/// One wake-up of [`echo_until_end`]: `received` is set when a frame arrived.
+/// One wake-up of [`echo_until_end`]: what arrived goes in `batch`.
 fn poll_echo<S>(
     ws: &mut WebSocket<S>,
     queued: &mut usize,
-    received: &mut bool,
+    pace: &mut Pace,
+    batch: &mut Batch,
     cx: &mut std::task::Context<'_>,
 ) -> Poll<Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if pace.probe_due {
+        match ws.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => {
+                pace.probe_due = false;
+                let ping = probe::ping(probe::micros_since(pace.start));
+                if let Err(e) = ws.start_send_unpin(ping) {
+                    return Poll::Ready(Ended::Failed(e));
+                }
+                // The frame: 2 bytes of header, 8 of payload.
+                *queued += 10;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Ended::Failed(e)),
+            Poll::Pending => {}
+        }
+    }
     loop {
         if *queued >= ECHO_BATCH_BYTES {
             match ws.poll_flush_unpin(cx) {
@@ -152,7 +249,7 @@ where
         }
         let next = ws.poll_next_unpin(cx);
         if let Poll::Ready(Some(Ok(_))) = &next {
-            *received = true;
+            batch.frame = true;
         }
         match next {
             Poll::Ready(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
@@ -164,11 +261,19 @@ where
                 if let Err(e) = ws.start_send_unpin(m) {
                     return Poll::Ready(Ended::Failed(e));
                 }
+                batch.messages += 1;
+                batch.bytes += len as u64;
                 // Count the frame header too, so empty messages add up.
                 *queued += len + 2;
             }
+            Poll::Ready(Some(Ok(Message::Pong(p)))) => {
+                let now = probe::micros_since(pace.start);
+                if let Some((c, rtt)) = pace.counters.as_ref().zip(probe::round_trip(&p, now)) {
+                    c.observe_ping_rtt(PingSide::Client, rtt);
+                }
+            }
             // Pings are answered by the connection itself.
-            Poll::Ready(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Poll::Ready(Some(Ok(Message::Ping(_)))) => {}
             Poll::Ready(Some(Ok(Message::Close(frame)))) => {
                 return Poll::Ready(Ended::PeerClosed(frame))
             }
@@ -260,7 +365,7 @@ mod tests {
         let (a, _b) = tokio::io::duplex(64);
         let ws = WebSocket::from_raw(a, Connection::new(Role::Server, Limits::default()), &[]);
         let (_tx, rx) = watch::channel(false);
-        let echo = echo(ws, rx, AppSettings::default());
+        let echo = echo(ws, rx, AppSettings::default(), None);
         let size = std::mem::size_of_val(&echo);
         assert!(size <= 640, "echo future is {size} bytes");
     }
@@ -284,7 +389,7 @@ mod tests {
             idle_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(1),
         };
-        let task = tokio::spawn(echo(server, rx, settings));
+        let task = tokio::spawn(echo(server, rx, settings, None));
         tokio::time::sleep(Duration::from_secs(8)).await;
         client.send(Message::text("still here")).await.unwrap();
         assert_eq!(
@@ -302,11 +407,50 @@ mod tests {
         assert!(matches!(task.await.unwrap(), EchoEnd::Idle));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn messages_and_probe_round_trips_count_while_the_echo_runs() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut limits = Limits::default();
+        limits.ping_interval = Some(Duration::from_secs(10));
+        let server = WebSocket::from_raw(a, Connection::new(Role::Server, limits), &[]);
+        let mut client =
+            WebSocket::from_raw(b, Connection::new(Role::Client, Limits::default()), &[]);
+        let (_tx, rx) = watch::channel(false);
+        let counters = Arc::new(RouteMetrics::default());
+        let task = tokio::spawn(echo(
+            server,
+            rx,
+            AppSettings::default(),
+            Some(counters.clone()),
+        ));
+        for text in ["one", "three"] {
+            client.send(Message::text(text)).await.unwrap();
+            assert_eq!(client.next().await.unwrap().unwrap(), Message::text(text));
+        }
+        // Counted as they were echoed, not at the end.
+        for dir in Direction::BOTH {
+            assert_eq!(counters.messages(dir), 2);
+            assert_eq!(counters.bytes(dir), 8);
+        }
+        assert_eq!(counters.ping_rtt(PingSide::Client).count(), 0);
+        // The probe (after 9/10 of the interval) reaches the client, whose
+        // automatic pong gives a round trip.
+        tokio::time::sleep(Duration::from_millis(9_500)).await;
+        let Some(Ok(Message::Ping(p))) = client.next().await else {
+            panic!("expected the probe");
+        };
+        assert_eq!(p.len(), 8, "the probe carries its time");
+        let more = tokio::time::timeout(Duration::from_millis(100), client.next()).await;
+        assert!(more.is_err(), "nothing else came: {more:?}");
+        assert_eq!(counters.ping_rtt(PingSide::Client).count(), 1);
+        assert!(!task.is_finished());
+    }
+
     #[tokio::test]
     async fn shutdown_sends_1001() {
         let (server, mut client) = pair();
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(echo(server, rx, AppSettings::default()));
+        let task = tokio::spawn(echo(server, rx, AppSettings::default(), None));
         tx.send(true).unwrap();
         let Some(Ok(Message::Close(Some(frame)))) = client.next().await else {
             panic!("expected a close frame");

@@ -5,14 +5,17 @@
 //! connection is closed, so memory stays bounded whatever the peer sends; a
 //! connection silent for the route's `idle_timeout` gets `error: idle
 //! timeout` and is closed. On server shutdown the connection is closed.
+//! Each batch of lines echoed is counted (lines as messages, their bytes)
+//! in the route's counters.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::metrics::{Close, CloseWhy};
+use crate::metrics::{Close, CloseWhy, Direction, RouteMetrics};
 use crate::outcome::Blame;
 
 /// Longest line, `\n` included.
@@ -54,12 +57,13 @@ impl LineEchoEnd {
 
 /// Echo `\n`-terminated lines from `buf` (bytes already received) and then
 /// from `io`, until the peer closes, a line is too long, nothing arrives for
-/// `idle`, or `shutdown` fires.
+/// `idle`, or `shutdown` fires. What is echoed is counted in `counters`.
 pub(crate) async fn line_echo<S>(
     mut io: S,
     mut buf: BytesMut,
     idle: Duration,
     mut shutdown: watch::Receiver<bool>,
+    counters: Option<Arc<RouteMetrics>>,
 ) -> LineEchoEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -70,6 +74,12 @@ where
             let lines = buf.split_to(last + 1);
             if let Err(e) = io.write_all(&lines).await {
                 return LineEchoEnd::Io(e.kind());
+            }
+            if let Some(c) = &counters {
+                let n = lines.iter().filter(|&&b| b == b'\n').count() as u64;
+                for dir in Direction::BOTH {
+                    c.relayed(dir, n, lines.len() as u64);
+                }
             }
         }
         if buf.len() > MAX_LINE {
@@ -113,7 +123,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (_tx, rx) = watch::channel(false);
         let idle = Duration::from_millis(50);
-        let task = tokio::spawn(line_echo(server, BytesMut::new(), idle, rx));
+        let task = tokio::spawn(line_echo(server, BytesMut::new(), idle, rx, None));
         client.write_all(b"hi\n").await.unwrap();
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();
@@ -125,11 +135,13 @@ mod tests {
     async fn echoes_lines_including_leftover_and_split_ones() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (_tx, rx) = watch::channel(false);
+        let counters = Arc::new(RouteMetrics::default());
         let task = tokio::spawn(line_echo(
             server,
             BytesMut::from(&b"first\nsec"[..]),
             IDLE,
             rx,
+            Some(counters.clone()),
         ));
         client.write_all(b"ond\nthird").await.unwrap();
         client.write_all(b"\n").await.unwrap();
@@ -138,13 +150,17 @@ mod tests {
         client.read_to_end(&mut out).await.unwrap();
         assert_eq!(out, b"first\nsecond\nthird\n");
         assert_eq!(task.await.unwrap(), LineEchoEnd::PeerClosed);
+        for dir in Direction::BOTH {
+            assert_eq!(counters.messages(dir), 3, "lines");
+            assert_eq!(counters.bytes(dir), 19);
+        }
     }
 
     #[tokio::test]
     async fn a_line_over_8_kib_closes() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (_tx, rx) = watch::channel(false);
-        let task = tokio::spawn(line_echo(server, BytesMut::new(), IDLE, rx));
+        let task = tokio::spawn(line_echo(server, BytesMut::new(), IDLE, rx, None));
         client.write_all(b"ok\n").await.unwrap();
         client.write_all(&vec![b'a'; MAX_LINE + 1]).await.unwrap();
         let mut out = Vec::new();
@@ -157,7 +173,7 @@ mod tests {
     async fn a_line_of_exactly_8_kib_is_echoed() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (_tx, rx) = watch::channel(false);
-        let task = tokio::spawn(line_echo(server, BytesMut::new(), IDLE, rx));
+        let task = tokio::spawn(line_echo(server, BytesMut::new(), IDLE, rx, None));
         let mut line = vec![b'b'; MAX_LINE - 1];
         line.push(b'\n');
         client.write_all(&line).await.unwrap();
@@ -172,7 +188,7 @@ mod tests {
     async fn shutdown_closes() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(line_echo(server, BytesMut::new(), IDLE, rx));
+        let task = tokio::spawn(line_echo(server, BytesMut::new(), IDLE, rx, None));
         tx.send(true).unwrap();
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();

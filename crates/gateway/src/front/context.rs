@@ -83,7 +83,7 @@ impl Front {
     /// handshake timed. Proxied switches are counted by the proxy.
     pub(crate) fn switched(&self, route: &str, protocol: HttpVersion, decided: Instant) {
         let metrics = self.dispatcher.gateway().metrics();
-        metrics.upgrade_attempt("switched", Reason::Switched.label());
+        metrics.upgrade_attempt(route, "switched", Reason::Switched.label());
         metrics.observe_handshake(route, protocol, decided.elapsed());
     }
 

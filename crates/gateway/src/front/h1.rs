@@ -309,7 +309,7 @@ async fn serve_loop(
             Decision::SwitchConnection(selection) => {
                 let attempt = Attempt {
                     peer,
-                    route: "-",
+                    route: crate::metrics::NO_ROUTE,
                     tls,
                     decided: Instant::now(),
                 };

@@ -240,7 +240,9 @@ fn app(
                     match upgrade.await {
                         Ok(ws) => {
                             info!(subprotocol = ?ws.subprotocol(), "websocket over HTTP/2 (RFC 8441)");
-                            echo::record_end(echo::echo(ws, stop, settings).await, Some(live));
+                            let counters = Some(live.counters().clone());
+                            let end = echo::echo(ws, stop, settings, counters).await;
+                            echo::record_end(end, Some(live));
                         }
                         Err(e) => info!("HTTP/2 stream not handed over: {e}"),
                     }

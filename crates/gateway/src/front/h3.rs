@@ -304,7 +304,9 @@ async fn app(
         permit,
     );
     info!("websocket over HTTP/3 (RFC 9220)");
-    echo::record_end(echo::echo(ws, stop, app.settings.clone()).await, Some(live));
+    let counters = Some(live.counters().clone());
+    let end = echo::echo(ws, stop, app.settings.clone(), counters).await;
+    echo::record_end(end, Some(live));
 }
 
 /// A proxied extended CONNECT on an HTTP/3 stream.

@@ -477,7 +477,13 @@ where
         let _ = respond(resp).await;
     }
     let (result, reason) = outcome.labels();
-    route.ctx.metrics.upgrade_attempt(result, reason);
+    // A switched attempt was counted when it switched.
+    if !matches!(outcome.kind, OutcomeKind::Tunneled(_)) {
+        route
+            .ctx
+            .metrics
+            .upgrade_attempt(route.label, result, reason);
+    }
     tracing::info!(
         client = %req.client.addr,
         route = route.label,
@@ -619,6 +625,11 @@ where
         token,
     } = up;
     drop((response, token));
+    // Counted now, not when the tunnel ends: the live connections count in
+    // the success rate.
+    let switched = Reason::Switched.label();
+    ctx.metrics
+        .upgrade_attempt(route.label, "switched", switched);
     let mut stream = match respond(ok).await {
         Ok(s) => s,
         Err(e) => {
@@ -637,6 +648,7 @@ where
     let open = ctx
         .metrics
         .open_connection(route.label, req.protocol, Transport::WebSocket);
+    let counters = ctx.metrics.route(route.label);
     let report = match mode {
         TunnelMode::Transparent => {
             if !up_leftover.is_empty() && stream.write_all(&up_leftover).await.is_err() {
@@ -649,17 +661,17 @@ where
                 return (outcome, None);
             }
             drop(up_leftover);
-            tunnel::transparent(&mut stream, &mut upstream, policy.idle_timeout, shutdown).await
+            let idle = policy.idle_timeout;
+            tunnel::transparent(&mut stream, &mut upstream, idle, &counters, shutdown).await
         }
         TunnelMode::FrameAware => {
-            let observer = MetricsObserver(ctx.metrics.clone());
             tunnel::frame_aware(
                 &mut stream,
                 BytesMut::new(),
                 &mut upstream,
                 up_leftover,
                 &fa_cfg,
-                observer,
+                counters,
                 std::pin::pin!(shutdown),
             )
             .await
@@ -676,30 +688,12 @@ fn finish_tunnel(
     backend: String,
     open: OpenGuard,
 ) -> ProxyOutcome {
+    // Messages and bytes were counted while the tunnel relayed them.
     open.closed(report.end.close());
-    let m = &route.ctx.metrics;
-    let route_name = route.label;
-    m.add_bytes(
-        route_name,
-        Direction::ClientToUpstream,
-        report.bytes_to_upstream,
-    );
-    m.add_bytes(
-        route_name,
-        Direction::UpstreamToClient,
-        report.bytes_to_client,
-    );
-    m.add_messages(
-        route_name,
-        Direction::ClientToUpstream,
-        report.messages_to_upstream,
-    );
-    m.add_messages(
-        route_name,
-        Direction::UpstreamToClient,
-        report.messages_to_client,
-    );
-    m.observe_tunnel(route_name, report.duration);
+    route
+        .ctx
+        .metrics
+        .observe_tunnel(route.label, report.duration);
     ProxyOutcome {
         detail: format!("tunnel ({mode:?}) ended: {}", report.end.label()),
         kind: OutcomeKind::Tunneled(report),
@@ -712,13 +706,6 @@ async fn answer<C: AsyncWrite + Unpin>(client: &mut C, r: &Refusal) {
     let _ = client.write_all(&r.to_bytes()).await;
     let _ = client.flush().await;
     let _ = client.shutdown().await;
-}
-
-struct MetricsObserver(Arc<Metrics>);
-impl tunnel::TunnelObserver for MetricsObserver {
-    fn ping_rtt(&self, upstream: bool, rtt: Duration) {
-        self.0.observe_ping_rtt(upstream, rtt);
-    }
 }
 
 /// Proxy one admitted HTTP/1.1 request on `route` (its `slot` in the
@@ -794,8 +781,8 @@ struct FrameAwareStart {
 }
 
 /// The handshake phase of [`proxy_h1`]: everything before the tunnel. The
-/// attempt's log line and counter come now when it ends here, or at the
-/// end of [`H1Tunnel::run`].
+/// attempt is counted now; its log line comes now when it ends here, or at
+/// the end of [`H1Tunnel::run`].
 pub async fn start_h1<C>(
     mut client: C,
     req: Request<()>,
@@ -827,7 +814,12 @@ where
     .await;
     match start {
         Handshake::Done(outcome) => {
-            report_h1(route, client_info.addr, &outcome);
+            let (result, reason) = outcome.labels();
+            route
+                .ctx
+                .metrics
+                .upgrade_attempt(route.label, result, reason);
+            log_h1(route, client_info.addr, &outcome);
             if let Some(fields) = fields {
                 route.ctx.metrics.failures().record(
                     client_info.addr,
@@ -843,6 +835,9 @@ where
         Handshake::Switched(s) => {
             let m = &route.ctx.metrics;
             m.observe_handshake(route.label, HttpVersion::Http1, decided.elapsed());
+            // Counted now, not when the tunnel ends: the live connections
+            // count in the success rate.
+            m.upgrade_attempt(route.label, "switched", Reason::Switched.label());
             H1Start::Tunnel(H1Tunnel {
                 client,
                 upstream: s.upstream,
@@ -903,15 +898,17 @@ where
             .metrics
             .open_connection(route.label, HttpVersion::Http1, self.transport);
         let idle = route.config.policy.idle_timeout;
+        let counters = ctx.metrics.route(route.label);
         // Plain TCP on both sides: the copy bypasses the streams (and may
         // splice); else (TLS) through them.
         let (report, spliced) = match (self.client.as_plain_tcp(), self.upstream.as_plain_tcp()) {
             (Some(a), Some(b)) => {
-                tunnel::transparent_tcp(a, b, idle, SpliceMode::default(), shutdown).await
+                let mode = SpliceMode::default();
+                tunnel::transparent_tcp(a, b, idle, mode, &counters, shutdown).await
             }
             _ => {
-                let report =
-                    tunnel::transparent(&mut self.client, &mut self.upstream, idle, shutdown).await;
+                let (client, upstream) = (&mut self.client, &mut self.upstream);
+                let report = tunnel::transparent(client, upstream, idle, &counters, shutdown).await;
                 (report, Spliced::default())
             }
         };
@@ -945,8 +942,9 @@ where
             }
             None => {
                 let idle = Duration::MAX;
-                let report =
-                    tunnel::transparent(&mut self.client, &mut self.upstream, idle, shutdown).await;
+                let counters = ctx.metrics.route(route.label);
+                let (client, upstream) = (&mut self.client, &mut self.upstream);
+                let report = tunnel::transparent(client, upstream, idle, &counters, shutdown).await;
                 return self.finish(route, TunnelMode::Transparent, report, open);
             }
         };
@@ -956,7 +954,7 @@ where
             &mut self.upstream,
             upstream_leftover,
             &cfg,
-            MetricsObserver(ctx.metrics.clone()),
+            ctx.metrics.route(route.label),
             shutdown,
         );
         drop(cfg);
@@ -973,15 +971,14 @@ where
     ) -> ProxyOutcome {
         let backend = std::mem::take(&mut self.backend);
         let outcome = finish_tunnel(route, mode, report, backend, open);
-        report_h1(route, self.client_addr, &outcome);
+        log_h1(route, self.client_addr, &outcome);
         outcome
     }
 }
 
-/// The attempt's counter and log line.
-fn report_h1(route: ProxyRoute<'_>, client: std::net::SocketAddr, outcome: &ProxyOutcome) {
+/// The attempt's log line.
+fn log_h1(route: ProxyRoute<'_>, client: std::net::SocketAddr, outcome: &ProxyOutcome) {
     let (result, reason) = outcome.labels();
-    route.ctx.metrics.upgrade_attempt(result, reason);
     tracing::info!(
         client = %client,
         route = route.label,

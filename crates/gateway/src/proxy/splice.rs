@@ -138,15 +138,15 @@ impl TcpHalf {
         }
     }
 
-    /// Drive this direction as far as it goes without blocking. `touch` is
-    /// called after each read that returned bytes.
+    /// Drive this direction as far as it goes without blocking. `on_read`
+    /// is called after each read that returned bytes, with their number.
     pub fn poll_copy(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut PlainTcp<'_>,
         dst: &mut PlainTcp<'_>,
         mode: SpliceMode,
-        touch: &dyn Fn(),
+        on_read: &dyn Fn(usize),
     ) -> Poll<io::Result<()>> {
         let splice = mode != SpliceMode::Never;
         loop {
@@ -210,7 +210,7 @@ impl TcpHalf {
                         self.in_pipe = n;
                         self.read += n as u64;
                         src.count_read(n);
-                        touch();
+                        on_read(n);
                         if n >= SPLICE_FROM {
                             self.small = 0;
                         } else if mode == SpliceMode::Bursts {
@@ -244,7 +244,7 @@ impl TcpHalf {
             }
             self.read += filled.len() as u64;
             src.count_read(filled.len());
-            touch();
+            on_read(filled.len());
             if filled.len() >= SPLICE_FROM {
                 self.burst = true;
                 self.small = 0;
@@ -498,7 +498,7 @@ mod tests {
                 &mut PlainTcp::bare(src),
                 &mut PlainTcp::bare(dst),
                 SpliceMode::Always,
-                &|| {},
+                &|_| {},
             )
         });
         let r = tokio::time::timeout(d, copy).await;

@@ -47,13 +47,11 @@
 //! are used on both connections ([`deflate_params`]): messages are inflated
 //! on one side and deflated again on the other with the same parameters.
 //!
-//! Ping round trips: each side also gets a probe ping every 9/10 of its
-//! `ping_interval`, whose 8-byte payload is the time it was sent
-//! (microseconds since the tunnel started); the pong echoes it and gives
-//! the round trip. A live peer answers the probes, which resets the
-//! heartbeat's silence timer, so in practice the heartbeat only fires (and
-//! closes with 1011 on timeout) when the peer stopped answering. A forged
-//! pong payload can only give a wrong sample, bounded by the tunnel's age.
+//! Ping round trips: each side also gets a probe ping ([`crate::probe`])
+//! every 9/10 of its `ping_interval`; the pongs give the round trips. A
+//! live peer answers the probes, which resets the heartbeat's silence
+//! timer, so in practice the heartbeat only fires (and closes with 1011 on
+//! timeout) when the peer stopped answering.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -76,8 +74,9 @@ use tokio::time::{Instant, Sleep};
 use super::copy::{copy_both_ways, Half};
 use super::splice::{SpliceMode, TcpHalf};
 use crate::io::PlainTcp;
-use crate::metrics::{violation, Close, CloseWhy};
+use crate::metrics::{violation, Close, CloseWhy, Direction, PingSide, RouteMetrics};
 use crate::outcome::Blame;
+use crate::probe;
 
 /// How the tunnel ended (a fixed label each, for metrics and logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,14 +204,16 @@ impl Activity {
     }
 }
 
-/// A stream that counts the bytes read from it and records activity.
-struct Tracked<'a, S> {
+/// A stream that records activity and hands the bytes read from it (in
+/// `dir`) to the observer, one call per read.
+struct Tracked<'a, S, O> {
     inner: S,
-    read: &'a AtomicU64,
+    dir: Direction,
+    observer: &'a O,
     activity: &'a Activity,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
+impl<S: AsyncRead + Unpin, O: TunnelObserver> AsyncRead for Tracked<'_, S, O> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -222,14 +223,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len().saturating_sub(before);
         if n > 0 {
-            self.read.fetch_add(n as u64, Ordering::Relaxed);
+            self.observer.relayed(self.dir, 0, n as u64);
             self.activity.touch();
         }
         r
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
+impl<S: AsyncWrite + Unpin, O: TunnelObserver> AsyncWrite for Tracked<'_, S, O> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -247,28 +248,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
 
 /// Copy bytes both ways until both directions ended, `idle` passed with no
 /// byte either way, or `shutdown` resolved. Leftover bytes must have been
-/// written by the caller already.
-pub async fn transparent<A, B>(
+/// written by the caller already. The bytes go to `observer` as they are
+/// read (one call per read).
+pub async fn transparent<A, B, O>(
     client: A,
     upstream: B,
     idle: Duration,
+    observer: &O,
     shutdown: impl Future<Output = ()>,
 ) -> TunnelReport
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
+    O: TunnelObserver,
 {
     let activity = Activity::new();
-    let from_client = AtomicU64::new(0);
-    let from_upstream = AtomicU64::new(0);
     let mut a = Tracked {
         inner: client,
-        read: &from_client,
+        dir: Direction::ClientToUpstream,
+        observer,
         activity: &activity,
     };
     let mut b = Tracked {
         inner: upstream,
-        read: &from_upstream,
+        dir: Direction::UpstreamToClient,
+        observer,
         activity: &activity,
     };
     let mut to_upstream = Half::default();
@@ -283,8 +287,8 @@ where
     };
     TunnelReport {
         end,
-        bytes_to_upstream: from_client.load(Ordering::Relaxed),
-        bytes_to_client: from_upstream.load(Ordering::Relaxed),
+        bytes_to_upstream: to_upstream.total(),
+        bytes_to_client: to_client.total(),
         messages_to_upstream: 0,
         messages_to_client: 0,
         duration: activity.start.elapsed(),
@@ -303,22 +307,29 @@ pub struct Spliced {
 /// [`transparent`] on the plain TCP sockets under both streams (from
 /// [`crate::io::AsPlainTcp`]; the caller takes [`transparent`] when a side has none):
 /// bursts through `splice(2)` on Linux as `mode` says ([`super::splice`]).
-/// The streams' byte counters ([`PlainTcp`]) are kept up to date.
-pub async fn transparent_tcp(
+/// The streams' byte counters ([`PlainTcp`]) and `observer` (one call per
+/// read) are kept up to date.
+pub async fn transparent_tcp<O: TunnelObserver>(
     mut a: PlainTcp<'_>,
     mut b: PlainTcp<'_>,
     idle: Duration,
     mode: SpliceMode,
+    observer: &O,
     shutdown: impl Future<Output = ()>,
 ) -> (TunnelReport, Spliced) {
     let mode = mode.available();
     let activity = Activity::new();
-    let touch = || activity.touch();
+    let on_read = |dir, n: usize| {
+        activity.touch();
+        observer.relayed(dir, 0, n as u64);
+    };
     let mut to_upstream = TcpHalf::default();
     let mut to_client = TcpHalf::default();
     let copy = std::future::poll_fn(|cx| {
-        let up = to_upstream.poll_copy(cx, &mut a, &mut b, mode, &touch)?;
-        let down = to_client.poll_copy(cx, &mut b, &mut a, mode, &touch)?;
+        let up = &|n| on_read(Direction::ClientToUpstream, n);
+        let up = to_upstream.poll_copy(cx, &mut a, &mut b, mode, up)?;
+        let down = &|n| on_read(Direction::UpstreamToClient, n);
+        let down = to_client.poll_copy(cx, &mut b, &mut a, mode, down)?;
         if up.is_ready() && down.is_ready() {
             Poll::Ready(std::io::Result::Ok(()))
         } else {
@@ -408,16 +419,30 @@ pub fn shared_limits(limits: Limits) -> Arc<Limits> {
     a
 }
 
-/// Observer of per-message events (metrics).
+/// Observer of what a tunnel relays (metrics).
 pub trait TunnelObserver: Send + Sync {
-    /// A ping round trip toward the upstream (`true`) or the client.
-    fn ping_rtt(&self, _upstream: bool, _rtt: Duration) {}
+    /// A probe ping's round trip toward `side`.
+    fn ping_rtt(&self, _side: PingSide, _rtt: Duration) {}
+    /// `messages` (0 in transparent mode) and `bytes` relayed in `dir`
+    /// since the last call: called once per batch of reads, while the
+    /// tunnel runs.
+    fn relayed(&self, _dir: Direction, _messages: u64, _bytes: u64) {}
 }
 
 /// No observer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoObserver;
 impl TunnelObserver for NoObserver {}
+
+/// The route's counters ([`RouteMetrics`]) observe its tunnels.
+impl TunnelObserver for Arc<RouteMetrics> {
+    fn ping_rtt(&self, side: PingSide, rtt: Duration) {
+        self.observe_ping_rtt(side, rtt);
+    }
+    fn relayed(&self, dir: Direction, messages: u64, bytes: u64) {
+        RouteMetrics::relayed(self, dir, messages, bytes);
+    }
+}
 
 /// How one direction (the messages of one side) ended.
 #[derive(Debug)]
@@ -465,8 +490,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Side<S> {
 
     /// Probes every 9/10 of the heartbeat's interval (module docs).
     fn probe_period(ws: &WebSocket<S>) -> Option<Duration> {
-        let d = ws.limits().ping_interval?;
-        Some((d - d / 10).max(Duration::from_millis(1)))
+        probe::period(ws.limits().ping_interval)
     }
 
     /// The timer fired at `now`: mark a probe due if it is time.
@@ -488,8 +512,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Side<S> {
             Poll::Ready(Err(_)) => self.probe_due = false,
             Poll::Ready(Ok(())) => {
                 self.probe_due = false;
-                let stamp = clock.micros().to_be_bytes();
-                let ping = Message::Ping(bytes::Bytes::copy_from_slice(&stamp));
+                let ping = probe::ping(clock.micros());
                 if Pin::new(&mut self.ws).start_send(ping).is_ok() {
                     self.dirty = true;
                 }
@@ -537,7 +560,7 @@ struct Clock {
 
 impl Clock {
     fn micros(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+        probe::micros_since(self.start)
     }
     fn touch(&mut self) {
         self.last_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -555,8 +578,36 @@ impl Clock {
 /// `dst` accepts a message, and flush `dst` once `src` has nothing more for
 /// now (a burst goes out in one write). A `dst` that cannot take a message
 /// fails the direction only when there is a message for it (until then its
-/// own direction may still report why).
+/// own direction may still report why). What this call relayed goes to
+/// `observer` in one call.
 fn poll_direction<R, W>(
+    src: &mut Side<R>,
+    dst: &mut Side<W>,
+    src_is_upstream: bool,
+    clock: &mut Clock,
+    observer: &dyn TunnelObserver,
+    cx: &mut Context<'_>,
+) -> Poll<PumpEnd>
+where
+    R: AsyncRead + AsyncWrite + Unpin,
+    W: AsyncRead + AsyncWrite + Unpin,
+{
+    let before = (src.messages, src.bytes);
+    let poll = poll_messages(src, dst, src_is_upstream, clock, observer, cx);
+    let dir = if src_is_upstream {
+        Direction::UpstreamToClient
+    } else {
+        Direction::ClientToUpstream
+    };
+    let (messages, bytes) = (src.messages - before.0, src.bytes - before.1);
+    if messages > 0 {
+        observer.relayed(dir, messages, bytes);
+    }
+    poll
+}
+
+/// The relaying of [`poll_direction`].
+fn poll_messages<R, W>(
     src: &mut Side<R>,
     dst: &mut Side<W>,
     src_is_upstream: bool,
@@ -613,12 +664,13 @@ fn classify<S>(
             Ok(Some(msg))
         }
         Some(Ok(Message::Pong(p))) => {
-            if let Ok(stamp) = <[u8; 8]>::try_from(p.as_ref()) {
-                let sent = u64::from_be_bytes(stamp);
-                let now = clock.micros();
-                if sent <= now {
-                    observer.ping_rtt(src_is_upstream, Duration::from_micros(now - sent));
-                }
+            if let Some(rtt) = probe::round_trip(&p, clock.micros()) {
+                let side = if src_is_upstream {
+                    PingSide::Upstream
+                } else {
+                    PingSide::Client
+                };
+                observer.ping_rtt(side, rtt);
             }
             Ok(None)
         }
@@ -1045,6 +1097,7 @@ mod tests {
             &mut client,
             &mut upstream,
             Duration::from_secs(1),
+            &NoObserver,
             shutdown.as_mut(),
         );
         let size = std::mem::size_of_val(&t);

@@ -256,7 +256,7 @@ pub(crate) fn admin_answer(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::metrics::Direction;
+    use crate::metrics::{Direction, PingSide};
     use crate::runtime::history::Totals;
     use std::collections::BTreeMap;
 
@@ -320,7 +320,7 @@ mod tests {
         );
         let client = "127.0.0.1:1".parse().unwrap();
         for reason in [Reason::Origin, Reason::Origin, Reason::UpgradeRequired] {
-            m.upgrade_attempt("refused", reason.label());
+            m.upgrade_attempt("x.example/ws", "refused", reason.label());
             m.failures().record(
                 client,
                 "x.example/ws",
@@ -356,16 +356,26 @@ mod tests {
         assert_eq!(top[1]["explanation"], recent[2].explanation.as_str(), "{v}");
         assert_eq!(
             v["upgrades"][0],
-            serde_json::json!({"result": "refused", "reason": Reason::Origin.label(), "count": 2})
+            serde_json::json!({"route": "x.example/ws", "result": "refused",
+                "reason": Reason::Origin.label(), "count": 2})
         );
         assert_eq!(v["upgrade_success_ratio"], 0.0, "{v}");
-        m.upgrade_attempt("switched", Reason::Switched.label());
+        assert_eq!(route["upgrade_attempts"], 3, "{v}");
+        assert_eq!(route["upgrade_success_ratio"], 0.0, "{v}");
+        m.upgrade_attempt("x.example/ws", "switched", Reason::Switched.label());
+        // An attempt no route matched counts in the total, not the route's.
+        m.upgrade_attempt(
+            crate::metrics::NO_ROUTE,
+            "refused",
+            Reason::BadUpgrade.label(),
+        );
         // Health, ping round trips, traffic and its history, fallback
         // sessions, drain and reload state.
         m.set_upstream_health("a", "ws://127.0.0.1:9/", false);
-        m.observe_ping_rtt(false, std::time::Duration::from_millis(20));
-        m.add_messages("x.example/ws", Direction::ClientToUpstream, 4);
-        m.add_bytes("x.example/ws", Direction::UpstreamToClient, 400);
+        let counters = m.route("x.example/ws");
+        counters.observe_ping_rtt(PingSide::Client, std::time::Duration::from_millis(20));
+        counters.relayed(Direction::ClientToUpstream, 4, 0);
+        counters.relayed(Direction::UpstreamToClient, 0, 400);
         g.sessions()
             .metrics()
             .relayed("x.example/ws", Direction::ClientToUpstream, 1, 100);
@@ -379,17 +389,19 @@ mod tests {
         g.start_draining();
         let (_, _, body) = admin_answer(&Method::GET, "/status.json", &g, &h);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["upgrade_success_ratio"], 0.25, "{v}");
+        assert_eq!(v["upgrade_success_ratio"], 0.2, "{v}");
         assert_eq!(
             v["upstreams"],
             serde_json::json!([{"upstream": "a", "backend": "ws://127.0.0.1:9/", "healthy": false}])
         );
+        let route = &v["routes"][0];
+        assert_eq!(route["upgrade_attempts"], 4, "{v}");
+        assert_eq!(route["upgrade_success_ratio"], 0.25, "{v}");
         assert_eq!(
-            v["ping_rtt"][0],
+            route["ping_rtt"][0],
             serde_json::json!({"side": "client", "count": 1, "p50_seconds": 0.025, "p99_seconds": 0.025})
         );
-        assert_eq!(v["ping_rtt"][1]["count"], 0, "{v}");
-        let route = &v["routes"][0];
+        assert_eq!(route["ping_rtt"][1]["count"], 0, "{v}");
         assert_eq!(route["messages_total"], 5, "{v}");
         assert_eq!(route["bytes_total"], 500, "{v}");
         assert_eq!(

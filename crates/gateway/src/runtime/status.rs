@@ -11,13 +11,15 @@
 //!     "open": [{"protocol": "h1", "transport": "websocket", "connections": 1}],
 //!     "sessions": [{"transport": "sse", "sessions": 0}],
 //!     "handshakes": [{"protocol": "h1", "count": 1, "p50_seconds": 0.0005, "p99_seconds": 0.0005}],
+//!     "ping_rtt": [{"side": "client", "count": 4, "p50_seconds": 0.001, "p99_seconds": 0.005},
+//!                  {"side": "upstream", "count": 0, "p50_seconds": null, "p99_seconds": null}],
+//!     "upgrade_attempts": 3, "upgrade_success_ratio": 0.33,
 //!     "messages_total": 20, "bytes_total": 640
 //!   }],
-//!   "upgrades": [{"result": "refused", "reason": "origin", "count": 2}],
+//!   "upgrades": [{"route": "/echo", "result": "refused", "reason": "origin", "count": 2}],
 //!   "upgrade_success_ratio": 0.33,
 //!   "top_failure_reasons": [{"reason": "origin", "count": 2,
 //!     "explanation": "Origin https://x.example not in allowed_origins: ..."}],
-//!   "ping_rtt": [{"side": "client", "count": 0, "p50_seconds": null, "p99_seconds": null}],
 //!   "upstreams": [{"upstream": "chat", "backend": "ws://10.0.0.1:8080/", "healthy": true}],
 //!   "connections": [{"route": "/echo", "client": "127.0.0.1:50312", "target": "app echo",
 //!     "protocol": "h1", "age_seconds": 3.2, "bytes_in": 320, "bytes_out": 322}],
@@ -30,10 +32,14 @@
 //! `p50_seconds` and `p99_seconds` are the upper bounds of the histogram
 //! buckets that hold them (`switchyard_handshake_duration_seconds`,
 //! `switchyard_ping_rtt_seconds`), `null` without observations or beyond
-//! the last bound. `messages_total` and `bytes_total`: both directions,
-//! tunnels and fallback sessions, since start (the built-in apps' messages
-//! are not counted). `upgrade_success_ratio`:
-//! switched attempts over all attempts since start, `null` before the first.
+//! the last bound; `ping_rtt` counts the pings the gateway sent on the
+//! route (a tunnel's probes to either side, a built-in app's heartbeat).
+//! `messages_total` and `bytes_total`: both directions, tunnels, built-in
+//! apps and fallback sessions, since start, counted while they relay
+//! ([`crate::metrics::RouteMetrics`]). `upgrade_success_ratio`:
+//! switched attempts over all attempts since start, `null` before the
+//! first; per route, and over every route at the top (which also counts
+//! the attempts no route matched, `upgrades` with the route `-`).
 //! `top_failure_reasons`: at most five, most frequent first, every refused
 //! or failed attempt since start, with the explanation of the latest one
 //! still in the ring (`/status/failures` has them all). `upstreams`: the
@@ -49,7 +55,7 @@ use serde::Serialize;
 
 use crate::config::RouteTarget;
 use crate::live::Gateway;
-use crate::metrics::{Direction, Histogram};
+use crate::metrics::{Direction, Histogram, PingSide};
 
 use super::history::{RouteRates, Totals, TrafficHistory, SAMPLE_INTERVAL};
 
@@ -71,7 +77,6 @@ pub(crate) struct StatusReport {
     upgrades: Vec<UpgradeCount>,
     upgrade_success_ratio: Option<f64>,
     top_failure_reasons: Vec<ReasonCount>,
-    ping_rtt: Vec<PingLatency>,
     upstreams: Vec<BackendHealth>,
     connections: Vec<ConnectionStatus>,
     history: History,
@@ -94,6 +99,9 @@ struct RouteStatus {
     open: Vec<OpenCount>,
     sessions: Vec<SessionCount>,
     handshakes: Vec<HandshakeLatency>,
+    ping_rtt: Vec<PingLatency>,
+    upgrade_attempts: u64,
+    upgrade_success_ratio: Option<f64>,
     messages_total: u64,
     bytes_total: u64,
 }
@@ -145,6 +153,7 @@ struct PingLatency {
 
 #[derive(Debug, Serialize)]
 struct UpgradeCount {
+    route: String,
     result: &'static str,
     reason: &'static str,
     count: u64,
@@ -187,7 +196,7 @@ pub(crate) fn route_totals(gw: &Gateway, route: &str) -> Totals {
     let metrics = gw.metrics();
     let sessions = gw.sessions().metrics();
     let mut totals = Totals::default();
-    for dir in [Direction::ClientToUpstream, Direction::UpstreamToClient] {
+    for dir in Direction::BOTH {
         totals.messages += metrics.messages(route, dir) + sessions.messages(route, dir);
         totals.bytes += metrics.bytes(route, dir) + sessions.bytes(route, dir);
     }
@@ -203,17 +212,43 @@ pub(crate) fn all_route_totals(gw: &Gateway) -> BTreeMap<String, Totals> {
         .collect()
 }
 
+/// Attempts and the share of them that switched, `None` without attempts.
+fn success<'a>(upgrades: impl Iterator<Item = &'a UpgradeCount>) -> (u64, Option<f64>) {
+    let (mut attempts, mut switched) = (0u64, 0u64);
+    for u in upgrades {
+        attempts += u.count;
+        if u.result == "switched" {
+            switched += u.count;
+        }
+    }
+    let ratio = (attempts > 0).then(|| switched as f64 / attempts as f64);
+    (attempts, ratio)
+}
+
 impl StatusReport {
     /// The state of `gw` now, with the rates of `history`.
     pub(crate) fn of(gw: &Gateway, history: &TrafficHistory) -> StatusReport {
         let live = gw.live();
         let metrics = gw.metrics();
         let sessions = gw.sessions().metrics();
+        let upgrades: Vec<UpgradeCount> = metrics
+            .upgrade_counts()
+            .into_iter()
+            .map(|(route, result, reason, count)| UpgradeCount {
+                route,
+                result,
+                reason,
+                count,
+            })
+            .collect();
         let routes = live
             .routes
             .iter()
             .map(|entry| {
                 let totals = route_totals(gw, &entry.label);
+                let counters = metrics.route(&entry.label);
+                let (upgrade_attempts, upgrade_success_ratio) =
+                    success(upgrades.iter().filter(|u| u.route == entry.label));
                 RouteStatus {
                     route: entry.label.clone(),
                     target: match entry.config.target() {
@@ -245,6 +280,15 @@ impl StatusReport {
                             latency: Latency::of(&h),
                         })
                         .collect(),
+                    ping_rtt: PingSide::BOTH
+                        .into_iter()
+                        .map(|side| PingLatency {
+                            side: side.as_str(),
+                            latency: Latency::of(counters.ping_rtt(side)),
+                        })
+                        .collect(),
+                    upgrade_attempts,
+                    upgrade_success_ratio,
                     messages_total: totals.messages,
                     bytes_total: totals.bytes,
                 }
@@ -267,21 +311,7 @@ impl StatusReport {
             .collect();
         reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(b.reason)));
         reasons.truncate(TOP_REASONS);
-        let upgrades: Vec<UpgradeCount> = metrics
-            .upgrade_counts()
-            .into_iter()
-            .map(|(result, reason, count)| UpgradeCount {
-                result,
-                reason,
-                count,
-            })
-            .collect();
-        let attempts: u64 = upgrades.iter().map(|u| u.count).sum();
-        let switched: u64 = upgrades
-            .iter()
-            .filter(|u| u.result == "switched")
-            .map(|u| u.count)
-            .sum();
+        let (_, upgrade_success_ratio) = success(upgrades.iter());
         let conns = gw.connections().snapshot();
         StatusReport {
             generation: live.generation,
@@ -291,15 +321,8 @@ impl StatusReport {
             live_connections: conns.len(),
             routes,
             upgrades,
-            upgrade_success_ratio: (attempts > 0).then(|| switched as f64 / attempts as f64),
+            upgrade_success_ratio,
             top_failure_reasons: reasons,
-            ping_rtt: [("client", false), ("upstream", true)]
-                .into_iter()
-                .map(|(side, upstream)| PingLatency {
-                    side,
-                    latency: Latency::of(metrics.ping_rtt(upstream)),
-                })
-                .collect(),
             upstreams: metrics
                 .upstream_health()
                 .into_iter()

@@ -369,7 +369,7 @@ impl BackendConnector for EchoBackend {
                     // Counted as the session it serves, not as an app
                     // connection of its own: no `LiveApp`.
                     crate::apps::echo::record_end(
-                        crate::apps::echo::echo(ws, shutdown, settings).await,
+                        crate::apps::echo::echo(ws, shutdown, settings, None).await,
                         None,
                     );
                 }

@@ -68,7 +68,8 @@ impl Session for LineEchoSession {
     ) -> BoxFuture<SessionEnd> {
         Box::pin(async move {
             let SessionCtx { shutdown, live } = ctx;
-            let end = line_echo(io, leftover, self.idle, shutdown).await;
+            let counters = live.as_ref().map(|l| l.counters().clone());
+            let end = line_echo(io, leftover, self.idle, shutdown, counters).await;
             if let Some(live) = live {
                 live.closed(end.close());
             }

@@ -128,7 +128,8 @@ impl Session for EchoSession {
         drop(leftover);
         info!(subprotocol = ?ws.subprotocol(), "upgraded to websocket");
         let SessionCtx { shutdown, live } = ctx;
-        let echo = echo::echo(ws, shutdown, settings);
+        let counters = live.as_ref().map(|l| l.counters().clone());
+        let echo = echo::echo(ws, shutdown, settings, counters);
         // `map`, not an `async` block: a block would store the echo future
         // twice (once captured, once being awaited).
         Box::pin(echo.map(move |end| {

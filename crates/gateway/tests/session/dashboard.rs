@@ -1,8 +1,8 @@
 //! The admin listener's `/status` dashboard in Chromium headless, driven by
 //! tests/interop/status_chromium.mjs: the page without the token asks for
 //! it; with `#token=` its figures follow a WebSocket the browser opens
-//! through the gateway (a proxied route to a second gateway's echo app) and
-//! sends on; screenshots at laptop and phone widths go to
+//! through the gateway (a proxied route to a second gateway's echo app,
+//! with the gateway's probe pings) and sends on; screenshots at laptop and phone widths go to
 //! `reports/dashboard/` (ignored by git).
 
 use std::path::Path;
@@ -21,7 +21,8 @@ async fn the_dashboard_follows_a_browser_client_and_fits_a_phone() {
     let gw = Running::start(&format!(
         "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\
          [[upstream]]\nname = \"back\"\nservers = [\"ws://{}\"]\n\
-         [[route]]\npath = \"/chat\"\nupstream = \"back\"\n",
+         [[route]]\npath = \"/chat\"\nupstream = \"back\"\n\
+         [route.policy]\nping_interval = \"300ms\"\n",
         token_file.display(),
         backend.addr
     ))
