@@ -210,7 +210,7 @@ pub(crate) fn admin_answer(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             gw.metrics().render()
-                + &gw.sessions().metrics().render()
+                + &gw.sessions().render_metrics()
                 + &gw.limiter().render()
                 + &gw.census().map_or_else(String::new, |c| c.render()),
         ),

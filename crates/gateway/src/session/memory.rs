@@ -332,6 +332,10 @@ impl State {
 }
 
 impl SessionStore for MemoryStore {
+    fn memory_used(&self) -> Option<usize> {
+        Some(MemoryStore::memory_used(self))
+    }
+
     fn create(&self, id: SessionId, record: SessionRecord) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let mut map = lock(&self.sessions);

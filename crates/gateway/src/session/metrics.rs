@@ -12,6 +12,10 @@
 //! | `switchyard_fallback_session_ends_total` | counter | `route`, `reason` |
 //! | `switchyard_fallback_refused_total` | counter | `reason` (every request answered with an error status) |
 //! | `switchyard_fallback_requests_total` | counter | `route`, `action` (`open`, `sse`, `poll`, `send`, `close`: the session requests this instance served, whichever instance owns the session) |
+//! | `switchyard_fallback_memory_used_bytes` | gauge | - (the in-memory store's buffers, with the store's figure: [`super::Sessions::render_metrics`]) |
+//!
+//! Messages and bytes are counted per batch while the sessions relay them
+//! (whatever their backend: a proxied one or the built-in echo).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -191,6 +191,20 @@ impl Sessions {
         &self.inner.metrics
     }
 
+    /// The Prometheus text of the sessions: their metrics, and the bytes
+    /// the store buffers in this process (in memory only).
+    pub fn render_metrics(&self) -> String {
+        let mut out = self.inner.metrics.render();
+        if let Some(used) = self.inner.store.memory_used() {
+            out.push_str(
+                "# HELP switchyard_fallback_memory_used_bytes Bytes the in-memory session store buffers now (the budget is [fallback] memory).\n\
+                 # TYPE switchyard_fallback_memory_used_bytes gauge\n",
+            );
+            out.push_str(&format!("switchyard_fallback_memory_used_bytes {used}\n"));
+        }
+        out
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.inner.store

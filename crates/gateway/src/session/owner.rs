@@ -75,6 +75,15 @@ struct Counts {
 }
 
 impl Owner {
+    /// Count a batch relayed in `dir` now (the route's figures move while
+    /// the session lives), and in the session's `total` for its log line.
+    fn relayed(&self, dir: Direction, batch: Counts, total: &mut Counts) {
+        self.metrics
+            .relayed(&self.route, dir, batch.messages, batch.bytes);
+        total.messages += batch.messages;
+        total.bytes += batch.bytes;
+    }
+
     /// Bridge `rx`/`tx` (the backend) and the store until the session ends.
     pub(super) async fn run(
         self,
@@ -146,20 +155,7 @@ impl Owner {
         } else {
             reason
         };
-        let m = &self.metrics;
-        m.relayed(
-            &self.route,
-            Direction::UpstreamToClient,
-            to_client.messages,
-            to_client.bytes,
-        );
-        m.relayed(
-            &self.route,
-            Direction::ClientToUpstream,
-            to_backend.messages,
-            to_backend.bytes,
-        );
-        m.session_end(&self.route, reason);
+        self.metrics.session_end(&self.route, reason);
         tracing::info!(
             sid = %self.id,
             route = %self.route,
@@ -216,8 +212,11 @@ impl Owner {
                 }
             }
             if !batch.is_empty() {
-                n.messages += batch.len() as u64;
-                n.bytes += bytes as u64;
+                let counts = Counts {
+                    messages: batch.len() as u64,
+                    bytes: bytes as u64,
+                };
+                self.relayed(Direction::UpstreamToClient, counts, n);
                 match self.push_all(batch).await {
                     Ok(r) => room = r,
                     Err(e) => return e,
@@ -278,13 +277,19 @@ impl Owner {
                 Ok(i) => i,
                 Err(e) => return End::Store(e),
             };
+            let mut counts = Counts::default();
+            for (_, p) in &inbound.items {
+                if !matches!(p, Payload::Close(_)) {
+                    counts.messages += 1;
+                    counts.bytes += p.len() as u64;
+                }
+            }
+            self.relayed(Direction::ClientToUpstream, counts, n);
             for (seq, p) in inbound.items {
                 cursor = seq;
                 let close = match p {
                     Payload::Close(f) => f,
                     data => {
-                        n.messages += 1;
-                        n.bytes += data.len() as u64;
                         if let Err(e) = tx.feed(data.into_message()).await {
                             return End::BackendFailed(e.to_string());
                         }

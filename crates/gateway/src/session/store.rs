@@ -298,6 +298,13 @@ pub trait SessionStore: Send + Sync + 'static {
         to_client: CloseFrame,
         to_backend: CloseFrame,
     ) -> StoreFuture<'_, Aborted>;
+
+    /// Bytes this process buffers for the sessions now, for the
+    /// `switchyard_fallback_memory_used_bytes` gauge; `None` for a store
+    /// that keeps them elsewhere (Redis).
+    fn memory_used(&self) -> Option<usize> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -67,7 +67,17 @@ const ECHO: &str =
 async fn the_echo_route_serves_both_transports_through_the_dispatcher() {
     let gw = Running::start(ECHO).await;
     let url = format!("http://{}/echo", gw.addr);
-    for transport in [Transport::Sse, Transport::Poll] {
+    let memory = |gw: &Running| {
+        let text = gw.gateway.sessions().render_metrics();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("switchyard_fallback_memory_used_bytes "))
+            .unwrap_or_else(|| panic!("no memory gauge in\n{text}"))
+            .to_string();
+        line.parse::<u64>().unwrap()
+    };
+    assert_eq!(memory(&gw), 0, "nothing buffered yet");
+    for (round, transport) in [Transport::Sse, Transport::Poll].into_iter().enumerate() {
         let s = within("open", FallbackBuilder::new(transport).connect(&url))
             .await
             .unwrap();
@@ -90,6 +100,18 @@ async fn the_echo_route_serves_both_transports_through_the_dispatcher() {
         tokio::join!(sending, receiving);
         let sessions = gw.gateway.sessions().metrics();
         assert_eq!(sessions.open_sessions("/echo", transport.as_str()), 1);
+        // Counted while the session lives (the echo behind it is the
+        // built-in app), per direction.
+        let so_far = n as u64 * (round as u64 + 1);
+        assert_eq!(
+            sessions.messages("/echo", Direction::ClientToUpstream),
+            so_far
+        );
+        assert_eq!(
+            sessions.messages("/echo", Direction::UpstreamToClient),
+            so_far
+        );
+        assert!(memory(&gw) > 0, "the session's log is buffered");
         let mut s = tx.reunite(rx).unwrap();
         within("the close", s.close(CloseCode::NORMAL, "done"))
             .await
@@ -103,7 +125,7 @@ async fn the_echo_route_serves_both_transports_through_the_dispatcher() {
         })
         .await;
     }
-    // Counted when a session ends, per direction, for both sessions.
+    // Nothing more counted when the sessions ended.
     let m = gw.gateway.sessions().metrics();
     assert_eq!(m.messages("/echo", Direction::ClientToUpstream), 400);
     assert_eq!(m.messages("/echo", Direction::UpstreamToClient), 400);
