@@ -699,7 +699,7 @@ impl Metrics {
             ),
             (
                 "switchyard_tunnel_messages_total",
-                "WebSocket messages relayed by frame-aware tunnels and built-in apps, counted while they relay.",
+                "Messages relayed (WebSocket messages of frame-aware tunnels and built-in apps, lines of lineecho/1), counted while they relay.",
                 RouteMetrics::messages as Read,
             ),
         ] {
