@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::admission::ConnectionGuard;
 use crate::io::{AsPlainTcp, PlainTcp};
-use crate::metrics::{Close, Metrics, OpenGuard, RouteMetrics, Transport};
+use crate::metrics::{Close, Direction, Metrics, OpenGuard, RouteMetrics, Transport};
 use switchyard::proto::HttpVersion;
 
 /// What one live connection is, at registration.
@@ -58,6 +58,18 @@ struct Entry {
 pub struct Counters {
     read: AtomicU64,
     written: AtomicU64,
+}
+
+impl Counters {
+    /// Bytes from the client so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes to the client so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
 }
 
 type Entries = Arc<Mutex<HashMap<u64, Entry>>>;
@@ -121,8 +133,8 @@ impl ConnTable {
             .map(|e| LiveConnection {
                 info: e.info.clone(),
                 age: e.since.elapsed(),
-                bytes_in: e.counters.read.load(Ordering::Relaxed),
-                bytes_out: e.counters.written.load(Ordering::Relaxed),
+                bytes_in: e.counters.bytes_in(),
+                bytes_out: e.counters.bytes_out(),
             })
             .collect();
         v.sort_by(|a, b| {
@@ -153,8 +165,40 @@ impl ConnTable {
 pub struct LiveApp {
     _tracked: Tracked,
     open: OpenGuard,
-    counters: Arc<RouteMetrics>,
+    counters: AppCounters,
     _permit: Option<ConnectionGuard>,
+}
+
+/// What a built-in app counts what it relays into: its route's counters
+/// and its own connection's bytes (for `/status`). An app has no byte
+/// stream under its messages to count, so its connection's bytes are
+/// those of the messages' payloads.
+#[derive(Debug, Clone)]
+pub struct AppCounters {
+    route: Arc<RouteMetrics>,
+    conn: Arc<Counters>,
+}
+
+impl AppCounters {
+    /// Counting into `route` and `conn`.
+    pub fn new(route: Arc<RouteMetrics>, conn: Arc<Counters>) -> Self {
+        AppCounters { route, conn }
+    }
+
+    /// `messages` of `bytes` in all went through in `dir`.
+    pub fn relayed(&self, dir: Direction, messages: u64, bytes: u64) {
+        self.route.relayed(dir, messages, bytes);
+        let side = match dir {
+            Direction::ClientToUpstream => &self.conn.read,
+            Direction::UpstreamToClient => &self.conn.written,
+        };
+        side.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The route's counters (its ping round trips).
+    pub fn route(&self) -> &RouteMetrics {
+        &self.route
+    }
 }
 
 impl LiveApp {
@@ -168,16 +212,18 @@ impl LiveApp {
         permit: Option<ConnectionGuard>,
     ) -> Self {
         let open = metrics.open_connection(&info.route, info.protocol, transport);
+        let route = metrics.route(&info.route);
+        let tracked = conns.track(info);
         LiveApp {
-            counters: metrics.route(&info.route),
-            _tracked: conns.track(info),
+            counters: AppCounters::new(route, tracked.counters().clone()),
+            _tracked: tracked,
             open,
             _permit: permit,
         }
     }
 
-    /// The route's counters, for the app to count what it relays.
-    pub fn counters(&self) -> &Arc<RouteMetrics> {
+    /// What the app counts what it relays into.
+    pub fn counters(&self) -> &AppCounters {
         &self.counters
     }
 

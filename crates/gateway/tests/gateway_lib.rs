@@ -692,6 +692,20 @@ async fn routes_count_traffic_pings_and_upgrades_while_connections_live() {
     assert!(app["ping_rtt"][0]["p50_seconds"].is_number(), "{app}");
     assert_eq!(route("/frames")["upgrade_success_ratio"], 1.0);
     assert_eq!(route("/raw")["bytes_total"], 54);
+    // The app's connection in the list of live connections has its bytes
+    // too (its messages' payloads: no byte stream under them).
+    let app_conn = status["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["route"] == "/app")
+        .unwrap_or_else(|| panic!("/app in {status}"))
+        .clone();
+    assert_eq!(
+        (app_conn["bytes_in"].as_u64(), app_conn["bytes_out"].as_u64()),
+        (Some(15), Some(15)),
+        "{app_conn}"
+    );
     // 3 switched of 5 attempts, the unmatched one included.
     assert_eq!(status["upgrade_success_ratio"], 0.6, "{status}");
     // The ends add nothing: it was all counted already.

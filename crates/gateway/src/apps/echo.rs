@@ -1,7 +1,6 @@
 //! The WebSocket echo app: every text and binary message back to its sender.
 
 use futures_util::{SinkExt, StreamExt};
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use switchyard::{CloseCode, Message, WebSocket};
@@ -10,10 +9,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::AppSettings;
-use crate::metrics::{violation, Close, CloseWhy, Direction, PingSide, RouteMetrics};
+use crate::metrics::{violation, Close, CloseWhy, Direction, PingSide};
 use crate::outcome::Blame;
 use crate::probe;
-use crate::tracking::LiveApp;
+use crate::tracking::{AppCounters, LiveApp};
 
 /// How an echo session ended, for the log line.
 #[derive(Debug)]
@@ -48,7 +47,7 @@ pub(crate) fn echo<S>(
     mut ws: WebSocket<S>,
     mut shutdown: watch::Receiver<bool>,
     settings: AppSettings,
-    counters: Option<Arc<RouteMetrics>>,
+    counters: Option<AppCounters>,
 ) -> impl std::future::Future<Output = EchoEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -121,11 +120,11 @@ struct Pace {
     next_probe: u64,
     /// A probe is due: it goes out at the next wake-up of the echo loop.
     probe_due: bool,
-    counters: Option<Arc<RouteMetrics>>,
+    counters: Option<AppCounters>,
 }
 
 impl Pace {
-    fn new(counters: Option<Arc<RouteMetrics>>, period: Option<Duration>) -> Self {
+    fn new(counters: Option<AppCounters>, period: Option<Duration>) -> Self {
         Pace {
             last: Instant::now(),
             start: Instant::now(),
@@ -269,7 +268,7 @@ where
             Poll::Ready(Some(Ok(Message::Pong(p)))) => {
                 let now = probe::micros_since(pace.start);
                 if let Some((c, rtt)) = pace.counters.as_ref().zip(probe::round_trip(&p, now)) {
-                    c.observe_ping_rtt(PingSide::Client, rtt);
+                    c.route().observe_ping_rtt(PingSide::Client, rtt);
                 }
             }
             // Pings are answered by the connection itself.
@@ -356,6 +355,9 @@ pub(crate) fn record_end(end: EchoEnd, live: Option<Box<LiveApp>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::RouteMetrics;
+    use crate::tracking::Counters;
+    use std::sync::Arc;
     use switchyard::proto::{Connection, Limits, Role};
 
     #[tokio::test]
@@ -417,11 +419,12 @@ mod tests {
             WebSocket::from_raw(b, Connection::new(Role::Client, Limits::default()), &[]);
         let (_tx, rx) = watch::channel(false);
         let counters = Arc::new(RouteMetrics::default());
+        let conn = Arc::new(Counters::default());
         let task = tokio::spawn(echo(
             server,
             rx,
             AppSettings::default(),
-            Some(counters.clone()),
+            Some(AppCounters::new(counters.clone(), conn.clone())),
         ));
         for text in ["one", "three"] {
             client.send(Message::text(text)).await.unwrap();
@@ -432,6 +435,11 @@ mod tests {
             assert_eq!(counters.messages(dir), 2);
             assert_eq!(counters.bytes(dir), 8);
         }
+        assert_eq!(
+            (conn.bytes_in(), conn.bytes_out()),
+            (8, 8),
+            "the connection's own"
+        );
         assert_eq!(counters.ping_rtt(PingSide::Client).count(), 0);
         // The probe (after 9/10 of the interval) reaches the client, whose
         // automatic pong gives a round trip.

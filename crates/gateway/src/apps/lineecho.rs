@@ -8,15 +8,15 @@
 //! Each batch of lines echoed is counted (lines as messages, their bytes)
 //! in the route's counters.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::metrics::{Close, CloseWhy, Direction, RouteMetrics};
+use crate::metrics::{Close, CloseWhy, Direction};
 use crate::outcome::Blame;
+use crate::tracking::AppCounters;
 
 /// Longest line, `\n` included.
 pub(crate) const MAX_LINE: usize = 8 * 1024;
@@ -63,7 +63,7 @@ pub(crate) async fn line_echo<S>(
     mut buf: BytesMut,
     idle: Duration,
     mut shutdown: watch::Receiver<bool>,
-    counters: Option<Arc<RouteMetrics>>,
+    counters: Option<AppCounters>,
 ) -> LineEchoEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -115,6 +115,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::RouteMetrics;
+    use crate::tracking::Counters;
+    use std::sync::Arc;
 
     const IDLE: Duration = Duration::from_secs(60);
 
@@ -136,12 +139,13 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (_tx, rx) = watch::channel(false);
         let counters = Arc::new(RouteMetrics::default());
+        let conn = Arc::new(Counters::default());
         let task = tokio::spawn(line_echo(
             server,
             BytesMut::from(&b"first\nsec"[..]),
             IDLE,
             rx,
-            Some(counters.clone()),
+            Some(AppCounters::new(counters.clone(), conn.clone())),
         ));
         client.write_all(b"ond\nthird").await.unwrap();
         client.write_all(b"\n").await.unwrap();
@@ -154,6 +158,11 @@ mod tests {
             assert_eq!(counters.messages(dir), 3, "lines");
             assert_eq!(counters.bytes(dir), 19);
         }
+        assert_eq!(
+            (conn.bytes_in(), conn.bytes_out()),
+            (19, 19),
+            "the connection's own"
+        );
     }
 
     #[tokio::test]
