@@ -580,7 +580,6 @@ async fn run_fallback(args: &ConnectArgs, transport: Transport) -> i32 {
         (args.ping_interval.is_some(), "--ping-interval"),
         (c.proxy.is_some(), "--proxy"),
         (c.http2, "--http2"),
-        (c.http3, "--http3"),
         (c.cert.is_some(), "--cert"),
     ];
     if let Some((_, flag)) = ws_only.iter().find(|(set, _)| *set) {
@@ -600,6 +599,7 @@ async fn run_fallback(args: &ConnectArgs, transport: Transport) -> i32 {
     let mut b = FallbackBuilder::new(transport)
         .subprotocols(c.subprotocols.iter().cloned())
         .request_timeout(c.connect_timeout)
+        .http3(c.http3)
         .tls(tls);
     if let Some(o) = &c.origin {
         match http::HeaderValue::from_str(o) {
@@ -627,8 +627,9 @@ async fn run_fallback(args: &ConnectArgs, transport: Transport) -> i32 {
         }
     };
     let mut info = format!(
-        "connected to {} over a fallback session ({transport}, open in {:.1} ms",
+        "connected to {} over a fallback session ({transport}{}, open in {:.1} ms",
         args.url,
+        if c.http3 { " over HTTP/3" } else { "" },
         started.elapsed().as_secs_f64() * 1000.0
     );
     if let Some(p) = socket.subprotocol() {

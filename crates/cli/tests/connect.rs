@@ -212,6 +212,29 @@ fn fallback_transports_round_trip_and_close_cleanly() {
     }
 }
 
+/// `--transport sse|poll --http3`: the session's requests over QUIC, to the
+/// gateway's HTTP/3 listener.
+#[test]
+fn fallback_transports_run_over_http3() {
+    let (_srv, addrs) =
+        common::switchyard(&["serve", "--tls", "--http3", "--listen", "127.0.0.1:0"], 1);
+    let url = format!("wss://localhost:{}/echo", addrs[0].port());
+    for t in ["sse", "poll"] {
+        let mut c = connect(&["--transport", t, "--http3", "--insecure", &url]);
+        c.send_line("over quic");
+        assert_eq!(c.line(), "over quic", "over {t}");
+        c.close_stdin();
+        let (code, err) = c.finish();
+        assert_eq!(code, 0, "stderr: {err}");
+        assert!(
+            err.contains(&format!(
+                "over a fallback session ({t} over HTTP/3, open in"
+            )),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn fallback_refusals_say_why() {
     let addr = echo_server();

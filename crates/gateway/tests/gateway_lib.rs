@@ -702,7 +702,10 @@ async fn routes_count_traffic_pings_and_upgrades_while_connections_live() {
         .unwrap_or_else(|| panic!("/app in {status}"))
         .clone();
     assert_eq!(
-        (app_conn["bytes_in"].as_u64(), app_conn["bytes_out"].as_u64()),
+        (
+            app_conn["bytes_in"].as_u64(),
+            app_conn["bytes_out"].as_u64()
+        ),
         (Some(15), Some(15)),
         "{app_conn}"
     );
