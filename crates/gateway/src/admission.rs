@@ -13,9 +13,10 @@
 //! carries a lease in the cluster's caps ([`crate::shared_caps`]), which
 //! the front takes ([`ConnectionGuard::take_shared`]) before it switches.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, StatusCode};
 
@@ -72,10 +73,6 @@ struct Slot {
     counts: Arc<Mutex<Counts>>,
     route: String,
     ip: IpAddr,
-}
-
-fn lock(m: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn route_full(route: &str, max: u32) -> Refusal {

@@ -55,6 +55,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod session;
 pub mod shared_caps;
+mod sync;
 pub mod tls;
 mod tracking;
 pub mod upgrade;

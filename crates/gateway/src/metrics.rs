@@ -20,10 +20,11 @@
 //! | `switchyard_tunnel_duration_seconds` | histogram | `route` |
 //! | `switchyard_upstream_healthy` | gauge | `upstream`, `backend` |
 
+use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::failures::FailureLog;
@@ -388,10 +389,6 @@ fn escape(v: &str) -> String {
         }
     }
     s
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The proxy's metrics. Cheap to share: wrap it in an `Arc`.

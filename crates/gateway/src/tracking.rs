@@ -5,11 +5,12 @@
 //! its route's traffic counters and its slot in the route's caps, released
 //! together.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -79,10 +80,6 @@ type Entries = Arc<Mutex<HashMap<u64, Entry>>>;
 pub struct ConnTable {
     next: AtomicU64,
     entries: Entries,
-}
-
-fn lock(entries: &Entries) -> MutexGuard<'_, HashMap<u64, Entry>> {
-    entries.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Keeps a connection in the table; dropping it removes the entry.

@@ -15,6 +15,7 @@
 //! rejects the whole reload and nothing changes. A self-signed certificate
 //! is generated once per process and kept across reloads.
 
+use crate::sync::lock;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -174,10 +175,6 @@ impl Server {
             a.abort();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What identifies a listener across reloads is its configured address.

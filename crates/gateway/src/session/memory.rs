@@ -22,11 +22,11 @@ use switchyard::CloseFrame;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::lock;
 use super::store::{
     Aborted, Accepted, Inbound, Pushed, ReadOutcome, ReadStart, ReaderTicket, SessionRecord,
     SessionStore, StoreError, StoreFuture, ENTRY_COST,
 };
+use crate::sync::lock;
 
 fn cost(p: &Payload) -> usize {
     p.len() + ENTRY_COST

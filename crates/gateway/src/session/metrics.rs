@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use super::lock;
 use crate::metrics::Direction;
+use crate::sync::lock;
 
 type Counter<K> = Mutex<BTreeMap<K, u64>>;
 

@@ -54,7 +54,7 @@ mod wakeups;
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -299,10 +299,4 @@ impl Sessions {
             drop(held);
         });
     }
-}
-
-/// The data behind a mutex, also after a panic elsewhere (every critical
-/// section here leaves it consistent).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

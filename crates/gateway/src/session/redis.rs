@@ -23,13 +23,13 @@ use redis::{Script, Value};
 use switchyard::fallback::wire::{Entry, Payload, Seq, SessionId, Transport};
 use switchyard::{CloseCode, CloseFrame, Utf8Bytes};
 
-use super::lock;
 use super::settings::FallbackSettings;
 use super::store::{
     Aborted, Accepted, Inbound, Pushed, ReadOutcome, ReadStart, ReaderTicket, SessionRecord,
     SessionStore, StoreError, StoreFuture, TokenDigest, ENTRY_COST,
 };
 use super::wakeups::{Audience, Mark, Wakeups, RECHECK};
+use crate::sync::lock;
 
 /// Longest wait for a connection to the server (per attempt).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

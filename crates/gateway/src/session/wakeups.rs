@@ -23,7 +23,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::lock;
+use crate::sync::lock;
 
 /// Longest a waiter goes without re-checking, whatever the notifications.
 pub(super) const RECHECK: Duration = Duration::from_secs(1);
