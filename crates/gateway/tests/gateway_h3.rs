@@ -492,19 +492,21 @@ async fn a_fallback_session_runs_over_http3_with_the_event_stream_beside_the_sen
     }
 
     // A poll over HTTP/3 (another reader: it ends the event stream).
-    let (status, body) = whole(
-        conn.send_request(request(
+    let poll = |after: u64| {
+        let get = request(
             http::Method::GET,
-            &q("poll", "&after=999"),
+            &q("poll", &format!("&after={after}")),
             "",
             Vec::new(),
-        ))
-        .await
-        .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let polled: PollResponse = serde_json::from_slice(&body).unwrap();
+        );
+        let sent = conn.send_request(get);
+        async move {
+            let (status, body) = whole(sent.await.unwrap()).await;
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            serde_json::from_slice::<PollResponse>(&body).unwrap()
+        }
+    };
+    let polled = poll(999).await;
     assert_eq!(polled.messages.len(), 1, "{polled:?}");
     assert_eq!(polled.messages[0].seq, Seq(1000));
     assert!(
@@ -521,19 +523,7 @@ async fn a_fallback_session_runs_over_http3_with_the_event_stream_beside_the_sen
     )
     .await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let (status, body) = whole(
-        conn.send_request(request(
-            http::Method::GET,
-            &q("poll", "&after=1000"),
-            "",
-            Vec::new(),
-        ))
-        .await
-        .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let polled: PollResponse = serde_json::from_slice(&body).unwrap();
+    let polled = poll(1000).await;
     assert!(
         matches!(&polled.messages[..], [e] if matches!(&e.payload, Payload::Close(f) if f.code == switchyard::CloseCode::NORMAL)),
         "{polled:?}"
