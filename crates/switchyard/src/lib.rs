@@ -82,6 +82,12 @@
 //! with 1011 and the stream yields `Error::Timeout(Deadline::Pong)`); `close_timeout`
 //! bounds the closing handshake; `max_write_buffer` is the `Sink`
 //! backpressure threshold.
+//!
+//! These deadlines run on tokio's timers, so the runtime needs them:
+//! `#[tokio::main]` and `Builder::enable_all()` (or `enable_time()`) turn them
+//! on. On a runtime built without them tokio itself panics at the first
+//! deadline with "timers are disabled. Call `enable_time` on the runtime
+//! builder"; tokio offers no way to ask a runtime beforehand.
 
 #![warn(missing_docs, unreachable_pub)]
 
