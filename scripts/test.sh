@@ -32,9 +32,9 @@ if [ "$(uname -s)" = Linux ]; then
     -p switchyard-gateway --test proxy
 fi
 
-step "library crates: docs (-D warnings), public API snapshot, rust-version, packaging"
+step "library crates: docs (-D warnings, the gateway's too), public API snapshot, rust-version, packaging"
 RUSTDOCFLAGS="-D warnings" cargo doc --profile ci --no-deps --locked --all-features \
-  -p switchyard-proto -p switchyard-ws
+  -p switchyard-proto -p switchyard-ws -p switchyard-gateway
 scripts/public-api.sh
 scripts/msrv.sh
 # Every crate packages with its metadata and versioned dependencies (the build

@@ -541,8 +541,8 @@ impl Metrics {
         lock(&self.routes).get(route).cloned()
     }
 
-    /// Add bytes a transparent tunnel moved with splice(2) (a part of
-    /// [`Metrics::add_bytes`]'s).
+    /// Add bytes a transparent tunnel moved with splice(2) (a part of what
+    /// [`RouteMetrics::relayed`] counts).
     pub fn add_spliced(&self, route: &str, dir: Direction, n: u64) {
         if n > 0 {
             *lock(&self.spliced)

@@ -33,7 +33,7 @@
 //! the relay of non-101 answers), [`upstream`] (groups, balancing, health,
 //! connect), [`tunnel`] (transparent and frame-aware), [`copy`] (the
 //! transparent byte copy, no buffer while idle), [`splice`] (the same
-//! through `splice(2)`), [`metrics`] (Prometheus text).
+//! through `splice(2)`).
 //!
 //! Mode choice ([`tunnel_mode`], from the route's `tunnel` setting): with
 //! `auto`, frame-aware for websocket when the route sets `ping_interval` or

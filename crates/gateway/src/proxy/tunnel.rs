@@ -47,7 +47,7 @@
 //! are used on both connections ([`deflate_params`]): messages are inflated
 //! on one side and deflated again on the other with the same parameters.
 //!
-//! Ping round trips: each side also gets a probe ping ([`crate::probe`])
+//! Ping round trips: each side also gets a probe ping (the `probe` module)
 //! every 9/10 of its `ping_interval`; the pongs give the round trips. A
 //! live peer answers the probes, which resets the heartbeat's silence
 //! timer, so in practice the heartbeat only fires (and closes with 1011 on

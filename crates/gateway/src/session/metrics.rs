@@ -1,5 +1,5 @@
 //! Metrics of the fallback sessions, in the Prometheus text format of
-//! [`crate::proxy::metrics`] (same label conventions; the labels are
+//! [`crate::metrics`] (same label conventions; the labels are
 //! bounded by the configured routes and fixed lists of reasons).
 //!
 //! | family | type | labels |

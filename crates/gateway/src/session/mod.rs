@@ -17,7 +17,7 @@
 //!   and whose guard the session holds until it ends.
 //! * [`store`]: the [`SessionStore`] interface, the whole shared state;
 //!   [`MemoryStore`] keeps it in this process. The owner of a session (the
-//!   task holding the backend WebSocket, [`owner`]) and the request side
+//!   task holding the backend WebSocket, `owner`) and the request side
 //!   talk only through it, so that the request side may run elsewhere.
 //! * [`connector`]: [`ProxiedBackend`] and [`EchoBackend`].
 //! * [`metrics`]: Prometheus families and the log lines (one per session
