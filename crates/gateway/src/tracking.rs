@@ -288,6 +288,26 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for Counting<C> {
         r
     }
 
+    /// Passed through, so that a WebSocket above still writes a frame's
+    /// header and payload in one system call.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counters
+                .written
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -330,5 +350,28 @@ mod tests {
         assert_eq!(table.len(), 1);
         drop(a);
         assert!(table.is_empty());
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_pass_through_and_count() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let mut peer = accepted.unwrap().0;
+        let counters = Arc::new(Counters::default());
+        let mut counted = Counting::new(client.unwrap(), counters.clone());
+        assert!(counted.is_write_vectored(), "a TCP stream writes vectored");
+        let bufs = [
+            std::io::IoSlice::new(b"head"),
+            std::io::IoSlice::new(b"body"),
+        ];
+        let n = std::future::poll_fn(|cx| Pin::new(&mut counted).poll_write_vectored(cx, &bufs))
+            .await
+            .unwrap();
+        assert_eq!(n, 8, "both slices in one write");
+        assert_eq!(counters.written.load(Ordering::Relaxed), 8);
+        let mut got = [0u8; 8];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"headbody");
     }
 }
