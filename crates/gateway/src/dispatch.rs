@@ -259,6 +259,7 @@ impl Dispatcher {
                 return Decision::Refuse(r);
             }
         };
+        let asks_to_switch = !offers.is_empty();
         // The first of the client's tokens that the route or the connection
         // itself speaks (RFC 9110 §7.8: the client's order).
         let mut selected = None;
@@ -284,6 +285,19 @@ impl Dispatcher {
             return Decision::SwitchConnection(Selection { handler, token });
         }
         let Some(entry) = entry else {
+            // An upgrade that finds no route is a failed attempt like any
+            // other (counted, kept for /status/failures and doctor).
+            if asks_to_switch {
+                let host = head.authority().unwrap_or("-");
+                let detail = format!(
+                    "no route for host {host} and path {}: check the client's URL, or add a \
+                     [[route]] that matches it",
+                    head.path()
+                );
+                let r = Refusal::new(StatusCode::NOT_FOUND, Reason::NoRoute, detail);
+                self.record_refusal(head, NO_ROUTE, &r);
+                return Decision::NotFound;
+            }
             info!(
                 client = %head.peer,
                 protocol = head.protocol.label(),

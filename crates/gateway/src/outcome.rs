@@ -36,6 +36,8 @@ pub enum Reason {
     Switched,
     /// A plain (non-upgrade) request was answered.
     Served,
+    /// No route matches the request's host and path (404).
+    NoRoute,
     /// `Origin` not in the route's `allowed_origins` (403).
     Origin,
     /// The route's `max_connections` is reached (503).
@@ -103,6 +105,7 @@ impl Reason {
         match self {
             Reason::Switched => "switched",
             Reason::Served => "served",
+            Reason::NoRoute => "no_route",
             Reason::Origin => "origin",
             Reason::RouteFull => "route_full",
             Reason::IpFull => "ip_full",
@@ -140,6 +143,7 @@ impl Reason {
         match self {
             Reason::Switched
             | Reason::Served
+            | Reason::NoRoute
             | Reason::Origin
             | Reason::UpgradeRequired
             | Reason::TlsRequired

@@ -664,12 +664,25 @@ async fn routes_count_traffic_pings_and_upgrades_while_connections_live() {
     assert!(response_head(gw.addr, nowhere)
         .await
         .starts_with("HTTP/1.1 400"));
+    // A well-formed upgrade to a path no route serves, and a plain request
+    // there: only the upgrade is an attempt.
+    let unrouted = "GET /nowhere HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+                    sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n";
+    assert!(response_head(gw.addr, unrouted)
+        .await
+        .starts_with("HTTP/1.1 404"));
+    assert!(
+        response_head(gw.addr, "GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 404")
+    );
     let metrics = get(gw.admin, "/metrics").await;
     for line in [
         "switchyard_upgrade_attempts_total{route=\"/app\",result=\"switched\",reason=\"switched\"} 1\n",
         "switchyard_upgrade_attempts_total{route=\"/app\",result=\"refused\",reason=\"handshake\"} 1\n",
         "switchyard_upgrade_attempts_total{route=\"/raw\",result=\"switched\",reason=\"switched\"} 1\n",
         "switchyard_upgrade_attempts_total{route=\"-\",result=\"refused\",reason=\"bad_upgrade\"} 1\n",
+        "switchyard_upgrade_attempts_total{route=\"-\",result=\"refused\",reason=\"no_route\"} 1\n",
     ] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
@@ -709,8 +722,21 @@ async fn routes_count_traffic_pings_and_upgrades_while_connections_live() {
         (Some(15), Some(15)),
         "{app_conn}"
     );
-    // 3 switched of 5 attempts, the unmatched one included.
-    assert_eq!(status["upgrade_success_ratio"], 0.6, "{status}");
+    // 3 switched of 6 attempts, the two unmatched ones included.
+    assert_eq!(status["upgrade_success_ratio"], 0.5, "{status}");
+    let no_route = status["top_failure_reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["reason"] == "no_route")
+        .unwrap_or_else(|| panic!("no_route in {status}"))
+        .clone();
+    assert!(
+        no_route["explanation"]
+            .as_str()
+            .is_some_and(|e| e.contains("/nowhere")),
+        "{no_route}"
+    );
     // The ends add nothing: it was all counted already.
     for mut ws in clients {
         ws.close(CloseCode::NORMAL, "bye").await.unwrap();
