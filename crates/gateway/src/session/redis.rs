@@ -4,7 +4,8 @@
 //!
 //! Each store operation is one Lua script (one round trip, atomic on the
 //! session's keys), so the rules of [`SessionStore`] hold across instances
-//! exactly as in [`super::memory::MemoryStore`]. Every script that changes what a
+//! as in [`super::memory::MemoryStore`] (but for the replay window, trimmed
+//! in batches: up to an eighth more is kept). Every script that changes what a
 //! waiter looks for publishes on the session's channel whom the change
 //! concerns (`session::wakeups::Audience`); those waiters re-run their check when the
 //! message arrives, and at least every `RECHECK` (1 s) so that a notification
@@ -14,7 +15,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -38,39 +39,81 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// a server that does not answer within this is treated as unreachable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Records kept by one instance; past this the cache starts over (the
-/// sessions still in use read theirs again, once).
-const RECORDS_CACHED: usize = 4096;
+/// Sessions one instance keeps what it knows of ([`Known`]); past this
+/// it starts over (the sessions still in use read their record again, once,
+/// and do their chores at their next call).
+const SESSIONS_KNOWN: usize = 4096;
+
+/// How often one instance stamps a session's liveness as its owner
+/// (`owner_at`) or reader (`seen`): often enough for the owner's limit
+/// (its checks come at least every [`RECHECK`], so two stamps are at most
+/// `RECHECK` + this apart) and for the idle timeout, rarely enough that a
+/// busy session's messages do not each pay for it.
+const STAMP_EVERY: Duration = Duration::from_millis(500);
+
+/// How often one instance refreshes the TTL of a session's keys while it
+/// calls: far within [`LIVE_GRACE_MS`], so a live session never expires.
+const TOUCH_EVERY: Duration = Duration::from_secs(10);
 
 /// How long the keys of a live session outlive the last activity beyond its
 /// idle timeout: the owner ends a session without reader after the idle
 /// timeout; the keys of a session whose owner died go after this.
 const LIVE_GRACE_MS: u64 = 60_000;
 
-/// How long the owner of a session may go without polling the store
+/// How long the owner of a session may go without stamping its liveness
 /// before a reader ends the session with close 1011 "session owner lost":
 /// twice the heartbeat interval the client was promised, and at least
-/// three of the owner's one-second re-checks.
+/// twice the longest gap between two stamps ([`STAMP_EVERY`] after a
+/// re-check, which comes at least every [`RECHECK`]).
 fn owner_limit(s: &FallbackSettings) -> Duration {
     (s.heartbeat_interval * 2).max(RECHECK * 3)
 }
 
 /// Lua shared by every script. `KEYS`: the session's meta hash, its log
-/// stream, its inbound stream. The last `ARGV` is the session's channel.
+/// stream, its inbound stream. `ARGV[1]`: the chores the call carries
+/// ([`Chores`]: `s` stamp the caller's liveness, `t` refresh the keys'
+/// TTL); the last `ARGV` is the session's channel.
+///
+/// A script reads the fields it needs in one `HMGET` (`load`, into `S`)
+/// and writes those it changed in one `HSET` (`set`, then `done`), so that
+/// what a message costs does not grow with the fields it touches.
 const PRELUDE: &str = r#"
 local M, LOG, IN = KEYS[1], KEYS[2], KEYS[3]
-local CH = ARGV[#ARGV]
-if redis.call('EXISTS', M) == 0 then return {'U'} end
-local function now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local CHORES, CH = ARGV[1], ARGV[#ARGV]
+local S, W = {}, {}
+-- A key was created or the log ended: the TTLs are set whatever is due.
+local retouch = false
+local function has(chore) return string.find(CHORES, chore, 1, true) ~= nil end
+-- Read the fields named, and those every script needs, into S; false when
+-- the session does not exist.
+local function load(...)
+  local names = {'idle', 'grace', 'ended', ...}
+  local v = redis.call('HMGET', M, unpack(names))
+  if not v[1] then return false end
+  for i, n in ipairs(names) do S[n] = tonumber(v[i]) or 0 end
+  return true
 end
-local function get(f) return tonumber(redis.call('HGET', M, f) or '0') end
+local function set(f, v) S[f] = v W[f] = v end
+local NOW
+local function now()
+  if not NOW then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return NOW
+end
 local function touch()
-  local idle = get('idle')
-  local ttl = idle * 2 + tonumber(redis.call('HGET', M, 'grace'))
-  if get('ended') > 0 then ttl = idle end
+  local ttl = S.idle * 2 + S.grace
+  if S.ended > 0 then ttl = S.idle end
   for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, ttl) end
+end
+-- Write the fields set, refresh the TTLs when due, answer r.
+local function done(r)
+  local a = {}
+  for f, v in pairs(W) do a[#a + 1] = f a[#a + 1] = v end
+  if #a > 0 then redis.call('HSET', M, unpack(a)) end
+  if retouch or has('t') then touch() end
+  return r
 end
 local function seq_of(id) return tonumber(string.match(id, '^(%d+)')) end
 local function field(e, name)
@@ -78,118 +121,139 @@ local function field(e, name)
   for i = 1, #f, 2 do if f[i] == name then return f[i + 1] end end
   return nil
 end
--- Drop delivered entries from the front while the log is over the window;
--- the close entry stays.
+-- XDEL in chunks (unpack has a limit).
+local function xdel(key, ids)
+  for i = 1, #ids, 512 do
+    redis.call('XDEL', key, unpack(ids, i, math.min(i + 511, #ids)))
+  end
+end
+-- Once the log is over the window by an eighth, drop delivered entries
+-- from the front down to the window (the close entry stays): a batch of
+-- deletions now and then rather than one per message.
 local function trim()
-  local window, delivered = get('window'), get('delivered')
-  local logb = get('logb')
-  while logb > window do
-    local e = redis.call('XRANGE', LOG, '-', '+', 'COUNT', 1)[1]
-    if not e then break end
-    local s = seq_of(e[1])
-    if s > delivered or field(e, 'k') == 'c' then break end
-    redis.call('XDEL', LOG, e[1])
+  if S.delivered == 0 or S.logb <= S.window + math.floor(S.window / 8) then return end
+  local logb, gone = S.logb, {}
+  for _, e in ipairs(redis.call('XRANGE', LOG, '-', S.delivered .. '-1', 'COUNT', 256)) do
+    if logb <= S.window or field(e, 'k') == 'c' then break end
+    gone[#gone + 1] = e[1]
     logb = logb - tonumber(field(e, 'n'))
   end
-  redis.call('HSET', M, 'logb', logb)
+  if #gone > 0 then
+    xdel(LOG, gone)
+    set('logb', logb)
+  end
 end
 -- Append one entry (kind, data, cost, code) to the log.
 local function append(k, d, n, c)
-  local last = get('last') + 1
+  if S.last == 0 then retouch = true end
+  local last = S.last + 1
   if k == 'c' then
     redis.call('XADD', LOG, last .. '-1', 'k', k, 'n', n, 'd', d, 'c', c)
-    redis.call('HSET', M, 'ended', last, 'ended_at', now())
+    set('ended', last)
+    retouch = true
   else
     redis.call('XADD', LOG, last .. '-1', 'k', k, 'n', n, 'd', d)
   end
-  redis.call('HSET', M, 'last', last)
-  redis.call('HINCRBY', M, 'logb', n)
-  redis.call('HINCRBY', M, 'unread', n)
-  return last
+  set('last', last)
+  set('logb', S.logb + n)
+  set('unread', S.unread + n)
 end
 -- Queue a close for the owner after the client's messages.
 local function close_item(c, d, n)
-  redis.call('HSET', M, 'closing', 1)
-  redis.call('XADD', IN, (get('cseq') + 1) .. '-1', 'k', 'c', 'n', n, 'd', d, 'c', c)
+  set('closing', 1)
+  retouch = true
+  redis.call('XADD', IN, (S.cseq + 1) .. '-1', 'k', 'c', 'n', n, 'd', d, 'c', c)
 end
 "#;
 
 /// ARGV: (kind, data, cost, code) per payload.
 const PUSH: &str = r#"
-if get('ended') > 0 then return {'E'} end
-redis.call('HSET', M, 'owner_at', now())
-for i = 1, #ARGV - 1, 4 do
+if not load('last', 'logb', 'unread', 'window', 'delivered') then return {'U'} end
+if S.ended > 0 then return done({'E'}) end
+for i = 2, #ARGV - 1, 4 do
   append(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3])
   if ARGV[i] == 'c' then break end
 end
+if has('s') then set('owner_at', now()) end
 trim()
-touch()
 redis.call('PUBLISH', CH, 'r')
 local room = 0
-if get('ended') > 0 or get('unread') < get('window') then room = 1 end
-return {'A', get('last'), room}
+if S.ended > 0 or S.unread < S.window then room = 1 end
+return done({'A', S.last, room})
 "#;
 
 const ROOM: &str = r#"
-if get('ended') > 0 or get('unread') < get('window') then return {'Y'} end
-return {'N'}
+if not load('unread', 'window') then return {'U'} end
+if has('s') then set('owner_at', now()) end
+if S.ended > 0 or S.unread < S.window then return done({'Y'}) end
+return done({'N'})
 "#;
 
-/// ARGV: after.
+/// ARGV: after. No field of the session is read unless a chore is due:
+/// the inbound stream holds what the owner needs.
 const TAKE_INBOUND: &str = r#"
-local after = tonumber(ARGV[1])
-local gone = redis.call('XRANGE', IN, '-', after .. '-1')
-local inb = get('inb')
-for _, e in ipairs(gone) do
-  inb = inb - tonumber(field(e, 'n'))
-  redis.call('XDEL', IN, e[1])
+local after = tonumber(ARGV[2])
+local queued = redis.call('XRANGE', IN, '-', '+')
+if #queued == 0 and redis.call('EXISTS', M) == 0 then return {'U'} end
+-- The time without reader is measured with the owner's stamp (-1: not now).
+local out = {'I', -1}
+local gone, freed = {}, 0
+for _, e in ipairs(queued) do
+  local s = seq_of(e[1])
+  if s <= after then
+    gone[#gone + 1] = e[1]
+    -- A close item was never counted in inb.
+    if field(e, 'k') ~= 'c' then freed = freed + tonumber(field(e, 'n')) end
+  else
+    table.insert(out, s)
+    table.insert(out, field(e, 'k'))
+    table.insert(out, field(e, 'd'))
+    table.insert(out, field(e, 'c') or '0')
+  end
 end
-if inb < 0 then inb = 0 end
-redis.call('HSET', M, 'inb', inb, 'owner_at', now())
-touch()
-local out = {'I', now() - get('seen')}
-for _, e in ipairs(redis.call('XRANGE', IN, '(' .. after .. '-1', '+')) do
-  table.insert(out, seq_of(e[1]))
-  table.insert(out, field(e, 'k'))
-  table.insert(out, field(e, 'd'))
-  table.insert(out, field(e, 'c') or '0')
+if #gone > 0 then
+  xdel(IN, gone)
+  if freed > 0 then redis.call('HINCRBY', M, 'inb', -freed) end
 end
-return out
+if CHORES ~= '' then
+  if not load('seen') then return {'U'} end
+  if has('s') then
+    set('owner_at', now())
+    out[2] = now() - S.seen
+  end
+end
+return done(out)
 "#;
 
 /// ARGV: after.
 const BEGIN_READ: &str = r#"
-local reader = redis.call('HINCRBY', M, 'reader', 1)
-redis.call('HSET', M, 'seen', now())
-touch()
+if not load('reader', 'delivered') then return {'U'} end
+set('reader', S.reader + 1)
+if has('s') then set('seen', now()) end
 redis.call('PUBLISH', CH, 'r')
 local replays = 0
-if tonumber(ARGV[1]) < get('delivered') then replays = 1 end
-return {'B', reader, replays}
+if tonumber(ARGV[2]) < S.delivered then replays = 1 end
+return done({'B', S.reader, replays})
 "#;
 
 /// ARGV: ticket, after, max_bytes, the cost of an entry besides its payload.
 const READ: &str = r#"
-local ticket, after, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('HSET', M, 'seen', now())
-touch()
-if ticket ~= get('reader') then return {'R'} end
--- The owner polls its inbound stream at least every second while it lives:
--- silence past the limit means its instance died. End the log so that the
--- reader learns it, whichever instance it is on.
-if get('ended') == 0 and now() - get('owner_at') > get('owner_limit') then
+if not load('reader', 'last', 'delivered', 'unread', 'logb', 'window', 'owner_at',
+    'owner_limit') then return {'U'} end
+local ticket, after, max = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if has('s') then set('seen', now()) end
+if ticket ~= S.reader then return done({'R'}) end
+if after > S.last then return done({'H', S.last}) end
+-- Nothing new: is the owner alive? It stamps owner_at while it lives
+-- (see owner_limit): silence past the limit means its instance died. End
+-- the log so that the reader learns it, whichever instance it is on.
+if after == S.last and S.ended == 0 then
+  if now() - S.owner_at <= S.owner_limit then return done({'E', 0}) end
   local why = 'session owner lost'
-  append('c', why, #why + 2 + tonumber(ARGV[4]), 1011)
-  redis.call('HSET', M, 'closing', 1)
-  touch()
+  append('c', why, #why + 2 + tonumber(ARGV[5]), 1011)
+  set('closing', 1)
   redis.call('PUBLISH', CH, 'a')
 end
-local last = get('last')
-if after > last then return {'H', last} end
-local first = redis.call('XRANGE', LOG, '-', '+', 'COUNT', 1)[1]
-local first_kept = last + 1
-if first then first_kept = seq_of(first[1]) end
-if after + 1 < first_kept then return {'W'} end
 local out = {'E', 0}
 local function put(e)
   table.insert(out, seq_of(e[1]))
@@ -197,93 +261,102 @@ local function put(e)
   table.insert(out, field(e, 'd'))
   table.insert(out, field(e, 'c') or '0')
 end
-local ended = get('ended')
-if ended > 0 and after >= ended then
-  put(redis.call('XRANGE', LOG, ended .. '-1', ended .. '-1')[1])
-  return out
+if S.ended > 0 and after >= S.ended then
+  put(redis.call('XRANGE', LOG, S.ended .. '-1', S.ended .. '-1')[1])
+  return done(out)
 end
-local bytes, given, cursor = 0, 0, '(' .. after .. '-1'
-local upto = 0
-while true do
-  local batch = redis.call('XRANGE', LOG, cursor, '+', 'COUNT', 64)
+local bytes, given, upto = 0, 0, after
+local cursor = '(' .. after .. '-1'
+while upto < S.last do
+  local batch = redis.call('XRANGE', LOG, cursor, '+', 'COUNT', math.min(64, S.last - upto))
+  -- Entries are numbered without gaps and dropped from the front only: a
+  -- first entry past after + 1 means those between have left the window.
+  if upto == after and (#batch == 0 or seq_of(batch[1][1]) ~= after + 1) then
+    return done({'W'})
+  end
   if #batch == 0 then break end
   local full = false
   for _, e in ipairs(batch) do
     local len = #field(e, 'd')
     if field(e, 'k') == 'c' then len = len + 2 end
-    if upto > 0 and bytes + len > max then full = true break end
+    if upto > after and bytes + len > max then full = true break end
     bytes = bytes + len
     put(e)
     upto = seq_of(e[1])
-    if upto > get('delivered') then given = given + tonumber(field(e, 'n')) end
+    if upto > S.delivered then given = given + tonumber(field(e, 'n')) end
   end
   if full then out[2] = 1 break end
   cursor = '(' .. batch[#batch][1]
 end
-if upto > get('delivered') then
-  local unread = get('unread') - given
-  if unread < 0 then unread = 0 end
-  redis.call('HSET', M, 'delivered', upto, 'unread', unread)
+if upto > S.delivered then
+  local was = S.unread
+  set('delivered', upto)
+  set('unread', math.max(was - given, 0))
   trim()
-  redis.call('PUBLISH', CH, 'm')
+  -- The owner waits for room only while the unread entries fill the window.
+  if was >= S.window and S.unread < S.window then redis.call('PUBLISH', CH, 'm') end
 end
-return out
+return done(out)
 "#;
 
 /// ARGV: first, then (kind, data, cost) per payload.
 const ACCEPT: &str = r#"
-local first = tonumber(ARGV[1])
-local count = (#ARGV - 2) / 3
-local cseq = get('cseq')
-if count == 0 then return {'K', cseq} end
+if not load('cseq', 'closing', 'inb', 'maxbody') then return {'U'} end
+local first = tonumber(ARGV[2])
+local count = (#ARGV - 3) / 3
+local cseq = S.cseq
+if count == 0 then return done({'K', cseq}) end
 local last = first + count - 1
-if last <= cseq then return {'K', cseq} end
-if first > cseq + 1 then return {'G', cseq + 1} end
-if get('closing') > 0 or get('ended') > 0 then return {'C'} end
+if last <= cseq then return done({'K', cseq}) end
+if first > cseq + 1 then return done({'G', cseq + 1}) end
+if S.closing > 0 or S.ended > 0 then return done({'C'}) end
 local skip = cseq + 1 - first
 local bytes = 0
-for i = skip, count - 1 do bytes = bytes + tonumber(ARGV[2 + i * 3 + 2]) end
-local inb = get('inb')
-if inb > 0 and inb + bytes > get('maxbody') then return {'F'} end
+for i = skip, count - 1 do bytes = bytes + tonumber(ARGV[3 + i * 3 + 2]) end
+if S.inb > 0 and S.inb + bytes > S.maxbody then return done({'F'}) end
+if cseq == 0 then retouch = true end
 for i = skip, count - 1 do
   cseq = cseq + 1
-  redis.call('XADD', IN, cseq .. '-1', 'k', ARGV[2 + i * 3], 'n', ARGV[2 + i * 3 + 2], 'd', ARGV[2 + i * 3 + 1])
+  redis.call('XADD', IN, cseq .. '-1', 'k', ARGV[3 + i * 3], 'n', ARGV[3 + i * 3 + 2],
+    'd', ARGV[3 + i * 3 + 1])
 end
-redis.call('HSET', M, 'cseq', cseq, 'inb', inb + bytes)
-touch()
+set('cseq', cseq)
+set('inb', S.inb + bytes)
 redis.call('PUBLISH', CH, 'o')
-return {'K', cseq}
+return done({'K', cseq})
 "#;
 
 /// ARGV: code, reason, cost.
 const REQUEST_CLOSE: &str = r#"
-if get('closing') == 0 and get('ended') == 0 then
-  close_item(ARGV[1], ARGV[2], ARGV[3])
-  touch()
+if not load('cseq', 'closing') then return {'U'} end
+if S.closing == 0 and S.ended == 0 then
+  close_item(ARGV[2], ARGV[3], ARGV[4])
   redis.call('PUBLISH', CH, 'o')
 end
-return {'K', get('cseq')}
+return done({'K', S.cseq})
 "#;
 
 /// ARGV: client code, reason, cost, backend code, reason, cost.
 const ABORT: &str = r#"
+if not load('last', 'logb', 'unread', 'cseq', 'closing') then return {'U'} end
 local now_ = 0
-if get('ended') == 0 then
-  append('c', ARGV[2], tonumber(ARGV[3]), ARGV[1])
+if S.ended == 0 then
+  append('c', ARGV[3], tonumber(ARGV[4]), ARGV[2])
   now_ = 1
 end
-if get('closing') == 0 then close_item(ARGV[4], ARGV[5], ARGV[6]) end
-touch()
+if S.closing == 0 then close_item(ARGV[5], ARGV[6], ARGV[7]) end
 redis.call('PUBLISH', CH, 'a')
-return {'X', get('ended'), now_}
+return done({'X', S.ended, now_})
 "#;
 
-/// ARGV: the record's fields as name, value pairs.
+/// ARGV: the record's fields as name, value pairs (with the state's
+/// initial values).
 const CREATE: &str = r#"
-redis.call('HSET', M, unpack(ARGV, 1, #ARGV - 1))
-redis.call('HSET', M, 'seen', now(), 'owner_at', now())
-touch()
-return {'K', 0}
+if redis.call('EXISTS', M) == 1 then return {'D'} end
+redis.call('HSET', M, 'seen', now(), 'owner_at', now(), unpack(ARGV, 2, #ARGV - 1))
+load()
+retouch = true
+return done({'K', 0})
 "#;
 
 /// The scripts, hashed once.
@@ -303,13 +376,7 @@ impl Scripts {
     fn new() -> Self {
         let s = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         Scripts {
-            create: Script::new(&format!(
-                "{}{CREATE}",
-                PRELUDE.replace(
-                    "if redis.call('EXISTS', M) == 0 then return {'U'} end",
-                    "if redis.call('EXISTS', M) == 1 then return {'D'} end"
-                )
-            )),
+            create: s(CREATE),
             push: s(PUSH),
             room: s(ROOM),
             take_inbound: s(TAKE_INBOUND),
@@ -354,9 +421,9 @@ struct Inner {
     prefix: String,
     scripts: Scripts,
     wakeups: Arc<Wakeups>,
-    /// Records already read: a record never changes, so each instance reads
-    /// it once per session (bounded by [`RECORDS_CACHED`]).
-    records: Mutex<HashMap<SessionId, SessionRecord>>,
+    /// What this instance knows of the sessions it serves (bounded by
+    /// [`SESSIONS_KNOWN`]).
+    known: Mutex<HashMap<SessionId, Known>>,
     /// The task that feeds `wakeups` from the server's notifications.
     listener: tokio::task::JoinHandle<()>,
 }
@@ -403,7 +470,7 @@ impl RedisStore {
                 prefix: prefix.to_owned(),
                 scripts: Scripts::new(),
                 wakeups,
-                records: Mutex::default(),
+                known: Mutex::default(),
                 listener,
             }),
         })
@@ -431,28 +498,57 @@ impl RedisStore {
     /// costs nothing wrong: every operation on the session runs a script
     /// that answers [`StoreError::Unknown`].
     fn cache_record(&self, id: SessionId, record: SessionRecord) {
-        let mut records = lock(&self.inner.records);
-        if records.len() >= RECORDS_CACHED {
-            records.clear();
+        self.known(id, |k| k.record = Some(record));
+    }
+
+    /// Run `f` on what this instance knows of session `id`.
+    fn known<T>(&self, id: SessionId, f: impl FnOnce(&mut Known) -> T) -> T {
+        let mut known = lock(&self.inner.known);
+        if known.len() >= SESSIONS_KNOWN && !known.contains_key(&id) {
+            known.clear();
         }
-        records.insert(id, record);
+        f(known.entry(id).or_default())
+    }
+
+    /// The chores due with a call on session `id` from `side`, counted as
+    /// done from now on.
+    fn chores(&self, id: SessionId, side: Side) -> Chores {
+        let due = |at: &mut Option<Instant>, every: Duration| {
+            let due = at.is_none_or(|t| t.elapsed() >= every);
+            if due {
+                *at = Some(Instant::now());
+            }
+            due
+        };
+        self.known(id, |k| Chores {
+            stamp: match side {
+                Side::Owner => due(&mut k.owner_stamped, STAMP_EVERY),
+                Side::Reader => due(&mut k.reader_stamped, STAMP_EVERY),
+                Side::Client => false,
+            },
+            touch: due(&mut k.touched, TOUCH_EVERY),
+        })
     }
 
     fn keys(&self, id: SessionId) -> Keys {
         Keys::of(&self.inner.prefix, id)
     }
 
-    /// Run `script` on the session's keys with `args` (the channel is added
-    /// last); [`StoreError::Unknown`] when the session does not exist.
+    /// Run `script` on the session's keys for `side` with `args` (the
+    /// chores due come first, the channel last); [`StoreError::Unknown`]
+    /// when the session does not exist.
     async fn run(
         &self,
         script: &Script,
         id: SessionId,
+        side: Side,
         args: Vec<Vec<u8>>,
     ) -> Result<Reply, StoreError> {
         let k = self.keys(id);
         let mut inv = script.key(&k.meta);
-        inv.key(&k.log).key(&k.inbound);
+        inv.key(&k.log)
+            .key(&k.inbound)
+            .arg(self.chores(id, side).arg());
         for a in args {
             inv.arg(a);
         }
@@ -506,6 +602,52 @@ impl RedisStore {
                     }
                 }
             }
+        }
+    }
+}
+
+/// What this instance knows of one session without asking the server.
+#[derive(Default)]
+struct Known {
+    /// Its record, which never changes: each instance reads it once.
+    record: Option<SessionRecord>,
+    /// When this instance last stamped it as its owner, as its reader, and
+    /// last refreshed its TTLs ([`Chores`]).
+    owner_stamped: Option<Instant>,
+    reader_stamped: Option<Instant>,
+    touched: Option<Instant>,
+}
+
+/// Who calls: the liveness a call stamps.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    /// The owner (`owner_at`, which readers check).
+    Owner,
+    /// A reader (`seen`, the activity the idle timeout counts from).
+    Reader,
+    /// A client's message or close (stamps nothing).
+    Client,
+}
+
+/// What a call does besides its work, due at most every [`STAMP_EVERY`]
+/// or [`TOUCH_EVERY`] per session and instance (this instance's clock), so
+/// that a busy session's messages do not each pay for it.
+#[derive(Debug, Clone, Copy)]
+struct Chores {
+    /// Stamp the caller's liveness (server time).
+    stamp: bool,
+    /// Refresh the TTLs of the session's keys.
+    touch: bool,
+}
+
+impl Chores {
+    /// The scripts' `ARGV[1]`.
+    fn arg(self) -> &'static str {
+        match (self.stamp, self.touch) {
+            (true, true) => "st",
+            (true, false) => "s",
+            (false, true) => "t",
+            (false, false) => "",
         }
     }
 }
@@ -751,7 +893,12 @@ impl SessionStore for RedisStore {
     fn create(&self, id: SessionId, record: SessionRecord) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let reply = self
-                .run(&self.inner.scripts.create, id, record_fields(&record))
+                .run(
+                    &self.inner.scripts.create,
+                    id,
+                    Side::Owner,
+                    record_fields(&record),
+                )
                 .await?;
             match reply.tag.as_str() {
                 "K" => {
@@ -766,8 +913,11 @@ impl SessionStore for RedisStore {
 
     fn record(&self, id: SessionId) -> StoreFuture<'_, Option<SessionRecord>> {
         Box::pin(async move {
-            if let Some(r) = lock(&self.inner.records).get(&id) {
-                return Ok(Some(r.clone()));
+            if let Some(r) = lock(&self.inner.known)
+                .get(&id)
+                .and_then(|k| k.record.clone())
+            {
+                return Ok(Some(r));
             }
             let mut conn = self.inner.conn.clone();
             let h: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
@@ -787,7 +937,9 @@ impl SessionStore for RedisStore {
     fn push(&self, id: SessionId, payloads: Vec<Payload>) -> StoreFuture<'_, Pushed> {
         Box::pin(async move {
             let args = payloads.iter().flat_map(encode).collect();
-            let mut r = self.run(&self.inner.scripts.push, id, args).await?;
+            let mut r = self
+                .run(&self.inner.scripts.push, id, Side::Owner, args)
+                .await?;
             match r.tag.as_str() {
                 "A" => Ok(Pushed::Appended {
                     last: r.seq()?,
@@ -802,7 +954,9 @@ impl SessionStore for RedisStore {
     fn wait_room(&self, id: SessionId, wait: Duration) -> StoreFuture<'_, bool> {
         Box::pin(
             self.wait_for(id, Audience::Room, wait, None, move || async move {
-                let r = self.run(&self.inner.scripts.room, id, Vec::new()).await?;
+                let r = self
+                    .run(&self.inner.scripts.room, id, Side::Owner, Vec::new())
+                    .await?;
                 Ok(match r.tag.as_str() {
                     "Y" => Checked::Found(true, None),
                     _ => Checked::Nothing(false),
@@ -823,7 +977,10 @@ impl SessionStore for RedisStore {
             Some(mark),
             move || async move {
                 let args = vec![after.0.to_string().into_bytes()];
-                let mut r = self.run(&self.inner.scripts.take_inbound, id, args).await?;
+                let mut r = self
+                    .run(&self.inner.scripts.take_inbound, id, Side::Owner, args)
+                    .await?;
+                // -1 (zero) when this check stamped nothing, so measured nothing.
                 let idle = Duration::from_millis(u64::try_from(r.int()?).unwrap_or(0));
                 let items = r.items()?;
                 let took = items.last().map(|(seq, _)| Mark {
@@ -842,7 +999,9 @@ impl SessionStore for RedisStore {
     fn begin_read(&self, id: SessionId, after: Seq) -> StoreFuture<'_, ReadStart> {
         Box::pin(async move {
             let args = vec![after.0.to_string().into_bytes()];
-            let mut r = self.run(&self.inner.scripts.begin_read, id, args).await?;
+            let mut r = self
+                .run(&self.inner.scripts.begin_read, id, Side::Reader, args)
+                .await?;
             let reader = u64::try_from(r.int()?).map_err(|_| malformed("reader"))?;
             Ok(ReadStart {
                 ticket: ReaderTicket(reader),
@@ -871,7 +1030,9 @@ impl SessionStore for RedisStore {
                 after: after.0,
             };
             self.wait_for(id, Audience::Reader, wait, Some(mark), || async {
-                let mut r = self.run(&self.inner.scripts.read, id, args.clone()).await?;
+                let mut r = self
+                    .run(&self.inner.scripts.read, id, Side::Reader, args.clone())
+                    .await?;
                 Ok(match r.tag.as_str() {
                     "R" => Checked::Found(ReadOutcome::Replaced, None),
                     "W" => Checked::Found(ReadOutcome::WindowExceeded, None),
@@ -912,7 +1073,9 @@ impl SessionStore for RedisStore {
                 let [k, d, n, _] = encode(p);
                 args.extend([k, d, n]);
             }
-            let mut r = self.run(&self.inner.scripts.accept, id, args).await?;
+            let mut r = self
+                .run(&self.inner.scripts.accept, id, Side::Client, args)
+                .await?;
             match r.tag.as_str() {
                 "K" => Ok(Accepted::Acked(r.seq()?)),
                 "G" => Ok(Accepted::Gap { expected: r.seq()? }),
@@ -927,7 +1090,12 @@ impl SessionStore for RedisStore {
         Box::pin(async move {
             let [_, d, n, c] = encode(&Payload::Close(frame));
             let mut r = self
-                .run(&self.inner.scripts.request_close, id, vec![c, d, n])
+                .run(
+                    &self.inner.scripts.request_close,
+                    id,
+                    Side::Client,
+                    vec![c, d, n],
+                )
                 .await?;
             Ok(Accepted::Acked(r.seq()?))
         })
@@ -943,7 +1111,12 @@ impl SessionStore for RedisStore {
             let [_, cd, cn, cc] = encode(&Payload::Close(to_client));
             let [_, bd, bn, bc] = encode(&Payload::Close(to_backend));
             let mut r = self
-                .run(&self.inner.scripts.abort, id, vec![cc, cd, cn, bc, bd, bn])
+                .run(
+                    &self.inner.scripts.abort,
+                    id,
+                    Side::Client,
+                    vec![cc, cd, cn, bc, bd, bn],
+                )
                 .await?;
             Ok(Aborted {
                 seq: r.seq()?,
@@ -1032,7 +1205,9 @@ mod tests {
         assert!(matches!(got, ReadOutcome::Entries(e) if e.len() == 1 && e[0].seq == Seq(1)));
     }
 
-    async fn scripts_run(server: &RedisServer) -> u64 {
+    /// The calls of each command the server ran (a script's inner
+    /// commands under their own names), from `INFO commandstats`.
+    async fn commandstats(server: &RedisServer) -> HashMap<String, u64> {
         let mut c = server
             .client()
             .get_multiplexed_async_connection()
@@ -1044,9 +1219,121 @@ mod tests {
             .await
             .unwrap();
         info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+                Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    async fn scripts_run(server: &RedisServer) -> u64 {
+        commandstats(server)
+            .await
+            .get("evalsha")
+            .copied()
             .unwrap_or(0)
+    }
+
+    /// Every command run but those of the connections that count them.
+    async fn commands_run(server: &RedisServer) -> u64 {
+        commandstats(server)
+            .await
+            .iter()
+            .filter(|(name, _)| {
+                !matches!(name.split('|').next(), Some("info" | "client" | "hello"))
+            })
+            .map(|(_, calls)| calls)
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_message_costs_a_few_commands_each_way_inner_ones_included() {
+        // The owner on one instance, the client's requests on another.
+        let (owner, server) = fresh().await;
+        let client: Arc<dyn SessionStore> =
+            Arc::new(RedisStore::connect(server.client(), "sy:").await.unwrap());
+        owner.create(ID, record(1 << 20, 1 << 20)).await.unwrap();
+        let text = |t: &str| Payload::Text(t.into());
+        let take = |after: u64| {
+            let s = owner.clone();
+            tokio::spawn(async move {
+                s.take_inbound(ID, Seq(after), Duration::from_secs(60))
+                    .await
+                    .unwrap()
+                    .items
+            })
+        };
+        let reader = client.begin_read(ID, Seq(0)).await.unwrap().ticket;
+        let read = |after: u64| {
+            let s = client.clone();
+            tokio::spawn(async move {
+                let got = s.read(ID, reader, Seq(after), 1 << 20, Duration::from_secs(60));
+                crate::session::conformance::seqs(&got.await.unwrap())
+            })
+        };
+        // Scripts loaded, the first stamps and TTLs done.
+        client.accept(ID, Seq(1), vec![text("0")]).await.unwrap();
+        assert_eq!(take(0).await.unwrap().len(), 1);
+        owner.push(ID, vec![text("0")]).await.unwrap();
+        assert_eq!(read(0).await.unwrap(), [1]);
+
+        let n = 50;
+        let started = std::time::Instant::now();
+        let before = commands_run(&server).await;
+        for i in 2..n + 2 {
+            let taken = take(i - 1);
+            client.accept(ID, Seq(i), vec![text("m")]).await.unwrap();
+            assert_eq!(taken.await.unwrap(), [(Seq(i), text("m"))]);
+        }
+        let up = commands_run(&server).await - before;
+        let before = commands_run(&server).await;
+        for i in 2..n + 2 {
+            let got = read(i - 1);
+            owner.push(ID, vec![text("echo")]).await.unwrap();
+            assert_eq!(got.await.unwrap(), [i]);
+        }
+        let down = commands_run(&server).await - before;
+        // Up: accept (EVALSHA, HMGET, XADD, HSET, PUBLISH) and take
+        // (EVALSHA, XRANGE, XDEL, HINCRBY). Down: push (EVALSHA, HMGET,
+        // XADD, HSET, PUBLISH) and read (EVALSHA, HMGET, XRANGE, HSET). The
+        // stamps, TTL refreshes and re-checks come with time, not messages:
+        // a slow machine may see more of them.
+        let slack = 40 * (1 + started.elapsed().as_secs());
+        assert!(up <= 9 * n + slack, "{up} commands for {n} messages up");
+        assert!(
+            down <= 9 * n + slack,
+            "{down} commands for {n} messages down"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_queue_for_the_backend_is_taken_and_freed_at_once() {
+        let (s, _server) = fresh().await;
+        s.create(ID, record(1 << 20, 1 << 20)).await.unwrap();
+        // More entries than one Lua unpack takes.
+        let n = 10_000u64;
+        let batch = || {
+            (0..n)
+                .map(|_| Payload::Text("x".into()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            s.accept(ID, Seq(1), batch()).await,
+            Ok(Accepted::Acked(Seq(n)))
+        );
+        let got = s.take_inbound(ID, Seq(0), Duration::ZERO).await.unwrap();
+        assert_eq!(got.items.len(), n as usize);
+        assert!(s
+            .take_inbound(ID, Seq(n), Duration::ZERO)
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+        // The queue's bytes were given back: as many again fit.
+        assert_eq!(
+            s.accept(ID, Seq(n + 1), batch()).await,
+            Ok(Accepted::Acked(Seq(2 * n)))
+        );
     }
 
     #[tokio::test]

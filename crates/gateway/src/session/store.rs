@@ -232,7 +232,9 @@ pub struct Inbound {
     /// numbers. A `Close` item asks the owner to close the backend with it
     /// (the client's close, or an abort's).
     pub items: Vec<(Seq, Payload)>,
-    /// How long the session has been without reader activity.
+    /// How long the session has been without reader activity. A shared
+    /// store may measure it on some calls only (at least once a second
+    /// while the owner waits) and answer zero on the others.
     pub idle: Duration,
 }
 
