@@ -15,13 +15,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::session::Sessions;
-
-/// Longest wait for Redis per count.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `KEYS`: the hash. `ARGV`: this instance's field, the TTL (ms), its
 /// count. Returns the sum of the fields not expired.
@@ -62,21 +59,18 @@ impl Drop for SessionCensus {
 
 impl SessionCensus {
     /// Count `sessions` (owned here) as the field `member` of the hash
-    /// under `prefix` on `client`'s server, every `ttl / 3`, each count
-    /// living `ttl`. Connects lazily; needs a tokio runtime.
+    /// under `prefix`, every `ttl / 3`, each count living `ttl`, over
+    /// `conn`: the connection of the shared caps, whose answers are bounded
+    /// to a second too (a count that late is shown as unknown). Needs a
+    /// tokio runtime.
     pub fn start(
-        client: redis::Client,
+        conn: ConnectionManager,
         prefix: &str,
         node_id: &str,
         member: &str,
         ttl: Duration,
         sessions: Sessions,
-    ) -> Result<SessionCensus, redis::RedisError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(ANSWER_TIMEOUT))
-            .set_response_timeout(Some(ANSWER_TIMEOUT))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+    ) -> SessionCensus {
         let total = Arc::new(AtomicI64::new(-1));
         let task = tokio::spawn(count(
             conn,
@@ -86,11 +80,11 @@ impl SessionCensus {
             sessions,
             total.clone(),
         ));
-        Ok(SessionCensus {
+        SessionCensus {
             node_id: node_id.to_owned(),
             total,
             task,
-        })
+        }
     }
 
     /// This instance's name in the cluster.

@@ -41,7 +41,6 @@ pub struct ClusterNode {
     pub store: Arc<RedisStore>,
     /// The route caps in Redis.
     pub caps: Arc<SharedCaps>,
-    client: redis::Client,
     key_prefix: String,
     /// This run of this instance (`node_id` may be reused by a restart).
     member: String,
@@ -71,12 +70,15 @@ impl ClusterNode {
                 url: c.redis.redacted(),
                 source,
             })?;
-        let store = Arc::new(RedisStore::new(client.clone(), &c.key_prefix)?);
+        // The store has connections of its own: its scripts may wait for an
+        // answer longer than the caps' second (a session gives up only after
+        // that), and its subscriber cannot carry commands. The census shares
+        // the caps' connection.
+        let store = Arc::new(RedisStore::new(client, &c.key_prefix)?);
         Ok(ClusterNode {
             node_id,
             store,
             caps: Arc::new(caps),
-            client,
             key_prefix: c.key_prefix.clone(),
             member: leases_of,
             lease_ttl: c.lease_ttl,
@@ -85,19 +87,15 @@ impl ClusterNode {
 
     /// Start counting the cluster's sessions, `sessions` being this
     /// instance's.
-    pub fn census(&self, sessions: Sessions) -> Result<SessionCensus, ClusterError> {
+    pub fn census(&self, sessions: Sessions) -> SessionCensus {
         SessionCensus::start(
-            self.client.clone(),
+            self.caps.connection(),
             &self.key_prefix,
             &self.node_id,
             &self.member,
             self.lease_ttl,
             sessions,
         )
-        .map_err(|source| ClusterError::Client {
-            url: self.client.get_connection_info().addr().to_string(),
-            source,
-        })
     }
 
     /// The store as the sessions take it.
@@ -198,6 +196,36 @@ mod tests {
             .await
             .is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_instance_holds_three_connections_to_redis() {
+        let server = RedisServer::start().await;
+        let node = ClusterNode::start(&cluster(&format!("redis = \"{}\"\n", server.url))).unwrap();
+        let census = node.census(Sessions::in_memory(10, 1 << 20));
+        node.store.ping().await.unwrap();
+        let mut c = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let clients = loop {
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            // Everything connected: the count made, the store's subscriber in.
+            if census.sessions().is_some() && clients.contains("psub=1") {
+                break clients;
+            }
+            assert!(std::time::Instant::now() < deadline, "{clients}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // The store's, its subscriber's, the caps' (shared by the census),
+        // and this test's.
+        assert_eq!(clients.lines().count(), 4, "{clients}");
     }
 
     #[test]

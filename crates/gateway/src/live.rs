@@ -238,9 +238,7 @@ impl Gateway {
                 Arc::new(SessionMetrics::new()),
             ),
         };
-        let census = cluster
-            .map(|node| node.census(sessions.clone()))
-            .transpose()?;
+        let census = cluster.map(|node| node.census(sessions.clone()));
         Ok(Arc::new(Gateway {
             live: RwLock::new(Arc::new(live)),
             source,

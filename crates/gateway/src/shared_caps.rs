@@ -191,6 +191,13 @@ impl SharedCaps {
         Ok(SharedCaps { shared, keeper })
     }
 
+    /// The connection the caps use (a clone shares it): other bookkeeping
+    /// whose answers are bounded to a second too goes over it rather than
+    /// opening one more.
+    pub fn connection(&self) -> ConnectionManager {
+        self.shared.conn.clone()
+    }
+
     /// A lease for a connection from `ip` on `route` under the caps
     /// (`None`: no such cap), not yet taken: [`Lease::take`] asks Redis.
     pub fn lease(
