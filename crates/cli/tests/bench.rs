@@ -565,8 +565,40 @@ fn echo_through_fallback_sessions_reports_figures_and_needs_them() {
 }
 
 #[test]
+fn fallback_sessions_at_a_fixed_rate_send_on_schedule() {
+    let addr = gateway_with_fallback_off();
+    let url = format!("ws://{addr}/echo");
+    for transport in ["sse", "poll"] {
+        let (out, v) = bench_json(&[
+            &url,
+            "--transport",
+            transport,
+            "--rate",
+            "200",
+            "-c",
+            "2",
+            "-d",
+            "1.5",
+            "-w",
+            "0.3",
+        ]);
+        assert!(out.status.success(), "{transport}: {out:?}");
+        assert_eq!(v["loop"], "open", "{v}");
+        assert_eq!(f(&v, "rate"), 200.0);
+        assert_eq!(u(&v, "errors"), 0, "{v}");
+        // No more than the schedule (a closed loop would echo far more).
+        let msgs = u(&v, "messages");
+        assert!(
+            (1..=360).contains(&msgs),
+            "{transport}: {msgs} messages in 1.5 s at 200/s"
+        );
+        assert_latency_sane(&v);
+    }
+}
+
+#[test]
 fn transport_flag_conflicts_are_usage_errors() {
-    for extra in [["--http2"], ["--handshakes"], ["--rate=100"]] {
+    for extra in [["--http2"], ["--handshakes"], ["--ramp-up=1"]] {
         let out = bench(&[&["ws://127.0.0.1:1/echo", "--transport", "sse"], &extra[..]].concat());
         assert_eq!(out.status.code(), Some(2), "{extra:?}: {out:?}");
         assert!(

@@ -21,12 +21,13 @@ pub struct BenchArgs {
     pub http2: bool,
     /// Echo over a WebSocket (ws), or through a switchyard gateway's fallback sessions
     /// (one per connection; sse: read as an event stream, poll: by long polling; sends are
-    /// numbered POSTs), with the library's session client. Closed loop only.
+    /// numbered POSTs), with the library's session client; closed loop, or open loop with
+    /// --rate.
     #[arg(
         long,
         value_enum,
         default_value_t = ConnectTransport::Ws,
-        conflicts_with_all = ["http2", "handshakes", "idle", "rate", "ramp_up"]
+        conflicts_with_all = ["http2", "handshakes", "idle", "ramp_up"]
     )]
     pub transport: ConnectTransport,
     /// With --http2: WebSockets (streams) per HTTP/2 connection; 1 opens one HTTP/2
