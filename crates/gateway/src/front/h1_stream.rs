@@ -3,7 +3,17 @@
 //! known, chunked otherwise (close-delimited for HTTP/1.0), each frame
 //! written and flushed as it comes so that an event reaches the client at
 //! once.
+//!
+//! What is ready together goes out in one write: the head with the frames
+//! the body has ready (a whole JSON answer), a frame with its chunk size
+//! line and CRLF, the last frame with the end of the chunks. On loopback a
+//! write costs more than the copy that saves it (it is the TCP send of one
+//! segment, with the receiver's processing), and a session message costs
+//! one such write per response instead of two or three.
 
+use std::io::Write as _;
+
+use futures_util::FutureExt;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderValue, Response, Version};
 use http_body_util::BodyExt;
@@ -62,36 +72,79 @@ where
     }
     let mut out = Vec::with_capacity(256);
     head::write_response_head(&Response::from_parts(parts, ()), &mut out);
-    if conn.write_all(&out).await.is_err() {
-        return Streamed::Close;
-    }
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map(|f| f.into_data()) else {
-            return Streamed::Close;
-        };
-        let Ok(data) = data else { continue };
-        if data.is_empty() {
-            continue;
+    // A frame awaited, to go out with those ready after it.
+    let mut awaited = None;
+    loop {
+        let mut ended = false;
+        while out.len() < GATHER_BYTES {
+            let next = match awaited.take() {
+                Some(next) => next,
+                None => match body.frame().now_or_never() {
+                    Some(next) => next,
+                    None => break,
+                },
+            };
+            match next {
+                None => {
+                    ended = true;
+                    break;
+                }
+                Some(Err(_)) => return Streamed::Close,
+                // Trailers are not sent.
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        push_data(&mut out, &data, chunked);
+                    }
+                }
+            }
         }
-        let written = if chunked {
-            let size = format!("{:x}\r\n", data.len());
-            conn.write_all(size.as_bytes()).await.is_ok()
-                && conn.write_all(&data).await.is_ok()
-                && conn.write_all(b"\r\n").await.is_ok()
-        } else {
-            conn.write_all(&data).await.is_ok()
-        };
-        if !written || conn.flush().await.is_err() {
-            return Streamed::Close;
+        if ended && chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
         }
+        if !out.is_empty() {
+            if conn.write_all(&out).await.is_err() || conn.flush().await.is_err() {
+                return Streamed::Close;
+            }
+            if out.capacity() > KEPT_CAPACITY {
+                // A long-lived event stream does not keep its largest write.
+                out = Vec::new();
+            } else {
+                out.clear();
+            }
+        }
+        if ended {
+            break;
+        }
+        awaited = Some(body.frame().await);
     }
-    if chunked && conn.write_all(b"0\r\n\r\n").await.is_err() {
-        return Streamed::Close;
+    if keep {
+        Streamed::Complete
+    } else {
+        Streamed::Close
     }
-    if conn.flush().await.is_err() || !keep {
-        return Streamed::Close;
+}
+
+/// Bytes gathered for one write at most (beyond it the frames ready go out
+/// in the next write).
+const GATHER_BYTES: usize = 64 << 10;
+
+/// Capacity of the write buffer kept between writes.
+const KEPT_CAPACITY: usize = 4 << 10;
+
+/// Append `data` to `out`, framed as a chunk when `chunked`. An empty
+/// frame is nothing (an empty chunk would end the body).
+fn push_data(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
     }
-    Streamed::Complete
+    if chunked {
+        // Writing to a Vec does not fail.
+        let _ = write!(out, "{:x}\r\n", data.len());
+    }
+    out.extend_from_slice(data);
+    if chunked {
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 #[cfg(test)]
@@ -126,6 +179,81 @@ mod tests {
             s.ends_with("\r\n\r\n9\r\ndata: a\n\n\r\na\r\ndata: bc\n\n\r\n0\r\n\r\n"),
             "{s:?}"
         );
+    }
+
+    /// Each write apart.
+    #[derive(Clone, Default)]
+    struct Writes(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Writes {
+        fn taken(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let s = String::from_utf8_lossy(buf).into_owned();
+            self.0.lock().unwrap().push(s);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn what_is_ready_together_goes_out_in_one_write() {
+        // A whole answer: its head and body in one write.
+        let w = Writes::default();
+        let resp = Response::new(Full::new(Bytes::from("{}")));
+        write_streamed(&mut w.clone(), resp, None, Version::HTTP_11, true).await;
+        let writes = w.taken();
+        assert_eq!(writes.len(), 1, "{writes:?}");
+        assert!(writes[0].ends_with("\r\n\r\n{}"), "{writes:?}");
+        // A stream: the head with the frame ready, then a later frame with
+        // its framing and the end of the chunks.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        tx.send(Bytes::from_static(b"data: a\n\n")).unwrap();
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            let d = rx.recv().await?;
+            Some((Ok::<_, std::convert::Infallible>(Frame::data(d)), rx))
+        });
+        let resp = Response::new(StreamBody::new(Box::pin(frames)));
+        let w = Writes::default();
+        let mut conn = w.clone();
+        let task = tokio::spawn(async move {
+            write_streamed(&mut conn, resp, None, Version::HTTP_11, true).await
+        });
+        while w.taken().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        tx.send(Bytes::from_static(b"data: b\n\n")).unwrap();
+        drop(tx);
+        assert!(matches!(task.await.unwrap(), Streamed::Complete));
+        let writes = w.taken();
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        assert!(
+            writes[0].contains("transfer-encoding: chunked\r\n")
+                && writes[0].ends_with("\r\n\r\n9\r\ndata: a\n\n\r\n"),
+            "{writes:?}"
+        );
+        assert_eq!(writes[1], "9\r\ndata: b\n\n\r\n0\r\n\r\n");
     }
 
     #[tokio::test]
