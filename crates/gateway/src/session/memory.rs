@@ -11,9 +11,16 @@
 //! waits in its owner ([`Pushed::OverBudget`]: the backend is not read
 //! until it fits), and past
 //! [`OPEN_REFUSED_ABOVE`] of the budget opens are refused.
+//!
+//! An owner waiting for memory ([`SessionStore::wait_memory`]) is woken by
+//! the release itself, not by a timer: while any waits, readers drop the
+//! entries they are given at once (as the shortage would drop them), and
+//! every release of bytes wakes the waiters. Dropping given entries from
+//! every session takes a pass over all sessions, done only when some read
+//! kept entries since the last pass.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,14 +30,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::store::{
-    Aborted, Accepted, Inbound, Pushed, ReadOutcome, ReadStart, ReaderTicket, SessionRecord,
-    SessionStore, StoreError, StoreFuture, ENTRY_COST,
+    entry_cost as cost, Aborted, Accepted, Inbound, Pushed, ReadOutcome, ReadStart, ReaderTicket,
+    SessionRecord, SessionStore, StoreError, StoreFuture,
 };
 use crate::sync::lock;
-
-fn cost(p: &Payload) -> usize {
-    p.len() + ENTRY_COST
-}
 
 /// Opens are refused while the sessions hold more than this part of the
 /// budget (eighths): the rest is kept for the sessions already open.
@@ -41,9 +44,47 @@ pub const OPEN_REFUSED_ABOVE: (usize, usize) = (7, 8);
 struct Budget {
     limit: usize,
     used: AtomicUsize,
+    /// Some log may keep entries a reader was given (what [`MemoryStore::shed`]
+    /// drops): set by the reads that keep them, cleared by `shed`.
+    kept: AtomicBool,
+    /// Owners in [`SessionStore::wait_memory`].
+    waiting: AtomicUsize,
+    /// Bytes were given back while an owner waited.
+    released: Notify,
+}
+
+/// One owner counted in [`Budget::waiting`] while it lives.
+struct Waiting<'a>(&'a Budget);
+
+impl<'a> Waiting<'a> {
+    fn new(budget: &'a Budget) -> Self {
+        budget.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(budget)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Budget {
+    fn new(limit: usize) -> Self {
+        Budget {
+            limit,
+            used: AtomicUsize::new(0),
+            kept: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            released: Notify::new(),
+        }
+    }
+
+    /// Whether `n` more bytes fit now.
+    fn fits(&self, n: usize) -> bool {
+        self.used().checked_add(n).is_some_and(|t| t <= self.limit)
+    }
+
     /// Take `n` bytes if they fit.
     fn try_take(&self, n: usize) -> bool {
         self.used
@@ -60,7 +101,18 @@ impl Budget {
     }
 
     fn give(&self, n: usize) {
-        self.used.fetch_sub(n, Ordering::AcqRel);
+        if n == 0 {
+            return;
+        }
+        self.used.fetch_sub(n, Ordering::SeqCst);
+        if self.pressed() {
+            self.released.notify_waiters();
+        }
+    }
+
+    /// Owners wait for memory: what readers are given is dropped at once.
+    fn pressed(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
     }
 
     fn used(&self) -> usize {
@@ -137,10 +189,7 @@ impl MemoryStore {
         MemoryStore {
             sessions: Mutex::new(HashMap::new()),
             capacity,
-            budget: Arc::new(Budget {
-                limit: memory,
-                used: AtomicUsize::new(0),
-            }),
+            budget: Arc::new(Budget::new(memory)),
             swept: Mutex::new(Instant::now()),
         }
     }
@@ -151,8 +200,12 @@ impl MemoryStore {
     }
 
     /// Drop the entries already given to a reader from every session's
-    /// log, to make room in the budget.
+    /// log, to make room in the budget (nothing to do unless a read kept
+    /// some since the last time).
     fn shed(&self) {
+        if !self.budget.kept.swap(false, Ordering::SeqCst) {
+            return;
+        }
         let slots: Vec<Arc<Slot>> = lock(&self.sessions).values().cloned().collect();
         for s in slots {
             lock(&s.state).trim(0);
@@ -282,15 +335,32 @@ impl State {
     /// Drop delivered entries from the front while the log is over the
     /// window; the close entry stays.
     fn trim(&mut self, window: usize) {
+        let mut freed = 0;
         while self.log_bytes > window {
             match self.log.front() {
                 Some(e) if e.seq <= self.delivered && !matches!(e.payload, Payload::Close(_)) => {
                     let c = cost(&e.payload);
                     self.log_bytes -= c;
-                    self.budget.give(c);
+                    freed += c;
                     self.log.pop_front();
                 }
                 _ => break,
+            }
+        }
+        self.budget.give(freed);
+    }
+
+    /// After a read gave entries up to `seq`: keep them for resumes up to
+    /// `window`, or drop them at once while owners wait for memory.
+    fn given(&mut self, seq: Seq, window: usize) {
+        self.deliver(seq);
+        if self.budget.pressed() {
+            self.trim(0);
+        } else {
+            self.trim(window);
+            // Loaded first: every read would otherwise write the shared line.
+            if !self.budget.kept.load(Ordering::SeqCst) {
+                self.budget.kept.store(true, Ordering::SeqCst);
             }
         }
     }
@@ -318,16 +388,17 @@ impl State {
 
     /// Drop the client messages up to `after` (handled by the owner).
     fn drop_inbound(&mut self, after: Seq) {
+        let mut freed = 0;
         while self.inbound.front().is_some_and(|(s, _)| *s <= after) {
             if let Some((_, p)) = self.inbound.pop_front() {
                 // A close item was never counted (see `accept_now`).
                 if !matches!(p, Payload::Close(_)) {
-                    let c = cost(&p);
-                    self.inbound_bytes -= c;
-                    self.budget.give(c);
+                    freed += cost(&p);
                 }
             }
         }
+        self.inbound_bytes -= freed;
+        self.budget.give(freed);
     }
 }
 
@@ -450,6 +521,26 @@ impl SessionStore for MemoryStore {
         })
     }
 
+    fn wait_memory(&self, need: usize, wait: Duration) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let budget = &self.budget;
+            let deadline = Instant::now() + wait;
+            // Counted before the check below: a release after it wakes this.
+            let _waiting = Waiting::new(budget);
+            loop {
+                let released = budget.released.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                // What readers kept before this wait; from now on they drop
+                // what they are given as they read.
+                self.shed();
+                if budget.fits(need) || tokio::time::timeout_at(deadline, released).await.is_err() {
+                    return Ok(());
+                }
+            }
+        })
+    }
+
     fn take_inbound(&self, id: SessionId, after: Seq, wait: Duration) -> StoreFuture<'_, Inbound> {
         Box::pin(async move {
             let slot = self.slot(id)?;
@@ -510,8 +601,7 @@ impl SessionStore for MemoryStore {
                         let out = read_now(st, ticket, after, max_bytes)?;
                         if let ReadOutcome::Entries(e) = &out {
                             if let Some(last) = e.last() {
-                                st.deliver(last.seq);
-                                st.trim(window);
+                                st.given(last.seq, window);
                                 gave = true;
                             }
                         }
@@ -674,6 +764,7 @@ fn accept_now(
 mod tests {
     use super::*;
     use crate::session::conformance::{record, seqs, ID};
+    use crate::session::store::ENTRY_COST;
     use switchyard::CloseCode;
 
     const NOW: Duration = Duration::ZERO;
@@ -824,6 +915,51 @@ mod tests {
         assert!(s.memory_used() > 8 * c);
         lock(&s.sessions).clear();
         assert_eq!(s.memory_used(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_owner_waiting_for_memory_is_woken_by_a_read_that_releases_it() {
+        let hundred = || Payload::Binary(vec![0u8; 100].into());
+        let c = 100 + ENTRY_COST;
+        let s = Arc::new(MemoryStore::new(10, 2 * c));
+        let (a, b) = (
+            SessionId::from_bytes([1; 16]),
+            SessionId::from_bytes([2; 16]),
+        );
+        s.create(a, record(1 << 20, 1 << 20)).await.unwrap();
+        s.create(b, record(1 << 20, 1 << 20)).await.unwrap();
+        let t0 = Instant::now();
+        // Room: no wait.
+        s.wait_memory(c, Duration::from_secs(60)).await.unwrap();
+        s.push(a, vec![hundred()]).await.unwrap();
+        assert_eq!(
+            s.push(b, vec![hundred(), hundred()]).await,
+            Ok(Pushed::OverBudget {
+                taken: 1,
+                limit: 2 * c
+            })
+        );
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.wait_memory(c, Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "no room yet");
+        // While an owner waits, a read drops what it gives at once (no
+        // replay window) and that release wakes the owner.
+        let r = s.begin_read(a, Seq(0)).await.unwrap();
+        let got = s.read(a, r.ticket, Seq(0), 1 << 20, NOW).await.unwrap();
+        assert_eq!(seqs(&got), [1]);
+        assert_eq!(s.memory_used(), c);
+        waiter.await.unwrap().unwrap();
+        assert_eq!(Instant::now(), t0, "woken by a timer, not by the release");
+        assert_eq!(
+            s.push(b, vec![hundred()]).await,
+            Ok(Pushed::Appended {
+                last: Seq(2),
+                room: true
+            })
+        );
     }
 
     #[tokio::test(start_paused = true)]

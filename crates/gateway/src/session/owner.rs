@@ -5,7 +5,8 @@
 //!   own TCP window then holds it back, as a slow WebSocket client would),
 //!   read the messages that are ready, append them to the log in one push;
 //!   what the gateway's memory budget for sessions cannot take now is held
-//!   and pushed again, the backend unread meanwhile (the same backpressure);
+//!   and pushed again once the store says memory was released, the backend
+//!   unread meanwhile (the same backpressure);
 //! * client to backend: take the accepted client messages in order and
 //!   write them; a close item closes the backend with its frame; no reader
 //!   for the idle timeout closes it with 1001.
@@ -25,7 +26,7 @@ use tokio::time::Instant;
 use super::connector::BackendStream;
 use super::metrics::SessionMetrics;
 use super::settings::FallbackSettings;
-use super::store::{Pushed, SessionStore, StoreError};
+use super::store::{entry_cost, Pushed, SessionStore, StoreError};
 use crate::metrics::Direction;
 
 /// Backend messages ready at once are appended together up to this many
@@ -33,11 +34,6 @@ use crate::metrics::Direction;
 const PUSH_BATCH_BYTES: usize = 64 << 10;
 /// Longest wait for the backend's close reply.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
-/// Messages the memory budget could not take are pushed again after this
-/// pause, doubled each time up to [`HELD_MAX_PAUSE`]: room comes back when
-/// any session's reader reads, which the store does not announce.
-const HELD_FIRST_PAUSE: Duration = Duration::from_millis(10);
-const HELD_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// What one session's owner needs.
 pub(super) struct Owner {
@@ -229,12 +225,11 @@ impl Owner {
     }
 
     /// Append `batch` to the log. While the sessions' memory budget cannot
-    /// take it, hold the rest and try again (the backend is not read
-    /// meanwhile); the session ends only as it would anyway: its reader
-    /// gone for the idle timeout, the gateway draining, the backend gone.
-    /// Whether the replay window still has room after it.
+    /// take it, hold the rest until memory is released and try again (the
+    /// backend is not read meanwhile); the session ends only as it would
+    /// anyway: its reader gone for the idle timeout, the gateway draining,
+    /// the backend gone. Whether the replay window still has room after it.
     async fn push_all(&self, mut batch: Vec<Payload>) -> Result<bool, End> {
-        let mut pause = HELD_FIRST_PAUSE;
         let mut held = false;
         loop {
             // A clone shares the payloads' bytes.
@@ -260,8 +255,11 @@ impl Owner {
                              fallback_replay_bytes if this is frequent"
                         );
                     }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(HELD_MAX_PAUSE);
+                    let need = batch.first().map_or(0, entry_cost);
+                    let wait = self.settings.idle_timeout;
+                    if let Err(e) = self.store.wait_memory(need, wait).await {
+                        return Err(End::Store(e));
+                    }
                 }
                 Err(e) => return Err(End::Store(e)),
             }
@@ -357,6 +355,11 @@ fn cut(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::conformance::{record, seqs, ID};
+    use crate::session::memory::MemoryStore;
+    use crate::session::store::ENTRY_COST;
+    use switchyard::proto::{Connection, Limits, Role};
+    use switchyard::WebSocket;
 
     #[test]
     fn reasons_fit_a_close_frame() {
@@ -364,5 +367,51 @@ mod tests {
         let long = "é".repeat(100);
         let c = cut(&long);
         assert!(c.len() <= 123 && long.starts_with(&c), "{}", c.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_backend_is_read_again_as_soon_as_its_reader_catches_up() {
+        // Room for three messages of 100 bytes in all sessions' buffers.
+        let budget = 3 * (100 + ENTRY_COST);
+        let store = Arc::new(MemoryStore::new(10, budget));
+        let rec = record(1 << 20, 1 << 20);
+        store.create(ID, rec.clone()).await.unwrap();
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let ours: BackendStream = Box::new(ours);
+        let client = Connection::new(Role::Client, Limits::default());
+        let (rx, tx) = WebSocket::from_raw(ours, client, &[]).split();
+        let server = Connection::new(Role::Server, Limits::default());
+        let mut backend = WebSocket::from_raw(theirs, server, &[]);
+        let (_stop, stop) = watch::channel(false);
+        let owner = Owner {
+            store: store.clone(),
+            id: ID,
+            route: rec.route.clone(),
+            backend: "test".into(),
+            settings: rec.settings.clone(),
+            metrics: Arc::new(SessionMetrics::new()),
+        };
+        tokio::spawn(owner.run(rx, tx, stop));
+        for i in 1..=4u8 {
+            let m = Message::Binary(vec![i; 100].into());
+            backend.send(m).await.unwrap();
+        }
+        // Three fit; the fourth waits in the owner, the backend unread.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // What else is due at this instant (a retry timer) runs first.
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.memory_used(), budget);
+        // The reader takes the three: the owner appends the fourth at once,
+        // woken by the release (the paused clock does not move: no timer
+        // was needed).
+        let held = Instant::now();
+        let r = store.begin_read(ID, Seq::ZERO).await.unwrap();
+        let read = store.read(ID, r.ticket, Seq::ZERO, 1 << 20, Duration::ZERO);
+        assert_eq!(seqs(&read.await.unwrap()), [1, 2, 3]);
+        let read = store.read(ID, r.ticket, Seq(3), 1 << 20, Duration::from_secs(60));
+        assert_eq!(seqs(&read.await.unwrap()), [4]);
+        assert_eq!(Instant::now(), held, "woken by a timer, not by the release");
     }
 }

@@ -5,7 +5,8 @@
 //! * the **owner** (the task holding the backend WebSocket, on the instance
 //!   that opened the session) appends the backend's messages to the
 //!   session's log ([`SessionStore::push`]), waits for room in the replay
-//!   window ([`SessionStore::wait_room`]), and takes the client's messages
+//!   window ([`SessionStore::wait_room`]) or the memory budget
+//!   ([`SessionStore::wait_memory`]), and takes the client's messages
 //!   in order ([`SessionStore::take_inbound`]);
 //! * the **request side** (serving `sse`, `poll`, `send`, `close` on any
 //!   instance) checks the record ([`SessionStore::record`]), reads the log
@@ -51,6 +52,11 @@ use super::settings::FallbackSettings;
 /// window, queue for the backend): an empty message still takes room, so
 /// the byte bounds also bound the number of entries.
 pub const ENTRY_COST: usize = 64;
+
+/// What `payload` costs in the byte bounds: its bytes and [`ENTRY_COST`].
+pub fn entry_cost(payload: &Payload) -> usize {
+    payload.len() + ENTRY_COST
+}
 
 /// What every store method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -154,7 +160,8 @@ pub enum Pushed {
     /// The store's memory budget (`limit` bytes) cannot take the rest of
     /// the messages now: the first `taken` were appended, the others were
     /// not. The owner holds them, reads nothing more from the backend, and
-    /// pushes them again later (backpressure, as for the replay window).
+    /// pushes them again once [`SessionStore::wait_memory`] returns
+    /// (backpressure, as for the replay window).
     OverBudget {
         /// How many of the messages were appended.
         taken: usize,
@@ -257,6 +264,19 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Wait up to `wait` until the entries not yet given to a reader are
     /// below the replay window (or the log ended). `true`: there is room.
     fn wait_room(&self, id: SessionId, wait: Duration) -> StoreFuture<'_, bool>;
+
+    /// After a push answered [`Pushed::OverBudget`]: wait up to `wait`
+    /// until the memory budget may take `need` more bytes (what the first
+    /// held message costs, [`entry_cost`]), then push again. A store whose
+    /// pushes never answer `OverBudget` keeps this default, which only
+    /// waits.
+    fn wait_memory(&self, need: usize, wait: Duration) -> StoreFuture<'_, ()> {
+        let _ = need;
+        Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            Ok(())
+        })
+    }
 
     /// The client's messages after `after` (the owner's cursor: every item
     /// up to it has been handled and may be dropped), waiting up to `wait`
