@@ -72,6 +72,8 @@ fn closed_port() -> SocketAddr {
 struct Running {
     gw: Arc<Gateway>,
     addr: SocketAddr,
+    /// Every listener's TCP address (`addr` is the first).
+    listeners: Vec<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -98,7 +100,8 @@ async fn gateway(toml: &str) -> Running {
     let cfg = Config::from_toml_str(toml, "gw.toml").unwrap();
     let gw = Gateway::new(cfg, None).unwrap();
     let server = Server::bind(gw.clone()).await.unwrap();
-    let addr = server.addresses()[0].tcp;
+    let listeners: Vec<SocketAddr> = server.addresses().iter().map(|a| a.tcp).collect();
+    let addr = listeners[0];
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
         let _ = rx.await;
@@ -106,6 +109,7 @@ async fn gateway(toml: &str) -> Running {
     Running {
         gw,
         addr,
+        listeners,
         stop: Some(tx),
         task,
     }
@@ -582,6 +586,77 @@ async fn answers_to_head_over_http3_have_the_get_headers_and_no_body() {
     assert_eq!(status, 405);
     assert!(body.is_empty(), "{:?}", String::from_utf8_lossy(&body));
     drop(conn);
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_malformed_session_query_gets_400_over_http1_http2_and_http3() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (dir, cert, key) = cert_files("malformed");
+    // The TLS listener (h1, h3), and a cleartext one for h1 and h2 (prior
+    // knowledge).
+    let plain = "[[listener]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"h1\", \"h2\"]\n";
+    let gw = gateway(&format!("{}{plain}", config(&cert, &key, closed_port()))).await;
+    let cleartext = gw.listeners[1];
+    let url = format!("wss://127.0.0.1:{}/echo", gw.addr.port());
+    let h3 = switchyard::h3::H3Connection::connect(&url, &client(&cert))
+        .await
+        .unwrap();
+    let (h2, h2_conn) =
+        h2::client::handshake(tokio::net::TcpStream::connect(cleartext).await.unwrap())
+            .await
+            .unwrap();
+    tokio::spawn(h2_conn);
+    const SID: &str = "00000000000000000000000000000000";
+    let queries = [
+        "sw=nonsense".to_string(),
+        format!("sw=close&sid={SID}&sid={SID}&token={SID}"),
+        format!("sw=close&sid=xyz&token={SID}"),
+        format!("sw=poll&sid={SID}&token={SID}"),
+        format!("sw=send&sid={SID}&token={SID}&seq=-1"),
+    ];
+    for q in &queries {
+        let path = format!("/echo?{q}");
+        for method in [http::Method::HEAD, http::Method::GET] {
+            // HTTP/1.1: the status line.
+            let mut tcp = tokio::net::TcpStream::connect(cleartext).await.unwrap();
+            let head =
+                format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            tcp.read_to_end(&mut answer).await.unwrap();
+            let answer = String::from_utf8_lossy(&answer).into_owned();
+            let h1_status: u16 = answer[9..12].parse().unwrap();
+            // HTTP/2.
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(format!("http://localhost{path}"))
+                .body(())
+                .unwrap();
+            let (resp, _) = h2
+                .clone()
+                .ready()
+                .await
+                .unwrap()
+                .send_request(req, true)
+                .unwrap();
+            let h2_status = resp.await.unwrap().status().as_u16();
+            // HTTP/3.
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(path.as_str())
+                .body(bytes::Bytes::new())
+                .unwrap();
+            let h3_status = h3.send_request(req).await.unwrap().status().as_u16();
+            assert_eq!(
+                (h1_status, h2_status, h3_status),
+                (400, 400, 400),
+                "{method} {path}: {answer}"
+            );
+        }
+    }
+    drop(h3);
     gw.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
