@@ -50,7 +50,7 @@ use crate::metrics::NO_ROUTE;
 use crate::outcome::{Reason, Refusal};
 use crate::session::CLIENT_JS_PATH;
 use crate::upgrade::{ConnInfo, Registry, UpgradeProtocol};
-use switchyard::fallback::wire::{is_session_query, Action, SessionQuery};
+use switchyard::fallback::wire::{is_session_query, session_action, Action, SessionQuery};
 use switchyard::proto::HttpVersion;
 
 /// A request as every front sees it, whatever its HTTP version.
@@ -493,6 +493,11 @@ fn offers_sessions(entry: &RouteEntry, head: &RequestHead) -> bool {
 /// answers it 400).
 fn opens_session(head: &RequestHead) -> bool {
     let query = head.request.uri().query().unwrap_or_default();
+    // The other actions are parsed once, by the session side.
+    let opening = [Action::Open.as_str(), Action::Sse.as_str()];
+    if !session_action(query).is_some_and(|a| opening.contains(&a)) {
+        return false;
+    }
     match SessionQuery::parse(query) {
         // A preflight (OPTIONS) or a wrong method opens nothing.
         Ok(q) => match q.action {
@@ -956,6 +961,8 @@ fallback = []
             ("GET", "/echo?sw=poll&sid=00&after=0", false),
             ("POST", "/echo?sw=send&sid=00&seq=1", false),
             ("GET", "/echo?sw=bogus", false),
+            // A malformed open opens nothing (the session side answers 400).
+            ("POST", "/echo?sw=open&sw=open", false),
         ] {
             let t = session(decide(&d, &h1(method, target, &[]), &none, false));
             assert_eq!(t.permit.is_some(), opens, "{method} {target}");

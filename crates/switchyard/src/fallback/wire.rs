@@ -358,7 +358,15 @@ fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
 
 /// Whether a request with this query is a session request (`sw` present).
 pub fn is_session_query(query: Option<&str>) -> bool {
-    query.is_some_and(|q| pairs(q).any(|(k, _)| k == ACTION_PARAM))
+    query.is_some_and(|q| session_action(q).is_some())
+}
+
+/// The value of the query's first `sw` parameter, the rest of the query
+/// unchecked (a dispatcher's quick look; [`SessionQuery::parse`] checks all).
+pub fn session_action(query: &str) -> Option<&str> {
+    pairs(query)
+        .find(|(k, _)| *k == ACTION_PARAM)
+        .map(|(_, v)| v)
 }
 
 /// The query without the session parameters (what the backend sees of it),
@@ -967,6 +975,9 @@ mod tests {
         assert!(is_session_query(Some("a=1&sw=open")));
         assert!(!is_session_query(Some("a=1&swx=open")));
         assert!(!is_session_query(None));
+        assert_eq!(session_action("a=1&sw=open&sw=send"), Some("open"));
+        assert_eq!(session_action("a=1&sw&x"), Some(""));
+        assert_eq!(session_action("a=1&swx=open"), None);
         assert_eq!(
             strip_session_params(&format!("room=7&sw=send&sid={SID}&x&seq=1")).as_deref(),
             Some("room=7&x")
