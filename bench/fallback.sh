@@ -8,8 +8,8 @@
 # - ws, sse, poll: `switchyard serve --threads 1` (its built-in /echo) driven by
 #   `switchyard bench --transport ws|sse|poll` (sessions through the library's client);
 # - engine.io: bench/engineio/server.mjs (npm `engine.io`, polling only) driven by
-#   bench/engineio/load.mjs (npm `engine.io-client`, polling only, no upgrade), same closed
-#   loop, same message size.
+#   bench/engineio/load.mjs (npm `engine.io-client`, polling only, no upgrade, its Node
+#   transport with a keep-alive http.Agent), same closed loop, same message size.
 # Every server is pinned to --server-cpu and the load generator to --load-cpu (taskset); each
 # measurement starts a fresh server; rounds interleave the transports (the order rotates every
 # round); the report gives medians over rounds. Server CPU per message is the server

@@ -1,27 +1,40 @@
 // The load generator of bench/fallback.sh against the engine.io peer: `engine.io-client`
 // sockets (polling only, no upgrade), each keeping IN_FLIGHT messages of SIZE bytes
 // outstanding (closed loop), replies matched in FIFO order and checked, latency from the
-// send() call to the 'message' event. Polling goes through the client's `Fetch` transport
-// (Node's fetch: kept-alive connections, as a browser's requests), not its Node default
-// (`NodeXHR`, a new TCP connection per request), which would measure the client instead.
+// send() call to the 'message' event. CLIENT picks the polling transport:
+// - `xhr` (default): engine.io-client's Node transport (XMLHttpRequest over Node's http
+//   module) with a keep-alive `http.Agent` through its `agent` option. Without an agent
+//   (its default) every request opens a TCP connection.
+// - `fetch`: its `Fetch` transport (Node's fetch). It costs the client about 0.5 ms of CPU
+//   per request here, so with 10 connections the load generator saturates its core and
+//   measures itself, not the server (bench/README.md, "Fallback sessions").
 // Prints one JSON object with the keys of `switchyard bench --json` that bench/fallback.sh
 // reads.
 //
-// Usage: node load.mjs URL CONNECTIONS IN_FLIGHT SIZE WARMUP_S DURATION_S
+// Usage: node load.mjs URL CONNECTIONS IN_FLIGHT SIZE WARMUP_S DURATION_S [xhr|fetch]
 import { createRequire } from 'node:module';
+import http from 'node:http';
 
 const require = createRequire(new URL('../../tests/interop/package.json', import.meta.url));
 const { Socket, Fetch } = require('engine.io-client');
 
-const [url, conns, inFlight, size, warmup, duration] = process.argv.slice(2);
+const [url, conns, inFlight, size, warmup, duration, client = 'xhr'] = process.argv.slice(2);
+if (client !== 'xhr' && client !== 'fetch') {
+  console.error(`load.mjs: CLIENT is xhr or fetch, not ${client}`);
+  process.exit(2);
+}
 const C = Number(conns), N = Number(inFlight), S = Number(size);
 const payload = Array.from({ length: S }, (_, i) => String.fromCharCode(97 + (i % 26))).join('');
 const lat = [];
 let total = 0, errors = 0, firstError = null;
 const fail = (e) => { errors++; firstError ??= String(e); };
 
+const agent = new http.Agent({ keepAlive: true });
+const options = client === 'fetch'
+  ? { transports: [Fetch], upgrade: false }
+  : { transports: ['polling'], upgrade: false, agent };
 const open = () => new Promise((resolve) => {
-  const s = new Socket(url, { transports: [Fetch], upgrade: false });
+  const s = new Socket(url, options);
   s.on('open', () => resolve(s));
   s.on('error', (e) => { fail(e); resolve(null); });
 });
