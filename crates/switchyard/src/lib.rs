@@ -119,5 +119,7 @@ pub mod websocket;
 pub use auto::{connect_auto, AnyWebSocket, Choice, ChoiceReason};
 pub use client::{connect, ClientBuilder, MaybeTlsStream};
 pub use error::{Deadline, Error, H2Error, H3Error};
-pub use server::{accept, accept_request, read_request_head, AcceptConfig};
+pub use server::{
+    accept, accept_request, read_request_head, read_request_head_buffered, AcceptConfig,
+};
 pub use websocket::{WebSocket, WsReader, WsWriter};

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
@@ -64,31 +64,53 @@ pub async fn read_request_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     limits: &Limits,
 ) -> Result<(Request<()>, BytesMut), Error> {
-    let deadline = limits.handshake_timeout;
-    match tokio::time::timeout(deadline, read_head_inner(stream, limits)).await {
+    let mut buf = BytesMut::with_capacity(HEAD_READ_CHUNK);
+    let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+    let req = read_request_head_buffered(stream, &mut buf, limits, deadline).await?;
+    Ok((req, buf))
+}
+
+/// [`read_request_head`] for a caller that owns the connection's read
+/// buffer: the bytes already in `buf` are parsed first, more are read into
+/// it, and on success the head is gone from `buf` while the bytes after it
+/// stay. The head is parsed where it was read (no second buffer) and the
+/// whole head must arrive before `deadline` (else [`Error::HeadTimeout`],
+/// which names `limits.handshake_timeout`), so a caller that already waited
+/// for the first bytes under a deadline keeps that one timer.
+pub async fn read_request_head_buffered<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    limits: &Limits,
+    deadline: tokio::time::Instant,
+) -> Result<Request<()>, Error> {
+    let read = read_head_into(stream, buf, RequestParser::new(limits));
+    match tokio::time::timeout_at(deadline, read).await {
         Ok(r) => r,
-        Err(_) => Err(Error::HeadTimeout { limit: deadline }),
+        Err(_) => Err(Error::HeadTimeout {
+            limit: limits.handshake_timeout,
+        }),
     }
 }
 
-async fn read_head_inner<S: AsyncRead + Unpin>(
+async fn read_head_into<S: AsyncRead + Unpin>(
     stream: &mut S,
-    limits: &Limits,
-) -> Result<(Request<()>, BytesMut), Error> {
-    let mut parser = RequestParser::new(limits);
-    let mut buf = BytesMut::with_capacity(HEAD_READ_CHUNK);
-    let mut total = 0usize;
+    buf: &mut BytesMut,
+    mut parser: RequestParser,
+) -> Result<Request<()>, Error> {
     loop {
-        buf.clear();
-        let n = stream.read_buf(&mut buf).await?;
-        if n == 0 {
-            return Err(Error::HeadEof { got: total });
+        if !buf.is_empty() {
+            if let Some((req, used)) = parser.feed(buf)? {
+                buf.advance(used.min(buf.len()));
+                return Ok(req);
+            }
+            // The parser keeps its own copy of a partial head.
+            buf.clear();
         }
-        total += n;
-        if let Some((req, used)) = parser.feed(&buf[..n])? {
-            let used = used.min(n);
-            let _ = buf.split_to(used);
-            return Ok((req, buf));
+        buf.reserve(HEAD_READ_CHUNK);
+        if stream.read_buf(buf).await? == 0 {
+            return Err(Error::HeadEof {
+                got: parser.bytes_seen(),
+            });
         }
     }
 }

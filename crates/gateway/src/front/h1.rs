@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version};
 use switchyard::proto::{head, HttpVersion};
-use switchyard::server::read_request_head;
+use switchyard::server::read_request_head_buffered;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
@@ -57,12 +57,14 @@ pub(crate) async fn serve_cleartext(
     front: &Arc<Front>,
     ctx: ConnCtx,
 ) -> Option<Upgraded> {
-    if front.http2.is_none() {
-        return serve(io, BytesMut::new(), peer, front, ctx).await;
-    }
-    let mut conn = Prefixed::new(BytesMut::with_capacity(4096), io);
+    // One deadline from the first byte awaited to the end of the first
+    // head, for the preface check and the head alike: one timer, not two.
     let limit = front.limits.handshake_timeout;
     let deadline = tokio::time::Instant::now() + limit;
+    if front.http2.is_none() {
+        return serve(io, BytesMut::new(), deadline, peer, front, ctx).await;
+    }
+    let mut conn = Prefixed::new(BytesMut::with_capacity(4096), io);
     while conn.prefix().len() < H2_PREFACE.len() && H2_PREFACE.starts_with(conn.prefix()) {
         match tokio::time::timeout_at(deadline, conn.fill()).await {
             Err(_) => {
@@ -90,12 +92,13 @@ pub(crate) async fn serve_cleartext(
         Box::pin(super::h2::serve(io, buf, peer, front.clone(), ctx)).await;
         None
     } else {
-        serve(io, buf, peer, front, ctx).await
+        serve(io, buf, deadline, peer, front, ctx).await
     }
 }
 
 /// Serve HTTP/1.1 requests on `io` until the connection ends or switches
-/// protocols; `buf` holds bytes already read from it.
+/// protocols; `buf` holds bytes already read from it, and the first request
+/// head must be complete by `deadline`.
 ///
 /// A switch returns the session instead of running it: the connection's
 /// task ([`super::task::ConnectionTask`]) runs it after dropping this
@@ -106,25 +109,28 @@ pub(crate) async fn serve_cleartext(
 pub(crate) async fn serve(
     io: ServerIo,
     buf: BytesMut,
-    peer: SocketAddr,
-    front: &Arc<Front>,
-    ctx: ConnCtx,
-) -> Option<Upgraded> {
-    serve_from(Prefixed::new(buf, io), None, true, peer, front, ctx).await
-}
-
-/// [`serve`] on a connection that already carried requests (`first` false)
-/// or must first answer `pending` (after an RFC 2817 switch to TLS).
-pub(crate) async fn serve_from(
-    conn: Conn,
-    pending: Option<Request<()>>,
-    first: bool,
+    deadline: tokio::time::Instant,
     peer: SocketAddr,
     front: &Arc<Front>,
     ctx: ConnCtx,
 ) -> Option<Upgraded> {
     let mut upgraded = None;
-    serve_loop(conn, pending, first, peer, front, ctx, &mut upgraded).await;
+    let conn = Prefixed::new(buf, io);
+    serve_loop(conn, None, Some(deadline), peer, front, ctx, &mut upgraded).await;
+    upgraded
+}
+
+/// [`serve`] on a connection that already carried requests, first
+/// answering `pending` if there is one (after an RFC 2817 switch to TLS).
+pub(crate) async fn serve_from(
+    conn: Conn,
+    pending: Option<Request<()>>,
+    peer: SocketAddr,
+    front: &Arc<Front>,
+    ctx: ConnCtx,
+) -> Option<Upgraded> {
+    let mut upgraded = None;
+    serve_loop(conn, pending, None, peer, front, ctx, &mut upgraded).await;
     upgraded
 }
 
@@ -136,11 +142,14 @@ enum Next {
     Stop,
 }
 
-/// [`serve_from`]'s loop; a switch leaves its session in `upgraded`.
+/// [`serve`]'s and [`serve_from`]'s loop: `pending` is answered first;
+/// `fresh` is the deadline of a new connection's first head, which is read
+/// without waiting for the connection to be idle first. A switch leaves its
+/// session in `upgraded`.
 async fn serve_loop(
     mut conn: Conn,
     mut pending: Option<Request<()>>,
-    mut first: bool,
+    mut fresh: Option<tokio::time::Instant>,
     peer: SocketAddr,
     front: &Arc<Front>,
     mut ctx: ConnCtx,
@@ -151,7 +160,8 @@ async fn serve_loop(
         let (req, body_read) = match pending.take() {
             Some(r) => (r, true),
             None => {
-                if !first && conn.prefix().is_empty() {
+                let fresh = fresh.take();
+                if fresh.is_none() && conn.prefix().is_empty() {
                     tokio::select! {
                         r = tokio::time::timeout(front.http1.idle_timeout, conn.fill()) => match r {
                             Err(_) => {
@@ -164,17 +174,13 @@ async fn serve_loop(
                         _ = ctx.stop.changed() => return close_gracefully(&mut conn).await,
                     }
                 }
-                first = false;
-                match read_request_head(&mut conn, limits).await {
-                    Ok((req, leftover)) => {
-                        if !leftover.is_empty() {
-                            let rest = conn.prefix_mut().split();
-                            let mut all = leftover;
-                            all.unsplit(rest);
-                            *conn.prefix_mut() = all;
-                        }
-                        (req, false)
-                    }
+                let deadline =
+                    fresh.unwrap_or_else(|| tokio::time::Instant::now() + limits.handshake_timeout);
+                // Parsed in the connection's buffer: the bytes after the head
+                // stay there for the next request or the new protocol.
+                let (buf, io) = conn.parts_mut();
+                match read_request_head_buffered(io, buf, limits, deadline).await {
+                    Ok(req) => (req, false),
                     Err(e) => {
                         match e.http_status() {
                             Some(status) => {

@@ -91,7 +91,7 @@ fn serve_boxed(
         // Only after an RFC 2817 switch: the address is asked of the socket.
         let peer = io.peer_addr();
         let conn = Prefixed::new(BytesMut::new(), io);
-        h1::serve_from(conn, pending, false, peer, &front, ctx).await
+        h1::serve_from(conn, pending, peer, &front, ctx).await
     })
 }
 

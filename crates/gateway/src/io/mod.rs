@@ -216,6 +216,12 @@ impl<S> Prefixed<S> {
         &mut self.prefix
     }
 
+    /// The replay buffer and the stream, both at once (to read into the
+    /// buffer directly, e.g. a request head).
+    pub fn parts_mut(&mut self) -> (&mut BytesMut, &mut S) {
+        (&mut self.prefix, &mut self.inner)
+    }
+
     /// Read once from the stream, appending to the replay buffer. `Ok(0)`
     /// is end of stream. Cancel-safe when the stream's reads are.
     pub async fn fill(&mut self) -> io::Result<usize>

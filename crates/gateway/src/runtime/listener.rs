@@ -480,6 +480,7 @@ async fn tls_connection(
         h2::serve(tls, bytes::BytesMut::new(), peer, front.clone(), ctx).await;
         None
     } else {
-        h1::serve(tls, bytes::BytesMut::new(), peer, front, ctx).await
+        let deadline = tokio::time::Instant::now() + front.limits.handshake_timeout;
+        h1::serve(tls, bytes::BytesMut::new(), deadline, peer, front, ctx).await
     }
 }
