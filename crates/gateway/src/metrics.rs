@@ -391,17 +391,66 @@ fn escape(v: &str) -> String {
     s
 }
 
+/// One family's series, by route first and then by its other labels:
+/// counting on a route finds its series by `&str`, so only a route's first
+/// series copies its label (every handshake counts in several families).
+/// Iterates in label order, like one map keyed by all the labels.
+#[derive(Debug)]
+struct ByRoute<K, V>(BTreeMap<String, BTreeMap<K, V>>);
+
+impl<K, V> Default for ByRoute<K, V> {
+    fn default() -> Self {
+        ByRoute(BTreeMap::new())
+    }
+}
+
+impl<K: Ord, V> ByRoute<K, V> {
+    /// Apply `f` to the series of `route` and `key`, made by `new` first
+    /// when there is none.
+    fn update<R>(
+        &mut self,
+        route: &str,
+        key: K,
+        new: impl FnOnce() -> V,
+        f: impl FnOnce(&mut V) -> R,
+    ) -> R {
+        let routes = &mut self.0;
+        let series = match routes.get_mut(route) {
+            Some(s) => s,
+            None => routes.entry(route.to_owned()).or_default(),
+        };
+        f(series.entry(key).or_insert_with(new))
+    }
+
+    /// The series of `route` and `key`, if any.
+    fn get(&self, route: &str, key: &K) -> Option<&V> {
+        self.0.get(route)?.get(key)
+    }
+
+    /// The series of `route`.
+    fn route(&self, route: &str) -> impl Iterator<Item = (&K, &V)> {
+        self.0.get(route).into_iter().flatten()
+    }
+
+    /// Every series, in label order.
+    fn iter(&self) -> impl Iterator<Item = (&str, &K, &V)> {
+        self.0
+            .iter()
+            .flat_map(|(r, series)| series.iter().map(move |(k, v)| (r.as_str(), k, v)))
+    }
+}
+
 /// The proxy's metrics. Cheap to share: wrap it in an `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
-    open: Mutex<BTreeMap<OpenKey, i64>>,
-    upgrades: Mutex<BTreeMap<UpgradeKey, u64>>,
-    closes: Mutex<BTreeMap<CloseKey, u64>>,
+    open: Mutex<ByRoute<OpenKey, i64>>,
+    upgrades: Mutex<ByRoute<UpgradeKey, u64>>,
+    closes: Mutex<ByRoute<CloseKey, u64>>,
     failures: FailureLog,
     routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
-    spliced: Mutex<BTreeMap<(String, Direction), u64>>,
-    handshakes: Mutex<BTreeMap<(String, HttpVersion), Arc<Histogram>>>,
-    durations: Mutex<BTreeMap<String, Arc<Histogram>>>,
+    spliced: Mutex<ByRoute<Direction, u64>>,
+    handshakes: Mutex<ByRoute<HttpVersion, Arc<Histogram>>>,
+    durations: Mutex<ByRoute<(), Arc<Histogram>>>,
     health: Mutex<BTreeMap<(String, String), bool>>,
 }
 
@@ -411,17 +460,18 @@ impl Default for Metrics {
     }
 }
 
-/// route, protocol, transport.
-type OpenKey = (String, HttpVersion, Transport);
-/// route, by, why, code.
-type CloseKey = (String, &'static str, CloseWhy, &'static str);
-/// route, result, reason.
-type UpgradeKey = (String, &'static str, &'static str);
+/// protocol, transport (after the route).
+type OpenKey = (HttpVersion, Transport);
+/// by, why, code (after the route).
+type CloseKey = (&'static str, CloseWhy, &'static str);
+/// result, reason (after the route).
+type UpgradeKey = (&'static str, &'static str);
 
 /// Decrements the open-connection gauge it incremented when dropped.
 #[derive(Debug)]
 pub struct OpenGuard {
     metrics: Arc<Metrics>,
+    route: String,
     key: OpenKey,
 }
 
@@ -429,15 +479,13 @@ impl OpenGuard {
     /// The connection ended this way: count it in
     /// `switchyard_closes_total` (and leave the gauge).
     pub fn closed(self, close: Close) {
-        self.metrics.count_close(&self.key.0, close);
+        self.metrics.count_close(&self.route, close);
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        if let Some(v) = lock(&self.metrics.open).get_mut(&self.key) {
-            *v -= 1;
-        }
+        lock(&self.metrics.open).update(&self.route, self.key, || 0, |v| *v -= 1);
     }
 }
 
@@ -465,10 +513,11 @@ impl Metrics {
         protocol: HttpVersion,
         transport: Transport,
     ) -> OpenGuard {
-        let key = (route.to_string(), protocol, transport);
-        *lock(&self.open).entry(key.clone()).or_insert(0) += 1;
+        let key = (protocol, transport);
+        lock(&self.open).update(route, key, || 0, |v| *v += 1);
         OpenGuard {
             metrics: self.clone(),
+            route: route.to_owned(),
             key,
         }
     }
@@ -477,27 +526,22 @@ impl Metrics {
     /// every transport.
     pub fn open_connections(&self, route: &str, protocol: &str) -> i64 {
         lock(&self.open)
-            .iter()
-            .filter(|((r, p, _), _)| r == route && p.label() == protocol)
+            .route(route)
+            .filter(|((p, _), _)| p.label() == protocol)
             .map(|(_, n)| *n)
             .sum()
     }
 
     fn count_close(&self, route: &str, close: Close) {
-        let key = (
-            route.to_string(),
-            close.by.label(),
-            close.why,
-            close.code_label(),
-        );
-        *lock(&self.closes).entry(key).or_insert(0) += 1;
+        let key = (close.by.label(), close.why, close.code_label());
+        lock(&self.closes).update(route, key, || 0, |n| *n += 1);
     }
 
     /// Closes counted on `route` by `by` for `why`.
     pub fn closes(&self, route: &str, by: Blame, why: CloseWhy) -> u64 {
         lock(&self.closes)
-            .iter()
-            .filter(|((r, b, w, _), _)| r == route && *b == by.label() && *w == why)
+            .route(route)
+            .filter(|((b, w, _), _)| *b == by.label() && *w == why)
             .map(|(_, n)| *n)
             .sum()
     }
@@ -511,17 +555,15 @@ impl Metrics {
     /// or [`NO_ROUTE`]). `result` and `reason` are fixed strings (see
     /// [`crate::proxy::ProxyOutcome::labels`]).
     pub fn upgrade_attempt(&self, route: &str, result: &'static str, reason: &'static str) {
-        *lock(&self.upgrades)
-            .entry((route.to_string(), result, reason))
-            .or_insert(0) += 1;
+        lock(&self.upgrades).update(route, (result, reason), || 0, |n| *n += 1);
     }
 
     /// Upgrade attempts counted with this result and reason, every route.
     pub fn upgrade_attempts(&self, result: &str, reason: &str) -> u64 {
         lock(&self.upgrades)
             .iter()
-            .filter(|((_, r, why), _)| *r == result && *why == reason)
-            .map(|(_, n)| *n)
+            .filter(|(_, (r, why), _)| *r == result && *why == reason)
+            .map(|(_, _, n)| *n)
             .sum()
     }
 
@@ -545,18 +587,13 @@ impl Metrics {
     /// [`RouteMetrics::relayed`] counts).
     pub fn add_spliced(&self, route: &str, dir: Direction, n: u64) {
         if n > 0 {
-            *lock(&self.spliced)
-                .entry((route.to_string(), dir))
-                .or_insert(0) += n;
+            lock(&self.spliced).update(route, dir, || 0, |v| *v += n);
         }
     }
 
     /// Spliced bytes counted for `route` in `dir`.
     pub fn spliced(&self, route: &str, dir: Direction) -> u64 {
-        lock(&self.spliced)
-            .get(&(route.to_string(), dir))
-            .copied()
-            .unwrap_or(0)
+        lock(&self.spliced).get(route, &dir).copied().unwrap_or(0)
     }
 
     /// Bytes counted for `route` in `dir`.
@@ -580,35 +617,31 @@ impl Metrics {
     /// CONNECT): for a proxied route that includes the upstream's connect
     /// and answer.
     pub fn observe_handshake(&self, route: &str, protocol: HttpVersion, d: Duration) {
-        let h = lock(&self.handshakes)
-            .entry((route.to_string(), protocol))
-            .or_insert_with(|| Arc::new(Histogram::new(HANDSHAKE_BOUNDS)))
-            .clone();
+        let new = || Arc::new(Histogram::new(HANDSHAKE_BOUNDS));
+        let h = lock(&self.handshakes).update(route, protocol, new, |h| h.clone());
         h.observe(d);
     }
 
     /// Handshakes recorded on `route` over `protocol`.
     pub fn handshakes(&self, route: &str, protocol: HttpVersion) -> u64 {
         lock(&self.handshakes)
-            .get(&(route.to_string(), protocol))
+            .get(route, &protocol)
             .map_or(0, |h| h.count())
     }
 
     /// The handshake histograms of `route`, one per protocol seen.
     pub fn handshake_histograms(&self, route: &str) -> Vec<(HttpVersion, Arc<Histogram>)> {
         lock(&self.handshakes)
-            .iter()
-            .filter(|((r, _), _)| r == route)
-            .map(|((_, p), h)| (*p, h.clone()))
+            .route(route)
+            .map(|(p, h)| (*p, h.clone()))
             .collect()
     }
 
     /// Open connections now on `route`, per protocol and transport seen.
     pub fn open_on(&self, route: &str) -> Vec<(HttpVersion, Transport, i64)> {
         lock(&self.open)
-            .iter()
-            .filter(|((r, _, _), _)| r == route)
-            .map(|((_, p, t), n)| (*p, *t, *n))
+            .route(route)
+            .map(|((p, t), n)| (*p, *t, *n))
             .collect()
     }
 
@@ -616,16 +649,14 @@ impl Metrics {
     pub fn upgrade_counts(&self) -> Vec<(String, &'static str, &'static str, u64)> {
         lock(&self.upgrades)
             .iter()
-            .map(|((route, result, reason), n)| (route.clone(), *result, *reason, *n))
+            .map(|(route, (result, reason), n)| (route.to_owned(), *result, *reason, *n))
             .collect()
     }
 
     /// Record how long a tunnel on `route` lasted.
     pub fn observe_tunnel(&self, route: &str, d: Duration) {
-        let h = lock(&self.durations)
-            .entry(route.to_string())
-            .or_insert_with(|| Arc::new(Histogram::new(DURATION_BOUNDS)))
-            .clone();
+        let new = || Arc::new(Histogram::new(DURATION_BOUNDS));
+        let h = lock(&self.durations).update(route, (), new, |h| h.clone());
         h.observe(d);
     }
 
@@ -650,7 +681,7 @@ impl Metrics {
             "# HELP switchyard_open_connections Open switched connections (apps and proxied).\n",
         );
         out.push_str("# TYPE switchyard_open_connections gauge\n");
-        for ((route, proto, transport), v) in lock(&self.open).iter() {
+        for (route, (proto, transport), v) in lock(&self.open).iter() {
             let _ = writeln!(
                 out,
                 "switchyard_open_connections{{route=\"{}\",protocol=\"{}\",transport=\"{}\"}} {v}",
@@ -663,7 +694,7 @@ impl Metrics {
             "# HELP switchyard_closes_total Switched connections ended, by who ended them, why and the close code.\n",
         );
         out.push_str("# TYPE switchyard_closes_total counter\n");
-        for ((route, by, why, code), v) in lock(&self.closes).iter() {
+        for (route, (by, why, code), v) in lock(&self.closes).iter() {
             let _ = writeln!(
                 out,
                 "switchyard_closes_total{{route=\"{}\",by=\"{by}\",why=\"{}\",code=\"{code}\"}} {v}",
@@ -675,7 +706,7 @@ impl Metrics {
             "# HELP switchyard_upgrade_attempts_total Upgrade attempts by route, result and reason.\n",
         );
         out.push_str("# TYPE switchyard_upgrade_attempts_total counter\n");
-        for ((route, result, reason), v) in lock(&self.upgrades).iter() {
+        for (route, (result, reason), v) in lock(&self.upgrades).iter() {
             let _ = writeln!(
                 out,
                 "switchyard_upgrade_attempts_total{{route=\"{}\",result=\"{result}\",reason=\"{reason}\"}} {v}",
@@ -716,7 +747,7 @@ impl Metrics {
         }
         out.push_str("# HELP switchyard_tunnel_spliced_bytes_total Bytes of switchyard_tunnel_bytes_total that transparent tunnels moved with splice(2).\n");
         out.push_str("# TYPE switchyard_tunnel_spliced_bytes_total counter\n");
-        for ((route, dir), v) in lock(&self.spliced).iter() {
+        for (route, dir, v) in lock(&self.spliced).iter() {
             let _ = writeln!(
                 out,
                 "switchyard_tunnel_spliced_bytes_total{{route=\"{}\",direction=\"{}\"}} {v}",
@@ -741,7 +772,7 @@ impl Metrics {
             "# HELP switchyard_handshake_duration_seconds From the routing decision to the switch (101, or 200 for an extended CONNECT), upstream included.\n",
         );
         out.push_str("# TYPE switchyard_handshake_duration_seconds histogram\n");
-        for ((route, protocol), h) in lock(&self.handshakes).iter() {
+        for (route, protocol, h) in lock(&self.handshakes).iter() {
             h.render(
                 "switchyard_handshake_duration_seconds",
                 &format!(
@@ -754,7 +785,7 @@ impl Metrics {
         }
         out.push_str("# HELP switchyard_tunnel_duration_seconds How long tunnels lasted.\n");
         out.push_str("# TYPE switchyard_tunnel_duration_seconds histogram\n");
-        for (route, h) in lock(&self.durations).iter() {
+        for (route, (), h) in lock(&self.durations).iter() {
             h.render(
                 "switchyard_tunnel_duration_seconds",
                 &format!("route=\"{}\"", escape(route)),
