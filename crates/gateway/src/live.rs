@@ -44,7 +44,7 @@ use crate::config::{App, Config, ConfigError, ConfigSource, Route, RouteTarget, 
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyContext};
 use crate::session::{SessionMetrics, Sessions};
-use crate::tracking::ConnTable;
+use crate::tracking::{ConnTable, RouteTag};
 use crate::upgrade::Registry;
 
 /// Why a (re)load failed.
@@ -97,6 +97,8 @@ pub struct RouteEntry {
     pub label: String,
     /// What serves the route.
     pub target: Target,
+    /// The label and target that `/status` shows for its connections.
+    pub tag: Arc<RouteTag>,
     /// The generation's upstream groups, metrics, caps and `[limits]`.
     pub ctx: Arc<ProxyContext>,
 }
@@ -449,9 +451,18 @@ fn route_entry(route: &Route, cfg: &Config, ctx: &Arc<ProxyContext>) -> RouteEnt
             })
         }
     };
+    let label = proxy::route_label(route);
+    let served_by = match &target {
+        Target::App(a) => format!("app {}", a.app.as_str()),
+        Target::Upstream => format!("upstream {}", route.upstream.as_deref().unwrap_or_default()),
+    };
     RouteEntry {
         config: route.clone(),
-        label: proxy::route_label(route),
+        tag: Arc::new(RouteTag {
+            route: label.clone(),
+            target: served_by,
+        }),
+        label,
         target,
         ctx: ctx.clone(),
     }

@@ -21,15 +21,23 @@ use crate::io::{AsPlainTcp, PlainTcp};
 use crate::metrics::{Close, Direction, Metrics, OpenGuard, RouteMetrics, Transport};
 use switchyard::proto::HttpVersion;
 
+/// What `/status` says of every connection of one route, made once per
+/// route (not per connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTag {
+    /// The route label.
+    pub route: String,
+    /// What serves it: `upstream NAME` or `app NAME`.
+    pub target: String,
+}
+
 /// What one live connection is, at registration.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
-    /// The route label.
-    pub route: String,
+    /// Its route and what serves it.
+    pub tag: Arc<RouteTag>,
     /// The client's address.
     pub client: SocketAddr,
-    /// What serves it: `upstream NAME` or `app NAME`.
-    pub target: String,
     /// The HTTP version the client connected with.
     pub protocol: HttpVersion,
 }
@@ -136,8 +144,9 @@ impl ConnTable {
             .collect();
         v.sort_by(|a, b| {
             a.info
+                .tag
                 .route
-                .cmp(&b.info.route)
+                .cmp(&b.info.tag.route)
                 .then(a.info.client.cmp(&b.info.client))
         });
         v
@@ -208,8 +217,8 @@ impl LiveApp {
         transport: Transport,
         permit: Option<ConnectionGuard>,
     ) -> Self {
-        let open = metrics.open_connection(&info.route, info.protocol, transport);
-        let route = metrics.route(&info.route);
+        let open = metrics.open_connection(&info.tag.route, info.protocol, transport);
+        let route = metrics.route(&info.tag.route);
         let tracked = conns.track(info);
         LiveApp {
             counters: AppCounters::new(route, tracked.counters().clone()),
@@ -324,9 +333,11 @@ mod tests {
 
     fn info(route: &str) -> ConnectionInfo {
         ConnectionInfo {
-            route: route.into(),
+            tag: Arc::new(RouteTag {
+                route: route.into(),
+                target: "app echo".into(),
+            }),
             client: "127.0.0.1:1".parse().unwrap(),
-            target: "app echo".into(),
             protocol: HttpVersion::Http1,
         }
     }
@@ -344,7 +355,7 @@ mod tests {
         let mut buf = [0u8; 3];
         counted.read_exact(&mut buf).await.unwrap();
         let snap = table.snapshot();
-        assert_eq!(snap[0].info.route, "/a", "sorted by route");
+        assert_eq!(snap[0].info.tag.route, "/a", "sorted by route");
         assert_eq!((snap[1].bytes_in, snap[1].bytes_out), (3, 5));
         drop(b);
         assert_eq!(table.len(), 1);

@@ -118,7 +118,7 @@ async fn extended_connect_is_proxied_to_an_http11_upstream_and_drained_with_1001
     );
     let conns = gw.connections().snapshot();
     assert_eq!(conns.len(), 1, "{conns:?}");
-    assert_eq!(conns[0].info.route, "/ws");
+    assert_eq!(conns[0].info.tag.route, "/ws");
     assert_eq!(conns[0].info.protocol.label(), "h2");
     assert!(
         conns[0].bytes_in >= 13 && conns[0].bytes_out >= 9,

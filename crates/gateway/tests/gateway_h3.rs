@@ -213,7 +213,10 @@ async fn h3_extended_connect_is_proxied_to_an_http11_upstream() {
     let conns = gw.gw.connections().snapshot();
     assert_eq!(conns.len(), 1, "{conns:?}");
     assert_eq!(
-        (conns[0].info.route.as_str(), conns[0].info.protocol.label()),
+        (
+            conns[0].info.tag.route.as_str(),
+            conns[0].info.protocol.label()
+        ),
         ("/ws", "h3")
     );
 
@@ -342,7 +345,7 @@ async fn echo_app_websockets_over_h1_h2_h3_appear_in_metrics_and_status_while_op
     let conns = gw.gw.connections().snapshot();
     let mut seen: Vec<_> = conns
         .iter()
-        .map(|c| (c.info.target.as_str(), c.info.protocol.label()))
+        .map(|c| (c.info.tag.target.as_str(), c.info.protocol.label()))
         .collect();
     seen.sort_unstable();
     assert_eq!(

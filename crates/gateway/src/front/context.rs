@@ -63,9 +63,8 @@ impl Front {
     ) -> Box<LiveApp> {
         let gateway = self.dispatcher.gateway();
         let info = ConnectionInfo {
-            route: route.label.clone(),
+            tag: route.tag.clone(),
             client,
-            target: format!("app {}", route.app().map_or("-", |a| a.app.as_str())),
             protocol,
         };
         Box::new(LiveApp::new(

@@ -58,12 +58,8 @@ pub(crate) fn track(
     protocol: HttpVersion,
 ) -> Tracked {
     conns.track(ConnectionInfo {
-        route: route.label.clone(),
+        tag: route.tag.clone(),
         client,
-        target: format!(
-            "upstream {}",
-            route.config.upstream.as_deref().unwrap_or_default()
-        ),
         protocol,
     })
 }

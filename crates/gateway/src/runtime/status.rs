@@ -336,9 +336,9 @@ impl StatusReport {
                 .into_iter()
                 .take(CONNECTIONS_LISTED)
                 .map(|c| ConnectionStatus {
-                    route: c.info.route,
+                    route: c.info.tag.route.clone(),
                     client: c.info.client,
-                    target: c.info.target,
+                    target: c.info.tag.target.clone(),
                     protocol: c.info.protocol.label(),
                     age_seconds: c.age.as_secs_f64(),
                     bytes_in: c.bytes_in,
