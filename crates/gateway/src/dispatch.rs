@@ -460,8 +460,7 @@ impl Dispatcher {
 /// Whether the route's target switches to `token` (and its policy allows
 /// it). Over HTTP/2 and HTTP/3 only WebSocket is carried (RFC 8441, 9220).
 fn route_switches(entry: &RouteEntry, token: &ProtocolToken, protocol: HttpVersion) -> bool {
-    let name = token.to_string();
-    if !entry.config.policy.upgrade_allowed(&name) {
+    if !entry.config.policy.token_allowed(token) {
         return false;
     }
     if protocol != HttpVersion::Http1 && !token.is("websocket") {

@@ -166,6 +166,18 @@ impl ProtocolToken {
     pub fn is(&self, name: &str) -> bool {
         self.name.eq_ignore_ascii_case(name)
     }
+
+    /// Whether `text` writes this token (`name` or `name/version`, as
+    /// `Display` does), ASCII case-insensitively, without formatting it.
+    pub fn written_as(&self, text: &str) -> bool {
+        match (&self.version, text.split_once('/')) {
+            (None, None) => self.name.eq_ignore_ascii_case(text),
+            (Some(v), Some((name, version))) => {
+                self.name.eq_ignore_ascii_case(name) && v.eq_ignore_ascii_case(version)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for ProtocolToken {
@@ -429,6 +441,31 @@ mod tests {
         assert!(tok("TLS", Some("1.3")).is("tls"));
         assert_eq!(tok("TLS", Some("1.3")).to_string(), "TLS/1.3");
         assert_eq!(a.to_string(), "WebSocket");
+    }
+
+    #[test]
+    fn written_as_agrees_with_display() {
+        let tokens = [tok("WebSocket", None), tok("TLS", Some("1.3"))];
+        let texts = [
+            "websocket",
+            "WEBSOCKET",
+            "websocket/",
+            "websocket/13",
+            "tls",
+            "tls/1.3",
+            "TLS/1.3",
+            "tls/1.2",
+            "tls/1.3/x",
+            "/1.3",
+            "",
+        ];
+        for t in &tokens {
+            for text in texts {
+                let expected = t.to_string().eq_ignore_ascii_case(text);
+                assert_eq!(t.written_as(text), expected, "{t} vs {text:?}");
+            }
+        }
+        assert!(tokens[1].written_as("tls/1.3"));
     }
 
     #[test]

@@ -913,6 +913,10 @@ mod tests {
         assert!(p.upgrade_allowed("websocket"));
         assert!(p.upgrade_allowed("tls/1.3"));
         assert!(!p.upgrade_allowed("h2c"));
+        let token = |s| switchyard::proto::upgrade::ProtocolToken::parse(s).unwrap();
+        assert!(p.token_allowed(&token("TLS/1.3")));
+        assert!(!p.token_allowed(&token("TLS")));
+        assert!(!p.token_allowed(&token("h2c")));
         assert!(Policy::default().origin_allowed(Some("https://anything.example")));
         assert!(!Policy::default().upgrade_allowed("TLS/1.3"));
     }

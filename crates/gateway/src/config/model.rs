@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use switchyard::fallback::Transport;
+use switchyard_proto::upgrade::ProtocolToken;
 use switchyard_proto::{HttpVersion, Limits};
 
 use super::units::{
@@ -771,6 +772,12 @@ impl Policy {
         self.allowed_upgrades
             .iter()
             .any(|t| t.eq_ignore_ascii_case(token))
+    }
+
+    /// [`Policy::upgrade_allowed`] for a parsed token (per request: no
+    /// string is built).
+    pub fn token_allowed(&self, token: &ProtocolToken) -> bool {
+        self.allowed_upgrades.iter().any(|t| token.written_as(t))
     }
 }
 
