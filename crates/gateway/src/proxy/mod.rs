@@ -366,7 +366,7 @@ pub async fn upstream_upgrade(
 ) -> Result<AttemptResult, Refusal> {
     let mut last: Option<(StatusCode, Reason, String, String)> = None;
     for state in group.attempt_order() {
-        let name = state.backend.url.to_string();
+        let name = state.name.clone();
         let sent = build(&state.backend)?;
         let mut stream = match group.connect(&state.backend).await {
             Ok(s) => s,

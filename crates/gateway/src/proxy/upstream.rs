@@ -54,6 +54,9 @@ pub enum ConnectError {
 pub struct BackendState {
     /// The configured backend.
     pub backend: Backend,
+    /// Its URL as text, for logs and outcomes: formatted once, not per
+    /// attempt.
+    pub name: String,
     /// Open tunnels (for least connections).
     active: AtomicUsize,
     /// Consecutive failed attempts.
@@ -67,6 +70,7 @@ pub struct BackendState {
 impl BackendState {
     fn new(backend: Backend) -> Self {
         BackendState {
+            name: backend.url.to_string(),
             backend,
             active: AtomicUsize::new(0),
             fails: AtomicU32::new(0),
@@ -148,7 +152,7 @@ impl Group {
     /// Report health changes to `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         for b in &self.backends {
-            metrics.set_upstream_health(&self.config.name, &b.backend.url.to_string(), true);
+            metrics.set_upstream_health(&self.config.name, &b.name, true);
         }
         self.metrics = Some(metrics);
         self
@@ -239,11 +243,7 @@ impl Group {
 
     fn report(&self, state: &BackendState) {
         if let Some(m) = &self.metrics {
-            m.set_upstream_health(
-                &self.config.name,
-                &state.backend.url.to_string(),
-                state.is_healthy(),
-            );
+            m.set_upstream_health(&self.config.name, &state.name, state.is_healthy());
         }
     }
 
