@@ -265,14 +265,26 @@ impl Accept {
         info!(?local, io_uring = listener.is_uring(), "listening");
         let this = Arc::new(self);
         let mut stop = this.ctx.stop.clone();
-        loop {
-            if *closed.borrow_and_update() {
-                // Removed by a reload: dropping the listener refuses new
-                // connections; the open ones go on.
-                info!(?local, "no longer accepting (listener removed by a reload)");
-                return;
-            }
+        // One future for the whole loop, not two new watch waiters per
+        // accepted connection.
+        let halt = async {
             tokio::select! {
+                _ = stop.changed() => Halt::Stop,
+                () = removed(&mut closed) => Halt::Removed,
+            }
+        };
+        tokio::pin!(halt);
+        loop {
+            tokio::select! {
+                biased;
+                halt = &mut halt => {
+                    if let Halt::Removed = halt {
+                        // Removed by a reload: dropping the listener refuses
+                        // new connections; the open ones go on.
+                        info!(?local, "no longer accepting (listener removed by a reload)");
+                    }
+                    return;
+                }
                 res = listener.accept() => match res {
                     Ok((incoming, peer)) => {
                         let id = this.front.connection_id();
@@ -295,9 +307,27 @@ impl Accept {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                _ = stop.changed() => return,
-                Ok(()) = closed.changed() => {}
             }
+        }
+    }
+}
+
+/// Why the accept loop ends.
+enum Halt {
+    /// The server stops.
+    Stop,
+    /// A reload removed the listener.
+    Removed,
+}
+
+/// Resolves once `closed` is true (never if its sender is gone first).
+async fn removed(closed: &mut watch::Receiver<bool>) {
+    loop {
+        if *closed.borrow_and_update() {
+            return;
+        }
+        if closed.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }
