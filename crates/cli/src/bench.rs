@@ -9,7 +9,7 @@
 //! - `--idle N`: open N idle WebSocket connections, print `ready` and hold them until killed
 //!   (or for `--duration` seconds when it is given).
 //! - `--rate N` (echo): open loop at N messages per second over all connections, each message
-//!   timed from its scheduled send time (no coordinated omission; see [`TIMER_SLACK`]).
+//!   timed from its scheduled send time (no coordinated omission; see [`plan::TIMER_SLACK`]).
 //!
 //! `--ramp-up D` opens the connections (or starts the handshake loops) gradually over D seconds
 //! before the warm-up. The result is a multi-line summary, or `--json`; `--html FILE` also
@@ -142,11 +142,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-/// In open-loop mode a message is timed from its scheduled send time, except for lateness up
-/// to this much, which is the load generator's own timer resolution (tokio's timer wheel has
-/// 1 ms ticks and wakes at the tick after a deadline), not a stalled server. Latency is thus
-/// `reply - min(actual send, scheduled + TIMER_SLACK)`.
-const TIMER_SLACK: Duration = Duration::from_millis(2);
 /// Open loop: most bytes queued for one connection's socket before sending waits.
 const MAX_PENDING_WRITE: usize = 4 * 1024 * 1024;
 async fn run_threads(plan: Arc<Plan>, mode: Mode) -> anyhow::Result<Report> {

@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 use super::args::*;
 use super::frame::{OP_BINARY, OP_TEXT};
 
+/// In open-loop mode a message is timed from its scheduled send time, except for lateness up
+/// to this much, which is the load generator's own timer resolution (tokio's timer wheel has
+/// 1 ms ticks and wakes at the tick after a deadline), not a stalled server. Latency is thus
+/// `reply - min(actual send, scheduled + TIMER_SLACK)`.
+pub(super) const TIMER_SLACK: Duration = Duration::from_millis(2);
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Mode {
     Echo,

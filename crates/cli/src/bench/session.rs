@@ -182,7 +182,7 @@ async fn echo_at_rate(
                         .map_err(|e| failed("session_failed", e.to_string()))?;
                     // Timed from the schedule (forgiving the timer's own lateness, up to
                     // TIMER_SLACK).
-                    sent.push_back(now.min(next + super::TIMER_SLACK));
+                    sent.push_back(now.min(next + TIMER_SLACK));
                     next += interval;
                 }
             }
