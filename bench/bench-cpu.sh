@@ -51,6 +51,7 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 if [ "$BUILD" = 1 ] && [ -z "${SWITCHYARD:-}" ]; then
     echo "== building (release)"
     (cd "$ROOT" && cargo build --release -q -p switchyard-cli)
@@ -103,11 +104,7 @@ start_server() { # IO_PATH
     RUST_LOG=warn taskset -c "$SERVER_CPU" "$SWITCHYARD" --threads 1 serve --listen "127.0.0.1:$PORT" $io_flag \
         > "$TMP/server.log" 2>&1 &
     SERVER_PID=$!
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then sleep 0.2; return 0; fi
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.05
-    done
+    if wait_port "$PORT" "$SERVER_PID"; then sleep 0.2; return 0; fi
     echo "bench-cpu.sh: the server did not start on port $PORT: $(tail -n 1 "$TMP/server.log")" >&2
     exit 1
 }

@@ -53,6 +53,7 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 SWITCHYARD=${SWITCHYARD:-$ROOT/target/ci/switchyard}
 OUT=${OUT:-$ROOT/target/bench-results/cluster-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
@@ -78,11 +79,8 @@ trap cleanup EXIT INT TERM
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
-wait_port() { # PORT WHAT
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
+wait_listening() { # PORT WHAT
+    wait_port "$1" && return 0
     echo "cluster.sh: $2 did not start listening on 127.0.0.1:$1 (logs in $OUT)" >&2
     return 1
 }
@@ -96,7 +94,7 @@ start_setup() { # SETUP -> sets FRONT (HAProxy's port), ADMINS; servers in PIDS
         taskset -c "$SERVER_CPU" redis-server --port "$rport" --bind 127.0.0.1 --save "" \
             --appendonly no > "$OUT/redis.log" 2>&1 &
         PIDS+=($!)
-        wait_port "$rport" redis-server || return 1
+        wait_listening "$rport" redis-server || return 1
         cluster="[cluster]
 redis = \"redis://127.0.0.1:$rport/0\""
     fi
@@ -137,13 +135,13 @@ EOF
         taskset -c "$SERVER_CPU" env RUST_LOG=warn "$SWITCHYARD" serve --config "$OUT/g$i.toml" \
             --threads 1 > "$OUT/g$i.log" 2>&1 &
         PIDS+=($!)
-        wait_port "$port" "gateway g$i" || return 1
+        wait_listening "$port" "gateway g$i" || return 1
         echo "  server g$i 127.0.0.1:$port" >> "$conf"
         ADMINS+=("$admin")
     done
     taskset -c "$SERVER_CPU" haproxy -db -q -f "$conf" > "$OUT/haproxy.log" 2>&1 &
     PIDS+=($!)
-    wait_port "$FRONT" haproxy
+    wait_listening "$FRONT" haproxy
 }
 
 # The session requests each instance served (its /metrics), space-separated.

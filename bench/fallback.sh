@@ -56,6 +56,7 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 OUT=${OUT:-$ROOT/target/bench-results/fallback-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 RESULTS=$OUT/results.jsonl
@@ -99,14 +100,10 @@ start_server() { # TRANSPORT -> sets SERVER_PID, PORT
             --threads 1 > "$OUT/server-$1.log" 2>&1 &
     fi
     SERVER_PID=$!
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            sleep 0.2
-            return 0
-        fi
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.05
-    done
+    if wait_port "$PORT" "$SERVER_PID"; then
+        sleep 0.2
+        return 0
+    fi
     echo "fallback.sh: $1 did not start listening on 127.0.0.1:$PORT (log: $OUT/server-$1.log)" >&2
     kill "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""

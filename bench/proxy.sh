@@ -55,6 +55,7 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 BENCH_DIR=$ROOT/bench
 OUT=${OUT:-$ROOT/target/bench-results/proxy-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
@@ -120,15 +121,6 @@ cleanup() {
     wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
-
-wait_port() { # PORT PID -> 0 when something accepts on 127.0.0.1:PORT
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.05
-    done
-    return 1
-}
 
 # Processes of a proxy: the pid and its children (nginx: master + worker).
 proxy_pids() { echo "$1"; pgrep -P "$1" || true; }

@@ -57,6 +57,7 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 BENCH_DIR=$ROOT/bench
 OUT=${OUT:-$ROOT/target/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
@@ -161,14 +162,10 @@ start_server() { # NAME -> sets SERVER_PID, PORT
     # shellcheck disable=SC2086
     taskset -c "$SERVER_CPU" $cmd > "$OUT/server-$1.log" 2>&1 &
     SERVER_PID=$!
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            sleep 0.2
-            return 0
-        fi
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.05
-    done
+    if wait_port "$PORT" "$SERVER_PID"; then
+        sleep 0.2
+        return 0
+    fi
     echo "run.sh: $1 did not start listening on 127.0.0.1:$PORT (log: $OUT/server-$1.log)" >&2
     kill "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
