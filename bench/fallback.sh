@@ -72,11 +72,7 @@ if [ -z "$SWITCHYARD" ]; then
     fi
 fi
 [ -x "$SWITCHYARD" ] || { echo "fallback.sh: $SWITCHYARD missing" >&2; exit 1; }
-if ! (cd "$ROOT/tests/interop" && node -e "require.resolve('engine.io'); require.resolve('engine.io-client')") 2>/dev/null; then
-    echo "installing tests/interop's npm packages with the bench's devDependencies (npm ci)"
-    (cd "$ROOT/tests/interop" && npm ci --include=dev --no-audit --no-fund --loglevel=error >/dev/null &&
-        cp package-lock.json node_modules/.interop-lock.json)
-fi
+need_npm_dev_peers "$ROOT" engine.io engine.io-client
 
 SERVER_PID=""
 cleanup() {

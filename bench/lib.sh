@@ -10,3 +10,18 @@ wait_port() {
     done
     return 1
 }
+
+# need_npm_dev_peers ROOT MODULE...: installs tests/interop's npm packages with their
+# devDependencies (the benchmarks' Node peers; the test setup leaves them out) unless every
+# MODULE is already there.
+need_npm_dev_peers() {
+    local root=$1 m missing=0
+    shift
+    for m in "$@"; do
+        [ -e "$root/tests/interop/node_modules/$m/package.json" ] || missing=1
+    done
+    [ "$missing" = 0 ] && return 0
+    echo "installing tests/interop's npm packages with the benchmarks' devDependencies (npm ci)"
+    (cd "$root/tests/interop" && npm ci --include=dev --no-audit --no-fund --loglevel=error >/dev/null &&
+        cp package-lock.json node_modules/.interop-lock.json)
+}

@@ -12,7 +12,7 @@ CLK_TCK = 100  # USER_HZ on Linux
 # The server the ratios are for: run.sh --ours NAME sets it (the axum comparison).
 OURS = os.environ.get("BENCH_OURS", "switchyard")
 SERVER_ORDER = ["switchyard", "fastwebsockets", "tokio-tungstenite", "tokio-websockets",
-                "axum-switchyard", "axum-fastwebsockets", "axum-tungstenite"]
+                "uwebsockets-js", "axum-switchyard", "axum-fastwebsockets", "axum-tungstenite"]
 # Shown with the others, but not a peer: not counted in the targets (see its source).
 NOT_PEERS = {"io-uring-sketch", "switchyard-epoll"}
 CASES = {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# switchyard echo benchmark against tokio-tungstenite, fastwebsockets and tokio-websockets.
+# switchyard echo benchmark against tokio-tungstenite, fastwebsockets, tokio-websockets and
+# uWebSockets.js (Node, on uWebSockets' C++ core; bench/uws/echo.mjs).
 #
 # A benchmark, not a test: it measures and prints, it never fails on a number, and CI never
 # runs it. See bench/README.md for the cases and the table.
@@ -11,6 +12,7 @@
 # - the load generator (`switchyard bench`) runs on another core: `taskset -c $LOAD_CPU`;
 # - each measurement starts a fresh server process; rounds interleave the servers (the order
 #   rotates every round) so that slow drifts of the machine hit every server alike;
+# - uWebSockets.js runs its event loop on Node's main thread; taskset pins the whole process;
 # - the reported number is the median over the rounds; ratios are ours / peer.
 #
 # Transports (switchyard only; the peers speak neither TLS nor HTTP/2): cases (f) wss over
@@ -18,7 +20,8 @@
 # connections of one stream each; the server runs `serve --tls` (self-signed) for them.
 #
 # Usage: bench/run.sh [--rounds N] [--duration S] [--warmup S] [--idle N] [--cases "a b c d e f g h"]
-#                     [--servers "switchyard fastwebsockets tokio-tungstenite tokio-websockets"]
+#                     [--servers "switchyard fastwebsockets tokio-tungstenite tokio-websockets
+#                                 uwebsockets-js"]
 #                     [--server-cpu N] [--load-cpu LIST] [--no-build] [--out DIR] [--ours NAME]
 #        (default: server on CPU 0, load generator on all other CPUs, one thread per CPU)
 #        --ours: the server the ratios are computed for (default switchyard). The axum
@@ -31,7 +34,7 @@ DURATION=3
 WARMUP=1
 IDLE_CONNS=10000
 CASES="a b c d e f g h"
-SERVERS="switchyard fastwebsockets tokio-tungstenite tokio-websockets"
+SERVERS="switchyard fastwebsockets tokio-tungstenite tokio-websockets uwebsockets-js"
 SERVER_CPU=0
 LOAD_CPU="" # default: every CPU but the server's
 BUILD=1
@@ -51,7 +54,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0; shift ;;
         --out) OUT=$2; shift 2 ;;
         --ours) export BENCH_OURS=$2; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -101,6 +104,14 @@ SWITCHYARD=${SWITCHYARD:-${CARGO_TARGET_DIR:-$ROOT/target}/release/switchyard}
 PEER_BIN=${PEER_BIN:-${CARGO_TARGET_DIR:-$BENCH_DIR/target}/release}
 [ -x "$SWITCHYARD" ] || { echo "run.sh: $SWITCHYARD missing (build with cargo build --release -p switchyard-cli)" >&2; exit 1; }
 
+# uWebSockets.js comes from tests/interop's npm devDependencies, installed here on demand.
+if echo "$SERVERS" | tr ' ' '\n' | grep -qx uwebsockets-js; then
+    if ! command -v node >/dev/null || ! need_npm_dev_peers "$ROOT" uws-pack; then
+        echo "run.sh: node or the npm package uws-pack is unavailable; skipping uwebsockets-js" >&2
+        SERVERS=$(echo "$SERVERS" | tr ' ' '\n' | grep -vx uwebsockets-js | tr '\n' ' ')
+    fi
+fi
+
 # Does our binary have an echo server yet, and does it take --threads?
 OURS_ARGS=""
 if ! "$SWITCHYARD" serve --help >/dev/null 2>&1; then
@@ -126,6 +137,7 @@ server_cmd() {
         fastwebsockets) echo "$PEER_BIN/echo-fastwebsockets --listen 127.0.0.1:$2" ;;
         tokio-tungstenite) echo "$PEER_BIN/echo-tungstenite --listen 127.0.0.1:$2" ;;
         tokio-websockets) echo "$PEER_BIN/echo-tokio-websockets --listen 127.0.0.1:$2" ;;
+        uwebsockets-js) echo "node $BENCH_DIR/uws/echo.mjs --listen 127.0.0.1:$2" ;;
         # The axum comparison (--ours axum-switchyard): the same handler shape on axum::serve.
         axum-switchyard) echo "$PEER_BIN/echo-axum-switchyard --listen 127.0.0.1:$2" ;;
         axum-tungstenite) echo "$PEER_BIN/echo-axum-tungstenite --listen 127.0.0.1:$2" ;;

@@ -60,7 +60,7 @@ if [ ${#apt_wanted[@]} -gt 0 ]; then
 fi
 # npm ci reinstalls from the lock file; skipped when node_modules was installed
 # from this very lock file (a copy of it is kept there as a stamp). The
-# devDependencies are bench/fallback.sh's peers, which it installs on demand.
+# devDependencies are the benchmarks' Node peers, which they install on demand.
 if ! cmp -s tests/interop/package-lock.json tests/interop/node_modules/.interop-lock.json; then
   (cd tests/interop && npm ci --omit=dev --no-audit --no-fund --loglevel=error >/dev/null &&
     cp package-lock.json node_modules/.interop-lock.json)
