@@ -209,6 +209,13 @@ impl Chunk {
     }
 }
 
+/// Out of line, so that a server's send path, which never masks, stays
+/// small enough to inline.
+#[inline(never)]
+fn fresh_mask_key() -> [u8; 4] {
+    rand::rng().random()
+}
+
 fn cold(c: &mut Option<Box<Cold>>) -> &mut Cold {
     c.get_or_insert_with(Box::default)
 }
@@ -355,7 +362,20 @@ impl Connection {
 
     /// The next received message, `Ok(None)` when more bytes are needed.
     /// After a `Close` or an error, it returns `Ok(None)` forever.
+    #[inline]
     pub fn poll_message(&mut self) -> Result<Option<Message>, ProtocolError> {
+        // Every frame starts with at least two bytes, and a frame whose
+        // header was consumed waits only for payload bytes (an empty one is
+        // finished in the call that consumed its header): with nothing
+        // buffered there is nothing to parse. A driver asks before and after
+        // every read, so this is the common case.
+        if self.read.is_empty() && self.read.capacity() <= RELEASE_ABOVE {
+            return Ok(None);
+        }
+        self.parse_message()
+    }
+
+    fn parse_message(&mut self) -> Result<Option<Message>, ProtocolError> {
         if self.input_ended() {
             self.discard_input();
             return Ok(None);
@@ -403,6 +423,7 @@ impl Connection {
 
     /// Queue a message. `Message::Close` starts the closing handshake (or
     /// completes it, if the peer's close was received).
+    #[inline]
     pub fn send(&mut self, msg: Message) -> Result<(), SendError> {
         match msg {
             Message::Text(t) => self.send_data(OpCode::Text, t.into_bytes()),
@@ -469,8 +490,14 @@ impl Connection {
         let mut n = n;
         while n > 0 {
             let Some(c) = self.chunks.front_mut() else {
-                let n = n.min(self.out.len());
-                self.out.advance(n);
+                if n >= self.out.len() {
+                    // All written: `clear` keeps the buffer's start, so the
+                    // next frame is encoded without first reclaiming the
+                    // space `advance` would have skipped.
+                    self.out.clear();
+                } else {
+                    self.out.advance(n);
+                }
                 break;
             };
             let head = usize::from(c.end - c.start);
@@ -497,7 +524,11 @@ impl Connection {
     }
 
     /// Bytes waiting in the output (for backpressure).
+    #[inline]
     pub fn output_len(&self) -> usize {
+        if self.chunks.is_empty() {
+            return self.out.len();
+        }
         self.chunks.iter().map(Chunk::len).sum::<usize>() + self.out.len()
     }
 
@@ -880,7 +911,9 @@ impl Connection {
         let ok = if validated_incrementally {
             self.utf8.finish().is_ok()
         } else {
-            std::str::from_utf8(&payload).is_ok()
+            // ASCII (most short texts) is checked a word at a time, far
+            // cheaper than the general validator on a few bytes.
+            payload.is_ascii() || std::str::from_utf8(&payload).is_ok()
         };
         if !ok {
             return Err(self.fail(
@@ -920,7 +953,7 @@ impl Connection {
     #[inline]
     fn mask_key(&self) -> Option<[u8; 4]> {
         match self.role {
-            Role::Client => Some(rand::rng().random()),
+            Role::Client => Some(fresh_mask_key()),
             Role::Server => None,
         }
     }

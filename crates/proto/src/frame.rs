@@ -247,8 +247,6 @@ pub fn write_frame(
     mask: Option<[u8; 4]>,
     payload: &[u8],
 ) {
-    let hlen = header_len(payload.len() as u64, mask.is_some());
-    out.reserve(hlen + payload.len());
     let mut b0 = opcode.as_u8();
     if fin {
         b0 |= 0x80;
@@ -256,7 +254,10 @@ pub fn write_frame(
     if rsv1 {
         b0 |= 0x40;
     }
-    put_header(out, b0, mask, payload.len() as u64);
+    let mut head = [0; MAX_HEADER_LEN];
+    let hlen = encode_header(&mut head, b0, mask, payload.len() as u64);
+    out.reserve(hlen + payload.len());
+    out.extend_from_slice(&head[..hlen]);
     let start = out.len();
     out.extend_from_slice(payload);
     if let Some(key) = mask {

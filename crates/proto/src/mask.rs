@@ -44,9 +44,8 @@ fn apply_mask_words_avx2(buf: &mut [u8], key: [u8; 4]) {
 /// time.
 #[inline(always)]
 fn apply_mask_words(buf: &mut [u8], key: [u8; 4]) {
-    let key8 = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
+    let key4 = u64::from(u32::from_ne_bytes(key));
+    let key8 = key4 | key4 << 32;
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let mut w = [0u8; 8];
@@ -60,8 +59,9 @@ fn apply_mask_words(buf: &mut [u8], key: [u8; 4]) {
 
 #[inline]
 fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
-    let r = offset % 4;
-    [key[r], key[(r + 1) % 4], key[(r + 2) % 4], key[(r + 3) % 4]]
+    // Byte `r` first: as a little-endian word, a rotation by `r` bytes.
+    let r = (offset % 4) as u32;
+    u32::from_le_bytes(key).rotate_right(8 * r).to_le_bytes()
 }
 
 #[inline]
