@@ -2,13 +2,13 @@
 //! for the next connection that receives data.
 //!
 //! An idle [`crate::WebSocket`] holds no receive buffer (idle memory), so a
-//! connection that receives one large message after another would otherwise
-//! allocate a fresh buffer for every message and read its start through a
-//! stack buffer (one more read call and a copy). A released buffer usually
-//! still shares its memory with the message just handed out (the payload is
-//! a slice of it); it goes here, and the next read takes it back once that
-//! payload is gone ([`BytesMut::try_reclaim`] succeeds only then, so memory
-//! still referenced by a message is never written to).
+//! connection that receives one message after another would otherwise
+//! allocate a fresh buffer for every message. A released buffer may still
+//! share its memory with a large message just handed out (the payload is a
+//! slice of it); the next read then uses the room past its end, or, once that
+//! is too small, reclaims the whole buffer when the payload is gone
+//! ([`BytesMut::try_reclaim`] succeeds only then, so memory still referenced
+//! by a message is never written to).
 //!
 //! Bounded: at most [`POOL_MAX`] buffers per thread, and a reclaimed buffer
 //! larger than [`MAX_POOLED_CAPACITY`] is freed rather than reused.
@@ -27,10 +27,12 @@ thread_local! {
 }
 
 /// Keep `buf` (its contents are discarded) for a later [`take`].
+#[inline]
 pub(crate) fn put(mut buf: BytesMut) {
-    if buf.capacity() == 0 && buf.is_empty() {
+    if (buf.capacity() == 0 && buf.is_empty()) || buf.capacity() > MAX_POOLED_CAPACITY {
         // Most likely `BytesMut::new()`; a zero-capacity tail of a shared
-        // buffer could be reclaimed, but is not worth a slot.
+        // buffer could be reclaimed, but is not worth a slot. A buffer too
+        // large to keep around is freed.
         return;
     }
     buf.clear();
@@ -47,11 +49,19 @@ pub(crate) fn put(mut buf: BytesMut) {
 /// free for reuse (no message refers to its memory any more). Kept buffers
 /// that are still shared are dropped on the way (their memory is freed when
 /// the message holding it is).
+#[inline]
 pub(crate) fn take(min: usize) -> Option<BytesMut> {
     POOL.try_with(|p| {
         let mut p = p.borrow_mut();
         while let Some(mut buf) = p.pop() {
-            // A buffer too large to keep around is dropped (freed).
+            // Room left past its end is the buffer's own even while the
+            // bytes before it are shared: usable as it is (`put` kept no
+            // oversized one). Otherwise reclaim the whole allocation, which
+            // needs it unshared; one that is then too large to keep around
+            // is dropped (freed).
+            if buf.capacity() >= min {
+                return Some(buf);
+            }
             if buf.try_reclaim(min) && buf.capacity() <= MAX_POOLED_CAPACITY {
                 return Some(buf);
             }

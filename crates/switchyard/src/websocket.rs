@@ -103,6 +103,22 @@ fn recycle(buf: &mut BytesMut, pooled: BytesMut) {
     }
 }
 
+/// Before waiting for data: an empty receive buffer goes to the pool, and a
+/// few bytes of a partial frame move to a buffer of their own size, so that
+/// a waiting connection holds no more than it received (a large partial
+/// frame keeps its buffer: the rest of the frame is read into it).
+#[inline]
+fn release_while_waiting(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        if buf.capacity() > 0 {
+            crate::recv_pool::put(std::mem::take(buf));
+        }
+    } else if buf.len() <= MIN_READ_SPACE && buf.capacity() >= READ_CHUNK {
+        let own = BytesMut::from(&buf[..]);
+        crate::recv_pool::put(std::mem::replace(buf, own));
+    }
+}
+
 fn lost_buffer() -> std::io::Error {
     std::io::Error::other("AsyncRead implementation replaced the read buffer")
 }
@@ -213,13 +229,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     /// Read once from the stream into the connection's receive buffer.
     /// `Ok(0)` is end of input.
     ///
-    /// An idle connection holds no receive buffer: it is released when a read
-    /// finds nothing and no partial frame is buffered. The released buffer is
-    /// kept in a small per-thread pool ([`crate::recv_pool`]) and the next read
-    /// of any connection on the thread takes it back once no message refers to
-    /// its memory, reading straight into it. Without one, the read goes to a
-    /// stack buffer and only the bytes that arrived are copied (a small
-    /// allocation for a small message, instead of a fresh 16 KiB buffer).
+    /// An idle connection holds no receive buffer: when a read finds nothing
+    /// and no partial frame is buffered, the buffer goes to a small
+    /// per-thread pool ([`crate::recv_pool`]), and the next read of any
+    /// connection on the thread takes it back (through a stack buffer when
+    /// the pool has none free). A connection busy with small messages thus
+    /// reads message after message into the same memory, without an
+    /// allocation (each payload is a slice of it, so a message the caller
+    /// keeps keeps that buffer's memory allocated).
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         let missing = self.conn.frame_bytes_missing().min(MAX_READ_AHEAD);
         let buf = self.conn.read_buf();
@@ -229,7 +246,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 None => return self.poll_read_via_stack(cx),
             }
         }
-        let buf = self.conn.read_buf();
         let spare = buf.capacity() - buf.len();
         if spare < MIN_READ_SPACE || spare < missing {
             buf.reserve(missing.max(READ_CHUNK) + READ_SLACK);
@@ -241,9 +257,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             .poll_read(cx, &mut rb)?
             .is_pending()
         {
-            if buf.is_empty() {
-                crate::recv_pool::put(std::mem::take(buf));
-            }
+            release_while_waiting(buf);
             return Poll::Pending;
         }
         let filled = rb.filled();
@@ -258,8 +272,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         Poll::Ready(Ok(n))
     }
 
-    /// [`Inner::poll_read_some`] for an empty receive buffer without room:
-    /// read into a stack buffer, then copy what arrived.
+    /// [`Inner::poll_read_some`] when the pool has no buffer free: read into
+    /// a stack buffer, so that a read that finds nothing allocates nothing,
+    /// and copy what arrived into a new buffer, which then goes round
+    /// through the pool like any other.
     fn poll_read_via_stack(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut rb = ReadBuf::uninit(&mut stack);
@@ -275,16 +291,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
         }
         let filled = rb.filled();
         let n = filled.len();
+        let mut want = READ_CHUNK;
         if n == READ_CHUNK {
             // The start of a large transfer: make room for the whole frame
             // now (bounded) rather than growing the buffer again (and copying
             // these bytes once more) right after.
             if let Ok(Some((h, hlen))) = FrameHeader::parse(filled) {
                 let max = self.conn.limits().max_frame_size.min(MAX_READ_AHEAD) as u64;
-                let want = h.payload_len.min(max) as usize + hlen;
-                self.conn.read_buf().reserve(want.max(n) + READ_SLACK);
+                want = want.max(h.payload_len.min(max) as usize + hlen);
             }
         }
+        self.conn.read_buf().reserve(want + READ_SLACK);
         self.conn.receive(filled);
         Poll::Ready(Ok(n))
     }
@@ -684,8 +701,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.inner
             .queue_close(Some(CloseFrame::new(code, reason)))?;
         std::future::poll_fn(|cx| {
-            let (mut rcx, mut wcx) = two_contexts(cx);
-            self.inner.poll_close_full(&mut rcx, &mut wcx)
+            let mut wcx = write_context(cx);
+            self.inner.poll_close_full(cx, &mut wcx)
         })
         .await
     }
@@ -707,23 +724,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 }
 
-/// The read and the write context of an unsplit WebSocket: both wake the
-/// same task. Two `Context`s over the one borrowed waker, not a clone of it:
-/// cloning a tokio waker is an atomic increment (and its drop a decrement)
-/// on every poll of the message loop.
-fn two_contexts<'a>(cx: &Context<'a>) -> (Context<'a>, Context<'a>) {
-    (
-        Context::from_waker(cx.waker()),
-        Context::from_waker(cx.waker()),
-    )
+/// The write context of an unsplit WebSocket, beside the task's own `cx`
+/// (both wake the same task): a second `Context` over the one borrowed
+/// waker, not a clone of it: cloning a tokio waker is an atomic increment
+/// (and its drop a decrement) on every poll of the message loop.
+fn write_context<'a>(cx: &Context<'a>) -> Context<'a> {
+    Context::from_waker(cx.waker())
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
     type Item = Result<Message, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let (mut rcx, mut wcx) = two_contexts(cx);
-        self.get_mut().inner.poll_next_msg(&mut rcx, &mut wcx)
+        let mut wcx = write_context(cx);
+        self.get_mut().inner.poll_next_msg(cx, &mut wcx)
     }
 }
 
@@ -754,8 +768,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        let (mut rcx, mut wcx) = two_contexts(cx);
-        self.get_mut().inner.poll_close_full(&mut rcx, &mut wcx)
+        let mut wcx = write_context(cx);
+        self.get_mut().inner.poll_close_full(cx, &mut wcx)
     }
 }
 
@@ -1176,6 +1190,64 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("small"));
+    }
+
+    #[tokio::test]
+    async fn small_messages_follow_each_other_in_one_pooled_buffer() {
+        crate::recv_pool::clear();
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut ws = WebSocket::from_raw(a, Connection::new(Role::Server, Limits::default()), &[]);
+        let mut held = Vec::new();
+        for i in 0..50u8 {
+            let text = format!("message {i}");
+            b.write_all(&client_frame(Message::text(text.clone())))
+                .await
+                .unwrap();
+            let m = ws.next().await.unwrap().unwrap();
+            assert_eq!(m, Message::text(text));
+            read_until_idle(&mut ws).await;
+            assert_eq!(crate::recv_pool::len(), 1, "one buffer goes round");
+            held.push(m);
+        }
+        // Each payload sits right after the previous frame (6 header bytes):
+        // no allocation per message, and the kept ones are intact.
+        for (i, pair) in held.windows(2).enumerate() {
+            let (Message::Text(p), Message::Text(q)) = (&pair[0], &pair[1]) else {
+                unreachable!()
+            };
+            assert_eq!(
+                q.as_bytes().as_ptr(),
+                p.as_bytes()[p.len()..].as_ptr().wrapping_add(6),
+                "message {i}"
+            );
+            assert_eq!(p.as_str(), format!("message {i}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_partial_frame_holds_only_its_bytes() {
+        use futures_util::FutureExt;
+        crate::recv_pool::clear();
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut ws = WebSocket::from_raw(a, Connection::new(Role::Server, Limits::default()), &[]);
+        let frame = client_frame(Message::text("split across reads"));
+        b.write_all(&frame[..3]).await.unwrap();
+        assert!(ws.next().now_or_never().is_none());
+        assert_eq!(
+            ws.read_buffer_capacity(),
+            3,
+            "partial frame in its own buffer"
+        );
+        assert_eq!(
+            crate::recv_pool::len(),
+            1,
+            "the read buffer went back to the pool"
+        );
+        b.write_all(&frame[3..]).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text("split across reads")
+        );
     }
 
     #[tokio::test]
