@@ -1,5 +1,7 @@
 //! Echo server on axum 0.8 with switchyard's extractor (`switchyard::axum::WebSocketUpgrade`,
-//! feature `axum`): the handler of crates/switchyard/examples/axum_echo.rs, under
+//! feature `axum`): a receive/send loop on the unsplit socket (the 6-line handler of
+//! crates/switchyard/examples/axum_echo.rs splits it and forwards one half into the other,
+//! which costs more per message: bench/README.md, the axum comparison), under
 //! `axum::serve` on one current-thread runtime, through `common::serve_axum`.
 
 #[path = "../common.rs"]
