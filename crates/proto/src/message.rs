@@ -120,6 +120,12 @@ impl std::ops::Deref for Utf8Bytes {
 }
 
 /// A WebSocket message or control frame.
+///
+/// A received payload is a slice of the buffer the connection read it into,
+/// not a copy, and that buffer is shared with the messages read beside it: a
+/// payload kept long after it arrived (a history, a queue) keeps the whole
+/// buffer (KiBs) allocated. Keep a copy of small payloads you store
+/// (`Bytes::copy_from_slice`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// A text message (validated UTF-8).

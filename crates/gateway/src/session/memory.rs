@@ -35,6 +35,24 @@ use super::store::{
 };
 use crate::sync::lock;
 
+/// Payloads up to this size are copied into the log ([`own_bytes`]).
+const COPY_BELOW: usize = 4096;
+
+/// The log keeps an entry until the client has it, so a small payload gets
+/// its own copy: the backend's message is a slice of the receive buffer it
+/// was read into (KiBs, shared with the messages read beside it), which the
+/// entry would otherwise keep allocated beyond what the budget counts.
+/// Larger payloads are most of the buffer they were read into.
+fn own_bytes(payload: Payload) -> Payload {
+    match payload {
+        Payload::Text(t) if t.len() <= COPY_BELOW => Payload::Text(t.as_str().into()),
+        Payload::Binary(b) if b.len() <= COPY_BELOW => {
+            Payload::Binary(bytes::Bytes::copy_from_slice(&b))
+        }
+        other => other,
+    }
+}
+
 /// Opens are refused while the sessions hold more than this part of the
 /// budget (eighths): the rest is kept for the sessions already open.
 pub const OPEN_REFUSED_ABOVE: (usize, usize) = (7, 8);
@@ -312,6 +330,7 @@ impl State {
 
     /// Append `payload`, whose cost was taken from the budget.
     fn append_taken(&mut self, payload: Payload) {
+        let payload = own_bytes(payload);
         self.last = self.last.next();
         let c = cost(&payload);
         self.log_bytes += c;
@@ -809,6 +828,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.push(a, vec![]).await, Err(StoreError::Unknown));
+    }
+
+    #[tokio::test]
+    async fn a_small_entry_does_not_keep_the_buffer_it_was_read_into() {
+        let s = MemoryStore::new(10, 1 << 20);
+        s.create(ID, record(1000, 1000)).await.unwrap();
+        let read_buffer = bytes::Bytes::from(vec![b'a'; 16 * 1024]);
+        let text = switchyard::Utf8Bytes::try_from_bytes(read_buffer.slice(16..21)).unwrap();
+        s.push(
+            ID,
+            vec![
+                Payload::Binary(read_buffer.slice(..16)),
+                Payload::Text(text),
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(
+            read_buffer.is_unique(),
+            "the log refers to the 16 KiB buffer for entries of 16 and 5 bytes"
+        );
+        let big = bytes::Bytes::from(vec![1u8; 2 * COPY_BELOW]);
+        s.push(ID, vec![Payload::Binary(big.slice(..))])
+            .await
+            .unwrap();
+        assert!(!big.is_unique(), "a large payload is kept, not copied");
     }
 
     #[tokio::test(start_paused = true)]
