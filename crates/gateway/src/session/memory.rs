@@ -29,6 +29,7 @@ use switchyard::CloseFrame;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::client_queue::ClientQueue;
 use super::store::{
     entry_cost as cost, Aborted, Accepted, Inbound, Pushed, ReadOutcome, ReadStart, ReaderTicket,
     SessionRecord, SessionStore, StoreError, StoreFuture,
@@ -186,10 +187,7 @@ struct State {
     ended: Option<(Seq, Instant)>,
     reader: u64,
     reader_seen: Instant,
-    inbound: VecDeque<(Seq, Payload)>,
-    inbound_bytes: usize,
-    client_seq: Seq,
-    closing: bool,
+    client: ClientQueue,
 }
 
 impl Default for MemoryStore {
@@ -299,7 +297,7 @@ impl Slot {
 
 impl Drop for State {
     fn drop(&mut self) {
-        self.budget.give(self.log_bytes + self.inbound_bytes);
+        self.budget.give(self.log_bytes + self.client.bytes());
     }
 }
 
@@ -321,10 +319,7 @@ impl State {
             ended: None,
             reader: 0,
             reader_seen: Instant::now(),
-            inbound: VecDeque::new(),
-            inbound_bytes: 0,
-            client_seq: Seq::ZERO,
-            closing: false,
+            client: ClientQueue::default(),
         }
     }
 
@@ -399,24 +394,9 @@ impl State {
         self.delivered = seq;
     }
 
-    fn close_item(&mut self, frame: CloseFrame) {
-        self.closing = true;
-        let seq = self.client_seq.next();
-        self.inbound.push_back((seq, Payload::Close(frame)));
-    }
-
     /// Drop the client messages up to `after` (handled by the owner).
     fn drop_inbound(&mut self, after: Seq) {
-        let mut freed = 0;
-        while self.inbound.front().is_some_and(|(s, _)| *s <= after) {
-            if let Some((_, p)) = self.inbound.pop_front() {
-                // A close item was never counted (see `accept_now`).
-                if !matches!(p, Payload::Close(_)) {
-                    freed += cost(&p);
-                }
-            }
-        }
-        self.inbound_bytes -= freed;
+        let freed = self.client.drop_upto(after);
         self.budget.give(freed);
     }
 }
@@ -566,7 +546,7 @@ impl SessionStore for MemoryStore {
             let collect = |st: &mut State| {
                 st.drop_inbound(after);
                 Inbound {
-                    items: st.inbound.iter().cloned().collect(),
+                    items: st.client.items(),
                     idle: st.reader_seen.elapsed(),
                 }
             };
@@ -664,10 +644,10 @@ impl SessionStore for MemoryStore {
             let slot = self.slot(id)?;
             let acked = {
                 let mut st = lock(&slot.state);
-                if !st.closing && st.ended.is_none() {
-                    st.close_item(frame);
+                if st.ended.is_none() {
+                    st.client.close(frame);
                 }
-                Accepted::Acked(st.client_seq)
+                Accepted::Acked(st.client.last())
             };
             slot.to_owner.notify_waiters();
             Ok(acked)
@@ -688,9 +668,7 @@ impl SessionStore for MemoryStore {
                 if now {
                     st.append_close(to_client);
                 }
-                if !st.closing {
-                    st.close_item(to_backend);
-                }
+                st.client.close(to_backend);
                 Aborted {
                     seq: st.ended.map_or(st.last, |(s, _)| s),
                     now,
@@ -736,47 +714,16 @@ fn read_now(st: &State, ticket: ReaderTicket, after: Seq, max_bytes: usize) -> O
     (!out.is_empty()).then_some(ReadOutcome::Entries(out))
 }
 
-/// The exactly-once rule of client messages.
-/// `payloads` is left as it was unless they are taken.
 fn accept_now(
     st: &mut State,
     first: Seq,
     payloads: &mut Vec<Payload>,
     max_bytes: usize,
 ) -> Accepted {
-    let count = payloads.len() as u64;
-    if count == 0 {
-        return Accepted::Acked(st.client_seq);
-    }
-    let last = Seq(first.0.saturating_add(count - 1));
-    if last <= st.client_seq {
-        return Accepted::Acked(st.client_seq);
-    }
-    if first > st.client_seq.next() {
-        return Accepted::Gap {
-            expected: st.client_seq.next(),
-        };
-    }
-    if st.closing || st.ended.is_some() {
-        return Accepted::Closed;
-    }
-    // The part already taken by an earlier copy of this request.
-    let skip = usize::try_from(st.client_seq.0 + 1 - first.0).unwrap_or(usize::MAX);
-    let skip = skip.min(payloads.len());
-    let bytes: usize = payloads[skip..].iter().map(cost).sum();
-    if st.inbound_bytes > 0 && st.inbound_bytes + bytes > max_bytes {
-        return Accepted::Full;
-    }
-    if !st.budget.try_take(bytes) {
-        return Accepted::OverBudget;
-    }
-    st.inbound_bytes += bytes;
-    for p in payloads.drain(skip..) {
-        st.client_seq = st.client_seq.next();
-        let seq = st.client_seq;
-        st.inbound.push_back((seq, p));
-    }
-    Accepted::Acked(st.client_seq)
+    let ended = st.ended.is_some();
+    let budget = st.budget.clone();
+    st.client
+        .accept(first, payloads, max_bytes, ended, |n| budget.try_take(n))
 }
 
 #[cfg(test)]

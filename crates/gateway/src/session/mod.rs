@@ -34,6 +34,7 @@
 //! backend unread, until it fits). A resume that asks for what
 //! left the replay window ends the session with close 4410.
 
+mod client_queue;
 #[cfg(test)]
 mod conformance;
 pub mod connector;
@@ -45,6 +46,7 @@ pub mod redis;
 #[cfg(test)]
 #[path = "../../tests/session/redis_server.rs"]
 pub(crate) mod redis_server;
+mod relay;
 mod serve;
 pub mod settings;
 pub mod store;
@@ -296,6 +298,7 @@ impl Sessions {
                 let f = CloseFrame::new(CloseCode::INTERNAL_ERROR, "gateway error");
                 let _ = store.abort(id, f.clone(), f).await;
             }
+            store.owner_ended(id);
             drop(held);
         });
     }

@@ -321,6 +321,14 @@ pub trait SessionStore: Send + Sync + 'static {
         to_backend: CloseFrame,
     ) -> StoreFuture<'_, Aborted>;
 
+    /// The owner of `id` on this instance has ended (whatever the path): a
+    /// store that keeps the owner's side in this process answers the
+    /// session's sends with [`Accepted::Closed`] from now on, and forgets
+    /// it later.
+    fn owner_ended(&self, id: SessionId) {
+        let _ = id;
+    }
+
     /// Bytes this process buffers for the sessions now, for the
     /// `switchyard_fallback_memory_used_bytes` gauge; `None` for a store
     /// that keeps them elsewhere (Redis).

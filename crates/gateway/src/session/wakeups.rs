@@ -4,8 +4,8 @@
 //! A script that changes a session publishes one letter on the session's
 //! channel saying whom the change concerns ([`Audience`]), so that a
 //! notification wakes only the waiters that have something new to find:
-//! the owner's wait for client messages is not re-run when the log grows,
-//! nor a reader's when the owner takes client messages.
+//! the owner's wait for room is not re-run when the log grows, nor a
+//! reader's when a reader is given entries.
 //!
 //! Each audience also remembers the last check that found everything there
 //! was to take ([`Settled`]): a caller that comes back for what follows
@@ -37,15 +37,13 @@ const KEEP: Duration = Duration::from_secs(10);
 pub(super) enum Audience {
     /// The log grew or a newer reader began (`r`): the reader.
     Reader,
-    /// A client message or a close was queued for the owner (`o`).
-    Inbound,
     /// A reader was given entries, so the window has room (`m`): the owner's
     /// backend side.
     Room,
 }
 
 impl Audience {
-    const ALL: [Audience; 3] = [Audience::Reader, Audience::Inbound, Audience::Room];
+    const ALL: [Audience; 2] = [Audience::Reader, Audience::Room];
 
     fn index(self) -> usize {
         self as usize
@@ -56,15 +54,13 @@ impl Audience {
     fn of(letter: &[u8]) -> &'static [Audience] {
         match letter {
             b"r" => &[Audience::Reader],
-            b"o" => &[Audience::Inbound],
             b"m" => &[Audience::Room],
             _ => &Audience::ALL,
         }
     }
 }
 
-/// Where a caller stands: its reader ticket (0 for the owner) and the last
-/// number it has.
+/// Where a reader stands: its ticket and the last number it has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Mark {
     pub(super) ticket: u64,
@@ -88,7 +84,7 @@ struct Waiting {
 
 /// One session's waiting state.
 struct Session {
-    audiences: [Waiting; 3],
+    audiences: [Waiting; 2],
     last_used: Mutex<Instant>,
 }
 
@@ -228,13 +224,12 @@ mod tests {
     #[test]
     fn a_check_stays_settled_until_a_notification_for_its_audience() {
         let w = Wakeups::default();
-        let owner = w.waiter(CH, Audience::Inbound, Duration::ZERO);
+        let owner = w.waiter(CH, Audience::Room, Duration::ZERO);
         let armed = owner.arm();
         owner.settle(&armed, MARK);
-        // A change for the reader or the room says nothing about the inbound.
+        // A change for the reader says nothing about the room.
         w.wake(CH, b"r");
-        w.wake(CH, b"m");
-        let again = w.waiter(CH, Audience::Inbound, Duration::ZERO);
+        let again = w.waiter(CH, Audience::Room, Duration::ZERO);
         assert!(again.settled(&again.arm(), MARK));
         assert!(!again.settled(
             &again.arm(),
@@ -243,7 +238,7 @@ mod tests {
                 after: 8
             }
         ));
-        w.wake(CH, b"o");
+        w.wake(CH, b"m");
         assert!(!again.settled(&again.arm(), MARK));
     }
 
