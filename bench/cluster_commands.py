@@ -3,9 +3,12 @@
 `INFO commandstats` (docs/cluster.md, bench/README.md).
 
 Starts its own redis-server, a Python `websockets` backend that discards
-what it gets (.venv, from scripts/install-test-deps.sh) and one
-`switchyard serve` with [cluster] on loopback ports. Each message is its
-own `send`, answered before the next (no batching: the worst case):
+what it gets (.venv, from scripts/install-test-deps.sh) and two
+`switchyard serve` with [cluster] on loopback ports: every session is
+opened on the first (its owner) and every other request goes to the
+second, so that each one crosses instances (the worst case; a request on
+the owner's instance may cost less). Each message is its own `send`,
+answered before the next (no batching: the worst case):
 
 * exchange, poll: the echo route, each echo read back by its own `poll`;
 * exchange, SSE: the echo route, each echo awaited on one event stream;
@@ -83,10 +86,11 @@ def http(method, url, body=None, ctype=None):
         return r.status, r.read()
 
 
-def open_session(base, path):
+def open_session(base, path, serve=None):
+    """Open on `base`; the session's other requests go to `serve`."""
     _, body = http("POST", f"{base}{path}?sw=open", b"{}", "application/json")
     s = json.loads(body)
-    return f"{base}{path}?sid={s['sid']}&token={s['token']}"
+    return f"{serve or base}{path}?sid={s['sid']}&token={s['token']}"
 
 
 def send(q, i):
@@ -94,8 +98,8 @@ def send(q, i):
     assert st == 200, st
 
 
-def exchange_poll(base, count):
-    q = open_session(base, "/echo")
+def exchange_poll(base, other, count):
+    q = open_session(base, "/echo", other)
     seen = 0
     for i in range(1, count + 1):
         send(q, i)
@@ -105,8 +109,8 @@ def exchange_poll(base, count):
                 seen = max(seen, e["seq"])
 
 
-def exchange_sse(base, count):
-    q = open_session(base, "/echo")
+def exchange_sse(base, other, count):
+    q = open_session(base, "/echo", other)
     seen = 0
     stream = None
     try:
@@ -128,8 +132,8 @@ def exchange_sse(base, count):
             stream.close()
 
 
-def sends_only(base, count):
-    q = open_session(base, "/sink")
+def sends_only(base, other, count):
+    q = open_session(base, "/sink", other)
     for i in range(1, count + 1):
         send(q, i)
 
@@ -161,46 +165,36 @@ def report(title, diff, n):
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/ci/switchyard"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 500
-    rport, gport, sport = free_port(), free_port(), free_port()
+    rport, sport = free_port(), free_port()
+    gports = [free_port(), free_port()]
     redis = subprocess.Popen(
         ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
     )
     sink = subprocess.Popen([".venv/bin/python", "-c", SINK, str(sport)])
-    gw = None
+    gws = []
     try:
         wait_port(rport, "redis-server")
         wait_port(sport, "the websockets backend")
-        cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-        cfg.write(
-            f'[[listener]]\naddress = "127.0.0.1:{gport}"\n'
-            f'[[upstream]]\nname = "sink"\nservers = ["ws://127.0.0.1:{sport}/"]\n'
-            '[[route]]\npath = "/echo"\napp = "echo"\n'
-            '[[route]]\npath = "/sink"\nupstream = "sink"\n'
-            '[[route]]\npath = "/capped"\napp = "echo"\n[route.policy]\nmax_connections = 1000\n'
-            "max_connections_per_ip = 1000\n"
-            f'[cluster]\nredis = "redis://127.0.0.1:{rport}/0"\nnode_id = "bench"\n'
-        )
-        cfg.close()
-        gw = subprocess.Popen(
-            [binary, "serve", "--config", cfg.name, "--threads", "2"],
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "RUST_LOG": "warn"},
-        )
-        wait_port(gport, "switchyard")
-        base = f"http://127.0.0.1:{gport}"
+        for i, gport in enumerate(gports):
+            gws.append(start_gateway(binary, gport, sport, rport, i))
+        for gport in gports:
+            wait_port(gport, "switchyard")
+        base, other = (f"http://127.0.0.1:{p}" for p in gports)
 
         # Warm-up: scripts loaded, connections made.
-        exchange_poll(base, 5)
-        exchange_sse(base, 5)
-        sends_only(base, 5)
-        print(f"{n} messages, each in its own send, answered before the next (no batching)")
+        exchange_poll(base, other, 5)
+        exchange_sse(base, other, 5)
+        sends_only(base, other, 5)
+        print(f"{n} messages, each in its own send, answered before the next (no batching);")
+        print("sessions owned by one instance, every other request on another")
         poll = report("exchange (one message each way), poll",
-                      measure(rport, lambda: exchange_poll(base, n)), n)
+                      measure(rport, lambda: exchange_poll(base, other, n)), n)
         sse = report("exchange (one message each way), SSE",
-                     measure(rport, lambda: exchange_sse(base, n)), n)
-        up = report("client to backend only", measure(rport, lambda: sends_only(base, n)), n)
+                     measure(rport, lambda: exchange_sse(base, other, n)), n)
+        up = report("client to backend only",
+                    measure(rport, lambda: sends_only(base, other, n)), n)
         print("\nper message          round trips   all commands")
         for name, (trips, total) in (
             ("client to backend", up),
@@ -208,8 +202,9 @@ def main():
             ("backend to client, SSE", (sse[0] - up[0], sse[1] - up[1])),
         ):
             print(f"  {name:<24}{trips:>10.2f}{total:>15.2f}")
-        print("(round trips: the evalsha + hgetall rows; all commands: every row,")
-        print(" a script's inner commands included, as INFO commandstats counts them)")
+        print("(round trips: the evalsha + hgetall rows; a client message relayed to")
+        print(" its owner's instance is one more: its publish; all commands: every")
+        print(" row, a script's inner commands included, as INFO commandstats counts them)")
 
         # The caps: one session open and end on a capped route.
         diff = measure(rport, lambda: open_session(base, "/capped"))
@@ -217,13 +212,32 @@ def main():
         for k, v in sorted(diff.items(), key=lambda kv: -kv[1]):
             print(f"{k:<24}{v:>10}")
     finally:
-        if gw:
+        for gw in gws:
             gw.terminate()
             gw.wait(timeout=30)
         sink.terminate()
         sink.wait(timeout=30)
         redis.terminate()
         redis.wait(timeout=30)
+
+
+def start_gateway(binary, gport, sport, rport, i):
+    cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    cfg.write(
+        f'[[listener]]\naddress = "127.0.0.1:{gport}"\n'
+        f'[[upstream]]\nname = "sink"\nservers = ["ws://127.0.0.1:{sport}/"]\n'
+        '[[route]]\npath = "/echo"\napp = "echo"\n'
+        '[[route]]\npath = "/sink"\nupstream = "sink"\n'
+        '[[route]]\npath = "/capped"\napp = "echo"\n[route.policy]\nmax_connections = 1000\n'
+        "max_connections_per_ip = 1000\n"
+        f'[cluster]\nredis = "redis://127.0.0.1:{rport}/0"\nnode_id = "bench{i}"\n'
+    )
+    cfg.close()
+    return subprocess.Popen(
+        [binary, "serve", "--config", cfg.name, "--threads", "2"],
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RUST_LOG": "warn"},
+    )
 
 
 if __name__ == "__main__":

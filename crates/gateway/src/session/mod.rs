@@ -39,6 +39,7 @@ mod client_queue;
 mod conformance;
 pub mod connector;
 mod cors;
+mod feed;
 pub mod memory;
 pub mod metrics;
 mod owner;
@@ -51,7 +52,6 @@ mod serve;
 pub mod settings;
 pub mod store;
 mod stream;
-mod wakeups;
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;

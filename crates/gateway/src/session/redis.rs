@@ -1,19 +1,19 @@
-//! [`RedisStore`]: the session state in Redis, shared by every gateway
-//! instance of a cluster (`docs/cluster.md` has the key layout, the TTLs
+//! [`RedisStore`]: the session state shared by every gateway instance of a
+//! cluster through Redis (`docs/cluster.md` has the key layout, the TTLs
 //! and the commands per message).
 //!
-//! Each store operation is one Lua script (one round trip, atomic on the
-//! session's keys), so the rules of [`SessionStore`] hold across instances
-//! as in [`super::memory::MemoryStore`] (but for the replay window, trimmed
-//! in batches: up to an eighth more is kept). Every script that changes what a
-//! waiter looks for publishes on the session's channel whom the change
-//! concerns (`session::wakeups::Audience`); those waiters re-run their check when the
-//! message arrives, and at least every `RECHECK` (1 s) so that a notification
-//! lost while the subscriber reconnects delays a waiter but never strands
-//! it.
+//! The owner's instance keeps the session's state in memory and Redis
+//! holds what the other instances need: the record, the log (a stream, for
+//! readers anywhere to resume from) and the liveness stamps. The instances
+//! talk through the session's pub/sub channel ([`Relay`]): client messages
+//! go to the owner's instance and its answers come back, the owner's
+//! appended entries go to every instance's readers. The message path runs
+//! no script; scripts run for the open, the chores (liveness stamps, TTL
+//! refresh, at most every [`STAMP_EVERY`] per session and instance) and a
+//! reader's look at the log when its instance's feed cannot answer (a
+//! resume, a first read, notifications lost, a quiet second).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,13 +24,13 @@ use redis::{Script, Value};
 use switchyard::fallback::wire::{Entry, Payload, Seq, SessionId, Transport};
 use switchyard::{CloseCode, CloseFrame, Utf8Bytes};
 
-use super::relay::{abort_frame, fresh_node, Relay};
+use super::feed::Take;
+use super::relay::{fresh_node, OwnedKeys, Relay, Ttls};
 use super::settings::FallbackSettings;
 use super::store::{
-    Aborted, Accepted, Inbound, Pushed, ReadOutcome, ReadStart, ReaderTicket, SessionRecord,
-    SessionStore, StoreError, StoreFuture, TokenDigest, ENTRY_COST,
+    entry_cost, Aborted, Accepted, Inbound, Pushed, ReadOutcome, ReadStart, ReaderTicket,
+    SessionRecord, SessionStore, StoreError, StoreFuture, TokenDigest,
 };
-use super::wakeups::{Audience, Mark, Wakeups, RECHECK};
 use crate::sync::lock;
 
 /// Longest wait for a connection to the server (per attempt).
@@ -44,6 +44,11 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// it starts over (the sessions still in use read their record again, once,
 /// and do their chores at their next call).
 const SESSIONS_KNOWN: usize = 4096;
+
+/// Longest a waiter goes without looking at the server: a notification
+/// lost while the subscriber reconnects delays it by at most this; a
+/// reader with nothing new checks the owner's liveness this often.
+const RECHECK: Duration = Duration::from_secs(1);
 
 /// How often one instance stamps a session's liveness as its owner
 /// (`owner_at`) or reader (`seen`): often enough for the owner's limit
@@ -122,66 +127,6 @@ local function field(e, name)
   for i = 1, #f, 2 do if f[i] == name then return f[i + 1] end end
   return nil
 end
--- XDEL in chunks (unpack has a limit).
-local function xdel(key, ids)
-  for i = 1, #ids, 512 do
-    redis.call('XDEL', key, unpack(ids, i, math.min(i + 511, #ids)))
-  end
-end
--- Once the log is over the window by an eighth, drop delivered entries
--- from the front down to the window (the close entry stays): a batch of
--- deletions now and then rather than one per message.
-local function trim()
-  if S.delivered == 0 or S.logb <= S.window + math.floor(S.window / 8) then return end
-  local logb, gone = S.logb, {}
-  for _, e in ipairs(redis.call('XRANGE', LOG, '-', S.delivered .. '-1', 'COUNT', 256)) do
-    if logb <= S.window or field(e, 'k') == 'c' then break end
-    gone[#gone + 1] = e[1]
-    logb = logb - tonumber(field(e, 'n'))
-  end
-  if #gone > 0 then
-    xdel(LOG, gone)
-    set('logb', logb)
-  end
-end
--- Append one entry (kind, data, cost, code) to the log.
-local function append(k, d, n, c)
-  if S.last == 0 then retouch = true end
-  local last = S.last + 1
-  if k == 'c' then
-    redis.call('XADD', LOG, last .. '-1', 'k', k, 'n', n, 'd', d, 'c', c)
-    set('ended', last)
-    retouch = true
-  else
-    redis.call('XADD', LOG, last .. '-1', 'k', k, 'n', n, 'd', d)
-  end
-  set('last', last)
-  set('logb', S.logb + n)
-  set('unread', S.unread + n)
-end
-"#;
-
-/// ARGV: (kind, data, cost, code) per payload.
-const PUSH: &str = r#"
-if not load('last', 'logb', 'unread', 'window', 'delivered') then return {'U'} end
-if S.ended > 0 then return done({'E'}) end
-for i = 2, #ARGV - 1, 4 do
-  append(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3])
-  if ARGV[i] == 'c' then break end
-end
-if has('s') then set('owner_at', now()) end
-trim()
-redis.call('PUBLISH', CH, 'r')
-local room = 0
-if S.ended > 0 or S.unread < S.window then room = 1 end
-return done({'A', S.last, room})
-"#;
-
-const ROOM: &str = r#"
-if not load('unread', 'window') then return {'U'} end
-if has('s') then set('owner_at', now()) end
-if S.ended > 0 or S.unread < S.window then return done({'Y'}) end
-return done({'N'})
 "#;
 
 /// Due with the owner's chores only (see `RedisStore::take_inbound`):
@@ -196,34 +141,16 @@ end
 return done({'I', idle})
 "#;
 
-/// ARGV: after.
-const BEGIN_READ: &str = r#"
-if not load('reader', 'delivered') then return {'U'} end
-set('reader', S.reader + 1)
+/// A reader's look at the log, when its instance's feed cannot answer.
+/// ARGV: after, max_bytes. Answers the entries after `after` (`E`, a flag
+/// for more, then the entries), `W` (they left the window), `H` (after is
+/// past the last entry), or `L` with the number after the last entry: the
+/// owner has been silent past its limit (its instance died), and the
+/// session ends there with 1011, in every reader's view the same.
+const READ_LOG: &str = r#"
+if not load('owner_at', 'owner_limit') then return {'U'} end
+local after, max = tonumber(ARGV[2]), tonumber(ARGV[3])
 if has('s') then set('seen', now()) end
-redis.call('PUBLISH', CH, 'r')
-local replays = 0
-if tonumber(ARGV[2]) < S.delivered then replays = 1 end
-return done({'B', S.reader, replays})
-"#;
-
-/// ARGV: ticket, after, max_bytes, the cost of an entry besides its payload.
-const READ: &str = r#"
-if not load('reader', 'last', 'delivered', 'unread', 'logb', 'window', 'owner_at',
-    'owner_limit') then return {'U'} end
-local ticket, after, max = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-if has('s') then set('seen', now()) end
-if ticket ~= S.reader then return done({'R'}) end
-if after > S.last then return done({'H', S.last}) end
--- Nothing new: is the owner alive? It stamps owner_at while it lives
--- (see owner_limit): silence past the limit means its instance died. End
--- the log so that the reader learns it, whichever instance it is on.
-if after == S.last and S.ended == 0 then
-  if now() - S.owner_at <= S.owner_limit then return done({'E', 0}) end
-  local why = 'session owner lost'
-  append('c', why, #why + 2 + tonumber(ARGV[5]), 1011)
-  redis.call('PUBLISH', CH, 'a')
-end
 local out = {'E', 0}
 local function put(e)
   table.insert(out, seq_of(e[1]))
@@ -232,55 +159,36 @@ local function put(e)
   table.insert(out, field(e, 'c') or '0')
 end
 if S.ended > 0 and after >= S.ended then
+  if after > S.ended then return done({'H', S.ended}) end
   put(redis.call('XRANGE', LOG, S.ended .. '-1', S.ended .. '-1')[1])
   return done(out)
 end
-local bytes, given, upto = 0, 0, after
-local cursor = '(' .. after .. '-1'
-while upto < S.last do
-  local batch = redis.call('XRANGE', LOG, cursor, '+', 'COUNT', math.min(64, S.last - upto))
-  -- Entries are numbered without gaps and dropped from the front only: a
-  -- first entry past after + 1 means those between have left the window.
-  if upto == after and (#batch == 0 or seq_of(batch[1][1]) ~= after + 1) then
-    return done({'W'})
-  end
-  if #batch == 0 then break end
-  local full = false
-  for _, e in ipairs(batch) do
-    local len = #field(e, 'd')
-    if field(e, 'k') == 'c' then len = len + 2 end
-    if upto > after and bytes + len > max then full = true break end
-    bytes = bytes + len
-    put(e)
-    upto = seq_of(e[1])
-    if upto > S.delivered then given = given + tonumber(field(e, 'n')) end
-  end
-  if full then out[2] = 1 break end
-  cursor = '(' .. batch[#batch][1]
+local top = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)
+local last = 0
+if #top > 0 then last = seq_of(top[1][1]) end
+if after >= last and S.ended == 0 then
+  local lost = now() - S.owner_at > S.owner_limit
+  if lost and after <= last + 1 then return done({'L', last + 1}) end
+  if after > last then return done({'H', last}) end
+  return done(out)
 end
-if upto > S.delivered then
-  local was = S.unread
-  set('delivered', upto)
-  set('unread', math.max(was - given, 0))
-  trim()
-  -- The owner waits for room only while the unread entries fill the window.
-  if was >= S.window and S.unread < S.window then redis.call('PUBLISH', CH, 'm') end
+local bytes, upto = 0, after
+local batch = redis.call('XRANGE', LOG, '(' .. after .. '-1', '+', 'COUNT', 64)
+-- Entries are numbered without gaps and dropped from the front only: a
+-- first entry past after + 1 means those between have left the window.
+if #batch == 0 or seq_of(batch[1][1]) ~= after + 1 then return done({'W'}) end
+for _, e in ipairs(batch) do
+  local len = #field(e, 'd')
+  if field(e, 'k') == 'c' then len = len + 2 end
+  if upto > after and bytes + len > max then
+    out[2] = 1
+    break
+  end
+  bytes = bytes + len
+  put(e)
+  upto = seq_of(e[1])
 end
 return done(out)
-"#;
-
-/// ARGV: client code, reason, cost, backend code, reason. The owner's
-/// instance learns the backend's close from the notification
-/// (`A<code> <reason>`, which wakes every waiter of the session).
-const ABORT: &str = r#"
-if not load('last', 'logb', 'unread') then return {'U'} end
-local now_ = 0
-if S.ended == 0 then
-  append('c', ARGV[3], tonumber(ARGV[4]), ARGV[2])
-  now_ = 1
-end
-redis.call('PUBLISH', CH, 'A' .. ARGV[5] .. ' ' .. ARGV[6])
-return done({'X', S.ended, now_})
 "#;
 
 /// ARGV: the record's fields as name, value pairs (with the state's
@@ -296,12 +204,8 @@ return done({'K', 0})
 /// The scripts, hashed once.
 struct Scripts {
     create: Script,
-    push: Script,
-    room: Script,
     owner_tick: Script,
-    begin_read: Script,
-    read: Script,
-    abort: Script,
+    read_log: Script,
 }
 
 impl Scripts {
@@ -309,12 +213,8 @@ impl Scripts {
         let s = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         Scripts {
             create: s(CREATE),
-            push: s(PUSH),
-            room: s(ROOM),
             owner_tick: s(OWNER_TICK),
-            begin_read: s(BEGIN_READ),
-            read: s(READ),
-            abort: s(ABORT),
+            read_log: s(READ_LOG),
         }
     }
 }
@@ -348,14 +248,13 @@ struct Inner {
     conn: ConnectionManager,
     prefix: String,
     scripts: Scripts,
-    wakeups: Arc<Wakeups>,
     /// The client queues of the sessions owned here, and the requests to
     /// other owners.
     relay: Arc<Relay>,
     /// What this instance knows of the sessions it serves (bounded by
     /// [`SESSIONS_KNOWN`]).
     known: Mutex<HashMap<SessionId, Known>>,
-    /// The task that feeds `wakeups` from the server's notifications.
+    /// The task that feeds `relay` from the server's notifications.
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -392,16 +291,14 @@ impl RedisStore {
             .set_number_of_retries(1);
         let conn =
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
-        let wakeups = Arc::new(Wakeups::default());
         let relay = Arc::new(Relay::new(fresh_node(), conn.clone()));
         let pattern = format!("{prefix}ev:*");
-        let listener = tokio::spawn(listen(client, pattern, wakeups.clone(), relay.clone()));
+        let listener = tokio::spawn(listen(client, pattern, relay.clone()));
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
                 prefix: prefix.to_owned(),
                 scripts: Scripts::new(),
-                wakeups,
                 relay,
                 known: Mutex::default(),
                 listener,
@@ -457,7 +354,6 @@ impl RedisStore {
             stamp: match side {
                 Side::Owner => due(&mut k.owner_stamped, STAMP_EVERY),
                 Side::Reader => due(&mut k.reader_stamped, STAMP_EVERY),
-                Side::Client => false,
             },
             touch: due(&mut k.touched, TOUCH_EVERY),
         })
@@ -505,19 +401,66 @@ impl RedisStore {
     }
 
     /// The owner's chores, when due: its liveness stamp, which also
-    /// measures how long the session has been without reader (zero when
+    /// measures how long the session has been without reader (`None` when
     /// not measured now), and the TTL refresh. [`StoreError::Unknown`]
     /// when the session is gone (the server lost it).
-    async fn owner_tick(&self, id: SessionId) -> Result<Duration, StoreError> {
+    async fn owner_tick(&self, id: SessionId) -> Result<Option<Duration>, StoreError> {
         let chores = self.chores(id, Side::Owner);
         if !chores.stamp && !chores.touch {
-            return Ok(Duration::ZERO);
+            return Ok(None);
         }
         let mut r = self
             .run_with(&self.inner.scripts.owner_tick, id, chores, Vec::new())
             .await?;
-        // -1 (zero) when this call stamped nothing, so measured nothing.
-        Ok(Duration::from_millis(u64::try_from(r.int()?).unwrap_or(0)))
+        // -1 when this call stamped nothing, so measured nothing.
+        Ok(u64::try_from(r.int()?).ok().map(Duration::from_millis))
+    }
+
+    /// The session as owned here ([`StoreError::Unknown`] elsewhere: only
+    /// its owner calls the owner's methods).
+    fn owned(&self, id: SessionId) -> Result<Arc<super::relay::Owned>, StoreError> {
+        self.inner
+            .relay
+            .owned(&self.keys(id).channel)
+            .ok_or(StoreError::Unknown)
+    }
+
+    /// The session's replay window (from its record).
+    async fn window(&self, id: SessionId) -> Result<usize, StoreError> {
+        let record = self.record(id).await?.ok_or(StoreError::Unknown)?;
+        Ok(record.settings.replay_bytes)
+    }
+
+    /// Look at the log after `after` (see [`READ_LOG`]).
+    async fn read_log(
+        &self,
+        id: SessionId,
+        after: Seq,
+        max_bytes: usize,
+    ) -> Result<Logged, StoreError> {
+        let args = vec![
+            after.0.to_string().into_bytes(),
+            max_bytes.to_string().into_bytes(),
+        ];
+        let mut r = self
+            .run(&self.inner.scripts.read_log, id, Side::Reader, args)
+            .await?;
+        Ok(match r.tag.as_str() {
+            "W" => Logged::Outcome(ReadOutcome::WindowExceeded),
+            "H" => Logged::Outcome(ReadOutcome::Ahead { last: r.seq()? }),
+            "L" => Logged::OwnerLost(r.seq()?),
+            "E" => {
+                // The flag for more: the reader asks again for the rest.
+                r.int()?;
+                Logged::Entries(
+                    r.items()?
+                        .into_iter()
+                        .map(|(seq, payload)| Entry { seq, payload })
+                        .collect(),
+                )
+            }
+            _ => return Err(malformed("read")),
+        })
     }
 
     /// After a request to the owner's instance went unanswered: whether the
@@ -531,49 +474,6 @@ impl RedisStore {
         match exists {
             Ok(false) => StoreError::Unknown,
             _ => e,
-        }
-    }
-
-    /// Run `check` until it finds something or `wait` has passed: again
-    /// whenever the session's channel notifies `audience`, and at least
-    /// every [`RECHECK`]. A caller at `mark` whose previous check took
-    /// everything up to it, with no notification since that check began,
-    /// waits before its first check instead of asking the server for
-    /// nothing.
-    async fn wait_for<T, F, Fut>(
-        &self,
-        id: SessionId,
-        audience: Audience,
-        wait: Duration,
-        mark: Option<Mark>,
-        mut check: F,
-    ) -> Result<T, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Checked<T>, StoreError>>,
-    {
-        let channel = self.keys(id).channel;
-        let w = self.inner.wakeups.waiter(&channel, audience, wait);
-        let mut first = true;
-        loop {
-            let armed = w.arm();
-            if std::mem::take(&mut first) && mark.is_some_and(|m| w.settled(&armed, m)) {
-                w.sleep(armed).await;
-                continue;
-            }
-            match check().await? {
-                Checked::Found(found, settled) => {
-                    if let Some(m) = settled {
-                        w.settle(&armed, m);
-                    }
-                    return Ok(found);
-                }
-                Checked::Nothing(nothing) => {
-                    if !w.sleep(armed).await {
-                        return Ok(nothing);
-                    }
-                }
-            }
         }
     }
 }
@@ -597,8 +497,6 @@ enum Side {
     Owner,
     /// A reader (`seen`, the activity the idle timeout counts from).
     Reader,
-    /// A client's message or close (stamps nothing).
-    Client,
 }
 
 /// What a call does besides its work, due at most every [`STAMP_EVERY`]
@@ -624,21 +522,12 @@ impl Chores {
     }
 }
 
-/// What one check of [`RedisStore::wait_for`] found.
-enum Checked<T> {
-    /// Something to return, with the mark up to which it took everything
-    /// there was (when it did).
-    Found(T, Option<Mark>),
-    /// Nothing yet (returned once the wait has passed).
-    Nothing(T),
-}
-
-/// Feed `wakeups` from the notifications until the store is dropped,
+/// Feed `relay` from the notifications until the store is dropped,
 /// subscribing again after the connection is lost. The subscriber is the
 /// one connection always open, so it is what logs the server's
 /// reachability: once when it is lost (with the reason), once when it is
 /// back.
-async fn listen(client: redis::Client, pattern: String, wakeups: Arc<Wakeups>, relay: Arc<Relay>) {
+async fn listen(client: redis::Client, pattern: String, relay: Arc<Relay>) {
     let server = client.get_connection_info().addr().to_string();
     let mut reachable = None;
     loop {
@@ -658,20 +547,10 @@ async fn listen(client: redis::Client, pattern: String, wakeups: Arc<Wakeups>, r
                 tracing::info!(%server, "connected to Redis: fallback sessions are shared through it");
                 reachable = Some(true);
                 // What was published while there was no subscriber is lost.
-                wakeups.wake_all();
+                relay.resubscribed();
                 let mut messages = pubsub.into_on_message();
                 while let Some(m) = messages.next().await {
-                    let (channel, message) = (m.get_channel_name(), m.get_payload_bytes());
-                    if relay.on_message(channel, message) {
-                        continue;
-                    }
-                    // An abort: the owner closes the backend with its frame.
-                    if let Some(frame) = abort_frame(message) {
-                        if let Some(owned) = relay.owned(channel) {
-                            owned.close(frame);
-                        }
-                    }
-                    wakeups.wake(channel, message);
+                    relay.on_message(m.get_channel_name(), m.get_payload_bytes());
                 }
                 tracing::warn!(%server, "lost the connection to Redis; reconnecting (new fallback sessions get 503 meanwhile)");
             }
@@ -745,21 +624,6 @@ impl Reply {
     }
 }
 
-/// A payload as (kind, data, cost, code) script arguments.
-fn encode(p: &Payload) -> [Vec<u8>; 4] {
-    let cost = (p.len() + ENTRY_COST).to_string().into_bytes();
-    match p {
-        Payload::Text(t) => [b"t".to_vec(), t.as_bytes().to_vec(), cost, b"0".to_vec()],
-        Payload::Binary(b) => [b"b".to_vec(), b.to_vec(), cost, b"0".to_vec()],
-        Payload::Close(f) => [
-            b"c".to_vec(),
-            f.reason.clone().into_bytes(),
-            cost,
-            f.code.0.to_string().into_bytes(),
-        ],
-    }
-}
-
 fn decode(kind: &str, data: Vec<u8>, code: u16) -> Result<Payload, StoreError> {
     match kind {
         "t" => Utf8Bytes::try_from_bytes(Bytes::from(data))
@@ -812,7 +676,7 @@ fn record_fields(r: &SessionRecord) -> Vec<Vec<u8>> {
         out.push(k.as_bytes().to_vec());
         out.push(v);
     }
-    for k in ["last", "delivered", "ended", "reader", "unread", "logb"] {
+    for k in ["ended"] {
         out.push(k.as_bytes().to_vec());
         out.push(b"0".to_vec());
     }
@@ -875,9 +739,20 @@ impl SessionStore for RedisStore {
             match reply.tag.as_str() {
                 "K" => {
                     let s = &record.settings;
+                    let k = self.keys(id);
+                    let idle = u64::try_from(s.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+                    let ttls = Ttls {
+                        live: idle.saturating_mul(2).saturating_add(LIVE_GRACE_MS),
+                        ended: idle,
+                    };
+                    let keys = OwnedKeys {
+                        meta: k.meta,
+                        log: k.log,
+                        channel: k.channel,
+                    };
                     self.inner
                         .relay
-                        .own(&self.keys(id).channel, s.max_body, s.idle_timeout);
+                        .own(keys, s.max_body, s.replay_bytes, ttls, s.idle_timeout);
                     self.cache_record(id, record);
                     Ok(())
                 }
@@ -912,48 +787,34 @@ impl SessionStore for RedisStore {
 
     fn push(&self, id: SessionId, payloads: Vec<Payload>) -> StoreFuture<'_, Pushed> {
         Box::pin(async move {
-            let args = payloads.iter().flat_map(encode).collect();
-            let mut r = self
-                .run(&self.inner.scripts.push, id, Side::Owner, args)
-                .await?;
-            let ends = matches!(payloads.last(), Some(Payload::Close(_)));
-            if ends || r.tag == "E" {
-                if let Some(owned) = self.inner.relay.owned(&self.keys(id).channel) {
-                    owned.end();
-                }
-            }
-            match r.tag.as_str() {
-                "A" => Ok(Pushed::Appended {
-                    last: r.seq()?,
-                    room: r.int()? == 1,
-                }),
-                "E" => Ok(Pushed::Ended),
-                _ => Err(malformed("push")),
-            }
+            let owned = self.owned(id)?;
+            self.inner.relay.push(&owned, payloads).await
         })
     }
 
     fn wait_room(&self, id: SessionId, wait: Duration) -> StoreFuture<'_, bool> {
-        Box::pin(
-            self.wait_for(id, Audience::Room, wait, None, move || async move {
-                let r = self
-                    .run(&self.inner.scripts.room, id, Side::Owner, Vec::new())
-                    .await?;
-                Ok(match r.tag.as_str() {
-                    "Y" => Checked::Found(true, None),
-                    _ => Checked::Nothing(false),
-                })
-            }),
-        )
+        Box::pin(async move {
+            let owned = self.owned(id)?;
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let notified = owned.room.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if owned.has_room() {
+                    return Ok(true);
+                }
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                let _ = tokio::time::timeout(left.min(RECHECK), notified).await;
+            }
+        })
     }
 
     fn take_inbound(&self, id: SessionId, after: Seq, wait: Duration) -> StoreFuture<'_, Inbound> {
         Box::pin(async move {
-            let owned = self
-                .inner
-                .relay
-                .owned(&self.keys(id).channel)
-                .ok_or(StoreError::Unknown)?;
+            let owned = self.owned(id)?;
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 let notified = owned.notify.notified();
@@ -962,7 +823,13 @@ impl SessionStore for RedisStore {
                 let items = owned.take(after);
                 // At least every RECHECK while it waits: the owner's
                 // liveness stamps go on.
-                let idle = self.owner_tick(id).await?;
+                let measured = self.owner_tick(id).await?;
+                // The readers' activity: stamped in Redis by those that
+                // wait with nothing to read, reported here by the others.
+                let idle = match (measured, owned.idle()) {
+                    (Some(m), Some(here)) => m.min(here),
+                    _ => Duration::ZERO,
+                };
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if !items.is_empty() || left.is_zero() {
                     return Ok(Inbound { items, idle });
@@ -974,15 +841,12 @@ impl SessionStore for RedisStore {
 
     fn begin_read(&self, id: SessionId, after: Seq) -> StoreFuture<'_, ReadStart> {
         Box::pin(async move {
-            let args = vec![after.0.to_string().into_bytes()];
-            let mut r = self
-                .run(&self.inner.scripts.begin_read, id, Side::Reader, args)
-                .await?;
-            let reader = u64::try_from(r.int()?).map_err(|_| malformed("reader"))?;
-            Ok(ReadStart {
-                ticket: ReaderTicket(reader),
-                replays: r.int()? == 1,
-            })
+            let window = self.window(id).await?;
+            let channel = self.keys(id).channel;
+            match self.inner.relay.begin_read(&channel, after, window).await {
+                Err(e) => Err(self.unanswered(id, e).await),
+                started => started,
+            }
         })
     }
 
@@ -995,45 +859,57 @@ impl SessionStore for RedisStore {
         wait: Duration,
     ) -> StoreFuture<'_, ReadOutcome> {
         Box::pin(async move {
-            let args = vec![
-                ticket.0.to_string().into_bytes(),
-                after.0.to_string().into_bytes(),
-                max_bytes.to_string().into_bytes(),
-                ENTRY_COST.to_string().into_bytes(),
-            ];
-            let mark = Mark {
-                ticket: ticket.0,
-                after: after.0,
-            };
-            self.wait_for(id, Audience::Reader, wait, Some(mark), || async {
-                let mut r = self
-                    .run(&self.inner.scripts.read, id, Side::Reader, args.clone())
-                    .await?;
-                Ok(match r.tag.as_str() {
-                    "R" => Checked::Found(ReadOutcome::Replaced, None),
-                    "W" => Checked::Found(ReadOutcome::WindowExceeded, None),
-                    "H" => Checked::Found(ReadOutcome::Ahead { last: r.seq()? }, None),
-                    "E" => {
-                        let more = r.int()? == 1;
-                        let entries: Vec<Entry> = r
-                            .items()?
-                            .into_iter()
-                            .map(|(seq, payload)| Entry { seq, payload })
-                            .collect();
-                        let took = entries.last().filter(|_| !more).map(|e| Mark {
-                            ticket: ticket.0,
-                            after: e.seq.0,
-                        });
-                        if entries.is_empty() {
-                            Checked::Nothing(ReadOutcome::Entries(entries))
-                        } else {
-                            Checked::Found(ReadOutcome::Entries(entries), took)
+            let window = self.window(id).await?;
+            let channel = self.keys(id).channel;
+            let relay = &self.inner.relay;
+            let feed = relay.feeds.feed(&channel, window);
+            let deadline = tokio::time::Instant::now() + wait;
+            // Whether to look at the log even if the feed says nothing new.
+            let mut look = false;
+            loop {
+                let notified = feed.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if feed.reader() > ticket.0 {
+                    return Ok(ReadOutcome::Replaced);
+                }
+                let took = match feed.take(after, max_bytes) {
+                    Take::Nothing if look => Take::Unknown,
+                    t => t,
+                };
+                let entries = match took {
+                    Take::Entries(e) => e,
+                    Take::Nothing => Vec::new(),
+                    Take::Unknown => match self.read_log(id, after, max_bytes).await? {
+                        Logged::Entries(e) => {
+                            feed.offer(e.clone());
+                            e
                         }
-                    }
-                    _ => return Err(malformed("read")),
-                })
-            })
-            .await
+                        Logged::OwnerLost(seq) => {
+                            let why =
+                                CloseFrame::new(CloseCode::INTERNAL_ERROR, "session owner lost");
+                            return Ok(ReadOutcome::Entries(vec![Entry {
+                                seq,
+                                payload: Payload::Close(why),
+                            }]));
+                        }
+                        Logged::Outcome(o) => return Ok(o),
+                    },
+                };
+                if let Some(last) = entries.last() {
+                    let cost = entries.iter().map(|e| entry_cost(&e.payload)).sum();
+                    relay.delivered(&channel, &feed, last.seq, cost).await?;
+                    return Ok(ReadOutcome::Entries(entries));
+                }
+                relay.report_overdue(&channel, &feed).await?;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(ReadOutcome::Entries(Vec::new()));
+                }
+                look = tokio::time::timeout(left.min(RECHECK), notified)
+                    .await
+                    .is_err();
+            }
         })
     }
 
@@ -1045,10 +921,7 @@ impl SessionStore for RedisStore {
     ) -> StoreFuture<'_, Accepted> {
         Box::pin(async move {
             let channel = self.keys(id).channel;
-            if let Some(owned) = self.inner.relay.owned(&channel) {
-                return Ok(owned.accept(first, payloads));
-            }
-            match self.inner.relay.send(&channel, first, &payloads).await {
+            match self.inner.relay.send(&channel, first, payloads).await {
                 Err(e) => Err(self.unanswered(id, e).await),
                 answer => answer,
             }
@@ -1058,9 +931,6 @@ impl SessionStore for RedisStore {
     fn request_close(&self, id: SessionId, frame: CloseFrame) -> StoreFuture<'_, Accepted> {
         Box::pin(async move {
             let channel = self.keys(id).channel;
-            if let Some(owned) = self.inner.relay.owned(&channel) {
-                return Ok(owned.close(frame));
-            }
             match self.inner.relay.close(&channel, frame).await {
                 Err(e) => Err(self.unanswered(id, e).await),
                 answer => answer,
@@ -1081,26 +951,28 @@ impl SessionStore for RedisStore {
         to_backend: CloseFrame,
     ) -> StoreFuture<'_, Aborted> {
         Box::pin(async move {
-            let [_, cd, cn, cc] = encode(&Payload::Close(to_client));
-            let [_, bd, _, bc] = encode(&Payload::Close(to_backend.clone()));
-            let mut r = self
-                .run(
-                    &self.inner.scripts.abort,
-                    id,
-                    Side::Client,
-                    vec![cc, cd, cn, bc, bd],
-                )
-                .await?;
-            // The listener does it too (the notification); at once here.
-            if let Some(owned) = self.inner.relay.owned(&self.keys(id).channel) {
-                owned.close(to_backend);
+            let channel = self.keys(id).channel;
+            match self
+                .inner
+                .relay
+                .abort(&channel, to_client, to_backend)
+                .await
+            {
+                Err(e) => Err(self.unanswered(id, e).await),
+                answer => answer,
             }
-            Ok(Aborted {
-                seq: r.seq()?,
-                now: r.int()? == 1,
-            })
         })
     }
+}
+
+/// What a reader's look at the log found.
+enum Logged {
+    /// The entries after its cursor (none: nothing new).
+    Entries(Vec<Entry>),
+    /// The owner is lost: the session ends with this number.
+    OwnerLost(Seq),
+    /// Another answer for the reader.
+    Outcome(ReadOutcome),
 }
 
 #[cfg(test)]
@@ -1108,6 +980,7 @@ mod tests {
     use super::*;
     use crate::session::conformance::{record, ID};
     use crate::session::redis_server::RedisServer;
+    use crate::session::store::ENTRY_COST;
 
     async fn fresh() -> (Arc<dyn SessionStore>, RedisServer) {
         let server = RedisServer::start().await;
@@ -1264,13 +1137,14 @@ mod tests {
         let down = commands_run(&server).await - before;
         // Up: the request to the owner's instance and its answer (a
         // PUBLISH each); the owner takes the message from its queue. Down:
-        // push (EVALSHA, HMGET, XADD, HSET, PUBLISH) and read (EVALSHA,
-        // HMGET, XRANGE, HSET). The stamps, TTL refreshes and re-checks come
-        // with time, not messages: a slow machine may see more of them.
+        // the owner's XADD and PUBLISH in one pipeline; the reader takes the
+        // entry from its instance's feed. The stamps, TTL refreshes,
+        // reports of what was read and re-checks come with time, not
+        // messages: a slow machine may see more of them.
         let slack = 40 * (1 + started.elapsed().as_secs());
         assert!(up <= 2 * n + slack, "{up} commands for {n} messages up");
         assert!(
-            down <= 9 * n + slack,
+            down <= 2 * n + slack,
             "{down} commands for {n} messages down"
         );
     }

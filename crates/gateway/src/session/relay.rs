@@ -1,42 +1,56 @@
-//! [`Relay`]: how a client's messages reach the owner of a session in a
-//! cluster. The owner's instance keeps the session's [`ClientQueue`] (its
-//! exactly-once rule, its bound, its close) in memory, as one instance
-//! alone does; an instance that serves a `send` or `close` of a session
-//! owned elsewhere publishes the request on the session's channel, and the
-//! owner's instance publishes its answer there. One `PUBLISH` each way, no
-//! stream, no script: the owner holds what it has not handed to the backend
-//! yet, and the session ends with its owner anyway.
+//! [`Relay`]: what the instances of a cluster say to each other about a
+//! session, over its pub/sub channel. The owner's instance keeps the
+//! session's state in memory, as one instance alone does: the client
+//! queue ([`ClientQueue`]: the exactly-once rule, its bound, the close),
+//! and the log's numbers and bytes (what was appended, given to a reader,
+//! the replay window, the current reader). Redis holds the record, the
+//! log itself (so that a reader on any instance resumes from it) and the
+//! liveness stamps; the message path runs no script.
+//!
+//! * A client message (`send`, `close`) on another instance is published
+//!   as a request; the owner's instance decides and publishes its answer.
+//!   One `PUBLISH` each way.
+//! * The owner appends the backend's messages to the log and publishes
+//!   them in the same pipeline (`XADD` per message, one `PUBLISH`); every
+//!   instance with a reader of the session keeps them in its [`Feed`], and
+//!   its readers take them from there.
+//! * A new reader (an event stream, each poll) asks the owner for its
+//!   number; the answer, heard by every instance, tells older readers
+//!   anywhere that they are replaced.
+//! * A reader reports what it gave out now and then (half the window or
+//!   every 500 ms), which frees room in the owner's replay window.
 //!
 //! Every instance hears every session's channel (one pattern
 //! subscription): a request is handled by the instance that owns the
 //! session, an answer by the instance whose request it answers (named in
 //! both), everyone else drops them.
 //!
-//! The messages (binary, the first byte says which):
-//!
-//! * `S` send: node, request number, first number, the payloads;
-//! * `C` close: node, request number, the close frame (as one payload);
-//! * `K` answer: node, request number, the [`Accepted`] (a letter and a
-//!   number).
-//!
-//! A node is 16 hex digits, unique to one run of one instance; numbers are
-//! big-endian `u64`; a payload is its kind (`t`, `b`, `c`), its close code
-//! (`u16`), its length (`u32`) and its bytes.
+//! The messages (binary, the first byte says which): `S` send (node,
+//! request number, first number, payloads), `C` close (node, request,
+//! zero, the close as a payload), `B` begin reading (node, request,
+//! after), `D` delivered (node, zero, up to), `X` abort (node, request,
+//! zero, the client's and the backend's closes), `K` answer (node,
+//! request, a letter, a number, a second number), `E` entries (number and
+//! payload each). A node is 16 hex digits, unique to one run of one
+//! instance; numbers are big-endian `u64`; a payload is its kind (`t`,
+//! `b`, `c`), its close code (`u16`), its length (`u32`) and its bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
-use switchyard::fallback::wire::{Payload, Seq};
+use redis::Value;
+use switchyard::fallback::wire::{Entry, Payload, Seq};
 use switchyard::{CloseCode, CloseFrame, Utf8Bytes};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::client_queue::ClientQueue;
-use super::store::{Accepted, StoreError};
+use super::feed::{Feed, Feeds};
+use super::store::{entry_cost, Aborted, Accepted, Pushed, ReadStart, ReaderTicket, StoreError};
 use crate::sync::lock;
 
 /// Longest a request waits for the owner's answer: past it the owner's
@@ -44,12 +58,41 @@ use crate::sync::lock;
 /// session is ended by its readers).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The client side of a session owned by this instance.
+/// Longest a new reader waits for the owner's answer before it reads
+/// without it: an owner that does not answer has ended or died, and the
+/// log says how the session ended (a close, or the owner lost once its
+/// stamps are older than its limit, at least 3 s).
+const BEGIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a reader on another instance reports what it gave out, at
+/// most (or once it reaches half the window).
+pub(super) const REPORT_EVERY: Duration = Duration::from_millis(500);
+
+/// The keys and channel of a session owned here.
+pub(super) struct OwnedKeys {
+    pub(super) meta: String,
+    pub(super) log: String,
+    pub(super) channel: String,
+}
+
+/// The TTLs of a session's keys (ms): while it is open, once it ended.
+#[derive(Clone, Copy)]
+pub(super) struct Ttls {
+    pub(super) live: u64,
+    pub(super) ended: u64,
+}
+
+/// A session owned by this instance.
 pub(super) struct Owned {
+    keys: OwnedKeys,
     state: Mutex<OwnedState>,
     /// Client messages or a close were queued.
     pub(super) notify: Notify,
+    /// A reader was given entries (room in the window), or the log ended.
+    pub(super) room: Notify,
     max_body: usize,
+    window: usize,
+    ttls: Ttls,
     /// How long the queue answers after the owner ended (sends then get
     /// [`Accepted::Closed`] rather than no answer).
     linger: Duration,
@@ -57,8 +100,69 @@ pub(super) struct Owned {
 
 struct OwnedState {
     queue: ClientQueue,
-    /// The owner ended (or the log did): nothing more is taken.
-    ended: Option<Instant>,
+    /// The owner ended: nothing more is taken.
+    ended_at: Option<Instant>,
+    log: LogState,
+}
+
+/// The numbers of the log (its entries are in Redis).
+#[derive(Default)]
+struct LogState {
+    last: Seq,
+    /// The close entry's number.
+    ended: Option<Seq>,
+    /// Given to a reader up to here.
+    delivered: Seq,
+    /// The newest reader.
+    reader: u64,
+    /// The entries in Redis, with their cost (for the trim).
+    kept: VecDeque<(Seq, usize, bool)>,
+    logb: usize,
+    /// The cost of the entries after `delivered`.
+    unread: usize,
+    /// Last reader activity seen here (a begin, a report).
+    seen: Option<Instant>,
+}
+
+impl LogState {
+    fn has_room(&self, window: usize) -> bool {
+        self.ended.is_some() || self.unread < window
+    }
+
+    /// Given up to `upto` (a report, or a reader's start).
+    fn deliver(&mut self, upto: Seq) {
+        let upto = upto.min(self.last);
+        if upto <= self.delivered {
+            return;
+        }
+        for (seq, cost, _) in &self.kept {
+            if *seq > self.delivered && *seq <= upto {
+                self.unread = self.unread.saturating_sub(*cost);
+            }
+        }
+        self.delivered = upto;
+    }
+
+    /// Once the log is an eighth over the window, drop delivered entries
+    /// from the front down to the window (the close stays): the first
+    /// number kept, when something is to be dropped.
+    fn trim(&mut self, window: usize) -> Option<Seq> {
+        if self.logb <= window + window / 8 {
+            return None;
+        }
+        let mut dropped = false;
+        while self.logb > window {
+            match self.kept.front() {
+                Some(&(seq, cost, false)) if seq <= self.delivered => {
+                    self.kept.pop_front();
+                    self.logb -= cost;
+                    dropped = true;
+                }
+                _ => break,
+            }
+        }
+        dropped.then(|| self.kept.front().map_or(self.last.next(), |k| k.0))
+    }
 }
 
 impl Owned {
@@ -66,7 +170,7 @@ impl Owned {
     pub(super) fn accept(&self, first: Seq, mut payloads: Vec<Payload>) -> Accepted {
         let accepted = {
             let mut st = lock(&self.state);
-            let ended = st.ended.is_some();
+            let ended = st.ended_at.is_some() || st.log.ended.is_some();
             st.queue
                 .accept(first, &mut payloads, self.max_body, ended, |_| true)
         };
@@ -79,7 +183,7 @@ impl Owned {
     pub(super) fn close(&self, frame: CloseFrame) -> Accepted {
         let acked = {
             let mut st = lock(&self.state);
-            if st.ended.is_none() {
+            if st.ended_at.is_none() && st.log.ended.is_none() {
                 st.queue.close(frame);
             }
             Accepted::Acked(st.queue.last())
@@ -95,28 +199,68 @@ impl Owned {
         st.queue.items()
     }
 
-    /// The log ended or the owner did: later sends are refused.
+    /// The owner ended: later sends are refused.
     pub(super) fn end(&self) {
-        lock(&self.state).ended.get_or_insert_with(Instant::now);
+        lock(&self.state).ended_at.get_or_insert_with(Instant::now);
         self.notify.notify_waiters();
+        self.room.notify_waiters();
+    }
+
+    /// The entries not yet given to a reader are below the window, or the
+    /// log ended.
+    pub(super) fn has_room(&self) -> bool {
+        lock(&self.state).log.has_room(self.window)
+    }
+
+    /// How long since a reader's last activity seen here.
+    pub(super) fn idle(&self) -> Option<Duration> {
+        lock(&self.state).log.seen.map(|t| t.elapsed())
+    }
+
+    /// A new reader starting after `after`.
+    fn begin(&self, after: Seq) -> ReadStart {
+        let mut st = lock(&self.state);
+        let log = &mut st.log;
+        log.reader += 1;
+        log.seen = Some(Instant::now());
+        let replays = after < log.delivered;
+        // The client has what it says it has: given out.
+        log.deliver(after);
+        ReadStart {
+            ticket: ReaderTicket(log.reader),
+            replays,
+        }
+    }
+
+    fn last(&self) -> Seq {
+        lock(&self.state).log.last
     }
 
     fn forgotten(&self, now: Instant) -> bool {
         lock(&self.state)
-            .ended
+            .ended_at
             .is_some_and(|t| now.duration_since(t) >= self.linger)
     }
 }
 
-/// This instance's part in relaying client messages: the queues of the
-/// sessions it owns, its requests waiting for another instance's answer.
+/// This instance's part: the sessions it owns, its feeds, its requests
+/// waiting for another instance's answer.
 pub(super) struct Relay {
     node: String,
     /// By the session's channel.
     owned: Mutex<HashMap<String, Arc<Owned>>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Accepted>>>,
+    pub(super) feeds: Feeds,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     next_request: AtomicU64,
     conn: ConnectionManager,
+}
+
+/// An answer: a letter, a number and a second number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Answer {
+    letter: u8,
+    seq: Seq,
+    extra: u64,
 }
 
 impl Relay {
@@ -125,28 +269,45 @@ impl Relay {
         Relay {
             node,
             owned: Mutex::default(),
+            feeds: Feeds::default(),
             pending: Mutex::default(),
             next_request: AtomicU64::new(1),
             conn,
         }
     }
 
-    /// This instance owns the session on `channel` from now on; the queues
+    /// This instance owns the session with `keys` from now on; the queues
     /// of owners ended longer ago than their linger are forgotten.
-    pub(super) fn own(&self, channel: &str, max_body: usize, linger: Duration) -> Arc<Owned> {
+    pub(super) fn own(
+        &self,
+        keys: OwnedKeys,
+        max_body: usize,
+        window: usize,
+        ttls: Ttls,
+        linger: Duration,
+    ) -> Arc<Owned> {
+        let channel = keys.channel.clone();
         let owned = Arc::new(Owned {
+            keys,
             state: Mutex::new(OwnedState {
                 queue: ClientQueue::default(),
-                ended: None,
+                ended_at: None,
+                log: LogState {
+                    seen: Some(Instant::now()),
+                    ..LogState::default()
+                },
             }),
             notify: Notify::new(),
+            room: Notify::new(),
             max_body,
+            window,
+            ttls,
             linger,
         });
         let mut map = lock(&self.owned);
         let now = Instant::now();
         map.retain(|_, o| !o.forgotten(now));
-        map.insert(channel.to_owned(), owned.clone());
+        map.insert(channel, owned.clone());
         owned
     }
 
@@ -155,97 +316,381 @@ impl Relay {
         lock(&self.owned).get(channel).cloned()
     }
 
-    /// Send the client's messages to the owner's instance and wait for its
-    /// answer.
+    // ---- the owner's side
+
+    /// Append the backend's messages to the log of a session owned here
+    /// and publish them to the readers: one pipeline.
+    pub(super) async fn push(
+        &self,
+        owned: &Owned,
+        payloads: Vec<Payload>,
+    ) -> Result<Pushed, StoreError> {
+        let keys = &owned.keys;
+        let (entries, first, trim, room) = {
+            let mut st = lock(&owned.state);
+            let log = &mut st.log;
+            if log.ended.is_some() {
+                return Ok(Pushed::Ended);
+            }
+            let first = log.last == Seq::ZERO;
+            let mut entries = Vec::new();
+            for p in payloads {
+                log.last = log.last.next();
+                let cost = entry_cost(&p);
+                let close = matches!(p, Payload::Close(_));
+                log.logb += cost;
+                log.unread += cost;
+                log.kept.push_back((log.last, cost, close));
+                entries.push(Entry {
+                    seq: log.last,
+                    payload: p,
+                });
+                if close {
+                    log.ended = Some(log.last);
+                    break;
+                }
+            }
+            let trim = log.trim(owned.window);
+            let room = log.has_room(owned.window);
+            (entries, first, trim, room)
+        };
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            return Ok(Pushed::Appended {
+                last: owned.last(),
+                room,
+            });
+        };
+        let ended = entries
+            .last()
+            .is_some_and(|e| matches!(e.payload, Payload::Close(_)));
+        let mut pipe = redis::pipe();
+        for e in &entries {
+            let x = pipe.cmd("XADD").arg(&keys.log);
+            // Only the first push makes the log: a later one that finds
+            // no log finds a server that lost the session.
+            if !first {
+                x.arg("NOMKSTREAM");
+            }
+            x.arg(format!("{}-1", e.seq.0));
+            let (k, d, code) = fields(&e.payload);
+            x.arg("k")
+                .arg(k)
+                .arg("n")
+                .arg(entry_cost(&e.payload))
+                .arg("d")
+                .arg(d);
+            if let Some(c) = code {
+                x.arg("c").arg(c);
+            }
+        }
+        if first || ended {
+            let ttl = if ended {
+                owned.ttls.ended
+            } else {
+                owned.ttls.live
+            };
+            pipe.cmd("PEXPIRE").arg(&keys.log).arg(ttl).ignore();
+        }
+        if ended {
+            pipe.cmd("HSET")
+                .arg(&keys.meta)
+                .arg("ended")
+                .arg(last.0)
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&keys.meta)
+                .arg(owned.ttls.ended)
+                .ignore();
+        }
+        if let Some(first_kept) = trim {
+            pipe.cmd("XTRIM")
+                .arg(&keys.log)
+                .arg("MINID")
+                .arg(format!("{}-1", first_kept.0))
+                .ignore();
+        }
+        pipe.cmd("PUBLISH")
+            .arg(&keys.channel)
+            .arg(entries_message(&entries))
+            .ignore();
+        if let Some(feed) = self.feeds.get(&keys.channel) {
+            if let Some(first_kept) = trim {
+                feed.trim(first_kept);
+            }
+            feed.offer(entries.clone());
+        }
+        if ended {
+            owned.room.notify_waiters();
+        }
+        let mut conn = self.conn.clone();
+        let ids: Vec<Value> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        if ids.iter().any(|v| matches!(v, Value::Nil)) {
+            return Err(StoreError::Unknown);
+        }
+        Ok(Pushed::Appended { last, room })
+    }
+
+    /// A reader gave out entries up to `upto`: room in the window, and the
+    /// log trimmed when due.
+    async fn delivered_here(&self, owned: &Owned, upto: Seq) -> Result<(), StoreError> {
+        let trim = {
+            let mut st = lock(&owned.state);
+            st.log.seen = Some(Instant::now());
+            st.log.deliver(upto);
+            st.log.trim(owned.window)
+        };
+        owned.room.notify_waiters();
+        if let Some(first_kept) = trim {
+            if let Some(feed) = self.feeds.get(&owned.keys.channel) {
+                feed.trim(first_kept);
+            }
+            let mut conn = self.conn.clone();
+            redis::cmd("XTRIM")
+                .arg(&owned.keys.log)
+                .arg("MINID")
+                .arg(format!("{}-1", first_kept.0))
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// End the log of a session owned here with `to_client` (unless it
+    /// ended) and queue `to_backend` for the backend.
+    async fn abort_here(
+        &self,
+        owned: &Owned,
+        to_client: CloseFrame,
+        to_backend: CloseFrame,
+    ) -> Result<Aborted, StoreError> {
+        owned.close(to_backend);
+        let pushed = self.push(owned, vec![Payload::Close(to_client)]).await?;
+        let ended = lock(&owned.state).log.ended.unwrap_or(Seq::ZERO);
+        Ok(Aborted {
+            seq: ended,
+            now: matches!(pushed, Pushed::Appended { .. }),
+        })
+    }
+
+    // ---- any instance
+
+    /// Take the client's messages numbered from `first`.
     pub(super) async fn send(
         &self,
         channel: &str,
         first: Seq,
-        payloads: &[Payload],
+        payloads: Vec<Payload>,
     ) -> Result<Accepted, StoreError> {
-        self.ask(channel, b'S', first, payloads).await
+        if let Some(owned) = self.owned(channel) {
+            return Ok(owned.accept(first, payloads));
+        }
+        let a = self
+            .ask(channel, b'S', first.0, &payloads, ANSWER_TIMEOUT)
+            .await
+            .map_err(or_unanswered(ANSWER_TIMEOUT))?;
+        accepted(a.letter, a.seq).ok_or_else(|| malformed("send"))
     }
 
-    /// Send the client's close to the owner's instance.
+    /// Queue the client's close.
     pub(super) async fn close(
         &self,
         channel: &str,
         frame: CloseFrame,
     ) -> Result<Accepted, StoreError> {
-        self.ask(channel, b'C', Seq::ZERO, &[Payload::Close(frame)])
+        if let Some(owned) = self.owned(channel) {
+            return Ok(owned.close(frame));
+        }
+        let a = self
+            .ask(channel, b'C', 0, &[Payload::Close(frame)], ANSWER_TIMEOUT)
             .await
+            .map_err(or_unanswered(ANSWER_TIMEOUT))?;
+        accepted(a.letter, a.seq).ok_or_else(|| malformed("close"))
+    }
+
+    /// Become the session's reader, starting after `after`: the owner's
+    /// answer is heard by every instance, so older readers anywhere learn
+    /// that they are replaced.
+    pub(super) async fn begin_read(
+        &self,
+        channel: &str,
+        after: Seq,
+        window: usize,
+    ) -> Result<ReadStart, StoreError> {
+        let feed = self.feeds.feed(channel, window);
+        if let Some(owned) = self.owned(channel) {
+            let start = owned.begin(after);
+            feed.set_reader(start.ticket.0);
+            let m = answer_message("", 0, reader_answer(start, owned.last()));
+            self.publish(channel, m).await?;
+            return Ok(start);
+        }
+        let start = match self.ask(channel, b'B', after.0, &[], BEGIN_TIMEOUT).await {
+            Ok(a) if matches!(a.letter, b'R' | b'r') => ReadStart {
+                ticket: ReaderTicket(a.extra),
+                replays: a.letter == b'R',
+            },
+            Ok(_) => return Err(malformed("begin")),
+            Err(None) => {
+                tracing::debug!(channel, "a reader starts without the session's owner");
+                ReadStart {
+                    ticket: ReaderTicket(feed.reader()),
+                    replays: false,
+                }
+            }
+            Err(Some(e)) => return Err(e),
+        };
+        feed.set_reader(start.ticket.0);
+        Ok(start)
+    }
+
+    /// A reader here gave out entries up to `upto` costing `cost`: tell the
+    /// owner (at once on its own instance, in batches from elsewhere).
+    pub(super) async fn delivered(
+        &self,
+        channel: &str,
+        feed: &Feed,
+        upto: Seq,
+        cost: usize,
+    ) -> Result<(), StoreError> {
+        if let Some(owned) = self.owned(channel) {
+            return self.delivered_here(&owned, upto).await;
+        }
+        match feed.delivered(upto, cost, REPORT_EVERY) {
+            Some(upto) => self.report(channel, upto).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Report what a reader here gave out, once it is overdue.
+    pub(super) async fn report_overdue(
+        &self,
+        channel: &str,
+        feed: &Feed,
+    ) -> Result<(), StoreError> {
+        match feed.overdue(REPORT_EVERY) {
+            Some(upto) => self.report(channel, upto).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn report(&self, channel: &str, upto: Seq) -> Result<(), StoreError> {
+        let mut m = head(b'D', &self.node, 0);
+        m.extend_from_slice(&upto.0.to_be_bytes());
+        self.publish(channel, m).await
+    }
+
+    /// End the session from the request side (see `SessionStore::abort`).
+    pub(super) async fn abort(
+        &self,
+        channel: &str,
+        to_client: CloseFrame,
+        to_backend: CloseFrame,
+    ) -> Result<Aborted, StoreError> {
+        if let Some(owned) = self.owned(channel) {
+            return self.abort_here(&owned, to_client, to_backend).await;
+        }
+        let closes = [Payload::Close(to_client), Payload::Close(to_backend)];
+        let a = self
+            .ask(channel, b'X', 0, &closes, ANSWER_TIMEOUT)
+            .await
+            .map_err(or_unanswered(ANSWER_TIMEOUT))?;
+        Ok(Aborted {
+            seq: a.seq,
+            now: a.letter == b'N',
+        })
+    }
+
+    async fn publish(&self, channel: &str, m: Vec<u8>) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(m)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
     }
 
     async fn ask(
         &self,
         channel: &str,
         kind: u8,
-        first: Seq,
+        number: u64,
         payloads: &[Payload],
-    ) -> Result<Accepted, StoreError> {
+        timeout: Duration,
+    ) -> Result<Answer, Option<StoreError>> {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let mut m = head(kind, &self.node, request);
-        m.extend_from_slice(&first.0.to_be_bytes());
+        m.extend_from_slice(&number.to_be_bytes());
         for p in payloads {
             put_payload(&mut m, p);
         }
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(request, tx);
         let answer = async {
-            let mut conn = self.conn.clone();
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(m)
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            tokio::time::timeout(ANSWER_TIMEOUT, rx)
+            self.publish(channel, m).await.map_err(Some)?;
+            tokio::time::timeout(timeout, rx)
                 .await
                 .ok()
                 .and_then(Result::ok)
-                .ok_or_else(|| {
-                    StoreError::Unavailable(format!(
-                        "the instance owning the session did not answer within {}s \
-                         (it may have stopped); the client retries",
-                        ANSWER_TIMEOUT.as_secs()
-                    ))
-                })
+                .ok_or(None)
         };
         let answer = answer.await;
         lock(&self.pending).remove(&request);
         answer
     }
 
-    /// A message on a session's channel: `true` when it was the relay's
-    /// (a request, which this instance answers if it owns the session, or
-    /// an answer, which it takes if it asked).
-    pub(super) fn on_message(&self, channel: &str, message: &[u8]) -> bool {
-        let Some(&kind) = message.first() else {
-            return false;
-        };
-        match kind {
-            b'S' | b'C' | b'K' => {
-                if self.handle(channel, kind, message).is_none() {
-                    tracing::debug!(
-                        channel,
-                        "malformed relay message on a session channel dropped"
-                    );
-                }
-                true
-            }
-            _ => false,
+    /// Every feed forgets what it holds (the subscription was lost, so
+    /// were the notifications meanwhile).
+    pub(super) fn resubscribed(&self) {
+        self.feeds.clear_all();
+        let owned: Vec<_> = lock(&self.owned).values().cloned().collect();
+        for o in owned {
+            o.notify.notify_waiters();
+            o.room.notify_waiters();
         }
     }
 
-    fn handle(&self, channel: &str, kind: u8, message: &[u8]) -> Option<()> {
-        let mut r = Reader(&message[1..]);
-        let node = r.take_str()?;
+    /// A message on a session's channel.
+    pub(super) fn on_message(self: &Arc<Self>, channel: &str, message: &[u8]) {
+        if self.handle(channel, message).is_none() {
+            tracing::debug!(channel, "malformed message on a session channel dropped");
+        }
+    }
+
+    fn handle(self: &Arc<Self>, channel: &str, message: &[u8]) -> Option<()> {
+        let (&kind, rest) = message.split_first()?;
+        let mut r = Reader(rest);
+        if kind == b'E' {
+            if let Some(feed) = self.feeds.get(channel) {
+                let mut entries = Vec::new();
+                while !r.0.is_empty() {
+                    entries.push(Entry {
+                        seq: Seq(r.u64()?),
+                        payload: r.payload()?,
+                    });
+                }
+                feed.offer(entries);
+            }
+            return Some(());
+        }
+        let node = r.take_str()?.to_owned();
         let request = r.u64()?;
         if kind == b'K' {
+            let a = Answer {
+                letter: r.u8()?,
+                seq: Seq(r.u64()?),
+                extra: r.u64()?,
+            };
+            // A new reader: every instance learns it.
+            if matches!(a.letter, b'R' | b'r') {
+                if let Some(feed) = self.feeds.get(channel) {
+                    feed.set_reader(a.extra);
+                }
+            }
             if node == self.node {
-                let answer = accepted(r.u8()?, Seq(r.u64()?))?;
                 if let Some(tx) = lock(&self.pending).remove(&request) {
-                    let _ = tx.send(answer);
+                    let _ = tx.send(a);
                 }
             }
             return Some(());
@@ -253,37 +698,127 @@ impl Relay {
         let Some(owned) = self.owned(channel) else {
             return Some(());
         };
-        let first = Seq(r.u64()?);
+        let number = Seq(r.u64()?);
         let mut payloads = Vec::new();
         while !r.0.is_empty() {
             payloads.push(r.payload()?);
         }
-        let answer = match (kind, payloads.pop()) {
-            (b'C', Some(Payload::Close(frame))) if payloads.is_empty() => owned.close(frame),
-            (b'S', last) => {
-                payloads.extend(last);
-                owned.accept(first, payloads)
+        let answer = match kind {
+            b'S' => answer_of(owned.accept(number, payloads)),
+            b'C' => match payloads.pop() {
+                Some(Payload::Close(f)) if payloads.is_empty() => answer_of(owned.close(f)),
+                _ => return None,
+            },
+            b'B' => reader_answer(owned.begin(number), owned.last()),
+            b'D' => {
+                let relay = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = relay.delivered_here(&owned, number).await {
+                        tracing::debug!(error = %e, "cannot trim a session's log");
+                    }
+                });
+                return Some(());
+            }
+            b'X' => {
+                let (Some(Payload::Close(to_backend)), Some(Payload::Close(to_client)), true) =
+                    (payloads.pop(), payloads.pop(), payloads.is_empty())
+                else {
+                    return None;
+                };
+                let relay = self.clone();
+                let channel = channel.to_owned();
+                tokio::spawn(async move {
+                    let a = match relay.abort_here(&owned, to_client, to_backend).await {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot end an aborted session's log");
+                            return;
+                        }
+                    };
+                    let letter = if a.now { b'N' } else { b'P' };
+                    let answer = Answer {
+                        letter,
+                        seq: a.seq,
+                        extra: 0,
+                    };
+                    relay.answer(&channel, &node, request, answer).await;
+                });
+                return Some(());
             }
             _ => return None,
         };
-        let mut m = head(b'K', node, request);
-        let (letter, seq) = answer_parts(answer);
-        m.push(letter);
-        m.extend_from_slice(&seq.0.to_be_bytes());
-        let mut conn = self.conn.clone();
+        let relay = self.clone();
         let channel = channel.to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(m)
-                .query_async::<()>(&mut conn)
-                .await
-            {
-                tracing::debug!(error = %e, "cannot answer a relayed client message (the client retries)");
-            }
-        });
+        tokio::spawn(async move { relay.answer(&channel, &node, request, answer).await });
         Some(())
     }
+
+    async fn answer(&self, channel: &str, node: &str, request: u64, a: Answer) {
+        if let Err(e) = self
+            .publish(channel, answer_message(node, request, a))
+            .await
+        {
+            tracing::debug!(error = %e, "cannot answer another instance (it retries)");
+        }
+    }
+}
+
+/// The error of a request that failed (`Some`) or went unanswered for
+/// `timeout` (`None`).
+fn or_unanswered(timeout: Duration) -> impl Fn(Option<StoreError>) -> StoreError {
+    move |e| {
+        e.unwrap_or_else(|| {
+            StoreError::Unavailable(format!(
+                "the instance owning the session did not answer within {}s (it may have \
+                 stopped); the client retries",
+                timeout.as_secs()
+            ))
+        })
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn malformed(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("unexpected answer from another instance: {what}"))
+}
+
+/// A payload's log fields: kind, data, close code.
+pub(super) fn fields(p: &Payload) -> (&'static str, &[u8], Option<u16>) {
+    match p {
+        Payload::Text(t) => ("t", t.as_bytes(), None),
+        Payload::Binary(b) => ("b", b, None),
+        Payload::Close(f) => ("c", f.reason.as_bytes(), Some(f.code.0)),
+    }
+}
+
+fn reader_answer(start: ReadStart, last: Seq) -> Answer {
+    Answer {
+        letter: if start.replays { b'R' } else { b'r' },
+        seq: last,
+        extra: start.ticket.0,
+    }
+}
+
+fn answer_message(node: &str, request: u64, a: Answer) -> Vec<u8> {
+    let mut m = head(b'K', node, request);
+    m.push(a.letter);
+    m.extend_from_slice(&a.seq.0.to_be_bytes());
+    m.extend_from_slice(&a.extra.to_be_bytes());
+    m
+}
+
+fn entries_message(entries: &[Entry]) -> Vec<u8> {
+    let mut m =
+        Vec::with_capacity(16 + entries.iter().map(|e| e.payload.len() + 15).sum::<usize>());
+    m.push(b'E');
+    for e in entries {
+        m.extend_from_slice(&e.seq.0.to_be_bytes());
+        put_payload(&mut m, &e.payload);
+    }
+    m
 }
 
 /// A node name: 16 hex digits from the system's CSPRNG.
@@ -324,13 +859,18 @@ fn put_payload(m: &mut Vec<u8>, p: &Payload) {
     m.extend_from_slice(data);
 }
 
-fn answer_parts(a: Accepted) -> (u8, Seq) {
-    match a {
+fn answer_of(a: Accepted) -> Answer {
+    let (letter, seq) = match a {
         Accepted::Acked(s) => (b'K', s),
         Accepted::Gap { expected } => (b'G', expected),
         Accepted::Full => (b'F', Seq::ZERO),
         Accepted::OverBudget => (b'O', Seq::ZERO),
         Accepted::Closed => (b'C', Seq::ZERO),
+    };
+    Answer {
+        letter,
+        seq,
+        extra: 0,
     }
 }
 
@@ -388,13 +928,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The backend's close of an abort's notification (`A<code> <reason>`).
-pub(super) fn abort_frame(message: &[u8]) -> Option<CloseFrame> {
-    let rest = std::str::from_utf8(message.strip_prefix(b"A")?).ok()?;
-    let (code, reason) = rest.split_once(' ')?;
-    Some(CloseFrame::new(CloseCode(code.parse().ok()?), reason))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,13 +955,9 @@ mod tests {
             Accepted::OverBudget,
             Accepted::Closed,
         ] {
-            let (l, s) = answer_parts(a);
-            assert_eq!(accepted(l, s), Some(a));
+            let x = answer_of(a);
+            assert_eq!(accepted(x.letter, x.seq), Some(a));
         }
-        assert_eq!(
-            abort_frame(b"A1011 session aborted"),
-            Some(CloseFrame::new(CloseCode(1011), "session aborted"))
-        );
     }
 
     #[test]
@@ -443,6 +972,5 @@ mod tests {
         // Text that is not UTF-8.
         let bad = [b't', 0, 0, 0, 0, 0, 1, 0xff];
         assert!(Reader(&bad).payload().is_none());
-        assert_eq!(abort_frame(b"A10x1 r"), None);
     }
 }
