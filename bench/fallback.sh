@@ -81,9 +81,6 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-cpu_ticks() { # PID -> utime+stime in clock ticks
-    awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-}
 PORT_SEQ=0
 start_server() { # TRANSPORT -> sets SERVER_PID, PORT
     PORT_SEQ=$((PORT_SEQ + 1))

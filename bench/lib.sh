@@ -25,3 +25,8 @@ need_npm_dev_peers() {
     (cd "$root/tests/interop" && npm ci --include=dev --no-audit --no-fund --loglevel=error >/dev/null &&
         cp package-lock.json node_modules/.interop-lock.json)
 }
+
+# cpu_ticks PID: the process's utime+stime so far, in clock ticks (getconf CLK_TCK a second).
+cpu_ticks() {
+    awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
