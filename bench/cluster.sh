@@ -14,7 +14,10 @@
 # (every gateway, redis-server, haproxy) are pinned to --server-cpu, the load generator to
 # --load-cpu: on a 2-core machine the three instances share one core with Redis and HAProxy.
 # Every measurement starts fresh servers; rounds interleave the setups (the order rotates
-# every round); the report gives medians over rounds.
+# every round); the report gives medians over rounds. Server CPU per message (closed loop):
+# the utime+stime of all gateway processes, and of redis-server, over the load run (warm-up
+# included) divided by the messages echoed in it: less dependent on the machine's load than
+# the rates.
 #
 # Usage: bench/cluster.sh [--rounds N] [--duration S] [--warmup S] [--connections N]
 #                         [--rate N] [--size N] [--server-cpu LIST] [--load-cpu LIST]
@@ -86,14 +89,19 @@ wait_listening() { # PORT WHAT
 }
 
 ADMINS=()
-start_setup() { # SETUP -> sets FRONT (HAProxy's port), ADMINS; servers in PIDS
+GW_PIDS=()
+REDIS_PID=""
+start_setup() { # SETUP -> sets FRONT (HAProxy's port), ADMINS, GW_PIDS, REDIS_PID; servers in PIDS
     local setup=$1 n=1 cluster="" rport i port admin conf
     ADMINS=()
+    GW_PIDS=()
+    REDIS_PID=
     if [ "$setup" != one ]; then
         rport=$(free_port)
         taskset -c "$SERVER_CPU" redis-server --port "$rport" --bind 127.0.0.1 --save "" \
             --appendonly no > "$OUT/redis.log" 2>&1 &
         PIDS+=($!)
+        REDIS_PID=$!
         wait_listening "$rport" redis-server || return 1
         cluster="[cluster]
 redis = \"redis://127.0.0.1:$rport/0\""
@@ -135,6 +143,7 @@ EOF
         taskset -c "$SERVER_CPU" env RUST_LOG=warn "$SWITCHYARD" serve --config "$OUT/g$i.toml" \
             --threads 1 > "$OUT/g$i.log" 2>&1 &
         PIDS+=($!)
+        GW_PIDS+=($!)
         wait_listening "$port" "gateway g$i" || return 1
         echo "  server g$i 127.0.0.1:$port" >> "$conf"
         ADMINS+=("$admin")
@@ -157,30 +166,45 @@ PY
     done 2>/dev/null || true
 }
 
+gateway_ticks() { # the utime+stime of every gateway of the setup
+    local p sum=0
+    for p in "${GW_PIDS[@]}"; do sum=$((sum + $(cpu_ticks "$p"))); done
+    echo "$sum"
+}
+
 measure() { # ROUND SETUP TRANSPORT MODE
-    local round=$1 setup=$2 t=$3 mode=$4 json load spread
+    local round=$1 setup=$2 t=$3 mode=$4 json load spread g0 g1 r0=0 r1=0
     if ! start_setup "$setup"; then cleanup; return 0; fi
+    g0=$(gateway_ticks)
+    [ -n "$REDIS_PID" ] && r0=$(cpu_ticks "$REDIS_PID")
     load=(--connections "$CONNS" --in-flight 1)
     [ "$mode" = rate ] && load+=(--rate "$RATE")
     json=$(taskset -c "$LOAD_CPU" "$SWITCHYARD" --threads 1 bench "ws://127.0.0.1:$FRONT/echo" \
         --transport "$t" "${load[@]}" --size "$SIZE" --warmup "$WARMUP" \
         --duration "$DURATION" --json 2>"$OUT/load.err" || true)
+    g1=$(gateway_ticks)
+    [ -n "$REDIS_PID" ] && r1=$(cpu_ticks "$REDIS_PID")
     spread=$(served)
     cleanup
     if [ -z "$json" ]; then
         echo "   $setup $t $mode: load generator failed: $(tail -n 1 "$OUT/load.err")"
         return 0
     fi
-    python3 - "$round" "$setup" "$t" "$mode" "$spread" "$json" >> "$RESULTS" <<'PY'
+    python3 - "$round" "$setup" "$t" "$mode" "$spread" "$json" "$((g1 - g0))" "$((r1 - r0))" \
+        "$(getconf CLK_TCK)" >> "$RESULTS" <<'PY'
 import json, sys
 round_, setup, t, mode, spread = sys.argv[1:6]
 j = json.loads(sys.argv[6])
+gw, rd, hz = (int(x) for x in sys.argv[7:10])
+per_msg = lambda ticks: ticks / hz * 1e6 / max(j["messages_total"], 1)
 j.update(round=int(round_), setup=setup, transport=t, mode=mode,
-         served=[int(x) for x in spread.split()])
+         served=[int(x) for x in spread.split()],
+         gateway_us_per_msg=per_msg(gw), redis_us_per_msg=per_msg(rd))
 print(json.dumps(j))
 # The line to read as it runs, on stderr (stdout is the results file).
 print(f"   {setup:10} {t:5} {mode:5} {j['msgs_per_s']:8.0f} msgs/s  p50 {j['p50_us']:8.0f} us  "
       f"p99 {j['p99_us']:8.0f} us  p99.9 {j['p999_us']:8.0f} us  errors {j['errors']}  "
+      f"CPU/msg gateways {j['gateway_us_per_msg']:.0f} us redis {j['redis_us_per_msg']:.0f} us  "
       f"session requests per instance {j['served']}", file=sys.stderr)
 PY
 }
@@ -202,15 +226,17 @@ python3 - "$RESULTS" "$RATE" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 rate = sys.argv[2]
-keys = ("msgs_per_s", "p50_us", "p99_us", "p999_us", "errors")
+keys = ("msgs_per_s", "p50_us", "p99_us", "p999_us", "errors", "gateway_us_per_msg",
+        "redis_us_per_msg")
 med = {}
 for r in rows:
     med.setdefault((r["setup"], r["transport"], r["mode"]), []).append(r)
 med = {k: dict({x: statistics.median(r[x] for r in rs) for x in keys}, n=len(rs))
        for k, rs in med.items()}
 print()
-print(f"| setup | transport | max msgs/s | p50 | p99 | p99.9 | at {rate} msgs/s: p50 | p99 | p99.9 | errors | rounds |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print(f"| setup | transport | max msgs/s | p50 | p99 | p99.9 | at {rate} msgs/s: p50 | p99 | p99.9 "
+      "| CPU/msg: gateways | redis | errors | rounds |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for setup in ("one", "one-redis", "three"):
     for t in ("sse", "poll"):
         m, r = med.get((setup, t, "max")), med.get((setup, t, "rate"))
@@ -218,7 +244,8 @@ for setup in ("one", "one-redis", "three"):
             continue
         print(f"| {setup} | {t} | {m['msgs_per_s']:.0f} | {m['p50_us']:.0f} us | {m['p99_us']:.0f} us | "
               f"{m['p999_us']:.0f} us | {r['p50_us']:.0f} us | {r['p99_us']:.0f} us | "
-              f"{r['p999_us']:.0f} us | {m['errors'] + r['errors']:.0f} | {min(m['n'], r['n'])} |")
+              f"{r['p999_us']:.0f} us | {m['gateway_us_per_msg']:.0f} us | {m['redis_us_per_msg']:.0f} us | "
+              f"{m['errors'] + r['errors']:.0f} | {min(m['n'], r['n'])} |")
 print()
 for t in ("sse", "poll"):
     three, one = med.get(("three", t, "max")), med.get(("one", t, "max"))
