@@ -14,10 +14,10 @@ answered before the next (no batching: the worst case):
 * exchange, SSE: the echo route, each echo awaited on one event stream;
 * client to backend: the discarding backend, sends only.
 
-It prints the commands Redis ran per message by command, then per message
-and direction both the round trips (the top-level commands) and all
-commands (a script's inner ones included: what costs Redis CPU); the
-backend to client share is an exchange less a client-to-backend message.
+It prints the commands Redis ran per message by command, then all
+commands per message and direction (a script's inner ones included: what
+costs Redis CPU, as INFO commandstats counts them); the backend to client
+share is an exchange less a client-to-backend message.
 Last, the caps' cost per connection on a capped route.
 
 usage: bench/cluster_commands.py [path/to/switchyard] [N]
@@ -147,19 +147,14 @@ def measure(rport, run):
     return {k: v for k, v in diff.items() if v > 0 and k != "info"}
 
 
-ROUND_TRIPS = ("evalsha", "hgetall")
-
-
 def report(title, diff, n):
     print(f"\n{title}")
     print(f"{'command':<24}{'calls':>10}{'per message':>14}")
     for k, v in sorted(diff.items(), key=lambda kv: -kv[1]):
         print(f"{k:<24}{v:>10}{v / n:>14.2f}")
     total = sum(diff.values())
-    trips = sum(diff.get(k, 0) for k in ROUND_TRIPS)
     print(f"{'all commands':<24}{total:>10}{total / n:>14.2f}")
-    print(f"{'round trips':<24}{trips:>10}{trips / n:>14.2f}")
-    return trips / n, total / n
+    return total / n
 
 
 def main():
@@ -195,16 +190,13 @@ def main():
                      measure(rport, lambda: exchange_sse(base, other, n)), n)
         up = report("client to backend only",
                     measure(rport, lambda: sends_only(base, other, n)), n)
-        print("\nper message          round trips   all commands")
-        for name, (trips, total) in (
+        print("\nall commands per message (a script's inner ones included)")
+        for name, total in (
             ("client to backend", up),
-            ("backend to client, poll", (poll[0] - up[0], poll[1] - up[1])),
-            ("backend to client, SSE", (sse[0] - up[0], sse[1] - up[1])),
+            ("backend to client, poll", poll - up),
+            ("backend to client, SSE", sse - up),
         ):
-            print(f"  {name:<24}{trips:>10.2f}{total:>15.2f}")
-        print("(round trips: the evalsha + hgetall rows; a client message relayed to")
-        print(" its owner's instance is one more: its publish; all commands: every")
-        print(" row, a script's inner commands included, as INFO commandstats counts them)")
+            print(f"  {name:<24}{total:>10.2f}")
 
         # The caps: one session open and end on a capped route.
         diff = measure(rport, lambda: open_session(base, "/capped"))
