@@ -291,7 +291,11 @@ impl RedisStore {
             .set_number_of_retries(1);
         let conn =
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
-        let relay = Arc::new(Relay::new(fresh_node(), conn.clone()));
+        let relay = Arc::new(Relay::new(
+            fresh_node(),
+            format!("{prefix}node:"),
+            conn.clone(),
+        ));
         let pattern = format!("{prefix}ev:*");
         let listener = tokio::spawn(listen(client, pattern, relay.clone()));
         Ok(RedisStore {
@@ -425,6 +429,13 @@ impl RedisStore {
             .ok_or(StoreError::Unknown)
     }
 
+    /// The node of the session's owner, as its record names it.
+    fn owner_node(&self, id: SessionId) -> Option<String> {
+        lock(&self.inner.known)
+            .get(&id)
+            .and_then(|k| k.owner.clone())
+    }
+
     /// The session's replay window (from its record).
     async fn window(&self, id: SessionId) -> Result<usize, StoreError> {
         let record = self.record(id).await?.ok_or(StoreError::Unknown)?;
@@ -483,6 +494,8 @@ impl RedisStore {
 struct Known {
     /// Its record, which never changes: each instance reads it once.
     record: Option<SessionRecord>,
+    /// Its owner's node (from the record).
+    owner: Option<String>,
     /// When this instance last stamped it as its owner, as its reader, and
     /// last refreshed its TTLs ([`Chores`]).
     owner_stamped: Option<Instant>,
@@ -533,7 +546,10 @@ async fn listen(client: redis::Client, pattern: String, relay: Arc<Relay>) {
     loop {
         let subscribe = async {
             let mut p = client.get_async_pubsub().await?;
-            p.psubscribe(&pattern).await.map(|()| p)
+            p.psubscribe(&pattern).await?;
+            p.subscribe(relay.node_channel(relay.node()))
+                .await
+                .map(|()| p)
         };
         let subscribed = tokio::time::timeout(CONNECT_TIMEOUT, subscribe)
             .await
@@ -646,7 +662,7 @@ fn ms(d: Duration) -> Vec<u8> {
 }
 
 /// The record as the meta hash's fields (with the state's initial values).
-fn record_fields(r: &SessionRecord) -> Vec<Vec<u8>> {
+fn record_fields(r: &SessionRecord, owner: &str) -> Vec<Vec<u8>> {
     let s = &r.settings;
     let transports: Vec<&str> = s.transports.iter().map(|t| t.as_str()).collect();
     let pairs: Vec<(&str, Vec<u8>)> = vec![
@@ -670,6 +686,7 @@ fn record_fields(r: &SessionRecord) -> Vec<Vec<u8>> {
         ("window", s.replay_bytes.to_string().into_bytes()),
         ("grace", LIVE_GRACE_MS.to_string().into_bytes()),
         ("owner_limit", ms(owner_limit(s))),
+        ("owner", owner.as_bytes().to_vec()),
     ];
     let mut out = Vec::with_capacity(pairs.len() * 2 + 20);
     for (k, v) in pairs {
@@ -733,7 +750,7 @@ impl SessionStore for RedisStore {
                     &self.inner.scripts.create,
                     id,
                     Side::Owner,
-                    record_fields(&record),
+                    record_fields(&record, self.inner.relay.node()),
                 )
                 .await?;
             match reply.tag.as_str() {
@@ -779,7 +796,11 @@ impl SessionStore for RedisStore {
             if h.is_empty() {
                 return Ok(None);
             }
+            let owner = h
+                .get("owner")
+                .and_then(|o| String::from_utf8(o.clone()).ok());
             let record = parse_record(h)?;
+            self.known(id, |k| k.owner = owner);
             self.cache_record(id, record.clone());
             Ok(Some(record))
         })
@@ -843,7 +864,12 @@ impl SessionStore for RedisStore {
         Box::pin(async move {
             let window = self.window(id).await?;
             let channel = self.keys(id).channel;
-            match self.inner.relay.begin_read(&channel, after, window).await {
+            let owner = self.owner_node(id);
+            let begun = self
+                .inner
+                .relay
+                .begin_read(&channel, owner.as_deref(), after, window);
+            match begun.await {
                 Err(e) => Err(self.unanswered(id, e).await),
                 started => started,
             }
@@ -863,6 +889,7 @@ impl SessionStore for RedisStore {
             let channel = self.keys(id).channel;
             let relay = &self.inner.relay;
             let feed = relay.feeds.feed(&channel, window);
+            let owner = self.owner_node(id);
             let deadline = tokio::time::Instant::now() + wait;
             // Whether to look at the log even if the feed says nothing new.
             let mut look = false;
@@ -898,10 +925,14 @@ impl SessionStore for RedisStore {
                 };
                 if let Some(last) = entries.last() {
                     let cost = entries.iter().map(|e| entry_cost(&e.payload)).sum();
-                    relay.delivered(&channel, &feed, last.seq, cost).await?;
+                    relay
+                        .delivered(&channel, owner.as_deref(), &feed, last.seq, cost)
+                        .await?;
                     return Ok(ReadOutcome::Entries(entries));
                 }
-                relay.report_overdue(&channel, &feed).await?;
+                relay
+                    .report_overdue(&channel, owner.as_deref(), &feed)
+                    .await?;
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if left.is_zero() {
                     return Ok(ReadOutcome::Entries(Vec::new()));
@@ -921,7 +952,12 @@ impl SessionStore for RedisStore {
     ) -> StoreFuture<'_, Accepted> {
         Box::pin(async move {
             let channel = self.keys(id).channel;
-            match self.inner.relay.send(&channel, first, payloads).await {
+            let owner = self.owner_node(id);
+            let sent = self
+                .inner
+                .relay
+                .send(&channel, owner.as_deref(), first, payloads);
+            match sent.await {
                 Err(e) => Err(self.unanswered(id, e).await),
                 answer => answer,
             }
@@ -931,7 +967,13 @@ impl SessionStore for RedisStore {
     fn request_close(&self, id: SessionId, frame: CloseFrame) -> StoreFuture<'_, Accepted> {
         Box::pin(async move {
             let channel = self.keys(id).channel;
-            match self.inner.relay.close(&channel, frame).await {
+            let owner = self.owner_node(id);
+            match self
+                .inner
+                .relay
+                .close(&channel, owner.as_deref(), frame)
+                .await
+            {
                 Err(e) => Err(self.unanswered(id, e).await),
                 answer => answer,
             }
@@ -952,12 +994,12 @@ impl SessionStore for RedisStore {
     ) -> StoreFuture<'_, Aborted> {
         Box::pin(async move {
             let channel = self.keys(id).channel;
-            match self
+            let owner = self.owner_node(id);
+            let aborted = self
                 .inner
                 .relay
-                .abort(&channel, to_client, to_backend)
-                .await
-            {
+                .abort(&channel, owner.as_deref(), to_client, to_backend);
+            match aborted.await {
                 Err(e) => Err(self.unanswered(id, e).await),
                 answer => answer,
             }

@@ -21,19 +21,23 @@
 //!   every 500 ms), which frees room in the owner's replay window.
 //!
 //! Every instance hears every session's channel (one pattern
-//! subscription): a request is handled by the instance that owns the
-//! session, an answer by the instance whose request it answers (named in
-//! both), everyone else drops them.
+//! subscription) and its own node's channel. Entries and the answers to
+//! a new reader go to the session's channel (every instance with a reader
+//! of the session needs them); a request goes to the owner's node channel
+//! (named in the session's record), an answer to the asking node's: only
+//! the instance concerned hears it.
 //!
 //! The messages (binary, the first byte says which): `S` send (node,
-//! request number, first number, payloads), `C` close (node, request,
-//! zero, the close as a payload), `B` begin reading (node, request,
-//! after), `D` delivered (node, zero, up to), `X` abort (node, request,
-//! zero, the client's and the backend's closes), `K` answer (node,
-//! request, a letter, a number, a second number), `E` entries (number and
-//! payload each). A node is 16 hex digits, unique to one run of one
-//! instance; numbers are big-endian `u64`; a payload is its kind (`t`,
-//! `b`, `c`), its close code (`u16`), its length (`u32`) and its bytes.
+//! request number, session channel, first number, payloads), `C` close
+//! (node, request, channel, zero, the close as a payload), `B` begin
+//! reading (node, request, channel, after), `D` delivered (node, zero,
+//! channel, up to), `X` abort (node, request, channel, zero, the client's
+//! and the backend's closes), `K` answer (node, request, a letter, a
+//! number, a second number), `E` entries (number and payload each). A node
+//! is 16 hex digits, unique to one run of one instance; a channel is its
+//! length (`u16`) and its bytes; numbers are big-endian `u64`; a payload is
+//! its kind (`t`, `b`, `c`), its close code (`u16`), its length (`u32`)
+//! and its bytes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -247,6 +251,8 @@ impl Owned {
 /// waiting for another instance's answer.
 pub(super) struct Relay {
     node: String,
+    /// The node channels' names: this prefix and the node.
+    node_prefix: String,
     /// By the session's channel.
     owned: Mutex<HashMap<String, Arc<Owned>>>,
     pub(super) feeds: Feeds,
@@ -265,9 +271,10 @@ struct Answer {
 
 impl Relay {
     /// A relay publishing through `conn`, named `node` (unique to this run).
-    pub(super) fn new(node: String, conn: ConnectionManager) -> Self {
+    pub(super) fn new(node: String, node_prefix: String, conn: ConnectionManager) -> Self {
         Relay {
             node,
+            node_prefix,
             owned: Mutex::default(),
             feeds: Feeds::default(),
             pending: Mutex::default(),
@@ -309,6 +316,16 @@ impl Relay {
         map.retain(|_, o| !o.forgotten(now));
         map.insert(channel, owned.clone());
         owned
+    }
+
+    /// This instance's node name.
+    pub(super) fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The channel of `node`.
+    pub(super) fn node_channel(&self, node: &str) -> String {
+        format!("{}{node}", self.node_prefix)
     }
 
     /// The session on `channel`, when this instance owns it.
@@ -479,6 +496,7 @@ impl Relay {
     pub(super) async fn send(
         &self,
         channel: &str,
+        owner: Option<&str>,
         first: Seq,
         payloads: Vec<Payload>,
     ) -> Result<Accepted, StoreError> {
@@ -486,7 +504,7 @@ impl Relay {
             return Ok(owned.accept(first, payloads));
         }
         let a = self
-            .ask(channel, b'S', first.0, &payloads, ANSWER_TIMEOUT)
+            .ask(channel, owner, b'S', first.0, &payloads, ANSWER_TIMEOUT)
             .await
             .map_err(or_unanswered(ANSWER_TIMEOUT))?;
         accepted(a.letter, a.seq).ok_or_else(|| malformed("send"))
@@ -496,13 +514,21 @@ impl Relay {
     pub(super) async fn close(
         &self,
         channel: &str,
+        owner: Option<&str>,
         frame: CloseFrame,
     ) -> Result<Accepted, StoreError> {
         if let Some(owned) = self.owned(channel) {
             return Ok(owned.close(frame));
         }
         let a = self
-            .ask(channel, b'C', 0, &[Payload::Close(frame)], ANSWER_TIMEOUT)
+            .ask(
+                channel,
+                owner,
+                b'C',
+                0,
+                &[Payload::Close(frame)],
+                ANSWER_TIMEOUT,
+            )
             .await
             .map_err(or_unanswered(ANSWER_TIMEOUT))?;
         accepted(a.letter, a.seq).ok_or_else(|| malformed("close"))
@@ -514,6 +540,7 @@ impl Relay {
     pub(super) async fn begin_read(
         &self,
         channel: &str,
+        owner: Option<&str>,
         after: Seq,
         window: usize,
     ) -> Result<ReadStart, StoreError> {
@@ -525,7 +552,10 @@ impl Relay {
             self.publish(channel, m).await?;
             return Ok(start);
         }
-        let start = match self.ask(channel, b'B', after.0, &[], BEGIN_TIMEOUT).await {
+        let start = match self
+            .ask(channel, owner, b'B', after.0, &[], BEGIN_TIMEOUT)
+            .await
+        {
             Ok(a) if matches!(a.letter, b'R' | b'r') => ReadStart {
                 ticket: ReaderTicket(a.extra),
                 replays: a.letter == b'R',
@@ -549,6 +579,7 @@ impl Relay {
     pub(super) async fn delivered(
         &self,
         channel: &str,
+        owner: Option<&str>,
         feed: &Feed,
         upto: Seq,
         cost: usize,
@@ -557,7 +588,7 @@ impl Relay {
             return self.delivered_here(&owned, upto).await;
         }
         match feed.delivered(upto, cost, REPORT_EVERY) {
-            Some(upto) => self.report(channel, upto).await,
+            Some(upto) => self.report(channel, owner, upto).await,
             None => Ok(()),
         }
     }
@@ -566,24 +597,38 @@ impl Relay {
     pub(super) async fn report_overdue(
         &self,
         channel: &str,
+        owner: Option<&str>,
         feed: &Feed,
     ) -> Result<(), StoreError> {
         match feed.overdue(REPORT_EVERY) {
-            Some(upto) => self.report(channel, upto).await,
+            Some(upto) => self.report(channel, owner, upto).await,
             None => Ok(()),
         }
     }
 
-    async fn report(&self, channel: &str, upto: Seq) -> Result<(), StoreError> {
+    async fn report(
+        &self,
+        channel: &str,
+        owner: Option<&str>,
+        upto: Seq,
+    ) -> Result<(), StoreError> {
         let mut m = head(b'D', &self.node, 0);
+        put_channel(&mut m, channel);
         m.extend_from_slice(&upto.0.to_be_bytes());
-        self.publish(channel, m).await
+        self.publish(&self.target(channel, owner), m).await
+    }
+
+    /// Where a request for the session on `channel` goes: its owner's node
+    /// channel, or (the owner unknown) the session's.
+    fn target(&self, channel: &str, owner: Option<&str>) -> String {
+        owner.map_or_else(|| channel.to_owned(), |o| self.node_channel(o))
     }
 
     /// End the session from the request side (see `SessionStore::abort`).
     pub(super) async fn abort(
         &self,
         channel: &str,
+        owner: Option<&str>,
         to_client: CloseFrame,
         to_backend: CloseFrame,
     ) -> Result<Aborted, StoreError> {
@@ -592,7 +637,7 @@ impl Relay {
         }
         let closes = [Payload::Close(to_client), Payload::Close(to_backend)];
         let a = self
-            .ask(channel, b'X', 0, &closes, ANSWER_TIMEOUT)
+            .ask(channel, owner, b'X', 0, &closes, ANSWER_TIMEOUT)
             .await
             .map_err(or_unanswered(ANSWER_TIMEOUT))?;
         Ok(Aborted {
@@ -614,6 +659,7 @@ impl Relay {
     async fn ask(
         &self,
         channel: &str,
+        owner: Option<&str>,
         kind: u8,
         number: u64,
         payloads: &[Payload],
@@ -621,6 +667,7 @@ impl Relay {
     ) -> Result<Answer, Option<StoreError>> {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let mut m = head(kind, &self.node, request);
+        put_channel(&mut m, channel);
         m.extend_from_slice(&number.to_be_bytes());
         for p in payloads {
             put_payload(&mut m, p);
@@ -628,7 +675,8 @@ impl Relay {
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(request, tx);
         let answer = async {
-            self.publish(channel, m).await.map_err(Some)?;
+            let to = self.target(channel, owner);
+            self.publish(&to, m).await.map_err(Some)?;
             tokio::time::timeout(timeout, rx)
                 .await
                 .ok()
@@ -695,6 +743,7 @@ impl Relay {
             }
             return Some(());
         }
+        let channel = r.take_channel()?;
         let Some(owned) = self.owned(channel) else {
             return Some(());
         };
@@ -709,7 +758,22 @@ impl Relay {
                 Some(Payload::Close(f)) if payloads.is_empty() => answer_of(owned.close(f)),
                 _ => return None,
             },
-            b'B' => reader_answer(owned.begin(number), owned.last()),
+            b'B' => {
+                // On the session's channel: older readers anywhere learn it.
+                let m = answer_message(
+                    &node,
+                    request,
+                    reader_answer(owned.begin(number), owned.last()),
+                );
+                let relay = self.clone();
+                let channel = channel.to_owned();
+                tokio::spawn(async move {
+                    if let Err(e) = relay.publish(&channel, m).await {
+                        tracing::debug!(error = %e, "cannot answer a new reader (it retries)");
+                    }
+                });
+                return Some(());
+            }
             b'D' => {
                 let relay = self.clone();
                 tokio::spawn(async move {
@@ -726,7 +790,6 @@ impl Relay {
                     return None;
                 };
                 let relay = self.clone();
-                let channel = channel.to_owned();
                 tokio::spawn(async move {
                     let a = match relay.abort_here(&owned, to_client, to_backend).await {
                         Ok(a) => a,
@@ -741,23 +804,21 @@ impl Relay {
                         seq: a.seq,
                         extra: 0,
                     };
-                    relay.answer(&channel, &node, request, answer).await;
+                    relay.answer(&node, request, answer).await;
                 });
                 return Some(());
             }
             _ => return None,
         };
         let relay = self.clone();
-        let channel = channel.to_owned();
-        tokio::spawn(async move { relay.answer(&channel, &node, request, answer).await });
+        tokio::spawn(async move { relay.answer(&node, request, answer).await });
         Some(())
     }
 
-    async fn answer(&self, channel: &str, node: &str, request: u64, a: Answer) {
-        if let Err(e) = self
-            .publish(channel, answer_message(node, request, a))
-            .await
-        {
+    /// Answer `node`'s request on its channel.
+    async fn answer(&self, node: &str, request: u64, a: Answer) {
+        let to = self.node_channel(node);
+        if let Err(e) = self.publish(&to, answer_message(node, request, a)).await {
             tracing::debug!(error = %e, "cannot answer another instance (it retries)");
         }
     }
@@ -846,6 +907,13 @@ fn head(kind: u8, node: &str, request: u64) -> Vec<u8> {
     m
 }
 
+fn put_channel(m: &mut Vec<u8>, channel: &str) {
+    // Key prefixes are short: a channel name fits.
+    let b = &channel.as_bytes()[..channel.len().min(usize::from(u16::MAX))];
+    m.extend_from_slice(&u16::try_from(b.len()).unwrap_or(u16::MAX).to_be_bytes());
+    m.extend_from_slice(b);
+}
+
 fn put_payload(m: &mut Vec<u8>, p: &Payload) {
     let (kind, code, data): (u8, u16, &[u8]) = match p {
         Payload::Text(t) => (b't', 0, t.as_bytes()),
@@ -904,6 +972,11 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn take_channel(&mut self) -> Option<&'a str> {
+        let n = usize::from(u16::from_be_bytes(self.take(2)?.try_into().ok()?));
+        std::str::from_utf8(self.take(n)?).ok()
     }
 
     fn take_str(&mut self) -> Option<&'a str> {
