@@ -661,7 +661,7 @@ fn ms(d: Duration) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The record as the meta hash's fields (with the state's initial values).
+/// The record as the meta hash's fields (with the state's initial value).
 fn record_fields(r: &SessionRecord, owner: &str) -> Vec<Vec<u8>> {
     let s = &r.settings;
     let transports: Vec<&str> = s.transports.iter().map(|t| t.as_str()).collect();
@@ -687,15 +687,12 @@ fn record_fields(r: &SessionRecord, owner: &str) -> Vec<Vec<u8>> {
         ("grace", LIVE_GRACE_MS.to_string().into_bytes()),
         ("owner_limit", ms(owner_limit(s))),
         ("owner", owner.as_bytes().to_vec()),
+        ("ended", b"0".to_vec()),
     ];
-    let mut out = Vec::with_capacity(pairs.len() * 2 + 20);
+    let mut out = Vec::with_capacity(pairs.len() * 2);
     for (k, v) in pairs {
         out.push(k.as_bytes().to_vec());
         out.push(v);
-    }
-    for k in ["ended"] {
-        out.push(k.as_bytes().to_vec());
-        out.push(b"0".to_vec());
     }
     out
 }
