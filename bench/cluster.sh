@@ -166,23 +166,17 @@ PY
     done 2>/dev/null || true
 }
 
-gateway_ticks() { # the utime+stime of every gateway of the setup
-    local p sum=0
-    for p in "${GW_PIDS[@]}"; do sum=$((sum + $(cpu_ticks "$p"))); done
-    echo "$sum"
-}
-
 measure() { # ROUND SETUP TRANSPORT MODE
     local round=$1 setup=$2 t=$3 mode=$4 json load spread g0 g1 r0=0 r1=0
     if ! start_setup "$setup"; then cleanup; return 0; fi
-    g0=$(gateway_ticks)
+    g0=$(cpu_ticks "${GW_PIDS[@]}")
     [ -n "$REDIS_PID" ] && r0=$(cpu_ticks "$REDIS_PID")
     load=(--connections "$CONNS" --in-flight 1)
     [ "$mode" = rate ] && load+=(--rate "$RATE")
     json=$(taskset -c "$LOAD_CPU" "$SWITCHYARD" --threads 1 bench "ws://127.0.0.1:$FRONT/echo" \
         --transport "$t" "${load[@]}" --size "$SIZE" --warmup "$WARMUP" \
         --duration "$DURATION" --json 2>"$OUT/load.err" || true)
-    g1=$(gateway_ticks)
+    g1=$(cpu_ticks "${GW_PIDS[@]}")
     [ -n "$REDIS_PID" ] && r1=$(cpu_ticks "$REDIS_PID")
     spread=$(served)
     cleanup

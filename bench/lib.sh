@@ -26,7 +26,13 @@ need_npm_dev_peers() {
         cp package-lock.json node_modules/.interop-lock.json)
 }
 
-# cpu_ticks PID: the process's utime+stime so far, in clock ticks (getconf CLK_TCK a second).
+# cpu_ticks PID...: the processes' utime+stime so far, summed, in clock ticks (getconf
+# CLK_TCK a second); fails if one has exited.
 cpu_ticks() {
-    awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+    local p sum=0 t
+    for p in "$@"; do
+        t=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat") || return 1
+        sum=$((sum + t))
+    done
+    echo "$sum"
 }
