@@ -78,14 +78,14 @@ fn owner_limit(s: &FallbackSettings) -> Duration {
 /// Lua shared by every script. `KEYS`: the session's meta hash, its log
 /// stream. `ARGV[1]`: the chores the call carries
 /// ([`Chores`]: `s` stamp the caller's liveness, `t` refresh the keys'
-/// TTL); the last `ARGV` is the session's channel.
+/// TTL).
 ///
 /// A script reads the fields it needs in one `HMGET` (`load`, into `S`)
 /// and writes those it changed in one `HSET` (`set`, then `done`), so that
 /// what a message costs does not grow with the fields it touches.
 const PRELUDE: &str = r#"
 local M, LOG = KEYS[1], KEYS[2]
-local CHORES, CH = ARGV[1], ARGV[#ARGV]
+local CHORES = ARGV[1]
 local S, W = {}, {}
 -- A key was created or the log ended: the TTLs are set whatever is due.
 local retouch = false
@@ -195,7 +195,7 @@ return done(out)
 /// initial values).
 const CREATE: &str = r#"
 if redis.call('EXISTS', M) == 1 then return {'D'} end
-redis.call('HSET', M, 'seen', now(), 'owner_at', now(), unpack(ARGV, 2, #ARGV - 1))
+redis.call('HSET', M, 'seen', now(), 'owner_at', now(), unpack(ARGV, 2, #ARGV))
 load()
 retouch = true
 return done({'K', 0})
@@ -368,7 +368,7 @@ impl RedisStore {
     }
 
     /// Run `script` on the session's keys for `side` with `args` (the
-    /// chores due come first, the channel last); [`StoreError::Unknown`]
+    /// chores due come first); [`StoreError::Unknown`]
     /// when the session does not exist.
     async fn run(
         &self,
@@ -394,7 +394,6 @@ impl RedisStore {
         for a in args {
             inv.arg(a);
         }
-        inv.arg(&k.channel);
         let mut conn = self.inner.conn.clone();
         let v: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
         let reply = Reply::new(v)?;
