@@ -5,11 +5,11 @@
 //! The owner's instance keeps the session's state in memory and Redis
 //! holds what the other instances need: the record, the log (a stream, for
 //! readers anywhere to resume from) and the liveness stamps. The instances
-//! talk through the session's pub/sub channel ([`Relay`]): client messages
+//! talk through the session's pub/sub channel (`session::relay`): client messages
 //! go to the owner's instance and its answers come back, the owner's
 //! appended entries go to every instance's readers. The message path runs
 //! no script; scripts run for the open, the chores (liveness stamps, TTL
-//! refresh, at most every [`STAMP_EVERY`] per session and instance) and a
+//! refresh, at most every `STAMP_EVERY` per session and instance) and a
 //! reader's look at the log when its instance's feed cannot answer (a
 //! resume, a first read, notifications lost, a quiet second).
 
