@@ -26,7 +26,7 @@ use http::header::{
     CONNECTION, CONTENT_LENGTH, FORWARDED, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
     SEC_WEBSOCKET_VERSION, TRANSFER_ENCODING, UPGRADE,
 };
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use switchyard_proto::handshake::{accept_key_bytes, generate_key};
 use switchyard_proto::upgrade::{header_tokens, is_hop_by_hop, upgrade_offer, ProtocolToken};
 
@@ -67,8 +67,11 @@ pub struct ClientInfo {
 /// The request head to send upstream, with what the answer must show.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {
-    /// The HTTP/1.1 request head.
-    pub head: Request<()>,
+    /// The HTTP/1.1 request head as sent (request line, fields, blank
+    /// line), written in one pass from the client's parsed fields.
+    pub head: Vec<u8>,
+    /// Its method (the answer to `HEAD` has no body).
+    pub method: Method,
     /// The `Upgrade` tokens offered upstream (lowercase, in the client's
     /// order). Empty: a plain request, which can never become a tunnel.
     pub upgrade_tokens: Vec<String>,
@@ -98,39 +101,87 @@ fn has_body(headers: &HeaderMap) -> bool {
             .any(|v| v.as_bytes().iter().any(|&b| b != b'0'))
 }
 
-/// The fields named in `Connection` (lowercase).
-fn connection_named(headers: &HeaderMap) -> Vec<String> {
-    header_tokens(headers, &CONNECTION)
-        .map(|t| t.to_ascii_lowercase())
-        .collect()
+/// The hop-by-hop fields of one message: the fixed list, `HTTP2-Settings`
+/// and every field its `Connection` names.
+struct HopByHop<'a> {
+    /// The names in `Connection` that the fixed list does not already hold
+    /// (usually none, so usually no allocation).
+    named: Vec<&'a str>,
+}
+
+impl<'a> HopByHop<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let named = header_tokens(headers, &CONNECTION)
+            .filter(|t| !is_hop_by_hop(t))
+            .collect();
+        HopByHop { named }
+    }
+
+    /// Whether `name` must not be passed on.
+    fn drops(&self, name: &HeaderName) -> bool {
+        let n = name.as_str();
+        is_hop_by_hop(n)
+            || *name == HTTP2_SETTINGS
+            || self.named.iter().any(|t| t.eq_ignore_ascii_case(n))
+    }
 }
 
 /// Remove hop-by-hop fields: the fixed list, every field named in
 /// `Connection`, and `HTTP2-Settings`. Applied to requests and responses.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named = connection_named(headers);
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| {
-            is_hop_by_hop(n.as_str())
-                || *n == HTTP2_SETTINGS
-                || named.iter().any(|t| t.eq_ignore_ascii_case(n.as_str()))
-        })
-        .cloned()
-        .collect();
+    let hop = HopByHop::of(headers);
+    let doomed: Vec<HeaderName> = headers.keys().filter(|n| hop.drops(n)).cloned().collect();
     for n in doomed {
         headers.remove(n);
     }
 }
 
+/// Appends the field line `name: value` to a head being written.
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the request line `METHOD target HTTP/1.1` (an empty target as `/`).
+fn push_request_line(out: &mut Vec<u8>, method: &Method, target: &str) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// Appends the client's end-to-end fields in their order: not hop-by-hop,
+/// not `Host` (written by the caller), not the forwarding fields that
+/// [`push_forwarding_fields`] rewrites, and not those `skip` names.
+fn push_end_to_end(
+    out: &mut Vec<u8>,
+    fields: &HeaderMap,
+    hop: &HopByHop<'_>,
+    forwarded_host: bool,
+    skip: impl Fn(&HeaderName) -> bool,
+) {
+    for (name, value) in fields {
+        let rewritten = *name == X_FORWARDED_FOR
+            || *name == FORWARDED
+            || *name == X_FORWARDED_PROTO
+            || (forwarded_host && *name == X_FORWARDED_HOST);
+        if *name == HOST || rewritten || hop.drops(name) || skip(name) {
+            continue;
+        }
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
 /// Appends the `Forwarded` node for an address: IPv4 bare, IPv6 quoted and
 /// bracketed (RFC 7239 §6).
-fn push_forwarded_node(out: &mut String, ip: IpAddr) {
+fn push_forwarded_node(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            out.push_str("\"[");
+            out.extend_from_slice(b"\"[");
             push_ip(out, ip);
-            out.push_str("]\"");
+            out.extend_from_slice(b"]\"");
         }
         ip => push_ip(out, ip),
     }
@@ -139,7 +190,7 @@ fn push_forwarded_node(out: &mut String, ip: IpAddr) {
 /// Appends `ip` as text, an IPv4-mapped IPv6 address as IPv4. IPv4 is
 /// written by hand: it is written twice on every proxied request, and
 /// `Display` goes through the formatting machinery (~2k instructions).
-fn push_ip(out: &mut String, ip: IpAddr) {
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
@@ -148,19 +199,19 @@ fn push_ip(out: &mut String, ip: IpAddr) {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
                 if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
+                    out.push(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
+                    out.push(b'0' + octet / 10 % 10);
                 }
-                out.push(char::from(b'0' + octet % 10));
+                out.push(b'0' + octet % 10);
             }
         }
         IpAddr::V6(v6) => {
-            use std::fmt::Write as _;
+            use std::io::Write as _;
             let _ = write!(out, "{v6}");
         }
     }
@@ -168,65 +219,69 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 
 /// Appends a `Forwarded` parameter value: a token as is, anything else
 /// quoted (with `"` and `\` escaped).
-fn push_forwarded_value(out: &mut String, v: &str) {
+fn push_forwarded_value(out: &mut Vec<u8>, v: &str) {
     if !v.is_empty() && switchyard_proto::extensions::is_token(v) {
-        out.push_str(v);
+        out.extend_from_slice(v.as_bytes());
         return;
     }
-    out.push('"');
-    for c in v.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
+    out.push(b'"');
+    for &b in v.as_bytes() {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
         }
-        out.push(c);
+        out.push(b);
     }
-    out.push('"');
+    out.push(b'"');
 }
 
-/// Add `X-Forwarded-For` (appended), `X-Forwarded-Proto`,
-/// `X-Forwarded-Host` and `Forwarded` (appended element).
-///
-/// On every proxied request, so built without `format!` or intermediate
-/// collections: each value is one `String` that becomes the header's bytes.
-fn add_forwarding_headers(headers: &mut HeaderMap, client: &ClientInfo, host: Option<&str>) {
+/// Appends `X-Forwarded-For` and `Forwarded` (the client's lines of each,
+/// valid text only, then the new element, as one field line),
+/// `X-Forwarded-Proto` and, with a host, `X-Forwarded-Host`.
+fn push_forwarding_fields(
+    out: &mut Vec<u8>,
+    fields: &HeaderMap,
+    hop: &HopByHop<'_>,
+    client: &ClientInfo,
+    host: Option<&str>,
+) {
     let ip = client.addr.ip();
     let proto = if client.tls { "https" } else { "http" };
-    if let Some(v) = appended(headers, &X_FORWARDED_FOR, |out| push_ip(out, ip)) {
-        headers.insert(X_FORWARDED_FOR, v);
+    push_list_field(out, fields, hop, &X_FORWARDED_FOR, |out| push_ip(out, ip));
+    push_field(out, b"x-forwarded-proto", proto.as_bytes());
+    if let Some(h) = host {
+        push_field(out, b"x-forwarded-host", h.as_bytes());
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(X_FORWARDED_HOST, h);
-    }
-    if let Some(v) = appended(headers, &FORWARDED, |out| {
-        out.push_str("for=");
+    push_list_field(out, fields, hop, &FORWARDED, |out| {
+        out.extend_from_slice(b"for=");
         push_forwarded_node(out, ip);
         if let Some(h) = host {
-            out.push_str(";host=");
+            out.extend_from_slice(b";host=");
             push_forwarded_value(out, h);
         }
-        out.push_str(";proto=");
-        out.push_str(proto);
-    }) {
-        headers.insert(FORWARDED, v);
-    }
+        out.extend_from_slice(b";proto=");
+        out.extend_from_slice(proto.as_bytes());
+    });
 }
 
-/// One value for the list field `name`: its present lines (valid text
-/// only), then the element `push` writes, comma-separated.
-fn appended(
-    headers: &HeaderMap,
+/// The list field `name` as one line: the client's lines (valid text only,
+/// none when `Connection` named the field), then the element `push` writes.
+fn push_list_field(
+    out: &mut Vec<u8>,
+    fields: &HeaderMap,
+    hop: &HopByHop<'_>,
     name: &HeaderName,
-    push: impl FnOnce(&mut String),
-) -> Option<HeaderValue> {
-    let mut out = String::with_capacity(64);
-    for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
-        out.push_str(v);
-        out.push_str(", ");
+    push: impl FnOnce(&mut Vec<u8>),
+) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    if !hop.drops(name) {
+        for v in fields.get_all(name).iter().filter(|v| v.to_str().is_ok()) {
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b", ");
+        }
     }
-    push(&mut out);
-    // The String's buffer becomes the value's bytes (no copy).
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+    push(out);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `name[/version]` in lowercase, as forwarded and matched against the
@@ -249,6 +304,10 @@ fn backend_host(backend: &Backend) -> String {
         _ => host.to_string(),
     }
 }
+
+/// A head's first bytes: room for the request line and the usual fields,
+/// so the head is written without reallocation in the common case.
+const HEAD_CAPACITY: usize = 1024;
 
 /// Build the upstream request for an HTTP/1.1 client request.
 ///
@@ -276,7 +335,8 @@ pub fn forward_request(
     } else {
         Vec::new()
     };
-    if has_body(req.headers()) {
+    let fields = req.headers();
+    if has_body(fields) {
         return Err(if tokens.is_empty() {
             Refusal::new(
                 StatusCode::NOT_IMPLEMENTED,
@@ -290,65 +350,59 @@ pub fn forward_request(
             )
         });
     }
-
-    let mut headers = req.headers().clone();
-    let client_host = headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    strip_hop_by_hop(&mut headers);
-    headers.remove(HOST);
-    let host = if opts.preserve_host {
-        client_host.clone()
-    } else {
-        Some(backend_host(backend))
-    };
-    if let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(HOST, v);
-    }
     let websocket = tokens.iter().any(|t| t == "websocket");
-    if !websocket {
-        for h in [SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION] {
-            headers.remove(h);
-        }
-    }
-    let mut ws_key = None;
-    if !tokens.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&tokens.join(", ")) {
-            headers.insert(UPGRADE, v);
-        }
-        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        if websocket {
-            let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
-            match (keys.next(), keys.next()) {
-                (Some(k), None) => ws_key = k.to_str().ok().map(str::to_string),
-                _ => {
-                    return Err(bad_request(
-                        Reason::BadKey,
-                        "a websocket upgrade needs exactly one Sec-WebSocket-Key",
-                    ))
-                }
+    let ws_key = if websocket {
+        let mut keys = fields.get_all(SEC_WEBSOCKET_KEY).iter();
+        match (keys.next(), keys.next()) {
+            (Some(k), None) => k.to_str().ok().map(str::to_string),
+            _ => {
+                return Err(bad_request(
+                    Reason::BadKey,
+                    "a websocket upgrade needs exactly one Sec-WebSocket-Key",
+                ))
             }
         }
     } else {
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    add_forwarding_headers(&mut headers, client, client_host.as_deref());
+        None
+    };
+    let client_host = fields
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let backend_authority;
+    let host = if opts.preserve_host {
+        client_host
+    } else {
+        backend_authority = backend_host(backend);
+        Some(backend_authority.as_str())
+    };
+    let hop = HopByHop::of(fields);
 
-    let mut head = Request::new(());
-    *head.method_mut() = req.method().clone();
-    *head.version_mut() = Version::HTTP_11;
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .parse()
-        .map_err(|_| bad_request(Reason::BadTarget, "the request target cannot be forwarded"))?;
-    *head.uri_mut() = target;
-    *head.headers_mut() = headers;
+    let mut head = Vec::with_capacity(HEAD_CAPACITY);
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    push_request_line(&mut head, req.method(), target);
+    if let Some(h) = host {
+        push_field(&mut head, b"host", h.as_bytes());
+    }
+    push_end_to_end(&mut head, fields, &hop, client_host.is_some(), |n| {
+        !websocket && (*n == SEC_WEBSOCKET_KEY || *n == SEC_WEBSOCKET_VERSION)
+    });
+    if let [first, rest @ ..] = tokens.as_slice() {
+        head.extend_from_slice(b"upgrade: ");
+        head.extend_from_slice(first.as_bytes());
+        for t in rest {
+            head.extend_from_slice(b", ");
+            head.extend_from_slice(t.as_bytes());
+        }
+        head.extend_from_slice(b"\r\nconnection: Upgrade\r\n");
+    } else {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    push_forwarding_fields(&mut head, fields, &hop, client, client_host);
+    head.extend_from_slice(b"\r\n");
     Ok(UpstreamRequest {
         head,
+        method: req.method().clone(),
         upgrade_tokens: tokens,
         ws_key,
     })
@@ -384,45 +438,36 @@ pub fn translate_extended_connect(
             format!(":protocol {protocol:?} cannot be translated to HTTP/1.1; only websocket is"),
         ));
     }
-    let mut headers = req.headers().clone();
-    strip_hop_by_hop(&mut headers);
-    for h in [
-        HOST,
-        SEC_WEBSOCKET_KEY,
-        SEC_WEBSOCKET_VERSION,
-        SEC_WEBSOCKET_ACCEPT,
-    ] {
-        headers.remove(h);
-    }
-    let authority = req.uri().authority().map(|a| a.to_string());
+    let fields = req.headers();
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let backend_authority;
     let host = if opts.preserve_host {
-        authority.clone()
+        authority
     } else {
-        Some(backend_host(backend))
+        backend_authority = backend_host(backend);
+        Some(backend_authority.as_str())
     };
-    if let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(HOST, v);
-    }
+    let hop = HopByHop::of(fields);
     let key = generate_key();
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-    if let Ok(v) = HeaderValue::from_str(&key) {
-        headers.insert(SEC_WEBSOCKET_KEY, v);
+
+    let mut head = Vec::with_capacity(HEAD_CAPACITY);
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    push_request_line(&mut head, &Method::GET, target);
+    if let Some(h) = host {
+        push_field(&mut head, b"host", h.as_bytes());
     }
-    add_forwarding_headers(&mut headers, client, authority.as_deref());
-    let mut head = Request::new(());
-    *head.method_mut() = Method::GET;
-    *head.version_mut() = Version::HTTP_11;
-    *head.uri_mut() = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .parse()
-        .map_err(|_| bad_request(Reason::BadTarget, "the :path cannot be forwarded"))?;
-    *head.headers_mut() = headers;
+    push_end_to_end(&mut head, fields, &hop, authority.is_some(), |n| {
+        *n == SEC_WEBSOCKET_KEY || *n == SEC_WEBSOCKET_VERSION || *n == SEC_WEBSOCKET_ACCEPT
+    });
+    head.extend_from_slice(
+        b"upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\n",
+    );
+    push_field(&mut head, b"sec-websocket-key", key.as_bytes());
+    push_forwarding_fields(&mut head, fields, &hop, client, authority);
+    head.extend_from_slice(b"\r\n");
     Ok(UpstreamRequest {
         head,
+        method: Method::GET,
         upgrade_tokens: vec!["websocket".to_string()],
         ws_key: Some(key),
     })
@@ -521,20 +566,20 @@ pub fn verify_accept(headers: &HeaderMap, key: &str) -> Result<(), SwitchError> 
     }
 }
 
-/// The 101 the HTTP/1.1 client gets: the upstream's, hop-by-hop fields
-/// removed, `Upgrade: <token>` and `Connection: Upgrade` set again.
-pub fn client_switch_response(upstream: &Response<()>, token: &str) -> Response<()> {
-    let mut headers = upstream.headers().clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(CONTENT_LENGTH);
-    if let Ok(v) = HeaderValue::from_str(token) {
-        headers.insert(UPGRADE, v);
+/// Writes the 101 the HTTP/1.1 client gets: the upstream's fields without
+/// the hop-by-hop ones and `Content-Length`, then `Upgrade: <token>` and
+/// `Connection: Upgrade`.
+pub fn write_client_switch(upstream: &Response<()>, token: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    let fields = upstream.headers();
+    let hop = HopByHop::of(fields);
+    for (name, value) in fields {
+        if *name != CONTENT_LENGTH && !hop.drops(name) {
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
-    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    let mut resp = Response::new(());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *resp.headers_mut() = headers;
-    resp
+    push_field(out, b"upgrade", token.as_bytes());
+    out.extend_from_slice(b"connection: Upgrade\r\n\r\n");
 }
 
 /// The 200 an HTTP/2 or HTTP/3 extended CONNECT client gets after a
@@ -556,7 +601,21 @@ pub fn extended_connect_response(upstream: &Response<()>) -> Response<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use switchyard_proto::handshake::accept_key;
+    use switchyard_proto::head::{RequestParser, ResponseParser};
+    use switchyard_proto::Limits;
+
+    /// The head sent upstream, parsed back by the strict parser (so it is
+    /// also well-formed HTTP/1.1, Host included).
+    fn sent(up: &UpstreamRequest) -> Request<()> {
+        let (req, used) = RequestParser::new(&Limits::default())
+            .feed(&up.head)
+            .unwrap()
+            .expect("a complete head");
+        assert_eq!(used, up.head.len(), "bytes after the head");
+        req
+    }
 
     fn backend() -> Backend {
         Backend {
@@ -603,14 +662,14 @@ mod tests {
     #[test]
     fn websocket_upgrade_is_forwarded_explicitly() {
         let up = fwd(&ws_request(&[])).unwrap();
-        let h = up.head.headers();
+        let h = &sent(&up).headers().clone();
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "Upgrade");
         assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
         assert_eq!(up.ws_key.as_deref(), Some("dGhlIHNhbXBsZSBub25jZQ=="));
         assert_eq!(up.upgrade_tokens, vec!["websocket"]);
-        assert_eq!(up.head.uri(), "/chat?room=1");
-        assert_eq!(up.head.method(), Method::GET);
+        assert_eq!(sent(&up).uri(), "/chat?room=1");
+        assert_eq!(sent(&up).method(), Method::GET);
     }
 
     #[test]
@@ -626,7 +685,7 @@ mod tests {
         };
         let up = fwd_with(&req, &policy).unwrap();
         assert_eq!(up.upgrade_tokens, vec!["websocket", "chat/v2"]);
-        assert_eq!(up.head.headers()["upgrade"], "websocket, chat/v2");
+        assert_eq!(sent(&up).headers()["upgrade"], "websocket, chat/v2");
     }
 
     #[test]
@@ -642,7 +701,7 @@ mod tests {
             ("x-kept", "yes"),
         ]);
         let up = fwd(&req).unwrap();
-        let h = up.head.headers();
+        let h = &sent(&up).headers().clone();
         for gone in [
             "keep-alive",
             "x-secret",
@@ -670,8 +729,8 @@ mod tests {
             .body(())
             .unwrap();
         let up = fwd(&req).unwrap();
-        assert_eq!(up.head.headers()["upgrade"], "websocket");
-        assert!(!up.head.headers().contains_key("http2-settings"));
+        assert_eq!(sent(&up).headers()["upgrade"], "websocket");
+        assert!(!sent(&up).headers().contains_key("http2-settings"));
 
         // Only h2c offered: plain request, no Upgrade, no HTTP2-Settings.
         let req = Request::builder()
@@ -684,9 +743,9 @@ mod tests {
             .unwrap();
         let up = fwd(&req).unwrap();
         assert!(!up.is_upgrade());
-        assert!(!up.head.headers().contains_key("upgrade"));
-        assert!(!up.head.headers().contains_key("http2-settings"));
-        assert_eq!(up.head.headers()["connection"], "close");
+        assert!(!sent(&up).headers().contains_key("upgrade"));
+        assert!(!sent(&up).headers().contains_key("http2-settings"));
+        assert_eq!(sent(&up).headers()["connection"], "close");
 
         // A second allowed token passes when the policy has it.
         let policy = Policy {
@@ -702,7 +761,7 @@ mod tests {
             .unwrap();
         let up = fwd_with(&req, &policy).unwrap();
         assert_eq!(up.upgrade_tokens, vec!["foo"]);
-        assert_eq!(up.head.headers()["upgrade"], "foo");
+        assert_eq!(sent(&up).headers()["upgrade"], "foo");
     }
 
     #[test]
@@ -711,8 +770,8 @@ mod tests {
         *req.method_mut() = Method::POST;
         let up = fwd(&req).unwrap();
         assert!(!up.is_upgrade());
-        assert!(!up.head.headers().contains_key("upgrade"));
-        assert!(!up.head.headers().contains_key("sec-websocket-key"));
+        assert!(!sent(&up).headers().contains_key("upgrade"));
+        assert!(!sent(&up).headers().contains_key("sec-websocket-key"));
         // And a 101 to it is never trusted.
         let resp = Response::builder()
             .status(101)
@@ -764,7 +823,7 @@ mod tests {
             ("forwarded", "for=203.0.113.1"),
         ]))
         .unwrap();
-        let h = up.head.headers();
+        let h = &sent(&up).headers().clone();
         // Every present line, in order, then the client: one field line.
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(
@@ -790,7 +849,7 @@ mod tests {
             &ForwardOptions::default(),
         )
         .unwrap();
-        let h = up.head.headers();
+        let h = &sent(&up).headers().clone();
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(
@@ -798,16 +857,16 @@ mod tests {
             "for=\"[2001:db8::1]\";host=chat.example;proto=https"
         );
         // IPv4-mapped addresses are written as IPv4.
-        let written = |f: fn(&mut String, IpAddr), ip: &str| {
-            let mut out = String::new();
+        let written = |f: fn(&mut Vec<u8>, IpAddr), ip: &str| {
+            let mut out = Vec::new();
             f(&mut out, ip.parse().unwrap());
-            out
+            String::from_utf8(out).unwrap()
         };
         assert_eq!(written(push_forwarded_node, "::ffff:10.1.2.3"), "10.1.2.3");
         assert_eq!(written(push_ip, "::ffff:10.1.2.3"), "10.1.2.3");
-        let mut value = String::new();
+        let mut value = Vec::new();
         push_forwarded_value(&mut value, "a \"b\\");
-        assert_eq!(value, r#""a \"b\\""#);
+        assert_eq!(String::from_utf8(value).unwrap(), r#""a \"b\\""#);
     }
 
     #[test]
@@ -818,9 +877,9 @@ mod tests {
                 std::net::Ipv4Addr::new(99, octet, 100, 255),
                 std::net::Ipv4Addr::new(1, 22, octet, octet),
             ] {
-                let mut out = String::new();
+                let mut out = Vec::new();
                 push_ip(&mut out, IpAddr::V4(ip));
-                assert_eq!(out, ip.to_string());
+                assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
             }
         }
     }
@@ -828,7 +887,7 @@ mod tests {
     #[test]
     fn host_preserved_or_replaced() {
         let up = fwd(&ws_request(&[])).unwrap();
-        assert_eq!(up.head.headers()["host"], "chat.example");
+        assert_eq!(sent(&up).headers()["host"], "chat.example");
         let opts = ForwardOptions {
             preserve_host: false,
         };
@@ -840,14 +899,14 @@ mod tests {
             &opts,
         )
         .unwrap();
-        assert_eq!(up.head.headers()["host"], "10.0.0.9:9000");
+        assert_eq!(sent(&up).headers()["host"], "10.0.0.9:9000");
         let b = Backend {
             url: "wss://chat.internal".parse().unwrap(),
         };
         let up =
             forward_request(&ws_request(&[]), &client(), &Policy::default(), &b, &opts).unwrap();
-        assert_eq!(up.head.headers()["host"], "chat.internal");
-        assert_eq!(up.head.headers().get_all("host").iter().count(), 1);
+        assert_eq!(sent(&up).headers()["host"], "chat.internal");
+        assert_eq!(sent(&up).headers().get_all("host").iter().count(), 1);
     }
 
     fn switch_response(token: &str, accept: Option<&str>) -> Response<()> {
@@ -908,7 +967,7 @@ mod tests {
     }
 
     #[test]
-    fn client_switch_response_strips_hop_by_hop() {
+    fn client_switch_strips_hop_by_hop() {
         let mut r = switch_response("websocket", Some("x"));
         r.headers_mut().insert("keep-alive", "1".parse().unwrap());
         r.headers_mut()
@@ -917,7 +976,13 @@ mod tests {
             .insert("x-internal", "secret".parse().unwrap());
         r.headers_mut()
             .insert("sec-websocket-protocol", "chat".parse().unwrap());
-        let c = client_switch_response(&r, "websocket");
+        let mut out = Vec::new();
+        write_client_switch(&r, "websocket", &mut out);
+        let (c, used) = ResponseParser::new(&Limits::default())
+            .feed(&out)
+            .unwrap()
+            .expect("a complete head");
+        assert_eq!(used, out.len());
         assert_eq!(c.status(), 101);
         assert!(!c.headers().contains_key("keep-alive"));
         assert!(!c.headers().contains_key("x-internal"));
@@ -958,9 +1023,9 @@ mod tests {
             &ForwardOptions::default(),
         )
         .unwrap();
-        let h = a.head.headers();
-        assert_eq!(a.head.method(), Method::GET);
-        assert_eq!(a.head.uri(), "/ws?x=1");
+        let h = &sent(&a).headers().clone();
+        assert_eq!(sent(&a).method(), Method::GET);
+        assert_eq!(sent(&a).uri(), "/ws?x=1");
         assert_eq!(h["host"], "chat.example");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "Upgrade");

@@ -55,7 +55,6 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
 use switchyard::client::MaybeTlsStream;
-use switchyard_proto::head;
 use switchyard_proto::Limits;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -1124,11 +1123,9 @@ where
         }
         frame_aware = Some(cfg);
     }
-    let resp = forward::client_switch_response(&response, &token);
-    drop(response);
     let mut out = Vec::with_capacity(256 + up_leftover.len());
-    head::write_response_head(&resp, &mut out);
-    drop(resp);
+    forward::write_client_switch(&response, &token, &mut out);
+    drop(response);
     let transparent = mode == TunnelMode::Transparent;
     if transparent {
         out.extend_from_slice(&up_leftover);

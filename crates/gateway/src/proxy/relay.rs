@@ -140,10 +140,8 @@ pub async fn exchange<U: AsyncRead + AsyncWrite + Unpin>(
     timeout: Duration,
     max_body: usize,
 ) -> Result<UpstreamAnswer, ExchangeError> {
-    let mut out = Vec::with_capacity(512);
-    head::write_request_head(&sent.head, &mut out);
     let (response, leftover) = match tokio::time::timeout(timeout, async {
-        upstream.write_all(&out).await?;
+        upstream.write_all(&sent.head).await?;
         upstream.flush().await?;
         read_final_head(upstream, limits).await
     })
@@ -160,7 +158,7 @@ pub async fn exchange<U: AsyncRead + AsyncWrite + Unpin>(
             leftover,
         });
     }
-    let head_request = sent.head.method() == http::Method::HEAD;
+    let head_request = sent.method == http::Method::HEAD;
     let body = match tokio::time::timeout(
         timeout,
         read_body(upstream, &response, leftover, head_request, max_body),
@@ -494,10 +492,9 @@ mod tests {
     }
 
     fn plain() -> UpstreamRequest {
-        let mut head = http::Request::new(());
-        *head.uri_mut() = "/".parse().unwrap();
         UpstreamRequest {
-            head,
+            head: b"GET / HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n".to_vec(),
+            method: http::Method::GET,
             upgrade_tokens: vec![],
             ws_key: None,
         }
