@@ -4,10 +4,10 @@
 //! of its line exactly once and each complete line is validated exactly once,
 //! so the total work is O(total bytes) however the head is split. (Re-scanning
 //! the whole buffer on every read made tungstenite quadratic:
-//! CVE-2023-43669.) The head bytes are copied once into the parser's own
-//! buffer (never more than `max_head_bytes`), which then backs the header
-//! values and the URI without further copies; bytes after the head are never
-//! copied or consumed.
+//! CVE-2023-43669.) Each read is copied once into the parser's own buffer
+//! (never more than `max_head_bytes` in all), which then backs the header
+//! values and the URI without further copies; bytes after the head are cut
+//! off that buffer again and never consumed.
 //!
 //! Caps (from [`Limits`]): more than `max_head_bytes` head bytes fails with
 //! [`HeadError::TooLarge`] as soon as the limit is crossed, more than
@@ -215,23 +215,27 @@ impl HeadScanner {
             self.buf
                 .reserve(data.len().max(256).min(self.max_head_bytes));
         }
-        let mut pos = 0;
-        while let Some(rest) = data.get(pos..).filter(|r| !r.is_empty()) {
-            // Never look further than the byte budget: a 1 MiB read of junk is
-            // refused after max_head_bytes bytes, not after scanning it all.
-            let room = self.max_head_bytes.saturating_sub(self.buf.len());
-            let window = rest.get(..room).unwrap_or(rest);
-            let Some(i) = find_lf(window) else {
+        // Never take more than the byte budget: a 1 MiB read of junk is
+        // refused after max_head_bytes bytes, not after scanning it all. The
+        // budget is copied in one piece (one copy per read, not per line);
+        // whatever follows the head's end is cut off again below.
+        let room = self.max_head_bytes.saturating_sub(self.buf.len());
+        let window = data.get(..room).unwrap_or(data);
+        let base = self.buf.len();
+        self.buf.extend_from_slice(window);
+        // Only the new bytes are searched: a pending line's start was searched before.
+        let mut scan = base;
+        loop {
+            let Some(i) = self.buf.get(scan..).and_then(find_lf) else {
                 #[cfg(test)]
                 {
-                    self.work += window.len();
+                    self.work += self.buf.len() - scan;
                 }
-                if rest.len() > room {
+                if data.len() > room {
                     return Err(HeadError::TooLarge {
                         limit: self.max_head_bytes,
                     });
                 }
-                self.buf.extend_from_slice(rest);
                 self.seen = self.buf.len();
                 return Ok(None);
             };
@@ -239,26 +243,27 @@ impl HeadScanner {
             {
                 self.work += i + 1;
             }
-            self.buf
-                .extend_from_slice(window.get(..i).unwrap_or_default());
+            let lf = scan + i;
             let at = self.line_start;
-            // The LF is not stored: the next line starts one byte later.
-            self.line_start = self.buf.len() + 1;
-            let done = self.line(at, start);
-            self.buf.push(b'\n');
-            self.seen = self.buf.len();
-            pos += i + 1;
-            if done? {
-                return Ok(Some(pos));
+            self.line_start = lf + 1;
+            scan = lf + 1;
+            self.seen = scan;
+            if self.line(at, lf, start)? {
+                self.buf.truncate(scan);
+                return Ok(Some(scan - base));
             }
         }
-        Ok(None)
     }
 
-    /// The line `buf[at..]` (LF excluded). `Ok(true)` at the blank line that
-    /// ends the head.
-    fn line(&mut self, at: usize, start: &mut OnStartLine<'_>) -> Result<bool, HeadError> {
-        let line = self.buf.get(at..).unwrap_or_default();
+    /// The line `buf[at..lf]` (the LF at `lf` excluded). `Ok(true)` at the
+    /// blank line that ends the head.
+    fn line(
+        &mut self,
+        at: usize,
+        lf: usize,
+        start: &mut OnStartLine<'_>,
+    ) -> Result<bool, HeadError> {
+        let line = self.buf.get(at..lf).unwrap_or_default();
         let Some((b'\r', content)) = line.split_last() else {
             return Err(HeadError::BareLf {
                 at: at + line.len(),
@@ -337,26 +342,12 @@ fn parse_field(line: &[u8], at: usize) -> Result<(HeaderName, usize, usize), Hea
     if let Some(b' ' | b'\t') = line.first() {
         return Err(HeadError::ObsFold { at });
     }
-    let mut colon = None;
-    for (i, &b) in line.iter().enumerate() {
-        if b == b':' {
-            colon = Some(i);
-            break;
-        }
-        if !is_tchar(b) {
-            return Err(match b {
-                b' ' | b'\t' => HeadError::HeaderLine {
-                    at: at + i,
-                    why: "whitespace in the field name or between it and the colon",
-                },
-                b'\r' => HeadError::BareCr { at: at + i },
-                0..=0x1f | 0x7f => HeadError::ControlByte {
-                    byte: b,
-                    at: at + i,
-                },
-                _ => HeadError::InvalidHeaderName { at: at + i },
-            });
-        }
+    // The name ends at the first colon; its bytes are checked branch-free
+    // and the culprit is located only on error.
+    let colon = find_byte(line, b':');
+    let name = line.get(..colon.unwrap_or(line.len())).unwrap_or_default();
+    if !name.iter().fold(true, |ok, &b| ok & is_tchar(b)) {
+        return Err(bad_name_byte(name, at));
     }
     let Some(colon) = colon else {
         return Err(HeadError::HeaderLine {
@@ -389,6 +380,29 @@ fn parse_field(line: &[u8], at: usize) -> Result<(HeaderName, usize, usize), Hea
     Ok((name, from, from + trim_ows(value).len()))
 }
 
+/// The error for the first byte of a field name (at head offset `at`)
+/// that is not a token character.
+fn bad_name_byte(name: &[u8], at: usize) -> HeadError {
+    let (i, b) = name
+        .iter()
+        .copied()
+        .enumerate()
+        .find(|&(_, b)| !is_tchar(b))
+        .unwrap_or_default();
+    match b {
+        b' ' | b'\t' => HeadError::HeaderLine {
+            at: at + i,
+            why: "whitespace in the field name or between it and the colon",
+        },
+        b'\r' => HeadError::BareCr { at: at + i },
+        0..=0x1f | 0x7f => HeadError::ControlByte {
+            byte: b,
+            at: at + i,
+        },
+        _ => HeadError::InvalidHeaderName { at: at + i },
+    }
+}
+
 /// The error for the first byte of a field value that is not HTAB, SP,
 /// VCHAR or obs-text (`value` starts at head offset `at`).
 fn bad_value_byte(value: &[u8], at: usize) -> HeadError {
@@ -410,28 +424,36 @@ fn bad_value_byte(value: &[u8], at: usize) -> HeadError {
     }
 }
 
-/// Index of the first LF in `s`. Word-at-a-time (SWAR) over 8-byte chunks,
-/// like `memchr`, without `unsafe` or a dependency.
+/// Index of the first LF in `s`.
 fn find_lf(s: &[u8]) -> Option<usize> {
+    find_byte(s, b'\n')
+}
+
+/// Index of the first `needle` in `s`. Word-at-a-time (SWAR) over 8-byte
+/// chunks, like `memchr`, without `unsafe` or a dependency.
+fn find_byte(s: &[u8], needle: u8) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    const LF: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let pattern = u64::from_ne_bytes([needle; 8]);
     let mut chunks = s.chunks_exact(8);
     let mut base = 0;
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
-        let x = u64::from_ne_bytes(word) ^ LF;
-        // Non-zero exactly when some byte of `x` is zero, i.e. an LF.
-        if x.wrapping_sub(ONES) & !x & HIGH != 0 {
-            return chunk.iter().position(|&b| b == b'\n').map(|i| base + i);
+        let x = u64::from_le_bytes(word) ^ pattern;
+        // Non-zero exactly when some byte of `x` is zero, i.e. a `needle`;
+        // its lowest set bit is in the first such byte (a borrow can only
+        // mark bytes above a zero byte, never below it).
+        let found = x.wrapping_sub(ONES) & !x & HIGH;
+        if found != 0 {
+            return Some(base + found.trailing_zeros() as usize / 8);
         }
         base += 8;
     }
     chunks
         .remainder()
         .iter()
-        .position(|&b| b == b'\n')
+        .position(|&b| b == needle)
         .map(|i| base + i)
 }
 
@@ -448,6 +470,12 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 /// A start line is visible ASCII and single spaces only (reason phrases may
 /// also hold HTAB and obs-text; the response parser checks those itself).
 fn check_start_line_bytes(line: &[u8], at: usize) -> Result<(), HeadError> {
+    // Branch-free so it vectorizes; the culprit is located only on error.
+    if line.iter().fold(true, |ok, &b| {
+        ok & (((b >= 0x20) & (b != 0x7f)) | (b == b'\t'))
+    }) {
+        return Ok(());
+    }
     for (i, &b) in line.iter().enumerate() {
         match b {
             b'\r' => return Err(HeadError::BareCr { at: at + i }),
@@ -978,6 +1006,17 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSoc
         // Bytes that trip naive has-zero tricks (0x0b, 0x8a, 0x0a + 0x80).
         assert_eq!(find_lf(b"\x0b\x8a\x8a\x0b\x0b\x8a\x0b\x0b\x0b\n"), Some(9));
         assert_eq!(find_lf(b"\x8a\x8a\x8a\x8a\x8a\x8a\x8a\x8a"), None);
+        // The byte after a match differs from it in the lowest bit only: the
+        // borrow marks it too, and the first match must still win.
+        assert_eq!(find_lf(b"abc\n\x0bxyz"), Some(3));
+        assert_eq!(find_byte(b"x-name:;value", b':'), Some(6));
+        for len in 0..24 {
+            let s: Vec<u8> = (0..len).map(|i| b":;"[i % 2]).collect();
+            for from in 0..len {
+                let naive = s[from..].iter().position(|&b| b == b':');
+                assert_eq!(find_byte(&s[from..], b':'), naive, "len {len} from {from}");
+            }
+        }
     }
 
     /// Outcome of parsing `data` fed in the given chunk sizes (cycled).
