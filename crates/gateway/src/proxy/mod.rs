@@ -633,7 +633,7 @@ where
         Ok(s) => s,
         Err(e) => {
             let outcome = ProxyOutcome {
-                kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::Io(e.to_string()))),
+                kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::Io(e.kind()))),
                 reason: Reason::Switched,
                 detail: format!("sending the 200 failed: {e}"),
                 backend: Some(backend),
@@ -1142,7 +1142,7 @@ where
     .await;
     if let Err(e) = written {
         return Handshake::Done(ProxyOutcome {
-            kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::Io(e.to_string()))),
+            kind: OutcomeKind::Tunneled(empty_report(TunnelEnd::Io(e.kind()))),
             reason: Reason::Switched,
             detail: format!("writing the 101 failed: {e}"),
             backend: Some(backend),

@@ -99,8 +99,10 @@ pub enum TunnelEnd {
     ClientViolation(u16),
     /// The upstream broke the protocol or a limit.
     UpstreamViolation(u16),
-    /// Transparent: an I/O error on either side.
-    Io(String),
+    /// Transparent: an I/O error on either side. Its kind only: peers that
+    /// reset are common, and the OS message was formatted on every such end
+    /// and never shown.
+    Io(std::io::ErrorKind),
     /// No traffic for the idle timeout.
     Idle,
     /// Shutdown.
@@ -280,7 +282,7 @@ where
     let end = tokio::select! {
         r = copy_both_ways(&mut a, &mut b, &mut to_upstream, &mut to_client) => match r {
             Ok(_) => TunnelEnd::Finished,
-            Err(e) => TunnelEnd::Io(e.to_string()),
+            Err(e) => TunnelEnd::Io(e.kind()),
         },
         _ = activity.idle(idle) => TunnelEnd::Idle,
         _ = shutdown => TunnelEnd::Shutdown,
@@ -339,7 +341,7 @@ pub async fn transparent_tcp<O: TunnelObserver>(
     let end = tokio::select! {
         r = copy => match r {
             Ok(()) => TunnelEnd::Finished,
-            Err(e) => TunnelEnd::Io(e.to_string()),
+            Err(e) => TunnelEnd::Io(e.kind()),
         },
         _ = activity.idle(idle) => TunnelEnd::Idle,
         _ = shutdown => TunnelEnd::Shutdown,
