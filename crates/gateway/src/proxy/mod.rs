@@ -794,17 +794,11 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let decided = Instant::now();
-    // An upgrade request that fails is kept in the failures ring with its
-    // fields (taken now: the handshake consumes the request).
-    let fields = req
-        .headers()
-        .contains_key(http::header::UPGRADE)
-        .then(|| UpgradeFields::of(req.headers()));
     // Boxed: the handshake phase (request, upstream exchange, parsers,
     // heads) is large and over before the tunnel starts.
     let start = Box::pin(h1_handshake(
         &mut client,
-        req,
+        &req,
         leftover,
         client_info,
         route,
@@ -819,12 +813,14 @@ where
                 .metrics
                 .upgrade_attempt(route.label, result, reason);
             log_h1(route, client_info.addr, &outcome);
-            if let Some(fields) = fields {
+            // An upgrade request that fails is kept in the failures ring
+            // with its fields.
+            if req.headers().contains_key(http::header::UPGRADE) {
                 route.ctx.metrics.failures().record(
                     client_info.addr,
                     route.label,
                     HttpVersion::Http1,
-                    fields,
+                    UpgradeFields::of(req.headers()),
                     outcome.reason,
                     &outcome.detail,
                 );
@@ -1008,7 +1004,7 @@ enum Handshake {
 /// refusal / relayed answer) to the client.
 async fn h1_handshake<C>(
     client: &mut C,
-    req: Request<()>,
+    req: &Request<()>,
     leftover: BytesMut,
     client_info: ClientInfo,
     route: ProxyRoute<'_>,
@@ -1034,10 +1030,9 @@ where
         preserve_host: policy.preserve_host,
     };
     let attempt = upstream_upgrade(group, &ctx.limits, ctx.max_relayed_body, |backend| {
-        forward::forward_request(&req, &client_info, policy, backend, &opts)
+        forward::forward_request(req, &client_info, policy, backend, &opts)
     })
     .await;
-    drop(req);
     let attempt = match attempt {
         Ok(a) => a,
         Err(r) => {
