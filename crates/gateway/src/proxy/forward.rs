@@ -525,30 +525,30 @@ pub fn verify_switch(resp: &Response<()>, sent: &UpstreamRequest) -> Result<Stri
         return Err(SwitchError::Unrequested);
     }
     let h = resp.headers();
-    let tokens: Vec<&str> = header_tokens(h, &UPGRADE).collect();
-    let got = tokens.join(", ");
-    let token = match tokens.as_slice() {
-        [one] => one.to_ascii_lowercase(),
-        _ => {
-            return Err(SwitchError::WrongToken {
-                got,
-                offered: sent.upgrade_tokens.join(", "),
-            })
-        }
+    let wrong_token = || SwitchError::WrongToken {
+        got: header_tokens(h, &UPGRADE).collect::<Vec<_>>().join(", "),
+        offered: sent.upgrade_tokens.join(", "),
     };
-    if !sent.upgrade_tokens.contains(&token) {
-        return Err(SwitchError::WrongToken {
-            got,
-            offered: sent.upgrade_tokens.join(", "),
-        });
-    }
+    // Exactly one token, one that was offered (the texts for the error
+    // are made only when there is one).
+    let mut tokens = header_tokens(h, &UPGRADE);
+    let (Some(one), None) = (tokens.next(), tokens.next()) else {
+        return Err(wrong_token());
+    };
+    let Some(token) = sent
+        .upgrade_tokens
+        .iter()
+        .find(|t| t.eq_ignore_ascii_case(one))
+    else {
+        return Err(wrong_token());
+    };
     if !switchyard_proto::upgrade::connection_has(h, "upgrade") {
         return Err(SwitchError::NoConnectionUpgrade);
     }
     if token == "websocket" {
         verify_accept(h, sent.ws_key.as_deref().unwrap_or_default())?;
     }
-    Ok(token)
+    Ok(token.clone())
 }
 
 /// Whether `headers` hold exactly one `Sec-WebSocket-Accept` equal to the
