@@ -609,7 +609,20 @@ fn check_framing(headers: &HeaderMap, version: Version) -> Result<(), HeadError>
     Ok(())
 }
 
-fn check_host(headers: &HeaderMap, version: Version) -> Result<(), HeadError> {
+/// `part` as a slice of `buf` when it lies within it (no copy), else a copy
+/// (`Bytes::slice_ref` would panic).
+fn shared_slice(buf: &bytes::Bytes, part: &[u8]) -> bytes::Bytes {
+    let (outer, inner) = (buf.as_ptr_range(), part.as_ptr_range());
+    if outer.start <= inner.start && inner.end <= outer.end {
+        buf.slice_ref(part)
+    } else {
+        bytes::Bytes::copy_from_slice(part)
+    }
+}
+
+/// `head` is the buffer the header values share: the `Host` value is
+/// parsed as a slice of it, without a copy.
+fn check_host(head: &bytes::Bytes, headers: &HeaderMap, version: Version) -> Result<(), HeadError> {
     let mut hosts = headers.get_all(HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
@@ -632,7 +645,8 @@ fn check_host(headers: &HeaderMap, version: Version) -> Result<(), HeadError> {
     if host.contains(&b'@') {
         return Err(bad);
     }
-    let authority = http::uri::Authority::try_from(host).map_err(|_| bad.clone())?;
+    let authority = http::uri::Authority::from_maybe_shared(shared_slice(head, host))
+        .map_err(|_| bad.clone())?;
     let port = host.get(authority.host().len()..).unwrap_or_default();
     match port {
         [] => Ok(()),
@@ -696,7 +710,7 @@ impl RequestParser {
         let uri = Uri::from_maybe_shared(bytes.slice_ref(target))
             .map_err(|_| start_err("the request-target is not a valid URI"))?;
         check_target_form(&method, target, &uri)?;
-        check_host(&headers, version)?;
+        check_host(&bytes, &headers, version)?;
         check_framing(&headers, version)?;
         let mut req = http::Request::new(());
         *req.method_mut() = method;
@@ -984,6 +998,18 @@ Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSoc
             }
         }
         panic!("head never completed");
+    }
+
+    #[test]
+    fn shared_slice_shares_or_copies_without_panicking() {
+        let buf = bytes::Bytes::from_static(b"Host: example.com:80");
+        let inside = shared_slice(&buf, &buf[6..]);
+        assert_eq!(inside, "example.com:80");
+        assert_eq!(inside.as_ptr(), buf[6..].as_ptr());
+        let elsewhere = b"example.com:80".to_vec();
+        let copied = shared_slice(&buf, &elsewhere);
+        assert_eq!(copied, "example.com:80");
+        assert_ne!(copied.as_ptr(), elsewhere.as_ptr());
     }
 
     #[test]
