@@ -106,6 +106,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tunnel_detail_names_the_mode_as_debug_does() {
+        for mode in [TunnelMode::Transparent, TunnelMode::FrameAware] {
+            for end in [
+                TunnelEnd::Finished,
+                TunnelEnd::Io(std::io::ErrorKind::ConnectionReset),
+            ] {
+                assert_eq!(
+                    tunnel_detail(mode, &end),
+                    format!("tunnel ({mode:?}) ended: {}", end.label())
+                );
+            }
+        }
+    }
+
+    #[test]
     fn tunnel_mode_follows_the_policy() {
         let p = Policy::default();
         assert_eq!(tunnel_mode(&p, "websocket"), TunnelMode::Transparent);
@@ -694,11 +709,24 @@ fn finish_tunnel(
         .metrics
         .observe_tunnel(route.label, report.duration);
     ProxyOutcome {
-        detail: format!("tunnel ({mode:?}) ended: {}", report.end.label()),
+        detail: tunnel_detail(mode, &report.end),
         kind: OutcomeKind::Tunneled(report),
         reason: Reason::Switched,
         backend: Some(backend),
     }
+}
+
+/// The outcome's detail for a tunnel that ended: two pieces of static text,
+/// without the formatting machinery (this runs at the end of every proxied
+/// connection).
+fn tunnel_detail(mode: TunnelMode, end: &TunnelEnd) -> String {
+    let mut detail = String::with_capacity(48);
+    detail.push_str(match mode {
+        TunnelMode::Transparent => "tunnel (Transparent) ended: ",
+        TunnelMode::FrameAware => "tunnel (FrameAware) ended: ",
+    });
+    detail.push_str(end.label());
+    detail
 }
 
 async fn answer<C: AsyncWrite + Unpin>(client: &mut C, r: &Refusal) {
