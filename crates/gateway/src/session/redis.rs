@@ -473,17 +473,24 @@ impl RedisStore {
         })
     }
 
-    /// After a request to the owner's instance went unanswered: whether the
-    /// session is gone ([`StoreError::Unknown`]) or its owner is.
-    async fn unanswered(&self, id: SessionId, e: StoreError) -> StoreError {
+    /// The answer of the owner's instance to a request; when there was none,
+    /// whether the session is gone ([`StoreError::Unknown`]) or its owner is.
+    async fn answered<T>(
+        &self,
+        id: SessionId,
+        answer: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Err(e) = answer else {
+            return answer;
+        };
         let mut conn = self.inner.conn.clone();
         let exists: Result<bool, _> = redis::cmd("EXISTS")
             .arg(self.keys(id).meta)
             .query_async(&mut conn)
             .await;
         match exists {
-            Ok(false) => StoreError::Unknown,
-            _ => e,
+            Ok(false) => Err(StoreError::Unknown),
+            _ => Err(e),
         }
     }
 }
@@ -865,10 +872,7 @@ impl SessionStore for RedisStore {
                 .inner
                 .relay
                 .begin_read(&channel, owner.as_deref(), after, window);
-            match begun.await {
-                Err(e) => Err(self.unanswered(id, e).await),
-                started => started,
-            }
+            self.answered(id, begun.await).await
         })
     }
 
@@ -953,10 +957,7 @@ impl SessionStore for RedisStore {
                 .inner
                 .relay
                 .send(&channel, owner.as_deref(), first, payloads);
-            match sent.await {
-                Err(e) => Err(self.unanswered(id, e).await),
-                answer => answer,
-            }
+            self.answered(id, sent.await).await
         })
     }
 
@@ -964,15 +965,8 @@ impl SessionStore for RedisStore {
         Box::pin(async move {
             let channel = self.keys(id).channel;
             let owner = self.owner_node(id);
-            match self
-                .inner
-                .relay
-                .close(&channel, owner.as_deref(), frame)
-                .await
-            {
-                Err(e) => Err(self.unanswered(id, e).await),
-                answer => answer,
-            }
+            let closed = self.inner.relay.close(&channel, owner.as_deref(), frame);
+            self.answered(id, closed.await).await
         })
     }
 
@@ -995,10 +989,7 @@ impl SessionStore for RedisStore {
                 .inner
                 .relay
                 .abort(&channel, owner.as_deref(), to_client, to_backend);
-            match aborted.await {
-                Err(e) => Err(self.unanswered(id, e).await),
-                answer => answer,
-            }
+            self.answered(id, aborted.await).await
         })
     }
 }
